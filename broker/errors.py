@@ -1,0 +1,265 @@
+"""The broker's error types and their one mapping to the wire.
+
+Every refusal the broker makes is a ``BrokerError`` subclass. Each class carries a JSON-RPC code,
+an HTTP status and a stable ``reason`` string; the table is checked for uniqueness by a test.
+Callers see ``message`` (written for them) and never internal exception text; ``detail`` goes to
+the log only.
+
+Codes: A2A's own errors keep the spec's codes (-32001..-32009) and the JSON-RPC standard ones
+(-32600..-32700). The broker's own refusals use -32040..-32099 from the implementation-defined
+server-error range, which A2A 1.0 leaves unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+ERROR_DOMAIN_A2A = "a2a-protocol.org"
+ERROR_DOMAIN_BROKER = "a2a-broker"
+
+# google.rpc.Code names for HTTP statuses used by the REST binding's error payload.
+_GRPC_STATUS_BY_HTTP: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    431: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_status_name(http_status: int) -> str:
+    return _GRPC_STATUS_BY_HTTP.get(http_status, "UNKNOWN")
+
+
+class BrokerError(Exception):
+    """Base of every refusal. Subclasses set the class attributes below."""
+
+    code: ClassVar[int] = -32603
+    http_status: ClassVar[int] = 500
+    reason: ClassVar[str] = "INTERNAL_ERROR"
+    domain: ClassVar[str] = ERROR_DOMAIN_BROKER
+    default_message: ClassVar[str] = "The broker could not handle the request."
+    # For the JSON-RPC binding: errors of the HTTP transport itself (credentials, body size,
+    # availability) keep their HTTP status; all others travel as HTTP 200, as JSON-RPC wants.
+    transport_level: ClassVar[bool] = False
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        detail: str | None = None,
+        metadata: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.detail = detail
+        self.metadata = metadata or {}
+        self.data = data
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+
+# --- JSON-RPC / A2A protocol errors -------------------------------------------------------------
+
+
+class JSONParseError(BrokerError):
+    code, http_status, reason = -32700, 400, "INVALID_JSON"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "The request body is not valid JSON."
+
+
+class InvalidRequestError(BrokerError):
+    code, http_status, reason = -32600, 400, "INVALID_REQUEST"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "The request is not a valid JSON-RPC 2.0 request."
+
+
+class BatchNotSupportedError(BrokerError):
+    code, http_status, reason = -32600, 400, "BATCH_NOT_SUPPORTED"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "Batch requests are not supported."
+
+
+class MethodNotFoundError(BrokerError):
+    code, http_status, reason = -32601, 404, "METHOD_NOT_FOUND"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "Method not found."
+
+
+class InvalidParamsError(BrokerError):
+    code, http_status, reason = -32602, 400, "INVALID_PARAMS"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "Invalid method parameters."
+
+
+class TaskNotFoundError(BrokerError):
+    code, http_status, reason = -32001, 404, "TASK_NOT_FOUND"
+    domain = ERROR_DOMAIN_A2A
+    default_message = "Task not found."
+
+
+class VersionNotSupportedError(BrokerError):
+    code, http_status, reason = -32009, 400, "VERSION_NOT_SUPPORTED"
+    domain = ERROR_DOMAIN_A2A
+    default_message = (
+        "A2A version not supported: the broker speaks A2A 1.x; send the header 'A2A-Version: 1.0'."
+    )
+
+
+# --- The broker's own refusals -----------------------------------------------------------------
+
+
+class UnauthenticatedError(BrokerError):
+    code, http_status, reason = -32040, 401, "UNAUTHENTICATED"
+    transport_level = True
+    default_message = "Missing or invalid broker credential (send 'Authorization: Bearer <token>')."
+
+
+class ForbiddenError(BrokerError):
+    code, http_status, reason = -32041, 403, "FORBIDDEN"
+    default_message = "The caller is not allowed to do this."
+
+
+class AgentNotFoundError(BrokerError):
+    code, http_status, reason = -32042, 404, "AGENT_NOT_FOUND"
+    default_message = "No agent is registered under that name."
+
+
+class AgentSuspendedError(BrokerError):
+    code, http_status, reason = -32043, 403, "AGENT_SUSPENDED"
+    default_message = "The agent is suspended."
+
+
+class CallerSuspendedError(BrokerError):
+    code, http_status, reason = -32044, 403, "CALLER_SUSPENDED"
+    transport_level = True
+    default_message = "The calling agent is suspended."
+
+
+class BodyTooLargeError(BrokerError):
+    code, http_status, reason = -32045, 413, "BODY_TOO_LARGE"
+    transport_level = True
+    default_message = "The request body is larger than the broker accepts."
+
+
+class JSONTooDeepError(BrokerError):
+    code, http_status, reason = -32046, 400, "JSON_TOO_DEEP"
+    default_message = "The request body nests JSON deeper than the broker accepts."
+
+
+class HeadersTooLargeError(BrokerError):
+    code, http_status, reason = -32047, 431, "HEADERS_TOO_LARGE"
+    transport_level = True
+    default_message = "The request headers are larger than the broker accepts."
+
+
+class BindingNotSupportedError(BrokerError):
+    code, http_status, reason = -32048, 400, "BINDING_NOT_SUPPORTED"
+    default_message = "The target agent does not offer this protocol binding."
+
+
+class EgressDeniedError(BrokerError):
+    code, http_status, reason = -32049, 400, "EGRESS_DENIED"
+    default_message = "The destination address is not allowed by the broker's egress rules."
+
+
+class UpstreamUnreachableError(BrokerError):
+    code, http_status, reason = -32050, 502, "UPSTREAM_UNREACHABLE"
+    retryable = True
+    default_message = "The target agent could not be reached."
+
+
+class UpstreamConnectTimeoutError(BrokerError):
+    code, http_status, reason = -32051, 504, "UPSTREAM_CONNECT_TIMEOUT"
+    retryable = True
+    default_message = "Connecting to the target agent timed out."
+
+
+class UpstreamTimeoutError(BrokerError):
+    code, http_status, reason = -32052, 504, "UPSTREAM_TIMEOUT"
+    retryable = True
+    default_message = "The target agent did not answer in time."
+
+
+class UpstreamBadResponseError(BrokerError):
+    code, http_status, reason = -32053, 502, "UPSTREAM_BAD_RESPONSE"
+    default_message = "The target agent answered with something that is not a valid A2A response."
+
+
+class StreamIdleTimeoutError(BrokerError):
+    code, http_status, reason = -32054, 504, "STREAM_IDLE_TIMEOUT"
+    retryable = True
+    default_message = "The target agent's stream sent nothing for too long."
+
+
+class StreamMaxDurationError(BrokerError):
+    code, http_status, reason = -32055, 504, "STREAM_MAX_DURATION"
+    default_message = "The stream reached the broker's maximum duration."
+
+
+class UpstreamResponseTooLargeError(BrokerError):
+    code, http_status, reason = -32056, 502, "UPSTREAM_RESPONSE_TOO_LARGE"
+    default_message = "The target agent's response is larger than the broker relays."
+
+
+class StoreUnavailableError(BrokerError):
+    code, http_status, reason = -32060, 503, "STORE_UNAVAILABLE"
+    transport_level = True
+    retryable = True
+    default_message = "The broker's state store is unavailable; retry shortly."
+
+
+class InvalidAgentCardError(BrokerError):
+    code, http_status, reason = -32070, 400, "INVALID_AGENT_CARD"
+    default_message = "The agent card is not valid."
+
+
+class AgentCardSignatureError(BrokerError):
+    code, http_status, reason = -32071, 400, "AGENT_CARD_SIGNATURE_INVALID"
+    default_message = "The agent card's signature does not verify."
+
+
+class AgentCardFetchError(BrokerError):
+    code, http_status, reason = -32072, 502, "AGENT_CARD_FETCH_FAILED"
+    default_message = "The agent card could not be fetched from the given URL."
+
+
+class AgentExistsError(BrokerError):
+    code, http_status, reason = -32073, 409, "AGENT_EXISTS"
+    default_message = "An agent is already registered under that name."
+
+
+class InvalidAdminRequestError(BrokerError):
+    code, http_status, reason = -32074, 400, "INVALID_ADMIN_REQUEST"
+    default_message = "The admin request is not valid."
+
+
+class RouteNotFoundError(BrokerError):
+    code, http_status, reason = -32075, 404, "ROUTE_NOT_FOUND"
+    default_message = "No broker endpoint at this path."
+
+
+class BrokerInternalError(BrokerError):
+    code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
+    default_message = "The broker hit an internal error; it has been logged."
+
+
+def all_error_types() -> list[type[BrokerError]]:
+    """Every concrete error class, for the uniqueness test and the error reference."""
+    found: list[type[BrokerError]] = []
+    pending: list[type[BrokerError]] = [BrokerError]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            found.append(sub)
+            pending.append(sub)
+    return sorted(found, key=lambda c: (c.code, c.reason))

@@ -1,0 +1,177 @@
+"""Settings: one frozen object, decoded once from a TOML file and a few environment variables.
+
+Nothing deeper in the broker reads the environment. Every field has a default, so the broker
+starts with no file at all; an unknown or mistyped key is an error that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+CONFIG_ENV = "A2A_BROKER_CONFIG"
+ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The URL callers use to reach this broker; rewritten cards point here. Empty = http://host:port.
+    public_url: str = ""
+    # Worker processes (uvicorn). Each is stateless; shared state lives in the store.
+    workers: int = 1
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreSettings(_Section):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "a2ab"
+    # How long the broker remembers which agent owns a task (seconds).
+    task_route_ttl_s: int = 7 * 24 * 3600
+
+
+class AdminSettings(_Section):
+    # SHA-256 hex of the admin token. If empty, the token comes from $A2A_BROKER_ADMIN_TOKEN;
+    # if neither is set, the admin API refuses every request.
+    token_sha256: str = ""
+
+
+class AgentCredentialSettings(_Section):
+    """A declaratively registered agent's broker credential, given as its SHA-256 hex digest."""
+
+    credential_sha256: str = ""
+
+
+class UpstreamCredential(_Section):
+    """The credential the broker presents to an upstream agent, as its card's security asks.
+
+    The secret is read from the environment variable ``env`` at start-up, or given as ``value``.
+    ``kind`` "bearer" sends ``Authorization: Bearer``; "api_key" sends it in header ``header``.
+    """
+
+    kind: Literal["bearer", "api_key"] = "bearer"
+    env: str = ""
+    value: str = ""
+    header: str = "X-API-Key"
+
+
+class RegistrySettings(_Section):
+    # Cards registered declaratively at start-up (*.json). Relative paths are from the config file.
+    cards_dir: str = ""
+    # Verify JWS signatures on agent cards with these public keys (JWK JSON files or PEM files).
+    card_key_files: tuple[str, ...] = ()
+    # Refuse cards without a signature (only sensible when keys are configured).
+    require_card_signatures: bool = False
+    card_fetch_timeout_s: float = 5.0
+    max_card_bytes: int = 256 * 1024
+
+
+class EgressSettings(_Section):
+    # Link-local (169.254/16, fe80::/10) and cloud metadata addresses are always refused.
+    allow_loopback: bool = False
+    allow_private: bool = False
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+
+
+class LimitSettings(_Section):
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 64
+    max_header_bytes: int = 16 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024
+    upstream_connect_timeout_s: float = 5.0
+    upstream_timeout_s: float = 120.0
+    upstream_pool_size: int = 256
+    sse_idle_timeout_s: float = 300.0
+    sse_max_duration_s: float = 3600.0
+    sse_heartbeat_s: float = 15.0
+
+
+class KeySettings(_Section):
+    # PEM file of the broker's Ed25519 signing key. Empty: a key is generated at start-up and
+    # lives only as long as the process (fine for a demo, wrong for several replicas).
+    signing_key_file: str = ""
+
+
+class Settings(_Section):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
+    registry: RegistrySettings = msgspec.field(default_factory=RegistrySettings)
+    egress: EgressSettings = msgspec.field(default_factory=EgressSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    keys: KeySettings = msgspec.field(default_factory=KeySettings)
+    agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
+    upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
+    # Filled by load_settings, not from the file: where relative paths are resolved from.
+    base_dir: str = ""
+    admin_token: str = ""
+
+    @property
+    def public_url(self) -> str:
+        url = self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+        return url.rstrip("/")
+
+    def path(self, value: str) -> Path:
+        """Resolve a path from the config relative to the config file's folder."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir or ".") / p
+
+
+class SettingsError(Exception):
+    """The configuration could not be loaded; the message names the file and the key."""
+
+
+_FILE_ONLY_FIELDS = ("base_dir", "admin_token")
+
+
+def load_settings(path: str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read the TOML file at ``path`` (or ``$A2A_BROKER_CONFIG``; none = defaults)."""
+    env = dict(os.environ if environ is None else environ)
+    path = path or env.get(CONFIG_ENV) or None
+    raw: dict[str, object] = {}
+    base_dir = "."
+    if path:
+        file = Path(path)
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+        base_dir = str(file.resolve().parent)
+    for name in _FILE_ONLY_FIELDS:
+        if name in raw:
+            raise SettingsError(f"config file {path}: unknown key `{name}`")
+    raw["base_dir"] = base_dir
+    raw["admin_token"] = env.get(ADMIN_TOKEN_ENV, "")
+    try:
+        settings = msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"config file {path or '(defaults)'}: {exc}") from exc
+    _check_upstream_secrets(settings, env)
+    return _resolve_upstream_secrets(settings, env)
+
+
+def _check_upstream_secrets(settings: Settings, env: dict[str, str]) -> None:
+    for agent, cred in settings.upstream_credentials.items():
+        if cred.env and cred.env not in env:
+            raise SettingsError(
+                f"upstream_credentials.{agent}.env names ${cred.env}, which is not set"
+            )
+
+
+def _resolve_upstream_secrets(settings: Settings, env: dict[str, str]) -> Settings:
+    resolved = {
+        agent: msgspec.structs.replace(cred, value=env[cred.env]) if cred.env else cred
+        for agent, cred in settings.upstream_credentials.items()
+    }
+    return msgspec.structs.replace(settings, upstream_credentials=resolved)
