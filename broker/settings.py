@@ -21,7 +21,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     # The URL callers use to reach this broker; rewritten cards point here. Empty = http://host:port.
@@ -31,7 +31,7 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class StoreSettings(_Section):
+class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "a2ab"
@@ -39,19 +39,19 @@ class StoreSettings(_Section):
     task_route_ttl_s: int = 7 * 24 * 3600
 
 
-class AdminSettings(_Section):
+class AdminSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # SHA-256 hex of the admin token. If empty, the token comes from $A2A_BROKER_ADMIN_TOKEN;
     # if neither is set, the admin API refuses every request.
     token_sha256: str = ""
 
 
-class AgentCredentialSettings(_Section):
+class AgentCredentialSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A declaratively registered agent's broker credential, given as its SHA-256 hex digest."""
 
     credential_sha256: str = ""
 
 
-class UpstreamCredential(_Section):
+class UpstreamCredential(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The credential the broker presents to an upstream agent, as its card's security asks.
 
     The secret is read from the environment variable ``env`` at start-up, or given as ``value``.
@@ -64,7 +64,7 @@ class UpstreamCredential(_Section):
     header: str = "X-API-Key"
 
 
-class RegistrySettings(_Section):
+class RegistrySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Cards registered declaratively at start-up (*.json). Relative paths are from the config file.
     cards_dir: str = ""
     # Verify JWS signatures on agent cards with these public keys (JWK JSON files or PEM files).
@@ -75,14 +75,14 @@ class RegistrySettings(_Section):
     max_card_bytes: int = 256 * 1024
 
 
-class EgressSettings(_Section):
+class EgressSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Link-local (169.254/16, fe80::/10) and cloud metadata addresses are always refused.
     allow_loopback: bool = False
     allow_private: bool = False
     allowed_schemes: tuple[str, ...] = ("http", "https")
 
 
-class LimitSettings(_Section):
+class LimitSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: int = 1024 * 1024
     max_json_depth: int = 64
     max_header_bytes: int = 16 * 1024
@@ -95,13 +95,13 @@ class LimitSettings(_Section):
     sse_heartbeat_s: float = 15.0
 
 
-class KeySettings(_Section):
+class KeySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # PEM file of the broker's Ed25519 signing key. Empty: a key is generated at start-up and
     # lives only as long as the process (fine for a demo, wrong for several replicas).
     signing_key_file: str = ""
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)

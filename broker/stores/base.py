@@ -43,7 +43,7 @@ class AgentRegistry(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, record: AgentRecord) -> bool:
-        """Store ``record`` if no agent has its name; return False (and change nothing) if one does."""
+        """Store ``record`` unless its name is taken; False (nothing changed) if it is."""
 
     @abc.abstractmethod
     async def put(self, record: AgentRecord) -> None:
