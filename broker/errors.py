@@ -22,6 +22,7 @@ _GRPC_STATUS_BY_HTTP: dict[int, str] = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
+    405: "UNIMPLEMENTED",
     404: "NOT_FOUND",
     409: "ALREADY_EXISTS",
     413: "INVALID_ARGUMENT",
@@ -122,6 +123,12 @@ class UnauthenticatedError(BrokerError):
     code, http_status, reason = -32040, 401, "UNAUTHENTICATED"
     transport_level = True
     default_message = "Missing or invalid broker credential (send 'Authorization: Bearer <token>')."
+
+
+class InvalidCredentialError(BrokerError):
+    code, http_status, reason = -32039, 401, "INVALID_CREDENTIAL"
+    transport_level = True
+    default_message = "The broker credential is not valid (unknown, rotated or revoked)."
 
 
 class ForbiddenError(BrokerError):
@@ -246,6 +253,22 @@ class InvalidAdminRequestError(BrokerError):
 class RouteNotFoundError(BrokerError):
     code, http_status, reason = -32075, 404, "ROUTE_NOT_FOUND"
     default_message = "No broker endpoint at this path."
+
+
+class HTTPMethodNotAllowedError(BrokerError):
+    code, http_status, reason = -32076, 405, "HTTP_METHOD_NOT_ALLOWED"
+    default_message = "This HTTP method is not allowed at this path."
+
+
+class AdminUnauthenticatedError(BrokerError):
+    code, http_status, reason = -32077, 401, "ADMIN_UNAUTHENTICATED"
+    transport_level = True
+    default_message = "Missing or invalid admin credential (send 'Authorization: Bearer <token>')."
+
+
+class AdminDisabledError(BrokerError):
+    code, http_status, reason = -32078, 403, "ADMIN_DISABLED"
+    default_message = "The admin API is disabled: no admin token is configured."
 
 
 class BrokerInternalError(BrokerError):

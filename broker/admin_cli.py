@@ -1,0 +1,115 @@
+"""``a2a-broker agents …``: the admin API from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from broker.settings import ADMIN_TOKEN_ENV
+
+URL_ENV = "A2A_BROKER_URL"
+
+
+def add_agents_parser(sub: Any, default_url: str) -> None:
+    agents = sub.add_parser("agents", help="list and administer registered agents (admin API)")
+    agents.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
+    agents.add_argument(
+        "--admin-token",
+        default=os.environ.get(ADMIN_TOKEN_ENV, ""),
+        help=f"admin token (default: ${ADMIN_TOKEN_ENV})",
+    )
+    cmds = agents.add_subparsers(title="agents commands", required=True)
+    cmds.add_parser("list", help="list agents").set_defaults(run=_list)
+    for name, run, text in (
+        ("show", _show, "show an agent and its card"),
+        ("suspend", _suspend, "stop all traffic to and from an agent"),
+        ("resume", _resume, "let a suspended agent work again"),
+        ("delete", _delete, "remove an agent and revoke its credential"),
+        ("rotate-credential", _rotate, "issue a new credential (the old one stops at once)"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        p.add_argument("name")
+        p.set_defaults(run=run)
+    for name, run, text in (
+        ("register", _register, "register an agent (prints its credential once)"),
+        ("update", _update, "replace an agent's card"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        p.add_argument("name")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--card", help="path of the card JSON file")
+        src.add_argument("--card-url", help="URL the broker fetches the card from")
+        p.set_defaults(run=run)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - the operator chooses the broker URL
+        args.url.rstrip("/") + "/admin" + path, data=data, method=method
+    )
+    request.add_header("authorization", f"Bearer {args.admin_token}")
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            text = resp.read().decode()
+    except urllib.error.HTTPError as err:
+        print(_pretty(err.read().decode()), file=sys.stderr)
+        return 1
+    except urllib.error.URLError as err:
+        print(f"a2a-broker: cannot reach {args.url}: {err.reason}", file=sys.stderr)
+        return 1
+    if text:
+        print(_pretty(text))
+    return 0
+
+
+def _pretty(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+def _card_body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.card:
+        return {"card": json.loads(Path(args.card).read_text(encoding="utf-8"))}
+    return {"card_url": args.card_url}
+
+
+def _list(args: argparse.Namespace) -> int:
+    return _call(args, "GET", "/agents")
+
+
+def _show(args: argparse.Namespace) -> int:
+    return _call(args, "GET", f"/agents/{args.name}")
+
+
+def _suspend(args: argparse.Namespace) -> int:
+    return _call(args, "POST", f"/agents/{args.name}/suspend", {})
+
+
+def _resume(args: argparse.Namespace) -> int:
+    return _call(args, "POST", f"/agents/{args.name}/resume", {})
+
+
+def _delete(args: argparse.Namespace) -> int:
+    return _call(args, "DELETE", f"/agents/{args.name}")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    return _call(args, "POST", f"/agents/{args.name}/credential", {})
+
+
+def _register(args: argparse.Namespace) -> int:
+    return _call(args, "POST", "/agents", {"name": args.name, **_card_body(args)})
+
+
+def _update(args: argparse.Namespace) -> int:
+    return _call(args, "PUT", f"/agents/{args.name}", _card_body(args))

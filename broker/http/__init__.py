@@ -1,0 +1,1 @@
+"""The HTTP edges: thin Litestar routes that turn HTTP into mediation and back."""

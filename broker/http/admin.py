@@ -1,0 +1,124 @@
+"""The admin API: registry administration, behind its own admin credential."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, Router, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
+from broker.http.state import runtime_of
+from broker.stages.authenticate import bearer_token
+
+_encoder = msgspec.json.Encoder()
+_B = TypeVar("_B", bound=msgspec.Struct)
+
+
+class _CardBody(msgspec.Struct, forbid_unknown_fields=True):
+    card: dict[str, Any] | None = None
+    card_url: str | None = None
+
+
+class _RegisterBody(_CardBody, forbid_unknown_fields=True):
+    name: str = ""
+
+
+def _decode(body: bytes, kind: type[_B]) -> _B:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.DecodeError as exc:
+        # msgspec's message names the offending field and says what was expected: safe to show.
+        raise InvalidAdminRequestError(f"Invalid request body: {exc}") from None
+
+
+def _json(payload: object, status: int = 200) -> Response[bytes]:
+    return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Admin requests carry the admin token; the broker holds only its SHA-256 digest."""
+    settings = connection.app.state.runtime.settings
+    expected = settings.admin.token_sha256.lower() or (
+        hashlib.sha256(settings.admin_token.encode()).hexdigest() if settings.admin_token else ""
+    )
+    if not expected:
+        raise AdminDisabledError
+    token = bearer_token(connection.headers.get("authorization"))
+    if token is None:
+        raise AdminUnauthenticatedError
+    if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):
+        raise AdminUnauthenticatedError
+
+
+@get("/agents")
+async def list_agents(request: Request[object, object, object]) -> Response[bytes]:
+    directory = runtime_of(request).directory
+    return _json({"agents": [directory.summary(r) for r in await directory.list()]})
+
+
+@post("/agents")
+async def register_agent(request: Request[object, object, object]) -> Response[bytes]:
+    body = _decode(await request.body(), _RegisterBody)
+    directory = runtime_of(request).directory
+    record, credential = await directory.register(body.name, body.card, body.card_url)
+    return _json({"agent": directory.summary(record), "credential": credential}, 201)
+
+
+@get("/agents/{name:str}")
+async def show_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+    directory = runtime_of(request).directory
+    record = await directory.get(name)
+    card = msgspec.json.decode(record.card_json)
+    return _json({"agent": directory.summary(record), "card": card})
+
+
+@put("/agents/{name:str}")
+async def update_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+    body = _decode(await request.body(), _CardBody)
+    directory = runtime_of(request).directory
+    record = await directory.update(name, body.card, body.card_url)
+    return _json({"agent": directory.summary(record)})
+
+
+@post("/agents/{name:str}/suspend")
+async def suspend_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+    directory = runtime_of(request).directory
+    return _json({"agent": directory.summary(await directory.suspend(name))})
+
+
+@post("/agents/{name:str}/resume")
+async def resume_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+    directory = runtime_of(request).directory
+    return _json({"agent": directory.summary(await directory.resume(name))})
+
+
+@post("/agents/{name:str}/credential")
+async def rotate_credential(request: Request[object, object, object], name: str) -> Response[bytes]:
+    credential = await runtime_of(request).directory.rotate_credential(name)
+    return _json({"agent": name, "credential": credential})
+
+
+@delete("/agents/{name:str}", status_code=204)
+async def delete_agent(request: Request[object, object, object], name: str) -> None:
+    await runtime_of(request).directory.delete(name)
+
+
+admin_router = Router(
+    path="/admin",
+    guards=[admin_guard],
+    route_handlers=[
+        list_agents,
+        register_agent,
+        show_agent,
+        update_agent,
+        suspend_agent,
+        resume_agent,
+        rotate_credential,
+        delete_agent,
+    ],
+)

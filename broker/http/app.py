@@ -1,0 +1,90 @@
+"""The Litestar application: routes, error handlers and the runtime's life cycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+
+from broker.errors import (
+    BodyTooLargeError,
+    BrokerError,
+    BrokerInternalError,
+    HTTPMethodNotAllowedError,
+    InvalidRequestError,
+    RouteNotFoundError,
+)
+from broker.http.admin import admin_router
+from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
+from broker.http.mediation import jsonrpc_edge, rest_edge
+from broker.logs import configure_logging
+from broker.runtime import BrokerRuntime
+from broker.settings import Settings, load_settings
+from broker.wire import error_headers, rest_error_body
+
+log = logging.getLogger("a2a_broker")
+
+
+def broker_error_response(_: Request[object, object, object], err: BrokerError) -> Response[bytes]:
+    """Errors raised outside the mediation pipeline (admin, discovery) in the REST shape."""
+    return Response(
+        rest_error_body(err),
+        status_code=err.http_status,
+        media_type="application/json",
+        headers=error_headers(err),
+    )
+
+
+def http_error_response(
+    request: Request[object, object, object], exc: HTTPException
+) -> Response[bytes]:
+    """Litestar's own refusals (unknown path, wrong method, oversized body) as broker errors."""
+    by_status: dict[int, BrokerError] = {
+        404: RouteNotFoundError(),
+        405: HTTPMethodNotAllowedError(),
+        413: BodyTooLargeError(),
+    }
+    err = by_status.get(exc.status_code) or InvalidRequestError("The request is not valid here.")
+    return broker_error_response(request, err)
+
+
+def internal_error_response(request: Request[object, object, object], exc: Exception) -> Response[bytes]:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return broker_error_response(request, BrokerInternalError())
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.runtime = await BrokerRuntime.start(settings)
+        log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)
+        try:
+            yield
+        finally:
+            await app.state.runtime.close()
+
+    return Litestar(
+        route_handlers=[
+            healthz, readyz, jwks, agent_card, list_agents, jsonrpc_edge, rest_edge, admin_router
+        ],
+        lifespan=[lifespan],
+        exception_handlers={
+            BrokerError: broker_error_response,
+            HTTPException: http_error_response,
+            Exception: internal_error_response,
+        },
+        request_max_body_size=settings.limits.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+        logging_config=None,
+    )
+
+
+def app_from_environment() -> Litestar:
+    """Factory for ``uvicorn --factory``: settings from $A2A_BROKER_CONFIG (each worker)."""
+    settings = load_settings()
+    configure_logging(settings.server.log_level)
+    return create_app(settings)

@@ -1,0 +1,140 @@
+"""What the broker checks and changes in an upstream's unary answer.
+
+Everything else is relayed as the upstream sent it, upstream A2A errors included. Decoding is
+typed and partial (msgspec) so a large answer costs one C-level scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from broker.errors import UpstreamBadResponseError
+from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.types import MediationContext
+
+CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+class _RpcResponse(msgspec.Struct):
+    jsonrpc: str = ""
+    id: msgspec.Raw | None = None
+    result: msgspec.Raw | None = None
+    error: msgspec.Raw | None = None
+
+
+class _TaskRef(msgspec.Struct):
+    id: str = ""
+
+
+class _SendResult(msgspec.Struct):
+    task: _TaskRef | None = None
+
+
+_rpc_decoder = msgspec.json.Decoder(_RpcResponse)
+_send_decoder = msgspec.json.Decoder(_SendResult)
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+class ResponseInspector:
+    def __init__(self, task_routes: TaskRouteStore, route_ttl_s: int, rewrite_card: CardRewriter):
+        self._routes = task_routes
+        self._ttl = route_ttl_s
+        self._rewrite_card = rewrite_card
+
+    async def unary(
+        self, ctx: MediationContext, status: int, content_type: str, body: bytes
+    ) -> bytes:
+        """Check an answer is A2A-shaped and apply the broker's few changes; the bytes to relay."""
+        if ctx.binding == "jsonrpc":
+            return await self._jsonrpc(ctx, status, body)
+        return await self._rest(ctx, status, body)
+
+    async def claim_task(self, ctx: MediationContext, task_id: str) -> None:
+        """Record that the caller created ``task_id`` at the target agent."""
+        assert ctx.target is not None and ctx.caller is not None  # noqa: S101
+        route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
+        if not await self._routes.claim(route, self._ttl):
+            # The agent answered with a task id that another caller owns: never hand it over.
+            raise UpstreamBadResponseError(
+                "The agent answered with a task that belongs to another caller.",
+                detail=f"task id collision at {route.agent}: {task_id}",
+            )
+
+    async def _jsonrpc(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
+        try:
+            env = _rpc_decoder.decode(body)
+        except msgspec.DecodeError:
+            raise _bad(status, "not a JSON-RPC response") from None
+        if env.jsonrpc != "2.0" or (env.result is None) == (env.error is None):
+            raise _bad(status, "not a JSON-RPC 2.0 response")
+        if env.result is None:
+            return body  # an upstream error passes through unchanged
+        changed = await self._apply(ctx, env.result)
+        if changed is None:
+            return body
+        return _encoder.encode({"jsonrpc": "2.0", "id": env.id, "result": changed})
+
+    async def _rest(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
+        if 300 <= status < 400:
+            raise _bad(status, "redirect")
+        if not body.strip():
+            if status < 300:
+                return body
+            raise _bad(status, "empty error body")
+        try:
+            payload = _raw_decoder.decode(body)
+        except msgspec.DecodeError:
+            raise _bad(status, "not JSON") from None
+        if status >= 300:
+            return body
+        changed = await self._apply(ctx, payload)
+        return body if changed is None else _encoder.encode(changed)
+
+    async def _apply(self, ctx: MediationContext, payload: msgspec.Raw) -> Any:
+        """The changed payload, or None if it is relayed unchanged."""
+        op = ctx.operation
+        assert op is not None and ctx.target is not None  # noqa: S101
+        if op.sends_message:
+            try:
+                task = _send_decoder.decode(payload).task
+            except msgspec.DecodeError:
+                raise _bad(200, "SendMessage result is not a task or message") from None
+            if task is not None and task.id:
+                await self.claim_task(ctx, task.id)
+            return None
+        if op.name == "ListTasks":
+            return await self._only_callers_tasks(ctx, _any_decoder.decode(payload))
+        if op.name == "GetExtendedAgentCard":
+            card = _any_decoder.decode(payload)
+            if not isinstance(card, dict):
+                raise _bad(200, "extended card is not an object")
+            return self._rewrite_card(card, ctx.target.name)
+        return None
+
+    async def _only_callers_tasks(self, ctx: MediationContext, result: Any) -> Any:
+        assert ctx.target is not None  # noqa: S101
+        tasks = result.get("tasks") if isinstance(result, dict) else None
+        if not isinstance(tasks, list):
+            return None
+        kept = [t for t in tasks if await self._owned(ctx, t)]
+        if len(kept) == len(tasks):
+            return None
+        # totalSize would reveal other callers' tasks: report what this caller may see.
+        return {**result, "tasks": kept, "totalSize": len(kept)}
+
+    async def _owned(self, ctx: MediationContext, task: Any) -> bool:
+        assert ctx.target is not None  # noqa: S101
+        task_id = task.get("id") if isinstance(task, dict) else None
+        if not isinstance(task_id, str):
+            return False
+        route = await self._routes.get(ctx.target.name, task_id)
+        return route is not None and route.owner == ctx.caller
+
+
+def _bad(status: int, what: str) -> UpstreamBadResponseError:
+    return UpstreamBadResponseError(detail=f"upstream HTTP {status}: {what}")

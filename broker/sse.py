@@ -1,0 +1,157 @@
+"""Server-sent events relayed event by event: split, inspected cheaply, never buffered whole.
+
+The relay keeps each upstream event's bytes as they came. A separate task reads the upstream so
+the sender can emit heartbeats while the upstream is quiet and enforce the maximum duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgspec
+
+from broker.errors import BrokerError, StreamMaxDurationError, UpstreamResponseTooLargeError
+
+_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
+HEARTBEAT = b": ping\r\n\r\n"
+
+
+class EventSplitter:
+    """Cuts a byte stream into complete SSE events (each with its terminating blank line)."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        self._buf = bytearray()
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buf += chunk
+        events: list[bytes] = []
+        while (cut := self._next_cut()) > 0:
+            events.append(bytes(self._buf[:cut]))
+            del self._buf[:cut]
+        if len(self._buf) > self._max:
+            raise UpstreamResponseTooLargeError("An event in the agent's stream is too large.")
+        return events
+
+    def rest(self) -> bytes:
+        """Bytes left after the stream ended: an unterminated last event, if any."""
+        return bytes(self._buf).strip()
+
+    def _next_cut(self) -> int:
+        ends = [i + len(sep) for sep in _SEPARATORS if (i := self._buf.find(sep)) >= 0]
+        return min(ends) if ends else -1
+
+
+def event_data(event: bytes) -> bytes:
+    """The joined ``data:`` lines of one event (the JSON payload for A2A streams)."""
+    lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    parts = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
+    return b"\n".join(parts)
+
+
+class _TaskRef(msgspec.Struct):
+    id: str = ""
+
+
+class _UpdateRef(msgspec.Struct):
+    taskId: str = ""  # noqa: N815 - A2A's field name
+
+
+class _StreamResponse(msgspec.Struct):
+    task: _TaskRef | None = None
+    statusUpdate: _UpdateRef | None = None  # noqa: N815
+    artifactUpdate: _UpdateRef | None = None  # noqa: N815
+
+
+class _JsonRpcEvent(msgspec.Struct):
+    result: _StreamResponse | None = None
+
+
+_rest_event = msgspec.json.Decoder(_StreamResponse)
+_rpc_event = msgspec.json.Decoder(_JsonRpcEvent)
+
+
+def stream_task_id(data: bytes, jsonrpc: bool) -> str | None:
+    """The task id a StreamResponse payload names, if any (None for messages and errors)."""
+    try:
+        resp = _rpc_event.decode(data).result if jsonrpc else _rest_event.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if resp is None:
+        return None
+    if resp.task is not None and resp.task.id:
+        return resp.task.id
+    update = resp.statusUpdate or resp.artifactUpdate
+    return update.taskId if update is not None and update.taskId else None
+
+
+_END = object()
+
+
+async def relay(
+    chunks: AsyncIterator[bytes],
+    *,
+    max_event_bytes: int,
+    heartbeat_s: float,
+    max_duration_s: float,
+    on_event: Callable[[bytes], Awaitable[None]],
+    error_event: Callable[[BrokerError], bytes],
+    close_upstream: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """Yield the upstream's events as they arrive, heartbeats while it is quiet.
+
+    ``on_event`` sees each event before it is sent (and may raise a BrokerError to end the
+    stream). Errors end the stream with an ``event: error`` frame. However the consumer stops
+    (end, error, client disconnect = cancellation), the upstream is closed.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
+    reader = asyncio.create_task(_read_events(chunks, max_event_bytes, queue))
+    deadline = time.monotonic() + max_duration_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield error_event(StreamMaxDurationError())
+                return
+            try:
+                async with asyncio.timeout(min(heartbeat_s, remaining)):
+                    item = await queue.get()
+            except TimeoutError:
+                yield HEARTBEAT
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BrokerError):
+                yield error_event(item)
+                return
+            assert isinstance(item, bytes)  # noqa: S101 - the queue holds events, errors or _END
+            try:
+                await on_event(item)
+            except BrokerError as err:
+                yield error_event(err)
+                return
+            yield item
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BrokerError):
+            await reader
+        close_upstream()
+
+
+async def _read_events(
+    chunks: AsyncIterator[bytes], max_event_bytes: int, queue: asyncio.Queue[object]
+) -> None:
+    splitter = EventSplitter(max_event_bytes)
+    try:
+        async for chunk in chunks:
+            for event in splitter.feed(chunk):
+                await queue.put(event)
+        tail = splitter.rest()
+        if tail:
+            await queue.put(tail + b"\r\n\r\n")
+        await queue.put(_END)
+    except BrokerError as err:
+        await queue.put(err)

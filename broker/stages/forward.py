@@ -1,0 +1,113 @@
+"""Forward the caller's original bytes to the target agent and relay its answer.
+
+The caller's credentials never travel on: the upstream gets only the A2A headers it needs and
+the credential the broker holds for it. Unary answers are checked to be A2A-shaped (garbage
+becomes UPSTREAM_BAD_RESPONSE) and otherwise relayed unchanged, upstream errors included;
+streams are relayed event by event. The few answers the broker must look into: a new task
+(its route is recorded for its creator), ListTasks (filtered to the caller's tasks) and the
+extended card (its interfaces rewritten to the broker's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from broker.errors import BrokerError
+from broker.responses import ResponseInspector
+from broker.settings import LimitSettings, UpstreamCredential
+from broker.sse import relay, stream_task_id, event_data
+from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.upstream import Upstream, UpstreamResponse
+from broker.wire import sse_error_event
+
+_FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
+_RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Forward:
+    """The innermost stage: it never calls ``call_next``."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        limits: LimitSettings,
+        upstream_credentials: Mapping[str, UpstreamCredential],
+        inspector: ResponseInspector,
+    ) -> None:
+        self._upstream = upstream
+        self._limits = limits
+        self._creds = upstream_credentials
+        self._inspect = inspector
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        assert ctx.target is not None and ctx.operation is not None  # noqa: S101 - earlier stages
+        resp = await self._upstream.send(
+            ctx.http_method if ctx.binding == "rest" else "POST",
+            self._url(ctx),
+            headers=self._headers(ctx),
+            body=ctx.body or None,
+            stream=ctx.operation.streaming,
+        )
+        ctx.upstream_status = resp.status
+        if ctx.operation.streaming and resp.is_event_stream:
+            return self._stream(ctx, resp)
+        try:
+            body = await resp.read(self._limits.max_response_bytes)
+        finally:
+            resp.close()
+        body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
+        return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
+
+    def _url(self, ctx: MediationContext) -> str:
+        assert ctx.target is not None  # noqa: S101
+        if ctx.binding == "jsonrpc":
+            return ctx.target.jsonrpc_url
+        url = ctx.target.rest_url.rstrip("/") + ctx.rest_tail
+        return f"{url}?{ctx.query_string}" if ctx.query_string else url
+
+    def _headers(self, ctx: MediationContext) -> dict[str, str]:
+        assert ctx.target is not None  # noqa: S101
+        headers = {k: v for k in _FORWARDED_HEADERS if (v := ctx.headers.get(k))}
+        if ctx.body and "content-type" not in headers:
+            headers["content-type"] = "application/json"
+        cred = self._creds.get(ctx.target.name)
+        if cred is not None and cred.value:
+            if cred.kind == "bearer":
+                headers["authorization"] = f"Bearer {cred.value}"
+            else:
+                headers[cred.header.lower()] = cred.value
+        return headers
+
+    def _stream(self, ctx: MediationContext, resp: UpstreamResponse) -> StreamReply:
+        jsonrpc = ctx.binding == "jsonrpc"
+        claimed = False
+
+        async def on_event(event: bytes) -> None:
+            nonlocal claimed
+            if claimed or ctx.operation is None or not ctx.operation.sends_message:
+                return
+            task_id = stream_task_id(event_data(event), jsonrpc)
+            if task_id:
+                await self._inspect.claim_task(ctx, task_id)
+                claimed = True
+
+        def error_event(err: BrokerError) -> bytes:
+            ctx.error = err
+            return sse_error_event(err, ctx.binding, ctx.jsonrpc_id)
+
+        events = relay(
+            resp.chunks(),
+            max_event_bytes=self._limits.max_response_bytes,
+            heartbeat_s=self._limits.sse_heartbeat_s,
+            max_duration_s=self._limits.sse_max_duration_s,
+            on_event=on_event,
+            error_event=error_event,
+            close_upstream=resp.close,
+        )
+        headers = {**_SSE_HEADERS, **_relayed(resp.headers)}
+        return StreamReply(events, resp.status, headers)
+
+
+def _relayed(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k in _RELAYED_HEADERS if (v := headers.get(k))}

@@ -1,0 +1,66 @@
+"""The few types every stage shares: the mediation context, outcomes and the stage signature."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from broker.errors import BrokerError
+from broker.operations import Operation
+from broker.stores.base import AgentRecord
+
+Binding = Literal["jsonrpc", "rest"]
+
+
+@dataclass(slots=True)
+class MediationContext:
+    """What one mediated request has learnt so far. Built by the edge, filled in by stages."""
+
+    binding: Binding
+    target_name: str
+    http_method: str
+    headers: Mapping[str, str]  # inbound headers, lower-case names
+    read_body: Callable[[], Awaitable[bytes]]
+    rest_tail: str = ""  # REST: the path after /rest, tenant prefix included
+    query_string: str = ""
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    # Learnt by the stages:
+    caller: str | None = None
+    body: bytes = b""
+    operation: Operation | None = None
+    jsonrpc_id: msgspec.Raw | None = None
+    params: msgspec.Raw | None = None
+    task_id: str | None = None
+    target: AgentRecord | None = None
+    upstream_status: int | None = None
+    error: BrokerError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete answer: status, headers, body bytes."""
+
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A streamed (SSE) answer: the events are produced as the upstream sends them."""
+
+    events: AsyncIterator[bytes]
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Outcome = Reply | StreamReply
+CallNext = Callable[["MediationContext"], Awaitable[Outcome]]
+Stage = Callable[["MediationContext", CallNext], Awaitable[Outcome]]
