@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from broker.operations import match_rest
+
+
+@pytest.mark.parametrize(
+    ("method", "tail", "operation", "task"),
+    [
+        ("POST", "/message:send", "SendMessage", None),
+        ("POST", "/message:stream", "SendStreamingMessage", None),
+        ("GET", "/tasks", "ListTasks", None),
+        ("GET", "/tasks/t1", "GetTask", "t1"),
+        ("POST", "/tasks/t1:cancel", "CancelTask", "t1"),
+        ("POST", "/tasks/t1:subscribe", "SubscribeToTask", "t1"),
+        ("GET", "/tasks/t1:subscribe", "SubscribeToTask", "t1"),
+        ("POST", "/tasks/t1/pushNotificationConfigs", "CreateTaskPushNotificationConfig", "t1"),
+        ("GET", "/tasks/t1/pushNotificationConfigs", "ListTaskPushNotificationConfigs", "t1"),
+        ("GET", "/tasks/t1/pushNotificationConfigs/c1", "GetTaskPushNotificationConfig", "t1"),
+        ("DELETE", "/tasks/t1/pushNotificationConfigs/c1", "DeleteTaskPushNotificationConfig", "t1"),
+        ("GET", "/extendedAgentCard", "GetExtendedAgentCard", None),
+        ("POST", "/acme/message:send", "SendMessage", None),
+        ("GET", "/acme/tasks/t9", "GetTask", "t9"),
+        ("GET", "/tasks/tasks/t9", "GetTask", "t9"),
+    ],
+)
+def test_rest_paths_map_to_operations(
+    method: str, tail: str, operation: str, task: str | None
+) -> None:
+    route = match_rest(method, tail)
+    assert route is not None
+    assert (route.operation.name, route.task_id) == (operation, task)
+
+
+@pytest.mark.parametrize(
+    ("method", "tail"),
+    [("GET", "/message:send"), ("DELETE", "/tasks/t1"), ("POST", "/nope"), ("GET", "/a/b/c/d")],
+)
+def test_unknown_rest_paths_are_refused(method: str, tail: str) -> None:
+    assert match_rest(method, tail) is None

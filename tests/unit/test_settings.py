@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.settings import SettingsError, load_settings
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings(None, environ={})
+    assert settings.store.backend == "memory"
+    assert settings.public_url == "http://127.0.0.1:8080"
+
+
+def test_file_from_environment_variable(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('[server]\nport = 9000\n[limits]\nmax_json_depth = 10\n')
+    settings = load_settings(None, environ={"A2A_BROKER_CONFIG": str(config)})
+    assert settings.server.port == 9000 and settings.limits.max_json_depth == 10
+    assert settings.path("cards") == tmp_path / "cards"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[server]\nprot = 1\n", "prot"),
+        ("[limits]\nmax_body_bytes = 'big'\n", "max_body_bytes"),
+        ("[stroe]\nbackend = 'redis'\n", "stroe"),
+        ("[store]\nbackend = 'postgres'\n", "backend"),
+        ("base_dir = '/'\n", "base_dir"),
+    ],
+)
+def test_unknown_or_mistyped_keys_are_named(tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=named):
+        load_settings(str(config), environ={})
+
+
+def test_missing_upstream_secret_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('[upstream_credentials.billing]\nenv = "BILLING_TOKEN"\n')
+    with pytest.raises(SettingsError, match="BILLING_TOKEN"):
+        load_settings(str(config), environ={})
+    settings = load_settings(str(config), environ={"BILLING_TOKEN": "s3cret"})
+    assert settings.upstream_credentials["billing"].value == "s3cret"
+
+
+def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(str(bad), environ={})
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(str(tmp_path / "nope.toml"), environ={})
