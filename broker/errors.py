@@ -105,7 +105,7 @@ class InvalidParamsError(BrokerError):
 class TaskNotFoundError(BrokerError):
     code, http_status, reason = -32001, 404, "TASK_NOT_FOUND"
     domain = ERROR_DOMAIN_A2A
-    default_message = "Task not found."
+    default_message = "Task not found"  # the a2a-sdk's wording, so answers match
 
 
 class VersionNotSupportedError(BrokerError):

@@ -18,11 +18,15 @@ from broker.types import MediationContext
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
+_ABSENT = msgspec.Raw(b"")
+
+
 class _RpcResponse(msgspec.Struct):
+    # An absent member decodes as the empty Raw; a JSON null as Raw(b"null").
     jsonrpc: str = ""
-    id: msgspec.Raw | None = None
-    result: msgspec.Raw | None = None
-    error: msgspec.Raw | None = None
+    id: msgspec.Raw = _ABSENT
+    result: msgspec.Raw = _ABSENT
+    error: msgspec.Raw = _ABSENT
 
 
 class _TaskRef(msgspec.Struct):
@@ -70,14 +74,16 @@ class ResponseInspector:
             env = _rpc_decoder.decode(body)
         except msgspec.DecodeError:
             raise _bad(status, "not a JSON-RPC response") from None
-        if env.jsonrpc != "2.0" or (env.result is None) == (env.error is None):
+        has_result, has_error = len(env.result) > 0, len(env.error) > 0
+        if env.jsonrpc != "2.0" or has_result == has_error:
             raise _bad(status, "not a JSON-RPC 2.0 response")
-        if env.result is None:
+        if has_error:
             return body  # an upstream error passes through unchanged
         changed = await self._apply(ctx, env.result)
         if changed is None:
             return body
-        return _encoder.encode({"jsonrpc": "2.0", "id": env.id, "result": changed})
+        rpc_id = env.id if len(env.id) else msgspec.Raw(b"null")
+        return _encoder.encode({"jsonrpc": "2.0", "id": rpc_id, "result": changed})
 
     async def _rest(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
         if 300 <= status < 400:

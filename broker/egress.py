@@ -1,0 +1,477 @@
+"""Outbound HTTP: the broker's one upstream client and the egress (SSRF) rules it enforces.
+
+Three checks, each closing a gap the one before leaves open:
+
+1. ``EgressPolicy.check_url`` runs on every URL before anything is sent: scheme, no userinfo, and
+   numeric hosts, because aiohttp never calls the resolver for an IP literal.
+2. ``EgressResolver`` drops every resolved address the policy refuses, so a name pointing at a
+   metadata service or at loopback never reaches connect().
+3. ``EgressPolicy.guarded_socket`` is the connector's socket factory: it sees the exact address
+   handed to connect() for every new connection, whatever path produced it, before a packet leaves.
+
+aiohttp and OS errors become broker errors in one place, ``upstream_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import ipaddress
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from aiohttp.typedefs import LooseHeaders
+from yarl import URL
+
+from broker.errors import (
+    AgentCardFetchError,
+    BrokerError,
+    EgressDeniedError,
+    StreamIdleTimeoutError,
+    UpstreamBadResponseError,
+    UpstreamConnectTimeoutError,
+    UpstreamResponseTooLargeError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _nets(*cidrs: str) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
+
+
+# Refused whatever the settings say; the first match names the class. Metadata comes first because
+# two of those addresses lie in ranges that allow_private opens (100.64.0.0/10 and fc00::/7).
+_ALWAYS_REFUSED: tuple[tuple[str, tuple[_Network, ...]], ...] = (
+    (
+        "cloud metadata",
+        _nets("169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32", "192.0.0.192/32"),
+    ),
+    ("link-local", _nets("169.254.0.0/16", "fe80::/10")),
+    # All of 0/8, not only 0.0.0.0: Linux delivers a connect() to 0.0.0.0 to the local host.
+    ("unspecified", _nets("0.0.0.0/8", "::/128")),
+    ("multicast", _nets("224.0.0.0/4", "ff00::/8")),
+    ("reserved", _nets("240.0.0.0/4")),  # includes the broadcast address 255.255.255.255
+)
+_LOOPBACK = _nets("127.0.0.0/8", "::1/128")
+_PRIVATE = _nets(
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fec0::/10"
+)
+# IPv6 outside these blocks is unassigned or deprecated (IPv4-compatible ::/96, SIIT): refused.
+_IPV6_ASSIGNED = _nets("2000::/3", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_CONFIGURABLE = frozenset({"loopback", "private"})
+
+
+def _within(ip: IPAddress, nets: tuple[_Network, ...]) -> bool:
+    return any(ip in net for net in nets)  # an address of the other IP version is never "in"
+
+
+def _reached_ipv4(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address actually reaches (mapped or NAT64), else ``ip`` itself."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def address_class(ip: IPAddress) -> str:
+    """Name the class of ``ip``: an always-refused class, "loopback", "private" or "public".
+
+    Special-purpose ranges that are not globally routable (documentation, benchmarking, ...) count
+    as "private"; the stdlib's ``is_global`` tracks the IANA registry for those.
+    """
+    ip = _reached_ipv4(ip)
+    for name, nets in _ALWAYS_REFUSED:
+        if _within(ip, nets):
+            return name
+    if _within(ip, _LOOPBACK):
+        return "loopback"
+    if ip.version == 6 and not _within(ip, _IPV6_ASSIGNED):
+        return "reserved"
+    if _within(ip, _PRIVATE) or not ip.is_global:
+        return "private"
+    return "public"
+
+
+@functools.lru_cache(maxsize=4096)  # parsing costs ~6 us, failing on a name ~9 us; hosts repeat
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _numeric_host(host: str) -> tuple[IPAddress | None, bool]:
+    """The address a numeric host denotes and whether it is plainly written; (None, True) if a name.
+
+    Not plain: forms libc still reads as numbers (2130706433, 127.1, 0x7f.1, a final dot).
+    """
+    bare = host.rstrip(".") or host
+    if (ip := _parse_ip(bare)) is not None:
+        return ip, bare == host
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(bare)), False
+    except OSError:
+        return None, True
+
+
+def _denied(message: str, detail: str | None = None) -> EgressDeniedError:
+    return EgressDeniedError(f"Egress refused: {message}", detail=detail)
+
+
+class EgressPolicy:
+    """Which destinations the broker may connect to, from ``EgressSettings``.
+
+    Link-local, cloud metadata, unspecified, multicast and reserved addresses are always refused;
+    loopback only with ``allow_loopback``, private ranges only with ``allow_private``.
+    """
+
+    def __init__(self, settings: EgressSettings) -> None:
+        allowed = {"public"}
+        allowed |= {"loopback"} if settings.allow_loopback else set()
+        allowed |= {"private"} if settings.allow_private else set()
+        self._allowed = frozenset(allowed)
+        self._schemes = frozenset(s.lower() for s in settings.allowed_schemes)
+
+    def refusal(self, ip: IPAddress) -> EgressDeniedError | None:
+        """The error refusing ``ip``, or None when the broker may connect to it."""
+        kind = address_class(ip)
+        if kind in self._allowed:
+            return None
+        if kind in _CONFIGURABLE:
+            why = "this broker's egress settings do not allow"
+        else:
+            why = "the broker never connects to"
+        article = "an" if kind[0] in "aeiou" else "a"
+        return _denied(
+            f"the destination is {article} {kind} address, which {why}.", f"address {ip}"
+        )
+
+    def check_ip(self, ip: IPAddress) -> None:
+        """Return if the broker may connect to ``ip``; raise EgressDeniedError naming its class."""
+        if (error := self.refusal(ip)) is not None:
+            raise error
+
+    def check_url(self, url: str | URL) -> URL:
+        """Refuse a URL the broker must not send to; return it parsed, to be sent exactly so.
+
+        Raises EgressDeniedError for a scheme not in ``allowed_schemes``, a missing host, userinfo,
+        an IP-literal host the policy refuses, or a numeric host in a non-canonical form.
+        """
+        try:
+            parsed = url if isinstance(url, URL) else URL(url)
+        except (TypeError, ValueError):
+            raise _denied("the URL is not a valid absolute URL.") from None
+        if parsed.scheme not in self._schemes:
+            allowed = ", ".join(sorted(self._schemes))
+            raise _denied(f"the URL scheme {parsed.scheme!r} is not allowed (allowed: {allowed}).")
+        if not parsed.host:
+            raise _denied("the URL has no host.")
+        if parsed.user is not None or parsed.password is not None:
+            raise _denied("URLs carrying a user name or password are not allowed.")
+        self._check_numeric_host(parsed.host)
+        return parsed
+
+    def _check_numeric_host(self, host: str) -> None:
+        # A name is left to the resolver and the socket guard; numbers never reach the resolver.
+        ip, plain = _numeric_host(host)
+        if ip is not None:
+            self.check_ip(ip)
+            if not plain:
+                raise _denied("numeric hosts must be written in plain dotted form.", f"host {host}")
+
+    def address_refusal(self, address: str) -> EgressDeniedError | None:
+        """Like ``refusal`` for a numeric address as resolvers return it; refuses non-addresses."""
+        ip = _parse_ip(address)
+        return _denied("the destination address is not valid.") if ip is None else self.refusal(ip)
+
+    def guarded_socket(self, addr_info: aiohttp.AddrInfoType) -> socket.socket:
+        """Socket factory for the connector: no socket for an address the policy refuses.
+
+        Runs for every new connection with the exact address connect() will use, so it also
+        covers IP-literal hosts and any path around the resolver. Raises an OSError (aiohttp only
+        carries those) that ``upstream_error`` turns back into the EgressDeniedError.
+        """
+        family, type_, proto, _, address = addr_info
+        if (error := self.address_refusal(str(address[0]))) is not None:
+            raise _EgressRefusedOSError(error)
+        return socket.socket(family=family, type=type_, proto=proto)
+
+
+class _EgressRefusedOSError(OSError):
+    """Carries an EgressDeniedError through aiohttp's connect path, which passes on OSErrors."""
+
+    def __init__(self, refusal: EgressDeniedError) -> None:
+        # Constant text: aiohappyeyeballs re-raises this very object when all attempts say the same.
+        super().__init__(errno.EACCES, "egress refused")
+        self.refusal = refusal
+
+
+class EgressResolver(AbstractResolver):
+    """aiohttp's default resolver, keeping only the addresses the policy allows.
+
+    When every address is refused it raises an OSError that ``upstream_error`` turns into the
+    EgressDeniedError for the first of them.
+    """
+
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self._policy = policy
+        self._inner = inner if inner is not None else DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        refusals = [self._policy.address_refusal(r["host"]) for r in results]
+        allowed = [r for r, refusal in zip(results, refusals, strict=True) if refusal is None]
+        if allowed:
+            return allowed
+        if not refusals:  # an empty list would trip an assertion inside aiohttp
+            raise socket.gaierror(socket.EAI_NONAME, "no address")
+        raise _EgressRefusedOSError(refusals[0] or _denied("the host has no address."))
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def check_push_url(policy: EgressPolicy, url: str, *, timeout_s: float = 5.0) -> None:
+    """Refuse a push-notification URL unless every address its host resolves to is allowed.
+
+    The agent, not the broker, will connect to it, so this checks the name's addresses now; it
+    cannot stop a later DNS change. Raises EgressDeniedError, also when the name does not resolve.
+    """
+    parsed = policy.check_url(url)
+    host = parsed.host or ""
+    if _numeric_host(host)[0] is not None:
+        return  # check_url has judged the literal
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        raise _denied("the URL's host name does not resolve, so it cannot be checked.") from None
+    for *_, sockaddr in infos:
+        if (error := policy.address_refusal(str(sockaddr[0]))) is not None:
+            raise error
+
+
+def upstream_error(exc: BaseException, *, streaming: bool = False) -> BrokerError:
+    """The broker error for an aiohttp or OS error raised while talking to an upstream.
+
+    The only place that translates them. The original error goes to ``detail`` (log only).
+    ``streaming``: it came while reading a stream's body, where a read timeout means idleness.
+    """
+    detail = f"{type(exc).__name__}: {exc}"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, _EgressRefusedOSError):
+        return cause.refusal
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamConnectTimeoutError(detail=detail)
+    if isinstance(exc, TimeoutError):
+        return (
+            StreamIdleTimeoutError(detail=detail)
+            if streaming
+            else UpstreamTimeoutError(detail=detail)
+        )
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return UpstreamBadResponseError(detail=detail)
+    return UpstreamUnreachableError(detail=detail)
+
+
+_CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+# Accept-Encoding would invite bodies the broker cannot inspect; User-Agent would leak versions.
+_SKIPPED_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
+_CARD_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+_DNS_TTL_S = 10  # short: a changed record is picked up soon; every answer is re-checked anyway
+# Only Pythons without CPython PR 118960 leak closed TLS transports; aiohttp warns if asked later.
+_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
+
+
+class UpstreamClient:
+    """The broker's one outbound HTTP client.
+
+    Pooled; every URL and every connected address passes the egress policy; redirects are never
+    followed (a 3xx is returned as is); no cookies are kept; proxy environment variables are
+    ignored; bodies are relayed undecoded. Build it inside the running event loop at start-up,
+    share it, and ``await close()`` at shutdown.
+    """
+
+    def __init__(
+        self, egress: EgressSettings, limits: LimitSettings, registry: RegistrySettings
+    ) -> None:
+        self.policy = EgressPolicy(egress)
+        self._max_response_bytes = limits.max_response_bytes
+        self._max_card_bytes = registry.max_card_bytes
+        connect = limits.upstream_connect_timeout_s
+        card = registry.card_fetch_timeout_s
+        self._unary_timeout = aiohttp.ClientTimeout(
+            total=limits.upstream_timeout_s, connect=connect, sock_connect=connect
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=limits.sse_idle_timeout_s
+        )
+        self._card_timeout = aiohttp.ClientTimeout(
+            total=card, connect=min(connect, card), sock_connect=min(connect, card)
+        )
+        connector = aiohttp.TCPConnector(
+            limit=limits.upstream_pool_size,
+            resolver=EgressResolver(self.policy),
+            socket_factory=self.policy.guarded_socket,
+            ttl_dns_cache=_DNS_TTL_S,
+            enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=_SKIPPED_AUTO_HEADERS,
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        headers: LooseHeaders | None = None,
+        body: bytes | None = None,
+        stream: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """Send one request and return the response once its headers have arrived.
+
+        The caller must release it (``async with response:``) and should read it with
+        ``read_body`` or ``iter_chunks``. A 3xx is returned, not followed. ``stream`` swaps the
+        total timeout for an idle timeout. Raises EgressDeniedError, UpstreamUnreachableError,
+        UpstreamConnectTimeoutError, UpstreamTimeoutError or UpstreamBadResponseError.
+        """
+        limits = self._stream_timeout if stream else self._unary_timeout
+        return await self._send(method, url, headers, body, limits)
+
+    async def read_body(
+        self, response: aiohttp.ClientResponse, *, limit: int | None = None
+    ) -> bytes:
+        """A unary response's whole body, at most ``limit`` bytes (default max_response_bytes).
+
+        Raises UpstreamResponseTooLargeError, UpstreamTimeoutError, UpstreamUnreachableError or
+        UpstreamBadResponseError.
+        """
+        return await _read_limited(
+            response,
+            self._max_response_bytes if limit is None else limit,
+            UpstreamResponseTooLargeError,
+        )
+
+    async def iter_chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """A streamed body's bytes as they arrive.
+
+        Raises StreamIdleTimeoutError when nothing arrives for sse_idle_timeout_s, and the errors
+        of ``read_body`` otherwise. The maximum stream duration is the caller's scope to set.
+        """
+        try:
+            async for chunk in response.content.iter_any():
+                yield chunk
+        except _CLIENT_ERRORS as exc:
+            raise upstream_error(exc, streaming=True) from None
+
+    async def fetch_card(self, url: str | URL) -> bytes:
+        """GET an agent card's bytes: no redirects, at most max_card_bytes, card_fetch_timeout_s.
+
+        Raises EgressDeniedError for a refused destination and AgentCardFetchError otherwise.
+        """
+        try:
+            response = await self._send("GET", url, _CARD_HEADERS, None, self._card_timeout)
+            async with response:
+                if (error := _card_response_error(response)) is not None:
+                    raise error
+                return await _read_limited(response, self._max_card_bytes, _card_too_large)
+        except (
+            UpstreamUnreachableError,
+            UpstreamConnectTimeoutError,
+            UpstreamTimeoutError,
+            UpstreamBadResponseError,
+        ) as exc:
+            reason = exc.message[:1].lower() + exc.message[1:]
+            raise AgentCardFetchError(
+                f"The agent card could not be fetched: {reason}", detail=exc.detail
+            ) from None
+
+    async def close(self) -> None:
+        """Close every pooled connection; the client cannot be used afterwards."""
+        await self._session.close()
+
+    async def __aenter__(self) -> UpstreamClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _send(
+        self,
+        method: str,
+        url: str | URL,
+        headers: LooseHeaders | None,
+        body: bytes | None,
+        limits: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        target = self.policy.check_url(url)
+        try:
+            return await self._session.request(
+                method, target, headers=headers, data=body, allow_redirects=False, timeout=limits
+            )
+        except _CLIENT_ERRORS as exc:
+            raise upstream_error(exc) from None
+
+
+async def _read_limited(
+    response: aiohttp.ClientResponse, limit: int, too_large: Callable[[], BrokerError]
+) -> bytes:
+    """Read the body incrementally, stopping as soon as it exceeds ``limit`` bytes."""
+    if response.content_length is not None and response.content_length > limit:
+        raise too_large()
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise too_large()
+    except _CLIENT_ERRORS as exc:
+        raise upstream_error(exc) from None
+    return bytes(body)
+
+
+def _card_too_large() -> BrokerError:
+    return AgentCardFetchError("The agent card is larger than the broker accepts.")
+
+
+def _card_response_error(response: aiohttp.ClientResponse) -> AgentCardFetchError | None:
+    status = response.status
+    if 300 <= status < 400:
+        return AgentCardFetchError(
+            f"The agent card URL answered with a redirect (HTTP {status}); the broker does not "
+            "follow redirects, so register the card's final URL."
+        )
+    if status != 200:
+        return AgentCardFetchError(f"The agent card URL answered HTTP {status}; expected 200.")
+    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return AgentCardFetchError("The agent card URL answered with a compressed body.")
+    return None
