@@ -19,28 +19,16 @@ import errno
 import functools
 import ipaddress
 import socket
-import sys
-from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
-from aiohttp.typedefs import LooseHeaders
 from yarl import URL
 
 from broker.errors import (
-    AgentCardFetchError,
-    BrokerError,
     EgressDeniedError,
-    StreamIdleTimeoutError,
-    UpstreamBadResponseError,
-    UpstreamConnectTimeoutError,
-    UpstreamResponseTooLargeError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
 )
-from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from broker.settings import EgressSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -209,11 +197,11 @@ class EgressPolicy:
         """
         family, type_, proto, _, address = addr_info
         if (error := self.address_refusal(str(address[0]))) is not None:
-            raise _EgressRefusedOSError(error)
+            raise EgressRefusedOSError(error)
         return socket.socket(family=family, type=type_, proto=proto)
 
 
-class _EgressRefusedOSError(OSError):
+class EgressRefusedOSError(OSError):
     """Carries an EgressDeniedError through aiohttp's connect path, which passes on OSErrors."""
 
     def __init__(self, refusal: EgressDeniedError) -> None:
@@ -243,7 +231,7 @@ class EgressResolver(AbstractResolver):
             return allowed
         if not refusals:  # an empty list would trip an assertion inside aiohttp
             raise socket.gaierror(socket.EAI_NONAME, "no address")
-        raise _EgressRefusedOSError(refusals[0] or _denied("the host has no address."))
+        raise EgressRefusedOSError(refusals[0] or _denied("the host has no address."))
 
     async def close(self) -> None:
         await self._inner.close()
@@ -268,210 +256,3 @@ async def check_push_url(policy: EgressPolicy, url: str, *, timeout_s: float = 5
     for *_, sockaddr in infos:
         if (error := policy.address_refusal(str(sockaddr[0]))) is not None:
             raise error
-
-
-def upstream_error(exc: BaseException, *, streaming: bool = False) -> BrokerError:
-    """The broker error for an aiohttp or OS error raised while talking to an upstream.
-
-    The only place that translates them. The original error goes to ``detail`` (log only).
-    ``streaming``: it came while reading a stream's body, where a read timeout means idleness.
-    """
-    detail = f"{type(exc).__name__}: {exc}"
-    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-    if isinstance(cause, _EgressRefusedOSError):
-        return cause.refusal
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamConnectTimeoutError(detail=detail)
-    if isinstance(exc, TimeoutError):
-        return (
-            StreamIdleTimeoutError(detail=detail)
-            if streaming
-            else UpstreamTimeoutError(detail=detail)
-        )
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return UpstreamBadResponseError(detail=detail)
-    return UpstreamUnreachableError(detail=detail)
-
-
-_CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
-# Accept-Encoding would invite bodies the broker cannot inspect; User-Agent would leak versions.
-_SKIPPED_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
-_CARD_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
-_DNS_TTL_S = 10  # short: a changed record is picked up soon; every answer is re-checked anyway
-# Only Pythons without CPython PR 118960 leak closed TLS transports; aiohttp warns if asked later.
-_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
-
-
-class UpstreamClient:
-    """The broker's one outbound HTTP client.
-
-    Pooled; every URL and every connected address passes the egress policy; redirects are never
-    followed (a 3xx is returned as is); no cookies are kept; proxy environment variables are
-    ignored; bodies are relayed undecoded. Build it inside the running event loop at start-up,
-    share it, and ``await close()`` at shutdown.
-    """
-
-    def __init__(
-        self, egress: EgressSettings, limits: LimitSettings, registry: RegistrySettings
-    ) -> None:
-        self.policy = EgressPolicy(egress)
-        self._max_response_bytes = limits.max_response_bytes
-        self._max_card_bytes = registry.max_card_bytes
-        connect = limits.upstream_connect_timeout_s
-        card = registry.card_fetch_timeout_s
-        self._unary_timeout = aiohttp.ClientTimeout(
-            total=limits.upstream_timeout_s, connect=connect, sock_connect=connect
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_connect=connect, sock_read=limits.sse_idle_timeout_s
-        )
-        self._card_timeout = aiohttp.ClientTimeout(
-            total=card, connect=min(connect, card), sock_connect=min(connect, card)
-        )
-        connector = aiohttp.TCPConnector(
-            limit=limits.upstream_pool_size,
-            resolver=EgressResolver(self.policy),
-            socket_factory=self.policy.guarded_socket,
-            ttl_dns_cache=_DNS_TTL_S,
-            enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            skip_auto_headers=_SKIPPED_AUTO_HEADERS,
-        )
-
-    async def request(
-        self,
-        method: str,
-        url: str | URL,
-        *,
-        headers: LooseHeaders | None = None,
-        body: bytes | None = None,
-        stream: bool = False,
-    ) -> aiohttp.ClientResponse:
-        """Send one request and return the response once its headers have arrived.
-
-        The caller must release it (``async with response:``) and should read it with
-        ``read_body`` or ``iter_chunks``. A 3xx is returned, not followed. ``stream`` swaps the
-        total timeout for an idle timeout. Raises EgressDeniedError, UpstreamUnreachableError,
-        UpstreamConnectTimeoutError, UpstreamTimeoutError or UpstreamBadResponseError.
-        """
-        limits = self._stream_timeout if stream else self._unary_timeout
-        return await self._send(method, url, headers, body, limits)
-
-    async def read_body(
-        self, response: aiohttp.ClientResponse, *, limit: int | None = None
-    ) -> bytes:
-        """A unary response's whole body, at most ``limit`` bytes (default max_response_bytes).
-
-        Raises UpstreamResponseTooLargeError, UpstreamTimeoutError, UpstreamUnreachableError or
-        UpstreamBadResponseError.
-        """
-        return await _read_limited(
-            response,
-            self._max_response_bytes if limit is None else limit,
-            UpstreamResponseTooLargeError,
-        )
-
-    async def iter_chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """A streamed body's bytes as they arrive.
-
-        Raises StreamIdleTimeoutError when nothing arrives for sse_idle_timeout_s, and the errors
-        of ``read_body`` otherwise. The maximum stream duration is the caller's scope to set.
-        """
-        try:
-            async for chunk in response.content.iter_any():
-                yield chunk
-        except _CLIENT_ERRORS as exc:
-            raise upstream_error(exc, streaming=True) from None
-
-    async def fetch_card(self, url: str | URL) -> bytes:
-        """GET an agent card's bytes: no redirects, at most max_card_bytes, card_fetch_timeout_s.
-
-        Raises EgressDeniedError for a refused destination and AgentCardFetchError otherwise.
-        """
-        try:
-            response = await self._send("GET", url, _CARD_HEADERS, None, self._card_timeout)
-            async with response:
-                if (error := _card_response_error(response)) is not None:
-                    raise error
-                return await _read_limited(response, self._max_card_bytes, _card_too_large)
-        except (
-            UpstreamUnreachableError,
-            UpstreamConnectTimeoutError,
-            UpstreamTimeoutError,
-            UpstreamBadResponseError,
-        ) as exc:
-            reason = exc.message[:1].lower() + exc.message[1:]
-            raise AgentCardFetchError(
-                f"The agent card could not be fetched: {reason}", detail=exc.detail
-            ) from None
-
-    async def close(self) -> None:
-        """Close every pooled connection; the client cannot be used afterwards."""
-        await self._session.close()
-
-    async def __aenter__(self) -> UpstreamClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def _send(
-        self,
-        method: str,
-        url: str | URL,
-        headers: LooseHeaders | None,
-        body: bytes | None,
-        limits: aiohttp.ClientTimeout,
-    ) -> aiohttp.ClientResponse:
-        target = self.policy.check_url(url)
-        try:
-            return await self._session.request(
-                method, target, headers=headers, data=body, allow_redirects=False, timeout=limits
-            )
-        except _CLIENT_ERRORS as exc:
-            raise upstream_error(exc) from None
-
-
-async def _read_limited(
-    response: aiohttp.ClientResponse, limit: int, too_large: Callable[[], BrokerError]
-) -> bytes:
-    """Read the body incrementally, stopping as soon as it exceeds ``limit`` bytes."""
-    if response.content_length is not None and response.content_length > limit:
-        raise too_large()
-    body = bytearray()
-    try:
-        async for chunk in response.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_large()
-    except _CLIENT_ERRORS as exc:
-        raise upstream_error(exc) from None
-    return bytes(body)
-
-
-def _card_too_large() -> BrokerError:
-    return AgentCardFetchError("The agent card is larger than the broker accepts.")
-
-
-def _card_response_error(response: aiohttp.ClientResponse) -> AgentCardFetchError | None:
-    status = response.status
-    if 300 <= status < 400:
-        return AgentCardFetchError(
-            f"The agent card URL answered with a redirect (HTTP {status}); the broker does not "
-            "follow redirects, so register the card's final URL."
-        )
-    if status != 200:
-        return AgentCardFetchError(f"The agent card URL answered HTTP {status}; expected 200.")
-    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
-        return AgentCardFetchError("The agent card URL answered with a compressed body.")
-    return None

@@ -8,7 +8,7 @@ from typing import Any
 
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.directory import AgentDirectory
-from broker.egress import EgressPolicy, UpstreamClient, check_push_url
+from broker.egress import EgressPolicy, check_push_url
 from broker.keys import BrokerKeys
 from broker.pipeline import fold
 from broker.responses import ResponseInspector
@@ -23,6 +23,7 @@ from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
+from broker.upstream_client import UpstreamClient
 
 log = logging.getLogger("a2a_broker")
 
@@ -59,7 +60,16 @@ class BrokerRuntime:
             upstream=upstream,
             directory=directory,
             authenticate=authenticate,
-            mediate=fold(pipeline_stages(settings, stores, keys, upstream, egress, authenticate)),
+            mediate=fold(
+                pipeline_stages(
+                    settings=settings,
+                    stores=stores,
+                    keys=keys,
+                    upstream=upstream,
+                    egress=egress,
+                    authenticate=authenticate,
+                )
+            ),
         )
         if settings.registry.cards_dir:
             await directory.load_declarative(settings.path(settings.registry.cards_dir))
@@ -71,6 +81,7 @@ class BrokerRuntime:
 
 
 def pipeline_stages(
+    *,
     settings: Settings,
     stores: Stores,
     keys: BrokerKeys,
@@ -101,5 +112,7 @@ def pipeline_stages(
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, push_url_allowed),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
-        Forward(AiohttpUpstream(upstream), settings.limits, settings.upstream_credentials, inspector),
+        Forward(
+            AiohttpUpstream(upstream), settings.limits, settings.upstream_credentials, inspector
+        ),
     ]

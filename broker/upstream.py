@@ -7,7 +7,7 @@ from typing import Protocol
 
 import aiohttp
 
-from broker.egress import UpstreamClient
+from broker.upstream_client import UpstreamClient
 
 
 class UpstreamResponse(Protocol):

@@ -24,9 +24,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from broker.egress import (
     EgressPolicy,
     EgressResolver,
-    UpstreamClient,
     check_push_url,
-    upstream_error,
 )
 from broker.errors import (
     AgentCardFetchError,
@@ -38,6 +36,7 @@ from broker.errors import (
     UpstreamUnreachableError,
 )
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from broker.upstream_client import UpstreamClient, upstream_error
 
 # --- every connect() in the process, recorded ----------------------------------------------------
 
