@@ -111,7 +111,7 @@ def _keys_generate(args: argparse.Namespace) -> int:
 
 
 def _hash_credential(args: argparse.Namespace) -> int:
-    token = sys.stdin.readline().strip() if args.token == "-" else args.token
+    token = sys.stdin.readline().strip() if args.token == "-" else args.token  # noqa: S105
     print(hashlib.sha256(token.encode()).hexdigest())
     return 0
 

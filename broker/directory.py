@@ -213,8 +213,17 @@ class AgentDirectory:
         loaded = [(path.stem, await self._load_file(path)) for path in files]
         records = [await self._store_declared(name, *found) for name, found in loaded]
         for name in sorted(set(self._settings.agents) - {path.stem for path in files}):
-            log.warning("[agents.%s] is configured but %s has no %s.json", name, folder, name)
+            await self._bind_caller_only(name)
         return records
+
+    async def _bind_caller_only(self, name: str) -> None:
+        """An ``[agents.NAME]`` entry without a card: an identity that calls but is not called."""
+        if not AGENT_NAME_RE.match(name):
+            raise DeclarativeCardError(f"[agents.{name}]: not a valid agent name")
+        digest = self._declared_digest(name)
+        if digest:
+            await self._credentials.replace(name, digest)
+            log.info("caller-only identity %s configured (no card, not a target)", name)
 
     async def _load_file(self, path: Path) -> tuple[ValidatedCard, str]:
         if not AGENT_NAME_RE.match(path.stem):

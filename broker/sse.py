@@ -57,13 +57,13 @@ class _TaskRef(msgspec.Struct):
 
 
 class _UpdateRef(msgspec.Struct):
-    taskId: str = ""  # noqa: N815 - A2A's field name
+    taskId: str = ""
 
 
 class _StreamResponse(msgspec.Struct):
     task: _TaskRef | None = None
-    statusUpdate: _UpdateRef | None = None  # noqa: N815
-    artifactUpdate: _UpdateRef | None = None  # noqa: N815
+    statusUpdate: _UpdateRef | None = None
+    artifactUpdate: _UpdateRef | None = None
 
 
 class _JsonRpcEvent(msgspec.Struct):

@@ -7,12 +7,12 @@ import hmac
 from typing import Any, TypeVar
 
 import msgspec
-from litestar import Request, Response, Router, delete, get, post, put
+from litestar import Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
-from broker.http.state import runtime_of
+from broker.http.state import AnyRequest, runtime_of
 from broker.stages.authenticate import bearer_token
 
 _encoder = msgspec.json.Encoder()
@@ -56,13 +56,13 @@ def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHand
 
 
 @get("/agents")
-async def list_agents(request: Request[object, object, object]) -> Response[bytes]:
+async def list_agents(request: AnyRequest) -> Response[bytes]:
     directory = runtime_of(request).directory
     return _json({"agents": [directory.summary(r) for r in await directory.list()]})
 
 
 @post("/agents")
-async def register_agent(request: Request[object, object, object]) -> Response[bytes]:
+async def register_agent(request: AnyRequest) -> Response[bytes]:
     body = _decode(await request.body(), _RegisterBody)
     directory = runtime_of(request).directory
     record, credential = await directory.register(body.name, body.card, body.card_url)
@@ -70,7 +70,7 @@ async def register_agent(request: Request[object, object, object]) -> Response[b
 
 
 @get("/agents/{name:str}")
-async def show_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def show_agent(request: AnyRequest, name: str) -> Response[bytes]:
     directory = runtime_of(request).directory
     record = await directory.get(name)
     card = msgspec.json.decode(record.card_json)
@@ -78,7 +78,7 @@ async def show_agent(request: Request[object, object, object], name: str) -> Res
 
 
 @put("/agents/{name:str}")
-async def update_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
     body = _decode(await request.body(), _CardBody)
     directory = runtime_of(request).directory
     record = await directory.update(name, body.card, body.card_url)
@@ -86,25 +86,25 @@ async def update_agent(request: Request[object, object, object], name: str) -> R
 
 
 @post("/agents/{name:str}/suspend")
-async def suspend_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def suspend_agent(request: AnyRequest, name: str) -> Response[bytes]:
     directory = runtime_of(request).directory
     return _json({"agent": directory.summary(await directory.suspend(name))})
 
 
 @post("/agents/{name:str}/resume")
-async def resume_agent(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def resume_agent(request: AnyRequest, name: str) -> Response[bytes]:
     directory = runtime_of(request).directory
     return _json({"agent": directory.summary(await directory.resume(name))})
 
 
 @post("/agents/{name:str}/credential")
-async def rotate_credential(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def rotate_credential(request: AnyRequest, name: str) -> Response[bytes]:
     credential = await runtime_of(request).directory.rotate_credential(name)
     return _json({"agent": name, "credential": credential})
 
 
 @delete("/agents/{name:str}", status_code=204)
-async def delete_agent(request: Request[object, object, object], name: str) -> None:
+async def delete_agent(request: AnyRequest, name: str) -> None:
     await runtime_of(request).directory.delete(name)
 
 

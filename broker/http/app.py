@@ -6,9 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Response
 from litestar.exceptions import HTTPException
 
+from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
     BrokerError,
@@ -20,6 +21,8 @@ from broker.errors import (
 from broker.http.admin import admin_router
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.mediation import jsonrpc_edge, rest_edge
+from broker.http.state import AnyRequest
+from broker.keys import KeyFileError
 from broker.logs import configure_logging
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, load_settings
@@ -28,7 +31,7 @@ from broker.wire import error_headers, rest_error_body
 log = logging.getLogger("a2a_broker")
 
 
-def broker_error_response(_: Request[object, object, object], err: BrokerError) -> Response[bytes]:
+def broker_error_response(_: AnyRequest, err: BrokerError) -> Response[bytes]:
     """Errors raised outside the mediation pipeline (admin, discovery) in the REST shape."""
     return Response(
         rest_error_body(err),
@@ -38,9 +41,7 @@ def broker_error_response(_: Request[object, object, object], err: BrokerError) 
     )
 
 
-def http_error_response(
-    request: Request[object, object, object], exc: HTTPException
-) -> Response[bytes]:
+def http_error_response(request: AnyRequest, exc: HTTPException) -> Response[bytes]:
     """Litestar's own refusals (unknown path, wrong method, oversized body) as broker errors."""
     by_status: dict[int, BrokerError] = {
         404: RouteNotFoundError(),
@@ -51,7 +52,7 @@ def http_error_response(
     return broker_error_response(request, err)
 
 
-def internal_error_response(request: Request[object, object, object], exc: Exception) -> Response[bytes]:
+def internal_error_response(request: AnyRequest, exc: Exception) -> Response[bytes]:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return broker_error_response(request, BrokerInternalError())
 
@@ -59,7 +60,11 @@ def internal_error_response(request: Request[object, object, object], exc: Excep
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.runtime = await BrokerRuntime.start(settings)
+        try:
+            app.state.runtime = await BrokerRuntime.start(settings)
+        except (DeclarativeCardError, KeyFileError) as exc:
+            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
+            raise
         log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)
         try:
             yield
@@ -68,7 +73,14 @@ def create_app(settings: Settings) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            healthz, readyz, jwks, agent_card, list_agents, jsonrpc_edge, rest_edge, admin_router
+            healthz,
+            readyz,
+            jwks,
+            agent_card,
+            list_agents,
+            jsonrpc_edge,
+            rest_edge,
+            admin_router,
         ],
         lifespan=[lifespan],
         exception_handlers={

@@ -6,9 +6,9 @@ import hashlib
 from email.utils import formatdate
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Response, get
 
-from broker.http.state import runtime_of
+from broker.http.state import AnyRequest, runtime_of
 
 _encoder = msgspec.json.Encoder()
 CARD_CACHE_CONTROL = "public, max-age=60"
@@ -20,13 +20,13 @@ async def healthz() -> Response[bytes]:
 
 
 @get("/readyz", status_code=200)
-async def readyz(request: Request[object, object, object]) -> Response[bytes]:
+async def readyz(request: AnyRequest) -> Response[bytes]:
     await runtime_of(request).backend.ping()  # StoreUnavailableError -> 503
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
 @get("/.well-known/jwks.json", status_code=200)
-async def jwks(request: Request[object, object, object]) -> Response[bytes]:
+async def jwks(request: AnyRequest) -> Response[bytes]:
     body = _encoder.encode(runtime_of(request).keys.jwks())
     return Response(
         body, media_type="application/jwk-set+json", headers={"cache-control": "max-age=300"}
@@ -34,7 +34,7 @@ async def jwks(request: Request[object, object, object]) -> Response[bytes]:
 
 
 @get("/agents/{name:str}/.well-known/agent-card.json", status_code=200)
-async def agent_card(request: Request[object, object, object], name: str) -> Response[bytes]:
+async def agent_card(request: AnyRequest, name: str) -> Response[bytes]:
     """The card as the broker serves it, with ETag / Last-Modified so clients can cache it."""
     directory = runtime_of(request).directory
     record = await directory.get(name)
@@ -51,7 +51,7 @@ async def agent_card(request: Request[object, object, object], name: str) -> Res
 
 
 @get("/agents", status_code=200)
-async def list_agents(request: Request[object, object, object]) -> Response[bytes]:
+async def list_agents(request: AnyRequest) -> Response[bytes]:
     """Discovery for a caller that knows only the broker's URL: the cards it may see.
 
     Until chain policy lands, every active agent is visible to every authenticated agent.

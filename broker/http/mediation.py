@@ -6,18 +6,20 @@ outcome into a response. No policy here.
 
 from __future__ import annotations
 
-from litestar import Request, Response, post, route
+from collections.abc import Awaitable, Callable
+
+from litestar import Response, post, route
 from litestar.exceptions import ClientException
 from litestar.response import Stream
 
 from broker.errors import BodyTooLargeError, InvalidRequestError
-from broker.http.state import runtime_of
+from broker.http.state import AnyRequest, runtime_of
 from broker.types import Binding, MediationContext, Outcome, Reply
 
 _SSE_MEDIA_TYPE = "text/event-stream"
 
 
-def inbound_headers(request: Request[object, object, object]) -> dict[str, str]:
+def inbound_headers(request: AnyRequest) -> dict[str, str]:
     """Lower-case header names; repeated headers merged with ", " (as A2A-Extensions wants)."""
     headers: dict[str, str] = {}
     for raw_name, raw_value in request.scope["headers"]:
@@ -27,7 +29,7 @@ def inbound_headers(request: Request[object, object, object]) -> dict[str, str]:
     return headers
 
 
-def _body_reader(request: Request[object, object, object]):  # type: ignore[no-untyped-def]
+def _body_reader(request: AnyRequest) -> Callable[[], Awaitable[bytes]]:
     async def read() -> bytes:
         try:
             return await request.body()
@@ -39,9 +41,7 @@ def _body_reader(request: Request[object, object, object]):  # type: ignore[no-u
     return read
 
 
-def _context(
-    request: Request[object, object, object], name: str, binding: Binding, tail: str = ""
-) -> MediationContext:
+def _context(request: AnyRequest, name: str, binding: Binding, tail: str = "") -> MediationContext:
     return MediationContext(
         binding=binding,
         target_name=name,
@@ -70,9 +70,7 @@ def to_response(outcome: Outcome) -> Response[bytes] | Stream:
 
 
 @post(["/agents/{name:str}/jsonrpc", "/agents/{name:str}/jsonrpc/"], status_code=200)
-async def jsonrpc_edge(
-    request: Request[object, object, object], name: str
-) -> Response[bytes] | Stream:
+async def jsonrpc_edge(request: AnyRequest, name: str) -> Response[bytes] | Stream:
     ctx = _context(request, name, "jsonrpc")
     return to_response(await runtime_of(request).mediate(ctx))
 
@@ -82,14 +80,12 @@ async def jsonrpc_edge(
     http_method=["GET", "POST", "DELETE"],
     status_code=200,
 )
-async def rest_edge(
-    request: Request[object, object, object], name: str, tail: str
-) -> Response[bytes] | Stream:
+async def rest_edge(request: AnyRequest, name: str, tail: str) -> Response[bytes] | Stream:
     ctx = _context(request, name, "rest", _raw_tail(request, name, tail))
     return to_response(await runtime_of(request).mediate(ctx))
 
 
-def _raw_tail(request: Request[object, object, object], name: str, tail: str) -> str:
+def _raw_tail(request: AnyRequest, name: str, tail: str) -> str:
     """The path after ``/rest`` as the caller sent it (still percent-encoded), for forwarding."""
     raw = request.scope.get("raw_path", b"").decode("latin-1")
     prefix = f"/agents/{name}/rest"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Request
+from litestar.datastructures import State
+
+AnyRequest = Request[Any, Any, State]
 
 if TYPE_CHECKING:
     from broker.runtime import BrokerRuntime
 
 
-def runtime_of(request: Request[object, object, object]) -> BrokerRuntime:
+def runtime_of(request: AnyRequest) -> BrokerRuntime:
     return cast("BrokerRuntime", request.app.state.runtime)

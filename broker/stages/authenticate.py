@@ -20,7 +20,7 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class Authenticate:
-    """Sets ``ctx.caller``. Refuses missing, unknown or revoked credentials and suspended callers."""
+    """Sets ``ctx.caller``; refuses missing, unknown or revoked credentials, suspended callers."""
 
     def __init__(self, credentials: CredentialStore, registry: AgentRegistry) -> None:
         self._credentials = credentials

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from broker.errors import BrokerError
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
-from broker.sse import relay, stream_task_id, event_data
+from broker.sse import event_data, relay, stream_task_id
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.upstream import Upstream, UpstreamResponse
 from broker.wire import sse_error_event

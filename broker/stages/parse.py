@@ -36,16 +36,16 @@ class _Envelope(msgspec.Struct):
 
 
 class _MessageRef(msgspec.Struct):
-    taskId: str = ""  # noqa: N815 - A2A's field name
+    taskId: str = ""
 
 
 class _PushConfigRef(msgspec.Struct):
     url: str = ""
-    taskId: str = ""  # noqa: N815
+    taskId: str = ""
 
 
 class _SendConfiguration(msgspec.Struct):
-    taskPushNotificationConfig: _PushConfigRef | None = None  # noqa: N815
+    taskPushNotificationConfig: _PushConfigRef | None = None
 
 
 class SendParams(msgspec.Struct):
@@ -57,7 +57,7 @@ class TaskParams(msgspec.Struct):
     """Params of task-scoped methods: the task is ``id`` or ``taskId`` depending on the method."""
 
     id: str = ""
-    taskId: str = ""  # noqa: N815
+    taskId: str = ""
     url: str = ""
 
 
@@ -65,7 +65,7 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _send_decoder = msgspec.json.Decoder(SendParams)
 _task_decoder = msgspec.json.Decoder(TaskParams)
 _any_decoder = msgspec.json.Decoder()
-_ID_START = frozenset(b'"-0123456789n')
+_ID_START = frozenset(bytes([b]) for b in b'"-0123456789n')
 
 
 class ParseRequest:
@@ -96,7 +96,7 @@ class ParseRequest:
     def _parse_jsonrpc(self, ctx: MediationContext) -> None:
         env = decode_envelope(ctx.body)
         ctx.jsonrpc_id = env.id
-        if env.jsonrpc != "2.0" or env.id[:1] not in _ID_START:
+        if env.jsonrpc != "2.0" or bytes(env.id)[:1] not in _ID_START:
             raise InvalidRequestError(
                 "'jsonrpc' must be \"2.0\" and 'id' a string, number or null."
             )

@@ -414,3 +414,19 @@ async def test_the_demo_cards_shipped_with_the_broker_load(
     assert records
     for record in records:
         assert msgspec.json.decode(record.card_json)["supportedInterfaces"]
+
+
+async def test_configured_identity_without_a_card_is_caller_only(
+    stores: Stores, keys: BrokerKeys, card_server: CardServer, tmp_path: Path
+) -> None:
+    credential = "a2ab_user-secret"
+    folder = write_cards(tmp_path / "cards", weather=load_card("weather_v1"))
+    directory = make_directory(
+        stores, keys, card_server, agents={"app-user": credential_digest(credential)}
+    )
+
+    records = await directory.load_declarative(folder)
+
+    assert [r.name for r in records] == ["weather"]  # not a target: no record, no card
+    assert await stores.registry.get("app-user") is None
+    assert await stores.credentials.lookup(credential_digest(credential)) == "app-user"

@@ -18,7 +18,12 @@ from broker.operations import match_rest
         ("POST", "/tasks/t1/pushNotificationConfigs", "CreateTaskPushNotificationConfig", "t1"),
         ("GET", "/tasks/t1/pushNotificationConfigs", "ListTaskPushNotificationConfigs", "t1"),
         ("GET", "/tasks/t1/pushNotificationConfigs/c1", "GetTaskPushNotificationConfig", "t1"),
-        ("DELETE", "/tasks/t1/pushNotificationConfigs/c1", "DeleteTaskPushNotificationConfig", "t1"),
+        (
+            "DELETE",
+            "/tasks/t1/pushNotificationConfigs/c1",
+            "DeleteTaskPushNotificationConfig",
+            "t1",
+        ),
         ("GET", "/extendedAgentCard", "GetExtendedAgentCard", None),
         ("POST", "/acme/message:send", "SendMessage", None),
         ("GET", "/acme/tasks/t9", "GetTask", "t9"),

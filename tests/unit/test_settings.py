@@ -15,7 +15,7 @@ def test_defaults_need_no_file() -> None:
 
 def test_file_from_environment_variable(tmp_path: Path) -> None:
     config = tmp_path / "broker.toml"
-    config.write_text('[server]\nport = 9000\n[limits]\nmax_json_depth = 10\n')
+    config.write_text("[server]\nport = 9000\n[limits]\nmax_json_depth = 10\n")
     settings = load_settings(None, environ={"A2A_BROKER_CONFIG": str(config)})
     assert settings.server.port == 9000 and settings.limits.max_json_depth == 10
     assert settings.path("cards") == tmp_path / "cards"
