@@ -5,6 +5,7 @@ aiohttp and OS errors become broker errors in one place, ``upstream_error``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -79,6 +80,7 @@ class UpstreamClient:
         self._unary_timeout = aiohttp.ClientTimeout(
             total=limits.upstream_timeout_s, connect=connect, sock_connect=connect
         )
+        self._header_timeout_s = limits.upstream_timeout_s
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=connect, sock_connect=connect, sock_read=limits.sse_idle_timeout_s
         )
@@ -116,8 +118,15 @@ class UpstreamClient:
         total timeout for an idle timeout. Raises EgressDeniedError, UpstreamUnreachableError,
         UpstreamConnectTimeoutError, UpstreamTimeoutError or UpstreamBadResponseError.
         """
-        limits = self._stream_timeout if stream else self._unary_timeout
-        return await self._send(method, url, headers, body, limits)
+        if not stream:
+            return await self._send(method, url, headers, body, self._unary_timeout)
+        try:
+            # A stream's idle timeout starts once it flows; until its headers arrive the
+            # upstream gets the unary deadline, so a hanging agent fails as UPSTREAM_TIMEOUT.
+            async with asyncio.timeout(self._header_timeout_s):
+                return await self._send(method, url, headers, body, self._stream_timeout)
+        except TimeoutError as exc:
+            raise upstream_error(exc) from None
 
     async def read_body(
         self, response: aiohttp.ClientResponse, *, limit: int | None = None
