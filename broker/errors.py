@@ -51,6 +51,8 @@ class BrokerError(Exception):
     # availability) keep their HTTP status; all others travel as HTTP 200, as JSON-RPC wants.
     transport_level: ClassVar[bool] = False
     retryable: ClassVar[bool] = False
+    # Seconds for the Retry-After header when the raiser gives none (None: no header).
+    default_retry_after: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -65,7 +67,7 @@ class BrokerError(Exception):
         self.detail = detail
         self.metadata = metadata or {}
         self.data = data
-        self.retry_after = retry_after
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
         super().__init__(self.message)
 
 
@@ -222,6 +224,7 @@ class StoreUnavailableError(BrokerError):
     code, http_status, reason = -32060, 503, "STORE_UNAVAILABLE"
     transport_level = True
     retryable = True
+    default_retry_after = 1.0
     default_message = "The broker's state store is unavailable; retry shortly."
 
 

@@ -8,6 +8,8 @@ forwarded, so fields the broker does not know survive.
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import msgspec
 
 from broker.errors import (
@@ -113,7 +115,9 @@ class ParseRequest:
         ctx.task_id = task_id_from_params(op.task_scoped, op.sends_message, env.params)
 
     def _parse_rest(self, ctx: MediationContext) -> None:
-        route = match_rest(ctx.http_method, ctx.rest_tail)
+        # Clients may percent-encode the ':' of "message:send"; match on the decoded path, and
+        # forward the path as sent.
+        route = match_rest(ctx.http_method, unquote(ctx.rest_tail))
         if route is None:
             raise MethodNotFoundError("No A2A 1.0 HTTP+JSON operation at this method and path.")
         ctx.operation = route.operation

@@ -44,3 +44,31 @@ def test_rest_paths_map_to_operations(
 )
 def test_unknown_rest_paths_are_refused(method: str, tail: str) -> None:
     assert match_rest(method, tail) is None
+
+
+async def test_percent_encoded_colon_maps_like_the_plain_path() -> None:
+    from broker.settings import LimitSettings
+    from broker.stages.parse import ParseRequest
+    from broker.types import MediationContext, Reply
+
+    async def read() -> bytes:
+        return b'{"message": {"taskId": ""}}'
+
+    seen: list[MediationContext] = []
+
+    async def answer(ctx: MediationContext) -> Reply:
+        seen.append(ctx)
+        return Reply(200, b"")
+
+    ctx = MediationContext(
+        binding="rest",
+        target_name="t",
+        http_method="POST",
+        headers={"a2a-version": "1.0"},
+        read_body=read,
+        rest_tail="/message%3Astream",
+    )
+    await ParseRequest(LimitSettings())(ctx, answer)
+    assert seen[0].operation is not None
+    assert seen[0].operation.name == "SendStreamingMessage"
+    assert seen[0].rest_tail == "/message%3Astream"  # forwarded as the caller sent it
