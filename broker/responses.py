@@ -62,6 +62,7 @@ class ResponseInspector:
         """Record that the caller created ``task_id`` at the target agent."""
         assert ctx.target is not None and ctx.caller is not None  # noqa: S101
         route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
+        ctx.task_id = task_id
         if not await self._routes.claim(route, self._ttl):
             # The agent answered with a task id that another caller owns: never hand it over.
             raise UpstreamBadResponseError(

@@ -56,6 +56,7 @@ def log_request(ctx: MediationContext, status: int, stream_end: str | None = Non
     if not log.isEnabledFor(logging.INFO):
         return
     record: dict[str, object] = {
+        "ts": round(time.time(), 3),
         "event": "mediated",
         "request_id": ctx.request_id,
         "caller": ctx.caller,
