@@ -274,6 +274,46 @@ class AdminDisabledError(BrokerError):
     default_message = "The admin API is disabled: no admin token is configured."
 
 
+# --- Delegation governance (chain policy and cascade guards) ------------------------------------
+
+
+class PolicyDeniedError(BrokerError):
+    code, http_status, reason = -32085, 403, "POLICY_DENIED"
+    default_message = "Policy does not allow this hop of the delegation chain."
+
+
+class HopLimitExceededError(BrokerError):
+    code, http_status, reason = -32086, 403, "HOP_LIMIT_EXCEEDED"
+    default_message = "The delegation chain is already as deep as allowed."
+
+
+class FanOutConcurrentExceededError(BrokerError):
+    code, http_status, reason = -32087, 429, "FAN_OUT_CONCURRENT_EXCEEDED"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = "Too many delegations from this task are in flight; retry when some finish."
+
+
+class FanOutTotalExceededError(BrokerError):
+    code, http_status, reason = -32088, 403, "FAN_OUT_TOTAL_EXCEEDED"
+    default_message = "This task has delegated as many times as allowed."
+
+
+class TreeSizeExceededError(BrokerError):
+    code, http_status, reason = -32089, 403, "TREE_SIZE_EXCEEDED"
+    default_message = "The task tree has reached its maximum number of delegations."
+
+
+class CycleDetectedError(BrokerError):
+    code, http_status, reason = -32090, 403, "CYCLE_DETECTED"
+    default_message = "The target agent is already in this delegation chain."
+
+
+class TreeKilledError(BrokerError):
+    code, http_status, reason = -32091, 403, "TREE_KILLED"
+    default_message = "This task tree was stopped by an operator; no further delegation in it."
+
+
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
     default_message = "The broker hit an internal error; it has been logged."
@@ -281,6 +321,7 @@ class BrokerInternalError(BrokerError):
 
 def all_error_types() -> list[type[BrokerError]]:
     """Every concrete error class, for the uniqueness test and the error reference."""
+    import broker.delegation.errors  # noqa: F401, PLC0415 - defines the delegation refusals
     found: list[type[BrokerError]] = []
     pending: list[type[BrokerError]] = [BrokerError]
     while pending:

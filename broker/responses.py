@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from broker.errors import UpstreamBadResponseError
-from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.stores.base import TaskRoute, TaskRouteStore, TaskTreeIndex
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
@@ -45,8 +45,15 @@ _encoder = msgspec.json.Encoder()
 
 
 class ResponseInspector:
-    def __init__(self, task_routes: TaskRouteStore, route_ttl_s: int, rewrite_card: CardRewriter):
+    def __init__(
+        self,
+        task_routes: TaskRouteStore,
+        task_trees: TaskTreeIndex,
+        route_ttl_s: int,
+        rewrite_card: CardRewriter,
+    ) -> None:
         self._routes = task_routes
+        self._trees = task_trees
         self._ttl = route_ttl_s
         self._rewrite_card = rewrite_card
 
@@ -69,6 +76,8 @@ class ResponseInspector:
                 "The agent answered with a task that belongs to another caller.",
                 detail=f"task id collision at {route.agent}: {task_id}",
             )
+        if ctx.hop is not None:  # so an operator can stop the whole tree later
+            await self._trees.add(ctx.hop.tree, route.agent, task_id, self._ttl)
 
     async def _jsonrpc(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
         try:

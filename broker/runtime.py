@@ -7,16 +7,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
-from broker.egress import EgressPolicy, check_push_url
+from broker.egress import check_push_url
 from broker.keys import BrokerKeys
 from broker.pipeline import fold
+from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import ErrorBoundary
+from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
+from broker.stages.guards import CascadeGuards
+from broker.stages.mint import MintHopToken
 from broker.stages.parse import ParseRequest
+from broker.stages.policy import ChainPolicy
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
@@ -37,6 +43,7 @@ class BrokerRuntime:
     upstream: UpstreamClient
     directory: AgentDirectory
     authenticate: Authenticate
+    policy: PolicyRuntime
     mediate: CallNext
 
     @classmethod
@@ -47,11 +54,10 @@ class BrokerRuntime:
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
         upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
-        egress = upstream.policy
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
-        authenticate = Authenticate(stores.credentials, stores.registry)
+        policy = await PolicyRuntime.start(settings)
         runtime = cls(
             settings=settings,
             backend=backend,
@@ -59,60 +65,67 @@ class BrokerRuntime:
             keys=keys,
             upstream=upstream,
             directory=directory,
-            authenticate=authenticate,
-            mediate=fold(
-                pipeline_stages(
-                    settings=settings,
-                    stores=stores,
-                    keys=keys,
-                    upstream=upstream,
-                    egress=egress,
-                    authenticate=authenticate,
-                )
-            ),
+            authenticate=Authenticate(stores.credentials, stores.registry),
+            policy=policy,
+            mediate=_unset,
         )
+        runtime.mediate = fold(pipeline_stages(runtime))
         if settings.registry.cards_dir:
             await directory.load_declarative(settings.path(settings.registry.cards_dir))
         return runtime
 
     async def close(self) -> None:
+        await self.policy.stop()
         await self.upstream.close()
         await self.backend.close()
 
 
-def pipeline_stages(
-    *,
-    settings: Settings,
-    stores: Stores,
-    keys: BrokerKeys,
-    upstream: UpstreamClient,
-    egress: EgressPolicy,
-    authenticate: Authenticate,
-) -> list[Stage]:
+async def _unset(_: Any) -> Any:
+    raise RuntimeError("the pipeline is not built yet")
+
+
+def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
     """The order of mediation, and why each stage stands where it does."""
+    settings, stores = rt.settings, rt.stores
 
     def rewrite_card(card: dict[str, Any], name: str) -> dict[str, Any]:
-        return sign_card(rewrite_for_broker(card, name, settings.public_url), keys)
+        return sign_card(rewrite_for_broker(card, name, settings.public_url), rt.keys)
 
     async def push_url_allowed(url: str) -> None:
-        await check_push_url(egress, url)
+        await check_push_url(rt.upstream.policy, url)
 
-    inspector = ResponseInspector(stores.task_routes, settings.store.task_route_ttl_s, rewrite_card)
+    inspector = ResponseInspector(
+        stores.task_routes, stores.task_trees, settings.store.task_route_ttl_s, rewrite_card
+    )
+    issuer = settings.public_url
     return [
         # Outermost, so every refusal from any stage gets the binding's error shape and every
         # request exactly one log line, streams included.
         ErrorBoundary(),
         # Before the body is read or anything is looked up for the caller: an unauthenticated
         # request costs one hash and one store read.
-        authenticate,
+        rt.authenticate,
         # Limits before decoding; only the envelope is decoded. Needs no store.
         ParseRequest(settings.limits),
-        # The target must exist, be active and offer the binding before any task lookup.
+        # The target must exist, be active and offer the binding before anything else is asked.
         ResolveTarget(stores.registry),
+        # The chain comes only from a token the broker minted for this caller, so the policy
+        # below judges what really happened, not what a body or header claims.
+        DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
+        # Policy before any counter or budget moves, so a denied hop costs nothing.
+        ChainPolicy(rt.policy.engine, settings.delegation),
+        # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
+        # token is minted, so a refused child never exists.
+        CascadeGuards(stores.delegation_counters, settings.delegation, settings.limits),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, push_url_allowed),
+        # The last decision is made: mint the target's token, scoped to what was allowed.
+        MintHopToken(
+            TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),
+            settings.delegation.default_deadline_s,
+        ),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
-            AiohttpUpstream(upstream), settings.limits, settings.upstream_credentials, inspector
+            AiohttpUpstream(rt.upstream), settings.limits, settings.upstream_credentials, inspector
         ),
     ]

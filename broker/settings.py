@@ -95,6 +95,52 @@ class LimitSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     sse_heartbeat_s: float = 15.0
 
 
+class PolicySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Casbin model and rules. With no policy_file every authenticated agent may call every agent
+    # and originate work (a warning is logged): fine for a first try, wrong for production.
+    model_file: str = ""  # empty: the model shipped with the broker (policies/model.conf)
+    policy_file: str = ""
+    reload_interval_s: float = 1.0
+    # Redis pub/sub channel (redis store only) that carries policy edits to every replica.
+    channel: str = "policy"
+
+
+class GuardLimits(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Cascade bounds; 0 means unlimited. Per-agent values apply to hops *to* that agent."""
+
+    max_depth: int = 8
+    max_children_concurrent: int = 32
+    max_children_total: int = 256
+    max_tree_size: int = 2048
+    max_reentries: int = 1
+
+
+class GuardOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-agent values; a field left out keeps the global value."""
+
+    max_depth: int | None = None
+    max_children_concurrent: int | None = None
+    max_children_total: int | None = None
+    max_tree_size: int | None = None
+    max_reentries: int | None = None
+
+
+class DelegationSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    token_ttl_s: float = 600.0
+    # Deadline of a hop when the caller asks for none (A2A-Deadline header, seconds).
+    default_deadline_s: float = 600.0
+    limits: GuardLimits = msgspec.field(default_factory=GuardLimits)
+    agents: dict[str, GuardOverride] = msgspec.field(default_factory=dict)
+
+    def limits_for(self, agent: str) -> GuardLimits:
+        override = self.agents.get(agent)
+        if override is None:
+            return self.limits
+        fields = override.__struct_fields__
+        changed = {f: v for f in fields if (v := getattr(override, f)) is not None}
+        return msgspec.structs.replace(self.limits, **changed)
+
+
 class KeySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # PEM file of the broker's Ed25519 signing key. Empty: a key is generated at start-up and
     # lives only as long as the process (fine for a demo, wrong for several replicas).
@@ -109,6 +155,8 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     egress: EgressSettings = msgspec.field(default_factory=EgressSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     keys: KeySettings = msgspec.field(default_factory=KeySettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.

@@ -6,11 +6,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from broker.errors import BrokerError
+
+if TYPE_CHECKING:
+    from broker.delegation.tokens import DelegationClaims
 from broker.operations import Operation
 from broker.stores.base import AgentRecord
 
@@ -38,6 +41,14 @@ class MediationContext:
     params: msgspec.Raw | None = None
     task_id: str | None = None
     target: AgentRecord | None = None
+    skill: str = ""
+    # Delegation: the verified token the caller presented (None: it originates work), the chain
+    # of callers including this one (origin first), and the token minted for the target.
+    parent: DelegationClaims | None = None
+    chain: tuple[str, ...] = ()
+    hop_token: str = ""
+    hop: DelegationClaims | None = None
+    policy_rule: str = ""
     upstream_status: int | None = None
     error: BrokerError | None = None
 

@@ -64,6 +64,8 @@ def log_request(ctx: MediationContext, status: int, stream_end: str | None = Non
         "binding": ctx.binding,
         "operation": ctx.operation.name if ctx.operation else None,
         "task_id": ctx.task_id,
+        "chain": list(ctx.chain) or None,
+        "tree": ctx.hop.tree if ctx.hop is not None else None,
         "status": status,
         "upstream_status": ctx.upstream_status,
         "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),

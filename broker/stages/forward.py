@@ -10,12 +10,15 @@ extended card (its interfaces rewritten to the broker's).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, UpstreamTimeoutError
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.sse import event_data, relay, stream_task_id
+from broker.stages.delegation import DELEGATION_HEADER
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.upstream import Upstream, UpstreamResponse
 from broker.wire import sse_error_event
@@ -42,6 +45,26 @@ class Forward:
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.target is not None and ctx.operation is not None  # noqa: S101 - earlier stages
+        # The hop's deadline (it only shrinks along a chain) bounds the whole exchange.
+        remaining = ctx.hop.dl - time.time() if ctx.hop is not None else None
+        try:
+            async with asyncio.timeout(remaining):
+                resp = await self._send(ctx)
+                if ctx.operation.streaming and resp.is_event_stream:
+                    return self._stream(ctx, resp, remaining)
+                try:
+                    body = await resp.read(self._limits.max_response_bytes)
+                finally:
+                    resp.close()
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                "The delegation's deadline passed before the agent answered."
+            ) from None
+        body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
+        return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
+
+    async def _send(self, ctx: MediationContext) -> UpstreamResponse:
+        assert ctx.operation is not None  # noqa: S101
         resp = await self._upstream.send(
             ctx.http_method if ctx.binding == "rest" else "POST",
             self._url(ctx),
@@ -50,14 +73,7 @@ class Forward:
             stream=ctx.operation.streaming,
         )
         ctx.upstream_status = resp.status
-        if ctx.operation.streaming and resp.is_event_stream:
-            return self._stream(ctx, resp)
-        try:
-            body = await resp.read(self._limits.max_response_bytes)
-        finally:
-            resp.close()
-        body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
-        return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
+        return resp
 
     def _url(self, ctx: MediationContext) -> str:
         assert ctx.target is not None  # noqa: S101
@@ -71,15 +87,21 @@ class Forward:
         headers = {k: v for k in _FORWARDED_HEADERS if (v := ctx.headers.get(k))}
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
+        if ctx.hop_token:
+            headers[DELEGATION_HEADER] = ctx.hop_token
         cred = self._creds.get(ctx.target.name)
         if cred is not None and cred.value:
             if cred.kind == "bearer":
                 headers["authorization"] = f"Bearer {cred.value}"
             else:
                 headers[cred.header.lower()] = cred.value
+        elif ctx.hop_token:
+            headers["authorization"] = f"Bearer {ctx.hop_token}"
         return headers
 
-    def _stream(self, ctx: MediationContext, resp: UpstreamResponse) -> StreamReply:
+    def _stream(
+        self, ctx: MediationContext, resp: UpstreamResponse, remaining: float | None
+    ) -> StreamReply:
         jsonrpc = ctx.binding == "jsonrpc"
         claimed = False
 
@@ -100,7 +122,7 @@ class Forward:
             resp.chunks(),
             max_event_bytes=self._limits.max_response_bytes,
             heartbeat_s=self._limits.sse_heartbeat_s,
-            max_duration_s=self._limits.sse_max_duration_s,
+            max_duration_s=min(self._limits.sse_max_duration_s, remaining or float("inf")),
             on_event=on_event,
             error_event=error_event,
             close_upstream=resp.close,

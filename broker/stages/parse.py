@@ -28,6 +28,8 @@ from broker.settings import LimitSettings
 from broker.types import CallNext, MediationContext, Outcome
 
 SUPPORTED_MAJOR = "1"
+# The skill a request is for, as policy sees it: this header, else message.metadata.skill.
+SKILL_HEADER = "a2a-skill"
 
 
 class _Envelope(msgspec.Struct):
@@ -37,8 +39,13 @@ class _Envelope(msgspec.Struct):
     params: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class _MessageMetadata(msgspec.Struct):
+    skill: str = ""
+
+
 class _MessageRef(msgspec.Struct):
     taskId: str = ""
+    metadata: _MessageMetadata | None = None
 
 
 class _PushConfigRef(msgspec.Struct):
@@ -86,6 +93,7 @@ class ParseRequest:
         else:
             self._parse_rest(ctx)
         check_version(ctx.headers.get("a2a-version", ""))
+        ctx.skill = ctx.headers.get(SKILL_HEADER, "").strip() or ctx.skill
         return await call_next(ctx)
 
     def _check_headers(self, ctx: MediationContext) -> None:
@@ -113,6 +121,8 @@ class ParseRequest:
         ctx.operation = op
         ctx.params = env.params
         ctx.task_id = task_id_from_params(op.task_scoped, op.sends_message, env.params)
+        if op.sends_message:
+            ctx.skill = skill_from_params(env.params)
 
     def _parse_rest(self, ctx: MediationContext) -> None:
         # Clients may percent-encode the ':' of "message:send"; match on the decoded path, and
@@ -129,6 +139,7 @@ class ParseRequest:
             ctx.params = msgspec.Raw(ctx.body)
         if route.operation.sends_message and ctx.params is not None:
             ctx.task_id = task_id_from_params(False, True, ctx.params)
+            ctx.skill = skill_from_params(ctx.params)
         else:
             ctx.task_id = route.task_id
 
@@ -160,6 +171,17 @@ def task_id_from_params(task_scoped: bool, sends_message: bool, params: msgspec.
     except msgspec.DecodeError as exc:
         raise InvalidParamsError(detail=str(exc)) from None
     return None
+
+
+def skill_from_params(params: msgspec.Raw | None) -> str:
+    """``message.metadata.skill`` of a send, or ""."""
+    if params is None:
+        return ""
+    try:
+        message = _send_decoder.decode(params).message
+    except msgspec.DecodeError:
+        return ""
+    return message.metadata.skill if message and message.metadata else ""
 
 
 def push_url_from_params(params: msgspec.Raw | None, sends_message: bool) -> str:

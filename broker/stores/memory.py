@@ -21,6 +21,11 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.memory_delegation import (
+    MemoryDelegationCounters,
+    MemoryRevocations,
+    MemoryTaskTreeIndex,
+)
 
 # Expired task routes are dropped when touched; a full sweep at most this often bounds the memory
 # held by routes that are never asked for again, at O(routes) per sweep.
@@ -145,6 +150,9 @@ class MemoryBackend(StoreBackend):
             registry=MemoryAgentRegistry(),
             credentials=MemoryCredentialStore(),
             task_routes=MemoryTaskRouteStore(),
+            delegation_counters=MemoryDelegationCounters(),
+            revocations=MemoryRevocations(),
+            task_trees=MemoryTaskTreeIndex(),
         )
 
     def stores(self) -> Stores:

@@ -9,25 +9,19 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
 - ``<prefix>:{cred}:agent:<name>``: set of the agent's digests
 - ``<prefix>:route:{<len(agent)>:<agent>:<task_id>}``: TaskRoute JSON with a TTL (the length
   keeps agent "a:b" + task "c" apart from agent "a" + task "b:c")
+- ``<prefix>:dlg:{<len(tree)>:<tree>}:…`` and ``<prefix>:revoked:<jti>``: delegation counters,
+  revocations and task trees, laid out in ``redis_delegation``
 
-Every Redis failure surfaces as ``StoreUnavailableError``, translated in ``_unavailable_on_error``.
+Every Redis failure surfaces as ``StoreUnavailableError``, translated in
+``redis_client.unavailable_on_error``; the pool settings live there too.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Coroutine
-from importlib import resources
-from typing import Any, ParamSpec, TypeVar
-
 import msgspec
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
-from broker.errors import StoreUnavailableError
 from broker.settings import StoreSettings
 from broker.stores.base import (
     AgentRecord,
@@ -39,46 +33,20 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
-
-# A dead Redis must fail a request fast (the broker then refuses with a retryable error) rather
-# than hold it for the OS's TCP timeouts.
-SOCKET_TIMEOUT_S = 2.0
-# PING a connection that sat idle this long before using it, so one broken while idle is replaced.
-HEALTH_CHECK_INTERVAL_S = 15
-MAX_CONNECTIONS = 128
-# How long a request waits for a free pooled connection before the store counts as unavailable.
-POOL_WAIT_S = 2.0
+from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
+from broker.stores.redis_delegation import (
+    RedisDelegationCounters,
+    RedisRevocations,
+    RedisTaskTreeIndex,
+)
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
 _ROUTE_DECODER = msgspec.json.Decoder(TaskRoute)
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def _lua(name: str) -> str:
-    return resources.files("broker.stores").joinpath(name).read_text(encoding="utf-8")
-
-
-_SET_STATUS_LUA = _lua("registry_set_status.lua")
-_CREDENTIALS_REPLACE_LUA = _lua("credentials_replace.lua")
-_ROUTE_CLAIM_LUA = _lua("task_route_claim.lua")
-
-
-def _unavailable_on_error(
-    method: Callable[_P, Awaitable[_T]],
-) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """The one place a Redis failure becomes ``StoreUnavailableError``; its text goes to detail."""
-
-    @functools.wraps(method)
-    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await method(*args, **kwargs)
-        except RedisError as exc:
-            raise StoreUnavailableError(detail=f"{type(exc).__name__}: {exc}") from exc
-
-    return translated
+_SET_STATUS_LUA = lua_source("registry_set_status.lua")
+_CREDENTIALS_REPLACE_LUA = lua_source("credentials_replace.lua")
+_ROUTE_CLAIM_LUA = lua_source("task_route_claim.lua")
 
 
 class RedisAgentRegistry(AgentRegistry):
@@ -92,32 +60,32 @@ class RedisAgentRegistry(AgentRegistry):
         self._set_status = set_status_script
         self._key = f"{prefix}:{{reg}}:agents"
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def create(self, record: AgentRecord) -> bool:
         # HSETNX is create-if-absent in one command.
         return bool(await self._client.hsetnx(self._key, record.name, _ENCODER.encode(record)))
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def put(self, record: AgentRecord) -> None:
         await self._client.hset(self._key, record.name, _ENCODER.encode(record))
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def get(self, name: str) -> AgentRecord | None:
         raw = await self._client.hget(self._key, name)
         return None if raw is None else _AGENT_DECODER.decode(raw)
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def list(self) -> list[AgentRecord]:
         raws = await self._client.hvals(self._key)
         records = [_AGENT_DECODER.decode(raw) for raw in raws]
         # Sorted here, not by Redis, so the order is Python's str order in every backend.
         return sorted(records, key=lambda record: record.name)
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def delete(self, name: str) -> bool:
         return bool(await self._client.hdel(self._key, name))
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def set_status(self, name: str, status: AgentStatus, now: float) -> AgentRecord | None:
         raw = await self._set_status(keys=[self._key], args=[name, status, repr(float(now))])
         return None if raw is None else _AGENT_DECODER.decode(raw)
@@ -136,17 +104,17 @@ class RedisCredentialStore(CredentialStore):
         self._prefix = prefix
         self._index_key = f"{prefix}:{{cred}}:digests"
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def replace(self, agent: str, digest: str) -> None:
         await self._replace(keys=[self._index_key, self._agent_key(agent)], args=[agent, digest])
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def lookup(self, digest: str) -> str | None:
         agent = await self._client.hget(self._index_key, digest)
         # The client returns bytes (decode_responses is off, so records decode without a copy).
         return agent.decode() if isinstance(agent, bytes) else agent
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def revoke_agent(self, agent: str) -> int:
         # The replace script without a new digest only revokes.
         revoked = await self._replace(keys=[self._index_key, self._agent_key(agent)], args=[agent])
@@ -168,7 +136,7 @@ class RedisTaskRouteStore(TaskRouteStore):
         self._claim = claim_script
         self._prefix = prefix
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def claim(self, route: TaskRoute, ttl_s: int) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -176,7 +144,7 @@ class RedisTaskRouteStore(TaskRouteStore):
         claimed = await self._claim(keys=[key], args=[_ENCODER.encode(route), route.owner, ttl_s])
         return bool(claimed)
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
         raw = await self._client.get(self._key(agent, task_id))
         return None if raw is None else _ROUTE_DECODER.decode(raw)
@@ -198,7 +166,7 @@ class RedisBackend(StoreBackend):
         prefix = settings.key_prefix
         if "{" in prefix or "}" in prefix:
             raise ValueError("store key_prefix must not contain '{' or '}'")
-        self._client = Redis.from_pool(_connection_pool(settings.redis_url))
+        self._client = Redis.from_pool(connection_pool(settings.redis_url))
         self._stores = Stores(
             registry=RedisAgentRegistry(
                 self._client, self._client.register_script(_SET_STATUS_LUA), prefix
@@ -209,29 +177,17 @@ class RedisBackend(StoreBackend):
             task_routes=RedisTaskRouteStore(
                 self._client, self._client.register_script(_ROUTE_CLAIM_LUA), prefix
             ),
+            delegation_counters=RedisDelegationCounters(self._client, prefix),
+            revocations=RedisRevocations(self._client, prefix),
+            task_trees=RedisTaskTreeIndex(self._client, prefix),
         )
 
     def stores(self) -> Stores:
         return self._stores
 
-    @_unavailable_on_error
+    @unavailable_on_error
     async def ping(self) -> None:
         await self._client.ping()
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def _connection_pool(url: str) -> BlockingConnectionPool:
-    return BlockingConnectionPool.from_url(
-        url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=POOL_WAIT_S,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=SOCKET_TIMEOUT_S,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        # No silent retries: create, delete and revoke report what they changed, and a replay
-        # after a lost reply would misreport it. The caller gets a retryable error instead;
-        # reconnecting is still automatic, as the pool replaces broken connections.
-        retry=Retry(NoBackoff(), 0),
-    )

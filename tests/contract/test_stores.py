@@ -1,15 +1,16 @@
 """The store contract: every backend must pass every test here.
 
-The ``backend`` fixture is parametrised over all backends; the Redis one runs against a real
-server (``redis_url``) under a key prefix of its own. Tests at the end cover what only a networked
-backend can do: fail with StoreUnavailableError while Redis is down, and recover without a restart.
+The ``backend`` fixture (in ``conftest.py``) is parametrised over all backends; the Redis one runs
+against a real server (``redis_url``) under a key prefix of its own. Tests at the end cover what
+only a networked backend can do: fail with StoreUnavailableError while Redis is down, and recover
+without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
@@ -24,31 +25,6 @@ from broker.stores.factory import open_backend
 # Timestamps with more significant digits than Lua's cjson prints, to catch any rounding.
 CREATED_AT = 1715000000.123456
 NOW = 1778312345.6789012
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
-    if request.param == "memory":
-        return StoreSettings(backend="memory")
-    return StoreSettings(
-        backend="redis",
-        redis_url=request.getfixturevalue("redis_url"),
-        key_prefix=request.getfixturevalue("redis_key_prefix"),
-    )
-
-
-@pytest.fixture
-async def backend(store_settings: StoreSettings) -> AsyncIterator[StoreBackend]:
-    opened = open_backend(store_settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
-def stores(backend: StoreBackend) -> Stores:
-    return backend.stores()
 
 
 def agent(name: str, **changes: object) -> AgentRecord:

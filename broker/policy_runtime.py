@@ -1,0 +1,62 @@
+"""The policy a broker process runs with, kept current by the reloader."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from broker.policy.engine import PolicyEngine
+from broker.policy.reload import PolicyReloader
+from broker.policy.rules import PolicyError
+from broker.settings import Settings
+
+log = logging.getLogger("a2a_broker.policy")
+
+# The model shipped with the broker, used when [policy] model_file is not set.
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "policies" / "model.conf"
+
+
+@dataclass(slots=True)
+class PolicyRuntime:
+    """``engine`` is None when no policy file is configured (every hop allowed)."""
+
+    engine: PolicyEngine | None
+    reloader: PolicyReloader | None = None
+    redis: aioredis.Redis | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> PolicyRuntime:
+        """Load the policy (a bad file stops start-up: there is no last good one yet)."""
+        if not settings.policy.policy_file:
+            log.warning("no [policy] policy_file: every authenticated agent may call every agent")
+            return cls(None)
+        model = settings.path(settings.policy.model_file) if settings.policy.model_file else None
+        policy_path = settings.path(settings.policy.policy_file)
+        engine = PolicyEngine.from_files(model or DEFAULT_MODEL, policy_path)
+        client = None
+        if settings.store.backend == "redis":
+            client = aioredis.Redis.from_url(settings.store.redis_url)
+        reloader = PolicyReloader(
+            engine,
+            policy_path,
+            interval_s=settings.policy.reload_interval_s,
+            on_error=_log_refused,
+            redis=client,
+            channel=f"{settings.store.key_prefix}:{settings.policy.channel}",
+        )
+        await reloader.start()
+        log.info("policy %s loaded (version %s)", policy_path, engine.version[:12])
+        return cls(engine, reloader, client)
+
+    async def stop(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def _log_refused(error: PolicyError) -> None:
+    log.error("policy edit refused, the last good policy stays in force: %s", error)

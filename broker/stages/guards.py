@@ -1,0 +1,84 @@
+"""Guards against cascades: hop depth, fan-out per parent task, size of the whole task tree.
+
+Counted in the store (one atomic script on Redis), so the limits hold across every replica and
+are never passed under concurrency. Only sends create children; reads of existing tasks do not.
+An in-flight child is released when its answer (or stream) ends; a broker that dies mid-request
+leaks its slot only until the slot expires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from broker.errors import (
+    BrokerError,
+    FanOutConcurrentExceededError,
+    FanOutTotalExceededError,
+    HopLimitExceededError,
+    TreeSizeExceededError,
+)
+from broker.settings import DelegationSettings, LimitSettings
+from broker.stores.base import ChildSlot, DelegationCounters, Refusal
+from broker.types import CallNext, MediationContext, Outcome, StreamReply
+
+_REFUSALS: dict[str, type[BrokerError]] = {
+    "concurrent": FanOutConcurrentExceededError,
+    "total": FanOutTotalExceededError,
+    "tree": TreeSizeExceededError,
+}
+
+
+class CascadeGuards:
+    def __init__(
+        self, counters: DelegationCounters, delegation: DelegationSettings, limits: LimitSettings
+    ) -> None:
+        self._counters = counters
+        self._delegation = delegation
+        # A slot outlives the longest exchange it can stand for, then frees itself.
+        self._slot_ttl_s = int(max(limits.upstream_timeout_s, limits.sse_max_duration_s)) + 5
+        self._ttl_s = max(self._slot_ttl_s, int(delegation.token_ttl_s) + 5)
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        assert ctx.operation is not None and ctx.target is not None  # noqa: S101
+        if not ctx.operation.sends_message:
+            return await call_next(ctx)
+        limits = self._delegation.limits_for(ctx.target.name)
+        depth = len(ctx.chain)  # the hop being made: A→B is depth 1
+        if limits.max_depth and depth > limits.max_depth:
+            raise HopLimitExceededError(metadata={"maxDepth": str(limits.max_depth)})
+        if ctx.parent is None:
+            return await call_next(ctx)  # a new tree: nothing to count against yet
+        slot = await self._counters.acquire_child(
+            ctx.parent.jti,
+            ctx.parent.tree,
+            max_concurrent=limits.max_children_concurrent,
+            max_total=limits.max_children_total,
+            max_tree=limits.max_tree_size,
+            slot_ttl_s=self._slot_ttl_s,
+            ttl_s=self._ttl_s,
+        )
+        if isinstance(slot, Refusal):
+            raise _REFUSALS[slot.limit](metadata={"tree": ctx.parent.tree})
+        return await self._holding(slot, ctx, call_next)
+
+    async def _holding(
+        self, slot: ChildSlot, ctx: MediationContext, call_next: CallNext
+    ) -> Outcome:
+        try:
+            outcome = await call_next(ctx)
+        except BaseException:
+            await self._counters.release_child(slot)
+            raise
+        if isinstance(outcome, StreamReply):
+            return StreamReply(
+                self._released_at_end(slot, outcome), outcome.status, outcome.headers
+            )
+        await self._counters.release_child(slot)
+        return outcome
+
+    async def _released_at_end(self, slot: ChildSlot, reply: StreamReply) -> AsyncIterator[bytes]:
+        try:
+            async for event in reply.events:
+                yield event
+        finally:
+            await self._counters.release_child(slot)

@@ -1,0 +1,68 @@
+"""What every Redis store shares: the connection pool, its Lua scripts, and error translation.
+
+``unavailable_on_error`` is the one place a Redis failure becomes ``StoreUnavailableError``;
+every public method of a Redis store is wrapped in it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar
+
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from broker.errors import StoreUnavailableError
+
+# A dead Redis must fail a request fast (the broker then refuses with a retryable error) rather
+# than hold it for the OS's TCP timeouts.
+SOCKET_TIMEOUT_S = 2.0
+# PING a connection that sat idle this long before using it, so one broken while idle is replaced.
+HEALTH_CHECK_INTERVAL_S = 15
+MAX_CONNECTIONS = 128
+# How long a request waits for a free pooled connection before the store counts as unavailable.
+POOL_WAIT_S = 2.0
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def lua_source(name: str) -> str:
+    """The text of the Lua script ``name`` shipped beside this module."""
+    return resources.files("broker.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+def unavailable_on_error(
+    method: Callable[_P, Awaitable[_T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """The one place a Redis failure becomes ``StoreUnavailableError``; its text goes to detail."""
+
+    @functools.wraps(method)
+    async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except RedisError as exc:
+            raise StoreUnavailableError(detail=f"{type(exc).__name__}: {exc}") from exc
+
+    return translated
+
+
+def connection_pool(url: str) -> BlockingConnectionPool:
+    """A pool to ``url`` that fails fast and never retries a command behind the caller's back."""
+    return BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        # No silent retries: create, delete, revoke and acquire report what they changed, and a
+        # replay after a lost reply would misreport it (or take a second slot). The caller gets a
+        # retryable error instead; reconnecting is still automatic, as the pool replaces broken
+        # connections.
+        retry=Retry(NoBackoff(), 0),
+    )
