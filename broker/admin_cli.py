@@ -16,15 +16,42 @@ from broker.settings import ADMIN_TOKEN_ENV
 URL_ENV = "A2A_BROKER_URL"
 
 
-def add_agents_parser(sub: Any, default_url: str) -> None:
-    agents = sub.add_parser("agents", help="list and administer registered agents (admin API)")
-    agents.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
-    agents.add_argument(
+def _admin_parser(sub: Any, name: str, text: str, default_url: str) -> Any:
+    parser = sub.add_parser(name, help=text)
+    parser.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
+    parser.add_argument(
         "--admin-token",
         default=os.environ.get(ADMIN_TOKEN_ENV, ""),
         help=f"admin token (default: ${ADMIN_TOKEN_ENV})",
     )
-    cmds = agents.add_subparsers(title="agents commands", required=True)
+    return parser.add_subparsers(title=f"{name} commands", required=True)
+
+
+def add_trees_parser(sub: Any, default_url: str) -> None:
+    cmds = _admin_parser(sub, "trees", "inspect and stop task trees (admin API)", default_url)
+    for name, run, text in (
+        ("show", _tree_show, "the tasks of a tree and whether it is killed"),
+        ("kill", _tree_kill, "refuse all further delegation in a tree and cancel its tasks"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        p.add_argument("tree", help="the tree id (in the broker log and in every hop token)")
+        p.set_defaults(run=run)
+
+
+def add_policy_admin_commands(cmds: Any, default_url: str) -> None:
+    """``policy reload`` and ``policy show`` talk to a running broker."""
+    for name, run, text in (
+        ("reload", _policy_reload, "make the broker re-read its policy file now"),
+        ("show", _policy_show, "the version of the policy the broker runs"),
+    ):
+        p = cmds.add_parser(name, help=text)
+        p.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
+        p.add_argument("--admin-token", default=os.environ.get(ADMIN_TOKEN_ENV, ""))
+        p.set_defaults(run=run)
+
+
+def add_agents_parser(sub: Any, default_url: str) -> None:
+    cmds = _admin_parser(sub, "agents", "list and administer registered agents", default_url)
     cmds.add_parser("list", help="list agents").set_defaults(run=_list)
     for name, run, text in (
         ("show", _show, "show an agent and its card"),
@@ -113,3 +140,19 @@ def _register(args: argparse.Namespace) -> int:
 
 def _update(args: argparse.Namespace) -> int:
     return _call(args, "PUT", f"/agents/{args.name}", _card_body(args))
+
+
+def _tree_show(args: argparse.Namespace) -> int:
+    return _call(args, "GET", f"/trees/{args.tree}")
+
+
+def _tree_kill(args: argparse.Namespace) -> int:
+    return _call(args, "POST", f"/trees/{args.tree}/kill", {})
+
+
+def _policy_reload(args: argparse.Namespace) -> int:
+    return _call(args, "POST", "/policy/reload", {})
+
+
+def _policy_show(args: argparse.Namespace) -> int:
+    return _call(args, "GET", "/policy")

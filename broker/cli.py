@@ -42,9 +42,30 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config")
     check.set_defaults(run=_config_check)
 
-    from broker.admin_cli import add_agents_parser  # noqa: PLC0415 - keeps `serve` start-up lean
+    from broker.admin_cli import (  # noqa: PLC0415 - keeps `serve` start-up lean
+        add_agents_parser,
+        add_policy_admin_commands,
+        add_trees_parser,
+    )
 
     add_agents_parser(sub, DEFAULT_URL)
+    add_trees_parser(sub, DEFAULT_URL)
+    policy = sub.add_parser("policy", help="check, explain and reload the chain policy")
+    policy_cmds = policy.add_subparsers(title="policy commands", required=True)
+    check_policy = policy_cmds.add_parser("check", help="validate a policy CSV")
+    check_policy.add_argument("path")
+    check_policy.add_argument("--model", default="", help="model file (default: the shipped one)")
+    check_policy.set_defaults(run=_policy_check)
+    explain = policy_cmds.add_parser(
+        "explain", help="the decision for each hop of a chain, and the rule that decided it"
+    )
+    explain.add_argument("chain", nargs="+", help="agents in order: A B C means A→B→C")
+    explain.add_argument("--skill", default="")
+    explain.add_argument("--operation", default="SendMessage")
+    explain.add_argument("--policy", default="policies/policy.csv", help="policy CSV")
+    explain.add_argument("--model", default="", help="model file (default: the shipped one)")
+    explain.set_defaults(run=_policy_explain)
+    add_policy_admin_commands(policy_cmds, DEFAULT_URL)
 
     keys = sub.add_parser("keys", help="signing keys")
     keys_sub = keys.add_subparsers(title="keys commands", required=True)
@@ -100,6 +121,28 @@ def _config_check(args: argparse.Namespace) -> int:
     shown = msgspec.structs.replace(settings, admin_token="***" if settings.admin_token else "")
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
     return 0
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from broker.policy import cli  # noqa: PLC0415
+
+    return cli.check(args.path, model_path=args.model or None)
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from broker.policy import cli  # noqa: PLC0415
+
+    if len(args.chain) < 2:
+        print("a2a-broker: policy explain needs at least two agents (A B means A→B)")
+        return 2
+    return cli.explain(
+        args.policy,
+        args.chain[:-1],
+        args.chain[-1],
+        args.operation,
+        args.skill,
+        model_path=args.model or None,
+    )
 
 
 def _keys_generate(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
 from broker.keys import BrokerKeys
+from broker.killswitch import TreeKiller
 from broker.pipeline import fold
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
@@ -44,6 +45,7 @@ class BrokerRuntime:
     directory: AgentDirectory
     authenticate: Authenticate
     policy: PolicyRuntime
+    trees: TreeKiller
     mediate: CallNext
 
     @classmethod
@@ -58,6 +60,7 @@ class BrokerRuntime:
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
         policy = await PolicyRuntime.start(settings)
+        minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         runtime = cls(
             settings=settings,
             backend=backend,
@@ -67,6 +70,7 @@ class BrokerRuntime:
             directory=directory,
             authenticate=Authenticate(stores.credentials, stores.registry),
             policy=policy,
+            trees=TreeKiller(settings, stores, upstream, minter),
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))

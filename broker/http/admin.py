@@ -13,6 +13,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
 from broker.http.state import AnyRequest, runtime_of
+from broker.policy.rules import PolicyError
 from broker.stages.authenticate import bearer_token
 
 _encoder = msgspec.json.Encoder()
@@ -108,6 +109,37 @@ async def delete_agent(request: AnyRequest, name: str) -> None:
     await runtime_of(request).directory.delete(name)
 
 
+@get("/trees/{tree:str}")
+async def show_tree(request: AnyRequest, tree: str) -> Response[bytes]:
+    return _json(await runtime_of(request).trees.show(tree))
+
+
+@post("/trees/{tree:str}/kill")
+async def kill_tree(request: AnyRequest, tree: str) -> Response[bytes]:
+    """Refuse any further delegation in the tree (every replica) and cancel its running tasks."""
+    return _json(await runtime_of(request).trees.kill(tree))
+
+
+@get("/policy")
+async def show_policy(request: AnyRequest) -> Response[bytes]:
+    engine = runtime_of(request).policy.engine
+    version = engine.version if engine is not None else None
+    return _json({"configured": engine is not None, "version": version})
+
+
+@post("/policy/reload")
+async def reload_policy(request: AnyRequest) -> Response[bytes]:
+    """Re-read the policy file now (a bad file keeps the last good policy: 400 with its line)."""
+    policy = runtime_of(request).policy
+    if policy.reloader is None or policy.engine is None:
+        raise InvalidAdminRequestError("No [policy] policy_file is configured.")
+    try:
+        snapshot = await policy.reloader.reload_now()
+    except PolicyError as exc:
+        raise InvalidAdminRequestError(f"Policy refused, the last good one stays: {exc}") from None
+    return _json({"configured": True, "version": snapshot.version})
+
+
 admin_router = Router(
     path="/admin",
     guards=[admin_guard],
@@ -120,5 +152,9 @@ admin_router = Router(
         resume_agent,
         rotate_credential,
         delete_agent,
+        show_tree,
+        kill_tree,
+        show_policy,
+        reload_policy,
     ],
 )

@@ -87,16 +87,7 @@ class Forward:
         headers = {k: v for k in _FORWARDED_HEADERS if (v := ctx.headers.get(k))}
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
-        if ctx.hop_token:
-            headers[DELEGATION_HEADER] = ctx.hop_token
-        cred = self._creds.get(ctx.target.name)
-        if cred is not None and cred.value:
-            if cred.kind == "bearer":
-                headers["authorization"] = f"Bearer {cred.value}"
-            else:
-                headers[cred.header.lower()] = cred.value
-        elif ctx.hop_token:
-            headers["authorization"] = f"Bearer {ctx.hop_token}"
+        headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_token))
         return headers
 
     def _stream(
@@ -129,6 +120,20 @@ class Forward:
         )
         headers = {**_SSE_HEADERS, **_relayed(resp.headers)}
         return StreamReply(events, resp.status, headers)
+
+
+def upstream_auth(cred: UpstreamCredential | None, hop_token: str) -> dict[str, str]:
+    """What proves the request to the upstream: the hop token in A2A-Delegation, and in
+    Authorization either the credential the broker holds for that agent or the token itself."""
+    headers = {DELEGATION_HEADER: hop_token} if hop_token else {}
+    if cred is not None and cred.value:
+        if cred.kind == "bearer":
+            headers["authorization"] = f"Bearer {cred.value}"
+        else:
+            headers[cred.header.lower()] = cred.value
+    elif hop_token:
+        headers["authorization"] = f"Bearer {hop_token}"
+    return headers
 
 
 def _relayed(headers: Mapping[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ leaks its slot only until the slot expires.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from broker.errors import (
@@ -20,6 +21,8 @@ from broker.errors import (
 from broker.settings import DelegationSettings, LimitSettings
 from broker.stores.base import ChildSlot, DelegationCounters, Refusal
 from broker.types import CallNext, MediationContext, Outcome, StreamReply
+
+log = logging.getLogger("a2a_broker.guards")
 
 _REFUSALS: dict[str, type[BrokerError]] = {
     "concurrent": FanOutConcurrentExceededError,
@@ -67,13 +70,13 @@ class CascadeGuards:
         try:
             outcome = await call_next(ctx)
         except BaseException:
-            await self._counters.release_child(slot)
+            await self._release(slot)
             raise
         if isinstance(outcome, StreamReply):
             return StreamReply(
                 self._released_at_end(slot, outcome), outcome.status, outcome.headers
             )
-        await self._counters.release_child(slot)
+        await self._release(slot)
         return outcome
 
     async def _released_at_end(self, slot: ChildSlot, reply: StreamReply) -> AsyncIterator[bytes]:
@@ -81,4 +84,11 @@ class CascadeGuards:
             async for event in reply.events:
                 yield event
         finally:
+            await self._release(slot)
+
+    async def _release(self, slot: ChildSlot) -> None:
+        """Never let a failed release hide the request's own outcome: the slot expires anyway."""
+        try:
             await self._counters.release_child(slot)
+        except BrokerError as err:
+            log.warning("fan-out slot %s not released (%s); it expires by itself", slot.id, err)
