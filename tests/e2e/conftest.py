@@ -12,12 +12,16 @@ The broker knows these agents (registered through the admin API):
 ``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500)
 ``alice``, ``bob`` callers (their cards point at a closed port; only their credentials matter)
 =================  ===============================================================================
+
+The broker holds ``ECHO_UPSTREAM_TOKEN`` for ``echo`` (``[upstream_credentials.echo]``). Tests that
+change an agent (suspend, rotate, delete) use ``fresh_agent``: an agent of their own.
 """
 
 from __future__ import annotations
 
 import secrets
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,9 @@ UPSTREAM_TIMEOUT_S = 1.0
 # Also bounds how long a stream waits for the upstream's response headers (broker.egress).
 SSE_IDLE_TIMEOUT_S = 2.0
 HTTP_TIMEOUT_S = 5.0
+# The credential the broker holds for the echo agent ([upstream_credentials.echo]).
+ECHO_UPSTREAM_TOKEN = f"e2e-echo-upstream-{secrets.token_hex(8)}"
+ECHO_UPSTREAM_TOKEN_ENV = "E2E_ECHO_UPSTREAM_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,10 @@ upstream_timeout_s = {UPSTREAM_TIMEOUT_S}
 upstream_connect_timeout_s = 1.0
 sse_idle_timeout_s = {SSE_IDLE_TIMEOUT_S}
 sse_heartbeat_s = 1.0
+
+[upstream_credentials.echo]
+kind = "bearer"
+env = "{ECHO_UPSTREAM_TOKEN_ENV}"
 """
 
 
@@ -193,7 +204,7 @@ def broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[Broker]:
     admin_token = secrets.token_urlsafe(24)
     argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
     url = f"http://127.0.0.1:{port}"
-    env = {"A2A_BROKER_ADMIN_TOKEN": admin_token}
+    env = {"A2A_BROKER_ADMIN_TOKEN": admin_token, ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN}
     started = ServerProcess.start(
         argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker"
     )
@@ -237,6 +248,31 @@ async def alice_http(alice: Caller) -> AsyncIterator[httpx.AsyncClient]:
 async def bob_http(bob: Caller) -> AsyncIterator[httpx.AsyncClient]:
     async with _client(bob.headers) as client:
         yield client
+
+
+@pytest.fixture
+async def admin_http(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the admin API: ``base_url`` is ``{broker}/admin``, with the admin token."""
+    async with httpx.AsyncClient(
+        base_url=f"{broker.url}/admin",
+        headers=broker.admin_headers,
+        timeout=HTTP_TIMEOUT_S,
+        trust_env=False,
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def fresh_agent(
+    admin_http: httpx.AsyncClient, upstreams: dict[str, Upstream]
+) -> AsyncIterator[Caller]:
+    """A new agent of this test alone (the echo agent's card, own name), removed afterwards."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    card = _static_card(name, upstreams["echo"].url)
+    response = await admin_http.post("/agents", json={"name": name, "card": card})
+    assert response.status_code == 201, response.text
+    yield Caller(name, response.json()["credential"])
+    await admin_http.delete(f"/agents/{name}")  # 404 if the test deleted it itself
 
 
 @pytest.fixture(params=BINDINGS)
