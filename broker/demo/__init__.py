@@ -41,6 +41,14 @@ def find_cards_dir() -> Path:
     return Path(broker.__file__).resolve().parents[1] / "agent_cards"
 
 
+def find_policy_file() -> Path:
+    """The demo policy: ``./policies/policy.csv`` if present, else the one beside the package."""
+    local = Path("policies") / "policy.csv"
+    if local.is_file():
+        return local.resolve()
+    return Path(broker.__file__).resolve().parents[1] / "policies" / "policy.csv"
+
+
 def read_credentials(state_dir: str | Path) -> DemoCredentials:
     """Read ``credentials.json`` from ``state_dir``; raises OSError or msgspec.DecodeError."""
     data = (Path(state_dir) / CREDENTIALS_FILE).read_bytes()

@@ -32,6 +32,7 @@ from a2a.utils.constants import TransportProtocol
 from a2a.utils.errors import A2AError, InvalidParamsError
 from starlette.applications import Starlette
 
+from broker.delegation.agent import ASGIApp, DelegationInterceptor, capture_delegation
 from broker.demo import AGENT_NAMES, BROKER_URL_ENV, CREDENTIAL_ENV, find_cards_dir
 from broker.demo.ask import (
     TaskOutcome,
@@ -67,13 +68,14 @@ def card_port(card: AgentCard) -> int:
     return urlsplit(card.supported_interfaces[0].url).port or 80
 
 
-def build_app(card: AgentCard, executor: AgentExecutor) -> Starlette:
-    """A Starlette app serving ``card`` and both A2A bindings backed by ``executor``."""
+def build_app(card: AgentCard, executor: AgentExecutor) -> ASGIApp:
+    """An app serving ``card`` and both A2A bindings backed by ``executor``; it remembers each
+    request's A2A-Delegation token so calls made for the task can present it."""
     handler = DefaultRequestHandler(
         agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=card
     )
     # The REST routes end in a `/{tenant}` catch-all mount, so they go last.
-    return Starlette(
+    app = Starlette(
         routes=[
             *create_agent_card_routes(card),
             *create_jsonrpc_routes(handler, JSONRPC_PATH),
@@ -81,6 +83,7 @@ def build_app(card: AgentCard, executor: AgentExecutor) -> Starlette:
             *create_rest_routes(handler, path_prefix=REST_PATH),
         ]
     )
+    return capture_delegation(app)
 
 
 # --- the executors ----------------------------------------------------------------------------
@@ -236,7 +239,11 @@ class Planner(DemoAgent):
     ) -> Delegation:
         outcome = TaskOutcome()
         async with bearer_http_client(self.credential) as http:
-            connection = await connect(http, card_url, binding)
+            # The one line that carries the delegation context on: the token this planner's
+            # task arrived with goes back to the broker with every call made for it.
+            connection = await connect(
+                http, card_url, binding, interceptors=[DelegationInterceptor()]
+            )
             async for event in connection.client.send_message(user_message(text)):
                 outcome.record(event)
                 if event.HasField("status_update") and outcome.status_text:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from a2a.client import (
     ClientConfig,
     ClientFactory,
 )
+from a2a.client.interceptors import ClientCallInterceptor
 from a2a.helpers import get_artifact_text, get_message_text
 from a2a.types import (
     AgentCard,
@@ -96,6 +98,7 @@ async def connect(
     card_url: str,
     binding: str = TransportProtocol.JSONRPC.value,
     streaming: bool = True,
+    interceptors: Sequence[ClientCallInterceptor] = (),
 ) -> AgentConnection:
     """Fetch the card at ``card_url`` and build an SDK client that speaks ``binding``.
 
@@ -108,7 +111,7 @@ async def connect(
     factory = ClientFactory(config)  # sets A2A-Version: 1.0 on `http`
     card = await A2ACardResolver(http, card_url).get_agent_card(relative_card_path="/")
     try:
-        client = factory.create(card)
+        client = factory.create(card, interceptors=list(interceptors))
     except ValueError as exc:  # the factory's way of saying no interface matches
         raise A2AClientError(f"the card at {card_url} offers no {binding} interface") from exc
     return AgentConnection(client, card_url, interface_url(card, binding), binding)

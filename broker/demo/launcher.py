@@ -36,6 +36,7 @@ from broker.demo import (
     DEFAULT_STATE_DIR,
     DemoCredentials,
     find_cards_dir,
+    find_policy_file,
 )
 from broker.demo.agents import HOST, card_port, load_card
 
@@ -131,6 +132,7 @@ def config_toml(host: str, port: int, cards_dir: Path, credentials: DemoCredenti
         f"[admin]\ntoken_sha256 = {quote(sha256_hex(credentials.admin_token))}\n",
         "[egress]\nallow_loopback = true  # the demo agents listen on 127.0.0.1\n",
         f"[registry]\ncards_dir = {quote(str(cards_dir))}\n",
+        f"[policy]\npolicy_file = {quote(str(find_policy_file()))}\n",
     ]
     lines += [
         f"[agents.{quote(name)}]\ncredential_sha256 = {quote(sha256_hex(secret))}\n"
