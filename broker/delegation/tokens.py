@@ -1,0 +1,342 @@
+"""Per-hop delegation tokens: what the broker mints on every forward and checks when presented.
+
+A token is a compact JWS (EdDSA, the broker's current key, header ``kid`` and
+``typ: a2a-delegation+jwt``) whose payload is a ``DelegationClaims``; agents verify it with the
+JWKS. Replicas check their own tokens by the ``bmac`` claim instead (a few µs, not ~100 for
+Ed25519): HMAC-SHA256, under a key derived from the signing key, over ``<header segment> "."
+<payload without bmac>``; the payload is the msgspec encoding with ``,"bmac":"…"}`` spliced on, so
+that input is recovered byte for byte. A claim cannot cover the signature over itself, so this
+path does not read the signature segment: harmless, since the broker never relays a presented
+token (it mints a new one) and the header and claims it acts on are authenticated.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Annotated
+
+import jwt
+import msgspec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from broker.delegation import DELEGATION_TOKEN_TYPE
+from broker.delegation.errors import (
+    DelegationTokenExpiredError,
+    DelegationTokenInvalidError,
+    DelegationTokenNotYoursError,
+)
+from broker.keys import BROKER_ALG, BrokerKeys
+
+Clock = Callable[[], float]
+
+MAX_TOKEN_CHARS = 8192  # a chain deep enough to need more is refused long before
+_MAC_LABEL = b"a2a-broker/delegation/bmac/v1"
+_BMAC_PREFIX = b',"bmac":"'
+_BMAC_CHARS = 43  # base64url of 32 bytes, unpadded
+_BMAC_TAIL = len(_BMAC_PREFIX) + _BMAC_CHARS + len(b'"}')
+
+
+class Actor(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 8693 ``act``: who made a hop, and (nested) the actor before them."""
+
+    sub: str
+    act: Actor | None = None
+
+
+class DelegationClaims(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The payload of a delegation token. For A→B→C the token to C has ``sub`` A,
+    ``act`` {B, {A}}, ``chain`` (A, B) and ``depth`` 2; ``parent`` is the jti of B's token."""
+
+    iss: str  # the broker's public URL
+    aud: str  # the agent the token was minted for: the only one that may present it
+    sub: str  # the chain's origin
+    act: Actor  # outermost: the agent that made this hop
+    chain: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]  # callers so far, origin first
+    tree: str  # the task tree: minted when work originates, kept along the chain
+    parent: str | None = None  # jti of the token the caller presented; None at the origin
+    depth: int  # hops so far: 1 for A→B
+    scope: str  # space-separated "a2a:<Operation>" and "skill:<id>" allowed for this hop
+    jti: str
+    iat: int
+    exp: int
+    dl: float  # the work's deadline (epoch seconds); never after exp
+    bmac: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """The agent that originated the work."""
+        return self.chain[0]
+
+    @property
+    def caller(self) -> str:
+        """The agent that made the hop this token was minted for."""
+        return self.chain[-1]
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(self.scope.split())
+
+
+def hop_scope(operation: str, skills: Iterable[str] = ()) -> tuple[str, ...]:
+    """The scope entries for one hop: ``a2a:<operation>`` then ``skill:<id>`` for each skill."""
+    return (f"a2a:{operation}", *(f"skill:{skill}" for skill in skills))
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(DelegationClaims)
+
+
+class TokenMinter:
+    """Mints delegation tokens with the broker's current key. Stateless; safe to share.
+
+    ``default_ttl_s`` (≥ 1) is the lifetime when a call asks for none; ``clock`` returns epoch
+    seconds.
+    """
+
+    def __init__(
+        self, keys: BrokerKeys, issuer: str, default_ttl_s: float, clock: Clock = time.time
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._default_ttl_s = _duration(default_ttl_s, 1.0, "a token lifetime")
+        self._clock = clock
+        self._header = header_segment(keys.kid)
+        self._mac_key = bmac_key(keys)
+
+    def mint_origin(
+        self,
+        caller: str,
+        target: str,
+        scope: str | Iterable[str],
+        deadline_s: float | None = None,
+        *,
+        ttl_s: float | None = None,
+    ) -> tuple[str, DelegationClaims]:
+        """A token for ``target`` on a hop where ``caller`` originates new work (a new tree).
+
+        The token lives ``ttl_s`` (default: the minter's), its deadline is ``deadline_s`` from
+        now (default: its expiry). Raises ``ValueError`` for a non-positive duration or a bad
+        scope entry.
+        """
+        now = self._clock()
+        limits = _limits(now, self._ttl(ttl_s), deadline_s)
+        return self._seal(self._claims(None, caller, target, scope, now=now, limits=limits))
+
+    def mint_next(
+        self,
+        parent: DelegationClaims,
+        caller: str,
+        target: str,
+        scope: str | Iterable[str],
+        deadline_s: float | None = None,
+        *,
+        ttl_s: float | None = None,
+    ) -> tuple[str, DelegationClaims]:
+        """A token for ``target`` on a hop ``caller`` makes while working under ``parent``.
+
+        ``parent`` must be verified claims presented by ``caller``. The chain grows by
+        ``caller``, depth by one; ``exp`` and ``dl`` are never later than the parent's. Raises
+        ``DelegationTokenNotYoursError`` if ``caller`` is not the parent's audience and
+        ``DelegationTokenExpiredError`` if the parent's time has run out.
+        """
+        if caller != parent.aud:
+            detail = f"{caller!r} extends a token minted for {parent.aud!r}"
+            raise DelegationTokenNotYoursError(detail=detail)
+        now = self._clock()
+        limits = _limits(now, self._ttl(ttl_s), deadline_s, parent.exp, parent.dl)
+        if limits[1] <= now:
+            raise DelegationTokenExpiredError(detail=f"parent token {parent.jti} has run out")
+        return self._seal(self._claims(parent, caller, target, scope, now=now, limits=limits))
+
+    def _ttl(self, ttl_s: float | None) -> float:
+        return self._default_ttl_s if ttl_s is None else _duration(ttl_s, 1.0, "a token lifetime")
+
+    def _claims(
+        self,
+        parent: DelegationClaims | None,
+        caller: str,
+        target: str,
+        scope: str | Iterable[str],
+        *,
+        now: float,
+        limits: tuple[int, float],
+    ) -> DelegationClaims:
+        chain = (caller,) if parent is None else (*parent.chain, caller)
+        return DelegationClaims(
+            iss=self._issuer,
+            aud=target,
+            sub=chain[0],
+            act=Actor(caller, None if parent is None else parent.act),
+            chain=chain,
+            tree=uuid.uuid4().hex if parent is None else parent.tree,
+            parent=None if parent is None else parent.jti,
+            depth=len(chain),
+            scope=_scope_text(scope),
+            jti=uuid.uuid4().hex,
+            iat=int(now),
+            exp=limits[0],
+            dl=limits[1],
+        )
+
+    def _seal(self, claims: DelegationClaims) -> tuple[str, DelegationClaims]:
+        payload = _ENCODER.encode(claims)  # bmac is None, so omitted
+        mac = _b64(_mac(self._mac_key, self._header, payload))
+        payload = payload[:-1] + _BMAC_PREFIX + mac + b'"}'
+        signing_input = self._header + b"." + _b64(payload)
+        signature = self._keys.private_key.sign(signing_input)
+        token = (signing_input + b"." + _b64(signature)).decode("ascii")
+        return token, msgspec.structs.replace(claims, bmac=mac.decode("ascii"))
+
+
+class TokenVerifier:
+    """Checks a token an agent presents. Revocation and killed trees are the caller's to check.
+
+    Order of checks: integrity (MAC, else signature with any published key), issuer, audience,
+    then time; so a forged token is ``Invalid`` even if it is also stale or someone else's.
+    """
+
+    def __init__(
+        self, keys: BrokerKeys, issuer: str, clock: Clock = time.time, leeway_s: float = 0.0
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._clock = clock
+        self._leeway_s = leeway_s
+        self._header = header_segment(keys.kid).decode("ascii")
+        self._mac_key = bmac_key(keys)
+
+    def verify_presented(self, token: str, presenter: str) -> DelegationClaims:
+        """The claims of ``token``, presented by the authenticated agent ``presenter``.
+
+        Raises ``DelegationTokenInvalidError`` (malformed, forged, bad signature or MAC, wrong
+        type or issuer), ``DelegationTokenNotYoursError`` (audience is not ``presenter``) or
+        ``DelegationTokenExpiredError`` (``exp`` or ``dl`` passed, beyond the leeway).
+        """
+        claims = _decode_claims(self._authenticate(token))
+        if claims.iss != self._issuer:
+            raise DelegationTokenInvalidError(detail=f"issuer {claims.iss!r}")
+        if claims.aud != presenter:
+            raise DelegationTokenNotYoursError(detail=f"aud {claims.aud!r}, from {presenter!r}")
+        now = self._clock() - self._leeway_s
+        if now >= claims.exp or now >= claims.dl:
+            raise DelegationTokenExpiredError(detail=f"token {claims.jti} exp {claims.exp}")
+        return claims
+
+    def _authenticate(self, token: str) -> bytes:
+        """The payload bytes of ``token`` once its integrity is established."""
+        header, payload_segment, _ = _segments(token)
+        payload = _strict_b64decode(payload_segment)
+        if header == self._header and _has_bmac(payload):
+            self._check_bmac(header.encode("ascii"), payload)
+        else:
+            self._check_signature(token)
+        return payload
+
+    def _check_bmac(self, header: bytes, payload: bytes) -> None:
+        unsealed = payload[:-_BMAC_TAIL] + b"}"
+        expected = _b64(_mac(self._mac_key, header, unsealed))
+        if not hmac.compare_digest(expected, payload[-_BMAC_TAIL + len(_BMAC_PREFIX) : -2]):
+            raise DelegationTokenInvalidError(detail="bmac does not match")
+
+    def _check_signature(self, token: str) -> None:
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._keys.public_key(str(header.get("kid")))
+            if key is None or header.get("typ") != DELEGATION_TOKEN_TYPE:
+                raise DelegationTokenInvalidError(detail="unknown kid or wrong typ")
+            jwt.api_jws.decode_complete(token, key, algorithms=[BROKER_ALG])
+        except jwt.PyJWTError as exc:
+            raise DelegationTokenInvalidError(detail=f"signature: {exc}") from exc
+
+
+def header_segment(kid: str) -> bytes:
+    """The base64url JOSE header of every token minted with the key ``kid``."""
+    header = {"alg": BROKER_ALG, "kid": kid, "typ": DELEGATION_TOKEN_TYPE}
+    return _b64(_ENCODER.encode(header))
+
+
+def bmac_key(keys: BrokerKeys) -> bytes:
+    """The MAC key: HKDF-SHA256 of the current signing key's raw bytes, with a fixed label."""
+    raw = keys.private_key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_LABEL).derive(raw)
+
+
+def _mac(key: bytes, header: bytes, payload: bytes) -> bytes:
+    return hmac.digest(key, header + b"." + payload, hashlib.sha256)
+
+
+def _has_bmac(payload: bytes) -> bool:
+    tail = payload[-_BMAC_TAIL:]
+    return len(payload) > _BMAC_TAIL and tail.startswith(_BMAC_PREFIX) and tail.endswith(b'"}')
+
+
+def _segments(token: str) -> tuple[str, str, str]:
+    parts = token.split(".") if len(token) <= MAX_TOKEN_CHARS else []
+    if len(parts) != 3:
+        raise DelegationTokenInvalidError(detail="not a compact JWS of bounded size")
+    return parts[0], parts[1], parts[2]
+
+
+def _strict_b64decode(segment: str) -> bytes:
+    """Decode base64url, refusing any text that is not the canonical encoding of its bytes."""
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        canonical = _b64(data) == segment.encode("ascii")
+    except ValueError as exc:
+        raise DelegationTokenInvalidError(detail="payload is not base64url") from exc
+    if not canonical:
+        raise DelegationTokenInvalidError(detail="payload is not canonical base64url")
+    return data
+
+
+def _decode_claims(payload: bytes) -> DelegationClaims:
+    try:
+        return _DECODER.decode(payload)
+    except msgspec.MsgspecError as exc:
+        raise DelegationTokenInvalidError(detail=f"claims: {exc}") from exc
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _limits(
+    now: float,
+    ttl_s: float,
+    deadline_s: float | None,
+    parent_exp: int | None = None,
+    parent_dl: float | None = None,
+) -> tuple[int, float]:
+    """``exp`` and ``dl`` for a new token, never later than the parent's; ``dl`` ≤ ``exp``."""
+    exp = int(now + ttl_s)  # rounded down: never longer than asked
+    if parent_exp is not None:
+        exp = min(exp, parent_exp)
+    wanted = float(exp) if deadline_s is None else now + _duration(deadline_s, 0.001, "a deadline")
+    dl = min(wanted, float(exp))
+    if parent_dl is not None:
+        dl = min(dl, parent_dl)
+    return exp, dl
+
+
+def _duration(seconds: float, minimum: float, what: str) -> float:
+    if not minimum <= seconds < math.inf:  # also refuses NaN
+        raise ValueError(f"{what} must be at least {minimum} s and finite, got {seconds!r}")
+    return seconds
+
+
+def _scope_text(scope: str | Iterable[str]) -> str:
+    entries = scope.split() if isinstance(scope, str) else list(scope)
+    if not entries or any(not entry or entry != "".join(entry.split()) for entry in entries):
+        raise ValueError(f"scope entries must be non-empty and without spaces: {entries!r}")
+    return " ".join(entries)

@@ -1,0 +1,83 @@
+"""`policy check` and `policy explain`: what an operator reads, and the exit codes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from broker.policy.cli import check, explain
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+DEMO = str(POLICIES / "policy.csv")
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    shutil.copy(POLICIES / "model.conf", tmp_path / "model.conf")
+    return tmp_path
+
+
+def test_check_accepts_the_demo_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check(DEMO) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 26 rules, version ")
+    assert len(out.split("version ")[1].strip()) == 64
+
+
+def test_check_names_file_and_line(policy_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = policy_dir / "policy.csv"
+    bad.write_text("# ok\ng, a, role:x\np, role:y, b, SendMessage:*, allow\n")
+    assert check(str(bad)) == 1
+    assert capsys.readouterr().err == (
+        f"error: {bad}:3: unknown role:y: no g line puts anyone in it\n"
+    )
+
+
+def test_check_with_an_explicit_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "rules.csv"
+    policy.write_text("p, a, b, GetTask:*, allow\n")
+    assert check(str(policy), model_path=str(POLICIES / "model.conf")) == 0
+    assert check(str(policy)) == 1  # no model.conf beside it
+    assert "model.conf: cannot read" in capsys.readouterr().err
+
+
+def test_explain_an_allowed_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    code = explain(DEMO, ["demo-user", "planner"], "researcher", "SendMessage", "research-topic")
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert (
+        out[1]
+        == "  originate: allowed; caller demo-user: line 29: p, role:user, *, originate, allow"
+    )
+    assert out[2] == "hop 1: demo-user -> planner  SendMessage:research-topic  chain [demo-user]"
+    assert out[3].startswith(
+        "  hop: allowed; caller demo-user: line 31: p, role:user, group:planners"
+    )
+    assert out[4].startswith("hop 2: planner -> researcher")
+    assert out[5].startswith("  hop: allowed; caller planner: line 49: p, role:planner")
+    assert out[6].startswith("    and origin demo-user: line 40: p, role:user, group:workers")
+    assert out[-1] == "result: allowed"
+
+
+def test_explain_a_denied_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    code = explain(DEMO, ["demo-user", "planner", "researcher"], "planner", "SendMessage", "")
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "  re-enter planner: DENIED (no_rule); caller researcher: no rule matches" in out
+    assert (
+        "  hop: DENIED (explicit_deny); caller researcher: line 60: "
+        "p, researcher, group:planners, *, deny"
+    ) in out
+    assert out.endswith("result: DENIED\n")
+
+
+def test_explain_an_origin_that_may_not_originate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert explain(DEMO, ["planner"], "writer", "GetTask", "") == 1
+    assert "originate: DENIED (no_rule); caller planner" in capsys.readouterr().out
+
+
+def test_explain_refuses_unknown_operations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert explain(DEMO, ["demo-user"], "planner", "Send", "") == 1
+    assert "unknown A2A operation 'Send'" in capsys.readouterr().err
