@@ -15,10 +15,16 @@ from typing import Any
 import msgspec
 
 from broker.delegation.tokens import TokenMinter, hop_scope
-from broker.errors import BrokerError
+from broker.errors import (
+    AgentSuspendedError,
+    BrokerError,
+    CallerSuspendedError,
+    TreeKilledError,
+)
 from broker.settings import Settings
 from broker.stages.forward import upstream_auth
 from broker.stores.base import Stores
+from broker.types import MediationContext
 from broker.upstream_client import UpstreamClient
 
 log = logging.getLogger("a2a_broker.killswitch")
@@ -91,3 +97,23 @@ def _cancel_result(answer: Any) -> str:
     if isinstance(data, list) and data and isinstance(data[0], dict):
         return str(data[0].get("reason", "UPSTREAM_ERROR"))
     return "UPSTREAM_BAD_RESPONSE"
+
+
+class LiveStreamCheck:
+    """Ends open streams when an operator stops them: a suspended caller or target, or a
+    killed tree. Run by the relay about once a second per open stream (two or three reads)."""
+
+    def __init__(self, stores: Stores) -> None:
+        self._registry = stores.registry
+        self._revocations = stores.revocations
+
+    async def __call__(self, ctx: MediationContext) -> None:
+        assert ctx.caller is not None and ctx.target is not None  # noqa: S101 - a live stream
+        caller = await self._registry.get(ctx.caller)
+        if caller is not None and caller.status == "suspended":
+            raise CallerSuspendedError
+        target = await self._registry.get(ctx.target.name)
+        if target is None or target.status == "suspended":
+            raise AgentSuspendedError(metadata={"agent": ctx.target.name})
+        if ctx.hop is not None and await self._revocations.is_tree_killed(ctx.hop.tree):
+            raise TreeKilledError(metadata={"tree": ctx.hop.tree})

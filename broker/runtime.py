@@ -11,7 +11,7 @@ from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
 from broker.keys import BrokerKeys
-from broker.killswitch import TreeKiller
+from broker.killswitch import LiveStreamCheck, TreeKiller
 from broker.pipeline import fold
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
@@ -130,6 +130,11 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         ),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
-            AiohttpUpstream(rt.upstream), settings.limits, settings.upstream_credentials, inspector
+            AiohttpUpstream(rt.upstream),
+            settings.limits,
+            settings.upstream_credentials,
+            inspector,
+            # Open streams end within about a second of a suspension or a tree kill.
+            recheck=LiveStreamCheck(stores),
         ),
     ]

@@ -100,28 +100,43 @@ async def relay(
     on_event: Callable[[bytes], Awaitable[None]],
     error_event: Callable[[BrokerError], bytes],
     close_upstream: Callable[[], None],
+    recheck: Callable[[], Awaitable[None]] | None = None,
+    recheck_s: float = 1.0,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's events as they arrive, heartbeats while it is quiet.
 
-    ``on_event`` sees each event before it is sent (and may raise a BrokerError to end the
-    stream). Errors end the stream with an ``event: error`` frame. However the consumer stops
-    (end, error, client disconnect = cancellation), the upstream is closed.
+    ``on_event`` sees each event before it is sent, and ``recheck`` runs every ``recheck_s``
+    (is the stream still allowed?); either may raise a BrokerError to end the stream. Errors
+    end it with an ``event: error`` frame. However the consumer stops (end, error, client
+    disconnect = cancellation), the upstream is closed.
     """
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
     reader = asyncio.create_task(_read_events(chunks, max_event_bytes, queue))
-    deadline = time.monotonic() + max_duration_s
+    now = time.monotonic()
+    deadline, next_check, next_beat = now + max_duration_s, now + recheck_s, now + heartbeat_s
     try:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 yield error_event(StreamMaxDurationError())
                 return
+            if recheck is not None and now >= next_check:
+                try:
+                    await recheck()
+                except BrokerError as err:
+                    yield error_event(err)
+                    return
+                next_check = now + recheck_s
+            if now >= next_beat:
+                yield HEARTBEAT
+                next_beat = now + heartbeat_s
+            wake = min(deadline, next_beat, next_check if recheck is not None else deadline)
             try:
-                async with asyncio.timeout(min(heartbeat_s, remaining)):
+                async with asyncio.timeout(max(0.0, wake - now)):
                     item = await queue.get()
             except TimeoutError:
-                yield HEARTBEAT
                 continue
+            next_beat = time.monotonic() + heartbeat_s
             if item is _END:
                 return
             if isinstance(item, BrokerError):

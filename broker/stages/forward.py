@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from broker.errors import BrokerError, UpstreamTimeoutError
 from broker.responses import ResponseInspector
@@ -23,6 +23,7 @@ from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.upstream import Upstream, UpstreamResponse
 from broker.wire import sse_error_event
 
+StreamRecheck = Callable[[MediationContext], Awaitable[None]]
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
 _RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -37,11 +38,13 @@ class Forward:
         limits: LimitSettings,
         upstream_credentials: Mapping[str, UpstreamCredential],
         inspector: ResponseInspector,
+        recheck: StreamRecheck | None = None,
     ) -> None:
         self._upstream = upstream
         self._limits = limits
         self._creds = upstream_credentials
         self._inspect = inspector
+        self._recheck = recheck
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.target is not None and ctx.operation is not None  # noqa: S101 - earlier stages
@@ -117,9 +120,22 @@ class Forward:
             on_event=on_event,
             error_event=error_event,
             close_upstream=resp.close,
+            recheck=_bound(self._recheck, ctx),
         )
         headers = {**_SSE_HEADERS, **_relayed(resp.headers)}
         return StreamReply(events, resp.status, headers)
+
+
+def _bound(
+    recheck: StreamRecheck | None, ctx: MediationContext
+) -> Callable[[], Awaitable[None]] | None:
+    if recheck is None:
+        return None
+
+    async def run() -> None:
+        await recheck(ctx)
+
+    return run
 
 
 def upstream_auth(cred: UpstreamCredential | None, hop_token: str) -> dict[str, str]:

@@ -190,3 +190,25 @@ async def test_caller_hanging_up_closes_the_upstream_stream(
             break  # leaving the stream context closes the caller's connection
     # Well before the broker's own maximum duration would have closed it:
     await asyncio.wait_for(sse.gone.wait(), MAX_S / 2)
+
+
+@pytest.mark.parametrize("upstream", ["endless"], indirect=True)
+async def test_suspending_the_target_ends_its_open_streams(
+    upstream: tuple[SseUpstream, str], tight_broker: TightBroker
+) -> None:
+    sse, url = upstream
+    name = url.rsplit("/", 2)[-2]
+    lines: list[str] = []
+    started = time.monotonic()
+    async with httpx.AsyncClient(trust_env=False) as admin:
+        async for line in _stream(url, tight_broker.caller_headers):
+            lines.append(line)
+            if len(lines) == 2:  # the stream is open: stop the agent
+                r = await admin.post(
+                    f"{tight_broker.url}/admin/agents/{name}/suspend",
+                    headers=tight_broker.admin_headers,
+                )
+                assert r.status_code == 200
+    assert _error_reason(lines) == "AGENT_SUSPENDED"
+    assert time.monotonic() - started < MAX_S  # ended by the suspension, not the time limit
+    await asyncio.wait_for(sse.gone.wait(), 2)
