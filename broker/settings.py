@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -126,7 +126,7 @@ class GuardOverride(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 
 class DelegationSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    token_ttl_s: float = 600.0
+    token_ttl_s: Annotated[float, msgspec.Meta(ge=1.0)] = 600.0
     # Deadline of a hop when the caller asks for none (A2A-Deadline header, seconds).
     default_deadline_s: float = 600.0
     limits: GuardLimits = msgspec.field(default_factory=GuardLimits)

@@ -19,10 +19,10 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-import jwt
 import msgspec
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -35,6 +35,7 @@ from broker.delegation.errors import (
 from broker.keys import BROKER_ALG, BrokerKeys
 
 Clock = Callable[[], float]
+_T = TypeVar("_T")
 
 MAX_TOKEN_CHARS = 8192  # a chain deep enough to need more is refused long before
 _MAC_LABEL = b"a2a-broker/delegation/bmac/v1"
@@ -89,8 +90,15 @@ def hop_scope(operation: str, skills: Iterable[str] = ()) -> tuple[str, ...]:
     return (f"a2a:{operation}", *(f"skill:{skill}" for skill in skills))
 
 
+class _Header(msgspec.Struct, frozen=True):
+    alg: str
+    kid: str
+    typ: str
+
+
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(DelegationClaims)
+_HEADER_DECODER = msgspec.json.Decoder(_Header)
 
 
 class TokenMinter:
@@ -219,7 +227,7 @@ class TokenVerifier:
         type or issuer), ``DelegationTokenNotYoursError`` (audience is not ``presenter``) or
         ``DelegationTokenExpiredError`` (``exp`` or ``dl`` passed, beyond the leeway).
         """
-        claims = _decode_claims(self._authenticate(token))
+        claims = _decode(_DECODER, self._authenticate(token), "claims")
         if claims.iss != self._issuer:
             raise DelegationTokenInvalidError(detail=f"issuer {claims.iss!r}")
         if claims.aud != presenter:
@@ -231,12 +239,12 @@ class TokenVerifier:
 
     def _authenticate(self, token: str) -> bytes:
         """The payload bytes of ``token`` once its integrity is established."""
-        header, payload_segment, _ = _segments(token)
+        header, payload_segment, signature = _segments(token)
         payload = _strict_b64decode(payload_segment)
         if header == self._header and _has_bmac(payload):
             self._check_bmac(header.encode("ascii"), payload)
         else:
-            self._check_signature(token)
+            self._check_signature(header, payload_segment, signature)
         return payload
 
     def _check_bmac(self, header: bytes, payload: bytes) -> None:
@@ -245,15 +253,16 @@ class TokenVerifier:
         if not hmac.compare_digest(expected, payload[-_BMAC_TAIL + len(_BMAC_PREFIX) : -2]):
             raise DelegationTokenInvalidError(detail="bmac does not match")
 
-    def _check_signature(self, token: str) -> None:
+    def _check_signature(self, header: str, payload_segment: str, signature: str) -> None:
+        """JWS EdDSA (RFC 8037): Ed25519 over the ASCII signing input, with a published key."""
+        fields = _decode(_HEADER_DECODER, _strict_b64decode(header), "header")
+        key = self._keys.public_key(fields.kid)
+        if key is None or fields.alg != BROKER_ALG or fields.typ != DELEGATION_TOKEN_TYPE:
+            raise DelegationTokenInvalidError(detail="not a delegation token of a published key")
         try:
-            header = jwt.get_unverified_header(token)
-            key = self._keys.public_key(str(header.get("kid")))
-            if key is None or header.get("typ") != DELEGATION_TOKEN_TYPE:
-                raise DelegationTokenInvalidError(detail="unknown kid or wrong typ")
-            jwt.api_jws.decode_complete(token, key, algorithms=[BROKER_ALG])
-        except jwt.PyJWTError as exc:
-            raise DelegationTokenInvalidError(detail=f"signature: {exc}") from exc
+            key.verify(_strict_b64decode(signature), f"{header}.{payload_segment}".encode())
+        except InvalidSignature as exc:
+            raise DelegationTokenInvalidError(detail="bad signature") from exc
 
 
 def header_segment(kid: str) -> bytes:
@@ -294,17 +303,17 @@ def _strict_b64decode(segment: str) -> bytes:
         data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         canonical = _b64(data) == segment.encode("ascii")
     except ValueError as exc:
-        raise DelegationTokenInvalidError(detail="payload is not base64url") from exc
+        raise DelegationTokenInvalidError(detail="a segment is not base64url") from exc
     if not canonical:
-        raise DelegationTokenInvalidError(detail="payload is not canonical base64url")
+        raise DelegationTokenInvalidError(detail="a segment is not canonical base64url")
     return data
 
 
-def _decode_claims(payload: bytes) -> DelegationClaims:
+def _decode(decoder: msgspec.json.Decoder[_T], data: bytes, what: str) -> _T:
     try:
-        return _DECODER.decode(payload)
-    except msgspec.MsgspecError as exc:
-        raise DelegationTokenInvalidError(detail=f"claims: {exc}") from exc
+        return decoder.decode(data)
+    except (msgspec.MsgspecError, ValueError) as exc:  # bad UTF-8 raises UnicodeDecodeError
+        raise DelegationTokenInvalidError(detail=f"{what}: {exc}") from exc
 
 
 def _b64(data: bytes) -> bytes:

@@ -7,13 +7,14 @@ unexpired, not revoked, and its tree not killed. Without a token the caller star
 
 from __future__ import annotations
 
+from broker.delegation import DELEGATION_HEADER as DELEGATION_HEADER_NAME
 from broker.delegation.errors import DelegationTokenRevokedError
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import TreeKilledError
 from broker.stores.base import Revocations
 from broker.types import CallNext, MediationContext, Outcome
 
-DELEGATION_HEADER = "a2a-delegation"
+DELEGATION_HEADER = DELEGATION_HEADER_NAME.lower()
 
 
 class DelegationContext:

@@ -2,13 +2,12 @@
 
 * Authority never grows along a chain: each child's ``exp`` and ``dl`` are at most its parent's,
   depth grows by one, the chain by the caller, and the scope is what the hop asked for.
-* Any single-character change to a token is refused as invalid, with two stated exceptions that
-  cannot change what the token says:
-  - on the broker's MAC fast path the signature segment is not read (a claim cannot cover the
-    signature over itself), so a change there leaves the token accepted with the minted claims;
-  - on the signature path (tokens without ``bmac``, or of a previous key) a change in the last
-    character of the signature may only flip the unused low bits of base64, so the signature
-    bytes, and the token's meaning, are unchanged.
+* Any single-character change to a token is refused as invalid (never as expired or not-yours),
+  base64 variants that decode to the same bytes included: the verifier accepts only the canonical
+  encoding. One stated exception: on the broker's MAC fast path the signature segment is not read
+  (a claim cannot cover the signature over itself), so a change there leaves the token accepted
+  with exactly the minted claims. On the signature path (no ``bmac``, or a previous key) there is
+  no exception.
 """
 
 from __future__ import annotations
@@ -149,16 +148,12 @@ def test_any_single_change_is_invalid_on_the_signature_path(position: float, cha
     index = int(position * len(SLOW_TOKEN))
     if SLOW_TOKEN[index] == char:
         return
-    mutated = _mutate(SLOW_TOKEN, index, char)
     verifier = TokenVerifier(KEYS, ISSUER, clock=FakeClock())
     try:
-        claims = verifier.verify_presented(mutated, "B")
+        claims = verifier.verify_presented(_mutate(SLOW_TOKEN, index, char), "B")
     except DelegationTokenInvalidError:
         return
-    # Accepted only when the signature still decodes to the very same bytes.
-    assert index > SLOW_TOKEN.rindex(".")
-    assert _unb64(mutated.rsplit(".", 1)[1]) == _unb64(SLOW_TOKEN.rsplit(".", 1)[1])
-    assert claims == SLOW_CLAIMS
+    raise AssertionError(f"accepted a token changed at {index}: {claims}")
 
 
 def test_the_signature_path_token_is_genuine() -> None:

@@ -53,6 +53,7 @@ from broker.delegation.agent import (
     BrokerTokenAudienceError,
     BrokerTokenExpiredError,
     BrokerTokenInvalidError,
+    DelegationCaptureMiddleware,
     DelegationInterceptor,
     Receive,
     Scope,
@@ -341,6 +342,22 @@ async def test_duplicate_headers_are_ambiguous_and_dropped() -> None:
     await wrapped({"type": "http", "headers": headers}, nothing, ignore)
     await wrapped({"type": "http", "headers": headers[:1]}, nothing, ignore)
     assert seen == [None, "one"]
+
+
+def test_the_middleware_also_fits_starlettes_middleware_list() -> None:
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.testclient import TestClient
+
+    async def endpoint(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(str(current_delegation()))
+
+    app = Starlette(
+        routes=[Route("/", endpoint)], middleware=[Middleware(DelegationCaptureMiddleware)]
+    )
+    with TestClient(app) as client:
+        assert client.get("/", headers={DELEGATION_HEADER: "tok"}).text == "tok"
+        assert client.get("/").text == "None"
 
 
 def test_delegation_context_sets_and_restores() -> None:

@@ -260,6 +260,35 @@ def test_a_jwt_the_broker_signed_for_another_purpose_is_not_a_delegation_token(
         verifier.verify_presented(other, "B")
 
 
+def _twin(segment: str) -> str | None:
+    """The segment with its last character changed but decoding to the same bytes, if any."""
+    for char in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+        twin = segment[:-1] + char
+        if twin != segment and unb64(twin) == unb64(segment):
+            return twin
+    return None
+
+
+def test_only_the_canonical_base64_of_each_segment_is_accepted(
+    keys: BrokerKeys, minter: TokenMinter, verifier: TokenVerifier
+) -> None:
+    _, claims = minter.mint_origin("A", "B", "a2a:SendMessage")
+    for token in (
+        minter.mint_origin("A", "B", "a2a:SendMessage")[0],
+        signed_by(keys.private_key, keys.kid, as_json(msgspec.structs.replace(claims, bmac=None))),
+    ):
+        header, payload, signature = token.split(".")
+        variants = [
+            f"{header}.{twin}.{signature}" if (twin := _twin(payload)) else None,
+            f"{header}.{payload}.{twin}" if (twin := _twin(signature)) else None,
+        ]
+        if "bmac" in payload_of(token):
+            variants.pop()  # the MAC path does not read the signature segment
+        for variant in filter(None, variants):
+            with pytest.raises(DelegationTokenInvalidError):
+                verifier.verify_presented(variant, "B")
+
+
 @pytest.mark.parametrize("token", ["", "abc", "a.b", "a.b.c", "a.b.c.d", "x" * 9000])
 def test_garbage_is_invalid(verifier: TokenVerifier, token: str) -> None:
     with pytest.raises(DelegationTokenInvalidError):
