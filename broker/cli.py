@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--skill", default="")
     explain.add_argument("--operation", default="SendMessage")
     explain.add_argument("--policy", default="policies/policy.csv", help="policy CSV")
-    explain.add_argument("--model", default="", help="model file (default: the shipped one)")
+    explain.add_argument(
+        "--model", default="", help="model file (default: model.conf beside the policy, else ours)"
+    )
     explain.set_defaults(run=_policy_explain)
     add_policy_admin_commands(policy_cmds, DEFAULT_URL)
 

@@ -15,8 +15,9 @@ from broker.settings import Settings
 
 log = logging.getLogger("a2a_broker.policy")
 
-# The model shipped with the broker, used when [policy] model_file is not set.
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "policies" / "model.conf"
+# The model shipped with the broker (package data; policies/model.conf is the same file for
+# operators to read), used when [policy] model_file is not set.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "policy" / "model.conf"
 
 
 @dataclass(slots=True)
@@ -59,4 +60,5 @@ class PolicyRuntime:
 
 
 def _log_refused(error: PolicyError) -> None:
-    log.error("policy edit refused, the last good policy stays in force: %s", error)
+    # The reloader has logged it already; this is where the audit records it.
+    log.debug("policy refusal: %s:%s %s", error.file, error.line, error.message)

@@ -1,6 +1,7 @@
 """What ``a2a-broker policy check`` and ``a2a-broker policy explain`` do (argparse is broker.cli's).
 
-Both read the model from ``model_path``, by default ``model.conf`` beside the policy file.
+Both read the model from ``model_path``; by default from ``model.conf`` beside the policy file if
+there is one, else from the model shipped in ``policies/``.
 They print for an operator and return the process exit code: 0 when the file is valid (check)
 or every step of the chain is allowed (explain), 1 otherwise.
 """
@@ -15,6 +16,8 @@ from broker.operations import OPERATIONS
 from broker.policy.decision import Decision, RuleRef, operation_action
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import PolicyError
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
 
 
 def check(path: str, model_path: str | None = None) -> int:
@@ -87,8 +90,9 @@ def _show(what: str, decision: Decision, chain: Sequence[str]) -> bool:
 
 
 def _rule(rule: RuleRef | None) -> str:
-    return f"line {rule.line}: {rule.text}" if rule is not None else "no rule matches"
+    return f"line {rule.line}: {rule.text}" if rule is not None else "no rule allows it"
 
 
 def _default_model(policy_path: str) -> str:
-    return str(Path(policy_path).parent / "model.conf")
+    beside = Path(policy_path).parent / "model.conf"
+    return str(beside if beside.is_file() else SHIPPED_MODEL)

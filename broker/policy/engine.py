@@ -3,15 +3,17 @@
 This is the only module of the broker that imports casbin. pycasbin scans every rule on each
 ``enforce`` (0.4 ms at 100 lines, 40 ms at 10,000: PERF_NOTES.md), so each answer for a
 (subject, object, action) is computed once per policy version and then served from a bounded
-dict; a swap to a new policy clears it. A policy is compiled into an immutable ``PolicySnapshot``
-off to the side (``load_text``) and only then made current (``swap``), so a file that fails
-validation never replaces the last good policy.
+dict; a swap to a new policy empties it (or seeds it with answers computed under the new one).
+A policy is compiled into an immutable ``PolicySnapshot`` off to the side (``load_text``) and
+only then made current (``swap``), so a file that fails validation never replaces the last good
+policy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,11 @@ _V = TypeVar("_V")
 Question = tuple[str, str, str]  # (subject, object, action)
 _EXPECTED_TOKENS = {"r": ["r_sub", "r_obj", "r_act"], "p": ["p_sub", "p_obj", "p_act", "p_eft"]}
 
+# casbin logs its model on every build and every request it answers; the broker logs (and
+# audits) its decisions itself.
+for _logger in ("casbin", "casbin.policy", "casbin.enforcer", "casbin.role"):
+    logging.getLogger(_logger).disabled = True
+
 
 def policy_version(text: str) -> str:
     """The version of a policy: the SHA-256 hex digest of its file text (UTF-8)."""
@@ -53,7 +60,7 @@ class _CasbinRules:
             model.add_def("e", "e", effect)
         self._enforcer: Any = casbin.Enforcer(model)
         for kind in ("p", "g", "g2"):
-            # Duplicates are dropped here (casbin would refuse the batch); the first line counts.
+            # Duplicates are dropped (casbin would keep both); the first line is the one named.
             rules = list(dict.fromkeys(r.fields for r in policy.of_kind(kind)))
             if rules:
                 model.add_policies("p" if kind == "p" else "g", kind, [list(r) for r in rules])
@@ -185,13 +192,18 @@ class PolicyEngine:
         lines: dict[tuple[str, ...], RuleRef] = {}
         for rule in policy.of_kind("p"):
             lines.setdefault(rule.fields, RuleRef(line=rule.line, text=rule.text))
+        try:
+            deciding = _CasbinRules(self._model_text, policy)
+            explaining = _CasbinRules(self._model_text, policy, _FIRST_ALLOW_EFFECT)
+        except Exception as exc:  # validation should leave casbin nothing to refuse
+            raise PolicyError(source_name, 0, f"casbin refused the policy: {exc!r}") from exc
         return PolicySnapshot(
             version=policy_version(text),
             source=source_name,
             text=text,
             rule_count=len(policy.rules),
-            _deciding=_CasbinRules(self._model_text, policy),
-            _explaining=_CasbinRules(self._model_text, policy, _FIRST_ALLOW_EFFECT),
+            _deciding=deciding,
+            _explaining=explaining,
             _lines=lines,
         )
 

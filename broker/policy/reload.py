@@ -1,14 +1,16 @@
 """Policy reload: file edits apply without a restart, on every replica, never a broken file.
 
-``PolicyReloader`` polls the policy file (mtime, size, then a SHA-256 of the text) every
-``interval_s``. A changed file is validated and compiled off the event loop and only then made
-current; a file that fails is logged with file and line, handed to ``on_error`` (the audit hooks
-in there), and the last good policy stays. Before a new policy is swapped in, the questions the
-old one had answered are answered under the new one off the loop (within ``warm_budget_s``), so
-a reload does not stall the event loop with casbin scans. With a Redis client and a channel,
-every policy this replica loads from its file is published as ``{"version", "text"}``, and every
-replica applies a published text that validates and differs from its own; an invalid text is
-never applied.
+``PolicyReloader`` polls the policy file (mtime and size, then a SHA-256 of the text) every
+``interval_s``. A changed file that stays the same for one more poll (so a half-written file is
+not taken) is validated and compiled off the event loop, and only then made current. A file that
+fails is logged with file and line and handed to ``on_error`` (the audit hooks in there); the
+last good policy stays. Before a new policy is swapped in, the questions the old one had
+answered are answered under the new one off the loop (within ``warm_budget_s``), so a reload
+does not stall the event loop with casbin scans.
+
+With a Redis client and a channel, every policy this replica loads from its file is published
+as ``{"version", "text"}``, and every replica applies a published text that matches its version,
+validates and differs from its own; an invalid text is never applied.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class PolicyReloader:
         self._warm_budget_s = warm_budget_s
         self._stat: tuple[int, int] | None = None
         self._recheck = True
-        self._file_version: str | None = None
+        # The file's last applied state (a version, or a read failure) and one seen once.
+        self._file_state: str | None = None
+        self._pending: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # One policy change at a time, file or channel, in the order they were noticed.
         self._lock = asyncio.Lock()
@@ -106,9 +110,10 @@ class PolicyReloader:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(
+                tasks
+            )  # each cleans up in its finally; a cancelled stop() still ends
 
     async def __aenter__(self) -> PolicyReloader:
         await self.start()
@@ -123,8 +128,12 @@ class PolicyReloader:
 
     async def _poll(self) -> None:
         while True:
-            with contextlib.suppress(PolicyError):  # reported; the last good policy stays
+            try:
                 await self._check_file(force=False)
+            except PolicyError:
+                pass  # reported by _fail; the last good policy stays
+            except Exception:  # a bug must not end reloading for the life of the process
+                _log.exception("policy poll failed; the current policy stays")
             await asyncio.sleep(self._interval_s)
 
     async def _check_file(self, *, force: bool) -> PolicySnapshot:
@@ -141,26 +150,48 @@ class PolicyReloader:
             return self._engine.snapshot
 
     def _read_if_changed(self, force: bool) -> str | None:
-        """The file's text if forced or changed since last seen (None if not); a file that
-        cannot be read raises ``PolicyError`` once per failure (every time when forced)."""
+        """The file's text when forced, or when it changed and then stayed the same for one more
+        poll (an editor may be half-way through writing it); None otherwise.
+
+        A file that cannot be read raises ``PolicyError`` when forced, or once when the failure
+        has lasted two polls (an editor may be replacing the file).
+        """
         try:
-            stat = os.stat(self._path)
-            key = (stat.st_mtime_ns, stat.st_size)
-            if key == self._stat and not (force or self._recheck):
-                return None
-            text = self._path.read_text(encoding="utf-8")
+            text = self._read(force)
         except (OSError, UnicodeDecodeError) as exc:
-            failure, self._file_version = self._file_version, f"cannot read: {exc}"
-            if failure == self._file_version and not force:
-                return None
-            raise PolicyError(str(self._path), 0, self._file_version) from exc
+            state = f"cannot read: {exc}"
+            if force or self._settled(state):
+                raise PolicyError(str(self._path), 0, state) from exc
+            return None
+        if text is None:
+            return None
+        version = policy_version(text)
+        if force:
+            self._file_state, self._pending = version, None
+            return text
+        return text if self._settled(version) else None
+
+    def _read(self, force: bool) -> str | None:
+        """The file's text, or None if its stat is unchanged and its mtime not racy."""
+        stat = os.stat(self._path)
+        key = (stat.st_mtime_ns, stat.st_size)
+        if key == self._stat and not (force or self._recheck or self._pending):
+            return None
+        text = self._path.read_text(encoding="utf-8")
         self._stat = key
         self._recheck = time.time_ns() - stat.st_mtime_ns < _RACY_WINDOW_NS
-        version = policy_version(text)
-        if version == self._file_version and not force:
-            return None
-        self._file_version = version
         return text
+
+    def _settled(self, state: str) -> bool:
+        """True, once, for a new file state (a version or a failure) seen on two polls in a row."""
+        if state == self._file_state:
+            self._pending = None
+            return False
+        if state != self._pending:
+            self._pending = state
+            return False
+        self._file_state, self._pending = state, None
+        return True
 
     async def _apply(self, text: str, source: str) -> bool:
         """Validate off the loop, then swap; True if the policy changed.
@@ -218,8 +249,12 @@ class PolicyReloader:
                     _log.warning("policy channel %s unavailable; retrying", self._channel)
                     await asyncio.sleep(self._interval_s)
                     continue
-                if message is not None:
+                if message is None:
+                    continue
+                try:
                     await self._receive(message["data"])
+                except Exception:  # as in _poll: log, keep the current policy, keep listening
+                    _log.exception("policy message not handled; the current policy stays")
         finally:
             await pubsub.aclose()
 

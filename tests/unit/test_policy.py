@@ -338,3 +338,11 @@ def test_the_version_is_the_sha256_of_the_text(engine: PolicyEngine) -> None:
 
     assert engine.version == hashlib.sha256(EXAMPLE.encode()).hexdigest()
     assert engine.load_text(EXAMPLE, "elsewhere.csv").version == engine.version
+
+
+def test_the_shipped_model_is_the_documented_one() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    shipped = root / "broker" / "policy" / "model.conf"
+    assert shipped.read_text() == (root / "policies" / "model.conf").read_text()

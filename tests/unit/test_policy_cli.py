@@ -35,12 +35,17 @@ def test_check_names_file_and_line(policy_dir: Path, capsys: pytest.CaptureFixtu
     )
 
 
-def test_check_with_an_explicit_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_which_model_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = tmp_path / "rules.csv"
     policy.write_text("p, a, b, GetTask:*, allow\n")
+    assert check(str(policy)) == 0  # no model.conf beside it: the shipped one
     assert check(str(policy), model_path=str(POLICIES / "model.conf")) == 0
-    assert check(str(policy)) == 1  # no model.conf beside it
-    assert "model.conf: cannot read" in capsys.readouterr().err
+    (tmp_path / "model.conf").write_text("[request_definition]\nr = sub, obj\n")
+    assert check(str(policy)) == 1  # the one beside it wins
+    assert check(str(policy), model_path=str(tmp_path / "missing.conf")) == 1
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'model.conf'}: [r] must define r_sub, r_obj, r_act" in err
+    assert "missing.conf: cannot read" in err
 
 
 def test_explain_an_allowed_chain(capsys: pytest.CaptureFixture[str]) -> None:
@@ -65,7 +70,7 @@ def test_explain_a_denied_chain(capsys: pytest.CaptureFixture[str]) -> None:
     code = explain(DEMO, ["demo-user", "planner", "researcher"], "planner", "SendMessage", "")
     out = capsys.readouterr().out
     assert code == 1
-    assert "  re-enter planner: DENIED (no_rule); caller researcher: no rule matches" in out
+    assert "  re-enter planner: DENIED (no_rule); caller researcher: no rule allows it" in out
     assert (
         "  hop: DENIED (explicit_deny); caller researcher: line 60: "
         "p, researcher, group:planners, *, deny"
