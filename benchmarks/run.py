@@ -1,0 +1,259 @@
+"""Run the benchmark suite and rewrite docs/benchmarks.md (and docs/benchmarks.png).
+
+    .venv/bin/python -m benchmarks.run [--quick] [--scenarios a,b1,b2,c,e,f,j] [--profile]
+
+Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenarios:
+
+  a   direct to the upstream (the floor; latency baseline)
+  b1  minimal Litestar pass-through proxy, aiohttp upstream client (throughput baseline)
+  b2  the same proxy with httpx.AsyncClient
+  c   the broker, memory store, the whole current pipeline, unary SendMessage (JSON-RPC)
+  e   the same with the redis store
+  f   streaming: SendStreamingMessage direct and through the broker (memory store)
+  j   the broker (redis store) with 1 and 2 worker processes, allowed on both cores
+
+``--profile`` also samples the broker (redis store) with py-spy for 10 s at c=16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.loadgen import require_wrk
+from benchmarks.measure import (
+    STREAM,
+    UNARY,
+    Conditions,
+    Point,
+    Workload,
+    measure,
+    probe_streams,
+)
+from benchmarks.targets import (
+    REPO_ROOT,
+    Env,
+    Placement,
+    Target,
+    broker,
+    describe_ref,
+    direct,
+    environment,
+    proxy,
+    snapshot_broker,
+)
+
+CONCURRENCIES = (1, 16, 64)
+ALL = ("a", "b1", "b2", "c", "e", "f", "j")
+STREAM_EVENTS = 10
+RAW_RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
+
+
+class Run:
+    """The state of one run: settings, and everything measured so far."""
+
+    def __init__(self, env: Env, seconds: float, work_dir: Path, args: argparse.Namespace) -> None:
+        self.env = env
+        self.conditions = Conditions(
+            env.placement.rest,
+            lambda: list(env.children),
+            args.max_wait,
+            patience_until=time.monotonic() + args.patience * 60,
+        )
+        self.seconds = seconds
+        self.work_dir = work_dir
+        self.points: list[Point] = []
+        self.stream_points: list[Point] = []
+        self.probes: list[dict[str, Any]] = []
+        self.profile: dict[str, Any] | None = None
+
+    def _measure(self, scenario: str, target: Target, workload: Workload) -> list[Point]:
+        return measure(
+            scenario,
+            target=target,
+            workload=workload,
+            concurrencies=CONCURRENCIES,
+            seconds=self.seconds,
+            work_dir=self.work_dir,
+            conditions=self.conditions,
+        )
+
+    def unary(self, scenario: str, target: Target) -> None:
+        self.points += self._measure(scenario, target, UNARY)
+
+    def streaming(self, scenario: str, target: Target) -> None:
+        self.stream_points += self._measure(scenario, target, STREAM)
+        self.probes.append(probe_streams(scenario, target, self.seconds))
+
+
+def scenario_a(run: Run) -> None:
+    run.unary("a", direct(run.env))
+
+
+def scenario_b1(run: Run) -> None:
+    with proxy(run.env, "aiohttp") as target:
+        run.unary("b1", target)
+
+
+def scenario_b2(run: Run) -> None:
+    with proxy(run.env, "httpx") as target:
+        run.unary("b2", target)
+
+
+def scenario_c(run: Run) -> None:
+    with broker(run.env, store="memory") as target:
+        run.unary("c", target)
+
+
+def scenario_e(run: Run) -> None:
+    with broker(run.env, store="redis") as target:
+        run.unary("e", target)
+
+
+def scenario_f(run: Run) -> None:
+    run.streaming("f-direct", direct(run.env))
+    with broker(run.env, store="memory") as target:
+        run.streaming("f-broker", target)
+
+
+def scenario_j(run: Run) -> None:
+    for workers in (1, 2):
+        with broker(run.env, store="redis", workers=workers, cores="0,1") as target:
+            time.sleep(1.0)  # let every worker finish starting before the warm-up
+            run.unary(f"j-w{workers}", target)
+
+
+SCENARIOS: dict[str, Callable[[Run], None]] = {
+    "a": scenario_a, "b1": scenario_b1, "b2": scenario_b2, "c": scenario_c,
+    "e": scenario_e, "f": scenario_f, "j": scenario_j,
+}  # fmt: skip
+
+
+def profile_broker(run: Run, seconds: float = 10.0) -> None:
+    from benchmarks.profile import profile
+
+    with broker(run.env, store="redis") as target:
+        run.profile = profile(target, UNARY, seconds, run.work_dir, run.env.placement.rest)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="2 s per point instead of 5 s")
+    parser.add_argument("--seconds", type=float, help="seconds per point (overrides --quick)")
+    parser.add_argument("--scenarios", default=",".join(ALL), help="comma-separated subset")
+    parser.add_argument("--profile", action="store_true", help="py-spy the broker at c=16")
+    parser.add_argument(
+        "--broker-ref",
+        default="HEAD",
+        help="git ref whose committed broker/ is measured (default HEAD); 'worktree' measures "
+        "the working tree as it stands, uncommitted edits included",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=30.0,
+        help="before each point, wait up to this many seconds for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--patience",
+        type=float,
+        default=10.0,
+        help="minutes after which the run stops waiting for quiet and retrying noisy points",
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite the docs from benchmarks/results/latest.json",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(ALL))
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {', '.join(ALL)}")
+    args.chosen = [s for s in ALL if s in chosen]
+    return args
+
+
+def _placement(no_pin: bool) -> Placement:
+    if no_pin or (os.cpu_count() or 1) < 2:
+        return Placement(sut=None, rest=None)
+    return Placement()
+
+
+def _stage_modules(src: Path) -> list[str]:
+    return sorted(p.stem for p in (src / "broker" / "stages").glob("*.py") if p.stem != "__init__")
+
+
+def _broker_source(ref: str, work_dir: Path) -> tuple[Path, str]:
+    """Where to run the broker from, and how the report names that code."""
+    if ref == "worktree":
+        return REPO_ROOT, "the working tree as it stood (uncommitted edits included)"
+    src = snapshot_broker(ref, work_dir / "broker-src")
+    return src, f"`broker/` as committed at {describe_ref(ref)} (`--broker-ref {ref}`)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.render_only:
+        written = report.write(json.loads(RAW_RESULTS.read_text()), args.doc)
+        print("rewrote " + ", ".join(written) + f" from {RAW_RESULTS.relative_to(REPO_ROOT)}")
+        return 0
+    require_wrk()
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    placement = _placement(args.no_pin)
+    if placement.rest is not None:  # the harness runs the streaming probe: keep it off core 0
+        os.sched_setaffinity(0, {int(placement.rest)})
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    started = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="a2a-bench-") as tmp:
+        work_dir = Path(tmp)
+        broker_src, broker_code = _broker_source(args.broker_ref, work_dir)
+        stages = _stage_modules(broker_src)
+        with environment(work_dir, placement, STREAM_EVENTS, broker_src) as env:
+            run = Run(env, seconds, work_dir, args)
+            for name in args.chosen:
+                print(f"scenario {name}", flush=True)
+                SCENARIOS[name](run)
+            if args.profile:
+                print("profile: py-spy on the broker (redis store), c=16", flush=True)
+                profile_broker(run)
+            redis_note = env.redis_note
+    results = {
+        "command": command.strip(),
+        "started": started.isoformat(timespec="seconds"),
+        "elapsed_s": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
+        "seconds_per_point": seconds,
+        "placement": {"sut": placement.sut, "rest": placement.rest},
+        "redis": redis_note,
+        "broker_code": broker_code,
+        "broker_stages": stages,
+        "stream_events": STREAM_EVENTS,
+        "machine": report.machine(),
+        "points": [p.as_dict() for p in run.points],
+        "stream_points": [p.as_dict() for p in run.stream_points],
+        "probes": run.probes,
+        "profile": run.profile,
+    }
+    RAW_RESULTS.parent.mkdir(exist_ok=True)
+    RAW_RESULTS.write_text(json.dumps(results, indent=1))
+    written = report.write(results, args.doc)
+    print(f"wrote {RAW_RESULTS.relative_to(REPO_ROOT)}, " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
