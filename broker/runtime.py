@@ -27,6 +27,7 @@ from broker.stages.policy import ChainPolicy
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
+from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
@@ -52,6 +53,8 @@ class BrokerRuntime:
     async def start(cls, settings: Settings) -> BrokerRuntime:
         backend = open_backend(settings.store)
         stores = backend.stores()
+        if settings.store.backend == "redis":
+            stores = with_read_cache(stores, settings.store.read_cache_ttl_s)
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")

@@ -37,6 +37,9 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     key_prefix: str = "a2ab"
     # How long the broker remembers which agent owns a task (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
+    # Redis only: per-process cache of registry and credential reads (0 turns it off). A change
+    # made on another replica takes effect here within this time; see broker/stores/cache.py.
+    read_cache_ttl_s: float = 0.5
 
 
 class AdminSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
