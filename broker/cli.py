@@ -47,9 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         add_policy_admin_commands,
         add_trees_parser,
     )
+    from broker.audit_cli_args import add_audit_parser  # noqa: PLC0415
 
     add_agents_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
+    add_audit_parser(sub)
     policy = sub.add_parser("policy", help="check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True)
     check_policy = policy_cmds.add_parser("check", help="validate a policy CSV")

@@ -228,6 +228,14 @@ class StoreUnavailableError(BrokerError):
     default_message = "The broker's state store is unavailable; retry shortly."
 
 
+class AuditUnavailableError(BrokerError):
+    code, http_status, reason = -32061, 503, "AUDIT_UNAVAILABLE"
+    transport_level = True
+    retryable = True
+    default_retry_after = 1.0
+    default_message = "The broker cannot write its audit log, so it forwards nothing; retry soon."
+
+
 class InvalidAgentCardError(BrokerError):
     code, http_status, reason = -32070, 400, "INVALID_AGENT_CARD"
     default_message = "The agent card is not valid."

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from broker.audit_runtime import AuditRecorder
 from broker.delegation.tokens import TokenMinter, hop_scope
 from broker.errors import (
     AgentSuspendedError,
@@ -34,8 +35,14 @@ _decoder = msgspec.json.Decoder()
 
 class TreeKiller:
     def __init__(
-        self, settings: Settings, stores: Stores, upstream: UpstreamClient, minter: TokenMinter
+        self,
+        settings: Settings,
+        stores: Stores,
+        upstream: UpstreamClient,
+        minter: TokenMinter,
+        audit: AuditRecorder,
     ) -> None:
+        self._audit = audit
         self._settings = settings
         self._stores = stores
         self._upstream = upstream
@@ -44,6 +51,7 @@ class TreeKiller:
     async def kill(self, tree: str) -> dict[str, Any]:
         """Kill ``tree`` and cancel its tasks; what happened to each task."""
         until = time.time() + self._settings.delegation.token_ttl_s + 60
+        await self._audit.event("killswitch", "admin", action="tree.kill", tree=tree)
         newly = await self._stores.revocations.kill_tree(tree, until)
         members = await self._stores.task_trees.members(tree)
         outcomes = await asyncio.gather(*(self._cancel(tree, a, t) for a, t in members))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from broker.audit_runtime import AuditRecorder
+from broker.errors import BrokerError
 from broker.policy.engine import PolicyEngine
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
@@ -29,7 +32,7 @@ class PolicyRuntime:
     redis: aioredis.Redis | None = None
 
     @classmethod
-    async def start(cls, settings: Settings) -> PolicyRuntime:
+    async def start(cls, settings: Settings, audit: AuditRecorder) -> PolicyRuntime:
         """Load the policy (a bad file stops start-up: there is no last good one yet)."""
         if not settings.policy.policy_file:
             log.warning("no [policy] policy_file: every authenticated agent may call every agent")
@@ -44,7 +47,7 @@ class PolicyRuntime:
             engine,
             policy_path,
             interval_s=settings.policy.reload_interval_s,
-            on_error=_log_refused,
+            on_error=_audited(audit),
             redis=client,
             channel=f"{settings.store.key_prefix}:{settings.policy.channel}",
         )
@@ -59,6 +62,15 @@ class PolicyRuntime:
             await self.redis.aclose()
 
 
-def _log_refused(error: PolicyError) -> None:
-    # The reloader has logged it already; this is where the audit records it.
-    log.debug("policy refusal: %s:%s %s", error.file, error.line, error.message)
+def _audited(audit: AuditRecorder) -> Callable[[PolicyError], Awaitable[None]]:
+    """The reloader logs a refused policy file; this records it in the audit too."""
+
+    async def on_error(error: PolicyError) -> None:
+        try:
+            await audit.event(
+                "policy.error", "a2a-broker", file=error.file, line=error.line, error=error.message
+            )
+        except BrokerError as err:
+            log.error("policy refusal not audited: %s", err.reason)  # noqa: TRY400
+
+    return on_error

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
@@ -16,6 +17,7 @@ from broker.pipeline import fold
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
 from broker.settings import Settings
+from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import ErrorBoundary
 from broker.stages.delegation import DelegationContext
@@ -47,6 +49,7 @@ class BrokerRuntime:
     authenticate: Authenticate
     policy: PolicyRuntime
     trees: TreeKiller
+    audit: AuditRecorder
     mediate: CallNext
 
     @classmethod
@@ -62,7 +65,8 @@ class BrokerRuntime:
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
-        policy = await PolicyRuntime.start(settings)
+        audit = await open_recorder(settings, keys)
+        policy = await PolicyRuntime.start(settings, audit)
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         runtime = cls(
             settings=settings,
@@ -73,7 +77,8 @@ class BrokerRuntime:
             directory=directory,
             authenticate=Authenticate(stores.credentials, stores.registry),
             policy=policy,
-            trees=TreeKiller(settings, stores, upstream, minter),
+            trees=TreeKiller(settings, stores, upstream, minter, audit),
+            audit=audit,
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
@@ -83,6 +88,7 @@ class BrokerRuntime:
 
     async def close(self) -> None:
         await self.policy.stop()
+        await self.audit.close()
         await self.upstream.close()
         await self.backend.close()
 
@@ -108,7 +114,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
     return [
         # Outermost, so every refusal from any stage gets the binding's error shape and every
         # request exactly one log line, streams included.
-        ErrorBoundary(),
+        ErrorBoundary(rt.audit),
         # Before the body is read or anything is looked up for the caller: an unauthenticated
         # request costs one hash and one store read.
         rt.authenticate,
@@ -131,6 +137,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
             TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),
             settings.delegation.default_deadline_s,
         ),
+        # Every decision is made: record it (with the token) durably before anything leaves,
+        # and the outcome when the answer ends. No audit log, no forwarding.
+        AuditForward(rt.audit),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
             AiohttpUpstream(rt.upstream),

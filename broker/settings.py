@@ -144,6 +144,19 @@ class DelegationSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_o
         return msgspec.structs.replace(self.limits, **changed)
 
 
+class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # file: one append-only JSON-lines file per broker process in `dir` (the embedded default);
+    # redis: one Redis Stream per process in [store] redis_url (shared by replicas);
+    # off: nothing is recorded (tests and benchmarks of other stages only).
+    backend: Literal["file", "redis", "off"] = "file"
+    dir: str = "var/audit"
+    # This process's chain name; empty: <hostname>-<pid> (each process keeps its own chain).
+    replica: str = ""
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 60.0
+    fsync: bool = True
+
+
 class KeySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # PEM file of the broker's Ed25519 signing key. Empty: a key is generated at start-up and
     # lives only as long as the process (fine for a demo, wrong for several replicas).
@@ -159,6 +172,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     keys: KeySettings = msgspec.field(default_factory=KeySettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)

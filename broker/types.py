@@ -51,6 +51,7 @@ class MediationContext:
     policy_rule: str = ""
     upstream_status: int | None = None
     error: BrokerError | None = None
+    audited: bool = False  # the audit stage has recorded this request's outcome
 
 
 @dataclass(frozen=True, slots=True)

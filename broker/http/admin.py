@@ -41,6 +41,11 @@ def _json(payload: object, status: int = 200) -> Response[bytes]:
     return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
 
 
+async def _audit(request: AnyRequest, kind: str, action: str, agent: str) -> None:
+    """One record per operator action, after it took effect (the change is already made)."""
+    await runtime_of(request).audit.event(kind, "admin", action=action, agent=agent)
+
+
 def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Admin requests carry the admin token; the broker holds only its SHA-256 digest."""
     settings = connection.app.state.runtime.settings
@@ -67,6 +72,7 @@ async def register_agent(request: AnyRequest) -> Response[bytes]:
     body = _decode(await request.body(), _RegisterBody)
     directory = runtime_of(request).directory
     record, credential = await directory.register(body.name, body.card, body.card_url)
+    await _audit(request, "registry.change", "register", record.name)
     return _json({"agent": directory.summary(record), "credential": credential}, 201)
 
 
@@ -83,30 +89,37 @@ async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
     body = _decode(await request.body(), _CardBody)
     directory = runtime_of(request).directory
     record = await directory.update(name, body.card, body.card_url)
+    await _audit(request, "registry.change", "update", name)
     return _json({"agent": directory.summary(record)})
 
 
 @post("/agents/{name:str}/suspend")
 async def suspend_agent(request: AnyRequest, name: str) -> Response[bytes]:
     directory = runtime_of(request).directory
-    return _json({"agent": directory.summary(await directory.suspend(name))})
+    record = await directory.suspend(name)
+    await _audit(request, "killswitch", "agent.suspend", name)
+    return _json({"agent": directory.summary(record)})
 
 
 @post("/agents/{name:str}/resume")
 async def resume_agent(request: AnyRequest, name: str) -> Response[bytes]:
     directory = runtime_of(request).directory
-    return _json({"agent": directory.summary(await directory.resume(name))})
+    record = await directory.resume(name)
+    await _audit(request, "killswitch", "agent.resume", name)
+    return _json({"agent": directory.summary(record)})
 
 
 @post("/agents/{name:str}/credential")
 async def rotate_credential(request: AnyRequest, name: str) -> Response[bytes]:
     credential = await runtime_of(request).directory.rotate_credential(name)
+    await _audit(request, "registry.change", "credential.rotate", name)
     return _json({"agent": name, "credential": credential})
 
 
 @delete("/agents/{name:str}", status_code=204)
 async def delete_agent(request: AnyRequest, name: str) -> None:
     await runtime_of(request).directory.delete(name)
+    await _audit(request, "registry.change", "delete", name)
 
 
 @get("/trees/{tree:str}")

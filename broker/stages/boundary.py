@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
-from broker.errors import BrokerError, BrokerInternalError
-from broker.types import CallNext, MediationContext, Outcome, StreamReply
+from broker.audit_runtime import AuditRecorder, request_fields
+from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
+from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.wire import error_reply
 
 log = logging.getLogger("a2a_broker.access")
+REQUEST_ID_HEADER = "a2a-broker-request-id"
 _encoder = msgspec.json.Encoder()
 
 
@@ -20,8 +22,12 @@ class ErrorBoundary:
     """Turns BrokerErrors (and, as a last resort, anything else) into the binding's error shape.
 
     Unexpected exceptions are logged with their traceback and answered as INTERNAL_ERROR with
-    no internal text. Writes one JSON log line per request, when its answer is complete.
+    no internal text. Every refusal is audited (one record); every request gets one JSON log
+    line, when its answer is complete.
     """
+
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         try:
@@ -33,10 +39,22 @@ class ErrorBoundary:
             log.exception("unexpected error mediating request %s", ctx.request_id)
             ctx.error = BrokerInternalError()
             outcome = error_reply(ctx.error, ctx.binding, ctx.jsonrpc_id)
+        if ctx.error is not None and not ctx.audited:
+            await self._audit_refusal(ctx, outcome.status)
+        # The id that names this request in the log and the audit, for the caller to quote.
+        headers = {**outcome.headers, REQUEST_ID_HEADER: ctx.request_id}
         if isinstance(outcome, StreamReply):
-            return StreamReply(_logged(ctx, outcome), outcome.status, outcome.headers)
+            return StreamReply(_logged(ctx, outcome), outcome.status, headers)
         log_request(ctx, outcome.status)
-        return outcome
+        return Reply(outcome.status, outcome.body, outcome.media_type, headers)
+
+    async def _audit_refusal(self, ctx: MediationContext, status: int) -> None:
+        if isinstance(ctx.error, AuditUnavailableError):
+            return  # the log is what failed; the log line below still says so
+        try:
+            await self._recorder.record(request_fields(ctx, phase="refused", status=status))
+        except BrokerError as err:
+            log.error("refusal of request %s not audited: %s", ctx.request_id, err.reason)  # noqa: TRY400
 
 
 async def _logged(ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:

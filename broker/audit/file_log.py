@@ -1,0 +1,250 @@
+"""``FileAuditLog``: one append-only JSON-lines file per replica, fsynced before acknowledging.
+
+Layout: ``<directory>/audit-<replica>.jsonl``; each line is a record's canonical JSON. A batch is
+written with one ``write`` and made durable with one ``fdatasync`` (in a worker thread, so the
+event loop keeps serving; appends arriving meanwhile form the next batch). A failed write or
+fsync is rolled back by truncating the file to its previous length.
+
+Durability: a record is on disk when ``append`` returns, unless the disk or its controller lies
+about flushing. A crash mid-write can leave an incomplete last line (never an acknowledged one);
+it is cut off when the file is next opened for writing. One process may write a replica's file
+at a time (an advisory ``flock``); readers need no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from broker.audit.commit import GroupCommitter
+from broker.audit.log import AuditLog, AuditLogError
+from broker.audit.records import (
+    EMPTY_HEAD,
+    REPLICA_PATTERN,
+    AuditRecord,
+    ChainHead,
+    decode_record,
+    encode_record,
+)
+
+_TAIL_BLOCK = 64 * 1024
+_READ_BATCH = 4096
+
+
+def audit_file(directory: Path, replica: str) -> Path:
+    if not REPLICA_PATTERN.match(replica):
+        raise AuditLogError(f"invalid replica id {replica!r}")
+    return directory / f"audit-{replica}.jsonl"
+
+
+class _ReplicaFile:
+    """An open, locked file of one replica, with its group committer."""
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path = path
+        self._fsync = fsync
+        self.fd = _open_locked(path)
+        self.committer = GroupCommitter(self._flush, self._load_head)
+
+    async def _flush(self, records: list[AuditRecord]) -> None:
+        data = b"".join(encode_record(record) + b"\n" for record in records)
+        # Writing to the page cache takes microseconds: do it here. A thread hop costs far more,
+        # so only the fsync, which waits for the disk, runs in one.
+        offset = _write_all(self.fd, data)
+        if self._fsync:
+            try:
+                await asyncio.to_thread(os.fdatasync, self.fd)
+            except OSError:
+                _roll_back(self.fd, offset)
+                raise
+
+    async def _load_head(self) -> ChainHead:
+        return await asyncio.to_thread(_read_head, self.path) or EMPTY_HEAD
+
+    async def close(self) -> None:
+        await self.committer.close()
+        os.close(self.fd)
+
+
+class FileAuditLog(AuditLog):
+    """Per-replica JSON-lines files in ``directory`` (created if missing).
+
+    ``fsync=False`` skips the fsync (tests, benchmarks): records then survive a process crash
+    but not a machine crash.
+    """
+
+    def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self._fsync = fsync
+        self._files: dict[str, _ReplicaFile] = {}
+
+    async def append(self, records: list[AuditRecord]) -> None:
+        if not records:
+            return
+        replica = records[0].replica
+        if any(record.replica != replica for record in records):
+            raise AuditLogError("one append holds records of one replica")
+        await self._writer(replica).committer.append(records)
+
+    def _writer(self, replica: str) -> _ReplicaFile:
+        writer = self._files.get(replica)
+        if writer is None:
+            path = audit_file(self.directory, replica)
+            try:
+                writer = _ReplicaFile(path, self._fsync)
+            except OSError as exc:
+                raise AuditLogError(f"cannot open audit file {path}: {exc}") from exc
+            self._files[replica] = writer
+        return writer
+
+    async def read_raw(self, replica: str, after_seq: int = 0) -> AsyncIterator[bytes]:
+        path = audit_file(self.directory, replica)
+        try:
+            file = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise AuditLogError(f"cannot read audit file {path}: {exc}") from exc
+        try:
+            while lines := await asyncio.to_thread(file.readlines, _READ_BATCH * 512):
+                for line in lines:
+                    # An unterminated last line is being written (or torn): not a record yet.
+                    if line.endswith(b"\n") and (not after_seq or _seq_of(line) > after_seq):
+                        yield line[:-1]
+        finally:
+            file.close()
+
+    async def replicas(self) -> list[str]:
+        if not self.directory.is_dir():
+            return []
+        names = (p.name[len("audit-"):-len(".jsonl")] for p in self.directory.glob("audit-*.jsonl"))
+        return sorted(name for name in names if REPLICA_PATTERN.match(name))
+
+    async def head(self, replica: str) -> ChainHead | None:
+        return await asyncio.to_thread(_read_head, audit_file(self.directory, replica))
+
+    async def close(self) -> None:
+        files, self._files = self._files, {}
+        for writer in files.values():
+            await writer.close()
+
+
+def _open_locked(path: Path) -> int:
+    """Open ``path`` for appending under an exclusive lock; cut an incomplete last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AuditLogError(f"another process is writing {path}") from None
+    _cut_torn_tail(fd)
+    if created:  # make the new directory entry itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return fd
+
+
+def _cut_torn_tail(fd: int) -> None:
+    """End the file with a newline: complete a whole last record, or cut a partial one."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    end = _last_newline_end(fd, size)
+    try:
+        decode_record(os.pread(fd, size - end, end))
+    except ValueError:
+        os.ftruncate(fd, end)  # never acknowledged: its fsync had not returned
+    else:
+        os.write(fd, b"\n")
+    os.fsync(fd)
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """Offset just after the last newline before ``size`` (0 if there is none)."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - _TAIL_BLOCK)
+        block = os.pread(fd, pos - start, start)
+        index = block.rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        pos = start
+    return 0
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    """Append all of ``data``; return the offset it starts at. A partial write is undone."""
+    offset = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        _roll_back(fd, offset)
+        raise
+    return offset
+
+
+def _roll_back(fd: int, offset: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, offset)
+
+
+def _read_head(path: Path) -> ChainHead | None:
+    """Seq and hash of the last record of ``path`` (None if it has none).
+
+    An unterminated last line counts if it is a whole record, as ``_cut_torn_tail`` keeps it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        line = _last_record_line(fd)
+    finally:
+        os.close(fd)
+    if line is None:
+        return None
+    try:
+        record = decode_record(line)
+    except ValueError as exc:
+        raise AuditLogError(f"the last record of {path} is unreadable; run verify") from exc
+    return ChainHead(record.seq, record.hash)
+
+
+def _last_record_line(fd: int) -> bytes | None:
+    size = os.lseek(fd, 0, os.SEEK_END)
+    end = _last_newline_end(fd, size)
+    if end < size:
+        tail = os.pread(fd, size - end, end)
+        with contextlib.suppress(ValueError):
+            decode_record(tail)
+            return tail
+    if end == 0:
+        return None
+    start = _last_newline_end(fd, end - 1)
+    return os.pread(fd, end - start, start)
+
+
+def _seq_of(line: bytes) -> int:
+    """The ``seq`` of a stored line without a full decode (0 if not found).
+
+    The last ``"seq":`` is the record's own: later members are strings, whose quotes are escaped.
+    """
+    index = line.rfind(b'"seq":')
+    if index < 0:
+        return 0
+    digits = line[index + 6:index + 26]
+    end = 0
+    while end < len(digits) and 48 <= digits[end] <= 57:
+        end += 1
+    return int(digits[:end] or b"0")

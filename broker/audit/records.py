@@ -1,0 +1,212 @@
+"""The audit record: one frozen msgspec Struct, its canonical JSON and its hash.
+
+A record holds only strings, integers, booleans and lists/maps of those: no floats, and integers
+within ±(2**53 - 1). Under those rules msgspec's compact sorted-key JSON is exactly RFC 8785 (JCS):
+strings are escaped the same way, and keys (record field names and ``detail`` keys, which are
+restricted to ASCII) sort the same by code point as by UTF-16 code unit. ``hash`` is
+``"sha256:" + hex(SHA-256(canonical JSON of the record without its "hash" member))``.
+
+Secrets, tokens and raw credentials never go into a record; payloads appear only as digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, NamedTuple
+
+import msgspec
+
+FORMAT_VERSION: Final = 1
+HASH_PREFIX: Final = "sha256:"
+_MAX_SAFE_INT: Final = 2**53 - 1
+
+SafeInt = Annotated[int, msgspec.Meta(ge=-_MAX_SAFE_INT, le=_MAX_SAFE_INT)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=_MAX_SAFE_INT)]
+DetailKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+DetailValue = str | SafeInt | bool | list[str]
+ReplicaId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+REPLICA_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# The record kinds the broker writes. Not enforced on decode: a newer broker's kinds still verify.
+KINDS: Final = frozenset({
+    "request", "auth.failure", "token.mint", "registry.change", "policy.reload", "policy.error",
+    "killswitch", "budget", "approval", "checkpoint",
+})
+CHECKPOINT_KIND: Final = "checkpoint"
+
+
+class AuditRecordError(ValueError):
+    """Fields given for a record have the wrong type or range (a float, an unknown field, ...)."""
+
+
+class ChainHead(NamedTuple):
+    """The last record of a chain: its ``seq`` and ``hash`` (``(0, "")`` for an empty chain)."""
+
+    seq: int
+    hash: str
+
+
+EMPTY_HEAD: Final = ChainHead(0, "")
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                  omit_defaults=True):
+    """One audited event. Every member is always written except ``hash`` while it is empty.
+
+    Build records with ``AuditChain.seal`` (which fills ``seq``, ``prev`` and ``hash``) or, for
+    tests and tools, ``build_record``; construct directly only from already validated values.
+    """
+
+    v: SafeInt
+    seq: Seq
+    ts_us: SafeInt
+    replica: ReplicaId
+    kind: str
+    request_id: str
+    caller: str
+    chain: tuple[str, ...]
+    tree: str
+    target: str
+    operation: str
+    skill: str
+    decision: str
+    reason: str
+    rule: str
+    status: SafeInt
+    latency_us: SafeInt
+    tokens_in: SafeInt
+    tokens_out: SafeInt
+    cost_micro: SafeInt
+    request_digest: str
+    response_digest: str
+    detail: dict[DetailKey, DetailValue]
+    prev: str
+    # Only this member has a default, so omit_defaults drops exactly it while it is "": that
+    # encoding is the "record with hash omitted" that the hash covers.
+    hash: str = ""
+
+
+# Defaults for every member a caller may leave out when describing an event.
+RECORD_DEFAULTS: Final[Mapping[str, Any]] = {
+    "v": FORMAT_VERSION, "request_id": "", "caller": "", "chain": (), "tree": "", "target": "",
+    "operation": "", "skill": "", "decision": "", "reason": "", "rule": "", "status": 0,
+    "latency_us": 0, "tokens_in": 0, "tokens_out": 0, "cost_micro": 0, "request_digest": "",
+    "response_digest": "", "detail": {}, "prev": "",
+}
+
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+_DECODER: Final = msgspec.json.Decoder(AuditRecord)
+
+
+def build_record(fields: Mapping[str, Any]) -> AuditRecord:
+    """Validate ``fields`` (with ``RECORD_DEFAULTS`` filled in) into an unhashed record.
+
+    Raises ``AuditRecordError`` naming the first bad member (a float, a missing ``seq``/``ts_us``/
+    ``replica``/``kind``, an unknown member, a ``detail`` key that is not ``[a-z][a-z0-9_.]*``).
+    """
+    try:
+        return msgspec.convert({**RECORD_DEFAULTS, **fields}, AuditRecord)
+    except msgspec.ValidationError as exc:
+        raise AuditRecordError(str(exc)) from exc
+
+
+def unhashed_json(record: AuditRecord) -> bytes:
+    """The canonical JSON of ``record`` without its ``hash`` member: what the hash covers.
+
+    Raises ``UnicodeEncodeError`` if a string holds a lone surrogate (``with_hash`` repairs those).
+    """
+    return _ENCODER.encode(msgspec.structs.replace(record, hash="") if record.hash else record)
+
+
+def record_hash(record: AuditRecord) -> str:
+    """``"sha256:<hex>"`` over ``unhashed_json(record)``."""
+    return HASH_PREFIX + hashlib.sha256(unhashed_json(record)).hexdigest()
+
+
+def with_hash(record: AuditRecord) -> AuditRecord:
+    """``record`` with ``hash`` set. Lone surrogates (no UTF-8 form) are first made U+FFFD."""
+    try:
+        body = unhashed_json(record)
+    except UnicodeEncodeError:
+        record = _scrub(record)
+        body = unhashed_json(record)
+    return msgspec.structs.replace(record, hash=HASH_PREFIX + hashlib.sha256(body).hexdigest())
+
+
+def encode_record(record: AuditRecord) -> bytes:
+    """The record's canonical JSON (RFC 8785), as stored: one line, no trailing newline."""
+    return _ENCODER.encode(record)
+
+
+def decode_record(line: bytes | str) -> AuditRecord:
+    """Parse one stored line. Raises ``msgspec.DecodeError`` (a ``ValueError``) if it is not one."""
+    return _DECODER.decode(line)
+
+
+def _fix_text(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _scrub(record: AuditRecord) -> AuditRecord:
+    """A copy of ``record`` in which every lone surrogate is replaced by U+FFFD."""
+    data = msgspec.to_builtins(record)
+    return msgspec.convert(_scrub_value(data), AuditRecord)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _fix_text(value)
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, dict):
+        return {_fix_text(k): _scrub_value(v) for k, v in value.items()}
+    return value
+
+
+_HASH_MEMBER: Final = b',"hash":"'
+
+
+class StoredLinks(msgspec.Struct, frozen=True):
+    """The members of a stored line that verification reads; the hash covers the rest."""
+
+    seq: int
+    prev: str
+    hash: str
+    replica: str
+    kind: str
+    detail: msgspec.Raw
+
+
+_STORED_DECODER: Final = msgspec.json.Decoder(StoredLinks)
+
+
+def stored_hash(line: bytes) -> str | None:
+    """The hash of a stored line: SHA-256 of its bytes without the ``"hash"`` member.
+
+    The broker writes canonical JSON, so this equals ``record_hash`` of the record it holds; a
+    line rewritten in any other form no longer matches. The last ``,"hash":"`` is the record's
+    own: every member after it in key order is a string or an integer, whose quotes are escaped.
+    """
+    start = line.rfind(_HASH_MEMBER)
+    end = line.find(b'"', start + len(_HASH_MEMBER)) if start >= 0 else -1
+    if end < 0:
+        return None
+    digest = hashlib.sha256(memoryview(line)[:start])
+    digest.update(memoryview(line)[end + 1:])
+    return HASH_PREFIX + digest.hexdigest()
+
+
+def decode_links(line: bytes) -> StoredLinks:
+    """The chain members of a stored line. Raises ``msgspec.DecodeError`` (``ValidationError``
+    if it is JSON but not a record's shape)."""
+    return _STORED_DECODER.decode(line)
+
+
+class KeptCheckpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A chain head the operator stored outside the broker: ``{"replica", "seq", "hash"}``."""
+
+    replica: ReplicaId
+    seq: Annotated[int, msgspec.Meta(ge=0, le=_MAX_SAFE_INT)]
+    hash: str

@@ -1,0 +1,103 @@
+"""``AuditTrail``: what the pipeline calls. Seals a record, appends it durably, signs checkpoints.
+
+``record(fields)`` returns only once the record (and a checkpoint, when one was due) is durable;
+if the log cannot be written it raises ``AuditLogError`` and the caller must refuse the request
+(fail closed). After a failure the trail re-reads the stored head before sealing again, so the
+chain stays contiguous: records that were refused are simply not in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from broker.audit.chain import AuditChain
+from broker.audit.log import AuditLog, AuditLogError
+from broker.audit.records import EMPTY_HEAD, AuditRecord
+from broker.keys import BrokerKeys
+
+
+class AuditTrail:
+    """One replica's chain bound to a log. Use from one event loop."""
+
+    def __init__(self, log: AuditLog, chain: AuditChain) -> None:
+        self.log = log
+        self.chain = chain
+        self._stale = False
+        # Bumped on every resync: a failure of records sealed before it says nothing new.
+        self._epoch = 0
+        self._resync_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        log: AuditLog,
+        replica: str,
+        keys: BrokerKeys,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+    ) -> AuditTrail:
+        """A trail that continues ``replica``'s stored chain. Raises ``AuditLogError``."""
+        head = await log.head(replica) or EMPTY_HEAD
+        return cls(log, AuditChain(replica, keys, checkpoint_every, checkpoint_interval_s,
+                                   head=head))
+
+    async def record(self, fields: Mapping[str, Any]) -> AuditRecord:
+        """Seal ``fields`` as the next record and wait until it is durable.
+
+        Raises ``AuditLogError`` if it could not be stored (refuse the request), or
+        ``AuditRecordError`` if ``fields`` are invalid (a bug in the caller).
+        """
+        if self._stale:
+            await self._resync()
+        records = self.chain.seal_with_checkpoint(fields)
+        await self._append(records)
+        return records[0]
+
+    async def checkpoint_if_due(self) -> AuditRecord | None:
+        """Append a checkpoint if one is due (records unsigned for N records or T seconds)."""
+        if self._stale:
+            await self._resync()
+        if not self.chain.checkpoint_due():
+            return None
+        record = self.chain.checkpoint()
+        await self._append([record])
+        return record
+
+    async def run_checkpoints(self, period_s: float = 1.0) -> None:
+        """Forever: every ``period_s``, sign what is due, so a quiet broker still checkpoints
+        within T seconds of its last record. Cancel to stop; write failures are retried."""
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.checkpoint_if_due()
+            except AuditLogError:
+                continue  # requests are refused meanwhile; the next tick tries again
+
+    async def close(self) -> None:
+        """Sign the last records (best effort), then close the log."""
+        try:
+            if self.chain.unsigned and not self._stale:
+                await self._append([self.chain.checkpoint()])
+        except AuditLogError:
+            pass
+        finally:
+            await self.log.close()
+
+    async def _append(self, records: list[AuditRecord]) -> None:
+        epoch = self._epoch
+        try:
+            await self.log.append(records)
+        except AuditLogError:
+            if epoch == self._epoch:
+                self._stale = True
+            raise
+
+    async def _resync(self) -> None:
+        async with self._resync_lock:
+            if self._stale:
+                head = await self.log.head(self.chain.replica) or EMPTY_HEAD
+                self.chain.reset(head)
+                self._epoch += 1
+                self._stale = False

@@ -1,0 +1,145 @@
+"""The audit trail one broker process writes to, and the records the broker's parts emit.
+
+One record per decision and outcome: a refused request is one record (``auth.failure`` for
+credential refusals, ``request`` with decision ``deny`` otherwise); a forwarded request is two
+``request`` records, the decision (phase ``forward``, holding the minted token's id and expiry:
+the token mint is this record) written durably *before* the request leaves, and the outcome
+(phase ``outcome``) when the answer or stream ends. Operator actions (registry changes, the kill
+switch, policy errors) are one record each. Never a secret: bodies appear only as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from broker.audit.file_log import FileAuditLog
+from broker.audit.log import AuditLog, AuditLogError
+from broker.audit.records import AuditRecordError
+from broker.audit.redis_log import RedisAuditLog
+from broker.audit.trail import AuditTrail
+from broker.errors import (
+    AuditUnavailableError,
+    BrokerError,
+    CallerSuspendedError,
+    InvalidCredentialError,
+    UnauthenticatedError,
+)
+from broker.keys import BrokerKeys
+from broker.settings import Settings
+from broker.types import MediationContext
+
+log = logging.getLogger("a2a_broker.audit")
+_AUTH_REFUSALS = (UnauthenticatedError, InvalidCredentialError, CallerSuspendedError)
+
+
+def digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest() if body else ""
+
+
+class AuditRecorder:
+    """Writes the broker's records. ``trail`` None means auditing is off."""
+
+    def __init__(self, trail: AuditTrail | None) -> None:
+        self.trail = trail
+        self._pending: set[asyncio.Task[None]] = set()
+        self._checkpoints: asyncio.Task[None] | None = None
+        if trail is not None:
+            self._checkpoints = asyncio.create_task(trail.run_checkpoints(), name="audit-ckpt")
+
+    async def record(self, fields: Mapping[str, Any]) -> None:
+        """Append durably; raises AuditUnavailableError if the log cannot be written."""
+        if self.trail is None:
+            return
+        try:
+            await self.trail.record(fields)
+        except AuditLogError as exc:
+            raise AuditUnavailableError(detail=str(exc)) from None
+
+    def record_soon(self, fields: Mapping[str, Any]) -> None:
+        """Append without waiting (for outcomes); a failure is logged, never raised."""
+        if self.trail is None:
+            return
+        task = asyncio.create_task(self._record_logged(fields))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def event(self, kind: str, actor: str, **detail: str | int | bool) -> None:
+        """An operator or system event (registry change, kill switch, policy reload/error)."""
+        await self.record({"kind": kind, "caller": actor, "detail": dict(detail)})
+
+    async def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.trail is not None:
+            await self.trail.close()
+
+    async def _record_logged(self, fields: Mapping[str, Any]) -> None:
+        try:
+            await self.record(fields)
+        except (BrokerError, AuditRecordError) as exc:
+            log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
+
+
+def request_fields(
+    ctx: MediationContext,
+    *,
+    phase: str,
+    status: int,
+    response_digest: str = "",
+) -> dict[str, Any]:
+    """The record of a mediated request at ``phase`` (forward, outcome or refused)."""
+    err = ctx.error
+    tree = ctx.hop.tree if ctx.hop else ctx.parent.tree if ctx.parent else ""
+    detail: dict[str, str | int | bool] = {"phase": phase, "binding": ctx.binding}
+    if ctx.task_id:
+        detail["task_id"] = ctx.task_id
+    if ctx.hop is not None:
+        detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
+    if err is not None and err.detail:
+        detail["error_detail"] = err.detail[:500]
+    return {
+        "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
+        "request_id": ctx.request_id,
+        "caller": ctx.caller or "",
+        "chain": list(ctx.chain),
+        "tree": tree,
+        "target": ctx.target_name,
+        "operation": ctx.operation.name if ctx.operation else "",
+        "skill": ctx.skill,
+        "decision": "deny" if err is not None and phase == "refused" else "allow",
+        "reason": err.reason if err is not None else "",
+        "rule": ctx.policy_rule,
+        "status": status,
+        "latency_us": int((time.perf_counter() - ctx.started) * 1_000_000),
+        "request_digest": digest(ctx.body),
+        "response_digest": response_digest,
+        "detail": detail,
+    }
+
+
+async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
+    """The process's recorder; raises AuditLogError if the log cannot be opened."""
+    audit = settings.audit
+    if audit.backend == "off":
+        log.warning("[audit] backend = off: nothing is recorded")
+        return AuditRecorder(None)
+    audit_log: AuditLog
+    if audit.backend == "redis":
+        audit_log = RedisAuditLog(settings.store.redis_url, settings.store.key_prefix)
+    else:
+        audit_log = FileAuditLog(settings.path(audit.dir), fsync=audit.fsync)
+    replica = audit.replica or f"{socket.gethostname()}-{os.getpid()}"
+    trail = await AuditTrail.open(
+        audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s
+    )
+    log.info("audit chain %s on the %s log", replica, audit.backend)
+    return AuditRecorder(trail)

@@ -1,0 +1,55 @@
+"""Audit the forward: the decision is durable before the request leaves; the outcome follows.
+
+Refusals made by earlier stages are recorded by the error boundary; this stage, just before
+forwarding, records the allowed hop (with the token minted for it) and waits until the record
+is durable: if the audit log cannot be written, nothing is forwarded (AUDIT_UNAVAILABLE). The
+outcome (status, latency, digest of the answer or of the whole stream) is appended when the
+answer or the stream ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+from broker.audit_runtime import AuditRecorder, digest, request_fields
+from broker.errors import BrokerError
+from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+
+
+class AuditForward:
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        await self._recorder.record(request_fields(ctx, phase="forward", status=0))
+        try:
+            outcome = await call_next(ctx)
+        except BrokerError as err:
+            ctx.error, ctx.audited = err, True
+            self._recorder.record_soon(request_fields(ctx, phase="outcome", status=err.http_status))
+            raise
+        if isinstance(outcome, Reply):
+            ctx.audited = True
+            fields = request_fields(
+                ctx, phase="outcome", status=outcome.status, response_digest=digest(outcome.body)
+            )
+            self._recorder.record_soon(fields)
+            return outcome
+        return StreamReply(self._audited(ctx, outcome), outcome.status, outcome.headers)
+
+    async def _audited(self, ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:
+        ctx.audited = True
+        events = hashlib.sha256()
+        try:
+            async for event in reply.events:
+                events.update(event)
+                yield event
+        finally:
+            fields = request_fields(
+                ctx,
+                phase="outcome",
+                status=reply.status,
+                response_digest="sha256:" + events.hexdigest(),
+            )
+            self._recorder.record_soon(fields)

@@ -1,0 +1,143 @@
+"""FileAuditLog specifics (torn tails, one writer per file, failed writes, group commit), and
+the trail failing closed when the file or Redis cannot be written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.audit import file_log
+from broker.audit.chain import AuditChain
+from broker.audit.file_log import FileAuditLog
+from broker.audit.log import AuditLogError
+from broker.audit.records import encode_record
+from broker.audit.redis_log import RedisAuditLog
+from broker.audit.trail import AuditTrail
+from broker.audit.verify import verify_chain
+from broker.keys import BrokerKeys
+
+KEYS = BrokerKeys(Ed25519PrivateKey.generate())
+PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+async def write(directory: Path, count: int) -> Path:
+    log = FileAuditLog(directory)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=100)
+    for n in range(count):
+        await trail.record({"kind": "request", "detail": {"n": n}})
+    await log.close()
+    return directory / "audit-r1.jsonl"
+
+
+async def test_a_torn_last_line_is_cut_when_the_file_is_reopened(tmp_path: Path) -> None:
+    path = await write(tmp_path, 3)
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole.splitlines(keepends=True)[0][:30])  # a crash mid-write
+    assert verify_chain(lines_of(path), PUBLIC, newline_terminated=True).kind == "truncated"
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS)
+    record = await trail.record({"kind": "request"})
+    await log.close()
+    assert record.seq == 4
+    assert verify_chain(lines_of(path), PUBLIC, newline_terminated=True).ok
+
+
+async def test_a_complete_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = await write(tmp_path, 2)
+    path.write_bytes(path.read_bytes()[:-1])
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS)
+    assert (await trail.record({"kind": "request"})).seq == 3
+    await log.close()
+    assert verify_chain(lines_of(path), PUBLIC, newline_terminated=True).last_seq == 3
+
+
+async def test_only_one_writer_per_replica_file(tmp_path: Path) -> None:
+    first, second = FileAuditLog(tmp_path), FileAuditLog(tmp_path)
+    chain = AuditChain("r1", KEYS)
+    await first.append([chain.seal({"kind": "request"})])
+    with pytest.raises(AuditLogError, match="another process"):
+        await second.append([chain.seal({"kind": "request"})])
+    await first.close()
+    await second.close()
+
+
+async def test_concurrent_appends_share_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(200)))
+    await log.close()
+    assert 1 <= len(calls) < 20
+
+
+async def test_a_failed_write_refuses_the_record_and_the_chain_continues_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request"})
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(file_log.os, "fdatasync", disk_full)
+    results = await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, AuditLogError) for r in results)
+    monkeypatch.undo()
+    record = await trail.record({"kind": "request"})
+    await log.close()
+    assert record.seq == 2  # the refused records left no trace and no gap
+    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC,
+                          newline_terminated=True)
+    assert report.ok and report.last_seq == 2
+
+
+def test_records_of_a_replica_go_to_its_own_file(tmp_path: Path) -> None:
+    async def run() -> None:
+        log = FileAuditLog(tmp_path)
+        for name in ("a", "b"):
+            await log.append([AuditChain(name, KEYS).seal({"kind": "request"})])
+        await log.close()
+
+    asyncio.run(run())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit-a.jsonl", "audit-b.jsonl"]
+    record = AuditChain("a", KEYS).seal({"kind": "request"})
+    assert b"\n" not in encode_record(record)
+
+
+async def test_the_trail_fails_closed_when_redis_is_unreachable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = RedisAuditLog(f"redis://127.0.0.1:{port}/0", "test")
+    with pytest.raises(AuditLogError):
+        await AuditTrail.open(log, "r1", KEYS)
+    trail = AuditTrail(log, AuditChain("r1", KEYS))
+    with pytest.raises(AuditLogError):
+        await trail.record({"kind": "request"})
+    await log.close()
+
+
+async def test_redis_refuses_when_the_aof_fsync_cannot_be_confirmed(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    # The test server runs without AOF, so WAITAOF cannot succeed: the append must fail closed.
+    log = RedisAuditLog(redis_url, redis_key_prefix, wait_aof=True)
+    with pytest.raises(AuditLogError):
+        await log.append([AuditChain("r1", KEYS).seal({"kind": "request"})])
+    await log.close()
