@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from broker.audit.export import Exporter
+from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
@@ -50,6 +52,7 @@ class BrokerRuntime:
     policy: PolicyRuntime
     trees: TreeKiller
     audit: AuditRecorder
+    exporters: list[Exporter]
     mediate: CallNext
 
     @classmethod
@@ -79,6 +82,7 @@ class BrokerRuntime:
             policy=policy,
             trees=TreeKiller(settings, stores, upstream, minter, audit),
             audit=audit,
+            exporters=start_exporters(settings, audit.trail.log if audit.trail else None),
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
@@ -88,6 +92,8 @@ class BrokerRuntime:
 
     async def close(self) -> None:
         await self.policy.stop()
+        for exporter in self.exporters:
+            await exporter.stop()
         await self.audit.close()
         await self.upstream.close()
         await self.backend.close()

@@ -144,6 +144,33 @@ class DelegationSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_o
         return msgspec.structs.replace(self.limits, **changed)
 
 
+class AuditExportSinkSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One SIEM destination. ``name`` keys the saved position: renaming a sink re-exports the
+    whole log to it."""
+
+    name: str
+    kind: Literal["syslog", "hec", "jsonl"]
+    url: str = ""  # hec: base URL; /services/collector/event is appended
+    token_env: str = ""  # hec: the environment variable holding the HEC token
+    host: str = ""  # syslog (TCP, RFC 5424 with RFC 6587 octet counting)
+    port: int = 514
+    facility: int = 16  # local0
+    path: str = ""  # jsonl
+    batch_size: int = 500
+    max_backoff_s: float = 30.0
+    timeout_s: float = 10.0
+
+
+class AuditExportSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # With the Redis audit log shared by replicas, enable export on ONE replica only.
+    enabled: bool = False
+    positions: Literal["file", "redis"] = "file"
+    positions_path: str = "var/audit/export-positions.json"
+    positions_key: str = "audit:export"  # under [store] key_prefix, for positions = "redis"
+    poll_interval_s: float = 0.5
+    sinks: tuple[AuditExportSinkSettings, ...] = ()
+
+
 class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # file: one append-only JSON-lines file per broker process in `dir` (the embedded default);
     # redis: one Redis Stream per process in [store] redis_url (shared by replicas);
@@ -155,6 +182,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0
     fsync: bool = True
+    export: AuditExportSettings = msgspec.field(default_factory=AuditExportSettings)
 
 
 class KeySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -25,7 +25,7 @@ from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
 from broker.logs import configure_logging
 from broker.runtime import BrokerRuntime
-from broker.settings import Settings, load_settings
+from broker.settings import Settings, SettingsError, load_settings
 from broker.wire import error_headers, rest_error_body
 
 log = logging.getLogger("a2a_broker")
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             app.state.runtime = await BrokerRuntime.start(settings)
-        except (DeclarativeCardError, KeyFileError) as exc:
+        except (DeclarativeCardError, KeyFileError, SettingsError) as exc:
             log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
             raise
         log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)

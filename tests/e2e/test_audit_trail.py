@@ -56,7 +56,9 @@ async def test_forwarded_request_has_its_decision_and_outcome(
     for record in (forward, outcome):
         assert record["kind"] == "request" and record["decision"] == "allow"
         assert (record["caller"], record["target"], record["operation"]) == (
-            "alice", "echo", "SendMessage",
+            "alice",
+            "echo",
+            "SendMessage",
         )
         assert record["chain"] == ["alice"] and record["tree"]
         sent = response.request.content
@@ -70,8 +72,12 @@ async def test_forwarded_request_has_its_decision_and_outcome(
 async def test_streamed_request_outcome_covers_the_whole_stream(
     broker: Broker, alice_http: httpx.AsyncClient
 ) -> None:
-    body = {"jsonrpc": "2.0", "id": 7, "method": "SendStreamingMessage",
-            "params": {"message": user_message("audited stream")}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "SendStreamingMessage",
+        "params": {"message": user_message("audited stream")},
+    }
     response, events = await sse_events(
         alice_http, "POST", broker.jsonrpc_url("echo"), json=body, headers={"A2A-Version": "1.0"}
     )
@@ -82,17 +88,31 @@ async def test_streamed_request_outcome_covers_the_whole_stream(
 
 
 async def test_refusals_are_one_record_each(broker: Broker, http: httpx.AsyncClient) -> None:
-    unknown = await jsonrpc(http, broker.jsonrpc_url("nobody"), "GetTask", {"id": "x"},
-                            headers=broker.callers["alice"].headers)
-    wrong = await jsonrpc(http, broker.jsonrpc_url("echo"), "GetTask", {"id": "x"},
-                          headers={"Authorization": "Bearer a2ab_not-a-credential"})
+    unknown = await jsonrpc(
+        http,
+        broker.jsonrpc_url("nobody"),
+        "GetTask",
+        {"id": "x"},
+        headers=broker.callers["alice"].headers,
+    )
+    wrong = await jsonrpc(
+        http,
+        broker.jsonrpc_url("echo"),
+        "GetTask",
+        {"id": "x"},
+        headers={"Authorization": "Bearer a2ab_not-a-credential"},
+    )
     (refused,) = await _settled(broker, unknown.headers[REQUEST_ID], 1)
     assert (refused["kind"], refused["decision"], refused["reason"]) == (
-        "request", "deny", "AGENT_NOT_FOUND",
+        "request",
+        "deny",
+        "AGENT_NOT_FOUND",
     )
     (auth,) = await _settled(broker, wrong.headers[REQUEST_ID], 1)
     assert (auth["kind"], auth["reason"], auth["caller"]) == (
-        "auth.failure", "INVALID_CREDENTIAL", "",
+        "auth.failure",
+        "INVALID_CREDENTIAL",
+        "",
     )
     assert "a2ab_not-a-credential" not in json.dumps(auth)
 
@@ -100,9 +120,21 @@ async def test_refusals_are_one_record_each(broker: Broker, http: httpx.AsyncCli
 def test_the_session_log_verifies(broker: Broker) -> None:
     folder = broker.log.parent / "var" / "audit"
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "audit", "verify", str(folder),
-         "--keys", f"{broker.url}/.well-known/jwks.json"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "broker",
+            "audit",
+            "verify",
+            str(folder),
+            "--keys",
+            f"{broker.url}/.well-known/jwks.json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok" in done.stdout
