@@ -81,8 +81,10 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from broker.audit import cli  # noqa: PLC0415
+    from broker.audit.sources import RecordFilter  # noqa: PLC0415
 
-    return cli.search(args.source, prefix=args.prefix, **_options(args))
+    filters = RecordFilter.from_options(_options(args))
+    return cli.search(args.source, filters, prefix=args.prefix)
 
 
 def _export(args: argparse.Namespace) -> int:

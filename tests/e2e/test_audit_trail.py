@@ -138,3 +138,23 @@ def test_the_session_log_verifies(broker: Broker) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok" in done.stdout
+
+
+def test_audit_search_and_tail_from_the_shell(broker: Broker) -> None:
+    folder = str(broker.log.parent / "var" / "audit")
+    for command in (["search", folder, "--agent", "alice"], ["tail", folder, "-n", "3"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "broker", "audit", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert records
+        if command[0] == "search":
+            assert all("alice" in (r["caller"], r["target"], *r["chain"]) for r in records)
+        else:
+            assert len(records) == 3
