@@ -322,6 +322,18 @@ class TreeKilledError(BrokerError):
     default_message = "This task tree was stopped by an operator; no further delegation in it."
 
 
+class BudgetExhaustedError(BrokerError):
+    code, http_status, reason = -32092, 429, "BUDGET_EXHAUSTED"
+    default_message = "A budget does not cover this call."  # metadata: scope, metric, window
+
+
+class RateLimitedError(BrokerError):
+    code, http_status, reason = -32093, 429, "RATE_LIMITED"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = "Too many requests; retry after the delay given."
+
+
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
     default_message = "The broker hit an internal error; it has been logged."
@@ -329,7 +341,8 @@ class BrokerInternalError(BrokerError):
 
 def all_error_types() -> list[type[BrokerError]]:
     """Every concrete error class, for the uniqueness test and the error reference."""
-    import broker.delegation.errors  # noqa: F401, PLC0415 - defines the delegation refusals
+    import broker.delegation.errors  # noqa: PLC0415 - defines the delegation refusals
+    import broker.llm.errors  # noqa: F401, PLC0415 - defines the LLM endpoint's refusals
     found: list[type[BrokerError]] = []
     pending: list[type[BrokerError]] = [BrokerError]
     while pending:

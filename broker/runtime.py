@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -9,12 +10,16 @@ from typing import Any
 from broker.audit.export import Exporter
 from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
+from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
+from broker.errors import BrokerError
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
+from broker.llm.gateway import LlmGateway, LlmParts
+from broker.llm.roles import AgentRoles
 from broker.pipeline import fold
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
@@ -22,6 +27,7 @@ from broker.settings import Settings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import ErrorBoundary
+from broker.stages.budget import HopBudget
 from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
 from broker.stages.guards import CascadeGuards
@@ -53,6 +59,9 @@ class BrokerRuntime:
     trees: TreeKiller
     audit: AuditRecorder
     exporters: list[Exporter]
+    roles: AgentRoles
+    llm: LlmGateway
+    expiry: asyncio.Task[None]
     mediate: CallNext
 
     @classmethod
@@ -71,6 +80,22 @@ class BrokerRuntime:
         audit = await open_recorder(settings, keys)
         policy = await PolicyRuntime.start(settings, audit)
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
+        authenticate = Authenticate(stores.credentials, stores.registry)
+        roles = AgentRoles(policy.engine)
+        llm = LlmGateway(
+            LlmParts(
+                llm=settings.llm,
+                limits=settings.limits,
+                authenticate=authenticate,
+                policy=policy.engine,
+                verifier=TokenVerifier(keys, settings.public_url),
+                revocations=stores.revocations,
+                client=upstream,
+                ledger=stores.budgets,
+                limiter=stores.rate_limiter,
+                scopes=ConfiguredScopes(settings.budgets),
+            )
+        )
         runtime = cls(
             settings=settings,
             backend=backend,
@@ -78,11 +103,16 @@ class BrokerRuntime:
             keys=keys,
             upstream=upstream,
             directory=directory,
-            authenticate=Authenticate(stores.credentials, stores.registry),
+            authenticate=authenticate,
             policy=policy,
             trees=TreeKiller(settings, stores, upstream, minter, audit),
             audit=audit,
             exporters=start_exporters(settings, audit.trail.log if audit.trail else None),
+            roles=roles,
+            llm=llm,
+            expiry=asyncio.create_task(
+                _expire_reservations(stores, settings), name="budget-expiry"
+            ),
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
@@ -91,12 +121,24 @@ class BrokerRuntime:
         return runtime
 
     async def close(self) -> None:
+        self.expiry.cancel()
         await self.policy.stop()
         for exporter in self.exporters:
             await exporter.stop()
         await self.audit.close()
         await self.upstream.close()
         await self.backend.close()
+
+
+async def _expire_reservations(stores: Stores, settings: Settings) -> None:
+    """Reclaim reservations of broker processes that died before settling (every replica runs
+    this; the store's script makes each reclaim happen once)."""
+    while True:
+        await asyncio.sleep(settings.budgets.expire_interval_s)
+        try:
+            await stores.budgets.expire()
+        except BrokerError as err:
+            log.warning("budget reservations not expired this round: %s", err.reason)
 
 
 async def _unset(_: Any) -> Any:
@@ -143,6 +185,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
             TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),
             settings.delegation.default_deadline_s,
         ),
+        # Rate limits and budgets last among the checks (after policy and guards, so a refused
+        # hop spends nothing), once the tree is known: one atomic reserve for every budget.
+        HopBudget(stores, settings.budgets, ConfiguredScopes(settings.budgets), rt.roles),
         # Every decision is made: record it (with the token) durably before anything leaves,
         # and the outcome when the answer ends. No audit log, no forwarding.
         AuditForward(rt.audit),

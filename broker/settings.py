@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
+
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
@@ -185,6 +187,31 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     export: AuditExportSettings = msgspec.field(default_factory=AuditExportSettings)
 
 
+class BudgetLimitSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    metric: Literal["calls", "tokens_in", "tokens_out", "cost_micro"]
+    window: Literal["minute", "hour", "day", "month", "lifetime"]
+    limit: Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
+class RateSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    rate_per_s: Annotated[float, msgspec.Meta(gt=0)]
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class BudgetSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Budgets by scope; a scope with no limits is not metered. See docs/budgets.md."""
+
+    reservation_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    expire_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Limits for every agent that has no entry of its own in `agents` ("*" = that default).
+    agents: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    teams: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    trees: tuple[BudgetLimitSettings, ...] = ()  # every root task tree
+    edges: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    agent_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
+    edge_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
+
+
 class KeySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # PEM file of the broker's Ed25519 signing key. Empty: a key is generated at start-up and
     # lives only as long as the process (fine for a demo, wrong for several replicas).
@@ -201,6 +228,8 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     keys: KeySettings = msgspec.field(default_factory=KeySettings)
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    budgets: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
+    llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
@@ -251,7 +280,11 @@ def load_settings(path: str | None = None, environ: dict[str, str] | None = None
     except msgspec.ValidationError as exc:
         raise SettingsError(f"config file {path or '(defaults)'}: {exc}") from exc
     _check_upstream_secrets(settings, env)
-    return _resolve_upstream_secrets(settings, env)
+    settings = _resolve_upstream_secrets(settings, env)
+    try:
+        return msgspec.structs.replace(settings, llm=resolve_llm_settings(settings.llm, env))
+    except LlmConfigError as exc:
+        raise SettingsError(f"config file {path or '(defaults)'}: {exc}") from exc
 
 
 def _check_upstream_secrets(settings: Settings, env: dict[str, str]) -> None:

@@ -23,6 +23,7 @@ from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.mediation import jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
+from broker.llm.routes import llm_route_handlers
 from broker.logs import configure_logging
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             jsonrpc_edge,
             rest_edge,
             admin_router,
+            *llm_route_handlers,
         ],
         lifespan=[lifespan],
         exception_handlers={

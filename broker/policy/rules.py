@@ -7,7 +7,8 @@ A policy file is CSV, one rule a line (blank lines and lines starting with ``#``
     g2, <agent | group:x>, group:y         # the target belongs to group:y (groups nest)
 
 An action is ``originate``, ``delegate``, ``reenter`` (named exactly; wildcards never grant them),
-``*``, or ``<Operation>:<skill>`` with an A2A 1.0 operation name, where a ``*`` may only end the
+``*``, ``llm:chat`` / ``llm:embeddings`` / ``llm:*`` (object ``model:<name>``), or
+``<Operation>:<skill>`` with an A2A 1.0 operation name, where a ``*`` may only end the
 action (``SendMessage:*``), since casbin's ``keyMatch`` ignores whatever follows a ``*``.
 
 Every role a rule uses must have members (be the parent of some ``g`` line), every group some
@@ -40,6 +41,11 @@ DENY = "deny"
 # casbin's default role manager follows at most 9 links (its hierarchy level of 10 includes
 # the start); a deeper membership would silently not count, so it is refused instead.
 MAX_MEMBERSHIP_LINKS = 9
+
+# LLM calls through the broker (docs/llm.md): the object is model:<name>, the action one of these.
+MODEL_PREFIX = "model:"
+LLM_ACTIONS = frozenset({"llm:chat", "llm:embeddings", "llm:*"})
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 
 _ARITY: dict[str, int] = {"p": 4, "g": 2, "g2": 2}
 # The registry's agent-name syntax (broker.directory.AGENT_NAME_RE); roles/groups use it too.
@@ -119,8 +125,8 @@ def _check_p(values: Sequence[str]) -> str | None:
     sub, obj, act, eft = values
     if not (_is_agent(sub) or _is_label(sub, ROLE_PREFIX)):
         return f"subject {sub!r} must be an agent name or role:<name>"
-    if not (obj == ANY or _is_agent(obj) or _is_label(obj, GROUP_PREFIX)):
-        return f"object {obj!r} must be an agent name, group:<name> or *"
+    if not (obj == ANY or _is_agent(obj) or _is_label(obj, GROUP_PREFIX) or _is_model(obj)):
+        return f"object {obj!r} must be an agent name, group:<name>, model:<name> or *"
     if eft not in (ALLOW, DENY):
         return f"effect {eft!r} must be allow or deny"
     if act == ORIGINATE and obj != ANY:
@@ -129,7 +135,7 @@ def _check_p(values: Sequence[str]) -> str | None:
 
 
 def _check_action(act: str) -> str | None:
-    if act in SPECIAL_ACTIONS or act == ANY:
+    if act in SPECIAL_ACTIONS or act == ANY or act in LLM_ACTIONS:
         return None
     if ANY in act[:-1]:
         return f"'*' may only end an action ({act!r}): keyMatch ignores what follows it"
@@ -149,11 +155,15 @@ def _check_membership(kind: str, values: Sequence[str]) -> str | None:
     prefix = ROLE_PREFIX if kind == "g" else GROUP_PREFIX
     if not _is_label(parent, prefix):
         return f"{kind} parent {parent!r} must be {prefix}<name>"
-    if not (_is_agent(child) or _is_label(child, prefix)):
+    if not (_is_agent(child) or _is_label(child, prefix) or (kind == "g2" and _is_model(child))):
         return f"{kind} member {child!r} must be an agent name or {prefix}<name>"
     if child == parent:
         return f"{parent} cannot contain itself"
     return None
+
+
+def _is_model(name: str) -> bool:
+    return name.startswith(MODEL_PREFIX) and bool(_MODEL_RE.match(name[len(MODEL_PREFIX) :]))
 
 
 def _is_agent(name: str) -> bool:

@@ -12,6 +12,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from broker.stores.budget_base import BudgetLedger, RateLimiter
+
 AgentStatus = Literal["active", "suspended"]
 # Which delegation limit refused a child: in-flight children of the parent, all children the
 # parent ever had, or all hops in the task tree.
@@ -239,6 +241,8 @@ class Stores(msgspec.Struct, frozen=True, kw_only=True):
     delegation_counters: DelegationCounters
     revocations: Revocations
     task_trees: TaskTreeIndex
+    budgets: BudgetLedger
+    rate_limiter: RateLimiter
 
 
 class StoreBackend(abc.ABC):

@@ -21,6 +21,7 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
     MemoryDelegationCounters,
     MemoryRevocations,
@@ -153,6 +154,8 @@ class MemoryBackend(StoreBackend):
             delegation_counters=MemoryDelegationCounters(),
             revocations=MemoryRevocations(),
             task_trees=MemoryTaskTreeIndex(),
+            budgets=MemoryBudgetLedger(),
+            rate_limiter=MemoryRateLimiter(),
         )
 
     def stores(self) -> Stores:

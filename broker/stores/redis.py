@@ -11,6 +11,8 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
   keeps agent "a:b" + task "c" apart from agent "a" + task "b:c")
 - ``<prefix>:dlg:{<len(tree)>:<tree>}:…`` and ``<prefix>:revoked:<jti>``: delegation counters,
   revocations and task trees, laid out in ``redis_delegation``
+- ``<prefix>:{budget}:…`` and ``<prefix>:rl:{…}``: budgets and rate limits, laid out in
+  ``redis_budget``
 
 Every Redis failure surfaces as ``StoreUnavailableError``, translated in
 ``redis_client.unavailable_on_error``; the pool settings live there too.
@@ -33,6 +35,7 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
 from broker.stores.redis_delegation import (
     RedisDelegationCounters,
@@ -180,6 +183,8 @@ class RedisBackend(StoreBackend):
             delegation_counters=RedisDelegationCounters(self._client, prefix),
             revocations=RedisRevocations(self._client, prefix),
             task_trees=RedisTaskTreeIndex(self._client, prefix),
+            budgets=RedisBudgetLedger(self._client, prefix),
+            rate_limiter=RedisRateLimiter(self._client, prefix),
         )
 
     def stores(self) -> Stores:

@@ -19,7 +19,7 @@ def test_reasons_are_unique() -> None:
 def test_broker_codes_are_unique_and_in_the_server_range() -> None:
     codes = [e.code for e in ERRORS if e.domain == ERROR_DOMAIN_BROKER and e.code != -32603]
     assert len(codes) == len(set(codes))
-    assert all(-32099 <= c <= -32000 for c in codes)
+    assert all(-32119 <= c <= -32000 for c in codes)
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.reason)

@@ -346,3 +346,16 @@ def test_the_shipped_model_is_the_documented_one() -> None:
     root = Path(__file__).parents[2]
     shipped = root / "broker" / "policy" / "model.conf"
     assert shipped.read_text() == (root / "policies" / "model.conf").read_text()
+
+
+def test_model_rules_for_llm_calls() -> None:
+    from broker.policy.rules import parse_policy
+
+    text = (
+        "g, bob, role:user\n"
+        "g2, model:gpt-4o-mini, group:cheap\n"
+        "p, role:user, group:cheap, llm:chat, allow\n"
+        "p, bob, model:o1/large, llm:*, deny\n"
+    )
+    parsed = parse_policy(text, "t.csv")
+    assert len(parsed.of_kind("p")) == 2

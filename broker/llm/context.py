@@ -1,0 +1,80 @@
+"""What one LLM call has learnt so far, and how its stages are composed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from broker.errors import BrokerError
+from broker.types import Outcome
+
+if TYPE_CHECKING:
+    from broker.budgets import Usage
+    from broker.delegation.tokens import DelegationClaims
+    from broker.llm.config import ModelRoute
+    from broker.llm.request import LlmRequest
+    from broker.llm.usage import StreamMeter
+
+CallKind = Literal["chat", "embeddings"]
+
+
+@dataclass(slots=True)
+class LlmContext:
+    """Built by the route, filled in by the stages (like ``MediationContext``)."""
+
+    kind: CallKind
+    headers: Mapping[str, str]  # lower-case names
+    read_body: Callable[[], Awaitable[bytes]]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    # Learnt by the stages:
+    caller: str | None = None
+    request: LlmRequest | None = None
+    route: ModelRoute | None = None
+    parent: DelegationClaims | None = None  # the verified A2A-Delegation token, if any
+    chain: tuple[str, ...] = ()
+    policy_rule: str = ""
+    worst_case: Usage | None = None
+    # Set by forwarding: the actual usage of a unary answer (None: nothing to charge), or the
+    # meter that counts a stream's usage as it passes.
+    usage: Usage | None = None
+    meter: StreamMeter | None = None
+    upstream_status: int | None = None
+    error: BrokerError | None = None
+
+    @property
+    def tree(self) -> str | None:
+        """The task tree the call is charged to as well, when made under delegation."""
+        return self.parent.tree if self.parent is not None else None
+
+
+LlmCallNext = Callable[[LlmContext], Awaitable[Outcome]]
+LlmStage = Callable[[LlmContext, LlmCallNext], Awaitable[Outcome]]
+
+
+def fold_llm(stages: Sequence[LlmStage]) -> LlmCallNext:
+    """Compose stages so each receives the rest as ``call_next``; the last must answer itself."""
+
+    async def end(ctx: LlmContext) -> Outcome:
+        raise RuntimeError("the last LLM stage must not call call_next")
+
+    handler: LlmCallNext = end
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: LlmStage, call_next: LlmCallNext) -> LlmCallNext:
+    async def run(ctx: LlmContext) -> Outcome:
+        return await stage(ctx, call_next)
+
+    return run
+
+
+async def close_events(events: AsyncIterator[bytes]) -> None:
+    """Close a stream's generator now (and so its upstream), not when it is collected."""
+    if isinstance(events, AsyncGenerator):
+        await events.aclose()

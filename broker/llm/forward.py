@@ -1,0 +1,151 @@
+"""Forward an LLM call to its provider with the broker's key, and relay the answer.
+
+The agent's headers do not travel: the provider gets the broker-held key, a content type and
+an accept header. Unary answers are relayed as the provider sent them; streams event by event.
+Provider failures become the broker's 502/504/429 errors here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from broker.errors import (
+    BrokerError,
+    EgressDeniedError,
+    StreamIdleTimeoutError,
+    UpstreamBadResponseError,
+    UpstreamConnectTimeoutError,
+    UpstreamResponseTooLargeError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from broker.llm.config import LlmSettings
+from broker.llm.context import LlmCallNext, LlmContext, close_events
+from broker.llm.errors import LlmProviderError, LlmProviderRateLimitedError, LlmProviderTimeoutError
+from broker.llm.usage import StreamMeter, unary_usage
+from broker.llm.wire import openai_error_event
+from broker.settings import LimitSettings
+from broker.sse import relay
+from broker.types import Outcome, Reply, StreamReply
+from broker.upstream_client import UpstreamClient
+
+PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Provider answers the agent can act on (its own request was wrong): relayed as they are.
+_RELAYED_CLIENT_ERRORS = frozenset({400, 404, 409, 413, 422})
+_TIMEOUTS = (UpstreamConnectTimeoutError, UpstreamTimeoutError, StreamIdleTimeoutError)
+_FAILURES = (
+    UpstreamUnreachableError,
+    UpstreamBadResponseError,
+    UpstreamResponseTooLargeError,
+    EgressDeniedError,
+)
+
+
+def provider_error(err: BrokerError) -> BrokerError:
+    """The LLM endpoint's error for an outbound failure (the A2A ones speak of agents)."""
+    if isinstance(err, _TIMEOUTS):
+        return LlmProviderTimeoutError(detail=err.detail or err.reason)
+    if isinstance(err, _FAILURES):
+        return LlmProviderError(detail=err.detail or err.reason)
+    return err
+
+
+class ForwardToProvider:
+    """The innermost stage: it never calls ``call_next``."""
+
+    def __init__(self, client: UpstreamClient, limits: LimitSettings, llm: LlmSettings) -> None:
+        self._client = client
+        self._limits = limits
+        self._bytes_per_token = llm.bytes_per_token
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        assert ctx.request and ctx.route and ctx.worst_case  # noqa: S101 - earlier stages
+        request, route = ctx.request, ctx.route
+        try:
+            async with asyncio.timeout(route.provider.timeout_s):
+                response = await self._client.request(
+                    "POST",
+                    route.url(PATHS[ctx.kind]),
+                    headers=self._headers(ctx),
+                    body=request.body,
+                    stream=request.stream,
+                )
+                ctx.upstream_status = response.status
+                if request.stream and response.status == 200:
+                    return self._stream(ctx, response)
+                with contextlib.closing(response):
+                    body = await self._client.read_body(response)
+        except TimeoutError:
+            raise LlmProviderTimeoutError(detail=f"over {route.provider.timeout_s}s") from None
+        except BrokerError as err:
+            raise provider_error(err) from None
+        return self._answer(ctx, response, body)
+
+    def _headers(self, ctx: LlmContext) -> dict[str, str]:
+        assert ctx.request and ctx.route  # noqa: S101
+        accept = "text/event-stream" if ctx.request.stream else "application/json"
+        headers = {"Content-Type": "application/json", "Accept": accept}
+        if ctx.route.provider.key:
+            headers["Authorization"] = f"Bearer {ctx.route.provider.key}"
+        return headers
+
+    def _answer(self, ctx: LlmContext, response: aiohttp.ClientResponse, body: bytes) -> Reply:
+        assert ctx.route and ctx.worst_case  # noqa: S101
+        status = response.status
+        media_type = response.headers.get("Content-Type", "application/json")
+        if status == 200:
+            ctx.usage = unary_usage(body, ctx.worst_case, ctx.route, self._bytes_per_token)
+            return Reply(200, body, media_type=media_type)
+        if status in _RELAYED_CLIENT_ERRORS:
+            return Reply(status, body, media_type=media_type)
+        raise _refusal(status, response.headers.get("Retry-After"))
+
+    def _stream(self, ctx: LlmContext, response: aiohttp.ClientResponse) -> StreamReply:
+        assert ctx.request and ctx.route and ctx.worst_case  # noqa: S101
+        meter = StreamMeter(ctx.worst_case, ctx.route, self._bytes_per_token)
+        ctx.meter = meter
+        events = relay(
+            self._client.iter_chunks(response),
+            max_event_bytes=self._limits.max_response_bytes,
+            heartbeat_s=self._limits.sse_heartbeat_s,
+            max_duration_s=self._limits.sse_max_duration_s,
+            on_event=_nothing,
+            error_event=lambda err: openai_error_event(provider_error(err)),
+            close_upstream=response.close,
+        )
+        relayed = _metered(events, meter, keep_usage_chunk=ctx.request.wants_usage)
+        return StreamReply(relayed, 200, _SSE_HEADERS)
+
+
+async def _nothing(_: bytes) -> None:
+    return None
+
+
+async def _metered(
+    events: AsyncIterator[bytes], meter: StreamMeter, *, keep_usage_chunk: bool
+) -> AsyncIterator[bytes]:
+    """Each event goes past the meter; the usage-only chunk the broker asked for is dropped
+    unless the caller asked for it too (clients may index ``choices[0]`` on every chunk)."""
+    try:
+        async for event in events:
+            if meter.observe(event) or keep_usage_chunk:
+                yield event
+    finally:
+        await close_events(events)
+
+
+def _refusal(status: int, retry_after: str | None) -> BrokerError:
+    if status == 429:
+        seconds = float(retry_after) if retry_after and retry_after.isdigit() else None
+        return LlmProviderRateLimitedError(retry_after=seconds, detail="provider HTTP 429")
+    if status in (401, 403):
+        return LlmProviderError(
+            "The model provider refused the broker's credentials; tell the broker's operator.",
+            detail=f"provider HTTP {status}",
+        )
+    return LlmProviderError(detail=f"provider HTTP {status}")

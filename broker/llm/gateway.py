@@ -1,0 +1,102 @@
+"""The LLM endpoint's pipeline, built once at start-up, its order written in one function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from broker.delegation.tokens import TokenVerifier
+from broker.errors import BrokerError
+from broker.llm.config import LlmSettings, ModelCatalog
+from broker.llm.context import LlmCallNext, LlmStage, fold_llm
+from broker.llm.forward import ForwardToProvider
+from broker.llm.metering import BudgetScopes, MeterBudget
+from broker.llm.roles import AgentRoles
+from broker.llm.stages import (
+    ACTIONS,
+    AgentRateLimit,
+    LlmAuthenticate,
+    LlmDelegationContext,
+    LlmErrorBoundary,
+    ModelPolicy,
+    ParseLlmRequest,
+)
+from broker.llm.wire import openai_error_reply
+from broker.policy.engine import PolicyEngine
+from broker.settings import LimitSettings
+from broker.stages.authenticate import Authenticate
+from broker.stores.base import Revocations
+from broker.stores.budget_base import BudgetLedger, RateLimiter
+from broker.types import Reply
+from broker.upstream_client import UpstreamClient
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class LlmParts:
+    """What the LLM pipeline is built from (all shared with the A2A pipeline)."""
+
+    llm: LlmSettings
+    limits: LimitSettings
+    authenticate: Authenticate
+    policy: PolicyEngine | None
+    verifier: TokenVerifier
+    revocations: Revocations
+    client: UpstreamClient
+    ledger: BudgetLedger
+    limiter: RateLimiter
+    scopes: BudgetScopes
+
+
+def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
+    """The order of an LLM call, and why each stage stands where it does."""
+    return [
+        # Outermost: every refusal becomes an OpenAI-shaped error, every call one log line.
+        LlmErrorBoundary(),
+        # Before the body is read: an unauthenticated call costs one hash and one store read.
+        LlmAuthenticate(parts.authenticate),
+        # Size and depth limits before decoding; only the envelope is decoded. Unknown models
+        # are refused here, before any store is asked.
+        ParseLlmRequest(parts.limits, parts.llm, catalog),
+        # The chain comes only from a token the broker minted for this caller; it decides the
+        # tree the call is charged to, and the policy below judges the whole chain.
+        LlmDelegationContext(parts.verifier, parts.revocations),
+        # Policy before the rate limit and the budget, so a denied call spends nothing.
+        ModelPolicy(parts.policy),
+        # The rate limit before the budget: a refused call reserves nothing.
+        AgentRateLimit(parts.limiter, parts.llm),
+        # Reserve the worst case before anything leaves (fail closed); settle or release after.
+        MeterBudget(parts.ledger, parts.scopes, AgentRoles(parts.policy), parts.llm),
+        # Innermost: the provider gets the broker's key and the caller's bytes.
+        ForwardToProvider(parts.client, parts.limits, parts.llm),
+    ]
+
+
+class LlmGateway:
+    """The OpenAI-compatible endpoint's behaviour, independent of the web framework."""
+
+    def __init__(self, parts: LlmParts) -> None:
+        self.catalog = ModelCatalog(parts.llm)
+        self.call: LlmCallNext = fold_llm(llm_stages(parts, self.catalog))
+        self._parts = parts
+
+    async def models(self, authorization: str | None) -> Reply:
+        """``GET /v1/models``: the models this caller may use, as OpenAI lists them."""
+        try:
+            caller = await self._parts.authenticate.identify(authorization)
+        except BrokerError as err:
+            return openai_error_reply(err)
+        data = [
+            {"id": r.model, "object": "model", "created": 0, "owned_by": r.provider_name}
+            for r in self.catalog.models()
+            if self._may_use(caller, r.model)
+        ]
+        return Reply(200, _encoder.encode({"object": "list", "data": data}))
+
+    def _may_use(self, caller: str, model: str) -> bool:
+        engine = self._parts.policy
+        if engine is None:
+            return True
+        return engine.decide_chain((caller,), f"model:{model}", ACTIONS["chat"]).allowed

@@ -1,0 +1,164 @@
+"""The checks of an LLM call before any money moves: one small stage each.
+
+The order they run in is written in ``broker.llm.gateway.llm_stages``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import msgspec
+
+from broker.delegation.errors import DelegationTokenRevokedError
+from broker.delegation.tokens import TokenVerifier
+from broker.errors import BrokerError, BrokerInternalError, TreeKilledError
+from broker.llm.config import LlmSettings, ModelCatalog
+from broker.llm.context import LlmCallNext, LlmContext
+from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
+from broker.llm.request import parse_request
+from broker.llm.wire import openai_error_reply
+from broker.policy.engine import PolicyEngine
+from broker.settings import LimitSettings
+from broker.stages.authenticate import Authenticate
+from broker.stages.delegation import DELEGATION_HEADER
+from broker.stores.base import Revocations
+from broker.stores.budget_base import RateLimiter
+from broker.types import Outcome, StreamReply
+
+log = logging.getLogger("a2a_broker.access")
+_encoder = msgspec.json.Encoder()
+ACTIONS = {"chat": "llm:chat", "embeddings": "llm:embeddings"}
+
+
+class LlmErrorBoundary:
+    """Every refusal becomes an OpenAI-shaped error; every call one log line."""
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        try:
+            outcome = await call_next(ctx)
+        except BrokerError as err:
+            ctx.error = err
+            outcome = openai_error_reply(err)
+        except Exception:
+            log.exception("unexpected error in LLM call %s", ctx.request_id)
+            ctx.error = BrokerInternalError()
+            outcome = openai_error_reply(ctx.error)
+        status = outcome.status
+        log_call(ctx, status, stream=isinstance(outcome, StreamReply))
+        return outcome
+
+
+def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    record: dict[str, object] = {
+        "ts": round(time.time(), 3),
+        "event": "llm_call",
+        "request_id": ctx.request_id,
+        "caller": ctx.caller,
+        "kind": ctx.kind,
+        "model": ctx.request.model if ctx.request else None,
+        "tree": ctx.tree,
+        "stream": stream,
+        "status": status,
+        "upstream_status": ctx.upstream_status,
+        "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+    }
+    if ctx.error is not None:
+        record["error"] = ctx.error.reason
+    log.info(_encoder.encode(record).decode())
+
+
+class LlmAuthenticate:
+    def __init__(self, authenticate: Authenticate) -> None:
+        self._authenticate = authenticate
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        ctx.caller = await self._authenticate.identify(ctx.headers.get("authorization"))
+        return await call_next(ctx)
+
+
+class ParseLlmRequest:
+    """Body limits, the envelope, and the model's provider (unknown model: 404)."""
+
+    def __init__(self, limits: LimitSettings, llm: LlmSettings, catalog: ModelCatalog) -> None:
+        self._limits = limits
+        self._llm = llm
+        self._catalog = catalog
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        ctx.request = parse_request(
+            ctx.kind,
+            await ctx.read_body(),
+            max_depth=self._limits.max_json_depth,
+            default_max_tokens=self._llm.default_max_tokens,
+            max_tokens_limit=self._llm.max_tokens_limit,
+        )
+        ctx.route = self._catalog.route(ctx.request.model)
+        if ctx.route is None:
+            raise LlmModelNotFoundError(
+                f"The model {ctx.request.model!r} does not exist or is not served here."
+            )
+        return await call_next(ctx)
+
+
+class LlmDelegationContext:
+    """An A2A-Delegation token, if presented, puts the call in that task tree (and its chain
+    before policy); checked exactly as on the A2A edge."""
+
+    def __init__(self, verifier: TokenVerifier, revocations: Revocations) -> None:
+        self._verifier = verifier
+        self._revocations = revocations
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        assert ctx.caller is not None  # noqa: S101 - authenticated earlier
+        token = ctx.headers.get(DELEGATION_HEADER, "").strip()
+        ctx.chain = (ctx.caller,)
+        if token:
+            claims = self._verifier.verify_presented(token, ctx.caller)
+            status = await self._revocations.check(claims.jti, claims.tree)
+            if status == "tree_killed":
+                raise TreeKilledError(metadata={"tree": claims.tree})
+            if status == "token_revoked":
+                raise DelegationTokenRevokedError
+            ctx.parent = claims
+            ctx.chain = (*claims.chain, ctx.caller)
+        return await call_next(ctx)
+
+
+class ModelPolicy:
+    """May the caller (and, down a chain, its origin) use this model? No policy: yes."""
+
+    def __init__(self, engine: PolicyEngine | None) -> None:
+        self._engine = engine
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        assert ctx.request is not None  # noqa: S101 - parsed earlier
+        if self._engine is not None:
+            target = f"model:{ctx.request.model}"
+            decision = self._engine.decide_chain(ctx.chain, target, ACTIONS[ctx.kind])
+            if not decision.allowed:
+                raise LlmModelNotAllowedError(
+                    f"Policy does not allow {ctx.caller} to use the model {ctx.request.model!r}.",
+                    metadata={"decision": decision.reason, "principal": decision.principal},
+                )
+            ctx.policy_rule = decision.rule.text if decision.rule else ""
+        return await call_next(ctx)
+
+
+class AgentRateLimit:
+    """Calls per agent (key ``llm:agent:<name>``); 0 rate disables it."""
+
+    def __init__(self, limiter: RateLimiter, llm: LlmSettings) -> None:
+        self._limiter = limiter
+        self._rate = llm.rate_per_s
+        self._burst = llm.burst
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        if self._rate > 0:
+            key = f"llm:agent:{ctx.caller}"
+            wait = await self._limiter.acquire(key, rate_per_s=self._rate, burst=self._burst)
+            if wait > 0:
+                raise LlmRateLimitedError(retry_after=wait)
+        return await call_next(ctx)

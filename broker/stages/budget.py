@@ -1,0 +1,83 @@
+"""Rate limits and budgets for agent-to-agent sends: reserve before forwarding, settle after.
+
+A send reserves one call in every budget it is charged to (ONE atomic store operation for all
+of them: a limit is never passed however many requests race), and settles it when the answer or
+stream ends; a refusal or failure before the request left releases it. Rate limits (GCRA) apply
+per agent and per caller→target edge. An agent that has neither rate nor budget configured costs
+no store round trip here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from broker.budget_scopes import ConfiguredScopes
+from broker.budgets import Usage
+from broker.errors import BudgetExhaustedError, RateLimitedError
+from broker.llm.roles import AgentRoles
+from broker.settings import BudgetSettings, RateSettings
+from broker.stores.base import Stores
+from broker.stores.budget_base import BudgetRefusal, Reservation
+from broker.types import CallNext, MediationContext, Outcome, StreamReply
+
+ONE_CALL = Usage(calls=1)
+
+
+class HopBudget:
+    def __init__(
+        self, stores: Stores, budgets: BudgetSettings, scopes: ConfiguredScopes, roles: AgentRoles
+    ) -> None:
+        self._ledger = stores.budgets
+        self._limiter = stores.rate_limiter
+        self._budgets = budgets
+        self._scopes = scopes
+        self._roles = roles
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        assert ctx.operation is not None and ctx.target is not None  # noqa: S101
+        assert ctx.caller is not None  # noqa: S101
+        if not ctx.operation.sends_message:
+            return await call_next(ctx)
+        caller, target = ctx.caller, ctx.target.name
+        await self._rate(f"agent:{caller}", self._budgets.agent_rates.get(caller))
+        await self._rate(
+            f"edge:{caller}>{target}", self._budgets.edge_rates.get(f"{caller}>{target}")
+        )
+        tree = ctx.hop.tree if ctx.hop is not None else None
+        scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target)
+        if not scopes:
+            return await call_next(ctx)
+        held = await self._ledger.reserve(scopes, ONE_CALL, ttl_s=self._budgets.reservation_ttl_s)
+        if isinstance(held, BudgetRefusal):
+            raise BudgetExhaustedError(
+                f"The {held.metric} budget of {held.scope} for this {held.window} is used up.",
+                metadata={"scope": held.scope, "metric": held.metric, "window": held.window},
+            )
+        return await self._holding(held, ctx, call_next)
+
+    async def _rate(self, key: str, rate: RateSettings | None) -> None:
+        if rate is None:
+            return
+        wait = await self._limiter.acquire(key, rate_per_s=rate.rate_per_s, burst=rate.burst)
+        if wait > 0:
+            raise RateLimitedError(metadata={"limit": key}, retry_after=wait)
+
+    async def _holding(
+        self, held: Reservation, ctx: MediationContext, call_next: CallNext
+    ) -> Outcome:
+        try:
+            outcome = await call_next(ctx)
+        except BaseException:
+            await self._ledger.release(held)
+            raise
+        if isinstance(outcome, StreamReply):
+            return StreamReply(self._settled_at_end(held, outcome), outcome.status, outcome.headers)
+        await self._ledger.settle(held, ONE_CALL)
+        return outcome
+
+    async def _settled_at_end(self, held: Reservation, reply: StreamReply) -> AsyncIterator[bytes]:
+        try:
+            async for event in reply.events:
+                yield event
+        finally:
+            await self._ledger.settle(held, ONE_CALL)

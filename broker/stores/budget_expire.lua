@@ -1,0 +1,2 @@
+-- Release every reservation past its expiry. Returns how many there were.
+return reclaim(now_ms())

@@ -1,0 +1,187 @@
+"""The OpenAI-compatible endpoint end to end: a real broker process, the fake provider in its own
+process, and the real ``openai`` client with agents' broker credentials.
+
+``BUDGET_CONFIG`` below uses the ``[budgets]`` section (docs/budgets.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import (
+    ECHO_UPSTREAM_TOKEN,
+    ECHO_UPSTREAM_TOKEN_ENV,
+    REPO_ROOT,
+    Upstream,
+    _broker_config,
+    _cards_to_register,
+    _register,
+)
+from .fake_llm import ANSWER, COMPLETION_TOKENS
+from .harness import ServerProcess, free_port
+from .wire import jsonrpc, recorded_requests, user_message
+
+PROVIDER_KEY = f"sk-provider-{secrets.token_hex(8)}"
+PROVIDER_KEY_ENV = "E2E_LLM_PROVIDER_KEY"
+MODEL = "fake-small"
+
+LLM_CONFIG = """
+[llm]
+rate_per_s = 0.5
+burst = 3
+
+[llm.providers.fake]
+base_url = "{url}"
+key_env = "{key_env}"
+models = ["fake-small", "fake-large"]
+price_in_per_mtok = 2.0
+price_out_per_mtok = 10.0
+timeout_s = 2.0
+"""
+
+# bob may make 2 calls a day; every task tree 2 calls a day (A2A hops and LLM calls alike).
+BUDGET_CONFIG = """
+[budgets]
+trees = [{ metric = "calls", window = "day", limit = 2 }]
+
+[budgets.agents]
+bob = [{ metric = "calls", window = "day", limit = 2 }]
+"""
+
+
+@dataclass(frozen=True)
+class LlmBroker:
+    url: str
+    fake_url: str
+    echo_url: str  # the echo agent itself (its recorder), not through the broker
+    credentials: dict[str, str]
+
+    def client(self, agent: str, **kwargs: object) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1",
+            api_key=self.credentials[agent],
+            max_retries=0,
+            http_client=httpx.AsyncClient(trust_env=False, timeout=10),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(scope="module")
+def fake_provider(logs: Path) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.e2e.fake_llm", "--port", str(port)]
+    ready = f"http://127.0.0.1:{port}/_ready"
+    with ServerProcess.start(argv, ready_url=ready, cwd=REPO_ROOT, log_dir=logs, name="fake-llm"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def llm_broker(
+    upstreams: dict[str, Upstream], fake_provider: str, logs: Path
+) -> Iterator[LlmBroker]:
+    port = free_port()
+    config = logs / "broker-llm.toml"
+    llm = LLM_CONFIG.format(url=f"{fake_provider}/v1", key_env=PROVIDER_KEY_ENV)
+    config.write_text(_broker_config(port) + llm + BUDGET_CONFIG)
+    admin = secrets.token_urlsafe(24)
+    env = {
+        "A2A_BROKER_ADMIN_TOKEN": admin,
+        ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN,
+        PROVIDER_KEY_ENV: PROVIDER_KEY,
+    }
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    with ServerProcess.start(
+        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker-llm"
+    ):
+        credentials = _register(url, admin, _cards_to_register(upstreams))
+        yield LlmBroker(url, fake_provider, upstreams["echo"].url, credentials)
+
+
+def _messages(text: str = "hello") -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+async def _provider_saw(broker: LlmBroker, marker: str) -> list[str | None]:
+    async with httpx.AsyncClient(trust_env=False) as http:
+        recorded = (await http.get(f"{broker.fake_url}/_recorded")).json()
+    return [r["authorization"] for r in recorded if marker in str(r["body"])]
+
+
+async def test_chat_unary_and_stream_with_the_broker_held_key(llm_broker: LlmBroker) -> None:
+    marker = uuid.uuid4().hex
+    client = llm_broker.client("alice")
+    reply = await client.chat.completions.create(model=MODEL, messages=_messages(marker))
+    assert reply.choices[0].message.content == ANSWER
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=_messages(marker), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == COMPLETION_TOKENS
+    seen = await _provider_saw(llm_broker, marker)
+    assert seen == [f"Bearer {PROVIDER_KEY}"] * 2
+    assert llm_broker.credentials["alice"] not in str(seen)
+
+
+async def test_usage_lands_in_the_agent_budget(llm_broker: LlmBroker) -> None:
+    client = llm_broker.client("bob")
+    for _ in range(2):
+        await client.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=10)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=10)
+    assert caught.value.code == "insufficient_quota"
+    assert "agent:bob calls per day" in caught.value.message
+
+
+async def test_delegated_calls_are_charged_to_the_tree(llm_broker: LlmBroker) -> None:
+    """alice asks echo (through the broker); echo calls the LLM with the token it received.
+
+    The tree's budget (2 calls a day) counts every call in the tree: alice's hop to echo, then
+    echo's first LLM call; the second LLM call is refused."""
+    marker = uuid.uuid4().hex
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        headers = {"Authorization": f"Bearer {llm_broker.credentials['alice']}"}
+        params = {"message": user_message(marker)}
+        url = f"{llm_broker.url}/agents/echo/jsonrpc"
+        response = await jsonrpc(http, url, "SendMessage", params, headers=headers)
+        assert response.status_code == 200, response.text
+        [hop] = await recorded_requests(http, llm_broker.echo_url, marker)
+    token = {k.lower(): v for k, v in hop["headers"]}["a2a-delegation"]
+    echo = llm_broker.client("echo", default_headers={"A2A-Delegation": token})
+    await echo.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=10)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await echo.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=10)
+    assert caught.value.code == "insufficient_quota"
+    assert "tree:" in caught.value.message
+
+
+async def test_rate_limit_is_a_retryable_rate_limit_error(llm_broker: LlmBroker) -> None:
+    client = llm_broker.client("gated")  # an agent no other test here calls with
+    with pytest.raises(openai.RateLimitError) as caught:
+        for _ in range(5):  # burst 3, then 0.5/s
+            await client.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=5)
+    assert caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert caught.value.response.headers["x-should-retry"] == "true"
+
+
+async def test_unknown_model_and_bad_key(llm_broker: LlmBroker) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        await llm_broker.client("alice").chat.completions.create(
+            model="no-such-model", messages=_messages()
+        )
+    assert missing.value.code == "model_not_found"
+    llm_broker.credentials["nobody"] = "not-a-credential"
+    with pytest.raises(openai.AuthenticationError):
+        await llm_broker.client("nobody").models.list()
