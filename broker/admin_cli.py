@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ def add_trees_parser(sub: Any, default_url: str) -> None:
         p = cmds.add_parser(name, help=text)
         p.add_argument("tree", help="the tree id (in the broker log and in every hop token)")
         p.set_defaults(run=run)
+
+
+def add_budgets_parser(sub: Any, default_url: str) -> None:
+    cmds = _admin_parser(sub, "budgets", "budgets: used, reserved, remaining", default_url)
+    show = cmds.add_parser("show", help="the configured budgets of an agent or a task tree")
+    show.add_argument("--agent", default="")
+    show.add_argument("--tree", default="")
+    show.set_defaults(run=_budgets_show)
 
 
 def add_policy_admin_commands(cmds: Any, default_url: str) -> None:
@@ -156,3 +165,10 @@ def _policy_reload(args: argparse.Namespace) -> int:
 
 def _policy_show(args: argparse.Namespace) -> int:
     return _call(args, "GET", "/policy")
+
+
+def _budgets_show(args: argparse.Namespace) -> int:
+    query = urllib.parse.urlencode(
+        {k: v for k, v in (("agent", args.agent), ("tree", args.tree)) if v}
+    )
+    return _call(args, "GET", "/budgets" + (f"?{query}" if query else ""))

@@ -39,6 +39,24 @@ class ConfiguredScopes:
     ) -> tuple[Scope, ...]:
         return self.for_call(agent, teams, tree, target)
 
+    def for_status(self, agent: str, teams: Sequence[str], tree: str) -> tuple[Scope, ...]:
+        """The configured scopes to report: one agent's (with its teams and edges), one tree's,
+        or, with neither, every agent named in the config."""
+        found: list[Scope | None] = []
+        if agent:
+            found += [self._agent(agent), *(self._team(t) for t in teams)]
+            found += [
+                self._edge(*e.split(">", 1))
+                for e in self._budgets.edges
+                if e.startswith(f"{agent}>")
+            ]
+        if tree and self._tree:
+            found.append(Scope(kind="tree", name=tree, limits=self._tree))
+        if not agent and not tree:
+            found += [self._agent(a) for a in self._budgets.agents if a != DEFAULT_AGENT]
+            found += [self._team(t) for t in self._budgets.teams]
+        return tuple(s for s in found if s is not None)
+
     def _agent(self, agent: str) -> Scope | None:
         own = self._budgets.agents.get(agent)
         limits = _limits(own) if own is not None else self._default_agent

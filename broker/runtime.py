@@ -60,6 +60,7 @@ class BrokerRuntime:
     audit: AuditRecorder
     exporters: list[Exporter]
     roles: AgentRoles
+    budget_scopes: ConfiguredScopes
     llm: LlmGateway
     expiry: asyncio.Task[None]
     mediate: CallNext
@@ -82,6 +83,7 @@ class BrokerRuntime:
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
+        budget_scopes = ConfiguredScopes(settings.budgets)
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,
@@ -93,7 +95,7 @@ class BrokerRuntime:
                 client=upstream,
                 ledger=stores.budgets,
                 limiter=stores.rate_limiter,
-                scopes=ConfiguredScopes(settings.budgets),
+                scopes=budget_scopes,
             )
         )
         runtime = cls(
@@ -109,6 +111,7 @@ class BrokerRuntime:
             audit=audit,
             exporters=start_exporters(settings, audit.trail.log if audit.trail else None),
             roles=roles,
+            budget_scopes=budget_scopes,
             llm=llm,
             expiry=asyncio.create_task(
                 _expire_reservations(stores, settings), name="budget-expiry"
@@ -187,7 +190,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         ),
         # Rate limits and budgets last among the checks (after policy and guards, so a refused
         # hop spends nothing), once the tree is known: one atomic reserve for every budget.
-        HopBudget(stores, settings.budgets, ConfiguredScopes(settings.budgets), rt.roles),
+        HopBudget(stores, settings.budgets, rt.budget_scopes, rt.roles),
         # Every decision is made: record it (with the token) durably before anything leaves,
         # and the outcome when the answer ends. No audit log, no forwarding.
         AuditForward(rt.audit),

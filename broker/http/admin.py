@@ -153,6 +153,18 @@ async def reload_policy(request: AnyRequest) -> Response[bytes]:
     return _json({"configured": True, "version": snapshot.version})
 
 
+@get("/budgets")
+async def show_budgets(request: AnyRequest) -> Response[bytes]:
+    """Used / reserved / remaining of the budgets configured for an agent (``?agent=``; its teams
+    and its edges too) or a task tree (``?tree=``); with neither, every configured agent."""
+    runtime = runtime_of(request)
+    agent = request.query_params.get("agent") or ""
+    tree = request.query_params.get("tree") or ""
+    scopes = runtime.budget_scopes.for_status(agent, runtime.roles.of(agent) if agent else (), tree)
+    statuses = await runtime.stores.budgets.status(scopes) if scopes else []
+    return _json({"budgets": [msgspec.to_builtins(s) for s in statuses]})
+
+
 admin_router = Router(
     path="/admin",
     guards=[admin_guard],
@@ -169,5 +181,6 @@ admin_router = Router(
         kill_tree,
         show_policy,
         reload_policy,
+        show_budgets,
     ],
 )

@@ -6,6 +6,8 @@ process, and the real ``openai`` client with agents' broker credentials.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import sys
 import uuid
@@ -61,6 +63,7 @@ bob = [{ metric = "calls", window = "day", limit = 2 }]
 @dataclass(frozen=True)
 class LlmBroker:
     url: str
+    admin_token: str
     fake_url: str
     echo_url: str  # the echo agent itself (its recorder), not through the broker
     credentials: dict[str, str]
@@ -104,7 +107,7 @@ def llm_broker(
         argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker-llm"
     ):
         credentials = _register(url, admin, _cards_to_register(upstreams))
-        yield LlmBroker(url, fake_provider, upstreams["echo"].url, credentials)
+        yield LlmBroker(url, admin, fake_provider, upstreams["echo"].url, credentials)
 
 
 def _messages(text: str = "hello") -> list[dict[str, str]]:
@@ -142,6 +145,27 @@ async def test_usage_lands_in_the_agent_budget(llm_broker: LlmBroker) -> None:
         await client.chat.completions.create(model=MODEL, messages=_messages(), max_tokens=10)
     assert caught.value.code == "insufficient_quota"
     assert "agent:bob calls per day" in caught.value.message
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker",
+        "budgets",
+        "--url",
+        llm_broker.url,
+        "--admin-token",
+        llm_broker.admin_token,
+        "show",
+        "--agent",
+        "bob",
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 30)
+    assert cli.returncode == 0, err.decode()
+    [budget] = json.loads(out)["budgets"]
+    assert (budget["scope"], budget["metric"], budget["window"]) == ("agent:bob", "calls", "day")
+    assert (budget["used"], budget["reserved"], budget["remaining"]) == (2, 0, 0)
 
 
 async def test_delegated_calls_are_charged_to_the_tree(llm_broker: LlmBroker) -> None:
