@@ -124,7 +124,13 @@ def _config_check(args: argparse.Namespace) -> int:
     import msgspec  # noqa: PLC0415
 
     settings = load_settings(args.config)
-    shown = msgspec.structs.replace(settings, admin_token="***" if settings.admin_token else "")
+    shown = msgspec.to_builtins(settings)
+    # Secrets read from the environment are never printed.
+    shown["admin_token"] = "***" if settings.admin_token else ""
+    for cred in shown["upstream_credentials"].values():
+        cred["value"] = "***" if cred["value"] else ""
+    for provider in shown["llm"]["providers"].values():
+        provider["key"] = "***" if provider["key"] else ""
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
     return 0
 

@@ -54,3 +54,22 @@ def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
         load_settings(str(bad), environ={})
     with pytest.raises(SettingsError, match="cannot read"):
         load_settings(str(tmp_path / "nope.toml"), environ={})
+
+
+def test_config_check_prints_settings_but_never_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.cli import main
+
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        '[upstream_credentials.billing]\nenv = "BILLING_TOKEN"\n'
+        '[llm.providers.p]\nbase_url = "http://127.0.0.1:1/v1"\nkey_env = "P_KEY"\n'
+    )
+    monkeypatch.setenv("BILLING_TOKEN", "upstream-secret")
+    monkeypatch.setenv("P_KEY", "provider-secret")
+    monkeypatch.setenv("A2A_BROKER_ADMIN_TOKEN", "admin-secret")
+    assert main(["config-check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert '"port": 8080' in out
+    assert "secret" not in out
