@@ -136,6 +136,10 @@ key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
 
 [egress]
 allow_loopback = true
+
+# The full pipeline meters every call: a budget far above what a run can spend.
+[budgets.agents]
+loadgen = [{{ metric = "calls", window = "lifetime", limit = 1000000000000 }}]
 """
 
 
