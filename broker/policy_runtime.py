@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from broker.audit_runtime import AuditRecorder
 from broker.errors import BrokerError
-from broker.policy.engine import PolicyEngine
+from broker.policy.engine import PolicyEngine, PolicySnapshot
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
 from broker.settings import Settings
@@ -48,11 +48,13 @@ class PolicyRuntime:
             policy_path,
             interval_s=settings.policy.reload_interval_s,
             on_error=_audited(audit),
+            on_applied=_audited_reload(audit),
             redis=client,
             channel=f"{settings.store.key_prefix}:{settings.policy.channel}",
         )
         await reloader.start()
         log.info("policy %s loaded (version %s)", policy_path, engine.version[:12])
+        await _audited_reload(audit)(engine.snapshot, str(policy_path))
         return cls(engine, reloader, client)
 
     async def stop(self) -> None:
@@ -60,6 +62,20 @@ class PolicyRuntime:
             await self.reloader.stop()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def _audited_reload(audit: AuditRecorder) -> Callable[[PolicySnapshot, str], Awaitable[None]]:
+    """Every policy that takes effect on this replica is one audit record."""
+
+    async def on_applied(snapshot: PolicySnapshot, source: str) -> None:
+        try:
+            await audit.event(
+                "policy.reload", "a2a-broker", version=snapshot.version, source=source[:200]
+            )
+        except BrokerError as err:
+            log.error("policy reload not audited: %s", err.reason)  # noqa: TRY400
+
+    return on_applied
 
 
 def _audited(audit: AuditRecorder) -> Callable[[PolicyError], Awaitable[None]]:

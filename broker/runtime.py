@@ -96,6 +96,7 @@ class BrokerRuntime:
                 ledger=stores.budgets,
                 limiter=stores.rate_limiter,
                 scopes=budget_scopes,
+                audit=audit,
             )
         )
         runtime = cls(

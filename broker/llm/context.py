@@ -44,6 +44,7 @@ class LlmContext:
     meter: StreamMeter | None = None
     upstream_status: int | None = None
     error: BrokerError | None = None
+    audited: bool = False  # the forward's outcome is recorded already
 
     @property
     def tree(self) -> str | None:

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import msgspec
 
+from broker.audit_runtime import AuditRecorder
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
+from broker.llm.audit import LlmAuditForward, LlmAuditRefusals
 from broker.llm.config import LlmSettings, ModelCatalog
 from broker.llm.context import LlmCallNext, LlmStage, fold_llm
 from broker.llm.forward import ForwardToProvider
@@ -48,6 +50,7 @@ class LlmParts:
     ledger: BudgetLedger
     limiter: RateLimiter
     scopes: BudgetScopes
+    audit: AuditRecorder
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -55,6 +58,8 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     return [
         # Outermost: every refusal becomes an OpenAI-shaped error, every call one log line.
         LlmErrorBoundary(),
+        # Every refusal from here in is one audit record (the boundary above shapes it).
+        LlmAuditRefusals(parts.audit),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
         LlmAuthenticate(parts.authenticate),
         # Size and depth limits before decoding; only the envelope is decoded. Unknown models
@@ -69,6 +74,8 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         AgentRateLimit(parts.limiter, parts.llm),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
         MeterBudget(parts.ledger, parts.scopes, AgentRoles(parts.policy), parts.llm),
+        # Every decision is made: record it durably before the provider is called.
+        LlmAuditForward(parts.audit),
         # Innermost: the provider gets the broker's key and the caller's bytes.
         ForwardToProvider(parts.client, parts.limits, parts.llm),
     ]

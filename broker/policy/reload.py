@@ -34,6 +34,8 @@ from broker.policy.engine import PolicyEngine, PolicySnapshot, Question, policy_
 from broker.policy.rules import PolicyError
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
+# Called with each new policy applied (from the file or from another replica) and its source.
+AppliedCallback = Callable[[PolicySnapshot, str], Awaitable[None] | None]
 
 _log = logging.getLogger("a2a_broker.policy")
 # A file modified this recently may change again within the same mtime tick without its stat
@@ -69,6 +71,7 @@ class PolicyReloader:
         *,
         interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
+        on_applied: AppliedCallback | None = None,
         redis: Redis | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
@@ -79,6 +82,7 @@ class PolicyReloader:
         self._path = Path(path)
         self._interval_s = interval_s
         self._on_error = on_error
+        self._on_applied = on_applied
         self._redis = redis
         self._channel = channel
         self._warm_budget_s = warm_budget_s
@@ -211,7 +215,18 @@ class PolicyReloader:
         _log.info(
             "policy %s applied from %s, %d answers warmed", snapshot.version[:12], source, warmed
         )
+        await self._applied(snapshot, source)
         return True
+
+    async def _applied(self, snapshot: PolicySnapshot, source: str) -> None:
+        if self._on_applied is None:
+            return
+        try:
+            result = self._on_applied(snapshot, source)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log.exception("policy on_applied callback failed")
 
     def _compile(
         self, text: str, source: str, questions: list[Question]

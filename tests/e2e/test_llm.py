@@ -64,6 +64,7 @@ bob = [{ metric = "calls", window = "day", limit = 2 }]
 class LlmBroker:
     url: str
     admin_token: str
+    audit_dir: Path
     fake_url: str
     echo_url: str  # the echo agent itself (its recorder), not through the broker
     credentials: dict[str, str]
@@ -107,7 +108,8 @@ def llm_broker(
         argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker-llm"
     ):
         credentials = _register(url, admin, _cards_to_register(upstreams))
-        yield LlmBroker(url, admin, fake_provider, upstreams["echo"].url, credentials)
+        audit = logs / "var" / "audit"
+        yield LlmBroker(url, admin, audit, fake_provider, upstreams["echo"].url, credentials)
 
 
 def _messages(text: str = "hello") -> list[dict[str, str]]:
@@ -135,6 +137,31 @@ async def test_chat_unary_and_stream_with_the_broker_held_key(llm_broker: LlmBro
     seen = await _provider_saw(llm_broker, marker)
     assert seen == [f"Bearer {PROVIDER_KEY}"] * 2
     assert llm_broker.credentials["alice"] not in str(seen)
+    # Audited like A2A requests: a decision before the provider was called, then the outcome
+    # with the tokens charged; never the provider key nor the agent's credential.
+    outcomes: list[dict[str, object]] = []
+    for _ in range(100):
+        records = _audit_records(llm_broker, caller="alice", operation="llm:chat")
+        outcomes = [r for r in records if r["detail"]["phase"] == "outcome"]  # type: ignore[index]
+        if len(outcomes) >= 2:
+            break
+        await asyncio.sleep(0.05)  # outcomes are appended just after the answer
+    forwards = [r for r in records if r["detail"]["phase"] == "forward"]  # type: ignore[index]
+    assert len(forwards) >= 2 and len(outcomes) >= 2
+    assert all(r["tokens_out"] == COMPLETION_TOKENS for r in outcomes[:2])
+    assert all(r["target"] == f"model:{MODEL}" for r in records)
+    text = json.dumps(records)
+    assert PROVIDER_KEY not in text and llm_broker.credentials["alice"] not in text
+
+
+def _audit_records(broker: LlmBroker, **match: str) -> list[dict[str, object]]:
+    records = [
+        json.loads(line)
+        for path in broker.audit_dir.glob("audit-*.jsonl")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
 
 
 async def test_usage_lands_in_the_agent_budget(llm_broker: LlmBroker) -> None:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e.fake_llm import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, FakeLlm
 from litestar import Litestar
 
+from broker.audit_runtime import AuditRecorder
 from broker.budgets import Limit, Scope, Usage
 from broker.credentials import credential_digest
 from broker.delegation.tokens import TokenMinter, TokenVerifier
@@ -136,6 +137,7 @@ async def _world(
             ledger=ledger,
             limiter=MemoryRateLimiter(),
             scopes=limits,
+            audit=AuditRecorder(None),
         )
     )
     app = Litestar(route_handlers=llm_route_handlers, openapi_config=None)

@@ -1,0 +1,100 @@
+"""Audit of LLM calls, like A2A requests: a refusal is one record; a forwarded call is a decision
+record, durable before the provider is called, and an outcome record with the tokens and cost
+charged. The body appears only as a digest; the provider key never appears."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from broker.audit_runtime import AuditRecorder, digest
+from broker.budgets import Usage
+from broker.errors import AuditUnavailableError, BrokerError
+from broker.llm.context import LlmCallNext, LlmContext
+from broker.types import Outcome, Reply, StreamReply
+
+
+def llm_fields(
+    ctx: LlmContext, *, phase: str, status: int, body: bytes = b"", answer: str = ""
+) -> dict[str, Any]:
+    err = ctx.error
+    usage = ctx.usage or Usage()
+    model = ctx.request.model if ctx.request is not None else ""
+    return {
+        "kind": "request",
+        "request_id": ctx.request_id,
+        "caller": ctx.caller or "",
+        "chain": list(ctx.chain),
+        "tree": ctx.tree or "",
+        "target": f"model:{model}" if model else "",
+        "operation": f"llm:{ctx.kind}",
+        "decision": "deny" if err is not None and phase == "refused" else "allow",
+        "reason": err.reason if err is not None else "",
+        "rule": ctx.policy_rule,
+        "status": status,
+        "latency_us": int((time.perf_counter() - ctx.started) * 1_000_000),
+        "tokens_in": usage.tokens_in,
+        "tokens_out": usage.tokens_out,
+        "cost_micro": usage.cost_micro,
+        "request_digest": digest(body),
+        "response_digest": answer,
+        "detail": {"phase": phase, "binding": "openai"},
+    }
+
+
+class LlmAuditRefusals:
+    """Second stage: every refusal of an LLM call, from any later stage, is one record."""
+
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        try:
+            return await call_next(ctx)
+        except BrokerError as err:
+            ctx.error = err
+            if not isinstance(err, AuditUnavailableError) and not ctx.audited:
+                await self._recorder.record(
+                    llm_fields(ctx, phase="refused", status=err.http_status)
+                )
+            raise
+
+
+class LlmAuditForward:
+    """Just before the provider: the decision is durable first; no audit log, no call."""
+
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
+
+    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        body = await ctx.read_body()
+        await self._recorder.record(llm_fields(ctx, phase="forward", status=0, body=body))
+        try:
+            outcome = await call_next(ctx)
+        except BrokerError as err:
+            ctx.error, ctx.audited = err, True
+            self._recorder.record_soon(llm_fields(ctx, phase="outcome", status=err.http_status))
+            raise
+        if isinstance(outcome, Reply):
+            answer = digest(outcome.body)
+            self._recorder.record_soon(
+                llm_fields(ctx, phase="outcome", status=outcome.status, answer=answer)
+            )
+            return outcome
+        return StreamReply(self._audited_stream(ctx, outcome), outcome.status, outcome.headers)
+
+    async def _audited_stream(self, ctx: LlmContext, reply: StreamReply) -> AsyncIterator[bytes]:
+        events = hashlib.sha256()
+        try:
+            async for event in reply.events:
+                events.update(event)
+                yield event
+        finally:
+            if ctx.meter is not None and ctx.meter.started and ctx.usage is None:
+                ctx.usage = ctx.meter.usage()
+            answer = "sha256:" + events.hexdigest()
+            self._recorder.record_soon(
+                llm_fields(ctx, phase="outcome", status=reply.status, answer=answer)
+            )
