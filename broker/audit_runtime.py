@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from broker.settings import Settings
 from broker.types import MediationContext
 
 log = logging.getLogger("a2a_broker.audit")
+_KEY = re.compile(r"[^a-z0-9_.]")
 _AUTH_REFUSALS = (UnauthenticatedError, InvalidCredentialError, CallerSuspendedError)
 
 
@@ -89,6 +91,14 @@ class AuditRecorder:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
 
 
+def error_detail(err: BrokerError) -> dict[str, str]:
+    """What a refusal names (which budget, which limit, which agent) and the log-only detail."""
+    found = {f"error.{_KEY.sub('_', k.lower())}"[:64]: v[:200] for k, v in err.metadata.items()}
+    if err.detail:
+        found["error_detail"] = err.detail[:500]
+    return found
+
+
 def request_fields(
     ctx: MediationContext,
     *,
@@ -104,8 +114,8 @@ def request_fields(
         detail["task_id"] = ctx.task_id
     if ctx.hop is not None:
         detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
-    if err is not None and err.detail:
-        detail["error_detail"] = err.detail[:500]
+    if err is not None:
+        detail.update(error_detail(err))
     return {
         "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
         "request_id": ctx.request_id,

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.audit_runtime import AuditRecorder, digest
+from broker.audit_runtime import AuditRecorder, digest, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
@@ -40,7 +40,7 @@ def llm_fields(
         "cost_micro": usage.cost_micro,
         "request_digest": digest(body),
         "response_digest": answer,
-        "detail": {"phase": phase, "binding": "openai"},
+        "detail": {"phase": phase, "binding": "openai", **(error_detail(err) if err else {})},
     }
 
 

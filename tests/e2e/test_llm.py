@@ -93,7 +93,9 @@ def llm_broker(
     upstreams: dict[str, Upstream], fake_provider: str, logs: Path
 ) -> Iterator[LlmBroker]:
     port = free_port()
-    config = logs / "broker-llm.toml"
+    home = logs / "llm-broker"  # its own folder: its audit chain is not the session broker's
+    home.mkdir(exist_ok=True)
+    config = home / "broker.toml"
     llm = LLM_CONFIG.format(url=f"{fake_provider}/v1", key_env=PROVIDER_KEY_ENV)
     config.write_text(_broker_config(port) + llm + BUDGET_CONFIG)
     admin = secrets.token_urlsafe(24)
@@ -108,7 +110,7 @@ def llm_broker(
         argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker-llm"
     ):
         credentials = _register(url, admin, _cards_to_register(upstreams))
-        audit = logs / "var" / "audit"
+        audit = home / "var" / "audit"
         yield LlmBroker(url, admin, audit, fake_provider, upstreams["echo"].url, credentials)
 
 
