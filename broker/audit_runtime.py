@@ -25,6 +25,7 @@ from broker.audit.log import AuditLog, AuditLogError
 from broker.audit.records import AuditRecordError
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
+from broker.audit_redact import redacted_payload
 from broker.errors import (
     AuditUnavailableError,
     BrokerError,
@@ -46,10 +47,12 @@ def digest(body: bytes) -> str:
 
 
 class AuditRecorder:
-    """Writes the broker's records. ``trail`` None means auditing is off."""
+    """Writes the broker's records. ``trail`` None means auditing is off. Requests from or to
+    ``payload_agents`` also keep a redacted copy of their body (at their forward/refusal)."""
 
-    def __init__(self, trail: AuditTrail | None) -> None:
+    def __init__(self, trail: AuditTrail | None, payload_agents: frozenset[str] = frozenset()):
         self.trail = trail
+        self.payload_agents = payload_agents
         self._pending: set[asyncio.Task[None]] = set()
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
@@ -59,6 +62,7 @@ class AuditRecorder:
         """Append durably; raises AuditUnavailableError if the log cannot be written."""
         if self.trail is None:
             return
+        fields = self._with_payload(fields)
         try:
             await self.trail.record(fields)
         except AuditLogError as exc:
@@ -83,6 +87,16 @@ class AuditRecorder:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self.trail is not None:
             await self.trail.close()
+
+    def _with_payload(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        if "_body" not in fields:
+            return fields
+        kept = {k: v for k, v in fields.items() if k != "_body"}
+        body = fields["_body"]
+        parties = {kept.get("caller", ""), kept.get("target", "")}
+        if body and self.payload_agents & parties:
+            kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
+        return kept
 
     async def _record_logged(self, fields: Mapping[str, Any]) -> None:
         try:
@@ -133,6 +147,8 @@ def request_fields(
         "request_digest": digest(ctx.body),
         "response_digest": response_digest,
         "detail": detail,
+        # Not a record field: the recorder keeps a redacted copy for chosen agents, then drops it.
+        "_body": ctx.body if phase != "outcome" else None,
     }
 
 
@@ -152,4 +168,4 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
         audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s
     )
     log.info("audit chain %s on the %s log", replica, audit.backend)
-    return AuditRecorder(trail)
+    return AuditRecorder(trail, frozenset(audit.payload_agents))

@@ -184,6 +184,9 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0
     fsync: bool = True
+    # Also keep a redacted copy of request bodies of calls from or to these agents (default:
+    # digests only). See broker/audit_redact.py for what is redacted.
+    payload_agents: tuple[str, ...] = ()
     export: AuditExportSettings = msgspec.field(default_factory=AuditExportSettings)
 
 

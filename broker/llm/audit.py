@@ -41,6 +41,7 @@ def llm_fields(
         "request_digest": digest(body),
         "response_digest": answer,
         "detail": {"phase": phase, "binding": "openai", **(error_detail(err) if err else {})},
+        "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }
 
 

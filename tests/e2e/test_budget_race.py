@@ -114,6 +114,7 @@ expire_interval_s = 0.5
 racer-calls = [{{ metric = "calls", window = "day", limit = {calls_limit} }}]
 racer-cost = [{{ metric = "cost_micro", window = "lifetime", limit = {cost_limit} }}]
 steady = [{{ metric = "calls", window = "lifetime", limit = {steady_limit} }}]
+refused = [{{ metric = "calls", window = "lifetime", limit = 100 }}]
 """
 
 
@@ -259,7 +260,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         headers = {"Authorization": f"Bearer {admin}"}
         closed = f"http://127.0.0.1:{free_port()}"
         credentials = {}
-        for n, name in enumerate(("racer-calls", "racer-cost", "steady")):
+        for n, name in enumerate(("racer-calls", "racer-cost", "steady", "refused")):
             response = httpx.post(
                 f"{urls[n % BROKERS]}/admin/agents",
                 headers=headers,
@@ -611,7 +612,7 @@ async def test_calls_refused_in_an_outage_hold_no_reservation_after_recovery(
 
     The agent's credential is in the replica's read cache (a call just before), so the calls
     made right after SIGSTOP get as far as the budget reserve, which times out (503)."""
-    agent, marker = "steady", f"refused-{secrets.token_hex(6)}"
+    agent, marker = "refused", f"refused-{secrets.token_hex(6)}"
     async with _clients(cluster, agent) as clients:
         assert await _call(clients[2], CALLS_MODEL, f"{marker} warm", stream=False) == "ok"
         os.kill(cluster.redis_process.pid, signal.SIGSTOP)
