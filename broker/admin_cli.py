@@ -45,6 +45,22 @@ def add_budgets_parser(sub: Any, default_url: str) -> None:
     show.add_argument("--agent", default="")
     show.add_argument("--tree", default="")
     show.set_defaults(run=_budgets_show)
+    scope_help = "scope key: agent:NAME, agent:*, team:NAME, tree:* or edge:CALLER>TARGET"
+    set_ = cmds.add_parser("set", help="replace a scope's limits live (on every replica)")
+    set_.add_argument("scope", help=scope_help)
+    set_.add_argument(
+        "--limit",
+        dest="limits",
+        action="append",
+        type=_limit_arg,
+        required=True,
+        metavar="METRIC/WINDOW=N",
+        help="e.g. calls/day=100 or cost_micro/month=5000000 (repeat for more)",
+    )
+    set_.set_defaults(run=_budgets_set)
+    unset = cmds.add_parser("unset", help="drop a scope's live limits: the config applies again")
+    unset.add_argument("scope", help=scope_help)
+    unset.set_defaults(run=_budgets_unset)
 
 
 def add_policy_admin_commands(cmds: Any, default_url: str) -> None:
@@ -172,3 +188,25 @@ def _budgets_show(args: argparse.Namespace) -> int:
         {k: v for k, v in (("agent", args.agent), ("tree", args.tree)) if v}
     )
     return _call(args, "GET", "/budgets" + (f"?{query}" if query else ""))
+
+
+def _limit_arg(text: str) -> dict[str, object]:
+    """``calls/day=100`` -> ``{"metric": "calls", "window": "day", "limit": 100}``; the broker
+    checks the metric, the window and the range."""
+    pair, sep, amount = text.partition("=")
+    metric, slash, window = pair.partition("/")
+    if not (sep and slash and metric and window and amount.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"expected METRIC/WINDOW=N (e.g. calls/day=100): {text!r}")
+    return {"metric": metric.strip(), "window": window.strip(), "limit": int(amount)}
+
+
+def _scope_path(scope: str) -> str:
+    return "/budgets/" + urllib.parse.quote(scope, safe="")
+
+
+def _budgets_set(args: argparse.Namespace) -> int:
+    return _call(args, "PUT", _scope_path(args.scope), {"limits": args.limits})
+
+
+def _budgets_unset(args: argparse.Namespace) -> int:
+    return _call(args, "DELETE", _scope_path(args.scope))

@@ -83,7 +83,7 @@ class BrokerRuntime:
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
-        budget_scopes = ConfiguredScopes(settings.budgets)
+        budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,

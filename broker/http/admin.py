@@ -11,10 +11,13 @@ from litestar import Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from broker.budgets import Limit
 from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
 from broker.http.state import AnyRequest, runtime_of
 from broker.policy.rules import PolicyError
+from broker.settings import BudgetLimitSettings
 from broker.stages.authenticate import bearer_token
+from broker.stores.budget_limits import check_override
 
 _encoder = msgspec.json.Encoder()
 _B = TypeVar("_B", bound=msgspec.Struct)
@@ -27,6 +30,12 @@ class _CardBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class _RegisterBody(_CardBody, forbid_unknown_fields=True):
     name: str = ""
+
+
+class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
+    # Same fields and checks as a [budgets] entry: unknown metric/window or a bad limit is a 400
+    # whose message names the field (e.g. `$.limits[0].window`).
+    limits: tuple[BudgetLimitSettings, ...]
 
 
 def _decode(body: bytes, kind: type[_B]) -> _B:
@@ -155,14 +164,55 @@ async def reload_policy(request: AnyRequest) -> Response[bytes]:
 
 @get("/budgets")
 async def show_budgets(request: AnyRequest) -> Response[bytes]:
-    """Used / reserved / remaining of the budgets configured for an agent (``?agent=``; its teams
-    and its edges too) or a task tree (``?tree=``); with neither, every configured agent."""
+    """Used / reserved / remaining of the budgets of an agent (``?agent=``; its teams and its
+    edges too) or a task tree (``?tree=``); with neither, every agent, team and edge that has
+    limits in the config or live. Each limit says its ``source``: "config" or "live"; ``live``
+    lists every override (wildcards such as ``agent:*`` and ``tree:*`` included)."""
     runtime = runtime_of(request)
+    scopes = runtime.budget_scopes
     agent = request.query_params.get("agent") or ""
     tree = request.query_params.get("tree") or ""
-    scopes = runtime.budget_scopes.for_status(agent, runtime.roles.of(agent) if agent else (), tree)
-    statuses = await runtime.stores.budgets.status(scopes) if scopes else []
-    return _json({"budgets": [msgspec.to_builtins(s) for s in statuses]})
+    await scopes.refresh()
+    found = scopes.described(agent, runtime.roles.of(agent) if agent else (), tree)
+    statuses = await runtime.stores.budgets.status([f.scope for f in found]) if found else []
+    source = {f.scope.key(): f.source for f in found}
+    budgets = [{**msgspec.to_builtins(s), "source": source[s.scope]} for s in statuses]
+    live = {key: msgspec.to_builtins(limits) for key, limits in scopes.live_overrides().items()}
+    return _json({"budgets": budgets, "live": live})
+
+
+@put("/budgets/{scope_key:str}")
+async def set_budget(request: AnyRequest, scope_key: str) -> Response[bytes]:
+    """Replace the limits of one scope (the path holds its URL-encoded key) on every replica: at
+    once on this one, within about a second on the others. ``{"limits": []}`` unmeters it."""
+    body = _decode(await request.body(), _BudgetLimitsBody)
+    limits = tuple(Limit(metric=x.metric, window=x.window, limit=x.limit) for x in body.limits)
+    runtime = runtime_of(request)
+    try:
+        await runtime.budget_scopes.set_live(scope_key, limits)
+    except ValueError as exc:
+        raise InvalidAdminRequestError(f"Invalid budget: {exc}") from None
+    text = ",".join(f"{x.metric}/{x.window}={x.limit}" for x in limits)
+    await runtime.audit.event("budget", "admin", action="set", scope=scope_key, limits=text)
+    return _json({"scope": scope_key, "source": "live", "limits": msgspec.to_builtins(limits)})
+
+
+@delete("/budgets/{scope_key:str}", status_code=204)
+async def unset_budget(request: AnyRequest, scope_key: str) -> None:
+    """Drop the live limits of one scope: its configured limits (if any) apply again.
+
+    400 INVALID_ADMIN_REQUEST if the scope key is malformed or has no live limits.
+    """
+    try:
+        check_override(scope_key, ())
+    except ValueError as exc:
+        raise InvalidAdminRequestError(f"Invalid budget: {exc}") from None
+    runtime = runtime_of(request)
+    if not await runtime.budget_scopes.unset_live(scope_key):
+        raise InvalidAdminRequestError(
+            f"No live limits are set for {scope_key}: nothing to unset (its config limits apply)."
+        )
+    await runtime.audit.event("budget", "admin", action="delete", scope=scope_key)
 
 
 admin_router = Router(
@@ -182,5 +232,7 @@ admin_router = Router(
         show_policy,
         reload_policy,
         show_budgets,
+        set_budget,
+        unset_budget,
     ],
 )

@@ -44,6 +44,7 @@ class HopBudget:
             f"edge:{caller}>{target}", self._budgets.edge_rates.get(f"{caller}>{target}")
         )
         tree = ctx.hop.tree if ctx.hop is not None else None
+        await self._scopes.refresh()  # the live limits, at most about a second old
         scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target)
         if not scopes:
             return await call_next(ctx)

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from broker.stores.budget_base import BudgetLedger, RateLimiter
+from broker.stores.budget_limits import BudgetLimitStore
 
 AgentStatus = Literal["active", "suspended"]
 # Which delegation limit refused a child: in-flight children of the parent, all children the
@@ -243,6 +244,7 @@ class Stores(msgspec.Struct, frozen=True, kw_only=True):
     task_trees: TaskTreeIndex
     budgets: BudgetLedger
     rate_limiter: RateLimiter
+    budget_limits: BudgetLimitStore
 
 
 class StoreBackend(abc.ABC):

@@ -21,6 +21,7 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
     MemoryDelegationCounters,
@@ -156,6 +157,7 @@ class MemoryBackend(StoreBackend):
             task_trees=MemoryTaskTreeIndex(),
             budgets=MemoryBudgetLedger(),
             rate_limiter=MemoryRateLimiter(),
+            budget_limits=MemoryBudgetLimitStore(),
         )
 
     def stores(self) -> Stores:

@@ -36,6 +36,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
+from broker.stores.redis_budget_limits import RedisBudgetLimitStore
 from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
 from broker.stores.redis_delegation import (
     RedisDelegationCounters,
@@ -185,6 +186,7 @@ class RedisBackend(StoreBackend):
             task_trees=RedisTaskTreeIndex(self._client, prefix),
             budgets=RedisBudgetLedger(self._client, prefix),
             rate_limiter=RedisRateLimiter(self._client, prefix),
+            budget_limits=RedisBudgetLimitStore(self._client, prefix),
         )
 
     def stores(self) -> Stores:

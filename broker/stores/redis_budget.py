@@ -26,10 +26,13 @@ Every Redis failure surfaces as ``StoreUnavailableError`` (see ``redis_client``)
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from broker.budgets import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
 from broker.stores.budget_base import (
@@ -71,6 +74,8 @@ class RedisBudgetLedger(BudgetLedger):
         self._reserve = client.register_script(budget_script("reserve"))
         self._settle = client.register_script(budget_script("settle"))
         self._release = client.register_script(budget_script("release"))
+        self._void = client.register_script(budget_script("void"))
+        self._voiding: set[asyncio.Task[None]] = set()
         self._expire = client.register_script(budget_script("expire"))
         self._status = client.register_script(budget_script("status"))
         self._base = budget_base_key(prefix)
@@ -89,13 +94,36 @@ class RedisBudgetLedger(BudgetLedger):
             for part in (scope.key(), limit.metric, limit.window, limit.limit)
         ]
         args = [self._base, reservation_id, ttl_ms, *_amounts(amounts), *limits]
-        reply = await self._reserve(keys=self._keys, args=args)
+        try:
+            reply = await self._reserve(keys=self._keys, args=args)
+        except (RedisError, OSError):
+            # The reserve may still run (a stalled Redis runs it when it resumes) and would hold
+            # budget for a call that is refused: void it as soon as Redis answers again.
+            self._void_later(reservation_id, ttl_ms)
+            raise
+        if int(reply[0]) == 2:  # voided by an earlier attempt with this id: cannot happen twice
+            raise RedisError("reservation voided before it ran")
         if int(reply[0]) == 1:
             return Reservation(reservation_id, tuple(scopes), amounts, int(reply[1]) / 1000)
         scope, metric, window, limit, used, reserved = (_text(part) for part in reply[1:])
         return BudgetRefusal(
             scope, _metric(metric), _window(window), int(limit), int(used), int(reserved)
         )
+
+    def _void_later(self, reservation_id: str, ttl_ms: int) -> None:
+        task = asyncio.create_task(self._void_until_done(reservation_id, ttl_ms))
+        self._voiding.add(task)
+        task.add_done_callback(self._voiding.discard)
+
+    async def _void_until_done(self, reservation_id: str, ttl_ms: int) -> None:
+        deadline = time.monotonic() + ttl_ms / 1000
+        while time.monotonic() < deadline:
+            try:
+                await self._void(keys=self._keys, args=[self._base, reservation_id, ttl_ms])
+            except (RedisError, OSError):
+                await asyncio.sleep(0.2)
+            else:
+                return
 
     @unavailable_on_error
     async def settle(self, reservation: Reservation, actual: Usage) -> None:

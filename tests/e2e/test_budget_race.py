@@ -11,8 +11,10 @@ client with their broker credential as the API key and ``max_retries=0``.
 * The outage: a steady stream of calls while the redis-server is SIGSTOPped for longer than the
   broker's Redis socket timeout: calls are refused with 503, nothing that arrived while Redis was
   down reaches the provider before it is back, service resumes after SIGCONT with no restart, and
-  the ledger afterwards is exact (no overspend, nothing held, the rest of the budget still fits
-  exactly).
+  the ledger afterwards is exact (no overspend, nothing held once the reservations' ttl has
+  passed, the rest of the budget still fits exactly).
+* Refused means nothing held: calls refused with 503 during an outage leave no reservation
+  behind once Redis is back (not only after the reservation ttl).
 """
 
 from __future__ import annotations
