@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from broker.errors import BrokerError
+from broker.pipeline import fold
 from broker.types import Outcome
 
 if TYPE_CHECKING:
@@ -57,22 +58,8 @@ LlmStage = Callable[[LlmContext, LlmCallNext], Awaitable[Outcome]]
 
 
 def fold_llm(stages: Sequence[LlmStage]) -> LlmCallNext:
-    """Compose stages so each receives the rest as ``call_next``; the last must answer itself."""
-
-    async def end(ctx: LlmContext) -> Outcome:
-        raise RuntimeError("the last LLM stage must not call call_next")
-
-    handler: LlmCallNext = end
-    for stage in reversed(stages):
-        handler = _bind(stage, handler)
-    return handler
-
-
-def _bind(stage: LlmStage, call_next: LlmCallNext) -> LlmCallNext:
-    async def run(ctx: LlmContext) -> Outcome:
-        return await stage(ctx, call_next)
-
-    return run
+    """The LLM stages composed (``broker.pipeline.fold``, shared with the A2A pipeline)."""
+    return fold(stages)
 
 
 async def close_events(events: AsyncIterator[bytes]) -> None:

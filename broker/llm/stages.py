@@ -10,9 +10,8 @@ import time
 
 import msgspec
 
-from broker.delegation.errors import DelegationTokenRevokedError
 from broker.delegation.tokens import TokenVerifier
-from broker.errors import BrokerError, BrokerInternalError, TreeKilledError
+from broker.errors import BrokerError, BrokerInternalError
 from broker.llm.config import LlmSettings, ModelCatalog
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
@@ -21,7 +20,7 @@ from broker.llm.wire import openai_error_reply
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
 from broker.stages.authenticate import Authenticate
-from broker.stages.delegation import DELEGATION_HEADER
+from broker.stages.delegation import presented_context
 from broker.stores.base import Revocations
 from broker.stores.budget_base import RateLimiter
 from broker.types import Outcome, StreamReply
@@ -113,17 +112,10 @@ class LlmDelegationContext:
 
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
         assert ctx.caller is not None  # noqa: S101 - authenticated earlier
-        token = ctx.headers.get(DELEGATION_HEADER, "").strip()
-        ctx.chain = (ctx.caller,)
-        if token:
-            claims = self._verifier.verify_presented(token, ctx.caller)
-            status = await self._revocations.check(claims.jti, claims.tree)
-            if status == "tree_killed":
-                raise TreeKilledError(metadata={"tree": claims.tree})
-            if status == "token_revoked":
-                raise DelegationTokenRevokedError
-            ctx.parent = claims
-            ctx.chain = (*claims.chain, ctx.caller)
+        ctx.parent = await presented_context(
+            self._verifier, self._revocations, ctx.headers, ctx.caller
+        )
+        ctx.chain = (*ctx.parent.chain, ctx.caller) if ctx.parent else (ctx.caller,)
         return await call_next(ctx)
 
 

@@ -7,9 +7,11 @@ unexpired, not revoked, and its tree not killed. Without a token the caller star
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from broker.delegation import DELEGATION_HEADER as DELEGATION_HEADER_NAME
 from broker.delegation.errors import DelegationTokenRevokedError
-from broker.delegation.tokens import TokenVerifier
+from broker.delegation.tokens import DelegationClaims, TokenVerifier
 from broker.errors import TreeKilledError
 from broker.stores.base import Revocations
 from broker.types import CallNext, MediationContext, Outcome
@@ -24,16 +26,28 @@ class DelegationContext:
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.caller is not None  # noqa: S101 - authenticated earlier
-        token = ctx.headers.get(DELEGATION_HEADER, "").strip()
-        if not token:
-            ctx.chain = (ctx.caller,)
-            return await call_next(ctx)
-        claims = self._verifier.verify_presented(token, ctx.caller)
-        status = await self._revocations.check(claims.jti, claims.tree)
-        if status == "tree_killed":
-            raise TreeKilledError(metadata={"tree": claims.tree})
-        if status == "token_revoked":
-            raise DelegationTokenRevokedError
-        ctx.parent = claims
-        ctx.chain = (*claims.chain, ctx.caller)
+        ctx.parent = await presented_context(
+            self._verifier, self._revocations, ctx.headers, ctx.caller
+        )
+        ctx.chain = (*ctx.parent.chain, ctx.caller) if ctx.parent else (ctx.caller,)
         return await call_next(ctx)
+
+
+async def presented_context(
+    verifier: TokenVerifier, revocations: Revocations, headers: Mapping[str, str], caller: str
+) -> DelegationClaims | None:
+    """The verified claims of the A2A-Delegation token ``caller`` presents, or None without one.
+
+    Raises the token's refusal (invalid, expired, not yours), DELEGATION_TOKEN_REVOKED or
+    TREE_KILLED. Shared by the A2A and the LLM pipelines.
+    """
+    token = headers.get(DELEGATION_HEADER, "").strip()
+    if not token:
+        return None
+    claims = verifier.verify_presented(token, caller)
+    status = await revocations.check(claims.jti, claims.tree)
+    if status == "tree_killed":
+        raise TreeKilledError(metadata={"tree": claims.tree})
+    if status == "token_revoked":
+        raise DelegationTokenRevokedError
+    return claims
