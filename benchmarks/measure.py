@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import preflight, run_wrk, stream_probe, write_script
 from benchmarks.procs import Child
 from benchmarks.quiet import ForeignLoad, wait_for_quiet
+from benchmarks.redis_stats import RedisCounters
 from benchmarks.targets import Target
 
 
@@ -53,6 +54,14 @@ class Point:
     rss_mb: float
     foreign_cores: float  # CPU used meanwhile by processes outside the run, in cores
     waited_s: float  # how long the run waited for the machine to be quiet first
+    # Against a broker on the harness's private Redis (benchmarks/redis_stats.py), per request:
+    # every command Redis ran (scripts' own calls included), scripts (EVALSHA), socket reads
+    # from clients (~ round trips), Redis CPU, and the calls per command.
+    redis_cmds_per_req: float | None = None
+    redis_scripts_per_req: float | None = None
+    redis_reads_per_req: float | None = None
+    redis_cpu_us_per_req: float | None = None
+    redis_calls: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,10 +118,14 @@ def _point(
     waited = time.monotonic() - waited0 - 1.0  # one sample is not waiting
     foreign = ForeignLoad(cond.children)
     foreign.start()
+    counters = RedisCounters(target.redis) if target.redis else None
+    if counters:
+        counters.start()
     (user0, sys0), wall0 = target.process.cpu_seconds(), time.monotonic()
     result = run_wrk(target.url, script, c, seconds, cond.wrk_cores)
     user1, sys1 = target.process.cpu_seconds()
     wall = time.monotonic() - wall0
+    redis = counters.per_request(result.requests) if counters else {}
     cpu = (user1 - user0) + (sys1 - sys0)
     point = Point(
         scenario=scenario,
@@ -128,6 +141,7 @@ def _point(
         rss_mb=target.process.rss_bytes() / 2**20,
         foreign_cores=foreign.cores(),
         waited_s=max(waited, 0.0),
+        **redis,
     )
     print(describe(point), flush=True)
     return point
@@ -140,6 +154,14 @@ def describe(point: Point) -> str:
         f"p99 {point.p99_ms:6.2f} ms  cpu {point.cpu_us_per_req:6.0f} us/req "
         f"({point.cpu_util:.0%})  rss {point.rss_mb:5.1f} MB  errors {point.errors}  "
         f"foreign {point.foreign_cores:.2f} cores (waited {point.waited_s:.0f} s)"
+        + (
+            f"  redis {point.redis_cmds_per_req:.2f} cmds/req, "
+            f"{point.redis_scripts_per_req:.2f} scripts/req, "
+            f"{point.redis_reads_per_req:.2f} reads/req, "
+            f"{point.redis_cpu_us_per_req:.0f} us cpu/req"
+            if point.redis_cmds_per_req is not None
+            else ""
+        )
     )
 
 

@@ -22,7 +22,11 @@ TITLES = {
     "j-w2": "(j) broker, redis, 2 workers, 2 cores",
     "f-direct": "(f) streaming, direct",
     "f-broker": "(f) streaming, broker (memory)",
+    "r-none": "(r-i) broker, redis, no budget or rate",
+    "r-budget": "(r-ii) broker, redis, budget",
+    "r-rate": "(r-iii) broker, redis, budget + rate",
 }
+KEPT = " †"  # marks a row kept from an earlier run (``--merge``)
 _LIBS = ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "redis", "msgspec")
 
 
@@ -63,12 +67,26 @@ def _by(points: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     return {(p["scenario"], p["concurrency"]): p for p in points}
 
 
+def base(results: dict[str, Any], scenario: str, point: dict[str, Any]) -> dict[str, Any] | None:
+    """``scenario``'s point at ``point``'s concurrency from the same run as ``point``."""
+    for b in results["points"] + results.get("baselines", []):
+        if (b["scenario"], b["concurrency"], b.get("origin")) == (
+            scenario, point["concurrency"], point.get("origin")):  # fmt: skip
+            return dict(b)
+    return None
+
+
+def title(point: dict[str, Any]) -> str:
+    name = str(TITLES.get(point["scenario"], point["scenario"]))
+    return name + (KEPT if point.get("origin") else "")
+
+
 def _ratio(value: float, base: dict[str, Any] | None, key: str) -> str:
     return f"{value / base[key]:.2f}" if base and base[key] else "-"
 
 
-def unary_table(points: list[dict[str, Any]]) -> list[str]:
-    idx = _by(points)
+def unary_table(results: dict[str, Any]) -> list[str]:
+    points = results["points"]
     rows = [
         "| scenario | c | req/s | vs b1 | p50 ms | vs a | p99 ms | vs a | +p50 vs (a) ms "
         "| CPU µs/req | kernel | CPU use | RSS MB | errors | foreign |",
@@ -76,10 +94,10 @@ def unary_table(points: list[dict[str, Any]]) -> list[str]:
     ]
     for p in points:
         c = p["concurrency"]
-        a, b1 = idx.get(("a", c)), idx.get(("b1", c))
+        a, b1 = base(results, "a", p), base(results, "b1", p)
         added = f"{p['p50_ms'] - a['p50_ms']:+.2f}" if a else "-"
         rows.append(
-            f"| {TITLES.get(p['scenario'], p['scenario'])} | {c} | {p['rps']:,.0f} "
+            f"| {title(p)} | {c} | {p['rps']:,.0f} "
             f"| {_ratio(p['rps'], b1, 'rps')} | {p['p50_ms']:.2f} "
             f"| {_ratio(p['p50_ms'], a, 'p50_ms')} | {p['p99_ms']:.2f} "
             f"| {_ratio(p['p99_ms'], a, 'p99_ms')} | {added} | {p['cpu_us_per_req']:,.0f} "
@@ -102,11 +120,11 @@ def stream_table(results: dict[str, Any]) -> list[str]:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in points:
-        base = idx.get(("f-direct", p["concurrency"]))
+        direct = idx.get(("f-direct", p["concurrency"]))
         rows.append(
-            f"| {TITLES.get(p['scenario'], p['scenario'])} | {p['concurrency']} "
+            f"| {title(p)} | {p['concurrency']} "
             f"| {p['rps']:,.0f} | {p['rps'] * events:,.0f} "
-            f"| {_ratio(p['rps'], base, 'rps')} "
+            f"| {_ratio(p['rps'], direct, 'rps')} "
             f"| {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['cpu_us_per_req']:,.0f} "
             f"| {p['cpu_us_per_req'] / events:,.0f} | {p['rss_mb']:.0f} | {p['errors']} |"
         )
@@ -115,10 +133,116 @@ def stream_table(results: dict[str, Any]) -> list[str]:
              "|---|--:|--:|--:|--:|"]  # fmt: skip
     for pr in results["probes"]:
         rows.append(
-            f"| {TITLES.get(pr['scenario'], pr['scenario'])} | {pr['streams']} "
+            f"| {title(pr)} | {pr['streams']} "
             f"| {pr['ttfe_p50_ms']:.2f} | {pr['ttfe_p99_ms']:.2f} | {pr['stream_p50_ms']:.2f} |"
         )
     return rows
+
+
+def metering_table(results: dict[str, Any]) -> list[str]:
+    """(r): the broker on Redis without metering, with a budget, with budget + rate limit."""
+    points = [p for p in results["points"] if p["scenario"].startswith("r-")]
+    if not points:
+        return ["(scenario r not measured in this run: add `--scenarios r`)"]
+    rows = [
+        "The broker on the redis store, started three times in the same run with a different "
+        "`[budgets]` section for the load generator's agent (`loadgen`): (i) none, so the budget "
+        'stage meters nothing; (ii) `[budgets.agents] loadgen = [{ metric = "calls", window = '
+        '"lifetime", limit = 10^12 }]`, as in (e); (iii) that plus `[budgets.agent_rates.'
+        "loadgen] rate_per_s = 1000000, burst = 1000000`, a GCRA limit that never refuses. "
+        "Ratios are to (i) at the same c; added p50 is over (i).",
+        "",
+        "| scenario | c | req/s | vs (i) | CPU µs/req | vs (i) | +CPU µs/req | p50 ms "
+        "| +p50 vs (i) ms | p99 ms | Redis cmds/req | EVALSHA/req | Redis reads/req "
+        "| Redis CPU µs/req | errors | foreign |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for p in points:
+        none = base(results, "r-none", p)
+        extra = f"{p['cpu_us_per_req'] - none['cpu_us_per_req']:+,.0f}" if none else "-"
+        added = f"{p['p50_ms'] - none['p50_ms']:+.2f}" if none else "-"
+        rows.append(
+            f"| {title(p)} | {p['concurrency']} | {p['rps']:,.0f} "
+            f"| {_ratio(p['rps'], none, 'rps')} "
+            f"| {p['cpu_us_per_req']:,.0f} | {_ratio(p['cpu_us_per_req'], none, 'cpu_us_per_req')} "
+            f"| {extra} | {p['p50_ms']:.2f} | {added} | {p['p99_ms']:.2f} "
+            f"| {_num(p, 'redis_cmds_per_req')} | {_num(p, 'redis_scripts_per_req')} "
+            f"| {_num(p, 'redis_reads_per_req')} | {_num(p, 'redis_cpu_us_per_req', '{:,.0f}')} "
+            f"| {p['errors']} | {p.get('foreign_cores', 0):.2f} |"
+        )
+    return rows
+
+
+def _num(p: dict[str, Any], key: str, fmt: str = "{:.2f}") -> str:
+    value = p.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
+def redis_section(results: dict[str, Any]) -> list[str]:
+    """Redis's work per request for every broker point on the harness's private Redis."""
+    points = [p for p in results["points"] if p.get("redis_cmds_per_req") is not None]
+    if not points:
+        return ["(no broker ran on the harness's private redis-server in this run)"]
+    rows = [
+        "Read from the private redis-server's `INFO` before and after each point, over wrk's "
+        "request count (`benchmarks/redis_stats.py`). **Redis cmds** counts every command Redis "
+        "ran: each `EVALSHA` and also each `redis.call` inside a script (Redis counts both in "
+        "`INFO commandstats`), plus anything the broker sends outside scripts. **EVALSHA** is "
+        "the scripts: the broker runs each atomic operation (a task-route claim, a task-tree add, "
+        "a budget reserve or settle, a rate check) as one Lua script. **Redis reads** is "
+        "`total_reads_processed`, the socket reads Redis made from its clients: one per round "
+        "trip (a pipeline is one). Background work (expiry sweeps) is counted in too, spread "
+        "over the requests.",
+        "",
+        "| scenario | c | broker CPU µs/req | Redis CPU µs/req | Redis cmds/req | EVALSHA/req "
+        "| Redis reads/req | calls per request, by command |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
+    for p in points:
+        calls = ", ".join(f"`{k}` {v:.2f}" for k, v in p.get("redis_calls", {}).items()
+                          if v >= 0.005)  # fmt: skip
+        rows.append(
+            f"| {title(p)} | {p['concurrency']} | {p['cpu_us_per_req']:,.0f} "
+            f"| {_num(p, 'redis_cpu_us_per_req', '{:,.0f}')} | {_num(p, 'redis_cmds_per_req')} "
+            f"| {_num(p, 'redis_scripts_per_req')} | {_num(p, 'redis_reads_per_req')} | {calls} |"
+        )
+    probes = results.get("redis_probes", [])
+    if probes:
+        rows += [
+            "",
+            "Who issues them: after each target's points, `MONITOR` is switched on while "
+            f"{probes[0]['requests']} requests are sent one at a time, and every command is "
+            "sorted by its source: the broker over the network (each is one round trip unless "
+            "pipelined), or a Lua script (`[0 lua]` in MONITOR's output), per request:",
+            "",
+            "| scenario | sent by the broker /req | by command | run inside scripts /req "
+            "| by command |",
+            "|---|--:|---|--:|---|",
+        ]
+        for pr in probes:
+            net = ", ".join(f"`{k}` {v:.2f}" for k, v in pr["network"].items())
+            lua = ", ".join(f"`{k}` {v:.2f}" for k, v in pr["scripted"].items())
+            rows.append(f"| {title(pr)} | {pr['network_per_req']:.2f} | {net} "
+                        f"| {pr['scripted_per_req']:.2f} | {lua} |")  # fmt: skip
+    return rows
+
+
+def kept_section(results: dict[str, Any]) -> list[str]:
+    origins = list(dict.fromkeys(
+        p["origin"] for p in results["points"] + results["stream_points"] if p.get("origin")
+    ))  # fmt: skip
+    if not origins:
+        return []
+    lines = []
+    for origin in origins:
+        scen = sorted({p["scenario"] for p in results["points"] + results["stream_points"]
+                       if p.get("origin") == origin})  # fmt: skip
+        lines.append(
+            f"* **Kept from an earlier run** (`--merge`; rows marked{KEPT}): "
+            f"{', '.join(scen)}, measured {origin}. Their ratios are to (a) and (b1) of that "
+            "same run, not of this one."
+        )
+    return lines
 
 
 def profile_section(profile: dict[str, Any] | None) -> list[str]:
@@ -179,12 +303,21 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         f"{m['commit']}, with {m['broker_uncommitted_files']} uncommitted path(s) under `broker/`.",
         f"* **Placement**: system under test on core {pin['sut']}; upstream, Redis, wrk and the "
         f"streaming probe on core {pin['rest']} (`taskset`). Redis: {results['redis'] or '-'}.",
+        *kept_section(results),
         "",
         *verdict.method_notes(),
         "",
         "## Unary SendMessage (JSON-RPC)",
         "",
-        *unary_table(results["points"]),
+        *unary_table(results),
+        "",
+        "## Budgets and rate limits: what metering costs (issue 4)",
+        "",
+        *metering_table(results),
+        "",
+        "## Redis round trips and commands per request",
+        "",
+        *redis_section(results),
         "",
         "## Streaming SendStreamingMessage (JSON-RPC, SSE)",
         "",
@@ -223,19 +356,21 @@ def plot(results: dict[str, Any], png: Path) -> bool:
     points = results["points"]
     scenarios = list(dict.fromkeys(p["scenario"] for p in points))
     idx = _by(points)
+    kept = {p["scenario"] for p in points if p.get("origin")}
     conc = sorted({p["concurrency"] for p in points})
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(conc), 1)
     for i, c in enumerate(conc):
         xs = [n + i * width for n in range(len(scenarios))]
         left.bar(xs, [idx.get((s, c), {}).get("rps", 0) for s in scenarios], width, label=f"c={c}")
-        base = idx.get(("a", c))
-        added = [idx[(s, c)]["p50_ms"] - base["p50_ms"] if base and (s, c) in idx else 0
-                 for s in scenarios]  # fmt: skip
+        added = []
+        for s in scenarios:
+            a = base(results, "a", idx[(s, c)]) if (s, c) in idx else None
+            added.append(idx[(s, c)]["p50_ms"] - a["p50_ms"] if a else 0)
         right.bar(xs, added, width, label=f"c={c}")
     for ax, title in ((left, "requests/s"), (right, "added p50 latency vs (a), ms")):
         ax.set_xticks([n + width * (len(conc) - 1) / 2 for n in range(len(scenarios))])
-        ax.set_xticklabels(scenarios)
+        ax.set_xticklabels([s + ("†" if s in kept else "") for s in scenarios], rotation=30)
         ax.set_title(title)
         ax.legend()
     right.set_yscale("symlog", linthresh=1.0)

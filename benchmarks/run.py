@@ -1,6 +1,7 @@
 """Run the benchmark suite and rewrite docs/benchmarks.md (and docs/benchmarks.png).
 
-    .venv/bin/python -m benchmarks.run [--quick] [--scenarios a,b1,b2,c,e,f,j] [--profile]
+    .venv/bin/python -m benchmarks.run [--quick] [--scenarios a,b1,b2,c,e,f,j,r] [--merge]
+                                       [--profile]
 
 Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenarios:
 
@@ -11,8 +12,17 @@ Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenario
   e   the same with the redis store
   f   streaming: SendStreamingMessage direct and through the broker (memory store)
   j   the broker (redis store) with 1 and 2 worker processes, allowed on both cores
+  r   what budgets and rate limits cost (issue 4): the broker on the redis store with no
+      budget or rate limit (r-none), with the caller's budget as in (e) (r-budget), and with
+      that budget plus a per-agent rate limit that never refuses (r-rate)
+
+Against a broker on the harness's private redis-server, every point also reads Redis's
+counters (commands, EVALSHA scripts, socket reads, CPU per request), and after the points
+a MONITOR probe sorts the commands into those sent by the broker and those run by scripts.
 
 ``--profile`` also samples the broker (redis store) with py-spy for 10 s at c=16.
+``--merge`` keeps, from the previous benchmarks/results/latest.json, the scenarios this run
+did not measure; the report labels them with their own date and commit.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from benchmarks.loadgen import require_wrk
 from benchmarks.measure import (
     STREAM,
     UNARY,
+    UNARY_BODY,
     Conditions,
     Point,
     Workload,
@@ -53,7 +64,8 @@ from benchmarks.targets import (
 )
 
 CONCURRENCIES = (1, 16, 64)
-ALL = ("a", "b1", "b2", "c", "e", "f", "j")
+ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r")
+METERINGS = ("none", "budget", "rate")
 STREAM_EVENTS = 10
 RAW_RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
@@ -74,6 +86,7 @@ class Run:
         self.points: list[Point] = []
         self.stream_points: list[Point] = []
         self.probes: list[dict[str, Any]] = []
+        self.redis_probes: list[dict[str, Any]] = []
         self.profile: dict[str, Any] | None = None
 
     def _measure(self, scenario: str, target: Target, workload: Workload) -> list[Point]:
@@ -89,6 +102,14 @@ class Run:
 
     def unary(self, scenario: str, target: Target) -> None:
         self.points += self._measure(scenario, target, UNARY)
+        if target.redis:
+            from benchmarks.redis_stats import monitor_probe
+
+            probe = monitor_probe(target.redis, target.url, target.headers, UNARY_BODY)
+            print(f"  {scenario:<10} MONITOR: {probe['network_per_req']:.2f} commands/req from "
+                  f"the broker, {probe['scripted_per_req']:.2f} run by scripts "
+                  f"{probe['network']}", flush=True)  # fmt: skip
+            self.redis_probes.append({"scenario": scenario, **probe})
 
     def streaming(self, scenario: str, target: Target) -> None:
         self.stream_points += self._measure(scenario, target, STREAM)
@@ -132,10 +153,55 @@ def scenario_j(run: Run) -> None:
             run.unary(f"j-w{workers}", target)
 
 
+def scenario_r(run: Run) -> None:
+    for metering in METERINGS:
+        with broker(run.env, store="redis", metering=metering) as target:
+            run.unary(f"r-{metering}", target)
+
+
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "a": scenario_a, "b1": scenario_b1, "b2": scenario_b2, "c": scenario_c,
-    "e": scenario_e, "f": scenario_f, "j": scenario_j,
+    "e": scenario_e, "f": scenario_f, "j": scenario_j, "r": scenario_r,
 }  # fmt: skip
+
+
+def _group(scenario: str) -> str:
+    """The --scenarios name a point belongs to: 'f-broker' -> 'f', 'r-none' -> 'r'."""
+    return scenario.split("-", 1)[0]
+
+
+def _origin(earlier: dict[str, Any]) -> str:
+    commit = earlier.get("machine", {}).get("commit", "?")
+    return (f"{earlier['started']}, HEAD {commit}, {earlier['broker_code']}, "
+            f"{earlier['seconds_per_point']:g} s per point, `{earlier['command']}`")  # fmt: skip
+
+
+def merge(results: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+    """Keep ``earlier``'s scenarios that ``results`` did not measure, each labelled by origin.
+
+    Ratios of a kept row are to the baselines of its own run, so the (a) and (b1) points of
+    that run are kept too (as ``baselines``, not shown as rows) when this run re-measured them.
+    """
+    ran = {_group(p["scenario"]) for p in results["points"] + results["stream_points"]}
+    label = _origin(earlier)
+
+    def kept(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**p, "origin": p.get("origin") or label} for p in points
+                if _group(p["scenario"]) not in ran]  # fmt: skip
+
+    base = [{**p, "origin": p.get("origin") or label}
+            for p in earlier["points"] + earlier.get("baselines", [])
+            if p["scenario"] in ("a", "b1")]  # fmt: skip
+    old_points = kept(earlier["points"])
+    origins = {p["origin"] for p in old_points}
+    return {
+        **results,
+        "points": results["points"] + old_points,
+        "stream_points": results["stream_points"] + kept(earlier["stream_points"]),
+        "probes": results["probes"] + kept(earlier.get("probes", [])),
+        "redis_probes": results["redis_probes"] + kept(earlier.get("redis_probes", [])),
+        "baselines": [b for b in base if b["origin"] in origins],
+    }
 
 
 def profile_broker(run: Run, seconds: float = 10.0) -> None:
@@ -176,6 +242,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--render-only",
         action="store_true",
         help="measure nothing: rewrite the docs from benchmarks/results/latest.json",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the scenarios of benchmarks/results/latest.json that this run does not "
+        "measure (labelled with their own date and commit) instead of dropping them",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
@@ -246,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         "points": [p.as_dict() for p in run.points],
         "stream_points": [p.as_dict() for p in run.stream_points],
         "probes": run.probes,
+        "redis_probes": run.redis_probes,
         "profile": run.profile,
     }
+    if args.merge and RAW_RESULTS.exists():
+        results = merge(results, json.loads(RAW_RESULTS.read_text()))
     RAW_RESULTS.parent.mkdir(exist_ok=True)
     RAW_RESULTS.write_text(json.dumps(results, indent=1))
     written = report.write(results, args.doc)

@@ -41,6 +41,7 @@ class Target:
     url: str
     headers: dict[str, str]
     process: Child
+    redis: str = ""  # the broker's private redis-server, whose counters are read per point
 
 
 @dataclass
@@ -121,7 +122,33 @@ def proxy(env: Env, client: str) -> Iterator[Target]:
         child.stop()
 
 
-def _broker_config(port: int, store: str, redis: str, workers: int) -> str:
+# What ``broker(..., metering=...)`` configures for the load generator's agent (``loadgen``).
+METERING = {
+    "none": "no budget and no rate limit",
+    "budget": "a lifetime calls budget far above what a run can spend",
+    "rate": "that budget plus a per-agent rate limit that never refuses",
+}
+
+
+def _metering_config(metering: str) -> str:
+    if metering == "none":
+        return ""
+    text = f"""
+# The full pipeline meters every call: a budget far above what a run can spend.
+[budgets.agents]
+{CALLER} = [{{ metric = "calls", window = "lifetime", limit = 1000000000000 }}]
+"""
+    if metering == "rate":
+        text += f"""
+# A rate limit so high it never refuses: what checking it costs.
+[budgets.agent_rates.{CALLER}]
+rate_per_s = 1000000
+burst = 1000000
+"""
+    return text
+
+
+def _broker_config(port: int, store: str, redis: str, workers: int, metering: str) -> str:
     return f"""
 [server]
 host = "127.0.0.1"
@@ -136,11 +163,7 @@ key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
 
 [egress]
 allow_loopback = true
-
-# The full pipeline meters every call: a budget far above what a run can spend.
-[budgets.agents]
-loadgen = [{{ metric = "calls", window = "lifetime", limit = 1000000000000 }}]
-"""
+{_metering_config(metering)}"""
 
 
 def _admin_post(url: str, token: str, payload: dict[str, object]) -> dict[str, object]:
@@ -165,13 +188,18 @@ def _register(url: str, token: str, upstream_url: str) -> str:
 
 @contextlib.contextmanager
 def broker(
-    env: Env, *, store: str = "memory", workers: int = 1, cores: str | None = None
+    env: Env,
+    *,
+    store: str = "memory",
+    workers: int = 1,
+    cores: str | None = None,
+    metering: str = "budget",
 ) -> Iterator[Target]:
     port = free_port()
     redis = redis_url(env) if store == "redis" else "redis://127.0.0.1:6379/0"
-    name = f"broker-{store}-w{workers}"
+    name = f"broker-{store}-w{workers}-{metering}"
     config = env.log_dir / f"{name}.toml"
-    config.write_text(_broker_config(port, store, redis, workers))
+    config.write_text(_broker_config(port, store, redis, workers, metering))
     token = secrets.token_urlsafe(24)
     argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
     child_env = {"A2A_BROKER_ADMIN_TOKEN": token, "PYTHONPATH": str(env.broker_src)}
@@ -185,7 +213,8 @@ def broker(
             "A2A-Version": "1.0",
             "Authorization": f"Bearer {credential}",
         }
-        yield Target(f"{url}/agents/{AGENT}/jsonrpc", headers, child)
+        private = redis if store == "redis" and env.redis_note.startswith("a private") else ""
+        yield Target(f"{url}/agents/{AGENT}/jsonrpc", headers, child, private)
     finally:
         child.stop()
 
