@@ -30,8 +30,10 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.budgets import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
@@ -111,28 +113,45 @@ class RedisBudgetLedger(BudgetLedger):
         )
 
     def _void_later(self, reservation_id: str, ttl_ms: int) -> None:
-        task = asyncio.create_task(self._void_until_done(reservation_id, ttl_ms))
+        until = time.time() + ttl_ms / 1000
+        self._retry_later(self._void, [self._base, reservation_id, ttl_ms], until)
+
+    def _retry_later(self, script: AsyncScript, args: list[Any], until: float) -> None:
+        """Run an idempotent ``script`` in the background until Redis answers or ``until``."""
+        task = asyncio.create_task(self._retry_until(script, args, until))
         self._voiding.add(task)
         task.add_done_callback(self._voiding.discard)
 
-    async def _void_until_done(self, reservation_id: str, ttl_ms: int) -> None:
-        deadline = time.monotonic() + ttl_ms / 1000
-        while time.monotonic() < deadline:
+    async def _retry_until(self, script: AsyncScript, args: list[Any], until: float) -> None:
+        while time.time() < until:
+            await asyncio.sleep(0.2)
             try:
-                await self._void(keys=self._keys, args=[self._base, reservation_id, ttl_ms])
+                await script(keys=self._keys, args=args)
             except (RedisError, OSError):
-                await asyncio.sleep(0.2)
-            else:
-                return
+                continue
+            return
 
     @unavailable_on_error
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
         check_usage(actual)
-        await self._settle(keys=self._keys, args=[reservation.id, *_amounts(actual)])
+        args: list[Any] = [reservation.id, *_amounts(actual)]
+        try:
+            await self._settle(keys=self._keys, args=args)
+        except (RedisError, OSError):
+            # The call was answered: its spend must land, or an outage would let it go unpaid
+            # once the reservation expires. Settling is idempotent, so retry until Redis
+            # answers (while the reservation lives).
+            self._retry_later(self._settle, args, reservation.expires_at)
+            raise
 
     @unavailable_on_error
     async def release(self, reservation: Reservation) -> None:
-        await self._release(keys=self._keys, args=[reservation.id])
+        args: list[Any] = [reservation.id]
+        try:
+            await self._release(keys=self._keys, args=args)
+        except (RedisError, OSError):
+            self._retry_later(self._release, args, reservation.expires_at)
+            raise
 
     @unavailable_on_error
     async def expire(self) -> int:

@@ -22,7 +22,9 @@ from broker.errors import StoreUnavailableError
 # than hold it for the OS's TCP timeouts.
 SOCKET_TIMEOUT_S = 2.0
 # PING a connection that sat idle this long before using it, so one broken while idle is replaced.
-HEALTH_CHECK_INTERVAL_S = 15
+# A pooled connection idle this long is PINGed before use, so one left from before a Redis
+# restart is replaced instead of failing the request that picks it up.
+HEALTH_CHECK_INTERVAL_S = 1
 MAX_CONNECTIONS = 128
 # How long a request waits for a free pooled connection before the store counts as unavailable.
 POOL_WAIT_S = 2.0
