@@ -105,6 +105,12 @@ class AuditRecorder:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
 
 
+def _body_digest(ctx: MediationContext) -> str:
+    if ctx.body and not ctx.body_digest:
+        ctx.body_digest = digest(ctx.body)
+    return ctx.body_digest
+
+
 def error_detail(err: BrokerError) -> dict[str, str]:
     """What a refusal names (which budget, which limit, which agent) and the log-only detail."""
     found = {f"error.{_KEY.sub('_', k.lower())}"[:64]: v[:200] for k, v in err.metadata.items()}
@@ -144,7 +150,7 @@ def request_fields(
         "rule": ctx.policy_rule,
         "status": status,
         "latency_us": int((time.perf_counter() - ctx.started) * 1_000_000),
-        "request_digest": digest(ctx.body),
+        "request_digest": _body_digest(ctx),
         "response_digest": response_digest,
         "detail": detail,
         # Not a record field: the recorder keeps a redacted copy for chosen agents, then drops it.

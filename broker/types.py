@@ -52,6 +52,7 @@ class MediationContext:
     upstream_status: int | None = None
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this request's outcome
+    body_digest: str = ""  # computed once, for the audit's decision and outcome records
 
 
 @dataclass(frozen=True, slots=True)
