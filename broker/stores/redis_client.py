@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker.errors import StoreUnavailableError
@@ -54,7 +55,7 @@ def unavailable_on_error(
 
 
 def connection_pool(url: str) -> BlockingConnectionPool:
-    """A pool to ``url`` that fails fast and never retries a command behind the caller's back."""
+    """A pool to ``url`` that fails fast and retries only a command that never reached Redis."""
     return BlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
@@ -62,9 +63,11 @@ def connection_pool(url: str) -> BlockingConnectionPool:
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        # No silent retries: create, delete, revoke and acquire report what they changed, and a
-        # replay after a lost reply would misreport it (or take a second slot). The caller gets a
-        # retryable error instead; reconnecting is still automatic, as the pool replaces broken
-        # connections.
-        retry=Retry(NoBackoff(), 0),
+        # One immediate retry on a *connection* error only, on a fresh connection: a pooled
+        # socket left from before a Redis restart fails that way before the command runs.
+        # Timeouts are never retried: the command may have run (create, delete, revoke and
+        # acquire report what they changed, and a replay after a lost reply would misreport it
+        # or take a second slot); the caller gets a retryable error instead.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError],
     )
