@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from broker.audit.file_log import FileAuditLog
@@ -103,6 +103,20 @@ class AuditRecorder:
             await self.record(fields)
         except (BrokerError, AuditRecordError) as exc:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
+
+
+async def digested_stream(
+    events: AsyncIterator[bytes], when_done: Callable[[str], None]
+) -> AsyncIterator[bytes]:
+    """Relay ``events`` unchanged; when the stream ends (however it ends) call ``when_done`` with
+    the digest of everything relayed, so its outcome record covers the whole stream."""
+    hashed = hashlib.sha256()
+    try:
+        async for event in events:
+            hashed.update(event)
+            yield event
+    finally:
+        when_done("sha256:" + hashed.hexdigest())
 
 
 def _body_digest(ctx: MediationContext) -> str:

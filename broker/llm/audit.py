@@ -4,12 +4,11 @@ charged. The body appears only as a digest; the provider key never appears."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.audit_runtime import AuditRecorder, digest, error_detail
+from broker.audit_runtime import AuditRecorder, digest, digested_stream, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
@@ -86,16 +85,12 @@ class LlmAuditForward:
             return outcome
         return StreamReply(self._audited_stream(ctx, outcome), outcome.status, outcome.headers)
 
-    async def _audited_stream(self, ctx: LlmContext, reply: StreamReply) -> AsyncIterator[bytes]:
-        events = hashlib.sha256()
-        try:
-            async for event in reply.events:
-                events.update(event)
-                yield event
-        finally:
+    def _audited_stream(self, ctx: LlmContext, reply: StreamReply) -> AsyncIterator[bytes]:
+        def record_outcome(answer: str) -> None:
             if ctx.meter is not None and ctx.meter.started and ctx.usage is None:
                 ctx.usage = ctx.meter.usage()
-            answer = "sha256:" + events.hexdigest()
             self._recorder.record_soon(
                 llm_fields(ctx, phase="outcome", status=reply.status, answer=answer)
             )
+
+        return digested_stream(reply.events, record_outcome)

@@ -9,10 +9,9 @@ answer or the stream ends.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
-from broker.audit_runtime import AuditRecorder, digest, request_fields
+from broker.audit_runtime import AuditRecorder, digest, digested_stream, request_fields
 from broker.errors import BrokerError
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 
@@ -38,18 +37,13 @@ class AuditForward:
             return outcome
         return StreamReply(self._audited(ctx, outcome), outcome.status, outcome.headers)
 
-    async def _audited(self, ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:
+    def _audited(self, ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:
         ctx.audited = True
-        events = hashlib.sha256()
-        try:
-            async for event in reply.events:
-                events.update(event)
-                yield event
-        finally:
+
+        def record_outcome(answer: str) -> None:
             fields = request_fields(
-                ctx,
-                phase="outcome",
-                status=reply.status,
-                response_digest="sha256:" + events.hexdigest(),
+                ctx, phase="outcome", status=reply.status, response_digest=answer
             )
             self._recorder.record_soon(fields)
+
+        return digested_stream(reply.events, record_outcome)
