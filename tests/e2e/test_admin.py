@@ -455,7 +455,7 @@ async def _cli(broker: Broker, *args: str, admin_token: str | None = None) -> Cl
     """Run ``python -m broker agents --url … --admin-token … ARGS`` as an operator would."""
     token = broker.admin_token if admin_token is None else admin_token
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "broker", "agents", "--url", broker.url, "--admin-token", token),
+        *(sys.executable, "-m", "broker", "agents", "--url", broker.url, f"--admin-token={token}"),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -131,8 +131,7 @@ async def _cli(pair: Pair, *args: str) -> Any:
         "budgets",
         "--url",
         pair.urls[0],
-        "--admin-token",
-        pair.admin_token,
+        f"--admin-token={pair.admin_token}",  # "=": a token may start with "-"
         *args,
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,

@@ -181,8 +181,7 @@ async def test_usage_lands_in_the_agent_budget(llm_broker: LlmBroker) -> None:
         "budgets",
         "--url",
         llm_broker.url,
-        "--admin-token",
-        llm_broker.admin_token,
+        f"--admin-token={llm_broker.admin_token}",  # "=": a token may start with "-"
         "show",
         "--agent",
         "bob",
