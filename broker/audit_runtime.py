@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from broker.audit.file_log import FileAuditLog
-from broker.audit.log import AuditLog, AuditLogError
+from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
@@ -65,6 +65,25 @@ class AuditRecorder:
         fields = self._with_payload(fields)
         try:
             await self.trail.record(fields)
+        except AuditLogError as exc:
+            raise AuditUnavailableError(detail=str(exc)) from None
+
+    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+        """Append as far as surviving this process (AuditUnavailableError if that fails); pass
+        the future returned to ``durable`` to wait until the record is durable."""
+        if self.trail is None:
+            return done_future()
+        fields = self._with_payload(fields)
+        try:
+            return await self.trail.record_staged(fields)
+        except AuditLogError as exc:
+            raise AuditUnavailableError(detail=str(exc)) from None
+
+    @staticmethod
+    async def durable(synced: asyncio.Future[None]) -> None:
+        """Wait for a staged record; AuditUnavailableError if it could not be made durable."""
+        try:
+            await synced
         except AuditLogError as exc:
             raise AuditUnavailableError(detail=str(exc)) from None
 
@@ -182,7 +201,9 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
     if audit.backend == "redis":
         audit_log = RedisAuditLog(settings.store.redis_url, settings.store.key_prefix)
     else:
-        audit_log = FileAuditLog(settings.path(audit.dir), fsync=audit.fsync)
+        audit_log = FileAuditLog(
+            settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
+        )
     replica = audit.replica or f"{socket.gethostname()}-{os.getpid()}"
     trail = await AuditTrail.open(
         audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s

@@ -6,9 +6,14 @@ event loop keeps serving; appends arriving meanwhile form the next batch). A fai
 fsync is rolled back by truncating the file to its previous length.
 
 Durability: a record is on disk when ``append`` returns, unless the disk or its controller lies
-about flushing. A crash mid-write can leave an incomplete last line (never an acknowledged one);
-it is cut off when the file is next opened for writing. One process may write a replica's file
-at a time (an advisory ``flock``); readers need no lock.
+about flushing. With ``staged=True`` (``[audit] durable_before = "reply"``) ``append_staged``
+returns once the records are written to the file (they then survive a crash of the process, not
+of the machine) with a future that completes at the next ``fdatasync``: one background syncer
+covers every record written before it starts. A failed sync there is reported to its waiters
+and not rolled back (later records may already follow in the file; the chain stays whole).
+A crash mid-write can leave an incomplete last line (never an acknowledged one); it is cut off
+when the file is next opened for writing. One process may write a replica's file at a time (an
+advisory ``flock``); readers need no lock.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broker.audit.commit import GroupCommitter
-from broker.audit.log import AuditLog, AuditLogError
+from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import (
     EMPTY_HEAD,
     REPLICA_PATTERN,
@@ -42,13 +47,58 @@ def audit_file(directory: Path, replica: str) -> Path:
 
 
 class _ReplicaFile:
-    """An open, locked file of one replica, with its group committer."""
+    """An open, locked file of one replica, with its group committer (and, when records are
+    staged, its background syncer)."""
 
-    def __init__(self, path: Path, fsync: bool) -> None:
+    def __init__(self, path: Path, fsync: bool, staged: bool) -> None:
         self.path = path
         self._fsync = fsync
         self.fd = _open_locked(path)
-        self.committer = GroupCommitter(self._flush, self._load_head)
+        # Staged: the committer only writes, and the syncer alone fsyncs.
+        self.committer = GroupCommitter(self._write if staged else self._flush, self._load_head)
+        self._sync_waiters: list[asyncio.Future[None]] = []
+        self._sync_wake = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def sync_soon(self) -> asyncio.Future[None]:
+        """A future done once every record written so far is on disk (AuditLogError if not)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._fsync:
+            future.set_result(None)
+            return future
+        self._sync_waiters.append(future)
+        self._sync_wake.set()
+        if self._syncer is None:
+            self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
+        return future
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync_wake.wait()
+            self._sync_wake.clear()
+            waiters, self._sync_waiters = self._sync_waiters, []
+            if not waiters:
+                if self._closing:
+                    return
+                continue
+            try:
+                await asyncio.to_thread(os.fdatasync, self.fd)
+            except OSError as exc:
+                failure = AuditLogError(f"audit fsync failed: {exc}")
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+                        with contextlib.suppress(BaseException):
+                            waiter.exception()  # a waiter that went away must not warn
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _write(self, records: list[AuditRecord]) -> None:
+        """Staged: into the file (the page cache) now; the syncer makes them durable."""
+        _write_all(self.fd, b"".join(encode_record(record) + b"\n" for record in records))
 
     async def _flush(self, records: list[AuditRecord]) -> None:
         data = b"".join(encode_record(record) + b"\n" for record in records)
@@ -67,6 +117,10 @@ class _ReplicaFile:
 
     async def close(self) -> None:
         await self.committer.close()
+        self._closing = True
+        self._sync_wake.set()
+        if self._syncer is not None:
+            await self._syncer
         os.close(self.fd)
 
 
@@ -74,28 +128,34 @@ class FileAuditLog(AuditLog):
     """Per-replica JSON-lines files in ``directory`` (created if missing).
 
     ``fsync=False`` skips the fsync (tests, benchmarks): records then survive a process crash
-    but not a machine crash.
+    but not a machine crash. ``staged=True`` lets ``append_staged`` return before the fsync.
     """
 
-    def __init__(self, directory: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, directory: str | Path, *, fsync: bool = True, staged: bool = False) -> None:
         self.directory = Path(directory)
         self._fsync = fsync
+        self._staged = staged
         self._files: dict[str, _ReplicaFile] = {}
 
     async def append(self, records: list[AuditRecord]) -> None:
+        await (await self.append_staged(records))
+
+    async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
-            return
+            return done_future()
         replica = records[0].replica
         if any(record.replica != replica for record in records):
             raise AuditLogError("one append holds records of one replica")
-        await self._writer(replica).committer.append(records)
+        writer = self._writer(replica)
+        await writer.committer.append(records)
+        return writer.sync_soon() if self._staged else done_future()
 
     def _writer(self, replica: str) -> _ReplicaFile:
         writer = self._files.get(replica)
         if writer is None:
             path = audit_file(self.directory, replica)
             try:
-                writer = _ReplicaFile(path, self._fsync)
+                writer = _ReplicaFile(path, self._fsync, self._staged)
             except OSError as exc:
                 raise AuditLogError(f"cannot open audit file {path}: {exc}") from exc
             self._files[replica] = writer
@@ -121,7 +181,9 @@ class FileAuditLog(AuditLog):
     async def replicas(self) -> list[str]:
         if not self.directory.is_dir():
             return []
-        names = (p.name[len("audit-"):-len(".jsonl")] for p in self.directory.glob("audit-*.jsonl"))
+        names = (
+            p.name[len("audit-") : -len(".jsonl")] for p in self.directory.glob("audit-*.jsonl")
+        )
         return sorted(name for name in names if REPLICA_PATTERN.match(name))
 
     async def head(self, replica: str) -> ChainHead | None:
@@ -187,7 +249,7 @@ def _write_all(fd: int, data: bytes) -> int:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     except OSError:
         _roll_back(fd, offset)
         raise
@@ -243,7 +305,7 @@ def _seq_of(line: bytes) -> int:
     index = line.rfind(b'"seq":')
     if index < 0:
         return 0
-    digits = line[index + 6:index + 26]
+    digits = line[index + 6 : index + 26]
     end = 0
     while end < len(digits) and 48 <= digits[end] <= 57:
         end += 1

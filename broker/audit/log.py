@@ -6,8 +6,11 @@ Contract (checked by tests/contract/test_audit_log.py for every backend):
   they are durable (see each backend for what durable means). The first record must continue
   the stored head of its chain (``seq`` = head seq + 1, ``prev`` = head hash) and the rest must
   follow each other; otherwise nothing is written and ``AuditChainGapError`` is raised. On any
-  failure ``AuditLogError`` is raised and the log holds a prefix of what was stored before plus
-  possibly none of these records: call ``head()`` to learn where it ends.
+  failure ``AuditLogError`` is raised and the log holds what was stored before plus possibly
+  some of these records (whole ones, in order): call ``head()`` to learn where it ends.
+- ``append_staged(records)`` returns once the records would survive a crash of this process and
+  hands back an awaitable that completes once they are durable (backends without such a stage
+  return only when durable, with an awaitable that is already complete).
 - Concurrent ``append`` calls are written in call order (so records sealed in order stay in
   order) and may share one flush (group commit).
 - ``read(replica)`` yields one chain in ``seq`` order; ``read(None)`` merges every replica by
@@ -17,6 +20,7 @@ Contract (checked by tests/contract/test_audit_log.py for every backend):
 from __future__ import annotations
 
 import abc
+import asyncio
 import heapq
 from collections.abc import AsyncIterator
 
@@ -37,6 +41,12 @@ class AuditLog(abc.ABC):
     @abc.abstractmethod
     async def append(self, records: list[AuditRecord]) -> None:
         """Store ``records`` (one replica, contiguous); durable when this returns."""
+
+    async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
+        """Store ``records`` at least as far as surviving this process; the awaitable returned
+        completes (or raises ``AuditLogError``) once they are durable. Here: both at once."""
+        await self.append(records)
+        return done_future()
 
     @abc.abstractmethod
     def read_raw(self, replica: str, after_seq: int = 0) -> AsyncIterator[bytes]:
@@ -96,3 +106,10 @@ async def _push_next(
     record = await anext(source, None)
     if record is not None:
         heapq.heappush(heap, (record.ts_us, record.replica, record.seq, index, record))
+
+
+def done_future() -> asyncio.Future[None]:
+    """A future that is already complete."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future

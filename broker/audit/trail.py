@@ -40,8 +40,9 @@ class AuditTrail:
     ) -> AuditTrail:
         """A trail that continues ``replica``'s stored chain. Raises ``AuditLogError``."""
         head = await log.head(replica) or EMPTY_HEAD
-        return cls(log, AuditChain(replica, keys, checkpoint_every, checkpoint_interval_s,
-                                   head=head))
+        return cls(
+            log, AuditChain(replica, keys, checkpoint_every, checkpoint_interval_s, head=head)
+        )
 
     async def record(self, fields: Mapping[str, Any]) -> AuditRecord:
         """Seal ``fields`` as the next record and wait until it is durable.
@@ -54,6 +55,30 @@ class AuditTrail:
         records = self.chain.seal_with_checkpoint(fields)
         await self._append(records)
         return records[0]
+
+    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+        """Like ``record``, but return once the log has the record as far as surviving this
+        process; the future returned completes once it is durable (with ``AuditLogError`` if it
+        cannot be made so; dropping the future unawaited is fine)."""
+        if self._stale:
+            await self._resync()
+        records = self.chain.seal_with_checkpoint(fields)
+        epoch = self._epoch
+        try:
+            synced = await self.log.append_staged(records)
+        except AuditLogError:
+            self._failed(epoch)
+            raise
+        synced.add_done_callback(lambda done: self._sync_done(done, epoch))
+        return synced
+
+    def _sync_done(self, done: asyncio.Future[None], epoch: int) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            self._failed(epoch)
+
+    def _failed(self, epoch: int) -> None:
+        if epoch == self._epoch:
+            self._stale = True
 
     async def checkpoint_if_due(self) -> AuditRecord | None:
         """Append a checkpoint if one is due (records unsigned for N records or T seconds)."""
@@ -90,8 +115,7 @@ class AuditTrail:
         try:
             await self.log.append(records)
         except AuditLogError:
-            if epoch == self._epoch:
-                self._stale = True
+            self._failed(epoch)
             raise
 
     async def _resync(self) -> None:

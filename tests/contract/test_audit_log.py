@@ -24,8 +24,10 @@ PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
 LogFactory = Callable[[], AuditLog]
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "file-staged", "redis"])
 def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogFactory:
+    if request.param == "file-staged":  # [audit] durable_before = "reply"
+        return lambda: FileAuditLog(tmp_path / "audit", staged=True)
     """Opens a log on the same storage each call (as a restarted broker would)."""
     if request.param == "file":
         return lambda: FileAuditLog(tmp_path / "audit")

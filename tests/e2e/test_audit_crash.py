@@ -1,5 +1,7 @@
 """A broker killed (SIGKILL) in the middle of load leaves a log that verifies, and every request
-it acknowledged has its decision record: the record is durable before the request is forwarded.
+it acknowledged has its decision record: the record is durable before the request is forwarded
+(or, with ``durable_before = "reply"``, written before it is forwarded and durable before the
+answer is relayed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
 from .harness import ServerProcess, free_port
@@ -61,8 +64,9 @@ def _register(url: str, admin: str, name: str, card: dict[str, object]) -> str:
     return str(r.json()["credential"])
 
 
+@pytest.mark.parametrize("durable_before", ["forward", "reply"])
 def test_sigkill_under_load_loses_no_acknowledged_decision(
-    tmp_path: Path, upstreams: dict[str, Upstream]
+    tmp_path: Path, upstreams: dict[str, Upstream], durable_before: str
 ) -> None:
     port = free_port()
     key = tmp_path / "key.pem"
@@ -71,6 +75,7 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
     config.write_text(
         f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n"
         f'[keys]\nsigning_key_file = "{key}"\n[audit]\ncheckpoint_every = 25\n'
+        f'durable_before = "{durable_before}"\n'
     )
     admin = secrets.token_urlsafe(16)
     url = f"http://127.0.0.1:{port}"
