@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from broker.errors import UpstreamBadResponseError
-from broker.stores.base import TaskRoute, TaskRouteStore, TaskTreeIndex
+from broker.stores.base import TaskRoute, TaskRouteStore
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
@@ -48,12 +48,10 @@ class ResponseInspector:
     def __init__(
         self,
         task_routes: TaskRouteStore,
-        task_trees: TaskTreeIndex,
         route_ttl_s: int,
         rewrite_card: CardRewriter,
     ) -> None:
         self._routes = task_routes
-        self._trees = task_trees
         self._ttl = route_ttl_s
         self._rewrite_card = rewrite_card
 
@@ -70,14 +68,13 @@ class ResponseInspector:
         assert ctx.target is not None and ctx.caller is not None  # noqa: S101
         route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
         ctx.task_id = task_id
-        if not await self._routes.claim(route, self._ttl):
+        tree = ctx.hop.tree if ctx.hop is not None else None  # so a tree can be killed later
+        if not await self._routes.claim(route, self._ttl, tree):
             # The agent answered with a task id that another caller owns: never hand it over.
             raise UpstreamBadResponseError(
                 "The agent answered with a task that belongs to another caller.",
                 detail=f"task id collision at {route.agent}: {task_id}",
             )
-        if ctx.hop is not None:  # so an operator can stop the whole tree later
-            await self._trees.add(ctx.hop.tree, route.agent, task_id, self._ttl)
 
     async def _jsonrpc(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
         try:

@@ -160,7 +160,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         await check_push_url(rt.upstream.policy, url)
 
     inspector = ResponseInspector(
-        stores.task_routes, stores.task_trees, settings.store.task_route_ttl_s, rewrite_card
+        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card
     )
     issuer = settings.public_url
     return [

@@ -20,6 +20,7 @@ from broker.stores.base import (
     Stores,
     TaskRoute,
     TaskRouteStore,
+    TaskTreeIndex,
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
@@ -107,11 +108,12 @@ class MemoryTaskRouteStore(TaskRouteStore):
     ``claim`` raises ValueError if ``ttl_s`` is not positive.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trees: TaskTreeIndex) -> None:
         self._routes: dict[tuple[str, str], tuple[TaskRoute, float]] = {}
         self._next_sweep = time.monotonic() + _ROUTE_SWEEP_INTERVAL_S
+        self._trees = trees
 
-    async def claim(self, route: TaskRoute, ttl_s: int) -> bool:
+    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         now = time.monotonic()
@@ -120,6 +122,8 @@ class MemoryTaskRouteStore(TaskRouteStore):
         if current is not None and current.owner != route.owner:
             return False
         self._routes[(route.agent, route.task_id)] = (route, now + ttl_s)
+        if tree is not None:
+            await self._trees.add(tree, route.agent, route.task_id, ttl_s)
         return True
 
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
@@ -148,13 +152,14 @@ class MemoryBackend(StoreBackend):
     """The in-process backend: always available, nothing to open or close."""
 
     def __init__(self) -> None:
+        trees = MemoryTaskTreeIndex()
         self._stores = Stores(
             registry=MemoryAgentRegistry(),
             credentials=MemoryCredentialStore(),
-            task_routes=MemoryTaskRouteStore(),
+            task_routes=MemoryTaskRouteStore(trees),
             delegation_counters=MemoryDelegationCounters(),
             revocations=MemoryRevocations(),
-            task_trees=MemoryTaskTreeIndex(),
+            task_trees=trees,
             budgets=MemoryBudgetLedger(),
             rate_limiter=MemoryRateLimiter(),
             budget_limits=MemoryBudgetLimitStore(),

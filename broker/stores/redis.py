@@ -20,6 +20,8 @@ Every Redis failure surfaces as ``StoreUnavailableError``, translated in
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -35,6 +37,7 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.redis_batch import BatchingRedis
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
 from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
@@ -135,17 +138,30 @@ class RedisTaskRouteStore(TaskRouteStore):
     ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, claim_script: AsyncScript, prefix: str) -> None:
+    def __init__(
+        self, client: Redis, claim_script: AsyncScript, prefix: str, trees: RedisTaskTreeIndex
+    ) -> None:
         self._client = client
         self._claim = claim_script
         self._prefix = prefix
+        self._trees = trees
 
     @unavailable_on_error
-    async def claim(self, route: TaskRoute, ttl_s: int) -> bool:
+    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         key = self._key(route.agent, route.task_id)
-        claimed = await self._claim(keys=[key], args=[_ENCODER.encode(route), route.owner, ttl_s])
+        args: list[bytes | str | int] = [_ENCODER.encode(route), route.owner, ttl_s]
+        if tree is None:
+            return bool(await self._claim(keys=[key], args=args))
+        # The route and the tree live in different cluster slots, so not one script: two sent
+        # together (one round trip: see redis_batch), and a refused claim takes its entry back.
+        claimed, _ = await asyncio.gather(
+            self._claim(keys=[key], args=args),
+            self._trees.add(tree, route.agent, route.task_id, ttl_s),
+        )
+        if not claimed:
+            await self._trees.remove(tree, route.agent, route.task_id)
         return bool(claimed)
 
     @unavailable_on_error
@@ -170,7 +186,8 @@ class RedisBackend(StoreBackend):
         prefix = settings.key_prefix
         if "{" in prefix or "}" in prefix:
             raise ValueError("store key_prefix must not contain '{' or '}'")
-        self._client = Redis.from_pool(connection_pool(settings.redis_url))
+        self._client = BatchingRedis.from_pool(connection_pool(settings.redis_url))
+        trees = RedisTaskTreeIndex(self._client, prefix)
         self._stores = Stores(
             registry=RedisAgentRegistry(
                 self._client, self._client.register_script(_SET_STATUS_LUA), prefix
@@ -179,11 +196,11 @@ class RedisBackend(StoreBackend):
                 self._client, self._client.register_script(_CREDENTIALS_REPLACE_LUA), prefix
             ),
             task_routes=RedisTaskRouteStore(
-                self._client, self._client.register_script(_ROUTE_CLAIM_LUA), prefix
+                self._client, self._client.register_script(_ROUTE_CLAIM_LUA), prefix, trees
             ),
             delegation_counters=RedisDelegationCounters(self._client, prefix),
             revocations=RedisRevocations(self._client, prefix),
-            task_trees=RedisTaskTreeIndex(self._client, prefix),
+            task_trees=trees,
             budgets=RedisBudgetLedger(self._client, prefix),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),

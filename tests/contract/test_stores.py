@@ -190,6 +190,25 @@ async def test_claim_by_another_owner_is_refused_and_changes_nothing(stores: Sto
     assert await stores.task_routes.get("alpha", "t1") == route
 
 
+async def test_a_claim_with_a_tree_records_the_task_in_that_tree(stores: Stores) -> None:
+    route = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
+    assert await stores.task_routes.claim(route, ttl_s=60, tree="tree-1") is True
+    assert await stores.task_routes.get("alpha", "t1") == route
+    assert await stores.task_trees.members("tree-1") == [("alpha", "t1")]
+    assert await stores.task_routes.claim(route, ttl_s=60, tree="tree-1") is True  # again: holds
+    assert await stores.task_trees.members("tree-1") == [("alpha", "t1")]
+
+
+async def test_a_refused_claim_leaves_the_tree_without_the_task(stores: Stores) -> None:
+    route = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
+    await stores.task_routes.claim(route, ttl_s=60, tree="tree-1")
+    intruder = TaskRoute(agent="alpha", task_id="t1", owner="caller-2")
+    assert await stores.task_routes.claim(intruder, ttl_s=60, tree="tree-2") is False
+    assert await stores.task_trees.members("tree-2") == []
+    assert await stores.task_trees.members("tree-1") == [("alpha", "t1")]
+    assert await stores.task_routes.get("alpha", "t1") == route
+
+
 async def test_routes_are_per_agent_and_task(stores: Stores) -> None:
     # Also checks that no key encoding lets ("a:b", "c") collide with ("a", "b:c").
     routes = [
@@ -252,6 +271,7 @@ def every_operation(stores: Stores) -> list[Callable[[], Awaitable[object]]]:
         lambda: stores.credentials.lookup("d1"),
         lambda: stores.credentials.revoke_agent("alpha"),
         lambda: stores.task_routes.claim(route, ttl_s=60),
+        lambda: stores.task_routes.claim(route, ttl_s=60, tree="tree-1"),
         lambda: stores.task_routes.get("alpha", "t1"),
     ]
 
@@ -283,6 +303,27 @@ async def test_redis_keys_carry_the_prefix_and_script_keys_share_a_slot(
     assert len(keys) == 4
     credential_keys = [key for key in keys if "{cred}" in key]
     assert len({key_slot(key.encode()) for key in credential_keys}) == 1
+
+
+async def test_a_claim_with_a_tree_works_after_redis_lost_its_scripts(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """The claim and the tree entry go out as one pipeline of EVALSHAs; after a Redis restart
+    (scripts gone) it falls back to loading them, and still records both."""
+    backend = redis_backend(redis_url, redis_key_prefix)
+    stores = backend.stores()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        first = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
+        assert await stores.task_routes.claim(first, ttl_s=60, tree="tree-1") is True
+        client.script_flush()
+        second = TaskRoute(agent="alpha", task_id="t2", owner="caller-1")
+        assert await stores.task_routes.claim(second, ttl_s=60, tree="tree-1") is True
+        assert await stores.task_routes.get("alpha", "t2") == second
+        assert await stores.task_trees.members("tree-1") == [("alpha", "t1"), ("alpha", "t2")]
+    finally:
+        client.close()
+        await backend.close()
 
 
 async def test_unreachable_redis_raises_store_unavailable(unused_tcp_port: int) -> None:

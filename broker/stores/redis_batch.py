@@ -1,0 +1,122 @@
+"""Scripts called in the same event-loop turn go to Redis as one pipeline: one round trip.
+
+Under load many requests reach a store script at about the same time (a budget reserve here, a
+settle and a task-route claim there). redis-py spends most of a call's CPU on its own machinery
+(taking a pooled connection, packing, parsing, releasing), so ``BatchingRedis`` queues each
+``register_script`` call and, once the running turn of the event loop is over, sends every
+queued call as one non-transactional pipeline of ``EVALSHA`` s. Each caller gets its own reply
+or error, exactly as if it had called alone:
+
+- a script Redis does not know (``NOSCRIPT``, after a restart) is run again on its own, which
+  loads it;
+- a connection error or timeout fails every call of that pipeline (each caller sees a store
+  failure, as it would have alone); the retry policy is the pool's (see ``redis_client``);
+- nothing is atomic across the calls of one pipeline, and nothing needs to be: each script is
+  atomic by itself, as before.
+
+A lone call (the usual case at low load) goes out at once, as a plain ``EVALSHA``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, KeyT, ScriptTextT
+
+_Call = tuple["BatchedScript", Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
+
+
+class BatchingRedis(Redis):
+    """A redis-py client whose registered scripts share pipelines (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._queued: list[_Call] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
+        return BatchedScript(self, script)
+
+    def queue(
+        self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
+    ) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)  # after what this turn of the loop still has to run
+        self._queued.append((script, keys, tuple(args), future))
+        return future
+
+    def _flush(self) -> None:
+        calls, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(
+            self._run_alone(calls[0]) if len(calls) == 1 else self._run_together(calls)
+        )
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _run_together(self, calls: list[_Call]) -> None:
+        try:
+            async with self.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # every caller learns what happened
+            for *_, future in calls:
+                _fail(future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                await self._run_alone(call)  # loads the script, then runs it
+            elif isinstance(reply, Exception):
+                _fail(call[3], reply)
+            elif not call[3].done():
+                call[3].set_result(reply)
+
+    async def _run_alone(self, call: _Call) -> None:
+        script, keys, args, future = call
+        try:
+            reply = await script.call_now(keys, args)
+        except BaseException as exc:  # the caller learns what happened
+            _fail(future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if not future.done():
+            future.set_result(reply)
+
+
+class BatchedScript(AsyncScript):
+    """``await script(keys=..., args=...)``, as redis-py's, sent in its turn's pipeline."""
+
+    registered_client: BatchingRedis
+
+    def __init__(self, client: BatchingRedis, script: ScriptTextT) -> None:
+        super().__init__(client, script)
+
+    async def __call__(  # type: ignore[override]  # no ``client`` argument: always batched
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+    ) -> Any:
+        return await self.registered_client.queue(self, keys or [], args or [])
+
+    async def call_now(self, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+        """Run alone, at once (redis-py's own call: loads the script if Redis lacks it)."""
+        return await super().__call__(keys=keys, args=args)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+    else:
+        future.set_exception(exc)
