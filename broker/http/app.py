@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -58,6 +59,23 @@ def internal_error_response(request: AnyRequest, exc: Exception) -> Response[byt
     return broker_error_response(request, BrokerInternalError())
 
 
+# Young collections this much rarer than Python's default (700): requests allocate and drop many
+# short-lived objects; with the start-up heap frozen, each collection stays cheap.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def settle_heap() -> None:
+    """Move everything start-up built out of the collector's way (decision 0011).
+
+    The ~100,000 objects of the libraries and the runtime never die, yet every full collection
+    walked all of them: 50-100 ms pauses under load, the broker's p99. Frozen, they are never
+    scanned again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -66,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
         except (DeclarativeCardError, KeyFileError, SettingsError) as exc:
             log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
             raise
+        settle_heap()
         log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)
         try:
             yield
