@@ -220,6 +220,13 @@ class UpstreamResponseTooLargeError(BrokerError):
     default_message = "The target agent's response is larger than the broker relays."
 
 
+class UpstreamPoolExhaustedError(BrokerError):
+    code, http_status, reason = -32057, 503, "UPSTREAM_POOL_EXHAUSTED"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = "Every upstream connection of the broker is busy; retry shortly."
+
+
 class StoreUnavailableError(BrokerError):
     code, http_status, reason = -32060, 503, "STORE_UNAVAILABLE"
     transport_level = True

@@ -21,6 +21,7 @@ from broker.errors import (
     StreamIdleTimeoutError,
     UpstreamBadResponseError,
     UpstreamConnectTimeoutError,
+    UpstreamPoolExhaustedError,
     UpstreamResponseTooLargeError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -205,7 +206,17 @@ class UpstreamClient:
                 method, target, headers=headers, data=body, allow_redirects=False, timeout=limits
             )
         except _CLIENT_ERRORS as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError) and self._pool_full():
+                raise UpstreamPoolExhaustedError(detail=f"{type(exc).__name__}: {exc}") from None
             raise upstream_error(exc) from None
+
+    def _pool_full(self) -> bool:
+        """Every pooled connection is in use: a connect timeout was a wait for the pool."""
+        connector = self._session.connector
+        if connector is None or not connector.limit:
+            return False
+        # aiohttp keeps the connections in use in ``_acquired``; it has no public count.
+        return len(getattr(connector, "_acquired", ())) >= connector.limit
 
 
 async def _read_limited(

@@ -8,6 +8,7 @@ to an address other than 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 import sys
@@ -31,6 +32,7 @@ from broker.errors import (
     EgressDeniedError,
     StreamIdleTimeoutError,
     UpstreamConnectTimeoutError,
+    UpstreamPoolExhaustedError,
     UpstreamResponseTooLargeError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -386,6 +388,25 @@ async def test_connect_timeout_is_its_own_error(make_client) -> None:
         client = make_client(limits=LimitSettings(upstream_connect_timeout_s=0.3))
         with pytest.raises(UpstreamConnectTimeoutError):
             await client.request("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/")
+
+
+async def test_a_full_connection_pool_is_its_own_error(make_client, upstream, silent_port) -> None:
+    """A request waiting for a pooled connection that never frees up is told so, not told the
+    agent could not be reached (a chain of depth d holds d connections of one broker)."""
+    client = make_client(
+        limits=LimitSettings(upstream_pool_size=1, upstream_connect_timeout_s=0.3)
+    )
+    holder = asyncio.create_task(
+        client.request("POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
+    )
+    await asyncio.sleep(0.1)  # the only connection is now held by a request that never ends
+    try:
+        with pytest.raises(UpstreamPoolExhaustedError):
+            await client.request("GET", upstream.url("/"))
+    finally:
+        holder.cancel()
+        with contextlib.suppress(BaseException):
+            await holder
 
 
 async def test_idle_stream_ends_with_stream_idle_timeout(make_client, upstream) -> None:
