@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import verdict
+from benchmarks.report_chain import chain_section
+from benchmarks.report_llm import llm_section, without_llm
+from benchmarks.report_openloop import openloop_section
+from benchmarks.report_stages import STAGE_TITLES, scale_section, stages_section
 
 TITLES = {
     "a": "(a) direct to the upstream",
@@ -25,6 +29,7 @@ TITLES = {
     "r-none": "(r-i) broker, redis, no budget or rate",
     "r-budget": "(r-ii) broker, redis, budget",
     "r-rate": "(r-iii) broker, redis, budget + rate",
+    **STAGE_TITLES,
 }
 KEPT = " †"  # marks a row kept from an earlier run (``--merge``)
 _LIBS = ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "redis", "msgspec")
@@ -275,7 +280,7 @@ def _share_table(title: str, what: str, rows: list[dict[str, Any]]) -> list[str]
 
 def write(results: dict[str, Any], doc: Path) -> list[str]:
     png = doc.with_suffix(".png")
-    plotted = plot(results, png)
+    plotted = plot(without_llm(results), png)
     text = "\n".join(render(results, png.name if plotted else None))
     doc.write_text(text + "\n")
     return [str(doc)] + ([str(png)] if plotted else [])
@@ -309,11 +314,19 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         "",
         "## Unary SendMessage (JSON-RPC)",
         "",
-        *unary_table(results),
+        *unary_table(without_llm(results)),
         "",
         "## Budgets and rate limits: what metering costs (issue 4)",
         "",
         *metering_table(results),
+        "",
+        "## Each stage alone: what it costs (d)",
+        "",
+        *stages_section(results),
+        "",
+        "## 10,000 agents and 10,000 policy lines (h)",
+        "",
+        *scale_section(results),
         "",
         "## Redis round trips and commands per request",
         "",
@@ -322,6 +335,15 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         "## Streaming SendStreamingMessage (JSON-RPC, SSE)",
         "",
         *stream_table(results),
+        "",
+        *llm_section(results),
+        "## Delegation chains of depth 1-5 (g)",
+        "",
+        *chain_section(results),
+        "",
+        "## p99 at 60% of saturation, open loop (p, issue 6)",
+        "",
+        *openloop_section(results),
         "",
         "## Against the targets of issue 6",
         "",

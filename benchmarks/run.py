@@ -15,6 +15,11 @@ Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenario
   r   what budgets and rate limits cost (issue 4): the broker on the redis store with no
       budget or rate limit (r-none), with the caller's budget as in (e) (r-budget), and with
       that budget plus a per-agent rate limit that never refuses (r-rate)
+  d   each stage alone over a broker with every optional stage off (scenario_stages.py)
+  h   10,000 registered agents and 10,000 policy lines vs 2 and none (scenario_stages.py)
+  i   the broker's /v1/chat/completions beside LiteLLM's proxy (scenario_llm.py)
+  g   delegation chains of depth 1-5, through the broker and agent to agent (scenario_chain.py)
+  p   p99 at 60% of the broker's saturation throughput, open loop (scenario_openloop.py)
 
 Against a broker on the harness's private redis-server, every point also reads Redis's
 counters (commands, EVALSHA scripts, socket reads, CPU per request), and after the points
@@ -50,6 +55,10 @@ from benchmarks.measure import (
     measure,
     probe_streams,
 )
+from benchmarks.scenario_chain import scenario_g
+from benchmarks.scenario_llm import scenario_i
+from benchmarks.scenario_openloop import scenario_p
+from benchmarks.scenario_stages import scenario_d, scenario_h
 from benchmarks.targets import (
     REPO_ROOT,
     Env,
@@ -64,7 +73,7 @@ from benchmarks.targets import (
 )
 
 CONCURRENCIES = (1, 16, 64)
-ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r")
+ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r", "d", "h", "i", "g", "p")
 METERINGS = ("none", "budget", "rate")
 STREAM_EVENTS = 10
 RAW_RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
@@ -88,6 +97,9 @@ class Run:
         self.probes: list[dict[str, Any]] = []
         self.redis_probes: list[dict[str, Any]] = []
         self.profile: dict[str, Any] | None = None
+        self.launches: list[dict[str, Any]] = []  # how (d) and (h) brokers started
+        self.chain_points: list[dict[str, Any]] = []  # (g), with depth and mode
+        self.openloop: list[dict[str, Any]] = []  # (p), one record per store
 
     def _measure(self, scenario: str, target: Target, workload: Workload) -> list[Point]:
         return measure(
@@ -162,6 +174,8 @@ def scenario_r(run: Run) -> None:
 SCENARIOS: dict[str, Callable[[Run], None]] = {
     "a": scenario_a, "b1": scenario_b1, "b2": scenario_b2, "c": scenario_c,
     "e": scenario_e, "f": scenario_f, "j": scenario_j, "r": scenario_r,
+    "d": scenario_d, "h": scenario_h, "i": scenario_i,
+    "g": scenario_g, "p": scenario_p,
 }  # fmt: skip
 
 
@@ -182,7 +196,9 @@ def merge(results: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
     Ratios of a kept row are to the baselines of its own run, so the (a) and (b1) points of
     that run are kept too (as ``baselines``, not shown as rows) when this run re-measured them.
     """
-    ran = {_group(p["scenario"]) for p in results["points"] + results["stream_points"]}
+    measured = results["points"] + results["stream_points"] + results.get("chain_points", [])
+    measured += results.get("openloop", [])
+    ran = {_group(p["scenario"]) for p in measured}
     label = _origin(earlier)
 
     def kept(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,6 +216,9 @@ def merge(results: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
         "stream_points": results["stream_points"] + kept(earlier["stream_points"]),
         "probes": results["probes"] + kept(earlier.get("probes", [])),
         "redis_probes": results["redis_probes"] + kept(earlier.get("redis_probes", [])),
+        "launches": results.get("launches", []) + kept(earlier.get("launches", [])),
+        "chain_points": results.get("chain_points", []) + kept(earlier.get("chain_points", [])),
+        "openloop": results.get("openloop", []) + kept(earlier.get("openloop", [])),
         "baselines": [b for b in base if b["origin"] in origins],
     }
 
@@ -320,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         "probes": run.probes,
         "redis_probes": run.redis_probes,
         "profile": run.profile,
+        "launches": run.launches,
+        "chain_points": run.chain_points,
+        "openloop": run.openloop,
     }
     if args.merge and RAW_RESULTS.exists():
         results = merge(results, json.loads(RAW_RESULTS.read_text()))
