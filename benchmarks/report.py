@@ -380,7 +380,7 @@ def plot(results: dict[str, Any], png: Path) -> bool:
     idx = _by(points)
     kept = {p["scenario"] for p in points if p.get("origin")}
     conc = sorted({p["concurrency"] for p in points})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / max(len(conc), 1)
     for i, c in enumerate(conc):
         xs = [n + i * width for n in range(len(scenarios))]
@@ -392,7 +392,8 @@ def plot(results: dict[str, Any], png: Path) -> bool:
         right.bar(xs, added, width, label=f"c={c}")
     for ax, title in ((left, "requests/s"), (right, "added p50 latency vs (a), ms")):
         ax.set_xticks([n + width * (len(conc) - 1) / 2 for n in range(len(scenarios))])
-        ax.set_xticklabels([s + ("†" if s in kept else "") for s in scenarios], rotation=30)
+        labels = [s + ("†" if s in kept else "") for s in scenarios]
+        ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
         ax.set_title(title)
         ax.legend()
     right.set_yscale("symlog", linthresh=1.0)
