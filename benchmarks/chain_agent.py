@@ -34,12 +34,20 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from benchmarks.upstream import Receive, Scope, Send, card, unary_body
+from benchmarks.upstream import (
+    Receive,
+    Scope,
+    Send,
+    card,
+    read_body,
+    reply,
+    serve,
+    unary_body,
+)
 
 CREDENTIALS_ENV = "CHAIN_AGENT_CREDENTIALS"
 DELEGATION = b"a2a-delegation"  # the header, as ASGI spells header names
 COMPLETED = b'"TASK_STATE_COMPLETED"'
-_JSON = [(b"content-type", b"application/json")]
 _ONWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
@@ -103,20 +111,6 @@ class Chain:
             return resp.status, await resp.read()
 
 
-async def _read_body(receive: Receive) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        body += bytes(message.get("body", b""))
-        if not message.get("more_body"):
-            return body
-
-
-async def _reply(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
-    await send({"type": "http.response.body", "body": body})
-
-
 def _failure(rpc_id: bytes, k: int, status: int, answer: bytes) -> bytes:
     data = {"hop": hop_name(k), "onwardStatus": status, "onwardAnswer": answer[:300].decode()}
     error = {"code": -32603, "message": "onward call failed", "data": data}
@@ -124,7 +118,7 @@ def _failure(rpc_id: bytes, k: int, status: int, answer: bytes) -> bytes:
 
 
 async def _serve_hop(chain: Chain, k: int, scope: Scope, receive: Receive, send: Send) -> None:
-    body = await _read_body(receive)
+    body = await read_body(receive)
     rpc_id = bytes(_decode(body).id)
     token = next((v for n, v in scope["headers"] if n == DELEGATION), None)
     chain.stats.inbound_with_token += token is not None
@@ -132,10 +126,10 @@ async def _serve_hop(chain: Chain, k: int, scope: Scope, receive: Receive, send:
         status, answer = await chain.call_on(k, body, token)
         if status != 200 or COMPLETED not in answer:
             chain.stats.onward_failed += 1
-            await _reply(send, 502, _failure(rpc_id, k, status, answer))
+            await reply(send, 502, _failure(rpc_id, k, status, answer))
             return
         chain.stats.onward_ok += 1
-    await _reply(send, 200, unary_body(rpc_id, chain.task_id()))
+    await reply(send, 200, unary_body(rpc_id, chain.task_id()))
 
 
 def make_app(chain: Chain) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -150,39 +144,27 @@ def make_app(chain: Chain) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
             await _serve_hop(chain, rpc[path], scope, receive, send)
         elif path in cards:
             host, port = scope["server"]
-            await _reply(
+            await reply(
                 send, 200, json.dumps(hop_card(cards[path], f"http://{host}:{port}")).encode()
             )
         elif path == "/_stats":
-            await _reply(send, 200, json.dumps(asdict(chain.stats)).encode())
+            await reply(send, 200, json.dumps(asdict(chain.stats)).encode())
         elif path == "/_ready":
-            await _reply(send, 200, b'{"status":"ok"}')
+            await reply(send, 200, b'{"status":"ok"}')
         else:
-            await _reply(send, 404, b'{"error":"not found"}')
+            await reply(send, 404, b'{"error":"not found"}')
 
     return app
 
 
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--hops", type=int, default=5)
     parser.add_argument("--onward", required=True, help="URL of hop {name}'s JSON-RPC endpoint")
     args = parser.parse_args()
     credentials = json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
-    uvicorn.run(
-        make_app(Chain(args.hops, args.onward, credentials)),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-        backlog=4096,
-    )
+    serve(make_app(Chain(args.hops, args.onward, credentials)), args.port, backlog=4096)
 
 
 if __name__ == "__main__":

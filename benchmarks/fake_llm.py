@@ -14,12 +14,11 @@ import argparse
 import json
 from collections.abc import Awaitable, Callable
 
-from benchmarks.upstream import Receive, Scope, Send
+from benchmarks.upstream import Receive, Scope, Send, reply, serve
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 ANSWER_TEXT = "echo: hello"
-_JSON = [(b"content-type", b"application/json")]
 
 
 def completion(model: str) -> bytes:
@@ -53,11 +52,6 @@ async def _drain(receive: Receive) -> None:
         pass
 
 
-async def _reply(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
-    await send({"type": "http.response.body", "body": body})
-
-
 def make_app(model: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     answers = {
         ("POST", CHAT_PATH): completion(model),
@@ -70,31 +64,20 @@ def make_app(model: str) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
             return  # lifespan: nothing to set up
         body = answers.get((scope["method"], scope["path"]))
         if body is None:
-            await _reply(send, 404, b'{"error":{"message":"not found","code":"not_found"}}')
+            await reply(send, 404, b'{"error":{"message":"not found","code":"not_found"}}')
             return
         await _drain(receive)
-        await _reply(send, 200, body)
+        await reply(send, 200, body)
 
     return app
 
 
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model", default="bench-model")
     args = parser.parse_args()
-    uvicorn.run(
-        make_app(args.model),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-    )
+    serve(make_app(args.model), args.port)
 
 
 if __name__ == "__main__":

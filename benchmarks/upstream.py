@@ -85,7 +85,7 @@ def stream_events(rpc_id: bytes, task_id: str, count: int) -> list[bytes]:
     return [b'data: {"jsonrpc":"2.0","id":%s,"result":%s}\n\n' % (rpc_id, r) for r in results]
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     body = b""
     while True:
         message = await receive()
@@ -94,9 +94,23 @@ async def _read_body(receive: Receive) -> bytes:
             return body
 
 
-async def _reply(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+async def reply(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON
+) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def serve(app: App, port: int, **options: Any) -> None:
+    """Run ``app`` on 127.0.0.1:``port`` the way every benchmark peer runs: uvicorn, uvloop,
+    httptools, no access log."""
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="off", **options)  # fmt: skip
 
 
 def make_app(name: str, events: int) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
@@ -107,7 +121,7 @@ def make_app(name: str, events: int) -> Callable[[Scope, Receive, Send], Awaitab
             return  # lifespan: nothing to set up
         path = scope["path"]
         if path == JSONRPC_PATH and scope["method"] == "POST":
-            env = _decode(await _read_body(receive))
+            env = _decode(await read_body(receive))
             task_id = f"{_PREFIX}-{next(_ids)}"
             if env.method == "SendStreamingMessage":
                 await send({"type": "http.response.start", "status": 200, "headers": _SSE})
@@ -115,38 +129,27 @@ def make_app(name: str, events: int) -> Callable[[Scope, Receive, Send], Awaitab
                     await send({"type": "http.response.body", "body": event, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
                 return
-            await _reply(send, 200, _JSON, unary_body(bytes(env.id), task_id))
+            await reply(send, 200, unary_body(bytes(env.id), task_id))
         elif path == "/.well-known/agent-card.json":
             if not card_bytes:
                 host, port = scope["server"]
                 card_bytes.append(json.dumps(card(name, f"http://{host}:{port}")).encode())
-            await _reply(send, 200, _JSON, card_bytes[0])
+            await reply(send, 200, card_bytes[0])
         elif path == "/_ready":
-            await _reply(send, 200, _JSON, b'{"status":"ok"}')
+            await reply(send, 200, b'{"status":"ok"}')
         else:
-            await _reply(send, 404, _JSON, b'{"error":"not found"}')
+            await reply(send, 404, b'{"error":"not found"}')
 
     return app
 
 
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="bench")
     parser.add_argument("--events", type=int, default=10)
     args = parser.parse_args()
-    uvicorn.run(
-        make_app(args.name, args.events),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-    )
+    serve(make_app(args.name, args.events), args.port)
 
 
 if __name__ == "__main__":
