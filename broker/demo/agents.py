@@ -31,6 +31,7 @@ from a2a.types import AgentCard, Part, TaskState
 from a2a.utils.constants import TransportProtocol
 from a2a.utils.errors import A2AError, InvalidParamsError
 from starlette.applications import Starlette
+from starlette.types import Message, Receive, Scope, Send
 
 from broker.delegation.agent import ASGIApp, DelegationInterceptor, capture_delegation
 from broker.demo import AGENT_NAMES, BROKER_URL_ENV, CREDENTIAL_ENV, find_cards_dir
@@ -83,7 +84,31 @@ def build_app(card: AgentCard, executor: AgentExecutor) -> ASGIApp:
             *create_rest_routes(handler, path_prefix=REST_PATH),
         ]
     )
-    return capture_delegation(app)
+    return capture_delegation(log_requests(app))
+
+
+def log_requests(app: ASGIApp) -> ASGIApp:
+    """``app`` wrapped to print one JSON line per HTTP request: method, decoded path, status.
+
+    The demo's own record of what reached each agent (tests read it; uvicorn's access log
+    format is not ours to rely on).
+    """
+
+    async def logged(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_logged(message: Message) -> None:
+            # Printed as the answer starts, so the line is there before the caller has it all.
+            if message["type"] == "http.response.start":
+                line = {"event": "request", "method": scope["method"], "path": scope["path"]}
+                print(json.dumps({**line, "status": message["status"]}), flush=True)
+            await send(message)
+
+        await app(scope, receive, send_logged)
+
+    return logged
 
 
 # --- the executors ----------------------------------------------------------------------------
@@ -282,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     card = load_card(args.name, port=args.port, cards_dir=args.cards_dir)
     executor = make_executor(args.name, args.broker_url, os.environ.get(CREDENTIAL_ENV, ""))
-    uvicorn.run(build_app(card, executor), host=HOST, port=card_port(card), log_level="info")
+    app = build_app(card, executor)
+    uvicorn.run(app, host=HOST, port=card_port(card), log_level="info", access_log=False)
     return 0
 
 

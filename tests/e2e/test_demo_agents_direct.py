@@ -5,6 +5,7 @@ Each agent runs as its own process on a free port, exactly as the launcher start
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections.abc import Iterator
@@ -86,12 +87,18 @@ def _status_texts(events: list[StreamResponse]) -> list[str]:
 
 
 def _assert_called(agent: Agent, binding: str, streaming: bool) -> None:
-    """The agent's access log shows the request arrived on the binding's URL."""
+    """The agent's own request log (one JSON line per request, path decoded) shows the request
+    arrived on the binding's URL."""
     if binding == "JSONRPC":
         path = "/a2a/jsonrpc"
-    else:  # the SDK client percent-encodes the colon
-        path = "/a2a/rest/message%3Astream" if streaming else "/a2a/rest/message%3Asend"
-    assert f'"POST {path} HTTP/1.1" 200' in agent.running.output()
+    else:
+        path = "/a2a/rest/message:stream" if streaming else "/a2a/rest/message:send"
+    requests = [
+        json.loads(line)
+        for line in agent.running.output().splitlines()
+        if line.startswith('{"event": "request"')
+    ]
+    assert {"event": "request", "method": "POST", "path": path, "status": 200} in requests
 
 
 @pytest.mark.parametrize("name", ["researcher", "writer"])
