@@ -120,8 +120,9 @@ class BrokerRuntime:
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
-        if settings.registry.cards_dir:
-            await directory.load_declarative(settings.path(settings.registry.cards_dir))
+        # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
+        cards_dir = settings.registry.cards_dir
+        await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
         return runtime
 
     async def close(self) -> None:
