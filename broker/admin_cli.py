@@ -1,52 +1,136 @@
-"""``a2a-broker agents …``: the admin API from the shell."""
+"""``a2a-broker agents|trees|budgets|policy reload|policy show``: the admin API from the shell.
+
+The broker is found at ``--url`` or ``$A2A_BROKER_URL`` (default http://127.0.0.1:8080), the admin
+token is ``--admin-token`` or ``$A2A_BROKER_ADMIN_TOKEN``. Answers are tables on a terminal and
+JSON otherwise (``broker.cli_output``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
-from broker.settings import ADMIN_TOKEN_ENV
+from broker.cli_output import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Output,
+    Table,
+    add_json_option,
+    key_values,
+)
+from broker.settings import ADMIN_TOKEN_ENV, BudgetLimitSettings
 
 URL_ENV = "A2A_BROKER_URL"
+_TIMEOUT_S = 30
+_LIMIT_FIELDS = get_type_hints(BudgetLimitSettings)
+_METRICS: tuple[str, ...] = get_args(_LIMIT_FIELDS["metric"])
+_WINDOWS: tuple[str, ...] = get_args(_LIMIT_FIELDS["window"])
 
 
-def _admin_parser(sub: Any, name: str, text: str, default_url: str) -> Any:
-    parser = sub.add_parser(name, help=text)
-    parser.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
+class AdminAnswer:
+    """What the admin API answered: the decoded JSON body (None for an empty one)."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class AdminCallFailedError(Exception):
+    """The call did not succeed; ``message`` is one line, ``document`` the broker's error JSON."""
+
+    def __init__(self, message: str, document: str | None = None, usage: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.document = document
+        self.usage = usage
+
+
+# --- argparse wiring --------------------------------------------------------------------------
+
+
+def connection_options(parser: argparse.ArgumentParser, default_url: str, leaf: bool) -> None:
+    """``--url``, ``--admin-token`` and ``--json``. On a subcommand (``leaf``) they may follow
+    its name and override what was given before it."""
+    suppress = argparse.SUPPRESS
+    parser.add_argument(
+        "--url",
+        default=suppress if leaf else os.environ.get(URL_ENV, default_url),
+        help=f"the broker's URL (default: ${URL_ENV}, else {default_url})",
+    )
     parser.add_argument(
         "--admin-token",
-        default=os.environ.get(ADMIN_TOKEN_ENV, ""),
-        help=f"admin token (default: ${ADMIN_TOKEN_ENV})",
+        default=suppress if leaf else os.environ.get(ADMIN_TOKEN_ENV, ""),
+        help=f"the admin token (default: ${ADMIN_TOKEN_ENV})",
     )
-    return parser.add_subparsers(title=f"{name} commands", required=True)
+    add_json_option(parser, leaf=leaf)
+
+
+def _group(sub: Any, name: str, text: str, default_url: str) -> Any:
+    parser = sub.add_parser(name, help=text, description=text)
+    connection_options(parser, default_url, leaf=False)
+    return parser.add_subparsers(title=f"{name} commands", required=True, metavar="COMMAND")
+
+
+def _command(cmds: Any, name: str, text: str, run: Callable[..., int], default_url: str) -> Any:
+    parser = cmds.add_parser(name, help=text, description=text)
+    connection_options(parser, default_url, leaf=True)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_agents_parser(sub: Any, default_url: str) -> None:
+    cmds = _group(sub, "agents", "list and administer registered agents", default_url)
+    _command(cmds, "list", "list the registered agents", _list, default_url)
+    for name, run, text in (
+        ("show", _show, "show an agent and its card"),
+        ("suspend", _suspend, "stop all traffic to and from an agent"),
+        ("resume", _resume, "let a suspended agent work again"),
+        ("delete", _delete, "remove an agent and revoke its credential"),
+        ("rotate-credential", _rotate, "issue a new credential (the old one stops at once)"),
+    ):
+        p = _command(cmds, name, text, run, default_url)
+        p.add_argument("name", help="the agent's name")
+    for name, run, text in (
+        ("register", _register, "register an agent (prints its credential once)"),
+        ("update", _update, "replace an agent's card"),
+    ):
+        p = _command(cmds, name, text, run, default_url)
+        p.add_argument("name", help="the agent's name (a-z, 0-9, '_', '-')")
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--card", type=_card_file, help="path of the card's JSON file")
+        src.add_argument("--card-url", help="URL the broker fetches the card from")
 
 
 def add_trees_parser(sub: Any, default_url: str) -> None:
-    cmds = _admin_parser(sub, "trees", "inspect and stop task trees (admin API)", default_url)
+    cmds = _group(sub, "trees", "inspect and stop task trees", default_url)
     for name, run, text in (
         ("show", _tree_show, "the tasks of a tree and whether it is killed"),
         ("kill", _tree_kill, "refuse all further delegation in a tree and cancel its tasks"),
     ):
-        p = cmds.add_parser(name, help=text)
+        p = _command(cmds, name, text, run, default_url)
         p.add_argument("tree", help="the tree id (in the broker log and in every hop token)")
-        p.set_defaults(run=run)
 
 
 def add_budgets_parser(sub: Any, default_url: str) -> None:
-    cmds = _admin_parser(sub, "budgets", "budgets: used, reserved, remaining", default_url)
-    show = cmds.add_parser("show", help="the configured budgets of an agent or a task tree")
-    show.add_argument("--agent", default="")
-    show.add_argument("--tree", default="")
-    show.set_defaults(run=_budgets_show)
+    cmds = _group(sub, "budgets", "budgets: used, reserved, remaining", default_url)
+    show = _command(
+        cmds, "show", "the budgets of an agent or a task tree (all, without either)", _budgets_show,
+        default_url,
+    )
+    show.add_argument(
+        "--agent", default="", help="an agent: its own budgets, its teams' and its edges'"
+    )
+    show.add_argument("--tree", default="", help="a task tree id")
     scope_help = "scope key: agent:NAME, agent:*, team:NAME, tree:* or edge:CALLER>TARGET"
-    set_ = cmds.add_parser("set", help="replace a scope's limits live (on every replica)")
+    set_ = _command(
+        cmds, "set", "replace a scope's limits live (on every replica)", _budgets_set, default_url
+    )
     set_.add_argument("scope", help=scope_help)
     set_.add_argument(
         "--limit",
@@ -55,12 +139,14 @@ def add_budgets_parser(sub: Any, default_url: str) -> None:
         type=_limit_arg,
         required=True,
         metavar="METRIC/WINDOW=N",
-        help="e.g. calls/day=100 or cost_micro/month=5000000 (repeat for more)",
+        help=f"e.g. calls/day=100 (repeat for more); metrics: {', '.join(_METRICS)};"
+        f" windows: {', '.join(_WINDOWS)}",
     )
-    set_.set_defaults(run=_budgets_set)
-    unset = cmds.add_parser("unset", help="drop a scope's live limits: the config applies again")
+    unset = _command(
+        cmds, "unset", "drop a scope's live limits: the config applies again", _budgets_unset,
+        default_url,
+    )
     unset.add_argument("scope", help=scope_help)
-    unset.set_defaults(run=_budgets_unset)
 
 
 def add_policy_admin_commands(cmds: Any, default_url: str) -> None:
@@ -69,38 +155,49 @@ def add_policy_admin_commands(cmds: Any, default_url: str) -> None:
         ("reload", _policy_reload, "make the broker re-read its policy file now"),
         ("show", _policy_show, "the version of the policy the broker runs"),
     ):
-        p = cmds.add_parser(name, help=text)
-        p.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
-        p.add_argument("--admin-token", default=os.environ.get(ADMIN_TOKEN_ENV, ""))
+        p = cmds.add_parser(name, help=text, description=text)
+        connection_options(p, default_url, leaf=False)
         p.set_defaults(run=run)
 
 
-def add_agents_parser(sub: Any, default_url: str) -> None:
-    cmds = _admin_parser(sub, "agents", "list and administer registered agents", default_url)
-    cmds.add_parser("list", help="list agents").set_defaults(run=_list)
-    for name, run, text in (
-        ("show", _show, "show an agent and its card"),
-        ("suspend", _suspend, "stop all traffic to and from an agent"),
-        ("resume", _resume, "let a suspended agent work again"),
-        ("delete", _delete, "remove an agent and revoke its credential"),
-        ("rotate-credential", _rotate, "issue a new credential (the old one stops at once)"),
-    ):
-        p = cmds.add_parser(name, help=text)
-        p.add_argument("name")
-        p.set_defaults(run=run)
-    for name, run, text in (
-        ("register", _register, "register an agent (prints its credential once)"),
-        ("update", _update, "replace an agent's card"),
-    ):
-        p = cmds.add_parser(name, help=text)
-        p.add_argument("name")
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--card", help="path of the card JSON file")
-        src.add_argument("--card-url", help="URL the broker fetches the card from")
-        p.set_defaults(run=run)
+def _card_file(path: str) -> dict[str, Any]:
+    try:
+        card: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{path} is not JSON: {exc}") from exc
+    return card
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
+def _limit_arg(text: str) -> dict[str, object]:
+    """``calls/day=100`` -> ``{"metric": "calls", "window": "day", "limit": 100}``."""
+    pair, sep, amount = text.partition("=")
+    metric, slash, window = (part.strip() for part in pair.partition("/"))
+    if not (sep and slash and metric and window and amount.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"expected METRIC/WINDOW=N (e.g. calls/day=100): {text!r}")
+    if metric not in _METRICS:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric {metric!r} in {text!r} (valid: {', '.join(_METRICS)})"
+        )
+    if window not in _WINDOWS:
+        raise argparse.ArgumentTypeError(
+            f"unknown window {window!r} in {text!r} (valid: {', '.join(_WINDOWS)})"
+        )
+    return {"metric": metric, "window": window, "limit": int(amount)}
+
+
+# --- one admin call ---------------------------------------------------------------------------
+
+
+def call_admin(
+    args: argparse.Namespace, method: str, path: str, body: object = None
+) -> AdminAnswer:
+    """One admin API call; raises ``AdminCallFailedError`` with a line that says what to do."""
+    if not args.admin_token:
+        raise AdminCallFailedError(
+            f"no admin token: set ${ADMIN_TOKEN_ENV} or pass --admin-token", usage=True
+        )
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310 - the operator chooses the broker URL
         args.url.rstrip("/") + "/admin" + path, data=data, method=method
@@ -109,95 +206,236 @@ def _call(args: argparse.Namespace, method: str, path: str, body: object = None)
     if data is not None:
         request.add_header("content-type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as resp:  # noqa: S310
             text = resp.read().decode()
     except urllib.error.HTTPError as err:
-        print(_pretty(err.read().decode()), file=sys.stderr)
-        return 1
-    except urllib.error.URLError as err:
-        print(f"a2a-broker: cannot reach {args.url}: {err.reason}", file=sys.stderr)
-        return 1
-    if text:
-        print(_pretty(text))
-    return 0
+        document = err.read().decode()
+        raise AdminCallFailedError(_refusal_line(err.code, document), document) from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise AdminCallFailedError(
+            f"cannot reach the broker at {args.url} ({reason}): is it running? Set ${URL_ENV}"
+            " or pass --url"
+        ) from None
+    return AdminAnswer(json.loads(text) if text else None)
 
 
-def _pretty(text: str) -> str:
+_HINTS = {
+    "ADMIN_UNAUTHENTICATED": f"check ${ADMIN_TOKEN_ENV} or --admin-token",
+    "ADMIN_DISABLED": "the broker has no admin token: set [admin] token_sha256 in its config,"
+    f" or ${ADMIN_TOKEN_ENV} in its environment",
+}
+
+
+def _refusal_line(status: int, document: str) -> str:
+    """``AGENT_NOT_FOUND (HTTP 404): No agent named 'x'.`` from the broker's error JSON."""
     try:
-        return json.dumps(json.loads(text), indent=2)
-    except ValueError:
-        return text
+        error = json.loads(document)["error"]
+        reason = str(error["details"][0]["reason"])
+        message = str(error.get("message", ""))
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"the broker answered HTTP {status}: {document.strip()[:200]}"
+    hint = _HINTS.get(reason)
+    return f"{reason} (HTTP {status}): {message}" + (f" ({hint})" if hint else "")
 
 
-def _card_body(args: argparse.Namespace) -> dict[str, Any]:
-    if args.card:
-        return {"card": json.loads(Path(args.card).read_text(encoding="utf-8"))}
-    return {"card_url": args.card_url}
+def _run(
+    args: argparse.Namespace,
+    call: Callable[[], AdminAnswer],
+    show: Callable[[Output, Any], None] | None = None,
+    done: Callable[[Any], str] | None = None,
+) -> int:
+    out = Output.of(args)
+    try:
+        answer = call()
+    except AdminCallFailedError as exc:
+        if exc.usage:
+            out.err.write(f"a2a-broker: {exc.message}\n")
+            return EXIT_USAGE
+        return out.fail(exc.message, exc.document)
+    if show is not None:
+        show(out, answer.body)
+    if done is not None:
+        out.done(done(answer.body))
+    return EXIT_OK
+
+
+# --- agents -----------------------------------------------------------------------------------
+
+_AGENT_COLUMNS = ("name", "status", "source", "bindings", "updated_at")
+
+
+def _agent_row(agent: dict[str, Any]) -> tuple[Any, ...]:
+    bindings = [b for b, url in (("jsonrpc", agent["jsonrpc_url"]), ("rest", agent["rest_url"]))
+                if url]
+    return agent["name"], agent["status"], agent["source"], bindings, agent["updated_at"]
+
+
+def _agents_table(body: Any) -> Iterable[Table]:
+    yield Table(_AGENT_COLUMNS, [_agent_row(a) for a in body["agents"]])
+
+
+def _one_agent_table(body: Any) -> Iterable[Table]:
+    yield Table(_AGENT_COLUMNS, [_agent_row(body["agent"])])
+
+
+def _agent_tables(body: Any) -> Iterable[Table]:
+    yield key_values(body["agent"], title=f"agent {body['agent']['name']}")
+    card = body.get("card")
+    if card:
+        skills = [(s.get("id"), s.get("name"), s.get("description"))
+                  for s in card.get("skills", [])]
+        yield key_values({"name": card.get("name"), "version": card.get("version"),
+                          "description": card.get("description")}, title="card")
+        yield Table(("skill", "name", "description"), skills, title="skills")
+
+
+def _credential_table(body: Any) -> Iterable[Table]:
+    name = body["agent"]["name"] if isinstance(body["agent"], dict) else body["agent"]
+    yield key_values({"agent": name, "credential": body["credential"]},
+                     title="the credential (shown once; the broker keeps only its digest)")
 
 
 def _list(args: argparse.Namespace) -> int:
-    return _call(args, "GET", "/agents")
+    return _run(args, lambda: call_admin(args, "GET", "/agents"),
+                lambda out, body: out.data(body, _agents_table))
 
 
 def _show(args: argparse.Namespace) -> int:
-    return _call(args, "GET", f"/agents/{args.name}")
+    return _run(args, lambda: call_admin(args, "GET", f"/agents/{_quoted(args.name)}"),
+                lambda out, body: out.data(body, _agent_tables))
+
+
+def _status_change(args: argparse.Namespace, action: str, said: str) -> int:
+    return _run(
+        args,
+        lambda: call_admin(args, "POST", f"/agents/{_quoted(args.name)}/{action}", {}),
+        lambda out, body: out.data(body, _one_agent_table),
+        lambda _: f"{said} agent {args.name}",
+    )
 
 
 def _suspend(args: argparse.Namespace) -> int:
-    return _call(args, "POST", f"/agents/{args.name}/suspend", {})
+    return _status_change(args, "suspend", "suspended")
 
 
 def _resume(args: argparse.Namespace) -> int:
-    return _call(args, "POST", f"/agents/{args.name}/resume", {})
+    return _status_change(args, "resume", "resumed")
 
 
 def _delete(args: argparse.Namespace) -> int:
-    return _call(args, "DELETE", f"/agents/{args.name}")
+    return _run(
+        args,
+        lambda: call_admin(args, "DELETE", f"/agents/{_quoted(args.name)}"),
+        done=lambda _: f"deleted agent {args.name} and revoked its credential",
+    )
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    return _call(args, "POST", f"/agents/{args.name}/credential", {})
+    return _run(
+        args,
+        lambda: call_admin(args, "POST", f"/agents/{_quoted(args.name)}/credential", {}),
+        lambda out, body: out.data(body, _credential_table),
+        lambda _: f"issued a new credential for agent {args.name}; the old one no longer works",
+    )
+
+
+def _card_body(args: argparse.Namespace) -> dict[str, Any]:
+    return {"card": args.card} if args.card is not None else {"card_url": args.card_url}
 
 
 def _register(args: argparse.Namespace) -> int:
-    return _call(args, "POST", "/agents", {"name": args.name, **_card_body(args)})
+    return _run(
+        args,
+        lambda: call_admin(args, "POST", "/agents", {"name": args.name, **_card_body(args)}),
+        lambda out, body: out.data(body, _credential_table),
+        lambda body: f"registered agent {args.name}; its card is served at"
+        f" {body['agent']['broker_card_url']}",
+    )
 
 
 def _update(args: argparse.Namespace) -> int:
-    return _call(args, "PUT", f"/agents/{args.name}", _card_body(args))
+    return _run(
+        args,
+        lambda: call_admin(args, "PUT", f"/agents/{_quoted(args.name)}", _card_body(args)),
+        lambda out, body: out.data(body, _one_agent_table),
+        lambda _: f"updated the card of agent {args.name}",
+    )
+
+
+# --- trees ------------------------------------------------------------------------------------
+
+
+def _tree_tables(body: Any) -> Iterable[Table]:
+    yield key_values({k: v for k, v in body.items() if k != "tasks"}, title=f"tree {body['tree']}")
+    columns = ("agent", "task_id", "result") if "newly_killed" in body else ("agent", "task_id")
+    rows = [tuple(task.get(c) for c in columns) for task in body["tasks"]]
+    yield Table(columns, rows, title="tasks")
 
 
 def _tree_show(args: argparse.Namespace) -> int:
-    return _call(args, "GET", f"/trees/{args.tree}")
+    return _run(args, lambda: call_admin(args, "GET", f"/trees/{_quoted(args.tree)}"),
+                lambda out, body: out.data(body, _tree_tables))
 
 
 def _tree_kill(args: argparse.Namespace) -> int:
-    return _call(args, "POST", f"/trees/{args.tree}/kill", {})
+    return _run(
+        args,
+        lambda: call_admin(args, "POST", f"/trees/{_quoted(args.tree)}/kill", {}),
+        lambda out, body: out.data(body, _tree_tables),
+        lambda body: f"killed tree {args.tree}; CancelTask sent to {len(body['tasks'])} task(s)",
+    )
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+
+def _policy_table(body: Any) -> Iterable[Table]:
+    yield key_values(body, title="the broker's policy")
 
 
 def _policy_reload(args: argparse.Namespace) -> int:
-    return _call(args, "POST", "/policy/reload", {})
+    return _run(
+        args,
+        lambda: call_admin(args, "POST", "/policy/reload", {}),
+        lambda out, body: out.data(body, _policy_table),
+        lambda body: f"policy reloaded: version {str(body['version'])[:12]}",
+    )
 
 
 def _policy_show(args: argparse.Namespace) -> int:
-    return _call(args, "GET", "/policy")
+    return _run(args, lambda: call_admin(args, "GET", "/policy"),
+                lambda out, body: out.data(body, _policy_table))
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+_BUDGET_COLUMNS = ("scope", "metric", "window", "limit", "used", "reserved", "remaining",
+                   "window_start", "source")
+
+
+def _budget_tables(body: Any) -> Iterable[Table]:
+    rows = [tuple(b.get(c) for c in _BUDGET_COLUMNS) for b in body["budgets"]]
+    yield Table(_BUDGET_COLUMNS, rows, title="budgets")
+    live = [(scope, _limits_text(limits)) for scope, limits in body.get("live", {}).items()]
+    if live:
+        yield Table(("scope", "live limits"), live, title="live overrides")
+
+
+def _live_table(body: Any) -> Iterable[Table]:
+    yield Table(("scope", "live limits"), [(body["scope"], _limits_text(body["limits"]))])
+
+
+def _limits_text(limits: Iterable[dict[str, Any]]) -> str:
+    return ", ".join(f"{x['metric']}/{x['window']}={x['limit']}" for x in limits) or "(unmetered)"
 
 
 def _budgets_show(args: argparse.Namespace) -> int:
     query = urllib.parse.urlencode(
         {k: v for k, v in (("agent", args.agent), ("tree", args.tree)) if v}
     )
-    return _call(args, "GET", "/budgets" + (f"?{query}" if query else ""))
-
-
-def _limit_arg(text: str) -> dict[str, object]:
-    """``calls/day=100`` -> ``{"metric": "calls", "window": "day", "limit": 100}``; the broker
-    checks the metric, the window and the range."""
-    pair, sep, amount = text.partition("=")
-    metric, slash, window = pair.partition("/")
-    if not (sep and slash and metric and window and amount.strip().isdigit()):
-        raise argparse.ArgumentTypeError(f"expected METRIC/WINDOW=N (e.g. calls/day=100): {text!r}")
-    return {"metric": metric.strip(), "window": window.strip(), "limit": int(amount)}
+    return _run(args, lambda: call_admin(args, "GET", "/budgets" + (f"?{query}" if query else "")),
+                lambda out, body: out.data(body, _budget_tables))
 
 
 def _scope_path(scope: str) -> str:
@@ -205,8 +443,21 @@ def _scope_path(scope: str) -> str:
 
 
 def _budgets_set(args: argparse.Namespace) -> int:
-    return _call(args, "PUT", _scope_path(args.scope), {"limits": args.limits})
+    return _run(
+        args,
+        lambda: call_admin(args, "PUT", _scope_path(args.scope), {"limits": args.limits}),
+        lambda out, body: out.data(body, _live_table),
+        lambda body: f"set the live limits of {args.scope}: {_limits_text(body['limits'])}",
+    )
 
 
 def _budgets_unset(args: argparse.Namespace) -> int:
-    return _call(args, "DELETE", _scope_path(args.scope))
+    return _run(
+        args,
+        lambda: call_admin(args, "DELETE", _scope_path(args.scope)),
+        done=lambda _: f"dropped the live limits of {args.scope}; its configured limits apply",
+    )
+
+
+def _quoted(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
