@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import httpx
 import msgspec
 
 import broker
+from broker.cli_output import EXIT_CANNOT_START
 from broker.demo import (
     AGENT_NAMES,
     BROKER_URL_ENV,
@@ -57,30 +59,59 @@ class Child:
 
 
 class ChildFailedError(Exception):
-    """A child process died or did not answer in time; the message names it and shows its log."""
+    """A child process died or did not answer in time; the message (one line) names it, quotes
+    why it stopped and where its log is."""
 
 
 def run_demo(host: str = HOST, port: int = 8080, state_dir: str | Path = DEFAULT_STATE_DIR) -> int:
-    """Run the demo in the foreground: 0 after Ctrl-C or SIGTERM, 1 if a child failed."""
+    """Run the demo in the foreground: 0 after Ctrl-C or SIGTERM, 3 if it could not start (one
+    line on stderr says why), 1 if a child died later."""
+    cards_dir = find_cards_dir()
+    busy = _busy_port(host, [("the broker", port, "--port"), *_agent_ports(cards_dir)])
+    if busy:
+        print(f"a2a-broker: cannot start the demo: {busy}", file=sys.stderr)
+        return EXIT_CANNOT_START
     state = Path(state_dir).resolve()
     credentials = new_credentials(f"http://{host}:{port}")
-    cards_dir = find_cards_dir()
     config = write_state(state, host, port, cards_dir, credentials)
     children: list[Child] = []
+    started = False
     with _sigterm_interrupts():
         try:
             _start_all(children, state, config, cards_dir, credentials)
+            started = True
             print_banner(credentials.broker_url, state, Path(state_dir), cards_dir)
             _watch(children)
         except KeyboardInterrupt:
             print("\nstopping the demo")
             return 0
         except ChildFailedError as exc:
-            print(f"the demo stopped: {exc}", file=sys.stderr)
+            if not started:
+                print(f"a2a-broker: cannot start the demo: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_START
+            print(f"a2a-broker: the demo stopped: {exc}", file=sys.stderr)
             return 1
         finally:
             with _signals_ignored():
                 _stop_all(children)
+
+
+def _agent_ports(cards_dir: Path) -> list[tuple[str, int, str]]:
+    return [
+        (f"the {name} agent", card_port(load_card(name, cards_dir=cards_dir)), "its card")
+        for name in AGENT_NAMES
+    ]
+
+
+def _busy_port(host: str, ports: list[tuple[str, int, str]]) -> str | None:
+    """Which of ``ports`` something already listens on, said for the operator (None: none)."""
+    for who, port, where in ports:
+        try:
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            return f"{host}:{port} (for {who}, set by {where}) is not free: {exc.strerror}"
+    return None
 
 
 def print_banner(broker_url: str, state: Path, state_arg: Path, cards_dir: Path) -> None:
@@ -208,18 +239,38 @@ def _wait_ready(child: Child, url: str, timeout_s: float = AGENT_START_TIMEOUT_S
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         time.sleep(POLL_INTERVAL_S)
-    raise ChildFailedError(f"{child.name} did not answer {url} in {timeout_s:.0f} s" + _tail(child))
+    raise ChildFailedError(
+        f"{child.name} did not answer {url} in {timeout_s:.0f} s" + _last_words(child)
+    )
 
 
 def _check_alive(child: Child) -> None:
     code = child.process.poll()
     if code is not None:
-        raise ChildFailedError(f"{child.name} exited with code {code}" + _tail(child))
+        raise ChildFailedError(f"{child.name} exited with status {code}" + _last_words(child))
 
 
-def _tail(child: Child, lines: int = 15) -> str:
-    text = child.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    return f"\n--- last lines of {child.log} ---\n" + "\n".join(text)
+def _last_words(child: Child) -> str:
+    """``: <what the child said last>`` and where its log is, on one line."""
+    lines = child.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    said = next((_message(line) for line in reversed(lines) if _is_problem(line)), "")
+    return (f": {said}" if said else "") + f" (log: {child.log})"
+
+
+def _is_problem(line: str) -> bool:
+    """A line in which a child explains why it stops: the CLI's one line, or an error log line."""
+    return line.startswith("a2a-broker: ") or '"level":"error"' in line
+
+
+def _message(line: str) -> str:
+    if line.startswith("{"):
+        try:
+            message = str(msgspec.json.decode(line).get("message", line))
+        except (msgspec.DecodeError, AttributeError):
+            message = line
+    else:
+        message = line.removeprefix("a2a-broker: ")
+    return " ".join(message.split())[:300]
 
 
 def _watch(children: list[Child]) -> NoReturn:

@@ -304,3 +304,39 @@ def test_a_start_up_failure_in_the_worker_is_one_error_line_and_status_3(tmp_pat
     (ours,) = [e for e in errors if e["logger"] == "a2a_broker"]
     assert ours["message"].startswith("cannot start: ") and "exception" not in ours
     assert all("exception" not in line and "\n" not in line.get("message", "") for line in lines)
+
+
+def test_demo_on_a_busy_port_is_one_line_and_status_3(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = _run_cli("demo", "--port", str(port), "--state-dir", str(state), cwd=tmp_path)
+
+    assert done.returncode == 3
+    assert done.stderr.startswith(
+        f"a2a-broker: cannot start the demo: 127.0.0.1:{port} (for the broker, set by --port)"
+        " is not free: "
+    )
+    assert done.stderr.count("\n") == 1 and not state.exists()
+
+
+def test_a_demo_child_that_fails_is_reported_in_one_line(tmp_path: Path) -> None:
+    from broker.demo.launcher import Child, ChildFailedError, _check_alive
+
+    log = tmp_path / "broker.log"
+    log.write_text(
+        '{"ts":"2026-12-05T13:36:43.187Z","level":"info","logger":"a2a_broker","message":"hi"}\n'
+        '{"ts":"2026-12-05T13:36:43.206Z","level":"error","logger":"a2a_broker",'
+        '"message":"cannot start: Redis audit read failed"}\n'
+        '{"ts":"2026-12-05T13:36:43.212Z","level":"info","logger":"a2a_broker.server",'
+        '"message":"bye"}\n'
+    )
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait()
+
+    with pytest.raises(ChildFailedError) as raised:
+        _check_alive(Child("broker", process, log))
+
+    assert str(raised.value) == (
+        f"broker exited with status 3: cannot start: Redis audit read failed (log: {log})"
+    )
