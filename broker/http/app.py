@@ -30,6 +30,7 @@ from broker.keys import KeyFileError
 from broker.llm.routes import llm_route_handlers
 from broker.logs import configure_logging
 from broker.policy.rules import PolicyError
+from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
 from broker.wire import error_headers, rest_error_body
@@ -50,6 +51,7 @@ STARTUP_ERRORS = (
     SettingsError,
     PolicyError,
     AuditLogError,
+    ReplicaIdError,
     BrokerError,
     RedisError,
     OSError,
