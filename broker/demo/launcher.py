@@ -225,9 +225,11 @@ def _start(name: str, args: list[str], state: Path, extra_env: dict[str, str]) -
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
-    # A source checkout need not be installed: let the children import `broker` as we do.
-    source_root = str(Path(broker.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    # A source checkout need not be installed: let the children import `broker` (and the agent
+    # kit beside it) as we do.
+    source_root = Path(broker.__file__).resolve().parents[1]
+    paths = (str(source_root), str(source_root / "agent_kit"), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
