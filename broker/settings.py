@@ -191,7 +191,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # forward: before the request is forwarded (the record is on disk before the agent acts).
     # reply: the record is written (it survives a crash of the broker) before forwarding, and
     # fsynced while the agent works; the caller gets no answer until it is on disk.
-    # docs/decisions/0009-audit-sync-before-reply.md says what each costs and risks.
+    # docs/decisions/0009-audit-durable-before-reply.md says what each costs and risks.
     durable_before: Literal["forward", "reply"] = "forward"
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
     # digests only). See broker/audit_redact.py for what is redacted.
