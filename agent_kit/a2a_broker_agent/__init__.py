@@ -4,6 +4,7 @@
 * ``DelegationInterceptor``: an a2a-sdk client interceptor that presents it on every call.
 * ``delegating_http_client``: the same for a plain httpx client (card fetches included).
 * ``verify_broker_token``: check that a request came through the broker, for this agent.
+* ``broker_refusal``: the broker's reason behind an a2a-sdk client error (HTTP+JSON).
 
 It imports only a2a-sdk, PyJWT, httpx and the standard library. The broker re-exports all of it
 as ``broker.delegation.agent``.
@@ -28,6 +29,7 @@ from a2a_broker_agent.delegation import (
     with_delegation,
 )
 from a2a_broker_agent.headers import DELEGATION_HEADER, DELEGATION_TOKEN_TYPE
+from a2a_broker_agent.refusals import BrokerRefusal, broker_refusal
 
 __version__ = "0.1.0"
 
@@ -36,12 +38,14 @@ __all__ = [
     "DELEGATION_TOKEN_TYPE",
     "BrokerJwks",
     "BrokerJwksUnavailableError",
+    "BrokerRefusal",
     "BrokerTokenAudienceError",
     "BrokerTokenError",
     "BrokerTokenExpiredError",
     "BrokerTokenInvalidError",
     "DelegationCaptureMiddleware",
     "DelegationInterceptor",
+    "broker_refusal",
     "capture_delegation",
     "current_delegation",
     "delegating_http_client",
