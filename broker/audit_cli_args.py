@@ -140,7 +140,7 @@ def record_line(record: AuditRecord) -> str:
 
 
 def _aligned(cells: tuple[str, ...]) -> str:
-    widths = (24, 14, 6, 14, 8, 24, 28, 28, 6)
+    widths = (24, 16, 6, 16, 8, 24, 28, 28, 6)
     return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
 
 

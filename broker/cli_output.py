@@ -121,7 +121,13 @@ class Table:
         from rich.console import Console  # noqa: PLC0415
         from rich.table import Table as RichTable  # noqa: PLC0415
 
-        table = RichTable(title=self.title or None, box=box.SIMPLE_HEAD, title_justify="left")
+        table = RichTable(
+            title=self.title or None,
+            caption=None if self.rows else "(none)",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+            caption_justify="left",
+        )
         for column in self.columns:
             table.add_column(column, overflow="fold")
         for row in self.rows:
