@@ -10,45 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from broker.cli_output import (
-    EXIT_OK,
-    EXIT_USAGE,
-    Output,
-    Table,
-    add_json_option,
-    key_values,
-)
+from broker import admin_tables as tables
+from broker.admin_client import URL_ENV, AdminAnswer, AdminCallFailedError, call_admin
+from broker.cli_output import EXIT_OK, EXIT_USAGE, Output, add_json_option
 from broker.settings import ADMIN_TOKEN_ENV, BudgetLimitSettings
 
-URL_ENV = "A2A_BROKER_URL"
-_TIMEOUT_S = 30
 _LIMIT_FIELDS = get_type_hints(BudgetLimitSettings)
 _METRICS: tuple[str, ...] = get_args(_LIMIT_FIELDS["metric"])
 _WINDOWS: tuple[str, ...] = get_args(_LIMIT_FIELDS["window"])
-
-
-class AdminAnswer:
-    """What the admin API answered: the decoded JSON body (None for an empty one)."""
-
-    def __init__(self, body: Any) -> None:
-        self.body = body
-
-
-class AdminCallFailedError(Exception):
-    """The call did not succeed; ``message`` is one line, ``document`` the broker's error JSON."""
-
-    def __init__(self, message: str, document: str | None = None, usage: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.document = document
-        self.usage = usage
 
 
 # --- argparse wiring --------------------------------------------------------------------------
@@ -190,55 +164,6 @@ def _limit_arg(text: str) -> dict[str, object]:
 # --- one admin call ---------------------------------------------------------------------------
 
 
-def call_admin(
-    args: argparse.Namespace, method: str, path: str, body: object = None
-) -> AdminAnswer:
-    """One admin API call; raises ``AdminCallFailedError`` with a line that says what to do."""
-    if not args.admin_token:
-        raise AdminCallFailedError(
-            f"no admin token: set ${ADMIN_TOKEN_ENV} or pass --admin-token", usage=True
-        )
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(  # noqa: S310 - the operator chooses the broker URL
-        args.url.rstrip("/") + "/admin" + path, data=data, method=method
-    )
-    request.add_header("authorization", f"Bearer {args.admin_token}")
-    if data is not None:
-        request.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as resp:  # noqa: S310
-            text = resp.read().decode()
-    except urllib.error.HTTPError as err:
-        document = err.read().decode()
-        raise AdminCallFailedError(_refusal_line(err.code, document), document) from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise AdminCallFailedError(
-            f"cannot reach the broker at {args.url} ({reason}): is it running? Set ${URL_ENV}"
-            " or pass --url"
-        ) from None
-    return AdminAnswer(json.loads(text) if text else None)
-
-
-_HINTS = {
-    "ADMIN_UNAUTHENTICATED": f"check ${ADMIN_TOKEN_ENV} or --admin-token",
-    "ADMIN_DISABLED": "the broker has no admin token: set [admin] token_sha256 in its config,"
-    f" or ${ADMIN_TOKEN_ENV} in its environment",
-}
-
-
-def _refusal_line(status: int, document: str) -> str:
-    """``AGENT_NOT_FOUND (HTTP 404): No agent named 'x'.`` from the broker's error JSON."""
-    try:
-        error = json.loads(document)["error"]
-        reason = str(error["details"][0]["reason"])
-        message = str(error.get("message", ""))
-    except (ValueError, KeyError, IndexError, TypeError):
-        return f"the broker answered HTTP {status}: {document.strip()[:200]}"
-    hint = _HINTS.get(reason)
-    return f"{reason} (HTTP {status}): {message}" + (f" ({hint})" if hint else "")
-
-
 def _run(
     args: argparse.Namespace,
     call: Callable[[], AdminAnswer],
@@ -262,55 +187,22 @@ def _run(
 
 # --- agents -----------------------------------------------------------------------------------
 
-_AGENT_COLUMNS = ("name", "status", "source", "bindings", "updated_at")
-
-
-def _agent_row(agent: dict[str, Any]) -> tuple[Any, ...]:
-    bindings = [b for b, url in (("jsonrpc", agent["jsonrpc_url"]), ("rest", agent["rest_url"]))
-                if url]
-    return agent["name"], agent["status"], agent["source"], bindings, agent["updated_at"]
-
-
-def _agents_table(body: Any) -> Iterable[Table]:
-    yield Table(_AGENT_COLUMNS, [_agent_row(a) for a in body["agents"]])
-
-
-def _one_agent_table(body: Any) -> Iterable[Table]:
-    yield Table(_AGENT_COLUMNS, [_agent_row(body["agent"])])
-
-
-def _agent_tables(body: Any) -> Iterable[Table]:
-    yield key_values(body["agent"], title=f"agent {body['agent']['name']}")
-    card = body.get("card")
-    if card:
-        skills = [(s.get("id"), s.get("name"), s.get("description"))
-                  for s in card.get("skills", [])]
-        yield key_values({"name": card.get("name"), "version": card.get("version"),
-                          "description": card.get("description")}, title="card")
-        yield Table(("skill", "name", "description"), skills, title="skills")
-
-
-def _credential_table(body: Any) -> Iterable[Table]:
-    name = body["agent"]["name"] if isinstance(body["agent"], dict) else body["agent"]
-    yield key_values({"agent": name, "credential": body["credential"]},
-                     title="the credential (shown once; the broker keeps only its digest)")
-
 
 def _list(args: argparse.Namespace) -> int:
     return _run(args, lambda: call_admin(args, "GET", "/agents"),
-                lambda out, body: out.data(body, _agents_table))
+                lambda out, body: out.data(body, tables.agents_table))
 
 
 def _show(args: argparse.Namespace) -> int:
     return _run(args, lambda: call_admin(args, "GET", f"/agents/{_quoted(args.name)}"),
-                lambda out, body: out.data(body, _agent_tables))
+                lambda out, body: out.data(body, tables.agent_tables))
 
 
 def _status_change(args: argparse.Namespace, action: str, said: str) -> int:
     return _run(
         args,
         lambda: call_admin(args, "POST", f"/agents/{_quoted(args.name)}/{action}", {}),
-        lambda out, body: out.data(body, _one_agent_table),
+        lambda out, body: out.data(body, tables.one_agent_table),
         lambda _: f"{said} agent {args.name}",
     )
 
@@ -335,7 +227,7 @@ def _rotate(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "POST", f"/agents/{_quoted(args.name)}/credential", {}),
-        lambda out, body: out.data(body, _credential_table),
+        lambda out, body: out.data(body, tables.credential_table),
         lambda _: f"issued a new credential for agent {args.name}; the old one no longer works",
     )
 
@@ -348,7 +240,7 @@ def _register(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "POST", "/agents", {"name": args.name, **_card_body(args)}),
-        lambda out, body: out.data(body, _credential_table),
+        lambda out, body: out.data(body, tables.credential_table),
         lambda body: f"registered agent {args.name}; its card is served at"
         f" {body['agent']['broker_card_url']}",
     )
@@ -358,7 +250,7 @@ def _update(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "PUT", f"/agents/{_quoted(args.name)}", _card_body(args)),
-        lambda out, body: out.data(body, _one_agent_table),
+        lambda out, body: out.data(body, tables.one_agent_table),
         lambda _: f"updated the card of agent {args.name}",
     )
 
@@ -366,23 +258,16 @@ def _update(args: argparse.Namespace) -> int:
 # --- trees ------------------------------------------------------------------------------------
 
 
-def _tree_tables(body: Any) -> Iterable[Table]:
-    yield key_values({k: v for k, v in body.items() if k != "tasks"}, title=f"tree {body['tree']}")
-    columns = ("agent", "task_id", "result") if "newly_killed" in body else ("agent", "task_id")
-    rows = [tuple(task.get(c) for c in columns) for task in body["tasks"]]
-    yield Table(columns, rows, title="tasks")
-
-
 def _tree_show(args: argparse.Namespace) -> int:
     return _run(args, lambda: call_admin(args, "GET", f"/trees/{_quoted(args.tree)}"),
-                lambda out, body: out.data(body, _tree_tables))
+                lambda out, body: out.data(body, tables.tree_tables))
 
 
 def _tree_kill(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "POST", f"/trees/{_quoted(args.tree)}/kill", {}),
-        lambda out, body: out.data(body, _tree_tables),
+        lambda out, body: out.data(body, tables.tree_tables),
         lambda body: f"killed tree {args.tree}; CancelTask sent to {len(body['tasks'])} task(s)",
     )
 
@@ -390,44 +275,21 @@ def _tree_kill(args: argparse.Namespace) -> int:
 # --- policy -----------------------------------------------------------------------------------
 
 
-def _policy_table(body: Any) -> Iterable[Table]:
-    yield key_values(body, title="the broker's policy")
-
-
 def _policy_reload(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "POST", "/policy/reload", {}),
-        lambda out, body: out.data(body, _policy_table),
+        lambda out, body: out.data(body, tables.policy_table),
         lambda body: f"policy reloaded: version {str(body['version'])[:12]}",
     )
 
 
 def _policy_show(args: argparse.Namespace) -> int:
     return _run(args, lambda: call_admin(args, "GET", "/policy"),
-                lambda out, body: out.data(body, _policy_table))
+                lambda out, body: out.data(body, tables.policy_table))
 
 
 # --- budgets ----------------------------------------------------------------------------------
-
-_BUDGET_COLUMNS = ("scope", "metric", "window", "limit", "used", "reserved", "remaining",
-                   "window_start", "source")
-
-
-def _budget_tables(body: Any) -> Iterable[Table]:
-    rows = [tuple(b.get(c) for c in _BUDGET_COLUMNS) for b in body["budgets"]]
-    yield Table(_BUDGET_COLUMNS, rows, title="budgets")
-    live = [(scope, _limits_text(limits)) for scope, limits in body.get("live", {}).items()]
-    if live:
-        yield Table(("scope", "live limits"), live, title="live overrides")
-
-
-def _live_table(body: Any) -> Iterable[Table]:
-    yield Table(("scope", "live limits"), [(body["scope"], _limits_text(body["limits"]))])
-
-
-def _limits_text(limits: Iterable[dict[str, Any]]) -> str:
-    return ", ".join(f"{x['metric']}/{x['window']}={x['limit']}" for x in limits) or "(unmetered)"
 
 
 def _budgets_show(args: argparse.Namespace) -> int:
@@ -435,7 +297,7 @@ def _budgets_show(args: argparse.Namespace) -> int:
         {k: v for k, v in (("agent", args.agent), ("tree", args.tree)) if v}
     )
     return _run(args, lambda: call_admin(args, "GET", "/budgets" + (f"?{query}" if query else "")),
-                lambda out, body: out.data(body, _budget_tables))
+                lambda out, body: out.data(body, tables.budget_tables))
 
 
 def _scope_path(scope: str) -> str:
@@ -446,8 +308,8 @@ def _budgets_set(args: argparse.Namespace) -> int:
     return _run(
         args,
         lambda: call_admin(args, "PUT", _scope_path(args.scope), {"limits": args.limits}),
-        lambda out, body: out.data(body, _live_table),
-        lambda body: f"set the live limits of {args.scope}: {_limits_text(body['limits'])}",
+        lambda out, body: out.data(body, tables.live_table),
+        lambda body: f"set the live limits of {args.scope}: {tables.limits_text(body['limits'])}",
     )
 
 

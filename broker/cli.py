@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         add_trees_parser,
     )
     from broker.audit_cli_args import add_audit_parser  # noqa: PLC0415
+    from broker.policy_cli_args import add_policy_file_commands  # noqa: PLC0415
 
     add_agents_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
@@ -83,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     policy = _command(sub, "policy", "check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True, metavar="COMMAND")
-    _add_policy_commands(policy_cmds)
+    add_policy_file_commands(policy_cmds, CONFIG_HELP)
     add_policy_admin_commands(policy_cmds, DEFAULT_URL)
 
     keys = _command(sub, "keys", "signing keys")
@@ -106,40 +107,6 @@ def _parser() -> argparse.ArgumentParser:
 def _command(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
     return parser
-
-
-def _add_policy_commands(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    check = _command(cmds, "check", "validate a policy file, as the broker would load it")
-    check.add_argument(
-        "path", nargs="?", help="the policy CSV (default: [policy] policy_file of the config)"
-    )
-    check.add_argument("--config", help=CONFIG_HELP)
-    check.add_argument("--model", default="", help="model file (default: the config's, else ours)")
-    check.set_defaults(run=_policy_check)
-    explain = _command(
-        cmds, "explain", "the decision for each hop of a chain, and the rule that decided it"
-    )
-    explain.add_argument(
-        "chain", nargs="+",
-        help="agents in order: A B C explains A→B→C; a last model:NAME explains an LLM call",
-    )
-    explain.add_argument(
-        "--operation", default=None,
-        help="the A2A operation of the hops (default SendMessage), or llm:chat / llm:embeddings"
-        " for a call to a model:NAME target (the default for one)",
-    )
-    explain.add_argument(
-        "--skill", default="",
-        help="the skill the message asks for ('' when the broker cannot tell; rules name it as"
-        " SendMessage:SKILL)",
-    )
-    explain.add_argument("--config", help=CONFIG_HELP + "; its [policy] files are explained")
-    explain.add_argument("--policy", default="", help="a policy CSV instead of the config's")
-    explain.add_argument(
-        "--model", default="", help="model file (default: the config's, else model.conf beside"
-        " --policy, else ours)"
-    )
-    explain.set_defaults(run=_policy_explain)
 
 
 def _add_demo_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -242,58 +209,6 @@ def _config_check(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
-
-
-# --- policy -----------------------------------------------------------------------------------
-
-
-def _policy_files(args: argparse.Namespace, given: str | None) -> tuple[str, str | None] | None:
-    """(policy file, model file or None) from the command line, else from the config; None when
-    the config has no policy file."""
-    if given:
-        return given, args.model or None
-    settings = load_settings(args.config)
-    if not settings.policy.policy_file:
-        return None
-    model = args.model or (
-        str(settings.path(settings.policy.model_file)) if settings.policy.model_file else None
-    )
-    return str(settings.path(settings.policy.policy_file)), model
-
-
-def _no_policy(args: argparse.Namespace) -> int:
-    where = args.config or os.environ.get(CONFIG_ENV) or "the default settings"
-    print(
-        f"no [policy] policy_file in {where}: the broker lets every authenticated agent call"
-        " every agent and originate work"
-    )
-    return EXIT_OK
-
-
-def _policy_check(args: argparse.Namespace) -> int:
-    from broker.policy import cli  # noqa: PLC0415
-
-    files = _policy_files(args, args.path)
-    if files is None:
-        return _no_policy(args)
-    return cli.check(files[0], model_path=files[1])
-
-
-def _policy_explain(args: argparse.Namespace) -> int:
-    from broker.policy import cli  # noqa: PLC0415
-
-    if len(args.chain) < 2:
-        print("a2a-broker: policy explain needs at least two names (A B means A→B)",
-              file=sys.stderr)
-        return EXIT_USAGE
-    files = _policy_files(args, args.policy)
-    if files is None:
-        return _no_policy(args)
-    target = args.chain[-1]
-    operation = args.operation or ("llm:chat" if target.startswith("model:") else "SendMessage")
-    return cli.explain(
-        files[0], args.chain[:-1], target, operation, args.skill, model_path=files[1]
-    )
 
 
 # --- keys, credentials, demo ------------------------------------------------------------------

@@ -12,20 +12,16 @@ What the page must hold, in its ```toml blocks (the annotated-TOML format it alr
   ``[[audit.export.sinks]]``, ``[budgets.agents]``...) is documented by an example entry;
 * a setting outside such entries shows its default value;
 * a field of an example entry shows its default, unless the default means "not set" ("", an
-  empty list, none) and the example fills it in;
+  empty list, none) and the example fills it in, or its comment gives the default;
 * a ``#`` comment saying what it does, on its line or on indented comment lines below it;
 * nothing that is not a setting.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 import tomllib
-import types
-import typing
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -34,26 +30,10 @@ import msgspec
 
 from broker.config_errors import KeyPath, toml_line
 from broker.settings import Settings
+from broker.settings_fields import ENTRY, Setting, holds_struct, is_struct, plain, settings_fields
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-ENTRY = "*"  # stands for any entry name or position in a key path pattern
-_NOT_FROM_THE_FILE = {"base_dir", "admin_token"}
 _TOML_BLOCK = re.compile(r"```toml\n(.*?)```", re.DOTALL)
-_FIELD_LINE = re.compile(r"^\s*(\w+)\s*:")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its key path pattern, default (``required`` if none) and source comment."""
-
-    path: tuple[str, ...]
-    default: Any
-    required: bool
-    comment: str
-
-    @property
-    def in_entry(self) -> bool:
-        return ENTRY in self.path
 
 
 Entry = tuple[KeyPath, Any, str]  # (concrete key path, documented value, its description)
@@ -64,101 +44,6 @@ class Documented:
     """What the blocks document: key pattern -> every place it is shown."""
 
     values: dict[tuple[str, ...], list[Entry]] = field(default_factory=dict)
-
-
-# --- the settings, from the classes -----------------------------------------------------------
-
-
-def settings_fields(root: type[Any] = Settings) -> list[Setting]:
-    """Every setting reachable from ``root``, in class order."""
-    return list(_fields(root, ()))
-
-
-def _fields(struct: type[Any], prefix: tuple[str, ...]) -> Iterator[Setting]:
-    hints = get_type_hints(struct, include_extras=True)
-    defaults = _defaults(struct)
-    comments = _comments(struct)
-    for name in struct.__struct_fields__:
-        if not prefix and name in _NOT_FROM_THE_FILE:
-            continue
-        path = (*prefix, name)
-        inner, entry_levels = _entry_type(hints[name])
-        if _is_struct(inner):
-            yield from _fields(inner, (*path, *([ENTRY] * entry_levels)))
-            continue
-        required = name not in defaults
-        yield Setting(path, defaults.get(name), required, comments.get(name, ""))
-
-
-def _defaults(struct: type[Any]) -> dict[str, Any]:
-    """Field -> default value (factories called); required fields are absent."""
-    found: dict[str, Any] = {}
-    names = struct.__struct_fields__
-    for name, default in zip(names[len(names) - len(struct.__struct_defaults__):],
-                             struct.__struct_defaults__, strict=True):
-        found[name] = default.factory() if isinstance(default, msgspec._core.Factory) else default
-    return found
-
-
-def _entry_type(hint: Any) -> tuple[Any, int]:
-    """The type under any ``dict[str, X]`` / ``tuple[X, ...]`` of structs, and how many levels
-    of entries lead to it."""
-    levels = 0
-    hint = _plain(hint)
-    while True:
-        origin, args = get_origin(hint), get_args(hint)
-        if origin is dict and len(args) == 2 and _holds_struct(args[1]):
-            hint, levels = _plain(args[1]), levels + 1
-        elif origin in (tuple, list) and args and _holds_struct(args[0]):
-            hint, levels = _plain(args[0]), levels + 1
-        else:
-            return hint, levels
-
-
-def _holds_struct(hint: Any) -> bool:
-    """Whether ``hint`` is a struct, or a dict / tuple / list that holds structs."""
-    inner = _plain(hint)
-    if _is_struct(inner):
-        return True
-    origin, args = get_origin(inner), get_args(inner)
-    if origin is dict and len(args) == 2:
-        return _holds_struct(args[1])
-    return origin in (tuple, list) and bool(args) and _holds_struct(args[0])
-
-
-def _plain(hint: Any) -> Any:
-    """``hint`` without ``Annotated`` and without ``| None``."""
-    while get_origin(hint) is typing.Annotated:
-        hint = get_args(hint)[0]
-    options = [a for a in get_args(hint) if a is not type(None)]
-    if get_origin(hint) in (typing.Union, types.UnionType) and len(options) == 1:
-        return _plain(options[0])
-    return hint
-
-
-def _is_struct(hint: Any) -> bool:
-    return isinstance(hint, type) and issubclass(hint, msgspec.Struct)
-
-
-def _comments(struct: type[Any]) -> dict[str, str]:
-    """The ``#`` comments above (or beside) each field in the class's source."""
-    try:
-        lines = inspect.getsource(struct).splitlines()
-    except (OSError, TypeError):
-        return {}
-    found: dict[str, str] = {}
-    pending: list[str] = []
-    for line in lines:
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            pending.append(stripped.lstrip("# "))
-            continue
-        named = _FIELD_LINE.match(line)
-        if named and "(" not in line.split(":")[0]:
-            beside = line.split("#", 1)[1].strip() if "#" in line else ""
-            found[named.group(1)] = " ".join([*pending, beside]).strip()
-        pending = []
-    return found
 
 
 # --- what the page documents ------------------------------------------------------------------
@@ -184,9 +69,9 @@ def _walk(
     found: Documented,
 ) -> None:
     """Record every documented leaf under ``value`` (typed ``hint``) in ``found``."""
-    hint = _plain(hint)
+    hint = plain(hint)
     origin, args = get_origin(hint), get_args(hint)
-    if _is_struct(hint) and isinstance(value, dict):
+    if is_struct(hint) and isinstance(value, dict):
         hints = get_type_hints(hint, include_extras=True)
         for key, item in value.items():
             if key not in hints:
@@ -194,11 +79,11 @@ def _walk(
                 continue
             _walk(item, hints[key], (*pattern, key), (*concrete, key), block=block, found=found)
         return
-    if origin is dict and _holds_struct(args[1]) and isinstance(value, dict):
+    if origin is dict and holds_struct(args[1]) and isinstance(value, dict):
         for key, item in value.items():
             _walk(item, args[1], (*pattern, ENTRY), (*concrete, key), block=block, found=found)
         return
-    if origin in (tuple, list) and args and _holds_struct(args[0]) and isinstance(value, list):
+    if origin in (tuple, list) and args and holds_struct(args[0]) and isinstance(value, list):
         for index, item in enumerate(value):
             _walk(item, args[0], (*pattern, ENTRY), (*concrete, index), block=block, found=found)
         return

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.settings_doc import DOC, check, check_example, settings_fields, suggestions
+from broker.settings_doc import DOC, check, check_example, suggestions
+from broker.settings_fields import settings_fields
 
 PAGES = sorted(DOC.parent.glob("*.md"))
 
