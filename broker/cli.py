@@ -140,19 +140,29 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_START
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-    # A start-up failure inside the worker is logged there in one line; uvicorn exits with 3.
-    uvicorn.run(
-        "broker.http.app:app_from_environment",
-        factory=True,
-        host=settings.server.host,
-        port=settings.server.port,
-        workers=settings.server.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            "broker.http.app:app_from_environment",
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=settings.server.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=5,
+        )
+    except SystemExit as stopped:
+        # A start-up that failed inside the app: its log has the cause as one error line, and
+        # so does the end of stderr (with one worker the app ran in this very process).
+        if stopped.code != EXIT_CANNOT_START:
+            raise
+        from broker.http.app import startup_failure  # noqa: PLC0415
+
+        cause = startup_failure() or "the start-up failed; the log above says why"
+        print(f"a2a-broker: cannot start: {cause}", file=sys.stderr)
+        return EXIT_CANNOT_START
     return EXIT_OK
 
 

@@ -107,9 +107,11 @@ def create_app(settings: Settings) -> Litestar:
         try:
             app.state.runtime = await BrokerRuntime.start(settings)
         except STARTUP_ERRORS as exc:
-            log.error("cannot start: %s", _one_line(exc))  # noqa: TRY400 - the whole story
+            _startup_failures.append(_one_line(exc))
+            log.error("cannot start: %s", _startup_failures[-1])  # noqa: TRY400 - the story
             raise
-        except Exception:
+        except Exception as exc:
+            _startup_failures.append(f"unexpected {type(exc).__name__} (the log has its trace)")
             log.exception("cannot start: unexpected error")  # a bug: keep the traceback
             raise
         settle_heap()
@@ -174,6 +176,16 @@ class QuietStartupFailure:
             await send(message)
 
         await self.app(scope, receive, quiet)
+
+
+# Why this process's start-up failed, for `a2a-broker serve` to say in one line (one worker:
+# uvicorn runs the app in the serve process itself).
+_startup_failures: list[str] = []
+
+
+def startup_failure() -> str | None:
+    """The cause of this process's failed start-up, if it failed."""
+    return _startup_failures[-1] if _startup_failures else None
 
 
 def _one_line(exc: BaseException) -> str:

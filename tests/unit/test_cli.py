@@ -297,9 +297,11 @@ def test_a_start_up_failure_in_the_worker_is_one_error_line_and_status_3(tmp_pat
 
     done = _run_cli("serve", "--config", "broker.toml", cwd=tmp_path)
 
-    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    *logged, said = done.stderr.splitlines()
+    lines = [json.loads(line) for line in logged]  # the broker's log: JSON lines
     errors = [line for line in lines if line["level"] == "error"]
     assert done.returncode == 3
+    assert said.startswith("a2a-broker: cannot start: Redis audit read failed")
     assert [e["logger"] for e in errors if e["logger"] != "a2a_broker.server"] == ["a2a_broker"]
     (ours,) = [e for e in errors if e["logger"] == "a2a_broker"]
     assert ours["message"].startswith("cannot start: ") and "exception" not in ours
