@@ -1,8 +1,10 @@
 """``a2a-broker demo``: the three demo agents and a broker in front of them, until interrupted.
 
-Every start mints fresh secrets, writes the broker's config and ``credentials.json`` into the
-state folder, starts the agents and then the broker as child processes (their output goes to
-``<state>/logs/``), and stops them all on Ctrl-C or SIGTERM, or when one of them dies.
+Every start mints fresh secrets, writes the broker's config, ``credentials.json`` and the cards
+into the state folder, starts the agents and then the broker as child processes (their output
+goes to ``<state>/logs/``), and stops them all on Ctrl-C or SIGTERM, or when one of them dies.
+An agent whose card's port is taken (another demo, say) listens on a free port instead; its
+card in ``<state>/cards`` says which.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import NoReturn
 
 import httpx
 import msgspec
+from google.protobuf.json_format import (  # type: ignore[import-untyped,unused-ignore]
+    MessageToDict,
+)
 
 import broker
 from broker.cli_output import EXIT_CANNOT_START
@@ -66,13 +71,15 @@ class ChildFailedError(Exception):
 def run_demo(host: str = HOST, port: int = 8080, state_dir: str | Path = DEFAULT_STATE_DIR) -> int:
     """Run the demo in the foreground: 0 after Ctrl-C or SIGTERM, 3 if it could not start (one
     line on stderr says why), 1 if a child died later."""
-    cards_dir = find_cards_dir()
-    busy = _busy_port(host, [("the broker", port, "--port"), *_agent_ports(cards_dir)])
-    if busy:
-        print(f"a2a-broker: cannot start the demo: {busy}", file=sys.stderr)
+    if not _is_free(host, port):
+        print(
+            f"a2a-broker: cannot start the demo: {host}:{port} is in use (give another --port)",
+            file=sys.stderr,
+        )
         return EXIT_CANNOT_START
     state = Path(state_dir).resolve()
     credentials = new_credentials(f"http://{host}:{port}")
+    cards_dir = place_cards(state, find_cards_dir(), host)
     config = write_state(state, host, port, cards_dir, credentials)
     children: list[Child] = []
     started = False
@@ -96,22 +103,32 @@ def run_demo(host: str = HOST, port: int = 8080, state_dir: str | Path = DEFAULT
                 _stop_all(children)
 
 
-def _agent_ports(cards_dir: Path) -> list[tuple[str, int, str]]:
-    return [
-        (f"the {name} agent", card_port(load_card(name, cards_dir=cards_dir)), "its card")
-        for name in AGENT_NAMES
-    ]
+def place_cards(state: Path, shipped: Path, host: str) -> Path:
+    """The cards this run serves, in ``<state>/cards``: the shipped ones, each moved to a free
+    port if its own is taken (another demo, another program), so two demos can run side by side."""
+    placed = state / "cards"
+    placed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in AGENT_NAMES:
+        card = load_card(name, cards_dir=shipped)
+        if not _is_free(host, card_port(card)):
+            card = load_card(name, port=_free_port(host), cards_dir=shipped)
+        text = json.dumps(MessageToDict(card), indent=2) + "\n"
+        (placed / f"{name}.json").write_text(text, encoding="utf-8")
+    return placed
 
 
-def _busy_port(host: str, ports: list[tuple[str, int, str]]) -> str | None:
-    """Which of ``ports`` something already listens on, said for the operator (None: none)."""
-    for who, port, where in ports:
-        try:
-            with socket.create_server((host, port)):
-                pass
-        except OSError as exc:
-            return f"{host}:{port} (for {who}, set by {where}) is not free: {exc.strerror}"
-    return None
+def _is_free(host: str, port: int) -> bool:
+    """Nothing listens on ``host:port`` (a moment ago)."""
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.create_server((host, 0)) as sock:
+        return int(sock.getsockname()[1])
 
 
 def print_banner(broker_url: str, state: Path, state_arg: Path, cards_dir: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 
 import broker
 from broker.cli import _parser, main
@@ -315,11 +316,32 @@ def test_demo_on_a_busy_port_is_one_line_and_status_3(tmp_path: Path) -> None:
         done = _run_cli("demo", "--port", str(port), "--state-dir", str(state), cwd=tmp_path)
 
     assert done.returncode == 3
-    assert done.stderr.startswith(
-        f"a2a-broker: cannot start the demo: 127.0.0.1:{port} (for the broker, set by --port)"
-        " is not free: "
+    assert done.stderr == (
+        f"a2a-broker: cannot start the demo: 127.0.0.1:{port} is in use (give another --port)\n"
     )
-    assert done.stderr.count("\n") == 1 and not state.exists()
+    assert not state.exists()
+
+
+def test_a_demo_agent_whose_port_is_taken_moves_to_a_free_one(tmp_path: Path) -> None:
+    from broker.demo import AGENT_NAMES, find_cards_dir
+    from broker.demo.agents import card_port, load_card
+    from broker.demo.launcher import place_cards
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        for name in AGENT_NAMES:
+            card = load_card(name, port=taken if name == "researcher" else None,
+                             cards_dir=find_cards_dir())
+            (shipped / f"{name}.json").write_text(json.dumps(MessageToDict(card)))
+
+        placed = place_cards(tmp_path / "state", shipped, "127.0.0.1")
+
+    moved = card_port(load_card("researcher", cards_dir=placed))
+    assert moved != taken
+    with socket.create_server(("127.0.0.1", moved)):
+        pass  # free: the agent can listen there
 
 
 def test_a_demo_child_that_fails_is_reported_in_one_line(tmp_path: Path) -> None:
