@@ -1,4 +1,4 @@
-"""The report section of scenario (p): p99 at 60% of saturation, open loop, against issue 6."""
+"""The report section of scenario (p): p99 at 60% of saturation, open loop, against its target."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenario
   e   the same with the redis store
   f   streaming: SendStreamingMessage direct and through the broker (memory store)
   j   the broker (redis store) with 1 and 2 worker processes, allowed on both cores
-  r   what budgets and rate limits cost (issue 4): the broker on the redis store with no
+  r   what budgets and rate limits cost: the broker on the redis store with no
       budget or rate limit (r-none), with the caller's budget as in (e) (r-budget), and with
       that budget plus a per-agent rate limit that never refuses (r-rate)
   d   each stage alone over a broker with every optional stage off (scenario_stages.py)

@@ -1,6 +1,6 @@
 """Scenario (p): the broker's p99 at 60% of its saturation throughput, driven open loop.
 
-Issue 6 asks for "p99 at most 15 ms while running at 60% of the broker's saturation
+The target asks for "p99 at most 15 ms while running at 60% of the broker's saturation
 throughput" (full pipeline, unary SendMessage, one worker). For each store, in one run:
 
 1. start the broker (full metering, as in (e)) and find its saturation throughput: wrk, closed

@@ -1,4 +1,4 @@
-"""The words around the numbers: method notes, the targets of issue 6, and what a run says.
+"""The words around the numbers: method notes, the performance targets, and what a run says.
 
 Every sentence is computed from the run it describes, so a rerun cannot leave stale claims.
 """
@@ -13,10 +13,10 @@ from benchmarks.measure import NOISY_CORES
 CPU_BUDGET_US = 300.0
 THROUGHPUT_SHARE = 0.70
 ADDED_P50_MS = 0.6
-# PERF_NOTES.md: the bare Litestar + aiohttp proxy cost 224 µs/req at c=16 where the 300 µs
-# budget was set; scaling by this run's (b1) carries the budget over to a slower or faster machine.
+# When the 300 µs budget was set, the bare Litestar + aiohttp proxy cost 224 µs/req at c=16;
+# scaling by this run's (b1) carries the budget over to a slower or faster machine.
 REFERENCE_PROXY_US = 224.0
-# The stages issue 6's "full pipeline" names, by the module each would live in (broker/stages/).
+# The stages of the targets' "full pipeline", by the module each would live in (broker/stages/).
 FULL_PIPELINE = {
     "authenticate": "authentication",
     "policy": "chain policy",
@@ -83,13 +83,13 @@ def targets(results: dict[str, Any]) -> list[str]:
         f"The broker measured here has these stage modules in `broker/stages/`: {stages}, run "
         "with the default settings (plus loopback egress). "
         + (
-            f"Of issue 6's full pipeline it lacks {missing}, so a target met here is "
+            f"Of the targets' full pipeline it lacks {missing}, so a target met here is "
             "necessary, not sufficient."
             if missing
-            else "Every stage issue 6 names is present."
+            else "Every stage of the targets' full pipeline is present."
         ),
         "",
-        "| target (issue 6, one worker) | wanted | measured | | how far off |",
+        "| target (one worker) | wanted | measured | | how far off |",
         "|---|---|---|---|---|",
     ]
     b16 = _at(results, "b1", 16)
@@ -127,13 +127,14 @@ def targets(results: dict[str, Any]) -> list[str]:
     missed = sum(1 for line in lines if "**not met**" in line)
     measured = sum(1 for line in lines if "| met |" in line or "| **not met** |" in line)
     unmeasured = sum(1 for line in lines if "| n/a |" in line)
-    lines += ["", f"**Plainly: {measured - missed} of the {measured} measured targets of issue 6 "
+    lines += ["", f"**Plainly: {measured - missed} of the {measured} measured performance targets "
               f"are met, {missed} are not** (the last column says by how much)"
               + (f"; {unmeasured} not measured in this run." if unmeasured else ".")
               + (_without_metering(results) if missed else "")]  # fmt: skip
     if scale:
         lines += ["", f"The 300 µs budget was set where the bare Litestar + aiohttp proxy cost "
-                  f"{REFERENCE_PROXY_US:.0f} µs per request (`PERF_NOTES.md`); in this run (b1) "
+                  f"{REFERENCE_PROXY_US:.0f} µs per request (measured on this kind of machine "
+                  "when the budget was set); in this run (b1) "
                   f"costs {b16['cpu_us_per_req']:,.0f} µs, {scale:.2f}x that, so the scaled row "
                   "is the fairer reading of the CPU target on this machine."]  # fmt: skip
     return lines
@@ -259,7 +260,7 @@ def _client_choice(results: dict[str, Any]) -> list[str]:
     runs = {p.get("origin") for _, b1, b2 in pairs for p in (b1, b2)}
     if len(runs) > 1:
         verdict += " (Careful: (b1) and (b2) here come from different runs, see the kept rows.)"
-    return [f"* **Upstream client (issue 2, item 5)**: aiohttp (b1) vs httpx (b2), same "
+    return [f"* **Upstream client**: aiohttp (b1) vs httpx (b2), same "
             f"Litestar proxy: {'; '.join(parts)}. {verdict}"]  # fmt: skip
 
 
@@ -374,7 +375,7 @@ def _metering(results: dict[str, Any]) -> list[str]:
                 f"{_scripts(p) - _scripts(none):+.2f} EVALSHA/req"
             )
         if parts:
-            out.append(f"* **Metering (issue 4), c={c}**: against the same broker on Redis with "
+            out.append(f"* **Metering, c={c}**: against the same broker on Redis with "
                        f"no budget or rate ({none['rps']:,.0f} req/s, "
                        f"{none['cpu_us_per_req']:,.0f} µs/req): "
                        + "; ".join(parts) + ".")  # fmt: skip
@@ -430,7 +431,8 @@ def _gap(results: dict[str, Any]) -> list[str]:
         " Next, by size: (1) the pipeline's own Python, which no store or audit setting removes "
         "(d-off against b1): fold the per-request stages into fewer coroutine frames and "
         "allocate less per request, or move the edge off Litestar's route machinery onto raw "
-        "ASGI, which PERF_NOTES puts at 75-100 µs; (2) the Redis client: redis-py's machinery, "
+        "ASGI, measured at 75-100 µs when the budget was set; (2) the Redis client: redis-py's "
+        "machinery, "
         "not Redis, is most of the Redis cost even with batched scripts (decision 0010), so a "
         "leaner RESP client for the few hot scripts; (3) at c=1 the fsync of each decision "
         "record (d-audit), which `[audit] durable_before = \"reply\"` hides behind agents that "

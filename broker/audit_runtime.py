@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -34,6 +32,7 @@ from broker.errors import (
     UnauthenticatedError,
 )
 from broker.keys import BrokerKeys
+from broker.replica_id import claim_default_replica
 from broker.settings import Settings
 from broker.types import MediationContext
 
@@ -204,7 +203,8 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
         audit_log = FileAuditLog(
             settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
         )
-    replica = audit.replica or f"{socket.gethostname()}-{os.getpid()}"
+    # Stable across restarts (broker.replica_id), so a restarted broker continues its chain.
+    replica = audit.replica or claim_default_replica(settings.server.port)
     trail = await AuditTrail.open(
         audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import difflib
 import logging
 import re
 import time
@@ -41,7 +42,7 @@ from broker.stores.base import AgentRecord, AgentStatus, Stores
 
 __all__ = ["AgentDirectory", "CardFetcher", "DeclarativeCardError"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("a2a_broker.directory")
 
 CardFetcher = Callable[[str], Awaitable[bytes]]
 Source = Literal["api", "declarative"]
@@ -199,27 +200,48 @@ class AgentDirectory:
 
     # --- Declarative registration ---------------------------------------------------------------
 
-    async def load_declarative(self, cards_dir: str | Path) -> builtins.list[AgentRecord]:
-        """Register (or update in place) every ``*.json`` card in ``cards_dir``, named by file stem.
+    async def load_declarative(
+        self, cards_dir: str | Path | None = None
+    ) -> builtins.list[AgentRecord]:
+        """Register every ``*.json`` card in ``cards_dir`` (if given) and bind every
+        ``[agents.NAME]`` credential; return the card records.
 
-        The credential digest comes from ``[agents.<name>] credential_sha256`` and replaces any
-        other credential of that agent; without one the agent is registered but cannot call the
-        broker (a warning is logged). Existing records keep their status and creation time.
-        Every file is checked before any is stored; ``DeclarativeCardError`` names the first
-        file (or ``[agents]`` entry) that cannot be loaded.
+        Cards are named by file stem and registered (or updated in place: existing records keep
+        their status and creation time). The credential digest comes from ``[agents.<name>]
+        credential_sha256`` and replaces any other credential of that agent; a card without one
+        is registered but cannot call the broker (a warning is logged). An ``[agents.NAME]``
+        entry with no card is a caller-only identity, with or without a ``cards_dir``. Every file
+        is checked before any is stored; ``DeclarativeCardError`` names the first file (or
+        ``[agents]`` entry) that cannot be loaded.
         """
-        folder = Path(cards_dir)
-        files = await asyncio.to_thread(_card_files, folder)
+        files = await asyncio.to_thread(_card_files, Path(cards_dir)) if cards_dir else []
         loaded = [(path.stem, await self._load_file(path)) for path in files]
+        card_names = [path.stem for path in files]
+        for name in sorted(set(self._settings.agents) - set(card_names)):
+            self._check_caller_only(name, card_names)
         records = [await self._store_declared(name, *found) for name, found in loaded]
-        for name in sorted(set(self._settings.agents) - {path.stem for path in files}):
+        for name in sorted(set(self._settings.agents) - set(card_names)):
             await self._bind_caller_only(name)
         return records
 
-    async def _bind_caller_only(self, name: str) -> None:
-        """An ``[agents.NAME]`` entry without a card: an identity that calls but is not called."""
+    def _check_caller_only(self, name: str, card_names: builtins.list[str]) -> None:
+        """Refuse a name no agent could have; warn where the entry looks like a mistake."""
         if not AGENT_NAME_RE.match(name):
             raise DeclarativeCardError(f"[agents.{name}]: not a valid agent name")
+        if not self._declared_digest(name):
+            log.warning("[agents.%s] has no credential_sha256: the entry does nothing", name)
+        close = difflib.get_close_matches(name, card_names, n=1)
+        if close:
+            log.warning(
+                "[agents.%s] has no card in cards_dir, so it is a caller-only identity; did you"
+                " mean [agents.%s] (the card %s.json)?",
+                name,
+                close[0],
+                close[0],
+            )
+
+    async def _bind_caller_only(self, name: str) -> None:
+        """An ``[agents.NAME]`` entry without a card: an identity that calls but is not called."""
         digest = self._declared_digest(name)
         if digest:
             await self._credentials.replace(name, digest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,17 @@ class BrokerRuntime:
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
+        """Open everything; a failure part-way closes what was already open (no leaked client
+        sessions or tasks) and raises the failure."""
+        async with contextlib.AsyncExitStack() as opened:
+            runtime = await cls._open(settings, opened)
+            opened.pop_all()  # from here on, close() owns them
+        return runtime
+
+    @classmethod
+    async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         backend = open_backend(settings.store)
+        opened.push_async_callback(backend.close)
         stores = backend.stores()
         if settings.store.backend == "redis":
             stores = with_read_cache(stores, settings.store.read_cache_ttl_s)
@@ -75,11 +86,14 @@ class BrokerRuntime:
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
         upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
+        opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
         audit = await open_recorder(settings, keys)
+        opened.push_async_callback(audit.close)
         policy = await PolicyRuntime.start(settings, audit)
+        opened.push_async_callback(policy.stop)
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
@@ -119,19 +133,24 @@ class BrokerRuntime:
             ),
             mediate=_unset,
         )
+        opened.push_async_callback(runtime._stop_background_work)
         runtime.mediate = fold(pipeline_stages(runtime))
-        if settings.registry.cards_dir:
-            await directory.load_declarative(settings.path(settings.registry.cards_dir))
+        # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
+        cards_dir = settings.registry.cards_dir
+        await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
         return runtime
 
     async def close(self) -> None:
-        self.expiry.cancel()
+        await self._stop_background_work()
         await self.policy.stop()
-        for exporter in self.exporters:
-            await exporter.stop()
         await self.audit.close()
         await self.upstream.close()
         await self.backend.close()
+
+    async def _stop_background_work(self) -> None:
+        self.expiry.cancel()
+        for exporter in self.exporters:
+            await exporter.stop()
 
 
 async def _expire_reservations(stores: Stores, settings: Settings) -> None:

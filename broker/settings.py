@@ -7,12 +7,14 @@ starts with no file at all; an unknown or mistyped key is an error that names th
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
+from broker.config_errors import Where, explain_validation
 from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
@@ -179,7 +181,8 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # off: nothing is recorded (tests and benchmarks of other stages only).
     backend: Literal["file", "redis", "off"] = "file"
     dir: str = "var/audit"
-    # This process's chain name; empty: <hostname>-<pid> (each process keeps its own chain).
+    # This process's chain name; empty: <hostname>-<port> (-2, -3... for further workers), the
+    # same after a restart, so a restarted broker continues its chain (broker/replica_id.py).
     replica: str = ""
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0
@@ -188,7 +191,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # forward: before the request is forwarded (the record is on disk before the agent acts).
     # reply: the record is written (it survives a crash of the broker) before forwarding, and
     # fsynced while the agent works; the caller gets no answer until it is on disk.
-    # docs/decisions/0009-audit-sync-before-reply.md says what each costs and risks.
+    # docs/decisions/0009-audit-durable-before-reply.md says what each costs and risks.
     durable_before: Literal["forward", "reply"] = "forward"
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
     # digests only). See broker/audit_redact.py for what is redacted.
@@ -258,49 +261,67 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
 
 class SettingsError(Exception):
-    """The configuration could not be loaded; the message names the file and the key."""
+    """The configuration could not be loaded; the message says ``file:line: what``."""
 
 
 _FILE_ONLY_FIELDS = ("base_dir", "admin_token")
+_TOML_AT = re.compile(r"^(?P<what>.*) \(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 
 def load_settings(path: str | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Read the TOML file at ``path`` (or ``$A2A_BROKER_CONFIG``; none = defaults)."""
     env = dict(os.environ if environ is None else environ)
     path = path or env.get(CONFIG_ENV) or None
+    text = ""
     raw: dict[str, object] = {}
     base_dir = "."
     if path:
         file = Path(path)
         try:
-            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+            text = file.read_text(encoding="utf-8")
+            raw = tomllib.loads(text)
         except OSError as exc:
             raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{path}: not UTF-8 text ({exc.reason})") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
+            raise SettingsError(_toml_syntax_problem(path, str(exc))) from exc
         base_dir = str(file.resolve().parent)
+    where = Where(path or "(defaults)", text)
     for name in _FILE_ONLY_FIELDS:
         if name in raw:
-            raise SettingsError(f"config file {path}: unknown key `{name}`")
+            raise SettingsError(where.say((name,), f"unknown key `{name}`"))
+    document = dict(raw)
     raw["base_dir"] = base_dir
     raw["admin_token"] = env.get(ADMIN_TOKEN_ENV, "")
     try:
         settings = msgspec.convert(raw, Settings)
     except msgspec.ValidationError as exc:
-        raise SettingsError(f"config file {path or '(defaults)'}: {exc}") from exc
-    _check_upstream_secrets(settings, env)
+        keys, message = explain_validation(exc, document, Settings)
+        raise SettingsError(where.say(keys, message)) from exc
+    _check_upstream_secrets(settings, env, where)
     settings = _resolve_upstream_secrets(settings, env)
     try:
         return msgspec.structs.replace(settings, llm=resolve_llm_settings(settings.llm, env))
     except LlmConfigError as exc:
-        raise SettingsError(f"config file {path or '(defaults)'}: {exc}") from exc
+        raise SettingsError(where.say(exc.path, str(exc))) from exc
 
 
-def _check_upstream_secrets(settings: Settings, env: dict[str, str]) -> None:
+def _toml_syntax_problem(path: str, message: str) -> str:
+    found = _TOML_AT.match(message)
+    if not found:
+        return f"{path}: not valid TOML: {message}"
+    return f"{path}:{found['line']}: not valid TOML: {found['what']} (column {found['column']})"
+
+
+def _check_upstream_secrets(settings: Settings, env: dict[str, str], where: Where) -> None:
     for agent, cred in settings.upstream_credentials.items():
         if cred.env and cred.env not in env:
             raise SettingsError(
-                f"upstream_credentials.{agent}.env names ${cred.env}, which is not set"
+                where.say(
+                    ("upstream_credentials", agent, "env"),
+                    f"upstream_credentials.{agent}.env names ${cred.env}, which is not set",
+                )
             )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -35,6 +35,7 @@ from broker.audit.sources import (
 from broker.audit.verify import VerifyReport, averify_chain, verify_chain
 
 _ENCODER = msgspec.json.Encoder()
+Render = Callable[[AuditRecord], str]
 
 
 def verify(
@@ -113,10 +114,14 @@ def _first_replica(path: Path) -> str:
 def _describe(report: VerifyReport) -> str:
     if report.ok:
         unsigned = report.last_seq - report.signed_seq
-        return (f"{report.replica}: ok, {report.last_seq} records, {report.checkpoints} "
-                f"checkpoints, {unsigned} after the last checkpoint")
+        return (f"{report.replica}: ok, {_count(report.last_seq, 'record')}, "
+                f"{_count(report.checkpoints, 'checkpoint')}, {unsigned} after the last checkpoint")
     return (f"{report.replica}: {report.kind.upper()} at seq {report.seq} (line {report.line}): "
             f"{report.message}")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def checkpoint(
@@ -144,15 +149,17 @@ def checkpoint(
 
 def search(
     source: str, filters: RecordFilter | None = None, *, prefix: str = "a2ab",
-    out: TextIO = sys.stdout, err: TextIO = sys.stderr, **options: str | None,
+    out: TextIO = sys.stdout, err: TextIO = sys.stderr, render: Render | None = None,
+    **options: str | None,
 ) -> int:
-    """Print the records that match, all replicas merged by time, as JSON lines.
+    """Print the records that match, all replicas merged by time, as JSON lines (or as
+    ``render`` makes each one a line).
 
     ``options``: agent, task, tree, since, until, decision, kind, replica (see ``RecordFilter``).
     """
     try:
         chosen = filters or RecordFilter.from_options(options)
-        asyncio.run(_copy(source, prefix, chosen, out))
+        asyncio.run(_copy(source, prefix, chosen, out, render or canonical_line))
     except (AuditSourceError, AuditLogError) as exc:
         err.write(f"audit search: {exc}\n")
         return EXIT_USAGE
@@ -167,28 +174,31 @@ def export(
 
     Unfiltered, one replica's export is a verifiable copy of its chain.
     """
+    chosen = filters or RecordFilter()
     try:
         if out_path == "-":
-            asyncio.run(_copy(source, prefix, filters or RecordFilter(), sys.stdout))
-            return EXIT_OK
-        with Path(out_path).open("w", encoding="utf-8") as out:
-            asyncio.run(_copy(source, prefix, filters or RecordFilter(), out))
+            count = asyncio.run(_copy(source, prefix, chosen, sys.stdout, canonical_line))
+        else:
+            with Path(out_path).open("w", encoding="utf-8") as out:
+                count = asyncio.run(_copy(source, prefix, chosen, out, canonical_line))
     except (AuditSourceError, AuditLogError, OSError) as exc:
         err.write(f"audit export: {exc}\n")
         return EXIT_USAGE
+    where = "standard output" if out_path == "-" else out_path
+    err.write(f"audit export: wrote {_count(count, 'record')} to {where}\n")
     return EXIT_OK
 
 
 def tail(
     source: str, follow: bool = False, filters: RecordFilter | None = None, *, lines: int = 20,
     poll_s: float = 0.5, prefix: str = "a2ab", out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    err: TextIO = sys.stderr, render: Render | None = None,
 ) -> int:
     """Print the last ``lines`` matching records; with ``follow``, then new ones as they come
-    (until interrupted)."""
+    (until interrupted). Each is a JSON line, or what ``render`` makes of it."""
     try:
         asyncio.run(_tail(source, follow, filters or RecordFilter(), lines=lines, poll_s=poll_s,
-                          prefix=prefix, out=out))
+                          prefix=prefix, out=out, render=render or canonical_line))
     except (AuditSourceError, AuditLogError) as exc:
         err.write(f"audit tail: {exc}\n")
         return EXIT_USAGE
@@ -197,19 +207,30 @@ def tail(
     return EXIT_OK
 
 
-async def _copy(source: str, prefix: str, filters: RecordFilter, out: TextIO) -> None:
+def canonical_line(record: AuditRecord) -> str:
+    """The record as stored: its canonical JSON."""
+    return encode_record(record).decode()
+
+
+async def _copy(
+    source: str, prefix: str, filters: RecordFilter, out: TextIO, render: Render
+) -> int:
+    """Write the matching records; how many there were."""
+    count = 0
     log = open_log(source, prefix)
     try:
         async for record in log.read(filters.replica or None):
             if filters.matches(record):
-                out.write(encode_record(record).decode() + "\n")
+                out.write(render(record) + "\n")
+                count += 1
     finally:
         await log.close()
+    return count
 
 
 async def _tail(
     source: str, follow: bool, filters: RecordFilter, *, lines: int, poll_s: float, prefix: str,
-    out: TextIO,
+    out: TextIO, render: Render,
 ) -> None:
     log = open_log(source, prefix)
     try:
@@ -220,13 +241,13 @@ async def _tail(
             if filters.matches(record):
                 last.append(record)
         for record in last:
-            out.write(encode_record(record).decode() + "\n")
+            out.write(render(record) + "\n")
         out.flush()
         while follow:
             await asyncio.sleep(poll_s)
             async for record in _new_records(log, positions, filters.replica):
                 if filters.matches(record):
-                    out.write(encode_record(record).decode() + "\n")
+                    out.write(render(record) + "\n")
             out.flush()
     finally:
         await log.close()

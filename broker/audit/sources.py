@@ -4,6 +4,8 @@ and record filters. Problems raise ``AuditSourceError`` with a message for the o
 from __future__ import annotations
 
 import json
+import re
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -134,16 +136,30 @@ def _json_values(text: str) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
-def parse_time_us(value: str) -> int:
-    """Epoch microseconds from ISO 8601 (UTC if no offset) or epoch seconds."""
+TIME_FORMS = (
+    "ISO 8601 (2026-12-01, 2026-12-01T09:30:00Z; UTC unless an offset is given), epoch seconds,"
+    " or a time before now (30s, 15m, 1h, 2d, 1w)"
+)
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_time_us(value: str, now: float | None = None) -> int:
+    """Epoch microseconds from ISO 8601 (UTC if no offset), epoch seconds, or a duration before
+    ``now`` (``30m``, ``1h``, ``2d``...). Raises ``AuditSourceError`` naming the valid forms."""
+    text = value.strip()
+    ago = _AGO.match(text.lower())
+    if ago:
+        seconds = float(ago.group(1)) * _UNIT_S[ago.group(2)]
+        return int(((time.time() if now is None else now) - seconds) * 1_000_000)
     try:
-        return int(float(value) * 1_000_000)
+        return int(float(text) * 1_000_000)
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise AuditSourceError(f"not a time: {value!r} (ISO 8601 or epoch seconds)") from exc
+        raise AuditSourceError(f"not a time: {value!r}; use {TIME_FORMS}") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1_000_000)

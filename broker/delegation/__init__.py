@@ -2,18 +2,14 @@
 
 * ``broker.delegation.tokens``: ``TokenMinter`` and ``TokenVerifier`` (broker side).
 * ``broker.delegation.errors``: the refusals they raise (``BrokerError`` subclasses).
-* ``broker.delegation.agent``: helpers for agents built with a2a-sdk. It imports only a2a-sdk,
-  PyJWT, httpx and the standard library, so an agent can use it without the broker's server code.
+* ``broker.delegation.agent``: helpers for agents built with a2a-sdk, re-exported from the
+  ``a2a-broker-agent`` package (``agent_kit/``), which agents can install without the broker.
 
-This module imports nothing, so that importing ``broker.delegation.agent`` stays light.
+The header names come from that package, so broker and agents cannot disagree on them.
 """
 
 from __future__ import annotations
 
-# The HTTP header that carries a delegation token, in both directions: broker → agent on every
-# forwarded request, agent → broker when the agent calls another agent for the same work.
-DELEGATION_HEADER = "A2A-Delegation"
-# The JOSE ``typ`` of a delegation token, so no other JWT the broker signs can pass for one.
-DELEGATION_TOKEN_TYPE = "a2a-delegation+jwt"  # noqa: S105 (a media type, not a secret)
+from a2a_broker_agent.headers import DELEGATION_HEADER, DELEGATION_TOKEN_TYPE
 
 __all__ = ["DELEGATION_HEADER", "DELEGATION_TOKEN_TYPE"]

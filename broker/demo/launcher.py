@@ -1,8 +1,10 @@
 """``a2a-broker demo``: the three demo agents and a broker in front of them, until interrupted.
 
-Every start mints fresh secrets, writes the broker's config and ``credentials.json`` into the
-state folder, starts the agents and then the broker as child processes (their output goes to
-``<state>/logs/``), and stops them all on Ctrl-C or SIGTERM, or when one of them dies.
+Every start mints fresh secrets, writes the broker's config, ``credentials.json`` and the cards
+into the state folder, starts the agents and then the broker as child processes (their output
+goes to ``<state>/logs/``), and stops them all on Ctrl-C or SIGTERM, or when one of them dies.
+An agent whose card's port is taken (another demo, say) listens on a free port instead; its
+card in ``<state>/cards`` says which.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +27,12 @@ from typing import NoReturn
 
 import httpx
 import msgspec
+from google.protobuf.json_format import (  # type: ignore[import-untyped,unused-ignore]
+    MessageToDict,
+)
 
 import broker
+from broker.cli_output import EXIT_CANNOT_START
 from broker.demo import (
     AGENT_NAMES,
     BROKER_URL_ENV,
@@ -57,30 +64,71 @@ class Child:
 
 
 class ChildFailedError(Exception):
-    """A child process died or did not answer in time; the message names it and shows its log."""
+    """A child process died or did not answer in time; the message (one line) names it, quotes
+    why it stopped and where its log is."""
 
 
 def run_demo(host: str = HOST, port: int = 8080, state_dir: str | Path = DEFAULT_STATE_DIR) -> int:
-    """Run the demo in the foreground: 0 after Ctrl-C or SIGTERM, 1 if a child failed."""
+    """Run the demo in the foreground: 0 after Ctrl-C or SIGTERM, 3 if it could not start (one
+    line on stderr says why), 1 if a child died later."""
+    if not _is_free(host, port):
+        print(
+            f"a2a-broker: cannot start the demo: {host}:{port} is in use (give another --port)",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_START
     state = Path(state_dir).resolve()
     credentials = new_credentials(f"http://{host}:{port}")
-    cards_dir = find_cards_dir()
+    cards_dir = place_cards(state, find_cards_dir(), host)
     config = write_state(state, host, port, cards_dir, credentials)
     children: list[Child] = []
+    started = False
     with _sigterm_interrupts():
         try:
             _start_all(children, state, config, cards_dir, credentials)
+            started = True
             print_banner(credentials.broker_url, state, Path(state_dir), cards_dir)
             _watch(children)
         except KeyboardInterrupt:
             print("\nstopping the demo")
             return 0
         except ChildFailedError as exc:
-            print(f"the demo stopped: {exc}", file=sys.stderr)
+            if not started:
+                print(f"a2a-broker: cannot start the demo: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_START
+            print(f"a2a-broker: the demo stopped: {exc}", file=sys.stderr)
             return 1
         finally:
             with _signals_ignored():
                 _stop_all(children)
+
+
+def place_cards(state: Path, shipped: Path, host: str) -> Path:
+    """The cards this run serves, in ``<state>/cards``: the shipped ones, each moved to a free
+    port if its own is taken (another demo, another program), so two demos can run side by side."""
+    placed = state / "cards"
+    placed.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in AGENT_NAMES:
+        card = load_card(name, cards_dir=shipped)
+        if not _is_free(host, card_port(card)):
+            card = load_card(name, port=_free_port(host), cards_dir=shipped)
+        text = json.dumps(MessageToDict(card), indent=2) + "\n"
+        (placed / f"{name}.json").write_text(text, encoding="utf-8")
+    return placed
+
+
+def _is_free(host: str, port: int) -> bool:
+    """Nothing listens on ``host:port`` (a moment ago)."""
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port(host: str) -> int:
+    with socket.create_server((host, 0)) as sock:
+        return int(sock.getsockname()[1])
 
 
 def print_banner(broker_url: str, state: Path, state_arg: Path, cards_dir: Path) -> None:
@@ -194,9 +242,11 @@ def _start(name: str, args: list[str], state: Path, extra_env: dict[str, str]) -
 
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra, "PYTHONUNBUFFERED": "1"}
-    # A source checkout need not be installed: let the children import `broker` as we do.
-    source_root = str(Path(broker.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (source_root, env.get("PYTHONPATH")) if p)
+    # A source checkout need not be installed: let the children import `broker` (and the agent
+    # kit beside it) as we do.
+    source_root = Path(broker.__file__).resolve().parents[1]
+    paths = (str(source_root), str(source_root / "agent_kit"), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
@@ -208,18 +258,38 @@ def _wait_ready(child: Child, url: str, timeout_s: float = AGENT_START_TIMEOUT_S
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         time.sleep(POLL_INTERVAL_S)
-    raise ChildFailedError(f"{child.name} did not answer {url} in {timeout_s:.0f} s" + _tail(child))
+    raise ChildFailedError(
+        f"{child.name} did not answer {url} in {timeout_s:.0f} s" + _last_words(child)
+    )
 
 
 def _check_alive(child: Child) -> None:
     code = child.process.poll()
     if code is not None:
-        raise ChildFailedError(f"{child.name} exited with code {code}" + _tail(child))
+        raise ChildFailedError(f"{child.name} exited with status {code}" + _last_words(child))
 
 
-def _tail(child: Child, lines: int = 15) -> str:
-    text = child.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
-    return f"\n--- last lines of {child.log} ---\n" + "\n".join(text)
+def _last_words(child: Child) -> str:
+    """``: <what the child said last>`` and where its log is, on one line."""
+    lines = child.log.read_text(encoding="utf-8", errors="replace").splitlines()
+    said = next((_message(line) for line in reversed(lines) if _is_problem(line)), "")
+    return (f": {said}" if said else "") + f" (log: {child.log})"
+
+
+def _is_problem(line: str) -> bool:
+    """A line in which a child explains why it stops: the CLI's one line, or an error log line."""
+    return line.startswith("a2a-broker: ") or '"level":"error"' in line
+
+
+def _message(line: str) -> str:
+    if line.startswith("{"):
+        try:
+            message = str(msgspec.json.decode(line).get("message", line))
+        except (msgspec.DecodeError, AttributeError):
+            message = line
+    else:
+        message = line.removeprefix("a2a-broker: ")
+    return " ".join(message.split())[:300]
 
 
 def _watch(children: list[Child]) -> NoReturn:

@@ -12,6 +12,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from broker.budgets import Limit
+from broker.config_errors import explain_validation
 from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
 from broker.http.state import AnyRequest, runtime_of
 from broker.policy.rules import PolicyError
@@ -41,8 +42,12 @@ class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
 def _decode(body: bytes, kind: type[_B]) -> _B:
     try:
         return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        # Valid JSON with a wrong value: name the field, and the valid choices for a choice.
+        _, problem = explain_validation(exc, msgspec.json.decode(body), kind)
+        raise InvalidAdminRequestError(f"Invalid request body: {problem}") from None
     except msgspec.DecodeError as exc:
-        # msgspec's message names the offending field and says what was expected: safe to show.
+        # msgspec's message says where the JSON breaks: safe to show.
         raise InvalidAdminRequestError(f"Invalid request body: {exc}") from None
 
 

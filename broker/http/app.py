@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Response
 from litestar.exceptions import HTTPException
+from redis.exceptions import RedisError
 
+from broker.audit.log import AuditLogError
 from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
@@ -26,11 +29,33 @@ from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
 from broker.llm.routes import llm_route_handlers
 from broker.logs import configure_logging
+from broker.policy.rules import PolicyError
+from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
 from broker.wire import error_headers, rest_error_body
 
 log = logging.getLogger("a2a_broker")
+
+# ASGI in general (Litestar's own aliases leave out the lifespan scope).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# What a start-up can fail with for reasons outside the code (files, keys, Redis, the audit
+# log): logged as one line. Anything else is a bug and is logged with its traceback.
+STARTUP_ERRORS = (
+    DeclarativeCardError,
+    KeyFileError,
+    SettingsError,
+    PolicyError,
+    AuditLogError,
+    ReplicaIdError,
+    BrokerError,
+    RedisError,
+    OSError,
+)
 
 
 def broker_error_response(_: AnyRequest, err: BrokerError) -> Response[bytes]:
@@ -81,8 +106,13 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             app.state.runtime = await BrokerRuntime.start(settings)
-        except (DeclarativeCardError, KeyFileError, SettingsError) as exc:
-            log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
+        except STARTUP_ERRORS as exc:
+            _startup_failures.append(_one_line(exc))
+            log.error("cannot start: %s", _startup_failures[-1])  # noqa: TRY400 - the story
+            raise
+        except Exception as exc:
+            _startup_failures.append(f"unexpected {type(exc).__name__} (the log has its trace)")
+            log.exception("cannot start: unexpected error")  # a bug: keep the traceback
             raise
         settle_heap()
         log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)
@@ -116,8 +146,47 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-def app_from_environment() -> Litestar:
+def app_from_environment() -> QuietStartupFailure:
     """Factory for ``uvicorn --factory``: settings from $A2A_BROKER_CONFIG (each worker)."""
     settings = load_settings()
     configure_logging(settings.server.log_level)
-    return create_app(settings)
+    return QuietStartupFailure(create_app(settings))
+
+
+class QuietStartupFailure:
+    """Passes everything to ``app``, except that a failed start-up is reported without text.
+
+    Litestar reports a failed lifespan start-up with the whole formatted traceback (an
+    ExceptionGroup from its task group), which uvicorn logs as one enormous line. The lifespan
+    above has already logged the cause in one line, so the report carries no message; uvicorn
+    still exits with its start-up failure status (3).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, quiet)
+
+
+# Why this process's start-up failed, for `a2a-broker serve` to say in one line (one worker:
+# uvicorn runs the app in the serve process itself).
+_startup_failures: list[str] = []
+
+
+def startup_failure() -> str | None:
+    """The cause of this process's failed start-up, if it failed."""
+    return _startup_failures[-1] if _startup_failures else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

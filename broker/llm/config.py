@@ -48,7 +48,11 @@ class LlmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
 
 
 class LlmConfigError(ValueError):
-    """The ``[llm]`` section cannot be used; the message names the key."""
+    """The ``[llm]`` section cannot be used; the message names the key, ``path`` is its keys."""
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def resolve_llm_settings(llm: LlmSettings, env: Mapping[str, str]) -> LlmSettings:
@@ -58,14 +62,21 @@ def resolve_llm_settings(llm: LlmSettings, env: Mapping[str, str]) -> LlmSetting
     providers: dict[str, LlmProvider] = {}
     for name, provider in llm.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
-            raise LlmConfigError(f"llm.providers.{name}.base_url must be an http(s) URL")
+            raise LlmConfigError(
+                f"llm.providers.{name}.base_url must be an http(s) URL",
+                ("llm", "providers", name, "base_url"),
+            )
         if provider.key_env and provider.key_env not in env:
             raise LlmConfigError(
-                f"llm.providers.{name}.key_env names ${provider.key_env}, which is not set"
+                f"llm.providers.{name}.key_env names ${provider.key_env}, which is not set",
+                ("llm", "providers", name, "key_env"),
             )
         for model in provider.models:
             if model in seen:
-                raise LlmConfigError(f"model {model!r} is served by {seen[model]} and {name}")
+                raise LlmConfigError(
+                    f"model {model!r} is served by {seen[model]} and {name}",
+                    ("llm", "providers", name, "models"),
+                )
             seen[model] = name
         key = env[provider.key_env] if provider.key_env else provider.key
         providers[name] = msgspec.structs.replace(provider, key=key)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 import time
 
-import msgspec
-
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError, BrokerInternalError
 from broker.llm.config import LlmSettings, ModelCatalog
@@ -17,6 +15,7 @@ from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.llm.request import parse_request
 from broker.llm.wire import openai_error_reply
+from broker.logs import log_fields
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
 from broker.stages.authenticate import Authenticate
@@ -26,7 +25,6 @@ from broker.stores.budget_base import RateLimiter
 from broker.types import Outcome, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
-_encoder = msgspec.json.Encoder()
 ACTIONS = {"chat": "llm:chat", "embeddings": "llm:embeddings"}
 
 
@@ -52,7 +50,6 @@ def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     record: dict[str, object] = {
-        "ts": round(time.time(), 3),
         "event": "llm_call",
         "request_id": ctx.request_id,
         "caller": ctx.caller,
@@ -66,7 +63,7 @@ def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
     }
     if ctx.error is not None:
         record["error"] = ctx.error.reason
-    log.info(_encoder.encode(record).decode())
+    log_fields(log, record)
 
 
 class LlmAuthenticate:

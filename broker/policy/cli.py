@@ -15,8 +15,9 @@ from pathlib import Path
 from broker.operations import OPERATIONS
 from broker.policy.decision import Decision, RuleRef, operation_action
 from broker.policy.engine import PolicyEngine
-from broker.policy.rules import PolicyError
+from broker.policy.rules import LLM_ACTIONS, MODEL_PREFIX, PolicyError
 
+_LLM_CALLS = ", ".join(sorted(a for a in LLM_ACTIONS if not a.endswith("*")))
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
 
 
@@ -44,13 +45,14 @@ def explain(
 
     ``explain(p, ["a", "b"], "c", ...)`` (the CLI's ``policy explain a b c``) decides a -> b with
     chain [a], then b -> c with chain [a, b]; it first asks whether ``a`` may originate, and for a
-    message to an agent already in the chain, whether it may be re-entered.
+    message to an agent already in the chain, whether it may be re-entered. A ``target`` of
+    ``model:NAME`` with ``operation`` ``llm:chat`` or ``llm:embeddings`` explains an LLM call:
+    the hops before it are the messages that built the chain (``SendMessage`` on ``skill``), and
+    a direct LLM call needs no ``originate``, as in the broker.
     """
-    if not chain:
-        print("error: name at least the calling agent and the target", file=sys.stderr)
-        return 1
-    if operation not in OPERATIONS:
-        print(f"error: unknown A2A operation {operation!r}", file=sys.stderr)
+    problem = _operation_problem(chain, target, operation)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
         engine = PolicyEngine.from_files(model_path or _default_model(path), path)
@@ -58,12 +60,45 @@ def explain(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"policy {path} (version {engine.version[:12]})")
-    ok = _show("originate", engine.may_originate(chain[0]), chain[:1])
     agents = [*chain, target]
+    ok = True
+    if not agents[1].startswith(MODEL_PREFIX):  # the first hop is an A2A message
+        ok = _show("originate", engine.may_originate(chain[0]), chain[:1])
     for index in range(len(chain)):
-        ok = _explain_hop(engine, agents[: index + 1], agents[index + 1], operation, skill) and ok
+        hop_target = agents[index + 1]
+        if hop_target.startswith(MODEL_PREFIX):
+            ok = _explain_llm_call(engine, agents[: index + 1], hop_target, operation) and ok
+            continue
+        hop_operation = "SendMessage" if operation in LLM_ACTIONS else operation
+        ok = _explain_hop(engine, agents[: index + 1], hop_target, hop_operation, skill) and ok
     print("result: allowed" if ok else "result: DENIED")
     return 0 if ok else 1
+
+
+def _operation_problem(chain: Sequence[str], target: str, operation: str) -> str | None:
+    """Why ``chain`` -> ``target`` doing ``operation`` cannot be explained (None: it can)."""
+    if not chain:
+        return "name at least the calling agent and the target"
+    if any(agent.startswith(MODEL_PREFIX) for agent in chain):
+        return "a model can only be the last of the chain (the target of an LLM call)"
+    if target.startswith(MODEL_PREFIX):
+        wrong = operation not in LLM_ACTIONS or operation.endswith("*")
+        return f"the target {target} is a model: give --operation {_LLM_CALLS}" if wrong else None
+    if operation in LLM_ACTIONS:
+        return f"{operation} is an LLM call: its target is model:NAME, not {target!r}"
+    if operation not in OPERATIONS:
+        return (
+            f"unknown A2A operation {operation!r} (valid: {', '.join(OPERATIONS)};"
+            f" for LLM calls {_LLM_CALLS} with a model:NAME target)"
+        )
+    return None
+
+
+def _explain_llm_call(
+    engine: PolicyEngine, chain: Sequence[str], model: str, action: str
+) -> bool:
+    print(f"hop {len(chain)}: {chain[-1]} -> {model}  {action}  chain [{', '.join(chain)}]")
+    return _show("call", engine.decide_chain(chain, model, action), chain)
 
 
 def _explain_hop(

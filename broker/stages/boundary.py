@@ -6,16 +6,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import msgspec
-
 from broker.audit_runtime import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
+from broker.logs import log_fields
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.wire import error_reply
 
 log = logging.getLogger("a2a_broker.access")
 REQUEST_ID_HEADER = "a2a-broker-request-id"
-_encoder = msgspec.json.Encoder()
 
 
 class ErrorBoundary:
@@ -74,7 +72,6 @@ def log_request(ctx: MediationContext, status: int, stream_end: str | None = Non
     if not log.isEnabledFor(logging.INFO):
         return
     record: dict[str, object] = {
-        "ts": round(time.time(), 3),
         "event": "mediated",
         "request_id": ctx.request_id,
         "caller": ctx.caller,
@@ -94,4 +91,4 @@ def log_request(ctx: MediationContext, status: int, stream_end: str | None = Non
             record["detail"] = ctx.error.detail
     if stream_end is not None:
         record["stream"] = stream_end
-    log.info(_encoder.encode(record).decode())
+    log_fields(log, record)

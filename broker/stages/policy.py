@@ -1,6 +1,7 @@
 """Chain policy: every hop is decided with the whole chain in view (Casbin, cached).
 
-A caller without a delegation context must be allowed to originate work. A hop is allowed only
+A caller without a delegation context must be allowed to originate work (asked first, so an
+agent calling itself without a token hears that, not CYCLE_DETECTED). A hop is allowed only
 if the caller may do it and so may the chain's origin (unless the caller holds a ``delegate``
 rule): authority only narrows along a chain. A target already in the chain is a cycle, refused
 unless a ``reenter`` rule allows it, and then only ``max_reentries`` times.
@@ -26,11 +27,14 @@ class ChainPolicy:
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.caller is not None and ctx.target is not None  # noqa: S101 - earlier stages
         assert ctx.operation is not None  # noqa: S101
+        # Origination before the cycle check: without a delegation context the "chain" is only
+        # the caller itself, so an agent calling itself would otherwise read as a loop. What it
+        # lacks is the context (or the right to start work), and that is what it must be told.
+        if self._engine is not None and ctx.parent is None:
+            _require(self._engine.may_originate(ctx.caller), DelegationRequiredError)
         if ctx.operation.sends_message:
             self._check_cycle(ctx.chain, ctx.target.name)
         if self._engine is not None:
-            if ctx.parent is None:
-                _require(self._engine.may_originate(ctx.caller), DelegationRequiredError)
             act = operation_action(ctx.operation.name, ctx.skill)
             decision = self._engine.decide_chain(ctx.chain, ctx.target.name, act)
             _require(decision, PolicyDeniedError)

@@ -11,6 +11,7 @@ The broker knows these agents (registered through the admin API):
 ``hang``           an upstream that accepts and never answers
 ``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500)
 ``alice``, ``bob`` callers (their cards point at a closed port; only their credentials matter)
+``carol``          a caller-only identity from ``[agents.carol]`` in the config (no cards_dir)
 =================  ===============================================================================
 
 The broker holds ``ECHO_UPSTREAM_TOKEN`` for ``echo`` (``[upstream_credentials.echo]``). Tests that
@@ -19,6 +20,7 @@ change an agent (suspend, rotate, delete) use ``fresh_agent``: an agent of their
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import sys
 import uuid
@@ -48,6 +50,8 @@ HTTP_TIMEOUT_S = 5.0
 # The credential the broker holds for the echo agent ([upstream_credentials.echo]).
 ECHO_UPSTREAM_TOKEN = f"e2e-echo-upstream-{secrets.token_hex(8)}"
 ECHO_UPSTREAM_TOKEN_ENV = "E2E_ECHO_UPSTREAM_TOKEN"
+# A caller-only identity declared in the config alone (the broker has no cards_dir).
+CAROL_CREDENTIAL = f"a2ab_carol-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,9 @@ sse_heartbeat_s = 1.0
 [upstream_credentials.echo]
 kind = "bearer"
 env = "{ECHO_UPSTREAM_TOKEN_ENV}"
+
+[agents.carol]
+credential_sha256 = "{hashlib.sha256(CAROL_CREDENTIAL.encode()).hexdigest()}"
 """
 
 
@@ -214,6 +221,7 @@ def broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[Broker]:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\nbroker log:\n{proc.log_tail()}") from exc
         callers = {name: Caller(name, cred) for name, cred in credentials.items()}
+        callers["carol"] = Caller("carol", CAROL_CREDENTIAL)
         yield Broker(url, admin_token, callers, proc.log)
 
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import re
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -480,29 +484,41 @@ async def test_cli_administers_an_agent_from_register_to_delete(
     card_file = tmp_path / "card.json"
     card_file.write_text(json.dumps(card))
 
-    created = (await _cli(broker, "register", name, "--card", str(card_file))).json()
+    register = await _cli(broker, "register", name, "--card", str(card_file))
+    created = register.json()
     registered.append(name)
     assert created["agent"]["name"] == name
+    assert register.stderr == (
+        f"registered agent {name}; its card is served at {created['agent']['broker_card_url']}\n"
+    )
     _assert_completed(await _send(http, broker, "echo", created["credential"]))
 
-    listed = (await _cli(broker, "list")).json()["agents"]
-    assert {a["name"]: a["status"] for a in listed}[name] == "active"
+    listed = await _cli(broker, "list")
+    assert {a["name"]: a["status"] for a in listed.json()["agents"]}[name] == "active"
+    assert listed.stderr == ""  # nothing changed, nothing said
     assert (await _cli(broker, "show", name)).json()["card"] == card
 
     card_file.write_text(json.dumps({**card, "version": "2.0.0"}))
-    assert (await _cli(broker, "update", name, "--card", str(card_file))).json()["agent"]
+    updated = await _cli(broker, "update", name, "--card", str(card_file))
+    assert updated.json()["agent"]
+    assert updated.stderr == f"updated the card of agent {name}\n"
     assert (await _cli(broker, "show", name)).json()["card"]["version"] == "2.0.0"
 
-    suspended = (await _cli(broker, "suspend", name)).json()
-    assert suspended["agent"]["status"] == "suspended"
-    assert (await _cli(broker, "resume", name)).json()["agent"]["status"] == "active"
+    suspended = await _cli(broker, "suspend", name)
+    assert suspended.json()["agent"]["status"] == "suspended"
+    assert suspended.stderr == f"suspended agent {name}\n"
+    resumed = await _cli(broker, "resume", name)
+    assert resumed.json()["agent"]["status"] == "active"
+    assert resumed.stderr == f"resumed agent {name}\n"
 
-    rotated = (await _cli(broker, "rotate-credential", name)).json()
-    assert rotated["credential"] != created["credential"]
-    _assert_completed(await _send(http, broker, "echo", rotated["credential"]))
+    rotated = await _cli(broker, "rotate-credential", name)
+    assert rotated.json()["credential"] != created["credential"]
+    assert rotated.stderr.startswith(f"issued a new credential for agent {name};")
+    _assert_completed(await _send(http, broker, "echo", rotated.json()["credential"]))
 
     deleted = await _cli(broker, "delete", name)
-    assert (deleted.code, deleted.stdout, deleted.stderr) == (0, "", "")
+    assert (deleted.code, deleted.stdout) == (0, "")  # nothing for a script to read
+    assert deleted.stderr == f"deleted agent {name} and revoked its credential\n"
     assert (await _cli(broker, "show", name)).error_reason() == AgentNotFoundError.reason
 
 
@@ -517,3 +533,48 @@ async def test_cli_with_a_wrong_admin_token_fails(broker: Broker):
     result = await _cli(broker, "list", admin_token="not-the-admin-token")
 
     assert result.error_reason() == AdminUnauthenticatedError.reason
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def _on_a_terminal(*argv: str) -> str:
+    """Run the CLI with its standard output on a pseudo-terminal; what it showed (no colours)."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "200"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "broker", *argv], stdout=follower, stderr=subprocess.PIPE,
+        cwd=REPO_ROOT, env=env,
+    ) as proc:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(timeout=CLI_TIMEOUT_S)
+    os.close(leader)
+    assert proc.returncode == 0
+    return ANSI.sub("", b"".join(chunks).decode())
+
+
+async def test_cli_shows_tables_on_a_terminal_and_iso_times_in_json(broker: Broker) -> None:
+    listed = (await _cli(broker, "list", "--json")).json()["agents"]
+    echo = next(agent for agent in listed if agent["name"] == "echo")
+    assert ISO_MS.match(echo["created_at"]) and ISO_MS.match(echo["updated_at"])
+
+    shown = await asyncio.to_thread(
+        _on_a_terminal, "agents", "--url", broker.url, f"--admin-token={broker.admin_token}",
+        "list",
+    )
+
+    header, *rows = [line.split() for line in shown.splitlines() if line.strip(" ─")]
+    assert header == ["name", "status", "source", "bindings", "updated_at"]
+    echo_row = next(row for row in rows if row[0] == "echo")
+    assert echo_row[1:3] == ["active", "api"]
+    assert echo_row[-1] == echo["updated_at"]

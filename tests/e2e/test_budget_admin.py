@@ -204,6 +204,7 @@ async def test_bad_requests_name_the_problem(pair: Pair) -> None:
         response = await admin.put("/budgets/agent%3Abob", json=bad_window)
         assert response.status_code == 400
         assert "INVALID_ADMIN_REQUEST" in response.text and "window" in response.text
+        assert "(valid: 'minute', 'hour', 'day', 'month', 'lifetime')" in response.text
         response = await admin.put("/budgets/planet%3Amars", json={"limits": []})
         assert response.status_code == 400 and "unknown budget scope" in response.text
         response = await admin.delete("/budgets/agent%3Anobody")

@@ -85,6 +85,19 @@ async def test_upstream_gets_the_brokers_credential_for_it_not_the_callers(
 # --- header size ------------------------------------------------------------------------------
 
 
+async def test_a_caller_only_identity_from_the_config_alone_can_call(
+    broker: Broker, http: httpx.AsyncClient, binding: str
+):
+    """[agents.carol] with no cards_dir at all: the credential is bound at start-up."""
+    carol = broker.callers["carol"]
+
+    response = await _send(
+        http, broker, binding, {"message": user_message(_marker("carol"))}, headers=carol.headers
+    )
+
+    _task_of(binding, response)
+
+
 async def test_oversized_headers_are_refused(
     broker: Broker, upstreams: dict[str, Upstream], alice_http: httpx.AsyncClient, binding: str
 ):

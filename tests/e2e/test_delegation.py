@@ -305,6 +305,24 @@ async def test_an_agent_that_may_not_originate_needs_a_delegation(
     assert await seen(http, mesh, "c", marker) == []
 
 
+async def test_an_agent_calling_itself_without_a_delegation_needs_one(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    """Without a token there is no chain to loop through: the missing context is the refusal."""
+    marker = new_marker("self-no-context")
+
+    response = await jsonrpc(
+        http,
+        mesh.jsonrpc_url("b"),
+        "SendMessage",
+        {"message": user_message(plan(marker))},
+        headers=mesh.bearer("b"),
+    )
+
+    assert_jsonrpc_error(response, DelegationRequiredError)
+    assert await seen(http, mesh, "b", marker) == []
+
+
 async def test_authority_narrows_b_may_not_do_for_mallory_what_mallory_may_not(
     mesh: Mesh, http: httpx.AsyncClient
 ) -> None:

@@ -136,3 +136,31 @@ def test_verify_a_redis_log(redis_url: str, redis_key_prefix: str, key_file: Pat
     code, out, _ = run(cli.verify, redis_url, str(key_file), prefix=redis_key_prefix)
     assert code == 0, out
     assert out.count(": ok") == 2
+
+
+def test_verify_counts_one_checkpoint_in_the_singular(tmp_path: Path, key_file: Path) -> None:
+    async def one_checkpoint() -> None:
+        log = FileAuditLog(tmp_path / "one")
+        trail = await AuditTrail.open(
+            log, "r1", BrokerKeys(load_signing_key(key_file)), checkpoint_every=1
+        )
+        await trail.record(EVENTS[0])
+        await log.close()
+
+    asyncio.run(one_checkpoint())
+
+    code, out, _ = run(cli.verify, str(tmp_path / "one"), str(key_file))
+
+    assert code == 0
+    assert out.startswith("r1: ok, 2 records, 1 checkpoint, ")
+
+
+def test_export_says_how_many_records_it_wrote(log_dir: Path, tmp_path: Path) -> None:
+    err = io.StringIO()
+    target = tmp_path / "r1.jsonl"
+
+    code = cli.export(str(log_dir), str(target), cli.RecordFilter(replica="r1"), err=err)
+
+    assert code == 0
+    assert err.getvalue() == f"audit export: wrote 6 records to {target}\n"
+    assert len(target.read_text().splitlines()) == 6

@@ -326,7 +326,7 @@ async def test_declarative_cards_register_with_configured_digests(
         stores, keys, card_server, agents={"weather": credential_digest(credential).upper()}
     )
 
-    with caplog.at_level(logging.WARNING, logger="broker.directory"):
+    with caplog.at_level(logging.WARNING, logger="a2a_broker.directory"):
         records = await directory.load_declarative(folder)
 
     assert [r.name for r in records] == ["legacy", "weather"]
@@ -430,3 +430,51 @@ async def test_configured_identity_without_a_card_is_caller_only(
     assert [r.name for r in records] == ["weather"]  # not a target: no record, no card
     assert await stores.registry.get("app-user") is None
     assert await stores.credentials.lookup(credential_digest(credential)) == "app-user"
+
+
+async def test_configured_identity_works_without_any_cards_dir(
+    stores: Stores, keys: BrokerKeys, card_server: CardServer
+) -> None:
+    credential = "a2ab_user-secret"
+    directory = make_directory(
+        stores, keys, card_server, agents={"app-user": credential_digest(credential)}
+    )
+
+    assert await directory.load_declarative(None) == []
+
+    assert await stores.credentials.lookup(credential_digest(credential)) == "app-user"
+    assert await stores.registry.get("app-user") is None
+
+
+async def test_an_entry_that_looks_like_a_typo_of_a_card_warns(
+    stores: Stores,
+    keys: BrokerKeys,
+    card_server: CardServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = write_cards(tmp_path / "cards", weather=load_card("weather_v1"))
+    directory = make_directory(
+        stores, keys, card_server, agents={"waether": credential_digest("a2ab_x"), "idle": ""}
+    )
+
+    with caplog.at_level(logging.WARNING, logger="a2a_broker.directory"):
+        await directory.load_declarative(folder)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("[agents.waether]" in w and "did you mean [agents.weather]" in w for w in warnings)
+    assert any("[agents.idle] has no credential_sha256" in w for w in warnings)
+
+
+async def test_an_invalid_identity_name_is_refused_before_any_card_is_stored(
+    stores: Stores, keys: BrokerKeys, card_server: CardServer, tmp_path: Path
+) -> None:
+    folder = write_cards(tmp_path / "cards", weather=load_card("weather_v1"))
+    directory = make_directory(stores, keys, card_server, agents={"Bad Name": ""})
+
+    with pytest.raises(DeclarativeCardError, match=r"\[agents.Bad Name\]"):
+        await directory.load_declarative(folder)
+    with pytest.raises(DeclarativeCardError, match=r"\[agents.Bad Name\]"):
+        await directory.load_declarative(None)
+
+    assert await stores.registry.list() == []

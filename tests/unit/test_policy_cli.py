@@ -86,3 +86,96 @@ def test_explain_an_origin_that_may_not_originate(capsys: pytest.CaptureFixture[
 def test_explain_refuses_unknown_operations(capsys: pytest.CaptureFixture[str]) -> None:
     assert explain(DEMO, ["demo-user"], "planner", "Send", "") == 1
     assert "unknown A2A operation 'Send'" in capsys.readouterr().err
+
+
+LLM_POLICY = (
+    "g, app, role:user\n"
+    "g, planner, role:planner\n"
+    "p, role:user, *, originate, allow\n"
+    "p, role:user, planner, SendMessage:*, allow\n"
+    "p, role:planner, model:gpt-4o-mini, llm:chat, allow\n"
+    "p, role:user, model:gpt-4o-mini, llm:chat, allow\n"
+)
+
+
+def test_explain_an_llm_call_down_a_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "llm.csv"
+    policy.write_text(LLM_POLICY)
+
+    code = explain(str(policy), ["app", "planner"], "model:gpt-4o-mini", "llm:chat", "")
+
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[1].startswith("  originate: allowed; caller app")
+    assert out[2] == "hop 1: app -> planner  SendMessage:  chain [app]"
+    assert out[4] == "hop 2: planner -> model:gpt-4o-mini  llm:chat  chain [app, planner]"
+    assert out[5] == (
+        "  call: allowed; caller planner: line 5: p, role:planner, model:gpt-4o-mini, llm:chat,"
+        " allow"
+    )
+    assert out[-1] == "result: allowed"
+
+
+def test_a_direct_llm_call_needs_no_originate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "llm.csv"
+    policy.write_text(LLM_POLICY)
+
+    assert explain(str(policy), ["planner"], "model:gpt-4o-mini", "llm:chat", "") == 0
+    assert explain(str(policy), ["planner"], "model:other", "llm:chat", "") == 1
+
+    out = capsys.readouterr().out
+    assert "originate" not in out
+    assert "call: DENIED (caller_denied); caller planner: no rule allows it" in out
+
+
+@pytest.mark.parametrize(
+    ("target", "operation", "problem"),
+    [
+        ("model:gpt-4o-mini", "SendMessage", "a model: give --operation llm:chat, llm:embeddings"),
+        ("planner", "llm:chat", "llm:chat is an LLM call: its target is model:NAME"),
+    ],
+)
+def test_explain_says_which_operation_fits_the_target(
+    capsys: pytest.CaptureFixture[str], target: str, operation: str, problem: str
+) -> None:
+    assert explain(DEMO, ["demo-user"], target, operation, "") == 1
+    assert problem in capsys.readouterr().err
+
+
+def test_explain_reads_the_policy_of_the_brokers_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.cli import main
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "llm.csv").write_text(LLM_POLICY)
+    config = tmp_path / "broker.toml"
+    config.write_text('[policy]\npolicy_file = "rules/llm.csv"\n')
+    monkeypatch.chdir(POLICIES.parent)  # a policies/policy.csv here must not be the one read
+
+    assert main(["policy", "explain", "app", "planner", "--config", str(config)]) == 0
+    monkeypatch.setenv("A2A_BROKER_CONFIG", str(config))
+    assert main(["policy", "explain", "planner", "model:gpt-4o-mini"]) == 0
+    assert main(["policy", "check"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.count(f"policy {tmp_path / 'rules' / 'llm.csv'} (version") == 2
+    assert "hop 1: planner -> model:gpt-4o-mini  llm:chat" in out
+    assert "ok: 6 rules" in out
+
+
+def test_explain_without_a_policy_file_in_the_config_says_everything_is_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from broker.cli import main
+
+    monkeypatch.delenv("A2A_BROKER_CONFIG", raising=False)
+    monkeypatch.chdir(POLICIES.parent)
+
+    assert main(["policy", "explain", "a", "b"]) == 0
+
+    assert "no [policy] policy_file in the default settings" in capsys.readouterr().out

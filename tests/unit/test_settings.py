@@ -73,3 +73,38 @@ def test_config_check_prints_settings_but_never_secrets(
     out = capsys.readouterr().out
     assert '"port": 8080' in out
     assert "secret" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[server]\nhost = 'x'\nprot = 1\n", "3: unknown key `server.prot`"),
+        ("[agent.demo-user]\ncredential_sha256 = ''\n", "1: unknown key `agent`"),
+        ("[agents.a]\ncredential_sha256 = ''\n[agents.b]\ncredential = ''\n",
+         "4: unknown key `agents.b.credential`"),
+        ("[server]\nlog_level = 'verbose'\n",
+         "2: `server.log_level`: Invalid enum value 'verbose'"
+         " (valid: 'debug', 'info', 'warning', 'error')"),
+        ('[budgets.agents]\nplanner = [{ metric = "calls", window = "week", limit = 1 }]\n',
+         "2: `budgets.agents.planner[0].window`: Invalid enum value 'week'"
+         " (valid: 'minute', 'hour', 'day', 'month', 'lifetime')"),
+        ('[[audit.export.sinks]]\nname = "a"\nkind = "jsonl"\n'
+         '[[audit.export.sinks]]\nname = "b"\nkind = "kafka"\n',
+         "6: `audit.export.sinks[1].kind`: Invalid enum value 'kafka'"
+         " (valid: 'syslog', 'hec', 'jsonl')"),
+        ("[server]\nport = 'eighty'\n", "2: `server.port`: Expected `int`, got `str`"),
+        ("[server]\nport = 80\n[server\n", "3: not valid TOML: "),
+        ('\n[upstream_credentials.billing]\nenv = "BILLING_TOKEN"\n',
+         "3: upstream_credentials.billing.env names $BILLING_TOKEN, which is not set"),
+        ('[llm.providers.p]\nbase_url = "ftp://x"\n',
+         "2: llm.providers.p.base_url must be an http(s) URL"),
+    ],
+)
+def test_problems_say_file_line_and_what(tmp_path: Path, text: str, problem: str) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(text)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(str(config), environ={})
+
+    assert str(raised.value).startswith(f"{config}:{problem}"), str(raised.value)
