@@ -13,6 +13,7 @@ import msgspec
 
 from broker.errors import UpstreamBadResponseError
 from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.task_pages import Page, PageTokens, callers_page
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
@@ -50,10 +51,12 @@ class ResponseInspector:
         task_routes: TaskRouteStore,
         route_ttl_s: int,
         rewrite_card: CardRewriter,
+        pages: PageTokens,
     ) -> None:
         self._routes = task_routes
         self._ttl = route_ttl_s
         self._rewrite_card = rewrite_card
+        self._pages = pages
 
     async def unary(
         self, ctx: MediationContext, status: int, content_type: str, body: bytes
@@ -130,23 +133,22 @@ class ResponseInspector:
         return None
 
     async def _only_callers_tasks(self, ctx: MediationContext, result: Any) -> Any:
-        assert ctx.target is not None  # noqa: S101
-        tasks = result.get("tasks") if isinstance(result, dict) else None
-        if not isinstance(tasks, list):
-            return None
-        kept = [t for t in tasks if await self._owned(ctx, t)]
-        if len(kept) == len(tasks):
-            return None
-        # totalSize would reveal other callers' tasks: report what this caller may see.
-        return {**result, "tasks": kept, "totalSize": len(kept)}
+        """The agent's page cut to the caller's tasks, paged with the broker's tokens (0016)."""
+        assert ctx.target is not None and ctx.caller is not None  # noqa: S101
+        if not isinstance(result, dict):
+            raise _bad(200, "ListTasks result is not an object")
+        caller, agent = ctx.caller, ctx.target.name
+        token = ctx.reading.page_token if ctx.reading is not None else None
+        before: Page | None = self._pages.open(caller, agent, token) if token else None
 
-    async def _owned(self, ctx: MediationContext, task: Any) -> bool:
-        assert ctx.target is not None  # noqa: S101
-        task_id = task.get("id") if isinstance(task, dict) else None
-        if not isinstance(task_id, str):
-            return False
-        route = await self._routes.get(ctx.target.name, task_id)
-        return route is not None and route.owner == ctx.caller
+        async def owned(task_id: str) -> bool:
+            route = await self._routes.get(agent, task_id)
+            return route is not None and route.owner == caller
+
+        def seal(page: Page) -> str:
+            return self._pages.seal(caller, agent, page)
+
+        return await callers_page(result, before, owned, seal)
 
 
 def _bad(status: int, what: str) -> UpstreamBadResponseError:

@@ -32,13 +32,15 @@ from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
 from broker.stages.guards import CascadeGuards
 from broker.stages.mint import MintHopToken
-from broker.stages.parse import ParseRequest
+from broker.stages.parse import ParseRequest, ReadParams
 from broker.stages.policy import ChainPolicy
+from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
+from broker.task_pages import PageTokens
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
 from broker.upstream_client import UpstreamClient
@@ -159,8 +161,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
     async def push_url_allowed(url: str) -> None:
         await check_push_url(rt.upstream.policy, url)
 
+    pages = PageTokens(rt.keys)
     inspector = ResponseInspector(
-        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card
+        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages
     )
     issuer = settings.public_url
     return [
@@ -174,6 +177,11 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         ParseRequest(settings.limits),
         # The target must exist, be active and offer the binding before anything else is asked.
         ResolveTarget(stores.registry),
+        # The spec's answer for push configs on an agent without push, before the parameters
+        # are judged, so it reveals nothing about the task or URL they name.
+        PushSupport(),
+        # The parameters, read exactly as the agent will read them (one reading, 0015).
+        ReadParams(settings.limits),
         # The chain comes only from a token the broker minted for this caller, so the policy
         # below judges what really happened, not what a body or header claims.
         DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
@@ -183,7 +191,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         # token is minted, so a refused child never exists.
         CascadeGuards(stores.delegation_counters, settings.delegation, settings.limits),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
-        TaskScope(stores.task_routes, push_url_allowed),
+        TaskScope(stores.task_routes, push_url_allowed, pages),
         # The last decision is made: mint the target's token, scoped to what was allowed.
         MintHopToken(
             TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),

@@ -26,6 +26,7 @@ from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
 from broker.llm.routes import llm_route_handlers
 from broker.logs import configure_logging
+from broker.policy.rules import PolicyError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
 from broker.wire import error_headers, rest_error_body
@@ -81,7 +82,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             app.state.runtime = await BrokerRuntime.start(settings)
-        except (DeclarativeCardError, KeyFileError, SettingsError) as exc:
+        except (DeclarativeCardError, KeyFileError, SettingsError, PolicyError) as exc:
             log.error("cannot start: %s", exc)  # noqa: TRY400 - the message is the whole story
             raise
         settle_heap()

@@ -62,8 +62,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def agent_card(name: str, base_url: str) -> AgentCard:
-    """The card an e2e agent serves: both bindings, streaming, nothing else."""
+def agent_card(name: str, base_url: str, *, push: bool = False) -> AgentCard:
+    """The card an e2e agent serves: both bindings, streaming, nothing else (``push``: a card
+    that declares push notifications, for the broker's push-config checks)."""
     return AgentCard(
         name=name,
         description=f"e2e test agent '{name}'",
@@ -77,7 +78,7 @@ def agent_card(name: str, base_url: str) -> AgentCard:
             ),
         ],
         capabilities=AgentCapabilities(
-            streaming=True, push_notifications=False, extended_agent_card=False
+            streaming=True, push_notifications=push, extended_agent_card=False
         ),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
