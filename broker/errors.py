@@ -350,6 +350,7 @@ class RouteNotFoundError(BrokerError):
 
 class HTTPMethodNotAllowedError(BrokerError):
     code, http_status, reason = -32076, 405, "HTTP_METHOD_NOT_ALLOWED"
+    transport_level = True  # an HTTP matter: the JSON-RPC binding answers it with 405 too
     default_message = "This HTTP method is not allowed at this path."
 
 

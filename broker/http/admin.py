@@ -12,8 +12,14 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from broker.budgets import Limit
-from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
+from broker.errors import (
+    AdminDisabledError,
+    AdminUnauthenticatedError,
+    InvalidAdminRequestError,
+    JSONTooDeepError,
+)
 from broker.http.state import AnyRequest, runtime_of
+from broker.jsonlimits import json_depth_exceeds
 from broker.policy.rules import PolicyError
 from broker.settings import BudgetLimitSettings
 from broker.stages.authenticate import bearer_token
@@ -38,12 +44,20 @@ class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
     limits: tuple[BudgetLimitSettings, ...]
 
 
+# No admin body (an agent card included) needs deeper JSON; deeper would exhaust the decoder.
+MAX_ADMIN_JSON_DEPTH = 64
+
+
 def _decode(body: bytes, kind: type[_B]) -> _B:
+    if json_depth_exceeds(body, MAX_ADMIN_JSON_DEPTH):
+        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)})
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.DecodeError as exc:
         # msgspec's message names the offending field and says what was expected: safe to show.
         raise InvalidAdminRequestError(f"Invalid request body: {exc}") from None
+    except RecursionError:  # unreachable past the depth check; never a 500 all the same
+        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)}) from None
 
 
 def _json(payload: object, status: int = 200) -> Response[bytes]:
