@@ -287,7 +287,9 @@ def test_only_the_canonical_base64_of_each_segment_is_accepted(
                 verifier.verify_presented(variant, "B")
 
 
-@pytest.mark.parametrize("signature", ["", "AAAA", "x", "A" * 85, "A" * 87, "A" * 85 + "=", "!" * 86])
+@pytest.mark.parametrize(
+    "signature", ["", "AAAA", "x", "A" * 85, "A" * 87, "A" * 85 + "=", "!" * 86]
+)
 def test_the_mac_path_refuses_a_signature_segment_that_is_no_signature(
     minter: TokenMinter, verifier: TokenVerifier, signature: str
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
 from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 
 from broker.errors import ERROR_DOMAIN_A2A, ERROR_DOMAIN_BROKER, BrokerError, all_error_types
