@@ -10,7 +10,8 @@ The broker knows these agents (registered through the admin API):
 ``pusher``         the echo agent again, under a card that declares push notifications
 ``down``           a card pointing at a port nothing listens on
 ``hang``           an upstream that accepts and never answers
-``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500)
+``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500;
+                   ``garbage-rpc418``, ``-forge``, ``-ssebad``, ``-sseforge``: see agents.py)
 ``alice``, ``bob`` callers (their cards point at a closed port; only their credentials matter)
 =================  ===============================================================================
 
@@ -185,6 +186,10 @@ def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
         "garbage-html": _static_card("garbage-html", f"{garbage}/html"),
         "garbage-badjson": _static_card("garbage-badjson", f"{garbage}/badjson"),
         "garbage-500": _static_card("garbage-500", f"{garbage}/500"),
+        **{
+            f"garbage-{mode}": _static_card(f"garbage-{mode}", f"{garbage}/{mode}")
+            for mode in ("rpc418", "forge", "ssebad", "sseforge")
+        },
         "alice": _static_card("alice", closed),
         "bob": _static_card("bob", closed),
     }
