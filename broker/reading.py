@@ -247,45 +247,57 @@ def read_params(op: Operation, params: bytes, limits: ItemLimits) -> Reading:
 
 def _one(camel: Any, snake: Any, field: str) -> Any:
     """The value of a field given in either JSON spelling; both at once could be read two ways."""
-    if camel is not UNSET and snake is not UNSET:
+    if snake is UNSET:
+        return camel
+    if camel is not UNSET:
         raise AmbiguousRequestError(
             f"'{field}' is given in both JSON spellings; send one of them.",
             metadata={"field": field},
         )
-    return snake if camel is UNSET else camel
+    return snake
+
+
+_NO_MESSAGE = _Message()
 
 
 def _send_reading(send: _SendParams, limits: ItemLimits) -> Reading:
-    message = send.message if not isinstance(send.message, UnsetType) else _Message()
+    message = _NO_MESSAGE if send.message is UNSET else send.message
+    assert isinstance(message, _Message)  # noqa: S101 - narrowed for mypy
     task_id = _one(message.taskId, message.task_id, "message.taskId") or None
     context_id = _one(message.contextId, message.context_id, "message.contextId") or ""
     refs = _one(message.referenceTaskIds, message.reference_task_ids, "message.referenceTaskIds")
-    refs = [] if refs is UNSET else refs
-    if len(refs) > limits.max_reference_tasks:
-        raise _too_many("message.referenceTaskIds", limits.max_reference_tasks)
-    if not isinstance(message.parts, UnsetType) and len(message.parts) > limits.max_message_parts:
+    if message.parts is not UNSET and len(message.parts) > limits.max_message_parts:
         raise _too_many("message.parts", limits.max_message_parts)
     push = _send_push(send.configuration)
     push_task = _one(push.taskId, push.task_id, "configuration.taskPushNotificationConfig.taskId")
-    named = [t for t in (task_id, *refs, push_task or None) if t]
+    if refs is UNSET and not push_task:  # the common case: at most the message's own task
+        named: tuple[str, ...] = (task_id,) if task_id else ()
+    else:
+        refs = [] if refs is UNSET else refs
+        if len(refs) > limits.max_reference_tasks:
+            raise _too_many("message.referenceTaskIds", limits.max_reference_tasks)
+        named = tuple(dict.fromkeys(t for t in (task_id, *refs, push_task) if t))
     return Reading(
         task_id=task_id,
-        named_tasks=tuple(dict.fromkeys(named)),
+        named_tasks=named,
         context_id=context_id,
         push_url=push.url or "",
         skill=_metadata_skill(message.metadata),
     )
 
 
+_NO_PUSH = _PushConfig()
+
+
 def _send_push(configuration: _Configuration | UnsetType) -> _PushConfig:
     if isinstance(configuration, UnsetType):
-        return _PushConfig()
+        return _NO_PUSH
     push = _one(
         configuration.taskPushNotificationConfig,
         configuration.task_push_notification_config,
         "configuration.taskPushNotificationConfig",
     )
-    return _PushConfig() if push is UNSET else push
+    return _NO_PUSH if push is UNSET else push
 
 
 def _metadata_skill(metadata: _Metadata | UnsetType) -> str:
@@ -367,14 +379,15 @@ def _rest_body(op: Operation, body: bytes) -> tuple[list[object], str]:
     try:
         if op is CREATE_PUSH_CONFIG:
             push = _push.decode(body)
-            named: list[object] = [v for v in (push.taskId, push.task_id) if v is not UNSET]
-            return named, push.url or ""
+            task = _one(push.taskId, push.task_id, "taskId")
+            return ([] if task is UNSET else [task]), push.url or ""
         found = _named.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidParamsError(f"Invalid request body: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise JSONParseError(detail=str(exc)) from None
-    return [v for v in (found.id, found.taskId, found.task_id) if v is not UNSET], ""
+    task = _one(found.taskId, found.task_id, "taskId")
+    return [v for v in (found.id, task) if v is not UNSET], ""
 
 
 def _same_task(path_task: str, named: list[object]) -> None:

@@ -409,3 +409,10 @@ def test_json_rpc_ids_the_broker_echoes_are_those_it_read() -> None:
     body = rpc("GetTask", b'{"id":"a"}', rpc_id=b'"r\\u0031"')
     ctx = broker_reading("jsonrpc", "POST", "", {"a2a-version": "1.0"}, body)
     assert ctx is not None and msgspec.json.decode(ctx.jsonrpc_id or b"") == "r1"
+
+
+def test_a_rest_push_config_body_with_both_spellings_is_refused_even_if_they_agree() -> None:
+    """Found by the fuzz target: both spellings equal to the path's task still read two ways."""
+    body = b'{"url":"http://a.example/h","task_id":"t-1","taskId":"t-1"}'
+    path = "/tasks/t-1/pushNotificationConfigs"
+    assert broker_reading("rest", "POST", path, {"a2a-version": "1.0"}, body) is None
