@@ -125,9 +125,9 @@ def _judge_envelope(document: dict[str, Any]) -> None:
     if "id" not in document:
         VERDICT.flag("notification", document.get("method"))
     params = document.get("params")
-    if document.get("method") in _BY_ID and isinstance(params, dict):
-        if "taskId" in params or "task_id" in params:
-            VERDICT.flag("task named in a field the method ignores", params)
+    by_id = document.get("method") in _BY_ID and isinstance(params, dict)
+    if by_id and ("taskId" in params or "task_id" in params):
+        VERDICT.flag("task named in a field the method ignores", params)
 
 
 _PATH_TASK = re.compile(r"/tasks/([^/]+?)(?::cancel|:subscribe|/pushNotificationConfigs.*)?$")
@@ -269,9 +269,7 @@ class JudgingHandler(DefaultRequestHandler):
         _judge_tasks(caller_of(context), params.task_id)
         return await super().on_get_task_push_notification_config(params, context)
 
-    async def on_list_task_push_notification_configs(
-        self, params: Any, context: Any = None
-    ) -> Any:
+    async def on_list_task_push_notification_configs(self, params: Any, context: Any = None) -> Any:
         _judge_tasks(caller_of(context), params.task_id)
         return await super().on_list_task_push_notification_configs(params, context)
 
@@ -286,7 +284,7 @@ class EchoExecutor(AgentExecutor):
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
         if task is None:
-            assert context.message is not None  # noqa: S101 - the SDK sets it for sends
+            assert context.message is not None  # the SDK sets it for sends
             task = new_task_from_user_message(context.message)
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
@@ -307,7 +305,11 @@ def card(base_url: str) -> Any:
         "description": "judges what reaches it",
         "version": "1.0.0",
         "supportedInterfaces": [
-            {"url": base_url + JSONRPC_PATH, "protocolBinding": "JSONRPC", "protocolVersion": "1.0"},
+            {
+                "url": base_url + JSONRPC_PATH,
+                "protocolBinding": "JSONRPC",
+                "protocolVersion": "1.0",
+            },
             {"url": base_url + REST_PATH, "protocolBinding": "HTTP+JSON", "protocolVersion": "1.0"},
         ],
         "capabilities": {"streaming": True, "pushNotifications": True},

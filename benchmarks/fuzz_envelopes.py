@@ -1,4 +1,4 @@
-"""Fuzz target: generated envelopes, both bindings, against a real broker in front of a judging agent.
+"""Fuzz target: generated envelopes, both bindings, a real broker, a judging agent behind it.
 
     python -m benchmarks.fuzz_envelopes --count 100000 [--seed 11] [--concurrency 32]
 
@@ -181,7 +181,10 @@ class Generator:
             if self.chance(0.3):
                 push += self.field("taskId", "task_id", self.task_ref(caller))
             params.append(
-                ("configuration", self.field("taskPushNotificationConfig", "task_push_notification_config", push))
+                (
+                    "configuration",
+                    self.field("taskPushNotificationConfig", "task_push_notification_config", push),
+                )
             )
         return params
 
@@ -204,7 +207,7 @@ class Generator:
             return params
         if op == "GetExtendedAgentCard":
             return []
-        params = self.field("taskId", "task_id", self.task_ref(caller)) + [("id", "p1")]
+        params = [*self.field("taskId", "task_id", self.task_ref(caller)), ("id", "p1")]
         if op == "CreateTaskPushNotificationConfig":
             params.append(("url", self.rnd.choice(OK_PUSH + BAD_PUSH)))
         return params
@@ -227,7 +230,11 @@ class Generator:
             "ListTaskPushNotificationConfigs", "DeleteTaskPushNotificationConfig",
             "GetExtendedAgentCard",
         ]  # fmt: skip
-        op = self.rnd.choice(ops) if self.chance(0.95) else self.rnd.choice(["message/send", "", "X"])
+        op = (
+            self.rnd.choice(ops)
+            if self.chance(0.95)
+            else self.rnd.choice(["message/send", "", "X"])
+        )
         envelope: Obj = [("jsonrpc", "2.0" if self.chance(0.97) else self.rnd.choice(["1.0", 2]))]
         if self.chance(0.95):
             envelope.append(("id", self.rnd.choice([1, 2, "r-1", 10**20, 1.5, True, None])))
@@ -259,7 +266,8 @@ class Generator:
         shapes = [
             ("POST", "/message:send"), ("POST", "/message%3Astream"), ("GET", "/tasks/{}"),
             ("POST", "/tasks/{}:cancel"), ("POST", "/tasks/{}:subscribe"), ("GET", "/tasks"),
-            ("POST", "/tasks/{}/pushNotificationConfigs"), ("GET", "/tasks/{}/pushNotificationConfigs"),
+            ("POST", "/tasks/{}/pushNotificationConfigs"),
+            ("GET", "/tasks/{}/pushNotificationConfigs"),
             ("GET", "/tasks/{}/pushNotificationConfigs/p1"),
             ("DELETE", "/tasks/{}/pushNotificationConfigs/p1"), ("GET", "/extendedAgentCard"),
             ("PUT", "/tasks/{}"), ("GET", "/nope"),
@@ -329,7 +337,7 @@ def _reasons(status: int, body: bytes) -> list[str]:
 
 
 async def fire(session: aiohttp.ClientSession, base: str, creds: dict[str, str], req: Request,
-               tally: Tally, world: World) -> None:  # fmt: skip
+               *, tally: Tally, world: World) -> None:  # fmt: skip
     headers = {**req.headers, "Authorization": f"Bearer {creds[req.caller]}"}
     url = f"{base}/agents/{AGENT}{req.path}"
     try:
@@ -344,7 +352,9 @@ async def fire(session: aiohttp.ClientSession, base: str, creds: dict[str, str],
     for reason in reasons:
         tally.reasons[reason] += 1
     if status == 500 or "INTERNAL_ERROR" in reasons or b'"code":-32603' in body:
-        tally.internal.append(f"{req.method} {req.path} {req.body[:200]!r} -> {status} {body[:300]!r}")
+        tally.internal.append(
+            f"{req.method} {req.path} {req.body[:200]!r} -> {status} {body[:300]!r}"
+        )
     if status == 200 and b"nextPageToken" in body and len(world.tokens) < 50:
         _keep_token(body, world)
 
@@ -425,7 +435,8 @@ async def run(base: str, creds: dict[str, str], count: int, seed_value: int, con
             if len(pending) >= concurrency:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             request = generator.next()
-            pending.add(asyncio.create_task(fire(session, base, creds, request, tally, world)))
+            sent = fire(session, base, creds, request, tally=tally, world=world)
+            pending.add(asyncio.create_task(sent))
             if i and i % 10_000 == 0:
                 print(f"  {i} sent", file=sys.stderr, flush=True)
         if pending:
@@ -458,8 +469,13 @@ def main() -> int:
         closed = f"http://127.0.0.1:{free_port()}"
         creds = {}
         for caller in ("alice", "bob"):
-            card = {**agent_card, "name": caller, "supportedInterfaces": [
-                {"url": closed + "/rpc", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}]}
+            card = {
+                **agent_card,
+                "name": caller,
+                "supportedInterfaces": [
+                    {"url": closed + "/rpc", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
+                ],
+            }
             creds[caller] = str(_admin(base, admin, {"name": caller, "card": card})["credential"])
         started = time.monotonic()
         tally = asyncio.run(run(base, creds, args.count, args.seed, args.concurrency))
@@ -470,11 +486,11 @@ def main() -> int:
         broker.stop()
         agent.stop()
     tracebacks = broker.log.read_text(errors="replace").count("Traceback")
-    return report(args, tally, verdict, elapsed, alive, tracebacks, logs)
+    return report(args, tally, verdict, elapsed, alive=alive, tracebacks=tracebacks, logs=logs)
 
 
 def report(args: argparse.Namespace, tally: Tally, verdict: dict[str, Any], elapsed: float,
-           alive: bool, tracebacks: int, logs: Path) -> int:  # fmt: skip
+           *, alive: bool, tracebacks: int, logs: Path) -> int:  # fmt: skip
     violations = sum(verdict["violations"].values())
     crashes = len(tally.crashes) + (0 if alive else 1) + tracebacks
     summary = {

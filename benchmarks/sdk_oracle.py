@@ -118,9 +118,7 @@ class RecordingHandler(RequestHandler):
         self._record("SubscribeToTask", params)
         yield  # pragma: no cover - never reached
 
-    async def on_list_task_push_notification_configs(
-        self, params: Any, context: Any = None
-    ) -> Any:
+    async def on_list_task_push_notification_configs(self, params: Any, context: Any = None) -> Any:
         self._record("ListTaskPushNotificationConfigs", params)
 
     async def on_delete_task_push_notification_config(
