@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker.policy_runtime import check_policy_settings
 from broker.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, SettingsError, load_settings
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -103,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     settings = load_settings(args.config)  # fail fast, naming the bad key, before any worker
+    check_policy_settings(settings)  # a broker never allows everything by omission
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     uvicorn.run(
@@ -124,6 +126,7 @@ def _config_check(args: argparse.Namespace) -> int:
     import msgspec  # noqa: PLC0415
 
     settings = load_settings(args.config)
+    check_policy_settings(settings)
     shown = msgspec.to_builtins(settings)
     # Secrets read from the environment are never printed.
     shown["admin_token"] = "***" if settings.admin_token else ""

@@ -13,7 +13,7 @@ from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.directory import AgentDirectory
+from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.egress import check_push_url
 from broker.errors import BrokerError
 from broker.keys import BrokerKeys
@@ -123,7 +123,11 @@ class BrokerRuntime:
         )
         runtime.mediate = fold(pipeline_stages(runtime))
         if settings.registry.cards_dir:
-            await directory.load_declarative(settings.path(settings.registry.cards_dir))
+            try:
+                await directory.load_declarative(settings.path(settings.registry.cards_dir))
+            except DeclarativeCardError as exc:
+                await _audit_declarative_refusal(audit, exc)
+                raise
         return runtime
 
     async def close(self) -> None:
@@ -145,6 +149,15 @@ async def _expire_reservations(stores: Stores, settings: Settings) -> None:
             await stores.budgets.expire()
         except BrokerError as err:
             log.warning("budget reservations not expired this round: %s", err.reason)
+
+
+async def _audit_declarative_refusal(audit: AuditRecorder, exc: DeclarativeCardError) -> None:
+    """A card refused at start-up is a refused registration too: it is audited."""
+    try:
+        detail = str(exc)[:300]
+        await audit.event("registry.refused", "a2a-broker", action="declarative", error=detail)
+    except BrokerError as err:
+        log.error("refused declarative card not audited: %s", err.reason)  # noqa: TRY400
 
 
 async def _unset(_: Any) -> Any:
