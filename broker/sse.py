@@ -13,8 +13,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import msgspec
-
 from broker.errors import BrokerError, StreamMaxDurationError, UpstreamResponseTooLargeError
 
 _SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -52,42 +50,6 @@ def event_data(event: bytes) -> bytes:
     lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     parts = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
     return b"\n".join(parts)
-
-
-class _TaskRef(msgspec.Struct):
-    id: str = ""
-
-
-class _UpdateRef(msgspec.Struct):
-    taskId: str = ""
-
-
-class _StreamResponse(msgspec.Struct):
-    task: _TaskRef | None = None
-    statusUpdate: _UpdateRef | None = None
-    artifactUpdate: _UpdateRef | None = None
-
-
-class _JsonRpcEvent(msgspec.Struct):
-    result: _StreamResponse | None = None
-
-
-_rest_event = msgspec.json.Decoder(_StreamResponse)
-_rpc_event = msgspec.json.Decoder(_JsonRpcEvent)
-
-
-def stream_task_id(data: bytes, jsonrpc: bool) -> str | None:
-    """The task id a StreamResponse payload names, if any (None for messages and errors)."""
-    try:
-        resp = _rpc_event.decode(data).result if jsonrpc else _rest_event.decode(data)
-    except msgspec.DecodeError:
-        return None
-    if resp is None:
-        return None
-    if resp.task is not None and resp.task.id:
-        return resp.task.id
-    update = resp.statusUpdate or resp.artifactUpdate
-    return update.taskId if update is not None and update.taskId else None
 
 
 _END = object()
