@@ -286,6 +286,20 @@ def write(results: dict[str, Any], doc: Path) -> list[str]:
     return [str(doc)] + ([str(png)] if plotted else [])
 
 
+# Not a scenario of this run (it measures correctness, not speed): where its numbers live.
+FUZZ_SECTION = [
+    "## Fuzz target (one reading of each request)",
+    "",
+    "`python -m benchmarks.fuzz_envelopes --count 100000` sends generated envelopes on both "
+    "bindings through a broker to `benchmarks/fuzz_agent.py`, a real a2a-sdk agent that flags "
+    "every request the broker should have refused. It is not part of this suite; the numbers of "
+    "its last run (500s, crashes, requests that reached the agent wrongly) are in "
+    "[security.md](security.md#the-fuzz-target). The cost of the reading itself: "
+    "`python -m benchmarks.reading_costs` (decision 0015).",
+    "",
+]
+
+
 def render(results: dict[str, Any], png: str | None) -> list[str]:
     m = results["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libs"].items())
@@ -357,6 +371,7 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         "",
         *profile_section(results.get("profile")),
         "",
+        *FUZZ_SECTION,
     ]
     if png:
         at = lines.index("## Unary SendMessage (JSON-RPC)")

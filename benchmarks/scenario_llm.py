@@ -119,6 +119,9 @@ key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
 [egress]
 allow_loopback = true
 
+[policy]
+allow_all = true
+
 [llm.providers.fake]
 base_url = "{api_base}"
 key_env = "{PROVIDER_KEY_ENV}"

@@ -121,7 +121,7 @@ def write_cards(folder: Path, upstream_url: str, extra: int) -> dict[str, str]:
 def _config(port: int, redis: str, cfg: StageConfig, files: dict[str, str]) -> str:
     """The broker's TOML: ``files`` holds the cards dir, audit dir and policy file paths."""
     audit = f'dir = "{files["audit"]}"\nfsync = true' if cfg.audit else 'backend = "off"'
-    policy = f'policy_file = "{files["policy"]}"' if "policy" in files else ""
+    policy = f'policy_file = "{files["policy"]}"' if "policy" in files else "allow_all = true"
     return f"""
 [server]
 host = "127.0.0.1"

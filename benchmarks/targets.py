@@ -163,6 +163,9 @@ key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
 
 [egress]
 allow_loopback = true
+
+[policy]
+allow_all = true  # the benchmarks that measure policy configure a file
 {_metering_config(metering)}"""
 
 

@@ -111,6 +111,8 @@ def decode_card_json(raw: bytes) -> Any:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidAgentCardError("The agent card is not valid JSON.", detail=str(exc)) from exc
+    except RecursionError as exc:
+        raise _card_error("", "The card nests JSON too deeply.", "recursion limit") from exc
 
 
 def _parse(data: object) -> AgentCard:

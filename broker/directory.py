@@ -11,7 +11,6 @@ import asyncio
 import builtins
 import difflib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ import msgspec
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 
 from broker.cards import (
+    BROKER_BINDING_PATHS,
     CardVerifier,
     ValidatedCard,
     decode_card_json,
@@ -30,13 +30,18 @@ from broker.cards import (
     validate_card,
 )
 from broker.credentials import is_credential_digest, new_credential
+from broker.egress import EgressPolicy, check_registered_url
 from broker.errors import (
     AgentExistsError,
+    AgentNameConfusableError,
     AgentNotFoundError,
     BrokerError,
+    EgressDeniedError,
     InvalidAdminRequestError,
+    InvalidAgentCardError,
 )
 from broker.keys import BrokerKeys
+from broker.names import confusable_with, is_agent_name
 from broker.settings import Settings
 from broker.stores.base import AgentRecord, AgentStatus, Stores
 
@@ -47,7 +52,6 @@ log = logging.getLogger("a2a_broker.directory")
 CardFetcher = Callable[[str], Awaitable[bytes]]
 Source = Literal["api", "declarative"]
 
-AGENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # updated_at keys the served-card cache, so every change must move it forward.
 _MIN_STAMP_STEP_S = 0.001
 
@@ -78,6 +82,7 @@ class AgentDirectory:
         self._clock = clock
         self._public_url = settings.public_url
         self._served: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._egress = EgressPolicy(settings.egress)
 
     # --- Admin operations -----------------------------------------------------------------------
 
@@ -97,6 +102,7 @@ class AgentDirectory:
         check_agent_name(name)
         if await self._registry.get(name) is not None:
             raise AgentExistsError(metadata={"agent": name})
+        await self._check_not_confusable(name)
         validated = await self._resolve(card, card_url)
         now = self._clock()
         fresh = AgentRecord(
@@ -219,6 +225,7 @@ class AgentDirectory:
         card_names = [path.stem for path in files]
         for name in sorted(set(self._settings.agents) - set(card_names)):
             self._check_caller_only(name, card_names)
+        await self._check_declared_names(card_names)
         records = [await self._store_declared(name, *found) for name, found in loaded]
         for name in sorted(set(self._settings.agents) - set(card_names)):
             await self._bind_caller_only(name)
@@ -226,7 +233,7 @@ class AgentDirectory:
 
     def _check_caller_only(self, name: str, card_names: builtins.list[str]) -> None:
         """Refuse a name no agent could have; warn where the entry looks like a mistake."""
-        if not AGENT_NAME_RE.match(name):
+        if not is_agent_name(name):
             raise DeclarativeCardError(f"[agents.{name}]: not a valid agent name")
         if not self._declared_digest(name):
             log.warning("[agents.%s] has no credential_sha256: the entry does nothing", name)
@@ -248,7 +255,7 @@ class AgentDirectory:
             log.info("caller-only identity %s configured (no card, not a target)", name)
 
     async def _load_file(self, path: Path) -> tuple[ValidatedCard, str]:
-        if not AGENT_NAME_RE.match(path.stem):
+        if not is_agent_name(path.stem):
             raise DeclarativeCardError(f"{path}: the file name is not a valid agent name")
         digest = self._declared_digest(path.stem)
         return await self._validate_file(path), digest
@@ -290,9 +297,11 @@ class AgentDirectory:
         except OSError as exc:
             raise DeclarativeCardError(f"{path}: cannot read the file") from exc
         try:
-            return validate_card(decode_card_json(raw), self._verifier)
+            validated = validate_card(decode_card_json(raw), self._verifier)
+            await self._check_interfaces(validated)
         except BrokerError as exc:
             raise DeclarativeCardError(f"{path}: {_describe(exc)}") from exc
+        return validated
 
     # --- Internals ------------------------------------------------------------------------------
 
@@ -300,11 +309,51 @@ class AgentDirectory:
         if (card is None) == (card_url is None):
             raise InvalidAdminRequestError("Give exactly one of 'card' and 'card_url'.")
         if card_url is None:
-            return validate_card(card, self._verifier)
-        parts = urlsplit(card_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidAdminRequestError("'card_url' must be an absolute http(s) URL.")
-        return validate_card(decode_card_json(await self._fetch_card(card_url)), self._verifier)
+            validated = validate_card(card, self._verifier)
+        else:
+            parts = urlsplit(card_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidAdminRequestError("'card_url' must be an absolute http(s) URL.")
+            await check_registered_url(self._egress, card_url)
+            raw = await self._fetch_card(card_url)
+            validated = validate_card(decode_card_json(raw), self._verifier)
+        await self._check_interfaces(validated)
+        return validated
+
+    async def _check_interfaces(self, validated: ValidatedCard) -> None:
+        """Refuse now a card whose agent the broker would refuse to call (egress, 0018)."""
+        issues = []
+        for i, iface in enumerate(validated.card_json.get("supportedInterfaces", [])):
+            url = str(iface.get("url", ""))
+            if iface.get("protocolBinding") not in BROKER_BINDING_PATHS:
+                continue  # never called
+            try:
+                await check_registered_url(self._egress, url)
+            except EgressDeniedError as err:
+                issues.append({"field": f"supportedInterfaces[{i}].url", "message": err.message})
+        if issues:
+            raise InvalidAgentCardError(
+                "The agent card points at an address the broker's egress rules forbid.",
+                data={"errors": issues},
+            )
+
+    async def _check_not_confusable(self, name: str) -> None:
+        existing = [record.name for record in await self._registry.list()]
+        other = confusable_with(name, existing)
+        if other is not None:
+            raise AgentNameConfusableError(
+                f"The name {name!r} looks like {other!r}, an agent already registered.",
+                metadata={"agent": name, "confusableWith": other},
+            )
+
+    async def _check_declared_names(self, names: builtins.list[str]) -> None:
+        existing = [record.name for record in await self._registry.list()]
+        for i, name in enumerate(names):
+            other = confusable_with(name, [*existing, *names[:i]])
+            if other is not None:
+                raise DeclarativeCardError(
+                    f"card {name!r} looks like {other!r}, another agent (AGENT_NAME_CONFUSABLE)"
+                )
 
     async def _set_status(self, name: str, status: AgentStatus) -> AgentRecord:
         record = await self._registry.set_status(name, status, self._clock())
@@ -322,7 +371,7 @@ class AgentDirectory:
 
 def check_agent_name(name: object) -> None:
     """Raise ``InvalidAdminRequestError`` unless ``name`` is a valid agent name."""
-    if not isinstance(name, str) or not AGENT_NAME_RE.match(name):
+    if not is_agent_name(name):
         raise InvalidAdminRequestError(
             "Agent names are 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter"
             " or digit."

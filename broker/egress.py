@@ -141,13 +141,19 @@ class EgressPolicy:
         kind = address_class(ip)
         if kind in self._allowed:
             return None
-        if kind in _CONFIGURABLE:
-            why = "this broker's egress settings do not allow"
-        else:
-            why = "the broker never connects to"
         article = "an" if kind[0] in "aeiou" else "a"
+        if kind in _CONFIGURABLE:
+            setting = f"[egress] allow_{kind}"
+            return EgressDeniedError(
+                f"Egress refused: the destination is {article} {kind} address, which"
+                f" {setting} = false forbids (set it to true to allow {kind} agents).",
+                detail=f"address {ip}",
+                metadata={"setting": setting},
+            )
         return _denied(
-            f"the destination is {article} {kind} address, which {why}.", f"address {ip}"
+            f"the destination is {article} {kind} address, which the broker never connects to"
+            " (no setting allows it).",
+            f"address {ip}",
         )
 
     def check_ip(self, ip: IPAddress) -> None:
@@ -235,6 +241,28 @@ class EgressResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+async def check_registered_url(policy: EgressPolicy, url: str, *, timeout_s: float = 2.0) -> None:
+    """Refuse, at registration, an agent or card URL the broker would refuse to call.
+
+    Numeric hosts in any spelling are judged as they stand; a name is resolved and refused if
+    any of its addresses is. A name that does not resolve (yet) is accepted: every call is
+    checked again when it connects. Raises EgressDeniedError naming the setting that forbids it.
+    """
+    parsed = policy.check_url(url)
+    host = parsed.host or ""
+    if _numeric_host(host)[0] is not None:
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, parsed.port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        return
+    for *_, sockaddr in infos:
+        if (error := policy.address_refusal(str(sockaddr[0]))) is not None:
+            raise error
 
 
 async def check_push_url(policy: EgressPolicy, url: str, *, timeout_s: float = 5.0) -> None:

@@ -6,8 +6,14 @@ Callers see ``message`` (written for them) and never internal exception text; ``
 the log only.
 
 Codes: A2A's own errors keep the spec's codes (-32001..-32009) and the JSON-RPC standard ones
-(-32600..-32700). The broker's own refusals use -32040..-32099 from the implementation-defined
+(-32600..-32700). The broker's own refusals use -32010..-32099 from the implementation-defined
 server-error range, which A2A 1.0 leaves unused.
+
+Domains: ``google.rpc.ErrorInfo.domain`` names the namespace its ``reason`` belongs to. An error
+whose code and reason are the A2A specification's (TASK_NOT_FOUND, INVALID_PARAMS, ...) carries
+``a2a-protocol.org`` whoever raises it, so every A2A client maps it; every reason the broker
+defines carries ``a2a-broker``. An agent may never answer in the broker's domain (see
+``broker.answers``), so an error in that domain always comes from the broker.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ _GRPC_STATUS_BY_HTTP: dict[int, str] = {
     404: "NOT_FOUND",
     409: "ALREADY_EXISTS",
     413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     431: "INVALID_ARGUMENT",
     500: "INTERNAL",
@@ -53,6 +60,8 @@ class BrokerError(Exception):
     retryable: ClassVar[bool] = False
     # Seconds for the Retry-After header when the raiser gives none (None: no header).
     default_retry_after: ClassVar[float | None] = None
+    # google.rpc.Code name on the REST binding when the spec names one other than the status's.
+    grpc_status: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -76,8 +85,12 @@ class BrokerError(Exception):
 
 class JSONParseError(BrokerError):
     code, http_status, reason = -32700, 400, "INVALID_JSON"
-    domain = ERROR_DOMAIN_A2A
     default_message = "The request body is not valid JSON."
+
+
+class InvalidUtf8Error(BrokerError):
+    code, http_status, reason = -32700, 400, "INVALID_UTF8"
+    default_message = "The request body is not valid UTF-8."
 
 
 class InvalidRequestError(BrokerError):
@@ -88,8 +101,15 @@ class InvalidRequestError(BrokerError):
 
 class BatchNotSupportedError(BrokerError):
     code, http_status, reason = -32600, 400, "BATCH_NOT_SUPPORTED"
-    domain = ERROR_DOMAIN_A2A
     default_message = "Batch requests are not supported."
+
+
+class NotificationNotSupportedError(BrokerError):
+    code, http_status, reason = -32600, 400, "NOTIFICATION_NOT_SUPPORTED"
+    default_message = (
+        "A JSON-RPC request without an 'id' is a notification, which gets no answer; every A2A"
+        " method answers, so send an 'id' (a string or an integer)."
+    )
 
 
 class MethodNotFoundError(BrokerError):
@@ -110,15 +130,70 @@ class TaskNotFoundError(BrokerError):
     default_message = "Task not found"  # the a2a-sdk's wording, so answers match
 
 
+class PushNotificationNotSupportedError(BrokerError):
+    code, http_status, reason = -32003, 400, "PUSH_NOTIFICATION_NOT_SUPPORTED"
+    domain = ERROR_DOMAIN_A2A
+    grpc_status = "FAILED_PRECONDITION"
+    default_message = "Push notifications are not supported by the agent"  # the a2a-sdk's
+
+
 class VersionNotSupportedError(BrokerError):
     code, http_status, reason = -32009, 400, "VERSION_NOT_SUPPORTED"
     domain = ERROR_DOMAIN_A2A
+    grpc_status = "FAILED_PRECONDITION"
     default_message = (
         "A2A version not supported: the broker speaks A2A 1.x; send the header 'A2A-Version: 1.0'."
     )
 
 
 # --- The broker's own refusals -----------------------------------------------------------------
+
+
+class AmbiguousRequestError(BrokerError):
+    code, http_status, reason = -32010, 400, "AMBIGUOUS_REQUEST"
+    default_message = "The request could be read two ways, so the broker does not forward it."
+
+
+class InvalidSkillError(BrokerError):
+    code, http_status, reason = -32011, 400, "INVALID_SKILL"
+    default_message = (
+        "A skill id is 1-128 characters without whitespace or control characters, given in"
+        " 'A2A-Skill' or message.metadata.skill (a JSON string)."
+    )
+
+
+class UnsupportedMediaTypeError(BrokerError):
+    code, http_status, reason = -32012, 415, "UNSUPPORTED_MEDIA_TYPE"
+    transport_level = True
+    default_message = (
+        "The request body must be JSON in UTF-8: send 'Content-Type: application/json'"
+        " (or application/a2a+json)."
+    )
+
+
+class TooManyItemsError(BrokerError):
+    code, http_status, reason = -32013, 400, "TOO_MANY_ITEMS"
+    default_message = "The request holds more items than the broker accepts."
+
+
+class InvalidDeadlineError(BrokerError):
+    code, http_status, reason = -32014, 400, "INVALID_DEADLINE"
+    default_message = (
+        "'A2A-Deadline' must be a number of seconds, at least 0.001 and finite."
+    )
+
+
+class InvalidPageTokenError(BrokerError):
+    code, http_status, reason = -32015, 400, "INVALID_PAGE_TOKEN"
+    default_message = (
+        "The page token was not issued by this broker to this caller for this agent, or it"
+        " has expired; list again from the first page."
+    )
+
+
+class AgentNameConfusableError(BrokerError):
+    code, http_status, reason = -32016, 409, "AGENT_NAME_CONFUSABLE"
+    default_message = "The name looks like the name of an agent that is already registered."
 
 
 class UnauthenticatedError(BrokerError):
@@ -275,6 +350,7 @@ class RouteNotFoundError(BrokerError):
 
 class HTTPMethodNotAllowedError(BrokerError):
     code, http_status, reason = -32076, 405, "HTTP_METHOD_NOT_ALLOWED"
+    transport_level = True  # an HTTP matter: the JSON-RPC binding answers it with 405 too
     default_message = "This HTTP method is not allowed at this path."
 
 
@@ -343,6 +419,7 @@ class RateLimitedError(BrokerError):
 
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
+    domain = ERROR_DOMAIN_A2A  # the spec's code and reason
     default_message = "The broker hit an internal error; it has been logged."
 
 

@@ -32,6 +32,11 @@ LIST_PUSH_CONFIGS = Operation("ListTaskPushNotificationConfigs", task_scoped=Tru
 DELETE_PUSH_CONFIG = Operation("DeleteTaskPushNotificationConfig", task_scoped=True)
 GET_EXTENDED_CARD = Operation("GetExtendedAgentCard")
 
+# The operations the spec makes answer PushNotificationNotSupportedError on an agent without push.
+PUSH_CONFIG_OPERATIONS = frozenset(
+    {CREATE_PUSH_CONFIG, GET_PUSH_CONFIG, LIST_PUSH_CONFIGS, DELETE_PUSH_CONFIG}
+)
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (

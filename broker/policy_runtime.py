@@ -14,7 +14,7 @@ from broker.errors import BrokerError
 from broker.policy.engine import PolicyEngine, PolicySnapshot
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
-from broker.settings import Settings
+from broker.settings import Settings, SettingsError
 
 log = logging.getLogger("a2a_broker.policy")
 
@@ -33,9 +33,13 @@ class PolicyRuntime:
 
     @classmethod
     async def start(cls, settings: Settings, audit: AuditRecorder) -> PolicyRuntime:
-        """Load the policy (a bad file stops start-up: there is no last good one yet)."""
-        if not settings.policy.policy_file:
-            log.warning("no [policy] policy_file: every authenticated agent may call every agent")
+        """Load the policy (a bad or empty file stops start-up: there is no last good one yet).
+
+        Raises ``SettingsError`` when there is no policy file and ``allow_all`` is not set (or
+        both are), ``PolicyError`` for a file that does not load.
+        """
+        if check_policy_settings(settings):
+            log.warning("[policy] allow_all = true: every authenticated agent may call every agent")
             return cls(None)
         model = settings.path(settings.policy.model_file) if settings.policy.model_file else None
         policy_path = settings.path(settings.policy.policy_file)
@@ -62,6 +66,24 @@ class PolicyRuntime:
             await self.reloader.stop()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def check_policy_settings(settings: Settings) -> bool:
+    """True when every hop is allowed (``allow_all``); raises ``SettingsError`` unless exactly
+    one of ``policy_file`` and ``allow_all`` is set: a broker never allows everything by
+    omission."""
+    policy = settings.policy
+    if policy.allow_all and policy.policy_file:
+        raise SettingsError(
+            "[policy] sets both policy_file and allow_all = true: choose one (allow_all would"
+            " ignore every rule of the file)"
+        )
+    if not policy.allow_all and not policy.policy_file:
+        raise SettingsError(
+            "no [policy] policy_file: set one (docs/policy.md), or set [policy] allow_all = true"
+            " to let every authenticated agent call every agent"
+        )
+    return policy.allow_all
 
 
 def _audited_reload(audit: AuditRecorder) -> Callable[[PolicySnapshot, str], Awaitable[None]]:

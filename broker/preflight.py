@@ -25,7 +25,7 @@ from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.keys import BrokerKeys, KeyFileError, load_signing_key
 from broker.policy.engine import PolicyEngine, check_model
 from broker.policy.rules import PolicyError
-from broker.policy_runtime import DEFAULT_MODEL
+from broker.policy_runtime import DEFAULT_MODEL, check_policy_settings
 from broker.settings import Settings, SettingsError
 from broker.stores.memory import MemoryBackend
 
@@ -90,6 +90,7 @@ def _load_keys(settings: Settings, where: Where) -> BrokerKeys:
 def _load_policy(settings: Settings, where: Where) -> int | None:
     """The policy's rule count (None: no policy file), read by the broker's own engine."""
     policy = settings.policy
+    check_policy_settings(settings)  # a broker never allows everything by omission
     model = settings.path(policy.model_file) if policy.model_file else DEFAULT_MODEL
     model_text = _read_named(model, where, ("policy", "model_file"))
     try:

@@ -1,7 +1,9 @@
 """What the broker checks and changes in an upstream's unary answer.
 
-Everything else is relayed as the upstream sent it, upstream A2A errors included. Decoding is
-typed and partial (msgspec) so a large answer costs one C-level scan.
+The answer must have the A2A shape of its operation (``broker.answers``); it is then relayed as
+the upstream sent it, upstream A2A errors included, except for a new task (its route is
+claimed), ListTasks (the caller's tasks, the broker's page tokens) and the extended card.
+Decoding is typed and partial (msgspec) so a large answer costs one C-level scan.
 """
 
 from __future__ import annotations
@@ -11,22 +13,14 @@ from typing import Any
 
 import msgspec
 
+from broker.answers import bad as _bad
+from broker.answers import check_jsonrpc, check_media_type, check_rest
 from broker.errors import UpstreamBadResponseError
 from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.task_pages import Page, PageTokens, callers_page
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
-
-
-_ABSENT = msgspec.Raw(b"")
-
-
-class _RpcResponse(msgspec.Struct):
-    # An absent member decodes as the empty Raw; a JSON null as Raw(b"null").
-    jsonrpc: str = ""
-    id: msgspec.Raw = _ABSENT
-    result: msgspec.Raw = _ABSENT
-    error: msgspec.Raw = _ABSENT
 
 
 class _TaskRef(msgspec.Struct):
@@ -37,9 +31,7 @@ class _SendResult(msgspec.Struct):
     task: _TaskRef | None = None
 
 
-_rpc_decoder = msgspec.json.Decoder(_RpcResponse)
 _send_decoder = msgspec.json.Decoder(_SendResult)
-_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -50,18 +42,36 @@ class ResponseInspector:
         task_routes: TaskRouteStore,
         route_ttl_s: int,
         rewrite_card: CardRewriter,
+        pages: PageTokens,
     ) -> None:
         self._routes = task_routes
         self._ttl = route_ttl_s
         self._rewrite_card = rewrite_card
+        self._pages = pages
 
     async def unary(
         self, ctx: MediationContext, status: int, content_type: str, body: bytes
     ) -> bytes:
-        """Check an answer is A2A-shaped and apply the broker's few changes; the bytes to relay."""
+        """Check an answer is A2A-shaped and apply the broker's few changes; the bytes to relay.
+
+        Raises ``UpstreamBadResponseError`` for anything else (``broker.answers``)."""
+        op = ctx.operation
+        assert op is not None  # noqa: S101 - set by ParseRequest
+        check_media_type(status, content_type)
         if ctx.binding == "jsonrpc":
-            return await self._jsonrpc(ctx, status, body)
-        return await self._rest(ctx, status, body)
+            answer = check_jsonrpc(op, status, body)
+            if answer.result is None:
+                return body  # an upstream error passes through unchanged
+            changed = await self._apply(ctx, answer.result)
+            if changed is None:
+                return body
+            rpc_id = answer.id if len(answer.id) else msgspec.Raw(b"null")
+            return _encoder.encode({"jsonrpc": "2.0", "id": rpc_id, "result": changed})
+        payload = check_rest(op, status, body)
+        if payload is None:
+            return body
+        changed = await self._apply(ctx, payload)
+        return body if changed is None else _encoder.encode(changed)
 
     async def claim_task(self, ctx: MediationContext, task_id: str) -> None:
         """Record that the caller created ``task_id`` at the target agent."""
@@ -75,38 +85,6 @@ class ResponseInspector:
                 "The agent answered with a task that belongs to another caller.",
                 detail=f"task id collision at {route.agent}: {task_id}",
             )
-
-    async def _jsonrpc(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
-        try:
-            env = _rpc_decoder.decode(body)
-        except msgspec.DecodeError:
-            raise _bad(status, "not a JSON-RPC response") from None
-        has_result, has_error = len(env.result) > 0, len(env.error) > 0
-        if env.jsonrpc != "2.0" or has_result == has_error:
-            raise _bad(status, "not a JSON-RPC 2.0 response")
-        if has_error:
-            return body  # an upstream error passes through unchanged
-        changed = await self._apply(ctx, env.result)
-        if changed is None:
-            return body
-        rpc_id = env.id if len(env.id) else msgspec.Raw(b"null")
-        return _encoder.encode({"jsonrpc": "2.0", "id": rpc_id, "result": changed})
-
-    async def _rest(self, ctx: MediationContext, status: int, body: bytes) -> bytes:
-        if 300 <= status < 400:
-            raise _bad(status, "redirect")
-        if not body.strip():
-            if status < 300:
-                return body
-            raise _bad(status, "empty error body")
-        try:
-            payload = _raw_decoder.decode(body)
-        except msgspec.DecodeError:
-            raise _bad(status, "not JSON") from None
-        if status >= 300:
-            return body
-        changed = await self._apply(ctx, payload)
-        return body if changed is None else _encoder.encode(changed)
 
     async def _apply(self, ctx: MediationContext, payload: msgspec.Raw) -> Any:
         """The changed payload, or None if it is relayed unchanged."""
@@ -130,24 +108,19 @@ class ResponseInspector:
         return None
 
     async def _only_callers_tasks(self, ctx: MediationContext, result: Any) -> Any:
-        assert ctx.target is not None  # noqa: S101
-        tasks = result.get("tasks") if isinstance(result, dict) else None
-        if not isinstance(tasks, list):
-            return None
-        kept = [t for t in tasks if await self._owned(ctx, t)]
-        if len(kept) == len(tasks):
-            return None
-        # totalSize would reveal other callers' tasks: report what this caller may see.
-        return {**result, "tasks": kept, "totalSize": len(kept)}
+        """The agent's page cut to the caller's tasks, paged with the broker's tokens (0016)."""
+        assert ctx.target is not None and ctx.caller is not None  # noqa: S101
+        if not isinstance(result, dict):
+            raise _bad(200, "ListTasks result is not an object")
+        caller, agent = ctx.caller, ctx.target.name
+        token = ctx.reading.page_token if ctx.reading is not None else None
+        before: Page | None = self._pages.open(caller, agent, token) if token else None
 
-    async def _owned(self, ctx: MediationContext, task: Any) -> bool:
-        assert ctx.target is not None  # noqa: S101
-        task_id = task.get("id") if isinstance(task, dict) else None
-        if not isinstance(task_id, str):
-            return False
-        route = await self._routes.get(ctx.target.name, task_id)
-        return route is not None and route.owner == ctx.caller
+        async def owned(task_id: str) -> bool:
+            route = await self._routes.get(agent, task_id)
+            return route is not None and route.owner == caller
 
+        def seal(page: Page) -> str:
+            return self._pages.seal(caller, agent, page)
 
-def _bad(status: int, what: str) -> UpstreamBadResponseError:
-    return UpstreamBadResponseError(detail=f"upstream HTTP {status}: {what}")
+        return await callers_page(result, before, owned, seal)

@@ -14,7 +14,7 @@ from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.directory import AgentDirectory
+from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.egress import check_push_url
 from broker.errors import BrokerError
 from broker.keys import BrokerKeys
@@ -33,13 +33,15 @@ from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
 from broker.stages.guards import CascadeGuards
 from broker.stages.mint import MintHopToken
-from broker.stages.parse import ParseRequest
+from broker.stages.parse import ParseRequest, ReadParams
 from broker.stages.policy import ChainPolicy
+from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
+from broker.task_pages import PageTokens
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
 from broker.upstream_client import UpstreamClient
@@ -137,7 +139,11 @@ class BrokerRuntime:
         runtime.mediate = fold(pipeline_stages(runtime))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
-        await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
+        try:
+            await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
+        except DeclarativeCardError as exc:
+            await _audit_declarative_refusal(audit, exc)
+            raise
         return runtime
 
     async def close(self) -> None:
@@ -164,6 +170,15 @@ async def _expire_reservations(stores: Stores, settings: Settings) -> None:
             log.warning("budget reservations not expired this round: %s", err.reason)
 
 
+async def _audit_declarative_refusal(audit: AuditRecorder, exc: DeclarativeCardError) -> None:
+    """A card refused at start-up is a refused registration too: it is audited."""
+    try:
+        detail = str(exc)[:300]
+        await audit.event("registry.refused", "a2a-broker", action="declarative", error=detail)
+    except BrokerError as err:
+        log.error("refused declarative card not audited: %s", err.reason)  # noqa: TRY400
+
+
 async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
 
@@ -178,8 +193,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
     async def push_url_allowed(url: str) -> None:
         await check_push_url(rt.upstream.policy, url)
 
+    pages = PageTokens(rt.keys)
     inspector = ResponseInspector(
-        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card
+        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages
     )
     issuer = settings.public_url
     return [
@@ -193,6 +209,11 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         ParseRequest(settings.limits),
         # The target must exist, be active and offer the binding before anything else is asked.
         ResolveTarget(stores.registry),
+        # The spec's answer for push configs on an agent without push, before the parameters
+        # are judged, so it reveals nothing about the task or URL they name.
+        PushSupport(),
+        # The parameters, read exactly as the agent will read them (one reading, 0015).
+        ReadParams(settings.limits),
         # The chain comes only from a token the broker minted for this caller, so the policy
         # below judges what really happened, not what a body or header claims.
         DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
@@ -202,7 +223,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         # token is minted, so a refused child never exists.
         CascadeGuards(stores.delegation_counters, settings.delegation, settings.limits),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
-        TaskScope(stores.task_routes, push_url_allowed),
+        TaskScope(stores.task_routes, push_url_allowed, pages),
         # The last decision is made: mint the target's token, scoped to what was allowed.
         MintHopToken(
             TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),

@@ -100,13 +100,19 @@ class LimitSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     sse_idle_timeout_s: float = 300.0
     sse_max_duration_s: float = 3600.0
     sse_heartbeat_s: float = 15.0
+    # Items in one message the broker forwards: parts, and task ids in referenceTaskIds (each
+    # is an ownership check). Past these: TOO_MANY_ITEMS, before anything is forwarded.
+    max_message_parts: Annotated[int, msgspec.Meta(ge=1)] = 1000
+    max_reference_tasks: Annotated[int, msgspec.Meta(ge=0)] = 32
 
 
 class PolicySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    # Casbin model and rules. With no policy_file every authenticated agent may call every agent
-    # and originate work (a warning is logged): fine for a first try, wrong for production.
+    # Casbin model and rules. A policy file is required, and must hold at least one rule,
+    # unless allow_all = true says explicitly that every authenticated agent may call every
+    # agent and originate work (fine for a first try, wrong for production).
     model_file: str = ""  # empty: the model shipped with the broker (policies/model.conf)
     policy_file: str = ""
+    allow_all: bool = False
     reload_interval_s: float = 1.0
     # Redis pub/sub channel (redis store only) that carries policy edits to every replica.
     channel: str = "policy"

@@ -1,7 +1,9 @@
 """Server-sent events relayed event by event: split, inspected cheaply, never buffered whole.
 
-The relay keeps each upstream event's bytes as they came. A separate task reads the upstream so
-the sender can emit heartbeats while the upstream is quiet and enforce the maximum duration.
+The relay sends for each upstream event what ``on_event`` makes of it (the A2A edge re-frames
+every event, ``broker.answers``; the LLM edge relays them as they came). A separate task reads
+the upstream so the sender can emit heartbeats while the upstream is quiet and enforce the
+maximum duration.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-
-import msgspec
 
 from broker.errors import BrokerError, StreamMaxDurationError, UpstreamResponseTooLargeError
 
@@ -52,42 +52,6 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(parts)
 
 
-class _TaskRef(msgspec.Struct):
-    id: str = ""
-
-
-class _UpdateRef(msgspec.Struct):
-    taskId: str = ""
-
-
-class _StreamResponse(msgspec.Struct):
-    task: _TaskRef | None = None
-    statusUpdate: _UpdateRef | None = None
-    artifactUpdate: _UpdateRef | None = None
-
-
-class _JsonRpcEvent(msgspec.Struct):
-    result: _StreamResponse | None = None
-
-
-_rest_event = msgspec.json.Decoder(_StreamResponse)
-_rpc_event = msgspec.json.Decoder(_JsonRpcEvent)
-
-
-def stream_task_id(data: bytes, jsonrpc: bool) -> str | None:
-    """The task id a StreamResponse payload names, if any (None for messages and errors)."""
-    try:
-        resp = _rpc_event.decode(data).result if jsonrpc else _rest_event.decode(data)
-    except msgspec.DecodeError:
-        return None
-    if resp is None:
-        return None
-    if resp.task is not None and resp.task.id:
-        return resp.task.id
-    update = resp.statusUpdate or resp.artifactUpdate
-    return update.taskId if update is not None and update.taskId else None
-
-
 _END = object()
 
 
@@ -97,7 +61,7 @@ async def relay(
     max_event_bytes: int,
     heartbeat_s: float,
     max_duration_s: float,
-    on_event: Callable[[bytes], Awaitable[None]],
+    on_event: Callable[[bytes], Awaitable[bytes | None]],
     error_event: Callable[[BrokerError], bytes],
     close_upstream: Callable[[], None],
     recheck: Callable[[], Awaitable[None]] | None = None,
@@ -105,10 +69,10 @@ async def relay(
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's events as they arrive, heartbeats while it is quiet.
 
-    ``on_event`` sees each event before it is sent, and ``recheck`` runs every ``recheck_s``
-    (is the stream still allowed?); either may raise a BrokerError to end the stream. Errors
-    end it with an ``event: error`` frame. However the consumer stops (end, error, client
-    disconnect = cancellation), the upstream is closed.
+    ``on_event`` turns each event into the bytes sent for it (None: nothing is sent), and
+    ``recheck`` runs every ``recheck_s`` (is the stream still allowed?); either may raise a
+    BrokerError to end the stream. Errors end it with an ``event: error`` frame. However the
+    consumer stops (end, error, client disconnect = cancellation), the upstream is closed.
     """
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
     reader = asyncio.create_task(_read_events(chunks, max_event_bytes, queue))
@@ -144,11 +108,12 @@ async def relay(
                 return
             assert isinstance(item, bytes)  # noqa: S101 - the queue holds events, errors or _END
             try:
-                await on_event(item)
+                frame = await on_event(item)
             except BrokerError as err:
                 yield error_event(err)
                 return
-            yield item
+            if frame is not None:
+                yield frame
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, BrokerError):

@@ -14,6 +14,7 @@ from broker.errors import BrokerError
 
 if TYPE_CHECKING:
     from broker.delegation.tokens import DelegationClaims
+    from broker.reading import Reading
 from broker.operations import Operation
 from broker.stores.base import AgentRecord
 
@@ -42,6 +43,8 @@ class MediationContext:
     task_id: str | None = None
     target: AgentRecord | None = None
     skill: str = ""
+    reading: Reading | None = None  # what the broker judged in the parameters (ReadParams)
+    deadline_s: float | None = None  # the A2A-Deadline the caller asked for
     # Delegation: the verified token the caller presented (None: it originates work), the chain
     # of callers including this one (origin first), and the token minted for the target.
     parent: DelegationClaims | None = None

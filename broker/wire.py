@@ -54,7 +54,7 @@ def rest_error_body(err: BrokerError) -> bytes:
     payload = {
         "error": {
             "code": err.http_status,
-            "status": grpc_status_name(err.http_status),
+            "status": err.grpc_status or grpc_status_name(err.http_status),
             "message": err.message,
             "details": error_details(err),
         }

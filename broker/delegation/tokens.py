@@ -6,8 +6,9 @@ JWKS. Replicas check their own tokens by the ``bmac`` claim instead (a few µs, 
 Ed25519): HMAC-SHA256, under a key derived from the signing key, over ``<header segment> "."
 <payload without bmac>``; the payload is the msgspec encoding with ``,"bmac":"…"}`` spliced on, so
 that input is recovered byte for byte. A claim cannot cover the signature over itself, so this
-path does not read the signature segment: harmless, since the broker never relays a presented
-token (it mints a new one) and the header and claims it acts on are authenticated.
+path checks the signature segment's form only (canonical base64url of exactly 64 bytes, the
+length of every Ed25519 signature), not its bits: harmless, since the broker never relays a
+presented token (it mints a new one) and the header and claims it acts on are authenticated.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _MAC_LABEL = b"a2a-broker/delegation/bmac/v1"
 _BMAC_PREFIX = b',"bmac":"'
 _BMAC_CHARS = 43  # base64url of 32 bytes, unpadded
 _BMAC_TAIL = len(_BMAC_PREFIX) + _BMAC_CHARS + len(b'"}')
+_SIGNATURE_BYTES = 64  # Ed25519
 
 
 class Actor(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -242,6 +244,9 @@ class TokenVerifier:
         header, payload_segment, signature = _segments(token)
         payload = _strict_b64decode(payload_segment)
         if header == self._header and _has_bmac(payload):
+            # Every segment is checked: a token is one text, whichever path verifies it.
+            if len(_strict_b64decode(signature)) != _SIGNATURE_BYTES:
+                raise DelegationTokenInvalidError(detail="the signature segment is not a signature")
             self._check_bmac(header.encode("ascii"), payload)
         else:
             self._check_signature(header, payload_segment, signature)

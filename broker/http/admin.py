@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Any, TypeVar
 
 import msgspec
@@ -13,13 +14,21 @@ from litestar.handlers.base import BaseRouteHandler
 
 from broker.budgets import Limit
 from broker.config_errors import explain_validation
-from broker.errors import AdminDisabledError, AdminUnauthenticatedError, InvalidAdminRequestError
+from broker.errors import (
+    AdminDisabledError,
+    AdminUnauthenticatedError,
+    BrokerError,
+    InvalidAdminRequestError,
+    JSONTooDeepError,
+)
 from broker.http.state import AnyRequest, runtime_of
+from broker.jsonlimits import json_depth_exceeds
 from broker.policy.rules import PolicyError
 from broker.settings import BudgetLimitSettings
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_limits import check_override
 
+log = logging.getLogger("a2a_broker.admin")
 _encoder = msgspec.json.Encoder()
 _B = TypeVar("_B", bound=msgspec.Struct)
 
@@ -39,7 +48,13 @@ class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
     limits: tuple[BudgetLimitSettings, ...]
 
 
+# No admin body (an agent card included) needs deeper JSON; deeper would exhaust the decoder.
+MAX_ADMIN_JSON_DEPTH = 64
+
+
 def _decode(body: bytes, kind: type[_B]) -> _B:
+    if json_depth_exceeds(body, MAX_ADMIN_JSON_DEPTH):
+        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)})
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
@@ -49,6 +64,8 @@ def _decode(body: bytes, kind: type[_B]) -> _B:
     except msgspec.DecodeError as exc:
         # msgspec's message says where the JSON breaks: safe to show.
         raise InvalidAdminRequestError(f"Invalid request body: {exc}") from None
+    except RecursionError:  # unreachable past the depth check; never a 500 all the same
+        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)}) from None
 
 
 def _json(payload: object, status: int = 200) -> Response[bytes]:
@@ -81,11 +98,27 @@ async def list_agents(request: AnyRequest) -> Response[bytes]:
     return _json({"agents": [directory.summary(r) for r in await directory.list()]})
 
 
+async def _audit_refusal(request: AnyRequest, action: str, agent: str, err: BrokerError) -> None:
+    """A refused registration or update is an audit record too (who tried what, and why)."""
+    try:
+        await runtime_of(request).audit.event(
+            "registry.refused", "admin", action=action, agent=agent[:100], reason=err.reason
+        )
+    except BrokerError as audit_err:
+        log.error("refused %s of %r not audited: %s", action, agent[:100], audit_err.reason)  # noqa: TRY400
+
+
 @post("/agents")
 async def register_agent(request: AnyRequest) -> Response[bytes]:
-    body = _decode(await request.body(), _RegisterBody)
-    directory = runtime_of(request).directory
-    record, credential = await directory.register(body.name, body.card, body.card_url)
+    name = ""
+    try:
+        body = _decode(await request.body(), _RegisterBody)
+        name = body.name
+        directory = runtime_of(request).directory
+        record, credential = await directory.register(body.name, body.card, body.card_url)
+    except BrokerError as err:
+        await _audit_refusal(request, "register", name, err)
+        raise
     await _audit(request, "registry.change", "register", record.name)
     return _json({"agent": directory.summary(record), "credential": credential}, 201)
 
@@ -100,9 +133,13 @@ async def show_agent(request: AnyRequest, name: str) -> Response[bytes]:
 
 @put("/agents/{name:str}")
 async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
-    body = _decode(await request.body(), _CardBody)
-    directory = runtime_of(request).directory
-    record = await directory.update(name, body.card, body.card_url)
+    try:
+        body = _decode(await request.body(), _CardBody)
+        directory = runtime_of(request).directory
+        record = await directory.update(name, body.card, body.card_url)
+    except BrokerError as err:
+        await _audit_refusal(request, "update", name, err)
+        raise
     await _audit(request, "registry.change", "update", name)
     return _json({"agent": directory.summary(record)})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,12 +29,13 @@ from broker.http.mediation import jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
 from broker.llm.routes import llm_route_handlers
+from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
 from broker.policy.rules import PolicyError
 from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
-from broker.wire import error_headers, rest_error_body
+from broker.wire import error_reply
 
 log = logging.getLogger("a2a_broker")
 
@@ -58,14 +60,30 @@ STARTUP_ERRORS = (
 )
 
 
-def broker_error_response(_: AnyRequest, err: BrokerError) -> Response[bytes]:
-    """Errors raised outside the mediation pipeline (admin, discovery) in the REST shape."""
+_JSONRPC_PATH = re.compile(r"/agents/[^/]+/jsonrpc/?")
+
+
+def error_response(request: AnyRequest, err: BrokerError) -> Response[bytes]:
+    """An error raised outside the mediation pipeline, in the shape of the surface it hit:
+    OpenAI's under ``/v1/``, JSON-RPC on an agent's JSON-RPC URL, google.rpc.Status elsewhere.
+
+    Reads only the raw ASGI path: the request itself may be what is broken (a bad Host header
+    makes its URL unbuildable)."""
+    path = str(request.scope.get("path", ""))
+    if path.startswith("/v1/"):
+        reply = openai_error_reply(err)
+    elif _JSONRPC_PATH.fullmatch(path):
+        reply = error_reply(err, "jsonrpc", None)
+    else:
+        reply = error_reply(err, "rest", None)
     return Response(
-        rest_error_body(err),
-        status_code=err.http_status,
-        media_type="application/json",
-        headers=error_headers(err),
+        reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers
     )
+
+
+def broker_error_response(request: AnyRequest, err: BrokerError) -> Response[bytes]:
+    """Errors raised outside the mediation pipeline (admin, discovery, edges)."""
+    return error_response(request, err)
 
 
 def http_error_response(request: AnyRequest, exc: HTTPException) -> Response[bytes]:
@@ -76,12 +94,13 @@ def http_error_response(request: AnyRequest, exc: HTTPException) -> Response[byt
         413: BodyTooLargeError(),
     }
     err = by_status.get(exc.status_code) or InvalidRequestError("The request is not valid here.")
-    return broker_error_response(request, err)
+    return error_response(request, err)
 
 
 def internal_error_response(request: AnyRequest, exc: Exception) -> Response[bytes]:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return broker_error_response(request, BrokerInternalError())
+    path = request.scope.get("path", "")
+    log.error("unhandled error on %s %s", request.scope.get("method"), path, exc_info=exc)
+    return error_response(request, BrokerInternalError())
 
 
 # Young collections this much rarer than Python's default (700): requests allocate and drop many

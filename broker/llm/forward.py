@@ -114,7 +114,7 @@ class ForwardToProvider:
             max_event_bytes=self._limits.max_response_bytes,
             heartbeat_s=self._limits.sse_heartbeat_s,
             max_duration_s=self._limits.sse_max_duration_s,
-            on_event=_nothing,
+            on_event=_as_is,
             error_event=lambda err: openai_error_event(provider_error(err)),
             close_upstream=response.close,
         )
@@ -122,8 +122,8 @@ class ForwardToProvider:
         return StreamReply(relayed, 200, _SSE_HEADERS)
 
 
-async def _nothing(_: bytes) -> None:
-    return None
+async def _as_is(event: bytes) -> bytes:
+    return event
 
 
 async def _metered(

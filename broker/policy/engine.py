@@ -101,6 +101,11 @@ class PolicySnapshot:
     _explaining: _CasbinRules = field(repr=False)
     _lines: dict[tuple[str, ...], RuleRef] = field(repr=False)
 
+    @property
+    def allow_rule_count(self) -> int:
+        """How many distinct ``p`` rules (allow or deny) the policy has."""
+        return len(self._lines)
+
     def evaluate(self, sub: str, obj: str, act: str) -> Verdict:
         """The policy's answer for one request, uncached (costs one or two casbin scans)."""
         allowed, stopped_at = self._deciding.enforce(sub, obj, act)
@@ -168,7 +173,7 @@ class PolicyEngine:
     def from_files(cls, model_path: str | Path, policy_path: str | Path) -> PolicyEngine:
         """An engine with the model and the policy read from files; raises ``PolicyError``."""
         engine = cls(_read(model_path), model_source=str(model_path))
-        engine.swap(engine.load_text(_read(policy_path), str(policy_path)))
+        engine.swap(require_rules(engine.load_text(_read(policy_path), str(policy_path))))
         return engine
 
     @property
@@ -258,6 +263,20 @@ class PolicyEngine:
     def may_reenter(self, agent: str, target: str) -> Decision:
         """May ``agent`` call ``target`` although ``target`` is already in the chain?"""
         return decide_single(agent, self.verdict(agent, target, REENTER), self.version)
+
+
+def require_rules(snapshot: PolicySnapshot) -> PolicySnapshot:
+    """``snapshot``, unless it has no ``p`` rule: such a file (empty, comments or roles only) would
+    refuse every hop, which is always a mistake (a lost file, a bad deploy), never a policy.
+    Raises ``PolicyError``."""
+    if snapshot.allow_rule_count == 0:
+        raise PolicyError(
+            snapshot.source,
+            0,
+            "the policy has no p rule, so it would refuse every hop; write the rules (or, to let"
+            " every agent call every agent, remove policy_file and set [policy] allow_all = true)",
+        )
+    return snapshot
 
 
 def _read(path: str | Path) -> str:

@@ -30,7 +30,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from broker.policy.decision import Verdict
-from broker.policy.engine import PolicyEngine, PolicySnapshot, Question, policy_version
+from broker.policy.engine import (
+    PolicyEngine,
+    PolicySnapshot,
+    Question,
+    policy_version,
+    require_rules,
+)
 from broker.policy.rules import PolicyError
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
@@ -233,7 +239,7 @@ class PolicyReloader:
     ) -> tuple[PolicySnapshot, dict[Question, Verdict]]:
         """In a worker thread: validate, compile, and re-ask the questions the old policy was
         asked, so the event loop does not pay casbin's scans right after every reload."""
-        snapshot = self._engine.load_text(text, source)
+        snapshot = require_rules(self._engine.load_text(text, source))
         return snapshot, snapshot.answer(questions, self._warm_budget_s)
 
     async def _fail(self, error: PolicyError) -> None:

@@ -3,9 +3,9 @@
 The caller's credentials never travel on: the upstream gets only the A2A headers it needs and
 the credential the broker holds for it. Unary answers are checked to be A2A-shaped (garbage
 becomes UPSTREAM_BAD_RESPONSE) and otherwise relayed unchanged, upstream errors included;
-streams are relayed event by event. The few answers the broker must look into: a new task
-(its route is recorded for its creator), ListTasks (filtered to the caller's tasks) and the
-extended card (its interfaces rewritten to the broker's).
+streams are re-framed event by event (``broker.answers``). The few answers the broker must
+look into: a new task (its route is recorded for its creator), ListTasks (filtered to the
+caller's tasks) and the extended card (its interfaces rewritten to the broker's).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from broker.answers import bad, reframe
 from broker.errors import BrokerError, UpstreamTimeoutError
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
-from broker.sse import event_data, relay, stream_task_id
+from broker.sse import relay
 from broker.stages.delegation import DELEGATION_HEADER
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.upstream import Upstream, UpstreamResponse
@@ -96,17 +97,22 @@ class Forward:
     def _stream(
         self, ctx: MediationContext, resp: UpstreamResponse, remaining: float | None
     ) -> StreamReply:
-        jsonrpc = ctx.binding == "jsonrpc"
+        if resp.status != 200:
+            resp.close()
+            raise bad(resp.status, "a stream with an HTTP error status")
         claimed = False
 
-        async def on_event(event: bytes) -> None:
+        async def on_event(event: bytes) -> bytes | None:
+            """The agent's event checked and in the broker's framing (broker.answers)."""
             nonlocal claimed
-            if claimed or ctx.operation is None or not ctx.operation.sends_message:
-                return
-            task_id = stream_task_id(event_data(event), jsonrpc)
-            if task_id:
-                await self._inspect.claim_task(ctx, task_id)
+            frame = reframe(ctx.binding, ctx.jsonrpc_id, event)
+            if frame is None:
+                return None
+            sends = ctx.operation is not None and ctx.operation.sends_message
+            if frame.task_id and sends and not claimed:
+                await self._inspect.claim_task(ctx, frame.task_id)
                 claimed = True
+            return frame.data
 
         def error_event(err: BrokerError) -> bytes:
             ctx.error = err

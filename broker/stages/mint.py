@@ -10,8 +10,6 @@ from __future__ import annotations
 from broker.delegation.tokens import TokenMinter, hop_scope
 from broker.types import CallNext, MediationContext, Outcome
 
-DEADLINE_HEADER = "a2a-deadline"  # seconds the caller gives this hop (it may only shrink)
-
 
 class MintHopToken:
     def __init__(self, minter: TokenMinter, default_deadline_s: float) -> None:
@@ -22,7 +20,9 @@ class MintHopToken:
         assert ctx.caller is not None and ctx.target is not None  # noqa: S101
         assert ctx.operation is not None  # noqa: S101
         scope = hop_scope(ctx.operation.name, [ctx.skill] if ctx.skill else [])
-        deadline = _requested_deadline(ctx.headers.get(DEADLINE_HEADER), self._default_deadline_s)
+        # A2A-Deadline (checked by ParseRequest) may only shorten the default.
+        default, asked = self._default_deadline_s, ctx.deadline_s
+        deadline = default if asked is None else min(asked, default)
         if ctx.parent is None:
             token, claims = self._minter.mint_origin(ctx.caller, ctx.target.name, scope, deadline)
         else:
@@ -31,12 +31,3 @@ class MintHopToken:
             )
         ctx.hop_token, ctx.hop = token, claims
         return await call_next(ctx)
-
-
-def _requested_deadline(header: str | None, default: float) -> float:
-    """The caller's requested deadline in seconds, never more than the default."""
-    try:
-        asked = float(header) if header else default
-    except ValueError:
-        return default
-    return min(asked, default) if asked > 0 else default

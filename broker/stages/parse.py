@@ -1,84 +1,56 @@
-"""Read the request within its limits and decode only the envelope the broker must inspect.
+"""Read the request within its limits: the envelope first, the parameters once the target is known.
 
-JSON-RPC: the envelope (jsonrpc, id, method) is decoded; ``params`` stays raw bytes, then a
-small typed view of the few params fields the broker needs (task id, push URL) is taken.
-REST: the path names the operation and the task. Either way the original body is what is
+``ParseRequest`` (before the target is looked up) enforces the header, body, media type, UTF-8
+and depth limits, decodes the JSON-RPC envelope (or matches the REST path) into the operation,
+and checks the A2A version and the ``A2A-Skill``/``A2A-Deadline`` headers. ``ReadParams``
+(after the target and its push capability are known) reads the parameters the broker judges,
+exactly as the agent will (``broker.reading``). Either way the original body is what is
 forwarded, so fields the broker does not know survive.
 """
 
 from __future__ import annotations
 
+import math
 from urllib.parse import unquote
 
 import msgspec
 
 from broker.errors import (
-    BatchNotSupportedError,
+    AmbiguousRequestError,
     HeadersTooLargeError,
-    InvalidParamsError,
-    InvalidRequestError,
+    InvalidDeadlineError,
+    InvalidUtf8Error,
     JSONParseError,
     JSONTooDeepError,
     MethodNotFoundError,
+    UnsupportedMediaTypeError,
     VersionNotSupportedError,
 )
 from broker.jsonlimits import json_depth_exceeds
 from broker.operations import LEGACY_V03_METHODS, OPERATIONS, match_rest
+from broker.reading import (
+    EnvelopeError,
+    ItemLimits,
+    Reading,
+    check_skill,
+    read_envelope,
+    read_params,
+    read_rest,
+)
 from broker.settings import LimitSettings
 from broker.types import CallNext, MediationContext, Outcome
 
 SUPPORTED_MAJOR = "1"
 # The skill a request is for, as policy sees it: this header, else message.metadata.skill.
 SKILL_HEADER = "a2a-skill"
-
-
-class _Envelope(msgspec.Struct):
-    method: str
-    jsonrpc: str = ""
-    id: msgspec.Raw = msgspec.Raw(b"null")
-    params: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _MessageMetadata(msgspec.Struct):
-    skill: str = ""
-
-
-class _MessageRef(msgspec.Struct):
-    taskId: str = ""
-    metadata: _MessageMetadata | None = None
-
-
-class _PushConfigRef(msgspec.Struct):
-    url: str = ""
-    taskId: str = ""
-
-
-class _SendConfiguration(msgspec.Struct):
-    taskPushNotificationConfig: _PushConfigRef | None = None
-
-
-class SendParams(msgspec.Struct):
-    message: _MessageRef | None = None
-    configuration: _SendConfiguration | None = None
-
-
-class TaskParams(msgspec.Struct):
-    """Params of task-scoped methods: the task is ``id`` or ``taskId`` depending on the method."""
-
-    id: str = ""
-    taskId: str = ""
-    url: str = ""
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_send_decoder = msgspec.json.Decoder(SendParams)
-_task_decoder = msgspec.json.Decoder(TaskParams)
-_any_decoder = msgspec.json.Decoder()
-_ID_START = frozenset(bytes([b]) for b in b'"-0123456789n')
+DEADLINE_HEADER = "a2a-deadline"  # seconds the caller gives this hop (it may only shrink)
+MIN_DEADLINE_S = 0.001
+# What a body may be sent as: JSON (A2A's own media type included), in UTF-8.
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/a2a+json"})
 
 
 class ParseRequest:
-    """Enforces header/body/depth limits and the A2A version; fills operation, params, task id."""
+    """Enforces header/body/type/depth limits and the A2A version; fills the operation."""
 
     def __init__(self, limits: LimitSettings) -> None:
         self._limits = limits
@@ -86,14 +58,18 @@ class ParseRequest:
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         self._check_headers(ctx)
         ctx.body = await ctx.read_body()
-        if ctx.body and json_depth_exceeds(ctx.body, self._limits.max_json_depth):
-            raise JSONTooDeepError(metadata={"maxDepth": str(self._limits.max_json_depth)})
+        if ctx.body:
+            check_json_body(ctx.headers.get("content-type", ""), ctx.body)
+            if json_depth_exceeds(ctx.body, self._limits.max_json_depth):
+                raise JSONTooDeepError(metadata={"maxDepth": str(self._limits.max_json_depth)})
         if ctx.binding == "jsonrpc":
-            self._parse_jsonrpc(ctx)
+            _parse_jsonrpc(ctx)
         else:
-            self._parse_rest(ctx)
+            _parse_rest(ctx)
         check_version(ctx.headers.get("a2a-version", ""))
-        ctx.skill = ctx.headers.get(SKILL_HEADER, "").strip() or ctx.skill
+        header_skill = ctx.headers.get(SKILL_HEADER, "").strip()
+        ctx.skill = check_skill(header_skill, "A2A-Skill") if header_skill else ""
+        ctx.deadline_s = requested_deadline(ctx.headers.get(DEADLINE_HEADER))
         return await call_next(ctx)
 
     def _check_headers(self, ctx: MediationContext) -> None:
@@ -103,99 +79,121 @@ class ParseRequest:
                 metadata={"maxHeaderBytes": str(self._limits.max_header_bytes)}
             )
 
-    def _parse_jsonrpc(self, ctx: MediationContext) -> None:
-        env = decode_envelope(ctx.body)
-        ctx.jsonrpc_id = env.id
-        if env.jsonrpc != "2.0" or bytes(env.id)[:1] not in _ID_START:
-            raise InvalidRequestError(
-                "'jsonrpc' must be \"2.0\" and 'id' a string, number or null."
-            )
-        if env.method in LEGACY_V03_METHODS:
-            raise VersionNotSupportedError(
-                f"'{env.method}' is an A2A 0.3 method; the broker speaks A2A 1.x "
-                "(use the 1.0 method names and send 'A2A-Version: 1.0')."
-            )
-        op = OPERATIONS.get(env.method)
-        if op is None:
-            raise MethodNotFoundError(f"Method '{env.method}' is not an A2A 1.0 method.")
-        ctx.operation = op
-        ctx.params = env.params
-        ctx.task_id = task_id_from_params(op.task_scoped, op.sends_message, env.params)
-        if op.sends_message:
-            ctx.skill = skill_from_params(env.params)
 
-    def _parse_rest(self, ctx: MediationContext) -> None:
-        # Clients may percent-encode the ':' of "message:send"; match on the decoded path, and
-        # forward the path as sent.
-        route = match_rest(ctx.http_method, unquote(ctx.rest_tail))
-        if route is None:
-            raise MethodNotFoundError("No A2A 1.0 HTTP+JSON operation at this method and path.")
-        ctx.operation = route.operation
-        if ctx.body:
-            try:
-                _any_decoder.decode(ctx.body)
-            except msgspec.DecodeError as exc:
-                raise JSONParseError(detail=str(exc)) from None
-            ctx.params = msgspec.Raw(ctx.body)
-        if route.operation.sends_message and ctx.params is not None:
-            ctx.task_id = task_id_from_params(False, True, ctx.params)
-            ctx.skill = skill_from_params(ctx.params)
+class ReadParams:
+    """Reads the parameters the broker judges (``ctx.reading``, ``ctx.task_id``, ``ctx.skill``).
+
+    Runs once the target is known, so that an agent without push answers the push-config
+    operations with PushNotificationNotSupported before any parameter is judged.
+    """
+
+    def __init__(self, limits: LimitSettings) -> None:
+        self._items = ItemLimits(limits.max_message_parts, limits.max_reference_tasks)
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        op = ctx.operation
+        assert op is not None  # noqa: S101 - set by ParseRequest
+        if ctx.binding == "jsonrpc":
+            assert ctx.params is not None  # noqa: S101 - set by ParseRequest
+            reading = read_params(op, ctx.params, self._items)
         else:
-            ctx.task_id = route.task_id
+            route = match_rest(ctx.http_method, unquote(ctx.rest_tail))
+            assert route is not None  # noqa: S101 - matched by ParseRequest
+            reading = read_rest(route, ctx.body, ctx.query_string, self._items)
+        _set_reading(ctx, reading)
+        return await call_next(ctx)
 
 
-def decode_envelope(body: bytes) -> _Envelope:
-    stripped = body.lstrip()
-    if stripped[:1] == b"[":
-        raise BatchNotSupportedError
+def _set_reading(ctx: MediationContext, reading: Reading) -> None:
+    if reading.skill and ctx.skill and reading.skill != ctx.skill:
+        raise AmbiguousRequestError(
+            "'A2A-Skill' and message.metadata.skill name different skills.",
+            metadata={"field": "skill"},
+        )
+    ctx.reading = reading
+    ctx.task_id = reading.task_id
+    ctx.skill = ctx.skill or reading.skill
+
+
+def check_json_body(content_type: str, body: bytes) -> None:
+    """A body is JSON in UTF-8: a declared media type must say so, and the bytes must be UTF-8.
+
+    A missing Content-Type is read as JSON (the agent does the same). Raises
+    ``UnsupportedMediaTypeError`` or ``InvalidUtf8Error``.
+    """
+    if content_type:
+        media, _, params = content_type.partition(";")
+        charset = _charset(params)
+        if media.strip().lower() not in JSON_MEDIA_TYPES or charset not in ("", "utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(metadata={"contentType": content_type[:100]})
     try:
-        return _envelope_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(detail=str(exc)) from None
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise JSONParseError(detail=str(exc)) from None
+        body.decode("utf-8")  # strings the broker skips are not checked by its decoder
+    except UnicodeDecodeError:
+        raise InvalidUtf8Error from None
 
 
-def task_id_from_params(task_scoped: bool, sends_message: bool, params: msgspec.Raw) -> str | None:
-    """The task a request is about: required for task-scoped methods, optional for sends."""
+def _charset(params: str) -> str:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return ""
+
+
+def _parse_jsonrpc(ctx: MediationContext) -> None:
+    if not ctx.body:
+        raise JSONParseError("The request has no body: a JSON-RPC request is a JSON object.")
     try:
-        if sends_message:
-            send = _send_decoder.decode(params)
-            return (send.message.taskId if send.message else "") or None
-        if task_scoped:
-            task = _task_decoder.decode(params)
-            task_id = task.taskId or task.id
-            if not task_id:
-                raise InvalidParamsError("The request names no task ('id' or 'taskId').")
-            return task_id
-    except msgspec.DecodeError as exc:
-        raise InvalidParamsError(detail=str(exc)) from None
-    return None
+        env = read_envelope(ctx.body)
+    except EnvelopeError as exc:
+        ctx.jsonrpc_id = exc.request_id
+        raise exc.error from None
+    ctx.jsonrpc_id = env.id
+    if env.method in LEGACY_V03_METHODS:
+        raise VersionNotSupportedError(
+            f"'{env.method}' is an A2A 0.3 method; the broker speaks A2A 1.x "
+            "(use the 1.0 method names and send 'A2A-Version: 1.0')."
+        )
+    op = OPERATIONS.get(env.method)
+    if op is None:
+        raise MethodNotFoundError(f"Method '{env.method[:100]}' is not an A2A 1.0 method.")
+    ctx.operation = op
+    ctx.params = env.params
 
 
-def skill_from_params(params: msgspec.Raw | None) -> str:
-    """``message.metadata.skill`` of a send, or ""."""
-    if params is None:
-        return ""
+def _parse_rest(ctx: MediationContext) -> None:
+    # Clients may percent-encode the ':' of "message:send"; match on the decoded path (as the
+    # agent's router does), and forward the path as sent.
+    route = match_rest(ctx.http_method, unquote(ctx.rest_tail))
+    if route is None:
+        raise MethodNotFoundError("No A2A 1.0 HTTP+JSON operation at this method and path.")
+    ctx.operation = route.operation
+    if ctx.body:
+        ctx.params = msgspec.Raw(ctx.body)
+
+
+def decode_envelope(body: bytes) -> object:
+    """The JSON-RPC envelope of ``body``; raises the BrokerError that refuses it."""
     try:
-        message = _send_decoder.decode(params).message
-    except msgspec.DecodeError:
-        return ""
-    return message.metadata.skill if message and message.metadata else ""
+        return read_envelope(body)
+    except EnvelopeError as exc:
+        raise exc.error from None
 
 
-def push_url_from_params(params: msgspec.Raw | None, sends_message: bool) -> str:
-    """The push-notification URL a request asks the agent to call, or ""."""
-    if params is None:
-        return ""
+def requested_deadline(header: str | None) -> float | None:
+    """The deadline in seconds the caller asks for (``A2A-Deadline``), or None if it asks none.
+
+    Raises ``InvalidDeadlineError`` for anything but a finite number of at least 1 ms.
+    """
+    if header is None or not header.strip():
+        return None
     try:
-        if sends_message:
-            config = _send_decoder.decode(params).configuration
-            push = config.taskPushNotificationConfig if config else None
-            return push.url if push else ""
-        return _task_decoder.decode(params).url
-    except msgspec.DecodeError as exc:
-        raise InvalidParamsError(detail=str(exc)) from None
+        seconds = float(header)
+    except ValueError:
+        raise InvalidDeadlineError(metadata={"header": header[:40]}) from None
+    if not MIN_DEADLINE_S <= seconds < math.inf:  # NaN fails too
+        raise InvalidDeadlineError(metadata={"header": header[:40]})
+    return seconds
 
 
 def check_version(header: str) -> None:

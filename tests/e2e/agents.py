@@ -10,7 +10,10 @@ Kinds:
   with ``POST /_gates/{text}/release`` (``text`` is the user message). ``GET /_gates`` shows every
   gate and whether it is ``waiting``, ``released`` or ``cancelled``.
 * ``garbage``: not an A2A agent. Under ``/html/...`` it answers 200 ``text/html``, under
-  ``/badjson/...`` 200 ``application/json`` that does not parse, under ``/500/...`` HTTP 500 HTML.
+  ``/badjson/...`` 200 ``application/json`` that does not parse, under ``/500/...`` HTTP 500 HTML;
+  under ``/rpc418/`` a JSON-RPC result with HTTP 418, under ``/forge/`` an error claiming the
+  broker's domain, under ``/ssebad/`` and ``/sseforge/`` a stream whose second frame is not JSON
+  or is such a forged error.
 * ``hang``: accepts connections and reads requests but never answers (except ``GET /_ready``).
 
 Both A2A kinds sit behind a recorder: every request's method, path, headers and raw body (base64)
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import signal
 import sys
@@ -62,8 +66,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def agent_card(name: str, base_url: str) -> AgentCard:
-    """The card an e2e agent serves: both bindings, streaming, nothing else."""
+def agent_card(name: str, base_url: str, *, push: bool = False) -> AgentCard:
+    """The card an e2e agent serves: both bindings, streaming, nothing else (``push``: a card
+    that declares push notifications, for the broker's push-config checks)."""
     return AgentCard(
         name=name,
         description=f"e2e test agent '{name}'",
@@ -77,7 +82,7 @@ def agent_card(name: str, base_url: str) -> AgentCard:
             ),
         ],
         capabilities=AgentCapabilities(
-            streaming=True, push_notifications=False, extended_agent_card=False
+            streaming=True, push_notifications=push, extended_agent_card=False
         ),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
@@ -233,8 +238,60 @@ async def _ready(_: Request) -> Response:
 _HTML = "<html><body><h1>Welcome to nginx!</h1></body></html>"
 
 
+_TASK = {"id": "garbage-task", "contextId": "c", "status": {"state": "TASK_STATE_WORKING"}}
+_FORGED_INFO = {
+    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+    "reason": "UNAUTHENTICATED",
+    "domain": "a2a-broker",
+    "metadata": {},
+}
+_FORGED_RPC = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "error": {"code": -32040, "message": "x", "data": [_FORGED_INFO]},
+}
+_FORGED_REST = {
+    "error": {"code": 401, "status": "UNAUTHENTICATED", "message": "x", "details": [_FORGED_INFO]}
+}
+
+
+def _sse(frames: list[bytes]) -> Response:
+    return Response(b"".join(frames), media_type="text/event-stream")
+
+
+def _agent_like(mode: str, rest: bool) -> Response | None:
+    """Answers that look like an agent's but are not A2A (issue 11)."""
+    first = json.dumps(
+        {"jsonrpc": "2.0", "id": 1, "result": {"task": _TASK}} if not rest else {"task": _TASK}
+    ).encode()
+    if mode == "rpc418":  # a JSON-RPC result with an HTTP error status
+        return Response(
+            json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"task": _TASK}}),
+            418,
+            media_type="application/json",
+        )
+    if mode == "forge":  # an agent's error claiming to be the broker's
+        return Response(
+            json.dumps(_FORGED_REST if rest else _FORGED_RPC),
+            401 if rest else 200,
+            media_type="application/json",
+        )
+    if mode == "ssebad":  # a good event, then a frame that is not JSON
+        return _sse([b"data: " + first + b"\r\n\r\n", b"data: {\xe2\x80\xa6 \xff{{ no\r\n\r\n"])
+    if mode == "sseforge":  # a good event, then an error event in the broker's name
+        forged = json.dumps(_FORGED_REST if rest else _FORGED_RPC).encode()
+        return _sse(
+            [b"data: " + first + b"\r\n\r\n", b"event: error\r\ndata: " + forged + b"\r\n\r\n"]
+        )
+    return None
+
+
 async def _garbage(request: Request) -> Response:
     mode = request.path_params["mode"]
+    await request.body()
+    found = _agent_like(mode, rest=request.path_params["rest"].startswith("a2a/rest"))
+    if found is not None:
+        return found
     if mode == "badjson":
         return Response('{"jsonrpc": "2.0", "result": {', media_type="application/json")
     if mode == "500":

@@ -7,9 +7,11 @@ The broker knows these agents (registered through the admin API):
 ``echo``           the echo agent (also the recorder: ``GET {echo.url}/_recorded``)
 ``gated``          the gated agent (``POST {gated.url}/_gates/{text}/release``)
 ``suspended``      the echo agent again, under a name the error tests suspend
+``pusher``         the echo agent again, under a card that declares push notifications
 ``down``           a card pointing at a port nothing listens on
 ``hang``           an upstream that accepts and never answers
-``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500)
+``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500;
+                   ``garbage-rpc418``, ``-forge``, ``-ssebad``, ``-sseforge``: see agents.py)
 ``alice``, ``bob`` callers (their cards point at a closed port; only their credentials matter)
 ``carol``          a caller-only identity from ``[agents.carol]`` in the config (no cards_dir)
 =================  ===============================================================================
@@ -148,6 +150,9 @@ backend = "memory"
 [egress]
 allow_loopback = true
 
+[policy]
+allow_all = true  # these tests are about mediation, not policy
+
 [limits]
 max_body_bytes = {MAX_BODY_BYTES}
 max_json_depth = {MAX_JSON_DEPTH}
@@ -171,8 +176,8 @@ def _fetch_card(url: str) -> dict[str, object]:
     return response.json()
 
 
-def _static_card(name: str, base_url: str) -> dict[str, object]:
-    return MessageToDict(agent_card(name, base_url))
+def _static_card(name: str, base_url: str, *, push: bool = False) -> dict[str, object]:
+    return MessageToDict(agent_card(name, base_url, push=push))
 
 
 def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
@@ -182,11 +187,16 @@ def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
         "echo": _fetch_card(up["echo"].url),
         "gated": _fetch_card(up["gated"].url),
         "suspended": _static_card("suspended", up["echo"].url),
+        "pusher": _static_card("pusher", up["echo"].url, push=True),
         "down": _static_card("down", closed),
         "hang": _static_card("hang", up["hang"].url),
         "garbage-html": _static_card("garbage-html", f"{garbage}/html"),
         "garbage-badjson": _static_card("garbage-badjson", f"{garbage}/badjson"),
         "garbage-500": _static_card("garbage-500", f"{garbage}/500"),
+        **{
+            f"garbage-{mode}": _static_card(f"garbage-{mode}", f"{garbage}/{mode}")
+            for mode in ("rpc418", "forge", "ssebad", "sseforge")
+        },
         "alice": _static_card("alice", closed),
         "bob": _static_card("bob", closed),
     }

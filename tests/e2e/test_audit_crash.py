@@ -73,7 +73,7 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
     subprocess.run([sys.executable, "-m", "broker", "keys", "generate", str(key)], check=True)
     config = tmp_path / "broker.toml"
     config.write_text(
-        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n"
+        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n[policy]\nallow_all = true\n"
         f'[keys]\nsigning_key_file = "{key}"\n[audit]\ncheckpoint_every = 25\n'
         f'durable_before = "{durable_before}"\n'
     )

@@ -52,6 +52,9 @@ key_prefix = "{prefix}"
 [egress]
 allow_loopback = true
 
+[policy]
+allow_all = true
+
 [audit]
 fsync = false
 

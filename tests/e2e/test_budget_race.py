@@ -89,6 +89,9 @@ allow_loopback = true
 dir = "{audit_dir}"
 fsync = false
 
+[policy]
+allow_all = true
+
 [llm]
 reservation_ttl_s = {ttl}
 

@@ -115,9 +115,16 @@ async def test_oversized_headers_are_refused(
 # --- push-notification URLs -------------------------------------------------------------------
 
 
+# "pusher" is the echo upstream under a card that declares push notifications: the broker
+# judges push configs only for agents whose card says they take them (else the spec's
+# PushNotificationNotSupported comes first, see test_one_reading.py).
+PUSHER = "pusher"
+
+
 async def _alice_task_id(broker: Broker, alice_http: httpx.AsyncClient) -> str:
     params = {"message": user_message(_marker("push-task"))}
-    return str(_task_of("JSONRPC", await _send(alice_http, broker, "JSONRPC", params))["id"])
+    url = broker.jsonrpc_url(PUSHER)
+    return str(_task_of("JSONRPC", await jsonrpc(alice_http, url, "SendMessage", params))["id"])
 
 
 async def _create_push_config(
@@ -126,8 +133,8 @@ async def _create_push_config(
     config = {"taskId": task_id, "url": url}
     if binding == "JSONRPC":
         method = "CreateTaskPushNotificationConfig"
-        return await jsonrpc(http, broker.jsonrpc_url("echo"), method, config)
-    path = f"{broker.rest_url('echo')}/tasks/{task_id}/pushNotificationConfigs"
+        return await jsonrpc(http, broker.jsonrpc_url(PUSHER), method, config)
+    path = f"{broker.rest_url(PUSHER)}/tasks/{task_id}/pushNotificationConfigs"
     return await http.post(path, json=config, headers=A2A_V1)
 
 

@@ -26,7 +26,7 @@ from broker.errors import (
 )
 
 from .conftest import Broker, Caller
-from .wire import assert_rest_error
+from .wire import assert_jsonrpc_error, assert_rest_error
 
 JWKS_PATH = "/.well-known/jwks.json"
 CARD_PATH = "/.well-known/agent-card.json"
@@ -155,7 +155,6 @@ async def test_unknown_path_is_route_not_found(broker: Broker, http: httpx.Async
         pytest.param("POST", "/healthz", id="post-healthz"),
         pytest.param("DELETE", JWKS_PATH, id="delete-jwks"),
         pytest.param("PUT", f"/agents/echo{CARD_PATH}", id="put-card"),
-        pytest.param("GET", "/agents/echo/jsonrpc", id="get-jsonrpc"),
     ],
 )
 async def test_wrong_http_method_is_not_allowed(
@@ -164,3 +163,13 @@ async def test_wrong_http_method_is_not_allowed(
     response = await http.request(method, f"{broker.url}{path}")
 
     assert_rest_error(response, HTTPMethodNotAllowedError)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_wrong_http_method_on_a_jsonrpc_url_is_a_jsonrpc_error(
+    broker: Broker, http: httpx.AsyncClient, method: str
+):
+    """Every answer at a JSON-RPC URL is a JSON-RPC response, with the HTTP status too."""
+    response = await http.request(method, broker.jsonrpc_url("echo"))
+
+    assert_jsonrpc_error(response, HTTPMethodNotAllowedError, request_id=None)

@@ -39,7 +39,7 @@ class Replicas:
 
 def _config(port: int, redis_port: int, key_file: Path) -> str:
     return (
-        f"[server]\nport = {port}\n"
+        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
         f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{redis_port}/0"\n'
         f'[keys]\nsigning_key_file = "{key_file}"\n'
         "[egress]\nallow_loopback = true\n[limits]\nupstream_timeout_s = 3.0\n"

@@ -18,7 +18,10 @@ def test_records_reach_the_sink_as_ocsf_events(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "broker.toml"
     config.write_text(
-        f"[server]\nport = {port}\n[audit.export]\nenabled = true\npoll_interval_s = 0.1\n"
+        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
+        # The card points at loopback, which registration now judges like a call.
+        "[egress]\nallow_loopback = true\n"
+        "[audit.export]\nenabled = true\npoll_interval_s = 0.1\n"
         '[[audit.export.sinks]]\nname = "siem"\nkind = "jsonl"\npath = "siem.jsonl"\n'
     )
     admin = secrets.token_urlsafe(16)

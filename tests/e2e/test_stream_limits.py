@@ -79,7 +79,8 @@ def tight_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TightBrok
     port = free_port()
     config = Path(logs) / "broker.toml"
     config.write_text(
-        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n[limits]\n"
+        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n"
+        "[policy]\nallow_all = true\n[limits]\n"
         f"sse_idle_timeout_s = {IDLE_S}\nsse_max_duration_s = {MAX_S}\n"
         f"sse_heartbeat_s = {HEARTBEAT_S}\nupstream_timeout_s = 2.0\n"
     )

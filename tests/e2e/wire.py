@@ -106,7 +106,8 @@ def assert_rest_error(response: httpx.Response, expected: type[BrokerError]) -> 
     assert response.status_code == expected.http_status, response.text
     error = response.json()["error"]
     assert error["code"] == expected.http_status, error
-    assert error["status"] == grpc_status_name(expected.http_status), error
+    status = expected.grpc_status or grpc_status_name(expected.http_status)
+    assert error["status"] == status, error
     assert error["details"][0]["reason"] == expected.reason, error
     assert error["details"][0]["@type"] == ERROR_INFO_TYPE, error
     _assert_no_internals(error["message"])

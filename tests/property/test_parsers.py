@@ -10,11 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.answers import reframe
 from broker.errors import BrokerError
 from broker.jsonlimits import json_depth_exceeds
 from broker.operations import match_rest
 from broker.settings import LimitSettings
-from broker.sse import EventSplitter, stream_task_id
+from broker.sse import EventSplitter
 from broker.stages.parse import ParseRequest, decode_envelope
 from broker.types import MediationContext, Reply
 
@@ -116,5 +117,6 @@ def test_sse_split_is_independent_of_chunking(frames: list[bytes], cuts: list[in
 
 
 @given(st.binary(max_size=200), st.booleans())
-def test_stream_task_id_never_crashes(data: bytes, jsonrpc: bool) -> None:
-    stream_task_id(data, jsonrpc)
+def test_reframing_an_event_only_raises_broker_errors(data: bytes, jsonrpc: bool) -> None:
+    with contextlib.suppress(BrokerError):
+        reframe("jsonrpc" if jsonrpc else "rest", None, b"data: " + data + b"\r\n\r\n")

@@ -20,6 +20,7 @@ from benchmarks.scenario_stages import (
 )
 from benchmarks.targets import AGENT, CALLER
 from broker.policy import PolicyEngine
+from broker.policy_runtime import check_policy_settings
 from broker.settings import load_settings
 
 MODEL = (Path(__file__).resolve().parents[2] / "policies" / "model.conf").read_text()
@@ -53,6 +54,8 @@ def test_every_configuration_is_one_the_broker_accepts(tmp_path: Path, name: str
     assert settings.store.backend == cfg.store
     assert settings.audit.backend == ("file" if cfg.audit else "off")
     assert bool(settings.policy.policy_file) == (cfg.policy_filler is not None)
+    # Without a policy file, allow_all says so explicitly: the broker would not start otherwise.
+    assert check_policy_settings(settings) == (cfg.policy_filler is None)
     assert bool(settings.budgets.agents) == (cfg.metering != "none")
     assert bool(settings.budgets.agent_rates) == (cfg.metering == "rate")
     assert set(settings.agents) == {AGENT, CALLER, "agent-0", "agent-1", "agent-2"}
@@ -61,7 +64,7 @@ def test_every_configuration_is_one_the_broker_accepts(tmp_path: Path, name: str
 def test_the_base_of_d_has_every_optional_stage_off(tmp_path: Path) -> None:
     settings = _settings(tmp_path, STAGES["d-off"])
     assert (settings.store.backend, settings.audit.backend) == ("memory", "off")
-    assert not settings.policy.policy_file
+    assert not settings.policy.policy_file and settings.policy.allow_all
     assert not settings.budgets.agents
 
 

@@ -250,8 +250,9 @@ def test_config_check_loads_every_file_the_config_names(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(text)
-    (tmp_path / "broker.toml").write_text(toml + '[audit]\ndir = "audit"\n' if "[audit" not in toml
-                                          else toml)
+    policy = "" if "[policy]" in toml else "[policy]\nallow_all = true\n"
+    audit = "" if "[audit" in toml else '[audit]\ndir = "audit"\n'
+    (tmp_path / "broker.toml").write_text(toml + audit + policy)
 
     done = _run_cli("config-check", "--config", "broker.toml", cwd=tmp_path)
 
@@ -266,6 +267,7 @@ def test_config_check_of_the_demo_files_says_what_it_loaded(tmp_path: Path) -> N
         f'[registry]\ncards_dir = "{REPO_ROOT / "agent_cards"}"\n'
         f'[policy]\npolicy_file = "{REPO_ROOT / "policies" / "policy.csv"}"\n'
         '[audit]\ndir = "audit"\n[agents.demo-user]\ncredential_sha256 = "' + "ab" * 32 + '"\n'
+        "[egress]\nallow_loopback = true\n"  # the demo agents listen on loopback
     )
 
     done = _run_cli("config-check", "--config", str(config), cwd=tmp_path)
@@ -280,7 +282,9 @@ def test_config_check_of_the_demo_files_says_what_it_loaded(tmp_path: Path) -> N
 def test_serve_on_a_port_in_use_is_one_line_and_status_3(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        (tmp_path / "broker.toml").write_text(f'[server]\nport = {port}\n[audit]\ndir = "a"\n')
+        (tmp_path / "broker.toml").write_text(
+            f'[server]\nport = {port}\n[audit]\ndir = "a"\n[policy]\nallow_all = true\n'
+        )
         done = _run_cli("serve", "--config", "broker.toml", cwd=tmp_path)
 
     assert done.returncode == 3
@@ -293,7 +297,7 @@ def test_a_start_up_failure_in_the_worker_is_one_error_line_and_status_3(tmp_pat
     (tmp_path / "broker.toml").write_text(
         f"[server]\nport = {_closed_port()}\n"
         f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{_closed_port()}/0"\n'
-        '[audit]\nbackend = "redis"\n'
+        '[audit]\nbackend = "redis"\n[policy]\nallow_all = true\n'
     )
 
     done = _run_cli("serve", "--config", "broker.toml", cwd=tmp_path)

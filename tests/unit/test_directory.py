@@ -21,12 +21,15 @@ from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import (
     AgentCardFetchError,
     AgentExistsError,
+    AgentNameConfusableError,
     AgentNotFoundError,
+    EgressDeniedError,
     InvalidAdminRequestError,
     InvalidAgentCardError,
 )
 from broker.keys import BrokerKeys
-from broker.settings import AgentCredentialSettings, ServerSettings, Settings
+from broker.names import skeleton
+from broker.settings import AgentCredentialSettings, EgressSettings, ServerSettings, Settings
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
 
@@ -84,9 +87,11 @@ def make_directory(
     *,
     agents: dict[str, str] | None = None,
     clock: FakeClock | None = None,
+    allow_loopback: bool = False,
 ) -> AgentDirectory:
     settings = Settings(
         server=ServerSettings(public_url=PUBLIC_URL),
+        egress=EgressSettings(allow_loopback=allow_loopback),
         agents={
             name: AgentCredentialSettings(credential_sha256=digest)
             for name, digest in (agents or {}).items()
@@ -403,11 +408,13 @@ async def test_declarative_files_that_are_not_json_or_too_large_are_refused(
 
 
 async def test_the_demo_cards_shipped_with_the_broker_load(
-    directory: AgentDirectory,
+    stores: Stores, keys: BrokerKeys, card_server: CardServer
 ) -> None:
     shipped = Path(__file__).parent.parent.parent / "agent_cards"
     if not shipped.is_dir():
         pytest.skip("no agent_cards/ folder")
+    # The demo's agents listen on loopback, and its config allows loopback egress.
+    directory = make_directory(stores, keys, card_server, allow_loopback=True)
 
     records = await directory.load_declarative(shipped)
 
@@ -478,3 +485,80 @@ async def test_an_invalid_identity_name_is_refused_before_any_card_is_stored(
         await directory.load_declarative(None)
 
     assert await stores.registry.list() == []
+
+
+# --- Registration refuses what the broker would never call, and look-alike names (issue 11) ------
+
+FORBIDDEN_HOSTS = [
+    ("169.254.169.254", None),  # cloud metadata: no setting allows it
+    ("[::ffff:169.254.169.254]", None),
+    ("[fd00:ec2::254]", None),
+    ("2852039166", None),  # 169.254.169.254 in decimal
+    ("0251.0376.0251.0376", None),  # ... in octal
+    ("0xa9.0xfe.0xa9.0xfe", None),  # ... in hex
+    ("10.0.0.5", "[egress] allow_private"),
+    ("192.168.1.1", "[egress] allow_private"),
+    ("172.16.0.1", "[egress] allow_private"),
+    ("127.0.0.1", "[egress] allow_loopback"),
+    ("[::1]", "[egress] allow_loopback"),
+    ("[::ffff:127.0.0.1]", "[egress] allow_loopback"),
+    ("localhost", "[egress] allow_loopback"),  # a name that resolves to loopback
+]
+
+
+@pytest.mark.parametrize(("host", "setting"), FORBIDDEN_HOSTS)
+async def test_a_card_pointing_where_egress_forbids_is_refused_at_registration(
+    directory: AgentDirectory, stores: Stores, host: str, setting: str | None
+) -> None:
+    card = load_card("weather_v1")
+    card["supportedInterfaces"][2]["url"] = f"http://{host}/a2a/jsonrpc"  # its JSON-RPC URL
+
+    with pytest.raises(InvalidAgentCardError) as caught:
+        await directory.register("weather", card=card)
+
+    [issue] = caught.value.data["errors"]  # type: ignore[index]
+    assert issue["field"] == "supportedInterfaces[2].url"
+    assert (setting or "never connects") in issue["message"]
+    assert await stores.registry.get("weather") is None
+
+
+@pytest.mark.parametrize(("host", "setting"), FORBIDDEN_HOSTS)
+async def test_a_card_url_where_egress_forbids_is_refused_before_fetching(
+    directory: AgentDirectory, card_server: CardServer, host: str, setting: str | None
+) -> None:
+    with pytest.raises(EgressDeniedError) as caught:
+        await directory.register("weather", card_url=f"http://{host}/card.json")
+
+    assert (setting or "never connects") in caught.value.message
+    assert card_server.fetched == []
+
+
+@pytest.mark.parametrize(
+    ("existing", "newcomer"),
+    [("echo", "ech0"), ("hello", "he11o"), ("arm", "arrn"), ("ech0", "echo"), ("l1", "ll")],
+)
+async def test_a_name_confusable_with_a_registered_one_is_refused(
+    directory: AgentDirectory, existing: str, newcomer: str
+) -> None:
+    await directory.register(existing, card=load_card("weather_v1"))
+
+    with pytest.raises(AgentNameConfusableError) as caught:
+        await directory.register(newcomer, card=load_card("weather_v1"))
+
+    assert caught.value.metadata == {"agent": newcomer, "confusableWith": existing}
+
+
+@pytest.mark.parametrize("name", ["\u0435cho", "echo\n", "Echo", "éch", "ech\u200bo", "-echo"])
+async def test_names_outside_the_ascii_alphabet_are_refused(
+    directory: AgentDirectory, name: str
+) -> None:
+    """Cyrillic look-alikes, a trailing newline, capitals, invisible characters: not names."""
+    with pytest.raises(InvalidAdminRequestError):
+        await directory.register(name, card=load_card("weather_v1"))
+
+
+def test_skeletons_follow_uts39_and_ignore_case() -> None:
+    assert skeleton("ech0") == skeleton("echo") == skeleton("ECHO")
+    assert skeleton("m") == skeleton("rn")
+    assert skeleton("1") == skeleton("l")
+    assert skeleton("echo") != skeleton("ech")

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 
-from broker.errors import ERROR_DOMAIN_BROKER, BrokerError, all_error_types
+from broker.errors import ERROR_DOMAIN_A2A, ERROR_DOMAIN_BROKER, BrokerError, all_error_types
 from broker.wire import error_reply, sse_error_event
 
 ERRORS = all_error_types()
+# JSON-RPC's own codes: several broker reasons may share one (BATCH_NOT_SUPPORTED, ...).
+JSONRPC_STANDARD_CODES = {-32700, -32600, -32601, -32602, -32603}
+# (code, reason) of every error the A2A specification defines, from the a2a-sdk's tables.
+SPEC_ERRORS = {
+    (JSON_RPC_ERROR_CODE_MAP[cls], mapping.reason)
+    for cls, mapping in A2A_ERROR_MAPPING.items()
+    if cls in JSON_RPC_ERROR_CODE_MAP
+}
 
 
 def test_reasons_are_unique() -> None:
@@ -17,9 +26,31 @@ def test_reasons_are_unique() -> None:
 
 
 def test_broker_codes_are_unique_and_in_the_server_range() -> None:
-    codes = [e.code for e in ERRORS if e.domain == ERROR_DOMAIN_BROKER and e.code != -32603]
+    codes = [
+        e.code
+        for e in ERRORS
+        if e.domain == ERROR_DOMAIN_BROKER and e.code not in JSONRPC_STANDARD_CODES
+    ]
     assert len(codes) == len(set(codes))
     assert all(-32119 <= c <= -32000 for c in codes)
+
+
+@pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.reason)
+def test_the_domain_names_who_defines_the_reason(cls: type[BrokerError]) -> None:
+    """a2a-protocol.org exactly for the spec's own (code, reason) pairs; a2a-broker otherwise."""
+    spec = (cls.code, cls.reason) in SPEC_ERRORS
+    assert cls.domain == (ERROR_DOMAIN_A2A if spec else ERROR_DOMAIN_BROKER)
+    for binding in ("jsonrpc", "rest"):
+        body = msgspec.json.decode(error_reply(cls(), binding, None).body)  # type: ignore[arg-type]
+        details = body["error"].get("data") or body["error"]["details"]
+        assert details[0]["domain"] == cls.domain
+
+
+def test_spec_errors_carry_the_specs_rest_status() -> None:
+    from broker.errors import PushNotificationNotSupportedError
+
+    body = msgspec.json.decode(error_reply(PushNotificationNotSupportedError(), "rest", None).body)
+    assert body["error"]["code"] == 400 and body["error"]["status"] == "FAILED_PRECONDITION"
 
 
 @pytest.mark.parametrize("cls", ERRORS, ids=lambda c: c.reason)

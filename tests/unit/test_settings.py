@@ -64,6 +64,7 @@ def test_config_check_prints_settings_but_never_secrets(
     config = tmp_path / "broker.toml"
     config.write_text(
         '[upstream_credentials.billing]\nenv = "BILLING_TOKEN"\n'
+        "[policy]\nallow_all = true\n"
         '[llm.providers.p]\nbase_url = "http://127.0.0.1:1/v1"\nkey_env = "P_KEY"\n'
     )
     monkeypatch.setenv("BILLING_TOKEN", "upstream-secret")
@@ -108,3 +109,22 @@ def test_problems_say_file_line_and_what(tmp_path: Path, text: str, problem: str
         load_settings(str(config), environ={})
 
     assert str(raised.value).startswith(f"{config}:{problem}"), str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("", "no [policy] policy_file"),
+        ('[policy]\npolicy_file = "p.csv"\nallow_all = true\n', "both policy_file and allow_all"),
+    ],
+)
+def test_config_check_refuses_a_config_without_exactly_one_policy_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str, message: str
+) -> None:
+    """No policy file used to allow everything; now that must be said explicitly."""
+    from broker.cli import main
+
+    config = tmp_path / "broker.toml"
+    config.write_text("[server]\nport = 8181\n" + policy)
+    assert main(["config-check", "--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
