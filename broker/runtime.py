@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from broker.audit.export import Exporter
 from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
@@ -15,9 +17,10 @@ from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
-from broker.errors import BrokerError
+from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
+from broker.late_writes import LateWrites
 from broker.llm.gateway import LlmGateway, LlmParts
 from broker.llm.roles import AgentRoles
 from broker.pipeline import fold
@@ -36,9 +39,10 @@ from broker.stages.parse import ParseRequest
 from broker.stages.policy import ChainPolicy
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
-from broker.stores.base import StoreBackend, Stores
+from broker.stores.base import StoreBackend, Stores, TaskRoute
 from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
+from broker.stores.late_routes import LateTaskRoutes
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
 from broker.upstream_client import UpstreamClient
@@ -63,6 +67,7 @@ class BrokerRuntime:
     budget_scopes: ConfiguredScopes
     llm: LlmGateway
     expiry: asyncio.Task[None]
+    late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
 
     @classmethod
@@ -74,11 +79,13 @@ class BrokerRuntime:
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
+        audit = await open_recorder(settings, keys)
+        late_writes = LateWrites((StoreUnavailableError,))
+        stores = with_late_routes(stores, late_writes, audit)
         upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
-        audit = await open_recorder(settings, keys)
         policy = await PolicyRuntime.start(settings, audit)
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
@@ -117,6 +124,7 @@ class BrokerRuntime:
             expiry=asyncio.create_task(
                 _expire_reservations(stores, settings), name="budget-expiry"
             ),
+            late_writes=late_writes,
             mediate=_unset,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
@@ -131,6 +139,7 @@ class BrokerRuntime:
             await exporter.stop()
         await self.audit.close()
         await self.upstream.close()
+        await self.late_writes.close()
         await self.backend.close()
 
 
@@ -143,6 +152,32 @@ async def _expire_reservations(stores: Stores, settings: Settings) -> None:
             await stores.budgets.expire()
         except BrokerError as err:
             log.warning("budget reservations not expired this round: %s", err.reason)
+
+
+def with_late_routes(stores: Stores, late: LateWrites, audit: AuditRecorder) -> Stores:
+    """``stores`` whose route claims survive a store outage after the agent answered; a claim
+    that lands late on another caller's task is logged and audited."""
+
+    async def report(route: TaskRoute) -> None:
+        log.error(
+            "task id collision found late: %s at %s belongs to another caller; %s never gets it",
+            route.task_id,
+            route.agent,
+            route.owner,
+        )
+        try:
+            await audit.event(
+                "task.route_conflict",
+                "a2a-broker",
+                agent=route.agent,
+                task_id=route.task_id,
+                claimant=route.owner,
+            )
+        except BrokerError as err:
+            log.error("late task route conflict not audited: %s", err.reason)  # noqa: TRY400
+
+    routes = LateTaskRoutes(stores.task_routes, late, report)
+    return msgspec.structs.replace(stores, task_routes=routes)
 
 
 async def _unset(_: Any) -> Any:
@@ -181,7 +216,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         ChainPolicy(rt.policy.engine, settings.delegation),
         # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
         # token is minted, so a refused child never exists.
-        CascadeGuards(stores.delegation_counters, settings.delegation, settings.limits),
+        CascadeGuards(
+            stores.delegation_counters, settings.delegation, settings.limits, rt.late_writes
+        ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, push_url_allowed),
         # The last decision is made: mint the target's token, scoped to what was allowed.
