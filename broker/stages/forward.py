@@ -11,10 +11,11 @@ extended card (its interfaces rewritten to the broker's).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from broker.errors import BrokerError, UpstreamTimeoutError
+from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.sse import event_data, relay, stream_task_id
@@ -27,6 +28,7 @@ StreamRecheck = Callable[[MediationContext], Awaitable[None]]
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
 _RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+log = logging.getLogger("a2a_broker.forward")
 
 
 class Forward:
@@ -133,7 +135,13 @@ def _bound(
         return None
 
     async def run() -> None:
-        await recheck(ctx)
+        try:
+            await recheck(ctx)
+        except StoreUnavailableError as err:
+            # The stream was allowed, and a stop (suspension, tree kill) is written to the very
+            # store that cannot be read: no news. The answer keeps flowing; the next recheck
+            # that reaches the store applies any stop (docs/decisions/0020).
+            log.info("stream %s not rechecked this time: %s", ctx.request_id, err.detail)
 
     return run
 
