@@ -14,6 +14,7 @@ from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.containment.stages import AgentContainment
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
@@ -104,6 +105,7 @@ class BrokerRuntime:
                 limiter=stores.rate_limiter,
                 scopes=budget_scopes,
                 audit=audit,
+                containment=settings.containment,
             )
         )
         runtime = cls(
@@ -214,6 +216,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
         # Policy before any counter or budget moves, so a denied hop costs nothing.
         ChainPolicy(rt.policy.engine, settings.delegation),
+        # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
+        # (a denied hop learns nothing of the agent), before any counter, token or budget.
+        AgentContainment(settings.containment),
         # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
         # token is minted, so a refused child never exists.
         CascadeGuards(
