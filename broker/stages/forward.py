@@ -76,6 +76,7 @@ class Forward:
             headers=self._headers(ctx),
             body=ctx.body or None,
             stream=ctx.operation.streaming,
+            reads_only=ctx.operation.reads_only,
         )
         ctx.upstream_status = resp.status
         return resp
