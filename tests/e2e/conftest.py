@@ -7,6 +7,7 @@ The broker knows these agents (registered through the admin API):
 ``echo``           the echo agent (also the recorder: ``GET {echo.url}/_recorded``)
 ``gated``          the gated agent (``POST {gated.url}/_gates/{text}/release``)
 ``suspended``      the echo agent again, under a name the error tests suspend
+``gated-capped``   the gated agent again, with at most ``CAPPED_CONCURRENCY`` calls in flight
 ``down``           a card pointing at a port nothing listens on
 ``hang``           an upstream that accepts and never answers
 ``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500)
@@ -48,6 +49,7 @@ HTTP_TIMEOUT_S = 5.0
 # The credential the broker holds for the echo agent ([upstream_credentials.echo]).
 ECHO_UPSTREAM_TOKEN = f"e2e-echo-upstream-{secrets.token_hex(8)}"
 ECHO_UPSTREAM_TOKEN_ENV = "E2E_ECHO_UPSTREAM_TOKEN"
+CAPPED_CONCURRENCY = 2  # [containment.agent_max_concurrent] of gated-capped
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,9 @@ sse_heartbeat_s = 1.0
 [upstream_credentials.echo]
 kind = "bearer"
 env = "{ECHO_UPSTREAM_TOKEN_ENV}"
+
+[containment.agent_max_concurrent]
+gated-capped = {CAPPED_CONCURRENCY}
 """
 
 
@@ -175,6 +180,7 @@ def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
         "echo": _fetch_card(up["echo"].url),
         "gated": _fetch_card(up["gated"].url),
         "suspended": _static_card("suspended", up["echo"].url),
+        "gated-capped": _static_card("gated-capped", up["gated"].url),
         "down": _static_card("down", closed),
         "hang": _static_card("hang", up["hang"].url),
         "garbage-html": _static_card("garbage-html", f"{garbage}/html"),
