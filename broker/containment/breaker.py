@@ -17,7 +17,6 @@ the circuit opened and finishing after are not counted.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from enum import Enum
@@ -116,12 +115,6 @@ class CircuitBreaker:
         self._open_until = self._clock() + self._settings.open_s
         log.warning("circuit of %s open for %s s: %s", self.name, self._settings.open_s, why)
 
-    def retry_after(self) -> float:
-        """Seconds until the breaker lets a call through (0 when closed), for status views."""
-        if self.state is not State.OPEN:
-            return 0.0
-        return max(0.0, self._open_until - self._clock())
-
 
 class Breakers:
     """One breaker per upstream name, made on first use (names are registered agents or
@@ -139,11 +132,3 @@ class Breakers:
         if breaker is None:
             breaker = self._by_name[name] = CircuitBreaker(name, self.settings, self._clock)
         return breaker
-
-    def states(self) -> dict[str, dict[str, object]]:
-        """Every breaker that is not closed: its state and seconds until it probes again."""
-        return {
-            name: {"state": b.state.value, "retry_after_s": math.ceil(b.retry_after())}
-            for name, b in sorted(self._by_name.items())
-            if b.state is not State.CLOSED
-        }

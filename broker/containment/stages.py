@@ -9,6 +9,7 @@ own later stages (budget, audit, ...) and callers hanging up say nothing about t
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from broker.containment.breaker import Breakers, CircuitBreaker, CircuitOpenError
@@ -78,17 +79,39 @@ class AgentContainment:
         if not capped:
             return outcome
         if isinstance(outcome, StreamReply):
-            events = self._left_at_end(agent, outcome.events)
+            events = _held_until_end(_Place(self.bulkhead, agent), outcome.events)
             return StreamReply(events, outcome.status, outcome.headers)
         self.bulkhead.leave(agent)
         return outcome
 
-    async def _left_at_end(self, agent: str, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        try:
-            async for event in events:
-                yield event
-        finally:
-            self.bulkhead.leave(agent)
+
+class _Place:
+    """A stream's place in its agent's bulkhead, left once however the stream ends."""
+
+    def __init__(self, bulkhead: Bulkhead, agent: str) -> None:
+        self._bulkhead = bulkhead
+        self._agent: str | None = agent
+
+    def leave(self) -> None:
+        if self._agent is not None:
+            self._bulkhead.leave(self._agent)
+            self._agent = None
+
+
+def _held_until_end(place: _Place, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    held = _relayed(place, events)
+    # A stream whose response never started is never iterated, so its ``finally`` never runs:
+    # the place is left when the stream is dropped instead (the bulkhead has no expiry).
+    weakref.finalize(held, place.leave)
+    return held
+
+
+async def _relayed(place: _Place, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        place.leave()
 
 
 def _admit(breaker: CircuitBreaker | None, agent: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,16 @@ import pytest
 from broker.containment.breaker import CircuitBreaker, CircuitOpenError, State
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
 from broker.containment.config import BreakerSettings, ContainmentSettings
+from broker.containment.stages import AgentContainment
+from broker.errors import (
+    BudgetExhaustedError,
+    UpstreamBulkheadFullError,
+    UpstreamCircuitOpenError,
+    UpstreamUnreachableError,
+)
 from broker.settings import load_settings
+from broker.stores.base import AgentRecord
+from broker.types import MediationContext, Outcome, Reply, StreamReply
 
 
 class Clock:
@@ -165,3 +175,67 @@ def test_containment_settings_have_documented_defaults_and_load_from_toml(tmp_pa
     loaded = load_settings(str(config), environ={}).containment
     assert loaded.max_concurrent("slow") == 1 and loaded.max_concurrent("other") == 8
     assert (loaded.breaker.failures, loaded.breaker.open_s) == (2, 1.5)
+
+
+# --- the A2A stage --------------------------------------------------------------------------
+
+
+async def _body() -> bytes:
+    return b"{}"
+
+
+def _ctx(agent: str = "c") -> MediationContext:
+    ctx = MediationContext("jsonrpc", agent, "POST", {}, _body, caller="a")
+    ctx.target = AgentRecord(name=agent, card_json="{}")
+    return ctx
+
+
+async def _events() -> AsyncIterator[bytes]:
+    yield b"data: {}\r\n\r\n"
+
+
+async def test_a_stream_holds_its_place_until_it_ends_or_is_dropped_unstarted() -> None:
+    stage = AgentContainment(ContainmentSettings(agent_max_concurrent={"c": 1}))
+
+    async def stream(ctx: MediationContext) -> Outcome:
+        ctx.upstream_status = 200
+        return StreamReply(_events())
+
+    outcome = await stage(_ctx(), stream)
+    assert stage.bulkhead.in_flight("c") == 1
+    with pytest.raises(UpstreamBulkheadFullError):
+        await stage(_ctx(), stream)
+    assert isinstance(outcome, StreamReply)
+    assert [e async for e in outcome.events] == [b"data: {}\r\n\r\n"]
+    assert stage.bulkhead.in_flight("c") == 0  # ended: left
+
+    never_started = await stage(_ctx(), stream)
+    assert stage.bulkhead.in_flight("c") == 1
+    del never_started  # the response never started: dropped, it leaves all the same
+    assert stage.bulkhead.in_flight("c") == 0
+
+
+async def test_the_stage_counts_upstream_failures_only() -> None:
+    stage = AgentContainment(ContainmentSettings(breaker=BreakerSettings(failures=2)))
+
+    async def unreachable(_: MediationContext) -> Outcome:
+        raise UpstreamUnreachableError
+
+    async def over_budget(_: MediationContext) -> Outcome:
+        raise BudgetExhaustedError
+
+    async def server_error(ctx: MediationContext) -> Outcome:
+        ctx.upstream_status = 503
+        return Reply(503, b"{}")
+
+    for _ in range(5):  # the broker's own refusals say nothing about the agent
+        with pytest.raises(BudgetExhaustedError):
+            await stage(_ctx(), over_budget)
+    with pytest.raises(UpstreamUnreachableError):
+        await stage(_ctx(), unreachable)
+    await stage(_ctx(), server_error)
+    with pytest.raises(UpstreamCircuitOpenError) as refused:
+        await stage(_ctx(), server_error)
+    assert refused.value.metadata == {"agent": "c"} and refused.value.retry_after
+    assert stage.bulkhead.in_flight("c") == 0
+    await stage(_ctx("d"), server_error)  # another agent's circuit is its own
