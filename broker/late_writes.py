@@ -98,8 +98,13 @@ class LateWrites:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     await self._flush()
+        if self._queue:
+            log.error("%d late write(s) given up: the broker is shutting down", len(self._queue))
         while self._queue:
-            self._give_up(self._queue.popleft(), "the broker is shutting down")
+            write = self._queue.popleft()
+            log.info("late write given up at shutdown: %s", write.what)
+            if write.given_up is not None:
+                write.given_up()
 
     async def _run(self) -> None:
         while self._queue:

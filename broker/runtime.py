@@ -7,8 +7,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from broker.audit.export import Exporter
 from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
@@ -21,6 +19,7 @@ from broker.egress import check_push_url
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
+from broker.late_routes_runtime import with_late_routes
 from broker.late_writes import LateWrites
 from broker.llm.gateway import LlmGateway, LlmParts
 from broker.llm.roles import AgentRoles
@@ -40,10 +39,9 @@ from broker.stages.parse import ParseRequest
 from broker.stages.policy import ChainPolicy
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
-from broker.stores.base import StoreBackend, Stores, TaskRoute
+from broker.stores.base import StoreBackend, Stores
 from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
-from broker.stores.late_routes import LateTaskRoutes
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
 from broker.upstream_client import UpstreamClient
@@ -154,32 +152,6 @@ async def _expire_reservations(stores: Stores, settings: Settings) -> None:
             await stores.budgets.expire()
         except BrokerError as err:
             log.warning("budget reservations not expired this round: %s", err.reason)
-
-
-def with_late_routes(stores: Stores, late: LateWrites, audit: AuditRecorder) -> Stores:
-    """``stores`` whose route claims survive a store outage after the agent answered; a claim
-    that lands late on another caller's task is logged and audited."""
-
-    async def report(route: TaskRoute) -> None:
-        log.error(
-            "task id collision found late: %s at %s belongs to another caller; %s never gets it",
-            route.task_id,
-            route.agent,
-            route.owner,
-        )
-        try:
-            await audit.event(
-                "task.route_conflict",
-                "a2a-broker",
-                agent=route.agent,
-                task_id=route.task_id,
-                claimant=route.owner,
-            )
-        except BrokerError as err:
-            log.error("late task route conflict not audited: %s", err.reason)  # noqa: TRY400
-
-    routes = LateTaskRoutes(stores.task_routes, late, report)
-    return msgspec.structs.replace(stores, task_routes=routes)
 
 
 async def _unset(_: Any) -> Any:
