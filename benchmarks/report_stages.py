@@ -93,7 +93,9 @@ def stages_section(results: dict[str, Any]) -> list[str]:
         "agent, kept in process). (d-all) has all of them. Added figures are over (d-off) at "
         "the same c in the same run. The budget and rate rows meter on the memory store; on "
         "the redis store each check is a Lua script and a round trip (see (r)), which is why "
-        "(d-all) costs more than the stages alone add up to. "
+        "(d-all) costs more than the stages alone add up to. The breaker and bulkhead keep "
+        "their state in process (no store round trip); `benchmarks/containment_costs.py` "
+        "measures the stage alone. "
         f"{NOISY_NOTE}",
         "",
         "| scenario | c | req/s | vs off | p50 ms | +p50 vs off ms | p99 ms | CPU µs/req "
