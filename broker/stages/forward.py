@@ -135,14 +135,19 @@ def _bound(
     if recheck is None:
         return None
 
+    missed = 0
+
     async def run() -> None:
+        nonlocal missed
         try:
             await recheck(ctx)
         except StoreUnavailableError as err:
             # The stream was allowed, and a stop (suspension, tree kill) is written to the very
             # store that cannot be read: no news. The answer keeps flowing; the next recheck
             # that reaches the store applies any stop (docs/decisions/0020).
-            log.info("stream %s not rechecked this time: %s", ctx.request_id, err.detail)
+            missed += 1
+            level = logging.WARNING if missed == 1 else logging.DEBUG
+            log.log(level, "stream %s goes on unchecked: %s", ctx.request_id, err.detail)
 
     return run
 

@@ -36,10 +36,10 @@ from a2a.types import GetTaskRequest, StreamResponse, Task, TaskState
 
 from .conftest import REPO_ROOT, _static_card
 from .harness import ServerProcess, free_port
-from .sdk import client_for, send_request, unique_text
+from .sdk import client_for, events_until_working, remaining_events, send_request, unique_text
 from .test_budget_redis_restart import PersistentRedis
 
-AGENT, OWNER = "held", "owner"
+AGENT, GATED, OWNER = "held", "gated", "owner"
 PREFIX = "outage"
 CALLS_PER_DAY = 1000
 ANSWER_TIMEOUT_S = 20.0
@@ -79,6 +79,7 @@ reservation_ttl_s = 60
 class Rig:
     broker: str
     agent: str  # the held agent's own URL (its gates)
+    gated: str  # the gated agent's own URL: it reports WORKING, then waits at its gate
     admin_headers: dict[str, str]
     owner_headers: dict[str, str]
     redis: PersistentRedis
@@ -118,10 +119,18 @@ class Rig:
             raw = r.get(key)
         return None if raw is None else str(httpx.Response(200, content=raw).json()["owner"])
 
+    def unchecked_streams(self) -> int:
+        """How often the broker logged a stream going on without its recheck (store down)."""
+        return self.log.read_text(errors="replace").count("goes on unchecked")
+
     def agent_requests(self, text: str) -> int:
         """How many requests carrying ``text`` reached the agent."""
         recorded = httpx.get(f"{self.agent}/_recorded", trust_env=False).json()
         return sum(text.encode() in base64.b64decode(r["body_b64"]) for r in recorded)
+
+
+def _agent(kind: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "tests.e2e.agents", kind, "--port", str(port)]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +138,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     folder = tmp_path_factory.mktemp("outage")
     (folder / "redis").mkdir()
     store = PersistentRedis(free_port(), folder / "redis")
-    agent_port, broker_port = free_port(), free_port()
+    agent_port, gated_port, broker_port = free_port(), free_port(), free_port()
     agent_url, broker_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{broker_port}"
+    gated_url = f"http://127.0.0.1:{gated_port}"
     config = folder / "broker.toml"
     config.write_text(
         CONFIG.format(
@@ -146,10 +156,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     procs: list[ServerProcess] = []
     try:
         store.start()
-        agent_argv = [sys.executable, "-m", "tests.e2e.agents", "held", "--port", str(agent_port)]
         broker_argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
         procs = [
-            ServerProcess.launch(agent_argv, cwd=REPO_ROOT, log_dir=folder, name="held"),
+            ServerProcess.launch(_agent(AGENT, agent_port), cwd=REPO_ROOT, log_dir=folder),
+            ServerProcess.launch(_agent(GATED, gated_port), cwd=REPO_ROOT, log_dir=folder),
             ServerProcess.launch(
                 broker_argv,
                 env={"A2A_BROKER_ADMIN_TOKEN": admin},
@@ -159,10 +169,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             ),
         ]
         procs[0].wait_ready(f"{agent_url}/_ready")
-        procs[1].wait_ready(f"{broker_url}/readyz")
+        procs[1].wait_ready(f"{gated_url}/_ready")
+        procs[2].wait_ready(f"{broker_url}/readyz")
         admin_headers = {"Authorization": f"Bearer {admin}"}
         credentials = {}
-        cards = {AGENT: agent_url, OWNER: f"http://127.0.0.1:{free_port()}"}
+        cards = {AGENT: agent_url, GATED: gated_url, OWNER: f"http://127.0.0.1:{free_port()}"}
         with httpx.Client(headers=admin_headers, trust_env=False, timeout=10) as http:
             for name, url in cards.items():
                 card = _static_card(name, url)
@@ -174,10 +185,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield Rig(
             broker=broker_url,
             agent=agent_url,
+            gated=gated_url,
             admin_headers=admin_headers,
             owner_headers={"Authorization": f"Bearer {credentials[OWNER]}"},
             redis=store,
-            log=procs[1].log,
+            log=procs[2].log,
         )
     finally:
         for proc in procs:
@@ -284,3 +296,35 @@ async def test_the_answer_reaches_its_caller_and_is_charged_once_when_redis_fail
     assert after["reserved"] == 0, after
     assert after["used"] == before["used"] + 1, (before, after)  # charged, and once
     assert rig.agent_requests(text) == 1  # the call was made once: nobody was told to retry it
+
+
+async def test_a_stream_goes_on_through_a_redis_outage_and_ends_cleanly(
+    rig: Rig, http: httpx.AsyncClient
+) -> None:
+    """The once-a-second recheck of an open stream cannot read Redis: the stream goes on (a stop
+    is written to the store that is down), the caller gets every event and a clean end, and
+    the call is charged once Redis is back."""
+    text = unique_text("mid-stream")
+    before = await rig.budget(http)
+    unchecked = rig.unchecked_streams()
+    async with httpx.AsyncClient(headers=rig.owner_headers, trust_env=False, timeout=30) as owner:
+        client = await client_for(owner, f"{rig.broker}/agents/{GATED}", "JSONRPC", streaming=True)
+        events = client.send_message(send_request(text))
+        first = await events_until_working(events)  # the route is claimed, the stream is open
+        await asyncio.to_thread(rig.redis.kill)
+        try:
+            # Wait (bounded) for the broker to meet the outage at a recheck of this stream.
+            async with asyncio.timeout(15):
+                while rig.unchecked_streams() == unchecked:  # noqa: ASYNC110 - another process
+                    await asyncio.sleep(0.1)
+            (await http.post(f"{rig.gated}/_gates/{text}/release")).raise_for_status()
+            rest = await remaining_events(events)
+        finally:
+            await asyncio.to_thread(rig.redis.start)
+        task = _final_task([*first, *rest])
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED, rest
+        assert [p.text for a in task.artifacts for p in a.parts] == [f"echo: {text}"]
+        got = await client.get_task(GetTaskRequest(id=task.id))
+        assert got.status.state == TaskState.TASK_STATE_COMPLETED
+    after = await rig.settled_budget(http)
+    assert (after["used"], after["reserved"]) == (before["used"] + 1, 0), (before, after)
