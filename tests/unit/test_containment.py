@@ -15,6 +15,7 @@ from broker.errors import (
     BudgetExhaustedError,
     UpstreamBulkheadFullError,
     UpstreamCircuitOpenError,
+    UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
 from broker.settings import load_settings
@@ -216,10 +217,13 @@ async def test_a_stream_holds_its_place_until_it_ends_or_is_dropped_unstarted() 
 
 
 async def test_the_stage_counts_upstream_failures_only() -> None:
-    stage = AgentContainment(ContainmentSettings(breaker=BreakerSettings(failures=2)))
+    stage = AgentContainment(ContainmentSettings(breaker=BreakerSettings(failures=3)))
 
     async def unreachable(_: MediationContext) -> Outcome:
         raise UpstreamUnreachableError
+
+    async def too_slow(_: MediationContext) -> Outcome:
+        raise UpstreamTimeoutError
 
     async def over_budget(_: MediationContext) -> Outcome:
         raise BudgetExhaustedError
@@ -233,6 +237,8 @@ async def test_the_stage_counts_upstream_failures_only() -> None:
             await stage(_ctx(), over_budget)
     with pytest.raises(UpstreamUnreachableError):
         await stage(_ctx(), unreachable)
+    with pytest.raises(UpstreamTimeoutError):
+        await stage(_ctx(), too_slow)
     await stage(_ctx(), server_error)
     with pytest.raises(UpstreamCircuitOpenError) as refused:
         await stage(_ctx(), server_error)
