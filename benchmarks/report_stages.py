@@ -15,6 +15,7 @@ STAGE_TITLES = {
     "d-budget": "(d-budget) + calls budget",
     "d-rate": "(d-rate) + budget and rate limit",
     "d-redis": "(d-redis) redis store alone",
+    "d-containment": "(d-containment) + circuit breaker and bulkhead",
     "d-all": "(d-all) all of them",
     "h-memory-small": "(h) memory, 2 agents, 2 rules",
     "h-memory-10k": "(h) memory, 10k agents, 10k rules",
@@ -82,15 +83,19 @@ def stages_section(results: dict[str, Any]) -> list[str]:
     rows = [
         "(d-off) is the broker with everything that can be switched off switched off: memory "
         'store, `[audit] backend = "off"`, no `[policy] policy_file` (everyone may call '
-        "everyone), no budget or rate limit. Authentication, parsing, target resolution, the "
+        "everyone), no budget or rate limit, no circuit breaker or bulkhead. Authentication, "
+        "parsing, target resolution, the "
         "delegation context, guards, token minting and forwarding always run. Each other row "
         "switches on one thing over that base: the default `[audit]` (file backend, fsync); a "
         f"policy file of the 2 rules the load needs after {STAGE_FILLER_LINES:,} filler rules; "
         "a calls budget for `loadgen` as in (r-ii); that budget plus a rate limit as in "
-        "(r-iii); the redis store. (d-all) has all of them. Added figures are over (d-off) at "
+        "(r-iii); the redis store; the default `[containment]` (a breaker and a bulkhead per "
+        "agent, kept in process). (d-all) has all of them. Added figures are over (d-off) at "
         "the same c in the same run. The budget and rate rows meter on the memory store; on "
         "the redis store each check is a Lua script and a round trip (see (r)), which is why "
-        "(d-all) costs more than the stages alone add up to. "
+        "(d-all) costs more than the stages alone add up to. The breaker and bulkhead keep "
+        "their state in process (no store round trip); `benchmarks/containment_costs.py` "
+        "measures the stage alone. "
         f"{NOISY_NOTE}",
         "",
         "| scenario | c | req/s | vs off | p50 ms | +p50 vs off ms | p99 ms | CPU µs/req "
@@ -125,13 +130,18 @@ def _additivity(results: dict[str, Any], points: list[dict[str, Any]]) -> list[s
     for p in points:
         if p["scenario"] != "d-all":
             continue
-        parts = [_added_cpu(results, s, p) for s in ("d-audit", "d-policy", "d-rate", "d-redis")]
+        stages = ("d-audit", "d-policy", "d-rate", "d-redis", "d-containment")
+        measured = [s for s in stages if s != "d-containment" or _same_run(results, s, p)]
+        parts = [_added_cpu(results, s, p) for s in measured]
         together = _added_cpu(results, "d-all", p)
         if together is None or any(part is None for part in parts):
             continue
         total = sum(part for part in parts if part is not None)
+        named = "audit, policy, budget + rate, redis" + (
+            " and containment" if "d-containment" in measured else ""
+        )
         lines.append(
-            f"* c={p['concurrency']}: audit, policy, budget + rate and redis alone add "
+            f"* c={p['concurrency']}: {named} alone add "
             f"{total:+,.0f} µs/req between them; all together add {together:+,.0f} µs/req."
         )
     return lines

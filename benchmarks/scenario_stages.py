@@ -1,7 +1,8 @@
 """Scenarios (d) and (h): what each pipeline stage costs, and what registry and policy size cost.
 
 (d) starts the broker with everything that can be switched off switched off (memory store,
-``[audit] backend = "off"``, no policy file, no budget; token minting always runs), then once
+``[audit] backend = "off"``, no policy file, no budget, no breaker or bulkhead; token minting
+always runs), then once
 per stage with that stage alone switched on, then with all of them on.
 
 (h) starts the broker (the full pipeline, with a policy file) with 10,000 extra registered
@@ -51,6 +52,7 @@ class StageConfig:
     policy_filler: int | None = None
     metering: str = "none"  # benchmarks.targets.METERING
     extra_agents: int = 0  # registered besides ``bench`` and ``loadgen``
+    containment: bool = False  # the default breaker and bulkhead; False: both switched off
 
 
 # (d): the base, then each stage alone over it, then all of them.
@@ -61,8 +63,13 @@ STAGES: dict[str, StageConfig] = {
     "d-budget": StageConfig(metering="budget"),
     "d-rate": StageConfig(metering="rate"),
     "d-redis": StageConfig(store="redis"),
+    "d-containment": StageConfig(containment=True),
     "d-all": StageConfig(
-        store="redis", audit=True, policy_filler=STAGE_FILLER_LINES, metering="rate"
+        store="redis",
+        audit=True,
+        policy_filler=STAGE_FILLER_LINES,
+        metering="rate",
+        containment=True,
     ),
 }
 
@@ -75,6 +82,7 @@ def _scale(store: str, many: bool) -> StageConfig:
         policy_filler=MANY if many else 0,
         metering="budget",
         extra_agents=MANY if many else 0,
+        containment=True,
     )
 
 
@@ -144,7 +152,16 @@ cards_dir = "{files["cards"]}"
 
 [policy]
 {policy}
-{_metering_config(cfg.metering)}"""
+{_metering_config(cfg.metering)}{"" if cfg.containment else _NO_CONTAINMENT}"""
+
+
+_NO_CONTAINMENT = """
+[containment]
+max_concurrent_per_agent = 0
+
+[containment.breaker]
+enabled = false
+"""
 
 
 def _agents_toml(digests: dict[str, str]) -> str:

@@ -302,6 +302,43 @@ class UpstreamPoolExhaustedError(BrokerError):
     default_message = "Every upstream connection of the broker is busy; retry shortly."
 
 
+class UpstreamCircuitOpenError(BrokerError):
+    """The target's circuit breaker is open (docs/decisions/0021); retry after the delay."""
+
+    code, http_status, reason = -32020, 503, "UPSTREAM_CIRCUIT_OPEN"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "The target agent has been failing, so the broker is not calling it for a while; "
+        "retry after the delay given."
+    )
+
+
+class UpstreamBulkheadFullError(BrokerError):
+    """The target's concurrency cap on this broker is reached (docs/decisions/0022)."""
+
+    code, http_status, reason = -32021, 503, "UPSTREAM_BULKHEAD_FULL"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "As many calls to the target agent as the broker allows are in flight; retry shortly."
+    )
+
+
+class LlmProviderCircuitOpenError(BrokerError):
+    """The LLM provider's circuit breaker is open (docs/decisions/0021); retry after the delay.
+
+    Kept here, with the A2A breaker's codes, rather than in ``broker.llm.errors``."""
+
+    code, http_status, reason = -32022, 503, "LLM_PROVIDER_CIRCUIT_OPEN"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "The model provider has been failing, so the broker is not calling it for a while; "
+        "retry after the delay given."
+    )
+
+
 class StoreUnavailableError(BrokerError):
     code, http_status, reason = -32060, 503, "STORE_UNAVAILABLE"
     transport_level = True

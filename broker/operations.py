@@ -18,19 +18,28 @@ class Operation:
     task_scoped: bool = False
     # The operation creates or continues a task from a message (SendMessage and its stream).
     sends_message: bool = False
+    # It only reads, so sending it twice is harmless: retried once on a pooled connection the
+    # agent had closed (never a send, a cancel or a push-config change).
+    reads_only: bool = False
 
 
 SEND_MESSAGE = Operation("SendMessage", sends_message=True)
 SEND_STREAMING_MESSAGE = Operation("SendStreamingMessage", streaming=True, sends_message=True)
-GET_TASK = Operation("GetTask", task_scoped=True)
-LIST_TASKS = Operation("ListTasks")
+GET_TASK = Operation("GetTask", task_scoped=True, reads_only=True)
+LIST_TASKS = Operation("ListTasks", reads_only=True)
 CANCEL_TASK = Operation("CancelTask", task_scoped=True)
-SUBSCRIBE_TO_TASK = Operation("SubscribeToTask", streaming=True, task_scoped=True)
+SUBSCRIBE_TO_TASK = Operation(
+    "SubscribeToTask", streaming=True, task_scoped=True, reads_only=True
+)
 CREATE_PUSH_CONFIG = Operation("CreateTaskPushNotificationConfig", task_scoped=True)
-GET_PUSH_CONFIG = Operation("GetTaskPushNotificationConfig", task_scoped=True)
-LIST_PUSH_CONFIGS = Operation("ListTaskPushNotificationConfigs", task_scoped=True)
+GET_PUSH_CONFIG = Operation(
+    "GetTaskPushNotificationConfig", task_scoped=True, reads_only=True
+)
+LIST_PUSH_CONFIGS = Operation(
+    "ListTaskPushNotificationConfigs", task_scoped=True, reads_only=True
+)
 DELETE_PUSH_CONFIG = Operation("DeleteTaskPushNotificationConfig", task_scoped=True)
-GET_EXTENDED_CARD = Operation("GetExtendedAgentCard")
+GET_EXTENDED_CARD = Operation("GetExtendedAgentCard", reads_only=True)
 
 # The operations the spec makes answer PushNotificationNotSupportedError on an agent without push.
 PUSH_CONFIG_OPERATIONS = frozenset(

@@ -13,12 +13,15 @@ from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.containment.stages import AgentContainment
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.egress import check_push_url
-from broker.errors import BrokerError
+from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
+from broker.late_routes_runtime import with_late_routes
+from broker.late_writes import LateWrites
 from broker.llm.gateway import LlmGateway, LlmParts
 from broker.llm.roles import AgentRoles
 from broker.pipeline import fold
@@ -66,6 +69,7 @@ class BrokerRuntime:
     budget_scopes: ConfiguredScopes
     llm: LlmGateway
     expiry: asyncio.Task[None]
+    late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
 
     @classmethod
@@ -87,13 +91,16 @@ class BrokerRuntime:
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
+        audit = await open_recorder(settings, keys)
+        opened.push_async_callback(audit.close)
+        late_writes = LateWrites((StoreUnavailableError,))
+        opened.push_async_callback(late_writes.close)
+        stores = with_late_routes(stores, late_writes, audit)
         upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
-        audit = await open_recorder(settings, keys)
-        opened.push_async_callback(audit.close)
         policy = await PolicyRuntime.start(settings, audit)
         opened.push_async_callback(policy.stop)
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
@@ -113,6 +120,7 @@ class BrokerRuntime:
                 limiter=stores.rate_limiter,
                 scopes=budget_scopes,
                 audit=audit,
+                containment=settings.containment,
             )
         )
         runtime = cls(
@@ -133,6 +141,7 @@ class BrokerRuntime:
             expiry=asyncio.create_task(
                 _expire_reservations(stores, settings), name="budget-expiry"
             ),
+            late_writes=late_writes,
             mediate=_unset,
         )
         opened.push_async_callback(runtime._stop_background_work)
@@ -151,6 +160,7 @@ class BrokerRuntime:
         await self.policy.stop()
         await self.audit.close()
         await self.upstream.close()
+        await self.late_writes.close()
         await self.backend.close()
 
     async def _stop_background_work(self) -> None:
@@ -219,9 +229,14 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
         # Policy before any counter or budget moves, so a denied hop costs nothing.
         ChainPolicy(rt.policy.engine, settings.delegation),
+        # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
+        # (a denied hop learns nothing of the agent), before any counter, token or budget.
+        AgentContainment(settings.containment),
         # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
         # token is minted, so a refused child never exists.
-        CascadeGuards(stores.delegation_counters, settings.delegation, settings.limits),
+        CascadeGuards(
+            stores.delegation_counters, settings.delegation, settings.limits, rt.late_writes
+        ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, push_url_allowed, pages),
         # The last decision is made: mint the target's token, scoped to what was allowed.

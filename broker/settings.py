@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
+from broker.containment.config import ContainmentSettings
 from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
@@ -249,6 +250,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     budgets: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
+    containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.

@@ -45,9 +45,11 @@ class Upstream(Protocol):
         headers: Mapping[str, str],
         body: bytes | None,
         stream: bool,
+        reads_only: bool = False,
     ) -> UpstreamResponse:
         """Send one request (egress rules applied, no redirects followed) and return the answer
-        once its headers arrived. Failures raise the broker's upstream errors."""
+        once its headers arrived. ``reads_only``: the request may be sent again if a pooled
+        connection turns out closed. Failures raise the broker's upstream errors."""
 
 
 class _AiohttpResponse:
@@ -85,8 +87,9 @@ class AiohttpUpstream:
         headers: Mapping[str, str],
         body: bytes | None,
         stream: bool,
+        reads_only: bool = False,
     ) -> UpstreamResponse:
         response = await self._client.request(
-            method, url, headers=dict(headers), body=body, stream=stream
+            method, url, headers=dict(headers), body=body, stream=stream, retry_stale=reads_only
         )
         return _AiohttpResponse(self._client, response)

@@ -53,6 +53,11 @@ def upstream_error(exc: BaseException, *, streaming: bool = False) -> BrokerErro
 
 
 _CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+# What a request sent on a connection the upstream had closed meets before any answer: the
+# server's close (ServerDisconnectedError) or a reset (ClientOSError). The same as aiohttp's own
+# retry of idempotent methods (RFC 9112 section 9.3.1.1), which covers these HTTP methods:
+_STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+_RETRIED_BY_AIOHTTP = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Accept-Encoding would invite bodies the broker cannot inspect; User-Agent would leak versions.
 _SKIPPED_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent")
 _CARD_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
@@ -111,21 +116,28 @@ class UpstreamClient:
         headers: LooseHeaders | None = None,
         body: bytes | None = None,
         stream: bool = False,
+        retry_stale: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send one request and return the response once its headers have arrived.
 
         The caller must release it (``async with response:``) and should read it with
         ``read_body`` or ``iter_chunks``. A 3xx is returned, not followed. ``stream`` swaps the
-        total timeout for an idle timeout. Raises EgressDeniedError, UpstreamUnreachableError,
-        UpstreamConnectTimeoutError, UpstreamTimeoutError or UpstreamBadResponseError.
+        total timeout for an idle timeout. ``retry_stale``: the request only reads, so it is
+        sent once more if the connection is closed under it before an answer (a pooled
+        keep-alive connection the upstream had closed; aiohttp does this itself for GET, HEAD,
+        PUT and DELETE, not for POST, which carries JSON-RPC reads). Raises EgressDeniedError,
+        UpstreamUnreachableError, UpstreamConnectTimeoutError, UpstreamTimeoutError or
+        UpstreamBadResponseError.
         """
+        timeout = self._stream_timeout if stream else self._unary_timeout
+        retry = retry_stale and method.upper() not in _RETRIED_BY_AIOHTTP
         if not stream:
-            return await self._send(method, url, headers, body, self._unary_timeout)
+            return await self._send(method, url, headers, body, timeout, retry_stale=retry)
         try:
             # A stream's idle timeout starts once it flows; until its headers arrive the
             # upstream gets the unary deadline, so a hanging agent fails as UPSTREAM_TIMEOUT.
             async with asyncio.timeout(self._header_timeout_s):
-                return await self._send(method, url, headers, body, self._stream_timeout)
+                return await self._send(method, url, headers, body, timeout, retry_stale=retry)
         except TimeoutError as exc:
             raise upstream_error(exc) from None
 
@@ -199,12 +211,23 @@ class UpstreamClient:
         headers: LooseHeaders | None,
         body: bytes | None,
         limits: aiohttp.ClientTimeout,
+        *,
+        retry_stale: bool = False,
     ) -> aiohttp.ClientResponse:
         target = self.policy.check_url(url)
-        try:
+
+        async def send() -> aiohttp.ClientResponse:
             return await self._session.request(
                 method, target, headers=headers, data=body, allow_redirects=False, timeout=limits
             )
+
+        try:
+            try:
+                return await send()
+            except _STALE_CONNECTION_ERRORS as exc:
+                if not retry_stale or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise  # a refused or failed connect is no stale connection: not retried
+                return await send()
         except _CLIENT_ERRORS as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError) and self._pool_full():
                 raise UpstreamPoolExhaustedError(detail=f"{type(exc).__name__}: {exc}") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from broker.audit_runtime import AuditRecorder
+from broker.containment.config import ContainmentSettings
+from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
 from broker.llm.audit import LlmAuditForward, LlmAuditRefusals
@@ -51,6 +53,7 @@ class LlmParts:
     limiter: RateLimiter
     scopes: BudgetScopes
     audit: AuditRecorder
+    containment: ContainmentSettings = field(default_factory=ContainmentSettings)
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -72,6 +75,8 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         ModelPolicy(parts.policy),
         # The rate limit before the budget: a refused call reserves nothing.
         AgentRateLimit(parts.limiter, parts.llm),
+        # A provider that keeps failing is refused at once, before a budget is reserved.
+        ProviderBreaker(parts.containment),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
         MeterBudget(parts.ledger, parts.scopes, AgentRoles(parts.policy), parts.llm),
         # Every decision is made: record it durably before the provider is called.

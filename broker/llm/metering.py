@@ -9,13 +9,12 @@ anything (the provider charges for it), and releases when it had produced nothin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from broker.budgets import Scope
+from broker.late_writes import finish_quietly
 from broker.llm.config import LlmSettings
 from broker.llm.context import LlmCallNext, LlmContext, close_events
 from broker.llm.errors import LlmBudgetExhaustedError
@@ -25,7 +24,6 @@ from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.types import Outcome, StreamReply
 
 log = logging.getLogger("a2a_broker.llm")
-_pending: set[asyncio.Task[None]] = set()
 
 
 class BudgetScopes(Protocol):
@@ -60,7 +58,7 @@ class MeterBudget:
         try:
             outcome = await call_next(ctx)
         except BaseException:
-            await _run_to_end(self._ledger.release(held), "release")
+            await finish_quietly(self._ledger.release(held), "budget release", log)
             raise
         if isinstance(outcome, StreamReply):
             events = self._settled(ctx, held, outcome.events)
@@ -82,9 +80,9 @@ class MeterBudget:
 
     async def _finish(self, ctx: LlmContext, held: Reservation) -> None:
         if ctx.usage is None:
-            await _run_to_end(self._ledger.release(held), "release")
+            await finish_quietly(self._ledger.release(held), "budget release", log)
         else:
-            await _run_to_end(self._ledger.settle(held, ctx.usage), "settle")
+            await finish_quietly(self._ledger.settle(held, ctx.usage), "budget settle", log)
 
 
 def budget_exhausted(refusal: BudgetRefusal) -> LlmBudgetExhaustedError:
@@ -95,19 +93,3 @@ def budget_exhausted(refusal: BudgetRefusal) -> LlmBudgetExhaustedError:
     )
     metadata = {"scope": refusal.scope, "metric": refusal.metric, "window": refusal.window}
     return LlmBudgetExhaustedError(message, metadata=metadata)
-
-
-async def _run_to_end(work: Coroutine[Any, Any, None], what: str) -> None:
-    """Run ``work`` to its end even if the caller is cancelled meanwhile (a client that hangs
-    up must not leave a reservation behind); failures are logged, the reservation then expires."""
-    task = asyncio.create_task(work)
-    _pending.add(task)
-    task.add_done_callback(lambda done: _log_failure(done, what))
-    with contextlib.suppress(Exception):  # logged by the callback
-        await asyncio.shield(task)
-
-
-def _log_failure(task: asyncio.Task[None], what: str) -> None:
-    _pending.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("budget %s failed (the reservation will expire): %r", what, exc)

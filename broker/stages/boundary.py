@@ -10,7 +10,7 @@ from broker.audit_runtime import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
-from broker.wire import error_reply
+from broker.wire import error_reply, sse_error_event
 
 log = logging.getLogger("a2a_broker.access")
 REQUEST_ID_HEADER = "a2a-broker-request-id"
@@ -56,15 +56,30 @@ class ErrorBoundary:
 
 
 async def _logged(ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:
+    """Relay the stream and log it when it ends. A failure after the stream started ends it
+    with one ``event: error`` frame (unless the stream sent one already) and a clean end, never
+    with a cut connection (a truncated chunked body)."""
     status = "completed"
     try:
         async for event in reply.events:
             yield event
+    except Exception as exc:  # not cancellation: the caller is still there to be told
+        status = "failed"
+        if ctx.error is None:
+            ctx.error = _stream_failure(ctx, exc)
+            yield sse_error_event(ctx.error, ctx.binding, ctx.jsonrpc_id)
     except BaseException:
         status = "disconnected"
         raise
     finally:
         log_request(ctx, reply.status, stream_end=status)
+
+
+def _stream_failure(ctx: MediationContext, exc: Exception) -> BrokerError:
+    if isinstance(exc, BrokerError):
+        return exc
+    log.error("unexpected error in the stream of request %s", ctx.request_id, exc_info=exc)
+    return BrokerInternalError()
 
 
 def log_request(ctx: MediationContext, status: int, stream_end: str | None = None) -> None:

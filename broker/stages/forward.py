@@ -11,11 +11,12 @@ caller's tasks) and the extended card (its interfaces rewritten to the broker's)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from broker.answers import bad, reframe
-from broker.errors import BrokerError, UpstreamTimeoutError
+from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.sse import relay
@@ -28,6 +29,7 @@ StreamRecheck = Callable[[MediationContext], Awaitable[None]]
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
 _RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+log = logging.getLogger("a2a_broker.forward")
 
 
 class Forward:
@@ -75,6 +77,7 @@ class Forward:
             headers=self._headers(ctx),
             body=ctx.body or None,
             stream=ctx.operation.streaming,
+            reads_only=ctx.operation.reads_only,
         )
         ctx.upstream_status = resp.status
         return resp
@@ -138,8 +141,19 @@ def _bound(
     if recheck is None:
         return None
 
+    missed = 0
+
     async def run() -> None:
-        await recheck(ctx)
+        nonlocal missed
+        try:
+            await recheck(ctx)
+        except StoreUnavailableError as err:
+            # The stream was allowed, and a stop (suspension, tree kill) is written to the very
+            # store that cannot be read: no news. The answer keeps flowing; the next recheck
+            # that reaches the store applies any stop (docs/decisions/0020).
+            missed += 1
+            level = logging.WARNING if missed == 1 else logging.DEBUG
+            log.log(level, "stream %s goes on unchecked: %s", ctx.request_id, err.detail)
 
     return run
 

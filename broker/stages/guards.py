@@ -2,13 +2,15 @@
 
 Counted in the store (one atomic script on Redis), so the limits hold across every replica and
 are never passed under concurrency. Only sends create children; reads of existing tasks do not.
-An in-flight child is released when its answer (or stream) ends; a broker that dies mid-request
+An in-flight child is released when its answer (or stream) ends; a release the store fails is
+retried in the background until it lands (``LateWrites``), and a broker that dies mid-request
 leaks its slot only until the slot expires.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from broker.errors import (
@@ -16,8 +18,10 @@ from broker.errors import (
     FanOutConcurrentExceededError,
     FanOutTotalExceededError,
     HopLimitExceededError,
+    StoreUnavailableError,
     TreeSizeExceededError,
 )
+from broker.late_writes import LateWrites
 from broker.settings import DelegationSettings, LimitSettings
 from broker.stores.base import ChildSlot, DelegationCounters, Refusal
 from broker.types import CallNext, MediationContext, Outcome, StreamReply
@@ -33,9 +37,14 @@ _REFUSALS: dict[str, type[BrokerError]] = {
 
 class CascadeGuards:
     def __init__(
-        self, counters: DelegationCounters, delegation: DelegationSettings, limits: LimitSettings
+        self,
+        counters: DelegationCounters,
+        delegation: DelegationSettings,
+        limits: LimitSettings,
+        late: LateWrites | None = None,
     ) -> None:
         self._counters = counters
+        self._late = late
         self._delegation = delegation
         # A slot outlives the longest exchange it can stand for, then frees itself.
         self._slot_ttl_s = int(max(limits.upstream_timeout_s, limits.sse_max_duration_s)) + 5
@@ -91,4 +100,12 @@ class CascadeGuards:
         try:
             await self._counters.release_child(slot)
         except BrokerError as err:
+            if isinstance(err, StoreUnavailableError) and self._late is not None:
+                # Releasing twice is harmless (the second finds nothing in flight).
+                self._late.add(
+                    lambda: self._counters.release_child(slot),
+                    until=time.time() + self._slot_ttl_s,
+                    what=f"release of fan-out slot {slot.id}",
+                )
+                return
             log.warning("fan-out slot %s not released (%s); it expires by itself", slot.id, err)

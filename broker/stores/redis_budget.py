@@ -26,7 +26,6 @@ Every Redis failure surfaces as ``StoreUnavailableError`` (see ``redis_client``)
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.budgets import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
+from broker.late_writes import LateWrites
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,
     MICROS,
@@ -77,7 +77,8 @@ class RedisBudgetLedger(BudgetLedger):
         self._settle = client.register_script(budget_script("settle"))
         self._release = client.register_script(budget_script("release"))
         self._void = client.register_script(budget_script("void"))
-        self._voiding: set[asyncio.Task[None]] = set()
+        # Settles, releases and voids lost to an outage, retried until Redis answers.
+        self._late = LateWrites((RedisError, OSError))
         self._expire = client.register_script(budget_script("expire"))
         self._status = client.register_script(budget_script("status"))
         self._base = budget_base_key(prefix)
@@ -114,22 +115,16 @@ class RedisBudgetLedger(BudgetLedger):
 
     def _void_later(self, reservation_id: str, ttl_ms: int) -> None:
         until = time.time() + ttl_ms / 1000
-        self._retry_later(self._void, [self._base, reservation_id, ttl_ms], until)
+        args = [self._base, reservation_id, ttl_ms]
+        self._retry_later(self._void, args, until, f"void of reservation {reservation_id}")
 
-    def _retry_later(self, script: AsyncScript, args: list[Any], until: float) -> None:
+    def _retry_later(self, script: AsyncScript, args: list[Any], until: float, what: str) -> None:
         """Run an idempotent ``script`` in the background until Redis answers or ``until``."""
-        task = asyncio.create_task(self._retry_until(script, args, until))
-        self._voiding.add(task)
-        task.add_done_callback(self._voiding.discard)
 
-    async def _retry_until(self, script: AsyncScript, args: list[Any], until: float) -> None:
-        while time.time() < until:
-            await asyncio.sleep(0.2)
-            try:
-                await script(keys=self._keys, args=args)
-            except (RedisError, OSError):
-                continue
-            return
+        async def attempt() -> None:
+            await script(keys=self._keys, args=args)
+
+        self._late.add(attempt, until=until, what=what)
 
     @unavailable_on_error
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
@@ -141,7 +136,8 @@ class RedisBudgetLedger(BudgetLedger):
             # The call was answered: its spend must land, or an outage would let it go unpaid
             # once the reservation expires. Settling is idempotent, so retry until Redis
             # answers (while the reservation lives).
-            self._retry_later(self._settle, args, reservation.expires_at)
+            what = f"settle of reservation {reservation.id}"
+            self._retry_later(self._settle, args, reservation.expires_at, what)
             raise
 
     @unavailable_on_error
@@ -150,7 +146,8 @@ class RedisBudgetLedger(BudgetLedger):
         try:
             await self._release(keys=self._keys, args=args)
         except (RedisError, OSError):
-            self._retry_later(self._release, args, reservation.expires_at)
+            what = f"release of reservation {reservation.id}"
+            self._retry_later(self._release, args, reservation.expires_at, what)
             raise
 
     @unavailable_on_error

@@ -9,6 +9,11 @@ Kinds:
 * ``gated``: like ``echo``, but after reporting WORKING the task blocks until the test releases it
   with ``POST /_gates/{text}/release`` (``text`` is the user message). ``GET /_gates`` shows every
   gate and whether it is ``waiting``, ``released`` or ``cancelled``.
+* ``held``: like ``echo``, but holds each request before it does anything (no task, no event
+  yet) until the test releases it: ``GET /_gates/{text}/waiting`` answers once the request is
+  held, ``POST /_gates/{text}/release`` lets it go. The test can so act (kill the broker's
+  store, say) at the exact moment between the broker's last write before forwarding and the
+  agent's first answer.
 * ``garbage``: not an A2A agent. Under ``/html/...`` it answers 200 ``text/html``, under
   ``/badjson/...`` 200 ``application/json`` that does not parse, under ``/500/...`` HTTP 500 HTML;
   under ``/rpc418/`` a JSON-RPC result with HTTP 418, under ``/forge/`` an error claiming the
@@ -59,6 +64,7 @@ from starlette.routing import Route
 
 JSONRPC_PATH = "/a2a/jsonrpc"
 REST_PATH = "/a2a/rest"
+GATE_WAIT_S = 20.0  # how long GET /_gates/{key}/waiting waits for a request to arrive
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -129,13 +135,19 @@ class Gates:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._arrivals: dict[str, asyncio.Event] = {}
         self.states: dict[str, str] = {}
 
     def _event(self, key: str) -> asyncio.Event:
         return self._events.setdefault(key, asyncio.Event())
 
+    def arrived(self, key: str) -> asyncio.Event:
+        """Set once a task waits at gate ``key``."""
+        return self._arrivals.setdefault(key, asyncio.Event())
+
     async def wait(self, key: str) -> None:
         self.states.setdefault(key, "waiting")
+        self.arrived(key).set()
         try:
             await self._event(key).wait()
         except asyncio.CancelledError:
@@ -156,6 +168,18 @@ class GatedExecutor(EchoExecutor):
         text = context.get_user_input()
         await self._gates.wait(text)
         await _finish(updater, text)
+
+
+class HeldExecutor(EchoExecutor):
+    """Holds the request before anything is enqueued, so even a stream's first event waits."""
+
+    def __init__(self, gates: Gates) -> None:
+        self._gates = gates
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        text = context.get_user_input()
+        await self._gates.wait(text)
+        await _finish(await _start(context, event_queue), text)
 
 
 # --- the recorder front -----------------------------------------------------------------------
@@ -201,7 +225,8 @@ class Recorder:
 def a2a_app(kind: str, port: int) -> ASGIApp:
     base_url = f"http://127.0.0.1:{port}"
     gates = Gates()
-    executor = GatedExecutor(gates) if kind == "gated" else EchoExecutor()
+    executors = {"gated": GatedExecutor, "held": HeldExecutor}
+    executor = executors[kind](gates) if kind in executors else EchoExecutor()
     card = agent_card(kind, base_url)
     handler = DefaultRequestHandler(executor, task_store=InMemoryTaskStore(), agent_card=card)
     recorder: Recorder
@@ -216,11 +241,20 @@ def a2a_app(kind: str, port: int) -> ASGIApp:
         gates.release(request.path_params["key"])
         return JSONResponse(gates.states)
 
+    async def waiting(request: Request) -> Response:
+        try:
+            async with asyncio.timeout(GATE_WAIT_S):
+                await gates.arrived(request.path_params["key"]).wait()
+        except TimeoutError:
+            return JSONResponse(gates.states, status_code=408)
+        return JSONResponse(gates.states)
+
     routes = [
         Route("/_ready", _ready),
         Route("/_recorded", recorded),
         Route("/_gates", gate_states),
         Route("/_gates/{key:path}/release", release, methods=["POST"]),
+        Route("/_gates/{key:path}/waiting", waiting),
         *create_agent_card_routes(card),
         *create_jsonrpc_routes(handler, JSONRPC_PATH),
         *create_rest_routes(handler, path_prefix=REST_PATH),
@@ -344,7 +378,7 @@ def _exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.agents")
-    parser.add_argument("kind", choices=["echo", "gated", "garbage", "hang"])
+    parser.add_argument("kind", choices=["echo", "gated", "held", "garbage", "hang"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     _exit_with_parent()

@@ -8,6 +8,7 @@ The broker knows these agents (registered through the admin API):
 ``gated``          the gated agent (``POST {gated.url}/_gates/{text}/release``)
 ``suspended``      the echo agent again, under a name the error tests suspend
 ``pusher``         the echo agent again, under a card that declares push notifications
+``gated-capped``   the gated agent again, with at most ``CAPPED_CONCURRENCY`` calls in flight
 ``down``           a card pointing at a port nothing listens on
 ``hang``           an upstream that accepts and never answers
 ``garbage-html``   200 text/html (``garbage-badjson``: 200 bad JSON; ``garbage-500``: HTML 500;
@@ -54,6 +55,7 @@ ECHO_UPSTREAM_TOKEN = f"e2e-echo-upstream-{secrets.token_hex(8)}"
 ECHO_UPSTREAM_TOKEN_ENV = "E2E_ECHO_UPSTREAM_TOKEN"
 # A caller-only identity declared in the config alone (the broker has no cards_dir).
 CAROL_CREDENTIAL = f"a2ab_carol-{secrets.token_hex(8)}"
+CAPPED_CONCURRENCY = 2  # [containment.agent_max_concurrent] of gated-capped
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ env = "{ECHO_UPSTREAM_TOKEN_ENV}"
 
 [agents.carol]
 credential_sha256 = "{hashlib.sha256(CAROL_CREDENTIAL.encode()).hexdigest()}"
+
+[containment.agent_max_concurrent]
+gated-capped = {CAPPED_CONCURRENCY}
 """
 
 
@@ -188,6 +193,7 @@ def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
         "gated": _fetch_card(up["gated"].url),
         "suspended": _static_card("suspended", up["echo"].url),
         "pusher": _static_card("pusher", up["echo"].url, push=True),
+        "gated-capped": _static_card("gated-capped", up["gated"].url),
         "down": _static_card("down", closed),
         "hang": _static_card("hang", up["hang"].url),
         "garbage-html": _static_card("garbage-html", f"{garbage}/html"),

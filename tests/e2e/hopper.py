@@ -18,12 +18,17 @@ app is wrapped with ``capture_delegation``, and every agent:
    (the broker's ErrorInfo reason, read off the wire: the SDK keeps only code and message).
 
 CancelTask calls reach ``cancel`` and are recorded at ``GET /_cancels?name=NAME``.
+
+An agent can be broken on purpose: ``POST /_break?name=NAME&mode=500`` makes its JSON-RPC
+endpoint answer HTTP 500, ``mode=hang`` never answer (until healed), ``POST /_heal?name=NAME``
+mends it. ``GET /_hits?name=NAME`` counts the requests that reached it (broken or not).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import uuid
@@ -71,6 +76,7 @@ from .agents import _exit_with_parent
 
 CREDENTIALS_ENV = "HOPPER_CREDENTIALS"
 CALL_TIMEOUT_S = 30.0
+HANG_S = 60.0  # how long a hanging agent holds a request at most
 # The broker's refusal of the call being made, read by the response hook (see ``_capture``).
 _refusal: ContextVar[list[dict[str, Any]] | None] = ContextVar("hopper_refusal", default=None)
 
@@ -267,7 +273,43 @@ class HopperExecutor(AgentExecutor):
         await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 
-def hopper_app(names: list[str], port: int, hopper: Hopper) -> Starlette:
+class Faults:
+    """Agents broken on purpose, in front of the agents' routes (ASGI)."""
+
+    def __init__(self, app: Starlette) -> None:
+        self._app = app
+        self.modes: dict[str, str] = {}
+        self.hits: dict[str, int] = {}
+        self._healed: dict[str, asyncio.Event] = {}
+
+    def breaks(self, name: str, mode: str) -> None:
+        self.modes[name] = mode
+        self._healed[name] = asyncio.Event()
+
+    def heal(self, name: str) -> None:
+        self.modes.pop(name, None)
+        if name in self._healed:
+            self._healed.pop(name).set()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        name = scope["path"].split("/")[1] if scope["type"] == "http" else ""
+        if not scope.get("path", "").endswith("/a2a/jsonrpc"):
+            await self._app(scope, receive, send)
+            return
+        self.hits[name] = self.hits.get(name, 0) + 1
+        mode = self.modes.get(name)
+        if mode == "hang":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HANG_S):
+                    await self._healed[name].wait()
+        if mode is not None:
+            response = JSONResponse({"error": f"{name} is broken on purpose"}, status_code=500)
+            await response(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+def hopper_app(names: list[str], port: int, hopper: Hopper) -> Faults:
     base_url = f"http://127.0.0.1:{port}"
 
     async def seen(request: Request) -> Response:
@@ -279,14 +321,31 @@ def hopper_app(names: list[str], port: int, hopper: Hopper) -> Starlette:
     async def ready(_: Request) -> Response:
         return PlainTextResponse("ok")
 
+    async def breaks(request: Request) -> Response:
+        faults.breaks(request.query_params["name"], request.query_params.get("mode", "500"))
+        return JSONResponse(faults.modes)
+
+    async def heal(request: Request) -> Response:
+        faults.heal(request.query_params["name"])
+        return JSONResponse(faults.modes)
+
+    async def hits(request: Request) -> Response:
+        return JSONResponse(faults.hits.get(request.query_params["name"], 0))
+
     routes = [Route("/_ready", ready), Route("/_seen", seen), Route("/_cancels", cancels)]
+    routes += [
+        Route("/_break", breaks, methods=["POST"]),
+        Route("/_heal", heal, methods=["POST"]),
+        Route("/_hits", hits),
+    ]
     for name in names:
         card = hopper_card(name, base_url)
         executor = HopperExecutor(name, hopper)
         handler = DefaultRequestHandler(executor, task_store=InMemoryTaskStore(), agent_card=card)
         routes += create_agent_card_routes(card, card_url=f"/{name}/.well-known/agent-card.json")
         routes += create_jsonrpc_routes(handler, f"/{name}/a2a/jsonrpc")
-    return Starlette(routes=routes)
+    faults = Faults(Starlette(routes=routes))
+    return faults
 
 
 def main(argv: list[str] | None = None) -> None:

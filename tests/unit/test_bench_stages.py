@@ -66,6 +66,14 @@ def test_the_base_of_d_has_every_optional_stage_off(tmp_path: Path) -> None:
     assert (settings.store.backend, settings.audit.backend) == ("memory", "off")
     assert not settings.policy.policy_file and settings.policy.allow_all
     assert not settings.budgets.agents
+    assert not settings.containment.breaker.enabled
+    assert settings.containment.max_concurrent_per_agent == 0
+
+
+def test_d_containment_is_the_base_with_the_default_breaker_and_bulkhead(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, STAGES["d-containment"])
+    assert settings.containment == load_settings(environ={}).containment
+    assert settings.audit.backend == "off" and not settings.budgets.agents
 
 
 def _point(scenario: str, c: int, cpu: float, foreign: float = 0.0) -> dict[str, Any]:

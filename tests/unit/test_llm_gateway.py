@@ -3,6 +3,7 @@ openai client (through httpx's ASGI transport)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ from litestar import Litestar
 
 from broker.audit_runtime import AuditRecorder
 from broker.budgets import Limit, Scope, Usage
+from broker.containment.config import BreakerSettings, ContainmentSettings
 from broker.credentials import credential_digest
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import StoreUnavailableError
@@ -95,7 +97,11 @@ class World:
 
 
 async def _world(
-    *, llm: LlmSettings | None = None, ledger: BudgetLedger | None = None, policy: bool = False
+    *,
+    llm: LlmSettings | None = None,
+    ledger: BudgetLedger | None = None,
+    policy: bool = False,
+    containment: ContainmentSettings | None = None,
 ) -> tuple[World, UpstreamClient]:
     fake = FakeLlm()
     url = await fake.start()
@@ -138,6 +144,7 @@ async def _world(
             limiter=MemoryRateLimiter(),
             scopes=limits,
             audit=AuditRecorder(None),
+            containment=containment or ContainmentSettings(),
         )
     )
     app = Litestar(route_handlers=llm_route_handlers, openapi_config=None)
@@ -342,3 +349,60 @@ async def test_embeddings(world: World) -> None:
     assert reply.data[0].embedding == [0.1, 0.2, 0.3]
     assert world.fake.recorded[0].authorization == "Bearer provider-secret"
     assert (await _used(world, Scope("agent", "alice", limits)))["tokens_in"] == 8
+
+
+# --- the provider's circuit breaker ----------------------------------------------------------
+
+OPEN_S = 0.3
+BREAKER = BreakerSettings(failures=3, window_s=10.0, open_s=OPEN_S)
+
+
+@pytest.fixture
+async def breaking_world() -> AsyncIterator[World]:
+    """A world whose provider breaker opens after 3 failures, for OPEN_S."""
+    w, client = await _world(containment=ContainmentSettings(breaker=BREAKER))
+    yield w
+    await client.close()
+    await w.fake.stop()
+
+
+async def _chat(world: World) -> object:
+    return await world.client("alice").chat.completions.create(
+        model="fake-small", messages=_messages()
+    )
+
+
+async def test_a_failing_provider_is_refused_at_once_then_probed_and_closed(
+    breaking_world: World,
+) -> None:
+    world = breaking_world
+    world.fake.mode.fail = 500
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError) as failed:
+            await _chat(world)
+        assert failed.value.status_code == 502
+    at_provider = len(world.fake.recorded)
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        await _chat(world)
+    assert refused.value.status_code == 503
+    assert refused.value.code == "llm_provider_circuit_open"
+    assert refused.value.response.headers["retry-after"] == "1"
+    assert refused.value.response.headers["x-should-retry"] == "true"
+    assert len(world.fake.recorded) == at_provider  # the provider was not called
+
+    world.fake.mode.fail = 0
+    await asyncio.sleep(OPEN_S)  # the breaker's cool-down: then one probe goes through
+    await _chat(world)
+    await _chat(world)  # closed again
+    assert len(world.fake.recorded) == at_provider + 2
+
+
+async def test_provider_rate_limiting_does_not_open_the_circuit(breaking_world: World) -> None:
+    world = breaking_world
+    world.fake.mode.fail = 429
+    for _ in range(5):
+        with pytest.raises(openai.RateLimitError):
+            await _chat(world)
+    world.fake.mode.fail = 0
+    await _chat(world)  # answered, not refused

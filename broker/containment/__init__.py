@@ -1,0 +1,1 @@
+"""Containing a failing or overloaded upstream: circuit breakers and a bulkhead per agent."""
