@@ -102,9 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
+    from broker.http.connections import bounds_for, protocol_factory  # noqa: PLC0415
+    from broker.logs import configure_logging  # noqa: PLC0415
+
     settings = load_settings(args.config)  # fail fast, naming the bad key, before any worker
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    configure_logging(settings.server.log_level)
+    # uvicorn's httptools protocol with header, body and idle timeouts and a connection cap
+    # (decision 0024); every worker process gets the same bounds.
+    bounds = bounds_for(settings.server, settings.limits.upstream_pool_size)
     uvicorn.run(
         "broker.http.app:app_from_environment",
         factory=True,
@@ -112,7 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.server.port,
         workers=settings.server.workers,
         loop="uvloop",
-        http="httptools",
+        http=protocol_factory(bounds),  # type: ignore[arg-type]
+        timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=5,

@@ -31,6 +31,16 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     # Worker processes (uvicorn). Each is stateless; shared state lives in the store.
     workers: int = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Connection bounds, per worker process (broker/http/connections.py, decision 0024): a
+    # request's headers must arrive within header_timeout_s of the connection opening (or of
+    # the first byte of a later request), its body within body_timeout_s after the headers; a
+    # kept-alive connection is closed after idle_timeout_s without a request. Beyond
+    # max_connections (lowered at start-up to fit the open-file limit) the oldest idle
+    # connection is closed to make room, or, when none is idle, the new one is refused (503).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
 class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
