@@ -39,6 +39,29 @@ def add_trees_parser(sub: Any, default_url: str) -> None:
         p.set_defaults(run=run)
 
 
+def add_kill_parser(sub: Any, default_url: str) -> None:
+    """``a2a-broker kill --all | --undo | --status``: the global kill switch."""
+    parser = sub.add_parser(
+        "kill", help="stop every new hop on every replica (global kill switch), or lift it"
+    )
+    parser.add_argument("--url", default=os.environ.get(URL_ENV, default_url), help="broker URL")
+    parser.add_argument("--admin-token", default=os.environ.get(ADMIN_TOKEN_ENV, ""))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--all", action="store_true", help="engage: refuse every new hop")
+    what.add_argument("--undo", action="store_true", help="lift it: traffic flows again")
+    what.add_argument("--status", action="store_true", help="whether it is engaged")
+    parser.add_argument("--reason", default="", help="why (kept with it and in the audit)")
+    parser.set_defaults(run=_kill)
+
+
+def _kill(args: argparse.Namespace) -> int:
+    if args.undo:
+        return _call(args, "DELETE", "/kill")
+    if args.status:
+        return _call(args, "GET", "/kill")
+    return _call(args, "POST", "/kill", {"reason": args.reason})
+
+
 def add_budgets_parser(sub: Any, default_url: str) -> None:
     cmds = _admin_parser(sub, "budgets", "budgets: used, reserved, remaining", default_url)
     show = cmds.add_parser("show", help="the configured budgets of an agent or a task tree")

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     from broker.admin_cli import (  # noqa: PLC0415 - keeps `serve` start-up lean
         add_agents_parser,
         add_budgets_parser,
+        add_kill_parser,
         add_policy_admin_commands,
         add_trees_parser,
     )
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add_agents_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
     add_budgets_parser(sub, DEFAULT_URL)
+    add_kill_parser(sub, DEFAULT_URL)
     add_audit_parser(sub)
     policy = sub.add_parser("policy", help="check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True)

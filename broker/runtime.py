@@ -12,10 +12,12 @@ from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory
 from broker.egress import check_push_url
 from broker.errors import BrokerError
+from broker.global_kill import RefuseWhileKilled
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
 from broker.llm.gateway import LlmGateway, LlmParts
@@ -37,7 +39,6 @@ from broker.stages.policy import ChainPolicy
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
-from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
 from broker.types import CallNext, Stage
 from broker.upstream import AiohttpUpstream
@@ -64,13 +65,14 @@ class BrokerRuntime:
     llm: LlmGateway
     expiry: asyncio.Task[None]
     mediate: CallNext
+    # Read caches kept current on every replica, and the global kill switch (control.py).
+    controls: Controls
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
         backend = open_backend(settings.store)
-        stores = backend.stores()
-        if settings.store.backend == "redis":
-            stores = with_read_cache(stores, settings.store.read_cache_ttl_s)
+        controls = await Controls.start(settings, backend.stores())
+        stores = controls.stores
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
@@ -97,6 +99,7 @@ class BrokerRuntime:
                 limiter=stores.rate_limiter,
                 scopes=budget_scopes,
                 audit=audit,
+                kill=controls.kill,
             )
         )
         runtime = cls(
@@ -118,6 +121,7 @@ class BrokerRuntime:
                 _expire_reservations(stores, settings), name="budget-expiry"
             ),
             mediate=_unset,
+            controls=controls,
         )
         runtime.mediate = fold(pipeline_stages(runtime))
         if settings.registry.cards_dir:
@@ -131,6 +135,7 @@ class BrokerRuntime:
             await exporter.stop()
         await self.audit.close()
         await self.upstream.close()
+        await self.controls.stop()
         await self.backend.close()
 
 
@@ -172,6 +177,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         rt.authenticate,
         # Limits before decoding; only the envelope is decoded. Needs no store.
         ParseRequest(settings.limits),
+        # The global kill switch (a flag in memory) once the operation is known, so a
+        # CancelTask, which stops work, still passes; before anything is looked up.
+        RefuseWhileKilled(rt.controls.kill),
         # The target must exist, be active and offer the binding before anything else is asked.
         ResolveTarget(stores.registry),
         # The chain comes only from a token the broker minted for this caller, so the policy
@@ -201,7 +209,8 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
             settings.limits,
             settings.upstream_credentials,
             inspector,
-            # Open streams end within about a second of a suspension or a tree kill.
-            recheck=LiveStreamCheck(stores),
+            # Open streams end within about a second of a suspension, a tree kill or the
+            # global kill switch.
+            recheck=LiveStreamCheck(stores, rt.controls.kill),
         ),
     ]

@@ -32,7 +32,7 @@ REPLICA_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # The record kinds the broker writes. Not enforced on decode: a newer broker's kinds still verify.
 KINDS: Final = frozenset({
     "request", "auth.failure", "token.mint", "registry.change", "policy.reload", "policy.error",
-    "killswitch", "budget", "approval", "checkpoint",
+    "killswitch", "budget", "approval", "checkpoint", "connections",
 })
 CHECKPOINT_KIND: Final = "checkpoint"
 

@@ -9,6 +9,7 @@ import msgspec
 from broker.audit_runtime import AuditRecorder
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
+from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.llm.audit import LlmAuditForward, LlmAuditRefusals
 from broker.llm.config import LlmSettings, ModelCatalog
 from broker.llm.context import LlmCallNext, LlmStage, fold_llm
@@ -51,6 +52,7 @@ class LlmParts:
     limiter: RateLimiter
     scopes: BudgetScopes
     audit: AuditRecorder
+    kill: GlobalKillSwitch | None = None
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -62,6 +64,8 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         LlmAuditRefusals(parts.audit),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
         LlmAuthenticate(parts.authenticate),
+        # The global kill switch, once the caller is known (its refusal names who tried).
+        *([RefuseWhileKilled(parts.kill)] if parts.kill is not None else []),
         # Size and depth limits before decoding; only the envelope is decoded. Unknown models
         # are refused here, before any store is asked.
         ParseLlmRequest(parts.limits, parts.llm, catalog),
