@@ -167,7 +167,7 @@ async def engage_kill_switch(request: AnyRequest) -> Response[bytes]:
     return _json({**_kill_state(state), "newly_engaged": newly})
 
 
-@delete("/kill")
+@delete("/kill", status_code=200)
 async def lift_kill_switch(request: AnyRequest) -> Response[bytes]:
     """Lift the global kill switch on every replica: traffic flows again."""
     runtime = runtime_of(request)

@@ -1,0 +1,90 @@
+"""Two replicas on one Redis: a write through one reaches the other's read cache, and the global
+kill switch moves on both, over the control channel (real Redis, two ``Controls`` in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from broker.control import Controls
+from broker.errors import KillSwitchEngagedError
+from broker.settings import Settings, StoreSettings
+from broker.stores.base import AgentRecord, StoreBackend
+from broker.stores.factory import open_backend
+
+DEADLINE_S = 5.0  # far below read_cache_ttl_s: only the channel can explain a change seen here
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not await check():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def replicas(redis_url: str, redis_key_prefix: str) -> AsyncIterator[list[Controls]]:
+    store = StoreSettings(
+        backend="redis", redis_url=redis_url, key_prefix=redis_key_prefix, read_cache_ttl_s=600
+    )
+    settings = Settings(store=store)
+    backends: list[StoreBackend] = [open_backend(store), open_backend(store)]
+    started = [await Controls.start(settings, b.stores()) for b in backends]
+    try:
+        yield started
+    finally:
+        for controls, backend in zip(started, backends, strict=True):
+            await controls.stop()
+            await backend.close()
+
+
+async def test_a_suspension_through_one_replica_is_read_at_once_by_the_other(
+    replicas: list[Controls],
+) -> None:
+    here, there = (c.stores.registry for c in replicas)
+    await here.put(AgentRecord(name="a", card_json="{}"))
+    assert (await there.get("a")).status == "active"  # type: ignore[union-attr]  # now cached
+
+    async def there_sees(status: str) -> bool:
+        return (await there.get("a")).status == status  # type: ignore[union-attr]
+
+    await here.set_status("a", "suspended", time.time())
+    await eventually(lambda: there_sees("suspended"))
+    await here.set_status("a", "active", time.time())
+    await eventually(lambda: there_sees("active"))
+
+
+async def test_a_rotated_credential_stops_on_the_other_replica(replicas: list[Controls]) -> None:
+    here, there = (c.stores.credentials for c in replicas)
+    await here.replace("a", "old-digest")
+    assert await there.lookup("old-digest") == "a"  # cached there
+    await here.replace("a", "new-digest")
+
+    async def old_refused() -> bool:
+        return await there.lookup("old-digest") is None
+
+    await eventually(old_refused)
+
+
+async def test_the_global_kill_switch_moves_on_every_replica(replicas: list[Controls]) -> None:
+    here, there = (c.kill for c in replicas)
+    there.check()  # not engaged: nothing raised
+    state, newly = await here.engage("admin", "incident 42")
+    assert newly and state.reason == "incident 42"
+
+    async def there_engaged() -> bool:
+        return there.state is not None
+
+    await eventually(there_engaged)
+    with pytest.raises(KillSwitchEngagedError):
+        there.check()
+    assert await there.lift() is True
+
+    async def here_lifted() -> bool:
+        return here.state is None
+
+    await eventually(here_lifted)
+    here.check()
