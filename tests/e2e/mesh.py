@@ -58,7 +58,7 @@ class Mesh:
 
 
 def _broker_config(
-    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path], store: str = ""
+    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path], *, store: str = ""
 ) -> str:
     return f"""
 [server]
@@ -130,7 +130,7 @@ def start_mesh(
         policy_files[i].write_text(policy)
         files = {"key": key_file, "cards": cards, "policy": policy_files[i]}
         config = folder / f"broker-{i}.toml"
-        text = _broker_config(port, brokers[0], redis_url, prefix, files, store)
+        text = _broker_config(port, brokers[0], redis_url, prefix, files, store=store)
         config.write_text(text + _identities(credentials) + delegation)
         argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
         argvs.append((f"broker-{i}", argv, {"A2A_BROKER_ADMIN_TOKEN": admin}))
