@@ -50,7 +50,8 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # How long the broker remembers which agent owns a task (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
     # Redis only: per-process cache of registry and credential reads (0 turns it off). A change
-    # made on another replica takes effect here within this time; see broker/stores/cache.py.
+    # made on another replica is dropped from it at once over the control channel; this bounds
+    # the staleness only when that message is lost. See broker/stores/cache.py, control.py.
     read_cache_ttl_s: float = 0.5
 
 
