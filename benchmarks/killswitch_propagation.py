@@ -39,8 +39,7 @@ import aiohttp
 
 from benchmarks.measure import UNARY_BODY
 from benchmarks.procs import Child, free_port
-from benchmarks.targets import AGENT, CALLER, REPO_ROOT, _register
-from benchmarks.upstream import card
+from benchmarks.targets import AGENT, REPO_ROOT, _register
 
 REPLICAS = 3
 ACTIONS = ("suspend", "resume", "kill", "lift")
@@ -81,8 +80,9 @@ def cluster(work: Path) -> Iterator[Cluster]:
         if shutil.which("redis-server") is None:
             raise SystemExit("needs redis-server (apt-get install -y redis-server)")
         redis_port = free_port()
-        redis = Child.launch("redis", ["redis-server", "--port", str(redis_port), "--bind",
-                                       "127.0.0.1", "--save", "", "--appendonly", "no"], work)  # fmt: skip
+        argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]  # fmt: skip
+        redis = Child.launch("redis", argv, work)
         children.append(redis)
         redis.wait_port(redis_port)
         up_port = free_port()
@@ -201,16 +201,22 @@ def _percentile(values: list[float], p: float) -> float:
 
 def summary(found: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return {
-        action: {"rounds": len(v), "p50_ms": statistics.median(v) * 1000,
-                 "p99_ms": _percentile(v, 99) * 1000, "max_ms": max(v) * 1000}  # fmt: skip
+        action: {
+            "rounds": len(v),
+            "p50_ms": statistics.median(v) * 1000,
+            "p99_ms": _percentile(v, 99) * 1000,
+            "max_ms": max(v) * 1000,
+        }
         for action, v in found.items()
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.killswitch_propagation",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.killswitch_propagation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=200, help="rounds of each action")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -220,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
           "call on replica 0 to the last replica answering accordingly:")  # fmt: skip
     print("| action | rounds | p50 ms | p99 ms | max ms |\n|---|--:|--:|--:|--:|")
     for action, f in figures.items():
-        print(f"| {action} | {f['rounds']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} "
-              f"| {f['max_ms']:.1f} |")  # fmt: skip
+        row = f"| {f['rounds']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['max_ms']:.1f} |"
+        print(f"| {action} {row}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return 0

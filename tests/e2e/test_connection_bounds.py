@@ -173,7 +173,7 @@ async def test_over_the_cap_a_new_connection_is_refused_at_once_and_the_log_says
 
     started = time.monotonic()
     refused = await asyncio.gather(*(held_open(bounded.port, b"") for _ in range(5)))
-    for seconds, answer in refused:
+    for _, answer in refused:
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
         assert b"\r\nretry-after: 1\r\n" in answer.lower()
         assert error_reason(answer) == ConnectionLimitError.reason
