@@ -40,6 +40,7 @@ from broker.types import MediationContext
 log = logging.getLogger("a2a_broker.audit")
 _KEY = re.compile(r"[^a-z0-9_.]")
 _AUTH_REFUSALS = (UnauthenticatedError, InvalidCredentialError, CallerSuspendedError)
+_REQUEST_KINDS = ("request", "auth.failure")
 
 
 def digest(body: bytes) -> str:
@@ -53,6 +54,9 @@ class AuditRecorder:
     def __init__(self, trail: AuditTrail | None, payload_agents: frozenset[str] = frozenset()):
         self.trail = trail
         self.payload_agents = payload_agents
+        # The policy version in force now, for records of requests refused before the policy
+        # stage decided anything (the runtime sets it once the policy is loaded).
+        self.policy_version: Callable[[], str] = lambda: ""
         self._pending: set[asyncio.Task[None]] = set()
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
@@ -108,6 +112,7 @@ class AuditRecorder:
             await self.trail.close()
 
     def _with_payload(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        fields = self._with_policy_version(fields)
         if "_body" not in fields:
             return fields
         kept = {k: v for k, v in fields.items() if k != "_body"}
@@ -116,6 +121,15 @@ class AuditRecorder:
         if body and self.payload_agents & parties:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
         return kept
+
+    def _with_policy_version(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Every request record names a policy version: the one that decided it, else the one
+        in force when it was refused (docs/policy.md)."""
+        detail = fields.get("detail") or {}
+        if fields.get("kind") not in _REQUEST_KINDS or "policy_version" in detail:
+            return fields
+        version = self.policy_version()
+        return {**fields, "detail": {**detail, "policy_version": version}} if version else fields
 
     async def _record_logged(self, fields: Mapping[str, Any]) -> None:
         try:
@@ -167,6 +181,8 @@ def request_fields(
         detail["task_id"] = ctx.task_id
     if ctx.hop is not None:
         detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
+    if ctx.policy_version:
+        detail["policy_version"] = ctx.policy_version
     if err is not None:
         detail.update(error_detail(err))
     return {

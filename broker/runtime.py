@@ -82,6 +82,7 @@ class BrokerRuntime:
         )
         audit = await open_recorder(settings, keys)
         policy = await PolicyRuntime.start(settings, audit)
+        audit.policy_version = policy.version
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)

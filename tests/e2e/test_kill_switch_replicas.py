@@ -4,16 +4,19 @@ Two brokers on one Redis, each caching registry reads for ``read_cache_ttl_s = 6
 suspension, a resume and the global kill switch made through broker 1 are seen by broker 2 long
 before that cache could expire, which only the control channel (Redis pub/sub) explains. This
 asserts that propagation works; how fast it is, is measured by
-``benchmarks/killswitch_propagation.py`` (docs/governance.md).
+``benchmarks/killswitch_propagation.py`` (docs/governance.md). Also: every request's audit
+record names the policy version that decided it (docs/policy.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -115,3 +118,27 @@ async def test_the_global_kill_switch_stops_every_hop_on_every_replica_until_lif
         lifted = await asyncio.to_thread(kill_cli, mesh, 1, "--undo")
     assert lifted == {"engaged": False, "was_engaged": True}
     await within(lambda: everywhere("ok"), "lift")
+
+
+def audit_records(mesh: Mesh) -> list[dict[str, Any]]:
+    folder = mesh.logs / "var" / "audit"
+    return [json.loads(line) for path in sorted(folder.glob("audit-*.jsonl"))
+            for line in path.read_text().splitlines()]  # fmt: skip
+
+
+async def test_every_request_record_names_the_policy_version_that_decided_it(
+    mesh: Mesh, http: httpx.AsyncClient
+) -> None:
+    shown = await http.get(f"{mesh.brokers[0]}/admin/policy", headers=mesh.admin_headers)
+    version = shown.json()["version"]
+    allowed = await originate(http, mesh, "alice", "b", plan(new_marker("v")), via=0)
+    unauthenticated = await http.post(mesh.jsonrpc_url("b", 0), json={})  # before any policy
+    ids = {r.headers["a2a-broker-request-id"] for r in (allowed, unauthenticated)}
+
+    async def all_written() -> bool:  # the decision, the outcome and the refusal
+        return len([r for r in audit_records(mesh) if r["request_id"] in ids]) >= 3
+
+    await within(all_written, "audit records")
+    records = [r for r in audit_records(mesh) if r["request_id"] in ids]
+    assert {r["kind"] for r in records} == {"request", "auth.failure"}
+    assert [r["detail"]["policy_version"] for r in records] == [version] * len(records)
