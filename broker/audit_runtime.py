@@ -25,6 +25,7 @@ from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
+from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
 from broker.audit_redact import redacted_payload
 from broker.errors import (
     AuditUnavailableError,
@@ -221,8 +222,25 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
             settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
         )
     replica = audit.replica or f"{socket.gethostname()}-{os.getpid()}"
+    witness = open_witness(settings)
     trail = await AuditTrail.open(
-        audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s
-    )
-    log.info("audit chain %s on the %s log", replica, audit.backend)
+        audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s,
+        witness=WitnessWriter(witness) if witness else None,
+    )  # fmt: skip
+    log.info("audit chain %s on the %s log, witnessed by %s", replica, audit.backend,
+             type(witness).__name__ if witness else "nothing")  # fmt: skip
     return AuditRecorder(trail, frozenset(audit.payload_agents))
+
+
+def open_witness(settings: Settings) -> Witness | None:
+    """The witness ``[audit] witness`` names (``auto``: see the setting), or None."""
+    audit, store = settings.audit, settings.store
+    kind = audit.witness
+    if kind == "auto":
+        kind = "redis" if store.backend == "redis" and audit.backend == "file" else "file"
+    if kind == "off":
+        log.warning("[audit] witness = off: a cut-off tail of the log can go unseen")
+        return None
+    if kind == "redis":
+        return RedisWitness(store.redis_url, store.key_prefix)
+    return FileWitness(settings.path(audit.witness_dir))

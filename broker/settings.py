@@ -204,6 +204,12 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
     # digests only). See broker/audit_redact.py for what is redacted.
     payload_agents: tuple[str, ...] = ()
+    # Where every checkpoint's position is also written, outside the log's trust, so that
+    # `audit verify --witness` finds a cut-off tail without a hand-kept checkpoint (decision
+    # 0026). auto: the Redis store when [store] backend = "redis" and this log is a file, else
+    # files in witness_dir; redis; file; off.
+    witness: Literal["auto", "redis", "file", "off"] = "auto"
+    witness_dir: str = "var/audit-witness"
     export: AuditExportSettings = msgspec.field(default_factory=AuditExportSettings)
 
 
