@@ -17,7 +17,9 @@ from broker.audit.file_log import FileAuditLog
 from broker.audit.findings import EXIT_CODES, EXIT_OK, EXIT_UNVOUCHED, EXIT_USAGE, Finding
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessEntry, WitnessWriter
+from broker.audit_runtime import open_recorder, open_witness
 from broker.keys import BrokerKeys, generate_signing_key_file, load_signing_key
+from broker.settings import AuditSettings, Settings, StoreSettings
 
 EVENTS = [{"kind": "request", "caller": f"agent-{n}", "decision": "allow"} for n in range(7)]
 
@@ -173,3 +175,26 @@ def test_a_forged_record_inserted_by_hand_is_an_insertion(tmp_path: Path, key_fi
     code, out, _ = run(cli.verify, str(log), str(key_file))
     assert code == EXIT_CODES[Finding.INSERTED] == 12
     assert "r1: INSERTED at seq 3 (line 4)" in out
+
+
+async def test_the_broker_witnesses_its_checkpoints_where_the_settings_say(
+    tmp_path: Path, key_file: Path
+) -> None:
+    audit = AuditSettings(dir="log", witness_dir="witness", replica="r1", fsync=False)
+    settings = Settings(audit=audit, base_dir=str(tmp_path))
+    recorder = await open_recorder(settings, BrokerKeys(load_signing_key(key_file)))
+    await recorder.event("killswitch", "admin", action="global.kill")
+    await recorder.close()  # the last checkpoint is signed and witnessed
+    code, out, _ = await asyncio.to_thread(
+        run, cli.verify, str(tmp_path / "log"), str(key_file), witness=str(tmp_path / "witness")
+    )
+    assert code == 0 and "vouched for up to seq 2" in out
+
+
+def test_auto_puts_the_witness_outside_the_log() -> None:
+    redis = StoreSettings(backend="redis")
+    assert isinstance(open_witness(Settings(store=redis)), RedisWitness)
+    on_redis_log = Settings(store=redis, audit=AuditSettings(backend="redis"))
+    assert isinstance(open_witness(on_redis_log), FileWitness)
+    assert isinstance(open_witness(Settings()), FileWitness)
+    assert open_witness(Settings(audit=AuditSettings(witness="off"))) is None
