@@ -64,7 +64,7 @@ class Controls:
                 stores, settings.store.read_cache_ttl_s, notify=controls.publish_change
             )
             controls.kill = GlobalKillSwitch(stores.kill_switch, controls.publish_kill)
-            await channel.start()
+            await channel.start_when_possible()  # fail closed per request, not at start-up
         await controls.kill.start()
         return controls
 

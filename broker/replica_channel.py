@@ -51,13 +51,36 @@ class ReplicaChannel:
         """Subscribe (raises the Redis error if that fails) and start listening."""
         if self._task is not None:
             return
+        pubsub = await self._subscribe()
+        self._task = asyncio.create_task(self._listen(pubsub), name=f"channel-{self.name}")
+
+    async def start_when_possible(self) -> None:
+        """Like ``start``, but if Redis cannot be reached now, keep trying in the background
+        (``on_gap`` is called once subscribed, as after any gap)."""
+        try:
+            await self.start()
+        except (RedisError, OSError):
+            _log.warning("channel %s unavailable at start; retrying", self.name)
+            self._task = asyncio.create_task(self._subscribe_later(), name=f"channel-{self.name}")
+
+    async def _subscribe(self) -> Any:
         pubsub: Any = self._redis.pubsub()  # redis-py's PubSub is partly untyped
         try:
             await pubsub.subscribe(self.name)
         except BaseException:
             await pubsub.aclose()
             raise
-        self._task = asyncio.create_task(self._listen(pubsub), name=f"channel-{self.name}")
+        return pubsub
+
+    async def _subscribe_later(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry_s)
+            try:
+                pubsub = await self._subscribe()
+            except (RedisError, OSError):
+                continue
+            await self._call(self._on_gap)
+            await self._listen(pubsub)
 
     async def stop(self) -> None:
         task, self._task = self._task, None

@@ -4,18 +4,27 @@ kill switch moves on both, over the control channel (real Redis, two ``Controls`
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 
 from broker.control import Controls
 from broker.errors import KillSwitchEngagedError
+from broker.replica_channel import ReplicaChannel
 from broker.settings import Settings, StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend
 
 DEADLINE_S = 5.0  # far below read_cache_ttl_s: only the channel can explain a change seen here
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
@@ -88,3 +97,27 @@ async def test_the_global_kill_switch_moves_on_every_replica(replicas: list[Cont
 
     await eventually(here_lifted)
     here.check()
+
+
+async def test_a_channel_whose_redis_is_down_at_start_subscribes_once_it_is_up(
+    redis_server_factory: Callable[[int], object],
+) -> None:
+    port = free_port()
+    received: list[bytes] = []
+    gaps: list[bool] = []
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    channel = ReplicaChannel(client, "ctl", received.append, retry_s=0.1,
+                             on_gap=lambda: gaps.append(True))  # fmt: skip
+    await channel.start_when_possible()  # Redis is not there yet: no error, a retry instead
+    redis_server_factory(port)
+
+    async def delivered() -> bool:
+        await channel.publish(b"hello")
+        return b"hello" in received
+
+    try:
+        await eventually(delivered)
+        assert gaps == [True]  # told to catch up on what it may have missed
+    finally:
+        await channel.stop()
+        await client.aclose()
