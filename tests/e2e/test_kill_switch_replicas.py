@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from broker.errors import AgentSuspendedError, KillSwitchEngagedError
+from broker.settings import ADMIN_TOKEN_ENV
 
 from .mesh import REPO_ROOT, Mesh, new_marker, originate, plan, start_mesh
 from .wire import assert_jsonrpc_error
@@ -65,11 +67,12 @@ async def within(check: Callable[[], Awaitable[bool]], what: str) -> None:
 
 
 def kill_cli(mesh: Mesh, via: int, *args: str) -> dict[str, object]:
+    # The admin token from the environment, as operators pass it (a token may start with "-").
     token = mesh.admin_headers["Authorization"].removeprefix("Bearer ")
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "kill", *args, "--url", mesh.brokers[via],
-         "--admin-token", token],
+        [sys.executable, "-m", "broker", "kill", *args, "--url", mesh.brokers[via]],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=30, check=False,
+        env={**os.environ, ADMIN_TOKEN_ENV: token},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = httpx.Response(200, content=done.stdout).json()
