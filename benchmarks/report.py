@@ -15,6 +15,8 @@ from benchmarks.report_chain import chain_section
 from benchmarks.report_llm import llm_section, without_llm
 from benchmarks.report_openloop import openloop_section
 from benchmarks.report_stages import STAGE_TITLES, scale_section, stages_section
+from benchmarks.scenario_servers import TITLES as SERVER_TITLES
+from benchmarks.scenario_servers import servers_section
 
 TITLES = {
     "a": "(a) direct to the upstream",
@@ -30,6 +32,7 @@ TITLES = {
     "r-budget": "(r-ii) broker, redis, budget",
     "r-rate": "(r-iii) broker, redis, budget + rate",
     **STAGE_TITLES,
+    **SERVER_TITLES,
 }
 KEPT = " †"  # marks a row kept from an earlier run (``--merge``)
 _LIBS = ("litestar", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "redis", "msgspec")
@@ -341,6 +344,10 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         "## 10,000 agents and 10,000 policy lines (h)",
         "",
         *scale_section(results),
+        "",
+        "## Which HTTP server: `a2a-broker serve`, stock uvicorn, Granian (s)",
+        "",
+        *servers_section(results),
         "",
         "## Redis round trips and commands per request",
         "",

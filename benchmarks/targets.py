@@ -197,15 +197,20 @@ def broker(
     workers: int = 1,
     cores: str | None = None,
     metering: str = "budget",
+    server: str = "serve",
 ) -> Iterator[Target]:
     port = free_port()
     redis = redis_url(env) if store == "redis" else "redis://127.0.0.1:6379/0"
-    name = f"broker-{store}-w{workers}-{metering}"
+    name = f"broker-{store}-w{workers}-{metering}" + ("" if server == "serve" else f"-{server}")
     config = env.log_dir / f"{name}.toml"
     config.write_text(_broker_config(port, store, redis, workers, metering))
     token = secrets.token_urlsafe(24)
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    child_env = {"A2A_BROKER_ADMIN_TOKEN": token, "PYTHONPATH": str(env.broker_src)}
+    argv, path = server_command(server, config, port, workers)
+    child_env = {
+        "A2A_BROKER_ADMIN_TOKEN": token,
+        "A2A_BROKER_CONFIG": str(config),
+        "PYTHONPATH": os.pathsep.join([str(env.broker_src), *path]),
+    }
     child = env.launch(name, argv, cores or env.placement.sut, env=child_env, cwd=env.broker_src)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -220,6 +225,35 @@ def broker(
         yield Target(f"{url}/agents/{AGENT}/jsonrpc", headers, child, private)
     finally:
         child.stop()
+
+
+# How scenario (s) starts the same app under each HTTP server (all with uvloop, one worker).
+SERVERS = {
+    "serve": "`a2a-broker serve` as shipped",
+    "uvicorn": "stock uvicorn, `--loop uvloop --http httptools`, no connection bounds",
+    "granian": "Granian (Rust HTTP/1), `--interface asgi --loop uvloop --http 1`",
+}
+
+
+def server_command(
+    server: str, config: Path, port: int, workers: int
+) -> tuple[list[str], list[str]]:
+    """The command that serves the broker app, and extra ``PYTHONPATH`` folders it needs."""
+    factory = "broker.http.app:app_from_environment"
+    if server == "serve":
+        return [sys.executable, "-m", "broker", "serve", "--config", str(config)], []
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(workers), "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning"], []  # fmt: skip
+    if server == "granian":
+        from benchmarks.granian_env import granian_path
+
+        return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--loop", "uvloop", "--http", "1", "--no-ws", "--log-level", "warning",
+                factory], [str(granian_path())]  # fmt: skip
+    raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
 
 
 def snapshot_broker(ref: str, into: Path) -> Path:

@@ -91,6 +91,34 @@ def add_trees_parser(sub: Any, default_url: str) -> None:
         p.add_argument("tree", help="the tree id (in the broker log and in every hop token)")
 
 
+def add_kill_parser(sub: Any, default_url: str) -> None:
+    """``a2a-broker kill --all | --undo | --status``: the global kill switch."""
+    text = "stop every new hop on every replica (global kill switch), or lift it"
+    parser = sub.add_parser("kill", help=text, description=text)
+    connection_options(parser, default_url, leaf=False)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--all", action="store_true", help="engage: refuse every new hop")
+    what.add_argument("--undo", action="store_true", help="lift it: traffic flows again")
+    what.add_argument("--status", action="store_true", help="whether it is engaged")
+    parser.add_argument("--reason", default="", help="why (kept with it and in the audit)")
+    parser.set_defaults(run=_kill)
+
+
+def _kill(args: argparse.Namespace) -> int:
+    def show(out: Output, body: Any) -> None:
+        out.data(body, tables.kill_switch_table)
+
+    if args.status:
+        return _run(args, lambda: call_admin(args, "GET", "/kill"), show)
+    if args.undo:
+        return _run(args, lambda: call_admin(args, "DELETE", "/kill"), show,
+                    lambda body: "kill switch lifted: traffic flows again"
+                    if body.get("was_engaged") else "kill switch was not engaged")  # fmt: skip
+    return _run(args, lambda: call_admin(args, "POST", "/kill", {"reason": args.reason}), show,
+                lambda body: "kill switch engaged: every new hop is refused on every replica"
+                if body.get("newly_engaged") else "kill switch was already engaged")  # fmt: skip
+
+
 def add_budgets_parser(sub: Any, default_url: str) -> None:
     cmds = _group(sub, "budgets", "budgets: used, reserved, remaining", default_url)
     show = _command(

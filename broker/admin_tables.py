@@ -48,6 +48,10 @@ def tree_tables(body: Any) -> Iterable[Table]:
     yield Table(columns, rows, title="tasks")
 
 
+def kill_switch_table(body: Any) -> Iterable[Table]:
+    yield key_values(body, title="the global kill switch")
+
+
 def policy_table(body: Any) -> Iterable[Table]:
     yield key_values(body, title="the broker's policy")
 

@@ -44,6 +44,15 @@ def add_audit_parser(sub: Any) -> None:
     verify.add_argument(
         "--checkpoint", help="a checkpoint kept elsewhere (JSON from `audit checkpoint`)"
     )
+    verify.add_argument(
+        "--witness",
+        help="the broker's audit witness ([audit] witness): its folder or file, or a redis:// URL",
+    )
+    verify.add_argument(
+        "--require-witness",
+        action="store_true",
+        help="exit 18 if nothing outside the log vouches for the end of a chain",
+    )
     verify.set_defaults(run=_verify)
 
     kept = _command(cmds, "checkpoint", "print each chain's head, to keep elsewhere")
@@ -155,7 +164,10 @@ def _render(args: argparse.Namespace) -> Any:
 def _verify(args: argparse.Namespace) -> int:
     from broker.audit import cli  # noqa: PLC0415
 
-    return cli.verify(args.source, args.keys, args.checkpoint, prefix=args.prefix)
+    return cli.verify(
+        args.source, args.keys, args.checkpoint, witness=args.witness,
+        require_witness=args.require_witness, prefix=args.prefix,
+    )  # fmt: skip
 
 
 def _checkpoint(args: argparse.Namespace) -> int:

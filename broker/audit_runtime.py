@@ -23,6 +23,7 @@ from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
+from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
 from broker.audit_redact import redacted_payload
 from broker.errors import (
     AuditUnavailableError,
@@ -39,6 +40,7 @@ from broker.types import MediationContext
 log = logging.getLogger("a2a_broker.audit")
 _KEY = re.compile(r"[^a-z0-9_.]")
 _AUTH_REFUSALS = (UnauthenticatedError, InvalidCredentialError, CallerSuspendedError)
+_REQUEST_KINDS = ("request", "auth.failure")
 
 
 def digest(body: bytes) -> str:
@@ -52,6 +54,9 @@ class AuditRecorder:
     def __init__(self, trail: AuditTrail | None, payload_agents: frozenset[str] = frozenset()):
         self.trail = trail
         self.payload_agents = payload_agents
+        # The policy version in force now, for records of requests refused before the policy
+        # stage decided anything (the runtime sets it once the policy is loaded).
+        self.policy_version: Callable[[], str] = lambda: ""
         self._pending: set[asyncio.Task[None]] = set()
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
@@ -107,6 +112,7 @@ class AuditRecorder:
             await self.trail.close()
 
     def _with_payload(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        fields = self._with_policy_version(fields)
         if "_body" not in fields:
             return fields
         kept = {k: v for k, v in fields.items() if k != "_body"}
@@ -115,6 +121,15 @@ class AuditRecorder:
         if body and self.payload_agents & parties:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
         return kept
+
+    def _with_policy_version(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Every request record names a policy version: the one that decided it, else the one
+        in force when it was refused (docs/policy.md)."""
+        detail = fields.get("detail") or {}
+        if fields.get("kind") not in _REQUEST_KINDS or "policy_version" in detail:
+            return fields
+        version = self.policy_version()
+        return {**fields, "detail": {**detail, "policy_version": version}} if version else fields
 
     async def _record_logged(self, fields: Mapping[str, Any]) -> None:
         try:
@@ -166,6 +181,8 @@ def request_fields(
         detail["task_id"] = ctx.task_id
     if ctx.hop is not None:
         detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
+    if ctx.policy_version:
+        detail["policy_version"] = ctx.policy_version
     if err is not None:
         detail.update(error_detail(err))
     return {
@@ -205,8 +222,25 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
         )
     # Stable across restarts (broker.replica_id), so a restarted broker continues its chain.
     replica = audit.replica or claim_default_replica(settings.server.port)
+    witness = open_witness(settings)
     trail = await AuditTrail.open(
-        audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s
-    )
-    log.info("audit chain %s on the %s log", replica, audit.backend)
+        audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s,
+        witness=WitnessWriter(witness) if witness else None,
+    )  # fmt: skip
+    log.info("audit chain %s on the %s log, witnessed by %s", replica, audit.backend,
+             type(witness).__name__ if witness else "nothing")  # fmt: skip
     return AuditRecorder(trail, frozenset(audit.payload_agents))
+
+
+def open_witness(settings: Settings) -> Witness | None:
+    """The witness ``[audit] witness`` names (``auto``: see the setting), or None."""
+    audit, store = settings.audit, settings.store
+    kind = audit.witness
+    if kind == "auto":
+        kind = "redis" if store.backend == "redis" and audit.backend == "file" else "file"
+    if kind == "off":
+        log.warning("[audit] witness = off: a cut-off tail of the log can go unseen")
+        return None
+    if kind == "redis":
+        return RedisWitness(store.redis_url, store.key_prefix)
+    return FileWitness(settings.path(audit.witness_dir))

@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     from broker.admin_cli import (  # noqa: PLC0415 - keeps `serve` start-up lean
         add_agents_parser,
         add_budgets_parser,
+        add_kill_parser,
         add_policy_admin_commands,
         add_trees_parser,
     )
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     add_agents_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
     add_budgets_parser(sub, DEFAULT_URL)
+    add_kill_parser(sub, DEFAULT_URL)
     add_audit_parser(sub)
     policy = _command(sub, "policy", "check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True, metavar="COMMAND")
@@ -133,6 +135,8 @@ def _add_demo_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
+    from broker.http.connections import bounds_for, protocol_factory  # noqa: PLC0415
+
     settings = _checked_settings(args.config)  # one line and status 2 before any worker
     problem = _port_problem(settings.server.host, settings.server.port)
     if problem:
@@ -140,6 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CANNOT_START
     if args.config:
         os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    # uvicorn's httptools protocol with header, body and idle timeouts and a connection cap
+    # (decision 0024); every worker process gets the same bounds.
+    bounds = bounds_for(settings.server, settings.limits.upstream_pool_size)
     try:
         uvicorn.run(
             "broker.http.app:app_from_environment",
@@ -148,7 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.server.port,
             workers=settings.server.workers,
             loop="uvloop",
-            http="httptools",
+            http=protocol_factory(bounds),  # type: ignore[arg-type]
+            timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
             access_log=False,
             log_config=None,
             timeout_graceful_shutdown=5,

@@ -30,6 +30,7 @@ _GRPC_STATUS_BY_HTTP: dict[int, str] = {
     403: "PERMISSION_DENIED",
     405: "UNIMPLEMENTED",
     404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
     409: "ALREADY_EXISTS",
     413: "INVALID_ARGUMENT",
     415: "INVALID_ARGUMENT",
@@ -194,6 +195,41 @@ class InvalidPageTokenError(BrokerError):
 class AgentNameConfusableError(BrokerError):
     code, http_status, reason = -32016, 409, "AGENT_NAME_CONFUSABLE"
     default_message = "The name looks like the name of an agent that is already registered."
+
+
+# Connection bounds (broker/http/connections.py) and the global kill switch (issue 12).
+
+
+class ConnectionLimitError(BrokerError):
+    code, http_status, reason = -32025, 503, "CONNECTION_LIMIT"
+    transport_level = True
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "The broker has as many connections open as it accepts, all of them busy; retry shortly."
+    )
+
+
+class RequestHeaderTimeoutError(BrokerError):
+    code, http_status, reason = -32026, 408, "REQUEST_HEADER_TIMEOUT"
+    transport_level = True
+    retryable = True
+    default_message = "The request's headers did not arrive in time; the connection is closed."
+
+
+class RequestBodyTimeoutError(BrokerError):
+    code, http_status, reason = -32027, 408, "REQUEST_BODY_TIMEOUT"
+    transport_level = True
+    retryable = True
+    default_message = "The request's body did not arrive in time; the connection is closed."
+
+
+class KillSwitchEngagedError(BrokerError):
+    code, http_status, reason = -32028, 403, "KILL_SWITCH_ENGAGED"
+    default_message = (
+        "An operator has stopped all traffic through the broker (global kill switch); "
+        "no new hop is accepted until it is lifted."
+    )
 
 
 class UnauthenticatedError(BrokerError):

@@ -22,6 +22,7 @@ from broker.errors import (
     CallerSuspendedError,
     TreeKilledError,
 )
+from broker.global_kill import GlobalKillSwitch
 from broker.settings import Settings
 from broker.stages.forward import upstream_auth
 from broker.stores.base import Stores
@@ -108,15 +109,19 @@ def _cancel_result(answer: Any) -> str:
 
 
 class LiveStreamCheck:
-    """Ends open streams when an operator stops them: a suspended caller or target, or a
-    killed tree. Run by the relay about once a second per open stream (two or three reads)."""
+    """Ends open streams when an operator stops them: the global kill switch, a suspended
+    caller or target, or a killed tree. Run by the relay about once a second per open stream
+    (two or three reads)."""
 
-    def __init__(self, stores: Stores) -> None:
+    def __init__(self, stores: Stores, kill: GlobalKillSwitch | None = None) -> None:
         self._registry = stores.registry
         self._revocations = stores.revocations
+        self._kill = kill
 
     async def __call__(self, ctx: MediationContext) -> None:
         assert ctx.caller is not None and ctx.target is not None  # noqa: S101 - a live stream
+        if self._kill is not None:
+            self._kill.check()
         caller = await self._registry.get(ctx.caller)
         if caller is not None and caller.status == "suspended":
             raise CallerSuspendedError

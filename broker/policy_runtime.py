@@ -15,6 +15,7 @@ from broker.policy.engine import PolicyEngine, PolicySnapshot
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
 from broker.settings import Settings, SettingsError
+from broker.stages.policy import NO_POLICY_VERSION
 
 log = logging.getLogger("a2a_broker.policy")
 
@@ -60,6 +61,10 @@ class PolicyRuntime:
         log.info("policy %s loaded (version %s)", policy_path, engine.version[:12])
         await _audited_reload(audit)(engine.snapshot, str(policy_path))
         return cls(engine, reloader, client)
+
+    def version(self) -> str:
+        """The version of the policy in force (``none`` without a policy file)."""
+        return self.engine.version if self.engine is not None else NO_POLICY_VERSION
 
     async def stop(self) -> None:
         if self.reloader is not None:

@@ -14,10 +14,12 @@ from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
 from broker.containment.stages import AgentContainment
+from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.egress import check_push_url
 from broker.errors import BrokerError, StoreUnavailableError
+from broker.global_kill import RefuseWhileKilled
 from broker.keys import BrokerKeys
 from broker.killswitch import LiveStreamCheck, TreeKiller
 from broker.late_routes_runtime import with_late_routes
@@ -42,7 +44,6 @@ from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
-from broker.stores.cache import with_read_cache
 from broker.stores.factory import open_backend
 from broker.task_pages import PageTokens
 from broker.types import CallNext, Stage
@@ -71,6 +72,8 @@ class BrokerRuntime:
     expiry: asyncio.Task[None]
     late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
+    # Read caches kept current on every replica, and the global kill switch (control.py).
+    controls: Controls
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -85,9 +88,9 @@ class BrokerRuntime:
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
-        stores = backend.stores()
-        if settings.store.backend == "redis":
-            stores = with_read_cache(stores, settings.store.read_cache_ttl_s)
+        controls = await Controls.start(settings, backend.stores())
+        opened.push_async_callback(controls.stop)
+        stores = controls.stores
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
@@ -103,6 +106,7 @@ class BrokerRuntime:
         )
         policy = await PolicyRuntime.start(settings, audit)
         opened.push_async_callback(policy.stop)
+        audit.policy_version = policy.version
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
@@ -121,6 +125,7 @@ class BrokerRuntime:
                 scopes=budget_scopes,
                 audit=audit,
                 containment=settings.containment,
+                kill=controls.kill,
             )
         )
         runtime = cls(
@@ -143,6 +148,7 @@ class BrokerRuntime:
             ),
             late_writes=late_writes,
             mediate=_unset,
+            controls=controls,
         )
         opened.push_async_callback(runtime._stop_background_work)
         runtime.mediate = fold(pipeline_stages(runtime))
@@ -161,6 +167,7 @@ class BrokerRuntime:
         await self.audit.close()
         await self.upstream.close()
         await self.late_writes.close()
+        await self.controls.stop()
         await self.backend.close()
 
     async def _stop_background_work(self) -> None:
@@ -217,6 +224,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         rt.authenticate,
         # Limits before decoding; only the envelope is decoded. Needs no store.
         ParseRequest(settings.limits),
+        # The global kill switch (a flag in memory) once the operation is known, so a
+        # CancelTask, which stops work, still passes; before anything is looked up.
+        RefuseWhileKilled(rt.controls.kill),
         # The target must exist, be active and offer the binding before anything else is asked.
         ResolveTarget(stores.registry),
         # The spec's answer for push configs on an agent without push, before the parameters
@@ -256,7 +266,8 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
             settings.limits,
             settings.upstream_credentials,
             inspector,
-            # Open streams end within about a second of a suspension or a tree kill.
-            recheck=LiveStreamCheck(stores),
+            # Open streams end within about a second of a suspension, a tree kill or the
+            # global kill switch.
+            recheck=LiveStreamCheck(stores, rt.controls.kill),
         ),
     ]

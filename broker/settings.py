@@ -34,6 +34,16 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     # Worker processes (uvicorn). Each is stateless; shared state lives in the store.
     workers: int = 1
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Connection bounds, per worker process (broker/http/connections.py, decision 0024): a
+    # request's headers must arrive within header_timeout_s of the connection opening (or of
+    # the first byte of a later request), its body within body_timeout_s after the headers; a
+    # kept-alive connection is closed after idle_timeout_s without a request. Beyond
+    # max_connections (lowered at start-up to fit the open-file limit) the oldest idle
+    # connection is closed to make room, or, when none is idle, the new one is refused (503).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
 class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -43,7 +53,8 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # How long the broker remembers which agent owns a task (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
     # Redis only: per-process cache of registry and credential reads (0 turns it off). A change
-    # made on another replica takes effect here within this time; see broker/stores/cache.py.
+    # made on another replica is dropped from it at once over the control channel; this bounds
+    # the staleness only when that message is lost. See broker/stores/cache.py, control.py.
     read_cache_ttl_s: float = 0.5
 
 
@@ -203,6 +214,12 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
     # digests only). See broker/audit_redact.py for what is redacted.
     payload_agents: tuple[str, ...] = ()
+    # Where every checkpoint's position is also written, outside the log's trust, so that
+    # `audit verify --witness` finds a cut-off tail without a hand-kept checkpoint (decision
+    # 0026). auto: the Redis store when [store] backend = "redis" and this log is a file, else
+    # files in witness_dir; redis; file; off.
+    witness: Literal["auto", "redis", "file", "off"] = "auto"
+    witness_dir: str = "var/audit-witness"
     export: AuditExportSettings = msgspec.field(default_factory=AuditExportSettings)
 
 

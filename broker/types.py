@@ -52,6 +52,7 @@ class MediationContext:
     hop_token: str = ""
     hop: DelegationClaims | None = None
     policy_rule: str = ""
+    policy_version: str = ""  # the policy that decided this request (audit: detail.policy_version)
     upstream_status: int | None = None
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this request's outcome

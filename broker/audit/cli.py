@@ -3,8 +3,10 @@
 Each returns the process exit code and writes results to ``out`` (JSON lines for records) and
 problems to ``err``. ``verify`` returns 0 when every chain verifies, else the code of the first
 chain's finding (10 edited ... 17 malformed, see ``findings.EXIT_CODES``); 2 is a usage or I/O
-error. ``source`` is a folder of ``audit-<replica>.jsonl`` files (or one such file), or a Redis
-URL; ``prefix`` is the Redis key prefix (the broker's ``[store] key_prefix``).
+error, or a file it did not understand; 18 (``--require-witness``) a chain that verifies but
+whose end nothing outside the log vouches for. ``source`` is a folder of
+``audit-<replica>.jsonl`` files, one chain file of any name, or a Redis URL; ``prefix`` is the
+Redis key prefix (the broker's ``[store] key_prefix``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from broker.audit.file_log import audit_file
-from broker.audit.findings import EXIT_OK, EXIT_USAGE
+from broker.audit.findings import EXIT_OK, EXIT_UNVOUCHED, EXIT_USAGE
 from broker.audit.log import AuditLog, AuditLogError
-from broker.audit.records import AuditRecord, KeptCheckpoint, encode_record
+from broker.audit.records import (
+    AuditRecord,
+    KeptCheckpoint,
+    StoredLinks,
+    decode_links,
+    encode_record,
+)
 from broker.audit.sources import (
     AuditSourceError,
     RecordFilter,
@@ -33,6 +41,7 @@ from broker.audit.sources import (
     open_log,
 )
 from broker.audit.verify import VerifyReport, averify_chain, verify_chain
+from broker.audit.witness import FileWitness, RedisWitness, Witness
 
 _ENCODER = msgspec.json.Encoder()
 Render = Callable[[AuditRecord], str]
@@ -43,16 +52,21 @@ def verify(
     keys_source: str,
     checkpoint: str | None = None,
     *,
+    witness: str | None = None,
+    require_witness: bool = False,
     replica: str | None = None,
     prefix: str = "a2ab",
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Verify every chain in ``source`` (or only ``replica``) with the keys from ``keys_source``
-    and the kept checkpoint(s) in ``checkpoint`` (a JSON file or inline JSON)."""
+    """Verify every chain in ``source`` (or only ``replica``) with the keys from ``keys_source``,
+    holding each chain to the kept checkpoint(s) in ``checkpoint`` (a JSON file or inline JSON)
+    and to the newest entry of the ``witness`` (a witness folder or file, or a Redis URL)."""
     try:
         keys = load_public_keys(keys_source)
         kept = load_checkpoints(checkpoint) if checkpoint else {}
+        if witness:
+            kept = _newest(kept, asyncio.run(_witnessed(witness, prefix)))
         if Path(source).is_file():  # one chain file, whatever its name (an export, a copy)
             reports = [_verify_file(Path(source), keys, kept, replica)]
         else:
@@ -61,8 +75,43 @@ def verify(
         err.write(f"audit verify: {exc}\n")
         return EXIT_USAGE
     for report in reports:
-        out.write(_describe(report) + "\n")
-    return next((r.exit_code for r in reports if not r.ok), EXIT_OK)
+        out.write(_describe(report, kept.get(report.replica)) + "\n")
+    failed = next((r.exit_code for r in reports if not r.ok), EXIT_OK)
+    unvouched = [r for r in reports if r.ok and r.replica not in kept]
+    for report in unvouched:
+        err.write(_unvouched_warning(report))
+    if failed == EXIT_OK and unvouched and require_witness:
+        return EXIT_UNVOUCHED
+    return failed
+
+
+async def _witnessed(source: str, prefix: str) -> dict[str, KeptCheckpoint]:
+    witness: Witness = RedisWitness(source, prefix) if is_redis(source) else FileWitness(source)
+    try:
+        return await witness.latest()
+    finally:
+        await witness.close()
+
+
+def _newest(
+    kept: Mapping[str, KeptCheckpoint], witnessed: Mapping[str, KeptCheckpoint]
+) -> dict[str, KeptCheckpoint]:
+    """For each replica, the later of the kept checkpoint and the witness's entry."""
+    newest = dict(kept)
+    for name, entry in witnessed.items():
+        if name not in newest or entry.seq > newest[name].seq:
+            newest[name] = entry
+    return newest
+
+
+def _unvouched_warning(report: VerifyReport) -> str:
+    return (
+        f"WARNING: {report.replica}: nothing outside the log vouches for where this chain ends. "
+        f"Its {report.last_seq} records verify, but whoever can rewrite the log could have cut "
+        f"records off its end (the last {report.last_seq - report.signed_seq} are not even "
+        "signed) and it would still verify. Pass --witness (the broker's [audit] witness) or "
+        "--checkpoint (a head kept elsewhere) to detect that.\n"
+    )
 
 
 async def _verify_all(
@@ -97,8 +146,18 @@ def _verify_file(
     kept: Mapping[str, KeptCheckpoint],
     replica: str | None,
 ) -> VerifyReport:
-    expected = kept.get(replica or _first_replica(path))
-    return verify_chain(file_lines(path), keys, expected, newline_terminated=True)
+    """One chain file. A checkpoint naming another replica than the file's is a usage error
+    (the wrong file or the wrong checkpoint); a file with no record at all is held to the one
+    replica the checkpoint names (and is then truncated)."""
+    name = replica or _first_replica(path) or (next(iter(kept)) if len(kept) == 1 else "")
+    strangers = sorted(set(kept) - {name})
+    if strangers:
+        raise AuditSourceError(
+            f"the checkpoint names replica(s) {', '.join(strangers)}, but {path} holds the "
+            f"chain of {name or 'no replica'}: is it the right file, the right checkpoint?"
+        )
+    report = verify_chain(file_lines(path), keys, kept.get(name), newline_terminated=True)
+    return msgspec.structs.replace(report, replica=report.replica or name)
 
 
 def _first_replica(path: Path) -> str:
@@ -111,11 +170,14 @@ def _first_replica(path: Path) -> str:
     return replica if isinstance(replica, str) else ""
 
 
-def _describe(report: VerifyReport) -> str:
+def _describe(report: VerifyReport, kept: KeptCheckpoint | None) -> str:
     if report.ok:
         unsigned = report.last_seq - report.signed_seq
+        vouched = (f"its end vouched for up to seq {kept.seq} from outside the log"
+                   if kept else "NOTHING outside the log vouches for its end")  # fmt: skip
         return (f"{report.replica}: ok, {_count(report.last_seq, 'record')}, "
-                f"{_count(report.checkpoints, 'checkpoint')}, {unsigned} after the last checkpoint")
+                f"{_count(report.checkpoints, 'checkpoint')}, {unsigned} after the last "
+                f"checkpoint; {vouched}")
     return (f"{report.replica}: {report.kind.upper()} at seq {report.seq} (line {report.line}): "
             f"{report.message}")
 
@@ -128,7 +190,10 @@ def checkpoint(
     source: str, replica: str | None = None, *, prefix: str = "a2ab", out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
-    """Print the current head of each chain as ``{"replica","seq","hash"}`` for safekeeping."""
+    """Print the current head of each chain as ``{"replica","seq","hash"}`` for safekeeping.
+
+    ``source`` may be one chain file of any name. Exits 2, printing nothing, when it finds no
+    chain, or a line that is not a record (run ``verify``): never a silent success."""
     async def heads() -> list[KeptCheckpoint]:
         log = open_log(source, prefix)
         try:
@@ -139,12 +204,40 @@ def checkpoint(
             await log.close()
 
     try:
-        for kept in asyncio.run(heads()):
-            out.write(_ENCODER.encode(kept).decode() + "\n")
+        path = Path(source)
+        found = [file_head(path)] if path.is_file() else asyncio.run(heads())
     except (AuditSourceError, AuditLogError) as exc:
         err.write(f"audit checkpoint: {exc}\n")
         return EXIT_USAGE
+    if not found:
+        err.write(f"audit checkpoint: no audit records in {source}"
+                  + (f" for replica {replica}\n" if replica else "\n"))  # fmt: skip
+        return EXIT_USAGE
+    for kept in found:
+        out.write(_ENCODER.encode(kept).decode() + "\n")
     return EXIT_OK
+
+
+def file_head(path: Path) -> KeptCheckpoint:
+    """The head of the one chain in ``path`` (whatever its name). Raises ``AuditSourceError``
+    for an empty file, a line that is not a record, or records of more than one replica; an
+    incomplete last line (torn by a crash) is left out, as the broker would cut it."""
+    head: StoredLinks | None = None
+    for number, line in enumerate(file_lines(path), 1):
+        try:
+            record = decode_links(line)
+        except ValueError:
+            if not line.endswith(b"\n"):
+                break  # torn last line
+            raise AuditSourceError(f"{path} line {number} is not an audit record; "
+                                   "run audit verify") from None  # fmt: skip
+        if head is not None and record.replica != head.replica:
+            raise AuditSourceError(f"{path} holds records of replicas {head.replica} and "
+                                   f"{record.replica}; run audit verify")  # fmt: skip
+        head = record
+    if head is None:
+        raise AuditSourceError(f"no audit records in {path}")
+    return KeptCheckpoint(head.replica, head.seq, head.hash)
 
 
 def search(

@@ -32,6 +32,9 @@ class Finding(enum.StrEnum):
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+# verify --require-witness: every chain verifies, but nothing outside the log vouches for the
+# end of at least one (no witness entry, no kept checkpoint).
+EXIT_UNVOUCHED = 18
 EXIT_CODES: dict[Finding, int] = {
     Finding.EDITED: 10, Finding.DELETED: 11, Finding.INSERTED: 12, Finding.REORDERED: 13,
     Finding.TRUNCATED: 14, Finding.FORKED: 15, Finding.BAD_SIGNATURE: 16, Finding.MALFORMED: 17,

@@ -124,6 +124,8 @@ def load_checkpoints(source: str) -> dict[str, KeptCheckpoint]:
         kept = [msgspec.convert(item, KeptCheckpoint) for item in items]
     except msgspec.MsgspecError as exc:
         raise AuditSourceError(f"checkpoint {source} is not valid: {exc}") from exc
+    if not kept:
+        raise AuditSourceError(f"checkpoint {source} holds no checkpoint")
     return {checkpoint.replica: checkpoint for checkpoint in kept}
 
 

@@ -14,16 +14,21 @@ from typing import Any
 
 from broker.audit.chain import AuditChain
 from broker.audit.log import AuditLog, AuditLogError
-from broker.audit.records import EMPTY_HEAD, AuditRecord
+from broker.audit.records import CHECKPOINT_KIND, EMPTY_HEAD, AuditRecord
+from broker.audit.witness import WitnessWriter
 from broker.keys import BrokerKeys
 
 
 class AuditTrail:
     """One replica's chain bound to a log. Use from one event loop."""
 
-    def __init__(self, log: AuditLog, chain: AuditChain) -> None:
+    def __init__(
+        self, log: AuditLog, chain: AuditChain, witness: WitnessWriter | None = None
+    ) -> None:
         self.log = log
         self.chain = chain
+        # Told each checkpoint once it is durable (kept outside the log's trust).
+        self.witness = witness
         self._stale = False
         # Bumped on every resync: a failure of records sealed before it says nothing new.
         self._epoch = 0
@@ -37,12 +42,13 @@ class AuditTrail:
         keys: BrokerKeys,
         checkpoint_every: int = 1000,
         checkpoint_interval_s: float = 60.0,
+        *,
+        witness: WitnessWriter | None = None,
     ) -> AuditTrail:
         """A trail that continues ``replica``'s stored chain. Raises ``AuditLogError``."""
         head = await log.head(replica) or EMPTY_HEAD
-        return cls(
-            log, AuditChain(replica, keys, checkpoint_every, checkpoint_interval_s, head=head)
-        )
+        chain = AuditChain(replica, keys, checkpoint_every, checkpoint_interval_s, head=head)
+        return cls(log, chain, witness)
 
     async def record(self, fields: Mapping[str, Any]) -> AuditRecord:
         """Seal ``fields`` as the next record and wait until it is durable.
@@ -69,12 +75,24 @@ class AuditTrail:
         except AuditLogError:
             self._failed(epoch)
             raise
-        synced.add_done_callback(lambda done: self._sync_done(done, epoch))
+        synced.add_done_callback(lambda done: self._sync_done(done, epoch, records))
         return synced
 
-    def _sync_done(self, done: asyncio.Future[None], epoch: int) -> None:
-        if not done.cancelled() and done.exception() is not None:
+    def _sync_done(
+        self, done: asyncio.Future[None], epoch: int, records: list[AuditRecord]
+    ) -> None:
+        if done.cancelled():
+            return
+        if done.exception() is not None:
             self._failed(epoch)
+        else:
+            self._witness(records)
+
+    def _witness(self, records: list[AuditRecord]) -> None:
+        if self.witness is not None:
+            for record in records:
+                if record.kind == CHECKPOINT_KIND:
+                    self.witness.note(record)
 
     def _failed(self, epoch: int) -> None:
         if epoch == self._epoch:
@@ -108,6 +126,8 @@ class AuditTrail:
         except AuditLogError:
             pass
         finally:
+            if self.witness is not None:
+                await self.witness.flush_and_close()
             await self.log.close()
 
     async def _append(self, records: list[AuditRecord]) -> None:
@@ -117,6 +137,7 @@ class AuditTrail:
         except AuditLogError:
             self._failed(epoch)
             raise
+        self._witness(records)
 
     async def _resync(self) -> None:
         async with self._resync_lock:

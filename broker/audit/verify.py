@@ -82,6 +82,9 @@ class ChainVerifier:
         self._signed_seq = 0
         self._window: list[Placed] = []
         self._torn = False
+        # A record that fails its own hash: edited in place, or inserted? The next record
+        # tells (it continues from the last good one only if this one was extra).
+        self._suspect: Problem | None = None
         self.problem: Problem | None = None
 
     def feed(self, item: bytes | str | AuditRecord) -> bool:
@@ -95,9 +98,14 @@ class ChainVerifier:
             return True
         record = self._parse(item)
         if record is None:
-            if self.problem is not None and self._window:
+            if self.problem is not None and self._suspect is not None:
+                self.problem = self._suspect  # the earlier doubt is the first problem
+            elif self.problem is not None and self._window:
                 self.problem = self._classify()  # the earlier break is the first problem
             return self.problem is not None
+        if self._suspect is not None:
+            self._judge_suspect(record)
+            return True
         if self._window:
             self._window.append(Placed(self._line, record))
             if len(self._window) == 3:
@@ -110,6 +118,8 @@ class ChainVerifier:
 
     def finish(self) -> VerifyReport:
         """The report once every line has been fed."""
+        if self.problem is None and self._suspect is not None:
+            self.problem = self._suspect  # nothing follows to show the chain skips it
         if self.problem is None and self._window:
             self.problem = self._classify()
         if self.problem is None and self._torn:
@@ -135,6 +145,26 @@ class ChainVerifier:
         if self.problem is None:
             self.problem = Problem(kind, seq, line, message)
 
+    def _doubt(self, problem: Problem) -> None:
+        """A record fails its hash. Decide at once if a break is already being classified (or
+        this is the second doubt in a row); otherwise wait for the next record."""
+        if self._suspect is not None:
+            self.problem = self._suspect
+        elif self._window:
+            self._set(*problem)
+        else:
+            self._suspect = problem
+
+    def _judge_suspect(self, record: StoredLinks | AuditRecord) -> None:
+        suspect, self._suspect = self._suspect, None
+        assert suspect is not None  # noqa: S101 - only called with one
+        if fits(self._head, record):  # the chain goes on across it: it was never part of it
+            self._set(Finding.INSERTED, suspect.seq, suspect.line,
+                      f"an extra record claiming seq {suspect.seq}, whose hash does not match "
+                      f"its content, was inserted after seq {self._head.seq}")
+        else:
+            self.problem = suspect
+
     def _classify(self) -> Problem:
         return classify(self._head, self._head_prev, self._head_line, self._window)
 
@@ -154,8 +184,8 @@ class ChainVerifier:
                 return None
             record, intact = stored, stored_hash(line) == stored.hash
         if not intact:
-            self._set(Finding.EDITED, record.seq, self._line, f"seq {record.seq} was altered "
-                      "(its content does not match its hash)")
+            self._doubt(Problem(Finding.EDITED, record.seq, self._line, f"seq {record.seq} was "
+                                "altered (its content does not match its hash)"))
             return None
         if not self._replica:
             self._replica = record.replica
@@ -174,8 +204,8 @@ class ChainVerifier:
                 self._set(Finding.MALFORMED, self._head.seq + 1, self._line,
                           f"line {self._line} is not a record")
             else:
-                self._set(Finding.EDITED, claimed, self._line, f"the record at line "
-                          f"{self._line} was altered (no longer a valid record)")
+                self._doubt(Problem(Finding.EDITED, claimed, self._line, f"the record at line "
+                                    f"{self._line} was altered (no longer a valid record)"))
         except msgspec.DecodeError:
             if self._newline and not terminated:
                 self._torn = True  # a torn tail if nothing follows, see feed/finish

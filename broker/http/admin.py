@@ -27,6 +27,7 @@ from broker.policy.rules import PolicyError
 from broker.settings import BudgetLimitSettings
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_limits import check_override
+from broker.stores.kill_switch import KillSwitchState
 
 log = logging.getLogger("a2a_broker.admin")
 _encoder = msgspec.json.Encoder()
@@ -40,6 +41,10 @@ class _CardBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class _RegisterBody(_CardBody, forbid_unknown_fields=True):
     name: str = ""
+
+
+class _KillBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str = ""
 
 
 class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -184,6 +189,41 @@ async def kill_tree(request: AnyRequest, tree: str) -> Response[bytes]:
     return _json(await runtime_of(request).trees.kill(tree))
 
 
+@get("/kill")
+async def show_kill_switch(request: AnyRequest) -> Response[bytes]:
+    """Whether the global kill switch is engaged (as this replica last read it)."""
+    return _json(_kill_state(runtime_of(request).controls.kill.state))
+
+
+@post("/kill")
+async def engage_kill_switch(request: AnyRequest) -> Response[bytes]:
+    """Refuse every new hop on every replica (KILL_SWITCH_ENGAGED) and end open streams.
+    Body (optional): ``{"reason": "..."}``. Engaging it again keeps the first engagement."""
+    raw = await request.body()
+    body = _decode(raw, _KillBody) if raw.strip() else _KillBody()
+    runtime = runtime_of(request)
+    state, newly = await runtime.controls.kill.engage("admin", body.reason[:500])
+    await runtime.audit.event(
+        "killswitch", "admin", action="global.kill", reason=state.reason, newly=newly
+    )
+    return _json({**_kill_state(state), "newly_engaged": newly})
+
+
+@delete("/kill", status_code=200)
+async def lift_kill_switch(request: AnyRequest) -> Response[bytes]:
+    """Lift the global kill switch on every replica: traffic flows again."""
+    runtime = runtime_of(request)
+    was = await runtime.controls.kill.lift()
+    await runtime.audit.event("killswitch", "admin", action="global.lift", was_engaged=was)
+    return _json({"engaged": False, "was_engaged": was})
+
+
+def _kill_state(state: KillSwitchState | None) -> dict[str, Any]:
+    if state is None:
+        return {"engaged": False}
+    return {"engaged": True, **msgspec.to_builtins(state)}
+
+
 @get("/policy")
 async def show_policy(request: AnyRequest) -> Response[bytes]:
     engine = runtime_of(request).policy.engine
@@ -271,6 +311,9 @@ admin_router = Router(
         delete_agent,
         show_tree,
         kill_tree,
+        show_kill_switch,
+        engage_kill_switch,
+        lift_kill_switch,
         show_policy,
         reload_policy,
         show_budgets,

@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
+from broker.audit_runtime import AuditRecorder
 from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
@@ -24,6 +25,7 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.mediation import jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
@@ -134,10 +136,12 @@ def create_app(settings: Settings) -> Litestar:
             log.exception("cannot start: unexpected error")  # a bug: keep the traceback
             raise
         settle_heap()
+        unobserve = observe(_audit_connections(app.state.runtime.audit))
         log.info("a2a-broker ready at %s (store: %s)", settings.public_url, settings.store.backend)
         try:
             yield
         finally:
+            unobserve()
             await app.state.runtime.close()
 
     return Litestar(
@@ -163,6 +167,15 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
         logging_config=None,
     )
+
+
+def _audit_connections(audit: AuditRecorder) -> Callable[[dict[str, int]], None]:
+    """Each second in which connections were refused, shed or timed out: one audit record."""
+
+    def record(counts: dict[str, int]) -> None:
+        audit.record_soon({"kind": "connections", "caller": "a2a-broker", "detail": counts})
+
+    return record
 
 
 def app_from_environment() -> QuietStartupFailure:

@@ -39,7 +39,12 @@ def llm_fields(
         "cost_micro": usage.cost_micro,
         "request_digest": digest(body),
         "response_digest": answer,
-        "detail": {"phase": phase, "binding": "openai", **(error_detail(err) if err else {})},
+        "detail": {
+            "phase": phase,
+            "binding": "openai",
+            **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
+            **(error_detail(err) if err else {}),
+        },
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }
 

@@ -38,6 +38,7 @@ class LlmContext:
     parent: DelegationClaims | None = None  # the verified A2A-Delegation token, if any
     chain: tuple[str, ...] = ()
     policy_rule: str = ""
+    policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
     worst_case: Usage | None = None
     # Set by forwarding: the actual usage of a unary answer (None: nothing to charge), or the
     # meter that counts a stream's usage as it passes.

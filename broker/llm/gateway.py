@@ -11,6 +11,7 @@ from broker.containment.config import ContainmentSettings
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
+from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.llm.audit import LlmAuditForward, LlmAuditRefusals
 from broker.llm.config import LlmSettings, ModelCatalog
 from broker.llm.context import LlmCallNext, LlmStage, fold_llm
@@ -54,6 +55,7 @@ class LlmParts:
     scopes: BudgetScopes
     audit: AuditRecorder
     containment: ContainmentSettings = field(default_factory=ContainmentSettings)
+    kill: GlobalKillSwitch | None = None
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -65,6 +67,8 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         LlmAuditRefusals(parts.audit),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
         LlmAuthenticate(parts.authenticate),
+        # The global kill switch, once the caller is known (its refusal names who tried).
+        *([RefuseWhileKilled(parts.kill)] if parts.kill is not None else []),
         # Size and depth limits before decoding; only the envelope is decoded. Unknown models
         # are refused here, before any store is asked.
         ParseLlmRequest(parts.limits, parts.llm, catalog),

@@ -20,6 +20,7 @@ from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
 from broker.stages.authenticate import Authenticate
 from broker.stages.delegation import presented_context
+from broker.stages.policy import NO_POLICY_VERSION
 from broker.stores.base import Revocations
 from broker.stores.budget_base import RateLimiter
 from broker.types import Outcome, StreamReply
@@ -124,6 +125,8 @@ class ModelPolicy:
 
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
         assert ctx.request is not None  # noqa: S101 - parsed earlier
+        # Read with the decision below, with no await between: a reload cannot slip in.
+        ctx.policy_version = self._engine.version if self._engine else NO_POLICY_VERSION
         if self._engine is not None:
             target = f"model:{ctx.request.model}"
             decision = self._engine.decide_chain(ctx.chain, target, ACTIONS[ctx.kind])

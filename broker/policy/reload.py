@@ -9,8 +9,8 @@ answered are answered under the new one off the loop (within ``warm_budget_s``),
 does not stall the event loop with casbin scans.
 
 With a Redis client and a channel, every policy this replica loads from its file is published
-as ``{"version", "text"}``, and every replica applies a published text that matches its version,
-validates and differs from its own; an invalid text is never applied.
+as ``{"version", "text"}`` (on a ``ReplicaChannel``), and every replica applies a published text
+that matches its version, validates and differs from its own; an invalid text is never applied.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from broker.policy.decision import Verdict
 from broker.policy.engine import (
@@ -38,6 +36,7 @@ from broker.policy.engine import (
     require_rules,
 )
 from broker.policy.rules import PolicyError
+from broker.replica_channel import ReplicaChannel
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
 # Called with each new policy applied (from the file or from another replica) and its source.
@@ -89,8 +88,11 @@ class PolicyReloader:
         self._interval_s = interval_s
         self._on_error = on_error
         self._on_applied = on_applied
-        self._redis = redis
-        self._channel = channel
+        self._channel = (
+            ReplicaChannel(redis, channel, self._receive, retry_s=interval_s)
+            if redis is not None
+            else None
+        )
         self._warm_budget_s = warm_budget_s
         self._stat: tuple[int, int] | None = None
         self._recheck = True
@@ -105,14 +107,8 @@ class PolicyReloader:
         """Subscribe to the channel (so no message published after this is missed) and poll."""
         if self._tasks:
             return
-        if self._redis is not None:
-            pubsub: Any = self._redis.pubsub()  # redis-py's PubSub is partly untyped
-            try:
-                await pubsub.subscribe(self._channel)
-            except BaseException:
-                await pubsub.aclose()
-                raise
-            self._tasks.append(asyncio.create_task(self._listen(pubsub), name="policy-listen"))
+        if self._channel is not None:
+            await self._channel.start()
         self._tasks.append(asyncio.create_task(self._poll(), name="policy-poll"))
 
     async def stop(self) -> None:
@@ -124,6 +120,12 @@ class PolicyReloader:
             await asyncio.wait(
                 tasks
             )  # each cleans up in its finally; a cancelled stop() still ends
+        if self._channel is not None:
+            await self._channel.stop()
+
+    @property
+    def _channel_name(self) -> str:
+        return self._channel.name if self._channel is not None else ""
 
     async def __aenter__(self) -> PolicyReloader:
         await self.start()
@@ -155,7 +157,7 @@ class PolicyReloader:
                 raise
             if text is None:
                 return self._engine.snapshot
-            if await self._apply(text, str(self._path)) and self._redis is not None:
+            if await self._apply(text, str(self._path)) and self._channel is not None:
                 await self._publish(self._engine.snapshot)
             return self._engine.snapshot
 
@@ -254,41 +256,21 @@ class PolicyReloader:
             _log.exception("policy on_error callback failed")
 
     async def _publish(self, snapshot: PolicySnapshot) -> None:
-        assert self._redis is not None  # noqa: S101 - only called with Redis
+        assert self._channel is not None  # noqa: S101 - only called with Redis
         message = _ENCODER.encode(PolicyMessage(version=snapshot.version, text=snapshot.text))
-        try:
-            await self._redis.publish(self._channel, message)
-        except (RedisError, OSError):
+        if not await self._channel.publish(message):
             _log.warning("policy %s applied here but not published", snapshot.version[:12])
-
-    async def _listen(self, pubsub: Any) -> None:
-        try:
-            while True:
-                try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                except (RedisError, OSError):
-                    _log.warning("policy channel %s unavailable; retrying", self._channel)
-                    await asyncio.sleep(self._interval_s)
-                    continue
-                if message is None:
-                    continue
-                try:
-                    await self._receive(message["data"])
-                except Exception:  # as in _poll: log, keep the current policy, keep listening
-                    _log.exception("policy message not handled; the current policy stays")
-        finally:
-            await pubsub.aclose()
 
     async def _receive(self, data: bytes) -> None:
         """Apply another replica's policy if it is well-formed, matches its version, validates."""
         try:
             message = _DECODER.decode(data)
         except msgspec.DecodeError:
-            _log.warning("ignored a malformed message on policy channel %s", self._channel)
+            _log.warning("ignored a malformed message on policy channel %s", self._channel_name)
             return
         if policy_version(message.text) != message.version:
             _log.warning("ignored a policy whose text does not match version %s", message.version)
             return
         async with self._lock:
             with contextlib.suppress(PolicyError):  # reported by _fail
-                await self._apply(message.text, f"redis:{self._channel}")
+                await self._apply(message.text, f"redis:{self._channel_name}")

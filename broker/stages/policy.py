@@ -16,6 +16,9 @@ from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
 from broker.types import CallNext, MediationContext, Outcome
 
+# What audit records name as the policy version when no policy file is configured.
+NO_POLICY_VERSION = "none"
+
 
 class ChainPolicy:
     """``engine`` None means no policy is configured: every hop is allowed, cycles are not."""
@@ -27,6 +30,8 @@ class ChainPolicy:
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.caller is not None and ctx.target is not None  # noqa: S101 - earlier stages
         assert ctx.operation is not None  # noqa: S101
+        # Read with the decisions below, with no await between: a reload cannot slip in.
+        ctx.policy_version = self._engine.version if self._engine else NO_POLICY_VERSION
         # Origination before the cycle check: without a delegation context the "chain" is only
         # the caller itself, so an agent calling itself would otherwise read as a loop. What it
         # lacks is the context (or the right to start work), and that is what it must be told.

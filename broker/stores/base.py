@@ -14,6 +14,7 @@ import msgspec
 
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
+from broker.stores.kill_switch import KillSwitchStore
 
 AgentStatus = Literal["active", "suspended"]
 # Which delegation limit refused a child: in-flight children of the parent, all children the
@@ -247,6 +248,7 @@ class Stores(msgspec.Struct, frozen=True, kw_only=True):
     budgets: BudgetLedger
     rate_limiter: RateLimiter
     budget_limits: BudgetLimitStore
+    kill_switch: KillSwitchStore
 
 
 class StoreBackend(abc.ABC):

@@ -2,18 +2,21 @@
 
 Every mediated request reads the caller's credential, the caller's record and the target's
 record. With a shared (Redis) store that is three round trips on the hot path; this cache keeps
-each answer for ``ttl_s`` (default 0.5 s) per process. The cost is bounded staleness: a
-suspension, deletion or credential rotation made on *another* replica takes effect here within
-``ttl_s``; one made through *this* replica takes effect at once (writes invalidate). Open
-streams are rechecked about once a second regardless.
+each answer for ``ttl_s`` (default 0.5 s) per process. A write through this process drops its
+own entry at once and then calls ``notify`` (``broker/control.py`` publishes it to every
+replica, whose ``forget`` drops theirs), so a suspension, resume, deletion or credential
+rotation holds on every replica within a pub/sub round trip; ``ttl_s`` bounds the staleness
+only when such a message is lost (a replica whose subscription was down forgets everything
+once it is back). A read that was under way while an entry was dropped is not cached, so it
+cannot put the old answer back. Open streams are rechecked about once a second regardless.
 """
 
 from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
@@ -21,6 +24,9 @@ from broker.stores.base import AgentRecord, AgentRegistry, AgentStatus, Credenti
 
 _V = TypeVar("_V")
 _MAX_ENTRIES = 100_000
+# Told after a write went through: ("agent", name) or ("credentials", "").
+ChangeKind = Literal["agent", "credentials"]
+Notify = Callable[[ChangeKind, str], Awaitable[None]]
 
 
 class _TtlCache(Generic[_V]):
@@ -28,6 +34,8 @@ class _TtlCache(Generic[_V]):
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[str, tuple[float, _V]] = {}
+        # Bumped by every drop: a read started before a drop must not be cached after it.
+        self.generation = 0
 
     def get(self, key: str) -> tuple[bool, _V | None]:
         entry = self._entries.get(key)
@@ -35,81 +43,134 @@ class _TtlCache(Generic[_V]):
             return False, None
         return True, entry[1]
 
-    def put(self, key: str, value: _V) -> None:
+    def put(self, key: str, value: _V, generation: int) -> None:
+        if generation != self.generation:
+            return  # dropped while it was being read: the answer may be the old one
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()  # crude but bounded; entries live half a second anyway
         self._entries[key] = (self._clock() + self._ttl_s, value)
 
     def drop(self, key: str | None = None) -> None:
+        self.generation += 1
         if key is None:
             self._entries.clear()
         else:
             self._entries.pop(key, None)
 
 
+async def _nobody(kind: ChangeKind, name: str) -> None:
+    return None
+
+
 class CachedAgentRegistry(AgentRegistry):
-    def __init__(self, inner: AgentRegistry, ttl_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        inner: AgentRegistry,
+        ttl_s: float,
+        clock: Callable[[], float],
+        notify: Notify = _nobody,
+    ) -> None:
         self._inner = inner
         self._cache: _TtlCache[AgentRecord | None] = _TtlCache(ttl_s, clock)
+        self._notify = notify
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop ``name`` (None: every entry); another replica changed it."""
+        self._cache.drop(name)
 
     async def get(self, name: str) -> AgentRecord | None:
         hit, record = self._cache.get(name)
         if hit:
             return record
+        generation = self._cache.generation
         record = await self._inner.get(name)
-        self._cache.put(name, record)
+        self._cache.put(name, record, generation)
         return record
 
     async def create(self, record: AgentRecord) -> bool:
         self._cache.drop(record.name)
-        return await self._inner.create(record)
+        created = await self._inner.create(record)
+        await self._changed(record.name)
+        return created
 
     async def put(self, record: AgentRecord) -> None:
         self._cache.drop(record.name)
         await self._inner.put(record)
+        await self._changed(record.name)
 
     async def list(self) -> builtins.list[AgentRecord]:
         return await self._inner.list()
 
     async def delete(self, name: str) -> bool:
         self._cache.drop(name)
-        return await self._inner.delete(name)
+        deleted = await self._inner.delete(name)
+        await self._changed(name)
+        return deleted
 
     async def set_status(self, name: str, status: AgentStatus, now: float) -> AgentRecord | None:
         self._cache.drop(name)
-        return await self._inner.set_status(name, status, now)
+        record = await self._inner.set_status(name, status, now)
+        await self._changed(name)
+        return record
+
+    async def _changed(self, name: str) -> None:
+        self._cache.drop(name)  # a read racing the write may have cached the old record
+        await self._notify("agent", name)
 
 
 class CachedCredentialStore(CredentialStore):
-    def __init__(self, inner: CredentialStore, ttl_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        inner: CredentialStore,
+        ttl_s: float,
+        clock: Callable[[], float],
+        notify: Notify = _nobody,
+    ) -> None:
         self._inner = inner
         self._cache: _TtlCache[str | None] = _TtlCache(ttl_s, clock)
+        self._notify = notify
+
+    def forget(self) -> None:
+        """Drop every entry; another replica changed a credential."""
+        self._cache.drop()
 
     async def lookup(self, digest: str) -> str | None:
         hit, agent = self._cache.get(digest)
         if hit:
             return agent
+        generation = self._cache.generation
         agent = await self._inner.lookup(digest)
-        self._cache.put(digest, agent)
+        self._cache.put(digest, agent, generation)
         return agent
 
     async def replace(self, agent: str, digest: str) -> None:
         self._cache.drop()  # the old digest of this agent is not known here: forget them all
         await self._inner.replace(agent, digest)
+        await self._changed()
 
     async def revoke_agent(self, agent: str) -> int:
         self._cache.drop()
-        return await self._inner.revoke_agent(agent)
+        revoked = await self._inner.revoke_agent(agent)
+        await self._changed()
+        return revoked
+
+    async def _changed(self) -> None:
+        self._cache.drop()
+        await self._notify("credentials", "")
 
 
 def with_read_cache(
-    stores: Stores, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    stores: Stores,
+    ttl_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    notify: Notify = _nobody,
 ) -> Stores:
-    """``stores`` with the registry and credential reads cached for ``ttl_s`` (0: unchanged)."""
+    """``stores`` with the registry and credential reads cached for ``ttl_s`` (0: unchanged);
+    ``notify`` is told of every write that went through (to tell the other replicas)."""
     if ttl_s <= 0:
         return stores
     return msgspec.structs.replace(
         stores,
-        registry=CachedAgentRegistry(stores.registry, ttl_s, clock),
-        credentials=CachedCredentialStore(stores.credentials, ttl_s, clock),
+        registry=CachedAgentRegistry(stores.registry, ttl_s, clock, notify),
+        credentials=CachedCredentialStore(stores.credentials, ttl_s, clock, notify),
     )

@@ -23,6 +23,7 @@ from broker.stores.base import (
     TaskTreeIndex,
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
+from broker.stores.kill_switch import MemoryKillSwitchStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
     MemoryDelegationCounters,
@@ -163,6 +164,7 @@ class MemoryBackend(StoreBackend):
             budgets=MemoryBudgetLedger(),
             rate_limiter=MemoryRateLimiter(),
             budget_limits=MemoryBudgetLimitStore(),
+            kill_switch=MemoryKillSwitchStore(),
         )
 
     def stores(self) -> Stores:

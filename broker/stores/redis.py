@@ -13,6 +13,7 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
   revocations and task trees, laid out in ``redis_delegation``
 - ``<prefix>:{budget}:…`` and ``<prefix>:rl:{…}``: budgets and rate limits, laid out in
   ``redis_budget``
+- ``<prefix>:killswitch``: the global kill switch's state, see ``kill_switch``
 
 Every Redis failure surfaces as ``StoreUnavailableError``, translated in
 ``redis_client.unavailable_on_error``; the pool settings live there too.
@@ -37,6 +38,7 @@ from broker.stores.base import (
     TaskRoute,
     TaskRouteStore,
 )
+from broker.stores.kill_switch import RedisKillSwitchStore
 from broker.stores.redis_batch import BatchingRedis
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
@@ -204,6 +206,7 @@ class RedisBackend(StoreBackend):
             budgets=RedisBudgetLedger(self._client, prefix),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
+            kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
 
     def stores(self) -> Stores:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -38,10 +40,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(open_files: int | None = None) -> None:  # in the child, before exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if open_files is not None:  # as `ulimit -n open_files` would
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
 
 class ProcessStartError(RuntimeError):
@@ -68,10 +72,12 @@ class ServerProcess:
         cwd: str | Path | None = None,
         log_dir: str | Path | None = None,
         name: str = "",
+        open_files: int | None = None,
     ) -> ServerProcess:
         """Start the child, not waiting; then call ``wait_ready`` (so several can start at once).
 
-        ``name`` starts the log file's name (default: the program's name).
+        ``name`` starts the log file's name (default: the program's name); ``open_files``
+        limits the child's open files (soft and hard), as ``ulimit -n`` would.
         """
         prefix = (name or Path(argv[0]).name) + "-"
         fd, log_name = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=log_dir)
@@ -83,7 +89,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe calls
+                preexec_fn=functools.partial(_die_with_parent, open_files),  # noqa: PLW1509
             )
         return cls(argv, popen, Path(log_name), own_log=log_dir is None)
 
@@ -99,8 +105,11 @@ class ServerProcess:
         log_dir: str | Path | None = None,
         name: str = "",
         timeout: float = 20.0,
+        open_files: int | None = None,
     ) -> Iterator[ServerProcess]:
-        proc = cls.launch(argv, env=env, cwd=cwd, log_dir=log_dir, name=name)
+        proc = cls.launch(
+            argv, env=env, cwd=cwd, log_dir=log_dir, name=name, open_files=open_files
+        )
         try:
             proc.wait_ready(ready_url, timeout=timeout)
             yield proc

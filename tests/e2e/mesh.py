@@ -58,7 +58,7 @@ class Mesh:
 
 
 def _broker_config(
-    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path]
+    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path], *, store: str = ""
 ) -> str:
     return f"""
 [server]
@@ -69,7 +69,7 @@ public_url = "{issuer}"
 backend = "redis"
 redis_url = "{redis_url}"
 key_prefix = "{prefix}"
-
+{store}
 [keys]
 signing_key_file = "{files["key"]}"
 
@@ -101,8 +101,10 @@ def start_mesh(
     callers: list[str],
     policy: str,
     delegation: str = "",
+    store: str = "",
 ) -> Iterator[Mesh]:
-    """Start two brokers and the hopper (hosting ``agents``); ``delegation`` is extra TOML."""
+    """Start two brokers and the hopper (hosting ``agents``); ``delegation`` is extra TOML,
+    ``store`` extra lines of the ``[store]`` table."""
     credentials = {name: secrets.token_urlsafe(24) for name in [*agents, *callers]}
     ports = [free_port(), free_port()]
     hopper_port = free_port()
@@ -128,7 +130,7 @@ def start_mesh(
         policy_files[i].write_text(policy)
         files = {"key": key_file, "cards": cards, "policy": policy_files[i]}
         config = folder / f"broker-{i}.toml"
-        text = _broker_config(port, brokers[0], redis_url, prefix, files)
+        text = _broker_config(port, brokers[0], redis_url, prefix, files, store=store)
         config.write_text(text + _identities(credentials) + delegation)
         argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
         argvs.append((f"broker-{i}", argv, {"A2A_BROKER_ADMIN_TOKEN": admin}))

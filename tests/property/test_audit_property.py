@@ -140,6 +140,34 @@ def test_an_inserted_fabrication_is_found(
 
 
 @SETTINGS
+@given(produced_logs(), st.data(), event(), st.booleans())
+def test_an_inserted_record_whose_hash_does_not_match_is_an_insertion(
+    lines: list[bytes], data: st.DataObject, fields: dict[str, Any], by_hand: bool
+) -> None:
+    """A forger who cannot (or does not) compute the canonical hash: a made-up hash, or a
+    copy of a real record edited and written with another JSON layout. Anywhere but at the
+    end (where nothing shows the chain going on across it) this is an insertion (12), not an
+    edit: the record after it continues the chain from the one before it."""
+    checkpoint = kept(lines)
+    position = data.draw(st.integers(0, len(lines) - 1))
+    if by_hand:
+        copy = json.loads(lines[data.draw(st.integers(0, len(lines) - 1))])
+        copy["caller"] = "mallory"
+        line = json.dumps(copy, indent=data.draw(st.sampled_from([None, 1]))).replace("\n", " ")
+        forged = line.encode() + b"\n"
+    else:
+        seq = data.draw(st.integers(1, len(lines) + 5))
+        record = build_record({**fields, "seq": seq, "ts_us": 1, "replica": "r1", "prev": "",
+                               "hash": "sha256:" + secrets.token_hex(32)})  # fmt: skip
+        forged = encode_record(record) + b"\n"
+    lines.insert(position, forged)
+    for checkpoint_given in (checkpoint, None):
+        report = verify(lines, checkpoint_given)
+        assert_found(report, Finding.INSERTED)
+        assert report.line == position + 1
+
+
+@SETTINGS
 @given(produced_logs(), st.data())
 def test_swapped_lines_are_found(lines: list[bytes], data: st.DataObject) -> None:
     assume(len(lines) >= 2)

@@ -1,0 +1,193 @@
+"""Connections have bounded lives (issue 12, decision 0024).
+
+A broker under ``ulimit -n 1024`` (set on its process, as an operator's would be) with short
+timeouts. 1,100 silent sockets and 300 slow-loris clients (headers at a byte a second) are opened
+against it at once: normal A2A requests, each on a new connection, keep succeeding throughout,
+and every flooding socket is closed within the header timeout. Then every connection the broker
+accepts is made busy (headers sent, body withheld): a new connection is refused at once with
+503 CONNECTION_LIMIT, the busy ones end at the body timeout, and the log says what was shed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import resource
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.errors import ConnectionLimitError, RequestBodyTimeoutError, RequestHeaderTimeoutError
+from broker.http.connections import FD_RESERVE
+
+from .conftest import REPO_ROOT, Upstream, _static_card
+from .harness import ServerProcess, free_port
+from .wire import A2A_V1, jsonrpc_request, user_message
+
+OPEN_FILES = 1024
+POOL = 64  # [limits] upstream_pool_size
+CAP = OPEN_FILES - POOL - FD_RESERVE  # what the broker lowers max_connections to
+HEADER_S, BODY_S, IDLE_S = 2.0, 2.0, 1.0
+SLACK_S = 1.5  # timers fire on a loop busy with 1,400 sockets
+SILENT, SLOW_LORIS = 1100, 300
+
+
+@dataclass(frozen=True)
+class BoundedBroker:
+    url: str
+    port: int
+    caller_headers: dict[str, str]
+    process: ServerProcess
+
+
+@pytest.fixture(scope="module")
+def bounded(
+    upstreams: dict[str, Upstream], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BoundedBroker]:
+    folder = tmp_path_factory.mktemp("bounded")
+    port = free_port()
+    config = Path(folder) / "broker.toml"
+    config.write_text(
+        f"[server]\nport = {port}\nheader_timeout_s = {HEADER_S}\nbody_timeout_s = {BODY_S}\n"
+        f"idle_timeout_s = {IDLE_S}\n[limits]\nupstream_pool_size = {POOL}\n"
+        "[egress]\nallow_loopback = true\n[audit]\nfsync = false\n"
+    )
+    admin = secrets.token_urlsafe(16)
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    with ServerProcess.start(
+        argv, ready_url=f"{url}/healthz", env={"A2A_BROKER_ADMIN_TOKEN": admin}, cwd=REPO_ROOT,
+        log_dir=folder, name="bounded-broker", open_files=OPEN_FILES,
+    ) as proc:  # fmt: skip
+        headers = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(base_url=url, headers=headers, trust_env=False) as http:
+            echo = {"name": "echo", "card": _static_card("echo", upstreams["echo"].url)}
+            assert http.post("/admin/agents", json=echo).status_code == 201
+            carol = {"name": "carol", "card": _static_card("carol", f"http://127.0.0.1:{port}")}
+            credential = http.post("/admin/agents", json=carol).json()["credential"]
+        yield BoundedBroker(url, port, {"Authorization": f"Bearer {credential}"}, proc)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enough_files_here() -> Iterator[None]:
+    """This test process holds every flooding socket itself."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def normal_request(broker: BoundedBroker) -> httpx.Response:
+    """SendMessage to the echo agent on a connection of its own."""
+    body = jsonrpc_request("SendMessage", {"message": user_message("still here?")})
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(trust_env=False, timeout=10, limits=limits) as http:
+        return await http.post(f"{broker.url}/agents/echo/jsonrpc", json=body,
+                               headers={**A2A_V1, **broker.caller_headers})  # fmt: skip
+
+
+async def held_open(port: int, first_bytes: bytes, drip: bytes = b"") -> tuple[float, bytes]:
+    """Open a connection, send ``first_bytes``, then ``drip`` a byte a second; how long the
+    broker kept it open and what it said before closing it."""
+    opened = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = b""
+    try:
+        if first_bytes:
+            writer.write(first_bytes)
+        reading = asyncio.create_task(reader.read())
+        for byte in drip:
+            done, _ = await asyncio.wait([reading], timeout=1.0)
+            if done:
+                break
+            with contextlib.suppress(ConnectionError):
+                writer.write(bytes([byte]))
+        with contextlib.suppress(ConnectionError):
+            answer = await asyncio.wait_for(reading, timeout=30)
+    finally:
+        writer.close()
+    return time.monotonic() - opened, answer
+
+
+async def keep_asking(broker: BoundedBroker, until: asyncio.Event) -> list[int]:
+    statuses = []
+    while not until.is_set():
+        response = await normal_request(broker)
+        assert "result" in response.json(), response.text
+        statuses.append(response.status_code)
+        await asyncio.sleep(0.1)
+    return statuses
+
+
+def error_reason(answer: bytes) -> str:
+    """The reason in an HTTP error answer read off a raw socket."""
+    body = answer.split(b"\r\n\r\n", 1)[1]
+    return str(json.loads(body)["error"]["details"][0]["reason"])
+
+
+async def test_silent_and_slow_loris_floods_are_reaped_while_normal_requests_succeed(
+    bounded: BoundedBroker,
+) -> None:
+    head = b"POST /agents/echo/jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    done = asyncio.Event()
+    asker = asyncio.create_task(keep_asking(bounded, done))
+    floods = [held_open(bounded.port, b"") for _ in range(SILENT)]
+    floods += [held_open(bounded.port, head[:1], head[1:]) for _ in range(SLOW_LORIS)]
+    results = await asyncio.gather(*floods)
+    done.set()
+    statuses = await asker
+
+    assert len(statuses) >= 10 and set(statuses) == {200}
+    held = [seconds for seconds, _ in results]
+    assert max(held) < HEADER_S + SLACK_S, sorted(held)[-5:]
+    said = {error_reason(answer) for _, answer in results if answer}
+    assert said <= {RequestHeaderTimeoutError.reason, ConnectionLimitError.reason}, said
+    assert RequestHeaderTimeoutError.reason in said
+    assert (await normal_request(bounded)).status_code == 200
+    await asyncio.sleep(1.5)  # the report of the last second is written
+    log = bounded.process.log.read_text()
+    assert f"max_connections 4096 lowered to {CAP}" in log
+    shed = re.findall(r"(\d+) waiting ones closed to make room, (\d+) header timeouts", log)
+    assert sum(int(s) for s, _ in shed) > 0 and sum(int(t) for _, t in shed) > 0, shed
+
+
+async def test_over_the_cap_a_new_connection_is_refused_at_once_and_the_log_says_so(
+    bounded: BoundedBroker,
+) -> None:
+    head = (
+        f"POST /agents/echo/jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"A2A-Version: 1.0\r\nAuthorization: {bounded.caller_headers['Authorization']}\r\n"
+        "Content-Length: 1000\r\n\r\n{"
+    ).encode()
+    busy = [asyncio.create_task(held_open(bounded.port, head)) for _ in range(CAP + 50)]
+    await asyncio.sleep(0.5 * BODY_S)  # every one has sent its headers and waits in its body
+
+    started = time.monotonic()
+    refused = await asyncio.gather(*(held_open(bounded.port, b"") for _ in range(5)))
+    for _, answer in refused:
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"\r\nretry-after: 1\r\n" in answer.lower()
+        assert error_reason(answer) == ConnectionLimitError.reason
+    assert time.monotonic() - started < 0.5 * BODY_S  # at once, not after anyone's timeout
+    over = await normal_request(bounded)
+    assert over.status_code == 503
+    assert over.json()["error"]["details"][0]["reason"] == ConnectionLimitError.reason
+
+    ended = await asyncio.gather(*busy)
+    reasons = [error_reason(answer) for _, answer in ended]
+    assert reasons.count(RequestBodyTimeoutError.reason) >= CAP - 5, set(reasons)
+    assert set(reasons) <= {RequestBodyTimeoutError.reason, ConnectionLimitError.reason}
+    assert max(seconds for seconds, _ in ended) < BODY_S + SLACK_S + 0.5 * BODY_S
+    assert (await normal_request(bounded)).status_code == 200
+    await asyncio.sleep(1.5)
+    refusals = re.findall(r"in the last second (\d+) refused", bounded.process.log.read_text())
+    assert sum(int(n) for n in refusals) >= 6, refusals
