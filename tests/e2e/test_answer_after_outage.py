@@ -59,6 +59,9 @@ key_prefix = "{prefix}"
 [egress]
 allow_loopback = true
 
+[policy]
+allow_all = true
+
 [audit]
 dir = "{audit_dir}"
 fsync = false

@@ -58,7 +58,7 @@ def bounded(
     config.write_text(
         f"[server]\nport = {port}\nheader_timeout_s = {HEADER_S}\nbody_timeout_s = {BODY_S}\n"
         f"idle_timeout_s = {IDLE_S}\n[limits]\nupstream_pool_size = {POOL}\n"
-        "[egress]\nallow_loopback = true\n[audit]\nfsync = false\n"
+        "[egress]\nallow_loopback = true\n[policy]\nallow_all = true\n[audit]\nfsync = false\n"
     )
     admin = secrets.token_urlsafe(16)
     url = f"http://127.0.0.1:{port}"
