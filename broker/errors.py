@@ -383,6 +383,23 @@ class StoreUnavailableError(BrokerError):
     default_message = "The broker's state store is unavailable; retry shortly."
 
 
+class StoreFullError(StoreUnavailableError):
+    """Redis refused a write for lack of memory (``OOM``): nothing was written, so the broker
+    refuses rather than forward a call whose budget, route or revocation it could not keep."""
+
+    code, http_status, reason = -32067, 503, "STORE_FULL"
+    default_retry_after = 5.0
+    default_message = "The broker's state store is full; retry later."
+
+
+class StoreTopologyError(BrokerError):
+    """At start: the Redis servers do not run the ``[store] redis_mode`` the settings name."""
+
+    code, http_status, reason = -32068, 503, "STORE_TOPOLOGY_MISMATCH"
+    transport_level = True
+    default_message = "The broker's state store is not the Redis topology its settings name."
+
+
 class AuditUnavailableError(BrokerError):
     code, http_status, reason = -32061, 503, "AUDIT_UNAVAILABLE"
     transport_level = True

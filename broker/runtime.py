@@ -88,6 +88,7 @@ class BrokerRuntime:
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
+        await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
         controls = await Controls.start(settings, backend.stores())
         opened.push_async_callback(controls.stop)
         stores = controls.stores

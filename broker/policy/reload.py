@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from broker.policy.decision import Verdict
 from broker.policy.engine import (
@@ -77,7 +77,7 @@ class PolicyReloader:
         interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
         on_applied: AppliedCallback | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
     ) -> None:

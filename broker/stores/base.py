@@ -261,5 +261,11 @@ class StoreBackend(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailableError if the backend cannot serve requests now."""
 
+    async def start_checks(self) -> None:
+        """At start: raise ``StoreTopologyError`` if the storage is not what the settings name
+        or could lose the broker's state on its own (Redis eviction). Unreachable is no error
+        here (requests are refused until it answers)."""
+        return
+
     @abc.abstractmethod
     async def close(self) -> None: ...

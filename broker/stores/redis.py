@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from broker.settings import StoreSettings
@@ -39,15 +38,21 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
-from broker.stores.redis_batch import BatchingRedis
+from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
-from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
+from broker.stores.redis_client import (
+    RedisClient,
+    lua_source,
+    open_redis,
+    unavailable_on_error,
+)
 from broker.stores.redis_delegation import (
     RedisDelegationCounters,
     RedisRevocations,
     RedisTaskTreeIndex,
 )
+from broker.stores.redis_topology import check_redis
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
@@ -64,7 +69,7 @@ class RedisAgentRegistry(AgentRegistry):
     Every method raises ``StoreUnavailableError`` if Redis cannot be reached or fails.
     """
 
-    def __init__(self, client: Redis, set_status_script: AsyncScript, prefix: str) -> None:
+    def __init__(self, client: RedisClient, set_status_script: AsyncScript, prefix: str) -> None:
         self._client = client
         self._set_status = set_status_script
         self._key = f"{prefix}:{{reg}}:agents"
@@ -107,7 +112,7 @@ class RedisCredentialStore(CredentialStore):
     first agent leaves it alone. Every method raises ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, replace_script: AsyncScript, prefix: str) -> None:
+    def __init__(self, client: RedisClient, replace_script: AsyncScript, prefix: str) -> None:
         self._client = client
         self._replace = replace_script
         self._prefix = prefix
@@ -141,7 +146,7 @@ class RedisTaskRouteStore(TaskRouteStore):
     """
 
     def __init__(
-        self, client: Redis, claim_script: AsyncScript, prefix: str, trees: RedisTaskTreeIndex
+        self, client: RedisClient, claim_script: AsyncScript, prefix: str, trees: RedisTaskTreeIndex
     ) -> None:
         self._client = client
         self._claim = claim_script
@@ -176,7 +181,7 @@ class RedisTaskRouteStore(TaskRouteStore):
 
 
 class RedisBackend(StoreBackend):
-    """The Redis stores over one connection pool to ``settings.redis_url``.
+    """The Redis stores over one client for ``settings.redis_mode`` (see ``open_redis``).
 
     Connecting is lazy: constructing never fails on an unreachable server; ``ping`` and every
     store method raise ``StoreUnavailableError`` while Redis is down, and work again, without a
@@ -188,7 +193,10 @@ class RedisBackend(StoreBackend):
         prefix = settings.key_prefix
         if "{" in prefix or "}" in prefix:
             raise ValueError("store key_prefix must not contain '{' or '}'")
-        self._client = BatchingRedis.from_pool(connection_pool(settings.redis_url))
+        self._settings = settings
+        self._client = open_redis(
+            settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster
+        )
         trees = RedisTaskTreeIndex(self._client, prefix)
         self._stores = Stores(
             registry=RedisAgentRegistry(
@@ -215,6 +223,9 @@ class RedisBackend(StoreBackend):
     @unavailable_on_error
     async def ping(self) -> None:
         await self._client.ping()
+
+    async def start_checks(self) -> None:
+        await check_redis(self._settings)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -48,7 +47,7 @@ from broker.stores.budget_base import (
     check_reserve_arguments,
     gcra_parameters,
 )
-from broker.stores.redis_client import lua_source, unavailable_on_error
+from broker.stores.redis_client import RedisClient, lua_source, unavailable_on_error
 
 
 def budget_script(name: str) -> str:
@@ -72,7 +71,7 @@ class RedisBudgetLedger(BudgetLedger):
     may have held its amounts; they are reclaimed once its ``ttl_s`` has passed.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._reserve = client.register_script(budget_script("reserve"))
         self._settle = client.register_script(budget_script("settle"))
         self._release = client.register_script(budget_script("release"))
@@ -191,7 +190,7 @@ class RedisRateLimiter(RateLimiter):
     Raises ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._acquire = client.register_script(_RATE_LIMIT_LUA)
         self._prefix = prefix
 
