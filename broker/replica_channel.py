@@ -23,15 +23,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+
+from broker.stores.redis_client import REDIS_FAILURES
 
 Handler = Callable[[bytes], Awaitable[None] | None]
 GapHandler = Callable[[], Awaitable[None] | None]
 
 _log = logging.getLogger("a2a_broker.channel")
-# What a channel treats as "Redis unavailable": the cluster client raises its own exception
-# type (not a RedisError) when no node answers.
-_UNAVAILABLE = (RedisError, OSError, RedisClusterException)
+_UNAVAILABLE = REDIS_FAILURES  # what a channel treats as "Redis unavailable"
 
 
 class ReplicaChannel:

@@ -95,6 +95,12 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Filled by load_settings from the environment, never from the file.
     credentials: RedisCredentials = msgspec.field(default_factory=RedisCredentials)
 
+    def __post_init__(self) -> None:
+        if self.redis_mode == "standalone" and "," in self.redis_url:
+            raise ValueError(
+                'redis_url names several servers, but redis_mode = "standalone" uses one'
+            )
+
 
 class AdminSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # SHA-256 hex of the admin token. If empty, the token comes from $A2A_BROKER_ADMIN_TOKEN;

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import redis
@@ -162,11 +162,19 @@ def _spawn(arguments: list[str], workdir: Path, port: int) -> subprocess.Popen[b
         log.close()
 
 
-def _start_node(port: int, workdir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+def start_node(
+    port: int, workdir: Path, extra: list[str], *, ping_port: int | None = None,
+    **client_kwargs: Any,
+) -> subprocess.Popen[bytes]:
+    """An unpersisted redis-server on ``port`` with ``extra`` arguments (its log in
+    ``workdir``); returns once a client made with ``client_kwargs`` gets an answer to PING
+    on ``ping_port`` (default ``port``)."""
     arguments = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
                  "--dir", str(workdir), *extra]  # fmt: skip
     process = _spawn(arguments, workdir, port)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(
+        host="127.0.0.1", port=ping_port or port, socket_connect_timeout=0.5, **client_kwargs
+    )
     try:
         _wait_until(lambda: process.poll() is not None or bool(client.ping()),
                     f"redis-server on {port}")  # fmt: skip
@@ -188,7 +196,7 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
     topology = RedisTopology(url=f"redis://127.0.0.1:{ports[0]}", workdir=workdir)
     try:
         for port in ports:
-            topology.processes[port] = _start_node(port, workdir, [
+            topology.processes[port] = start_node(port, workdir, [
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
             ])  # fmt: skip
@@ -224,10 +232,10 @@ def start_sentinel_set(
     primary = free_port()
     topology = RedisTopology(url="", service=service, workdir=workdir)
     try:
-        topology.processes[primary] = _start_node(primary, workdir, [])
+        topology.processes[primary] = start_node(primary, workdir, [])
         for _ in range(replicas):
             port = free_port()
-            topology.processes[port] = _start_node(
+            topology.processes[port] = start_node(
                 port, workdir, ["--replicaof", "127.0.0.1", str(primary)]
             )
         quorum = sentinels // 2 + 1

@@ -24,13 +24,12 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import RedisCluster
-from redis.exceptions import RedisError
 
 from broker.audit.commit import GroupCommitter
 from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
 from broker.settings import StoreSettings
-from broker.stores.redis_client import open_redis
+from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
 _APPEND_LUA = resources.files("broker.audit").joinpath("audit_append.lua").read_text("utf-8")
 _READ_COUNT = 2000
@@ -91,7 +90,7 @@ class RedisAuditLog(AuditLog):
             args += [record.seq, record.hash, encode_record(record)]
         try:
             results = await self._append(key, args)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit append failed: {type(exc).__name__}: {exc}") from exc
         if int(results[0][0]) != 1:
             raise AuditChainGapError(f"{key} is at seq {results[0][1]}, not {first.seq - 1}")
@@ -115,7 +114,7 @@ class RedisAuditLog(AuditLog):
                 entries: list[_Entry] = await self._client.xrange(  # type: ignore[assignment]
                     key, min=start, count=_READ_COUNT
                 )
-            except RedisError as exc:
+            except REDIS_FAILURES as exc:
                 raise AuditLogError(f"Redis audit read failed: {exc}") from exc
             for _, fields in entries:
                 yield fields[b"r"]
@@ -128,7 +127,7 @@ class RedisAuditLog(AuditLog):
         offset = len(self._prefix) + len(":audit:")
         try:
             keys = [key async for key in self._client.scan_iter(match=pattern, _type="STREAM")]
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit listing failed: {exc}") from exc
         names = (key.decode("utf-8")[offset:] for key in keys)
         return sorted(name for name in names if REPLICA_PATTERN.match(name))
@@ -138,7 +137,7 @@ class RedisAuditLog(AuditLog):
             last: list[_Entry] = await self._client.xrevrange(  # type: ignore[assignment]
                 self.stream_key(replica), count=1
             )
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit read failed: {exc}") from exc
         if not last:
             return None

@@ -30,12 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.records import REPLICA_PATTERN, AuditRecord, KeptCheckpoint
 from broker.settings import StoreSettings
-from broker.stores.redis_client import open_redis
+from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
 log = logging.getLogger("a2a_broker.audit")
 _QUEUE = 64
@@ -151,13 +150,13 @@ class RedisWitness(Witness):
         try:
             await self._script(keys=[self._key], args=[entry.replica, entry.seq,
                                                        _ENCODER.encode(entry)])  # fmt: skip
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"audit witness not written: {exc}") from exc
 
     async def latest(self) -> dict[str, KeptCheckpoint]:
         try:
             raw: dict[bytes, bytes] = await self._client.hgetall(self._key)  # type: ignore[assignment]
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"audit witness unreadable: {exc}") from exc
         if not raw:
             raise AuditLogError(f"no audit witness at {self._key}")

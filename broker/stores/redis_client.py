@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError
 
 from broker.errors import StoreFullError, StoreUnavailableError
 from broker.settings import StoreSettings
@@ -31,6 +31,9 @@ from broker.settings import StoreSettings
 # What the stores and the channels talk to: one server's client (standalone, sentinel) or the
 # cluster client. Both speak the same commands; the few that differ are handled where used.
 RedisClient = Redis | RedisCluster
+# Every way a Redis call can fail: the cluster client raises RedisClusterException (not a
+# RedisError) when no node answers or a slot has no owner.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 
 # A dead Redis must fail a request fast (the broker then refuses with a retryable error) rather
 # than hold it for the OS's TCP timeouts.
@@ -61,16 +64,16 @@ def unavailable_on_error(
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return await method(*args, **kwargs)
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise store_error(exc) from exc
 
     return translated
 
 
-def store_error(exc: RedisError) -> StoreUnavailableError:
+def store_error(exc: Exception) -> StoreUnavailableError:
     """The broker error for a Redis failure: full (``OOM``) or unavailable; text to detail."""
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
+    if isinstance(exc, OutOfMemoryError):
         return StoreFullError(detail=detail)
     return StoreUnavailableError(detail=detail)
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from broker.errors import StoreTopologyError
 from broker.settings import StoreSettings
-from broker.stores.redis_client import node_client, seed_nodes
+from broker.stores.redis_client import REDIS_FAILURES, node_client, seed_nodes
 
 log = logging.getLogger("a2a_broker.store")
 # Redis's own words for what a server runs, as INFO server's redis_mode gives them.
@@ -40,7 +38,7 @@ async def check_redis(settings: StoreSettings) -> list[dict[str, Any]]:
         client = node_client(settings, host, port, sentinel=settings.redis_mode == "sentinel")
         try:
             return await _check_node(settings, client, f"{host}:{port}")
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             log.warning("store node %s:%s not reachable at start (%s)", host, port,
                         type(exc).__name__)
         finally:
@@ -102,7 +100,7 @@ async def _check_cluster_primaries(settings: StoreSettings, seed: Any) -> list[d
         node = node_client(settings, host, port)
         try:
             memory = await node.info("memory")
-        except RedisError:
+        except REDIS_FAILURES:
             continue  # a primary down at start: its slots fail their requests until failover
         finally:
             await node.aclose()
