@@ -213,8 +213,9 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
 
     pages = PageTokens(rt.keys)
     inspector = ResponseInspector(
-        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages
-    )
+        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
+        finished_ttl_s=settings.store.finished_task_ttl_s,
+    )  # fmt: skip
     issuer = settings.public_url
     return [
         # Outermost, so every refusal from any stage gets the binding's error shape and every

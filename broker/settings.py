@@ -86,8 +86,15 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # revocations, task trees) when memory runs short. Off: such a server refuses start.
     allow_eviction: bool = False
     key_prefix: str = "a2ab"
-    # How long the broker remembers which agent owns a task (seconds).
+    # How long the broker remembers which caller owns a task that is still running (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
+    # How long it keeps the route of a task that had ended (completed, failed, canceled,
+    # rejected) when its answer passed: long enough to fetch the finished task again or read
+    # its last state on a resubscription, short enough that state follows what is alive.
+    finished_task_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 3600
+    # memory backend: routes kept at most; when full, routes of finished tasks are forgotten
+    # first (oldest first), and a new route is refused (STORE_FULL) if only running ones remain.
+    memory_max_tasks: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     # Redis only: per-process cache of registry and credential reads (0 turns it off). A change
     # made on another replica is dropped from it at once over the control channel; this bounds
     # the staleness only when that message is lost. See broker/stores/cache.py, control.py.

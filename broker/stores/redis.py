@@ -7,8 +7,9 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
 - ``<prefix>:{reg}:agents``: hash, agent name -> AgentRecord JSON
 - ``<prefix>:{cred}:digests``: hash, credential digest -> agent name
 - ``<prefix>:{cred}:agent:<name>``: set of the agent's digests
-- ``<prefix>:route:{<len(agent)>:<agent>:<task_id>}``: TaskRoute JSON with a TTL (the length
-  keeps agent "a:b" + task "c" apart from agent "a" + task "b:c")
+- ``<prefix>:route:{<len(agent)>:<agent>:<task_id>}``: the owning caller's name, with a TTL
+  (the length keeps agent "a:b" + task "c" apart from agent "a" + task "b:c"); routes written
+  by earlier versions hold TaskRoute JSON and are still read
 - ``<prefix>:dlg:{<len(tree)>:<tree>}:…`` and ``<prefix>:revoked:<jti>``: delegation counters,
   revocations and task trees, laid out in ``redis_delegation``
 - ``<prefix>:{budget}:…`` and ``<prefix>:rl:{…}``: budgets and rate limits, laid out in
@@ -154,15 +155,19 @@ class RedisTaskRouteStore(TaskRouteStore):
         self._trees = trees
 
     @unavailable_on_error
-    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
+    async def claim(
+        self, route: TaskRoute, ttl_s: int, tree: str | None = None, *, finished: bool = False
+    ) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         key = self._key(route.agent, route.task_id)
-        args: list[bytes | str | int] = [_ENCODER.encode(route), route.owner, ttl_s]
+        # The value is the owner alone: agent and task id are in the key (compact per task).
+        args: list[bytes | str | int] = [route.owner, ttl_s]
         if tree is None:
             return bool(await self._claim(keys=[key], args=args))
         # The route and the tree live in different cluster slots, so not one script: two sent
-        # together (one round trip: see redis_batch), and a refused claim takes its entry back.
+        # together (one round trip per node: see redis_batch), and a refused claim takes its
+        # entry back.
         claimed, _ = await asyncio.gather(
             self._claim(keys=[key], args=args),
             self._trees.add(tree, route.agent, route.task_id, ttl_s),
@@ -174,7 +179,12 @@ class RedisTaskRouteStore(TaskRouteStore):
     @unavailable_on_error
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
         raw = await self._client.get(self._key(agent, task_id))
-        return None if raw is None else _ROUTE_DECODER.decode(raw)
+        if raw is None:
+            return None
+        owner = raw.decode() if isinstance(raw, bytes) else raw
+        if owner.startswith("{"):  # written as JSON by an earlier version
+            return _ROUTE_DECODER.decode(owner)
+        return TaskRoute(agent=agent, task_id=task_id, owner=owner)
 
     def _key(self, agent: str, task_id: str) -> str:
         return f"{self._prefix}:route:{{{len(agent)}:{agent}:{task_id}}}"
