@@ -169,8 +169,9 @@ def start_node(
     """An unpersisted redis-server on ``port`` with ``extra`` arguments (its log in
     ``workdir``); returns once a client made with ``client_kwargs`` gets an answer to PING
     on ``ping_port`` (default ``port``)."""
+    # A replica syncs at once (Redis 7 waits 5 s for more replicas before a diskless sync).
     arguments = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(workdir), *extra]  # fmt: skip
+                 "--dir", str(workdir), "--repl-diskless-sync-delay", "0", *extra]  # fmt: skip
     process = _spawn(arguments, workdir, port)
     client = redis.Redis(
         host="127.0.0.1", port=ping_port or port, socket_connect_timeout=0.5, **client_kwargs
@@ -238,6 +239,11 @@ def start_sentinel_set(
             topology.processes[port] = start_node(
                 port, workdir, ["--replicaof", "127.0.0.1", str(primary)]
             )
+            replica = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                _wait_until(lambda r=replica: _linked(r), f"replica on {port}", 30)
+            finally:
+                replica.close()
         quorum = sentinels // 2 + 1
         sentinel_ports = []
         for _ in range(sentinels):
@@ -265,6 +271,10 @@ def start_sentinel_set(
         raise
     topology.url = ",".join(f"redis://127.0.0.1:{port}" for port in sentinel_ports)
     return topology
+
+
+def _linked(replica: redis.Redis) -> bool:
+    return replica.info("replication").get("master_link_status") == "up"
 
 
 def _sentinel_knows(client: redis.Redis, service: str, replicas: int, sentinels: int) -> bool:

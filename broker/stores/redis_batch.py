@@ -16,6 +16,9 @@ or error, exactly as if it had called alone:
 
 A lone call (the usual case at low load) goes out at once, as a plain ``EVALSHA``.
 
+With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
+round trip, and no caller learns its script's reply until that many replicas hold the writes.
+
 On Redis Cluster (``BatchingRedisCluster``) the same queue becomes redis-py's cluster pipeline,
 which splits it by the node that owns each call's slot and sends the per-node pipelines
 concurrently: a turn's calls cost one round trip per node touched, in parallel, not one after
@@ -30,10 +33,14 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 _Call = tuple["BatchedScript", Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
+
+
+class NotReplicatedError(RedisError):
+    """WAIT: fewer replicas than required confirmed a batch's writes in time."""
 
 
 class _Batcher:
@@ -43,6 +50,14 @@ class _Batcher:
         self._client = client
         self._queued: list[_Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._replicas = 0
+        self._replica_timeout_ms = 0
+
+    def require_replicas(self, replicas: int, timeout_ms: int) -> None:
+        """End every batch with ``WAIT replicas timeout_ms`` in the same round trip; a batch
+        fewer replicas confirmed fails every call in it (``NotReplicatedError``): the writes
+        happened on the primary, but none is acted on unless it would survive a failover."""
+        self._replicas, self._replica_timeout_ms = replicas, timeout_ms
 
     def queue(
         self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
@@ -56,8 +71,9 @@ class _Batcher:
 
     def _flush(self) -> None:
         calls, self._queued = self._queued, []
+        alone = len(calls) == 1 and not self._replicas
         task = asyncio.get_running_loop().create_task(
-            self._run_alone(calls[0]) if len(calls) == 1 else self._run_together(calls)
+            self._run_alone(calls[0]) if alone else self._run_together(calls)
         )
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
@@ -67,6 +83,8 @@ class _Batcher:
             async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args, _ in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if self._replicas:
+                    pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
             for *_, future in calls:
@@ -74,13 +92,39 @@ class _Batcher:
             if not isinstance(exc, Exception):
                 raise
             return
+        if self._replicas and not self._replicated(calls, replies.pop()):
+            return
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
-                await self._run_alone(call)  # loads the script, then runs it
+                await self._load_and_run(call)
             elif isinstance(reply, Exception):
                 _fail(call[3], reply)
             elif not call[3].done():
                 call[3].set_result(reply)
+
+    def _replicated(self, calls: list[_Call], acked: Any) -> bool:
+        if isinstance(acked, int) and acked >= self._replicas:
+            return True
+        failure = acked if isinstance(acked, Exception) else NotReplicatedError(
+            f"{acked} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
+        )  # fmt: skip
+        for *_, future in calls:
+            _fail(future, failure)
+        return False
+
+    async def _load_and_run(self, call: _Call) -> None:
+        """A script Redis does not know (after a restart or failover): load it, run again."""
+        if not self._replicas:
+            await self._run_alone(call)  # redis-py's own call loads it
+            return
+        try:
+            await self._client.script_load(call[0].script)
+        except BaseException as exc:
+            _fail(call[3], exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        await self._run_together([call])
 
     async def _run_alone(self, call: _Call) -> None:
         script, keys, args, future = call

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 from cryptography import x509
@@ -30,7 +31,7 @@ from broker.settings import (
     StoreSettings,
     load_settings,
 )
-from broker.stores.base import AgentRecord
+from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.factory import open_backend
 
 MakeSettings = Callable[[RedisMode], StoreSettings]
@@ -268,3 +269,41 @@ async def test_rediss_with_a_ca_and_a_client_certificate(
     finally:
         await backend.close()
     assert redis.__version__  # the client library in use speaks TLS itself (no stunnel)
+
+
+# --- replica_acks: WAIT on the writes the broker acts on ------------------------------------
+
+
+async def test_with_replica_acks_writes_held_by_a_replica_are_served(
+    redis_store_settings: MakeSettings,
+) -> None:
+    settings = msgspec.structs.replace(redis_store_settings("sentinel"), replica_acks=1)
+    backend = open_backend(settings)
+    try:
+        route = TaskRoute(agent="alpha", task_id="t1", owner="caller")
+        assert await backend.stores().task_routes.claim(route, 60, "tree-1") is True
+        assert await backend.stores().task_trees.members("tree-1") == [("alpha", "t1")]
+    finally:
+        await backend.close()
+
+
+async def test_with_more_replica_acks_than_replicas_every_write_fails_closed(
+    redis_store_settings: MakeSettings,
+) -> None:
+    # The session's Sentinel set has one replica: two cannot confirm.
+    settings = msgspec.structs.replace(
+        redis_store_settings("sentinel"), replica_acks=2, replica_ack_timeout_ms=50
+    )
+    backend = open_backend(settings)
+    try:
+        route = TaskRoute(agent="alpha", task_id="t1", owner="caller")
+        with pytest.raises(StoreUnavailableError) as refused:
+            await backend.stores().task_routes.claim(route, 60)
+        assert "1 of 2 replicas" in (refused.value.detail or "")
+    finally:
+        await backend.close()
+
+
+def test_replica_acks_are_refused_on_cluster() -> None:
+    with pytest.raises(msgspec.ValidationError, match="replica_acks"):
+        msgspec.convert({"redis_mode": "cluster", "replica_acks": 1}, StoreSettings)
