@@ -13,6 +13,9 @@ and through the broker's own Redis stores:
   cluster node can do) and reports scripts per second and Redis CPU per script (``INFO cpu``
   ``used_cpu_sys + used_cpu_user``): the single-slot ceiling.
 
+* runs the reserve script from one caller and from 32 without and with ``[store]
+  replica_acks = 1`` (a replica of the private server on loopback): what WAIT costs.
+
 Prints one JSON object; ``docs/scaling.md`` quotes it.
 """
 
@@ -38,11 +41,11 @@ from broker.stores.base import TaskRoute
 from broker.stores.factory import open_backend
 
 
-def _start_redis(port: int) -> subprocess.Popen[bytes]:
+def _start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
     if shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server on PATH")
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no"]  # fmt: skip
+            "--appendonly", "no", "--repl-diskless-sync-delay", "0", *extra]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(200):
@@ -113,20 +116,25 @@ def bytes_per_task(url: str, tasks: int) -> dict[str, float]:
     return found
 
 
-async def _budget_load(settings: StoreSettings, clients: int, seconds: float) -> int:
+async def _budget_load(
+    settings: StoreSettings, clients: int, seconds: float
+) -> tuple[int, list[float]]:
     backend = open_backend(settings)
     ledger = backend.stores().budgets
     # An agent, its team and its tree: the three scopes a hop holds at once.
     limits = (Limit("calls", "day", 10**12), Limit("tokens_in", "day", 10**15))
     deadline = time.monotonic() + seconds
     done = 0
+    latencies: list[float] = []
 
     async def caller(n: int) -> None:
         nonlocal done
         scopes = [Scope("agent", f"a{n % 50}", limits), Scope("team", f"t{n % 5}", limits),
                   Scope("tree", uuid.uuid4().hex, limits)]  # fmt: skip
         while time.monotonic() < deadline:
+            started = time.perf_counter()
             held = await ledger.reserve(scopes, Usage(calls=1, tokens_in=100), ttl_s=60)
+            latencies.append(time.perf_counter() - started)
             await ledger.settle(held, Usage(calls=1, tokens_in=80))  # type: ignore[arg-type]
             done += 2
 
@@ -134,7 +142,7 @@ async def _budget_load(settings: StoreSettings, clients: int, seconds: float) ->
         await asyncio.gather(*(caller(n) for n in range(clients)))
     finally:
         await backend.close()
-    return done
+    return done, latencies
 
 
 def budget_ceiling(url: str, clients: int, seconds: float) -> dict[str, float]:
@@ -144,7 +152,7 @@ def budget_ceiling(url: str, clients: int, seconds: float) -> dict[str, float]:
         client.config_resetstat()
         cpu_before, started = _cpu(client), time.monotonic()
         settings = StoreSettings(backend="redis", redis_url=url, key_prefix="a2ab")
-        scripts = asyncio.run(_budget_load(settings, clients, seconds))
+        scripts, _ = asyncio.run(_budget_load(settings, clients, seconds))
         elapsed, cpu = time.monotonic() - started, _cpu(client) - cpu_before
         calls, usec = _evalsha(client)
     finally:
@@ -162,6 +170,24 @@ def budget_ceiling(url: str, clients: int, seconds: float) -> dict[str, float]:
     }
 
 
+def replica_ack_cost(url: str, seconds: float) -> dict[str, Any]:
+    """Reserve latency (one caller) and scripts/s (32 callers) without and with
+    ``replica_acks = 1``, on a primary with one replica on loopback."""
+    found: dict[str, Any] = {}
+    for acks in (0, 1):
+        settings = StoreSettings(backend="redis", redis_url=url, key_prefix=f"acks{acks}",
+                                 replica_acks=acks)  # fmt: skip
+        _, latencies = asyncio.run(_budget_load(settings, 1, seconds / 2))
+        scripts, _ = asyncio.run(_budget_load(settings, 32, seconds / 2))
+        latencies.sort()
+        found[f"acks_{acks}"] = {
+            "reserve_p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
+            "reserve_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
+            "scripts_per_s_32_callers": round(scripts / (seconds / 2)),
+        }
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.state_bytes", description=__doc__,
@@ -174,12 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     process = _start_redis(port)
     url = f"redis://127.0.0.1:{port}/0"
+    servers = [process]
     try:
+        # No replica yet: its replication backlog would count in used_memory.
         result: dict[str, Any] = {"bytes_per_task": bytes_per_task(url, args.tasks)}
         result["budget"] = budget_ceiling(url, args.clients, args.seconds)
+        servers.append(_start_redis(free_port(), "--replicaof", "127.0.0.1", str(port)))
+        time.sleep(1.0)  # the replica's first sync
+        result["replica_acks"] = replica_ack_cost(url, args.seconds)
     finally:
-        process.terminate()
-        process.wait()
+        for server in servers:
+            server.terminate()
+            server.wait()
     print(json.dumps(result, indent=2))
     return 0
 
