@@ -26,6 +26,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Coroutine
@@ -44,8 +45,11 @@ from broker.stores.factory import open_backend
 def _start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
     if shutil.which("redis-server") is None:
         raise SystemExit("needs redis-server on PATH")
+    # Its own folder: a replica writes the primary's snapshot to disk while it syncs.
+    folder = tempfile.mkdtemp(prefix="state-bytes-redis-")
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--repl-diskless-sync-delay", "0", *extra]  # fmt: skip
+            "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", folder,
+            *extra]  # fmt: skip
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(200):
