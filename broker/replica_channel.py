@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from broker.stores.redis_client import REDIS_FAILURES
 
@@ -31,6 +32,11 @@ GapHandler = Callable[[], Awaitable[None] | None]
 
 _log = logging.getLogger("a2a_broker.channel")
 _UNAVAILABLE = REDIS_FAILURES  # what a channel treats as "Redis unavailable"
+
+
+def pick_node(nodes: list[ClusterNode]) -> ClusterNode:
+    """The cluster node a channel subscribes on: any, at random, so subscribers spread."""
+    return random.choice(nodes)  # noqa: S311 - spreads load, guards nothing
 
 
 class ReplicaChannel:
@@ -75,8 +81,7 @@ class ReplicaChannel:
         pubsub: Any  # redis-py's PubSub is partly untyped
         if isinstance(self._redis, RedisCluster):
             await self._redis.initialize()  # the nodes as the cluster knows them now
-            node = random.choice(self._redis.get_nodes())  # noqa: S311 - spreads, not secret
-            pubsub = self._redis.pubsub(node=node)
+            pubsub = self._redis.pubsub(node=pick_node(self._redis.get_nodes()))
         else:
             pubsub = self._redis.pubsub()
         try:

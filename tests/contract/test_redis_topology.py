@@ -8,9 +8,11 @@ serves, or one line that says why it will not, with no secret in it.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from redis_process import REDIS_MODES, RedisMode, free_port, start_node, stop_redis_server
+from redis_process import (
+    REDIS_MODES,
+    RedisMode,
+    free_port,
+    start_node,
+    start_redis_cluster,
+    stop_redis_server,
+)
 
 from broker.errors import StoreFullError, StoreTopologyError, StoreUnavailableError
+from broker.replica_channel import ReplicaChannel
 from broker.settings import (
     REDIS_PASSWORD_ENV,
     REDIS_USERNAME_ENV,
@@ -33,6 +43,7 @@ from broker.settings import (
 )
 from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.factory import open_backend
+from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
 MakeSettings = Callable[[RedisMode], StoreSettings]
 SECRET = "s3cret-Pa55word"
@@ -307,3 +318,65 @@ async def test_with_more_replica_acks_than_replicas_every_write_fails_closed(
 def test_replica_acks_are_refused_on_cluster() -> None:
     with pytest.raises(msgspec.ValidationError, match="replica_acks"):
         msgspec.convert({"redis_mode": "cluster", "replica_acks": 1}, StoreSettings)
+
+
+# --- the replica channel on a cluster whose node dies ----------------------------------------
+
+
+async def test_a_channel_on_a_cluster_moves_to_another_node_when_its_node_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = await asyncio.to_thread(start_redis_cluster, tmp_path / "cluster", 3, 1)
+    settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=cluster.url)
+    listener, publisher = open_redis(settings), open_redis(settings)
+    received: list[bytes] = []
+    gaps: list[float] = []
+    doomed = int(cluster.url.split(",")[0].rsplit(":", 1)[1])
+    picks: list[int] = []
+
+    def pick(nodes: list[Any]) -> Any:
+        """The first subscription goes to the node that will die; later ones elsewhere."""
+        wanted = [n for n in nodes if (n.port == doomed) == (not picks)]
+        picks.append(wanted[0].port)
+        return wanted[0]
+
+    monkeypatch.setattr("broker.replica_channel.pick_node", pick)
+    channel = ReplicaChannel(listener, "ch", received.append, retry_s=0.2,
+                             on_gap=lambda: gaps.append(time.monotonic()))  # fmt: skip
+    try:
+        await channel.start()
+        assert await channel.publish(b"before")
+        await _eventually(lambda: received == [b"before"])
+        await asyncio.to_thread(cluster.kill, doomed)
+        await _eventually(lambda: bool(gaps), within_s=15)  # resubscribed elsewhere
+
+        async def delivered_after() -> bool:
+            await publisher.publish("ch", b"after")
+            return b"after" in received
+
+        await _eventually_async(delivered_after, within_s=15)
+        assert picks[0] == doomed and doomed not in picks[1:]
+    finally:
+        await channel.stop()
+        await listener.aclose()
+        await publisher.aclose()
+        cluster.stop()
+
+
+async def _eventually(check: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.05)
+
+
+async def _eventually_async(check: Callable[[], Awaitable[bool]], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if await check():
+                return
+        except REDIS_FAILURES:
+            pass  # the cluster client is still learning the new topology
+        assert time.monotonic() < deadline, "not within the deadline"
+        await asyncio.sleep(0.2)
