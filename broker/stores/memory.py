@@ -36,6 +36,8 @@ from broker.stores.memory_delegation import (
 # Expired task routes are dropped when touched; a full sweep at most this often bounds the memory
 # held by routes that are never asked for again, at O(routes) per sweep.
 _ROUTE_SWEEP_INTERVAL_S = 60.0
+# When full of running tasks, a full sweep for expired ones at most this often.
+_FORCED_SWEEP_INTERVAL_S = 1.0
 
 
 class MemoryAgentRegistry(AgentRegistry):
@@ -121,6 +123,7 @@ class MemoryTaskRouteStore(TaskRouteStore):
         # Routes of tasks that had ended when claimed, oldest claim first: forgotten first.
         self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_sweep = time.monotonic() + _ROUTE_SWEEP_INTERVAL_S
+        self._next_forced_sweep = 0.0
         self._trees = trees
         self._max_tasks = max_tasks
 
@@ -164,13 +167,18 @@ class MemoryTaskRouteStore(TaskRouteStore):
         return TaskRoute(agent=agent, task_id=task_id, owner=owner)
 
     def _make_room(self, now: float) -> None:
+        """O(1) while finished routes remain to forget; a full sweep for expired running ones
+        at most once a second (so a store full of running tasks costs no scan per refusal)."""
         if len(self._routes) < self._max_tasks:
             return
-        self._next_sweep = now  # expired routes first
-        self._sweep(now)
-        while len(self._routes) >= self._max_tasks and self._finished:
+        if self._finished:
             oldest, _ = self._finished.popitem(last=False)
             self._routes.pop(oldest, None)
+            return
+        if now >= self._next_forced_sweep:
+            self._next_forced_sweep = now + _FORCED_SWEEP_INTERVAL_S
+            self._next_sweep = now
+            self._sweep(now)
         if len(self._routes) >= self._max_tasks:
             raise StoreFullError(
                 detail=f"memory store holds {len(self._routes)} running tasks "
