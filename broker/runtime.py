@@ -17,7 +17,6 @@ from broker.containment.stages import AgentContainment
 from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
-from broker.egress import check_push_url
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.global_kill import RefuseWhileKilled
 from broker.keys import BrokerKeys
@@ -26,6 +25,8 @@ from broker.late_routes_runtime import with_late_routes
 from broker.late_writes import LateWrites
 from broker.llm.gateway import LlmGateway, LlmParts
 from broker.llm.roles import AgentRoles
+from broker.outbound.client import AiohttpTransport
+from broker.outbound.egress import check_push_url
 from broker.pipeline import fold
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
@@ -47,8 +48,6 @@ from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 from broker.task_pages import PageTokens
 from broker.types import CallNext, Stage
-from broker.upstream import AiohttpUpstream
-from broker.upstream_client import UpstreamClient
 
 log = logging.getLogger("a2a_broker")
 
@@ -59,7 +58,7 @@ class BrokerRuntime:
     backend: StoreBackend
     stores: Stores
     keys: BrokerKeys
-    upstream: UpstreamClient
+    upstream: AiohttpTransport
     directory: AgentDirectory
     authenticate: Authenticate
     policy: PolicyRuntime
@@ -99,7 +98,7 @@ class BrokerRuntime:
         late_writes = LateWrites((StoreUnavailableError,))
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
-        upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
+        upstream = AiohttpTransport(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
@@ -208,7 +207,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         return sign_card(rewrite_for_broker(card, name, settings.public_url), rt.keys)
 
     async def push_url_allowed(url: str) -> None:
-        await check_push_url(rt.upstream.policy, url)
+        await check_push_url(rt.upstream.egress, url)
 
     pages = PageTokens(rt.keys)
     inspector = ResponseInspector(
@@ -262,7 +261,7 @@ def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
         AuditForward(rt.audit),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
-            AiohttpUpstream(rt.upstream),
+            rt.upstream,
             settings.limits,
             settings.upstream_credentials,
             inspector,

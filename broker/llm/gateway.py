@@ -28,13 +28,13 @@ from broker.llm.stages import (
     ParseLlmRequest,
 )
 from broker.llm.wire import openai_error_reply
+from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import Revocations
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.types import Reply
-from broker.upstream_client import UpstreamClient
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,7 +49,7 @@ class LlmParts:
     policy: PolicyEngine | None
     verifier: TokenVerifier
     revocations: Revocations
-    client: UpstreamClient
+    client: Transport
     ledger: BudgetLedger
     limiter: RateLimiter
     scopes: BudgetScopes
