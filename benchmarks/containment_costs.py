@@ -45,7 +45,9 @@ async def _pass_on(ctx: MediationContext, call_next: object) -> Outcome:
 
 
 async def _per_call_us(stage: object, answer: object, number: int, stream: bool) -> float:
-    ctx = MediationContext("jsonrpc", "bench", "POST", {}, _body, caller="loadgen")
+    ctx = MediationContext(
+        "jsonrpc", "bench", "POST", headers={}, read_body=_body, caller="loadgen"
+    )
     ctx.target = AgentRecord(name="bench", card_json="{}")
     best = float("inf")
     for _ in range(5):

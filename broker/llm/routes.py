@@ -11,7 +11,7 @@ from litestar.response import Stream
 from broker.http.mediation import _body_reader, inbound_headers, to_response
 from broker.http.state import AnyRequest
 from broker.llm.context import CallKind, LlmContext
-from broker.llm.gateway import LlmGateway
+from broker.pipeline.llm import LlmGateway
 
 
 def gateway_of(request: AnyRequest) -> LlmGateway:

@@ -186,7 +186,7 @@ async def _body() -> bytes:
 
 
 def _ctx(agent: str = "c") -> MediationContext:
-    ctx = MediationContext("jsonrpc", agent, "POST", {}, _body, caller="a")
+    ctx = MediationContext("jsonrpc", agent, "POST", headers={}, read_body=_body, caller="a")
     ctx.target = AgentRecord(name=agent, card_json="{}")
     return ctx
 

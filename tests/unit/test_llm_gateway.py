@@ -23,9 +23,9 @@ from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.llm.config import LlmProvider, LlmSettings
-from broker.llm.gateway import LlmGateway, LlmParts
 from broker.llm.routes import llm_route_handlers
 from broker.outbound.client import AiohttpTransport
+from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine
 from broker.policy_runtime import DEFAULT_MODEL
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
