@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import time
 
-from broker.containment.config import ContainmentSettings
 from broker.containment.stages import AgentContainment
+from broker.settings_containment import ContainmentSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext, Outcome, Reply, StreamReply
 

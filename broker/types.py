@@ -18,13 +18,28 @@ import msgspec
 
 from broker.errors import BrokerError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
     from broker.delegation.tokens import DelegationClaims
+    from broker.operations import Operation
     from broker.reading import Reading
-from broker.operations import Operation
-from broker.stores.base import AgentRecord
 
 Binding = Literal["jsonrpc", "rest"]
+AgentStatus = Literal["active", "suspended"]
+
+
+class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered agent. ``card_json`` is the validated card, normalised to A2A 1.0."""
+
+    name: str
+    card_json: str
+    status: AgentStatus = "active"
+    # Upstream endpoints taken from the card, one per binding the broker can relay (may be "").
+    jsonrpc_url: str = ""
+    rest_url: str = ""
+    source: Literal["api", "declarative"] = "api"
+    card_url: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
 
 
 @dataclass(slots=True, kw_only=True)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from broker.containment.breaker import Breakers, CircuitBreaker, CircuitOpenError
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
-from broker.containment.config import ContainmentSettings
 from broker.errors import (
     LlmProviderCircuitOpenError,
     UpstreamBadResponseError,
@@ -26,6 +25,7 @@ from broker.errors import (
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderTimeoutError
 from broker.pipeline.stage import holding
+from broker.settings_containment import ContainmentSettings
 from broker.types import CallNext, MediationContext, Outcome
 
 _AGENT_FAILURES = (

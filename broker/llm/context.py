@@ -11,7 +11,7 @@ from broker.types import CallContext, Outcome
 
 if TYPE_CHECKING:
     from broker.budgets import Usage
-    from broker.llm.config import ModelRoute
+    from broker.llm.catalog import ModelRoute
     from broker.llm.request import LlmRequest
     from broker.llm.usage import StreamMeter
 

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from broker.errors import BrokerError
-from broker.llm.config import LlmSettings
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderRateLimitedError, LlmProviderTimeoutError
 from broker.llm.usage import StreamMeter, unary_usage
@@ -21,6 +20,7 @@ from broker.outbound.errors import provider_error
 from broker.outbound.transport import Transport, TransportResponse
 from broker.pipeline.stage import close_events
 from broker.settings import LimitSettings
+from broker.settings_llm import LlmSettings
 from broker.sse import relay
 from broker.types import Outcome, Reply, StreamReply
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import msgspec
 
 from broker.audit_runtime import AuditRecorder
-from broker.containment.config import ContainmentSettings
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
 from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.llm.audit import LlmAudit, LlmAuditRefusals
-from broker.llm.config import LlmSettings, ModelCatalog
+from broker.llm.catalog import ModelCatalog
 from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
@@ -35,6 +34,8 @@ from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
 from broker.settings import LimitSettings
+from broker.settings_containment import ContainmentSettings
+from broker.settings_llm import LlmSettings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.delegation import DelegationContext

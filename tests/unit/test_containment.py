@@ -9,7 +9,6 @@ import pytest
 
 from broker.containment.breaker import CircuitBreaker, CircuitOpenError, State
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
-from broker.containment.config import BreakerSettings, ContainmentSettings
 from broker.containment.stages import AgentContainment
 from broker.errors import (
     BudgetExhaustedError,
@@ -19,6 +18,7 @@ from broker.errors import (
     UpstreamUnreachableError,
 )
 from broker.settings import load_settings
+from broker.settings_containment import BreakerSettings, ContainmentSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext, Outcome, Reply, StreamReply
 

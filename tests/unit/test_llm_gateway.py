@@ -17,18 +17,18 @@ from litestar import Litestar
 
 from broker.audit_runtime import AuditRecorder
 from broker.budgets import Limit, Scope, Usage
-from broker.containment.config import BreakerSettings, ContainmentSettings
 from broker.credentials import credential_digest
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import StoreUnavailableError
+from broker.http.llm import llm_route_handlers
 from broker.keys import BrokerKeys
-from broker.llm.config import LlmProvider, LlmSettings
-from broker.llm.routes import llm_route_handlers
 from broker.outbound.client import AiohttpTransport
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine
 from broker.policy_runtime import DEFAULT_MODEL
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from broker.settings_containment import BreakerSettings, ContainmentSettings
+from broker.settings_llm import LlmProvider, LlmSettings
 from broker.stages.authenticate import Authenticate
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.stores.memory import MemoryBackend
