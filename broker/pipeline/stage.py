@@ -25,7 +25,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
-from broker.late_writes import finish_quietly
+from broker.late_writes import finish_quietly, finish_soon
 from broker.types import Outcome, StreamReply
 
 Ctx = TypeVar("Ctx")
@@ -85,8 +85,9 @@ async def holding(
     ends, however it ends (completed, failed, or the caller hung up). Giving back and a
     stream's settle run to their end even when the call is cancelled meanwhile and never
     raise (``finish_quietly``): a failure is logged, and the stores' expiry or retries
-    recover it. ``dropped`` (synchronous) runs if a stream is dropped without ever being
-    iterated, for holdings that have no expiry of their own.
+    recover it. A stream dropped without ever being iterated never ends: it settles when
+    it is collected instead (``dropped``, synchronous, runs then too, for holdings that
+    cannot wait for a task).
     """
     try:
         outcome = await call_next(ctx)
@@ -94,14 +95,34 @@ async def holding(
         await finish_quietly(held.give_back(), f"{what} give-back", log)
         raise
     if isinstance(outcome, StreamReply):
-
-        async def settle_quietly() -> None:
-            await finish_quietly(held.settle(), f"{what} settle", log)
-
-        events = stream_end(outcome.events, settle_quietly, dropped=dropped)
+        once = _SettleOnce(held, what, dropped)
+        events = stream_end(outcome.events, once.settle, dropped=once.dropped)
         return StreamReply(events, outcome.status, outcome.headers)
     await held.settle()
     return outcome
+
+
+class _SettleOnce:
+    """A stream's holding, settled once: when the stream ends, or when it is collected."""
+
+    def __init__(self, held: Held, what: str, dropped: Callable[[], None] | None) -> None:
+        self._held: Held | None = held
+        self._what = what
+        self._dropped = dropped
+
+    async def settle(self) -> None:
+        if (held := self._take()) is not None:
+            await finish_quietly(held.settle(), f"{self._what} settle", log)
+
+    def dropped(self) -> None:
+        if (held := self._take()) is not None:
+            finish_soon(held.settle(), f"{self._what} settle", log)
+
+    def _take(self) -> Held | None:
+        held, self._held = self._held, None
+        if held is not None and self._dropped is not None:
+            self._dropped()
+        return held
 
 
 def stream_end(
