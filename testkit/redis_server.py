@@ -62,6 +62,11 @@ class RedisServer:
         self.log = (data_dir / "redis.log") if data_dir else None
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
