@@ -62,7 +62,8 @@ class BrokerProcess:
         self.process.wait_ready(self.url + path, timeout=timeout)
 
     def register(self, name: str, card: Mapping[str, Any]) -> str:
-        """Register ``name`` with ``card`` through the admin API; its new credential."""
+        """Register ``name`` with ``card`` through the admin API (201 or AssertionError); its
+        new credential."""
         request = urllib.request.Request(  # noqa: S310 - loopback only
             f"{self.url}/admin/agents",
             data=json.dumps({"name": name, "card": card}).encode(),
@@ -71,12 +72,14 @@ class BrokerProcess:
         )
         try:
             with _DIRECT.open(request, timeout=10) as response:
-                return str(json.loads(response.read())["credential"])
+                status, body = response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace")
+            status, body = exc.code, exc.read().decode(errors="replace")
+        if status != 201:
             raise AssertionError(
-                f"registering {name}: {exc.code} {body}\nbroker log:\n{self.process.log_tail()}"
-            ) from exc
+                f"registering {name}: {status} {body}\nbroker log:\n{self.process.log_tail()}"
+            )
+        return str(json.loads(body)["credential"])
 
     def stop(self) -> None:
         self.process.stop()

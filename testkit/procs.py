@@ -32,10 +32,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 30.0
 _PR_SET_PDEATHSIG = 1
 # Loopback only: never through a proxy named in the environment.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -232,15 +233,23 @@ class Process:
         return self.output()[-chars:] or "(no output)"
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
 @contextlib.contextmanager
-def all_stopped(procs: list[Process]) -> Iterator[list[Process]]:
-    """Stop every process in ``procs`` (in reverse order) when the block ends; processes may be
-    appended to the list inside the block."""
+def all_stopped(children: list[S]) -> Iterator[list[S]]:
+    """Stop everything in ``children`` (processes, services, brokers; in reverse order) when the
+    block ends, however it ends; launch into the list inside the block, so a failed start
+    leaves nothing running."""
     try:
-        yield procs
+        yield children
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        for child in reversed(children):
+            child.stop()
 
 
 class Service:
