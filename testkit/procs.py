@@ -82,9 +82,9 @@ def _in_child(open_files: int | None) -> None:  # runs in the child between fork
 def _log_file(log_dir: str | Path | None, name: str) -> tuple[Path, bool]:
     """A new log file for ``name`` and whether it is temporary (removed by ``stop``)."""
     if log_dir is None:
-        fd, path = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
+        fd, temporary = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
         os.close(fd)
-        return Path(path), True
+        return Path(temporary), True
     folder = Path(log_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for n in range(1, 1000):
