@@ -10,6 +10,7 @@ and ``redis-server --sentinel`` processes, all from the same binary.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import shutil
@@ -208,7 +209,7 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
         for port in ports:
             client = redis.Redis(host="127.0.0.1", port=port)
             try:
-                _wait_until(lambda c=client: _cluster_ok(c), f"cluster node {port}", 30)
+                _wait_until(functools.partial(_cluster_ok, client), f"cluster node {port}", 30)
             finally:
                 client.close()
     except BaseException:
@@ -219,7 +220,7 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
 
 
 def _cluster_ok(client: redis.Redis) -> bool:
-    info = client.execute_command("CLUSTER", "INFO")
+    info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
     text = info.decode() if isinstance(info, bytes) else str(info)
     return "cluster_state:ok" in text
 
@@ -241,7 +242,7 @@ def start_sentinel_set(
             )
             replica = redis.Redis(host="127.0.0.1", port=port)
             try:
-                _wait_until(lambda r=replica: _linked(r), f"replica on {port}", 30)
+                _wait_until(functools.partial(_linked, replica), f"replica on {port}", 30)
             finally:
                 replica.close()
         quorum = sentinels // 2 + 1
@@ -262,8 +263,8 @@ def start_sentinel_set(
         for port in sentinel_ports:
             client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
             try:
-                _wait_until(lambda c=client: _sentinel_knows(c, service, replicas, sentinels),
-                            f"sentinel on {port}", 30)  # fmt: skip
+                knows = functools.partial(_sentinel_knows, client, service, replicas, sentinels)
+                _wait_until(knows, f"sentinel on {port}", 30)
             finally:
                 client.close()
     except BaseException:
@@ -278,7 +279,7 @@ def _linked(replica: redis.Redis) -> bool:
 
 
 def _sentinel_knows(client: redis.Redis, service: str, replicas: int, sentinels: int) -> bool:
-    master = client.execute_command("SENTINEL", "MASTER", service)
+    master = client.execute_command("SENTINEL", "MASTER", service)  # type: ignore[no-untyped-call]
     if isinstance(master, list):
         master = dict(zip(master[::2], master[1::2], strict=True))
     state = {(k.decode() if isinstance(k, bytes) else k): v for k, v in master.items()}
