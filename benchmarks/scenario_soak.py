@@ -23,6 +23,7 @@ import redis
 
 from benchmarks.loadgen import preflight, run_wrk, write_script
 from benchmarks.measure import UNARY_BODY, UNARY_EXPECT
+from benchmarks.proc_stats import rss_bytes
 from benchmarks.targets import Target, broker
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 REQUESTS_ENV = "A2A_BENCH_SOAK_REQUESTS"
 DEFAULT_REQUESTS = 300_000
-CHUNK_S = 20.0
+CHUNK_S = float(os.environ.get("A2A_BENCH_SOAK_CHUNK_S", "20"))
 CONCURRENCY = 16
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 
@@ -41,7 +42,7 @@ def _redis_used(url: str) -> int:
 
 
 def _reading(target: Target, requests: int) -> dict[str, int]:
-    reading = {"requests": requests, "broker_rss": target.process.rss_bytes()}
+    reading = {"requests": requests, "broker_rss": rss_bytes(target.process.pid)}
     if target.redis:
         reading["redis_used_memory"] = _redis_used(target.redis)
     return reading

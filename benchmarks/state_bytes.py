@@ -35,11 +35,11 @@ from typing import Any
 import msgspec
 import redis
 
-from benchmarks.procs import free_port
 from broker.budgets import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.base import TaskRoute
 from broker.stores.factory import open_backend
+from testkit.procs import free_port
 
 
 def _start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
