@@ -193,3 +193,18 @@ async def test_a_replica_never_applies_an_invalid_text(
         )
         await eventually(lambda: engine.version == policy_version(V2))
     assert len(errors) == 1
+
+
+async def test_a_policy_received_just_after_start_is_not_undone_by_the_unchanged_file(
+    policy_file: Path, redis_client: RedisClient, channel: str
+) -> None:
+    engine = started_engine(policy_file)
+    reloader = PolicyReloader(engine, policy_file, interval_s=INTERVAL_S, redis=redis_client,
+                              channel=channel)  # fmt: skip
+    async with reloader:
+        message = PolicyMessage(version=policy_version(V2), text=V2)
+        await redis_client.publish(channel, msgspec.json.encode(message))
+        await eventually(lambda: engine.version == policy_version(V2))
+        # The file did not change: its first polls must not put V1 back.
+        await asyncio.sleep(5 * INTERVAL_S)
+        assert engine.version == policy_version(V2)
