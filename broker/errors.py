@@ -400,6 +400,14 @@ class StoreTopologyError(BrokerError):
     default_message = "The broker's state store is not the Redis topology its settings name."
 
 
+class StoreMayEvictError(StoreTopologyError):
+    """At start: Redis's ``maxmemory-policy`` could evict the broker's keys (a budget counter,
+    a revocation, a tree) without a word, and ``[store] allow_eviction`` does not accept it."""
+
+    code, http_status, reason = -32069, 503, "STORE_MAY_EVICT"
+    default_message = "The broker's state store may evict the broker's keys when it is full."
+
+
 class AuditUnavailableError(BrokerError):
     code, http_status, reason = -32061, 503, "AUDIT_UNAVAILABLE"
     transport_level = True

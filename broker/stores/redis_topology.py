@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from broker.errors import StoreTopologyError
+from broker.errors import StoreMayEvictError, StoreTopologyError
 from broker.settings import StoreSettings
 from broker.stores.redis_client import REDIS_FAILURES, node_client, seed_nodes
 
@@ -121,7 +121,7 @@ def _check_memory(settings: StoreSettings, where: str, memory: dict[str, Any]) -
     used = int(memory.get("used_memory", 0))
     if policy != "noeviction" and limit > 0:
         if not settings.allow_eviction:
-            raise StoreTopologyError(
+            raise StoreMayEvictError(
                 f"Redis at {where} may evict the broker's keys (maxmemory-policy {policy}): "
                 'set maxmemory-policy noeviction, or [store] allow_eviction = true to accept it'
             )

@@ -32,7 +32,12 @@ from redis_process import (
     stop_redis_server,
 )
 
-from broker.errors import StoreFullError, StoreTopologyError, StoreUnavailableError
+from broker.errors import (
+    StoreFullError,
+    StoreMayEvictError,
+    StoreTopologyError,
+    StoreUnavailableError,
+)
 from broker.replica_channel import ReplicaChannel
 from broker.settings import (
     REDIS_PASSWORD_ENV,
@@ -146,7 +151,7 @@ async def test_a_server_that_may_evict_keys_refuses_start_unless_allowed(
     settings = StoreSettings(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0")
     backend = open_backend(settings)
     try:
-        with pytest.raises(StoreTopologyError, match="maxmemory-policy allkeys-lru"):
+        with pytest.raises(StoreMayEvictError, match="maxmemory-policy allkeys-lru"):
             await backend.start_checks()
     finally:
         await backend.close()
