@@ -181,12 +181,29 @@ def decode_json(body: bytes) -> Any:
             " which one counts, so the broker does not forward it.",
             metadata={"key": str(dup)[:128]},
         )
-        raise McpReadError(err) from None
+        raise McpReadError(err, _salvaged_id(text)) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
         raise McpReadError(JSONParseError(detail=str(exc)[:200])) from None
     if _SURROGATE_ESCAPE.search(body) and not _all_encodable(value):
         raise McpReadError(JSONParseError("The message holds a lone UTF-16 surrogate."))
     return value
+
+
+def _salvaged_id(text: str) -> msgspec.Raw | None:
+    """The id of a message refused for a duplicate key elsewhere, when it has exactly one, so
+    the refusal can answer it."""
+    outermost: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        outermost[:] = [pairs]  # objects are built inside out: the last one is the message
+        return dict(pairs)
+
+    try:
+        value = json.loads(text, object_pairs_hook=keep)
+    except (ValueError, RecursionError):
+        return None
+    ids = [v for k, v in outermost[0] if k == "id"] if isinstance(value, dict) else []
+    return _read_id({"id": ids[0]}) if len(ids) == 1 else None
 
 
 def _all_encodable(value: Any) -> bool:

@@ -174,3 +174,13 @@ def test_the_mcp_package_imports_nothing_from_the_sdk() -> None:
                 if name.startswith("broker."):
                     allowed = ("broker.errors", "broker.types", "broker.settings", "broker.mcp")
                     assert name.startswith(allowed), f"{source.name} imports {name}"
+
+
+def test_a_duplicate_key_refusal_answers_under_the_id_when_it_is_unique() -> None:
+    with pytest.raises(McpReadError) as caught:
+        read_message(b'{"jsonrpc":"2.0","id":"q","method":"tools/call",'
+                     b'"params":{"name":"a","name":"b"}}')
+    assert bytes(caught.value.request_id or b"") == b'"q"'
+    with pytest.raises(McpReadError) as twice:
+        read_message(b'{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}')
+    assert twice.value.request_id is None
