@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from broker.errors import MethodNotFoundError
 from broker.mcp.errors import McpNameNotFoundError
 from broker.mcp.reading import HANDSHAKE_VERSIONS, KNOWN_VERSIONS, LIST_METHODS
 
@@ -78,7 +79,12 @@ class Aggregate:
 
     def route(self, method: str, params: Mapping[str, Any]) -> Routed:
         """The server and rewritten params of a named call (tools/call, prompts/get,
-        resources/read, resources/(un)subscribe, completion/complete)."""
+        resources/read, resources/(un)subscribe, completion/complete). Raises
+        ``MethodNotFoundError`` for any other method (the virtual server has no one server to
+        send it to) and ``McpNameNotFoundError`` for a name it did not give out."""
+        if method not in _CALL_MEMBER and method != "completion/complete":
+            raise MethodNotFoundError(
+                f"The virtual MCP server does not route '{method[:64]}'; use one server's URL.")
         if method == "completion/complete":
             ref = dict(params["ref"])
             member = "name" if ref.get("type") == "ref/prompt" else "uri"

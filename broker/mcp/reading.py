@@ -23,7 +23,7 @@ Where two readers could differ, the broker refuses instead of guessing (decision
 What passes is read into an ``McpMessage`` with its ``McpOperation`` (the method and the tool,
 prompt or resource it acts on), which is what policy judges; the caller's bytes are forwarded
 unchanged (or, where the broker must rewrite a field, re-encoded from the same reading).
-``tests/property/test_mcp_reading.py`` checks the reading against the SDK's own parser.
+``tests/property/test_mcp_one_reading.py`` checks the reading against the SDK's own parser.
 """
 
 from __future__ import annotations
@@ -283,7 +283,10 @@ def _read_id(value: dict[str, Any]) -> msgspec.Raw | None:
     boolean), else None."""
     rid = value.get("id")
     if isinstance(rid, str) or (isinstance(rid, int) and not isinstance(rid, bool)):
-        return msgspec.Raw(_encoder.encode(rid))
+        try:
+            return msgspec.Raw(_encoder.encode(rid))
+        except UnicodeEncodeError:  # a lone surrogate: refused as INVALID_JSON anyway
+            return None
     return None
 
 
@@ -422,6 +425,18 @@ def decode_header_value(value: str) -> str | None:
         return decoded.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         return None
+
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+
+
+def encode_header_value(value: str) -> str:
+    """The inverse of ``decode_header_value``: verbatim when printable ASCII without edge
+    spaces (and not itself sentinel-shaped), else the base64 sentinel form."""
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not _B64_SENTINEL.fullmatch(
+            value):
+        return value
+    return f"=?base64?{base64.b64encode(value.encode('utf-8')).decode('ascii')}?="
 
 
 def request_version(headers: Mapping[str, str], message: McpMessage | None = None) -> str:

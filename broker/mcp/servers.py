@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from broker.errors import BrokerError
 from broker.mcp.config import McpServerSettings, McpSettings
 from broker.mcp.errors import McpServerExistsError, McpServerInvalidError, McpServerNotFoundError
-from broker.mcp.reading import METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, SESSION_HEADER
+from broker.mcp.reading import (
+    METHOD_HEADER,
+    NAME_HEADER,
+    PROTOCOL_VERSION_HEADER,
+    SESSION_HEADER,
+    encode_header_value,
+)
 from broker.mcp.sessions import UpstreamSession
 
 # Lower-case letters, digits, '-' and single '_': a name never holds the virtual server's
@@ -122,19 +128,24 @@ def upstream_headers(
     protocol_version: str,
     session: UpstreamSession | None,
     hop_token: str = "",
+    name: str | None = None,
 ) -> dict[str, str]:
     """The headers of a request relayed to ``server``: content negotiation, the protocol
     version, the server's own session id, the broker's credential for it and the hop token.
-    Of the caller's headers only the MCP routing ones pass; its credential never does."""
+    Of the caller's headers only the MCP routing ones pass; its credential never does.
+    ``name``: the server's own name for what the call acts on, when the broker rewrote it (the
+    virtual server), so that ``Mcp-Name`` keeps agreeing with the body."""
     headers = {
         "content-type": "application/json",
         "accept": "application/json, text/event-stream",
         PROTOCOL_VERSION_HEADER: protocol_version,
     }
-    for name, value in inbound:
-        key = name.lower()
+    for header, value in inbound:
+        key = header.lower()
         if key in _RELAYED or key.startswith(_PARAM_PREFIX):
             headers[key] = value
+    if name is not None and NAME_HEADER in headers:
+        headers[NAME_HEADER] = encode_header_value(name)
     if session is not None and session.session_id:
         headers[SESSION_HEADER] = session.session_id
     if hop_token:

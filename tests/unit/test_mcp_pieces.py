@@ -230,3 +230,21 @@ async def test_a_json_answer_is_read_the_same_way() -> None:
     assert await relay_json(ANSWER, request_id=msgspec.Raw(b"5")) == ANSWER
     bad = json.loads(await relay_json(b"nope", request_id=msgspec.Raw(b"5")))
     assert bad["id"] == 5 and bad["error"]["data"][0]["reason"] == "MCP_SERVER_BAD_RESPONSE"
+
+
+def test_the_virtual_server_routes_only_named_calls() -> None:
+    from broker.errors import MethodNotFoundError
+
+    with pytest.raises(MethodNotFoundError):
+        Aggregate(["a"]).route("server/discover", {})
+    routed = Aggregate(["a"]).route("completion/complete", {
+        "ref": {"type": "ref/prompt", "name": "a__greet"}, "argument": {"name": "x"}})
+    assert routed.params["ref"] == {"type": "ref/prompt", "name": "greet"}
+
+
+def test_a_rewritten_name_is_sent_in_mcp_name() -> None:
+    from broker.mcp.servers import McpServer, upstream_headers
+
+    headers = upstream_headers(McpServer("a", "http://127.0.0.1/m"), [("Mcp-Name", "a__add")],
+                               protocol_version="2026-07-28", session=None, name="add é")
+    assert headers["mcp-name"] == "=?base64?YWRkIMOp?="

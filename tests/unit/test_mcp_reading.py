@@ -184,3 +184,9 @@ def test_a_duplicate_key_refusal_answers_under_the_id_when_it_is_unique() -> Non
     with pytest.raises(McpReadError) as twice:
         read_message(b'{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}')
     assert twice.value.request_id is None
+
+
+def test_a_lone_surrogate_id_beside_a_duplicate_key_is_refused_without_an_id() -> None:
+    with pytest.raises(McpReadError) as caught:
+        read_message(b'{"jsonrpc":"2.0","id":"\\ud800","jsonrpc":"2.0"}')
+    assert caught.value.error.reason == "AMBIGUOUS_REQUEST" and caught.value.request_id is None

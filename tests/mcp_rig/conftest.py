@@ -28,7 +28,8 @@ from broker.mcp.servers import McpServer, McpServerRegistry
 from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal, derive_seal_key
 from broker.settings import EgressSettings
 from tests.e2e.procs import free_port, repo_env, running_process
-from tests.mcp.passthrough import Passthrough
+
+from .passthrough import Passthrough
 
 RIG_SERVER = Path(__file__).with_name("rig_server.py")
 TOKENS = {"alpha": "ALPHA_TOKEN", "beta": "BETA_TOKEN", "junk": "JUNK_TOKEN"}

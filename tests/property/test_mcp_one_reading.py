@@ -235,3 +235,17 @@ def test_deep_nesting_is_refused_not_crashed() -> None:
         + b"[" * 100_000 + b"]" * 100_000 + b"}}"
     with pytest.raises(McpReadError):
         read_message(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_header_values_are_encoded_and_decoded_as_the_sdk_does(value: str) -> None:
+    from mcp.shared.inbound import encode_header_value as sdk_encode
+
+    from broker.mcp.reading import decode_header_value, encode_header_value
+
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        return  # not encodable as UTF-8: no header carries it
+    assert encode_header_value(value) == sdk_encode(value)
+    assert decode_header_value(encode_header_value(value)) == value
+    assert decode_header_value(value) == sdk_decode_header_value(value)

@@ -1,6 +1,6 @@
 """A real MCP server for the tests, built with the official ``mcp`` SDK, run as its own process.
 
-    python tests/mcp/rig_server.py --port P --name alpha --token T [--json] [--garbage]
+    python tests/mcp_rig/rig_server.py --port P --name alpha --token T [--json] [--garbage]
 
 Streamable HTTP at ``/mcp``; ``GET /healthz`` answers 200 when it is up. Every MCP request must
 carry ``Authorization: Bearer T`` (the credential the broker holds for this server), else 401.

@@ -16,18 +16,19 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
-from tests.mcp.conftest import RunningPassthrough
+from .conftest import RunningPassthrough
 
 pytestmark = pytest.mark.e2e
 ALICE = "tok-alice"
 
 
 @asynccontextmanager
-async def connect(url: str, token: str = ALICE) -> AsyncIterator[Client]:
-    """A real SDK client with the caller's broker credential, over the handshake era."""
+async def connect(url: str, token: str = ALICE, mode: str = "legacy") -> AsyncIterator[Client]:
+    """A real SDK client with the caller's broker credential; by default over the handshake
+    era (``initialize`` and sessions), ``mode="auto"`` for what the SDK does by default."""
     async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
         transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode="legacy", cache=None) as client:
+        async with Client(transport, mode=mode, cache=None) as client:
             yield client
 
 
@@ -228,3 +229,41 @@ async def test_policy_on_the_virtual_server_is_per_underlying_server(
             await bob.call_tool("alpha__create_issue", {"title": "t"})
         assert text_of(await bob.call_tool("beta__create_issue", {"title": "t"})) == (
             "beta opened: t")
+
+
+# --- protocol 2026-07-28 (no sessions; routing headers) ----------------------------------------
+
+
+async def test_clients_of_2026_go_through_one_server(passthrough: RunningPassthrough) -> None:
+    async with connect(f"{passthrough.url}/alpha", mode="auto") as alice:
+        assert alice.protocol_version == "2026-07-28"
+        names = await all_tool_names(alice)
+        assert "delete_repo" not in names and "add" in names
+        assert text_of(await alice.call_tool("add", {"a": 20, "b": 22})) == "42"
+        with pytest.raises(MCPError) as denied:
+            await alice.call_tool("delete_repo", {"repo": "x"})
+        assert denied.value.data[0]["reason"] == "POLICY_DENIED"
+
+
+async def test_clients_of_2026_reach_the_virtual_server(passthrough: RunningPassthrough) -> None:
+    """The virtual server opens sessions only: an ``auto`` client's ``server/discover`` probe is
+    answered METHOD_NOT_FOUND and it falls back to ``initialize``."""
+    async with connect(passthrough.url, mode="auto") as alice:
+        assert alice.protocol_version == "2025-11-25"
+        assert text_of(await alice.call_tool("beta__add", {"a": 1, "b": 2})) == "3"
+
+
+async def test_a_2026_call_on_the_virtual_server_names_the_servers_own_tool(
+    passthrough: RunningPassthrough,
+) -> None:
+    """Mcp-Name is rewritten with the body, so the server's own header check passes."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}}
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "alpha__add", "arguments": {"a": 2, "b": 2}, "_meta": meta}}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answer = await http.post(passthrough.url, json=call, headers={
+            **HEADERS, "authorization": f"Bearer {ALICE}", "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call", "mcp-name": "alpha__add"})
+    result = sse_messages(answer)[-1]
+    assert result["result"]["content"][0]["text"] == "4", result  # type: ignore[index]

@@ -217,7 +217,7 @@ class Passthrough:
         body = _with_params(message, routed.params)
         session = upstreams.get(server.name)
         version = session.protocol_version if session else request_version(request.headers)
-        upstream = await self._post(server, body, request, version, session)
+        upstream = await self._post(server, body, request, version, session, name=routed.name)
         return await self._answer(request, upstream, message, caller=caller, server=server,
                                   on_message=None)
 
@@ -309,12 +309,13 @@ class Passthrough:
         return self.sessions.open(caller, server, token).get(server)
 
     async def _post(self, server: McpServer, body: bytes, request: web.Request, version: str,
-                    session: UpstreamSession | None) -> aiohttp.ClientResponse:
+                    session: UpstreamSession | None, *,
+                    name: str | None = None) -> aiohttp.ClientResponse:
         inbound = [(k, v) for k, v in request.headers.items()]
         hop = f"hop-token-for-{server.name}"  # the pipeline mints a real one
         self.hop_tokens.append(hop)
         headers = upstream_headers(server, inbound, protocol_version=version or "2025-11-25",
-                                   session=session, hop_token=hop)
+                                   session=session, hop_token=hop, name=name)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5,
                                         sock_read=server.idle_timeout_s)
         try:
