@@ -28,7 +28,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from broker.mcp.errors import McpCursorInvalidError, McpSessionNotFoundError
+from broker.mcp.errors import (
+    McpCursorInvalidError,
+    McpHeaderMismatchError,
+    McpSessionNotFoundError,
+)
 
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
@@ -109,6 +113,15 @@ class UpstreamSession:
 
     session_id: str
     protocol_version: str
+
+
+def check_session_version(session: UpstreamSession, sent: str | None) -> None:
+    """A request in a session runs under the protocol version negotiated when it opened; an
+    MCP-Protocol-Version header naming another is refused (``McpHeaderMismatchError``)."""
+    if sent is not None and session.protocol_version and sent != session.protocol_version:
+        raise McpHeaderMismatchError(
+            f"This session speaks MCP {session.protocol_version}; the MCP-Protocol-Version"
+            " header names another.", metadata={"header": "mcp-protocol-version"})
 
 
 class _SessionPayload(msgspec.Struct, array_like=True):

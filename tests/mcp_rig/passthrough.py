@@ -35,6 +35,7 @@ from broker.mcp.events import relay_json, relay_sse
 from broker.mcp.listing import filter_result
 from broker.mcp.reading import (
     LIST_METHODS,
+    PROTOCOL_VERSION_HEADER,
     SESSION_HEADER,
     McpMessage,
     McpOperation,
@@ -43,7 +44,13 @@ from broker.mcp.reading import (
     request_version,
 )
 from broker.mcp.servers import McpServer, McpServerRegistry, upstream_headers
-from broker.mcp.sessions import CursorPosition, CursorSeal, SessionSeal, UpstreamSession
+from broker.mcp.sessions import (
+    CursorPosition,
+    CursorSeal,
+    SessionSeal,
+    UpstreamSession,
+    check_session_version,
+)
 from broker.mcp.wire import EVENT_STREAM, error_reply
 
 Policy = Callable[[str, str, McpOperation], bool]  # (caller, server, operation) -> allowed
@@ -88,7 +95,11 @@ class Passthrough:
         try:
             caller, message = await self._read(request)  # stages: authenticate, parse
             server = self.registry.get(request.match_info["server"])  # stage: resolve target
+            if message.method == "initialize":
+                return await self._initialize(request, caller, message, server)
             session = self._session(request, caller, server.name)  # stage: sessions
+            if session is not None:
+                check_session_version(session, request.headers.get(PROTOCOL_VERSION_HEADER))
             op = message.operation
             if op is not None and op.kind != "list" and not self.policy(caller, server.name, op):
                 raise PolicyDeniedError(metadata={"action": op.action})  # stage: policy
@@ -98,7 +109,8 @@ class Passthrough:
                 body = _with_params(message, {**(message.params or {}),
                                               "cursor": position.upstream_cursor})
             on_message = self._list_filter(caller, server.name, message)
-            version = request_version(request.headers, message)
+            version = session.protocol_version if session else request_version(
+                request.headers, message)
             upstream = await self._post(server, body, request, version, session)  # forward
             return await self._answer(request, upstream, message, caller=caller, server=server,
                                       on_message=on_message)
@@ -106,6 +118,22 @@ class Passthrough:
             return _error(err, message.id if message else None)
         except McpReadError as bad:
             return _error(bad.error, bad.request_id)
+
+    async def _initialize(
+        self, request: web.Request, caller: str, message: McpMessage, server: McpServer
+    ) -> web.Response:
+        """The initialize answer is read whole (one message) for the version the server
+        negotiated, which the sealed session id carries."""
+        upstream = await self._post(server, await request.read(), request,
+                                    message.protocol_version or "", None)
+        session_id = upstream.headers.get(SESSION_HEADER, "")
+        answer = await _one_answer(upstream, message, self.max_event_bytes)
+        negotiated = str(answer["result"].get("protocolVersion", ""))
+        headers = {}
+        if session_id:
+            headers[SESSION_HEADER] = self.sessions.issue(
+                caller, server.name, {server.name: UpstreamSession(session_id, negotiated)})
+        return web.json_response(answer, headers=headers)
 
     async def end_session(self, request: web.Request) -> web.Response:
         caller = self._caller(request)
@@ -140,10 +168,6 @@ class Passthrough:
         caller: str, server: McpServer, on_message: Any,
     ) -> web.StreamResponse:
         headers: dict[str, str] = {}
-        if message.method == "initialize" and (sid := upstream.headers.get(SESSION_HEADER)):
-            version = message.protocol_version or ""
-            headers[SESSION_HEADER] = self.sessions.issue(
-                caller, server.name, {server.name: UpstreamSession(sid, version)})
         if upstream.status == 202:
             upstream.release()
             return web.Response(status=202, headers=headers)

@@ -166,6 +166,21 @@ async def test_one_caller_cannot_use_anothers_session(passthrough: RunningPassth
         assert elsewhere.status_code == 404
 
 
+async def test_a_session_keeps_the_version_it_was_opened_with(
+    passthrough: RunningPassthrough,
+) -> None:
+    url = f"{passthrough.url}/alpha"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        opened = await http.post(url, json=INIT, headers={**HEADERS,
+                                                          "authorization": f"Bearer {ALICE}"})
+        assert opened.json()["result"]["protocolVersion"] == "2025-11-25"
+        other = await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                                headers={**HEADERS, "authorization": f"Bearer {ALICE}",
+                                         "mcp-session-id": opened.headers["mcp-session-id"],
+                                         "mcp-protocol-version": "2025-06-18"})
+    assert other.json()["error"]["data"][0]["reason"] == "MCP_HEADER_MISMATCH"
+
+
 async def test_cursors_cannot_be_made_up(passthrough: RunningPassthrough) -> None:
     url = f"{passthrough.url}/alpha"
     async with httpx2.AsyncClient(timeout=10) as http:

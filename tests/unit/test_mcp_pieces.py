@@ -248,3 +248,33 @@ def test_a_rewritten_name_is_sent_in_mcp_name() -> None:
     headers = upstream_headers(McpServer("a", "http://127.0.0.1/m"), [("Mcp-Name", "a__add")],
                                protocol_version="2026-07-28", session=None, name="add é")
     assert headers["mcp-name"] == "=?base64?YWRkIMOp?="
+
+
+# --- the audit view ----------------------------------------------------------------------------
+
+
+def test_the_audit_view_holds_a_digest_of_the_arguments_never_their_values() -> None:
+    from broker.mcp.audit_view import audit_fields
+    from broker.mcp.reading import read_message
+
+    one = read_message(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login",'
+                       b'"arguments":{"user":"ann","password":"hunter2"}}}')
+    same = read_message(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"login",'
+                        b'"arguments":{"password":"hunter2","user":"ann"}}}')
+    fields = audit_fields(one)
+    assert "hunter2" not in json.dumps(fields)
+    assert fields["mcp_name"] == "login" and fields["argument_names"] == ["password", "user"]
+    assert fields["arguments_sha256"] == audit_fields(same)["arguments_sha256"]
+    listing = read_message(b'{"jsonrpc":"2.0","id":3,"method":"tools/list"}')
+    assert audit_fields(listing) == {"mcp_method": "tools/list", "mcp_kind": "list"}
+
+
+def test_a_session_refuses_a_request_naming_another_version() -> None:
+    from broker.mcp.errors import McpHeaderMismatchError
+    from broker.mcp.sessions import check_session_version
+
+    session = UpstreamSession("s", "2025-11-25")
+    check_session_version(session, None)
+    check_session_version(session, "2025-11-25")
+    with pytest.raises(McpHeaderMismatchError):
+        check_session_version(session, "2025-06-18")
