@@ -190,3 +190,24 @@ def test_a_lone_surrogate_id_beside_a_duplicate_key_is_refused_without_an_id() -
     with pytest.raises(McpReadError) as caught:
         read_message(b'{"jsonrpc":"2.0","id":"\\ud800","jsonrpc":"2.0"}')
     assert caught.value.error.reason == "AMBIGUOUS_REQUEST" and caught.value.request_id is None
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a":{"b":1,"b":2}}', b'[{"x":1},{"y":[{"k":1,"k":1}]}]', b'{"\\u0061":1,"a":2}',
+    b'{"s":"\\":\\"","s":1}',
+])
+def test_duplicates_are_found_at_any_depth_and_however_spelt(body: bytes) -> None:
+    from broker.mcp.reading import decode_json
+
+    with pytest.raises(McpReadError) as caught:
+        decode_json(body)
+    assert caught.value.error.reason == "AMBIGUOUS_REQUEST"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a":"x\\":1","b":[":",{"c":"\\"\\\\"}]}', b'{"k" : {"k": {"k": []}}}', b'["a:", "b"]',
+])
+def test_colons_and_quotes_inside_strings_are_not_keys(body: bytes) -> None:
+    from broker.mcp.reading import decode_json
+
+    assert decode_json(body) is not None
