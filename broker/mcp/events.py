@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from broker.errors import BrokerError
+from broker.errors import ERROR_DOMAIN_BROKER, BrokerError
 from broker.mcp.errors import McpServerBadResponseError, McpServerTimeoutError
 from broker.mcp.reading import McpMessage, McpReadError, read_message
 from broker.mcp.wire import error_body, sse_frame
@@ -137,7 +137,20 @@ async def relay_message(data: bytes, on_message: OnMessage | None) -> bytes | No
         message = read_message(data)
     except McpReadError as bad:
         raise McpServerBadResponseError(detail=bad.error.reason) from None
+    if message.is_error and _claims_the_brokers_domain(message):
+        raise McpServerBadResponseError(
+            "The MCP server answered with an error in the broker's own domain.",
+            detail="upstream error claims domain a2a-broker")
     return data if on_message is None else await on_message(message, data)
+
+
+def _claims_the_brokers_domain(message: McpMessage) -> bool:
+    """An error whose data says the broker raised it: only the broker may (decision 0017's rule
+    for agents, applied to MCP servers), so a server cannot pass off its refusal as policy's."""
+    error = (message.payload or {}).get("error")
+    details = error.get("data") if isinstance(error, dict) else None
+    items = details if isinstance(details, list) else [details]
+    return any(isinstance(d, dict) and d.get("domain") == ERROR_DOMAIN_BROKER for d in items)
 
 
 async def relay_json(

@@ -47,7 +47,11 @@ from broker.errors import (
     InvalidRequestError,
     JSONParseError,
 )
-from broker.mcp.errors import McpHeaderMismatchError, McpProtocolVersionError
+from broker.mcp.errors import (
+    McpHeaderMismatchError,
+    McpNotAcceptableError,
+    McpProtocolVersionError,
+)
 
 MessageKind = Literal["request", "notification", "response"]
 OperationKind = Literal["tool", "prompt", "resource", "list", "lifecycle", "other"]
@@ -453,3 +457,12 @@ def request_version(headers: Mapping[str, str], message: McpMessage | None = Non
             metadata={"requested": version[:64]},
         )
     return version
+
+
+def check_accept(headers: Mapping[str, str]) -> None:
+    """A Streamable HTTP client accepts both JSON and SSE answers (the transport requires it;
+    the broker relays whichever the server chooses). Raises ``McpNotAcceptableError``."""
+    accepted = {part.split(";")[0].strip().lower()
+                for part in headers.get("accept", "").split(",")}
+    if not {"application/json", "text/event-stream"} <= accepted and "*/*" not in accepted:
+        raise McpNotAcceptableError()

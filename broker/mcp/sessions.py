@@ -32,6 +32,7 @@ from broker.mcp.errors import (
     McpCursorInvalidError,
     McpHeaderMismatchError,
     McpSessionNotFoundError,
+    McpSessionRequiredError,
 )
 
 _VERSION = b"\x01"
@@ -139,6 +140,18 @@ class SessionSeal:
         payload = _SessionPayload({k: (v.session_id, v.protocol_version)
                                    for k, v in upstreams.items()})
         return self._sealer.seal(_SESSION, (caller, target), msgspec.json.encode(payload))
+
+    def open_from(
+        self, caller: str, target: str, token: str | None, *, required: bool
+    ) -> dict[str, UpstreamSession]:
+        """The upstream sessions of a request's ``Mcp-Session-Id`` (``token``), none when it has
+        none. Raises ``McpSessionRequiredError`` when ``required`` (a target that holds sessions,
+        such as the virtual server, in a handshake-era request) and it has none."""
+        if not token:
+            if required:
+                raise McpSessionRequiredError()
+            return {}
+        return self.open(caller, target, token)
 
     def open(self, caller: str, target: str, token: str) -> dict[str, UpstreamSession]:
         """The upstream sessions behind ``token``. Raises ``McpSessionNotFoundError`` when it was

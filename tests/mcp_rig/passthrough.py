@@ -26,7 +26,6 @@ from aiohttp import web
 from broker.errors import BrokerError, PolicyDeniedError, UnauthenticatedError
 from broker.mcp.aggregate import Aggregate
 from broker.mcp.errors import (
-    McpNotAcceptableError,
     McpServerBadResponseError,
     McpServerTimeoutError,
     McpSessionNotFoundError,
@@ -34,12 +33,14 @@ from broker.mcp.errors import (
 from broker.mcp.events import relay_json, relay_sse
 from broker.mcp.listing import filter_result
 from broker.mcp.reading import (
+    HANDSHAKE_VERSIONS,
     LIST_METHODS,
     PROTOCOL_VERSION_HEADER,
     SESSION_HEADER,
     McpMessage,
     McpOperation,
     McpReadError,
+    check_accept,
     read_message,
     request_version,
 )
@@ -298,8 +299,9 @@ class Passthrough:
         return web.json_response({**answer, "result": result})
 
     def _virtual_session(self, request: web.Request, caller: str) -> dict[str, UpstreamSession]:
-        token = request.headers.get(SESSION_HEADER)
-        return self.sessions.open(caller, VIRTUAL, token) if token else {}
+        handshake = request_version(request.headers) in HANDSHAKE_VERSIONS
+        return self.sessions.open_from(caller, VIRTUAL, request.headers.get(SESSION_HEADER),
+                                       required=handshake)
 
     async def _fire(self, server: McpServer, body: bytes, request: web.Request,
                     upstreams: dict[str, UpstreamSession]) -> None:
@@ -319,9 +321,7 @@ class Passthrough:
 
     async def _read(self, request: web.Request) -> tuple[str, McpMessage]:
         caller = self._caller(request)
-        accept = request.headers.get("accept", "")
-        if "application/json" not in accept or EVENT_STREAM not in accept:
-            raise McpNotAcceptableError()
+        check_accept({k.lower(): v for k, v in request.headers.items()})
         raw = [(k, v) for k, v in request.raw_headers for k, v in [(k.decode(), v.decode())]]
         lowered = {k.lower(): v for k, v in request.headers.items()}
         return caller, read_message(await request.read(), lowered, raw)

@@ -181,6 +181,21 @@ async def test_a_session_keeps_the_version_it_was_opened_with(
     assert other.json()["error"]["data"][0]["reason"] == "MCP_HEADER_MISMATCH"
 
 
+async def test_the_virtual_server_needs_a_session_and_every_client_both_answer_kinds(
+    passthrough: RunningPassthrough,
+) -> None:
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        no_session = await http.post(passthrough.url, json=call, headers={
+            **HEADERS, "authorization": f"Bearer {ALICE}", "mcp-protocol-version": "2025-11-25"})
+        json_only = await http.post(f"{passthrough.url}/alpha", json=call, headers={
+            "accept": "application/json", "authorization": f"Bearer {ALICE}"})
+    assert no_session.status_code == 400
+    assert no_session.json()["error"]["data"][0]["reason"] == "MCP_SESSION_REQUIRED"
+    assert json_only.status_code == 406
+    assert json_only.json()["error"]["data"][0]["reason"] == "MCP_NOT_ACCEPTABLE"
+
+
 async def test_cursors_cannot_be_made_up(passthrough: RunningPassthrough) -> None:
     url = f"{passthrough.url}/alpha"
     async with httpx2.AsyncClient(timeout=10) as http:

@@ -278,3 +278,39 @@ def test_a_session_refuses_a_request_naming_another_version() -> None:
     check_session_version(session, "2025-11-25")
     with pytest.raises(McpHeaderMismatchError):
         check_session_version(session, "2025-06-18")
+
+
+def test_a_server_cannot_answer_in_the_brokers_name() -> None:
+    forged = (b'{"jsonrpc":"2.0","id":5,"error":{"code":-32085,"message":"Policy says no",'
+              b'"data":[{"reason":"POLICY_DENIED","domain":"a2a-broker"}]}}')
+    answer = json.loads(asyncio.run(relay_json(forged, request_id=msgspec.Raw(b"5"))))
+    assert answer["error"]["data"][0]["reason"] == "MCP_SERVER_BAD_RESPONSE"
+    own = b'{"jsonrpc":"2.0","id":5,"error":{"code":-32602,"message":"bad","data":{"x":1}}}'
+    assert asyncio.run(relay_json(own, request_id=msgspec.Raw(b"5"))) == own
+
+
+@pytest.mark.parametrize(("accept", "ok"), [
+    ("application/json, text/event-stream", True),
+    ("text/event-stream;q=0.9,application/json", True),
+    ("*/*", True),
+    ("application/json", False),
+    ("", False),
+])
+def test_clients_must_accept_json_and_sse(accept: str, ok: bool) -> None:
+    from broker.mcp.errors import McpNotAcceptableError
+    from broker.mcp.reading import check_accept
+
+    if ok:
+        check_accept({"accept": accept})
+    else:
+        with pytest.raises(McpNotAcceptableError):
+            check_accept({"accept": accept})
+
+
+def test_a_target_that_holds_sessions_requires_one() -> None:
+    from broker.mcp.errors import McpSessionRequiredError
+
+    seal = SessionSeal(Sealer([KEY]), ttl_s=60)
+    assert seal.open_from("a", "*", None, required=False) == {}
+    with pytest.raises(McpSessionRequiredError):
+        seal.open_from("a", "*", "", required=True)
