@@ -297,3 +297,26 @@ async def test_a_2026_call_on_the_virtual_server_names_the_servers_own_tool(
             "mcp-method": "tools/call", "mcp-name": "alpha__add"})
     result = sse_messages(answer)[-1]
     assert result["result"]["content"][0]["text"] == "4", result  # type: ignore[index]
+
+
+async def test_prompts_and_resources_through_one_server_and_the_virtual_one(
+    passthrough: RunningPassthrough,
+) -> None:
+    async with connect(f"{passthrough.url}/beta") as alice:
+        prompt = await alice.get_prompt("greet", {"who": "Ada"})
+        assert "Ada" in prompt.messages[0].content.text  # type: ignore[union-attr]
+        read = await alice.read_resource("note://hello")
+        assert read.contents[0].text == "hello from beta"  # type: ignore[union-attr]
+    async with connect(passthrough.url) as alice:
+        prompts = (await alice.list_prompts()).prompts
+        assert "alpha__greet" in {p.name for p in prompts}
+        first = await alice.list_resources()  # one server's page per page
+        second = await alice.list_resources(cursor=first.next_cursor)
+        uris = {str(r.uri) for r in [*first.resources, *second.resources]}
+        assert uris == {"mcp-broker://alpha/note%3A%2F%2Fhello",
+                        "mcp-broker://beta/note%3A%2F%2Fhello"}
+        assert second.next_cursor is None
+        read = await alice.read_resource("mcp-broker://alpha/note%3A%2F%2Fhello")
+        assert read.contents[0].text == "hello from alpha"  # type: ignore[union-attr]
+        prompt = await alice.get_prompt("beta__greet", {"who": "Lin"})
+        assert "Lin" in prompt.messages[0].content.text  # type: ignore[union-attr]
