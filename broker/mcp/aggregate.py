@@ -49,8 +49,9 @@ class Aggregate:
     """
 
     def __init__(self, servers: Sequence[str]) -> None:
-        if any(SEPARATOR in s or not s for s in servers):
-            raise ValueError(f"server names must be non-empty and not contain {SEPARATOR!r}")
+        if any(SEPARATOR in s or not s or s.endswith("_") for s in servers):
+            raise ValueError(
+                f"server names must be non-empty, not contain {SEPARATOR!r} nor end with '_'")
         self.servers = tuple(servers)
 
     # --- names ---------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ from broker.mcp.reading import (
 )
 from broker.mcp.sessions import UpstreamSession
 
-# Lower-case letters, digits, '-' and single '_': a name never holds the virtual server's
-# separator "__", so a prefixed tool name splits one way only.
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]|_(?!_)){0,62}")
+# Lower-case letters, digits, '-' and single '_' between them: a name never holds the virtual
+# server's separator "__" nor ends with '_' (then "a_" + "__" + "x" would split as "a", "_x"),
+# so a prefixed tool name splits one way only.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]|_(?=[a-z0-9-])){0,62}")
 # The same header the A2A forward stage sends the hop token in (broker.delegation).
 HOP_TOKEN_HEADER = "a2a-delegation"  # noqa: S105 - a header name
 # Inbound headers relayed to the server: the protocol's own, nothing that carries identity.
@@ -71,7 +72,8 @@ def server_from_settings(
 def check_name(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise McpServerInvalidError(
-            "An MCP server's name is 1-63 lower-case letters, digits, '-' or single '_'.",
+            "An MCP server's name is 1-63 lower-case letters, digits, '-' and single '_'"
+            " between them.",
             metadata={"server": name[:64]})
 
 

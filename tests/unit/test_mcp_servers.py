@@ -69,7 +69,7 @@ def test_egress_rules_apply_at_registration() -> None:
         registry.get("s")
 
 
-@pytest.mark.parametrize("name", ["", "GitHub", "git__hub", "a b", "-x", "x" * 64, "é"])
+@pytest.mark.parametrize("name", ["", "GitHub", "git__hub", "git_", "a b", "-x", "x" * 64, "é"])
 def test_names_that_could_not_be_prefixed_cleanly_are_refused(name: str) -> None:
     with pytest.raises(McpServerInvalidError):
         McpServerRegistry(loopback().check_url).register(McpServer(name, "http://127.0.0.1/m"))
