@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from broker.errors import ERROR_DOMAIN_BROKER, BrokerError
+from broker.errors import ERROR_DOMAIN_BROKER, BrokerError, StreamMaxDurationError
 from broker.mcp.errors import McpServerBadResponseError, McpServerTimeoutError
 from broker.mcp.reading import McpMessage, McpReadError, read_message
 from broker.mcp.wire import error_body, sse_frame
@@ -100,18 +100,31 @@ async def relay_sse(
     on_message: OnMessage | None = None,
     idle_timeout_s: float,
     max_event_bytes: int,
+    max_duration_s: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield the frames to send the caller, one per upstream event, as the events arrive."""
+    """Yield the frames to send the caller, one per upstream event, as the events arrive.
+
+    The stream ends with a JSON-RPC error answering ``request_id`` when the server is quiet for
+    ``idle_timeout_s`` (``McpServerTimeoutError``) or the stream outlives ``max_duration_s``
+    (``StreamMaxDurationError``), as well as on a bad or oversized event."""
     parser = SseParser(max_event_bytes)
     iterator = aiter(chunks)
+    loop = asyncio.get_running_loop()
+    deadline = None if max_duration_s is None else loop.time() + max_duration_s
     try:
         while True:
+            if deadline is not None and loop.time() >= deadline:
+                raise StreamMaxDurationError()
+            quiet = idle_timeout_s if deadline is None else min(
+                idle_timeout_s, deadline - loop.time())
             try:
-                async with asyncio.timeout(idle_timeout_s):
+                async with asyncio.timeout(quiet):
                     chunk = await anext(iterator)
             except StopAsyncIteration:
                 return
             except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise StreamMaxDurationError() from None
                 raise McpServerTimeoutError(
                     "The MCP server's stream sent nothing for too long.") from None
             for event in parser.feed(chunk):

@@ -314,3 +314,16 @@ def test_a_target_that_holds_sessions_requires_one() -> None:
     assert seal.open_from("a", "*", None, required=False) == {}
     with pytest.raises(McpSessionRequiredError):
         seal.open_from("a", "*", "", required=True)
+
+
+async def test_a_stream_that_outlives_its_maximum_duration_is_ended() -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            await asyncio.sleep(0.05)
+            yield b"data: " + PROGRESS + b"\n\n"
+
+    frames = [f async for f in relay_sse(
+        endless(), request_id=msgspec.Raw(b"1"), idle_timeout_s=1, max_event_bytes=10_000,
+        max_duration_s=0.3)]
+    assert 2 <= len(frames) <= 8
+    assert json.loads(frames[-1].removeprefix(b"data: "))["error"]["code"] == -32055
