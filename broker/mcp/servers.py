@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from broker.errors import BrokerError
-from broker.mcp.config import McpServerSettings, McpSettings
 from broker.mcp.errors import McpServerExistsError, McpServerInvalidError, McpServerNotFoundError
 from broker.mcp.reading import (
     METHOD_HEADER,
@@ -23,6 +22,7 @@ from broker.mcp.reading import (
     encode_header_value,
 )
 from broker.mcp.sessions import UpstreamSession
+from broker.settings_mcp import McpServerSettings, McpSettings
 
 # Lower-case letters, digits, '-' and single '_' between them: a name never holds the virtual
 # server's separator "__" nor ends with '_' (then "a_" + "__" + "x" would split as "a", "_x"),
@@ -34,7 +34,7 @@ HOP_TOKEN_HEADER = "a2a-delegation"  # noqa: S105 - a header name
 _RELAYED = frozenset({METHOD_HEADER, NAME_HEADER, "last-event-id"})
 _PARAM_PREFIX = "mcp-param-"
 
-CheckUrl = Callable[[str], object]  # raises EgressDeniedError (broker.egress.EgressPolicy)
+CheckUrl = Callable[[str], object]  # raises EgressDeniedError (broker.outbound.egress.EgressPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from broker.egress import EgressPolicy
 from broker.mcp.reading import McpOperation
 from broker.mcp.servers import McpServer, McpServerRegistry
 from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal, derive_seal_key
+from broker.outbound.egress import EgressPolicy
 from broker.settings import EgressSettings
-from tests.e2e.procs import free_port, repo_env, running_process
+from testkit.procs import Process, free_port
 
 from .passthrough import Passthrough
 
@@ -50,8 +50,8 @@ def rig_servers() -> Iterator[RigServers]:
             port = free_port()
             command = [sys.executable, str(RIG_SERVER), "--port", str(port), "--name", name,
                        "--token", TOKENS[name], *extra]
-            stack.enter_context(running_process(
-                command, f"http://127.0.0.1:{port}/healthz", env=repo_env()))
+            stack.enter_context(Process.start(
+                command, name=f"mcp-{name}", ready_url=f"http://127.0.0.1:{port}/healthz"))
             urls[name] = f"http://127.0.0.1:{port}/mcp"
         yield RigServers(urls)
 

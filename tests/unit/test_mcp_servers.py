@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.egress import EgressPolicy
 from broker.errors import EgressDeniedError
 from broker.mcp.errors import McpServerExistsError, McpServerInvalidError, McpServerNotFoundError
 from broker.mcp.servers import (
@@ -16,6 +15,7 @@ from broker.mcp.servers import (
     upstream_headers,
 )
 from broker.mcp.sessions import UpstreamSession
+from broker.outbound.egress import EgressPolicy
 from broker.settings import EgressSettings, SettingsError, load_settings
 
 CONFIG = """
