@@ -524,7 +524,8 @@ class BrokerInternalError(BrokerError):
 def all_error_types() -> list[type[BrokerError]]:
     """Every concrete error class, for the uniqueness test and the error reference."""
     import broker.delegation.errors  # noqa: PLC0415 - defines the delegation refusals
-    import broker.llm.errors  # noqa: F401, PLC0415 - defines the LLM endpoint's refusals
+    import broker.llm.errors  # noqa: PLC0415 - defines the LLM endpoint's refusals
+    import broker.mcp.errors  # noqa: F401, PLC0415 - defines the MCP edge's refusals
     found: list[type[BrokerError]] = []
     pending: list[type[BrokerError]] = [BrokerError]
     while pending:

@@ -17,6 +17,7 @@ import msgspec
 from broker.config_errors import Where, explain_validation
 from broker.settings_containment import ContainmentSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
+from broker.settings_mcp import McpSettings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -325,6 +326,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     budgets: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)

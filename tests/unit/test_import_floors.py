@@ -35,11 +35,12 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
         "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.cli_output",
         "broker.audit_redact", "broker.delegation.errors", "broker.llm.errors",
+        "broker.mcp.errors", "broker.settings_mcp",
     ),
     1: (
         "broker.operations", "broker.reading", "broker.wire", "broker.sse",
         "broker.task_pages", "broker.llm.wire", "broker.llm.request", "broker.llm.catalog",
-        "broker.llm.usage", "broker.llm.context", "broker.llm",
+        "broker.llm.usage", "broker.llm.context", "broker.llm", "broker.mcp",
     ),
     2: ("broker.stores", "broker.replica_channel"),
     3: (
