@@ -16,6 +16,7 @@ import msgspec
 
 from broker.config_errors import Where, explain_validation
 from broker.containment.config import ContainmentSettings
+from broker.datacontrols.config import DataControlsSettings
 from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
@@ -268,6 +269,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
+    datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.
