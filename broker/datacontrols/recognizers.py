@@ -47,8 +47,15 @@ class Recognizer:
     def candidates(self, text: str, pos: int) -> Iterator[Candidate]:
         if self.gate and not any(g in text for g in self.gate):
             return
-        for match in self.pattern.finditer(text, pos):
-            yield match.start(), match.end(), self.accept(text, match)
+        search = self.pattern.search
+        match = search(text, pos)
+        while match is not None:
+            span = self.accept(text, match)
+            yield match.start(), match.end(), span
+            # Look again one character on, not after the candidate: a greedy candidate may have
+            # read into a value that starts inside it ("+1 415 555 2671 4111 1111 1111 1111");
+            # the detector resolves the overlaps.
+            match = search(text, match.start() + 1)
 
 
 def bounded(text: str, start: int, end: int, left: frozenset[str], right: frozenset[str]) -> bool:
@@ -73,6 +80,18 @@ def clear_edges(text: str, start: int, end: int, joiners: str = "-.+") -> bool:
         if after in WORD or (after in joiners and end + 1 < len(text) and text[end + 1] in _ALNUM):
             return False
     return True
+
+
+def shorter(value: str, separators: str, most: int = 4) -> Iterator[str]:
+    """``value``, then up to ``most`` prefixes of it that end before a separator, longest
+    first: a greedy pattern may have read the next number on the line as part of this one."""
+    yield value
+    end = len(value)
+    for _ in range(most):
+        end = max(value.rfind(sep, 0, end) for sep in separators)
+        if end <= 0:
+            return
+        yield value[:end].rstrip(separators)
 
 
 def digits_of(value: str) -> str:
@@ -132,16 +151,22 @@ _PHONE_RIGHT = WORD | {"-"}
 
 def _phone_accept(regions: tuple[str, ...], international: bool) -> Accept:
     def accept(text: str, match: re.Match[str]) -> Span | None:
-        start, end = match.span()
-        value = match.group()
-        if not bounded(text, start, end, _PHONE_LEFT, _PHONE_RIGHT):
+        start = match.start()
+        if start > 0 and text[start - 1] in _PHONE_LEFT:
             return None
+        for value in shorter(match.group(), " "):
+            end = start + len(value)
+            if bounded(text, start, end, _PHONE_LEFT, _PHONE_RIGHT) and valid(value):
+                return start, end
+        return None
+
+    def valid(value: str) -> bool:
         count = len(digits_of(value))
         if international:
-            return (start, end) if 8 <= count <= 15 and _valid_phone(value, None) else None
+            return 8 <= count <= 15 and _valid_phone(value, None)
         if not 9 <= count <= 12 or _looks_like_date(value):
-            return None
-        return (start, end) if any(_valid_phone(value, r) for r in regions) else None
+            return False
+        return any(_valid_phone(value, r) for r in regions)
 
     return accept
 
@@ -218,15 +243,20 @@ def card_network_ok(number: str) -> bool:
 
 
 def _card_accept(text: str, match: re.Match[str]) -> Span | None:
-    start, end = match.span()
-    if not bounded(text, start, end, _CARD_LEFT, WORD):
+    start = match.start()
+    if start > 0 and text[start - 1] in _CARD_LEFT:
         return None
-    value = match.group()
+    for value in shorter(match.group(), " -"):
+        end = start + len(value)
+        if bounded(text, start, end, _CARD_LEFT, WORD) and _card_ok(value):
+            return start, end
+    return None
+
+
+def _card_ok(value: str) -> bool:
     number = digits_of(value)
     separators = {c for c in value if not c.isdigit()}
-    if len(separators) > 1 or not card_network_ok(number) or not luhn.is_valid(number):
-        return None
-    return start, end
+    return len(separators) <= 1 and card_network_ok(number) and luhn.is_valid(number)
 
 
 def card() -> Recognizer:
@@ -302,7 +332,9 @@ def _ipv6_accept(include_private: bool) -> Accept:
     def accept(text: str, match: re.Match[str]) -> Span | None:
         start, end = match.span()
         value = match.group()
-        if not bounded(text, start, end, _IP_LEFT, WORD | {":"}) or value.count(":") < 2:
+        if value.endswith(":") and not value.endswith("::"):
+            value, end = value[:-1], end - 1  # "… 2001:db8::1: it answers" ends a sentence
+        if not bounded(text, start, end, _IP_LEFT, WORD) or value.count(":") < 2:
             return None
         return (start, end) if _ip_ok(value, include_private) else None
 

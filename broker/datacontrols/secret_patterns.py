@@ -13,7 +13,15 @@ import json
 import re
 
 from broker.datacontrols import findings as f
-from broker.datacontrols.recognizers import TOKEN, WORD, Accept, Recognizer, Span, bounded
+from broker.datacontrols.recognizers import (
+    TOKEN,
+    WORD,
+    Accept,
+    Recognizer,
+    Span,
+    bounded,
+    clear_edges,
+)
 
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
@@ -114,7 +122,7 @@ def _mixed_accept(prefix_len: int, refuse: tuple[str, ...] = ()) -> Accept:
 
 def _jwt_accept(text: str, match: re.Match[str]) -> Span | None:
     start, end = match.span()
-    if not bounded(text, start, end, TOKEN | {"."}, TOKEN | {"."}):
+    if not clear_edges(text, start, end, joiners="-."):
         return None
     header = match.group().split(".", 1)[0]
     try:
