@@ -179,7 +179,11 @@ def secret_recognizers() -> list[Recognizer]:
                 r"(?i:aws_?secret(?:_?access)?(?:_?key)?)[\"']?\s{0,4}[:=]\s{0,4}"
                 r"[\"']?([A-Za-z0-9/+=]{40})"
             ),
-            tail=re.compile(r"[Aa][A-Za-z0-9_\"' \t:=/+]{0,80}\Z"),
+            # Past the name, anything; before it, a prefix of the name itself.
+            tail=re.compile(
+                r"(?i:aws_?secret)[\s\S]{0,70}\Z"
+                r"|(?i:a(?:w(?:s(?:_?(?:s(?:e(?:c(?:r(?:e)?)?)?)?)?)?)?)?)\Z"
+            ),
             max_len=80,
             accept=_aws_secret_accept,
             gate=("ecret", "ECRET"),

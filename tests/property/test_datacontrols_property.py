@@ -51,6 +51,8 @@ VALUES = [
     "AIza" + KEY[:35],
     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----",
+    'aws_secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"',
+    "AWS_SECRET:\n wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEZ",
 ]
 # Fillers that look a little like values (digits, dots, dashes, @, colons, capitals, prefixes).
 FILLERS = [
@@ -87,6 +89,9 @@ FILLERS = [
     "555",
     "<",
     "EMAIL_",
+    "aws",
+    "aws_secret",
+    "AWS_SECRET=",
 ]
 SEPARATORS = [" ", "\n", ", ", ". ", "; ", " (", ") ", ": ", "\t"]
 
