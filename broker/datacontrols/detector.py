@@ -14,6 +14,7 @@ from broker.datacontrols.national_ids import DEFAULT_NATIONAL_IDS, national_id
 from broker.datacontrols.recognizers import (
     Recognizer,
     card,
+    digit_runs,
     email,
     iban,
     ipv4,
@@ -25,6 +26,10 @@ from broker.datacontrols.secret_patterns import secret_recognizers
 
 # Characters of already emitted text the streaming scanner keeps for the recognizers' edge checks.
 LEFT_CONTEXT = 1
+# Numbers: a value has at least 7 digits (NIE, codice fiscale) or 4 runs (IPv4), its runs at
+# most 4 characters apart ("GB82WEST1234…", "(201) 555-0123").
+_GAP, _MIN_DIGITS, _MIN_RUNS = 4, 7, 4
+_MAX_RUN = 64  # runs of digits longer than this are tried only by recognizers of any length
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,15 @@ class Detector:
         self._recognizers = tuple(recognizers)
         self.max_len = max((r.max_len for r in self._recognizers), default=0)
         self.kinds = frozenset(r.kind for r in self._recognizers)
+        numeric = [
+            (rank, r, lead)
+            for rank, r in enumerate(self._recognizers)
+            if r.leads is not None
+            for lead in r.leads
+        ]
+        self._numeric = bool(numeric)
+        self._table = {size: _numeric_table(numeric, size) for size in range(1, _MAX_RUN + 1)}
+        self._table_longer = _numeric_table(numeric, None)
 
     @classmethod
     def builtin(cls, options: DetectorOptions | None = None) -> Detector:
@@ -78,10 +92,14 @@ class Detector:
         found: list[tuple[int, int, int, str]] = []
         raw: list[tuple[int, int]] = []
         for rank, recognizer in enumerate(self._recognizers):
+            if recognizer.leads is not None:
+                continue
             for start, end, span in recognizer.candidates(text, pos):
                 raw.append((start, end))
                 if span is not None and span[0] >= pos:
                     found.append((span[0], -(span[1] - span[0]), rank, recognizer.kind))
+        if self._numeric:
+            self._numbers(text, pos, found, raw)
         return _resolve(found), raw
 
     def tail_start(self, text: str, pos: int) -> int:
@@ -94,6 +112,84 @@ class Detector:
             if found is not None and found.start() < lowest:
                 lowest = found.start()
         return lowest
+
+    def _numbers(
+        self,
+        text: str,
+        pos: int,
+        found: list[tuple[int, int, int, str]],
+        raw: list[tuple[int, int]],
+    ) -> None:
+        """The numeric recognizers, tried only where a run of digits lets them start."""
+        size = len(text)
+        for start, end in dense_runs(text, digit_runs(text, pos)):
+            after = text[end] if end < size else ""
+            for lead, by_char in self._table.get(end - start, self._table_longer):
+                at = start - lead
+                if at < pos:
+                    continue
+                for rank, recognizer in by_char.get(text[at], ()):
+                    follows = recognizer.follows
+                    if follows is not None and after and after not in follows:
+                        continue
+                    candidate = recognizer.anchored_at(text, at)
+                    if candidate is None:
+                        continue
+                    raw.append(candidate[:2])
+                    span = candidate[2]
+                    if span is not None:
+                        found.append((span[0], -(span[1] - span[0]), rank, recognizer.kind))
+
+
+def dense_runs(text: str, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The runs that belong to a cluster (runs at most ``_GAP`` characters apart) holding at
+    least ``_MIN_DIGITS`` digits or ``_MIN_RUNS`` runs. Every value the numeric recognizers
+    accept is such a cluster by itself (its validator needs that many digits), so a run outside
+    one cannot start a value; in prose most numbers are dropped here."""
+    dense: list[tuple[int, int]] = []
+    cluster: list[tuple[int, int]] = []
+    digits = 0
+    for run in runs:
+        if cluster and run[0] - cluster[-1][1] > _GAP:
+            if (digits >= _MIN_DIGITS or len(cluster) >= _MIN_RUNS) and not _is_date(text, cluster):
+                dense += cluster
+            cluster, digits = [], 0
+        cluster.append(run)
+        digits += run[1] - run[0]
+    if (digits >= _MIN_DIGITS or len(cluster) >= _MIN_RUNS) and not _is_date(text, cluster):
+        dense += cluster
+    return dense
+
+
+def _is_date(text: str, cluster: list[tuple[int, int]]) -> bool:
+    """2024-05-12, 12/05/2024, 2024.5.12: no value is one (a phone needs 9 digits or a +)."""
+    if len(cluster) != 3 or cluster[2][0] - cluster[0][1] != 3 + cluster[1][1] - cluster[1][0]:
+        return False
+    sizes = [end - start for start, end in cluster]
+    first_sep, second_sep = text[cluster[0][1]], text[cluster[1][1]]
+    return (
+        first_sep == second_sep
+        and first_sep in "-/."
+        and (sizes[0] == 4 or sizes[2] == 4)
+        and sum(sizes) <= 8
+    )
+
+
+_Table = list[tuple[int, dict[str, list[tuple[int, Recognizer]]]]]
+
+
+def _numeric_table(entries: list[tuple[int, Recognizer, int]], size: int | None) -> _Table:
+    """For runs of ``size`` digits (None: longer than any listed): per lead, per character at
+    the candidate's start, the recognizers to try."""
+    by_lead: dict[int, dict[str, list[tuple[int, Recognizer]]]] = {}
+    for rank, recognizer, lead in entries:
+        runs = recognizer.first_runs
+        if runs is not None and (size is None or size not in runs):
+            continue
+        by_char = by_lead.setdefault(lead, {})
+        for char in recognizer.starts:
+            by_char.setdefault(char, []).append((rank, recognizer))
+    return sorted(by_lead.items())
 
 
 def _resolve(found: list[tuple[int, int, int, str]]) -> list[Finding]:

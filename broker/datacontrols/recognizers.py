@@ -32,10 +32,19 @@ WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 TOKEN = WORD | {"-"}
 
 
+DIGIT_RUNS = re.compile(r"[0-9]+")
+_DIGITS = frozenset("0123456789")
+
+
 @dataclass(frozen=True, slots=True)
 class Recognizer:
     """Finds one type. ``gate``: substrings one of which every candidate contains (a cheap
-    test that skips the pattern); empty means always run."""
+    test that skips the pattern); empty means always run.
+
+    Numbers (``leads`` set) are not searched for: the detector finds the runs of digits once,
+    and the pattern is tried only ``lead`` characters before the start of each run whose length
+    is in ``first_runs`` (None: any). One pass over the text then serves every numeric type.
+    """
 
     kind: str
     pattern: re.Pattern[str]
@@ -43,19 +52,54 @@ class Recognizer:
     max_len: int
     accept: Accept
     gate: tuple[str, ...] = ()
+    leads: tuple[int, ...] | None = None
+    first_runs: frozenset[int] | None = None
+    starts: frozenset[str] = frozenset()  # numeric: the characters a candidate may start with
+    # numeric: the characters that may follow the first run of digits (None: any, or the end)
+    follows: frozenset[str] | None = None
 
     def candidates(self, text: str, pos: int) -> Iterator[Candidate]:
-        if self.gate and not any(g in text for g in self.gate):
-            return
+        for gate in self.gate:  # a loop, not any(): this runs for every text scanned
+            if gate in text:
+                break
+        else:
+            if self.gate:
+                return
         search = self.pattern.search
         match = search(text, pos)
         while match is not None:
             span = self.accept(text, match)
             yield match.start(), match.end(), span
             # Look again one character on, not after the candidate: a greedy candidate may have
-            # read into a value that starts inside it ("+1 415 555 2671 4111 1111 1111 1111");
-            # the detector resolves the overlaps.
+            # read into a value that starts inside it; the detector resolves the overlaps.
             match = search(text, match.start() + 1)
+
+    def anchored_at(self, text: str, start: int) -> Candidate | None:
+        """The candidate starting at ``start`` (a lead before a run of digits), if any."""
+        match = self.pattern.match(text, start)
+        return None if match is None else (match.start(), match.end(), self.accept(text, match))
+
+
+def char_class(spec: str) -> frozenset[str]:
+    """The characters of a regex-style class body: ``"0-8"``, ``"A-Z"``, ``"+(0-9"``."""
+    chars: set[str] = set()
+    i = 0
+    while i < len(spec):
+        if i + 2 < len(spec) and spec[i + 1] == "-":
+            chars.update(chr(c) for c in range(ord(spec[i]), ord(spec[i + 2]) + 1))
+            i += 3
+        else:
+            chars.add(spec[i])
+            i += 1
+    return frozenset(chars)
+
+
+def digit_runs(text: str, pos: int) -> list[tuple[int, int]]:
+    """Every maximal run of ASCII digits that starts at or after ``pos``."""
+    runs = [m.span() for m in DIGIT_RUNS.finditer(text, pos)]
+    if runs and runs[0][0] == pos and pos > 0 and text[pos - 1] in _DIGITS:
+        runs.pop(0)  # the rest of a run that began before pos
+    return runs
 
 
 def bounded(text: str, start: int, end: int, left: frozenset[str], right: frozenset[str]) -> bool:
@@ -198,7 +242,8 @@ def phone_international() -> Recognizer:
         tail=re.compile(r"[+0][0-9 ().\-]{0,24}\Z"),
         max_len=24,
         accept=_phone_accept((), international=True),
-        gate=(),
+        leads=(1, 0),
+        starts=char_class("+0"),
     )
 
 
@@ -211,6 +256,10 @@ def phone_national(regions: tuple[str, ...]) -> Recognizer:
         tail=re.compile(r"[(0-9][0-9 ().\-]{0,43}\Z"),
         max_len=43,
         accept=_phone_accept(regions, international=False),
+        leads=(1, 0),
+        first_runs=frozenset(range(2, 6)),
+        starts=char_class("(0-9"),
+        follows=frozenset(" .-)"),
     )
 
 
@@ -267,6 +316,9 @@ def card() -> Recognizer:
         tail=re.compile(r"[2-6][0-9 \-]{0,37}\Z"),
         max_len=37,
         accept=_card_accept,
+        leads=(0,),
+        first_runs=frozenset(range(2, 20)),
+        starts=char_class("2-6"),
     )
 
 
@@ -298,6 +350,9 @@ def iban() -> Recognizer:
         tail=re.compile(r"[A-Z][A-Z0-9 ]{0,43}\Z"),
         max_len=43,
         accept=_iban_accept,
+        leads=(2,),
+        first_runs=frozenset(range(2, 33)),
+        starts=char_class("A-Z"),
     )
 
 
@@ -348,17 +403,41 @@ def ipv4(include_private: bool) -> Recognizer:
         tail=re.compile(r"[0-9][0-9.]{0,15}\Z"),
         max_len=15,
         accept=_ipv4_accept(include_private),
-        gate=(".",),
+        leads=(0,),
+        first_runs=frozenset((1, 2, 3)),
+        starts=char_class("0-9"),
+        follows=frozenset("."),
     )
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+class Ipv6Recognizer(Recognizer):
+    """Tried only where an address can start: the hex group before a colon (or the colon)."""
+
+    def candidates(self, text: str, pos: int) -> Iterator[Candidate]:
+        colon = text.find(":", pos)
+        last = -1
+        while colon >= 0:
+            start = colon
+            while start > pos and colon - start < 4 and text[start - 1] in _HEX:
+                start -= 1
+            if start > last and (start == 0 or text[start - 1] not in _HEX | {":"}):
+                match = self.pattern.match(text, start)
+                if match is not None:
+                    last = match.end()
+                    yield match.start(), match.end(), self.accept(text, match)
+            colon = text.find(":", colon + 1)
 
 
 def ipv6(include_private: bool) -> Recognizer:
     """Full and ``::``-compressed forms; embedded IPv4 (``::ffff:1.2.3.4``) is not read."""
-    return Recognizer(
+    return Ipv6Recognizer(
         kind=PII_IP,
         pattern=re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]{0,35}"),
-        tail=re.compile(r"[0-9A-Fa-f:]{1,40}\Z"),
-        max_len=40,
+        tail=re.compile(r"[0-9A-Fa-f:]{1,46}\Z"),
+        max_len=45,
         accept=_ipv6_accept(include_private),
         gate=(":",),
     )
