@@ -10,7 +10,9 @@ Prints µs per operation (best of 5 runs of N, one process, one core) for:
 * scans of 1 KB and 64 KB of that prose, as µs per KB;
 * a 2 KB message holding one of each of several types, redacted (what finding costs);
 * the same 2 KB fed to the streaming scanner in 16-character chunks (an LLM's deltas);
-* a 2 KB OpenAI chat request with nothing found.
+* a 2 KB OpenAI chat request with nothing found;
+* a reference: one Ed25519 signature (34 µs on an idle core of the reference machine), to read
+  the other figures on a busy or slower machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import argparse
 import random
 import timeit
 from collections.abc import Callable
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.datacontrols import DataControls, DataControlsSettings, DataRule, Subject
 
@@ -35,6 +39,9 @@ FINDINGS = (
     "Contact jane.doe@example.com or +1 415 555 2671; card 4111 1111 1111 1111, IBAN "
     "DE89 3704 0044 0532 0130 00, key AKIAIOSFODNN7EXAMPLE, server 8.8.8.8. "
 )
+
+
+REFERENCE_SIGN_US = 34.0
 
 
 def prose(chars: int, seed: int = 1) -> str:
@@ -84,6 +91,8 @@ def main() -> None:
             stream.feed(text[i : i + 16])
         stream.finish()
 
+    key = Ed25519PrivateKey.generate()
+    reference = per_op_us(lambda: key.sign(b"x" * 100), number)
     rows = [
         (
             "2 KB A2A message, nothing found",
@@ -104,9 +113,17 @@ def main() -> None:
             per_op_us(lambda: controls.inspect_chat_request(chat, request), number),
         ),
     ]
+    # How fast the machine is now: one Ed25519 signature takes 34 µs on an idle core of the
+    # reference machine; measured before and after the rows, the faster of the two is used.
+    reference = min(reference, per_op_us(lambda: key.sign(b"x" * 100), number))
+    scale = REFERENCE_SIGN_US / reference
     width = max(len(name) for name, _ in rows)
+    print(f"{'':<{width}}  {'measured':>10}  {'at reference speed':>18}")
     for name, us in rows:
-        print(f"{name:<{width}}  {us:9.1f} µs")
+        print(f"{name:<{width}}  {us:8.1f} µs  {us * scale:15.1f} µs")
+    print(
+        f"{'reference: Ed25519 sign':<{width}}  {reference:8.1f} µs  {REFERENCE_SIGN_US:15.1f} µs"
+    )
 
 
 if __name__ == "__main__":

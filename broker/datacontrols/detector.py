@@ -6,6 +6,7 @@ scan of the whole text finds: leftmost first, then the longest, then the recogni
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,11 @@ class Detector:
         self._recognizers = tuple(recognizers)
         self.max_len = max((r.max_len for r in self._recognizers), default=0)
         self.kinds = frozenset(r.kind for r in self._recognizers)
+        self._searched = [
+            (rank, r, r.gate) for rank, r in enumerate(self._recognizers) if r.leads is None
+        ]
+        # One search for every tail: the leftmost start any of them matches at is the earliest.
+        self._tails = re.compile("|".join(f"(?:{r.tail.pattern})" for r in self._recognizers))
         numeric = [
             (rank, r, lead)
             for rank, r in enumerate(self._recognizers)
@@ -91,9 +97,13 @@ class Detector:
         streaming scanner, which must not cut through text a candidate read)."""
         found: list[tuple[int, int, int, str]] = []
         raw: list[tuple[int, int]] = []
-        for rank, recognizer in enumerate(self._recognizers):
-            if recognizer.leads is not None:
-                continue
+        for rank, recognizer, gates in self._searched:
+            for gate in gates:  # inline: most texts pass no gate, and this runs per chunk
+                if gate in text:
+                    break
+            else:
+                if gates:
+                    continue
             for start, end, span in recognizer.candidates(text, pos):
                 raw.append((start, end))
                 if span is not None and span[0] >= pos:
@@ -105,13 +115,8 @@ class Detector:
     def tail_start(self, text: str, pos: int) -> int:
         """Where the earliest text that could still begin a value starts (``len(text)`` if none):
         the streaming scanner holds text from here until more arrives."""
-        end = len(text)
-        lowest = end
-        for recognizer in self._recognizers:
-            found = recognizer.tail.search(text, max(pos, end - recognizer.max_len - 1))
-            if found is not None and found.start() < lowest:
-                lowest = found.start()
-        return lowest
+        found = self._tails.search(text, max(pos, len(text) - self.max_len - 1))
+        return len(text) if found is None else found.start()
 
     def _numbers(
         self,
