@@ -28,8 +28,9 @@ from broker.datacontrols.secret_patterns import secret_recognizers
 # Characters of already emitted text the streaming scanner keeps for the recognizers' edge checks.
 LEFT_CONTEXT = 1
 # Numbers: a value has at least 7 digits (NIE, codice fiscale) or 4 runs (IPv4), its runs at
-# most 4 characters apart ("GB82WEST1234…", "(201) 555-0123").
-_GAP, _MIN_DIGITS, _MIN_RUNS = 4, 7, 4
+# most 6 separators or capitals apart ("GB82 WEST 1234…", "(201) 555-0123").
+_GAP, _MIN_DIGITS, _MIN_RUNS = 6, 7, 4
+_GAP_CHARS = " -./()+ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _MAX_RUN = 64  # runs of digits longer than this are tried only by recognizers of any length
 
 
@@ -147,15 +148,15 @@ class Detector:
 
 
 def dense_runs(text: str, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The runs that belong to a cluster (runs at most ``_GAP`` characters apart) holding at
-    least ``_MIN_DIGITS`` digits or ``_MIN_RUNS`` runs. Every value the numeric recognizers
-    accept is such a cluster by itself (its validator needs that many digits), so a run outside
-    one cannot start a value; in prose most numbers are dropped here."""
+    """The runs that belong to a cluster (runs joined by separators or capitals, ``_joins``)
+    holding at least ``_MIN_DIGITS`` digits or ``_MIN_RUNS`` runs. The runs of every value the
+    numeric recognizers accept, from its first, make such a cluster (its validator needs that
+    many digits), so a run outside one cannot start a value; in prose most numbers go here."""
     dense: list[tuple[int, int]] = []
     cluster: list[tuple[int, int]] = []
     digits = 0
     for run in runs:
-        if cluster and run[0] - cluster[-1][1] > _GAP:
+        if cluster and not _joins(text, cluster[-1][1], run[0]):
             if (digits >= _MIN_DIGITS or len(cluster) >= _MIN_RUNS) and not _is_date(text, cluster):
                 dense += cluster
             cluster, digits = [], 0
@@ -166,9 +167,15 @@ def dense_runs(text: str, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return dense
 
 
+def _joins(text: str, end: int, start: int) -> bool:
+    """Two runs belong to one number if at most ``_GAP`` separators or capitals are between
+    them: "555-0123", "(201) 555", "GB82 WEST 1234", "RCCMNL83S18"; not "12 at 10"."""
+    return start - end <= _GAP and not text[end:start].strip(_GAP_CHARS)
+
+
 def _is_date(text: str, cluster: list[tuple[int, int]]) -> bool:
     """2024-05-12, 12/05/2024, 2024.5.12: no value is one (a phone needs 9 digits or a +)."""
-    if len(cluster) != 3 or cluster[2][0] - cluster[0][1] != 3 + cluster[1][1] - cluster[1][0]:
+    if len(cluster) != 3 or cluster[2][0] - cluster[0][1] != 2 + cluster[1][1] - cluster[1][0]:
         return False
     sizes = [end - start for start, end in cluster]
     first_sep, second_sep = text[cluster[0][1]], text[cluster[1][1]]

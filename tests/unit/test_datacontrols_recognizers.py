@@ -208,3 +208,16 @@ def test_many_values_in_one_text_are_all_found_in_order() -> None:
     text = "\n".join(f"item {i}: {v} ." for i, v in enumerate(values))
 
     assert [v for _, v in kinds(text)] == values
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "on 2024-05-12 4111 1111 1111 1111",
+        "2024-05-12: (201) 555-0123",
+        "GB82 WEST 1234 5698 7654 32",
+        "12/05/2024 536-90-4399",
+    ],
+)
+def test_a_value_next_to_a_date_is_still_found(text: str) -> None:
+    assert len(kinds(text)) == 1
