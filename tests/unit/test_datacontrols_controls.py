@@ -365,3 +365,22 @@ def test_without_the_extra_the_presidio_engine_says_what_to_install() -> None:
             load_presidio(PresidioSettings())
     else:
         pytest.skip("presidio is installed here")
+
+
+def test_the_canary_check_reads_files_folders_and_encoded_forms(tmp_path: Path) -> None:
+    canaries = Canaries(seed=7)
+    clean = tmp_path / "logs"
+    clean.mkdir()
+    (clean / "broker.log").write_text("request ok types=pii:card count=1\n")
+    canaries.assert_absent(clean, b"bytes without values")
+
+    card = canaries.values["pii:card"]
+    leaks = {
+        "plain.log": f"value {card}",
+        "json.log": json.dumps({"v": canaries.values["pii:email"]}),
+        "b64.log": base64.b64encode(canaries.values["secret:aws_key"].encode()).decode(),
+    }
+    for name, text in leaks.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(AssertionError, match=name):
+            canaries.assert_absent(tmp_path / name)
