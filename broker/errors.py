@@ -232,6 +232,50 @@ class KillSwitchEngagedError(BrokerError):
     )
 
 
+# Data controls (broker/datacontrols, docs/datacontrols.md). Metadata names types, never values.
+
+
+class DataBlockedError(BrokerError):
+    code, http_status, reason = -32030, 403, "DATA_BLOCKED"
+    default_message = (
+        "The request holds data of a type the broker's data controls do not let through to"
+        " this target."
+    )
+
+
+class DataResponseBlockedError(BrokerError):
+    code, http_status, reason = -32031, 502, "DATA_RESPONSE_BLOCKED"
+    default_message = (
+        "The answer holds data of a type the broker's data controls do not let through to"
+        " the caller, so it is not relayed."
+    )
+
+
+class DataFlowDeniedError(BrokerError):
+    code, http_status, reason = -32032, 403, "DATA_FLOW_DENIED"
+    default_message = (
+        "This work carries data of a type that policy does not let flow to this agent or model."
+    )
+
+
+class DataScanLimitError(BrokerError):
+    code, http_status, reason = -32033, 413, "DATA_SCAN_LIMIT"
+    default_message = (
+        "The content is larger than the broker's data controls scan, so it is not forwarded"
+        " unchecked."
+    )
+
+
+class DataControlsUnavailableError(BrokerError):
+    code, http_status, reason = -32034, 503, "DATA_CONTROLS_UNAVAILABLE"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "The broker's data controls could not inspect the content, so it is not forwarded"
+        " unchecked; retry shortly."
+    )
+
+
 class UnauthenticatedError(BrokerError):
     code, http_status, reason = -32040, 401, "UNAUTHENTICATED"
     transport_level = True

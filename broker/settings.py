@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
+from broker.datacontrols.config import DataControlsSettings
 from broker.settings_containment import ContainmentSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
 from broker.settings_mcp import McpSettings
@@ -329,6 +330,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
+    datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.
