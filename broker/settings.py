@@ -17,6 +17,7 @@ import msgspec
 from broker.config_errors import Where, explain_validation
 from broker.containment.config import ContainmentSettings
 from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
+from broker.observability.config import ConsoleSettings, MetricsSettings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -268,6 +269,8 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.

@@ -54,6 +54,7 @@ class MediationContext:
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this request (audit: detail.policy_version)
     upstream_status: int | None = None
+    upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this request's outcome
     body_digest: str = ""  # computed once, for the audit's decision and outcome records

@@ -33,6 +33,8 @@ from broker.keys import KeyFileError
 from broker.llm.routes import llm_route_handlers
 from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
+from broker.observability.multiprocess import worker_stopped
+from broker.observability.scrape import metrics_endpoint
 from broker.policy.rules import PolicyError
 from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
@@ -143,6 +145,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             unobserve()
             await app.state.runtime.close()
+            worker_stopped()
 
     return Litestar(
         route_handlers=[
@@ -155,6 +158,7 @@ def create_app(settings: Settings) -> Litestar:
             rest_edge,
             admin_router,
             *llm_route_handlers,
+            *([metrics_endpoint] if settings.metrics.enabled else []),
         ],
         lifespan=[lifespan],
         exception_handlers={

@@ -16,6 +16,7 @@ from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, Ll
 from broker.llm.request import parse_request
 from broker.llm.wire import openai_error_reply
 from broker.logs import log_fields
+from broker.observability.record import observe_llm_call
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
 from broker.stages.authenticate import Authenticate
@@ -48,6 +49,7 @@ class LlmErrorBoundary:
 
 
 def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
+    observe_llm_call(ctx, status)  # the call's metrics
     if not log.isEnabledFor(logging.INFO):
         return
     record: dict[str, object] = {

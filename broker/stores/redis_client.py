@@ -7,6 +7,7 @@ every public method of a Redis store is wrapped in it.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -18,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from broker.errors import StoreUnavailableError
+from broker.observability.probes import store_call
 
 # A dead Redis must fail a request fast (the broker then refuses with a retryable error) rather
 # than hold it for the OS's TCP timeouts.
@@ -44,12 +46,18 @@ def unavailable_on_error(
 ) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """The one place a Redis failure becomes ``StoreUnavailableError``; its text goes to detail."""
 
+    took, failed = store_call(method.__qualname__)  # its metrics (one round trip per call)
+
     @functools.wraps(method)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        started = time.perf_counter()
         try:
             return await method(*args, **kwargs)
         except RedisError as exc:
+            failed()
             raise StoreUnavailableError(detail=f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            took(time.perf_counter() - started)
 
     return translated
 

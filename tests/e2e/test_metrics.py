@@ -1,0 +1,166 @@
+"""``/metrics`` of a real broker with two worker processes, after real a2a-sdk traffic.
+
+The scrape is parsed with prometheus-client's own text parser. Requests land on either worker;
+every scrape (answered by either one) counts them all, which is what multiprocess mode is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
+from .harness import ServerProcess, free_port
+from .sdk import client_for, send_request, unique_text
+
+SENDS = 6
+STREAMS = 2
+
+
+@dataclass(frozen=True)
+class MeteredBroker:
+    url: str
+    admin_headers: dict[str, str]
+    metrics_token: str
+    alice: str  # alice's broker credential
+
+
+def _config(port: int, redis_url: str, prefix: str, key_file: Path, metrics_token: str) -> str:
+    digest = hashlib.sha256(metrics_token.encode()).hexdigest()
+    return f"""
+[server]
+port = {port}
+workers = 2
+[store]
+backend = "redis"
+redis_url = "{redis_url}"
+key_prefix = "{prefix}"
+[keys]
+signing_key_file = "{key_file}"
+[policy]
+allow_all = true
+[egress]
+allow_loopback = true
+[metrics]
+token_sha256 = "{digest}"
+[[budgets.agents.alice]]
+metric = "calls"
+window = "day"
+limit = 1000
+"""
+
+
+@pytest.fixture
+def metered(
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, upstreams: dict[str, Upstream]
+) -> Iterator[MeteredBroker]:
+    key_file = tmp_path / "key.pem"
+    subprocess.run(
+        [sys.executable, "-m", "broker", "keys", "generate", str(key_file)], check=True
+    )
+    port, admin, metrics_token = free_port(), secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    config = tmp_path / "broker.toml"
+    config.write_text(_config(port, redis_url, redis_key_prefix, key_file, metrics_token))
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    env = {"A2A_BROKER_ADMIN_TOKEN": admin}
+    with ServerProcess.start(
+        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
+    ):
+        headers = {"Authorization": f"Bearer {admin}"}
+        with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=10) as http:
+            echo = http.post(
+                "/admin/agents", json={"name": "echo", "card": _fetch_card(upstreams["echo"].url)}
+            )
+            assert echo.status_code == 201, echo.text
+            card = _static_card("alice", upstreams["echo"].url)
+            alice = http.post("/admin/agents", json={"name": "alice", "card": card})
+            assert alice.status_code == 201, alice.text
+        yield MeteredBroker(url, headers, metrics_token, alice.json()["credential"])
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+           **labels: str) -> float:  # fmt: skip
+    """The sum over every sample of ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def _traffic(broker: MeteredBroker) -> None:
+    headers = {"Authorization": f"Bearer {broker.alice}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10, trust_env=False) as http:
+        unary = await client_for(http, f"{broker.url}/agents/echo", "JSONRPC")
+        for _ in range(SENDS):
+            [_ async for _ in unary.send_message(send_request(unique_text("m")))]
+        streaming = await client_for(http, f"{broker.url}/agents/echo", "JSONRPC", streaming=True)
+        for _ in range(STREAMS):
+            [_ async for _ in streaming.send_message(send_request(unique_text("s")))]
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as anonymous:
+        refused = await anonymous.post(f"{broker.url}/agents/echo/jsonrpc", json={})
+        assert refused.status_code == 401
+
+
+def _scrape(broker: MeteredBroker, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(f"{broker.url}/metrics", headers=headers, trust_env=False, timeout=10)
+
+
+async def test_metrics_count_every_worker_s_requests(metered: MeteredBroker) -> None:
+    await _traffic(metered)
+    for _ in range(4):  # whichever worker answers the scrape, it sums both workers
+        scraped = _scrape(metered, metered.metrics_token)
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        samples = _samples(scraped.text)
+        ok = {"caller": "alice", "target": "echo", "binding": "jsonrpc", "outcome": "ok"}
+        assert _value(samples, "a2a_broker_requests_total", operation="SendMessage", **ok) == SENDS
+        streamed = _value(
+            samples, "a2a_broker_requests_total", operation="SendStreamingMessage", **ok
+        )
+        assert streamed == STREAMS
+        refused = _value(
+            samples, "a2a_broker_requests_total", caller="-", outcome="refused",
+            reason="UNAUTHENTICATED",
+        )  # fmt: skip
+        assert refused == 1
+        total = SENDS + STREAMS
+        assert _value(samples, "a2a_broker_policy_decisions_total", decision="allow") == total
+        added = _value(samples, "a2a_broker_broker_added_seconds_count", operation="SendMessage")
+        assert added == SENDS
+        assert _value(samples, "a2a_broker_request_duration_seconds_count", target="echo") == total
+        assert _value(samples, "a2a_broker_open_streams", binding="jsonrpc") == 0
+        # Each forwarded request: a decision and an outcome record; registrations, one each.
+        assert _value(samples, "a2a_broker_audit_write_seconds_count") >= 2 * total + 2
+        assert _value(samples, "a2a_broker_store_round_trip_seconds_count") > total
+        assert _value(samples, "a2a_broker_store_errors_total") == 0
+        budget = {"scope": "agent:alice", "metric": "calls", "window": "day"}
+        assert _value(samples, "a2a_broker_budget_used", **budget) == total
+        assert _value(samples, "a2a_broker_budget_limit", **budget) == 1000
+        assert _value(samples, "a2a_broker_budget_remaining", **budget) == 1000 - total
+        assert _value(samples, "a2a_broker_kill_switch_engaged") == 0
+
+
+async def test_metrics_need_the_metrics_or_the_admin_token(metered: MeteredBroker) -> None:
+    for token in (None, "wrong"):
+        refused = _scrape(metered, token)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["details"][0]["reason"] == "METRICS_UNAUTHENTICATED"
+    admin_token = metered.admin_headers["Authorization"].removeprefix("Bearer ")
+    assert _scrape(metered, admin_token).status_code == 200
