@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit_runtime import AuditRecorder
+from broker.console.app import console_parts
 from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.runtime.close()
             worker_stopped()
 
+    console = console_parts(settings)  # the operator console (docs/console.md)
     return Litestar(
         route_handlers=[
             healthz,
@@ -159,7 +161,11 @@ def create_app(settings: Settings) -> Litestar:
             admin_router,
             *llm_route_handlers,
             *([metrics_endpoint] if settings.metrics.enabled else []),
+            *console.route_handlers,
         ],
+        template_config=console.template_config,
+        on_startup=console.on_startup,
+        on_shutdown=console.on_shutdown,
         lifespan=[lifespan],
         exception_handlers={
             BrokerError: broker_error_response,

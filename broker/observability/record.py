@@ -86,6 +86,12 @@ class RequestSeen:
 recent: deque[RequestSeen] = deque(maxlen=200)
 
 
+def keep_recent(count: int) -> None:
+    """Remember the last ``count`` requests (``[console] recent_requests``)."""
+    global recent  # noqa: PLW0603 - one buffer per process, sized once at start-up
+    recent = deque(recent, maxlen=count)
+
+
 def outcome_of(error: BrokerError | None, status: int, upstream_status: int | None) -> str:
     """ok; refused (the broker said no before the agent saw it); failed (the broker gave up on
     an agent's answer); agent_error (the agent answered with an error status)."""
