@@ -64,9 +64,7 @@ def metered(
     tmp_path: Path, redis_url: str, redis_key_prefix: str, upstreams: dict[str, Upstream]
 ) -> Iterator[MeteredBroker]:
     key_file = tmp_path / "key.pem"
-    subprocess.run(
-        [sys.executable, "-m", "broker", "keys", "generate", str(key_file)], check=True
-    )
+    subprocess.run([sys.executable, "-m", "broker", "keys", "generate", str(key_file)], check=True)
     port, admin, metrics_token = free_port(), secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     config = tmp_path / "broker.toml"
     config.write_text(_config(port, redis_url, redis_key_prefix, key_file, metrics_token))
