@@ -53,6 +53,7 @@ class StageConfig:
     metering: str = "none"  # benchmarks.targets.METERING
     extra_agents: int = 0  # registered besides ``bench`` and ``loadgen``
     containment: bool = False  # the default breaker and bulkhead; False: both switched off
+    metrics: bool = True  # [metrics] enabled (benchmarks/metrics_costs.py compares both)
 
 
 # (d): the base, then each stage alone over it, then all of them.
@@ -152,7 +153,10 @@ cards_dir = "{files["cards"]}"
 
 [policy]
 {policy}
-{_metering_config(cfg.metering)}{"" if cfg.containment else _NO_CONTAINMENT}"""
+{_metering_config(cfg.metering)}{"" if cfg.containment else _NO_CONTAINMENT}
+[metrics]
+enabled = {"true" if cfg.metrics else "false"}
+"""
 
 
 _NO_CONTAINMENT = """

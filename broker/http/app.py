@@ -35,7 +35,7 @@ from broker.llm.routes import llm_route_handlers
 from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
 from broker.observability.multiprocess import worker_stopped
-from broker.observability.scrape import metrics_endpoint
+from broker.observability.scrape import metrics_routes
 from broker.policy.rules import PolicyError
 from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
@@ -160,7 +160,7 @@ def create_app(settings: Settings) -> Litestar:
             rest_edge,
             admin_router,
             *llm_route_handlers,
-            *([metrics_endpoint] if settings.metrics.enabled else []),
+            *metrics_routes(settings.metrics.enabled),
             *console.route_handlers,
         ],
         template_config=console.template_config,

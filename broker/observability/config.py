@@ -10,6 +10,7 @@ import msgspec
 class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Prometheus metrics at ``GET /metrics`` (docs/observability.md)."""
 
+    # False: nothing is recorded and there is no /metrics route.
     enabled: bool = True
     # SHA-256 hex of a token that may read /metrics and nothing else (a scraper should not hold
     # the admin token). The admin token reads /metrics too. Neither set: /metrics is refused.

@@ -29,6 +29,9 @@ AUDIT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 # PROMETHEUS_MULTIPROC_DIR): the scrape must then read the directory, not this process.
 MULTIPROCESS = values.ValueClass is not values.MutexValue
 
+# False with [metrics] enabled = false: the hooks then record nothing (set once at start-up).
+recording = True
+
 REQUEST_LABELS = ("caller", "target", "operation", "binding", "outcome", "reason")
 
 requests = Counter(

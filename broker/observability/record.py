@@ -25,7 +25,7 @@ from broker.errors import (
     TreeSizeExceededError,
 )
 from broker.llm.errors import LlmModelNotAllowedError
-from broker.observability import metrics
+from broker.observability import metrics, tally
 
 if TYPE_CHECKING:
     from broker.budgets import Usage
@@ -117,17 +117,20 @@ def observe_request(
     policy_decided: bool,
 ) -> None:
     """Count one finished request (any binding: A2A, LLM, and later MCP)."""
+    if not metrics.recording:
+        return
     reason = _reason(error)
     key = (caller, target, operation, binding, outcome, reason)
-    _child(metrics.requests, _requests, key).inc()
-    _child(metrics.latency, _latency, (target, operation, binding)).observe(total_s)
+    tally.add(_child(metrics.requests, _requests, key))
+    tally.observe(_child(metrics.latency, _latency, (target, operation, binding)), total_s)
     if added_s is not None:
-        _child(metrics.added_latency, _added, (operation, binding)).observe(max(0.0, added_s))
+        added = _child(metrics.added_latency, _added, (operation, binding))
+        tally.observe(added, max(0.0, added_s))
     if policy_decided:
         decision = "deny" if reason in POLICY_DENIALS else "allow"
-        _child(metrics.policy_decisions, _policy, (decision, operation)).inc()
+        tally.add(_child(metrics.policy_decisions, _policy, (decision, operation)))
     if reason in GUARD_REASONS:
-        _child(metrics.guard_refusals, _guards, (reason,)).inc()
+        tally.add(_child(metrics.guard_refusals, _guards, (reason,)))
 
 
 def observe_mediated(ctx: MediationContext, status: int, stream_end: str | None = None) -> None:
@@ -187,6 +190,8 @@ def observe_llm_call(ctx: LlmContext, status: int) -> None:
 
 def observe_llm_usage(model: str, usage: Usage) -> None:
     """Tokens and cost an LLM call was charged (its outcome record's figures)."""
+    if not metrics.recording:
+        return
     if usage.tokens_in:
         metrics.llm_tokens.labels(model, "in").inc(usage.tokens_in)
     if usage.tokens_out:
@@ -196,8 +201,10 @@ def observe_llm_usage(model: str, usage: Usage) -> None:
 
 
 def stream_opened(binding: str) -> None:
-    _child(metrics.open_streams, _streams, (binding,)).inc()
+    if metrics.recording:
+        _child(metrics.open_streams, _streams, (binding,)).inc()
 
 
 def stream_closed(binding: str) -> None:
-    _child(metrics.open_streams, _streams, (binding,)).dec()
+    if metrics.recording:
+        _child(metrics.open_streams, _streams, (binding,)).dec()

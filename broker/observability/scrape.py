@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from broker.errors import BrokerError, MetricsUnauthenticatedError
 from broker.http.admin import admin_token_digest, token_matches
 from broker.http.state import AnyRequest, runtime_of
+from broker.observability import metrics, tally
 from broker.observability.metrics import NAMESPACE, scrape_registry
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_base import BudgetStatus
@@ -82,7 +83,14 @@ async def _budgets(request: AnyRequest) -> list[BudgetStatus]:
 @get("/metrics", guards=[metrics_guard], include_in_schema=False)
 async def metrics_endpoint(request: AnyRequest) -> Response[bytes]:
     runtime = runtime_of(request)
+    tally.flush()  # this process's latest requests, not yet batched into the shared values
     snapshot = CollectorRegistry()
     snapshot.register(Snapshot(await _budgets(request), runtime.controls.kill.state is not None))
     body = generate_latest(scrape_registry()) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_routes(enabled: bool) -> list[Any]:
+    """``/metrics`` when metrics are enabled; otherwise nothing, and nothing is recorded."""
+    metrics.recording = enabled
+    return [metrics_endpoint] if enabled else []

@@ -6,10 +6,12 @@ every scrape (answered by either one) counts them all, which is what multiproces
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from broker.observability.tally import FLUSH_S
 
 from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
 from .harness import ServerProcess, free_port
@@ -122,6 +126,8 @@ def _scrape(broker: MeteredBroker, token: str | None) -> httpx.Response:
 
 async def test_metrics_count_every_worker_s_requests(metered: MeteredBroker) -> None:
     await _traffic(metered)
+    # Each worker writes its batched values into the shared view within FLUSH_S (0052).
+    await asyncio.sleep(FLUSH_S * 4)
     for _ in range(4):  # whichever worker answers the scrape, it sums both workers
         scraped = _scrape(metered, metered.metrics_token)
         assert scraped.status_code == 200
@@ -162,3 +168,28 @@ async def test_metrics_need_the_metrics_or_the_admin_token(metered: MeteredBroke
         assert refused.json()["error"]["details"][0]["reason"] == "METRICS_UNAUTHENTICATED"
     admin_token = metered.admin_headers["Authorization"].removeprefix("Bearer ")
     assert _scrape(metered, admin_token).status_code == 200
+
+
+def test_a_separate_metrics_port_serves_without_a_token(tmp_path: Path) -> None:
+    """``[metrics] port``: `serve` also listens there, for a scraper on a private network."""
+    port, metrics_port = free_port(), free_port()
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"[server]\nport = {port}\n[policy]\nallow_all = true\n[metrics]\nport = {metrics_port}\n"
+    )
+    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    url = f"http://127.0.0.1:{port}"
+    with ServerProcess.start(
+        argv, ready_url=f"{url}/healthz", env={}, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
+    ):
+        for _ in range(3):  # three refusals: an unauthenticated caller
+            httpx.post(f"{url}/agents/echo/jsonrpc", json={}, trust_env=False)
+        time.sleep(FLUSH_S * 4)  # the worker writes its batch within FLUSH_S (0052)
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False)
+        assert scraped.status_code == 200
+        samples = _samples(scraped.text)
+        refused = {"caller": "-", "outcome": "refused", "reason": "UNAUTHENTICATED"}
+        assert _value(samples, "a2a_broker_requests_total", **refused) == 3
+        # No admin or metrics token is configured: the broker's own /metrics stays closed.
+        closed = httpx.get(f"{url}/metrics", trust_env=False)
+        assert closed.status_code == 401
