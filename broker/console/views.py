@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import msgspec
 from litestar import Response, Router, get, post
@@ -226,7 +227,7 @@ async def trees(request: AnyRequest) -> Template | Redirect:
     session = await _session(request)
     wanted = (request.query_params.get("tree") or "").strip()
     if wanted:
-        return Redirect(f"{PREFIX}/trees/{wanted}")
+        return Redirect(f"{PREFIX}/trees/{quote(wanted, safe='')}")
     recent = list(dict.fromkeys(s.tree for s in reversed(record.recent) if s.tree))[:50]
     return _page("trees.html", request, session, recent_trees=recent)
 

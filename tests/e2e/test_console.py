@@ -221,3 +221,18 @@ async def test_no_secret_is_ever_rendered(mesh: Mesh, browser: Browser) -> None:
     cookies = {c["name"]: c for c in await page.context.cookies()}
     assert cookies["a2a_console"]["httpOnly"] is True
     assert cookies["a2a_console"]["sameSite"] == "Strict"
+
+
+async def test_names_a_caller_chose_are_shown_as_text(mesh: Mesh, browser: Browser) -> None:
+    """A target name in a request path is the caller's to choose; the audit page shows it as
+    text, never as markup."""
+    hostile = "<img src=x onerror=document.title='pwned'>"
+    async with httpx.AsyncClient(headers=mesh.bearer("alice"), timeout=10) as http:
+        refused = await http.post(f"{mesh.brokers[0]}/agents/{hostile}/jsonrpc", json={})
+        assert "error" in refused.json()  # no such agent
+    page = await browser.new_page()
+    await _log_in(page, mesh, _admin_token(mesh))
+    await page.goto(f"{mesh.brokers[0]}/console/audit?agent=alice")
+    await expect(page.locator("table.records")).to_contain_text(hostile)
+    assert await page.locator("table.records img").count() == 0
+    assert await page.title() != "pwned"

@@ -193,3 +193,39 @@ def test_a_separate_metrics_port_serves_without_a_token(tmp_path: Path) -> None:
         # No admin or metrics token is configured: the broker's own /metrics stays closed.
         closed = httpx.get(f"{url}/metrics", trust_env=False)
         assert closed.status_code == 401
+
+
+def test_audit_export_lag_is_a_gauge_per_sink_and_chain(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
+        "[audit.export]\nenabled = true\npoll_interval_s = 0.1\n"
+        '[[audit.export.sinks]]\nname = "siem"\nkind = "jsonl"\npath = "siem.jsonl"\n'
+    )
+    admin = secrets.token_urlsafe(16)
+    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    url = f"http://127.0.0.1:{port}"
+    env = {"A2A_BROKER_ADMIN_TOKEN": admin}
+    with ServerProcess.start(
+        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
+    ):
+        for _ in range(3):  # three refusals, three audit records to export
+            httpx.post(f"{url}/agents/echo/jsonrpc", json={}, trust_env=False)
+        headers = {"Authorization": f"Bearer {admin}"}
+        deadline, lags = time.monotonic() + 10, {}
+        while time.monotonic() < deadline:
+            scraped = httpx.get(f"{url}/metrics", headers=headers, trust_env=False)
+            lags = {
+                labels: value
+                for (name, labels), value in _samples(scraped.text).items()
+                if name == "a2a_broker_audit_export_lag_records"
+            }
+            if lags and all(v == 0 for v in lags.values()):
+                break
+            time.sleep(0.1)  # the exporter runs in the broker process: poll
+        assert lags, "no export lag gauge"
+        assert all(dict(labels)["sink"] == "siem" for labels in lags)
+        assert all(value == 0 for value in lags.values())  # the sink caught up
+        shipped = (tmp_path / "siem.jsonl").read_text().splitlines()
+        assert sum("auth.failure" in line for line in shipped) == 3
