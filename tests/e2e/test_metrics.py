@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
 import subprocess
 import sys
@@ -17,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.observability.tally import FLUSH_S
 
 from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
+from .fake_llm import COMPLETION_TOKENS, PROMPT_TOKENS
 from .harness import ServerProcess, free_port
 from .sdk import client_for, send_request, unique_text
+from .test_llm import MODEL, LlmBroker, fake_provider, llm_broker  # noqa: F401 - fixtures
 
 SENDS = 6
 STREAMS = 2
@@ -229,3 +233,42 @@ def test_audit_export_lag_is_a_gauge_per_sink_and_chain(tmp_path: Path) -> None:
         assert all(value == 0 for value in lags.values())  # the sink caught up
         shipped = (tmp_path / "siem.jsonl").read_text().splitlines()
         assert sum("auth.failure" in line for line in shipped) == 3
+
+
+async def test_llm_tokens_and_cost_by_model(llm_broker: LlmBroker) -> None:  # noqa: F811
+    """Two chat calls (one streamed) and one for a model the broker does not serve."""
+    client = llm_broker.client("alice")
+    await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "a"}])
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "b"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    [_ async for _ in stream]
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="no-such-model", messages=[])
+    await asyncio.sleep(FLUSH_S * 4)
+    headers = {"Authorization": f"Bearer {llm_broker.admin_token}"}
+    async with httpx.AsyncClient(headers=headers, trust_env=False) as http:
+        scraped = await http.get(f"{llm_broker.url}/metrics")
+    samples = _samples(scraped.text)
+    tokens = "a2a_broker_llm_tokens_total"
+    assert _value(samples, tokens, model=MODEL, direction="in") == 2 * PROMPT_TOKENS
+    assert _value(samples, tokens, model=MODEL, direction="out") == 2 * COMPLETION_TOKENS
+    charged = [
+        json.loads(line)
+        for path in llm_broker.audit_dir.glob("audit-*.jsonl")
+        for line in path.read_text().splitlines()
+        if '"phase":"outcome"' in line and '"llm:chat"' in line
+    ]
+    cost = sum(int(r["cost_micro"]) for r in charged)
+    assert cost > 0
+    assert _value(samples, "a2a_broker_llm_cost_micro_total", model=MODEL) == cost
+    calls = {"caller": "alice", "operation": "llm:chat", "binding": "openai"}
+    served = {"target": f"model:{MODEL}", "outcome": "ok"}
+    assert _value(samples, "a2a_broker_requests_total", **served, **calls) == 2
+    unknown = _value(
+        samples, "a2a_broker_requests_total", target="-", reason="LLM_MODEL_NOT_FOUND", **calls
+    )
+    assert unknown == 1
