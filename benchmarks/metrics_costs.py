@@ -41,7 +41,7 @@ def hooks_us(number: int) -> dict[str, float]:
     async def body() -> bytes:
         return b""
 
-    ctx = MediationContext("jsonrpc", "bench", "POST", {}, body, caller="loadgen")
+    ctx = MediationContext("jsonrpc", "bench", "POST", headers={}, read_body=body, caller="loadgen")
     ctx.target = AgentRecord(name="bench", card_json="{}")
     ctx.operation, ctx.upstream_status, ctx.upstream_s = SEND_MESSAGE, 200, 0.0005
     ctx.policy_version = "v1"

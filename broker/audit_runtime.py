@@ -34,6 +34,7 @@ from broker.errors import (
 )
 from broker.keys import BrokerKeys
 from broker.observability.probes import audit_written
+from broker.pipeline.stage import stream_end
 from broker.replica_id import claim_default_replica
 from broker.settings import Settings
 from broker.types import MediationContext
@@ -146,18 +147,17 @@ class AuditRecorder:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
 
 
-async def digested_stream(
+def digested_stream(
     events: AsyncIterator[bytes], when_done: Callable[[str], None]
 ) -> AsyncIterator[bytes]:
     """Relay ``events`` unchanged; when the stream ends (however it ends) call ``when_done`` with
     the digest of everything relayed, so its outcome record covers the whole stream."""
     hashed = hashlib.sha256()
-    try:
-        async for event in events:
-            hashed.update(event)
-            yield event
-    finally:
+
+    async def done() -> None:
         when_done("sha256:" + hashed.hexdigest())
+
+    return stream_end(events, done, observe=hashed.update)
 
 
 def _body_digest(ctx: MediationContext) -> str:

@@ -11,11 +11,11 @@ import redis.asyncio as aioredis
 
 from broker.audit_runtime import AuditRecorder
 from broker.errors import BrokerError
+from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine, PolicySnapshot
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
 from broker.settings import Settings, SettingsError
-from broker.stages.policy import NO_POLICY_VERSION
 
 log = logging.getLogger("a2a_broker.policy")
 

@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
-from broker.containment.config import ContainmentSettings
-from broker.llm.config import LlmConfigError, LlmSettings, resolve_llm_settings
-from broker.observability.config import ConsoleSettings, MetricsSettings
+from broker.settings_containment import ContainmentSettings
+from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
+from broker.settings_observability import ConsoleSettings, MetricsSettings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret

@@ -21,8 +21,8 @@ from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
 from redis.asyncio import Redis
 
-from broker.observability.config import ConsoleSettings
 from broker.settings import Settings
+from broker.settings_observability import ConsoleSettings
 
 SESSION_COOKIE = "a2a_console"
 LOGIN_COOKIE = "a2a_console_login"  # double-submit CSRF token of the login form

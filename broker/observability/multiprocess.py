@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from broker.observability.config import MetricsSettings
+from broker.settings_observability import MetricsSettings
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 

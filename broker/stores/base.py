@@ -15,27 +15,13 @@ import msgspec
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
 from broker.stores.kill_switch import KillSwitchStore
+from broker.types import AgentRecord as AgentRecord  # noqa: PLC0414 - re-exported
+from broker.types import AgentStatus as AgentStatus  # noqa: PLC0414 - re-exported
 
-AgentStatus = Literal["active", "suspended"]
 # Which delegation limit refused a child: in-flight children of the parent, all children the
 # parent ever had, or all hops in the task tree.
 DelegationLimit = Literal["concurrent", "total", "tree"]
 RevocationStatus = Literal["ok", "token_revoked", "tree_killed"]
-
-
-class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered agent. ``card_json`` is the validated card, normalised to A2A 1.0."""
-
-    name: str
-    card_json: str
-    status: AgentStatus = "active"
-    # Upstream endpoints taken from the card, one per binding the broker can relay (may be "").
-    jsonrpc_url: str = ""
-    rest_url: str = ""
-    source: Literal["api", "declarative"] = "api"
-    card_url: str = ""
-    created_at: float = 0.0
-    updated_at: float = 0.0
 
 
 class TaskRoute(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from .conftest import REPO_ROOT
+from testkit.config import budget
+
 from .mesh import Mesh, new_marker, plan, start_mesh
 from .sdk import client_for, send_request
 
@@ -29,7 +31,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-IMAGES = REPO_ROOT / "docs" / "images"
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 AGENTS = ["planner", "researcher", "writer"]
 POLICY = "\n".join(
     [
@@ -42,22 +44,13 @@ POLICY = "\n".join(
         "",
     ]
 )
-BUDGETS = """
-[[budgets.agents.alice]]
-metric = "calls"
-window = "day"
-limit = 10
-
-[[budgets.agents.planner]]
-metric = "calls"
-window = "hour"
-limit = 4
-
-[[budgets.trees]]
-metric = "calls"
-window = "lifetime"
-limit = 20
-"""
+BUDGETS = {
+    "budgets": {"trees": [budget("calls", "lifetime", 20)]},
+    "budgets.agents": {
+        "alice": [budget("calls", "day", 10)],
+        "planner": [budget("calls", "hour", 4)],
+    },
+}
 
 # A developer without Chromium skips these; CI (which installs it in .ci/run) never does.
 pytestmark = pytest.mark.skipif(
@@ -70,7 +63,7 @@ pytestmark = pytest.mark.skipif(
 def mesh(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Mesh]:
     folder = tmp_path_factory.mktemp("console")
     with start_mesh(
-        folder, redis_url, agents=AGENTS, callers=["alice"], policy=POLICY, delegation=BUDGETS
+        folder, redis_url, agents=AGENTS, callers=["alice"], policy=POLICY, tables=BUDGETS
     ) as started:
         yield started
 

@@ -7,11 +7,8 @@ every scrape (answered by either one) counts them all, which is what multiproces
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,10 +20,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.observability.tally import FLUSH_S
+from testkit.brokers import generate_signing_key, start_broker
+from testkit.config import BrokerConfig, budget, credential_sha256
+from testkit.procs import free_port
 
-from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
+from .conftest import Upstream, _fetch_card, _static_card
 from .fake_llm import COMPLETION_TOKENS, PROMPT_TOKENS
-from .harness import ServerProcess, free_port
 from .sdk import client_for, send_request, unique_text
 from .test_llm import MODEL, LlmBroker, fake_provider, llm_broker  # noqa: F401 - fixtures
 
@@ -42,56 +41,20 @@ class MeteredBroker:
     alice: str  # alice's broker credential
 
 
-def _config(port: int, redis_url: str, prefix: str, key_file: Path, metrics_token: str) -> str:
-    digest = hashlib.sha256(metrics_token.encode()).hexdigest()
-    return f"""
-[server]
-port = {port}
-workers = 2
-[store]
-backend = "redis"
-redis_url = "{redis_url}"
-key_prefix = "{prefix}"
-[keys]
-signing_key_file = "{key_file}"
-[policy]
-allow_all = true
-[egress]
-allow_loopback = true
-[metrics]
-token_sha256 = "{digest}"
-[[budgets.agents.alice]]
-metric = "calls"
-window = "day"
-limit = 1000
-"""
-
-
 @pytest.fixture
 def metered(
     tmp_path: Path, redis_url: str, redis_key_prefix: str, upstreams: dict[str, Upstream]
 ) -> Iterator[MeteredBroker]:
-    key_file = tmp_path / "key.pem"
-    subprocess.run([sys.executable, "-m", "broker", "keys", "generate", str(key_file)], check=True)
-    port, admin, metrics_token = free_port(), secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    config = tmp_path / "broker.toml"
-    config.write_text(_config(port, redis_url, redis_key_prefix, key_file, metrics_token))
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    env = {"A2A_BROKER_ADMIN_TOKEN": admin}
-    with ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
-    ):
-        headers = {"Authorization": f"Bearer {admin}"}
-        with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=10) as http:
-            echo = http.post(
-                "/admin/agents", json={"name": "echo", "card": _fetch_card(upstreams["echo"].url)}
-            )
-            assert echo.status_code == 201, echo.text
-            card = _static_card("alice", upstreams["echo"].url)
-            alice = http.post("/admin/agents", json={"name": "alice", "card": card})
-            assert alice.status_code == 201, alice.text
-        yield MeteredBroker(url, headers, metrics_token, alice.json()["credential"])
+    metrics_token = secrets.token_urlsafe(16)
+    config = BrokerConfig(port=free_port()).set("server", workers=2)
+    config.use_redis(redis_url, key_prefix=redis_key_prefix)
+    config.set("keys", signing_key_file=generate_signing_key(tmp_path / "key.pem"))
+    config.set("metrics", token_sha256=credential_sha256(metrics_token))
+    config.set("budgets.agents", alice=[budget("calls", "day", 1000)])
+    with start_broker(config, log_dir=tmp_path, name="metered") as broker:
+        broker.register("echo", _fetch_card(upstreams["echo"].url))
+        alice = broker.register("alice", _static_card("alice", upstreams["echo"].url))
+        yield MeteredBroker(broker.url, broker.admin_headers, metrics_token, alice)
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -176,47 +139,31 @@ async def test_metrics_need_the_metrics_or_the_admin_token(metered: MeteredBroke
 
 def test_a_separate_metrics_port_serves_without_a_token(tmp_path: Path) -> None:
     """``[metrics] port``: `serve` also listens there, for a scraper on a private network."""
-    port, metrics_port = free_port(), free_port()
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\n[policy]\nallow_all = true\n[metrics]\nport = {metrics_port}\n"
-    )
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    url = f"http://127.0.0.1:{port}"
-    with ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env={}, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
-    ):
+    metrics_port = free_port()
+    config = BrokerConfig(port=free_port()).set("metrics", port=metrics_port)
+    with start_broker(config, log_dir=tmp_path, name="separate") as broker:
         for _ in range(3):  # three refusals: an unauthenticated caller
-            httpx.post(f"{url}/agents/echo/jsonrpc", json={}, trust_env=False)
+            httpx.post(broker.jsonrpc_url("echo"), json={}, trust_env=False)
         time.sleep(FLUSH_S * 4)  # the worker writes its batch within FLUSH_S (0052)
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", trust_env=False)
         assert scraped.status_code == 200
         samples = _samples(scraped.text)
         refused = {"caller": "-", "outcome": "refused", "reason": "UNAUTHENTICATED"}
         assert _value(samples, "a2a_broker_requests_total", **refused) == 3
-        # No admin or metrics token is configured: the broker's own /metrics stays closed.
-        closed = httpx.get(f"{url}/metrics", trust_env=False)
+        # The broker's own port still wants a token.
+        closed = httpx.get(f"{broker.url}/metrics", trust_env=False)
         assert closed.status_code == 401
 
 
 def test_audit_export_lag_is_a_gauge_per_sink_and_chain(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
-        "[audit.export]\nenabled = true\npoll_interval_s = 0.1\n"
-        '[[audit.export.sinks]]\nname = "siem"\nkind = "jsonl"\npath = "siem.jsonl"\n'
-    )
-    admin = secrets.token_urlsafe(16)
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    url = f"http://127.0.0.1:{port}"
-    env = {"A2A_BROKER_ADMIN_TOKEN": admin}
-    with ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=tmp_path, name="b"
-    ):
+    config = BrokerConfig(port=free_port())
+    config.set("audit.export", enabled=True, poll_interval_s=0.1)
+    config.set("audit.export", sinks=[{"name": "siem", "kind": "jsonl", "path": "siem.jsonl"}])
+    with start_broker(config, log_dir=tmp_path, name="exporting") as broker:
+        url = broker.url
+        headers = broker.admin_headers
         for _ in range(3):  # three refusals, three audit records to export
             httpx.post(f"{url}/agents/echo/jsonrpc", json={}, trust_env=False)
-        headers = {"Authorization": f"Bearer {admin}"}
         deadline, lags = time.monotonic() + 10, {}
         while time.monotonic() < deadline:
             scraped = httpx.get(f"{url}/metrics", headers=headers, trust_env=False)

@@ -16,8 +16,8 @@ from broker.console.records import build_tree
 from broker.console.sessions import Sessions
 from broker.errors import HopLimitExceededError, PolicyDeniedError, UpstreamTimeoutError
 from broker.observability import metrics, record, tally
-from broker.observability.config import ConsoleSettings
 from broker.operations import SEND_MESSAGE
+from broker.settings_observability import ConsoleSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext
 
@@ -79,7 +79,7 @@ def _sample(name: str, **labels: str) -> float:
 
 def test_unverified_names_never_become_labels() -> None:
     """A caller the broker did not verify, a target it does not know: both are '-'."""
-    ctx = MediationContext("jsonrpc", "made-up-name-123", "POST", {}, _body)
+    ctx = MediationContext("jsonrpc", "made-up-name-123", "POST", headers={}, read_body=_body)
     ctx.error = PolicyDeniedError()
     labels = {"caller": "-", "target": "-", "operation": "-", "binding": "jsonrpc"}
     labels |= {"outcome": "refused", "reason": "POLICY_DENIED"}
@@ -92,7 +92,7 @@ def test_unverified_names_never_become_labels() -> None:
 
 
 def test_policy_and_guard_refusals_are_counted() -> None:
-    ctx = MediationContext("rest", "bench", "POST", {}, _body, caller="alice")
+    ctx = MediationContext("rest", "bench", "POST", headers={}, read_body=_body, caller="alice")
     ctx.target = AgentRecord(name="bench", card_json="{}")
     ctx.operation, ctx.policy_version = SEND_MESSAGE, "v1"
     ctx.error = HopLimitExceededError()
@@ -108,7 +108,7 @@ def test_policy_and_guard_refusals_are_counted() -> None:
 
 
 def test_recording_off_records_nothing() -> None:
-    ctx = MediationContext("jsonrpc", "bench", "POST", {}, _body, caller="zed")
+    ctx = MediationContext("jsonrpc", "bench", "POST", headers={}, read_body=_body, caller="zed")
     metrics.recording = False
     try:
         record.observe_mediated(ctx, 200)

@@ -1,4 +1,10 @@
-"""The LLM endpoint's pipeline, built once at start-up, its order written in one function."""
+"""The order of an LLM call's stages (the OpenAI-compatible endpoint), and why.
+
+The stages in the middle are the ones every protocol shares (``broker.stages``); the LLM's own
+parse its request at the start, meter its tokens, and forward it to the provider at the end.
+``LlmGateway`` is the endpoint's behaviour, independent of the web framework: this pipeline,
+folded once, and the model listing.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +13,35 @@ from dataclasses import dataclass, field
 import msgspec
 
 from broker.audit_runtime import AuditRecorder
-from broker.containment.config import ContainmentSettings
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
 from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
-from broker.llm.audit import LlmAuditForward, LlmAuditRefusals
-from broker.llm.config import LlmSettings, ModelCatalog
-from broker.llm.context import LlmCallNext, LlmStage, fold_llm
+from broker.llm.audit import LlmAudit, LlmAuditRefusals
+from broker.llm.catalog import ModelCatalog
+from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
-from broker.llm.roles import AgentRoles
 from broker.llm.stages import (
     ACTIONS,
     AgentRateLimit,
-    LlmAuthenticate,
-    LlmDelegationContext,
     LlmErrorBoundary,
     ModelPolicy,
     ParseLlmRequest,
 )
 from broker.llm.wire import openai_error_reply
+from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
+from broker.policy.roles import AgentRoles
 from broker.settings import LimitSettings
+from broker.settings_containment import ContainmentSettings
+from broker.settings_llm import LlmSettings
+from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
+from broker.stages.delegation import DelegationContext
 from broker.stores.base import Revocations
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.types import Reply
-from broker.upstream_client import UpstreamClient
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,24 +56,26 @@ class LlmParts:
     policy: PolicyEngine | None
     verifier: TokenVerifier
     revocations: Revocations
-    client: UpstreamClient
+    client: Transport
     ledger: BudgetLedger
     limiter: RateLimiter
     scopes: BudgetScopes
     audit: AuditRecorder
     containment: ContainmentSettings = field(default_factory=ContainmentSettings)
     kill: GlobalKillSwitch | None = None
+    roles: AgentRoles | None = None  # built from ``policy`` when not given
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     """The order of an LLM call, and why each stage stands where it does."""
+    roles = parts.roles if parts.roles is not None else AgentRoles(parts.policy)
     return [
         # Outermost: every refusal becomes an OpenAI-shaped error, every call one log line.
         LlmErrorBoundary(),
         # Every refusal from here in is one audit record (the boundary above shapes it).
         LlmAuditRefusals(parts.audit),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
-        LlmAuthenticate(parts.authenticate),
+        parts.authenticate,
         # The global kill switch, once the caller is known (its refusal names who tried).
         *([RefuseWhileKilled(parts.kill)] if parts.kill is not None else []),
         # Size and depth limits before decoding; only the envelope is decoded. Unknown models
@@ -74,7 +83,7 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         ParseLlmRequest(parts.limits, parts.llm, catalog),
         # The chain comes only from a token the broker minted for this caller; it decides the
         # tree the call is charged to, and the policy below judges the whole chain.
-        LlmDelegationContext(parts.verifier, parts.revocations),
+        DelegationContext(parts.verifier, parts.revocations),
         # Policy before the rate limit and the budget, so a denied call spends nothing.
         ModelPolicy(parts.policy),
         # The rate limit before the budget: a refused call reserves nothing.
@@ -82,9 +91,9 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         # A provider that keeps failing is refused at once, before a budget is reserved.
         ProviderBreaker(parts.containment),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
-        MeterBudget(parts.ledger, parts.scopes, AgentRoles(parts.policy), parts.llm),
+        MeterBudget(parts.ledger, parts.scopes, roles, parts.llm),
         # Every decision is made: record it durably before the provider is called.
-        LlmAuditForward(parts.audit),
+        AuditForward[LlmContext](parts.audit, LlmAudit()),
         # Innermost: the provider gets the broker's key and the caller's bytes.
         ForwardToProvider(parts.client, parts.limits, parts.llm),
     ]

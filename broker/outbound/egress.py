@@ -1,4 +1,4 @@
-"""Outbound HTTP: the broker's one upstream client and the egress (SSRF) rules it enforces.
+"""The egress (SSRF) rules every outbound connection of the broker's transport obeys.
 
 Three checks, each closing a gap the one before leaves open:
 
@@ -9,7 +9,9 @@ Three checks, each closing a gap the one before leaves open:
 3. ``EgressPolicy.guarded_socket`` is the connector's socket factory: it sees the exact address
    handed to connect() for every new connection, whatever path produced it, before a packet leaves.
 
-aiohttp and OS errors become broker errors in one place, ``upstream_error``.
+The transport that applies them is ``broker.outbound.client``; a refusal raised inside aiohttp's
+connect path travels as ``EgressRefusedOSError`` and becomes the EgressDeniedError again in the
+one error table, ``broker.outbound.errors.transport_error``.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class EgressPolicy:
 
         Runs for every new connection with the exact address connect() will use, so it also
         covers IP-literal hosts and any path around the resolver. Raises an OSError (aiohttp only
-        carries those) that ``upstream_error`` turns back into the EgressDeniedError.
+        carries those) that ``transport_error`` turns back into the EgressDeniedError.
         """
         family, type_, proto, _, address = addr_info
         if (error := self.address_refusal(str(address[0]))) is not None:
@@ -219,7 +221,7 @@ class EgressRefusedOSError(OSError):
 class EgressResolver(AbstractResolver):
     """aiohttp's default resolver, keeping only the addresses the policy allows.
 
-    When every address is refused it raises an OSError that ``upstream_error`` turns into the
+    When every address is refused it raises an OSError that ``transport_error`` turns into the
     EgressDeniedError for the first of them.
     """
 

@@ -1,4 +1,4 @@
-"""The ``[metrics]`` and ``[console]`` sections."""
+"""The ``[metrics]`` and ``[console]`` sections (broker/observability, broker/console)."""
 
 from __future__ import annotations
 

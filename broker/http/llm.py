@@ -8,10 +8,10 @@ from typing import cast
 from litestar import Response, get, post
 from litestar.response import Stream
 
-from broker.http.mediation import _body_reader, inbound_headers, to_response
+from broker.http.mediation import body_reader, inbound_headers, to_response
 from broker.http.state import AnyRequest
 from broker.llm.context import CallKind, LlmContext
-from broker.llm.gateway import LlmGateway
+from broker.pipeline.llm import LlmGateway
 
 
 def gateway_of(request: AnyRequest) -> LlmGateway:
@@ -19,7 +19,7 @@ def gateway_of(request: AnyRequest) -> LlmGateway:
 
 
 async def _call(request: AnyRequest, kind: CallKind) -> Response[bytes] | Stream:
-    ctx = LlmContext(kind=kind, headers=inbound_headers(request), read_body=_body_reader(request))
+    ctx = LlmContext(kind=kind, headers=inbound_headers(request), read_body=body_reader(request))
     return to_response(await gateway_of(request).call(ctx))
 
 

@@ -1,58 +1,30 @@
-"""The broker's one outbound HTTP client, pooled, on top of the egress rules in ``egress.py``.
+"""The broker's ``Transport``: one pooled aiohttp client, on top of the egress rules.
 
-aiohttp and OS errors become broker errors in one place, ``upstream_error``.
+aiohttp and OS errors become broker errors through ``broker.outbound.errors``, the one table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 
 import aiohttp
 from aiohttp.typedefs import LooseHeaders
 from yarl import URL
 
-from broker.egress import EgressPolicy, EgressRefusedOSError, EgressResolver
 from broker.errors import (
     AgentCardFetchError,
     BrokerError,
-    StreamIdleTimeoutError,
-    UpstreamBadResponseError,
-    UpstreamConnectTimeoutError,
     UpstreamPoolExhaustedError,
     UpstreamResponseTooLargeError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
 )
+from broker.outbound.egress import EgressPolicy, EgressResolver
+from broker.outbound.errors import CLIENT_ERRORS, card_fetch_error, transport_error
+from broker.outbound.transport import TransportResponse
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 
-
-def upstream_error(exc: BaseException, *, streaming: bool = False) -> BrokerError:
-    """The broker error for an aiohttp or OS error raised while talking to an upstream.
-
-    The only place that translates them. The original error goes to ``detail`` (log only).
-    ``streaming``: it came while reading a stream's body, where a read timeout means idleness.
-    """
-    detail = f"{type(exc).__name__}: {exc}"
-    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
-    if isinstance(cause, EgressRefusedOSError):
-        return cause.refusal
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamConnectTimeoutError(detail=detail)
-    if isinstance(exc, TimeoutError):
-        return (
-            StreamIdleTimeoutError(detail=detail)
-            if streaming
-            else UpstreamTimeoutError(detail=detail)
-        )
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        return UpstreamBadResponseError(detail=detail)
-    return UpstreamUnreachableError(detail=detail)
-
-
-_CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # What a request sent on a connection the upstream had closed meets before any answer: the
 # server's close (ServerDisconnectedError) or a reset (ClientOSError). The same as aiohttp's own
 # retry of idempotent methods (RFC 9112 section 9.3.1.1), which covers these HTTP methods:
@@ -66,8 +38,8 @@ _DNS_TTL_S = 10  # short: a changed record is picked up soon; every answer is re
 _NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 8) or (3, 13, 0) <= sys.version_info < (3, 13, 1)
 
 
-class UpstreamClient:
-    """The broker's one outbound HTTP client.
+class AiohttpTransport:
+    """The broker's one outbound HTTP client (``broker.outbound.transport.Transport``).
 
     Pooled; every URL and every connected address passes the egress policy; redirects are never
     followed (a 3xx is returned as is); no cookies are kept; proxy environment variables are
@@ -78,7 +50,7 @@ class UpstreamClient:
     def __init__(
         self, egress: EgressSettings, limits: LimitSettings, registry: RegistrySettings
     ) -> None:
-        self.policy = EgressPolicy(egress)
+        self.egress = EgressPolicy(egress)
         self._max_response_bytes = limits.max_response_bytes
         self._max_card_bytes = registry.max_card_bytes
         connect = limits.upstream_connect_timeout_s
@@ -95,8 +67,8 @@ class UpstreamClient:
         )
         connector = aiohttp.TCPConnector(
             limit=limits.upstream_pool_size,
-            resolver=EgressResolver(self.policy),
-            socket_factory=self.policy.guarded_socket,
+            resolver=EgressResolver(self.egress),
+            socket_factory=self.egress.guarded_socket,
             ttl_dns_cache=_DNS_TTL_S,
             enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED,
         )
@@ -107,6 +79,22 @@ class UpstreamClient:
             trust_env=False,
             skip_auto_headers=_SKIPPED_AUTO_HEADERS,
         )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        stream: bool,
+        reads_only: bool = False,
+    ) -> TransportResponse:
+        """``Transport.send``: ``request`` with the answer wrapped for the stages."""
+        response = await self.request(
+            method, url, headers=dict(headers), body=body, stream=stream, retry_stale=reads_only
+        )
+        return _AiohttpResponse(self, response)
 
     async def request(
         self,
@@ -139,7 +127,7 @@ class UpstreamClient:
             async with asyncio.timeout(self._header_timeout_s):
                 return await self._send(method, url, headers, body, timeout, retry_stale=retry)
         except TimeoutError as exc:
-            raise upstream_error(exc) from None
+            raise transport_error(exc) from None
 
     async def read_body(
         self, response: aiohttp.ClientResponse, *, limit: int | None = None
@@ -164,8 +152,8 @@ class UpstreamClient:
         try:
             async for chunk in response.content.iter_any():
                 yield chunk
-        except _CLIENT_ERRORS as exc:
-            raise upstream_error(exc, streaming=True) from None
+        except CLIENT_ERRORS as exc:
+            raise transport_error(exc, streaming=True) from None
 
     async def fetch_card(self, url: str | URL) -> bytes:
         """GET an agent card's bytes: no redirects, at most max_card_bytes, card_fetch_timeout_s.
@@ -178,22 +166,14 @@ class UpstreamClient:
                 if (error := _card_response_error(response)) is not None:
                     raise error
                 return await _read_limited(response, self._max_card_bytes, _card_too_large)
-        except (
-            UpstreamUnreachableError,
-            UpstreamConnectTimeoutError,
-            UpstreamTimeoutError,
-            UpstreamBadResponseError,
-        ) as exc:
-            reason = exc.message[:1].lower() + exc.message[1:]
-            raise AgentCardFetchError(
-                f"The agent card could not be fetched: {reason}", detail=exc.detail
-            ) from None
+        except BrokerError as exc:
+            raise card_fetch_error(exc) from None
 
     async def close(self) -> None:
         """Close every pooled connection; the client cannot be used afterwards."""
         await self._session.close()
 
-    async def __aenter__(self) -> UpstreamClient:
+    async def __aenter__(self) -> AiohttpTransport:
         return self
 
     async def __aexit__(
@@ -214,7 +194,7 @@ class UpstreamClient:
         *,
         retry_stale: bool = False,
     ) -> aiohttp.ClientResponse:
-        target = self.policy.check_url(url)
+        target = self.egress.check_url(url)
 
         async def send() -> aiohttp.ClientResponse:
             return await self._session.request(
@@ -228,10 +208,10 @@ class UpstreamClient:
                 if not retry_stale or isinstance(exc, aiohttp.ClientConnectorError):
                     raise  # a refused or failed connect is no stale connection: not retried
                 return await send()
-        except _CLIENT_ERRORS as exc:
+        except CLIENT_ERRORS as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError) and self._pool_full():
                 raise UpstreamPoolExhaustedError(detail=f"{type(exc).__name__}: {exc}") from None
-            raise upstream_error(exc) from None
+            raise transport_error(exc) from None
 
     def _pool_full(self) -> bool:
         """Every pooled connection is in use: a connect timeout was a wait for the pool."""
@@ -254,8 +234,8 @@ async def _read_limited(
             body += chunk
             if len(body) > limit:
                 raise too_large()
-    except _CLIENT_ERRORS as exc:
-        raise upstream_error(exc) from None
+    except CLIENT_ERRORS as exc:
+        raise transport_error(exc) from None
     return bytes(body)
 
 
@@ -275,3 +255,24 @@ def _card_response_error(response: aiohttp.ClientResponse) -> AgentCardFetchErro
     if response.headers.get("Content-Encoding", "identity").lower() != "identity":
         return AgentCardFetchError("The agent card URL answered with a compressed body.")
     return None
+
+
+class _AiohttpResponse:
+    """``TransportResponse`` over an aiohttp response read through the transport."""
+
+    def __init__(self, client: AiohttpTransport, response: aiohttp.ClientResponse) -> None:
+        self._client = client
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in response.headers.items()}
+        self.content_type = response.headers.get("content-type", "application/json")
+        self.is_event_stream = self.content_type.startswith("text/event-stream")
+
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._client.read_body(self._response, limit=max_bytes)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._client.iter_chunks(self._response)
+
+    def close(self) -> None:
+        self._response.close()
