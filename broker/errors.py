@@ -559,6 +559,30 @@ class RateLimitedError(BrokerError):
     default_message = "Too many requests; retry after the delay given."
 
 
+# --- Visibility: metrics and the operator console ---------------------------------------------
+
+
+class MetricsUnauthenticatedError(BrokerError):
+    code, http_status, reason = -32094, 401, "METRICS_UNAUTHENTICATED"
+    transport_level = True
+    default_message = (
+        "Missing or invalid metrics credential (send 'Authorization: Bearer <token>' with the "
+        "metrics token or the admin token)."
+    )
+
+
+class ConsoleUnauthenticatedError(BrokerError):
+    code, http_status, reason = -32095, 401, "CONSOLE_UNAUTHENTICATED"
+    transport_level = True
+    default_message = "Log in to the console first (or the admin token given was wrong)."
+
+
+class ConsoleCsrfRejectedError(BrokerError):
+    code, http_status, reason = -32096, 403, "CONSOLE_CSRF_REJECTED"
+    transport_level = True
+    default_message = "The form's CSRF token is missing or does not match this session."
+
+
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
     domain = ERROR_DOMAIN_A2A  # the spec's code and reason

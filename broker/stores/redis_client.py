@@ -12,6 +12,7 @@ password nor a password ever goes into a log line or an error: ``redacted_url`` 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar
@@ -26,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisClusterException, RedisError
 
 from broker.errors import StoreFullError, StoreUnavailableError
+from broker.observability.probes import store_call
 from broker.settings import StoreSettings
 
 # What the stores and the channels talk to: one server's client (standalone, sentinel) or the
@@ -60,12 +62,18 @@ def unavailable_on_error(
 ) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """The one place a Redis failure becomes ``StoreUnavailableError``; its text goes to detail."""
 
+    took, failed = store_call(method.__qualname__)  # its metrics (one round trip per call)
+
     @functools.wraps(method)
     async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        started = time.perf_counter()
         try:
             return await method(*args, **kwargs)
         except (RedisError, RedisClusterException) as exc:
+            failed()
             raise store_error(exc) from exc
+        finally:
+            took(time.perf_counter() - started)
 
     return translated
 
