@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,

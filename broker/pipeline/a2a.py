@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.containment.stages import AgentContainment
 from broker.delegation.tokens import TokenMinter, TokenVerifier

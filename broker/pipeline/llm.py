@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError

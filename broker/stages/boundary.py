@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 
-from broker.audit_runtime import AuditRecorder, request_fields
+from broker.audit.recorder import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
 from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from broker.control import Controls
 from broker.errors import KillSwitchEngagedError
 from broker.replica_channel import ReplicaChannel
+from broker.runtime.control import Controls
 from broker.settings import Settings, StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend

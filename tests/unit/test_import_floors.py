@@ -33,8 +33,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.errors", "broker.types", "broker.settings", "broker.settings_llm",
         "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
-        "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.cli_output",
-        "broker.audit_redact", "broker.delegation.errors", "broker.llm.errors",
+        "broker.credentials", "broker.jsonlimits", "broker.replica_id",
+        "broker.delegation.errors", "broker.llm.errors",
     ),
     1: (
         "broker.operations", "broker.reading", "broker.wire", "broker.sse",
@@ -44,22 +44,18 @@ FLOORS: dict[int, tuple[str, ...]] = {
     2: ("broker.stores", "broker.replica_channel"),
     3: (
         "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
-        "broker.policy", "broker.policy_runtime", "broker.budget_scopes", "broker.audit",
-        "broker.audit_runtime", "broker.audit_export_runtime", "broker.containment",
-        "broker.global_kill", "broker.control", "broker.killswitch",
-        "broker.late_routes_runtime",
+        "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
+        "broker.global_kill", "broker.killswitch",
     ),
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
         "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
     ),
     5: ("broker.pipeline",),
-    6: ("broker.runtime", "broker.preflight"),
+    6: ("broker.runtime",),
     7: (
-        "broker.http", "broker.cli", "broker.__main__", "broker.admin_cli",
-        "broker.admin_client", "broker.admin_tables", "broker.audit_cli_args",
-        "broker.policy_cli_args", "broker.settings_doc", "broker.settings_fields",
-        "broker.demo",
+        "broker.http", "broker.cli", "broker.__main__", "broker.settings_doc",
+        "broker.settings_fields", "broker.demo",
     ),
 }  # fmt: skip
 NAMES = dict(enumerate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.global_kill import GlobalKillSwitch

@@ -32,7 +32,7 @@ from broker.errors import (
 from broker.keys import BrokerKeys
 from broker.operations import GET_TASK, PUSH_CONFIG_OPERATIONS, SEND_MESSAGE
 from broker.policy.engine import PolicyEngine
-from broker.policy_runtime import DEFAULT_MODEL
+from broker.policy.runtime import DEFAULT_MODEL
 from broker.reading import Reading
 from broker.settings import DelegationSettings
 from broker.stages.delegation import DelegationContext

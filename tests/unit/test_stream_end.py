@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.errors import StoreUnavailableError, UpstreamBadResponseError
 from broker.operations import SEND_STREAMING_MESSAGE
 from broker.stages.boundary import ErrorBoundary

@@ -21,10 +21,10 @@ from typing import Any
 from broker.audit.file_log import FileAuditLog
 from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
+from broker.audit.redact import redacted_payload
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
-from broker.audit_redact import redacted_payload
 from broker.errors import (
     AuditUnavailableError,
     BrokerError,

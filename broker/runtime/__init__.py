@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.audit.export import Exporter
-from broker.audit_export_runtime import start_exporters
-from broker.audit_runtime import AuditRecorder, open_recorder
+from broker.audit.export.runtime import start_exporters
+from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
-from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import TreeKiller
-from broker.late_routes_runtime import with_late_routes
 from broker.late_writes import LateWrites
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import check_push_url
@@ -30,8 +28,10 @@ from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
-from broker.policy_runtime import PolicyRuntime
+from broker.policy.runtime import PolicyRuntime
 from broker.responses import ResponseInspector
+from broker.runtime.control import Controls
+from broker.runtime.late_routes import with_late_routes
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import StoreBackend, Stores

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.errors import BrokerError
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine, PolicySnapshot
@@ -21,7 +21,7 @@ log = logging.getLogger("a2a_broker.policy")
 
 # The model shipped with the broker (package data; policies/model.conf is the same file for
 # operators to read), used when [policy] model_file is not set.
-DEFAULT_MODEL = Path(__file__).resolve().parent / "policy" / "model.conf"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "model.conf"
 
 
 @dataclass(slots=True)
