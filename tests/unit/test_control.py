@@ -4,7 +4,6 @@ kill switch moves on both, over the control channel (real Redis, two ``Controls`
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -17,14 +16,9 @@ from broker.runtime.control import Controls
 from broker.settings import Settings, StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend
+from testkit.procs import free_port
 
 DEADLINE_S = 5.0  # far below read_cache_ttl_s: only the channel can explain a change seen here
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
