@@ -34,10 +34,10 @@ from broker.keys import KeyFileError
 from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
 from broker.policy.rules import PolicyError
+from broker.protocols.a2a.wire import error_reply
 from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
-from broker.wire import error_reply
 
 log = logging.getLogger("a2a_broker")
 

@@ -20,6 +20,7 @@ from broker.late_writes import LateWrites
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
@@ -36,7 +37,6 @@ from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import PushUrlCheck, TaskScope
 from broker.stores.base import Stores
-from broker.task_pages import PageTokens
 from broker.types import MediationContext, Stage
 
 

@@ -29,6 +29,7 @@ from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import PolicyRuntime
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.runtime.control import Controls
 from broker.runtime.late_routes import with_late_routes
@@ -36,7 +37,6 @@ from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
-from broker.task_pages import PageTokens
 from broker.types import CallNext
 
 log = logging.getLogger("a2a_broker")

@@ -37,9 +37,8 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.delegation.errors", "broker.llm.errors",
     ),
     1: (
-        "broker.operations", "broker.reading", "broker.wire", "broker.sse",
-        "broker.task_pages", "broker.llm.wire", "broker.llm.request", "broker.llm.catalog",
-        "broker.llm.usage", "broker.llm.context", "broker.llm",
+        "broker.protocols", "broker.sse", "broker.llm.wire", "broker.llm.request",
+        "broker.llm.catalog", "broker.llm.usage", "broker.llm.context", "broker.llm",
     ),
     2: ("broker.stores", "broker.replica_channel"),
     3: (

@@ -16,11 +16,11 @@ from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmParts, llm_stages
 from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.settings import ServerSettings, Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.memory import MemoryBackend
-from broker.task_pages import PageTokens
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 SETTINGS = Settings(server=ServerSettings(public_url="http://broker.test"))
