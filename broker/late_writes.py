@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from broker.background import BackgroundTasks
+
 log = logging.getLogger("a2a_broker.late_writes")
 
 Attempt = Callable[[], Awaitable[object]]
@@ -52,6 +54,7 @@ class LateWrites:
 
     ``retry_on``: the exceptions that mean "the store did not answer, try again later"; any
     other exception drops the write (logged with its traceback). ``clock`` dates deadlines.
+    ``tasks``: where its loop runs (the runtime's; by default its own).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class LateWrites:
         interval_s: float = RETRY_INTERVAL_S,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._retry_on = retry_on
         self._interval_s = interval_s
@@ -69,6 +73,7 @@ class LateWrites:
         self._queue: deque[_Write] = deque()
         self._in_flight = 0
         self._worker: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     @property
     def pending(self) -> int:
@@ -86,7 +91,10 @@ class LateWrites:
             self._give_up(self._queue.popleft(), "the queue of late writes is full")
         self._queue.append(_Write(attempt, until, what, given_up))
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="late-writes")
+            try:
+                self._worker = self._tasks.spawn(self._run(), "late-writes")
+            except RuntimeError:  # the broker's tasks are closed: it is shutting down
+                self._give_up(self._queue.pop(), "the broker is shutting down")
 
     async def close(self, timeout_s: float = 1.0) -> None:
         """Try once more to land what is pending (for at most ``timeout_s``), then stop."""

@@ -19,6 +19,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from broker.background import BackgroundTasks
+
 Handler = Callable[[bytes], Awaitable[None] | None]
 GapHandler = Callable[[], Awaitable[None] | None]
 
@@ -37,6 +39,7 @@ class ReplicaChannel:
         *,
         retry_s: float = 1.0,
         on_gap: GapHandler | None = None,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         if not name:
             raise ValueError("a replica channel needs a name")
@@ -46,13 +49,14 @@ class ReplicaChannel:
         self._on_gap = on_gap
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     async def start(self) -> None:
         """Subscribe (raises the Redis error if that fails) and start listening."""
         if self._task is not None:
             return
         pubsub = await self._subscribe()
-        self._task = asyncio.create_task(self._listen(pubsub), name=f"channel-{self.name}")
+        self._task = self._tasks.spawn(self._listen(pubsub), f"channel-{self.name}")
 
     async def start_when_possible(self) -> None:
         """Like ``start``, but if Redis cannot be reached now, keep trying in the background
@@ -61,7 +65,7 @@ class ReplicaChannel:
             await self.start()
         except (RedisError, OSError):
             _log.warning("channel %s unavailable at start; retrying", self.name)
-            self._task = asyncio.create_task(self._subscribe_later(), name=f"channel-{self.name}")
+            self._task = self._tasks.spawn(self._subscribe_later(), f"channel-{self.name}")
 
     async def _subscribe(self) -> Any:
         pubsub: Any = self._redis.pubsub()  # redis-py's PubSub is partly untyped

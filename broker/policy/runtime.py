@@ -10,6 +10,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from broker.audit.recorder import AuditRecorder
+from broker.background import BackgroundTasks
 from broker.errors import BrokerError
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine, PolicySnapshot
@@ -33,7 +34,9 @@ class PolicyRuntime:
     redis: aioredis.Redis | None = None
 
     @classmethod
-    async def start(cls, settings: Settings, audit: AuditRecorder) -> PolicyRuntime:
+    async def start(
+        cls, settings: Settings, audit: AuditRecorder, tasks: BackgroundTasks | None = None
+    ) -> PolicyRuntime:
         """Load the policy (a bad or empty file stops start-up: there is no last good one yet).
 
         Raises ``SettingsError`` when there is no policy file and ``allow_all`` is not set (or
@@ -56,6 +59,7 @@ class PolicyRuntime:
             on_applied=_audited_reload(audit),
             redis=client,
             channel=f"{settings.store.key_prefix}:{settings.policy.channel}",
+            tasks=tasks,
         )
         await reloader.start()
         log.info("policy %s loaded (version %s)", policy_path, engine.version[:12])

@@ -33,7 +33,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.errors", "broker.types", "broker.settings", "broker.settings_llm",
         "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
-        "broker.credentials", "broker.jsonlimits", "broker.replica_id",
+        "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
     ),
     1: (
