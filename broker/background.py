@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 log = logging.getLogger("a2a_broker.background")
@@ -26,21 +27,36 @@ class BackgroundTasks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """``close`` has begun: nothing more can be spawned."""
+        return self._closed
+
     def __len__(self) -> int:
         """Tasks still running."""
         return len(self._tasks)
 
-    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        """Run ``work`` as a task of the running loop; its failure is logged, never lost.
+    def spawn(
+        self,
+        work: Coroutine[Any, Any, Any],
+        name: str,
+        on_failure: Callable[[BaseException], object] | None = None,
+    ) -> asyncio.Task[Any]:
+        """Run ``work`` as a task of the running loop; its failure is logged (one line), or
+        handed to ``on_failure`` for work whose failure is expected and said otherwise.
 
         Raises ``RuntimeError`` (and closes ``work`` unstarted) once ``close`` has begun, or
         when no event loop runs."""
         if self._closed:
             work.close()
             raise RuntimeError("background tasks are closed")
-        task = asyncio.get_running_loop().create_task(work, name=name)
+        try:
+            task = asyncio.get_running_loop().create_task(work, name=name)
+        except RuntimeError:  # no event loop runs
+            work.close()
+            raise
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(partial(self._done, on_failure))
         return task
 
     async def close(self) -> None:
@@ -52,9 +68,13 @@ class BackgroundTasks:
                 task.cancel()
             await asyncio.wait(tasks)
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(
+        self, on_failure: Callable[[BaseException], object] | None, task: asyncio.Task[Any]
+    ) -> None:
         self._tasks.discard(task)
-        if task.cancelled():
+        if task.cancelled() or (exc := task.exception()) is None:
             return
-        if (exc := task.exception()) is not None:
+        if on_failure is not None:
+            on_failure(exc)
+        else:
             log.error("background task %s crashed: %r", task.get_name(), exc)

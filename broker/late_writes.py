@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from broker.background import BackgroundTasks
@@ -171,35 +172,44 @@ class LateWrites:
             write.given_up()
 
 
-_finishing: set[asyncio.Task[None]] = set()
-
-
 async def finish_quietly(
-    work: Coroutine[Any, Any, None], what: str, logger: logging.Logger
+    work: Coroutine[Any, Any, None],
+    what: str,
+    logger: logging.Logger,
+    tasks: BackgroundTasks | None = None,
 ) -> None:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (a client that hangs up
     must not leave a reservation behind), and never raise: a failure is logged. For the writes
-    that follow an answer, whose own store retries them if they fail (``LateWrites``)."""
-    task = asyncio.create_task(work)
-    _finishing.add(task)
-    task.add_done_callback(lambda done: _log_failure(done, what, logger))
-    with contextlib.suppress(Exception):  # logged by the callback
-        await asyncio.shield(task)
+    that follow an answer, whose own store retries them if they fail (``LateWrites``).
+    ``work`` runs in ``tasks`` (the runtime's), so a shutdown ends what a caller left behind."""
+    task = _spawn(work, what, logger, tasks if tasks is not None else BackgroundTasks())
+    if task is not None:
+        with contextlib.suppress(Exception):  # logged by _log_failure
+            await asyncio.shield(task)
 
 
-def finish_soon(work: Coroutine[Any, Any, None], what: str, logger: logging.Logger) -> None:
+def finish_soon(
+    work: Coroutine[Any, Any, None],
+    what: str,
+    logger: logging.Logger,
+    tasks: BackgroundTasks | None = None,
+) -> None:
     """``finish_quietly`` without waiting, for code that cannot await (a finalizer); ``work``
-    is closed unstarted when no event loop runs."""
+    is closed unstarted when no event loop runs (or ``tasks`` are closed: shutting down)."""
+    _spawn(work, what, logger, tasks if tasks is not None else BackgroundTasks())
+
+
+def _spawn(
+    work: Coroutine[Any, Any, None], what: str, logger: logging.Logger, tasks: BackgroundTasks
+) -> asyncio.Task[None] | None:
     try:
-        task = asyncio.get_running_loop().create_task(work)
-    except RuntimeError:
+        return tasks.spawn(work, what, partial(_log_failure, what, logger))
+    except RuntimeError:  # no event loop, or the broker is shutting down
         work.close()
-        return
-    _finishing.add(task)
-    task.add_done_callback(lambda done: _log_failure(done, what, logger))
+        if tasks.closed:
+            logger.warning("%s not run: the broker is shutting down", what)
+        return None
 
 
-def _log_failure(task: asyncio.Task[None], what: str, logger: logging.Logger) -> None:
-    _finishing.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.warning("%s failed for now (retried until the store answers): %r", what, exc)
+def _log_failure(what: str, logger: logging.Logger, exc: BaseException) -> None:
+    logger.warning("%s failed for now (retried until the store answers): %r", what, exc)

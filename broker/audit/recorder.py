@@ -107,7 +107,7 @@ class AuditRecorder:
         try:
             task = self._tasks.spawn(self._record_logged(fields), "audit-record")
         except RuntimeError:  # the broker's tasks are closed: it is shutting down
-            log.error("audit record lost (shutting down): %s", fields.get("request_id", ""))
+            log.error("audit record lost (shutting down): %s", dict(fields).get("request_id", ""))  # noqa: TRY400
             return
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

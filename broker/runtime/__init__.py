@@ -123,6 +123,7 @@ class BrokerRuntime:
                 containment=settings.containment,
                 kill=controls.kill,
                 roles=roles,
+                tasks=tasks,
             )
         )
         runtime = cls(
@@ -226,4 +227,5 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         inspector=inspector,
         pages=pages,
         push_url_allowed=push_url_allowed,
+        tasks=rt.tasks,
     )

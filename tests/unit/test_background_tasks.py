@@ -28,11 +28,22 @@ def _settings(tmp_path: Path, redis_url: str, key_prefix: str) -> object:
         BrokerConfig(port=free_port())
         .use_redis(redis_url, key_prefix=key_prefix)
         .use_policy_file(tmp_path / "policy.csv", reload_interval_s=0.05)
-        .set("audit", dir=tmp_path / "audit", replica="unit", fsync=False, witness="file",
-             witness_dir=tmp_path / "witness", checkpoint_interval_s=0.05)  # fmt: skip
-        .set("audit.export", enabled=True, poll_interval_s=0.05,
-             positions_path=tmp_path / "positions.json",
-             sinks=[{"name": "siem", "kind": "jsonl", "path": str(tmp_path / "siem.jsonl")}])  # fmt: skip
+        .set(
+            "audit",
+            dir=tmp_path / "audit",
+            replica="unit",
+            fsync=False,
+            witness="file",
+            witness_dir=tmp_path / "witness",
+            checkpoint_interval_s=0.05,
+        )
+        .set(
+            "audit.export",
+            enabled=True,
+            poll_interval_s=0.05,
+            positions_path=tmp_path / "positions.json",
+            sinks=[{"name": "siem", "kind": "jsonl", "path": str(tmp_path / "siem.jsonl")}],
+        )
         .set("budgets", expire_interval_s=0.05)
     )
     return load_settings(str(config.write(tmp_path / "broker.toml")), environ={})
