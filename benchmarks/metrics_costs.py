@@ -34,7 +34,7 @@ def hooks_us(number: int) -> dict[str, float]:
     from broker.observability import metrics, tally
     from broker.observability.probes import audit_written, store_call
     from broker.observability.record import observe_mediated
-    from broker.operations import SEND_MESSAGE
+    from broker.protocols.a2a.operations import SEND_MESSAGE
     from broker.stores.base import AgentRecord
     from broker.types import MediationContext
 

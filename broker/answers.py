@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from broker.errors import ERROR_DOMAIN_BROKER, UpstreamBadResponseError
-from broker.operations import (
+from broker.protocols.a2a.operations import (
     CANCEL_TASK,
     DELETE_PUSH_CONFIG,
     GET_TASK,

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from broker.background import BackgroundTasks
 from broker.errors import KillSwitchEngagedError, StoreUnavailableError
 from broker.stores.kill_switch import KillSwitchState, KillSwitchStore
 
@@ -31,15 +32,18 @@ Publish = Callable[[], Awaitable[None]]
 class GlobalKillSwitch:
     """This replica's view of the switch; ``check`` raises while it is engaged."""
 
-    def __init__(self, store: KillSwitchStore, publish: Publish) -> None:
+    def __init__(
+        self, store: KillSwitchStore, publish: Publish, tasks: BackgroundTasks | None = None
+    ) -> None:
         self._store = store
         self._publish = publish
         self.state: KillSwitchState | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     async def start(self) -> None:
         await self.refresh()
-        self._poll = asyncio.create_task(self._poll_forever(), name="kill-switch-poll")
+        self._poll = self._tasks.spawn(self._poll_forever(), "kill-switch-poll")
 
     async def stop(self) -> None:
         if self._poll is not None:

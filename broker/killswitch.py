@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.delegation.tokens import TokenMinter, hop_scope
 from broker.errors import (
     AgentSuspendedError,

@@ -27,7 +27,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+from broker.background import BackgroundTasks
 
 log = logging.getLogger("a2a_broker.late_writes")
 
@@ -52,6 +55,7 @@ class LateWrites:
 
     ``retry_on``: the exceptions that mean "the store did not answer, try again later"; any
     other exception drops the write (logged with its traceback). ``clock`` dates deadlines.
+    ``tasks``: where its loop runs (the runtime's; by default its own).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class LateWrites:
         interval_s: float = RETRY_INTERVAL_S,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._retry_on = retry_on
         self._interval_s = interval_s
@@ -69,6 +74,7 @@ class LateWrites:
         self._queue: deque[_Write] = deque()
         self._in_flight = 0
         self._worker: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     @property
     def pending(self) -> int:
@@ -86,7 +92,10 @@ class LateWrites:
             self._give_up(self._queue.popleft(), "the queue of late writes is full")
         self._queue.append(_Write(attempt, until, what, given_up))
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="late-writes")
+            try:
+                self._worker = self._tasks.spawn(self._run(), "late-writes")
+            except RuntimeError:  # the broker's tasks are closed: it is shutting down
+                self._give_up(self._queue.pop(), "the broker is shutting down")
 
     async def close(self, timeout_s: float = 1.0) -> None:
         """Try once more to land what is pending (for at most ``timeout_s``), then stop."""
@@ -163,35 +172,44 @@ class LateWrites:
             write.given_up()
 
 
-_finishing: set[asyncio.Task[None]] = set()
-
-
 async def finish_quietly(
-    work: Coroutine[Any, Any, None], what: str, logger: logging.Logger
+    work: Coroutine[Any, Any, None],
+    what: str,
+    logger: logging.Logger,
+    tasks: BackgroundTasks | None = None,
 ) -> None:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (a client that hangs up
     must not leave a reservation behind), and never raise: a failure is logged. For the writes
-    that follow an answer, whose own store retries them if they fail (``LateWrites``)."""
-    task = asyncio.create_task(work)
-    _finishing.add(task)
-    task.add_done_callback(lambda done: _log_failure(done, what, logger))
-    with contextlib.suppress(Exception):  # logged by the callback
-        await asyncio.shield(task)
+    that follow an answer, whose own store retries them if they fail (``LateWrites``).
+    ``work`` runs in ``tasks`` (the runtime's), so a shutdown ends what a caller left behind."""
+    task = _spawn(work, what, logger, tasks if tasks is not None else BackgroundTasks())
+    if task is not None:
+        with contextlib.suppress(Exception):  # logged by _log_failure
+            await asyncio.shield(task)
 
 
-def finish_soon(work: Coroutine[Any, Any, None], what: str, logger: logging.Logger) -> None:
+def finish_soon(
+    work: Coroutine[Any, Any, None],
+    what: str,
+    logger: logging.Logger,
+    tasks: BackgroundTasks | None = None,
+) -> None:
     """``finish_quietly`` without waiting, for code that cannot await (a finalizer); ``work``
-    is closed unstarted when no event loop runs."""
+    is closed unstarted when no event loop runs (or ``tasks`` are closed: shutting down)."""
+    _spawn(work, what, logger, tasks if tasks is not None else BackgroundTasks())
+
+
+def _spawn(
+    work: Coroutine[Any, Any, None], what: str, logger: logging.Logger, tasks: BackgroundTasks
+) -> asyncio.Task[None] | None:
     try:
-        task = asyncio.get_running_loop().create_task(work)
-    except RuntimeError:
+        return tasks.spawn(work, what, partial(_log_failure, what, logger))
+    except RuntimeError:  # no event loop, or the broker is shutting down
         work.close()
-        return
-    _finishing.add(task)
-    task.add_done_callback(lambda done: _log_failure(done, what, logger))
+        if tasks.closed:
+            logger.warning("%s not run: the broker is shutting down", what)
+        return None
 
 
-def _log_failure(task: asyncio.Task[None], what: str, logger: logging.Logger) -> None:
-    _finishing.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.warning("%s failed for now (retried until the store answers): %r", what, exc)
+def _log_failure(what: str, logger: logging.Logger, exc: BaseException) -> None:
+    logger.warning("%s failed for now (retried until the store answers): %r", what, exc)

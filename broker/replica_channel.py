@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 
+from broker.background import BackgroundTasks
 from broker.stores.redis_client import REDIS_FAILURES
 
 Handler = Callable[[bytes], Awaitable[None] | None]
@@ -51,6 +52,7 @@ class ReplicaChannel:
         *,
         retry_s: float = 1.0,
         on_gap: GapHandler | None = None,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         if not name:
             raise ValueError("a replica channel needs a name")
@@ -60,13 +62,14 @@ class ReplicaChannel:
         self._on_gap = on_gap
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     async def start(self) -> None:
         """Subscribe (raises the Redis error if that fails) and start listening."""
         if self._task is not None:
             return
         pubsub = await self._subscribe()
-        self._task = asyncio.create_task(self._run(pubsub), name=f"channel-{self.name}")
+        self._task = self._tasks.spawn(self._run(pubsub), f"channel-{self.name}")
 
     async def start_when_possible(self) -> None:
         """Like ``start``, but if Redis cannot be reached now, keep trying in the background
@@ -75,7 +78,7 @@ class ReplicaChannel:
             await self.start()
         except _UNAVAILABLE:
             _log.warning("channel %s unavailable at start; retrying", self.name)
-            self._task = asyncio.create_task(self._run(None), name=f"channel-{self.name}")
+            self._task = self._tasks.spawn(self._run(None), f"channel-{self.name}")
 
     async def _subscribe(self) -> Any:
         pubsub: Any  # redis-py's PubSub is partly untyped

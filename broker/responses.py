@@ -16,8 +16,8 @@ import msgspec
 from broker.answers import bad as _bad
 from broker.answers import check_jsonrpc, check_media_type, check_rest
 from broker.errors import UpstreamBadResponseError
+from broker.protocols.a2a.task_pages import Page, PageTokens, callers_page
 from broker.stores.base import TaskRoute, TaskRouteStore
-from broker.task_pages import Page, PageTokens, callers_page
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]

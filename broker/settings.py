@@ -274,7 +274,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # docs/decisions/0009-audit-durable-before-reply.md says what each costs and risks.
     durable_before: Literal["forward", "reply"] = "forward"
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
-    # digests only). See broker/audit_redact.py for what is redacted.
+    # digests only). See broker/audit/redact.py for what is redacted.
     payload_agents: tuple[str, ...] = ()
     # Where every checkpoint's position is also written, outside the log's trust, so that
     # `audit verify --witness` finds a cut-off tail without a hand-kept checkpoint (decision

@@ -20,8 +20,8 @@ from broker.errors import BrokerError
 
 if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
     from broker.delegation.tokens import DelegationClaims
-    from broker.operations import Operation
-    from broker.reading import Reading
+    from broker.protocols.a2a.operations import Operation
+    from broker.protocols.a2a.reading import Reading
 
 Binding = Literal["jsonrpc", "rest"]
 AgentStatus = Literal["active", "suspended"]

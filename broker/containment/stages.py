@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from broker.background import BackgroundTasks
 from broker.containment.breaker import Breakers, CircuitBreaker, CircuitOpenError
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
 from broker.errors import (
@@ -50,8 +51,12 @@ class AgentContainment:
     through this process as it may; otherwise count the call's outcome."""
 
     def __init__(
-        self, settings: ContainmentSettings, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: ContainmentSettings,
+        clock: Callable[[], float] = time.monotonic,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
+        self._tasks = tasks
         self.breakers = Breakers(settings.breaker, clock)
         self.bulkhead = Bulkhead(settings)
         self._breaking = settings.breaker.enabled
@@ -73,7 +78,9 @@ class AgentContainment:
                 # A stream whose response never started is never iterated, so it never ends:
                 # its place is left when it is dropped instead (the bulkhead has no expiry).
                 place = _Place(self.bulkhead, agent)
-                outcome = await holding(ctx, call_next, place, "bulkhead", dropped=place.leave)
+                outcome = await holding(
+                    ctx, call_next, place, "bulkhead", dropped=place.leave, tasks=self._tasks
+                )
             else:
                 outcome = await call_next(ctx)
         except BaseException as exc:

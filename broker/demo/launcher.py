@@ -32,7 +32,7 @@ from google.protobuf.json_format import (  # type: ignore[import-untyped,unused-
 )
 
 import broker
-from broker.cli_output import EXIT_CANNOT_START
+from broker.cli.output import EXIT_CANNOT_START
 from broker.demo import (
     AGENT_NAMES,
     BROKER_URL_ENV,

@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException
 from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.console.app import console_parts
 from broker.directory import DeclarativeCardError
 from broker.errors import (
@@ -37,10 +37,10 @@ from broker.logs import configure_logging
 from broker.observability.multiprocess import worker_stopped
 from broker.observability.scrape import metrics_routes
 from broker.policy.rules import PolicyError
+from broker.protocols.a2a.wire import error_reply
 from broker.replica_id import ReplicaIdError
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
-from broker.wire import error_reply
 
 log = logging.getLogger("a2a_broker")
 

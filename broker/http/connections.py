@@ -45,8 +45,8 @@ from broker.errors import (
     RequestBodyTimeoutError,
     RequestHeaderTimeoutError,
 )
+from broker.protocols.a2a.wire import error_headers, rest_error_body
 from broker.settings import ServerSettings
-from broker.wire import error_headers, rest_error_body
 
 log = logging.getLogger("a2a_broker.connections")
 

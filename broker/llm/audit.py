@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from broker.audit_runtime import AuditRecorder, digest, error_detail
+from broker.audit.recorder import AuditRecorder, digest, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext

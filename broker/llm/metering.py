@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from broker.background import BackgroundTasks
 from broker.budgets import Scope
 from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
@@ -37,8 +38,14 @@ class BudgetScopes(Protocol):
 
 class MeterBudget:
     def __init__(
-        self, ledger: BudgetLedger, scopes: BudgetScopes, roles: AgentRoles, llm: LlmSettings
+        self,
+        ledger: BudgetLedger,
+        scopes: BudgetScopes,
+        roles: AgentRoles,
+        llm: LlmSettings,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
+        self._tasks = tasks
         self._ledger = ledger
         self._scopes = scopes
         self._roles = roles
@@ -56,7 +63,8 @@ class MeterBudget:
         held = await self._ledger.reserve(scopes, ctx.worst_case, ttl_s=self._ttl_s)
         if isinstance(held, BudgetRefusal):
             raise budget_exhausted(held)
-        return await holding(ctx, call_next, _Metered(self._ledger, held, ctx), "budget")
+        metered = _Metered(self._ledger, held, ctx)
+        return await holding(ctx, call_next, metered, "budget", tasks=self._tasks)
 
 
 class _Metered:

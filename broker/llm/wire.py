@@ -11,8 +11,8 @@ from __future__ import annotations
 import msgspec
 
 from broker.errors import BrokerError
+from broker.protocols.a2a.wire import error_headers
 from broker.types import Reply
-from broker.wire import error_headers
 
 _encoder = msgspec.json.Encoder()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
+from broker.background import BackgroundTasks
 from broker.budget_scopes import ConfiguredScopes
 from broker.containment.stages import AgentContainment
 from broker.delegation.tokens import TokenMinter, TokenVerifier
@@ -20,6 +21,7 @@ from broker.late_writes import LateWrites
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
@@ -36,7 +38,6 @@ from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import PushUrlCheck, TaskScope
 from broker.stores.base import Stores
-from broker.task_pages import PageTokens
 from broker.types import MediationContext, Stage
 
 
@@ -59,6 +60,7 @@ class A2aParts:
     inspector: ResponseInspector
     pages: PageTokens
     push_url_allowed: PushUrlCheck
+    tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
 
 
 def a2a_stages(parts: A2aParts) -> list[Stage]:
@@ -90,11 +92,15 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         ChainPolicy(parts.policy, settings.delegation),
         # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
         # (a denied hop learns nothing of the agent), before any counter, token or budget.
-        AgentContainment(settings.containment),
+        AgentContainment(settings.containment, tasks=parts.tasks),
         # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
         # token is minted, so a refused child never exists.
         CascadeGuards(
-            stores.delegation_counters, settings.delegation, settings.limits, parts.late_writes
+            stores.delegation_counters,
+            settings.delegation,
+            settings.limits,
+            parts.late_writes,
+            parts.tasks,
         ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, parts.push_url_allowed, parts.pages),
@@ -104,7 +110,7 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         MintHopToken(parts.minter, settings.delegation.default_deadline_s),
         # Rate limits and budgets last among the checks (after policy and guards, so a refused
         # hop spends nothing), once the tree is known: one atomic reserve for every budget.
-        HopBudget(stores, settings.budgets, parts.budget_scopes, parts.roles),
+        HopBudget(stores, settings.budgets, parts.budget_scopes, parts.roles, parts.tasks),
         # Every decision is made: record it (with the token) durably before anything leaves,
         # and the outcome when the answer ends. No audit log, no forwarding.
         AuditForward[MediationContext](parts.audit, A2aAudit()),

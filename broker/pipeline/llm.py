@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
+from broker.background import BackgroundTasks
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
@@ -64,6 +65,7 @@ class LlmParts:
     containment: ContainmentSettings = field(default_factory=ContainmentSettings)
     kill: GlobalKillSwitch | None = None
     roles: AgentRoles | None = None  # built from ``policy`` when not given
+    tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -91,7 +93,7 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         # A provider that keeps failing is refused at once, before a budget is reserved.
         ProviderBreaker(parts.containment),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
-        MeterBudget(parts.ledger, parts.scopes, roles, parts.llm),
+        MeterBudget(parts.ledger, parts.scopes, roles, parts.llm, parts.tasks),
         # Every decision is made: record it durably before the provider is called.
         AuditForward[LlmContext](parts.audit, LlmAudit()),
         # Innermost: the provider gets the broker's key and the caller's bytes.

@@ -25,6 +25,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
+from broker.background import BackgroundTasks
 from broker.late_writes import finish_quietly, finish_soon
 from broker.types import Outcome, StreamReply
 
@@ -76,6 +77,7 @@ async def holding(
     what: str,
     *,
     dropped: Callable[[], None] | None = None,
+    tasks: BackgroundTasks | None = None,
 ) -> Outcome:
     """Run the rest of the chain while ``held`` is held, and let go of it exactly once.
 
@@ -87,15 +89,15 @@ async def holding(
     raise (``finish_quietly``): a failure is logged, and the stores' expiry or retries
     recover it. A stream dropped without ever being iterated never ends: it settles when
     it is collected instead (``dropped``, synchronous, runs then too, for holdings that
-    cannot wait for a task).
+    cannot wait for a task). What outlives the call runs in ``tasks`` (the runtime's).
     """
     try:
         outcome = await call_next(ctx)
     except BaseException:
-        await finish_quietly(held.give_back(), f"{what} give-back", log)
+        await finish_quietly(held.give_back(), f"{what} give-back", log, tasks)
         raise
     if isinstance(outcome, StreamReply):
-        once = _SettleOnce(held, what, dropped)
+        once = _SettleOnce(held, what, dropped, tasks)
         events = stream_end(outcome.events, once.settle, dropped=once.dropped)
         return StreamReply(events, outcome.status, outcome.headers)
     await held.settle()
@@ -105,18 +107,25 @@ async def holding(
 class _SettleOnce:
     """A stream's holding, settled once: when the stream ends, or when it is collected."""
 
-    def __init__(self, held: Held, what: str, dropped: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        held: Held,
+        what: str,
+        dropped: Callable[[], None] | None,
+        tasks: BackgroundTasks | None,
+    ) -> None:
         self._held: Held | None = held
         self._what = what
         self._dropped = dropped
+        self._tasks = tasks
 
     async def settle(self) -> None:
         if (held := self._take()) is not None:
-            await finish_quietly(held.settle(), f"{self._what} settle", log)
+            await finish_quietly(held.settle(), f"{self._what} settle", log, self._tasks)
 
     def dropped(self) -> None:
         if (held := self._take()) is not None:
-            finish_soon(held.settle(), f"{self._what} settle", log)
+            finish_soon(held.settle(), f"{self._what} settle", log, self._tasks)
 
     def _take(self) -> Held | None:
         held, self._held = self._held, None

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker.operations import OPERATIONS
 from broker.policy.decision import Decision, RuleRef, operation_action
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import LLM_ACTIONS, MODEL_PREFIX, PolicyError
+from broker.protocols.a2a.operations import OPERATIONS
 
 _LLM_CALLS = ", ".join(sorted(a for a in LLM_ACTIONS if not a.endswith("*")))
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"

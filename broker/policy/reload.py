@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
+from broker.background import BackgroundTasks
 from broker.policy.decision import Verdict
 from broker.policy.engine import (
     PolicyEngine,
@@ -80,16 +81,20 @@ class PolicyReloader:
         redis: Redis | RedisCluster | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         if redis is not None and not channel:
             raise ValueError("a Redis client needs a channel name")
         self._engine = engine
+        self._background = tasks if tasks is not None else BackgroundTasks()
         self._path = Path(path)
         self._interval_s = interval_s
         self._on_error = on_error
         self._on_applied = on_applied
         self._channel = (
-            ReplicaChannel(redis, channel, self._receive, retry_s=interval_s)
+            ReplicaChannel(
+                redis, channel, self._receive, retry_s=interval_s, tasks=self._background
+            )
             if redis is not None
             else None
         )
@@ -113,7 +118,7 @@ class PolicyReloader:
         self._file_state = self._file_state or self._engine.version
         if self._channel is not None:
             await self._channel.start()
-        self._tasks.append(asyncio.create_task(self._poll(), name="policy-poll"))
+        self._tasks.append(self._background.spawn(self._poll(), "policy-poll"))
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait until they have cleaned up."""

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from broker.operations import OPERATIONS
+from broker.protocols.a2a.operations import OPERATIONS
 
 RuleKind = Literal["p", "g", "g2"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from broker.audit_runtime import AuditRecorder, digest, digested_stream, request_fields
+from broker.audit.recorder import AuditRecorder, digest, digested_stream, request_fields
 from broker.errors import BrokerError
 from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
 
@@ -40,7 +40,7 @@ class AuditFormat(Protocol[C_contra]):
 
 
 class A2aAudit:
-    """An A2A request's records (``broker.audit_runtime.request_fields``)."""
+    """An A2A request's records (``broker.audit.recorder.request_fields``)."""
 
     async def decision(self, ctx: MediationContext) -> dict[str, Any]:
         return request_fields(ctx, phase="forward", status=0)

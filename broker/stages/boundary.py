@@ -6,12 +6,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 
-from broker.audit_runtime import AuditRecorder, request_fields
+from broker.audit.recorder import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
+from broker.protocols.a2a.wire import error_reply, sse_error_event
 from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
-from broker.wire import error_reply, sse_error_event
 
 log = logging.getLogger("a2a_broker.access")
 REQUEST_ID_HEADER = "a2a-broker-request-id"

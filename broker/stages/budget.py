@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 
+from broker.background import BackgroundTasks
 from broker.budget_scopes import ConfiguredScopes
 from broker.budgets import Usage
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
@@ -29,8 +30,14 @@ log = logging.getLogger("a2a_broker.budget")
 
 class HopBudget:
     def __init__(
-        self, stores: Stores, budgets: BudgetSettings, scopes: ConfiguredScopes, roles: AgentRoles
+        self,
+        stores: Stores,
+        budgets: BudgetSettings,
+        scopes: ConfiguredScopes,
+        roles: AgentRoles,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
+        self._tasks = tasks
         self._ledger = stores.budgets
         self._limiter = stores.rate_limiter
         self._budgets = budgets
@@ -58,7 +65,9 @@ class HopBudget:
                 f"The {held.metric} budget of {held.scope} for this {held.window} is used up.",
                 metadata={"scope": held.scope, "metric": held.metric, "window": held.window},
             )
-        return await holding(ctx, call_next, _OneCall(self._ledger, held), "budget")
+        return await holding(
+            ctx, call_next, _OneCall(self._ledger, held), "budget", tasks=self._tasks
+        )
 
     async def _rate(self, key: str, rate: RateSettings | None) -> None:
         if rate is None:

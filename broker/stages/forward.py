@@ -19,11 +19,11 @@ from broker.answers import bad, reframe
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport, TransportResponse
+from broker.protocols.a2a.wire import sse_error_event
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.sse import relay
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
-from broker.wire import sse_error_event
 
 StreamRecheck = Callable[[MediationContext], Awaitable[None]]
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")

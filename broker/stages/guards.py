@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from broker.background import BackgroundTasks
 from broker.errors import (
     BrokerError,
     FanOutConcurrentExceededError,
@@ -42,8 +43,10 @@ class CascadeGuards:
         delegation: DelegationSettings,
         limits: LimitSettings,
         late: LateWrites | None = None,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         self._counters = counters
+        self._tasks = tasks
         self._late = late
         self._delegation = delegation
         # A slot outlives the longest exchange it can stand for, then frees itself.
@@ -71,7 +74,7 @@ class CascadeGuards:
         )
         if isinstance(slot, Refusal):
             raise _REFUSALS[slot.limit](metadata={"tree": ctx.parent.tree})
-        return await holding(ctx, call_next, _Held(self, slot), "fan-out slot")
+        return await holding(ctx, call_next, _Held(self, slot), "fan-out slot", tasks=self._tasks)
 
     async def _release(self, slot: ChildSlot) -> None:
         """Never let a failed release hide the request's own outcome: the slot expires anyway."""

@@ -4,8 +4,8 @@
 and depth limits, decodes the JSON-RPC envelope (or matches the REST path) into the operation,
 and checks the A2A version and the ``A2A-Skill``/``A2A-Deadline`` headers. ``ReadParams``
 (after the target and its push capability are known) reads the parameters the broker judges,
-exactly as the agent will (``broker.reading``). Either way the original body is what is
-forwarded, so fields the broker does not know survive.
+exactly as the agent will (``broker.protocols.a2a.reading``). Either way the original body is
+what is forwarded, so fields the broker does not know survive.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from broker.errors import (
     VersionNotSupportedError,
 )
 from broker.jsonlimits import json_depth_exceeds
-from broker.operations import LEGACY_V03_METHODS, OPERATIONS, match_rest
-from broker.reading import (
+from broker.protocols.a2a.operations import LEGACY_V03_METHODS, OPERATIONS, match_rest
+from broker.protocols.a2a.reading import (
     EnvelopeError,
     ItemLimits,
     Reading,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from broker.errors import PushNotificationNotSupportedError
-from broker.operations import PUSH_CONFIG_OPERATIONS
+from broker.protocols.a2a.operations import PUSH_CONFIG_OPERATIONS
 from broker.stores.base import AgentRecord
 from broker.types import CallNext, MediationContext, Outcome
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from broker.errors import TaskNotFoundError
-from broker.operations import LIST_TASKS
+from broker.protocols.a2a.operations import LIST_TASKS
+from broker.protocols.a2a.task_pages import PageTokens, jsonrpc_body_for_agent, query_for_agent
 from broker.stores.base import TaskRouteStore
-from broker.task_pages import PageTokens, jsonrpc_body_for_agent, query_for_agent
 from broker.types import CallNext, MediationContext, Outcome
 
 PushUrlCheck = Callable[[str], Awaitable[None]]

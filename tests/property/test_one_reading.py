@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from benchmarks.sdk_oracle import REST_PREFIX, SdkOracle, SdkReading
 from broker.errors import BrokerError
 from broker.pipeline.stage import fold
-from broker.reading import Reading
+from broker.protocols.a2a.reading import Reading
 from broker.settings import LimitSettings
 from broker.stages.parse import ParseRequest, ReadParams
 from broker.types import MediationContext, Outcome, Reply

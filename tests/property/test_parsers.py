@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from broker.answers import reframe
 from broker.errors import BrokerError
 from broker.jsonlimits import json_depth_exceeds
-from broker.operations import match_rest
+from broker.protocols.a2a.operations import match_rest
 from broker.settings import LimitSettings
 from broker.sse import EventSplitter
 from broker.stages.parse import ParseRequest, decode_envelope

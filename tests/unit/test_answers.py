@@ -10,7 +10,7 @@ import pytest
 
 from broker.answers import check_jsonrpc, check_media_type, check_rest, reframe
 from broker.errors import UpstreamBadResponseError
-from broker.operations import OPERATIONS
+from broker.protocols.a2a.operations import OPERATIONS
 
 SEND = OPERATIONS["SendMessage"]
 GET = OPERATIONS["GetTask"]

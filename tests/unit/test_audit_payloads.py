@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from broker.audit.file_log import FileAuditLog
+from broker.audit.recorder import AuditRecorder
+from broker.audit.redact import REDACTED, redacted_payload
 from broker.audit.trail import AuditTrail
-from broker.audit_redact import REDACTED, redacted_payload
-from broker.audit_runtime import AuditRecorder
 from broker.keys import BrokerKeys
 from broker.settings import Settings
 

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import file_log
 from broker.audit.file_log import FileAuditLog
+from broker.audit.recorder import AuditRecorder
 from broker.audit.trail import AuditTrail
-from broker.audit_runtime import AuditRecorder
 from broker.errors import AuditUnavailableError
 from broker.keys import BrokerKeys
-from broker.operations import SEND_MESSAGE
+from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.stages.audit import AuditForward
 from broker.types import MediationContext, Outcome, Reply
 

@@ -19,7 +19,7 @@ from benchmarks.scenario_stages import (
 )
 from benchmarks.targets import AGENT, CALLER
 from broker.policy import PolicyEngine
-from broker.policy_runtime import check_policy_settings
+from broker.policy.runtime import check_policy_settings
 from broker.settings import load_settings
 
 MODEL = (Path(__file__).resolve().parents[2] / "policies" / "model.conf").read_text()

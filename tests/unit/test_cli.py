@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 import broker
 from broker.cli import _parser, main
-from broker.cli_output import Output, Table, iso_time, with_iso_times
+from broker.cli.output import Output, Table, iso_time, with_iso_times
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 1795633412.327

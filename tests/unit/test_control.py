@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import Redis
 from redis_process import REDIS_MODES, RedisMode
 
-from broker.control import Controls
 from broker.errors import KillSwitchEngagedError
 from broker.replica_channel import ReplicaChannel
+from broker.runtime.control import Controls
 from broker.settings import Settings, StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend

@@ -13,7 +13,7 @@ import yaml
 import broker.settings as settings_module
 from broker.http.discovery import healthz, readyz
 from broker.policy.engine import PolicyEngine
-from broker.policy_runtime import DEFAULT_MODEL
+from broker.policy.runtime import DEFAULT_MODEL
 from broker.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 from a2a.utils.errors import A2A_ERROR_MAPPING, JSON_RPC_ERROR_CODE_MAP
 
 from broker.errors import ERROR_DOMAIN_A2A, ERROR_DOMAIN_BROKER, BrokerError, all_error_types
-from broker.wire import error_reply, sse_error_event
+from broker.protocols.a2a.wire import error_reply, sse_error_event
 
 ERRORS = all_error_types()
 # JSON-RPC's own codes: several broker reasons may share one (BATCH_NOT_SUPPORTED, ...).

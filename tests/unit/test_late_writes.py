@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from broker.late_writes import LateWrites, finish_quietly
+from broker.background import BackgroundTasks
+from broker.late_writes import LateWrites, finish_quietly, finish_soon
 
 
 class StoreDown(Exception):
@@ -148,3 +149,33 @@ async def test_finish_quietly_never_raises_and_outlives_a_cancelled_caller() -> 
         raise StoreDown
 
     await finish_quietly(failing(), "write", logging.getLogger("test"))  # logged, not raised
+
+
+async def test_what_a_caller_leaves_behind_runs_in_the_owner_and_ends_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tasks = BackgroundTasks()
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def never_done() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.set()
+
+    caller = asyncio.create_task(
+        finish_quietly(never_done(), "write", logging.getLogger("t"), tasks)
+    )
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert len(tasks) == 1  # it outlived its caller, in the owner
+    finish_soon(never_done(), "another", logging.getLogger("t"), tasks)
+    await tasks.close()  # the shutdown ends both
+    assert ended.is_set() and len(tasks) == 0
+    with caplog.at_level(logging.WARNING, logger="t"):
+        finish_soon(never_done(), "too late", logging.getLogger("t"), tasks)
+        await finish_quietly(never_done(), "too late", logging.getLogger("t"), tasks)
+    assert caplog.messages == ["too late not run: the broker is shutting down"] * 2

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from e2e.fake_llm import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, FakeLlm
 from litestar import Litestar
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.budgets import Limit, Scope, Usage
 from broker.credentials import credential_digest
 from broker.delegation.tokens import TokenMinter, TokenVerifier
@@ -25,7 +25,7 @@ from broker.keys import BrokerKeys
 from broker.outbound.client import AiohttpTransport
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine
-from broker.policy_runtime import DEFAULT_MODEL
+from broker.policy.runtime import DEFAULT_MODEL
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 from broker.settings_containment import BreakerSettings, ContainmentSettings
 from broker.settings_llm import LlmProvider, LlmSettings

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
-from broker.policy_runtime import DEFAULT_MODEL
+from broker.policy.runtime import DEFAULT_MODEL
 
 POLICY = """
 g, bob, role:team-b

@@ -16,7 +16,7 @@ from broker.console.records import build_tree
 from broker.console.sessions import Sessions
 from broker.errors import HopLimitExceededError, PolicyDeniedError, UpstreamTimeoutError
 from broker.observability import metrics, record, tally
-from broker.operations import SEND_MESSAGE
+from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.settings_observability import ConsoleSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext

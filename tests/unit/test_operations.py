@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.operations import match_rest
+from broker.protocols.a2a.operations import match_rest
 
 
 @pytest.mark.parametrize(

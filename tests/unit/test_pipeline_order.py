@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.global_kill import GlobalKillSwitch
@@ -16,11 +16,11 @@ from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmParts, llm_stages
 from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.settings import ServerSettings, Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.memory import MemoryBackend
-from broker.task_pages import PageTokens
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 SETTINGS = Settings(server=ServerSettings(public_url="http://broker.test"))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit_runtime import open_recorder
+from broker.audit.recorder import open_recorder
 from broker.keys import BrokerKeys
 from broker.policy.rules import PolicyError
-from broker.policy_runtime import PolicyRuntime
+from broker.policy.runtime import PolicyRuntime
 from broker.settings import SettingsError, load_settings
 
 GOOD = "g, alice, role:user\np, role:user, *, originate, allow\n"

@@ -66,7 +66,7 @@ def test_a_restarted_broker_continues_its_chain(tmp_path: Path) -> None:
     config.write_text("[server]\nport = 18080\n[audit]\nfsync = false\n")
     code = (
         "import asyncio, sys\n"
-        "from broker.audit_runtime import open_recorder\n"
+        "from broker.audit.recorder import open_recorder\n"
         "from broker.keys import BrokerKeys\n"
         "from broker.settings import load_settings\n"
         "async def main():\n"

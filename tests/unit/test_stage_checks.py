@@ -30,10 +30,11 @@ from broker.errors import (
     TreeKilledError,
 )
 from broker.keys import BrokerKeys
-from broker.operations import GET_TASK, PUSH_CONFIG_OPERATIONS, SEND_MESSAGE
 from broker.policy.engine import PolicyEngine
-from broker.policy_runtime import DEFAULT_MODEL
-from broker.reading import Reading
+from broker.policy.runtime import DEFAULT_MODEL
+from broker.protocols.a2a.operations import GET_TASK, PUSH_CONFIG_OPERATIONS, SEND_MESSAGE
+from broker.protocols.a2a.reading import Reading
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.settings import DelegationSettings
 from broker.stages.delegation import DelegationContext
 from broker.stages.mint import MintHopToken
@@ -43,7 +44,6 @@ from broker.stages.resolve import ResolveTarget
 from broker.stages.task_scope import TaskScope
 from broker.stores.base import TaskRoute
 from broker.stores.memory import MemoryBackend
-from broker.task_pages import PageTokens
 from broker.types import AgentRecord
 
 PUSH_CARD = '{"name": "b", "capabilities": {"pushNotifications": true}}'

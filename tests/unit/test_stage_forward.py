@@ -10,11 +10,11 @@ from stage_kit import KEYS, Next, ctx
 from broker.errors import UpstreamBadResponseError, UpstreamUnreachableError
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport, answering
 from broker.pipeline.stage import fold
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.stages.forward import Forward
 from broker.stores.memory import MemoryBackend
-from broker.task_pages import PageTokens
 from broker.types import MediationContext, Reply, StreamReply
 
 BODY = b'{"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {}}'

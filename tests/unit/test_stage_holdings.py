@@ -15,8 +15,8 @@ from broker.errors import (
     PolicyDeniedError,
     RateLimitedError,
 )
-from broker.operations import GET_TASK
 from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.operations import GET_TASK
 from broker.settings import (
     BudgetLimitSettings,
     BudgetSettings,

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.errors import StoreUnavailableError, UpstreamBadResponseError
-from broker.operations import SEND_STREAMING_MESSAGE
+from broker.protocols.a2a.operations import SEND_STREAMING_MESSAGE
+from broker.protocols.a2a.wire import sse_error_event
 from broker.stages.boundary import ErrorBoundary
 from broker.types import Binding, MediationContext, Outcome, StreamReply
-from broker.wire import sse_error_event
 
 EVENT = b'data: {"jsonrpc":"2.0","id":1,"result":{}}\r\n\r\n'
 

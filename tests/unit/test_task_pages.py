@@ -1,4 +1,5 @@
-"""ListTasks page tokens (broker.task_pages): sealed, bound to caller and agent, expiring."""
+"""ListTasks page tokens (broker.protocols.a2a.task_pages): sealed, bound to caller and agent,
+expiring."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from broker.errors import InvalidPageTokenError
 from broker.keys import BrokerKeys
-from broker.task_pages import (
+from broker.protocols.a2a.task_pages import (
     PAGE_TOKEN_TTL_S,
     Page,
     PageTokens,

@@ -30,6 +30,7 @@ from broker.audit.export.positions import PositionStore
 from broker.audit.export.sinks import Sink
 from broker.audit.log import AuditLog
 from broker.audit.records import AuditRecord
+from broker.background import BackgroundTasks
 
 _log = logging.getLogger("a2a_broker.audit.export")
 _T = TypeVar("_T")
@@ -52,6 +53,7 @@ class Exporter:
         max_backoff_s: float = 30.0,
         initial_backoff_s: float = 0.1,
         poll_interval_s: float = 0.5,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -61,12 +63,13 @@ class Exporter:
         self.poll_interval_s = poll_interval_s
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
 
     def start(self) -> None:
-        """Run the exporter as a background task of the running loop."""
+        """Run the exporter as a background task (of ``tasks``)."""
         if self._task is None or self._task.done():
             self._stopping.clear()
-            self._task = asyncio.create_task(self.run(), name=f"audit-export:{self.sink.name}")
+            self._task = self._tasks.spawn(self.run(), f"audit-export:{self.sink.name}")
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Finish the batch in hand (up to ``timeout_s``), then end; closes the sink."""

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from broker.cli_output import add_json_option, iso_time
+from broker.cli.output import add_json_option, iso_time
 
 if TYPE_CHECKING:
     from broker.audit.records import AuditRecord

@@ -20,6 +20,7 @@ from typing import Literal
 
 import msgspec
 
+from broker.background import BackgroundTasks
 from broker.global_kill import GlobalKillSwitch
 from broker.replica_channel import ReplicaChannel
 from broker.settings import Settings
@@ -51,19 +52,23 @@ class Controls:
     redis: RedisClient | None
 
     @classmethod
-    async def start(cls, settings: Settings, stores: Stores) -> Controls:
+    async def start(
+        cls, settings: Settings, stores: Stores, tasks: BackgroundTasks | None = None
+    ) -> Controls:
         """Subscribe (redis store only), wrap the read cache, read the kill switch."""
         redis = channel = None
-        controls = cls(stores, GlobalKillSwitch(stores.kill_switch, _no_publish), None, None)
+        controls = cls(stores, GlobalKillSwitch(stores.kill_switch, _no_publish, tasks), None, None)
         if settings.store.backend == "redis":
             redis = open_redis(settings.store)
             name = f"{settings.store.key_prefix}:{CONTROL_CHANNEL}"
-            channel = ReplicaChannel(redis, name, controls.receive, on_gap=controls.caught_up)
+            channel = ReplicaChannel(
+                redis, name, controls.receive, on_gap=controls.caught_up, tasks=tasks
+            )
             controls.channel, controls.redis = channel, redis
             controls.stores = with_read_cache(
                 stores, settings.store.read_cache_ttl_s, notify=controls.publish_change
             )
-            controls.kill = GlobalKillSwitch(stores.kill_switch, controls.publish_kill)
+            controls.kill = GlobalKillSwitch(stores.kill_switch, controls.publish_kill, tasks)
             await channel.start_when_possible()  # fail closed per request, not at start-up
         await controls.kill.start()
         return controls

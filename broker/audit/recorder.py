@@ -21,10 +21,11 @@ from typing import Any
 from broker.audit.file_log import FileAuditLog
 from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
+from broker.audit.redact import redacted_payload
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
-from broker.audit_redact import redacted_payload
+from broker.background import BackgroundTasks
 from broker.errors import (
     AuditUnavailableError,
     BrokerError,
@@ -51,18 +52,25 @@ def digest(body: bytes) -> str:
 
 class AuditRecorder:
     """Writes the broker's records. ``trail`` None means auditing is off. Requests from or to
-    ``payload_agents`` also keep a redacted copy of their body (at their forward/refusal)."""
+    ``payload_agents`` also keep a redacted copy of their body (at their forward/refusal).
+    ``tasks``: where checkpoints and ``record_soon`` run (the runtime's; by default its own)."""
 
-    def __init__(self, trail: AuditTrail | None, payload_agents: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        trail: AuditTrail | None,
+        payload_agents: frozenset[str] = frozenset(),
+        tasks: BackgroundTasks | None = None,
+    ):
         self.trail = trail
         self.payload_agents = payload_agents
         # The policy version in force now, for records of requests refused before the policy
         # stage decided anything (the runtime sets it once the policy is loaded).
         self.policy_version: Callable[[], str] = lambda: ""
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._pending: set[asyncio.Task[None]] = set()
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
-            self._checkpoints = asyncio.create_task(trail.run_checkpoints(), name="audit-ckpt")
+            self._checkpoints = self._tasks.spawn(trail.run_checkpoints(), "audit-ckpt")
 
     async def record(self, fields: Mapping[str, Any]) -> None:
         """Append durably; raises AuditUnavailableError if the log cannot be written."""
@@ -104,7 +112,11 @@ class AuditRecorder:
         """Append without waiting (for outcomes); a failure is logged, never raised."""
         if self.trail is None:
             return
-        task = asyncio.create_task(self._record_logged(fields))
+        try:
+            task = self._tasks.spawn(self._record_logged(fields), "audit-record")
+        except RuntimeError:  # the broker's tasks are closed: it is shutting down
+            log.error("audit record lost (shutting down): %s", dict(fields).get("request_id", ""))  # noqa: TRY400
+            return
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -215,12 +227,14 @@ def request_fields(
     }
 
 
-async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
+async def open_recorder(
+    settings: Settings, keys: BrokerKeys, tasks: BackgroundTasks | None = None
+) -> AuditRecorder:
     """The process's recorder; raises AuditLogError if the log cannot be opened."""
     audit = settings.audit
     if audit.backend == "off":
         log.warning("[audit] backend = off: nothing is recorded")
-        return AuditRecorder(None)
+        return AuditRecorder(None, tasks=tasks)
     audit_log: AuditLog
     if audit.backend == "redis":
         audit_log = RedisAuditLog(settings.store, settings.store.key_prefix)
@@ -237,7 +251,7 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
     )  # fmt: skip
     log.info("audit chain %s on the %s log, witnessed by %s", replica, audit.backend,
              type(witness).__name__ if witness else "nothing")  # fmt: skip
-    return AuditRecorder(trail, frozenset(audit.payload_agents))
+    return AuditRecorder(trail, frozenset(audit.payload_agents), tasks)
 
 
 def open_witness(settings: Settings) -> Witness | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from broker.cli_output import Table, key_values
+from broker.cli.output import Table, key_values
 
 AGENT_COLUMNS = ("name", "status", "source", "bindings", "updated_at")
 

@@ -36,7 +36,7 @@ from broker.errors import (
     NotificationNotSupportedError,
     TooManyItemsError,
 )
-from broker.operations import (
+from broker.protocols.a2a.operations import (
     CREATE_PUSH_CONFIG,
     LIST_TASKS,
     PUSH_CONFIG_OPERATIONS,

@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.audit.export import Exporter
-from broker.audit_export_runtime import start_exporters
-from broker.audit_runtime import AuditRecorder, open_recorder
+from broker.audit.export.runtime import start_exporters
+from broker.audit.recorder import AuditRecorder, open_recorder
+from broker.background import BackgroundTasks
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
-from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import TreeKiller
-from broker.late_routes_runtime import with_late_routes
 from broker.late_writes import LateWrites
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import check_push_url
@@ -30,13 +29,15 @@ from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
-from broker.policy_runtime import PolicyRuntime
+from broker.policy.runtime import PolicyRuntime
+from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
+from broker.runtime.control import Controls
+from broker.runtime.late_routes import with_late_routes
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
-from broker.task_pages import PageTokens
 from broker.types import CallNext
 
 log = logging.getLogger("a2a_broker")
@@ -63,6 +64,8 @@ class BrokerRuntime:
     mediate: CallNext
     # Read caches kept current on every replica, and the global kill switch (control.py).
     controls: Controls
+    # Every background task of the process runs here; ``close`` ends them last (0027).
+    tasks: BackgroundTasks
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -75,18 +78,20 @@ class BrokerRuntime:
 
     @classmethod
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
+        tasks = BackgroundTasks()
+        opened.push_async_callback(tasks.close)
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
         await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
-        controls = await Controls.start(settings, backend.stores())
+        controls = await Controls.start(settings, backend.stores(), tasks)
         opened.push_async_callback(controls.stop)
         stores = controls.stores
         keys = BrokerKeys.from_settings(settings)
         if not settings.keys.signing_key_file:
             log.warning("no [keys] signing_key_file: using an ephemeral signing key")
-        audit = await open_recorder(settings, keys)
+        audit = await open_recorder(settings, keys, tasks)
         opened.push_async_callback(audit.close)
-        late_writes = LateWrites((StoreUnavailableError,))
+        late_writes = LateWrites((StoreUnavailableError,), tasks=tasks)
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
         upstream = AiohttpTransport(settings.egress, settings.limits, settings.registry)
@@ -94,7 +99,7 @@ class BrokerRuntime:
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
         )
-        policy = await PolicyRuntime.start(settings, audit)
+        policy = await PolicyRuntime.start(settings, audit, tasks)
         opened.push_async_callback(policy.stop)
         audit.policy_version = policy.version
         # Built once, shared by both pipelines and the tree killer.
@@ -119,6 +124,7 @@ class BrokerRuntime:
                 containment=settings.containment,
                 kill=controls.kill,
                 roles=roles,
+                tasks=tasks,
             )
         )
         runtime = cls(
@@ -132,16 +138,15 @@ class BrokerRuntime:
             policy=policy,
             trees=TreeKiller(settings, stores, upstream, minter, audit),
             audit=audit,
-            exporters=start_exporters(settings, audit.trail.log if audit.trail else None),
+            exporters=start_exporters(settings, audit.trail.log if audit.trail else None, tasks),
             roles=roles,
             budget_scopes=budget_scopes,
             llm=llm,
-            expiry=asyncio.create_task(
-                _expire_reservations(stores, settings), name="budget-expiry"
-            ),
+            expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
             mediate=_unset,
             controls=controls,
+            tasks=tasks,
         )
         opened.push_async_callback(runtime._stop_background_work)
         runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
@@ -161,6 +166,7 @@ class BrokerRuntime:
         await self.upstream.close()
         await self.late_writes.close()
         await self.controls.stop()
+        await self.tasks.close()
         await self.backend.close()
 
     async def _stop_background_work(self) -> None:
@@ -223,4 +229,5 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         inspector=inspector,
         pages=pages,
         push_url_allowed=push_url_allowed,
+        tasks=rt.tasks,
     )

@@ -25,7 +25,7 @@ from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.keys import BrokerKeys, KeyFileError, load_signing_key
 from broker.policy.engine import PolicyEngine, check_model
 from broker.policy.rules import PolicyError
-from broker.policy_runtime import DEFAULT_MODEL, check_policy_settings
+from broker.policy.runtime import DEFAULT_MODEL, check_policy_settings
 from broker.settings import Settings, SettingsError
 from broker.stores.memory import MemoryBackend
 

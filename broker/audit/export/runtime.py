@@ -16,6 +16,7 @@ from broker.audit.export import (
     SyslogSink,
 )
 from broker.audit.log import AuditLog
+from broker.background import BackgroundTasks
 from broker.settings import AuditExportSinkSettings, Settings, SettingsError
 
 log = logging.getLogger("a2a_broker.audit.export")
@@ -32,8 +33,10 @@ def build_sink(spec: AuditExportSinkSettings, settings: Settings) -> Sink:
     return JsonLinesSink(settings.path(spec.path), name=spec.name)
 
 
-def start_exporters(settings: Settings, audit_log: AuditLog | None) -> list[Exporter]:
-    """One started exporter per configured sink (none when export is off)."""
+def start_exporters(
+    settings: Settings, audit_log: AuditLog | None, tasks: BackgroundTasks | None = None
+) -> list[Exporter]:
+    """One started exporter per configured sink (none when export is off), run in ``tasks``."""
     export = settings.audit.export
     if not export.enabled or audit_log is None:
         return []
@@ -52,6 +55,7 @@ def start_exporters(settings: Settings, audit_log: AuditLog | None) -> list[Expo
             batch_size=spec.batch_size,
             max_backoff_s=spec.max_backoff_s,
             poll_interval_s=export.poll_interval_s,
+            tasks=tasks,
         )
         exporter.start()
         exporters.append(exporter)

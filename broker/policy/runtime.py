@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
+from broker.background import BackgroundTasks
 from broker.errors import BrokerError
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine, PolicySnapshot
@@ -20,7 +21,7 @@ log = logging.getLogger("a2a_broker.policy")
 
 # The model shipped with the broker (package data; policies/model.conf is the same file for
 # operators to read), used when [policy] model_file is not set.
-DEFAULT_MODEL = Path(__file__).resolve().parent / "policy" / "model.conf"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "model.conf"
 
 
 @dataclass(slots=True)
@@ -32,7 +33,9 @@ class PolicyRuntime:
     redis: RedisClient | None = None
 
     @classmethod
-    async def start(cls, settings: Settings, audit: AuditRecorder) -> PolicyRuntime:
+    async def start(
+        cls, settings: Settings, audit: AuditRecorder, tasks: BackgroundTasks | None = None
+    ) -> PolicyRuntime:
         """Load the policy (a bad or empty file stops start-up: there is no last good one yet).
 
         Raises ``SettingsError`` when there is no policy file and ``allow_all`` is not set (or
@@ -55,6 +58,7 @@ class PolicyRuntime:
             on_applied=_audited_reload(audit),
             redis=client,
             channel=f"{settings.store.key_prefix}:{settings.policy.channel}",
+            tasks=tasks,
         )
         await reloader.start()
         log.info("policy %s loaded (version %s)", policy_path, engine.version[:12])

@@ -6,7 +6,7 @@ import logging
 
 import msgspec
 
-from broker.audit_runtime import AuditRecorder
+from broker.audit.recorder import AuditRecorder
 from broker.errors import BrokerError
 from broker.late_writes import LateWrites
 from broker.stores.base import Stores, TaskRoute

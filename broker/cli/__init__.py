@@ -1,6 +1,6 @@
 """The ``a2a-broker`` command: run the broker, drive its admin API, run the demo.
 
-Exit statuses are the same for every command (``broker.cli_output``): 0 done, 1 failed, 2 the
+Exit statuses are the same for every command (``broker.cli.output``): 0 done, 1 failed, 2 the
 command line or the configuration is wrong, 3 the broker could not start.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import broker
-from broker.cli_output import EXIT_CANNOT_START, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from broker.cli.output import EXIT_CANNOT_START, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from broker.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, Settings, SettingsError, load_settings
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -69,15 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help=CONFIG_HELP)
     check.set_defaults(run=_config_check)
 
-    from broker.admin_cli import (  # noqa: PLC0415 - keeps `serve` start-up lean
+    from broker.cli.admin import (  # noqa: PLC0415 - keeps `serve` start-up lean
         add_agents_parser,
         add_budgets_parser,
         add_kill_parser,
         add_policy_admin_commands,
         add_trees_parser,
     )
-    from broker.audit_cli_args import add_audit_parser  # noqa: PLC0415
-    from broker.policy_cli_args import add_policy_file_commands  # noqa: PLC0415
+    from broker.cli.audit import add_audit_parser  # noqa: PLC0415
+    from broker.cli.policy import add_policy_file_commands  # noqa: PLC0415
 
     add_agents_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
@@ -178,7 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _checked_settings(config: str | None) -> Settings:
     """The settings, with every file they name loaded once; warnings are the worker's to log."""
-    from broker.preflight import check_files  # noqa: PLC0415
+    from broker.cli.preflight import check_files  # noqa: PLC0415
 
     settings = load_settings(config)
     logging.disable(logging.WARNING)
@@ -203,7 +203,7 @@ def _port_problem(host: str, port: int) -> str | None:
 def _config_check(args: argparse.Namespace) -> int:
     import msgspec  # noqa: PLC0415
 
-    from broker.preflight import check_files  # noqa: PLC0415
+    from broker.cli.preflight import check_files  # noqa: PLC0415
 
     logging.basicConfig(format="a2a-broker: warning: %(message)s", level=logging.WARNING)
     config = args.config or os.environ.get(CONFIG_ENV)

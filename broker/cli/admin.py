@@ -2,7 +2,7 @@
 
 The broker is found at ``--url`` or ``$A2A_BROKER_URL`` (default http://127.0.0.1:8080), the admin
 token is ``--admin-token`` or ``$A2A_BROKER_ADMIN_TOKEN``. Answers are tables on a terminal and
-JSON otherwise (``broker.cli_output``).
+JSON otherwise (``broker.cli.output``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from broker import admin_tables as tables
-from broker.admin_client import URL_ENV, AdminAnswer, AdminCallFailedError, call_admin
-from broker.cli_output import EXIT_OK, EXIT_USAGE, Output, add_json_option
+from broker.cli import admin_tables as tables
+from broker.cli.admin_client import URL_ENV, AdminAnswer, AdminCallFailedError, call_admin
+from broker.cli.output import EXIT_OK, EXIT_USAGE, Output, add_json_option
 from broker.settings import ADMIN_TOKEN_ENV, BudgetLimitSettings
 
 _LIMIT_FIELDS = get_type_hints(BudgetLimitSettings)

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from broker.cli_output import EXIT_OK, EXIT_USAGE
+from broker.cli.output import EXIT_OK, EXIT_USAGE
 from broker.settings import CONFIG_ENV, load_settings
 
 
