@@ -2,7 +2,9 @@
 
 For each store (memory, then redis), one broker with full metering as in (e) is driven by wrk
 at c=16 with unary SendMessage (every task ends in its answer: a finished task) in chunks,
-until ``A2A_BENCH_SOAK_REQUESTS`` requests (default 300,000) have been answered. After each
+until ``A2A_BENCH_SOAK_REQUESTS`` requests (default 300,000) have been answered
+(``A2A_BENCH_SOAK_CHUNK_S``: seconds per chunk, default 20; ``A2A_BENCH_SOAK_STORES``: which
+stores, default ``memory,redis``). After each
 chunk the broker's RSS (its whole process tree) and, on the redis store, its private Redis's
 ``used_memory`` are read. The result is each reading by requests so far, and the growth per
 100,000 requests over the second half of the run (after the memory store's capacity and the
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from benchmarks.run import Run
 
 REQUESTS_ENV = "A2A_BENCH_SOAK_REQUESTS"
+STORES_ENV = "A2A_BENCH_SOAK_STORES"  # comma-separated; default memory,redis
 DEFAULT_REQUESTS = 300_000
 CHUNK_S = float(os.environ.get("A2A_BENCH_SOAK_CHUNK_S", "20"))
 CONCURRENCY = 16
@@ -87,7 +90,8 @@ def soak(run: Run, store: str, total: int) -> dict[str, Any]:
 
 def scenario_k(run: Run) -> None:
     total = int(os.environ.get(REQUESTS_ENV, DEFAULT_REQUESTS))
-    results = [soak(run, store, total) for store in ("memory", "redis")]
+    stores = os.environ.get(STORES_ENV, "memory,redis").split(",")
+    results = [soak(run, store.strip(), total) for store in stores]
     for result in results:
         rss, used = result["broker_rss_per_100k"], result["redis_used_memory_per_100k"]
         redis_part = f", redis {used / 1e6:+.1f} MB" if used is not None else ""

@@ -37,9 +37,10 @@ import redis
 from redis.crc import key_slot
 from redis_process import RedisTopology, start_redis_cluster, start_sentinel_set
 
-from .conftest import REPO_ROOT, _static_card
+from testkit.procs import REPO_ROOT, Process, free_port
+
+from .conftest import _static_card
 from .fake_llm import FakeLlm
-from .harness import ServerProcess, free_port
 from .test_budget_race import _call
 
 PROVIDER_KEY = f"sk-failover-{secrets.token_hex(8)}"
@@ -138,7 +139,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
     mode: str = request.param
     topology = await asyncio.to_thread(_start_topology, mode, tmp_path / "redis")
     provider = FakeLlm()
-    procs: list[ServerProcess] = []
+    procs: list[Process] = []
     try:
         await provider.start()
         key_file = tmp_path / "broker-key.pem"
@@ -159,12 +160,12 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
                 key_env=PROVIDER_KEY_ENV, model=MODEL, agent=AGENT,
             ))  # fmt: skip
             argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-            procs.append(ServerProcess.launch(
+            procs.append(Process.launch(
                 argv, env={"A2A_BROKER_ADMIN_TOKEN": admin, PROVIDER_KEY_ENV: PROVIDER_KEY},
                 cwd=REPO_ROOT, log_dir=tmp_path, name=f"failover-broker{i}",
             ))  # fmt: skip
         for proc, url in zip(procs, urls, strict=True):
-            await asyncio.to_thread(proc.wait_ready, f"{url}/readyz")
+            await asyncio.to_thread(proc.wait_ready, f"{url}/readyz", timeout=30)
         headers = {"Authorization": f"Bearer {admin}"}
         async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
             response = await http.post(f"{urls[1]}/admin/agents", headers=headers, json={
