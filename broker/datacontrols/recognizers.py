@@ -94,14 +94,6 @@ def char_class(spec: str) -> frozenset[str]:
     return frozenset(chars)
 
 
-def digit_runs(text: str, pos: int) -> list[tuple[int, int]]:
-    """Every maximal run of ASCII digits that starts at or after ``pos``."""
-    runs = [m.span() for m in DIGIT_RUNS.finditer(text, pos)]
-    if runs and runs[0][0] == pos and pos > 0 and text[pos - 1] in _DIGITS:
-        runs.pop(0)  # the rest of a run that began before pos
-    return runs
-
-
 def bounded(text: str, start: int, end: int, left: frozenset[str], right: frozenset[str]) -> bool:
     """The value is not glued to a longer run: no ``left`` char before, no ``right`` char after."""
     return (start == 0 or text[start - 1] not in left) and (
