@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import time
 
-from broker.containment.config import ContainmentSettings
 from broker.containment.stages import AgentContainment
+from broker.settings_containment import ContainmentSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext, Outcome, Reply, StreamReply
 
@@ -45,7 +45,9 @@ async def _pass_on(ctx: MediationContext, call_next: object) -> Outcome:
 
 
 async def _per_call_us(stage: object, answer: object, number: int, stream: bool) -> float:
-    ctx = MediationContext("jsonrpc", "bench", "POST", {}, _body, caller="loadgen")
+    ctx = MediationContext(
+        "jsonrpc", "bench", "POST", headers={}, read_body=_body, caller="loadgen"
+    )
     ctx.target = AgentRecord(name="bench", card_json="{}")
     best = float("inf")
     for _ in range(5):

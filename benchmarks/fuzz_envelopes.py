@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -35,9 +34,10 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.procs import Child, free_port
+from testkit.brokers import launch_broker
+from testkit.config import BrokerConfig
+from testkit.procs import closed_url, free_port, launch_service
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 AGENT = "fuzz"
 OK_PUSH = ["http://127.0.0.1:9/hook", "http://a2a-push.example/hook"]
 BAD_PUSH = [
@@ -370,40 +370,15 @@ def _keep_token(body: bytes, world: World) -> None:
         world.tokens.append(token)
 
 
-def _admin(url: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(  # noqa: S310 - loopback only
-        url + "/admin/agents", data=json.dumps(payload).encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
-        answer: dict[str, Any] = json.loads(resp.read())
-    return answer
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - loopback only
         return json.loads(resp.read())
 
 
-def _broker_config(port: int) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "warning"
-
-[store]
-backend = "memory"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true  # the fuzz is about reading requests, not policy
-
-[audit]
-backend = "off"
-"""
+def _broker_config(port: int) -> BrokerConfig:
+    # [policy] allow_all (the default): the fuzz is about reading requests, not policy.
+    config = BrokerConfig(port=port).set("server", log_level="warning")
+    return config.set("store", backend="memory").set("audit", backend="off")
 
 
 async def seed(base: str, creds: dict[str, str]) -> World:
@@ -451,22 +426,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="fuzz-envelopes-"))
-    agent_port, broker_port = free_port(), free_port()
-    admin = secrets.token_urlsafe(16)
-    (logs / "broker.toml").write_text(_broker_config(broker_port))
-    agent = Child.launch("agent", [sys.executable, "-m", "benchmarks.fuzz_agent", "--port",
-                                   str(agent_port)], logs, cwd=REPO_ROOT)  # fmt: skip
-    broker = Child.launch(
-        "broker", [sys.executable, "-m", "broker", "serve", "--config", str(logs / "broker.toml")],
-        logs, cwd=REPO_ROOT, env={"A2A_BROKER_ADMIN_TOKEN": admin},
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{broker_port}"
+    agent = launch_service("benchmarks.fuzz_agent", name="agent", log_dir=logs)
+    broker = launch_broker(_broker_config(free_port()), log_dir=logs)
+    base = broker.url
     try:
-        agent.wait_ready(f"http://127.0.0.1:{agent_port}/_ready")
-        broker.wait_ready(f"{base}/healthz")
-        agent_card = _get_json(f"http://127.0.0.1:{agent_port}/.well-known/agent-card.json")
-        _admin(base, admin, {"name": AGENT, "card": agent_card})
-        closed = f"http://127.0.0.1:{free_port()}"
+        agent.wait_ready()
+        broker.wait_ready()
+        agent_card = _get_json(f"{agent.url}/.well-known/agent-card.json")
+        broker.register(AGENT, agent_card)
+        closed = closed_url()
         creds = {}
         for caller in ("alice", "bob"):
             card = {
@@ -476,12 +444,12 @@ def main() -> int:
                     {"url": closed + "/rpc", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
                 ],
             }
-            creds[caller] = str(_admin(base, admin, {"name": caller, "card": card})["credential"])
+            creds[caller] = broker.register(caller, card)
         started = time.monotonic()
         tally = asyncio.run(run(base, creds, args.count, args.seed, args.concurrency))
         elapsed = time.monotonic() - started
-        verdict = _get_json(f"http://127.0.0.1:{agent_port}/_verdict")
-        alive = broker.popen.poll() is None
+        verdict = _get_json(f"{agent.url}/_verdict")
+        alive = broker.process.popen.poll() is None
     finally:
         broker.stop()
         agent.stop()

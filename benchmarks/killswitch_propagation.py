@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import json
 import secrets
-import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,8 +36,11 @@ from typing import Any
 import aiohttp
 
 from benchmarks.measure import UNARY_BODY
-from benchmarks.procs import Child, free_port
-from benchmarks.targets import AGENT, REPO_ROOT, _register
+from benchmarks.targets import AGENT, register_bench
+from testkit.brokers import launch_broker
+from testkit.config import BrokerConfig
+from testkit.procs import all_stopped, free_port, launch_service
+from testkit.redis_server import RedisServer, find_redis_server
 
 REPLICAS = 3
 ACTIONS = ("suspend", "resume", "kill", "lift")
@@ -53,64 +54,33 @@ class Cluster:
     caller_credential: str
 
 
-def _config(port: int, redis: str, prefix: str) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "warning"
-
-[store]
-backend = "redis"
-redis_url = "{redis}"
-key_prefix = "{prefix}"
-
-[audit]
-backend = "off"
-
-[egress]
-allow_loopback = true
-"""
+def _config(redis: str, prefix: str) -> BrokerConfig:
+    """What every replica shares (each gets its own port): the default read cache."""
+    config = BrokerConfig(port=0).set("server", log_level="warning")
+    return config.use_redis(redis, key_prefix=prefix).set("audit", backend="off")
 
 
 @contextmanager
 def cluster(work: Path) -> Iterator[Cluster]:
-    children: list[Child] = []
-    try:
-        if shutil.which("redis-server") is None:
-            raise SystemExit("needs redis-server (apt-get install -y redis-server)")
-        redis_port = free_port()
-        argv = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no"]  # fmt: skip
-        redis = Child.launch("redis", argv, work)
-        children.append(redis)
-        redis.wait_port(redis_port)
-        up_port = free_port()
-        upstream = Child.launch(
-            "upstream", [sys.executable, "-m", "benchmarks.upstream", "--port", str(up_port)], work
-        )
+    if find_redis_server() is None:
+        raise SystemExit("needs redis-server (apt-get install -y redis-server)")
+    with RedisServer.running() as redis, all_stopped([]) as children:
+        upstream = launch_service("benchmarks.upstream", name="upstream", log_dir=work)
         children.append(upstream)
-        upstream.wait_ready(f"http://127.0.0.1:{up_port}/_ready")
+        upstream.wait_ready()
+        config = _config(redis.url, f"a2ab-prop-{secrets.token_hex(4)}")
         token = secrets.token_urlsafe(24)
-        prefix = f"a2ab-prop-{secrets.token_hex(4)}"
-        urls = []
+        brokers = []
         for i in range(REPLICAS):
-            port = free_port()
-            config = work / f"broker-{i}.toml"
-            config.write_text(_config(port, f"redis://127.0.0.1:{redis_port}/0", prefix))
-            child = Child.launch(
-                f"broker-{i}", [sys.executable, "-m", "broker", "serve", "--config", str(config)],
-                work, env={"A2A_BROKER_ADMIN_TOKEN": token}, cwd=REPO_ROOT,
-            )  # fmt: skip
-            children.append(child)
-            urls.append(f"http://127.0.0.1:{port}")
-        for child, url in zip(children[-REPLICAS:], urls, strict=True):
-            child.wait_ready(f"{url}/healthz")
-        credential = _register(urls[0], token, f"http://127.0.0.1:{up_port}")
-        yield Cluster(urls, token, credential)
-    finally:
-        for child in reversed(children):
-            child.stop()
+            replica = config.copy(port=free_port())
+            brokers.append(
+                launch_broker(replica, log_dir=work, name=f"broker-{i}", admin_token=token)
+            )
+            children.append(brokers[-1])
+        for broker in brokers:
+            broker.wait_ready()
+        credential = register_bench(brokers[0], upstream.url)
+        yield Cluster([b.url for b in brokers], token, credential)
 
 
 class Poller:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import pinned
+from testkit.procs import pinned
 
 WRK_INSTALL_HINT = "wrk is not installed: apt-get install -y wrk (Debian/Ubuntu)"
 

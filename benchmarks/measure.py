@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import preflight, run_wrk, stream_probe, write_script
-from benchmarks.procs import Child
+from benchmarks.proc_stats import Measured, cpu_seconds, rss_bytes
 from benchmarks.quiet import ForeignLoad, wait_for_quiet
 from benchmarks.redis_stats import RedisCounters
 from benchmarks.targets import Target
@@ -20,7 +20,7 @@ class Conditions:
     """How points are taken: wrk's cores, and how to see (and wait out) other work."""
 
     wrk_cores: str | None
-    children: Callable[[], Iterable[Child]]
+    children: Callable[[], Iterable[Measured]]
     max_wait_s: float
     retries: int = 2  # extra attempts at a point that other work disturbed; the quietest is kept
     patience_until: float = float("inf")  # monotonic time after which nothing waits or retries
@@ -121,9 +121,9 @@ def _point(
     counters = RedisCounters(target.redis) if target.redis else None
     if counters:
         counters.start()
-    (user0, sys0), wall0 = target.process.cpu_seconds(), time.monotonic()
+    (user0, sys0), wall0 = cpu_seconds(target.process.pid), time.monotonic()
     result = run_wrk(target.url, script, c, seconds, cond.wrk_cores)
-    user1, sys1 = target.process.cpu_seconds()
+    user1, sys1 = cpu_seconds(target.process.pid)
     wall = time.monotonic() - wall0
     redis = counters.per_request(result.requests) if counters else {}
     cpu = (user1 - user0) + (sys1 - sys0)
@@ -138,7 +138,7 @@ def _point(
         cpu_us_per_req=cpu / result.requests * 1e6 if result.requests else 0.0,
         cpu_util=cpu / wall,
         sys_share=(sys1 - sys0) / cpu if cpu else 0.0,
-        rss_mb=target.process.rss_bytes() / 2**20,
+        rss_mb=rss_bytes(target.process.pid) / 2**20,
         foreign_cores=foreign.cores(),
         waited_s=max(waited, 0.0),
         **redis,

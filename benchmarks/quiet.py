@@ -11,25 +11,25 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 
-from benchmarks.procs import Child, busy_cpu_seconds
+from benchmarks.proc_stats import Measured, busy_cpu_seconds, cpu_seconds
 
 QUIET_CORES = 0.15  # foreign CPU below this (in cores) counts as quiet
 SAMPLE_S = 1.0
 
 
-def _own_cpu(children: Iterable[Child]) -> float:
+def _own_cpu(children: Iterable[Measured]) -> float:
     """CPU seconds of the harness, its finished children (wrk) and its running servers."""
     total = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
-    return total + sum(sum(child.cpu_seconds()) for child in children)
+    return total + sum(sum(cpu_seconds(child.pid)) for child in children)
 
 
 class ForeignLoad:
     """Foreign CPU over an interval: ``start()``, do the work, then ``cores()``."""
 
-    def __init__(self, children: Callable[[], Iterable[Child]]) -> None:
+    def __init__(self, children: Callable[[], Iterable[Measured]]) -> None:
         self._children = children
         self._busy0 = self._own0 = self._wall0 = 0.0
 
@@ -44,7 +44,7 @@ class ForeignLoad:
         return max(busy - own, 0.0) / wall if wall > 0 else 0.0
 
 
-def wait_for_quiet(children: Callable[[], Iterable[Child]], max_wait_s: float) -> float:
+def wait_for_quiet(children: Callable[[], Iterable[Measured]], max_wait_s: float) -> float:
     """Sample until foreign CPU is under QUIET_CORES or ``max_wait_s`` passes; the last sample."""
     deadline = time.monotonic() + max_wait_s
     load = ForeignLoad(children)

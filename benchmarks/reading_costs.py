@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from broker.answers import reframe
-from broker.pipeline import fold
+from broker.pipeline.stage import fold
 from broker.settings import LimitSettings
 from broker.stages.parse import ParseRequest, ReadParams
 from broker.types import MediationContext, Outcome, Reply

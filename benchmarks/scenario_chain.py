@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.chain_agent import CREDENTIALS_ENV, hop_card, hop_name
 from benchmarks.measure import UNARY, UNARY_BODY, Conditions, measure
-from benchmarks.procs import Child, free_port
-from benchmarks.targets import CALLER, Env, Target, _admin_post, _broker_config, redis_url
+from benchmarks.targets import CALLER, Env, Target, broker_config, redis_url
 from benchmarks.upstream import card
+from testkit.brokers import BrokerProcess
+from testkit.config import BrokerConfig, budget
+from testkit.procs import Process, closed_url, free_port, local_url
 
 if TYPE_CHECKING:
     from benchmarks.run import Run
@@ -42,22 +43,14 @@ POOL_SIZE = 1024
 _JSON_HEADERS = {"Content-Type": "application/json", "A2A-Version": "1.0"}
 
 
-def _budgets(callers: list[str]) -> str:
-    lines = "\n".join(
-        f'{name} = [{{ metric = "calls", window = "lifetime", limit = 1000000000000 }}]'
-        for name in callers
-    )
-    return f"""
-# As in (e) for the load generator, for every caller of the chain: each hop is metered.
-[budgets.agents]
-{lines}
-
-[limits]
-upstream_pool_size = {POOL_SIZE}
-"""
+def _metered_chain(config: BrokerConfig, callers: list[str]) -> BrokerConfig:
+    # As in (e) for the load generator, for every caller of the chain: each hop is metered.
+    limit = [budget("calls", "lifetime", 1_000_000_000_000)]
+    config.set("budgets.agents", **dict.fromkeys(callers, limit))
+    return config.set("limits", upstream_pool_size=POOL_SIZE)
 
 
-def _agents(env: Env, port: int, onward: str, credentials: dict[str, str], name: str) -> Child:
+def _agents(env: Env, port: int, onward: str, credentials: dict[str, str], name: str) -> Process:
     argv = [sys.executable, "-m", "benchmarks.chain_agent", "--port", str(port)]
     argv += ["--hops", str(HOPS), "--onward", onward]
     child_env = {CREDENTIALS_ENV: json.dumps(credentials)}
@@ -93,18 +86,15 @@ def broker_chain(env: Env) -> Iterator[tuple[Callable[[int], Target], int]]:
     """The broker (redis store) with hop1..hop5 and ``loadgen`` registered, and the agents."""
     port, agents_port = free_port(), free_port()
     redis = redis_url(env)
-    config = env.log_dir / "broker-chain.toml"
     callers = [CALLER, *(hop_name(k) for k in range(1, HOPS))]
-    config.write_text(_broker_config(port, "redis", redis, 1, "none") + _budgets(callers))
-    token = secrets.token_urlsafe(24)
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    child_env = {"A2A_BROKER_ADMIN_TOKEN": token, "PYTHONPATH": str(env.broker_src)}
-    broker = env.launch("broker-chain", argv, env.placement.sut, env=child_env, cwd=env.broker_src)
-    agents: Child | None = None
+    config = _metered_chain(broker_config(port, "redis", redis, 1, "none"), callers)
+    started = env.broker(config, "broker-chain", env.placement.sut)
+    broker = started.process
+    agents: Process | None = None
     try:
-        url = f"http://127.0.0.1:{port}"
-        broker.wait_ready(f"{url}/healthz")
-        credentials = _register(url, token, f"http://127.0.0.1:{agents_port}")
+        started.wait_ready()
+        url = started.url
+        credentials = _register(started, local_url(agents_port))
         caller = credentials.pop(CALLER)
         agents = _agents(env, agents_port, f"{url}/agents/{{name}}/jsonrpc", credentials,
                          "chain-broker-agents")  # fmt: skip
@@ -118,19 +108,17 @@ def broker_chain(env: Env) -> Iterator[tuple[Callable[[int], Target], int]]:
         broker.stop()
 
 
-def _register(url: str, token: str, agents_url: str) -> dict[str, str]:
+def _register(broker: BrokerProcess, agents_url: str) -> dict[str, str]:
     """Register hop1..hop5 and the caller-only ``loadgen``; every one's credential."""
-    credentials = {}
-    for k in range(1, HOPS + 1):
-        answer = _admin_post(url, token, {"name": hop_name(k), "card": hop_card(k, agents_url)})
-        credentials[hop_name(k)] = str(answer["credential"])
-    closed = f"http://127.0.0.1:{free_port()}"
-    answer = _admin_post(url, token, {"name": CALLER, "card": card(CALLER, closed)})
-    credentials[CALLER] = str(answer["credential"])
+    credentials = {
+        hop_name(k): broker.register(hop_name(k), hop_card(k, agents_url))
+        for k in range(1, HOPS + 1)
+    }
+    credentials[CALLER] = broker.register(CALLER, card(CALLER, closed_url()))
     return credentials
 
 
-def check_linked(base: str, headers: dict[str, str], broker: Child) -> None:
+def check_linked(base: str, headers: dict[str, str], broker: Process) -> None:
     """One chain of full depth by hand; the broker's log must show every hop in one task tree,
     each with the chain so far (so the agents passed the token on and nothing originated anew).
     """

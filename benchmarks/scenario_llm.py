@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from benchmarks.fake_llm import ANSWER_TEXT, CHAT_PATH
 from benchmarks.litellm_venv import LITELLM_VERSION, OFFLINE_ENV, config_yaml, litellm_command
 from benchmarks.measure import Point, Workload, measure
-from benchmarks.procs import free_port
-from benchmarks.targets import Env, Target, _register
+from benchmarks.targets import Env, Target, register_bench
+from testkit.config import BrokerConfig
+from testkit.procs import free_port
 
 if TYPE_CHECKING:
     from benchmarks.run import Run
@@ -104,52 +105,27 @@ def fake_provider(env: Env) -> Iterator[Target]:
         child.stop()
 
 
-def _broker_config(port: int, api_base: str) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-workers = 1
-log_level = "info"
-
-[store]
-backend = "memory"
-key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true
-
-[llm.providers.fake]
-base_url = "{api_base}"
-key_env = "{PROVIDER_KEY_ENV}"
-models = ["{MODEL}"]
-"""
+def _broker_config(port: int, api_base: str) -> BrokerConfig:
+    config = BrokerConfig(port=port).set("server", workers=1, log_level="info")
+    config.set("store", backend="memory", key_prefix=f"a2ab-bench-{secrets.token_hex(4)}")
+    return config.set(
+        "llm.providers.fake", base_url=api_base, key_env=PROVIDER_KEY_ENV, models=[MODEL]
+    )
 
 
 @contextlib.contextmanager
 def broker_llm(env: Env, api_base: str) -> Iterator[Target]:
     """The broker with ``[llm]`` at the fake provider; the target is its chat endpoint."""
-    port = free_port()
-    config = env.log_dir / "broker-llm.toml"
-    config.write_text(_broker_config(port, api_base))
-    token = secrets.token_urlsafe(24)
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    child_env = {
-        "A2A_BROKER_ADMIN_TOKEN": token,
-        "PYTHONPATH": str(env.broker_src),
-        PROVIDER_KEY_ENV: "sk-bench-provider",
-    }
-    child = env.launch("broker-llm", argv, env.placement.sut, env=child_env, cwd=env.broker_src)
+    config = _broker_config(free_port(), api_base)
+    broker = env.broker(config, "broker-llm", env.placement.sut,
+                        env_extra={PROVIDER_KEY_ENV: "sk-bench-provider"})  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}"
-        child.wait_ready(f"{url}/healthz")
-        credential = _register(url, token, env.upstream_url)
-        yield Target(url + CHAT_PATH, {**_JSON, "Authorization": f"Bearer {credential}"}, child)
+        broker.wait_ready()
+        credential = register_bench(broker, env.upstream_url)
+        headers = {**_JSON, "Authorization": f"Bearer {credential}"}
+        yield Target(broker.url + CHAT_PATH, headers, broker.process)
     finally:
-        child.stop()
+        broker.stop()
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from benchmarks import openloop
 from benchmarks.loadgen import preflight, run_wrk, write_script
 from benchmarks.measure import UNARY_BODY, UNARY_EXPECT
-from benchmarks.procs import Child, process_tree
+from benchmarks.proc_stats import process_tree
 from benchmarks.quiet import ForeignLoad, wait_for_quiet
 from benchmarks.targets import Target, broker, direct
+from testkit.procs import Process
 
 if TYPE_CHECKING:
     from benchmarks.run import Run
@@ -43,7 +44,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class _CpuWindow:
     """A process tree's CPU seconds between the generator's window marks (cheap: on its loop)."""
 
-    def __init__(self, child: Child) -> None:
+    def __init__(self, child: Process) -> None:
         self._pids = process_tree(child.pid)  # read once: walking /proc would stall the loop
         self._marks: dict[str, tuple[float, float]] = {}
 

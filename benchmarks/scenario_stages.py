@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.measure import UNARY, measure
-from benchmarks.procs import free_port
-from benchmarks.targets import AGENT, CALLER, Env, Target, _metering_config, redis_url
+from benchmarks.proc_stats import rss_bytes
+from benchmarks.targets import AGENT, CALLER, Env, Target, metered, redis_url
 from benchmarks.upstream import card
+from testkit.config import BrokerConfig
+from testkit.procs import closed_url, free_port
 
 if TYPE_CHECKING:
     from benchmarks.run import Run
@@ -118,7 +120,7 @@ def write_cards(folder: Path, upstream_url: str, extra: int) -> dict[str, str]:
     """Card files for ``bench``, ``loadgen`` and ``extra`` agents ``agent-<i>`` (the names the
     synthetic policy's role lines use); each agent's credential digest, by name."""
     folder.mkdir(parents=True, exist_ok=True)
-    closed = f"http://127.0.0.1:{free_port()}"  # loadgen is a target nobody calls
+    closed = closed_url()  # loadgen is a target nobody calls
     names = {AGENT: upstream_url, CALLER: closed} | {f"agent-{i}": closed for i in range(extra)}
     salt = secrets.token_hex(8)
     for name, url in names.items():
@@ -126,46 +128,29 @@ def write_cards(folder: Path, upstream_url: str, extra: int) -> dict[str, str]:
     return {name: _digest(f"{salt}-{name}") for name in names}
 
 
-def _config(port: int, redis: str, cfg: StageConfig, files: dict[str, str]) -> str:
-    """The broker's TOML: ``files`` holds the cards dir, audit dir and policy file paths."""
-    audit = f'dir = "{files["audit"]}"\nfsync = true' if cfg.audit else 'backend = "off"'
-    policy = f'policy_file = "{files["policy"]}"' if "policy" in files else "allow_all = true"
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "info"
-
-[store]
-backend = "{cfg.store}"
-redis_url = "{redis}"
-key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
-
-[egress]
-allow_loopback = true
-
-[registry]
-cards_dir = "{files["cards"]}"
-
-[audit]
-{audit}
-
-[policy]
-{policy}
-{_metering_config(cfg.metering)}{"" if cfg.containment else _NO_CONTAINMENT}"""
-
-
-_NO_CONTAINMENT = """
-[containment]
-max_concurrent_per_agent = 0
-
-[containment.breaker]
-enabled = false
-"""
-
-
-def _agents_toml(digests: dict[str, str]) -> str:
-    return "".join(f'\n[agents.{n}]\ncredential_sha256 = "{d}"\n' for n, d in digests.items())
+def _config(
+    port: int, redis: str, cfg: StageConfig, files: dict[str, str], digests: dict[str, str]
+) -> BrokerConfig:
+    """The broker's configuration: ``files`` holds the cards dir, audit dir and policy file
+    paths, ``digests`` each identity's credential digest."""
+    config = BrokerConfig(port=port).set("server", log_level="info")
+    config.set(
+        "store", backend=cfg.store, redis_url=redis, key_prefix=f"a2ab-bench-{secrets.token_hex(4)}"
+    )
+    config.set("registry", cards_dir=files["cards"])
+    if cfg.audit:
+        config.set("audit", dir=files["audit"], fsync=True)
+    else:
+        config.set("audit", backend="off")
+    if "policy" in files:
+        config.use_policy_file(files["policy"])
+    metered(config, cfg.metering)
+    if not cfg.containment:
+        config.set("containment", max_concurrent_per_agent=0)
+        config.set("containment.breaker", enabled=False)
+    for name, digest in digests.items():
+        config.set(f"agents.{name}", credential_sha256=digest)
+    return config
 
 
 @contextlib.contextmanager
@@ -183,22 +168,19 @@ def stage_broker(env: Env, name: str, cfg: StageConfig) -> Iterator[tuple[Target
     digests[CALLER] = _digest(credential)
     port = free_port()
     redis = redis_url(env) if cfg.store == "redis" else "redis://127.0.0.1:6379/0"
-    config = home / "broker.toml"
-    config.write_text(_config(port, redis, cfg, files) + _agents_toml(digests))
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
+    config = _config(port, redis, cfg, files, digests)
     started = time.monotonic()
-    child = env.launch(name, argv, env.placement.sut, env={"PYTHONPATH": str(env.broker_src)},
-                       cwd=env.broker_src)  # fmt: skip
+    broker = env.broker(config, "broker", env.placement.sut, log_dir=home)
+    child = broker.process
     try:
-        url = f"http://127.0.0.1:{port}"
-        child.wait_ready(f"{url}/healthz", timeout=START_TIMEOUT_S)
+        broker.wait_ready(timeout=START_TIMEOUT_S)
         launch = {
             "scenario": name,
             **asdict(cfg),
             "agents": len(digests),
             "policy_rules": rules,
             "start_s": time.monotonic() - started,
-            "rss_start_mb": child.rss_bytes() / 2**20,
+            "rss_start_mb": rss_bytes(child.pid) / 2**20,
         }
         print(f"  {name:<10} ready in {launch['start_s']:.1f} s, {launch['agents']:,} agents, "
               f"{rules:,} rules, rss {launch['rss_start_mb']:.0f} MB", flush=True)  # fmt: skip
@@ -208,7 +190,7 @@ def stage_broker(env: Env, name: str, cfg: StageConfig) -> Iterator[tuple[Target
             "Authorization": f"Bearer {credential}",
         }
         private = redis if cfg.store == "redis" and env.redis_note.startswith("a private") else ""
-        yield Target(f"{url}/agents/{AGENT}/jsonrpc", headers, child, private), launch
+        yield Target(broker.jsonrpc_url(AGENT), headers, child, private), launch
     finally:
         child.stop()
 

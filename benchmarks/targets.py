@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tarfile
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from benchmarks.procs import Child, free_port
 from benchmarks.upstream import JSONRPC_PATH, card
+from testkit.brokers import BrokerProcess, launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import REPO_ROOT, Process, closed_url, free_port, local_url
+from testkit.redis_server import RedisServer, find_redis_server
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 AGENT = "bench"
 CALLER = "loadgen"
 
@@ -40,7 +40,7 @@ class Target:
 
     url: str
     headers: dict[str, str]
-    process: Child
+    process: Process
     redis: str = ""  # the broker's private redis-server, whose counters are read per point
 
 
@@ -50,17 +50,43 @@ class Env:
 
     log_dir: Path
     placement: Placement
-    upstream: Child | None = None
+    upstream: Process | None = None
     upstream_url: str = ""
     redis_url: str = ""
     redis_note: str = ""
     broker_src: Path = REPO_ROOT  # where ``python -m broker`` runs from (a snapshot, or the tree)
-    children: list[Child] = field(default_factory=list)
+    children: list[Process | RedisServer] = field(default_factory=list)
 
-    def launch(self, name: str, argv: list[str], cores: str | None, **kw: object) -> Child:
-        child = Child.launch(name, argv, self.log_dir, cores=cores, **kw)  # type: ignore[arg-type]
+    def launch(self, name: str, argv: list[str], cores: str | None, **kw: Any) -> Process:
+        child = Process.launch(argv, name=name, log_dir=self.log_dir, cores=cores, **kw)
         self.children.append(child)
         return child
+
+    def broker(
+        self,
+        config: BrokerConfig,
+        name: str,
+        cores: str | None,
+        *,
+        path: list[str] | None = None,
+        log_dir: Path | None = None,
+        env_extra: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> BrokerProcess:
+        """A broker of ``broker_src`` on ``config`` (its CPU counts as the run's own); ``path``:
+        more ``PYTHONPATH`` folders; ``env_extra``: more environment (secrets it names)."""
+        pythonpath = os.pathsep.join([str(self.broker_src), *(path or [])])
+        started = launch_broker(
+            config,
+            log_dir=log_dir or self.log_dir,
+            name=name,
+            cores=cores,
+            cwd=self.broker_src,
+            env={**(env_extra or {}), "PYTHONPATH": pythonpath},
+            **kw,
+        )
+        self.children.append(started.process)
+        return started
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
@@ -77,8 +103,8 @@ def environment(
         port = free_port()
         argv = [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)]
         env.upstream = env.launch("upstream", [*argv, "--events", str(events)], placement.rest)
-        env.upstream.wait_ready(f"http://127.0.0.1:{port}/_ready")
-        env.upstream_url = f"http://127.0.0.1:{port}"
+        env.upstream.wait_ready(f"{local_url(port)}/_ready")
+        env.upstream_url = local_url(port)
         yield env
     finally:
         env.stop_all()
@@ -90,12 +116,11 @@ def redis_url(env: Env) -> str:
         return env.redis_url
     if os.environ.get("REDIS_URL"):
         env.redis_url, env.redis_note = os.environ["REDIS_URL"], "$REDIS_URL"
-    elif shutil.which("redis-server"):
-        port = free_port()
-        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-        proc = env.launch("redis", [*argv, "--appendonly", "no"], env.placement.rest)
-        proc.wait_port(port)
-        env.redis_url = f"redis://127.0.0.1:{port}/0"
+    elif find_redis_server():
+        server = RedisServer(cores=env.placement.rest)  # no persistence
+        env.children.append(server)
+        server.start()
+        env.redis_url = server.url
         env.redis_note = "a private redis-server started by the harness, pinned with the upstream"
     else:
         env.redis_url, env.redis_note = "redis://127.0.0.1:6379/0", "the local Redis on :6379"
@@ -130,63 +155,31 @@ METERING = {
 }
 
 
-def _metering_config(metering: str) -> str:
+def metered(config: BrokerConfig, metering: str) -> BrokerConfig:
+    """``config`` with what ``metering`` (a key of ``METERING``) asks for ``loadgen``."""
     if metering == "none":
-        return ""
-    text = f"""
-# The full pipeline meters every call: a budget far above what a run can spend.
-[budgets.agents]
-{CALLER} = [{{ metric = "calls", window = "lifetime", limit = 1000000000000 }}]
-"""
+        return config
+    # The full pipeline meters every call: a budget far above what a run can spend.
+    config.set("budgets.agents", **{CALLER: [budget("calls", "lifetime", 1_000_000_000_000)]})
     if metering == "rate":
-        text += f"""
-# A rate limit so high it never refuses: what checking it costs.
-[budgets.agent_rates.{CALLER}]
-rate_per_s = 1000000
-burst = 1000000
-"""
-    return text
+        # A rate limit so high it never refuses: what checking it costs.
+        config.set(f"budgets.agent_rates.{CALLER}", rate_per_s=1_000_000, burst=1_000_000)
+    return config
 
 
-def _broker_config(port: int, store: str, redis: str, workers: int, metering: str) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-workers = {workers}
-log_level = "info"
-
-[store]
-backend = "{store}"
-redis_url = "{redis}"
-key_prefix = "a2ab-bench-{secrets.token_hex(4)}"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true  # the benchmarks that measure policy configure a file
-{_metering_config(metering)}"""
-
-
-def _admin_post(url: str, token: str, payload: dict[str, object]) -> dict[str, object]:
-    request = urllib.request.Request(  # noqa: S310 - loopback only
-        url + "/admin/agents",
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
+def broker_config(port: int, store: str, redis: str, workers: int, metering: str) -> BrokerConfig:
+    # [policy] allow_all (the default): the benchmarks that measure policy configure a file.
+    config = BrokerConfig(port=port).set("server", workers=workers, log_level="info")
+    config.set(
+        "store", backend=store, redis_url=redis, key_prefix=f"a2ab-bench-{secrets.token_hex(4)}"
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
-        answer: dict[str, object] = json.loads(resp.read())
-        return answer
+    return metered(config, metering)
 
 
-def _register(url: str, token: str, upstream_url: str) -> str:
+def register_bench(broker: BrokerProcess, upstream_url: str) -> str:
     """Register the upstream as ``bench`` and a caller-only ``loadgen``; its credential."""
-    _admin_post(url, token, {"name": AGENT, "card": card(AGENT, upstream_url)})
-    closed = f"http://127.0.0.1:{free_port()}"
-    answer = _admin_post(url, token, {"name": CALLER, "card": card(CALLER, closed)})
-    return str(answer["credential"])
+    broker.register(AGENT, card(AGENT, upstream_url))
+    return broker.register(CALLER, card(CALLER, closed_url()))
 
 
 @contextlib.contextmanager
@@ -202,29 +195,21 @@ def broker(
     port = free_port()
     redis = redis_url(env) if store == "redis" else "redis://127.0.0.1:6379/0"
     name = f"broker-{store}-w{workers}-{metering}" + ("" if server == "serve" else f"-{server}")
-    config = env.log_dir / f"{name}.toml"
-    config.write_text(_broker_config(port, store, redis, workers, metering))
-    token = secrets.token_urlsafe(24)
-    argv, path = server_command(server, config, port, workers)
-    child_env = {
-        "A2A_BROKER_ADMIN_TOKEN": token,
-        "A2A_BROKER_CONFIG": str(config),
-        "PYTHONPATH": os.pathsep.join([str(env.broker_src), *path]),
-    }
-    child = env.launch(name, argv, cores or env.placement.sut, env=child_env, cwd=env.broker_src)
+    argv, path = server_command(server, env.log_dir / f"{name}.toml", port, workers)
+    config = broker_config(port, store, redis, workers, metering)
+    started = env.broker(config, name, cores or env.placement.sut, argv=argv, path=path)
     try:
-        url = f"http://127.0.0.1:{port}"
-        child.wait_ready(f"{url}/healthz")
-        credential = _register(url, token, env.upstream_url)
+        started.wait_ready()
+        credential = register_bench(started, env.upstream_url)
         headers = {
             "Content-Type": "application/json",
             "A2A-Version": "1.0",
             "Authorization": f"Bearer {credential}",
         }
         private = redis if store == "redis" and env.redis_note.startswith("a private") else ""
-        yield Target(f"{url}/agents/{AGENT}/jsonrpc", headers, child, private)
+        yield Target(started.jsonrpc_url(AGENT), headers, started.process, private)
     finally:
-        child.stop()
+        started.stop()
 
 
 # How scenario (s) starts the same app under each HTTP server (all with uvloop, one worker).

@@ -253,7 +253,7 @@ def _client_choice(results: dict[str, Any]) -> list[str]:
     wins = all(b1["rps"] > b2["rps"] for _, b1, b2 in pairs)
     verdict = (
         "aiohttp is faster at every concurrency, so the broker's upstream client "
-        "(`broker/upstream_client.py`, aiohttp with a pooled `TCPConnector`) stands as chosen."
+        "(`broker/outbound/client.py`, aiohttp with a pooled `TCPConnector`) stands as chosen."
         if wins
         else "aiohttp is not faster at every concurrency here: revisit the upstream client."
     )

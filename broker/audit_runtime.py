@@ -33,6 +33,7 @@ from broker.errors import (
     UnauthenticatedError,
 )
 from broker.keys import BrokerKeys
+from broker.pipeline.stage import stream_end
 from broker.replica_id import claim_default_replica
 from broker.settings import Settings
 from broker.types import MediationContext
@@ -138,18 +139,17 @@ class AuditRecorder:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
 
 
-async def digested_stream(
+def digested_stream(
     events: AsyncIterator[bytes], when_done: Callable[[str], None]
 ) -> AsyncIterator[bytes]:
     """Relay ``events`` unchanged; when the stream ends (however it ends) call ``when_done`` with
     the digest of everything relayed, so its outcome record covers the whole stream."""
     hashed = hashlib.sha256()
-    try:
-        async for event in events:
-            hashed.update(event)
-            yield event
-    finally:
+
+    async def done() -> None:
         when_done("sha256:" + hashed.hexdigest())
+
+    return stream_end(events, done, observe=hashed.update)
 
 
 def _body_digest(ctx: MediationContext) -> str:
@@ -215,7 +215,7 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
         return AuditRecorder(None)
     audit_log: AuditLog
     if audit.backend == "redis":
-        audit_log = RedisAuditLog(settings.store.redis_url, settings.store.key_prefix)
+        audit_log = RedisAuditLog(settings.store, settings.store.key_prefix)
     else:
         audit_log = FileAuditLog(
             settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
@@ -242,5 +242,5 @@ def open_witness(settings: Settings) -> Witness | None:
         log.warning("[audit] witness = off: a cut-off tail of the log can go unseen")
         return None
     if kind == "redis":
-        return RedisWitness(store.redis_url, store.key_prefix)
+        return RedisWitness(store, store.key_prefix)
     return FileWitness(settings.path(audit.witness_dir))

@@ -30,7 +30,6 @@ from broker.cards import (
     validate_card,
 )
 from broker.credentials import is_credential_digest, new_credential
-from broker.egress import EgressPolicy, check_registered_url
 from broker.errors import (
     AgentExistsError,
     AgentNameConfusableError,
@@ -42,6 +41,7 @@ from broker.errors import (
 )
 from broker.keys import BrokerKeys
 from broker.names import confusable_with, is_agent_name
+from broker.outbound.egress import EgressPolicy, check_registered_url
 from broker.settings import Settings
 from broker.stores.base import AgentRecord, AgentStatus, Stores
 

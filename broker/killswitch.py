@@ -23,11 +23,11 @@ from broker.errors import (
     TreeKilledError,
 )
 from broker.global_kill import GlobalKillSwitch
+from broker.outbound.credentials import upstream_auth
+from broker.outbound.transport import Transport
 from broker.settings import Settings
-from broker.stages.forward import upstream_auth
 from broker.stores.base import Stores
 from broker.types import MediationContext
-from broker.upstream_client import UpstreamClient
 
 log = logging.getLogger("a2a_broker.killswitch")
 OPERATOR = "a2a-broker-operator"  # the caller named in the tokens of the broker's own cancels
@@ -39,7 +39,7 @@ class TreeKiller:
         self,
         settings: Settings,
         stores: Stores,
-        upstream: UpstreamClient,
+        upstream: Transport,
         minter: TokenMinter,
         audit: AuditRecorder,
     ) -> None:
@@ -87,11 +87,13 @@ class TreeKiller:
         )
         headers = {"content-type": "application/json", "a2a-version": "1.0"}
         headers.update(upstream_auth(self._settings.upstream_credentials.get(agent), token))
-        response = await self._upstream.request(
-            "POST", record.jsonrpc_url, headers=headers, body=body
+        response = await self._upstream.send(
+            "POST", record.jsonrpc_url, headers=headers, body=body, stream=False
         )
-        async with response:
-            body = await self._upstream.read_body(response)
+        try:
+            body = await response.read(self._settings.limits.max_response_bytes)
+        finally:
+            response.close()
         try:
             return _cancel_result(_decoder.decode(body))
         except msgspec.DecodeError:

@@ -179,6 +179,18 @@ async def finish_quietly(
         await asyncio.shield(task)
 
 
+def finish_soon(work: Coroutine[Any, Any, None], what: str, logger: logging.Logger) -> None:
+    """``finish_quietly`` without waiting, for code that cannot await (a finalizer); ``work``
+    is closed unstarted when no event loop runs."""
+    try:
+        task = asyncio.get_running_loop().create_task(work)
+    except RuntimeError:
+        work.close()
+        return
+    _finishing.add(task)
+    task.add_done_callback(lambda done: _log_failure(done, what, logger))
+
+
 def _log_failure(task: asyncio.Task[None], what: str, logger: logging.Logger) -> None:
     _finishing.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:

@@ -1,4 +1,7 @@
-"""Everything one broker process runs on, built once at start-up, and the pipeline's order."""
+"""The composition root: everything one broker process runs on, built once at start-up.
+
+It only wires: the order of each pipeline is in ``broker.pipeline`` (``a2a``, ``llm``).
+"""
 
 from __future__ import annotations
 
@@ -13,42 +16,28 @@ from broker.audit_export_runtime import start_exporters
 from broker.audit_runtime import AuditRecorder, open_recorder
 from broker.budget_scopes import ConfiguredScopes
 from broker.cards import CardVerifier, rewrite_for_broker, sign_card
-from broker.containment.stages import AgentContainment
 from broker.control import Controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
-from broker.egress import check_push_url
 from broker.errors import BrokerError, StoreUnavailableError
-from broker.global_kill import RefuseWhileKilled
 from broker.keys import BrokerKeys
-from broker.killswitch import LiveStreamCheck, TreeKiller
+from broker.killswitch import TreeKiller
 from broker.late_routes_runtime import with_late_routes
 from broker.late_writes import LateWrites
-from broker.llm.gateway import LlmGateway, LlmParts
-from broker.llm.roles import AgentRoles
-from broker.pipeline import fold
+from broker.outbound.client import AiohttpTransport
+from broker.outbound.egress import check_push_url
+from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.llm import LlmGateway, LlmParts
+from broker.pipeline.stage import fold
+from broker.policy.roles import AgentRoles
 from broker.policy_runtime import PolicyRuntime
 from broker.responses import ResponseInspector
 from broker.settings import Settings
-from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
-from broker.stages.boundary import ErrorBoundary
-from broker.stages.budget import HopBudget
-from broker.stages.delegation import DelegationContext
-from broker.stages.forward import Forward
-from broker.stages.guards import CascadeGuards
-from broker.stages.mint import MintHopToken
-from broker.stages.parse import ParseRequest, ReadParams
-from broker.stages.policy import ChainPolicy
-from broker.stages.push_support import PushSupport
-from broker.stages.resolve import ResolveTarget
-from broker.stages.task_scope import TaskScope
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 from broker.task_pages import PageTokens
-from broker.types import CallNext, Stage
-from broker.upstream import AiohttpUpstream
-from broker.upstream_client import UpstreamClient
+from broker.types import CallNext
 
 log = logging.getLogger("a2a_broker")
 
@@ -59,7 +48,7 @@ class BrokerRuntime:
     backend: StoreBackend
     stores: Stores
     keys: BrokerKeys
-    upstream: UpstreamClient
+    upstream: AiohttpTransport
     directory: AgentDirectory
     authenticate: Authenticate
     policy: PolicyRuntime
@@ -88,6 +77,7 @@ class BrokerRuntime:
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
+        await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
         controls = await Controls.start(settings, backend.stores())
         opened.push_async_callback(controls.stop)
         stores = controls.stores
@@ -99,7 +89,7 @@ class BrokerRuntime:
         late_writes = LateWrites((StoreUnavailableError,))
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
-        upstream = UpstreamClient(settings.egress, settings.limits, settings.registry)
+        upstream = AiohttpTransport(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
@@ -107,7 +97,9 @@ class BrokerRuntime:
         policy = await PolicyRuntime.start(settings, audit)
         opened.push_async_callback(policy.stop)
         audit.policy_version = policy.version
+        # Built once, shared by both pipelines and the tree killer.
         minter = TokenMinter(keys, settings.public_url, settings.delegation.token_ttl_s)
+        verifier = TokenVerifier(keys, settings.public_url)
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
         budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
@@ -117,7 +109,7 @@ class BrokerRuntime:
                 limits=settings.limits,
                 authenticate=authenticate,
                 policy=policy.engine,
-                verifier=TokenVerifier(keys, settings.public_url),
+                verifier=verifier,
                 revocations=stores.revocations,
                 client=upstream,
                 ledger=stores.budgets,
@@ -126,6 +118,7 @@ class BrokerRuntime:
                 audit=audit,
                 containment=settings.containment,
                 kill=controls.kill,
+                roles=roles,
             )
         )
         runtime = cls(
@@ -151,7 +144,7 @@ class BrokerRuntime:
             controls=controls,
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(pipeline_stages(runtime))
+        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -200,74 +193,34 @@ async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
 
 
-def pipeline_stages(rt: BrokerRuntime) -> list[Stage]:
-    """The order of mediation, and why each stage stands where it does."""
-    settings, stores = rt.settings, rt.stores
+def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) -> A2aParts:
+    settings, keys = rt.settings, rt.keys
 
     def rewrite_card(card: dict[str, Any], name: str) -> dict[str, Any]:
-        return sign_card(rewrite_for_broker(card, name, settings.public_url), rt.keys)
+        return sign_card(rewrite_for_broker(card, name, settings.public_url), keys)
 
     async def push_url_allowed(url: str) -> None:
-        await check_push_url(rt.upstream.policy, url)
+        await check_push_url(rt.upstream.egress, url)
 
-    pages = PageTokens(rt.keys)
+    pages = PageTokens(keys)
     inspector = ResponseInspector(
-        stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages
+        rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
+        finished_ttl_s=settings.store.finished_task_ttl_s,
+    )  # fmt: skip
+    return A2aParts(
+        settings=settings,
+        stores=rt.stores,
+        audit=rt.audit,
+        authenticate=rt.authenticate,
+        policy=rt.policy.engine,
+        minter=minter,
+        verifier=verifier,
+        roles=rt.roles,
+        budget_scopes=rt.budget_scopes,
+        late_writes=rt.late_writes,
+        kill=rt.controls.kill,
+        transport=rt.upstream,
+        inspector=inspector,
+        pages=pages,
+        push_url_allowed=push_url_allowed,
     )
-    issuer = settings.public_url
-    return [
-        # Outermost, so every refusal from any stage gets the binding's error shape and every
-        # request exactly one log line, streams included.
-        ErrorBoundary(rt.audit),
-        # Before the body is read or anything is looked up for the caller: an unauthenticated
-        # request costs one hash and one store read.
-        rt.authenticate,
-        # Limits before decoding; only the envelope is decoded. Needs no store.
-        ParseRequest(settings.limits),
-        # The global kill switch (a flag in memory) once the operation is known, so a
-        # CancelTask, which stops work, still passes; before anything is looked up.
-        RefuseWhileKilled(rt.controls.kill),
-        # The target must exist, be active and offer the binding before anything else is asked.
-        ResolveTarget(stores.registry),
-        # The spec's answer for push configs on an agent without push, before the parameters
-        # are judged, so it reveals nothing about the task or URL they name.
-        PushSupport(),
-        # The parameters, read exactly as the agent will read them (one reading, 0015).
-        ReadParams(settings.limits),
-        # The chain comes only from a token the broker minted for this caller, so the policy
-        # below judges what really happened, not what a body or header claims.
-        DelegationContext(TokenVerifier(rt.keys, issuer), stores.revocations),
-        # Policy before any counter or budget moves, so a denied hop costs nothing.
-        ChainPolicy(rt.policy.engine, settings.delegation),
-        # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
-        # (a denied hop learns nothing of the agent), before any counter, token or budget.
-        AgentContainment(settings.containment),
-        # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
-        # token is minted, so a refused child never exists.
-        CascadeGuards(
-            stores.delegation_counters, settings.delegation, settings.limits, rt.late_writes
-        ),
-        # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
-        TaskScope(stores.task_routes, push_url_allowed, pages),
-        # The last decision is made: mint the target's token, scoped to what was allowed.
-        MintHopToken(
-            TokenMinter(rt.keys, issuer, settings.delegation.token_ttl_s),
-            settings.delegation.default_deadline_s,
-        ),
-        # Rate limits and budgets last among the checks (after policy and guards, so a refused
-        # hop spends nothing), once the tree is known: one atomic reserve for every budget.
-        HopBudget(stores, settings.budgets, rt.budget_scopes, rt.roles),
-        # Every decision is made: record it (with the token) durably before anything leaves,
-        # and the outcome when the answer ends. No audit log, no forwarding.
-        AuditForward(rt.audit),
-        # Innermost: relays the caller's bytes and records the routes of new tasks.
-        Forward(
-            AiohttpUpstream(rt.upstream),
-            settings.limits,
-            settings.upstream_credentials,
-            inspector,
-            # Open streams end within about a second of a suspension, a tree kill or the
-            # global kill switch.
-            recheck=LiveStreamCheck(stores, rt.controls.kill),
-        ),
-    ]

@@ -1,4 +1,10 @@
-"""The few types every stage shares: the mediation context, outcomes and the stage signature."""
+"""The few types every stage shares: the call context, outcomes and the stage signature.
+
+``CallContext`` is what every mediated call has, whatever its protocol; each protocol's context
+extends it (``MediationContext`` for A2A here, ``broker.llm.context.LlmContext`` for LLM calls).
+The stages every protocol shares (authenticate, delegation context, kill switch, guards) are
+written once over ``CallContext``.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +12,68 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
 from broker.errors import BrokerError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
     from broker.delegation.tokens import DelegationClaims
+    from broker.operations import Operation
     from broker.reading import Reading
-from broker.operations import Operation
-from broker.stores.base import AgentRecord
 
 Binding = Literal["jsonrpc", "rest"]
+AgentStatus = Literal["active", "suspended"]
+
+
+class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered agent. ``card_json`` is the validated card, normalised to A2A 1.0."""
+
+    name: str
+    card_json: str
+    status: AgentStatus = "active"
+    # Upstream endpoints taken from the card, one per binding the broker can relay (may be "").
+    jsonrpc_url: str = ""
+    rest_url: str = ""
+    source: Literal["api", "declarative"] = "api"
+    card_url: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class CallContext:
+    """What one mediated call has learnt so far, whatever its protocol. Built by the edge,
+    filled in by the stages; stages keep no per-call state of their own."""
+
+    headers: Mapping[str, str]  # inbound headers, lower-case names
+    read_body: Callable[[], Awaitable[bytes]]
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)
+    # Learnt by the shared stages: who calls (authenticate), the verified token it presented
+    # (None: it originates work) and the chain of callers including itself, origin first
+    # (delegation context), the rule and policy version that allowed it (policy).
+    caller: str | None = None
+    parent: DelegationClaims | None = None
+    chain: tuple[str, ...] = ()
+    policy_rule: str = ""
+    policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
+    upstream_status: int | None = None
+    error: BrokerError | None = None
+    audited: bool = False  # the audit stage has recorded this call's outcome
 
 
 @dataclass(slots=True)
-class MediationContext:
-    """What one mediated request has learnt so far. Built by the edge, filled in by stages."""
+class MediationContext(CallContext):
+    """What one mediated A2A request has learnt so far."""
 
     binding: Binding
     target_name: str
     http_method: str
-    headers: Mapping[str, str]  # inbound headers, lower-case names
-    read_body: Callable[[], Awaitable[bytes]]
     rest_tail: str = ""  # REST: the path after /rest, tenant prefix included
     query_string: str = ""
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started: float = field(default_factory=time.perf_counter)
     # Learnt by the stages:
-    caller: str | None = None
     body: bytes = b""
     operation: Operation | None = None
     jsonrpc_id: msgspec.Raw | None = None
@@ -45,17 +83,9 @@ class MediationContext:
     skill: str = ""
     reading: Reading | None = None  # what the broker judged in the parameters (ReadParams)
     deadline_s: float | None = None  # the A2A-Deadline the caller asked for
-    # Delegation: the verified token the caller presented (None: it originates work), the chain
-    # of callers including this one (origin first), and the token minted for the target.
-    parent: DelegationClaims | None = None
-    chain: tuple[str, ...] = ()
+    # The token minted for the target, and its claims.
     hop_token: str = ""
     hop: DelegationClaims | None = None
-    policy_rule: str = ""
-    policy_version: str = ""  # the policy that decided this request (audit: detail.policy_version)
-    upstream_status: int | None = None
-    error: BrokerError | None = None
-    audited: bool = False  # the audit stage has recorded this request's outcome
     body_digest: str = ""  # computed once, for the audit's decision and outcome records
 
 
@@ -79,5 +109,7 @@ class StreamReply:
 
 
 Outcome = Reply | StreamReply
+# The A2A pipeline's signatures; ``broker.pipeline.stage`` has the generic contract.
 CallNext = Callable[["MediationContext"], Awaitable[Outcome]]
 Stage = Callable[["MediationContext", CallNext], Awaitable[Outcome]]
+Ctx = TypeVar("Ctx", bound=CallContext)

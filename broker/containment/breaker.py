@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from broker.containment.config import BreakerSettings
+from broker.settings_containment import BreakerSettings
 
 log = logging.getLogger("a2a_broker.breaker")
 _BUCKETS = 10

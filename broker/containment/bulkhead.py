@@ -7,7 +7,7 @@ no store round trip (docs/decisions/0022); an entry exists only while calls are 
 
 from __future__ import annotations
 
-from broker.containment.config import ContainmentSettings
+from broker.settings_containment import ContainmentSettings
 
 
 class AtCapacityError(Exception):

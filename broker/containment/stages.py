@@ -9,12 +9,10 @@ own later stages (budget, audit, ...) and callers hanging up say nothing about t
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from broker.containment.breaker import Breakers, CircuitBreaker, CircuitOpenError
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
-from broker.containment.config import ContainmentSettings
 from broker.errors import (
     LlmProviderCircuitOpenError,
     UpstreamBadResponseError,
@@ -26,7 +24,9 @@ from broker.errors import (
 )
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderTimeoutError
-from broker.types import CallNext, MediationContext, Outcome, StreamReply
+from broker.pipeline.stage import holding
+from broker.settings_containment import ContainmentSettings
+from broker.types import CallNext, MediationContext, Outcome
 
 _AGENT_FAILURES = (
     UpstreamUnreachableError,
@@ -69,24 +69,22 @@ class AgentContainment:
                 metadata={"agent": agent, "limit": str(full.limit)}
             ) from None
         try:
-            outcome = await call_next(ctx)
+            if capped:
+                # A stream whose response never started is never iterated, so it never ends:
+                # its place is left when it is dropped instead (the bulkhead has no expiry).
+                place = _Place(self.bulkhead, agent)
+                outcome = await holding(ctx, call_next, place, "bulkhead", dropped=place.leave)
+            else:
+                outcome = await call_next(ctx)
         except BaseException as exc:
             _record(breaker, _verdict(exc, _AGENT_FAILURES), ticket)
-            if capped:
-                self.bulkhead.leave(agent)
             raise
         _record(breaker, _status_verdict(ctx.upstream_status), ticket)
-        if not capped:
-            return outcome
-        if isinstance(outcome, StreamReply):
-            events = _held_until_end(_Place(self.bulkhead, agent), outcome.events)
-            return StreamReply(events, outcome.status, outcome.headers)
-        self.bulkhead.leave(agent)
         return outcome
 
 
 class _Place:
-    """A stream's place in its agent's bulkhead, left once however the stream ends."""
+    """A call's place in its agent's bulkhead, left once however the call ends."""
 
     def __init__(self, bulkhead: Bulkhead, agent: str) -> None:
         self._bulkhead = bulkhead
@@ -97,21 +95,11 @@ class _Place:
             self._bulkhead.leave(self._agent)
             self._agent = None
 
+    async def give_back(self) -> None:
+        self.leave()
 
-def _held_until_end(place: _Place, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    held = _relayed(place, events)
-    # A stream whose response never started is never iterated, so its ``finally`` never runs:
-    # the place is left when the stream is dropped instead (the bulkhead has no expiry).
-    weakref.finalize(held, place.leave)
-    return held
-
-
-async def _relayed(place: _Place, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield event
-    finally:
-        place.leave()
+    async def settle(self) -> None:
+        self.leave()
 
 
 def _admit(breaker: CircuitBreaker | None, agent: str) -> int:

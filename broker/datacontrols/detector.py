@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from broker.datacontrols.findings import Finding
-from broker.datacontrols.national_ids import DEFAULT_NATIONAL_IDS, national_id
+from broker.datacontrols.national_ids import national_id
 from broker.datacontrols.recognizers import (
     DIGIT_RUNS,
     Recognizer,
@@ -24,6 +24,7 @@ from broker.datacontrols.recognizers import (
     phone_national,
 )
 from broker.datacontrols.secret_patterns import secret_recognizers
+from broker.settings_datacontrols import DEFAULT_NATIONAL_IDS
 
 # Characters of already emitted text the streaming scanner keeps for the recognizers' edge checks.
 LEFT_CONTEXT = 1

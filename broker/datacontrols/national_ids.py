@@ -26,6 +26,7 @@ from stdnum.us import ssn
 
 from broker.datacontrols.findings import PII_NATIONAL_ID
 from broker.datacontrols.recognizers import Accept, Recognizer, Span, char_class, clear_edges
+from broker.settings_datacontrols import NATIONAL_IDS
 
 # name -> (stdnum module, candidate pattern, longest candidate, first characters of a candidate,
 #          characters before its first run of digits, lengths of that run)
@@ -74,18 +75,7 @@ _TABLE: dict[str, _Entry] = {
     "pl.pesel": (pesel, r"[0-9]{11}", 11, "0-9", (0,), frozenset({11})),
 }
 
-NATIONAL_IDS: tuple[str, ...] = tuple(_TABLE)
-DEFAULT_NATIONAL_IDS: tuple[str, ...] = (
-    "us.ssn",
-    "fr.nir",
-    "es.dni",
-    "es.nie",
-    "it.codicefiscale",
-    "br.cpf",
-    "se.personnummer",
-    "dk.cpr",
-    "in.aadhaar",
-)
+assert tuple(_TABLE) == NATIONAL_IDS, "the settings name every national id of the table"  # noqa: S101
 
 
 def _accept(check: Callable[[str], bool]) -> Accept:

@@ -27,10 +27,10 @@ from broker.errors import (
 from broker.http.admin import admin_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
+from broker.http.llm import llm_route_handlers
 from broker.http.mediation import jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
-from broker.llm.routes import llm_route_handlers
 from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
 from broker.policy.rules import PolicyError

@@ -29,7 +29,9 @@ def inbound_headers(request: AnyRequest) -> dict[str, str]:
     return headers
 
 
-def _body_reader(request: AnyRequest) -> Callable[[], Awaitable[bytes]]:
+def body_reader(request: AnyRequest) -> Callable[[], Awaitable[bytes]]:
+    """The request's body, read once when a stage asks (every protocol's edge uses it)."""
+
     async def read() -> bytes:
         try:
             return await request.body()
@@ -47,7 +49,7 @@ def _context(request: AnyRequest, name: str, binding: Binding, tail: str = "") -
         target_name=name,
         http_method=request.method,
         headers=inbound_headers(request),
-        read_body=_body_reader(request),
+        read_body=body_reader(request),
         rest_tail=tail,
         query_string=request.scope.get("query_string", b"").decode("latin-1"),
     )

@@ -5,14 +5,13 @@ charged. The body appears only as a digest; the provider key never appears."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from broker.audit_runtime import AuditRecorder, digest, digested_stream, error_detail
+from broker.audit_runtime import AuditRecorder, digest, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
-from broker.types import Outcome, Reply, StreamReply
+from broker.types import Outcome
 
 
 def llm_fields(
@@ -67,35 +66,17 @@ class LlmAuditRefusals:
             raise
 
 
-class LlmAuditForward:
-    """Just before the provider: the decision is durable first; no audit log, no call."""
+class LlmAudit:
+    """An LLM call's records, for the shared ``broker.stages.audit.AuditForward``: the decision
+    carries the body's digest; the outcome the tokens and cost charged."""
 
-    def __init__(self, recorder: AuditRecorder) -> None:
-        self._recorder = recorder
+    async def decision(self, ctx: LlmContext) -> dict[str, Any]:
+        return llm_fields(ctx, phase="forward", status=0, body=await ctx.read_body())
 
-    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
-        body = await ctx.read_body()
-        await self._recorder.record(llm_fields(ctx, phase="forward", status=0, body=body))
-        try:
-            outcome = await call_next(ctx)
-        except BrokerError as err:
-            ctx.error, ctx.audited = err, True
-            self._recorder.record_soon(llm_fields(ctx, phase="outcome", status=err.http_status))
-            raise
-        if isinstance(outcome, Reply):
-            answer = digest(outcome.body)
-            self._recorder.record_soon(
-                llm_fields(ctx, phase="outcome", status=outcome.status, answer=answer)
-            )
-            return outcome
-        return StreamReply(self._audited_stream(ctx, outcome), outcome.status, outcome.headers)
+    def outcome(self, ctx: LlmContext, status: int, answer: str) -> dict[str, Any]:
+        if ctx.meter is not None and ctx.meter.started and ctx.usage is None:
+            ctx.usage = ctx.meter.usage()  # a stream's usage, as far as it went
+        return llm_fields(ctx, phase="outcome", status=status, answer=answer)
 
-    def _audited_stream(self, ctx: LlmContext, reply: StreamReply) -> AsyncIterator[bytes]:
-        def record_outcome(answer: str) -> None:
-            if ctx.meter is not None and ctx.meter.started and ctx.usage is None:
-                ctx.usage = ctx.meter.usage()
-            self._recorder.record_soon(
-                llm_fields(ctx, phase="outcome", status=reply.status, answer=answer)
-            )
-
-        return digested_stream(reply.events, record_outcome)
+    def staged(self, ctx: LlmContext) -> bool:
+        return False  # the provider may charge at once: the decision is durable first

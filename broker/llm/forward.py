@@ -2,63 +2,38 @@
 
 The agent's headers do not travel: the provider gets the broker-held key, a content type and
 an accept header. Unary answers are relayed as the provider sent them; streams event by event.
-Provider failures become the broker's 502/504/429 errors here, in one place.
+Transport failures are named as the provider's (502/504) by the one error table,
+``broker.outbound.errors``; the provider's own HTTP answers (429, 401, 5xx) are read here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
-import aiohttp
-
-from broker.errors import (
-    BrokerError,
-    EgressDeniedError,
-    StreamIdleTimeoutError,
-    UpstreamBadResponseError,
-    UpstreamConnectTimeoutError,
-    UpstreamResponseTooLargeError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
-)
-from broker.llm.config import LlmSettings
-from broker.llm.context import LlmCallNext, LlmContext, close_events
+from broker.errors import BrokerError
+from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderRateLimitedError, LlmProviderTimeoutError
 from broker.llm.usage import StreamMeter, unary_usage
 from broker.llm.wire import openai_error_event
+from broker.outbound.errors import provider_error
+from broker.outbound.transport import Transport, TransportResponse
+from broker.pipeline.stage import close_events
 from broker.settings import LimitSettings
+from broker.settings_llm import LlmSettings
 from broker.sse import relay
 from broker.types import Outcome, Reply, StreamReply
-from broker.upstream_client import UpstreamClient
 
 PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # Provider answers the agent can act on (its own request was wrong): relayed as they are.
 _RELAYED_CLIENT_ERRORS = frozenset({400, 404, 409, 413, 422})
-_TIMEOUTS = (UpstreamConnectTimeoutError, UpstreamTimeoutError, StreamIdleTimeoutError)
-_FAILURES = (
-    UpstreamUnreachableError,
-    UpstreamBadResponseError,
-    UpstreamResponseTooLargeError,
-    EgressDeniedError,
-)
-
-
-def provider_error(err: BrokerError) -> BrokerError:
-    """The LLM endpoint's error for an outbound failure (the A2A ones speak of agents)."""
-    if isinstance(err, _TIMEOUTS):
-        return LlmProviderTimeoutError(detail=err.detail or err.reason)
-    if isinstance(err, _FAILURES):
-        return LlmProviderError(detail=err.detail or err.reason)
-    return err
 
 
 class ForwardToProvider:
     """The innermost stage: it never calls ``call_next``."""
 
-    def __init__(self, client: UpstreamClient, limits: LimitSettings, llm: LlmSettings) -> None:
+    def __init__(self, client: Transport, limits: LimitSettings, llm: LlmSettings) -> None:
         self._client = client
         self._limits = limits
         self._bytes_per_token = llm.bytes_per_token
@@ -68,7 +43,7 @@ class ForwardToProvider:
         request, route = ctx.request, ctx.route
         try:
             async with asyncio.timeout(route.provider.timeout_s):
-                response = await self._client.request(
+                response = await self._client.send(
                     "POST",
                     route.url(PATHS[ctx.kind]),
                     headers=self._headers(ctx),
@@ -78,8 +53,10 @@ class ForwardToProvider:
                 ctx.upstream_status = response.status
                 if request.stream and response.status == 200:
                     return self._stream(ctx, response)
-                with contextlib.closing(response):
-                    body = await self._client.read_body(response)
+                try:
+                    body = await response.read(self._limits.max_response_bytes)
+                finally:
+                    response.close()
         except TimeoutError:
             raise LlmProviderTimeoutError(detail=f"over {route.provider.timeout_s}s") from None
         except BrokerError as err:
@@ -94,23 +71,23 @@ class ForwardToProvider:
             headers["Authorization"] = f"Bearer {ctx.route.provider.key}"
         return headers
 
-    def _answer(self, ctx: LlmContext, response: aiohttp.ClientResponse, body: bytes) -> Reply:
+    def _answer(self, ctx: LlmContext, response: TransportResponse, body: bytes) -> Reply:
         assert ctx.route and ctx.worst_case  # noqa: S101
         status = response.status
-        media_type = response.headers.get("Content-Type", "application/json")
+        media_type = response.content_type
         if status == 200:
             ctx.usage = unary_usage(body, ctx.worst_case, ctx.route, self._bytes_per_token)
             return Reply(200, body, media_type=media_type)
         if status in _RELAYED_CLIENT_ERRORS:
             return Reply(status, body, media_type=media_type)
-        raise _refusal(status, response.headers.get("Retry-After"))
+        raise _refusal(status, response.headers.get("retry-after"))
 
-    def _stream(self, ctx: LlmContext, response: aiohttp.ClientResponse) -> StreamReply:
+    def _stream(self, ctx: LlmContext, response: TransportResponse) -> StreamReply:
         assert ctx.request and ctx.route and ctx.worst_case  # noqa: S101
         meter = StreamMeter(ctx.worst_case, ctx.route, self._bytes_per_token)
         ctx.meter = meter
         events = relay(
-            self._client.iter_chunks(response),
+            response.chunks(),
             max_event_bytes=self._limits.max_response_bytes,
             heartbeat_s=self._limits.sse_heartbeat_s,
             max_duration_s=self._limits.sse_max_duration_s,

@@ -4,24 +4,25 @@ Reserve happens before anything is forwarded and fails closed (a store error ref
 nothing is forwarded unmetered). A unary answer settles to the usage the provider reported (or
 that was counted); a provider error releases. A stream settles when it ends; if it ends early
 (failure, cancel, timeout) it still settles to what was counted once the provider had produced
-anything (the provider charges for it), and releases when it had produced nothing.
+anything (the provider charges for it), and releases when it had produced nothing. The
+reservation is held with ``broker.pipeline.stage.holding``, like every other.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 from broker.budgets import Scope
-from broker.late_writes import finish_quietly
-from broker.llm.config import LlmSettings
-from broker.llm.context import LlmCallNext, LlmContext, close_events
+from broker.errors import BrokerError
+from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmBudgetExhaustedError
-from broker.llm.roles import AgentRoles
 from broker.llm.usage import worst_case
+from broker.pipeline.stage import holding
+from broker.policy.roles import AgentRoles
+from broker.settings_llm import LlmSettings
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
-from broker.types import Outcome, StreamReply
+from broker.types import Outcome
 
 log = logging.getLogger("a2a_broker.llm")
 
@@ -55,34 +56,32 @@ class MeterBudget:
         held = await self._ledger.reserve(scopes, ctx.worst_case, ttl_s=self._ttl_s)
         if isinstance(held, BudgetRefusal):
             raise budget_exhausted(held)
-        try:
-            outcome = await call_next(ctx)
-        except BaseException:
-            await finish_quietly(self._ledger.release(held), "budget release", log)
-            raise
-        if isinstance(outcome, StreamReply):
-            events = self._settled(ctx, held, outcome.events)
-            return StreamReply(events, outcome.status, outcome.headers)
-        await self._finish(ctx, held)
-        return outcome
+        return await holding(ctx, call_next, _Metered(self._ledger, held, ctx), "budget")
 
-    async def _settled(
-        self, ctx: LlmContext, held: Reservation, events: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for event in events:
-                yield event
-        finally:
-            await close_events(events)
-            if ctx.meter is not None and ctx.meter.started:
-                ctx.usage = ctx.meter.usage()
-            await self._finish(ctx, held)
 
-    async def _finish(self, ctx: LlmContext, held: Reservation) -> None:
-        if ctx.usage is None:
-            await finish_quietly(self._ledger.release(held), "budget release", log)
-        else:
-            await finish_quietly(self._ledger.settle(held, ctx.usage), "budget settle", log)
+class _Metered:
+    """An LLM call's worst-case reservation: settled to what the call used once it is known
+    (a unary answer's usage, or what a stream's meter counted), released if it used nothing."""
+
+    def __init__(self, ledger: BudgetLedger, held: Reservation, ctx: LlmContext) -> None:
+        self._ledger = ledger
+        self._held = held
+        self._ctx = ctx
+
+    async def give_back(self) -> None:
+        await self._ledger.release(self._held)
+
+    async def settle(self) -> None:
+        ctx = self._ctx
+        if ctx.usage is None and ctx.meter is not None and ctx.meter.started:
+            ctx.usage = ctx.meter.usage()
+        try:
+            if ctx.usage is None:
+                await self._ledger.release(self._held)
+            else:
+                await self._ledger.settle(self._held, ctx.usage)
+        except BrokerError as err:
+            log.warning("budget settle failed for now (retried until it lands): %s", err.reason)
 
 
 def budget_exhausted(refusal: BudgetRefusal) -> LlmBudgetExhaustedError:

@@ -1,27 +1,23 @@
-"""The checks of an LLM call before any money moves: one small stage each.
+"""The LLM call's own stages (the shared ones are in ``broker.stages``).
 
-The order they run in is written in ``broker.llm.gateway.llm_stages``.
+The order they run in is written in ``broker.pipeline.llm``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
-from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError, BrokerInternalError
-from broker.llm.config import LlmSettings, ModelCatalog
+from broker.llm.catalog import ModelCatalog
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.llm.request import parse_request
 from broker.llm.wire import openai_error_reply
-from broker.logs import log_fields
+from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
-from broker.stages.authenticate import Authenticate
-from broker.stages.delegation import presented_context
-from broker.stages.policy import NO_POLICY_VERSION
-from broker.stores.base import Revocations
+from broker.settings_llm import LlmSettings
+from broker.stages.boundary import log_call as shared_log_call
 from broker.stores.budget_base import RateLimiter
 from broker.types import Outcome, StreamReply
 
@@ -50,30 +46,13 @@ class LlmErrorBoundary:
 def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
-    record: dict[str, object] = {
-        "event": "llm_call",
-        "request_id": ctx.request_id,
-        "caller": ctx.caller,
+    own: dict[str, object] = {
         "kind": ctx.kind,
         "model": ctx.request.model if ctx.request else None,
         "tree": ctx.tree,
         "stream": stream,
-        "status": status,
-        "upstream_status": ctx.upstream_status,
-        "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
     }
-    if ctx.error is not None:
-        record["error"] = ctx.error.reason
-    log_fields(log, record)
-
-
-class LlmAuthenticate:
-    def __init__(self, authenticate: Authenticate) -> None:
-        self._authenticate = authenticate
-
-    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
-        ctx.caller = await self._authenticate.identify(ctx.headers.get("authorization"))
-        return await call_next(ctx)
+    shared_log_call(ctx, "llm_call", status, own)
 
 
 class ParseLlmRequest:
@@ -97,23 +76,6 @@ class ParseLlmRequest:
             raise LlmModelNotFoundError(
                 f"The model {ctx.request.model!r} does not exist or is not served here."
             )
-        return await call_next(ctx)
-
-
-class LlmDelegationContext:
-    """An A2A-Delegation token, if presented, puts the call in that task tree (and its chain
-    before policy); checked exactly as on the A2A edge."""
-
-    def __init__(self, verifier: TokenVerifier, revocations: Revocations) -> None:
-        self._verifier = verifier
-        self._revocations = revocations
-
-    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
-        assert ctx.caller is not None  # noqa: S101 - authenticated earlier
-        ctx.parent = await presented_context(
-            self._verifier, self._revocations, ctx.headers, ctx.caller
-        )
-        ctx.chain = (*ctx.parent.chain, ctx.caller) if ctx.parent else (ctx.caller,)
         return await call_next(ctx)
 
 

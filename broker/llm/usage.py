@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from broker.budgets import Usage
-from broker.llm.config import ModelRoute
+from broker.llm.catalog import ModelRoute
 from broker.llm.request import LlmRequest, estimate_tokens
 from broker.sse import event_data
 

@@ -20,6 +20,9 @@ import msgspec
 
 from broker.policy.rules import DELEGATE
 
+# What audit records name as the policy version when no policy file is configured.
+NO_POLICY_VERSION = "none"
+
 Reason = Literal["allowed", "caller_denied", "origin_denied", "explicit_deny", "no_rule"]
 
 

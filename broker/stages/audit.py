@@ -1,60 +1,88 @@
 """Audit the forward: the decision is durable before the request leaves; the outcome follows.
 
+One stage for every protocol; what a record holds is the protocol's ``AuditFormat``.
+
 Refusals made by earlier stages are recorded by the error boundary; this stage, just before
 forwarding, records the allowed hop (with the token minted for it) and waits until the record
 is durable: if the audit log cannot be written, nothing is forwarded (AUDIT_UNAVAILABLE). With
-``[audit] durable_before = "reply"`` (file backend, unary calls) it waits only until the record
-is written, so the fsync runs while the agent works, and holds the answer until the record is
-durable (AUDIT_UNAVAILABLE instead of the answer if it cannot be). The outcome (status,
-latency, digest of the answer or of the whole stream) is appended when the answer or the
-stream ends.
+``[audit] durable_before = "reply"`` (file backend, unary A2A calls) it waits only until the
+record is written, so the fsync runs while the agent works, and holds the answer until the
+record is durable (AUDIT_UNAVAILABLE instead of the answer if it cannot be). The outcome
+(status, latency, digest of the answer or of the whole stream) is appended when the answer or
+the stream ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from broker.audit_runtime import AuditRecorder, digest, digested_stream, request_fields
 from broker.errors import BrokerError
-from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
+
+C = TypeVar("C", bound=CallContext)
+C_contra = TypeVar("C_contra", bound=CallContext, contravariant=True)
 
 
-class AuditForward:
-    def __init__(self, recorder: AuditRecorder) -> None:
+class AuditFormat(Protocol[C_contra]):
+    """What one protocol's records hold."""
+
+    async def decision(self, ctx: C_contra) -> dict[str, Any]:
+        """The record of the allowed call, made durable before it is forwarded."""
+
+    def outcome(self, ctx: C_contra, status: int, answer: str) -> dict[str, Any]:
+        """The record of how it ended: ``status`` and ``answer``, the digest of what was
+        relayed ("" when it failed)."""
+
+    def staged(self, ctx: C_contra) -> bool:
+        """May the decision become durable while the upstream works (``durable_before``)?"""
+
+
+class A2aAudit:
+    """An A2A request's records (``broker.audit_runtime.request_fields``)."""
+
+    async def decision(self, ctx: MediationContext) -> dict[str, Any]:
+        return request_fields(ctx, phase="forward", status=0)
+
+    def outcome(self, ctx: MediationContext, status: int, answer: str) -> dict[str, Any]:
+        return request_fields(ctx, phase="outcome", status=status, response_digest=answer)
+
+    def staged(self, ctx: MediationContext) -> bool:
+        # A stream's first event may be relayed at any moment: its decision is durable first.
+        return ctx.operation is not None and not ctx.operation.streaming
+
+
+class AuditForward(Generic[C]):
+    def __init__(self, recorder: AuditRecorder, audit: AuditFormat[C] | None = None) -> None:
         self._recorder = recorder
+        self._format: AuditFormat[Any] = audit if audit is not None else A2aAudit()
 
-    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
-        fields = request_fields(ctx, phase="forward", status=0)
-        assert ctx.operation is not None  # noqa: S101 - set by ParseRequest
-        if ctx.operation.streaming:
-            await self._recorder.record(fields)  # an event may be relayed at any moment
-            synced = None
-        else:  # with [audit] durable_before = "reply", on disk while the agent works
+    async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
+        fields = await self._format.decision(ctx)
+        if self._format.staged(ctx):  # with [audit] durable_before = "reply": on disk meanwhile
             synced = await self._recorder.record_staged(fields)
+        else:
+            await self._recorder.record(fields)
+            synced = None
         try:
             outcome = await call_next(ctx)
             if synced is not None:
                 await self._recorder.durable(synced)  # no answer before its decision is durable
         except BrokerError as err:
             ctx.error, ctx.audited = err, True
-            self._recorder.record_soon(request_fields(ctx, phase="outcome", status=err.http_status))
+            self._recorder.record_soon(self._format.outcome(ctx, err.http_status, ""))
             raise
-        if isinstance(outcome, Reply):
-            ctx.audited = True
-            fields = request_fields(
-                ctx, phase="outcome", status=outcome.status, response_digest=digest(outcome.body)
-            )
-            self._recorder.record_soon(fields)
-            return outcome
-        return StreamReply(self._audited(ctx, outcome), outcome.status, outcome.headers)
-
-    def _audited(self, ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:
         ctx.audited = True
+        if isinstance(outcome, Reply):
+            self._recorder.record_soon(
+                self._format.outcome(ctx, outcome.status, digest(outcome.body))
+            )
+            return outcome
+        status = outcome.status
 
         def record_outcome(answer: str) -> None:
-            fields = request_fields(
-                ctx, phase="outcome", status=reply.status, response_digest=answer
-            )
-            self._recorder.record_soon(fields)
+            self._recorder.record_soon(self._format.outcome(ctx, status, answer))
 
-        return digested_stream(reply.events, record_outcome)
+        events = digested_stream(outcome.events, record_outcome)
+        return StreamReply(events, outcome.status, outcome.headers)

@@ -1,11 +1,13 @@
-"""Authenticate the caller from its broker credential, and only from that."""
+"""Authenticate the caller from its broker credential, and only from that (every protocol)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from broker.credentials import credential_digest
 from broker.errors import CallerSuspendedError, InvalidCredentialError, UnauthenticatedError
 from broker.stores.base import AgentRegistry, CredentialStore
-from broker.types import CallNext, MediationContext, Outcome
+from broker.types import Ctx, Outcome
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -26,7 +28,7 @@ class Authenticate:
         self._credentials = credentials
         self._registry = registry
 
-    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+    async def __call__(self, ctx: Ctx, call_next: Callable[[Ctx], Awaitable[Outcome]]) -> Outcome:
         ctx.caller = await self.identify(ctx.headers.get("authorization"))
         return await call_next(ctx)
 

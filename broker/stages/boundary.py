@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from broker.audit_runtime import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
-from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
 from broker.wire import error_reply, sse_error_event
 
 log = logging.getLogger("a2a_broker.access")
@@ -86,16 +86,31 @@ def log_request(ctx: MediationContext, status: int, stream_end: str | None = Non
     """One structured line: caller, target, operation, status, latency (and the refusal)."""
     if not log.isEnabledFor(logging.INFO):
         return
-    record: dict[str, object] = {
-        "event": "mediated",
-        "request_id": ctx.request_id,
-        "caller": ctx.caller,
+    own: dict[str, object] = {
         "target": ctx.target_name,
         "binding": ctx.binding,
         "operation": ctx.operation.name if ctx.operation else None,
         "task_id": ctx.task_id,
         "chain": list(ctx.chain) or None,
         "tree": ctx.hop.tree if ctx.hop is not None else None,
+    }
+    log_call(ctx, "mediated", status, own, stream_end)
+
+
+def log_call(
+    ctx: CallContext,
+    event: str,
+    status: int,
+    own: Mapping[str, object],
+    stream_end: str | None = None,
+) -> None:
+    """The access log line of any mediated call: what every protocol logs, around ``own``,
+    what this protocol adds. Callers check ``log.isEnabledFor(logging.INFO)`` first."""
+    record: dict[str, object] = {
+        "event": event,
+        "request_id": ctx.request_id,
+        "caller": ctx.caller,
+        **own,
         "status": status,
         "upstream_status": ctx.upstream_status,
         "latency_ms": round((time.perf_counter() - ctx.started) * 1000, 3),

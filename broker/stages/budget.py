@@ -12,17 +12,16 @@ store round trip here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 from broker.budget_scopes import ConfiguredScopes
 from broker.budgets import Usage
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
-from broker.late_writes import finish_quietly
-from broker.llm.roles import AgentRoles
+from broker.pipeline.stage import holding
+from broker.policy.roles import AgentRoles
 from broker.settings import BudgetSettings, RateSettings
 from broker.stores.base import Stores
-from broker.stores.budget_base import BudgetRefusal, Reservation
-from broker.types import CallNext, MediationContext, Outcome, StreamReply
+from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
+from broker.types import CallNext, MediationContext, Outcome
 
 ONE_CALL = Usage(calls=1)
 log = logging.getLogger("a2a_broker.budget")
@@ -59,7 +58,7 @@ class HopBudget:
                 f"The {held.metric} budget of {held.scope} for this {held.window} is used up.",
                 metadata={"scope": held.scope, "metric": held.metric, "window": held.window},
             )
-        return await self._holding(held, ctx, call_next)
+        return await holding(ctx, call_next, _OneCall(self._ledger, held), "budget")
 
     async def _rate(self, key: str, rate: RateSettings | None) -> None:
         if rate is None:
@@ -68,25 +67,19 @@ class HopBudget:
         if wait > 0:
             raise RateLimitedError(metadata={"limit": key}, retry_after=wait)
 
-    async def _holding(
-        self, held: Reservation, ctx: MediationContext, call_next: CallNext
-    ) -> Outcome:
+
+class _OneCall:
+    """One call's reservation: settled to one call once answered, released otherwise."""
+
+    def __init__(self, ledger: BudgetLedger, held: Reservation) -> None:
+        self._ledger = ledger
+        self._held = held
+
+    async def give_back(self) -> None:
+        await self._ledger.release(self._held)
+
+    async def settle(self) -> None:
         try:
-            outcome = await call_next(ctx)
-        except BaseException:
-            await finish_quietly(self._ledger.release(held), "budget release", log)
-            raise
-        if isinstance(outcome, StreamReply):
-            return StreamReply(self._settled_at_end(held, outcome), outcome.status, outcome.headers)
-        try:  # awaited in place: a task per call (finish_quietly) costs ~20 µs of hot path
-            await self._ledger.settle(held, ONE_CALL)
+            await self._ledger.settle(self._held, ONE_CALL)
         except BrokerError as err:
             log.warning("budget settle failed for now (retried until it lands): %s", err.reason)
-        return outcome
-
-    async def _settled_at_end(self, held: Reservation, reply: StreamReply) -> AsyncIterator[bytes]:
-        try:
-            async for event in reply.events:
-                yield event
-        finally:  # a stream ends this way when its caller hangs up, too: finish it regardless
-            await finish_quietly(self._ledger.settle(held, ONE_CALL), "budget settle", log)

@@ -2,19 +2,19 @@
 
 The token must be one the broker minted for this caller (audience = the authenticated agent),
 unexpired, not revoked, and its tree not killed. Without a token the caller starts a new chain
-(whether it may is the policy stage's question).
+(whether it may is the policy stage's question). One stage for every protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from broker.delegation import DELEGATION_HEADER as DELEGATION_HEADER_NAME
 from broker.delegation.errors import DelegationTokenRevokedError
 from broker.delegation.tokens import DelegationClaims, TokenVerifier
 from broker.errors import TreeKilledError
 from broker.stores.base import Revocations
-from broker.types import CallNext, MediationContext, Outcome
+from broker.types import Ctx, Outcome
 
 DELEGATION_HEADER = DELEGATION_HEADER_NAME.lower()
 
@@ -24,7 +24,7 @@ class DelegationContext:
         self._verifier = verifier
         self._revocations = revocations
 
-    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+    async def __call__(self, ctx: Ctx, call_next: Callable[[Ctx], Awaitable[Outcome]]) -> Outcome:
         assert ctx.caller is not None  # noqa: S101 - authenticated earlier
         ctx.parent = await presented_context(
             self._verifier, self._revocations, ctx.headers, ctx.caller
@@ -39,7 +39,7 @@ async def presented_context(
     """The verified claims of the A2A-Delegation token ``caller`` presents, or None without one.
 
     Raises the token's refusal (invalid, expired, not yours), DELEGATION_TOKEN_REVOKED or
-    TREE_KILLED. Shared by the A2A and the LLM pipelines.
+    TREE_KILLED.
     """
     token = headers.get(DELEGATION_HEADER, "").strip()
     if not token:

@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from broker.answers import bad, reframe
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
+from broker.outbound.credentials import upstream_auth
+from broker.outbound.transport import Transport, TransportResponse
 from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.sse import relay
-from broker.stages.delegation import DELEGATION_HEADER
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
-from broker.upstream import Upstream, UpstreamResponse
 from broker.wire import sse_error_event
 
 StreamRecheck = Callable[[MediationContext], Awaitable[None]]
@@ -37,7 +37,7 @@ class Forward:
 
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: Transport,
         limits: LimitSettings,
         upstream_credentials: Mapping[str, UpstreamCredential],
         inspector: ResponseInspector,
@@ -69,7 +69,7 @@ class Forward:
         body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
         return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
 
-    async def _send(self, ctx: MediationContext) -> UpstreamResponse:
+    async def _send(self, ctx: MediationContext) -> TransportResponse:
         assert ctx.operation is not None  # noqa: S101
         resp = await self._upstream.send(
             ctx.http_method if ctx.binding == "rest" else "POST",
@@ -98,7 +98,7 @@ class Forward:
         return headers
 
     def _stream(
-        self, ctx: MediationContext, resp: UpstreamResponse, remaining: float | None
+        self, ctx: MediationContext, resp: TransportResponse, remaining: float | None
     ) -> StreamReply:
         if resp.status != 200:
             resp.close()
@@ -156,20 +156,6 @@ def _bound(
             log.log(level, "stream %s goes on unchecked: %s", ctx.request_id, err.detail)
 
     return run
-
-
-def upstream_auth(cred: UpstreamCredential | None, hop_token: str) -> dict[str, str]:
-    """What proves the request to the upstream: the hop token in A2A-Delegation, and in
-    Authorization either the credential the broker holds for that agent or the token itself."""
-    headers = {DELEGATION_HEADER: hop_token} if hop_token else {}
-    if cred is not None and cred.value:
-        if cred.kind == "bearer":
-            headers["authorization"] = f"Bearer {cred.value}"
-        else:
-            headers[cred.header.lower()] = cred.value
-    elif hop_token:
-        headers["authorization"] = f"Bearer {hop_token}"
-    return headers
 
 
 def _relayed(headers: Mapping[str, str]) -> dict[str, str]:

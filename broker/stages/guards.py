@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 from broker.errors import (
     BrokerError,
@@ -22,9 +21,10 @@ from broker.errors import (
     TreeSizeExceededError,
 )
 from broker.late_writes import LateWrites
+from broker.pipeline.stage import holding
 from broker.settings import DelegationSettings, LimitSettings
 from broker.stores.base import ChildSlot, DelegationCounters, Refusal
-from broker.types import CallNext, MediationContext, Outcome, StreamReply
+from broker.types import CallNext, MediationContext, Outcome
 
 log = logging.getLogger("a2a_broker.guards")
 
@@ -71,29 +71,7 @@ class CascadeGuards:
         )
         if isinstance(slot, Refusal):
             raise _REFUSALS[slot.limit](metadata={"tree": ctx.parent.tree})
-        return await self._holding(slot, ctx, call_next)
-
-    async def _holding(
-        self, slot: ChildSlot, ctx: MediationContext, call_next: CallNext
-    ) -> Outcome:
-        try:
-            outcome = await call_next(ctx)
-        except BaseException:
-            await self._release(slot)
-            raise
-        if isinstance(outcome, StreamReply):
-            return StreamReply(
-                self._released_at_end(slot, outcome), outcome.status, outcome.headers
-            )
-        await self._release(slot)
-        return outcome
-
-    async def _released_at_end(self, slot: ChildSlot, reply: StreamReply) -> AsyncIterator[bytes]:
-        try:
-            async for event in reply.events:
-                yield event
-        finally:
-            await self._release(slot)
+        return await holding(ctx, call_next, _Held(self, slot), "fan-out slot")
 
     async def _release(self, slot: ChildSlot) -> None:
         """Never let a failed release hide the request's own outcome: the slot expires anyway."""
@@ -109,3 +87,17 @@ class CascadeGuards:
                 )
                 return
             log.warning("fan-out slot %s not released (%s); it expires by itself", slot.id, err)
+
+
+class _Held:
+    """A child slot: released once the call ends, however it ends."""
+
+    def __init__(self, guards: CascadeGuards, slot: ChildSlot) -> None:
+        self._guards = guards
+        self._slot = slot
+
+    async def give_back(self) -> None:
+        await self._guards._release(self._slot)
+
+    async def settle(self) -> None:
+        await self._guards._release(self._slot)

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from broker.delegation.errors import DelegationRequiredError
 from broker.errors import CycleDetectedError, PolicyDeniedError
-from broker.policy.decision import Decision, operation_action
+from broker.policy.decision import NO_POLICY_VERSION, Decision, operation_action
 from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
 from broker.types import CallNext, MediationContext, Outcome
-
-# What audit records name as the policy version when no policy file is configured.
-NO_POLICY_VERSION = "none"
 
 
 class ChainPolicy:

@@ -23,9 +23,7 @@ change an agent (suspend, rotate, delete) use ``fresh_agent``: an agent of their
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -36,10 +34,12 @@ import httpx
 import pytest
 from google.protobuf.json_format import MessageToDict
 
-from .agents import agent_card
-from .harness import ServerProcess, free_port
+from testkit.brokers import BrokerProcess, start_broker
+from testkit.config import BrokerConfig
+from testkit.procs import Service, closed_url, free_port, launch_service, start_services
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .agents import agent_card
+
 UPSTREAM_KINDS = ("echo", "gated", "garbage", "hang")
 BINDINGS = ("JSONRPC", "HTTP+JSON")
 
@@ -47,7 +47,7 @@ BINDINGS = ("JSONRPC", "HTTP+JSON")
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 UPSTREAM_TIMEOUT_S = 1.0
-# Also bounds how long a stream waits for the upstream's response headers (broker.egress).
+# Also bounds how long a stream waits for the upstream's response headers (broker.outbound.client).
 SSE_IDLE_TIMEOUT_S = 2.0
 HTTP_TIMEOUT_S = 5.0
 # The credential the broker holds for the echo agent ([upstream_credentials.echo]).
@@ -113,66 +113,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _agent_argv(kind: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "tests.e2e.agents", kind, "--port", str(port)]
-
-
 @pytest.fixture(scope="session")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where every process of the session logs (kept by pytest for the last few runs)."""
     return tmp_path_factory.mktemp("logs")
 
 
+def launch_agent(kind: str, log_dir: Path, *, name: str = "") -> Service:
+    """One of ``tests/e2e/agents.py``'s agents, on a free port; does not wait."""
+    return launch_service("tests.e2e.agents", kind, name=name or kind, log_dir=log_dir)
+
+
+def launch_fake_llm(log_dir: Path) -> Service:
+    """The fake OpenAI-compatible provider (``tests/e2e/fake_llm.py``); does not wait."""
+    return launch_service("tests.e2e.fake_llm", name="fake-llm", log_dir=log_dir)
+
+
 @pytest.fixture(scope="session")
 def upstreams(logs: Path) -> Iterator[dict[str, Upstream]]:
-    ports = {kind: free_port() for kind in UPSTREAM_KINDS}
-    procs = [
-        ServerProcess.launch(_agent_argv(kind, port), cwd=REPO_ROOT, log_dir=logs, name=kind)
-        for kind, port in ports.items()
-    ]
-    try:
-        for proc, port in zip(procs, ports.values(), strict=True):
-            proc.wait_ready(f"http://127.0.0.1:{port}/_ready")
-        yield {kind: Upstream(kind, f"http://127.0.0.1:{port}") for kind, port in ports.items()}
-    finally:
-        for proc in procs:
-            proc.stop()
+    services = [launch_agent(kind, logs) for kind in UPSTREAM_KINDS]
+    with start_services(services):
+        yield {
+            kind: Upstream(kind, service.url)
+            for kind, service in zip(UPSTREAM_KINDS, services, strict=True)
+        }
 
 
-def _broker_config(port: int) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "info"
-
-[store]
-backend = "memory"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true  # these tests are about mediation, not policy
-
-[limits]
-max_body_bytes = {MAX_BODY_BYTES}
-max_json_depth = {MAX_JSON_DEPTH}
-upstream_timeout_s = {UPSTREAM_TIMEOUT_S}
-upstream_connect_timeout_s = 1.0
-sse_idle_timeout_s = {SSE_IDLE_TIMEOUT_S}
-sse_heartbeat_s = 1.0
-
-[upstream_credentials.echo]
-kind = "bearer"
-env = "{ECHO_UPSTREAM_TOKEN_ENV}"
-
-[agents.carol]
-credential_sha256 = "{hashlib.sha256(CAROL_CREDENTIAL.encode()).hexdigest()}"
-
-[containment.agent_max_concurrent]
-gated-capped = {CAPPED_CONCURRENCY}
-"""
+def _broker_config(port: int) -> BrokerConfig:
+    config = BrokerConfig(port=port)  # [policy] allow_all: these tests are about mediation
+    config.set("server", log_level="info").set("store", backend="memory")
+    config.set(
+        "limits",
+        max_body_bytes=MAX_BODY_BYTES,
+        max_json_depth=MAX_JSON_DEPTH,
+        upstream_timeout_s=UPSTREAM_TIMEOUT_S,
+        upstream_connect_timeout_s=1.0,
+        sse_idle_timeout_s=SSE_IDLE_TIMEOUT_S,
+        sse_heartbeat_s=1.0,
+    )
+    config.set("upstream_credentials.echo", kind="bearer", env=ECHO_UPSTREAM_TOKEN_ENV)
+    config.identities({"carol": CAROL_CREDENTIAL})
+    config.set("containment.agent_max_concurrent", **{"gated-capped": CAPPED_CONCURRENCY})
+    return config
 
 
 def _fetch_card(url: str) -> dict[str, object]:
@@ -186,7 +168,7 @@ def _static_card(name: str, base_url: str, *, push: bool = False) -> dict[str, o
 
 
 def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = closed_url()
     garbage = up["garbage"].url
     return {
         "echo": _fetch_card(up["echo"].url),
@@ -208,37 +190,19 @@ def _cards_to_register(up: dict[str, Upstream]) -> dict[str, dict[str, object]]:
     }
 
 
-def _register(url: str, admin_token: str, cards: dict[str, dict[str, object]]) -> dict[str, str]:
-    credentials = {}
-    headers = {"Authorization": f"Bearer {admin_token}"}
-    with httpx.Client(base_url=url, headers=headers, trust_env=False, timeout=10) as admin:
-        for name, card in cards.items():
-            response = admin.post("/admin/agents", json={"name": name, "card": card})
-            assert response.status_code == 201, f"registering {name}: {response.text}"
-            credentials[name] = response.json()["credential"]
-    return credentials
+def register_all(broker: BrokerProcess, cards: dict[str, dict[str, object]]) -> dict[str, str]:
+    """Register every card through the admin API; each name's credential."""
+    return {name: broker.register(name, card) for name, card in cards.items()}
 
 
 @pytest.fixture(scope="session")
 def broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[Broker]:
-    port = free_port()
-    config = logs / "broker.toml"
-    config.write_text(_broker_config(port))
-    admin_token = secrets.token_urlsafe(24)
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    url = f"http://127.0.0.1:{port}"
-    env = {"A2A_BROKER_ADMIN_TOKEN": admin_token, ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN}
-    started = ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker"
-    )
-    with started as proc:
-        try:
-            credentials = _register(url, admin_token, _cards_to_register(upstreams))
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nbroker log:\n{proc.log_tail()}") from exc
+    env = {ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN}
+    with start_broker(_broker_config(free_port()), log_dir=logs, env=env) as started:
+        credentials = register_all(started, _cards_to_register(upstreams))
         callers = {name: Caller(name, cred) for name, cred in credentials.items()}
         callers["carol"] = Caller("carol", CAROL_CREDENTIAL)
-        yield Broker(url, admin_token, callers, proc.log)
+        yield Broker(started.url, started.admin_token, callers, started.log)
 
 
 @pytest.fixture(scope="session")

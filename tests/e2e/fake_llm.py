@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .harness import free_port
+from testkit.procs import free_port
 
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 5

@@ -16,13 +16,10 @@ token as some agent, read what an agent saw.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +28,14 @@ from typing import Any
 import httpx
 from google.protobuf.json_format import MessageToDict
 
-from .harness import ServerProcess, free_port
+from testkit.brokers import generate_signing_key, launch_broker
+from testkit.config import BrokerConfig
+from testkit.procs import all_stopped, free_port, launch_service, local_url
+
 from .hopper import CREDENTIALS_ENV, hopper_card
 from .wire import jsonrpc, user_message
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0  # three processes importing at once on a loaded machine
 
 
 @dataclass(frozen=True)
@@ -58,38 +57,12 @@ class Mesh:
 
 
 def _broker_config(
-    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path], *, store: str = ""
-) -> str:
-    return f"""
-[server]
-port = {port}
-public_url = "{issuer}"
-
-[store]
-backend = "redis"
-redis_url = "{redis_url}"
-key_prefix = "{prefix}"
-{store}
-[keys]
-signing_key_file = "{files["key"]}"
-
-[registry]
-cards_dir = "{files["cards"]}"
-
-[egress]
-allow_loopback = true
-
-[policy]
-policy_file = "{files["policy"]}"
-reload_interval_s = 0.2
-"""
-
-
-def _identities(credentials: dict[str, str]) -> str:
-    return "".join(
-        f'\n[agents.{name}]\ncredential_sha256 = "{hashlib.sha256(cred.encode()).hexdigest()}"\n'
-        for name, cred in credentials.items()
-    )
+    port: int, issuer: str, redis_url: str, prefix: str, files: dict[str, Path]
+) -> BrokerConfig:
+    config = BrokerConfig(port=port).set("server", public_url=issuer)
+    config.use_redis(redis_url, key_prefix=prefix)
+    config.set("keys", signing_key_file=files["key"]).set("registry", cards_dir=files["cards"])
+    return config.use_policy_file(files["policy"], reload_interval_s=0.2)
 
 
 @contextmanager
@@ -100,58 +73,54 @@ def start_mesh(
     agents: list[str],
     callers: list[str],
     policy: str,
-    delegation: str = "",
-    store: str = "",
+    tables: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Iterator[Mesh]:
-    """Start two brokers and the hopper (hosting ``agents``); ``delegation`` is extra TOML,
-    ``store`` extra lines of the ``[store]`` table."""
+    """Start two brokers and the hopper (hosting ``agents``); ``tables`` are set on both
+    brokers' configs (``{"delegation.limits": {"max_depth": 3}}``)."""
     credentials = {name: secrets.token_urlsafe(24) for name in [*agents, *callers]}
     ports = [free_port(), free_port()]
     hopper_port = free_port()
-    brokers = (f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")
-    hopper_url = f"http://127.0.0.1:{hopper_port}"
-    key_file = folder / "broker-key.pem"
-    subprocess.run(
-        [sys.executable, "-m", "broker", "keys", "generate", str(key_file)],
-        check=True,
-        cwd=REPO_ROOT,
-        capture_output=True,
-    )
+    brokers = (local_url(ports[0]), local_url(ports[1]))
+    key_file = generate_signing_key(folder / "broker-key.pem")
     cards = folder / "cards"
     cards.mkdir()
     for name in agents:
-        card = MessageToDict(hopper_card(name, hopper_url))
+        card = MessageToDict(hopper_card(name, local_url(hopper_port)))
         (cards / f"{name}.json").write_text(json.dumps(card))
     admin = secrets.token_urlsafe(16)
     prefix = f"e2e-{uuid.uuid4().hex[:12]}"
     policy_files = (folder / "policy-0.csv", folder / "policy-1.csv")
-    argvs: list[tuple[str, list[str], dict[str, str]]] = []
+    configs = []
     for i, port in enumerate(ports):
         policy_files[i].write_text(policy)
         files = {"key": key_file, "cards": cards, "policy": policy_files[i]}
-        config = folder / f"broker-{i}.toml"
-        text = _broker_config(port, brokers[0], redis_url, prefix, files, store=store)
-        config.write_text(text + _identities(credentials) + delegation)
-        argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-        argvs.append((f"broker-{i}", argv, {"A2A_BROKER_ADMIN_TOKEN": admin}))
-    hopper_argv = [
-        sys.executable, "-m", "tests.e2e.hopper", "--port", str(hopper_port),
-        "--names", ",".join(agents), "--broker-urls", ",".join(brokers),
-        "--jwks-url", f"{brokers[0]}/.well-known/jwks.json", "--issuer", brokers[0],
-    ]  # fmt: skip
-    hopper_env = {CREDENTIALS_ENV: json.dumps({n: credentials[n] for n in agents})}
-    argvs.append(("hopper", hopper_argv, hopper_env))
-    procs = [
-        ServerProcess.launch(argv, env=env, cwd=REPO_ROOT, log_dir=folder, name=name)
-        for name, argv, env in argvs
-    ]
-    try:
-        for proc, url in zip(procs, [*brokers, hopper_url], strict=True):
-            ready = f"{url}/_ready" if url == hopper_url else f"{url}/readyz"
-            proc.wait_ready(ready, timeout=START_TIMEOUT_S)
+        config = _broker_config(port, brokers[0], redis_url, prefix, files)
+        for table, values in (tables or {}).items():
+            config.set(table, **values)
+        configs.append(config.identities(credentials))
+    with all_stopped([]) as children:
+        started = []
+        for i, config in enumerate(configs):
+            started.append(
+                launch_broker(config, log_dir=folder, name=f"broker-{i}", admin_token=admin)
+            )
+            children.append(started[-1])
+        hopper = launch_service(
+            "tests.e2e.hopper",
+            *("--names", ",".join(agents), "--broker-urls", ",".join(brokers)),
+            *("--jwks-url", f"{brokers[0]}/.well-known/jwks.json", "--issuer", brokers[0]),
+            name="hopper",
+            log_dir=folder,
+            port=hopper_port,
+            env={CREDENTIALS_ENV: json.dumps({n: credentials[n] for n in agents})},
+        )
+        children.append(hopper)
+        for broker in started:
+            broker.wait_ready("/readyz", timeout=START_TIMEOUT_S)
+        hopper.wait_ready(timeout=START_TIMEOUT_S)
         yield Mesh(
             brokers=brokers,
-            hopper=hopper_url,
+            hopper=hopper.url,
             credentials=credentials,
             admin_headers={"Authorization": f"Bearer {admin}"},
             policy_files=policy_files,
@@ -159,9 +128,6 @@ def start_mesh(
             issuer=brokers[0],
             logs=folder,
         )
-    finally:
-        for proc in procs:
-            proc.stop()
 
 
 # --- what the tests do on the wire --------------------------------------------------------------

@@ -35,8 +35,9 @@ from broker.errors import (
     InvalidAgentCardError,
     InvalidCredentialError,
 )
+from testkit.procs import REPO_ROOT
 
-from .conftest import REPO_ROOT, Broker, Caller, Upstream, _static_card
+from .conftest import Broker, Caller, Upstream, _static_card
 from .wire import assert_jsonrpc_error, assert_rest_error, jsonrpc, user_message
 
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"

@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import secrets
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -34,48 +30,19 @@ import pytest
 import redis
 from a2a.types import GetTaskRequest, StreamResponse, Task, TaskState
 
-from .conftest import REPO_ROOT, _static_card
-from .harness import ServerProcess, free_port
+from testkit.brokers import launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import all_stopped, closed_url, free_port
+from testkit.redis_server import RedisServer
+
+from .conftest import _static_card, launch_agent
 from .sdk import client_for, events_until_working, remaining_events, send_request, unique_text
-from .test_budget_redis_restart import PersistentRedis
 
 AGENT, GATED, OWNER = "held", "gated", "owner"
 PREFIX = "outage"
 CALLS_PER_DAY = 1000
 ANSWER_TIMEOUT_S = 20.0
 LEDGER_WAIT_S = 10.0
-
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "info"
-
-[store]
-backend = "redis"
-redis_url = "redis://127.0.0.1:{redis_port}/0"
-key_prefix = "{prefix}"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true
-
-[audit]
-dir = "{audit_dir}"
-fsync = false
-
-[limits]
-upstream_timeout_s = 15.0
-sse_idle_timeout_s = 15.0
-
-[budgets]
-reservation_ttl_s = 60
-
-[budgets.agents]
-{owner} = [{{ metric = "calls", window = "day", limit = {limit} }}]
-"""
 
 
 @dataclass
@@ -85,7 +52,7 @@ class Rig:
     gated: str  # the gated agent's own URL: it reports WORKING, then waits at its gate
     admin_headers: dict[str, str]
     owner_headers: dict[str, str]
-    redis: PersistentRedis
+    redis: RedisServer
     log: Path
 
     async def held(self, http: httpx.AsyncClient, text: str) -> None:
@@ -120,7 +87,7 @@ class Rig:
         key = f"{PREFIX}:route:{{{len(AGENT)}:{AGENT}:{task_id}}}"
         with redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=5) as r:
             raw = r.get(key)
-        return None if raw is None else str(httpx.Response(200, content=raw).json()["owner"])
+        return None if raw is None else raw.decode()  # a route's value is its owner
 
     def unchecked_streams(self) -> int:
         """How often the broker logged a stream going on without its recheck (store down)."""
@@ -132,72 +99,36 @@ class Rig:
         return sum(text.encode() in base64.b64decode(r["body_b64"]) for r in recorded)
 
 
-def _agent(kind: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "tests.e2e.agents", kind, "--port", str(port)]
-
-
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     folder = tmp_path_factory.mktemp("outage")
-    (folder / "redis").mkdir()
-    store = PersistentRedis(free_port(), folder / "redis")
-    agent_port, gated_port, broker_port = free_port(), free_port(), free_port()
-    agent_url, broker_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{broker_port}"
-    gated_url = f"http://127.0.0.1:{gated_port}"
-    config = folder / "broker.toml"
-    config.write_text(
-        CONFIG.format(
-            port=broker_port,
-            redis_port=store.port,
-            prefix=PREFIX,
-            audit_dir=folder / "audit",
-            owner=OWNER,
-            limit=CALLS_PER_DAY,
-        )
-    )
-    admin = secrets.token_urlsafe(16)
-    procs: list[ServerProcess] = []
-    try:
+    store = RedisServer(data_dir=folder / "redis")
+    config = BrokerConfig(port=free_port()).set("server", log_level="info")
+    config.use_redis(store.url, key_prefix=PREFIX).set("audit", dir=folder / "audit", fsync=False)
+    config.set("limits", upstream_timeout_s=15.0, sse_idle_timeout_s=15.0)
+    config.set("budgets", reservation_ttl_s=60)
+    config.set("budgets.agents", **{OWNER: [budget("calls", "day", CALLS_PER_DAY)]})
+    with all_stopped([store]), all_stopped([]) as children:
         store.start()
-        broker_argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-        procs = [
-            ServerProcess.launch(_agent(AGENT, agent_port), cwd=REPO_ROOT, log_dir=folder),
-            ServerProcess.launch(_agent(GATED, gated_port), cwd=REPO_ROOT, log_dir=folder),
-            ServerProcess.launch(
-                broker_argv,
-                env={"A2A_BROKER_ADMIN_TOKEN": admin},
-                cwd=REPO_ROOT,
-                log_dir=folder,
-                name="broker",
-            ),
-        ]
-        procs[0].wait_ready(f"{agent_url}/_ready")
-        procs[1].wait_ready(f"{gated_url}/_ready")
-        procs[2].wait_ready(f"{broker_url}/readyz")
-        admin_headers = {"Authorization": f"Bearer {admin}"}
-        credentials = {}
-        cards = {AGENT: agent_url, GATED: gated_url, OWNER: f"http://127.0.0.1:{free_port()}"}
-        with httpx.Client(headers=admin_headers, trust_env=False, timeout=10) as http:
-            for name, url in cards.items():
-                card = _static_card(name, url)
-                response = http.post(
-                    f"{broker_url}/admin/agents", json={"name": name, "card": card}
-                )
-                assert response.status_code == 201, response.text
-                credentials[name] = response.json()["credential"]
+        agent, gated = launch_agent(AGENT, folder), launch_agent(GATED, folder)
+        broker = launch_broker(config, log_dir=folder)
+        children.extend([agent, gated, broker])
+        agent.wait_ready()
+        gated.wait_ready()
+        broker.wait_ready("/readyz")
+        cards = {AGENT: agent.url, GATED: gated.url, OWNER: closed_url()}
+        credentials = {
+            name: broker.register(name, _static_card(name, url)) for name, url in cards.items()
+        }
         yield Rig(
-            broker=broker_url,
-            agent=agent_url,
-            gated=gated_url,
-            admin_headers=admin_headers,
+            broker=broker.url,
+            agent=agent.url,
+            gated=gated.url,
+            admin_headers=broker.admin_headers,
             owner_headers={"Authorization": f"Bearer {credentials[OWNER]}"},
             redis=store,
-            log=procs[2].log,
+            log=broker.log,
         )
-    finally:
-        for proc in procs:
-            proc.stop()
-        store.stop()
 
 
 @pytest.fixture
@@ -223,7 +154,7 @@ def _final_task(events: list[StreamResponse]) -> Task:
 class Fault:
     """Takes the broker's redis-server away between the agent's answer and the broker's writes."""
 
-    def __init__(self, kind: str, store: PersistentRedis) -> None:
+    def __init__(self, kind: str, store: RedisServer) -> None:
         self.kind = kind
         self.store = store
 
@@ -232,14 +163,14 @@ class Fault:
         if self.kind == "kill":
             self.store.kill()  # SIGKILL: connections refused at once
         else:
-            os.kill(self.store.process.pid, signal.SIGSTOP)  # stalled: commands time out
+            self.store.pause()  # stalled: commands time out
 
     def end(self) -> None:
         assert self.store.process is not None
         if self.kind == "kill":
             self.store.start()  # reloads its append-only file
         else:
-            os.kill(self.store.process.pid, signal.SIGCONT)
+            self.store.resume()
 
 
 CASES = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,8 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
-from .harness import ServerProcess, free_port
+from testkit.brokers import generate_signing_key, start_broker
+from testkit.config import BrokerConfig
+from testkit.procs import REPO_ROOT, Process, closed_url, free_port
+
+from .conftest import Upstream, _fetch_card, _static_card
 from .wire import A2A_V1, jsonrpc_request, user_message
 
 REQUEST_ID = "a2a-broker-request-id"
@@ -42,7 +44,7 @@ async def _load(
                     enough.set()
 
 
-async def _load_then_kill(url: str, credential: str, proc: ServerProcess) -> list[str]:
+async def _load_then_kill(url: str, credential: str, proc: Process) -> list[str]:
     """Eight callers keep the broker busy; once enough answers came back, SIGKILL it."""
     acked: list[str] = []
     enough, stop = asyncio.Event(), asyncio.Event()
@@ -57,40 +59,17 @@ async def _load_then_kill(url: str, credential: str, proc: ServerProcess) -> lis
     return acked
 
 
-def _register(url: str, admin: str, name: str, card: dict[str, object]) -> str:
-    headers = {"Authorization": f"Bearer {admin}"}
-    r = httpx.post(f"{url}/admin/agents", json={"name": name, "card": card}, headers=headers)
-    assert r.status_code == 201, r.text
-    return str(r.json()["credential"])
-
-
 @pytest.mark.parametrize("durable_before", ["forward", "reply"])
 def test_sigkill_under_load_loses_no_acknowledged_decision(
     tmp_path: Path, upstreams: dict[str, Upstream], durable_before: str
 ) -> None:
-    port = free_port()
-    key = tmp_path / "key.pem"
-    subprocess.run([sys.executable, "-m", "broker", "keys", "generate", str(key)], check=True)
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n[policy]\nallow_all = true\n"
-        f'[keys]\nsigning_key_file = "{key}"\n[audit]\ncheckpoint_every = 25\n'
-        f'durable_before = "{durable_before}"\n'
-    )
-    admin = secrets.token_urlsafe(16)
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    proc = ServerProcess.launch(
-        argv, env={"A2A_BROKER_ADMIN_TOKEN": admin}, cwd=REPO_ROOT, log_dir=tmp_path, name="crash"
-    )
-    try:
-        proc.wait_ready(f"{url}/healthz")
-        _register(url, admin, "echo", _fetch_card(upstreams["echo"].url))
-        closed = f"http://127.0.0.1:{free_port()}"
-        credential = _register(url, admin, "loader", _static_card("loader", closed))
-        acked = asyncio.run(_load_then_kill(url, credential, proc))
-    finally:
-        proc.stop()
+    key = generate_signing_key(tmp_path / "key.pem")
+    config = BrokerConfig(port=free_port()).set("keys", signing_key_file=key)
+    config.set("audit", checkpoint_every=25, durable_before=durable_before)
+    with start_broker(config, log_dir=tmp_path, name="crash") as broker:
+        broker.register("echo", _fetch_card(upstreams["echo"].url))
+        credential = broker.register("loader", _static_card("loader", closed_url()))
+        acked = asyncio.run(_load_then_kill(broker.url, credential, broker.process))
 
     folder = tmp_path / "var" / "audit"
     verified = subprocess.run(

@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 
-from .conftest import REPO_ROOT, Broker, Caller
+from testkit.procs import REPO_ROOT
+
+from .conftest import Broker, Caller
 from .wire import jsonrpc, sse_events, user_message
 
 REQUEST_ID = "a2a-broker-request-id"

@@ -23,48 +23,22 @@ import httpx
 import pytest
 import redis
 
+from testkit.brokers import launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import REPO_ROOT, all_stopped, closed_url, free_port
+
 from .conftest import (
     ECHO_UPSTREAM_TOKEN,
     ECHO_UPSTREAM_TOKEN_ENV,
-    REPO_ROOT,
     Upstream,
     _fetch_card,
-    _register,
     _static_card,
+    register_all,
 )
-from .harness import ServerProcess, free_port
 from .wire import jsonrpc, user_message
 
 REFRESH_BOUND_S = 2.5  # REFRESH_S (1 s) plus generous slack for a loaded CI machine
 SCOPE = "agent:alice"
-
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-log_level = "warning"
-
-[store]
-backend = "redis"
-redis_url = "{redis_url}"
-key_prefix = "{prefix}"
-
-[egress]
-allow_loopback = true
-
-[policy]
-allow_all = true
-
-[audit]
-fsync = false
-
-[upstream_credentials.echo]
-kind = "bearer"
-env = "{token_env}"
-
-[budgets.agents]
-alice = [{{ metric = "calls", window = "day", limit = 100 }}]
-"""
 
 
 @dataclass(frozen=True)
@@ -78,33 +52,27 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(upstreams: dict[str, Upstream], redis_url: str, logs: Path) -> Iterator[Pair]:
     prefix = f"e2e-budget-admin-{uuid.uuid4().hex[:8]}"
-    admin = secrets.token_urlsafe(24)
-    env = {"A2A_BROKER_ADMIN_TOKEN": admin, ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN}
-    ports = (free_port(), free_port())
+    env = {ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN}
     homes = (logs / "budget-admin-a", logs / "budget-admin-b")
-    procs = []
+    config = BrokerConfig(port=0).use_redis(redis_url, key_prefix=prefix)
+    config.set("server", log_level="warning").set("audit", fsync=False)
+    config.set("upstream_credentials.echo", kind="bearer", env=ECHO_UPSTREAM_TOKEN_ENV)
+    config.set("budgets.agents", alice=[budget("calls", "day", 100)])
+    admin = secrets.token_urlsafe(24)
     try:
-        for port, home in zip(ports, homes, strict=True):
-            home.mkdir(exist_ok=True)
-            (home / "broker.toml").write_text(
-                CONFIG.format(
-                    port=port, redis_url=redis_url, prefix=prefix, token_env=ECHO_UPSTREAM_TOKEN_ENV
+        with all_stopped([]) as brokers:
+            for home in homes:
+                port = free_port()
+                brokers.append(
+                    launch_broker(config.copy(port=port), log_dir=home, admin_token=admin, env=env)
                 )
-            )
-            argv = [sys.executable, "-m", "broker", "serve", "--config", str(home / "broker.toml")]
-            procs.append(
-                ServerProcess.launch(argv, env=env, cwd=REPO_ROOT, log_dir=logs, name=home.name)
-            )
-        urls = tuple(f"http://127.0.0.1:{port}" for port in ports)
-        for proc, url in zip(procs, urls, strict=True):
-            proc.wait_ready(f"{url}/healthz")
-        closed = f"http://127.0.0.1:{free_port()}"  # alice only calls
-        cards = {"echo": _fetch_card(upstreams["echo"].url), "alice": _static_card("alice", closed)}
-        credentials = _register(urls[0], admin, cards)  # the registry is shared through Redis
-        yield Pair((urls[0], urls[1]), homes, admin, credentials["alice"])
+            for broker in brokers:
+                broker.wait_ready()
+            cards = {"echo": _fetch_card(upstreams["echo"].url)}
+            cards["alice"] = _static_card("alice", closed_url())  # alice only calls
+            credentials = register_all(brokers[0], cards)  # the registry is shared through Redis
+            yield Pair((brokers[0].url, brokers[1].url), homes, admin, credentials["alice"])
     finally:
-        for proc in procs:
-            proc.stop()
         _drop_keys(redis_url, prefix)
 
 

@@ -22,11 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import secrets
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -39,11 +35,14 @@ import httpx
 import openai
 import pytest
 import redis
-from redis_process import start_redis_server, stop_redis_server
 
-from .conftest import REPO_ROOT, _static_card
+from testkit.brokers import generate_signing_key, launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import all_stopped, closed_url, free_port, local_url
+from testkit.redis_server import RedisServer
+
+from .conftest import _static_card, launch_fake_llm
 from .fake_llm import ANSWER, COMPLETION_TOKENS
-from .harness import ServerProcess, free_port
 
 PROVIDER_KEY = f"sk-race-{secrets.token_hex(8)}"
 PROVIDER_KEY_ENV = "E2E_RACE_PROVIDER_KEY"
@@ -67,60 +66,32 @@ RESERVATION_TTL_S = 5
 REDIS_SOCKET_TIMEOUT_S = 2.0  # broker.stores.redis_client.SOCKET_TIMEOUT_S
 OUTAGE_S = REDIS_SOCKET_TIMEOUT_S + 0.8  # longer than the timeout, so some calls are refused
 
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "{public_url}"
-log_level = "warning"
 
-[store]
-backend = "redis"
-redis_url = "redis://127.0.0.1:{redis_port}/0"
-key_prefix = "{prefix}"
-
-[keys]
-signing_key_file = "{key_file}"
-
-[egress]
-allow_loopback = true
-
-[audit]
-dir = "{audit_dir}"
-fsync = false
-
-[policy]
-allow_all = true
-
-[llm]
-reservation_ttl_s = {ttl}
-
-[llm.providers.fake]
-base_url = "{fake}/v1"
-key_env = "{key_env}"
-models = ["{calls_model}"]
-price_in_per_mtok = 2.0
-price_out_per_mtok = 10.0
-timeout_s = 5.0
-
-[llm.providers.fake-out]
-base_url = "{fake}/v1"
-key_env = "{key_env}"
-models = ["{cost_model}"]
-price_in_per_mtok = 0.0
-price_out_per_mtok = 10.0
-timeout_s = 5.0
-
-[budgets]
-reservation_ttl_s = {ttl}
-expire_interval_s = 0.5
-
-[budgets.agents]
-racer-calls = [{{ metric = "calls", window = "day", limit = {calls_limit} }}]
-racer-cost = [{{ metric = "cost_micro", window = "lifetime", limit = {cost_limit} }}]
-steady = [{{ metric = "calls", window = "lifetime", limit = {steady_limit} }}]
-refused = [{{ metric = "calls", window = "lifetime", limit = 100 }}]
-"""
+def _config(redis_url: str, public_url: str, key_file: Path, fake_url: str) -> BrokerConfig:
+    """What every replica shares (each gets its own port and audit dir)."""
+    config = BrokerConfig(port=0).set("server", public_url=public_url, log_level="warning")
+    config.use_redis(redis_url, key_prefix=KEY_PREFIX).set("keys", signing_key_file=key_file)
+    config.set("audit", fsync=False).set("llm", reservation_ttl_s=RESERVATION_TTL_S)
+    provider = {
+        "base_url": f"{fake_url}/v1",
+        "key_env": PROVIDER_KEY_ENV,
+        "price_in_per_mtok": 2.0,
+        "price_out_per_mtok": 10.0,
+        "timeout_s": 5.0,
+    }
+    config.set("llm.providers.fake", **provider, models=[CALLS_MODEL])
+    cost_only = {**provider, "price_in_per_mtok": 0.0}  # priced on output tokens only
+    config.set("llm.providers.fake-out", **cost_only, models=[COST_MODEL])
+    config.set("budgets", reservation_ttl_s=RESERVATION_TTL_S, expire_interval_s=0.5)
+    return config.set(
+        "budgets.agents",
+        **{
+            "racer-calls": [budget("calls", "day", CALLS_LIMIT)],
+            "racer-cost": [budget("cost_micro", "lifetime", COST_PER_CALL * COST_FITS)],
+            "steady": [budget("calls", "lifetime", STEADY_LIMIT)],
+            "refused": [budget("calls", "lifetime", 100)],
+        },
+    )
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -131,8 +102,7 @@ class Cluster:
     urls: list[str]
     admin_headers: dict[str, str]
     fake_url: str
-    redis_process: subprocess.Popen[bytes]
-    redis_port: int
+    redis_server: RedisServer
     redis: redis.Redis
     credentials: dict[str, str]
     logs: list[Path] = field(default_factory=list)
@@ -160,93 +130,41 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("budget-race")
-    redis_port = free_port()
-    redis_process = start_redis_server(redis_port)
-    procs: list[ServerProcess] = []
-    try:
-        key_file = tmp / "broker-key.pem"
-        subprocess.run(
-            [sys.executable, "-m", "broker", "keys", "generate", str(key_file)],
-            check=True,
-            cwd=REPO_ROOT,
-            timeout=30,
-        )
-        fake_port = free_port()
-        fake = ServerProcess.launch(
-            [sys.executable, "-m", "tests.e2e.fake_llm", "--port", str(fake_port)],
-            cwd=REPO_ROOT,
-            log_dir=tmp,
-            name="fake-llm",
-        )
-        procs.append(fake)
-        fake_url = f"http://127.0.0.1:{fake_port}"
+    with RedisServer.running() as store, all_stopped([]) as children:
+        key_file = generate_signing_key(tmp / "broker-key.pem")
+        fake = launch_fake_llm(tmp)
+        children.append(fake)
         admin = secrets.token_urlsafe(16)
         ports = [free_port() for _ in range(BROKERS)]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        # The same public URL for all, as behind one load balancer.
+        config = _config(store.url, local_url(ports[0]), key_file, fake.url)
+        env = {PROVIDER_KEY_ENV: PROVIDER_KEY}
+        brokers = []
         for i, port in enumerate(ports):
-            config = tmp / f"broker{i}.toml"
-            config.write_text(
-                CONFIG.format(
-                    port=port,
-                    public_url=urls[0],  # the same for all, as behind one load balancer
-                    redis_port=redis_port,
-                    prefix=KEY_PREFIX,
-                    key_file=key_file,
-                    audit_dir=tmp / f"audit{i}",
-                    ttl=RESERVATION_TTL_S,
-                    fake=fake_url,
-                    key_env=PROVIDER_KEY_ENV,
-                    calls_model=CALLS_MODEL,
-                    cost_model=COST_MODEL,
-                    calls_limit=CALLS_LIMIT,
-                    cost_limit=COST_PER_CALL * COST_FITS,
-                    steady_limit=STEADY_LIMIT,
-                )
+            replica = config.copy(port=port).set("audit", dir=tmp / f"audit{i}")
+            name = f"race-broker{i}"
+            brokers.append(
+                launch_broker(replica, log_dir=tmp, name=name, admin_token=admin, env=env)
             )
-            argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-            procs.append(
-                ServerProcess.launch(
-                    argv,
-                    env={"A2A_BROKER_ADMIN_TOKEN": admin, PROVIDER_KEY_ENV: PROVIDER_KEY},
-                    cwd=REPO_ROOT,
-                    log_dir=tmp,
-                    name=f"race-broker{i}",
-                )
-            )
-        fake.wait_ready(f"{fake_url}/_ready")
-        for proc, url in zip(procs[1:], urls, strict=True):
-            proc.wait_ready(f"{url}/healthz")
-        headers = {"Authorization": f"Bearer {admin}"}
-        closed = f"http://127.0.0.1:{free_port()}"
-        credentials = {}
-        for n, name in enumerate(("racer-calls", "racer-cost", "steady", "refused")):
-            response = httpx.post(
-                f"{urls[n % BROKERS]}/admin/agents",
-                headers=headers,
-                json={"name": name, "card": _static_card(name, closed)},
-                trust_env=False,
-                timeout=10,
-            )
-            assert response.status_code == 201, response.text
-            credentials[name] = response.json()["credential"]
-        client = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
-        try:
+            children.append(brokers[-1])
+        fake.wait_ready()
+        for broker in brokers:
+            broker.wait_ready()
+        closed = closed_url()
+        credentials = {
+            name: brokers[n % BROKERS].register(name, _static_card(name, closed))
+            for n, name in enumerate(("racer-calls", "racer-cost", "steady", "refused"))
+        }
+        with store.client() as client:
             yield Cluster(
-                urls,
-                headers,
-                fake_url,
-                redis_process,
-                redis_port,
+                [b.url for b in brokers],
+                brokers[0].admin_headers,
+                fake.url,
+                store,
                 client,
                 credentials,
-                [p.log for p in procs],
+                [fake.log, *(b.log for b in brokers)],
             )
-        finally:
-            client.close()
-    finally:
-        for proc in procs:
-            proc.stop()
-        stop_redis_server(redis_process)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -355,7 +273,7 @@ async def test_three_replicas_race_for_a_budget_that_fits_exactly_n(
         a thread of its own (the event loop is busy with the calls)."""
         metric = "calls" if model == CALLS_MODEL else "cost_micro"
         pattern = f"{KEY_PREFIX}:{{budget}}:w:*:agent:{agent}"
-        with redis.Redis(host="127.0.0.1", port=cluster.redis_port, socket_timeout=5) as r:
+        with redis.Redis(host="127.0.0.1", port=cluster.redis_server.port, socket_timeout=5) as r:
             while not done.is_set():
                 for key in r.scan_iter(match=pattern):
                     counters = r.hgetall(key)
@@ -481,7 +399,7 @@ async def _stream_through_an_outage(cluster: Cluster, agent: str, marker: str) -
         tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
         try:
             await asyncio.sleep(BEFORE_S)
-            os.kill(cluster.redis_process.pid, signal.SIGSTOP)
+            cluster.redis_server.pause()
             stopped = time.monotonic()
             try:
                 # What reached the provider by now was reserved before the stop (give those
@@ -491,7 +409,7 @@ async def _stream_through_an_outage(cluster: Cluster, agent: str, marker: str) -
                 await asyncio.sleep(OUTAGE_S - 0.4 - 0.1)
                 late = await _provider_total(http, cluster)
             finally:
-                os.kill(cluster.redis_process.pid, signal.SIGCONT)
+                cluster.redis_server.resume()
             resumed = time.monotonic()
             await asyncio.sleep(AFTER_S)
         finally:
@@ -574,7 +492,7 @@ async def test_calls_refused_in_an_outage_hold_no_reservation_after_recovery(
     agent, marker = "refused", f"refused-{secrets.token_hex(6)}"
     async with _clients(cluster, agent) as clients:
         assert await _call(clients[2], CALLS_MODEL, f"{marker} warm", stream=False) == "ok"
-        os.kill(cluster.redis_process.pid, signal.SIGSTOP)
+        cluster.redis_server.pause()
         try:
             refused = await asyncio.wait_for(
                 asyncio.gather(
@@ -586,7 +504,7 @@ async def test_calls_refused_in_an_outage_hold_no_reservation_after_recovery(
                 timeout=REDIS_SOCKET_TIMEOUT_S + 3,
             )
         finally:
-            os.kill(cluster.redis_process.pid, signal.SIGCONT)
+            cluster.redis_server.resume()
     assert refused == ["503:service_unavailable"] * 5
     assert len(await _provider_saw(cluster, marker)) == 1  # the warm-up call only
     held = await _held_after(cluster, within_s=1.5)

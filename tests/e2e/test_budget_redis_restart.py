@@ -19,8 +19,6 @@ import contextlib
 import itertools
 import json
 import secrets
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,11 +31,14 @@ import openai
 import pytest
 import redis
 from aiohttp import web
-from redis_process import redis_server_binary
 
-from .conftest import REPO_ROOT, _static_card
+from testkit.brokers import generate_signing_key, launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import all_stopped, closed_url, free_port, local_url
+from testkit.redis_server import RedisServer
+
+from .conftest import _static_card
 from .fake_llm import FakeLlm
-from .harness import ServerProcess, free_port
 from .test_budget_race import _call
 
 PROVIDER_KEY = f"sk-restart-{secrets.token_hex(8)}"
@@ -55,103 +56,26 @@ BEFORE_S, DOWN_S, AFTER_S = 1.5, 1.5, 2.0
 RECOVERY_GRACE_S = 0.5  # calls started this long after the restart must all succeed
 PROVIDER_SLACK_S = 0.1  # a call reserved just before the kill may reach the provider just after
 
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "{public_url}"
-log_level = "warning"
 
-[store]
-backend = "redis"
-redis_url = "redis://127.0.0.1:{redis_port}/0"
-key_prefix = "{prefix}"
-
-[keys]
-signing_key_file = "{key_file}"
-
-[egress]
-allow_loopback = true
-
-[audit]
-dir = "{audit_dir}"
-fsync = false
-
-[policy]
-allow_all = true
-
-[llm]
-reservation_ttl_s = {ttl}
-
-[llm.providers.fake]
-base_url = "{fake}/v1"
-key_env = "{key_env}"
-models = ["{model}"]
-price_in_per_mtok = 2.0
-price_out_per_mtok = 10.0
-timeout_s = 5.0
-
-[budgets]
-reservation_ttl_s = {ttl}
-expire_interval_s = 0.5
-
-[budgets.agents]
-{agent} = [{{ metric = "calls", window = "day", limit = {limit} }}]
-"""
+def _config(redis_url: str, public_url: str, key_file: Path, fake_url: str) -> BrokerConfig:
+    """What both replicas share (each gets its own port and audit dir)."""
+    config = BrokerConfig(port=0).set("server", public_url=public_url, log_level="warning")
+    config.use_redis(redis_url, key_prefix=KEY_PREFIX).set("keys", signing_key_file=key_file)
+    config.set("audit", fsync=False).set("llm", reservation_ttl_s=RESERVATION_TTL_S)
+    config.set(
+        "llm.providers.fake",
+        base_url=f"{fake_url}/v1",
+        key_env=PROVIDER_KEY_ENV,
+        models=[MODEL],
+        price_in_per_mtok=2.0,
+        price_out_per_mtok=10.0,
+        timeout_s=5.0,
+    )
+    config.set("budgets", reservation_ttl_s=RESERVATION_TTL_S, expire_interval_s=0.5)
+    return config.set("budgets.agents", **{AGENT: [budget("calls", "day", LIMIT)]})
 
 
 # --- processes -----------------------------------------------------------------------------
-
-
-class PersistentRedis:
-    """A private redis-server that keeps its data in an fsynced append-only file in ``dir``, so
-    what it acknowledged survives SIGKILL; ``start`` again reloads it on the same port."""
-
-    def __init__(self, port: int, data_dir: Path) -> None:
-        self.port = port
-        self.dir = data_dir
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = data_dir / "redis.log"
-
-    def start(self, timeout: float = 10.0) -> None:
-        argv = [
-            redis_server_binary(),
-            *("--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir)),
-            *("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
-        ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    if client.ping():  # a server still loading its file answers LOADING
-                        return
-                except redis.ConnectionError:  # BusyLoadingError is one
-                    pass
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    tail = self.log.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server did not start on {self.port}:\n{tail}")
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()  # SIGKILL: no shutdown, no final write
-        self.process.wait(timeout=5)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -183,7 +107,7 @@ class Rig:
     admin_headers: dict[str, str]
     credential: str
     provider: SlowFakeLlm
-    redis: PersistentRedis
+    redis: RedisServer
     logs: list[Path]
     audit_dir: Path
 
@@ -237,80 +161,41 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    data_dir = tmp_path / "redis"
-    data_dir.mkdir()
-    store = PersistentRedis(free_port(), data_dir)
+    store = RedisServer(data_dir=tmp_path / "redis")  # persistent: it reloads after SIGKILL
     provider = SlowFakeLlm()
-    procs: list[ServerProcess] = []
     try:
-        store.start()
-        await provider.start()
-        fake_url = provider.url.removesuffix("/v1")
-        key_file = tmp_path / "broker-key.pem"
-        await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "broker", "keys", "generate", str(key_file)],
-            check=True,
-            cwd=REPO_ROOT,
-            timeout=30,
-        )
-        admin = secrets.token_urlsafe(16)
-        ports = [free_port() for _ in range(BROKERS)]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for i, port in enumerate(ports):
-            config = tmp_path / f"broker{i}.toml"
-            config.write_text(
-                CONFIG.format(
-                    port=port,
-                    public_url=urls[0],  # the same for both, as behind one load balancer
-                    redis_port=store.port,
-                    prefix=KEY_PREFIX,
-                    key_file=key_file,
-                    audit_dir=tmp_path / f"audit{i}",
-                    ttl=RESERVATION_TTL_S,
-                    fake=fake_url,
-                    key_env=PROVIDER_KEY_ENV,
-                    model=MODEL,
-                    agent=AGENT,
-                    limit=LIMIT,
+        with all_stopped([store]), all_stopped([]) as brokers:
+            await asyncio.to_thread(store.start)
+            await provider.start()
+            fake_url = provider.url.removesuffix("/v1")
+            key_file = await asyncio.to_thread(generate_signing_key, tmp_path / "broker-key.pem")
+            admin = secrets.token_urlsafe(16)
+            ports = [free_port() for _ in range(BROKERS)]
+            # The same public URL for both, as behind one load balancer.
+            config = _config(store.url, local_url(ports[0]), key_file, fake_url)
+            env = {PROVIDER_KEY_ENV: PROVIDER_KEY}
+            for i, port in enumerate(ports):
+                replica = config.copy(port=port).set("audit", dir=tmp_path / f"audit{i}")
+                name = f"restart-broker{i}"
+                brokers.append(
+                    launch_broker(replica, log_dir=tmp_path, name=name, admin_token=admin, env=env)
                 )
+            for broker in brokers:
+                await asyncio.to_thread(broker.wait_ready)
+            credential = await asyncio.to_thread(
+                brokers[1].register, AGENT, _static_card(AGENT, closed_url())
             )
-            argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-            procs.append(
-                ServerProcess.launch(
-                    argv,
-                    env={"A2A_BROKER_ADMIN_TOKEN": admin, PROVIDER_KEY_ENV: PROVIDER_KEY},
-                    cwd=REPO_ROOT,
-                    log_dir=tmp_path,
-                    name=f"restart-broker{i}",
-                )
+            assert store.log is not None
+            yield Rig(
+                [b.url for b in brokers],
+                brokers[0].admin_headers,
+                credential,
+                provider,
+                store,
+                [b.log for b in brokers] + [store.log],
+                tmp_path,
             )
-        for proc, url in zip(procs, urls, strict=True):
-            await asyncio.to_thread(proc.wait_ready, f"{url}/healthz")
-        headers = {"Authorization": f"Bearer {admin}"}
-        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
-            response = await http.post(
-                f"{urls[1]}/admin/agents",
-                headers=headers,
-                json={
-                    "name": AGENT,
-                    "card": _static_card(AGENT, f"http://127.0.0.1:{free_port()}"),
-                },
-            )
-        assert response.status_code == 201, response.text
-        yield Rig(
-            urls,
-            headers,
-            response.json()["credential"],
-            provider,
-            store,
-            [p.log for p in procs] + [store.log],
-            tmp_path,
-        )
     finally:
-        for proc in procs:
-            proc.stop()
-        store.stop()
         await provider.stop()
 
 

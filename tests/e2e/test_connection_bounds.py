@@ -15,21 +15,20 @@ import contextlib
 import json
 import re
 import resource
-import secrets
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 from broker.errors import ConnectionLimitError, RequestBodyTimeoutError, RequestHeaderTimeoutError
 from broker.http.connections import FD_RESERVE
+from testkit.brokers import start_broker
+from testkit.config import BrokerConfig
+from testkit.procs import Process, free_port, local_url
 
-from .conftest import REPO_ROOT, Upstream, _static_card
-from .harness import ServerProcess, free_port
+from .conftest import Upstream, _static_card
 from .wire import A2A_V1, jsonrpc_request, user_message
 
 OPEN_FILES = 1024
@@ -45,7 +44,7 @@ class BoundedBroker:
     url: str
     port: int
     caller_headers: dict[str, str]
-    process: ServerProcess
+    process: Process
 
 
 @pytest.fixture(scope="module")
@@ -54,26 +53,17 @@ def bounded(
 ) -> Iterator[BoundedBroker]:
     folder = tmp_path_factory.mktemp("bounded")
     port = free_port()
-    config = Path(folder) / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\nheader_timeout_s = {HEADER_S}\nbody_timeout_s = {BODY_S}\n"
-        f"idle_timeout_s = {IDLE_S}\n[limits]\nupstream_pool_size = {POOL}\n"
-        "[egress]\nallow_loopback = true\n[policy]\nallow_all = true\n[audit]\nfsync = false\n"
+    config = BrokerConfig(port=port).set(
+        "server", header_timeout_s=HEADER_S, body_timeout_s=BODY_S, idle_timeout_s=IDLE_S
     )
-    admin = secrets.token_urlsafe(16)
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    with ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env={"A2A_BROKER_ADMIN_TOKEN": admin}, cwd=REPO_ROOT,
-        log_dir=folder, name="bounded-broker", open_files=OPEN_FILES,
-    ) as proc:  # fmt: skip
-        headers = {"Authorization": f"Bearer {admin}"}
-        with httpx.Client(base_url=url, headers=headers, trust_env=False) as http:
-            echo = {"name": "echo", "card": _static_card("echo", upstreams["echo"].url)}
-            assert http.post("/admin/agents", json=echo).status_code == 201
-            carol = {"name": "carol", "card": _static_card("carol", f"http://127.0.0.1:{port}")}
-            credential = http.post("/admin/agents", json=carol).json()["credential"]
-        yield BoundedBroker(url, port, {"Authorization": f"Bearer {credential}"}, proc)
+    config.set("limits", upstream_pool_size=POOL).set("audit", fsync=False)
+    with start_broker(
+        config, log_dir=folder, name="bounded-broker", open_files=OPEN_FILES
+    ) as broker:
+        broker.register("echo", _static_card("echo", upstreams["echo"].url))
+        credential = broker.register("carol", _static_card("carol", local_url(port)))
+        headers = {"Authorization": f"Bearer {credential}"}
+        yield BoundedBroker(broker.url, port, headers, broker.process)
 
 
 @pytest.fixture(scope="module", autouse=True)

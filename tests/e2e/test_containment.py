@@ -50,19 +50,14 @@ POLICY = "\n".join(
         "",
     ]
 )
-CONTAINMENT = f"""
-[containment.breaker]
-failures = {FAILURES}
-window_s = 60.0
-open_s = {OPEN_S}
-"""
+CONTAINMENT = {"containment.breaker": {"failures": FAILURES, "window_s": 60.0, "open_s": OPEN_S}}
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Mesh]:
     folder = tmp_path_factory.mktemp("containment")
     with start_mesh(
-        folder, redis_url, agents=AGENTS, callers=["alice"], policy=POLICY, delegation=CONTAINMENT
+        folder, redis_url, agents=AGENTS, callers=["alice"], policy=POLICY, tables=CONTAINMENT
     ) as started:
         yield started
 

@@ -71,16 +71,11 @@ POLICY = "\n".join(
         "",
     ]
 )
-LIMITS = """
-[delegation.limits]
-max_depth = 3
-
-[delegation.agents.sink-total]
-max_children_total = 10
-
-[delegation.agents.sink-concurrent]
-max_children_concurrent = 4
-"""
+LIMITS = {
+    "delegation.limits": {"max_depth": 3},
+    "delegation.agents.sink-total": {"max_children_total": 10},
+    "delegation.agents.sink-concurrent": {"max_children_concurrent": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +87,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[M
         agents=AGENTS,
         callers=["alice", "mallory"],
         policy=POLICY,
-        delegation=LIMITS,
+        tables=LIMITS,
     ) as started:
         yield started
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO_ROOT
-from .harness import ServerProcess, free_port
+from testkit.procs import REPO_ROOT, Process, free_port
+
 from .wire import A2A_V1, jsonrpc_request, user_message
 
 
@@ -22,10 +22,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
     port = free_port()
     argv = [sys.executable, "-m", "broker", "demo", "--port", str(port), "--state-dir", str(state)]
     url = f"http://127.0.0.1:{port}"
-    with ServerProcess.start(
+    with Process.start(
         argv,
         ready_url=f"{url}/agents/planner/.well-known/agent-card.json",
-        cwd=REPO_ROOT,
         log_dir=state,
         name="demo",
         timeout=60,

@@ -6,7 +6,6 @@ Each agent runs as its own process on a free port, exactly as the launcher start
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from a2a.helpers import get_artifact_text, get_message_text
 from a2a.types import Artifact, Message, Part, Role, SendMessageRequest, StreamResponse, TaskState
 
 from broker.demo.agents import load_card
-
-from .procs import RunningProcess, free_port, repo_env, running_process
+from testkit.procs import Process, free_port, local_url, python_module
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +30,7 @@ TOPIC = "tide pools"
 class Agent:
     name: str
     port: int
-    running: RunningProcess
+    running: Process
 
     @property
     def base_url(self) -> str:
@@ -41,9 +39,12 @@ class Agent:
 
 def _serve(name: str) -> Iterator[Agent]:
     port = free_port()
-    command = [sys.executable, "-m", "broker.demo.agents", name, "--port", str(port)]
-    card_url = f"http://127.0.0.1:{port}/.well-known/agent-card.json"
-    with running_process(command, card_url, env=repo_env()) as running:
+    command = python_module("broker.demo.agents", name, "--port", str(port))
+    card_url = f"{local_url(port)}/.well-known/agent-card.json"
+    # Unbuffered: the test reads the agent's request log while it runs.
+    with Process.start(
+        command, ready_url=card_url, name=name, env={"PYTHONUNBUFFERED": "1"}
+    ) as running:
         yield Agent(name, port, running)
 
 

@@ -24,8 +24,9 @@ import pytest
 
 from broker.errors import AgentSuspendedError, KillSwitchEngagedError
 from broker.settings import ADMIN_TOKEN_ENV
+from testkit.procs import REPO_ROOT
 
-from .mesh import REPO_ROOT, Mesh, new_marker, originate, plan, start_mesh
+from .mesh import Mesh, new_marker, originate, plan, start_mesh
 from .wire import assert_jsonrpc_error
 
 AGENTS = ["b", "c"]
@@ -43,7 +44,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[M
     folder = tmp_path_factory.mktemp("killswitch")
     with start_mesh(
         folder, redis_url, agents=AGENTS, callers=["alice"], policy=POLICY,
-        store=f"read_cache_ttl_s = {CACHE_TTL_S}",
+        tables={"store": {"read_cache_ttl_s": CACHE_TTL_S}},
     ) as started:  # fmt: skip
         yield started
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible endpoint end to end: a real broker process, the fake provider in its own
 process, and the real ``openai`` client with agents' broker credentials.
 
-``BUDGET_CONFIG`` below uses the ``[budgets]`` section (docs/budgets.md).
+``_llm_tables`` below uses the ``[budgets]`` section (docs/budgets.md).
 """
 
 from __future__ import annotations
@@ -19,45 +19,43 @@ import httpx
 import openai
 import pytest
 
+from testkit.brokers import start_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import REPO_ROOT, free_port, start_services
+
 from .conftest import (
     ECHO_UPSTREAM_TOKEN,
     ECHO_UPSTREAM_TOKEN_ENV,
-    REPO_ROOT,
     Upstream,
     _broker_config,
     _cards_to_register,
-    _register,
+    launch_fake_llm,
+    register_all,
 )
 from .fake_llm import ANSWER, COMPLETION_TOKENS
-from .harness import ServerProcess, free_port
 from .wire import jsonrpc, recorded_requests, user_message
 
 PROVIDER_KEY = f"sk-provider-{secrets.token_hex(8)}"
 PROVIDER_KEY_ENV = "E2E_LLM_PROVIDER_KEY"
 MODEL = "fake-small"
 
-LLM_CONFIG = """
-[llm]
-rate_per_s = 0.5
-burst = 3
 
-[llm.providers.fake]
-base_url = "{url}"
-key_env = "{key_env}"
-models = ["fake-small", "fake-large"]
-price_in_per_mtok = 2.0
-price_out_per_mtok = 10.0
-timeout_s = 2.0
-"""
 
-# bob may make 2 calls a day; every task tree 2 calls a day (A2A hops and LLM calls alike).
-BUDGET_CONFIG = """
-[budgets]
-trees = [{ metric = "calls", window = "day", limit = 2 }]
+def _llm_tables(config: BrokerConfig, provider_url: str) -> BrokerConfig:
+    config.set("llm", rate_per_s=0.5, burst=3)
+    config.set(
+        "llm.providers.fake",
+        base_url=provider_url,
+        key_env=PROVIDER_KEY_ENV,
+        models=["fake-small", "fake-large"],
+        price_in_per_mtok=2.0,
+        price_out_per_mtok=10.0,
+        timeout_s=2.0,
+    )
+    # bob may make 2 calls a day; every task tree 2 calls a day (A2A hops and LLM calls alike).
+    config.set("budgets", trees=[budget("calls", "day", 2)])
+    return config.set("budgets.agents", bob=[budget("calls", "day", 2)])
 
-[budgets.agents]
-bob = [{ metric = "calls", window = "day", limit = 2 }]
-"""
 
 
 @dataclass(frozen=True)
@@ -81,37 +79,24 @@ class LlmBroker:
 
 @pytest.fixture(scope="module")
 def fake_provider(logs: Path) -> Iterator[str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "tests.e2e.fake_llm", "--port", str(port)]
-    ready = f"http://127.0.0.1:{port}/_ready"
-    with ServerProcess.start(argv, ready_url=ready, cwd=REPO_ROOT, log_dir=logs, name="fake-llm"):
-        yield f"http://127.0.0.1:{port}"
+    with start_services([launch_fake_llm(logs)]) as [provider]:
+        yield provider.url
 
 
 @pytest.fixture(scope="module")
 def llm_broker(
     upstreams: dict[str, Upstream], fake_provider: str, logs: Path
 ) -> Iterator[LlmBroker]:
-    port = free_port()
     home = logs / "llm-broker"  # its own folder: its audit chain is not the session broker's
-    home.mkdir(exist_ok=True)
-    config = home / "broker.toml"
-    llm = LLM_CONFIG.format(url=f"{fake_provider}/v1", key_env=PROVIDER_KEY_ENV)
-    config.write_text(_broker_config(port) + llm + BUDGET_CONFIG)
-    admin = secrets.token_urlsafe(24)
-    env = {
-        "A2A_BROKER_ADMIN_TOKEN": admin,
-        ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN,
-        PROVIDER_KEY_ENV: PROVIDER_KEY,
-    }
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    with ServerProcess.start(
-        argv, ready_url=f"{url}/healthz", env=env, cwd=REPO_ROOT, log_dir=logs, name="broker-llm"
-    ):
-        credentials = _register(url, admin, _cards_to_register(upstreams))
+    config = _llm_tables(_broker_config(free_port()), f"{fake_provider}/v1")
+    env = {ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN, PROVIDER_KEY_ENV: PROVIDER_KEY}
+    with start_broker(config, log_dir=home, env=env) as broker:
+        credentials = register_all(broker, _cards_to_register(upstreams))
         audit = home / "var" / "audit"
-        yield LlmBroker(url, admin, audit, fake_provider, upstreams["echo"].url, credentials)
+        yield LlmBroker(
+            broker.url, broker.admin_token, audit, fake_provider, upstreams["echo"].url,
+            credentials,
+        )  # fmt: skip
 
 
 def _messages(text: str = "hello") -> list[dict[str, str]]:

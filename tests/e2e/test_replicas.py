@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,9 +23,11 @@ import httpx
 import pytest
 
 from broker.errors import StoreUnavailableError, TaskNotFoundError
+from testkit.brokers import generate_signing_key, launch_broker
+from testkit.config import BrokerConfig
+from testkit.procs import all_stopped, free_port
 
-from .conftest import REPO_ROOT, Upstream, _fetch_card, _static_card
-from .harness import ServerProcess, free_port
+from .conftest import Upstream, _fetch_card, _static_card
 from .wire import assert_jsonrpc_error, jsonrpc, recorded_requests, user_message
 
 
@@ -37,51 +38,28 @@ class Replicas:
     redis: subprocess.Popen[bytes]
 
 
-def _config(port: int, redis_port: int, key_file: Path) -> str:
-    return (
-        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
-        f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{redis_port}/0"\n'
-        f'[keys]\nsigning_key_file = "{key_file}"\n'
-        "[egress]\nallow_loopback = true\n[limits]\nupstream_timeout_s = 3.0\n"
-    )
-
-
 @pytest.fixture
 def replicas(
     tmp_path: Path, redis_server_factory: Callable[[int], subprocess.Popen[bytes]]
 ) -> Iterator[Replicas]:
     redis_port = free_port()
     redis = redis_server_factory(redis_port)
-    key_file = tmp_path / "broker-key.pem"
-    subprocess.run(
-        [sys.executable, "-m", "broker", "keys", "generate", str(key_file)],
-        check=True,
-        cwd=REPO_ROOT,
+    key_file = generate_signing_key(tmp_path / "broker-key.pem")
+    config = BrokerConfig(port=0).set(
+        "store", backend="redis", redis_url=f"redis://127.0.0.1:{redis_port}/0"
     )
+    config.set("keys", signing_key_file=key_file).set("limits", upstream_timeout_s=3.0)
     admin = secrets.token_urlsafe(16)
-    procs, urls = [], []
-    for i in range(2):
-        port = free_port()
-        config = tmp_path / f"broker{i}.toml"
-        config.write_text(_config(port, redis_port, key_file))
-        argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-        procs.append(
-            ServerProcess.launch(
-                argv,
-                env={"A2A_BROKER_ADMIN_TOKEN": admin},
-                cwd=REPO_ROOT,
-                log_dir=tmp_path,
-                name=f"replica{i}",
+    with all_stopped([]) as brokers:
+        for i in range(2):
+            twin = config.copy(port=free_port())
+            brokers.append(
+                launch_broker(twin, log_dir=tmp_path, name=f"replica{i}", admin_token=admin)
             )
-        )
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        for proc, url in zip(procs, urls, strict=True):
-            proc.wait_ready(f"{url}/healthz")
-        yield Replicas((urls[0], urls[1]), {"Authorization": f"Bearer {admin}"}, redis)
-    finally:
-        for proc in procs:
-            proc.stop()
+        for broker in brokers:
+            broker.wait_ready()
+        urls = (brokers[0].url, brokers[1].url)
+        yield Replicas(urls, {"Authorization": f"Bearer {admin}"}, redis)
 
 
 def _register(replicas: Replicas, via: int, name: str, card: dict[str, object]) -> str:

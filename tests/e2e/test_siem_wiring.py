@@ -3,46 +3,25 @@
 from __future__ import annotations
 
 import json
-import secrets
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from .conftest import REPO_ROOT, _static_card
-from .harness import ServerProcess, free_port
+from testkit.brokers import start_broker
+from testkit.config import BrokerConfig
+from testkit.procs import closed_url, free_port
+
+from .conftest import _static_card
 
 
 def test_records_reach_the_sink_as_ocsf_events(tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\n[policy]\nallow_all = true\n"
-        # The card points at loopback, which registration now judges like a call.
-        "[egress]\nallow_loopback = true\n"
-        "[audit.export]\nenabled = true\npoll_interval_s = 0.1\n"
-        '[[audit.export.sinks]]\nname = "siem"\nkind = "jsonl"\npath = "siem.jsonl"\n'
-    )
-    admin = secrets.token_urlsafe(16)
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    with ServerProcess.start(
-        argv,
-        ready_url=f"{url}/healthz",
-        env={"A2A_BROKER_ADMIN_TOKEN": admin},
-        cwd=REPO_ROOT,
-        log_dir=tmp_path,
-        name="siem-broker",
-    ):
-        card = _static_card("zed", f"http://127.0.0.1:{free_port()}")
-        registered = httpx.post(
-            f"{url}/admin/agents",
-            json={"name": "zed", "card": card},
-            headers={"Authorization": f"Bearer {admin}"},
-        )
-        assert registered.status_code == 201
-        refused = httpx.post(f"{url}/agents/zed/jsonrpc", json={})
+    config = BrokerConfig(port=free_port())  # loopback: registration judges the card's URL
+    config.set("audit.export", enabled=True, poll_interval_s=0.1)
+    config.set("audit.export", sinks=[{"name": "siem", "kind": "jsonl", "path": "siem.jsonl"}])
+    with start_broker(config, log_dir=tmp_path, name="siem-broker") as broker:
+        broker.register("zed", _static_card("zed", closed_url()))
+        refused = httpx.post(broker.jsonrpc_url("zed"), json={})
         assert refused.status_code == 401
         rid = refused.headers["a2a-broker-request-id"]
         sink = tmp_path / "siem.jsonl"

@@ -9,20 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 from aiohttp import web
 
 from broker.errors import StreamIdleTimeoutError, StreamMaxDurationError
+from testkit.brokers import start_broker
+from testkit.config import BrokerConfig
+from testkit.procs import closed_url, free_port
 
-from .conftest import REPO_ROOT, _static_card
-from .harness import ServerProcess, free_port
+from .conftest import _static_card
 from .wire import A2A_V1, jsonrpc_request, user_message
 
 IDLE_S, MAX_S, HEARTBEAT_S = 1.0, 2.5, 0.3
@@ -76,36 +76,16 @@ class TightBroker:
 @pytest.fixture(scope="module")
 def tight_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TightBroker]:
     logs = tmp_path_factory.mktemp("tight")
-    port = free_port()
-    config = Path(logs) / "broker.toml"
-    config.write_text(
-        f"[server]\nport = {port}\n[egress]\nallow_loopback = true\n"
-        "[policy]\nallow_all = true\n[limits]\n"
-        f"sse_idle_timeout_s = {IDLE_S}\nsse_max_duration_s = {MAX_S}\n"
-        f"sse_heartbeat_s = {HEARTBEAT_S}\nupstream_timeout_s = 2.0\n"
+    config = BrokerConfig(port=free_port()).set(
+        "limits",
+        sse_idle_timeout_s=IDLE_S,
+        sse_max_duration_s=MAX_S,
+        sse_heartbeat_s=HEARTBEAT_S,
+        upstream_timeout_s=2.0,
     )
-    admin = secrets.token_urlsafe(16)
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-    with ServerProcess.start(
-        argv,
-        ready_url=f"{url}/healthz",
-        env={"A2A_BROKER_ADMIN_TOKEN": admin},
-        cwd=REPO_ROOT,
-        log_dir=logs,
-        name="tight-broker",
-    ):
-        admin_headers = {"Authorization": f"Bearer {admin}"}
-        caller = httpx.post(
-            f"{url}/admin/agents",
-            headers=admin_headers,
-            trust_env=False,
-            json={
-                "name": "carol",
-                "card": _static_card("carol", f"http://127.0.0.1:{free_port()}"),
-            },
-        ).json()["credential"]
-        yield TightBroker(url, admin_headers, {"Authorization": f"Bearer {caller}"})
+    with start_broker(config, log_dir=logs, name="tight-broker") as broker:
+        caller = broker.register("carol", _static_card("carol", closed_url()))
+        yield TightBroker(broker.url, broker.admin_headers, {"Authorization": f"Bearer {caller}"})
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from broker.containment.breaker import CircuitBreaker, CircuitOpenError, State
-from broker.containment.config import BreakerSettings
+from broker.settings_containment import BreakerSettings
 
 SETTINGS = BreakerSettings(
     failures=3, failure_ratio=0.5, window_s=10.0, open_s=5.0, half_open_probes=2

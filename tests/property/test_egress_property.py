@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.egress import EgressPolicy
 from broker.errors import EgressDeniedError
+from broker.outbound.egress import EgressPolicy
 from broker.settings import EgressSettings
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address

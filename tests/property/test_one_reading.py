@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from benchmarks.sdk_oracle import REST_PREFIX, SdkOracle, SdkReading
 from broker.errors import BrokerError
-from broker.pipeline import fold
+from broker.pipeline.stage import fold
 from broker.reading import Reading
 from broker.settings import LimitSettings
 from broker.stages.parse import ParseRequest, ReadParams

@@ -29,7 +29,7 @@ async def _body() -> bytes:
 
 
 def _ctx() -> MediationContext:
-    ctx = MediationContext("jsonrpc", "b", "POST", {}, _body, caller="a")
+    ctx = MediationContext("jsonrpc", "b", "POST", headers={}, read_body=_body, caller="a")
     ctx.operation = SEND_MESSAGE
     return ctx
 

@@ -13,7 +13,6 @@ from benchmarks.scenario_stages import (
     SCALES,
     STAGES,
     StageConfig,
-    _agents_toml,
     _config,
     write_cards,
     write_policy,
@@ -42,8 +41,8 @@ def _settings(tmp_path: Path, cfg: StageConfig) -> Any:
     if cfg.policy_filler is not None:
         files["policy"] = str(tmp_path / "policy.csv")
     digests = write_cards(tmp_path / "cards", "http://127.0.0.1:9", 3)
-    toml = _config(8080, "redis://127.0.0.1:6379/0", cfg, files) + _agents_toml(digests)
-    (tmp_path / "broker.toml").write_text(toml)
+    config = _config(8080, "redis://127.0.0.1:6379/0", cfg, files, digests)
+    config.write(tmp_path / "broker.toml", env={})
     return load_settings(str(tmp_path / "broker.toml"), environ={})
 
 

@@ -9,7 +9,6 @@ import pytest
 
 from broker.containment.breaker import CircuitBreaker, CircuitOpenError, State
 from broker.containment.bulkhead import AtCapacityError, Bulkhead
-from broker.containment.config import BreakerSettings, ContainmentSettings
 from broker.containment.stages import AgentContainment
 from broker.errors import (
     BudgetExhaustedError,
@@ -19,6 +18,7 @@ from broker.errors import (
     UpstreamUnreachableError,
 )
 from broker.settings import load_settings
+from broker.settings_containment import BreakerSettings, ContainmentSettings
 from broker.stores.base import AgentRecord
 from broker.types import MediationContext, Outcome, Reply, StreamReply
 
@@ -186,7 +186,7 @@ async def _body() -> bytes:
 
 
 def _ctx(agent: str = "c") -> MediationContext:
-    ctx = MediationContext("jsonrpc", agent, "POST", {}, _body, caller="a")
+    ctx = MediationContext("jsonrpc", agent, "POST", headers={}, read_body=_body, caller="a")
     ctx.target = AgentRecord(name=agent, card_json="{}")
     return ctx
 

@@ -23,7 +23,6 @@ from broker.datacontrols import (
     Placeholders,
     Subject,
 )
-from broker.datacontrols.config import PresidioSettings
 from broker.datacontrols.findings import Finding
 from broker.datacontrols.presidio import PresidioAnalyzer, PresidioUnavailableError, load_presidio
 from broker.errors import (
@@ -33,6 +32,7 @@ from broker.errors import (
     DataResponseBlockedError,
     DataScanLimitError,
 )
+from broker.settings_datacontrols import PresidioSettings
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from datacontrols_canaries import Canaries

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.datacontrols import Detector, DetectorOptions
-from broker.datacontrols.national_ids import NATIONAL_IDS
+from broker.settings_datacontrols import NATIONAL_IDS
 
 DETECTOR = Detector.builtin()
 ALNUM = "aB3dE5gH7jK9mN1pQ2rS4tU6vW8xY0zC2fG4"  # 36 mixed characters for fake keys

@@ -22,11 +22,6 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from broker.egress import (
-    EgressPolicy,
-    EgressResolver,
-    check_push_url,
-)
 from broker.errors import (
     AgentCardFetchError,
     EgressDeniedError,
@@ -37,8 +32,14 @@ from broker.errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
+from broker.outbound.client import AiohttpTransport
+from broker.outbound.egress import (
+    EgressPolicy,
+    EgressResolver,
+    check_push_url,
+)
+from broker.outbound.errors import transport_error
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
-from broker.upstream_client import UpstreamClient, upstream_error
 
 # --- every connect() in the process, recorded ----------------------------------------------------
 
@@ -173,8 +174,8 @@ def _closed_port() -> int:
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[Callable[..., UpstreamClient]]:
-    clients: list[UpstreamClient] = []
+async def make_client() -> AsyncIterator[Callable[..., AiohttpTransport]]:
+    clients: list[AiohttpTransport] = []
 
     def make(
         *,
@@ -182,9 +183,9 @@ async def make_client() -> AsyncIterator[Callable[..., UpstreamClient]]:
         private: bool = False,
         limits: LimitSettings | None = None,
         registry: RegistrySettings | None = None,
-    ) -> UpstreamClient:
+    ) -> AiohttpTransport:
         egress = EgressSettings(allow_loopback=loopback, allow_private=private)
-        client = UpstreamClient(egress, limits or LimitSettings(), registry or RegistrySettings())
+        client = AiohttpTransport(egress, limits or LimitSettings(), registry or RegistrySettings())
         clients.append(client)
         return client
 
@@ -295,7 +296,7 @@ async def test_resolver_refuses_when_every_address_is_refused(connects) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver)) as session:
         with pytest.raises(aiohttp.ClientConnectorError) as failure:
             await session.get("http://agent.test/")
-    error = upstream_error(failure.value)
+    error = transport_error(failure.value)
     assert isinstance(error, EgressDeniedError)
     assert "cloud metadata" in error.message
     assert connects.addresses == []
@@ -308,7 +309,7 @@ async def test_socket_guard_catches_what_skips_url_check_and_resolver(upstream, 
     async with aiohttp.ClientSession(connector=connector) as session:
         with pytest.raises(aiohttp.ClientConnectorError) as failure:
             await session.get(upstream.url())
-    assert isinstance(upstream_error(failure.value), EgressDeniedError)
+    assert isinstance(transport_error(failure.value), EgressDeniedError)
     assert connects.addresses == []
     assert upstream.hits == []
 
@@ -393,9 +394,7 @@ async def test_connect_timeout_is_its_own_error(make_client) -> None:
 async def test_a_full_connection_pool_is_its_own_error(make_client, upstream, silent_port) -> None:
     """A request waiting for a pooled connection that never frees up is told so, not told the
     agent could not be reached (a chain of depth d holds d connections of one broker)."""
-    client = make_client(
-        limits=LimitSettings(upstream_pool_size=1, upstream_connect_timeout_s=0.3)
-    )
+    client = make_client(limits=LimitSettings(upstream_pool_size=1, upstream_connect_timeout_s=0.3))
     holder = asyncio.create_task(
         client.request("POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
     )

@@ -17,22 +17,22 @@ from litestar import Litestar
 
 from broker.audit_runtime import AuditRecorder
 from broker.budgets import Limit, Scope, Usage
-from broker.containment.config import BreakerSettings, ContainmentSettings
 from broker.credentials import credential_digest
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import StoreUnavailableError
+from broker.http.llm import llm_route_handlers
 from broker.keys import BrokerKeys
-from broker.llm.config import LlmProvider, LlmSettings
-from broker.llm.gateway import LlmGateway, LlmParts
-from broker.llm.routes import llm_route_handlers
+from broker.outbound.client import AiohttpTransport
+from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine
 from broker.policy_runtime import DEFAULT_MODEL
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from broker.settings_containment import BreakerSettings, ContainmentSettings
+from broker.settings_llm import LlmProvider, LlmSettings
 from broker.stages.authenticate import Authenticate
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.stores.memory import MemoryBackend
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
-from broker.upstream_client import UpstreamClient
 
 ISSUER = "http://broker.test"
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
@@ -102,7 +102,7 @@ async def _world(
     ledger: BudgetLedger | None = None,
     policy: bool = False,
     containment: ContainmentSettings | None = None,
-) -> tuple[World, UpstreamClient]:
+) -> tuple[World, AiohttpTransport]:
     fake = FakeLlm()
     url = await fake.start()
     provider = LlmProvider(
@@ -127,7 +127,7 @@ async def _world(
         engine.swap(engine.load_text(POLICY, "policy.csv"))
     limits = Limits()
     limits_settings = LimitSettings(upstream_timeout_s=1.0, sse_idle_timeout_s=1.0)
-    client = UpstreamClient(
+    client = AiohttpTransport(
         EgressSettings(allow_loopback=True), limits_settings, RegistrySettings()
     )
     ledger = ledger or MemoryBudgetLedger()

@@ -9,17 +9,12 @@ import pytest
 
 from broker.errors import JSONParseError, JSONTooDeepError, all_error_types
 from broker.llm import errors as llm_errors
-from broker.llm.config import (
-    LlmConfigError,
-    LlmProvider,
-    LlmSettings,
-    ModelCatalog,
-    resolve_llm_settings,
-)
+from broker.llm.catalog import ModelCatalog
 from broker.llm.errors import LlmBudgetExhaustedError, LlmInvalidRequestError, LlmRateLimitedError
 from broker.llm.request import parse_request
 from broker.llm.usage import StreamMeter, unary_usage, worst_case
 from broker.llm.wire import openai_error_event, openai_error_reply
+from broker.settings_llm import LlmConfigError, LlmProvider, LlmSettings, resolve_llm_settings
 
 PROVIDER = LlmProvider(
     base_url="http://p/v1", models=("m",), price_in_per_mtok=2.5, price_out_per_mtok=10.0

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from broker.llm.roles import AgentRoles
 from broker.policy.engine import PolicyEngine
+from broker.policy.roles import AgentRoles
 from broker.policy_runtime import DEFAULT_MODEL
 
 POLICY = """

@@ -22,7 +22,7 @@ async def _body() -> bytes:
 
 
 def _ctx(binding: Binding) -> MediationContext:
-    ctx = MediationContext(binding, "b", "POST", {}, _body, caller="a")
+    ctx = MediationContext(binding, "b", "POST", headers={}, read_body=_body, caller="a")
     ctx.operation = SEND_STREAMING_MESSAGE
     ctx.jsonrpc_id = msgspec.Raw(b"1")
     return ctx

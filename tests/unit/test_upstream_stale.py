@@ -15,14 +15,14 @@ from aiohttp import web
 from stale_proxy import StaleProxy
 
 from broker.errors import UpstreamUnreachableError
+from broker.outbound.client import AiohttpTransport
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
-from broker.upstream_client import UpstreamClient
 
 
 @dataclass
 class Rig:
     proxy: StaleProxy
-    client: UpstreamClient
+    client: AiohttpTransport
     seen: list[str] = field(default_factory=list)  # requests that reached the upstream
 
     async def post(self, body: bytes, *, retry_stale: bool) -> bytes:
@@ -54,7 +54,7 @@ async def rig() -> AsyncIterator[Rig]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     proxy = StaleProxy(port)
     await proxy.start()
-    client = UpstreamClient(
+    client = AiohttpTransport(
         EgressSettings(allow_loopback=True), LimitSettings(), RegistrySettings()
     )
     try:

@@ -1,0 +1,121 @@
+"""The order of an A2A request's stages, and why each stands where it does.
+
+Protocol-specific at the ends (the error boundary's wire shape, parsing and reading the
+parameters, resolving the target agent; minting its token and forwarding at the other end),
+shared in the middle (``broker.stages``: authenticate, delegation context, kill switch,
+policy, containment, guards, budget, audit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.audit_runtime import AuditRecorder
+from broker.budget_scopes import ConfiguredScopes
+from broker.containment.stages import AgentContainment
+from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
+from broker.killswitch import LiveStreamCheck
+from broker.late_writes import LateWrites
+from broker.outbound.transport import Transport
+from broker.policy.engine import PolicyEngine
+from broker.policy.roles import AgentRoles
+from broker.responses import ResponseInspector
+from broker.settings import Settings
+from broker.stages.audit import A2aAudit, AuditForward
+from broker.stages.authenticate import Authenticate
+from broker.stages.boundary import ErrorBoundary
+from broker.stages.budget import HopBudget
+from broker.stages.delegation import DelegationContext
+from broker.stages.forward import Forward
+from broker.stages.guards import CascadeGuards
+from broker.stages.mint import MintHopToken
+from broker.stages.parse import ParseRequest, ReadParams
+from broker.stages.policy import ChainPolicy
+from broker.stages.push_support import PushSupport
+from broker.stages.resolve import ResolveTarget
+from broker.stages.task_scope import PushUrlCheck, TaskScope
+from broker.stores.base import Stores
+from broker.task_pages import PageTokens
+from broker.types import MediationContext, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class A2aParts:
+    """What the A2A pipeline is built from, each built once by the composition root."""
+
+    settings: Settings
+    stores: Stores
+    audit: AuditRecorder
+    authenticate: Authenticate
+    policy: PolicyEngine | None
+    minter: TokenMinter
+    verifier: TokenVerifier
+    roles: AgentRoles
+    budget_scopes: ConfiguredScopes
+    late_writes: LateWrites
+    kill: GlobalKillSwitch
+    transport: Transport
+    inspector: ResponseInspector
+    pages: PageTokens
+    push_url_allowed: PushUrlCheck
+
+
+def a2a_stages(parts: A2aParts) -> list[Stage]:
+    """The order of mediation, and why each stage stands where it does."""
+    settings, stores = parts.settings, parts.stores
+    return [
+        # Outermost, so every refusal from any stage gets the binding's error shape and every
+        # request exactly one log line, streams included.
+        ErrorBoundary(parts.audit),
+        # Before the body is read or anything is looked up for the caller: an unauthenticated
+        # request costs one hash and one store read.
+        parts.authenticate,
+        # Limits before decoding; only the envelope is decoded. Needs no store.
+        ParseRequest(settings.limits),
+        # The global kill switch (a flag in memory) once the operation is known, so a
+        # CancelTask, which stops work, still passes; before anything is looked up.
+        RefuseWhileKilled(parts.kill),
+        # The target must exist, be active and offer the binding before anything else is asked.
+        ResolveTarget(stores.registry),
+        # The spec's answer for push configs on an agent without push, before the parameters
+        # are judged, so it reveals nothing about the task or URL they name.
+        PushSupport(),
+        # The parameters, read exactly as the agent will read them (one reading, 0015).
+        ReadParams(settings.limits),
+        # The chain comes only from a token the broker minted for this caller, so the policy
+        # below judges what really happened, not what a body or header claims.
+        DelegationContext(parts.verifier, stores.revocations),
+        # Policy before any counter or budget moves, so a denied hop costs nothing.
+        ChainPolicy(parts.policy, settings.delegation),
+        # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
+        # (a denied hop learns nothing of the agent), before any counter, token or budget.
+        AgentContainment(settings.containment),
+        # Depth, fan-out and tree size: after policy (a refused hop counts nothing), before the
+        # token is minted, so a refused child never exists.
+        CascadeGuards(
+            stores.delegation_counters, settings.delegation, settings.limits, parts.late_writes
+        ),
+        # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
+        TaskScope(stores.task_routes, parts.push_url_allowed, parts.pages),
+        # Mint the target's token, scoped to what was allowed. Only the budget below can still
+        # refuse, and then the token is never sent: a token costs no store write, and the
+        # budget wants the hop's tree, which the token names.
+        MintHopToken(parts.minter, settings.delegation.default_deadline_s),
+        # Rate limits and budgets last among the checks (after policy and guards, so a refused
+        # hop spends nothing), once the tree is known: one atomic reserve for every budget.
+        HopBudget(stores, settings.budgets, parts.budget_scopes, parts.roles),
+        # Every decision is made: record it (with the token) durably before anything leaves,
+        # and the outcome when the answer ends. No audit log, no forwarding.
+        AuditForward[MediationContext](parts.audit, A2aAudit()),
+        # Innermost: relays the caller's bytes and records the routes of new tasks.
+        Forward(
+            parts.transport,
+            settings.limits,
+            settings.upstream_credentials,
+            parts.inspector,
+            # Open streams end within about a second of a suspension, a tree kill or the
+            # global kill switch.
+            recheck=LiveStreamCheck(stores, parts.kill),
+        ),
+    ]

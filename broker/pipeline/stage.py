@@ -1,0 +1,162 @@
+"""The stage contract every pipeline is built from, and the few mechanisms stages share.
+
+A stage is an async callable ``(ctx, call_next) -> Outcome`` over a context that extends
+``broker.types.CallContext``. It may
+
+* pass on: ``return await call_next(ctx)``, having learnt something into ``ctx``;
+* refuse: raise a ``BrokerError`` (the error boundary, outermost, answers it in the protocol's
+  shape and the audit records it);
+* answer itself: return an ``Outcome`` without calling ``call_next`` (the innermost stage,
+  which forwards, always does);
+* hold something for the rest of the call (a reservation, a slot, a place in a bulkhead) and
+  give it back when the call ends: use ``holding``, never a hand-written try/finally, so that
+  a refusal, a failure, a cancellation and the end of a stream all give it back the same way.
+
+Stages keep no per-call state; they are built once at start-up and folded once (``fold``). A
+new protocol (MCP) brings a context class, a parse stage and a forward stage, and reuses the
+shared stages in the middle; a new check (approval, data controls) is one stage placed, with
+the reason for its place, in each pipeline's order (``broker.pipeline.a2a``, ``.llm``).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
+
+from broker.late_writes import finish_quietly, finish_soon
+from broker.types import Outcome, StreamReply
+
+Ctx = TypeVar("Ctx")
+CallNextOf = Callable[[Ctx], Awaitable[Outcome]]
+StageOf = Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]]
+Finish = Callable[[], Awaitable[None]]
+log = logging.getLogger("a2a_broker.pipeline")
+
+
+def fold(
+    stages: Sequence[Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]]],
+) -> Callable[[Ctx], Awaitable[Outcome]]:
+    """Compose stages so each receives the rest as ``call_next``; the last must answer itself."""
+
+    async def end(ctx: Ctx) -> Outcome:
+        raise RuntimeError("the last stage of a pipeline must not call call_next")
+
+    handler: Callable[[Ctx], Awaitable[Outcome]] = end
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(
+    stage: Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]],
+    call_next: Callable[[Ctx], Awaitable[Outcome]],
+) -> Callable[[Ctx], Awaitable[Outcome]]:
+    async def run(ctx: Ctx) -> Outcome:
+        return await stage(ctx, call_next)
+
+    return run
+
+
+class Held(Protocol):
+    """Something a stage holds for the rest of a call (``holding``)."""
+
+    async def give_back(self) -> None:
+        """The call failed, was refused further in, or was cancelled: nothing to settle."""
+
+    async def settle(self) -> None:
+        """The answer is complete (a unary answer, or the end of a stream however it ended)."""
+
+
+async def holding(
+    ctx: Ctx,
+    call_next: Callable[[Ctx], Awaitable[Outcome]],
+    held: Held,
+    what: str,
+    *,
+    dropped: Callable[[], None] | None = None,
+) -> Outcome:
+    """Run the rest of the chain while ``held`` is held, and let go of it exactly once.
+
+    A refusal, failure or cancellation before an answer gives it back; a unary answer
+    settles it in place (the caller is waiting for that answer anyway, and a task per call
+    would cost ~20 µs of hot path), so ``settle`` must not raise; a stream settles when it
+    ends, however it ends (completed, failed, or the caller hung up). Giving back and a
+    stream's settle run to their end even when the call is cancelled meanwhile and never
+    raise (``finish_quietly``): a failure is logged, and the stores' expiry or retries
+    recover it. A stream dropped without ever being iterated never ends: it settles when
+    it is collected instead (``dropped``, synchronous, runs then too, for holdings that
+    cannot wait for a task).
+    """
+    try:
+        outcome = await call_next(ctx)
+    except BaseException:
+        await finish_quietly(held.give_back(), f"{what} give-back", log)
+        raise
+    if isinstance(outcome, StreamReply):
+        once = _SettleOnce(held, what, dropped)
+        events = stream_end(outcome.events, once.settle, dropped=once.dropped)
+        return StreamReply(events, outcome.status, outcome.headers)
+    await held.settle()
+    return outcome
+
+
+class _SettleOnce:
+    """A stream's holding, settled once: when the stream ends, or when it is collected."""
+
+    def __init__(self, held: Held, what: str, dropped: Callable[[], None] | None) -> None:
+        self._held: Held | None = held
+        self._what = what
+        self._dropped = dropped
+
+    async def settle(self) -> None:
+        if (held := self._take()) is not None:
+            await finish_quietly(held.settle(), f"{self._what} settle", log)
+
+    def dropped(self) -> None:
+        if (held := self._take()) is not None:
+            finish_soon(held.settle(), f"{self._what} settle", log)
+
+    def _take(self) -> Held | None:
+        held, self._held = self._held, None
+        if held is not None and self._dropped is not None:
+            self._dropped()
+        return held
+
+
+def stream_end(
+    events: AsyncIterator[bytes],
+    finish: Finish,
+    *,
+    observe: Callable[[bytes], None] | None = None,
+    dropped: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """Relay ``events`` unchanged (each shown to ``observe``); when they end, however they
+    end, close them at once (and so the upstream) and run ``finish``. A stream that is never
+    iterated never ends: ``dropped`` then runs when it is collected."""
+    relayed = _finished(events, finish, observe)
+    if dropped is not None:
+        weakref.finalize(relayed, dropped)
+    return relayed
+
+
+async def _finished(
+    events: AsyncIterator[bytes], finish: Finish, observe: Callable[[bytes], None] | None
+) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            if observe is not None:
+                observe(event)
+            yield event
+    finally:
+        try:
+            await close_events(events)
+        finally:
+            await finish()
+
+
+async def close_events(events: AsyncIterator[bytes]) -> None:
+    """Close a stream's generator now (and so its upstream), not when it is collected."""
+    if isinstance(events, AsyncGenerator):
+        await events.aclose()

@@ -1,0 +1,11 @@
+"""What e2e tests and benchmarks share to run the broker's world as real processes.
+
+* ``testkit.procs``: a free loopback port, a child process that is ready-checked, logs to a file
+  and is stopped for sure (``Process``); the argv of each program we start.
+* ``testkit.config``: ``BrokerConfig``, a broker TOML file built from the test defaults and
+  validated by the broker's own settings loader before anything starts.
+* ``testkit.brokers``: a broker process from a ``BrokerConfig`` (admin token, URL, registration).
+* ``testkit.redis_server``: a private redis-server (wrapping ``tests/redis_process.py``).
+
+Nothing here is shipped with the broker (decision 0034).
+"""

@@ -1,0 +1,149 @@
+"""No module imports from a floor above its own: the package's layering, checked on every run.
+
+The floors, lowest first (a module may import from its own floor and any floor below):
+
+0. foundation: errors (every refusal, protocol ones included), the shared types, settings, the
+   stage contract (``pipeline.stage``), signing keys, small value types and helpers.
+1. protocols: the formats of what is mediated (A2A operations, readings and wire shapes; the
+   LLM request, usage, catalogue and context).
+2. stores: shared state behind one interface per concern, memory and Redis.
+3. services: identity and directory, outbound transport, delegation tokens, policy, budgets,
+   audit, containment and the kill switches: what the stages ask.
+4. stages: one step of a pipeline each, A2A's, LLM's and the shared ones.
+5. pipeline: the order of each protocol's stages.
+6. runtime: the composition root, which only wires.
+7. edges: HTTP routes, the CLI and the demo it launches.
+
+Imports under ``if TYPE_CHECKING:`` are annotations only (no runtime dependency, no cycle) and
+are not counted. ``docs/development.md`` has the same map, with where each concern lives.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+BROKER = Path(__file__).resolve().parents[2] / "broker"
+
+FLOORS: dict[int, tuple[str, ...]] = {
+    0: (
+        "broker",  # the package itself: its version
+        "broker.errors", "broker.types", "broker.settings", "broker.settings_llm",
+        "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
+        "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
+        "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.cli_output",
+        "broker.audit_redact", "broker.delegation.errors", "broker.llm.errors",
+        "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
+    ),
+    1: (
+        "broker.operations", "broker.reading", "broker.wire", "broker.sse",
+        "broker.task_pages", "broker.llm.wire", "broker.llm.request", "broker.llm.catalog",
+        "broker.llm.usage", "broker.llm.context", "broker.llm", "broker.mcp",
+    ),
+    2: ("broker.stores", "broker.replica_channel"),
+    3: (
+        "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
+        "broker.policy", "broker.policy_runtime", "broker.budget_scopes", "broker.audit",
+        "broker.audit_runtime", "broker.audit_export_runtime", "broker.containment",
+        "broker.global_kill", "broker.control", "broker.killswitch",
+        "broker.late_routes_runtime", "broker.datacontrols",
+    ),
+    4: (
+        "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
+        "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
+    ),
+    5: ("broker.pipeline",),
+    6: ("broker.runtime", "broker.preflight"),
+    7: (
+        "broker.http", "broker.cli", "broker.__main__", "broker.admin_cli",
+        "broker.admin_client", "broker.admin_tables", "broker.audit_cli_args",
+        "broker.policy_cli_args", "broker.settings_doc", "broker.settings_fields",
+        "broker.demo",
+    ),
+}  # fmt: skip
+NAMES = dict(enumerate(
+    ("foundation", "protocols", "stores", "services", "stages", "pipeline", "runtime", "edges")
+))  # fmt: skip
+
+
+def floor_of(module: str) -> int | None:
+    """The floor of the longest prefix of ``module`` that has one."""
+    best: tuple[int, int] | None = None
+    for floor, prefixes in FLOORS.items():
+        for prefix in prefixes:
+            matches = module == prefix or module.startswith(prefix + ".")
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), floor)
+    return None if best is None else best[1]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(BROKER.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def broker_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import of a broker module, lazy ones included."""
+    found: list[tuple[int, str]] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            # ``from broker.x import y`` names module broker.x.y when that is a module.
+            found += [(node.lineno, _module_or_parent(n)) for n in names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        pending.extend(ast.iter_child_nodes(node))
+    return sorted((line, name) for line, name in found if name.split(".")[0] == "broker")
+
+
+def _module_or_parent(dotted: str) -> str:
+    path = BROKER.parent.joinpath(*dotted.split("."))
+    if path.with_suffix(".py").exists() or (path / "__init__.py").exists():
+        return dotted
+    return dotted.rsplit(".", 1)[0]
+
+
+MODULES = sorted(BROKER.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=module_name)
+def test_every_module_imports_only_from_its_floor_or_below(path: Path) -> None:
+    module = module_name(path)
+    floor = floor_of(module)
+    assert floor is not None, f"{module} has no floor: add it to FLOORS (and the docs' map)"
+    upward = [
+        f"line {line}: {name} ({NAMES[found]}) from {module} ({NAMES[floor]})"
+        for line, name in broker_imports(ast.parse(path.read_text(encoding="utf-8")))
+        if (found := floor_of(name)) is not None and found > floor
+    ]
+    assert upward == []
+
+
+def test_the_check_finds_an_upward_import() -> None:
+    """The check itself: an import from a higher floor is found, a type-only one is not."""
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from broker.runtime import BrokerRuntime\n"
+        "if TYPE_CHECKING:\n"
+        "    from broker.pipeline.a2a import A2aParts\n"
+        "def later():\n"
+        "    import broker.http.app\n"
+    )
+    found = broker_imports(ast.parse(source))
+    assert found == [(2, "broker.runtime"), (6, "broker.http.app")]
+    assert floor_of("broker.runtime") == 6 > floor_of("broker.stages.forward") == 4
+    assert floor_of("broker.pipeline.stage") == 0 < floor_of("broker.pipeline.a2a") == 5

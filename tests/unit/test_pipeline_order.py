@@ -1,0 +1,130 @@
+"""The order of each pipeline, fixed: moving a stage is a decision, recorded here and in
+``broker/pipeline`` with its reason (docs/decisions/0031)."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.audit_runtime import AuditRecorder
+from broker.budget_scopes import ConfiguredScopes
+from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.global_kill import GlobalKillSwitch
+from broker.keys import BrokerKeys
+from broker.late_writes import LateWrites
+from broker.llm.catalog import ModelCatalog
+from broker.outbound.fake import FakeResponse, FakeTransport, answering
+from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.llm import LlmParts, llm_stages
+from broker.policy.roles import AgentRoles
+from broker.responses import ResponseInspector
+from broker.settings import ServerSettings, Settings
+from broker.stages.authenticate import Authenticate
+from broker.stores.memory import MemoryBackend
+from broker.task_pages import PageTokens
+
+KEYS = BrokerKeys(Ed25519PrivateKey.generate())
+SETTINGS = Settings(server=ServerSettings(public_url="http://broker.test"))
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _allowed(_: str) -> None:
+    return None
+
+
+def _parts() -> tuple[A2aParts, LlmParts]:
+    stores = MemoryBackend().stores()
+    audit = AuditRecorder(None)
+    authenticate = Authenticate(stores.credentials, stores.registry)
+    verifier = TokenVerifier(KEYS, SETTINGS.public_url)
+    transport = FakeTransport(answering(FakeResponse()))
+    kill = GlobalKillSwitch(stores.kill_switch, _nothing)
+    pages = PageTokens(KEYS)
+    a2a = A2aParts(
+        settings=SETTINGS,
+        stores=stores,
+        audit=audit,
+        authenticate=authenticate,
+        policy=None,
+        minter=TokenMinter(KEYS, SETTINGS.public_url, 60),
+        verifier=verifier,
+        roles=AgentRoles(None),
+        budget_scopes=ConfiguredScopes(SETTINGS.budgets, stores.budget_limits),
+        late_writes=LateWrites(()),
+        kill=kill,
+        transport=transport,
+        inspector=ResponseInspector(stores.task_routes, 60, lambda card, _: card, pages),
+        pages=pages,
+        push_url_allowed=_allowed,
+    )
+    llm = LlmParts(
+        llm=SETTINGS.llm,
+        limits=SETTINGS.limits,
+        authenticate=authenticate,
+        policy=None,
+        verifier=verifier,
+        revocations=stores.revocations,
+        client=transport,
+        ledger=stores.budgets,
+        limiter=stores.rate_limiter,
+        scopes=a2a.budget_scopes,
+        audit=audit,
+        kill=kill,
+    )
+    return a2a, llm
+
+
+def _names(stages: list[object]) -> list[str]:
+    return [type(stage).__name__ for stage in stages]
+
+
+def test_the_a2a_pipeline_runs_its_stages_in_this_order() -> None:
+    a2a, _ = _parts()
+    assert _names(list(a2a_stages(a2a))) == [
+        "ErrorBoundary",  # outermost: every refusal in the binding's shape, one log line
+        "Authenticate",  # before anything costs a store read beyond the credential
+        "ParseRequest",
+        "RefuseWhileKilled",  # once the operation is known (CancelTask passes)
+        "ResolveTarget",
+        "PushSupport",
+        "ReadParams",
+        "DelegationContext",
+        "ChainPolicy",  # before anything that counts or spends
+        "AgentContainment",
+        "CascadeGuards",
+        "TaskScope",
+        "MintHopToken",
+        "HopBudget",  # last check: a refused hop spends nothing
+        "AuditForward",  # every decision made: durable before anything leaves
+        "Forward",  # innermost
+    ]
+
+
+def test_the_llm_pipeline_runs_its_stages_in_this_order() -> None:
+    _, llm = _parts()
+    assert _names(list(llm_stages(llm, ModelCatalog(llm.llm)))) == [
+        "LlmErrorBoundary",
+        "LlmAuditRefusals",
+        "Authenticate",
+        "RefuseWhileKilled",
+        "ParseLlmRequest",
+        "DelegationContext",
+        "ModelPolicy",
+        "AgentRateLimit",
+        "ProviderBreaker",
+        "MeterBudget",
+        "AuditForward",
+        "ForwardToProvider",
+    ]
+
+
+def test_both_pipelines_share_the_stages_every_protocol_needs() -> None:
+    """Written once: the same stage classes (and the one authenticator) in both chains."""
+    a2a, llm = _parts()
+    a2a_chain = list(a2a_stages(a2a))
+    llm_chain = list(llm_stages(llm, ModelCatalog(llm.llm)))
+    shared = {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"}
+    assert shared <= set(_names(a2a_chain)) & set(_names(llm_chain))
+    assert a2a.authenticate in a2a_chain and llm.authenticate in llm_chain
