@@ -26,8 +26,9 @@ from broker.datacontrols.recognizers import (
 from broker.datacontrols.secret_patterns import secret_recognizers
 from broker.settings_datacontrols import DEFAULT_NATIONAL_IDS
 
-# Characters of already emitted text the streaming scanner keeps for the recognizers' edge checks.
-LEFT_CONTEXT = 1
+# Characters of already released text the streaming scanner keeps for the recognizers' edge
+# checks, which read at most two characters before a candidate.
+LEFT_CONTEXT = 8
 # Numbers: a value has at least 7 digits (NIE, codice fiscale) or 4 runs (IPv4), its runs at
 # most 6 separators or capitals apart ("GB82 WEST 1234…", "(201) 555-0123").
 _GAP, _MIN_DIGITS, _MIN_RUNS = 6, 7, 4

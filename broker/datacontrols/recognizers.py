@@ -190,6 +190,13 @@ def _phone_accept(regions: tuple[str, ...], international: bool) -> Accept:
         start = match.start()
         if start > 0 and text[start - 1] in _PHONE_LEFT:
             return None
+        if (
+            not international
+            and start > 1
+            and text[start - 1] in " -"
+            and text[start - 2] in _DIGITS
+        ):
+            return None  # the rest of a longer number ("4111 1111 …"), not a number of its own
         for value in shorter(match.group(), " "):
             end = start + len(value)
             if bounded(text, start, end, _PHONE_LEFT, _PHONE_RIGHT) and valid(value):
