@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,7 @@ from broker.errors import (
     DataScanLimitError,
 )
 from broker.settings_datacontrols import PresidioSettings
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from datacontrols_canaries import Canaries
+from testkit.canaries import Canaries
 
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"
