@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
-from broker.datacontrols.config import DataControlsSettings
 from broker.settings_containment import ContainmentSettings
+from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
 from broker.settings_mcp import McpSettings
 from broker.settings_observability import ConsoleSettings, MetricsSettings

@@ -6,7 +6,6 @@ built once from ``[datacontrols]`` and called per payload. docs/datacontrols.md 
 recognizers, the actions, the policy syntax, the streaming window and what is not detected.
 """
 
-from broker.datacontrols.config import DataControlsSettings, DataRule, FlowRule
 from broker.datacontrols.controls import DataControls, Inspection, TextStream
 from broker.datacontrols.detector import Detector, DetectorOptions
 from broker.datacontrols.findings import Finding
@@ -14,6 +13,7 @@ from broker.datacontrols.policy import DataPolicy, Subject
 from broker.datacontrols.redact import Placeholders
 from broker.datacontrols.stream import StreamScanner
 from broker.datacontrols.tags import accumulate
+from broker.settings_datacontrols import DataControlsSettings, DataRule, FlowRule
 
 __all__ = [
     "DataControls",

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.datacontrols import payloads
-from broker.datacontrols.config import Action, DataControlsSettings
 from broker.datacontrols.detector import Detector, DetectorOptions
 from broker.datacontrols.findings import Finding
 from broker.datacontrols.policy import DataPolicy, Subject
@@ -34,6 +33,7 @@ from broker.errors import (
     DataResponseBlockedError,
     DataScanLimitError,
 )
+from broker.settings_datacontrols import Action, DataControlsSettings
 
 
 class TextAnalyzer(Protocol):

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from broker.datacontrols.findings import Finding
-from broker.datacontrols.national_ids import DEFAULT_NATIONAL_IDS, national_id
+from broker.datacontrols.national_ids import national_id
 from broker.datacontrols.recognizers import (
+    DIGIT_RUNS,
     Recognizer,
     card,
-    digit_runs,
     email,
     iban,
     ipv4,
@@ -24,13 +24,16 @@ from broker.datacontrols.recognizers import (
     phone_national,
 )
 from broker.datacontrols.secret_patterns import secret_recognizers
+from broker.settings_datacontrols import DEFAULT_NATIONAL_IDS
 
-# Characters of already emitted text the streaming scanner keeps for the recognizers' edge checks.
-LEFT_CONTEXT = 1
+# Characters of already released text the streaming scanner keeps for the recognizers' edge
+# checks, which read at most two characters before a candidate.
+LEFT_CONTEXT = 8
 # Numbers: a value has at least 7 digits (NIE, codice fiscale) or 4 runs (IPv4), its runs at
 # most 6 separators or capitals apart ("GB82 WEST 1234…", "(201) 555-0123").
 _GAP, _MIN_DIGITS, _MIN_RUNS = 6, 7, 4
-_GAP_CHARS = " -./()+ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CLUSTER = re.compile(rf"[0-9]+(?:[ \-./()+A-Z]{{1,{_GAP}}}[0-9]+)*")
+_DIGITS = frozenset("0123456789")
 _MAX_RUN = 64  # runs of digits longer than this are tried only by recognizers of any length
 
 
@@ -128,7 +131,7 @@ class Detector:
     ) -> None:
         """The numeric recognizers, tried only where a run of digits lets them start."""
         size = len(text)
-        for start, end in dense_runs(text, digit_runs(text, pos)):
+        for start, end in dense_runs(text, pos):
             after = text[end] if end < size else ""
             for lead, by_char in self._table.get(end - start, self._table_longer):
                 at = start - lead
@@ -147,30 +150,25 @@ class Detector:
                         found.append((span[0], -(span[1] - span[0]), rank, recognizer.kind))
 
 
-def dense_runs(text: str, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The runs that belong to a cluster (runs joined by separators or capitals, ``_joins``)
-    holding at least ``_MIN_DIGITS`` digits or ``_MIN_RUNS`` runs. The runs of every value the
-    numeric recognizers accept, from its first, make such a cluster (its validator needs that
-    many digits), so a run outside one cannot start a value; in prose most numbers go here."""
+def dense_runs(text: str, pos: int) -> list[tuple[int, int]]:
+    """The runs of digits from ``pos`` on that belong to a cluster (runs joined by at most
+    ``_GAP`` separators or capitals) holding at least ``_MIN_DIGITS`` digits or ``_MIN_RUNS``
+    runs, dates aside. The runs of every value the numeric recognizers accept, from its first,
+    make such a cluster (its validator needs that many digits), so a run outside one cannot
+    start a value; in prose most numbers are dropped here, by one regex pass."""
+    if 0 < pos < len(text) and text[pos - 1] in _DIGITS:
+        rest = DIGIT_RUNS.match(text, pos)  # the end of a run that began before pos
+        pos = rest.end() if rest else pos
     dense: list[tuple[int, int]] = []
-    cluster: list[tuple[int, int]] = []
-    digits = 0
-    for run in runs:
-        if cluster and not _joins(text, cluster[-1][1], run[0]):
-            if (digits >= _MIN_DIGITS or len(cluster) >= _MIN_RUNS) and not _is_date(text, cluster):
-                dense += cluster
-            cluster, digits = [], 0
-        cluster.append(run)
-        digits += run[1] - run[0]
-    if (digits >= _MIN_DIGITS or len(cluster) >= _MIN_RUNS) and not _is_date(text, cluster):
-        dense += cluster
+    for cluster in _CLUSTER.finditer(text, pos):
+        start, end = cluster.span()
+        if end - start < _MIN_DIGITS:  # fewer digits, and too short for _MIN_RUNS runs
+            continue
+        runs = [run.span() for run in DIGIT_RUNS.finditer(text, start, end)]
+        digits = sum(b - a for a, b in runs)
+        if (digits >= _MIN_DIGITS or len(runs) >= _MIN_RUNS) and not _is_date(text, runs):
+            dense += runs
     return dense
-
-
-def _joins(text: str, end: int, start: int) -> bool:
-    """Two runs belong to one number if at most ``_GAP`` separators or capitals are between
-    them: "555-0123", "(201) 555", "GB82 WEST 1234", "RCCMNL83S18"; not "12 at 10"."""
-    return start - end <= _GAP and not text[end:start].strip(_GAP_CHARS)
 
 
 def _is_date(text: str, cluster: list[tuple[int, int]]) -> bool:

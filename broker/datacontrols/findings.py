@@ -8,7 +8,6 @@ end in ``*`` (``secret:*``, ``*``) to name every type with that prefix.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,9 +38,6 @@ SECRET_SENDGRID_KEY = "secret:sendgrid_key"
 SECRET_PRIVATE_KEY = "secret:private_key"
 SECRET_JWT = "secret:jwt"
 
-_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]*:[a-z][a-z0-9_]*\Z")
-_TYPE_PATTERN = re.compile(r"(?:\*|[a-z][a-z0-9_]*:\*|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)\Z")
-
 
 @dataclass(frozen=True, slots=True, order=True)
 class Finding:
@@ -50,15 +46,6 @@ class Finding:
     start: int
     end: int
     kind: str
-
-
-def is_type_name(name: str) -> bool:
-    return _TYPE_NAME.match(name) is not None
-
-
-def is_type_pattern(pattern: str) -> bool:
-    """``*``, ``family:*`` or an exact type name."""
-    return _TYPE_PATTERN.match(pattern) is not None
 
 
 @lru_cache(maxsize=4096)

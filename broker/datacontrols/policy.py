@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from broker.datacontrols.config import Action, DataControlsSettings, DataRule, FlowRule
 from broker.datacontrols.findings import pattern_specificity, type_matches
+from broker.settings_datacontrols import Action, DataControlsSettings, DataRule, FlowRule
 
 _CACHE_LIMIT = 4096
 # Which action wins when one message holds several types: the strictest.

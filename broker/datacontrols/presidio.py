@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from broker.datacontrols.config import PresidioSettings
-from broker.datacontrols.findings import Finding, is_type_name
+from broker.datacontrols.findings import Finding
+from broker.settings_datacontrols import PresidioSettings, is_type_name
 
 
 class PresidioUnavailableError(Exception):

@@ -94,14 +94,6 @@ def char_class(spec: str) -> frozenset[str]:
     return frozenset(chars)
 
 
-def digit_runs(text: str, pos: int) -> list[tuple[int, int]]:
-    """Every maximal run of ASCII digits that starts at or after ``pos``."""
-    runs = [m.span() for m in DIGIT_RUNS.finditer(text, pos)]
-    if runs and runs[0][0] == pos and pos > 0 and text[pos - 1] in _DIGITS:
-        runs.pop(0)  # the rest of a run that began before pos
-    return runs
-
-
 def bounded(text: str, start: int, end: int, left: frozenset[str], right: frozenset[str]) -> bool:
     """The value is not glued to a longer run: no ``left`` char before, no ``right`` char after."""
     return (start == 0 or text[start - 1] not in left) and (
@@ -198,6 +190,13 @@ def _phone_accept(regions: tuple[str, ...], international: bool) -> Accept:
         start = match.start()
         if start > 0 and text[start - 1] in _PHONE_LEFT:
             return None
+        if (
+            not international
+            and start > 1
+            and text[start - 1] in " -"
+            and text[start - 2] in _DIGITS
+        ):
+            return None  # the rest of a longer number ("4111 1111 …"), not a number of its own
         for value in shorter(match.group(), " "):
             end = start + len(value)
             if bounded(text, start, end, _PHONE_LEFT, _PHONE_RIGHT) and valid(value):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from broker.datacontrols.findings import is_type_name
+from broker.settings_datacontrols import is_type_name
 
 
 def accumulate(carried: Iterable[str], found: Iterable[str]) -> tuple[str, ...]:

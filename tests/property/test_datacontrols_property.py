@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.datacontrols import DataControls, DataControlsSettings, Detector, Placeholders, Subject
-from broker.datacontrols.config import DataRule
 from broker.datacontrols.findings import Finding
 from broker.datacontrols.redact import StreamRestorer
 from broker.datacontrols.stream import StreamScanner
 from broker.datacontrols.tags import accumulate, only_grew
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.keys import BrokerKeys
+from broker.settings_datacontrols import DataRule
 
 DETECTOR = Detector.builtin()
 KEY = "aB3dE5gH7jK9mN1pQ2rS4tU6vW8xY0zC2fG4"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from broker.datacontrols import (
     Placeholders,
     Subject,
 )
-from broker.datacontrols.config import PresidioSettings
 from broker.datacontrols.findings import Finding
 from broker.datacontrols.presidio import PresidioAnalyzer, PresidioUnavailableError, load_presidio
 from broker.errors import (
@@ -33,9 +31,8 @@ from broker.errors import (
     DataResponseBlockedError,
     DataScanLimitError,
 )
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from datacontrols_canaries import Canaries
+from broker.settings_datacontrols import PresidioSettings
+from testkit.canaries import Canaries
 
 EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"

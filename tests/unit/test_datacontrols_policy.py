@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from broker.datacontrols import DataControlsSettings, DataPolicy, DataRule, FlowRule, Subject
-from broker.datacontrols.config import Action
 from broker.settings import SettingsError, load_settings
+from broker.settings_datacontrols import Action
 
 
 def policy(

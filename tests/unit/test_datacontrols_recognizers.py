@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from broker.datacontrols import Detector, DetectorOptions
-from broker.datacontrols.national_ids import NATIONAL_IDS
+from broker.datacontrols.national_ids import checked_ids
+from broker.settings_datacontrols import NATIONAL_IDS
 
 DETECTOR = Detector.builtin()
 ALNUM = "aB3dE5gH7jK9mN1pQ2rS4tU6vW8xY0zC2fG4"  # 36 mixed characters for fake keys
@@ -187,6 +188,7 @@ def test_weakly_checked_ids_are_off_by_default_and_found_when_enabled(
 def test_every_national_id_name_builds_a_recognizer() -> None:
     detector = Detector.builtin(DetectorOptions(national_ids=NATIONAL_IDS))
 
+    assert checked_ids() == NATIONAL_IDS  # the settings accept exactly what can be checked
     assert "pii:national_id" in detector.kinds
 
 

@@ -35,7 +35,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
         "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
-        "broker.mcp.errors", "broker.settings_mcp",
+        "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
         "broker.settings_observability",
         # The metrics hooks every floor calls (they import only prometheus-client).
         "broker.observability",
@@ -49,7 +49,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
         "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
-        "broker.global_kill", "broker.killswitch",
+        "broker.global_kill", "broker.killswitch", "broker.datacontrols",
     ),
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",

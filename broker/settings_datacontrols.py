@@ -1,17 +1,50 @@
 """The ``[datacontrols]`` section: what is detected, and what is done with it, per direction,
 caller, target, model and skill; and where tagged work may not flow. See docs/datacontrols.md.
+
+A foundation module (it imports nothing of the broker): the type-name rules and the names of the
+national ids live here so the settings can check them; ``broker.datacontrols`` uses them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
 import phonenumbers
 
-from broker.datacontrols.findings import is_type_pattern
-from broker.datacontrols.national_ids import DEFAULT_NATIONAL_IDS, NATIONAL_IDS
+_TYPE_NAME = re.compile(r"[a-z][a-z0-9_]*:[a-z][a-z0-9_]*\Z")
+_TYPE_PATTERN = re.compile(r"(?:\*|[a-z][a-z0-9_]*:\*|[a-z][a-z0-9_]*:[a-z][a-z0-9_]*)\Z")
+
+# The national ids broker.datacontrols.national_ids can check, and those on by default (the
+# others are bare runs of digits that one random number in ten passes).
+NATIONAL_IDS: tuple[str, ...] = (
+    "us.ssn",
+    "fr.nir",
+    "es.dni",
+    "es.nie",
+    "it.codicefiscale",
+    "br.cpf",
+    "se.personnummer",
+    "dk.cpr",
+    "in.aadhaar",
+    "de.idnr",
+    "nl.bsn",
+    "pl.pesel",
+)
+DEFAULT_NATIONAL_IDS: tuple[str, ...] = NATIONAL_IDS[:9]
+
+
+def is_type_name(name: str) -> bool:
+    """``family:name``, lower case: ``pii:email``, ``secret:aws_key``."""
+    return _TYPE_NAME.match(name) is not None
+
+
+def is_type_pattern(pattern: str) -> bool:
+    """``*``, ``family:*`` or an exact type name."""
+    return _TYPE_PATTERN.match(pattern) is not None
+
 
 Action = Literal["allow", "tag", "redact", "pseudonymize", "block"]
 Direction = Literal["request", "response", "both"]

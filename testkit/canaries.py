@@ -28,7 +28,7 @@ class Canaries:
     """One value per type, e.g. ``canaries.values["pii:card"]``."""
 
     def __init__(self, seed: int | None = None) -> None:
-        rng = random.Random(seed)
+        rng = random.Random(seed)  # noqa: S311 - test values, not secrets
         tag = "".join(rng.choice(string.ascii_lowercase) for _ in range(10))
         card = "4" + _digits(rng, 14)
         card += luhn.calc_check_digit(card)
