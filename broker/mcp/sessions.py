@@ -99,9 +99,13 @@ def _unb64(token: str) -> bytes | None:
     if not token or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
         return None
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         return None
+    # One spelling per token: the unused low bits of the last character must be zero, so no
+    # altered string opens as the same token.
+    canonical = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return raw if canonical == token else None
 
 
 # --- sessions ----------------------------------------------------------------------------------

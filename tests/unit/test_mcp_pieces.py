@@ -327,3 +327,19 @@ async def test_a_stream_that_outlives_its_maximum_duration_is_ended() -> None:
         max_duration_s=0.3)]
     assert 2 <= len(frames) <= 8
     assert json.loads(frames[-1].removeprefix(b"data: "))["error"]["code"] == -32055
+
+
+def test_a_token_has_one_spelling() -> None:
+    """Base64 leaves low bits of the last character unused; a token with them set is another
+    string for the same bytes, and does not open."""
+    import base64
+
+    seal = SessionSeal(Sealer([KEY]), ttl_s=60)
+    token = seal.issue("a", "s", {"s": UpstreamSession("x", "2025-11-25")})
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert len(raw) % 3 != 0  # so the last character has unused bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = token[:-1] + alphabet[alphabet.index(token[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)) == raw
+    with pytest.raises(McpSessionNotFoundError):
+        seal.open("a", "s", twin)
