@@ -40,7 +40,7 @@ def start_exporters(settings: Settings, audit_log: AuditLog | None) -> list[Expo
     positions: PositionStore
     if export.positions == "redis":
         key = f"{settings.store.key_prefix}:{export.positions_key}"
-        positions = RedisPositionStore(settings.store.redis_url, key)
+        positions = RedisPositionStore(settings.store, key)
     else:
         positions = FilePositionStore(settings.path(export.positions_path))
     exporters = []

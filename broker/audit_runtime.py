@@ -223,7 +223,7 @@ async def open_recorder(settings: Settings, keys: BrokerKeys) -> AuditRecorder:
         return AuditRecorder(None)
     audit_log: AuditLog
     if audit.backend == "redis":
-        audit_log = RedisAuditLog(settings.store.redis_url, settings.store.key_prefix)
+        audit_log = RedisAuditLog(settings.store, settings.store.key_prefix)
     else:
         audit_log = FileAuditLog(
             settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
@@ -250,5 +250,5 @@ def open_witness(settings: Settings) -> Witness | None:
         log.warning("[audit] witness = off: a cut-off tail of the log can go unseen")
         return None
     if kind == "redis":
-        return RedisWitness(store.redis_url, store.key_prefix)
+        return RedisWitness(store, store.key_prefix)
     return FileWitness(settings.path(audit.witness_dir))

@@ -216,6 +216,8 @@ def _config_check(args: argparse.Namespace) -> int:
         cred["value"] = "***" if cred["value"] else ""
     for provider in shown["llm"]["providers"].values():
         provider["key"] = "***" if provider["key"] else ""
+    credentials = shown["store"]["credentials"]
+    shown["store"]["credentials"] = {k: "***" if v else "" for k, v in credentials.items()}
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
     policy = (
         "no policy file (every hop allowed)"

@@ -35,6 +35,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
         "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.cli_output",
         "broker.audit_redact", "broker.delegation.errors", "broker.llm.errors",
+        "broker.mcp.errors", "broker.settings_mcp",
         "broker.settings_observability",
         # The metrics hooks every floor calls (they import only prometheus-client).
         "broker.observability",
@@ -42,7 +43,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     1: (
         "broker.operations", "broker.reading", "broker.wire", "broker.sse",
         "broker.task_pages", "broker.llm.wire", "broker.llm.request", "broker.llm.catalog",
-        "broker.llm.usage", "broker.llm.context", "broker.llm",
+        "broker.llm.usage", "broker.llm.context", "broker.llm", "broker.mcp",
     ),
     2: ("broker.stores", "broker.replica_channel"),
     3: (
