@@ -203,15 +203,18 @@ async def test_llm_tokens_and_cost_by_model(llm_broker: LlmBroker) -> None:  # n
     tokens = "a2a_broker_llm_tokens_total"
     assert _value(samples, tokens, model=MODEL, direction="in") == 2 * PROMPT_TOKENS
     assert _value(samples, tokens, model=MODEL, direction="out") == 2 * COMPLETION_TOKENS
-    charged = [
-        json.loads(line)
+    # Every call here has the fake provider's usage, so each was charged what the audit's
+    # outcome records say such a call costs (the folder may hold other tests' calls too).
+    charged = {
+        int(record["cost_micro"])
         for path in llm_broker.audit_dir.glob("audit-*.jsonl")
         for line in path.read_text().splitlines()
         if '"phase":"outcome"' in line and '"llm:chat"' in line
-    ]
-    cost = sum(int(r["cost_micro"]) for r in charged)
-    assert cost > 0
-    assert _value(samples, "a2a_broker_llm_cost_micro_total", model=MODEL) == cost
+        and (record := json.loads(line))["tokens_out"] == COMPLETION_TOKENS
+    }  # fmt: skip
+    [per_call] = charged
+    assert per_call > 0
+    assert _value(samples, "a2a_broker_llm_cost_micro_total", model=MODEL) == 2 * per_call
     calls = {"caller": "alice", "operation": "llm:chat", "binding": "openai"}
     served = {"target": f"model:{MODEL}", "outcome": "ok"}
     assert _value(samples, "a2a_broker_requests_total", **served, **calls) == 2
