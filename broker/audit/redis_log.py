@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from broker.audit.commit import GroupCommitter
 from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
+from broker.background import BackgroundTasks
 from broker.stores.redis_client import connection_pool
 
 _APPEND_LUA = resources.files("broker.audit").joinpath("audit_append.lua").read_text("utf-8")
@@ -38,7 +39,15 @@ _Entry = tuple[bytes, dict[bytes, bytes]]
 class RedisAuditLog(AuditLog):
     """Audit chains in Redis Streams. Every method raises ``AuditLogError`` if Redis fails."""
 
-    def __init__(self, redis_url: str, prefix: str, *, wait_aof: bool = False) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        wait_aof: bool = False,
+        tasks: BackgroundTasks | None = None,
+    ) -> None:
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._client = Redis.from_pool(connection_pool(redis_url))
         self._script = self._client.register_script(_APPEND_LUA)
         self._prefix = prefix
@@ -70,7 +79,7 @@ class RedisAuditLog(AuditLog):
         async def load_head() -> ChainHead:
             return await self.head(replica) or EMPTY_HEAD
 
-        return GroupCommitter(flush, load_head)
+        return GroupCommitter(flush, load_head, self._tasks)
 
     async def _flush(self, key: str, records: list[AuditRecord]) -> None:
         first = records[0]
