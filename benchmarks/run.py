@@ -20,6 +20,8 @@ Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenario
   i   the broker's /v1/chat/completions beside LiteLLM's proxy (scenario_llm.py)
   g   delegation chains of depth 1-5, through the broker and agent to agent (scenario_chain.py)
   p   p99 at 60% of the broker's saturation throughput, open loop (scenario_openloop.py)
+  k   soak: broker RSS and Redis memory per 100k requests (scenario_soak.py; not in the
+      default run's docs table: results in benchmarks/results/soak.json)
   s   the broker under `a2a-broker serve`, stock uvicorn and Granian (scenario_servers.py)
 
 Against a broker on the harness's private redis-server, every point also reads Redis's
@@ -60,6 +62,7 @@ from benchmarks.scenario_chain import scenario_g
 from benchmarks.scenario_llm import scenario_i
 from benchmarks.scenario_openloop import scenario_p
 from benchmarks.scenario_servers import scenario_s
+from benchmarks.scenario_soak import scenario_k
 from benchmarks.scenario_stages import scenario_d, scenario_h
 from benchmarks.targets import (
     REPO_ROOT,
@@ -75,7 +78,7 @@ from benchmarks.targets import (
 )
 
 CONCURRENCIES = (1, 16, 64)
-ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r", "d", "h", "i", "g", "p", "s")
+ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r", "d", "h", "i", "g", "p", "s", "k")
 METERINGS = ("none", "budget", "rate")
 STREAM_EVENTS = 10
 RAW_RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
@@ -177,7 +180,7 @@ SCENARIOS: dict[str, Callable[[Run], None]] = {
     "a": scenario_a, "b1": scenario_b1, "b2": scenario_b2, "c": scenario_c,
     "e": scenario_e, "f": scenario_f, "j": scenario_j, "r": scenario_r,
     "d": scenario_d, "h": scenario_h, "i": scenario_i,
-    "g": scenario_g, "p": scenario_p, "s": scenario_s,
+    "g": scenario_g, "p": scenario_p, "s": scenario_s, "k": scenario_k,
 }  # fmt: skip
 
 

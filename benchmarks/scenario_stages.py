@@ -55,6 +55,7 @@ class StageConfig:
     metering: str = "none"  # benchmarks.targets.METERING
     extra_agents: int = 0  # registered besides ``bench`` and ``loadgen``
     containment: bool = False  # the default breaker and bulkhead; False: both switched off
+    metrics: bool = True  # [metrics] enabled (benchmarks/metrics_costs.py compares both)
 
 
 # (d): the base, then each stage alone over it, then all of them.
@@ -148,6 +149,7 @@ def _config(
     if not cfg.containment:
         config.set("containment", max_concurrent_per_agent=0)
         config.set("containment.breaker", enabled=False)
+    config.set("metrics", enabled=cfg.metrics)
     for name, digest in digests.items():
         config.set(f"agents.{name}", credential_sha256=digest)
     return config

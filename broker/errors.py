@@ -232,6 +232,50 @@ class KillSwitchEngagedError(BrokerError):
     )
 
 
+# Data controls (broker/datacontrols, docs/datacontrols.md). Metadata names types, never values.
+
+
+class DataBlockedError(BrokerError):
+    code, http_status, reason = -32030, 403, "DATA_BLOCKED"
+    default_message = (
+        "The request holds data of a type the broker's data controls do not let through to"
+        " this target."
+    )
+
+
+class DataResponseBlockedError(BrokerError):
+    code, http_status, reason = -32031, 502, "DATA_RESPONSE_BLOCKED"
+    default_message = (
+        "The answer holds data of a type the broker's data controls do not let through to"
+        " the caller, so it is not relayed."
+    )
+
+
+class DataFlowDeniedError(BrokerError):
+    code, http_status, reason = -32032, 403, "DATA_FLOW_DENIED"
+    default_message = (
+        "This work carries data of a type that policy does not let flow to this agent or model."
+    )
+
+
+class DataScanLimitError(BrokerError):
+    code, http_status, reason = -32033, 413, "DATA_SCAN_LIMIT"
+    default_message = (
+        "The content is larger than the broker's data controls scan, so it is not forwarded"
+        " unchecked."
+    )
+
+
+class DataControlsUnavailableError(BrokerError):
+    code, http_status, reason = -32034, 503, "DATA_CONTROLS_UNAVAILABLE"
+    retryable = True
+    default_retry_after = 1.0
+    default_message = (
+        "The broker's data controls could not inspect the content, so it is not forwarded"
+        " unchecked; retry shortly."
+    )
+
+
 class UnauthenticatedError(BrokerError):
     code, http_status, reason = -32040, 401, "UNAUTHENTICATED"
     transport_level = True
@@ -383,6 +427,31 @@ class StoreUnavailableError(BrokerError):
     default_message = "The broker's state store is unavailable; retry shortly."
 
 
+class StoreFullError(StoreUnavailableError):
+    """Redis refused a write for lack of memory (``OOM``): nothing was written, so the broker
+    refuses rather than forward a call whose budget, route or revocation it could not keep."""
+
+    code, http_status, reason = -32067, 503, "STORE_FULL"
+    default_retry_after = 5.0
+    default_message = "The broker's state store is full; retry later."
+
+
+class StoreTopologyError(BrokerError):
+    """At start: the Redis servers do not run the ``[store] redis_mode`` the settings name."""
+
+    code, http_status, reason = -32068, 503, "STORE_TOPOLOGY_MISMATCH"
+    transport_level = True
+    default_message = "The broker's state store is not the Redis topology its settings name."
+
+
+class StoreMayEvictError(StoreTopologyError):
+    """At start: Redis's ``maxmemory-policy`` could evict the broker's keys (a budget counter,
+    a revocation, a tree) without a word, and ``[store] allow_eviction`` does not accept it."""
+
+    code, http_status, reason = -32069, 503, "STORE_MAY_EVICT"
+    default_message = "The broker's state store may evict the broker's keys when it is full."
+
+
 class AuditUnavailableError(BrokerError):
     code, http_status, reason = -32061, 503, "AUDIT_UNAVAILABLE"
     transport_level = True
@@ -490,6 +559,30 @@ class RateLimitedError(BrokerError):
     default_message = "Too many requests; retry after the delay given."
 
 
+# --- Visibility: metrics and the operator console ---------------------------------------------
+
+
+class MetricsUnauthenticatedError(BrokerError):
+    code, http_status, reason = -32094, 401, "METRICS_UNAUTHENTICATED"
+    transport_level = True
+    default_message = (
+        "Missing or invalid metrics credential (send 'Authorization: Bearer <token>' with the "
+        "metrics token or the admin token)."
+    )
+
+
+class ConsoleUnauthenticatedError(BrokerError):
+    code, http_status, reason = -32095, 401, "CONSOLE_UNAUTHENTICATED"
+    transport_level = True
+    default_message = "Log in to the console first (or the admin token given was wrong)."
+
+
+class ConsoleCsrfRejectedError(BrokerError):
+    code, http_status, reason = -32096, 403, "CONSOLE_CSRF_REJECTED"
+    transport_level = True
+    default_message = "The form's CSRF token is missing or does not match this session."
+
+
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
     domain = ERROR_DOMAIN_A2A  # the spec's code and reason
@@ -499,7 +592,8 @@ class BrokerInternalError(BrokerError):
 def all_error_types() -> list[type[BrokerError]]:
     """Every concrete error class, for the uniqueness test and the error reference."""
     import broker.delegation.errors  # noqa: PLC0415 - defines the delegation refusals
-    import broker.llm.errors  # noqa: F401, PLC0415 - defines the LLM endpoint's refusals
+    import broker.llm.errors  # noqa: PLC0415 - defines the LLM endpoint's refusals
+    import broker.mcp.errors  # noqa: F401, PLC0415 - defines the MCP edge's refusals
     found: list[type[BrokerError]] = []
     pending: list[type[BrokerError]] = [BrokerError]
     while pending:

@@ -1,11 +1,16 @@
 """One Redis pub/sub channel shared by every replica: what one publishes, every one receives.
 
-Policy edits (``broker/policy/reload.py``) and operator controls (``broker/runtime/control.py``:
-cache invalidations and the global kill switch) each travel on one. Delivery is at most once: a
+Policy edits (``broker/policy/reload.py``) and operator controls (``broker/control.py``: cache
+invalidations and the global kill switch) each travel on one. Delivery is at most once: a
 replica whose subscription was down misses what was published meanwhile, so ``on_gap`` is
 called once the subscription is back (redis-py re-subscribes on reconnect), and the receiver
 re-reads whatever it may have missed. A message's handler failing is logged; the channel keeps
 listening.
+
+On Redis Cluster the channel is a plain (not sharded) pub/sub channel: a PUBLISH on any node
+reaches the subscribers of every node over the cluster bus, so a replica subscribes on any one
+node and, when that node fails, subscribes again on another (then ``on_gap``). Decision 0036
+says why not sharded pub/sub. With Sentinel the subscription follows the primary.
 """
 
 from __future__ import annotations
@@ -13,18 +18,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
 from broker.background import BackgroundTasks
+from broker.stores.redis_client import REDIS_FAILURES
 
 Handler = Callable[[bytes], Awaitable[None] | None]
 GapHandler = Callable[[], Awaitable[None] | None]
 
 _log = logging.getLogger("a2a_broker.channel")
+_UNAVAILABLE = REDIS_FAILURES  # what a channel treats as "Redis unavailable"
+
+
+def pick_node(nodes: list[ClusterNode]) -> ClusterNode:
+    """The cluster node a channel subscribes on: any, at random, so subscribers spread."""
+    return random.choice(nodes)  # noqa: S311 - spreads load, guards nothing
 
 
 class ReplicaChannel:
@@ -33,7 +46,7 @@ class ReplicaChannel:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         name: str,
         on_message: Handler,
         *,
@@ -56,19 +69,24 @@ class ReplicaChannel:
         if self._task is not None:
             return
         pubsub = await self._subscribe()
-        self._task = self._tasks.spawn(self._listen(pubsub), f"channel-{self.name}")
+        self._task = self._tasks.spawn(self._run(pubsub), f"channel-{self.name}")
 
     async def start_when_possible(self) -> None:
         """Like ``start``, but if Redis cannot be reached now, keep trying in the background
         (``on_gap`` is called once subscribed, as after any gap)."""
         try:
             await self.start()
-        except (RedisError, OSError):
+        except _UNAVAILABLE:
             _log.warning("channel %s unavailable at start; retrying", self.name)
-            self._task = self._tasks.spawn(self._subscribe_later(), f"channel-{self.name}")
+            self._task = self._tasks.spawn(self._run(None), f"channel-{self.name}")
 
     async def _subscribe(self) -> Any:
-        pubsub: Any = self._redis.pubsub()  # redis-py's PubSub is partly untyped
+        pubsub: Any  # redis-py's PubSub is partly untyped
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # the nodes as the cluster knows them now
+            pubsub = self._redis.pubsub(node=pick_node(self._redis.get_nodes()))
+        else:
+            pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self.name)
         except BaseException:
@@ -76,15 +94,23 @@ class ReplicaChannel:
             raise
         return pubsub
 
-    async def _subscribe_later(self) -> None:
+    async def _run(self, pubsub: Any) -> None:
+        """Listen; when the subscription breaks (or there is none yet), subscribe afresh (on
+        another node of a cluster, on the new primary under Sentinel) and call ``on_gap``:
+        whatever was published meanwhile is lost."""
+        while True:
+            if pubsub is not None:
+                await self._listen(pubsub)
+            pubsub = await self._subscribe_again()
+            await self._call(self._on_gap)
+
+    async def _subscribe_again(self) -> Any:
         while True:
             await asyncio.sleep(self._retry_s)
             try:
-                pubsub = await self._subscribe()
-            except (RedisError, OSError):
+                return await self._subscribe()
+            except _UNAVAILABLE:
                 continue
-            await self._call(self._on_gap)
-            await self._listen(pubsub)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -96,25 +122,19 @@ class ReplicaChannel:
         """Publish to every replica (this one included); False if Redis could not be reached."""
         try:
             await self._redis.publish(self.name, data)
-        except (RedisError, OSError):
+        except _UNAVAILABLE:
             _log.warning("nothing published on channel %s: Redis unavailable", self.name)
             return False
         return True
 
     async def _listen(self, pubsub: Any) -> None:
-        gap = False
         try:
             while True:
                 try:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                except (RedisError, OSError):
+                except _UNAVAILABLE:
                     _log.warning("channel %s unavailable; retrying", self.name)
-                    gap = True
-                    await asyncio.sleep(self._retry_s)
-                    continue
-                if gap:
-                    gap = False
-                    await self._call(self._on_gap)
+                    return
                 if message is not None:
                     await self._call(self._on_message, message["data"])
         finally:

@@ -23,8 +23,24 @@ from broker.types import MediationContext
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
+class _TaskStatus(msgspec.Struct):
+    state: str = ""
+
+
 class _TaskRef(msgspec.Struct):
     id: str = ""
+    status: _TaskStatus | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None and self.status.state in _FINISHED_STATES
+
+
+# A task in one of these states will not change again (A2A 1.0 names, and 0.3's).
+_FINISHED_STATES = frozenset({
+    "TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED",
+    "completed", "failed", "canceled", "rejected",
+})  # fmt: skip
 
 
 class _SendResult(msgspec.Struct):
@@ -43,9 +59,12 @@ class ResponseInspector:
         route_ttl_s: int,
         rewrite_card: CardRewriter,
         pages: PageTokens,
+        *,
+        finished_ttl_s: int | None = None,
     ) -> None:
         self._routes = task_routes
         self._ttl = route_ttl_s
+        self._finished_ttl = route_ttl_s if finished_ttl_s is None else finished_ttl_s
         self._rewrite_card = rewrite_card
         self._pages = pages
 
@@ -73,13 +92,20 @@ class ResponseInspector:
         changed = await self._apply(ctx, payload)
         return body if changed is None else _encoder.encode(changed)
 
-    async def claim_task(self, ctx: MediationContext, task_id: str) -> None:
-        """Record that the caller created ``task_id`` at the target agent."""
+    async def claim_task(
+        self, ctx: MediationContext, task_id: str, *, finished: bool = False
+    ) -> None:
+        """Record that the caller created ``task_id`` at the target agent.
+
+        A task that had already ended (``finished``) is kept ``finished_ttl_s`` and not indexed
+        in its tree: there is nothing left in it for a tree kill to cancel."""
         assert ctx.target is not None and ctx.caller is not None  # noqa: S101
         route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
         ctx.task_id = task_id
-        tree = ctx.hop.tree if ctx.hop is not None else None  # so a tree can be killed later
-        if not await self._routes.claim(route, self._ttl, tree):
+        # The tree, so a tree can be killed later.
+        tree = ctx.hop.tree if ctx.hop is not None and not finished else None
+        ttl = self._finished_ttl if finished else self._ttl
+        if not await self._routes.claim(route, ttl, tree, finished=finished):
             # The agent answered with a task id that another caller owns: never hand it over.
             raise UpstreamBadResponseError(
                 "The agent answered with a task that belongs to another caller.",
@@ -96,7 +122,7 @@ class ResponseInspector:
             except msgspec.DecodeError:
                 raise _bad(200, "SendMessage result is not a task or message") from None
             if task is not None and task.id:
-                await self.claim_task(ctx, task.id)
+                await self.claim_task(ctx, task.id, finished=task.finished)
             return None
         if op.name == "ListTasks":
             return await self._only_callers_tasks(ctx, _any_decoder.decode(payload))

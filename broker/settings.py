@@ -16,7 +16,10 @@ import msgspec
 
 from broker.config_errors import Where, explain_validation
 from broker.settings_containment import ContainmentSettings
+from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
+from broker.settings_mcp import McpSettings
+from broker.settings_observability import ConsoleSettings, MetricsSettings
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -46,16 +49,75 @@ class ServerSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
+class RedisCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    """Redis ACL user and passwords, only ever from the environment (``REDIS_*_ENV``).
+
+    Its repr names no secret, so a settings object in a log line or a traceback leaks nothing.
+    """
+
+    username: str = ""
+    password: str = ""
+    sentinel_username: str = ""
+    sentinel_password: str = ""
+
+    def __repr__(self) -> str:
+        given = [name for name in self.__struct_fields__ if getattr(self, name)]
+        return f"RedisCredentials(set={given})"
+
+
+REDIS_USERNAME_ENV = "A2A_BROKER_REDIS_USERNAME"
+REDIS_PASSWORD_ENV = "A2A_BROKER_REDIS_PASSWORD"  # noqa: S105 - the name of a variable
+REDIS_SENTINEL_USERNAME_ENV = "A2A_BROKER_REDIS_SENTINEL_USERNAME"
+REDIS_SENTINEL_PASSWORD_ENV = "A2A_BROKER_REDIS_SENTINEL_PASSWORD"  # noqa: S105 - a name
+
+
 class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     backend: Literal["memory", "redis"] = "memory"
+    # standalone: one server at redis_url; cluster: redis_url names one or more seed nodes of a
+    # Redis Cluster (comma-separated); sentinel: redis_url names the sentinels (comma-separated)
+    # and sentinel_service the monitored primary. A mode the server does not run refuses start.
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # sentinel mode: the name the sentinels monitor the primary under.
+    sentinel_service: str = "mymaster"
+    # rediss:// URLs: the CA bundle that signs the servers' certificates (empty: the system's),
+    # and a client certificate and key for servers that ask for one (PEM files).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Start even though Redis's maxmemory-policy may evict the broker's keys (budgets,
+    # revocations, task trees) when memory runs short. Off: such a server refuses start.
+    allow_eviction: bool = False
+    # standalone and sentinel: every batch of store writes waits (Redis WAIT, same round trip)
+    # until this many replicas hold it, or fails closed (STORE_UNAVAILABLE) after
+    # replica_ack_timeout_ms; so a failover cannot lose a reservation the broker acted on.
+    # 0: asynchronous replication (a failover may lose the last acknowledged writes).
+    replica_acks: Annotated[int, msgspec.Meta(ge=0)] = 0
+    replica_ack_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
     key_prefix: str = "a2ab"
-    # How long the broker remembers which agent owns a task (seconds).
+    # How long the broker remembers which caller owns a task that is still running (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
+    # How long it keeps the route of a task that had ended (completed, failed, canceled,
+    # rejected) when its answer passed: long enough to fetch the finished task again or read
+    # its last state on a resubscription, short enough that state follows what is alive.
+    finished_task_ttl_s: Annotated[int, msgspec.Meta(ge=1)] = 3600
+    # memory backend: routes kept at most; when full, routes of finished tasks are forgotten
+    # first (oldest first), and a new route is refused (STORE_FULL) if only running ones remain.
+    memory_max_tasks: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     # Redis only: per-process cache of registry and credential reads (0 turns it off). A change
     # made on another replica is dropped from it at once over the control channel; this bounds
     # the staleness only when that message is lost. See broker/stores/cache.py, control.py.
     read_cache_ttl_s: float = 0.5
+    # Filled by load_settings from the environment, never from the file.
+    credentials: RedisCredentials = msgspec.field(default_factory=RedisCredentials)
+
+    def __post_init__(self) -> None:
+        if self.redis_mode == "cluster" and self.replica_acks:
+            raise ValueError("replica_acks is not available with redis_mode = \"cluster\"")
+        if self.redis_mode == "standalone" and "," in self.redis_url:
+            raise ValueError(
+                'redis_url names several servers, but redis_mode = "standalone" uses one'
+            )
 
 
 class AdminSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -266,8 +328,12 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     budgets: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     delegation: DelegationSettings = msgspec.field(default_factory=DelegationSettings)
     containment: ContainmentSettings = msgspec.field(default_factory=ContainmentSettings)
+    datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.
@@ -316,6 +382,12 @@ def load_settings(path: str | None = None, environ: dict[str, str] | None = None
     for name in _FILE_ONLY_FIELDS:
         if name in raw:
             raise SettingsError(where.say((name,), f"unknown key `{name}`"))
+    store = raw.get("store")
+    if isinstance(store, dict) and "credentials" in store:
+        raise SettingsError(
+            where.say(("store", "credentials"), "Redis credentials come from the environment "
+                      f"only (${REDIS_USERNAME_ENV}, ${REDIS_PASSWORD_ENV})")
+        )
     document = dict(raw)
     raw["base_dir"] = base_dir
     raw["admin_token"] = env.get(ADMIN_TOKEN_ENV, "")
@@ -325,6 +397,7 @@ def load_settings(path: str | None = None, environ: dict[str, str] | None = None
         keys, message = explain_validation(exc, document, Settings)
         raise SettingsError(where.say(keys, message)) from exc
     _check_upstream_secrets(settings, env, where)
+    settings = _with_store_environment(settings, env)
     settings = _resolve_upstream_secrets(settings, env)
     try:
         return msgspec.structs.replace(settings, llm=resolve_llm_settings(settings.llm, env))
@@ -356,3 +429,21 @@ def _resolve_upstream_secrets(settings: Settings, env: dict[str, str]) -> Settin
         for agent, cred in settings.upstream_credentials.items()
     }
     return msgspec.structs.replace(settings, upstream_credentials=resolved)
+
+
+def _with_store_environment(settings: Settings, env: dict[str, str]) -> Settings:
+    """Redis credentials from the environment; TLS file paths resolved from the config's folder."""
+    credentials = RedisCredentials(
+        username=env.get(REDIS_USERNAME_ENV, ""),
+        password=env.get(REDIS_PASSWORD_ENV, ""),
+        sentinel_username=env.get(REDIS_SENTINEL_USERNAME_ENV, ""),
+        sentinel_password=env.get(REDIS_SENTINEL_PASSWORD_ENV, ""),
+    )
+    store = settings.store
+    tls = {
+        name: str(settings.path(value))
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (value := getattr(store, name))
+    }
+    store = msgspec.structs.replace(store, credentials=credentials, **tls)
+    return msgspec.structs.replace(settings, store=store)

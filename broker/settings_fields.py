@@ -20,7 +20,7 @@ import msgspec
 from broker.settings import Settings
 
 ENTRY = "*"  # stands for any entry name or position in a key path pattern
-_NOT_FROM_THE_FILE = {"base_dir", "admin_token"}
+_NOT_FROM_THE_FILE = {("base_dir",), ("admin_token",), ("store", "credentials")}
 _FIELD_LINE = re.compile(r"^\s*(\w+)\s*:")
 
 
@@ -48,9 +48,9 @@ def _fields(struct: type[Any], prefix: tuple[str, ...]) -> Iterator[Setting]:
     defaults = _defaults(struct)
     comments = _comments(struct)
     for name in struct.__struct_fields__:
-        if not prefix and name in _NOT_FROM_THE_FILE:
-            continue
         path = (*prefix, name)
+        if path in _NOT_FROM_THE_FILE:
+            continue
         inner, entry_levels = _entry_type(hints[name])
         if is_struct(inner):
             yield from _fields(inner, (*path, *([ENTRY] * entry_levels)))

@@ -60,6 +60,7 @@ class CallContext:
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
     upstream_status: int | None = None
+    upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this call's outcome
 

@@ -1,4 +1,12 @@
-"""Fixtures every test folder may use: a real Redis server and a private key prefix per test."""
+"""Fixtures every test folder may use: real Redis servers and a private key prefix per test.
+
+Three topologies, each started once per session from the same redis-server binary (or taken
+from the environment, as a CI with servers of its own would give them): ``redis_url``
+(standalone; ``$REDIS_URL``), ``redis_cluster_url`` (three masters; ``$REDIS_CLUSTER_URL``, a
+node of an existing cluster) and ``redis_sentinel`` (a primary, a replica and a sentinel;
+``$REDIS_SENTINEL_URL`` and ``$REDIS_SENTINEL_SERVICE``). ``redis_store_settings`` gives
+``[store]`` settings for any of them under a key prefix of the test's own.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,21 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from redis_process import start_redis_server, stop_redis_server
+from redis_process import (
+    RedisMode,
+    start_redis_cluster,
+    start_redis_server,
+    start_sentinel_set,
+    stop_redis_server,
+)
+
+from broker.settings import StoreSettings
+from broker.stores.redis_client import seed_nodes
 
 REDIS_URL_ENV = "REDIS_URL"
+REDIS_CLUSTER_URL_ENV = "REDIS_CLUSTER_URL"
+REDIS_SENTINEL_URL_ENV = "REDIS_SENTINEL_URL"
+REDIS_SENTINEL_SERVICE_ENV = "REDIS_SENTINEL_SERVICE"
 
 
 def _free_port() -> int:
@@ -63,5 +83,87 @@ def redis_key_prefix(redis_url: str) -> Iterator[str]:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
             client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """$REDIS_CLUSTER_URL if set; otherwise a three-master cluster started for this session."""
+    if url := os.environ.get(REDIS_CLUSTER_URL_ENV):
+        yield url
+        return
+    cluster = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(sentinel URLs, service): $REDIS_SENTINEL_URL and $REDIS_SENTINEL_SERVICE (default
+    mymaster) if set; otherwise a primary, a replica and a sentinel started for this session."""
+    if url := os.environ.get(REDIS_SENTINEL_URL_ENV):
+        yield url, os.environ.get(REDIS_SENTINEL_SERVICE_ENV, "mymaster")
+        return
+    sentinel = start_sentinel_set(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        yield sentinel.url, sentinel.service
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def redis_store_settings(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[[RedisMode], StoreSettings]]:
+    """``make(mode)``: [store] settings for that topology under a prefix of this test's own;
+    every key under each prefix made is deleted after the test."""
+    made: list[StoreSettings] = []
+
+    def make(mode: RedisMode) -> StoreSettings:
+        prefix = f"test-{uuid.uuid4().hex}"
+        if mode == "standalone":
+            settings = StoreSettings(
+                backend="redis", redis_url=request.getfixturevalue("redis_url"), key_prefix=prefix
+            )
+        elif mode == "cluster":
+            settings = StoreSettings(
+                backend="redis", redis_mode="cluster",
+                redis_url=request.getfixturevalue("redis_cluster_url"), key_prefix=prefix,
+            )  # fmt: skip
+        else:
+            url, service = request.getfixturevalue("redis_sentinel")
+            settings = StoreSettings(
+                backend="redis", redis_mode="sentinel", redis_url=url,
+                sentinel_service=service, key_prefix=prefix,
+            )  # fmt: skip
+        made.append(settings)
+        return settings
+
+    yield make
+    for settings in made:
+        delete_prefix(settings)
+
+
+def sync_client(settings: StoreSettings) -> redis.Redis | redis.RedisCluster:
+    """A blocking client for ``settings`` (any mode), for tests that look at keys directly."""
+    if settings.redis_mode == "cluster":
+        host, port = seed_nodes(settings.redis_url)[0]
+        return redis.RedisCluster(host=host, port=port)
+    if settings.redis_mode == "sentinel":
+        sentinel = redis.Sentinel(seed_nodes(settings.redis_url))
+        return sentinel.master_for(settings.sentinel_service)
+    return redis.Redis.from_url(settings.redis_url)
+
+
+def delete_prefix(settings: StoreSettings) -> None:
+    """Delete every key under ``settings.key_prefix`` (one by one: a cluster's keys differ in
+    slot)."""
+    client = sync_client(settings)
+    try:
+        for key in list(client.scan_iter(match=f"{settings.key_prefix}:*", count=1000)):
+            client.delete(key)
     finally:
         client.close()

@@ -34,6 +34,7 @@ from broker.errors import (
     UnauthenticatedError,
 )
 from broker.keys import BrokerKeys
+from broker.observability.probes import audit_written
 from broker.pipeline.stage import stream_end
 from broker.replica_id import claim_default_replica
 from broker.settings import Settings
@@ -76,10 +77,13 @@ class AuditRecorder:
         if self.trail is None:
             return
         fields = self._with_payload(fields)
+        started = time.perf_counter()
         try:
             await self.trail.record(fields)
         except AuditLogError as exc:
+            audit_written(0.0, failed=True)
             raise AuditUnavailableError(detail=str(exc)) from None
+        audit_written(time.perf_counter() - started)
 
     async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Append as far as surviving this process (AuditUnavailableError if that fails); pass
@@ -87,10 +91,14 @@ class AuditRecorder:
         if self.trail is None:
             return done_future()
         fields = self._with_payload(fields)
+        started = time.perf_counter()
         try:
-            return await self.trail.record_staged(fields)
+            staged = await self.trail.record_staged(fields)
         except AuditLogError as exc:
+            audit_written(0.0, failed=True)
             raise AuditUnavailableError(detail=str(exc)) from None
+        audit_written(time.perf_counter() - started)
+        return staged
 
     @staticmethod
     async def durable(synced: asyncio.Future[None]) -> None:
@@ -229,7 +237,7 @@ async def open_recorder(
         return AuditRecorder(None, tasks=tasks)
     audit_log: AuditLog
     if audit.backend == "redis":
-        audit_log = RedisAuditLog(settings.store.redis_url, settings.store.key_prefix, tasks=tasks)
+        audit_log = RedisAuditLog(settings.store, settings.store.key_prefix, tasks=tasks)
     else:
         audit_log = FileAuditLog(
             settings.path(audit.dir),
@@ -259,5 +267,5 @@ def open_witness(settings: Settings) -> Witness | None:
         log.warning("[audit] witness = off: a cut-off tail of the log can go unseen")
         return None
     if kind == "redis":
-        return RedisWitness(store.redis_url, store.key_prefix)
+        return RedisWitness(store, store.key_prefix)
     return FileWitness(settings.path(audit.witness_dir))

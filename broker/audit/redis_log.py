@@ -5,6 +5,9 @@ itself refuses a second entry for a seq) and two fields: ``h`` (its hash) and ``
 canonical JSON). A batch is appended by one Lua script that first checks the batch continues
 the stored head, so a stale or second writer for the same replica cannot fork the chain.
 
+The stream key has no hash tag: one script touches one stream, so each replica's stream lives
+in its own cluster slot and the replicas' chains spread over a cluster's nodes.
+
 Durability is Redis's: ``append`` returns once Redis has applied the script. Without
 persistence a Redis restart loses the log; with ``appendonly yes`` and ``appendfsync always``
 each write is fsynced before Redis answers (recommended for production). ``wait_aof=True`` adds
@@ -20,14 +23,14 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import RedisCluster
 
 from broker.audit.commit import GroupCommitter
 from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
 from broker.background import BackgroundTasks
-from broker.stores.redis_client import connection_pool
+from broker.settings import StoreSettings
+from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
 _APPEND_LUA = resources.files("broker.audit").joinpath("audit_append.lua").read_text("utf-8")
 _READ_COUNT = 2000
@@ -41,14 +44,21 @@ class RedisAuditLog(AuditLog):
 
     def __init__(
         self,
-        redis_url: str,
+        target: str | StoreSettings,
         prefix: str,
         *,
         wait_aof: bool = False,
         tasks: BackgroundTasks | None = None,
     ) -> None:
+        """``target``: a standalone URL, or the ``[store]`` settings (any ``redis_mode``).
+        ``tasks``: where the writers run (the runtime's; by default its own).
+
+        Raises ``AuditLogError`` for ``wait_aof`` on Redis Cluster, where WAITAOF could not be
+        sent to the node that holds the stream in the same round trip."""
         self._tasks = tasks if tasks is not None else BackgroundTasks()
-        self._client = Redis.from_pool(connection_pool(redis_url))
+        self._client = open_redis(target)
+        if wait_aof and isinstance(self._client, RedisCluster):
+            raise AuditLogError("wait_aof is not available on Redis Cluster")
         self._script = self._client.register_script(_APPEND_LUA)
         self._prefix = prefix
         self._wait_aof = wait_aof
@@ -87,17 +97,22 @@ class RedisAuditLog(AuditLog):
         for record in records:
             args += [record.seq, record.hash, encode_record(record)]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                await self._script(keys=[key], args=args, client=pipe)
-                if self._wait_aof:
-                    pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
-                results = await pipe.execute()
-        except RedisError as exc:
+            results = await self._append(key, args)
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit append failed: {type(exc).__name__}: {exc}") from exc
         if int(results[0][0]) != 1:
             raise AuditChainGapError(f"{key} is at seq {results[0][1]}, not {first.seq - 1}")
         if self._wait_aof and int(results[1][0]) < 1:
             raise AuditLogError("Redis did not confirm the AOF fsync in time")
+
+    async def _append(self, key: str, args: list[Any]) -> list[Any]:
+        """The script's reply, and WAITAOF's after it in the same round trip if asked for."""
+        if not self._wait_aof:
+            return [await self._script(keys=[key], args=args)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._script(keys=[key], args=args, client=pipe)  # type: ignore[arg-type]
+            pipe.execute_command("WAITAOF", 1, 0, WAITAOF_TIMEOUT_MS)
+            return await pipe.execute()
 
     async def read_raw(self, replica: str, after_seq: int = 0) -> AsyncIterator[bytes]:
         key = self.stream_key(replica)
@@ -107,7 +122,7 @@ class RedisAuditLog(AuditLog):
                 entries: list[_Entry] = await self._client.xrange(  # type: ignore[assignment]
                     key, min=start, count=_READ_COUNT
                 )
-            except RedisError as exc:
+            except REDIS_FAILURES as exc:
                 raise AuditLogError(f"Redis audit read failed: {exc}") from exc
             for _, fields in entries:
                 yield fields[b"r"]
@@ -120,7 +135,7 @@ class RedisAuditLog(AuditLog):
         offset = len(self._prefix) + len(":audit:")
         try:
             keys = [key async for key in self._client.scan_iter(match=pattern, _type="STREAM")]
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit listing failed: {exc}") from exc
         names = (key.decode("utf-8")[offset:] for key in keys)
         return sorted(name for name in names if REPLICA_PATTERN.match(name))
@@ -130,7 +145,7 @@ class RedisAuditLog(AuditLog):
             last: list[_Entry] = await self._client.xrevrange(  # type: ignore[assignment]
                 self.stream_key(replica), count=1
             )
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"Redis audit read failed: {exc}") from exc
         if not last:
             return None

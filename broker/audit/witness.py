@@ -30,13 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.records import REPLICA_PATTERN, AuditRecord, KeptCheckpoint
 from broker.background import BackgroundTasks
-from broker.stores.redis_client import connection_pool
+from broker.settings import StoreSettings
+from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
 log = logging.getLogger("a2a_broker.audit")
 _QUEUE = 64
@@ -143,8 +142,8 @@ return 1
 
 
 class RedisWitness(Witness):
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self._client = Redis.from_pool(connection_pool(redis_url))
+    def __init__(self, target: str | StoreSettings, prefix: str) -> None:
+        self._client = open_redis(target)  # a standalone URL, or [store] in any redis_mode
         self._key = f"{prefix}:audit:witness"
         self._script = self._client.register_script(_SET_IF_NEWER)
 
@@ -152,13 +151,13 @@ class RedisWitness(Witness):
         try:
             await self._script(keys=[self._key], args=[entry.replica, entry.seq,
                                                        _ENCODER.encode(entry)])  # fmt: skip
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"audit witness not written: {exc}") from exc
 
     async def latest(self) -> dict[str, KeptCheckpoint]:
         try:
             raw: dict[bytes, bytes] = await self._client.hgetall(self._key)  # type: ignore[assignment]
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise AuditLogError(f"audit witness unreadable: {exc}") from exc
         if not raw:
             raise AuditLogError(f"no audit witness at {self._key}")

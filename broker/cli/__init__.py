@@ -136,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     from broker.http.connections import bounds_for, protocol_factory  # noqa: PLC0415
+    from broker.observability.multiprocess import metrics_directory  # noqa: PLC0415
 
     settings = _checked_settings(args.config)  # one line and status 2 before any worker
     problem = _port_problem(settings.server.host, settings.server.port)
@@ -148,19 +149,20 @@ def _serve(args: argparse.Namespace) -> int:
     # (decision 0024); every worker process gets the same bounds.
     bounds = bounds_for(settings.server, settings.limits.upstream_pool_size)
     try:
-        uvicorn.run(
-            "broker.http.app:app_from_environment",
-            factory=True,
-            host=settings.server.host,
-            port=settings.server.port,
-            workers=settings.server.workers,
-            loop="uvloop",
-            http=protocol_factory(bounds),  # type: ignore[arg-type]
-            timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
-            access_log=False,
-            log_config=None,
-            timeout_graceful_shutdown=5,
-        )
+        with metrics_directory(settings.metrics):  # shared by the workers (decision 0050)
+            uvicorn.run(
+                "broker.http.app:app_from_environment",
+                factory=True,
+                host=settings.server.host,
+                port=settings.server.port,
+                workers=settings.server.workers,
+                loop="uvloop",
+                http=protocol_factory(bounds),  # type: ignore[arg-type]
+                timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
+                access_log=False,
+                log_config=None,
+                timeout_graceful_shutdown=5,
+            )
     except SystemExit as stopped:
         # A start-up that failed inside the app: its log has the cause as one error line, and
         # so does the end of stderr (with one worker the app ran in this very process).
@@ -214,6 +216,8 @@ def _config_check(args: argparse.Namespace) -> int:
         cred["value"] = "***" if cred["value"] else ""
     for provider in shown["llm"]["providers"].values():
         provider["key"] = "***" if provider["key"] else ""
+    credentials = shown["store"]["credentials"]
+    shown["store"]["credentials"] = {k: "***" if v else "" for k, v in credentials.items()}
     print(msgspec.json.format(msgspec.json.encode(shown)).decode())
     policy = (
         "no policy file (every hop allowed)"

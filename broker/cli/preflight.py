@@ -49,12 +49,29 @@ def check_files(
     env = os.environ if environ is None else environ
     where = _where(config_path)
     _check_admin_digest(settings, where)
+    _refuse_unapplied(settings, where)
     keys = _load_keys(settings, where)
     rules = _load_policy(settings, where)
     cards = _load_cards(settings, keys, where)
     _check_audit(settings, where, env)
     identities = len(set(settings.agents) - set(cards))
     return CheckedFiles(policy_rules=rules, cards=len(cards), identities=identities)
+
+
+def _refuse_unapplied(settings: Settings, where: Where) -> None:
+    """Data controls and MCP servers are libraries whose pipeline stages have not landed: a
+    broker configured to use them would run without them, so it refuses to start instead."""
+    if settings.datacontrols.enabled:
+        raise SettingsError(where.say(("datacontrols", "enabled"), (
+            "data controls are not applied to traffic by this version (the detectors are built,"
+            " the pipeline stage is not; docs/datacontrols.md, Status): remove the setting"
+        )))
+    if settings.mcp.servers:
+        name = next(iter(settings.mcp.servers))
+        raise SettingsError(where.say(("mcp", "servers", name), (
+            "the broker does not serve MCP yet in this version (the protocol layer is built,"
+            " its routes are not; docs/mcp.md, Status): remove [mcp.servers]"
+        )))
 
 
 def _where(config_path: str | None) -> Where:

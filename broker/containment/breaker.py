@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+from broker.observability.probes import breaker_changed
 from broker.settings_containment import BreakerSettings
 
 log = logging.getLogger("a2a_broker.breaker")
@@ -69,6 +70,7 @@ class CircuitBreaker:
             if now < self._open_until:
                 raise CircuitOpenError(self._open_until - now)
             self.state, self._probes, self._round = State.HALF_OPEN, 0, self._round + 1
+            breaker_changed(self.name, self.state.value)
             log.info("circuit of %s half-open: probing", self.name)
         if self._probes >= self._settings.half_open_probes:
             raise CircuitOpenError(min(1.0, self._settings.open_s))  # a probe is under way
@@ -88,6 +90,7 @@ class CircuitBreaker:
             self._probes -= 1
         elif success:
             self.state = State.CLOSED
+            breaker_changed(self.name, self.state.value)
             self._slots = [-1] * _BUCKETS
             log.warning("circuit of %s closed: the upstream answers again", self.name)
         else:
@@ -112,6 +115,7 @@ class CircuitBreaker:
 
     def _open(self, why: str) -> None:
         self.state = State.OPEN
+        breaker_changed(self.name, self.state.value)
         self._open_until = self._clock() + self._settings.open_s
         log.warning("circuit of %s open for %s s: %s", self.name, self._settings.open_s, why)
 

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from broker.datacontrols.tags import accumulate
 from broker.delegation import DELEGATION_TOKEN_TYPE
 from broker.delegation.errors import (
     DelegationTokenExpiredError,
@@ -39,6 +40,7 @@ Clock = Callable[[], float]
 _T = TypeVar("_T")
 
 MAX_TOKEN_CHARS = 8192  # a chain deep enough to need more is refused long before
+MAX_TAGS = 64  # data-control types: far more than the detector knows
 _MAC_LABEL = b"a2a-broker/delegation/bmac/v1"
 _BMAC_PREFIX = b',"bmac":"'
 _BMAC_CHARS = 43  # base64url of 32 bytes, unpadded
@@ -70,7 +72,10 @@ class DelegationClaims(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     iat: int
     exp: int
     dl: float  # the work's deadline (epoch seconds); never after exp
-    bmac: str | None = None
+    # Data-control tags: the types of sensitive data the work has touched (pii:email,
+    # secret:aws_key; never values), sorted. They only grow along a chain. Omitted when empty.
+    tags: tuple[str, ...] = ()
+    bmac: str | None = None  # must stay the last field: it is spliced onto the encoding
 
     @property
     def origin(self) -> str:
@@ -128,16 +133,18 @@ class TokenMinter:
         deadline_s: float | None = None,
         *,
         ttl_s: float | None = None,
+        tags: Iterable[str] = (),
     ) -> tuple[str, DelegationClaims]:
         """A token for ``target`` on a hop where ``caller`` originates new work (a new tree).
 
         The token lives ``ttl_s`` (default: the minter's), its deadline is ``deadline_s`` from
-        now (default: its expiry). Raises ``ValueError`` for a non-positive duration or a bad
-        scope entry.
+        now (default: its expiry); it carries ``tags`` (data-control type names). Raises
+        ``ValueError`` for a non-positive duration, a bad scope entry or a bad tag.
         """
         now = self._clock()
         limits = _limits(now, self._ttl(ttl_s), deadline_s)
-        return self._seal(self._claims(None, caller, target, scope, now=now, limits=limits))
+        claims = self._claims(None, caller, target, scope, now=now, limits=limits)
+        return self._seal(_with_tags(claims, (), tags))
 
     def mint_next(
         self,
@@ -148,11 +155,13 @@ class TokenMinter:
         deadline_s: float | None = None,
         *,
         ttl_s: float | None = None,
+        tags: Iterable[str] = (),
     ) -> tuple[str, DelegationClaims]:
         """A token for ``target`` on a hop ``caller`` makes while working under ``parent``.
 
         ``parent`` must be verified claims presented by ``caller``. The chain grows by
-        ``caller``, depth by one; ``exp`` and ``dl`` are never later than the parent's. Raises
+        ``caller``, depth by one; ``exp`` and ``dl`` are never later than the parent's; the tags
+        are the parent's plus ``tags``, so they never shrink. Raises
         ``DelegationTokenNotYoursError`` if ``caller`` is not the parent's audience and
         ``DelegationTokenExpiredError`` if the parent's time has run out.
         """
@@ -163,7 +172,8 @@ class TokenMinter:
         limits = _limits(now, self._ttl(ttl_s), deadline_s, parent.exp, parent.dl)
         if limits[1] <= now:
             raise DelegationTokenExpiredError(detail=f"parent token {parent.jti} has run out")
-        return self._seal(self._claims(parent, caller, target, scope, now=now, limits=limits))
+        claims = self._claims(parent, caller, target, scope, now=now, limits=limits)
+        return self._seal(_with_tags(claims, parent.tags, tags))
 
     def _ttl(self, ttl_s: float | None) -> float:
         return self._default_ttl_s if ttl_s is None else _duration(ttl_s, 1.0, "a token lifetime")
@@ -268,6 +278,17 @@ class TokenVerifier:
             key.verify(_strict_b64decode(signature), f"{header}.{payload_segment}".encode())
         except InvalidSignature as exc:
             raise DelegationTokenInvalidError(detail="bad signature") from exc
+
+
+def _with_tags(
+    claims: DelegationClaims, inherited: Iterable[str], added: Iterable[str]
+) -> DelegationClaims:
+    """``claims`` carrying the union of the inherited and the added tags (ValueError for a tag
+    that is not a type name, or more than MAX_TAGS)."""
+    tags = accumulate(inherited, added)
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"a token carries at most {MAX_TAGS} tags, not {len(tags)}")
+    return msgspec.structs.replace(claims, tags=tags) if tags else claims
 
 
 def header_segment(kid: str) -> bytes:

@@ -24,7 +24,7 @@ from broker.errors import (
 from broker.http.state import AnyRequest, runtime_of
 from broker.jsonlimits import json_depth_exceeds
 from broker.policy.rules import PolicyError
-from broker.settings import BudgetLimitSettings
+from broker.settings import BudgetLimitSettings, Settings
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_limits import check_override
 from broker.stores.kill_switch import KillSwitchState
@@ -82,18 +82,28 @@ async def _audit(request: AnyRequest, kind: str, action: str, agent: str) -> Non
     await runtime_of(request).audit.event(kind, "admin", action=action, agent=agent)
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Admin requests carry the admin token; the broker holds only its SHA-256 digest."""
-    settings = connection.app.state.runtime.settings
-    expected = settings.admin.token_sha256.lower() or (
+def admin_token_digest(settings: Settings) -> str:
+    """SHA-256 hex of the admin token ("" when none is configured: admin is disabled)."""
+    return settings.admin.token_sha256.lower() or (
         hashlib.sha256(settings.admin_token.encode()).hexdigest() if settings.admin_token else ""
     )
+
+
+def token_matches(token: str, expected_sha256: str) -> bool:
+    """Whether ``token`` hashes to ``expected_sha256`` (compared in constant time)."""
+    actual = hashlib.sha256(token.encode()).hexdigest()
+    return bool(expected_sha256) and hmac.compare_digest(actual, expected_sha256)
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Admin requests carry the admin token; the broker holds only its SHA-256 digest."""
+    expected = admin_token_digest(connection.app.state.runtime.settings)
     if not expected:
         raise AdminDisabledError
     token = bearer_token(connection.headers.get("authorization"))
     if token is None:
         raise AdminUnauthenticatedError
-    if not hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), expected):
+    if not token_matches(token, expected):
         raise AdminUnauthenticatedError
 
 

@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.recorder import AuditRecorder
+from broker.console.app import console_parts
 from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
@@ -33,6 +34,8 @@ from broker.http.state import AnyRequest
 from broker.keys import KeyFileError
 from broker.llm.wire import openai_error_reply
 from broker.logs import configure_logging
+from broker.observability.multiprocess import worker_stopped
+from broker.observability.scrape import metrics_routes
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.wire import error_reply
 from broker.replica_id import ReplicaIdError
@@ -143,7 +146,9 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             unobserve()
             await app.state.runtime.close()
+            worker_stopped()
 
+    console = console_parts(settings)  # the operator console (docs/console.md)
     return Litestar(
         route_handlers=[
             healthz,
@@ -155,7 +160,12 @@ def create_app(settings: Settings) -> Litestar:
             rest_edge,
             admin_router,
             *llm_route_handlers,
+            *metrics_routes(settings.metrics.enabled),
+            *console.route_handlers,
         ],
+        template_config=console.template_config,
+        on_startup=console.on_startup,
+        on_shutdown=console.on_shutdown,
         lifespan=[lifespan],
         exception_handlers={
             BrokerError: broker_error_response,

@@ -11,6 +11,7 @@ from broker.audit.recorder import AuditRecorder, digest, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
+from broker.observability.record import observe_llm_usage
 from broker.types import Outcome
 
 
@@ -20,6 +21,8 @@ def llm_fields(
     err = ctx.error
     usage = ctx.usage or Usage()
     model = ctx.request.model if ctx.request is not None else ""
+    if phase == "outcome" and ctx.usage is not None:
+        observe_llm_usage(model, usage)  # once per call: its outcome is recorded once
     return {
         "kind": "request",
         "request_id": ctx.request_id,

@@ -13,6 +13,7 @@ from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.llm.request import parse_request
 from broker.llm.wire import openai_error_reply
+from broker.observability.record import observe_llm_call
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine
 from broker.settings import LimitSettings
@@ -44,6 +45,7 @@ class LlmErrorBoundary:
 
 
 def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
+    observe_llm_call(ctx, status)  # the call's metrics
     if not log.isEnabledFor(logging.INFO):
         return
     own: dict[str, object] = {

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from broker.background import BackgroundTasks
 from broker.policy.decision import Verdict
@@ -78,7 +78,7 @@ class PolicyReloader:
         interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
         on_applied: AppliedCallback | None = None,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
         tasks: BackgroundTasks | None = None,
@@ -112,6 +112,10 @@ class PolicyReloader:
         """Subscribe to the channel (so no message published after this is missed) and poll."""
         if self._tasks:
             return
+        # The engine was loaded from the file: that is the file's applied state. Otherwise the
+        # first polls would "settle" the unchanged file and re-apply it over a policy another
+        # replica published meanwhile.
+        self._file_state = self._file_state or self._engine.version
         if self._channel is not None:
             await self._channel.start()
         self._tasks.append(self._background.spawn(self._poll(), "policy-poll"))

@@ -7,8 +7,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.errors import BrokerError
@@ -17,6 +15,7 @@ from broker.policy.engine import PolicyEngine, PolicySnapshot
 from broker.policy.reload import PolicyReloader
 from broker.policy.rules import PolicyError
 from broker.settings import Settings, SettingsError
+from broker.stores.redis_client import RedisClient, open_redis
 
 log = logging.getLogger("a2a_broker.policy")
 
@@ -31,7 +30,7 @@ class PolicyRuntime:
 
     engine: PolicyEngine | None
     reloader: PolicyReloader | None = None
-    redis: aioredis.Redis | None = None
+    redis: RedisClient | None = None
 
     @classmethod
     async def start(
@@ -50,7 +49,7 @@ class PolicyRuntime:
         engine = PolicyEngine.from_files(model or DEFAULT_MODEL, policy_path)
         client = None
         if settings.store.backend == "redis":
-            client = aioredis.Redis.from_url(settings.store.redis_url)
+            client = open_redis(settings.store)
         reloader = PolicyReloader(
             engine,
             policy_path,

@@ -82,6 +82,7 @@ class BrokerRuntime:
         opened.push_async_callback(tasks.close)
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
+        await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
         controls = await Controls.start(settings, backend.stores(), tasks)
         opened.push_async_callback(controls.stop)
         stores = controls.stores
@@ -209,8 +210,9 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
 
     pages = PageTokens(keys)
     inspector = ResponseInspector(
-        rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages
-    )
+        rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
+        finished_ttl_s=settings.store.finished_task_ttl_s,
+    )  # fmt: skip
     return A2aParts(
         settings=settings,
         stores=rt.stores,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
-import redis.asyncio as aioredis
 
 from broker.background import BackgroundTasks
 from broker.global_kill import GlobalKillSwitch
@@ -27,6 +26,7 @@ from broker.replica_channel import ReplicaChannel
 from broker.settings import Settings
 from broker.stores.base import Stores
 from broker.stores.cache import CachedAgentRegistry, CachedCredentialStore, with_read_cache
+from broker.stores.redis_client import RedisClient, open_redis
 
 log = logging.getLogger("a2a_broker.control")
 CONTROL_CHANNEL = "control"  # under [store] key_prefix
@@ -49,7 +49,7 @@ class Controls:
     stores: Stores
     kill: GlobalKillSwitch
     channel: ReplicaChannel | None
-    redis: aioredis.Redis | None
+    redis: RedisClient | None
 
     @classmethod
     async def start(
@@ -59,7 +59,7 @@ class Controls:
         redis = channel = None
         controls = cls(stores, GlobalKillSwitch(stores.kill_switch, _no_publish, tasks), None, None)
         if settings.store.backend == "redis":
-            redis = aioredis.Redis.from_url(settings.store.redis_url)
+            redis = open_redis(settings.store)
             name = f"{settings.store.key_prefix}:{CONTROL_CHANNEL}"
             channel = ReplicaChannel(
                 redis, name, controls.receive, on_gap=controls.caught_up, tasks=tasks

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from broker.audit.recorder import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
+from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
 from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
 
@@ -59,6 +60,7 @@ async def _logged(ctx: MediationContext, reply: StreamReply) -> AsyncIterator[by
     """Relay the stream and log it when it ends. A failure after the stream started ends it
     with one ``event: error`` frame (unless the stream sent one already) and a clean end, never
     with a cut connection (a truncated chunked body)."""
+    stream_opened(ctx.binding)
     status = "completed"
     try:
         async for event in reply.events:
@@ -84,6 +86,7 @@ def _stream_failure(ctx: MediationContext, exc: Exception) -> BrokerError:
 
 def log_request(ctx: MediationContext, status: int, stream_end: str | None = None) -> None:
     """One structured line: caller, target, operation, status, latency (and the refusal)."""
+    observe_mediated(ctx, status, stream_end)  # the request's metrics
     if not log.isEnabledFor(logging.INFO):
         return
     own: dict[str, object] = {

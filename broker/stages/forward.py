@@ -55,6 +55,7 @@ class Forward:
         remaining = ctx.hop.dl - time.time() if ctx.hop is not None else None
         try:
             async with asyncio.timeout(remaining):
+                sent = time.perf_counter()
                 resp = await self._send(ctx)
                 if ctx.operation.streaming and resp.is_event_stream:
                     return self._stream(ctx, resp, remaining)
@@ -62,6 +63,7 @@ class Forward:
                     body = await resp.read(self._limits.max_response_bytes)
                 finally:
                     resp.close()
+                    ctx.upstream_s = time.perf_counter() - sent
         except TimeoutError:
             raise UpstreamTimeoutError(
                 "The delegation's deadline passed before the agent answered."

@@ -80,13 +80,17 @@ class TaskRouteStore(abc.ABC):
     """Task id -> owning agent and creating caller, so task-scoped calls reach the right place."""
 
     @abc.abstractmethod
-    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
+    async def claim(
+        self, route: TaskRoute, ttl_s: int, tree: str | None = None, *, finished: bool = False
+    ) -> bool:
         """Record ``route`` unless the task is already routed to a different owner.
 
         True if the route now holds (new, or the same owner again: its TTL is refreshed); False if
         another caller owns that task id at that agent, which is left unchanged. With ``tree``,
         a task that is claimed is also recorded in that task tree for ``ttl_s`` (as
         ``TaskTreeIndex.add``; one round trip on Redis), and one that is not is not recorded.
+        ``finished``: the task had ended when its answer passed; a backend with a capacity
+        forgets such routes first. Raises ``StoreFullError`` if there is no room.
         """
 
     @abc.abstractmethod
@@ -246,6 +250,12 @@ class StoreBackend(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreUnavailableError if the backend cannot serve requests now."""
+
+    async def start_checks(self) -> None:
+        """At start: raise ``StoreTopologyError`` if the storage is not what the settings name
+        or could lose the broker's state on its own (Redis eviction). Unreachable is no error
+        here (requests are refused until it answers)."""
+        return
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -14,7 +14,7 @@ def open_backend(settings: StoreSettings) -> StoreBackend:
     """The backend ``settings.backend`` names. Does not connect: call ``ping`` to check it."""
     match settings.backend:
         case "memory":
-            return MemoryBackend()
+            return MemoryBackend(settings.memory_max_tasks)
         case "redis":
             return RedisBackend(settings)
         case _:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import abc
 
 import msgspec
-from redis.asyncio import Redis
 
-from broker.stores.redis_client import unavailable_on_error
+from broker.stores.redis_client import RedisClient, unavailable_on_error
 
 
 class KillSwitchState(msgspec.Struct, frozen=True, kw_only=True):
@@ -65,7 +64,7 @@ class MemoryKillSwitchStore(KillSwitchStore):
 
 
 class RedisKillSwitchStore(KillSwitchStore):
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._key = f"{prefix}:killswitch"
 

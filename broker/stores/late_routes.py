@@ -36,6 +36,7 @@ class _Claim:
     route: TaskRoute
     tree: str | None
     expires_at: float  # when the route would expire had it been written on time
+    finished: bool = False
 
 
 class LateTaskRoutes(TaskRouteStore):
@@ -56,11 +57,13 @@ class LateTaskRoutes(TaskRouteStore):
         self._clock = clock
         self._pending: dict[tuple[str, str], list[_Claim]] = {}
 
-    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
+    async def claim(
+        self, route: TaskRoute, ttl_s: int, tree: str | None = None, *, finished: bool = False
+    ) -> bool:
         try:
-            return await self._inner.claim(route, ttl_s, tree)
+            return await self._inner.claim(route, ttl_s, tree, finished=finished)
         except StoreUnavailableError as err:
-            self._defer(_Claim(route, tree, self._clock() + ttl_s), err)
+            self._defer(_Claim(route, tree, self._clock() + ttl_s, finished), err)
             return True
 
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
@@ -102,7 +105,7 @@ class LateTaskRoutes(TaskRouteStore):
         if claim not in self._pending.get((claim.route.agent, claim.route.task_id), ()):
             return  # a concurrent attempt wrote it
         ttl_s = max(1, int(claim.expires_at - self._clock()))
-        claimed = await self._inner.claim(claim.route, ttl_s, claim.tree)
+        claimed = await self._inner.claim(claim.route, ttl_s, claim.tree, finished=claim.finished)
         if self._forget(claim) and not claimed:  # only the attempt that wrote it reports it
             await self._on_conflict(claim.route)
 

@@ -8,9 +8,11 @@ other processes or replicas.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import msgspec
 
+from broker.errors import StoreFullError
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -34,6 +36,8 @@ from broker.stores.memory_delegation import (
 # Expired task routes are dropped when touched; a full sweep at most this often bounds the memory
 # held by routes that are never asked for again, at O(routes) per sweep.
 _ROUTE_SWEEP_INTERVAL_S = 60.0
+# When full of running tasks, a full sweep for expired ones at most this often.
+_FORCED_SWEEP_INTERVAL_S = 1.0
 
 
 class MemoryAgentRegistry(AgentRegistry):
@@ -104,25 +108,44 @@ class MemoryCredentialStore(CredentialStore):
 
 
 class MemoryTaskRouteStore(TaskRouteStore):
-    """Task routes with a monotonic-clock expiry. Same contract as ``TaskRouteStore``.
+    """Task routes with a monotonic-clock expiry and a capacity. Same contract as
+    ``TaskRouteStore``.
 
-    ``claim`` raises ValueError if ``ttl_s`` is not positive.
+    At ``max_tasks`` routes, a new route first makes room by forgetting expired routes, then
+    routes of finished tasks, oldest first; if only running tasks' routes remain it is refused
+    with ``StoreFullError`` (the caller fails closed: nothing is forgotten silently that a
+    running task still needs). ``claim`` raises ValueError if ``ttl_s`` is not positive.
+    Each entry holds only the owner and its expiry: agent and task id are the key.
     """
 
-    def __init__(self, trees: TaskTreeIndex) -> None:
-        self._routes: dict[tuple[str, str], tuple[TaskRoute, float]] = {}
+    def __init__(self, trees: TaskTreeIndex, max_tasks: int = 100_000) -> None:
+        self._routes: dict[tuple[str, str], tuple[str, float]] = {}
+        # Routes of tasks that had ended when claimed, oldest claim first: forgotten first.
+        self._finished: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_sweep = time.monotonic() + _ROUTE_SWEEP_INTERVAL_S
+        self._next_forced_sweep = 0.0
         self._trees = trees
+        self._max_tasks = max_tasks
 
-    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
+    async def claim(
+        self, route: TaskRoute, ttl_s: int, tree: str | None = None, *, finished: bool = False
+    ) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         now = time.monotonic()
         self._sweep(now)
+        key = (route.agent, route.task_id)
         current = self._live(route.agent, route.task_id, now)
         if current is not None and current.owner != route.owner:
             return False
-        self._routes[(route.agent, route.task_id)] = (route, now + ttl_s)
+        if current is None:
+            self._make_room(now)
+        self._routes[key] = (route.owner, now + ttl_s)
+        if finished:
+            self._finished[key] = None
+            self._finished.move_to_end(key)
+        else:
+            self._finished.pop(key, None)
         if tree is not None:
             await self._trees.add(tree, route.agent, route.task_id, ttl_s)
         return True
@@ -130,15 +153,41 @@ class MemoryTaskRouteStore(TaskRouteStore):
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
         return self._live(agent, task_id, time.monotonic())
 
+    def __len__(self) -> int:
+        return len(self._routes)
+
     def _live(self, agent: str, task_id: str, now: float) -> TaskRoute | None:
         entry = self._routes.get((agent, task_id))
         if entry is None:
             return None
-        route, expires_at = entry
+        owner, expires_at = entry
         if expires_at <= now:
-            del self._routes[(agent, task_id)]
+            self._forget((agent, task_id))
             return None
-        return route
+        return TaskRoute(agent=agent, task_id=task_id, owner=owner)
+
+    def _make_room(self, now: float) -> None:
+        """O(1) while finished routes remain to forget; a full sweep for expired running ones
+        at most once a second (so a store full of running tasks costs no scan per refusal)."""
+        if len(self._routes) < self._max_tasks:
+            return
+        if self._finished:
+            oldest, _ = self._finished.popitem(last=False)
+            self._routes.pop(oldest, None)
+            return
+        if now >= self._next_forced_sweep:
+            self._next_forced_sweep = now + _FORCED_SWEEP_INTERVAL_S
+            self._next_sweep = now
+            self._sweep(now)
+        if len(self._routes) >= self._max_tasks:
+            raise StoreFullError(
+                detail=f"memory store holds {len(self._routes)} running tasks "
+                "([store] memory_max_tasks)"
+            )
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._routes.pop(key, None)
+        self._finished.pop(key, None)
 
     def _sweep(self, now: float) -> None:
         if now < self._next_sweep:
@@ -146,18 +195,18 @@ class MemoryTaskRouteStore(TaskRouteStore):
         self._next_sweep = now + _ROUTE_SWEEP_INTERVAL_S
         expired = [key for key, (_, expires_at) in self._routes.items() if expires_at <= now]
         for key in expired:
-            del self._routes[key]
+            self._forget(key)
 
 
 class MemoryBackend(StoreBackend):
     """The in-process backend: always available, nothing to open or close."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_tasks: int = 100_000) -> None:
         trees = MemoryTaskTreeIndex()
         self._stores = Stores(
             registry=MemoryAgentRegistry(),
             credentials=MemoryCredentialStore(),
-            task_routes=MemoryTaskRouteStore(trees),
+            task_routes=MemoryTaskRouteStore(trees, max_tasks),
             delegation_counters=MemoryDelegationCounters(),
             revocations=MemoryRevocations(),
             task_trees=trees,

@@ -40,6 +40,8 @@ from broker.stores.budget_base import (
 # Expired counters and rate keys are dropped when touched; a full sweep at most this often
 # bounds the memory held by ones never touched again.
 _SWEEP_INTERVAL_S = 60.0
+# Ended reservations the expiry heap may keep beyond twice those held, before it is rebuilt.
+_COMPACT_SLACK = 1024
 
 # (window, window start, scope key): one window of one scope, like one Redis counter hash.
 _CounterKey = tuple[Window, int, str]
@@ -138,6 +140,7 @@ class MemoryBudgetLedger(BudgetLedger):
         entry = self._held.pop(reservation_id, None)
         if entry is None:
             return
+        self._compact_expiries()
         for hold in entry[0]:
             counter = self._live(hold.counter, now)
             if counter is None:
@@ -147,6 +150,14 @@ class MemoryBudgetLedger(BudgetLedger):
                 spent = actual.of(hold.metric)
                 counter.used[hold.metric] += min(spent, hold.amount)
                 counter.overage[hold.metric] += max(0, spent - hold.amount)
+
+    def _compact_expiries(self) -> None:
+        """Rebuild the expiry heap once most of it is reservations already ended, so memory
+        follows the reservations held, not those made within the last ``ttl_s`` (amortised
+        O(1) per reservation)."""
+        if len(self._expiries) > 2 * len(self._held) + _COMPACT_SLACK:
+            self._expiries = [(expires_at, rid) for rid, (_, expires_at) in self._held.items()]
+            heapq.heapify(self._expiries)
 
     def _reclaim(self, now: float) -> int:
         """Release every reservation whose expiry is at or before ``now``; how many."""

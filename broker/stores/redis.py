@@ -7,8 +7,9 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
 - ``<prefix>:{reg}:agents``: hash, agent name -> AgentRecord JSON
 - ``<prefix>:{cred}:digests``: hash, credential digest -> agent name
 - ``<prefix>:{cred}:agent:<name>``: set of the agent's digests
-- ``<prefix>:route:{<len(agent)>:<agent>:<task_id>}``: TaskRoute JSON with a TTL (the length
-  keeps agent "a:b" + task "c" apart from agent "a" + task "b:c")
+- ``<prefix>:route:{<len(agent)>:<agent>:<task_id>}``: the owning caller's name, with a TTL
+  (the length keeps agent "a:b" + task "c" apart from agent "a" + task "b:c"); routes written
+  by earlier versions hold TaskRoute JSON and are still read
 - ``<prefix>:dlg:{<len(tree)>:<tree>}:…`` and ``<prefix>:revoked:<jti>``: delegation counters,
   revocations and task trees, laid out in ``redis_delegation``
 - ``<prefix>:{budget}:…`` and ``<prefix>:rl:{…}``: budgets and rate limits, laid out in
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from broker.settings import StoreSettings
@@ -39,15 +39,21 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
-from broker.stores.redis_batch import BatchingRedis
+from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
-from broker.stores.redis_client import connection_pool, lua_source, unavailable_on_error
+from broker.stores.redis_client import (
+    RedisClient,
+    lua_source,
+    open_redis,
+    unavailable_on_error,
+)
 from broker.stores.redis_delegation import (
     RedisDelegationCounters,
     RedisRevocations,
     RedisTaskTreeIndex,
 )
+from broker.stores.redis_topology import check_redis
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
@@ -64,7 +70,7 @@ class RedisAgentRegistry(AgentRegistry):
     Every method raises ``StoreUnavailableError`` if Redis cannot be reached or fails.
     """
 
-    def __init__(self, client: Redis, set_status_script: AsyncScript, prefix: str) -> None:
+    def __init__(self, client: RedisClient, set_status_script: AsyncScript, prefix: str) -> None:
         self._client = client
         self._set_status = set_status_script
         self._key = f"{prefix}:{{reg}}:agents"
@@ -107,7 +113,7 @@ class RedisCredentialStore(CredentialStore):
     first agent leaves it alone. Every method raises ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, replace_script: AsyncScript, prefix: str) -> None:
+    def __init__(self, client: RedisClient, replace_script: AsyncScript, prefix: str) -> None:
         self._client = client
         self._replace = replace_script
         self._prefix = prefix
@@ -141,7 +147,7 @@ class RedisTaskRouteStore(TaskRouteStore):
     """
 
     def __init__(
-        self, client: Redis, claim_script: AsyncScript, prefix: str, trees: RedisTaskTreeIndex
+        self, client: RedisClient, claim_script: AsyncScript, prefix: str, trees: RedisTaskTreeIndex
     ) -> None:
         self._client = client
         self._claim = claim_script
@@ -149,15 +155,19 @@ class RedisTaskRouteStore(TaskRouteStore):
         self._trees = trees
 
     @unavailable_on_error
-    async def claim(self, route: TaskRoute, ttl_s: int, tree: str | None = None) -> bool:
+    async def claim(
+        self, route: TaskRoute, ttl_s: int, tree: str | None = None, *, finished: bool = False
+    ) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         key = self._key(route.agent, route.task_id)
-        args: list[bytes | str | int] = [_ENCODER.encode(route), route.owner, ttl_s]
+        # The value is the owner alone: agent and task id are in the key (compact per task).
+        args: list[bytes | str | int] = [route.owner, ttl_s]
         if tree is None:
             return bool(await self._claim(keys=[key], args=args))
         # The route and the tree live in different cluster slots, so not one script: two sent
-        # together (one round trip: see redis_batch), and a refused claim takes its entry back.
+        # together (one round trip per node: see redis_batch), and a refused claim takes its
+        # entry back.
         claimed, _ = await asyncio.gather(
             self._claim(keys=[key], args=args),
             self._trees.add(tree, route.agent, route.task_id, ttl_s),
@@ -169,14 +179,19 @@ class RedisTaskRouteStore(TaskRouteStore):
     @unavailable_on_error
     async def get(self, agent: str, task_id: str) -> TaskRoute | None:
         raw = await self._client.get(self._key(agent, task_id))
-        return None if raw is None else _ROUTE_DECODER.decode(raw)
+        if raw is None:
+            return None
+        owner = raw.decode() if isinstance(raw, bytes) else raw
+        if owner.startswith("{"):  # written as JSON by an earlier version
+            return _ROUTE_DECODER.decode(owner)
+        return TaskRoute(agent=agent, task_id=task_id, owner=owner)
 
     def _key(self, agent: str, task_id: str) -> str:
         return f"{self._prefix}:route:{{{len(agent)}:{agent}:{task_id}}}"
 
 
 class RedisBackend(StoreBackend):
-    """The Redis stores over one connection pool to ``settings.redis_url``.
+    """The Redis stores over one client for ``settings.redis_mode`` (see ``open_redis``).
 
     Connecting is lazy: constructing never fails on an unreachable server; ``ping`` and every
     store method raise ``StoreUnavailableError`` while Redis is down, and work again, without a
@@ -188,7 +203,14 @@ class RedisBackend(StoreBackend):
         prefix = settings.key_prefix
         if "{" in prefix or "}" in prefix:
             raise ValueError("store key_prefix must not contain '{' or '}'")
-        self._client = BatchingRedis.from_pool(connection_pool(settings.redis_url))
+        self._settings = settings
+        self._client = open_redis(
+            settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster
+        )
+        if settings.replica_acks and isinstance(self._client, BatchingRedis):
+            self._client.batcher.require_replicas(
+                settings.replica_acks, settings.replica_ack_timeout_ms
+            )
         trees = RedisTaskTreeIndex(self._client, prefix)
         self._stores = Stores(
             registry=RedisAgentRegistry(
@@ -215,6 +237,9 @@ class RedisBackend(StoreBackend):
     @unavailable_on_error
     async def ping(self) -> None:
         await self._client.ping()
+
+    async def start_checks(self) -> None:
+        await check_redis(self._settings)
 
     async def close(self) -> None:
         await self._client.aclose()

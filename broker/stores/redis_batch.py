@@ -15,6 +15,14 @@ or error, exactly as if it had called alone:
   atomic by itself, as before.
 
 A lone call (the usual case at low load) goes out at once, as a plain ``EVALSHA``.
+
+With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
+round trip, and no caller learns its script's reply until that many replicas hold the writes.
+
+On Redis Cluster (``BatchingRedisCluster``) the same queue becomes redis-py's cluster pipeline,
+which splits it by the node that owns each call's slot and sends the per-node pipelines
+concurrently: a turn's calls cost one round trip per node touched, in parallel, not one after
+another. A script's keys must share one slot (the key layouts' hash tags see to that).
 """
 
 from __future__ import annotations
@@ -23,24 +31,33 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 _Call = tuple["BatchedScript", Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
 
 
-class BatchingRedis(Redis):
-    """A redis-py client whose registered scripts share pipelines (see the module docstring)."""
+class NotReplicatedError(RedisError):
+    """WAIT: fewer replicas than required confirmed a batch's writes in time."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+
+class _Batcher:
+    """The queue of one client's script calls, flushed once per event-loop turn."""
+
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        self._client = client
         self._queued: list[_Call] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._replicas = 0
+        self._replica_timeout_ms = 0
 
-    def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
-        return BatchedScript(self, script)
+    def require_replicas(self, replicas: int, timeout_ms: int) -> None:
+        """End every batch with ``WAIT replicas timeout_ms`` in the same round trip; a batch
+        fewer replicas confirmed fails every call in it (``NotReplicatedError``): the writes
+        happened on the primary, but none is acted on unless it would survive a failover."""
+        self._replicas, self._replica_timeout_ms = replicas, timeout_ms
 
     def queue(
         self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
@@ -54,17 +71,20 @@ class BatchingRedis(Redis):
 
     def _flush(self) -> None:
         calls, self._queued = self._queued, []
+        alone = len(calls) == 1 and not self._replicas
         task = asyncio.get_running_loop().create_task(
-            self._run_alone(calls[0]) if len(calls) == 1 else self._run_together(calls)
+            self._run_alone(calls[0]) if alone else self._run_together(calls)
         )
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
     async def _run_together(self, calls: list[_Call]) -> None:
         try:
-            async with self.pipeline(transaction=False) as pipe:
+            async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args, _ in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if self._replicas:
+                    pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
             for *_, future in calls:
@@ -72,13 +92,39 @@ class BatchingRedis(Redis):
             if not isinstance(exc, Exception):
                 raise
             return
+        if self._replicas and not self._replicated(calls, replies.pop()):
+            return
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
-                await self._run_alone(call)  # loads the script, then runs it
+                await self._load_and_run(call)
             elif isinstance(reply, Exception):
                 _fail(call[3], reply)
             elif not call[3].done():
                 call[3].set_result(reply)
+
+    def _replicated(self, calls: list[_Call], acked: Any) -> bool:
+        if isinstance(acked, int) and acked >= self._replicas:
+            return True
+        failure = acked if isinstance(acked, Exception) else NotReplicatedError(
+            f"{acked} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
+        )  # fmt: skip
+        for *_, future in calls:
+            _fail(future, failure)
+        return False
+
+    async def _load_and_run(self, call: _Call) -> None:
+        """A script Redis does not know (after a restart or failover): load it, run again."""
+        if not self._replicas:
+            await self._run_alone(call)  # redis-py's own call loads it
+            return
+        try:
+            await self._client.script_load(call[0].script)
+        except BaseException as exc:
+            _fail(call[3], exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        await self._run_together([call])
 
     async def _run_alone(self, call: _Call) -> None:
         script, keys, args, future = call
@@ -93,12 +139,34 @@ class BatchingRedis(Redis):
             future.set_result(reply)
 
 
+class BatchingRedis(Redis):
+    """A redis-py client whose registered scripts share pipelines (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batcher = _Batcher(self)
+
+    def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
+        return BatchedScript(self, script)
+
+
+class BatchingRedisCluster(RedisCluster):
+    """The cluster client whose registered scripts share per-node pipelines (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batcher = _Batcher(self)
+
+    def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
+        return BatchedScript(self, script)
+
+
 class BatchedScript(AsyncScript):
     """``await script(keys=..., args=...)``, as redis-py's, sent in its turn's pipeline."""
 
-    registered_client: BatchingRedis
+    registered_client: BatchingRedis | BatchingRedisCluster
 
-    def __init__(self, client: BatchingRedis, script: ScriptTextT) -> None:
+    def __init__(self, client: BatchingRedis | BatchingRedisCluster, script: ScriptTextT) -> None:
         super().__init__(client, script)
 
     async def __call__(  # type: ignore[override]  # no ``client`` argument: always batched
@@ -106,7 +174,7 @@ class BatchedScript(AsyncScript):
         keys: Sequence[KeyT] | None = None,
         args: Iterable[EncodableT] | None = None,
     ) -> Any:
-        return await self.registered_client.queue(self, keys or [], args or [])
+        return await self.registered_client.batcher.queue(self, keys or [], args or [])
 
     async def call_now(self, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
         """Run alone, at once (redis-py's own call: loads the script if Redis lacks it)."""

@@ -31,7 +31,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
@@ -48,7 +47,7 @@ from broker.stores.budget_base import (
     check_reserve_arguments,
     gcra_parameters,
 )
-from broker.stores.redis_client import lua_source, unavailable_on_error
+from broker.stores.redis_client import REDIS_FAILURES, RedisClient, lua_source, unavailable_on_error
 
 
 def budget_script(name: str) -> str:
@@ -72,13 +71,13 @@ class RedisBudgetLedger(BudgetLedger):
     may have held its amounts; they are reclaimed once its ``ttl_s`` has passed.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._reserve = client.register_script(budget_script("reserve"))
         self._settle = client.register_script(budget_script("settle"))
         self._release = client.register_script(budget_script("release"))
         self._void = client.register_script(budget_script("void"))
         # Settles, releases and voids lost to an outage, retried until Redis answers.
-        self._late = LateWrites((RedisError, OSError))
+        self._late = LateWrites(REDIS_FAILURES)
         self._expire = client.register_script(budget_script("expire"))
         self._status = client.register_script(budget_script("status"))
         self._base = budget_base_key(prefix)
@@ -99,7 +98,7 @@ class RedisBudgetLedger(BudgetLedger):
         args = [self._base, reservation_id, ttl_ms, *_amounts(amounts), *limits]
         try:
             reply = await self._reserve(keys=self._keys, args=args)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             # The reserve may still run (a stalled Redis runs it when it resumes) and would hold
             # budget for a call that is refused: void it as soon as Redis answers again.
             self._void_later(reservation_id, ttl_ms)
@@ -132,7 +131,7 @@ class RedisBudgetLedger(BudgetLedger):
         args: list[Any] = [reservation.id, *_amounts(actual)]
         try:
             await self._settle(keys=self._keys, args=args)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             # The call was answered: its spend must land, or an outage would let it go unpaid
             # once the reservation expires. Settling is idempotent, so retry until Redis
             # answers (while the reservation lives).
@@ -145,7 +144,7 @@ class RedisBudgetLedger(BudgetLedger):
         args: list[Any] = [reservation.id]
         try:
             await self._release(keys=self._keys, args=args)
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             what = f"release of reservation {reservation.id}"
             self._retry_later(self._release, args, reservation.expires_at, what)
             raise
@@ -191,7 +190,7 @@ class RedisRateLimiter(RateLimiter):
     Raises ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._acquire = client.register_script(_RATE_LIMIT_LUA)
         self._prefix = prefix
 

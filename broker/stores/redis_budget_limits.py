@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.budgets import Limit
 from broker.stores.budget_limits import BudgetLimitStore, check_override
 from broker.stores.redis_budget import budget_base_key
-from broker.stores.redis_client import unavailable_on_error
+from broker.stores.redis_client import RedisClient, unavailable_on_error
 
 _limits_decoder = msgspec.json.Decoder(tuple[Limit, ...])
 _encoder = msgspec.json.Encoder()
@@ -26,7 +25,7 @@ class RedisBudgetLimitStore(BudgetLimitStore):
     fails (a ``put`` or ``delete`` whose reply was lost may have taken effect).
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._hash = f"{budget_base_key(prefix)}:limits"
         self._version_key = f"{self._hash}:ver"

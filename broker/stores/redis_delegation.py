@@ -22,7 +22,6 @@ import math
 import uuid
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.stores.base import (
     ChildSlot,
@@ -35,7 +34,7 @@ from broker.stores.base import (
     TaskTreeIndex,
     check_acquire_arguments,
 )
-from broker.stores.redis_client import lua_source, unavailable_on_error
+from broker.stores.redis_client import RedisClient, lua_source, unavailable_on_error
 
 _ACQUIRE_LUA = lua_source("delegation_acquire.lua")
 _RELEASE_LUA = lua_source("delegation_release.lua")
@@ -67,7 +66,7 @@ class RedisDelegationCounters(DelegationCounters):
     slot, which then frees itself after ``slot_ttl_s``.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._usage = client.register_script(_USAGE_LUA)
@@ -115,7 +114,7 @@ class RedisRevocations(Revocations):
     Every method raises ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._extend = client.register_script(_REVOCATION_EXTEND_LUA)
         self._exists = client.register_script(_EXISTS_LUA)
@@ -168,7 +167,7 @@ class RedisTaskTreeIndex(TaskTreeIndex):
     ``StoreUnavailableError`` if Redis fails.
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client = client
         self._add = client.register_script(_TREE_ADD_LUA)
         self._members = client.register_script(_TREE_MEMBERS_LUA)

@@ -1,25 +1,27 @@
-"""The store fixture every contract suite shares: one backend per parameter, memory and redis."""
+"""The store fixture every contract suite shares: one backend per parameter.
+
+memory, and Redis in each topology the broker supports: ``redis`` (standalone),
+``redis-cluster`` (three masters) and ``redis-sentinel`` (a primary found through a sentinel).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from redis_process import REDIS_MODES, RedisMode
 
 from broker.settings import StoreSettings
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_MODES])
 def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
     if request.param == "memory":
         return StoreSettings(backend="memory")
-    return StoreSettings(
-        backend="redis",
-        redis_url=request.getfixturevalue("redis_url"),
-        key_prefix=request.getfixturevalue("redis_key_prefix"),
-    )
+    make: Callable[[RedisMode], StoreSettings] = request.getfixturevalue("redis_store_settings")
+    return make(REDIS_MODES[request.param])
 
 
 @pytest.fixture

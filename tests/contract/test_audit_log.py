@@ -1,4 +1,5 @@
-"""The AuditLog contract, run against every backend: an fsynced file folder and a Redis Stream."""
+"""The AuditLog contract, run against every backend: an fsynced file folder and a Redis Stream
+(standalone, on a cluster, and on a primary found through Sentinel)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from redis_process import REDIS_MODES, RedisMode
 
 from broker.audit.chain import AuditChain
 from broker.audit.file_log import FileAuditLog
@@ -17,6 +19,7 @@ from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import averify_chain
 from broker.keys import BrokerKeys
+from broker.settings import StoreSettings
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
@@ -24,16 +27,16 @@ PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
 LogFactory = Callable[[], AuditLog]
 
 
-@pytest.fixture(params=["file", "file-staged", "redis"])
+@pytest.fixture(params=["file", "file-staged", "redis", "redis-cluster", "redis-sentinel"])
 def open_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogFactory:
+    """Opens a log on the same storage each call (as a restarted broker would)."""
     if request.param == "file-staged":  # [audit] durable_before = "reply"
         return lambda: FileAuditLog(tmp_path / "audit", staged=True)
-    """Opens a log on the same storage each call (as a restarted broker would)."""
     if request.param == "file":
         return lambda: FileAuditLog(tmp_path / "audit")
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("redis_key_prefix")
-    return lambda: RedisAuditLog(url, prefix)
+    make: Callable[[RedisMode], StoreSettings] = request.getfixturevalue("redis_store_settings")
+    settings = make(REDIS_MODES[request.param])
+    return lambda: RedisAuditLog(settings, settings.key_prefix)
 
 
 @pytest.fixture

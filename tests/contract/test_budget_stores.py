@@ -208,6 +208,23 @@ async def test_reserve_reclaims_dead_reservations_first(stores: Stores) -> None:
     assert await counts(ledger, [budget]) == [(0, 10, 0)]
 
 
+# --- the memory ledger's own memory ---------------------------------------------------------------
+
+
+async def test_the_memory_ledger_keeps_what_is_held_not_what_was_held_lately() -> None:
+    ledger = MemoryBudgetLedger()
+    budget = scope("a", Limit("calls", "lifetime", 10**9))
+    for _ in range(5000):
+        reservation = held(await reserve(ledger, [budget], Usage(calls=1)))
+        await ledger.settle(reservation, Usage(calls=1))
+    still = held(await reserve(ledger, [budget], Usage(calls=1)))
+    # 5,001 reservations made within their ttl, one held: the expiry index holds about that one.
+    assert len(ledger._expiries) <= 2 * 1 + 1024 + 1
+    assert await counts(ledger, [budget]) == [(5000, 1, 10**9 - 5001)]
+    await ledger.release(still)
+    assert await ledger.expire() == 0  # the index still knows nothing it should not
+
+
 # --- windows -------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,11 @@
 """``BatchingRedis``: scripts called together share one pipeline, and each caller still gets
-its own reply or error, exactly as if it had called alone (a real Redis server)."""
+its own reply or error, exactly as if it had called alone (a real Redis server); on a cluster
+(``BatchingRedisCluster``) the pipelines of different nodes run at the same time."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,8 +14,9 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from broker.stores.redis_batch import BatchingRedis
-from broker.stores.redis_client import connection_pool
+from broker.settings import StoreSettings
+from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
+from broker.stores.redis_client import connection_pool, open_redis
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 PICKY = (
@@ -98,3 +101,46 @@ async def test_when_redis_is_unreachable_every_call_fails(unused_tcp_port: int) 
     finally:
         await client.aclose()
     assert all(isinstance(r, RedisConnectionError) for r in results), results
+
+
+# --- on Redis Cluster: one pipeline per node, the nodes at once --------------------------------
+
+# Holds its node busy for ARGV[1] ms (by the server's clock), then answers which node it ran on.
+BUSY = """
+local start = redis.call('TIME')
+local start_ms = tonumber(start[1]) * 1000 + tonumber(start[2]) / 1000
+repeat
+  local now = redis.call('TIME')
+until tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - start_ms >= tonumber(ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[2]
+"""
+BUSY_MS = 300
+
+
+async def test_on_a_cluster_calls_on_different_nodes_run_at_once(
+    redis_cluster_url: str, redis_key_prefix: str
+) -> None:
+    settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=redis_cluster_url)
+    client = open_redis(settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster)
+    assert isinstance(client, BatchingRedisCluster)
+    try:
+        busy = client.register_script(BUSY)
+        await client.initialize()
+        # One key per master: keys whose slots the three masters own.
+        by_node: dict[str, str] = {}
+        for n in range(200):
+            key = f"{redis_key_prefix}:{{k{n}}}"
+            by_node.setdefault(client.get_node_from_key(key).name, key)
+        assert len(by_node) == 3
+        await asyncio.gather(*(busy(keys=[k], args=[1, n]) for n, k in by_node.items()))  # load
+        started = time.monotonic()
+        replies = await asyncio.gather(
+            *(busy(keys=[key], args=[BUSY_MS, node]) for node, key in by_node.items())
+        )
+        elapsed_ms = (time.monotonic() - started) * 1000
+    finally:
+        await client.aclose()
+    assert [reply.decode() for reply in replies] == list(by_node)  # each its own reply
+    # One after another would take 3 x 300 ms; at once, one node's time plus scheduling.
+    assert elapsed_ms < 2.5 * BUSY_MS, elapsed_ms

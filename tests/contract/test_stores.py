@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from broker.errors import StoreUnavailableError
+from broker.errors import StoreFullError, StoreUnavailableError
 from broker.settings import StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend, Stores, TaskRoute
 from broker.stores.factory import open_backend
+from broker.stores.memory import MemoryBackend, MemoryTaskRouteStore
 
 # Timestamps with more significant digits than Lua's cjson prints, to catch any rounding.
 CREATED_AT = 1715000000.123456
@@ -254,6 +257,69 @@ async def test_concurrent_claims_by_different_owners_admit_exactly_one(stores: S
 # --- Redis only: key layout, outage, recovery ---------------------------------------------------
 
 
+async def test_a_finished_claim_holds_like_any_other(stores: Stores) -> None:
+    route = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
+    assert await stores.task_routes.claim(route, ttl_s=60, finished=True) is True
+    assert await stores.task_routes.get("alpha", "t1") == route
+    other = TaskRoute(agent="alpha", task_id="t1", owner="caller-2")
+    assert await stores.task_routes.claim(other, ttl_s=60, finished=True) is False
+    assert await stores.task_routes.get("alpha", "t1") == route
+
+
+# --- the memory store's capacity -----------------------------------------------------------
+
+
+def _route(n: int) -> TaskRoute:
+    return TaskRoute(agent="alpha", task_id=f"t{n}", owner="caller")
+
+
+async def test_a_full_memory_store_forgets_finished_tasks_first_oldest_first() -> None:
+    stores = MemoryBackend(max_tasks=3).stores()
+    await stores.task_routes.claim(_route(1), ttl_s=600, finished=True)
+    await stores.task_routes.claim(_route(2), ttl_s=600)  # running
+    await stores.task_routes.claim(_route(3), ttl_s=600, finished=True)
+    await stores.task_routes.claim(_route(4), ttl_s=600)  # makes room: t1 goes
+    assert [await stores.task_routes.get("alpha", f"t{n}") is not None for n in (1, 2, 3, 4)] == [
+        False, True, True, True,
+    ]  # fmt: skip
+    await stores.task_routes.claim(_route(5), ttl_s=600, finished=True)  # t3 goes
+    assert await stores.task_routes.get("alpha", "t3") is None
+    assert await stores.task_routes.get("alpha", "t2") is not None
+
+
+async def test_a_memory_store_full_of_running_tasks_refuses_a_new_one() -> None:
+    stores = MemoryBackend(max_tasks=2).stores()
+    await stores.task_routes.claim(_route(1), ttl_s=600)
+    await stores.task_routes.claim(_route(2), ttl_s=600)
+    with pytest.raises(StoreFullError):
+        await stores.task_routes.claim(_route(3), ttl_s=600, finished=True)
+    assert await stores.task_routes.claim(_route(1), ttl_s=600) is True  # a refresh needs no room
+    assert await stores.task_routes.get("alpha", "t3") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=60))
+async def test_the_memory_store_never_exceeds_its_capacity_nor_forgets_a_running_task(
+    claims: list[tuple[int, bool]],
+) -> None:
+    capacity = 5
+    routes = MemoryTaskRouteStore(MemoryBackend().stores().task_trees, max_tasks=capacity)
+    running: set[int] = set()
+    for n, finished in claims:
+        try:
+            await routes.claim(_route(n), ttl_s=600, finished=finished)
+        except StoreFullError:
+            assert len(running) >= capacity  # refused only when running tasks fill it
+            continue
+        if finished:
+            running.discard(n)
+        else:
+            running.add(n)
+        assert len(routes) <= capacity
+        for kept in running:
+            assert await routes.get("alpha", f"t{kept}") is not None
+
+
 def redis_backend(url: str, prefix: str = "outage") -> StoreBackend:
     return open_backend(StoreSettings(backend="redis", redis_url=url, key_prefix=prefix))
 
@@ -354,4 +420,23 @@ async def test_redis_backend_recovers_when_the_server_returns(
         assert await stores.registry.set_status("alpha", "suspended", NOW) is None
         assert await stores.registry.create(agent("alpha")) is True
     finally:
+        await backend.close()
+
+
+async def test_a_route_written_as_json_by_an_earlier_version_is_read_and_kept(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    backend = redis_backend(redis_url, redis_key_prefix)
+    route = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        key = f"{redis_key_prefix}:route:{{5:alpha:t1}}"
+        client.set(key, msgspec.json.encode(route), ex=60)
+        assert await backend.stores().task_routes.get("alpha", "t1") == route
+        thief = TaskRoute(agent="alpha", task_id="t1", owner="caller-2")
+        assert await backend.stores().task_routes.claim(thief, ttl_s=60) is False
+        assert await backend.stores().task_routes.claim(route, ttl_s=60) is True
+        assert client.get(key) == b"caller-1"  # rewritten compactly
+    finally:
+        client.close()
         await backend.close()

@@ -87,7 +87,7 @@ class Rig:
         key = f"{PREFIX}:route:{{{len(AGENT)}:{AGENT}:{task_id}}}"
         with redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=5) as r:
             raw = r.get(key)
-        return None if raw is None else str(httpx.Response(200, content=raw).json()["owner"])
+        return None if raw is None else raw.decode()  # a route's value is its owner
 
     def unchecked_streams(self) -> int:
         """How often the broker logged a stream going on without its recheck (store down)."""

@@ -1,5 +1,6 @@
 """Two replicas on one Redis: a write through one reaches the other's read cache, and the global
-kill switch moves on both, over the control channel (real Redis, two ``Controls`` in-process)."""
+kill switch moves on both, over the control channel (real Redis in each topology: standalone,
+cluster, Sentinel; two ``Controls`` in-process)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis_process import REDIS_MODES, RedisMode
 
 from broker.errors import KillSwitchEngagedError
 from broker.replica_channel import ReplicaChannel
@@ -28,10 +31,12 @@ async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
         await asyncio.sleep(0.01)
 
 
-@pytest.fixture
-async def replicas(redis_url: str, redis_key_prefix: str) -> AsyncIterator[list[Controls]]:
-    store = StoreSettings(
-        backend="redis", redis_url=redis_url, key_prefix=redis_key_prefix, read_cache_ttl_s=600
+@pytest.fixture(params=list(REDIS_MODES))
+async def replicas(
+    request: pytest.FixtureRequest, redis_store_settings: Callable[[RedisMode], StoreSettings]
+) -> AsyncIterator[list[Controls]]:
+    store = msgspec.structs.replace(
+        redis_store_settings(REDIS_MODES[request.param]), read_cache_ttl_s=600
     )
     settings = Settings(store=store)
     backends: list[StoreBackend] = [open_backend(store), open_backend(store)]

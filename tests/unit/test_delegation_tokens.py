@@ -395,3 +395,62 @@ def test_claims_type_is_what_the_verifier_returns(
 ) -> None:
     token, _ = minter.mint_origin("A", "B", "a2a:SendMessage")
     assert isinstance(verifier.verify_presented(token, "B"), DelegationClaims)
+
+
+# --- data-control tags (docs/datacontrols.md) ----------------------------------------------------
+
+
+def test_tags_travel_in_the_token_and_verified_claims_expose_them(
+    minter: TokenMinter, verifier: TokenVerifier
+) -> None:
+    token, minted = minter.mint_origin(
+        "a", "b", "a2a:SendMessage", tags=["secret:aws_key", "pii:email"]
+    )
+
+    claims = verifier.verify_presented(token, "b")
+
+    assert claims.tags == ("pii:email", "secret:aws_key") == minted.tags
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert payload["tags"] == ["pii:email", "secret:aws_key"]
+
+
+def test_a_token_without_tags_has_no_tags_claim(minter: TokenMinter) -> None:
+    token, claims = minter.mint_origin("a", "b", "a2a:SendMessage")
+
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert "tags" not in payload
+    assert claims.tags == ()
+
+
+def test_a_childs_tags_keep_every_tag_of_its_parent(
+    minter: TokenMinter, verifier: TokenVerifier
+) -> None:
+    token_b, _ = minter.mint_origin("a", "b", "a2a:SendMessage", tags=["secret:jwt"])
+    parent = verifier.verify_presented(token_b, "b")
+
+    token_c, _ = minter.mint_next(parent, "b", "c", "a2a:SendMessage", tags=["pii:card"])
+    quiet, _ = minter.mint_next(parent, "b", "d", "a2a:SendMessage")
+
+    assert verifier.verify_presented(token_c, "c").tags == ("pii:card", "secret:jwt")
+    assert verifier.verify_presented(quiet, "d").tags == ("secret:jwt",)
+
+
+def test_tags_that_are_not_type_names_are_programming_errors(minter: TokenMinter) -> None:
+    with pytest.raises(ValueError, match="type name"):
+        minter.mint_origin("a", "b", "a2a:SendMessage", tags=["jane@example.com"])
+    with pytest.raises(ValueError, match="at most"):
+        minter.mint_origin("a", "b", "a2a:SendMessage", tags=[f"pii:t{i}" for i in range(65)])
+
+
+def test_tags_are_covered_by_the_mac_and_the_signature(
+    minter: TokenMinter, verifier: TokenVerifier, keys: BrokerKeys
+) -> None:
+    token, _ = minter.mint_origin("a", "b", "a2a:SendMessage", tags=["secret:jwt"])
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["tags"] = []  # an agent trying to shed a tag
+    forged = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    edited = f"{header}.{forged.rstrip(b'=').decode()}.{signature}"
+
+    with pytest.raises(DelegationTokenInvalidError):
+        verifier.verify_presented(edited, "b")

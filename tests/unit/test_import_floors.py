@@ -35,16 +35,21 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
         "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
+        "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
+        "broker.settings_observability",
+        # The metrics hooks every floor calls (they import only prometheus-client).
+        "broker.observability",
     ),
     1: (
         "broker.protocols", "broker.sse", "broker.llm.wire", "broker.llm.request",
         "broker.llm.catalog", "broker.llm.usage", "broker.llm.context", "broker.llm",
+        "broker.mcp",
     ),
     2: ("broker.stores", "broker.replica_channel"),
     3: (
         "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
         "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
-        "broker.global_kill", "broker.killswitch",
+        "broker.global_kill", "broker.killswitch", "broker.datacontrols",
     ),
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
@@ -54,7 +59,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     6: ("broker.runtime",),
     7: (
         "broker.http", "broker.cli", "broker.__main__", "broker.settings_doc",
-        "broker.settings_fields", "broker.demo",
+        "broker.settings_fields", "broker.demo", "broker.observability.scrape", "broker.console",
     ),
 }  # fmt: skip
 NAMES = dict(enumerate(

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from redis.asyncio import Redis
+from redis_process import REDIS_MODES, RedisMode
 
 from broker.policy import PolicyEngine, PolicyError, PolicyMessage, PolicyReloader, policy_version
+from broker.settings import StoreSettings
+from broker.stores.redis_client import RedisClient, open_redis
 
 MODEL = (Path(__file__).resolve().parents[2] / "policies" / "model.conf").read_text()
 V1 = "g, alice, role:user\np, role:user, svc, SendMessage:*, allow\n"
@@ -45,9 +47,13 @@ def policy_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+@pytest.fixture(params=list(REDIS_MODES))
+async def redis_client(
+    request: pytest.FixtureRequest, redis_store_settings: Callable[[RedisMode], StoreSettings]
+) -> AsyncIterator[RedisClient]:
+    """A client of each topology: the policy channel is the same on standalone, cluster and
+    Sentinel."""
+    client = open_redis(redis_store_settings(REDIS_MODES[request.param]))
     try:
         yield client
     finally:
@@ -142,7 +148,7 @@ async def test_stop_leaves_no_task_behind(policy_file: Path) -> None:
 
 
 async def test_an_edit_on_one_replica_reaches_the_other(
-    tmp_path: Path, redis_client: Redis, channel: str
+    tmp_path: Path, redis_client: RedisClient, channel: str
 ) -> None:
     files = [tmp_path / "a.csv", tmp_path / "b.csv"]
     for path in files:
@@ -163,7 +169,7 @@ async def test_an_edit_on_one_replica_reaches_the_other(
 
 
 async def test_a_replica_never_applies_an_invalid_text(
-    policy_file: Path, redis_client: Redis, channel: str
+    policy_file: Path, redis_client: RedisClient, channel: str
 ) -> None:
     engine = started_engine(policy_file)
     errors: list[PolicyError] = []
@@ -187,3 +193,18 @@ async def test_a_replica_never_applies_an_invalid_text(
         )
         await eventually(lambda: engine.version == policy_version(V2))
     assert len(errors) == 1
+
+
+async def test_a_policy_received_just_after_start_is_not_undone_by_the_unchanged_file(
+    policy_file: Path, redis_client: RedisClient, channel: str
+) -> None:
+    engine = started_engine(policy_file)
+    reloader = PolicyReloader(engine, policy_file, interval_s=INTERVAL_S, redis=redis_client,
+                              channel=channel)  # fmt: skip
+    async with reloader:
+        message = PolicyMessage(version=policy_version(V2), text=V2)
+        await redis_client.publish(channel, msgspec.json.encode(message))
+        await eventually(lambda: engine.version == policy_version(V2))
+        # The file did not change: its first polls must not put V1 back.
+        await asyncio.sleep(5 * INTERVAL_S)
+        assert engine.version == policy_version(V2)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from broker.audit.export.errors import PositionStoreError
+from broker.settings import StoreSettings
+from broker.stores.redis_client import REDIS_FAILURES, RedisClient, open_redis
 
 _positions_decoder = msgspec.json.Decoder(dict[str, dict[str, int]])
 
@@ -103,23 +104,25 @@ class RedisPositionStore(PositionStore):
     positions across a Redis restart.
     """
 
-    def __init__(self, redis_url: str, key: str, *, timeout_s: float = 2.0) -> None:
+    def __init__(self, target: str | StoreSettings, key: str, *, timeout_s: float = 2.0) -> None:
         self.key = key
-        self._redis = Redis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        self._redis: RedisClient = (
+            Redis.from_url(target, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            if isinstance(target, str)
+            else open_redis(target)  # [store] in any redis_mode
         )
 
     async def load(self, sink: str, replica: str) -> int:
         try:
             value = await self._redis.get(self._name(sink, replica))
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise PositionStoreError(f"cannot read position: {type(exc).__name__}") from exc
         return 0 if value is None else int(value)
 
     async def save(self, sink: str, replica: str, seq: int) -> None:
         try:
             await self._redis.set(self._name(sink, replica), seq)
-        except RedisError as exc:
+        except REDIS_FAILURES as exc:
             raise PositionStoreError(f"cannot save position: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:

@@ -43,7 +43,7 @@ def start_exporters(
     positions: PositionStore
     if export.positions == "redis":
         key = f"{settings.store.key_prefix}:{export.positions_key}"
-        positions = RedisPositionStore(settings.store.redis_url, key)
+        positions = RedisPositionStore(settings.store, key)
     else:
         positions = FilePositionStore(settings.path(export.positions_path))
     exporters = []
