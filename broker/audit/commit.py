@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from broker.audit.log import AuditChainGapError, AuditLogError
 from broker.audit.records import AuditRecord, ChainHead
+from broker.background import BackgroundTasks
 
 FlushFn = Callable[[list[AuditRecord]], Awaitable[None]]
 LoadHeadFn = Callable[[], Awaitable[ChainHead]]
@@ -35,7 +36,10 @@ class GroupCommitter:
     the first flush and after a failed one, when the stored state is uncertain).
     """
 
-    def __init__(self, flush: FlushFn, load_head: LoadHeadFn) -> None:
+    def __init__(
+        self, flush: FlushFn, load_head: LoadHeadFn, tasks: BackgroundTasks | None = None
+    ) -> None:
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._flush = flush
         self._load_head = load_head
         self._pending: list[_Entry] = []
@@ -54,7 +58,7 @@ class GroupCommitter:
         self._pending.append((records, future))
         self._wake.set()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = self._tasks.spawn(self._run(), "audit-commit")
         await future
 
     async def close(self) -> None:

@@ -35,6 +35,7 @@ from broker.audit.records import (
     decode_record,
     encode_record,
 )
+from broker.background import BackgroundTasks
 
 _TAIL_BLOCK = 64 * 1024
 _READ_BATCH = 4096
@@ -50,12 +51,14 @@ class _ReplicaFile:
     """An open, locked file of one replica, with its group committer (and, when records are
     staged, its background syncer)."""
 
-    def __init__(self, path: Path, fsync: bool, staged: bool) -> None:
+    def __init__(self, path: Path, fsync: bool, staged: bool, tasks: BackgroundTasks) -> None:
         self.path = path
         self._fsync = fsync
+        self._tasks = tasks
         self.fd = _open_locked(path)
         # Staged: the committer only writes, and the syncer alone fsyncs.
-        self.committer = GroupCommitter(self._write if staged else self._flush, self._load_head)
+        flush = self._write if staged else self._flush
+        self.committer = GroupCommitter(flush, self._load_head, tasks)
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._sync_wake = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
@@ -70,7 +73,7 @@ class _ReplicaFile:
         self._sync_waiters.append(future)
         self._sync_wake.set()
         if self._syncer is None:
-            self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
+            self._syncer = self._tasks.spawn(self._sync_loop(), "audit-fsync")
         return future
 
     async def _sync_loop(self) -> None:
@@ -129,9 +132,18 @@ class FileAuditLog(AuditLog):
 
     ``fsync=False`` skips the fsync (tests, benchmarks): records then survive a process crash
     but not a machine crash. ``staged=True`` lets ``append_staged`` return before the fsync.
+    ``tasks``: where the writers run (the runtime's; by default its own).
     """
 
-    def __init__(self, directory: str | Path, *, fsync: bool = True, staged: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        fsync: bool = True,
+        staged: bool = False,
+        tasks: BackgroundTasks | None = None,
+    ) -> None:
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self.directory = Path(directory)
         self._fsync = fsync
         self._staged = staged
@@ -155,7 +167,7 @@ class FileAuditLog(AuditLog):
         if writer is None:
             path = audit_file(self.directory, replica)
             try:
-                writer = _ReplicaFile(path, self._fsync, self._staged)
+                writer = _ReplicaFile(path, self._fsync, self._staged, self._tasks)
             except OSError as exc:
                 raise AuditLogError(f"cannot open audit file {path}: {exc}") from exc
             self._files[replica] = writer

@@ -237,17 +237,20 @@ async def open_recorder(
         return AuditRecorder(None, tasks=tasks)
     audit_log: AuditLog
     if audit.backend == "redis":
-        audit_log = RedisAuditLog(settings.store, settings.store.key_prefix)
+        audit_log = RedisAuditLog(settings.store, settings.store.key_prefix, tasks=tasks)
     else:
         audit_log = FileAuditLog(
-            settings.path(audit.dir), fsync=audit.fsync, staged=audit.durable_before == "reply"
+            settings.path(audit.dir),
+            fsync=audit.fsync,
+            staged=audit.durable_before == "reply",
+            tasks=tasks,
         )
     # Stable across restarts (broker.replica_id), so a restarted broker continues its chain.
     replica = audit.replica or claim_default_replica(settings.server.port)
     witness = open_witness(settings)
     trail = await AuditTrail.open(
         audit_log, replica, keys, audit.checkpoint_every, audit.checkpoint_interval_s,
-        witness=WitnessWriter(witness) if witness else None,
+        witness=WitnessWriter(witness, tasks) if witness else None,
     )  # fmt: skip
     log.info("audit chain %s on the %s log, witnessed by %s", replica, audit.backend,
              type(witness).__name__ if witness else "nothing")  # fmt: skip

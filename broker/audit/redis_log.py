@@ -28,6 +28,7 @@ from redis.asyncio import RedisCluster
 from broker.audit.commit import GroupCommitter
 from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
+from broker.background import BackgroundTasks
 from broker.settings import StoreSettings
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
@@ -42,12 +43,19 @@ class RedisAuditLog(AuditLog):
     """Audit chains in Redis Streams. Every method raises ``AuditLogError`` if Redis fails."""
 
     def __init__(
-        self, target: str | StoreSettings, prefix: str, *, wait_aof: bool = False
+        self,
+        target: str | StoreSettings,
+        prefix: str,
+        *,
+        wait_aof: bool = False,
+        tasks: BackgroundTasks | None = None,
     ) -> None:
         """``target``: a standalone URL, or the ``[store]`` settings (any ``redis_mode``).
+        ``tasks``: where the writers run (the runtime's; by default its own).
 
         Raises ``AuditLogError`` for ``wait_aof`` on Redis Cluster, where WAITAOF could not be
         sent to the node that holds the stream in the same round trip."""
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._client = open_redis(target)
         if wait_aof and isinstance(self._client, RedisCluster):
             raise AuditLogError("wait_aof is not available on Redis Cluster")
@@ -81,7 +89,7 @@ class RedisAuditLog(AuditLog):
         async def load_head() -> ChainHead:
             return await self.head(replica) or EMPTY_HEAD
 
-        return GroupCommitter(flush, load_head)
+        return GroupCommitter(flush, load_head, self._tasks)
 
     async def _flush(self, key: str, records: list[AuditRecord]) -> None:
         first = records[0]

@@ -33,6 +33,7 @@ import msgspec
 
 from broker.audit.log import AuditLogError
 from broker.audit.records import REPLICA_PATTERN, AuditRecord, KeptCheckpoint
+from broker.background import BackgroundTasks
 from broker.settings import StoreSettings
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 
@@ -173,14 +174,15 @@ class RedisWitness(Witness):
 class WitnessWriter:
     """Writes entries in the background, in order, newest wins: ``note`` never waits."""
 
-    def __init__(self, witness: Witness) -> None:
+    def __init__(self, witness: Witness, tasks: BackgroundTasks | None = None) -> None:
+        self._tasks = tasks if tasks is not None else BackgroundTasks()
         self.witness = witness
         self._queue: asyncio.Queue[WitnessEntry] = asyncio.Queue(_QUEUE)
         self._task: asyncio.Task[None] | None = None
 
     def note(self, checkpoint: AuditRecord) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="witness")
+            self._task = self._tasks.spawn(self._run(), "witness")
         with contextlib.suppress(asyncio.QueueFull):  # a later checkpoint supersedes these
             self._queue.put_nowait(entry_for(checkpoint))
 

@@ -61,17 +61,19 @@ async def test_the_runtime_shutdown_leaves_no_task_of_its_own_running(
             raise StoreUnavailableError(detail="down")
 
         runtime.late_writes.add(never_lands, until=time.time() + 60, what="test write")
+        forgotten = runtime.tasks.spawn(asyncio.sleep(3600), "a part that never stops it")
         await asyncio.sleep(0.2)  # polls, checkpoints, export passes, the late-write retries
         names = {task.get_name() for task in asyncio.all_tasks() - before}
         for expected in ("budget-expiry", "policy-poll", "kill-switch-poll", "late-writes",
-                         "audit-ckpt", "audit-export:siem"):  # fmt: skip
+                         "audit-ckpt", "audit-export:siem", "audit-commit"):  # fmt: skip
             assert expected in names
         assert any(name.startswith("channel-") for name in names)
-        assert len(runtime.tasks) >= 8  # the two channels too: each spawned into the one owner
+        assert len(runtime.tasks) >= 9  # the two channels too: each spawned into the one owner
     finally:
         await runtime.close()
     left = {task for task in asyncio.all_tasks() - before if not task.done()}
     assert left == set(), sorted(task.get_name() for task in left)
+    assert forgotten.cancelled()  # what no part ended, the one owner did
     assert len(runtime.tasks) == 0
 
 
