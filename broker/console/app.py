@@ -3,6 +3,7 @@ session store opened and closed with the app."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,11 @@ def console_parts(settings: Settings) -> ConsoleParts:
     record.keep_recent(settings.console.recent_requests)
 
     async def open_sessions(app: Litestar) -> None:
-        app.state.console_sessions = Sessions.for_settings(settings)
+        try:
+            app.state.console_sessions = Sessions.for_settings(settings)
+        except Exception:  # the start-up report is quiet: the cause must be in the log
+            logging.getLogger("a2a_broker").exception("cannot start: console sessions")
+            raise
 
     async def close_sessions(app: Litestar) -> None:
         sessions = getattr(app.state, "console_sessions", None)

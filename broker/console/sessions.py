@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import msgspec
 from litestar.stores.base import Store
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 
 from broker.settings import Settings
 from broker.settings_observability import ConsoleSettings
+from broker.stores.redis_client import RedisClient, open_redis
 
 SESSION_COOKIE = "a2a_console"
 LOGIN_COOKIE = "a2a_console_login"  # double-submit CSRF token of the login form
@@ -43,7 +45,9 @@ class Opened:
 
 
 class Sessions:
-    def __init__(self, store: Store, settings: ConsoleSettings, redis: Redis | None = None) -> None:
+    def __init__(
+        self, store: Store, settings: ConsoleSettings, redis: RedisClient | None = None
+    ) -> None:
         self._store = store
         self._settings = settings
         self._redis = redis  # the client made for the store, closed with it
@@ -52,9 +56,12 @@ class Sessions:
     def for_settings(cls, settings: Settings) -> Sessions:
         if settings.store.backend != "redis":
             return cls(MemoryStore(), settings.console)
-        redis = Redis.from_url(settings.store.redis_url)
+        # The store's own way to a Redis: any mode (standalone, Sentinel, cluster), TLS, and
+        # the ACL credentials from the environment. Litestar's store speaks single-key commands.
+        redis = open_redis(settings.store)
         namespace = f"{settings.store.key_prefix}:console-session"
-        return cls(RedisStore(redis, namespace=namespace), settings.console, redis)
+        store = RedisStore(cast(Redis, redis), namespace=namespace)
+        return cls(store, settings.console, redis)
 
     async def create(self) -> Opened:
         session_id = secrets.token_urlsafe(32)
