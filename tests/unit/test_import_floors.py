@@ -72,7 +72,10 @@ def floor_of(module: str) -> int | None:
     best: tuple[int, int] | None = None
     for floor, prefixes in FLOORS.items():
         for prefix in prefixes:
-            matches = module == prefix or module.startswith(prefix + ".")
+            # "broker" (the package's own __init__) is a module, not a prefix: a module nobody
+            # placed must fail the check, not land on the bottom floor.
+            nested = prefix != "broker" and module.startswith(prefix + ".")
+            matches = module == prefix or nested
             if matches and (best is None or len(prefix) > best[0]):
                 best = (len(prefix), floor)
     return None if best is None else best[1]
@@ -146,3 +149,4 @@ def test_the_check_finds_an_upward_import() -> None:
     assert found == [(2, "broker.runtime"), (6, "broker.http.app")]
     assert floor_of("broker.runtime") == 6 > floor_of("broker.stages.forward") == 4
     assert floor_of("broker.pipeline.stage") == 0 < floor_of("broker.pipeline.a2a") == 5
+    assert floor_of("broker") == 0 and floor_of("broker.not_placed_anywhere") is None
