@@ -25,7 +25,7 @@ from broker.protocols.a2a.task_pages import PageTokens
 from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
-from broker.stages.boundary import ErrorBoundary
+from broker.stages.boundary import A2aWire, ErrorBoundary
 from broker.stages.budget import HopBudget
 from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
@@ -67,9 +67,9 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
     """The order of mediation, and why each stage stands where it does."""
     settings, stores = parts.settings, parts.stores
     return [
-        # Outermost, so every refusal from any stage gets the binding's error shape and every
-        # request exactly one log line, streams included.
-        ErrorBoundary(parts.audit),
+        # Outermost, so every refusal from any stage gets the binding's error shape and one
+        # audit record, and every request exactly one log line, streams included.
+        ErrorBoundary[MediationContext](parts.audit, A2aAudit(), A2aWire()),
         # Before the body is read or anything is looked up for the caller: an unauthenticated
         # request costs one hash and one store read.
         parts.authenticate,

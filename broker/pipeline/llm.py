@@ -18,14 +18,14 @@ from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
-from broker.llm.audit import LlmAudit, LlmAuditRefusals
+from broker.llm.audit import LlmAudit
 from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
 from broker.llm.stages import (
     ACTIONS,
     AgentRateLimit,
-    LlmErrorBoundary,
+    LlmWire,
     ModelPolicy,
     ParseLlmRequest,
 )
@@ -39,6 +39,7 @@ from broker.settings_containment import ContainmentSettings
 from broker.settings_llm import LlmSettings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
+from broker.stages.boundary import ErrorBoundary
 from broker.stages.delegation import DelegationContext
 from broker.stores.base import Revocations
 from broker.stores.budget_base import BudgetLedger, RateLimiter
@@ -72,10 +73,9 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     """The order of an LLM call, and why each stage stands where it does."""
     roles = parts.roles if parts.roles is not None else AgentRoles(parts.policy)
     return [
-        # Outermost: every refusal becomes an OpenAI-shaped error, every call one log line.
-        LlmErrorBoundary(),
-        # Every refusal from here in is one audit record (the boundary above shapes it).
-        LlmAuditRefusals(parts.audit),
+        # Outermost: every refusal from any stage becomes an OpenAI-shaped error and one audit
+        # record, every call one log line (the same boundary as A2A's, with the LLM's ends).
+        ErrorBoundary[LlmContext](parts.audit, LlmAudit(), LlmWire()),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
         parts.authenticate,
         # The global kill switch, once the caller is known (its refusal names who tried).

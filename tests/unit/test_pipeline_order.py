@@ -83,7 +83,7 @@ def _names(stages: list[object]) -> list[str]:
 def test_the_a2a_pipeline_runs_its_stages_in_this_order() -> None:
     a2a, _ = _parts()
     assert _names(list(a2a_stages(a2a))) == [
-        "ErrorBoundary",  # outermost: every refusal in the binding's shape, one log line
+        "ErrorBoundary",  # outermost: every refusal in the binding's shape, audited; one log line
         "Authenticate",  # before anything costs a store read beyond the credential
         "ParseRequest",
         "RefuseWhileKilled",  # once the operation is known (CancelTask passes)
@@ -105,8 +105,7 @@ def test_the_a2a_pipeline_runs_its_stages_in_this_order() -> None:
 def test_the_llm_pipeline_runs_its_stages_in_this_order() -> None:
     _, llm = _parts()
     assert _names(list(llm_stages(llm, ModelCatalog(llm.llm)))) == [
-        "LlmErrorBoundary",
-        "LlmAuditRefusals",
+        "ErrorBoundary",  # the same boundary, with the LLM's ends: refusals audited once
         "Authenticate",
         "RefuseWhileKilled",
         "ParseLlmRequest",
@@ -125,6 +124,8 @@ def test_both_pipelines_share_the_stages_every_protocol_needs() -> None:
     a2a, llm = _parts()
     a2a_chain = list(a2a_stages(a2a))
     llm_chain = list(llm_stages(llm, ModelCatalog(llm.llm)))
-    shared = {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"}
+    shared = {
+        "ErrorBoundary", "Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"
+    }
     assert shared <= set(_names(a2a_chain)) & set(_names(llm_chain))
     assert a2a.authenticate in a2a_chain and llm.authenticate in llm_chain
