@@ -11,7 +11,6 @@ from typing import Any
 
 from litestar import Litestar, Response
 from litestar.exceptions import HTTPException
-from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.recorder import AuditRecorder
@@ -41,6 +40,7 @@ from broker.protocols.a2a.wire import error_reply
 from broker.protocols.llm.wire import openai_error_reply
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
+from broker.stores.redis_client import REDIS_FAILURES
 
 log = logging.getLogger("a2a_broker")
 
@@ -60,8 +60,7 @@ STARTUP_ERRORS = (
     AuditLogError,
     ReplicaIdError,
     BrokerError,
-    RedisError,
-    OSError,
+    *REDIS_FAILURES,  # OSError among them
 )
 
 
