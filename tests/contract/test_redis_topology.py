@@ -23,14 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from redis_process import (
-    REDIS_MODES,
-    RedisMode,
-    free_port,
-    start_node,
-    start_redis_cluster,
-    stop_redis_server,
-)
 
 from broker.errors import (
     StoreFullError,
@@ -49,6 +41,14 @@ from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.factory import open_backend
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 from broker.stores.replica_channel import ReplicaChannel
+from testkit.redis_process import (
+    REDIS_MODES,
+    RedisMode,
+    free_port,
+    start_node,
+    start_redis_cluster,
+    stop_redis_server,
+)
 
 MakeSettings = Callable[[RedisMode], StoreSettings]
 SECRET = "s3cret-Pa55word"
