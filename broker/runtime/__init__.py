@@ -19,12 +19,12 @@ from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.tree_kill import TreeKiller
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError, StoreUnavailableError
-from broker.identity.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.identity.cards import BrokerCardRewriter, CardVerifier
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
 from broker.outbound.client import AiohttpTransport
-from broker.outbound.egress import check_push_url
+from broker.outbound.egress import PushUrlEgress
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.stage import fold
@@ -202,15 +202,10 @@ async def _unset(_: Any) -> Any:
 def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) -> A2aParts:
     settings, keys = rt.settings, rt.keys
 
-    def rewrite_card(card: dict[str, Any], name: str) -> dict[str, Any]:
-        return sign_card(rewrite_for_broker(card, name, settings.public_url), keys)
-
-    async def push_url_allowed(url: str) -> None:
-        await check_push_url(rt.upstream.egress, url)
-
     pages = PageTokens(keys)
     inspector = ResponseInspector(
-        rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
+        rt.stores.task_routes, settings.store.task_route_ttl_s,
+        BrokerCardRewriter(settings.public_url, keys), pages,
         finished_ttl_s=settings.store.finished_task_ttl_s,
     )  # fmt: skip
     return A2aParts(
@@ -228,6 +223,6 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         transport=rt.upstream,
         inspector=inspector,
         pages=pages,
-        push_url_allowed=push_url_allowed,
+        push_url_allowed=PushUrlEgress(rt.upstream.egress),
         tasks=rt.tasks,
     )
