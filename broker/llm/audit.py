@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from broker.audit.recorder import AuditRecorder, digest, error_detail
+from broker.audit.recorder import AuditRecorder, data_detail, digest, error_detail
 from broker.budgets import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
@@ -46,6 +46,7 @@ def llm_fields(
             "binding": "openai",
             **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
             **(error_detail(err) if err else {}),
+            **(data_detail(ctx) if ctx.data_found or ctx.data_tags else {}),
         },
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }
