@@ -17,7 +17,7 @@ import msgspec
 from broker.datacontrols import Subject, TextStream
 from broker.errors import BrokerError
 from broker.llm.context import LlmContext
-from broker.llm.wire import openai_error_event
+from broker.protocols.llm.wire import openai_error_event
 from broker.stages.datacontrols import Direction, Scan
 from broker.types import Reply
 

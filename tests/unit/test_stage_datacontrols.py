@@ -15,8 +15,8 @@ from broker.datacontrols import DataControls, DataControlsSettings, DataRule, Fl
 from broker.errors import DataBlockedError, DataFlowDeniedError
 from broker.llm.context import LlmContext
 from broker.llm.datacontrols import LlmDataView
-from broker.llm.request import parse_request
 from broker.protocols.a2a.operations import SEND_STREAMING_MESSAGE
+from broker.protocols.llm.request import parse_request
 from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.datacontrols_a2a import A2aDataView
 from broker.stages.mint import MintHopToken
