@@ -56,7 +56,13 @@ class LlmDataView:
     def scan_reply(self, ctx: LlmContext, reply: Reply, scan: Scan) -> Reply:
         if ctx.kind != "chat" or reply.status != 200 or not reply.body:
             return reply  # vectors, or the provider's own error
-        document = msgspec.json.decode(reply.body)
+        try:
+            document = msgspec.json.decode(reply.body)
+        except msgspec.DecodeError:  # not a completion: relayed as the text it is, scanned
+            text = reply.body.decode("utf-8", "replace")
+            scanned = scan.text(text)
+            body = reply.body if scanned is text else scanned.encode()
+            return Reply(reply.status, body, reply.media_type, reply.headers)
         new = scan.chat_response(document)
         if new is document:
             return reply

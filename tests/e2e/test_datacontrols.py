@@ -193,6 +193,7 @@ async def test_canaries_appear_nowhere_but_where_the_policy_let_them_through(
     assert 'a2a_broker_data_detections_total{action="redact",direction="request",' in scraped
     found = [r["detail"].get("data.request", "") for r in _audit_records(data_broker)]
     assert "pii:card 1 pseudonymize, pii:email 1 redact" in "|".join(found)
+    assert "pii:card 1 pseudonymize" in sink.read_text()  # the SIEM got the same detail
 
 
 def _wait_for_export(broker: DataBroker, *, marker_records: int) -> Path:
