@@ -93,14 +93,14 @@ class LlmEventScanner:
         choices = document.get("choices") if isinstance(document, dict) else None
         if not isinstance(choices, list) or not choices:
             return [_frame(self._scan.json(document))]  # usage, or an error object
-        self._last = document
         new_choices = [self._choice(choice) for choice in choices]
         rest = self._scan.chat_response({**document, "choices": [_no_content(c) for c in choices]})
         merged = [
             {**scanned, "delta": {**scanned.get("delta", {}), **content}} if content else scanned
             for scanned, content in zip(rest["choices"], new_choices, strict=True)
         ]
-        return [_frame({**rest, "choices": merged})]
+        self._last = {**rest, "choices": merged}  # the template of an extra chunk: as sent
+        return [_frame(self._last)]
 
     def finish(self) -> list[bytes]:
         out = []

@@ -141,13 +141,15 @@ class A2aEventScanner:
             text += held.stream.finish()
             self._scan.finished(held.stream)
             del self._held[key]
-        else:
-            held.event = document
         # Everything but the streamed text is scanned as a whole.
         rest = self._scan.a2a({**payload, "artifactUpdate": _without_parts(update)})
         new_update = {**rest["artifactUpdate"]}
-        new_update["artifact"] = {**new_update["artifact"], "parts": [_with_text(artifact, text)]}
-        out.append(_frame(self._rebuild(document, {**rest, "artifactUpdate": new_update})))
+        part = {k: v for k, v in artifact["parts"][0].items() if k != "text"}
+        part = self._scan.a2a({"parts": [part]})["parts"][0]  # its metadata, say
+        new_update["artifact"] = {**new_update["artifact"], "parts": [{**part, "text": text}]}
+        sent = self._rebuild(document, {**rest, "artifactUpdate": new_update})
+        held.event = sent  # the template of a later piece: as sent, so scanned
+        out.append(_frame(sent))
         return out
 
     def _flush(self, key: str) -> list[bytes]:

@@ -271,3 +271,43 @@ async def test_a_streamed_completion_is_scanned_across_chunks_and_pseudonyms_res
         "request": {"pii:card": (1, "pseudonymize")},
         "response": {"secret:aws_key": (1, "redact")},
     }
+
+
+async def test_rest_requests_and_streams_are_scanned_too() -> None:
+    request, answer = a2a_stages(controls(DataRule(actions={"*": "redact"})))
+    call = a2a_ctx("x")
+    call.binding = "rest"
+    call.body = json.dumps({"message": {"parts": [{"text": f"to {EMAIL}"}]}}).encode()
+    after = Next()
+    await request(call, after)
+    assert json.loads(after.seen[0].body)["message"]["parts"][0]["text"] == "to <EMAIL_1>"
+
+    update = {"artifact": {"artifactId": "x", "parts": [{"text": f"mail {EMAIL}"}]}}
+    event = b"data: " + json.dumps({"artifactUpdate": update}).encode() + b"\r\n\r\n"
+    call.operation = SEND_STREAMING_MESSAGE
+    out = await _read(await answer(call, Next(stream_of(event))))
+    pieces = [json.loads(e[6:])["artifactUpdate"]["artifact"]["parts"][0]["text"] for e in out]
+    assert pieces == ["mail ", "<EMAIL_1>"]  # the address was held until the stream ended
+
+
+async def test_held_text_goes_out_in_a_piece_whose_other_fields_were_scanned() -> None:
+    _, answer = a2a_stages(controls(DataRule(direction="response", actions={"*": "redact"})))
+    piece = {
+        "taskId": "t",
+        "artifact": {
+            "artifactId": "x",
+            "name": f"for {EMAIL}",
+            "parts": [{"text": "call +1 415 555 26", "metadata": {"to": EMAIL}}],
+        },
+        "metadata": {"owner": EMAIL},
+    }
+    first = {"jsonrpc": "2.0", "id": 1, "result": {"artifactUpdate": piece}}
+    events = [b"data: " + json.dumps(first).encode() + b"\r\n\r\n", _status("TASK_STATE_FAILED")]
+    call = a2a_ctx("hi", operation=SEND_STREAMING_MESSAGE)
+
+    out = await _read(await answer(call, Next(stream_of(*events))))
+
+    assert len(out) == 3  # the piece, the held rest as one more piece, then the status
+    assert not any(EMAIL.encode() in event for event in out)
+    assert _texts(out) == "call +1 415 555 26"  # not a whole number: nothing to redact
+    assert b"TASK_STATE_FAILED" in out[2]
