@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from google.protobuf.json_format import MessageToDict
 
 from testkit.brokers import start_broker
 from testkit.canaries import Canaries
@@ -53,6 +54,7 @@ RULES = [
      "actions": {"secret:*": "allow", "*": "redact"}},
     {"direction": "response", "models": ["fake-*"], "actions": {"secret:*": "redact"}},
     {"direction": "request", "agents": ["echo"], "actions": {"pii:email": "tag", "*": "redact"}},
+    {"direction": "response", "agents": ["echo"], "actions": {"pii:email": "redact"}},
 ]  # fmt: skip
 
 
@@ -153,6 +155,23 @@ async def test_a_secret_split_across_streamed_chunks_is_redacted(
     assert key in sent  # the rules let secrets reach this model; its answer is split in 4s
     assert "".join(pieces) == f"You said: {marker} the key is <AWS_KEY_1> ok"
     assert all(key[:4] not in piece or piece.startswith("<") for piece in pieces)
+
+
+async def test_an_agent_s_streamed_answer_is_redacted_for_the_sdk_client(
+    data_broker: DataBroker,
+) -> None:
+    email, marker = Canaries().values["pii:email"], uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {data_broker.alice}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10, trust_env=False) as http:
+        sdk = await client_for(
+            http, f"{data_broker.url}/agents/echo", "JSONRPC", streaming=True
+        )
+        events = [e async for e in sdk.send_message(send_request(f"{marker} to {email}"))]
+        [echo_saw] = await recorded_requests(http, data_broker.echo, marker)
+
+    assert email.encode() in echo_saw["body"]  # tagged on the way in: the agent gets it
+    answer = json.dumps([MessageToDict(e) for e in events])
+    assert email not in answer and f"echo: {marker} to <EMAIL_1>" in answer
 
 
 async def test_canaries_appear_nowhere_but_where_the_policy_let_them_through(
