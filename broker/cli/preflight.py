@@ -19,6 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.config_errors import Where
+from broker.datacontrols import open_controls
+from broker.datacontrols.presidio import PresidioUnavailableError
 from broker.identity.cards import CardVerifier
 from broker.identity.credentials import is_credential_digest
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
@@ -59,19 +61,27 @@ def check_files(
 
 
 def _refuse_unapplied(settings: Settings, where: Where) -> None:
-    """Data controls and MCP servers are libraries whose pipeline stages have not landed: a
-    broker configured to use them would run without them, so it refuses to start instead."""
-    if settings.datacontrols.enabled:
-        raise SettingsError(where.say(("datacontrols", "enabled"), (
-            "data controls are not applied to traffic by this version (the detectors are built,"
-            " the pipeline stage is not; docs/datacontrols.md, Status): remove the setting"
-        )))
+    """A control asked for must apply: MCP servers are a library whose routes have not landed,
+    and a data-controls engine that cannot load would leave the broker without it, so the
+    broker refuses to start instead."""
+    _check_data_engine(settings, where)
     if settings.mcp.servers:
         name = next(iter(settings.mcp.servers))
         raise SettingsError(where.say(("mcp", "servers", name), (
             "the broker does not serve MCP yet in this version (the protocol layer is built,"
             " its routes are not; docs/mcp.md, Status): remove [mcp.servers]"
         )))
+
+
+def _check_data_engine(settings: Settings, where: Where) -> None:
+    """The Presidio engine, where configured, loads now (as the broker will load it)."""
+    data = settings.datacontrols
+    if not data.enabled or data.engine != "presidio":
+        return
+    try:
+        open_controls(data)
+    except PresidioUnavailableError as exc:
+        raise SettingsError(where.say(("datacontrols", "engine"), str(exc))) from exc
 
 
 def _where(config_path: str | None) -> Where:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from broker.audit.recorder import digest, error_detail
+from broker.audit.recorder import data_detail, digest, error_detail
 from broker.budgets.model import Usage
 from broker.llm.context import LlmContext
 from broker.observability.record import observe_llm_usage
@@ -44,6 +44,7 @@ def llm_fields(
             "binding": "openai",
             **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
             **(error_detail(err) if err else {}),
+            **(data_detail(ctx) if ctx.data_found or ctx.data_tags else {}),
         },
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }

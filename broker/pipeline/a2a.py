@@ -16,6 +16,7 @@ from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import AgentContainment
 from broker.containment.tree_kill import LiveStreamCheck
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.late_writes import LateWrites
 from broker.outbound.transport import Transport
@@ -27,6 +28,8 @@ from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import A2aWire, ErrorBoundary
 from broker.stages.budget import HopBudget
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
+from broker.stages.datacontrols_a2a import A2aDataView
 from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
 from broker.stages.guards import CascadeGuards
@@ -61,11 +64,13 @@ class A2aParts:
     pages: PageTokens
     push_url_allowed: PushUrlCheck
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
 
 
 def a2a_stages(parts: A2aParts) -> list[Stage]:
     """The order of mediation, and why each stage stands where it does."""
     settings, stores = parts.settings, parts.stores
+    data = parts.datacontrols
     return [
         # Outermost, so every refusal from any stage gets the binding's error shape and one
         # audit record, and every request exactly one log line, streams included.
@@ -104,6 +109,10 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, parts.push_url_allowed, parts.pages),
+        # Data controls on what the caller sends: after policy and the guards (a refused hop
+        # scans nothing), before the token (its tags include this hop's) and the budget (a
+        # hop refused for its data spends nothing).
+        *([ScanRequest(data, A2aDataView())] if data else []),
         # Mint the target's token, scoped to what was allowed. Only the budget below can still
         # refuse, and then the token is never sent: a token costs no store write, and the
         # budget wants the hop's tree, which the token names.
@@ -114,6 +123,8 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         # Every decision is made: record it (with the token) durably before anything leaves,
         # and the outcome when the answer ends. No audit log, no forwarding.
         AuditForward[MediationContext](parts.audit, A2aAudit()),
+        # The answer's data, inside the audit: the outcome record says what the caller got.
+        *([ScanAnswer(data, A2aDataView())] if data else []),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
             parts.transport,

@@ -16,10 +16,12 @@ from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import ProviderBreaker
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
 from broker.llm.audit import LlmAudit
 from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
+from broker.llm.datacontrols import LlmDataView
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
 from broker.llm.stages import (
@@ -40,6 +42,7 @@ from broker.settings_llm import LlmSettings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import ErrorBoundary
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.delegation import DelegationContext
 from broker.stores.base import Revocations
 from broker.stores.budget_base import BudgetLedger, RateLimiter
@@ -67,11 +70,13 @@ class LlmParts:
     kill: GlobalKillSwitch | None = None
     roles: AgentRoles | None = None  # built from ``policy`` when not given
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     """The order of an LLM call, and why each stage stands where it does."""
     roles = parts.roles if parts.roles is not None else AgentRoles(parts.policy)
+    data = parts.datacontrols
     return [
         # Outermost: every refusal from any stage becomes an OpenAI-shaped error and one audit
         # record, every call one log line (the same boundary as A2A's, with the LLM's ends).
@@ -92,10 +97,15 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         AgentRateLimit(parts.limiter, parts.llm),
         # A provider that keeps failing is refused at once, before a budget is reserved.
         ProviderBreaker(parts.containment),
+        # Data controls on the prompt, before the budget (a call refused for its data spends
+        # nothing) and before anything leaves: the provider sees only what the rules let by.
+        *([ScanRequest(data, LlmDataView())] if data else []),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
         MeterBudget(parts.ledger, parts.scopes, roles, parts.llm, parts.tasks),
         # Every decision is made: record it durably before the provider is called.
         AuditForward[LlmContext](parts.audit, LlmAudit()),
+        # The completion's data, inside the audit, with the call's pseudonyms restored.
+        *([ScanAnswer(data, LlmDataView())] if data else []),
         # Innermost: the provider gets the broker's key and the caller's bytes.
         ForwardToProvider(parts.client, parts.limits, parts.llm),
     ]

@@ -17,6 +17,7 @@ from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.tree_kill import TreeKiller
+from broker.datacontrols import DataControls, open_controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.identity.cards import BrokerCardRewriter, CardVerifier
@@ -108,6 +109,7 @@ class BrokerRuntime:
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
         budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
+        datacontrols = open_controls(settings.datacontrols)  # None when they are off
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,
@@ -125,6 +127,7 @@ class BrokerRuntime:
                 kill=controls.kill,
                 roles=roles,
                 tasks=tasks,
+                datacontrols=datacontrols,
             )
         )
         runtime = cls(
@@ -149,7 +152,7 @@ class BrokerRuntime:
             tasks=tasks,
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
+        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier, datacontrols)))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -199,7 +202,12 @@ async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
 
 
-def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) -> A2aParts:
+def _a2a_parts(
+    rt: BrokerRuntime,
+    minter: TokenMinter,
+    verifier: TokenVerifier,
+    datacontrols: DataControls | None = None,
+) -> A2aParts:
     settings, keys = rt.settings, rt.keys
 
     pages = PageTokens(keys)
@@ -225,4 +233,5 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         pages=pages,
         push_url_allowed=PushUrlEgress(rt.upstream.egress),
         tasks=rt.tasks,
+        datacontrols=datacontrols,
     )

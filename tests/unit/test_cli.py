@@ -237,9 +237,9 @@ def test_a_bad_policy_file_is_one_line_naming_file_and_line(
         ('[registry]\ncards_dir = "cards"\n', {"cards/bad.json": "{"}, "cards/bad.json: "),
         ('[audit.export]\nenabled = true\n[[audit.export.sinks]]\nname = "s"\nkind = "hec"\n'
          'token_env = "HEC_TOKEN"\n', {}, "broker.toml:6: sink s: token_env $HEC_TOKEN is not set"),
-        # Configured but not yet applied to traffic: refused rather than silently ignored.
-        ('[datacontrols]\nenabled = true\n', {},
-         "broker.toml:2: data controls are not applied to traffic by this version"),
+        # Asked for but unable to apply: refused rather than silently ignored.
+        ('[datacontrols]\nenabled = true\nengine = "presidio"\n', {},
+         'broker.toml:3: [datacontrols] engine = "presidio" needs the presidio extra'),
         ('[mcp.servers.tools]\nurl = "https://tools.example/mcp"\n', {},
          "broker.toml:1: the broker does not serve MCP yet"),
     ],

@@ -49,7 +49,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     ),
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
-        "broker.llm.metering", "broker.llm.forward",
+        "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
+from broker.datacontrols import DataControls, DataControlsSettings
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
@@ -129,3 +132,31 @@ def test_both_pipelines_share_the_stages_every_protocol_needs() -> None:
     }
     assert shared <= set(_names(a2a_chain)) & set(_names(llm_chain))
     assert a2a.authenticate in a2a_chain and llm.authenticate in llm_chain
+
+
+def test_data_controls_scan_requests_before_the_token_and_answers_inside_the_audit() -> None:
+    """With [datacontrols] on, both pipelines gain the same two stages: the request's scan
+    after policy and guards and before the token and budget; the answer's inside the audit."""
+    a2a, llm = _parts()
+    data = DataControls(DataControlsSettings(enabled=True))
+    a2a_names = _names(list(a2a_stages(dataclasses.replace(a2a, datacontrols=data))))
+    llm_names = _names(
+        list(llm_stages(dataclasses.replace(llm, datacontrols=data), ModelCatalog(llm.llm)))
+    )
+    assert a2a_names[a2a_names.index("TaskScope") :] == [
+        "TaskScope",
+        "ScanRequest",  # its tags go into the token minted next
+        "MintHopToken",
+        "HopBudget",
+        "AuditForward",
+        "ScanAnswer",  # the outcome record covers what the caller got
+        "Forward",
+    ]
+    assert llm_names[llm_names.index("ProviderBreaker") :] == [
+        "ProviderBreaker",
+        "ScanRequest",
+        "MeterBudget",
+        "AuditForward",
+        "ScanAnswer",
+        "ForwardToProvider",
+    ]
