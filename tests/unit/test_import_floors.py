@@ -54,6 +54,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
         "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
+        "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),
