@@ -47,12 +47,12 @@ async def mcp_server(request: AnyRequest, server: str) -> Response[bytes] | Stre
     return to_response(await gateway_of(request).call(_context(request, server)))
 
 
-@delete(["/mcp"], status_code=204)
+@delete(["/mcp"], status_code=200)
 async def mcp_virtual_end(request: AnyRequest) -> Response[bytes] | Stream:
     return to_response(await gateway_of(request).end_session(_context(request, VIRTUAL)))
 
 
-@delete(["/mcp/{server:str}"], status_code=204)
+@delete(["/mcp/{server:str}"], status_code=200)
 async def mcp_server_end(request: AnyRequest, server: str) -> Response[bytes] | Stream:
     return to_response(await gateway_of(request).end_session(_context(request, server)))
 

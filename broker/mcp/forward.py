@@ -31,7 +31,7 @@ from broker.mcp.reading import SESSION_HEADER, McpMessage
 from broker.mcp.servers import McpServer, upstream_headers
 from broker.mcp.sessions import CursorPosition, CursorSeal, SessionSeal, UpstreamSession
 from broker.mcp.stages import McpJudge, MintMcpHopToken
-from broker.outbound.transport import Transport, TransportResponse
+from broker.outbound.transport import StreamTimeouts, Transport, TransportResponse
 from broker.pipeline.stage import close_events
 from broker.settings_mcp import McpSettings
 from broker.types import Outcome, Reply, StreamReply
@@ -70,10 +70,14 @@ class McpUpstream:
                                    or _DEFAULT_VERSION, session=session, hop_token=hop_token,
                                    name=name)
         started = time.perf_counter()
+        left = _time_left(ctx, server)
+        # The relay's own idle bound (relay_sse) answers first, as MCP_SERVER_TIMEOUT.
+        timeouts = StreamTimeouts(headers_s=left, idle_s=server.idle_timeout_s + 1.0)
         try:
-            async with asyncio.timeout(_time_left(ctx, server)):
+            async with asyncio.timeout(left):
                 answer = await self.parts.transport.send(
-                    "POST", server.url, headers=headers, body=body, stream=True)
+                    "POST", server.url, headers=headers, body=body, stream=True,
+                    timeouts=timeouts)
         except (TimeoutError, UpstreamTimeoutError):
             raise McpServerTimeoutError(metadata={"server": server.name}) from None
         finally:
