@@ -19,12 +19,12 @@ from pathlib import Path
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.cards import CardVerifier
 from broker.config_errors import Where
-from broker.credentials import is_credential_digest
-from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import BrokerError
-from broker.keys import BrokerKeys, KeyFileError, load_signing_key
+from broker.identity.cards import CardVerifier
+from broker.identity.credentials import is_credential_digest
+from broker.identity.directory import AgentDirectory, DeclarativeCardError
+from broker.identity.keys import BrokerKeys, KeyFileError, load_signing_key
 from broker.mcp.servers import registry_from_settings
 from broker.outbound.egress import EgressPolicy
 from broker.policy.engine import PolicyEngine, check_model

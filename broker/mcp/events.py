@@ -24,7 +24,7 @@ from broker.errors import ERROR_DOMAIN_BROKER, BrokerError, StreamMaxDurationErr
 from broker.mcp.errors import McpServerBadResponseError, McpServerTimeoutError
 from broker.mcp.reading import McpMessage, McpReadError, read_message
 from broker.mcp.wire import error_body, sse_frame
-from broker.sse import HEARTBEAT, SseEvent, SseParser
+from broker.protocols.sse import HEARTBEAT, SseEvent, SseParser
 
 OnMessage = Callable[[McpMessage, bytes], Awaitable[bytes | None]]
 # An event id is relayed only if it is a plain token: it goes back to the server in

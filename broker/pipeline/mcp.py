@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError
-from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.mcp.audit import McpAudit
 from broker.mcp.context import McpCallNext, McpContext, McpStage
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream

@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.budgets import Usage
+from broker.budgets.model import Usage
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.pipeline.stage import holding
 from broker.policy.roles import AgentRoles

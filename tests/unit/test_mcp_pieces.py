@@ -29,7 +29,7 @@ from broker.mcp.sessions import (
     UpstreamSession,
     derive_seal_key,
 )
-from broker.sse import SseParser
+from broker.protocols.sse import SseParser
 
 KEY = derive_seal_key(b"test secret")
 
