@@ -35,6 +35,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import TextContent
 
 from testkit.brokers import start_broker
+from testkit.config import budget
 from testkit.procs import Process, free_port
 
 from .conftest import (
@@ -67,6 +68,7 @@ p, bob, mcp:alpha, mcp:tools/call:create_issue, deny
 p, role:worker, mcp:alpha, mcp:*, allow
 """
 TOOL_LIMIT = 3  # [budgets.tools] "beta.whoami": calls, lifetime
+TREE_LIMIT = 3  # [budgets] trees: calls, lifetime
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,9 @@ def mcp_broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[McpBroker
         urls = launch_rig_servers(stack, home)
         config = _broker_config(free_port()).use_policy_file(policy)
         config.set("limits", upstream_timeout_s=5.0)
-        config.set("budgets.tools", **{"beta.whoami": [
-            {"metric": "calls", "window": "lifetime", "limit": TOOL_LIMIT}]})
+        config.set("budgets.tools", **{"beta.whoami": [budget("calls", "lifetime", TOOL_LIMIT)]})
+        # Every task tree: 3 calls (an A2A hop and the tool calls made under it alike).
+        config.set("budgets", trees=[budget("calls", "lifetime", TREE_LIMIT)])
         mcp_servers_config(config, urls)
         env = {ECHO_UPSTREAM_TOKEN_ENV: ECHO_UPSTREAM_TOKEN,
                **{TOKEN_ENVS[n]: t for n, t in SERVER_TOKENS.items()}}
@@ -337,6 +340,20 @@ async def test_a_tools_budget_counts_every_call_of_it(mcp_broker: McpBroker) -> 
         assert reason(spent.value) == "BUDGET_EXHAUSTED"
         assert spent.value.data[0]["metadata"]["scope"] == "tool:beta.whoami"
         assert text_of(await alice.call_tool("add", {"a": 1, "b": 2})) == "3"  # another tool
+
+
+async def test_tool_calls_inside_a_task_count_in_its_trees_budget(mcp_broker: McpBroker) -> None:
+    """alice's hop to echo is the tree's first call; echo's tool calls under that task are
+    the second and third; the fourth is refused, on the tree's budget."""
+    token = await _token_echo_received(mcp_broker, "alice")
+    echo = mcp_broker.credentials["echo"]
+    async with connect(mcp_broker.mcp("alpha"), echo, {"A2A-Delegation": token}) as chain:
+        for n in range(TREE_LIMIT - 1):
+            assert text_of(await chain.call_tool("add", {"a": n, "b": 1})) == str(n + 1)
+        with pytest.raises(MCPError) as spent:
+            await chain.call_tool("add", {"a": 0, "b": 0})
+    assert reason(spent.value) == "BUDGET_EXHAUSTED"
+    assert spent.value.data[0]["metadata"]["scope"] == f"tree:{_claims(token)['tree']}"
 
 
 async def test_every_call_is_audited_without_its_arguments(mcp_broker: McpBroker) -> None:
