@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +20,19 @@ from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.tree_kill import TreeKiller
 from broker.datacontrols import DataControls, open_controls
-from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.delegation.tokens import TokenMinter, TokenVerifier, bmac_key
 from broker.errors import BrokerError, StoreUnavailableError
 from broker.identity.cards import BrokerCardRewriter, CardVerifier
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
+from broker.mcp.servers import registry_from_settings
+from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import PushUrlEgress
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
+from broker.pipeline.mcp import McpGateway, McpParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import PolicyRuntime
@@ -60,6 +65,7 @@ class BrokerRuntime:
     roles: AgentRoles
     budget_scopes: ConfiguredScopes
     llm: LlmGateway
+    mcp: McpGateway
     expiry: asyncio.Task[None]
     late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
@@ -145,6 +151,24 @@ class BrokerRuntime:
             roles=roles,
             budget_scopes=budget_scopes,
             llm=llm,
+            mcp=McpGateway(McpParts(
+                settings=settings,
+                stores=stores,
+                audit=audit,
+                authenticate=authenticate,
+                policy=policy.engine,
+                minter=minter,
+                verifier=verifier,
+                roles=roles,
+                budget_scopes=budget_scopes,
+                kill=controls.kill,
+                transport=upstream,
+                registry=registry_from_settings(
+                    settings.mcp, os.environ, upstream.egress.check_url
+                ),
+                sealer=mcp_sealer(settings, keys, os.environ),
+                tasks=tasks,
+            )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
             mediate=_unset,
@@ -200,6 +224,14 @@ async def _audit_declarative_refusal(audit: AuditRecorder, exc: DeclarativeCardE
 
 async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
+
+
+def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> Sealer:
+    """The key that seals MCP session ids and cursors: from ``[mcp] seal_key_env``, else
+    derived from the signing key (the same on every replica that shares the key file)."""
+    name = settings.mcp.seal_key_env
+    secret = env.get(name, "").encode() if name else b""
+    return Sealer([derive_seal_key(secret or bmac_key(keys))])
 
 
 def _a2a_parts(

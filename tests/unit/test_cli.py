@@ -240,8 +240,12 @@ def test_a_bad_policy_file_is_one_line_naming_file_and_line(
         # Asked for but unable to apply: refused rather than silently ignored.
         ('[datacontrols]\nenabled = true\nengine = "presidio"\n', {},
          'broker.toml:3: [datacontrols] engine = "presidio" needs the presidio extra'),
-        ('[mcp.servers.tools]\nurl = "https://tools.example/mcp"\n', {},
-         "broker.toml:1: the broker does not serve MCP yet"),
+        # An MCP server is registered at start-up as config-check registers it.
+        ('[mcp.servers.tools]\nurl = "https://tools.example/mcp"\n'
+         'credential = { kind = "bearer", env = "NOT_SET_MCP" }\n', {},
+         "broker.toml:1: MCP server 'tools': its credential is empty ($NOT_SET_MCP is not set)"),
+        ('[egress]\nallow_loopback = false\n[mcp.servers.local]\nurl = "http://127.0.0.1:9/mcp"\n',
+         {}, "broker.toml:3: "),
     ],
 )
 def test_config_check_loads_every_file_the_config_names(

@@ -50,6 +50,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
         "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
+        "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),

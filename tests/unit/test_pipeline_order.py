@@ -14,9 +14,12 @@ from broker.datacontrols import DataControls, DataControlsSettings
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
+from broker.mcp.servers import McpServerRegistry
+from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmParts, llm_stages
+from broker.pipeline.mcp import McpParts, mcp_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.protocols.llm.catalog import ModelCatalog
@@ -160,3 +163,50 @@ def test_data_controls_scan_requests_before_the_token_and_answers_inside_the_aud
         "ScanAnswer",
         "ForwardToProvider",
     ]
+
+
+def _mcp_parts() -> McpParts:
+    a2a, _ = _parts()
+    return McpParts(
+        settings=SETTINGS,
+        stores=a2a.stores,
+        audit=a2a.audit,
+        authenticate=a2a.authenticate,
+        policy=None,
+        minter=a2a.minter,
+        verifier=a2a.verifier,
+        roles=a2a.roles,
+        budget_scopes=a2a.budget_scopes,
+        kill=a2a.kill,
+        transport=a2a.transport,
+        registry=McpServerRegistry(a2a.transport.egress.check_url),
+        sealer=Sealer([derive_seal_key(b"order")]),
+    )
+
+
+def test_the_mcp_pipeline_runs_its_stages_in_this_order() -> None:
+    assert _names(list(mcp_stages(_mcp_parts()))) == [
+        "McpErrorBoundary",  # every refusal an MCP JSON-RPC error, one log line
+        "McpAuditRefusals",
+        "Authenticate",
+        "RefuseWhileKilled",
+        "ParseMcpRequest",  # the one reading, before anything is looked up for it
+        "ResolveMcpServer",  # the virtual server's calls routed: judged as the server's
+        "McpSession",
+        "DelegationContext",
+        "McpPolicy",  # before anything that counts or spends
+        "McpGuards",
+        "MintMcpHopToken",
+        "McpToolBudget",  # last check: a refused call spends nothing
+        "AuditForward",  # every decision made: durable before anything leaves
+        "ForwardMcp",  # innermost
+    ]
+
+
+def test_the_mcp_pipeline_shares_the_stages_every_protocol_needs() -> None:
+    parts = _mcp_parts()
+    chain = list(mcp_stages(parts))
+    assert {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"} <= set(
+        _names(chain)
+    )
+    assert parts.authenticate in chain
