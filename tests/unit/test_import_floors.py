@@ -36,7 +36,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
-        "broker.settings_observability",
+        "broker.settings_observability", "broker.settings_approvals",
         # The metrics hooks every floor calls (they import only prometheus-client).
         "broker.observability",
     ),
