@@ -132,7 +132,7 @@ def _check_p(values: Sequence[str]) -> str | None:
     if not (obj == ANY or _is_agent(obj) or _is_label(obj, GROUP_PREFIX) or _is_model(obj)):
         return f"object {obj!r} must be an agent name, group:<name>, model:<name> or *"
     if eft not in EFFECTS:
-        return f"effect {eft!r} must be allow, deny or approve"
+        return f"effect {eft!r} must be allow or deny (or approve)"
     if eft == APPROVE and act in SPECIAL_ACTIONS:
         return f"approve applies to calls (operations, LLM calls), not to {act!r}"
     if act == ORIGINATE and obj != ANY:
