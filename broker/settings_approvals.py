@@ -23,7 +23,7 @@ class ApprovalWebhookSettings(
     url: str = ""
     # The environment variable holding the HMAC-SHA256 key; the signature of the body goes in
     # the header X-A2A-Broker-Signature as "sha256=<hex>", with X-A2A-Broker-Timestamp.
-    secret_env: str = ""
+    key_env: str = ""
     # Attempts per notification (1 = no retry), with doubling back-off from one second.
     attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0

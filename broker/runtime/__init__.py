@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.webhook import ApprovalWebhook
 from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
@@ -25,7 +29,7 @@ from broker.killswitch import TreeKiller
 from broker.late_writes import LateWrites
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import check_push_url
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
@@ -66,6 +70,9 @@ class BrokerRuntime:
     controls: Controls
     # Every background task of the process runs here; ``close`` ends them last (0027).
     tasks: BackgroundTasks
+    # Calls held for a human's approval: requests, decisions, expiry (docs/approvals.md).
+    approvals: ApprovalDesk
+    a2a_approvals: A2aApprovals
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -108,6 +115,7 @@ class BrokerRuntime:
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
         budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
+        approvals = _approval_desk(settings, stores, audit, upstream, tasks)
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,
@@ -125,6 +133,7 @@ class BrokerRuntime:
                 kill=controls.kill,
                 roles=roles,
                 tasks=tasks,
+                approvals=approvals,
             )
         )
         runtime = cls(
@@ -147,9 +156,18 @@ class BrokerRuntime:
             mediate=_unset,
             controls=controls,
             tasks=tasks,
+            approvals=approvals,
+            a2a_approvals=A2aApprovals(
+                approvals, stores.task_routes, settings.limits.sse_heartbeat_s
+            ),
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
+        stages = a2a_stages(_a2a_parts(runtime, minter, verifier))
+        runtime.mediate = fold(stages)
+        # An approved call goes through the pipeline again from its policy on.
+        runtime.a2a_approvals.resume = fold(resume_stages(stages))
+        approvals.on_approved = runtime.a2a_approvals.forward_unwatched
+        tasks.spawn(approvals.sweep_forever(), "approvals-sweep")
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -173,6 +191,22 @@ class BrokerRuntime:
         self.expiry.cancel()
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _approval_desk(
+    settings: Settings,
+    stores: Stores,
+    audit: AuditRecorder,
+    upstream: AiohttpTransport,
+    tasks: BackgroundTasks,
+) -> ApprovalDesk:
+    webhook = ApprovalWebhook.from_settings(
+        settings.approvals.webhook, os.environ, upstream, settings.public_url, tasks
+    )
+    return ApprovalDesk(
+        stores.approvals, settings.approvals, audit, stores.registry, stores.revocations,
+        notify=webhook, tasks=tasks,
+    )  # fmt: skip
 
 
 async def _expire_reservations(stores: Stores, settings: Settings) -> None:
@@ -230,4 +264,5 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         pages=pages,
         push_url_allowed=push_url_allowed,
         tasks=rt.tasks,
+        approvals=rt.a2a_approvals,
     )

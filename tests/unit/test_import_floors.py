@@ -50,10 +50,12 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
         "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
         "broker.global_kill", "broker.killswitch", "broker.datacontrols",
+        "broker.approvals",
     ),
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
         "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
+        "broker.approvals.stages", "broker.approvals.a2a",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),

@@ -1,0 +1,290 @@
+"""Human approval end to end: real brokers (two replicas on one Redis), a real a2a-sdk agent
+and client. The hop alice -> echo needs approval (an ``approve`` rule): the agent sees nothing
+until a person approves; then it receives the exact bytes alice sent, once, and alice's task
+continues as the agent's. Denied, expired and cancelled calls end the task with their reason;
+the requester cannot approve her own call; a used approval cannot be used again; every
+notification reaches a webhook receiver, HMAC-signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
+from google.protobuf.json_format import MessageToDict
+
+from broker.errors import (
+    ApprovalNotFoundError,
+    ApprovalNotUsableError,
+    ApproverNotAllowedError,
+)
+from testkit.brokers import BrokerProcess, launch_broker
+from testkit.config import BrokerConfig, credential_sha256
+from testkit.procs import Service, closed_url, free_port, launch_service, start_services
+
+from .agents import agent_card
+from .sdk import client_for, next_event, remaining_events, send_request, state_of, unique_text
+from .wire import assert_rest_error
+
+TTL_S = 8.0
+APPROVER_TOKENS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("oscar", "alice", "pat")}
+WEBHOOK_SECRET = secrets.token_hex(16)
+WEBHOOK_SECRET_ENV = "E2E_APPROVAL_WEBHOOK_SECRET"
+POLICY = "\n".join([
+    "g, alice, role:user",
+    "g2, echo, group:workers",
+    "p, role:user, *, originate, allow",
+    "p, role:user, group:workers, *, allow",
+    "p, role:user, group:workers, SendMessage:*, approve",
+    "p, role:user, group:workers, SendStreamingMessage:*, approve",
+    "",
+])
+
+
+@dataclass
+class Received:
+    """What the webhook receiver got: (headers, body) per POST."""
+
+    posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Rig:
+    brokers: list[BrokerProcess]
+    echo: Service
+    alice: str  # alice's broker credential
+    webhook: Received
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return self.brokers[0].admin_headers
+
+
+def _webhook_server(received: Received) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            received.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Rig]:
+    folder = tmp_path_factory.mktemp("approvals")
+    policy = folder / "policy.csv"
+    policy.write_text(POLICY)
+    received = Received()
+    server = _webhook_server(received)
+    echo = launch_service("tests.e2e.agents", "echo", name="approvals-echo", log_dir=folder)
+    with start_services([echo]):
+        config = BrokerConfig(port=free_port()).use_redis(
+            redis_url, key_prefix=f"approvals-{uuid.uuid4().hex[:8]}"
+        ).use_policy_file(policy)
+        config.set("approvals", ttl_s=TTL_S)
+        for name, token in APPROVER_TOKENS.items():
+            config.set(f"approvals.approvers.{name}", token_sha256=credential_sha256(token))
+        config.set("approvals.webhook", url=f"http://127.0.0.1:{server.server_port}/hook",
+                   key_env=WEBHOOK_SECRET_ENV, attempts=3)
+        config.set("limits", sse_heartbeat_s=1.0)
+        env = {WEBHOOK_SECRET_ENV: WEBHOOK_SECRET}
+        token = secrets.token_urlsafe(24)
+        brokers = [
+            launch_broker(config.copy(port=free_port()) if i else config, log_dir=folder,
+                          name=f"broker-{i}", admin_token=token, env=env)
+            for i in range(2)
+        ]
+        try:
+            for broker in brokers:
+                broker.wait_ready()
+            card = httpx.get(f"{echo.url}/.well-known/agent-card.json", trust_env=False).json()
+            brokers[0].register("echo", card)
+            alice = brokers[0].register("alice", MessageToDict(agent_card("alice", closed_url())))
+            yield Rig(brokers, echo, alice, received)
+        finally:
+            for broker in brokers:
+                broker.stop()
+            server.shutdown()
+
+
+@dataclass
+class Sent:
+    bodies: list[bytes] = field(default_factory=list)
+
+
+@pytest.fixture
+async def http(rig: Rig) -> AsyncIterator[tuple[httpx.AsyncClient, Sent]]:
+    sent = Sent()
+
+    async def keep(request: httpx.Request) -> None:
+        if request.method == "POST":
+            sent.bodies.append(request.content)
+
+    headers = {"Authorization": f"Bearer {rig.alice}"}
+    async with httpx.AsyncClient(timeout=30, trust_env=False, headers=headers,
+                                 event_hooks={"request": [keep]}) as client:
+        yield client, sent
+
+
+async def recorded_with(rig: Rig, text: str) -> list[bytes]:
+    async with httpx.AsyncClient(trust_env=False) as plain:
+        requests = (await plain.get(f"{rig.echo.url}/_recorded")).json()
+    bodies = [base64.b64decode(r["body_b64"]) for r in requests]
+    return [b for b in bodies if text.encode() in b]
+
+
+async def decide(
+    rig: Rig, via: int, approval: str, who: str, decision: str, *, reason: str = ""
+) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False) as plain:
+        return await plain.post(
+            f"{rig.brokers[via].url}/admin/approvals/{approval}",
+            headers={"Authorization": f"Bearer {APPROVER_TOKENS[who]}"},
+            json={"decision": decision, "reason": reason},
+        )
+
+
+async def task_state(client: Any, task_id: str, until: TaskState, within_s: float = 10) -> Any:
+    deadline = time.monotonic() + within_s
+    while True:
+        task = await client.get_task(GetTaskRequest(id=task_id))
+        if task.status.state == until or time.monotonic() > deadline:
+            return task
+        await asyncio.sleep(0.1)
+
+
+def approval_meta(task: Any) -> dict[str, Any]:
+    return dict(MessageToDict(task)["metadata"]["a2a-broker/approval"])
+
+
+async def test_approved_on_the_other_replica_the_agent_gets_the_exact_bytes_once(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent]
+) -> None:
+    client_http, sent = http
+    client = await client_for(client_http, rig.brokers[0].agent_url("echo"), "JSONRPC")
+    text = unique_text("approve-me")
+    [event] = [e async for e in client.send_message(send_request(text))]
+    task = event.task
+    original = sent.bodies[-1]
+    assert task.id.startswith("approval-")
+    assert task.status.state == TaskState.TASK_STATE_AUTH_REQUIRED
+    assert "Awaiting human approval until" in task.status.message.parts[0].text
+    assert await recorded_with(rig, text) == []  # the agent has seen nothing
+
+    # The queue is shared: broker 2 lists it; the requester cannot approve her own call.
+    async with httpx.AsyncClient(trust_env=False) as plain:
+        listed = await plain.get(f"{rig.brokers[1].url}/admin/approvals?state=pending",
+                                 headers=rig.admin_headers)
+    assert task.id in [a["id"] for a in listed.json()["approvals"]]
+    assert_rest_error(await decide(rig, 1, task.id, "alice", "approve"), ApproverNotAllowedError)
+    approved = await decide(rig, 1, task.id, "oscar", "approve", reason="fine by me")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approved_by"] == ["oscar"]
+
+    done = await task_state(client, task.id, TaskState.TASK_STATE_COMPLETED)
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    assert await recorded_with(rig, text) == [original]  # exactly the bytes, exactly once
+    # A replayed approval is refused, and the agent still saw the call once.
+    assert_rest_error(await decide(rig, 0, task.id, "pat", "approve"), ApprovalNotUsableError)
+    await asyncio.sleep(0.5)
+    assert len(await recorded_with(rig, text)) == 1
+
+
+async def test_denied_ends_the_task_rejected_with_the_reason(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent]
+) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "HTTP+JSON")
+    text = unique_text("deny-me")
+    [event] = [e async for e in client.send_message(send_request(text))]
+    denied = await decide(rig, 1, event.task.id, "oscar", "deny", reason="not today")
+    assert denied.status_code == 200, denied.text
+    task = await task_state(client, event.task.id, TaskState.TASK_STATE_REJECTED)
+    assert task.status.state == TaskState.TASK_STATE_REJECTED
+    assert approval_meta(task)["reason"] == "APPROVAL_DENIED"
+    assert "not today" in task.status.message.parts[0].text
+    assert await recorded_with(rig, text) == []
+
+
+async def test_unapproved_calls_expire_and_fail(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent]
+) -> None:
+    client = await client_for(http[0], rig.brokers[1].agent_url("echo"), "JSONRPC")
+    text = unique_text("expire-me")
+    [event] = [e async for e in client.send_message(send_request(text))]
+    task = await task_state(client, event.task.id, TaskState.TASK_STATE_FAILED, TTL_S + 5)
+    assert task.status.state == TaskState.TASK_STATE_FAILED
+    assert approval_meta(task)["reason"] == "APPROVAL_EXPIRED"
+    assert_rest_error(await decide(rig, 0, event.task.id, "oscar", "approve"),
+                      ApprovalNotUsableError)
+    assert await recorded_with(rig, text) == []
+
+
+async def test_cancelled_while_waiting(rig: Rig, http: tuple[httpx.AsyncClient, Sent]) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+    [event] = [e async for e in client.send_message(send_request(unique_text("cancel-me")))]
+    cancelled = await client.cancel_task(CancelTaskRequest(id=event.task.id))
+    assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+    assert_rest_error(await decide(rig, 1, event.task.id, "oscar", "approve"),
+                      ApprovalNotUsableError)
+    assert_rest_error(await decide(rig, 1, "approval-nope", "oscar", "approve"),
+                      ApprovalNotFoundError)
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_a_held_stream_carries_on_with_the_agents_events_once_approved(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], binding: str
+) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), binding,
+                              streaming=True)
+    text = unique_text("stream-me")
+    events = aiter(client.send_message(send_request(text)))
+    first = await next_event(events)
+    assert state_of(first) == TaskState.TASK_STATE_AUTH_REQUIRED
+    approval = first.task.id
+    assert await recorded_with(rig, text) == []
+    approved = await decide(rig, 1, approval, "oscar", "approve")
+    assert approved.status_code == 200, approved.text
+    rest = await remaining_events(events)
+    assert state_of(rest[-1]) == TaskState.TASK_STATE_COMPLETED
+    assert len(await recorded_with(rig, text)) == 1
+
+
+async def test_every_notification_is_signed(rig: Rig, http: tuple[httpx.AsyncClient, Sent]) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+    [event] = [e async for e in client.send_message(send_request(unique_text("hook")))]
+    deadline = time.monotonic() + 10
+    mine: list[tuple[dict[str, str], bytes]] = []
+    while not mine and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        mine = [p for p in rig.webhook.posts if event.task.id.encode() in p[1]]
+    assert mine, "no notification for the new approval"
+    headers, body = mine[0]
+    expected = hmac.new(WEBHOOK_SECRET.encode(),
+                        headers["x-a2a-broker-timestamp"].encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    assert headers["x-a2a-broker-signature"] == f"sha256={expected}"
+    payload = json.loads(body)
+    assert payload["event"] == "approval.requested"
+    assert payload["approval"]["requester"] == "alice"
+    assert payload["decide_url"].endswith(f"/admin/approvals/{event.task.id}")
