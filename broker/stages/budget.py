@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.budgets import Usage
+from broker.budgets.model import Usage
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.pipeline.stage import holding
 from broker.policy.roles import AgentRoles
