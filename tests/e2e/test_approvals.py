@@ -13,7 +13,10 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -288,3 +291,38 @@ async def test_every_notification_is_signed(rig: Rig, http: tuple[httpx.AsyncCli
     assert payload["event"] == "approval.requested"
     assert payload["approval"]["requester"] == "alice"
     assert payload["decide_url"].endswith(f"/admin/approvals/{event.task.id}")
+
+
+def cli(
+    rig: Rig, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *argv, "--url", rig.brokers[1].url],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "A2A_BROKER_ADMIN_TOKEN": rig.brokers[0].admin_token, **(env or {})},
+    )
+
+
+async def test_the_cli_lists_and_decides(rig: Rig, http: tuple[httpx.AsyncClient, Sent]) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+    text = unique_text("cli")
+    [event] = [e async for e in client.send_message(send_request(text))]
+    approval = event.task.id
+    listed = await asyncio.to_thread(cli, rig, "approvals", "list", "--pending", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert approval in [a["id"] for a in json.loads(listed.stdout)["approvals"]]
+    nobody = await asyncio.to_thread(cli, rig, "approvals", "approve", approval)
+    assert nobody.returncode == 2 and "A2A_BROKER_APPROVER_TOKEN" in nobody.stderr
+    as_admin = await asyncio.to_thread(
+        cli, rig, "approvals", "approve", approval,
+        env={"A2A_BROKER_APPROVER_TOKEN": rig.brokers[0].admin_token},
+    )
+    assert as_admin.returncode == 1 and ApproverNotAllowedError.reason in as_admin.stderr
+    approved = await asyncio.to_thread(
+        cli, rig, "approvals", "approve", approval, "--reason", "ok",
+        env={"A2A_BROKER_APPROVER_TOKEN": APPROVER_TOKENS["pat"]},
+    )
+    assert approved.returncode == 0, approved.stderr
+    assert "approval " + approval + ": approved" in approved.stdout + approved.stderr
+    done = await task_state(client, approval, TaskState.TASK_STATE_COMPLETED)
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
