@@ -439,7 +439,8 @@ class ApprovalPendingError(BrokerError):
     approved (metadata: approval_id, expires_at)."""
 
     code, http_status, reason = -32062, 403, "APPROVAL_PENDING"
-    retryable = True
+    # Not retryable as it stands: a client that retries by itself would only ask again. The
+    # caller sends it again with the approval's id once approved (Retry-After: when to look).
     default_retry_after = 30.0
     default_message = (
         "This call awaits a human's approval; once approved, send it again, unchanged, with the"

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
 from google.protobuf.json_format import MessageToDict
@@ -33,6 +34,7 @@ from google.protobuf.json_format import MessageToDict
 from broker.errors import (
     ApprovalNotFoundError,
     ApprovalNotUsableError,
+    ApprovalPendingError,
     ApproverNotAllowedError,
 )
 from testkit.brokers import BrokerProcess, launch_broker
@@ -54,8 +56,12 @@ POLICY = "\n".join([
     "p, role:user, group:workers, *, allow",
     "p, role:user, group:workers, SendMessage:*, approve",
     "p, role:user, group:workers, SendStreamingMessage:*, approve",
+    "p, role:user, model:fake-small, llm:chat, allow",
+    "p, role:user, model:fake-large, llm:chat, approve",
     "",
 ])
+PROVIDER_KEY_ENV = "E2E_APPROVAL_PROVIDER_KEY"
+COST_OVER_USD = 0.5  # fake-small at 10 USD per million output tokens: 50,000 tokens
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Rig:
     echo: Service
     alice: str  # alice's broker credential
     webhook: Received
+    provider: Service
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -101,17 +108,22 @@ def rig(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ri
     received = Received()
     server = _webhook_server(received)
     echo = launch_service("tests.e2e.agents", "echo", name="approvals-echo", log_dir=folder)
-    with start_services([echo]):
+    provider = launch_service("tests.e2e.fake_llm", name="approvals-llm", log_dir=folder)
+    with start_services([echo, provider]):
         config = BrokerConfig(port=free_port()).use_redis(
             redis_url, key_prefix=f"approvals-{uuid.uuid4().hex[:8]}"
         ).use_policy_file(policy)
-        config.set("approvals", ttl_s=TTL_S)
+        config.set("approvals", ttl_s=TTL_S, llm_cost_over_usd=COST_OVER_USD,
+                   llm_retry_after_s=2.0)
+        config.set("llm.providers.fake", base_url=f"{provider.url}/v1", key_env=PROVIDER_KEY_ENV,
+                   models=["fake-small", "fake-large"], price_in_per_mtok=2.0,
+                   price_out_per_mtok=10.0, timeout_s=5.0)
         for name, token in APPROVER_TOKENS.items():
             config.set(f"approvals.approvers.{name}", token_sha256=credential_sha256(token))
         config.set("approvals.webhook", url=f"http://127.0.0.1:{server.server_port}/hook",
                    key_env=WEBHOOK_SECRET_ENV, attempts=3)
         config.set("limits", sse_heartbeat_s=1.0)
-        env = {WEBHOOK_SECRET_ENV: WEBHOOK_SECRET}
+        env = {WEBHOOK_SECRET_ENV: WEBHOOK_SECRET, PROVIDER_KEY_ENV: "sk-approvals"}
         token = secrets.token_urlsafe(24)
         brokers = [
             launch_broker(config.copy(port=free_port()) if i else config, log_dir=folder,
@@ -124,7 +136,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ri
             card = httpx.get(f"{echo.url}/.well-known/agent-card.json", trust_env=False).json()
             brokers[0].register("echo", card)
             alice = brokers[0].register("alice", MessageToDict(agent_card("alice", closed_url())))
-            yield Rig(brokers, echo, alice, received)
+            yield Rig(brokers, echo, alice, received, provider)
         finally:
             for broker in brokers:
                 broker.stop()
@@ -326,3 +338,62 @@ async def test_the_cli_lists_and_decides(rig: Rig, http: tuple[httpx.AsyncClient
     assert "approval " + approval + ": approved" in approved.stdout + approved.stderr
     done = await task_state(client, approval, TaskState.TASK_STATE_COMPLETED)
     assert done.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def provider_saw(rig: Rig, marker: str) -> int:
+    async with httpx.AsyncClient(trust_env=False) as plain:
+        recorded = (await plain.get(f"{rig.provider.url}/_recorded")).json()
+    return sum(marker in str(r["body"]) for r in recorded)
+
+
+def chat(model: str, marker: str, **more: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": marker}], **more}
+
+
+async def test_an_llm_call_waits_for_approval_and_its_retry_goes_ahead_once(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent]
+) -> None:
+    client = http[0]
+    marker = unique_text("llm")
+    url = f"{rig.brokers[0].url}/v1/chat/completions"
+    held = await client.post(url, json=chat("fake-large", marker))
+    assert held.status_code == 403, held.text
+    assert held.json()["error"]["code"] == ApprovalPendingError.reason.lower()
+    assert held.headers["x-should-retry"] == "false"
+    approval = held.headers["a2a-broker-approval"]
+    assert held.headers["retry-after"] == "2"
+    retry = {"a2a-broker-approval": approval}
+    still = await client.post(url, json=chat("fake-large", marker), headers=retry)
+    assert still.status_code == 403 and still.headers["a2a-broker-approval"] == approval
+    assert await provider_saw(rig, marker) == 0
+    assert (await decide(rig, 1, approval, "oscar", "approve")).status_code == 200
+    # Approved for that exact call: another body under the same approval is refused...
+    other = await client.post(url, json=chat("fake-large", marker + "!"), headers=retry)
+    assert other.status_code == 403 and "approval_not_usable" in other.text
+    # ...the call itself goes ahead once, through the real openai client...
+    ai = openai.AsyncOpenAI(base_url=f"{rig.brokers[1].url}/v1", api_key=rig.alice,
+                            max_retries=0, http_client=httpx.AsyncClient(trust_env=False))
+    reply = await ai.chat.completions.create(
+        model="fake-large", messages=[{"role": "user", "content": marker}], extra_headers=retry
+    )
+    assert reply.choices[0].message.content
+    assert await provider_saw(rig, marker) == 1
+    # ...and never twice.
+    again = await client.post(url, json=chat("fake-large", marker), headers=retry)
+    assert again.status_code == 403 and "approval_not_usable" in again.text
+
+
+async def test_a_costly_llm_call_needs_approval_and_a_cheap_one_does_not(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent]
+) -> None:
+    client = http[0]
+    url = f"{rig.brokers[0].url}/v1/chat/completions"
+    cheap = await client.post(url, json=chat("fake-small", unique_text("cheap")))
+    assert cheap.status_code == 200, cheap.text
+    costly = await client.post(url, json=chat("fake-small", unique_text("costly"),
+                                              max_tokens=100_000))
+    assert costly.status_code == 403 and "approval_pending" in costly.text
+    listed = (await client.get(f"{rig.brokers[0].url}/admin/approvals/"
+                               f"{costly.headers['a2a-broker-approval']}",
+                               headers=rig.admin_headers)).json()
+    assert "llm_cost_over_usd" in listed["rule"]
