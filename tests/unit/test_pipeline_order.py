@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
@@ -12,12 +16,13 @@ from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmParts, llm_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.protocols.llm.catalog import ModelCatalog
 from broker.settings import ServerSettings, Settings
+from broker.settings_approvals import ApprovalSettings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
 from broker.stores.memory import MemoryBackend
@@ -128,3 +133,33 @@ def test_both_pipelines_share_the_stages_every_protocol_needs() -> None:
     shared = {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"}
     assert shared <= set(_names(a2a_chain)) & set(_names(llm_chain))
     assert a2a.authenticate in a2a_chain and llm.authenticate in llm_chain
+
+
+def _with_approvals() -> tuple[A2aParts, LlmParts]:
+    a2a, llm = _parts()
+    desk = ApprovalDesk(
+        a2a.stores.approvals, ApprovalSettings(), a2a.audit, a2a.stores.registry,
+        a2a.stores.revocations,
+    )  # fmt: skip
+    approvals = A2aApprovals(desk, a2a.stores.task_routes, 15)
+    return dataclasses.replace(a2a, approvals=approvals), dataclasses.replace(llm, approvals=desk)
+
+
+def test_approval_waits_for_every_automatic_check_and_comes_before_token_and_budget() -> None:
+    a2a, llm = _with_approvals()
+    names = _names(list(a2a_stages(a2a)))
+    at = names.index("TaskScope")
+    assert names[at : at + 4] == ["TaskScope", "ApprovalTasks", "RequireApproval", "MintHopToken"]
+    llm_names = _names(list(llm_stages(llm, ModelCatalog(llm.llm))))
+    at = llm_names.index("MeterBudget")
+    assert llm_names[at : at + 4] == [
+        "MeterBudget", "CostOverThreshold", "RequireApproval", "AuditForward",
+    ]
+
+
+def test_an_approved_call_goes_through_every_check_again_but_not_the_callers_identity() -> None:
+    a2a, _ = _with_approvals()
+    resumed = _names(resume_stages(list(a2a_stages(a2a))))
+    assert resumed[0] == "ParseRequest" and resumed[-1] == "Forward"
+    assert {"ErrorBoundary", "Authenticate", "DelegationContext"}.isdisjoint(resumed)
+    assert {"ChainPolicy", "CascadeGuards", "RequireApproval", "HopBudget"} <= set(resumed)
