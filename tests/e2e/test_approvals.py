@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ import openai
 import pytest
 from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
 from google.protobuf.json_format import MessageToDict
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from broker.errors import (
     ApprovalNotFoundError,
@@ -43,6 +45,7 @@ from testkit.procs import Service, closed_url, free_port, launch_service, start_
 
 from .agents import agent_card
 from .sdk import client_for, next_event, remaining_events, send_request, state_of, unique_text
+from .test_console import CHROMIUM, CHROMIUM_ARGS, IMAGES
 from .wire import assert_rest_error
 
 TTL_S = 8.0
@@ -397,3 +400,65 @@ async def test_a_costly_llm_call_needs_approval_and_a_cheap_one_does_not(
                                f"{costly.headers['a2a-broker-approval']}",
                                headers=rig.admin_headers)).json()
     assert "llm_cost_over_usd" in listed["rule"]
+
+
+# --- the console's approvals page, in Debian's Chromium ---------------------------------------
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if shutil.which(CHROMIUM) is None and not os.environ.get("CI"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_an_approver_decides_on_the_console(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], browser: Browser
+) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+    text = unique_text("console")
+    [event] = [e async for e in client.send_message(send_request(text))]
+    approval = event.task.id
+    base = f"{rig.brokers[1].url}/console"
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(10_000)
+    await page.goto(f"{base}/login")
+    await page.fill("#token", rig.brokers[0].admin_token)
+    await page.click("#login")
+    await page.goto(f"{base}/approvals")
+    row = page.locator(f"#approval-row-{approval}")
+    await expect(row.locator(".state")).to_have_text("pending")
+    await expect(row.locator(".summary")).to_contain_text("alice asks echo for SendMessage")
+    await _shot(page, "approvals")
+    # The requester's own approver token is refused, and so is a forged form.
+    await row.locator("input[name=approver_token]").fill(APPROVER_TOKENS["alice"])
+    await row.locator("button.approve").click()
+    await expect(page.locator("body")).to_contain_text("APPROVER_NOT_ALLOWED")
+    await page.goto(f"{base}/approvals")
+    await row.locator("input[name=csrf_token]").evaluate("e => e.value = 'forged'")
+    await row.locator("input[name=approver_token]").fill(APPROVER_TOKENS["oscar"])
+    await row.locator("button.approve").click()
+    await expect(page.locator("body")).to_contain_text("CONSOLE_CSRF_REJECTED")
+    await page.goto(f"{base}/approvals")
+    await expect(row.locator(".state")).to_have_text("pending")
+    assert await recorded_with(rig, text) == []
+    # Oscar approves: the call goes to the agent and the caller's task completes.
+    await row.locator("input[name=approver_token]").fill(APPROVER_TOKENS["oscar"])
+    await row.locator("input[name=reason]").fill("checked the ticket")
+    await row.locator("button.approve").click()
+    await expect(page).to_have_url(f"{base}/approvals")
+    await expect(row.locator(".state")).not_to_have_text("pending")
+    assert APPROVER_TOKENS["oscar"] not in await page.content()
+    done = await task_state(client, approval, TaskState.TASK_STATE_COMPLETED)
+    assert done.status.state == TaskState.TASK_STATE_COMPLETED
+    assert len(await recorded_with(rig, text)) == 1
+
+
+async def _shot(page: Page, name: str) -> None:
+    await asyncio.to_thread(IMAGES.mkdir, parents=True, exist_ok=True)
+    await page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
