@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_policy_admin_commands,
         add_trees_parser,
     )
+    from broker.cli.approvals import add_approvals_parser  # noqa: PLC0415
     from broker.cli.audit import add_audit_parser  # noqa: PLC0415
     from broker.cli.policy import add_policy_file_commands  # noqa: PLC0415
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_trees_parser(sub, DEFAULT_URL)
     add_budgets_parser(sub, DEFAULT_URL)
     add_kill_parser(sub, DEFAULT_URL)
+    add_approvals_parser(sub, DEFAULT_URL)
     add_audit_parser(sub)
     policy = _command(sub, "policy", "check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True, metavar="COMMAND")

@@ -25,6 +25,7 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.approvals import approvals_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
@@ -164,6 +165,7 @@ def create_app(settings: Settings) -> Litestar:
             list_agents,
             jsonrpc_edge,
             rest_edge,
+            approvals_router,
             admin_router,
             *llm_route_handlers,
             *mcp_route_handlers,

@@ -97,6 +97,7 @@ class ModelPolicy:
                     metadata={"decision": decision.reason, "principal": decision.principal},
                 )
             ctx.policy_rule = decision.rule.text if decision.rule else ""
+            ctx.approval_rule = decision.approval.text if decision.approval else ""
         return await call_next(ctx)
 
 

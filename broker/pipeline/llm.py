@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.stages import CostOverThreshold, LlmApprovals, RequireApproval
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
@@ -71,6 +73,7 @@ class LlmParts:
     roles: AgentRoles | None = None  # built from ``policy`` when not given
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
     datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
+    approvals: ApprovalDesk | None = None  # None: no approve rule can hold a call
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
@@ -102,12 +105,27 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         *([ScanRequest(data, LlmDataView())] if data else []),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
         MeterBudget(parts.ledger, parts.scopes, roles, parts.llm, parts.tasks),
+        # Human approval after every automatic check (policy, rate, breaker, budget: a call
+        # the machine refuses never waits for a person), once the worst-case cost is known
+        # (a costly call may need approval). A held call is refused with APPROVAL_PENDING,
+        # which gives the reservation back; a call without an approve rule passes at the
+        # cost of an attribute test.
+        *_approval_stages(parts.approvals),
         # Every decision is made: record it durably before the provider is called.
         AuditForward[LlmContext](parts.audit, LlmAudit()),
         # The completion's data, inside the audit, with the call's pseudonyms restored.
         *([ScanAnswer(data, LlmDataView())] if data else []),
         # Innermost: the provider gets the broker's key and the caller's bytes.
         ForwardToProvider(parts.client, parts.limits, parts.llm),
+    ]
+
+
+def _approval_stages(desk: ApprovalDesk | None) -> list[LlmStage]:
+    if desk is None:
+        return []
+    return [
+        CostOverThreshold(desk.settings.llm_cost_over_usd),
+        RequireApproval[LlmContext](desk, LlmApprovals(desk.settings.llm_retry_after_s)),
     ]
 
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.webhook import ApprovalWebhook
 from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
@@ -30,7 +33,7 @@ from broker.mcp.servers import registry_from_settings
 from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import PushUrlEgress
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.mcp import McpGateway, McpParts
 from broker.pipeline.stage import fold
@@ -73,6 +76,9 @@ class BrokerRuntime:
     controls: Controls
     # Every background task of the process runs here; ``close`` ends them last (0027).
     tasks: BackgroundTasks
+    # Calls held for a human's approval: requests, decisions, expiry (docs/approvals.md).
+    approvals: ApprovalDesk
+    a2a_approvals: A2aApprovals
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -116,6 +122,7 @@ class BrokerRuntime:
         roles = AgentRoles(policy.engine)
         budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
         datacontrols = open_controls(settings.datacontrols)  # None when they are off
+        approvals = _approval_desk(settings, stores, audit, upstream, tasks)
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,
@@ -134,6 +141,7 @@ class BrokerRuntime:
                 roles=roles,
                 tasks=tasks,
                 datacontrols=datacontrols,
+                approvals=approvals,
             )
         )
         runtime = cls(
@@ -174,9 +182,18 @@ class BrokerRuntime:
             mediate=_unset,
             controls=controls,
             tasks=tasks,
+            approvals=approvals,
+            a2a_approvals=A2aApprovals(
+                approvals, stores.task_routes, settings.limits.sse_heartbeat_s
+            ),
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier, datacontrols)))
+        stages = a2a_stages(_a2a_parts(runtime, minter, verifier, datacontrols))
+        runtime.mediate = fold(stages)
+        # An approved call goes through the pipeline again from its policy on.
+        runtime.a2a_approvals.resume = fold(resume_stages(stages))
+        approvals.on_approved = runtime.a2a_approvals.forward_unwatched
+        tasks.spawn(approvals.sweep_forever(), "approvals-sweep")
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -200,6 +217,22 @@ class BrokerRuntime:
         self.expiry.cancel()
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _approval_desk(
+    settings: Settings,
+    stores: Stores,
+    audit: AuditRecorder,
+    upstream: AiohttpTransport,
+    tasks: BackgroundTasks,
+) -> ApprovalDesk:
+    webhook = ApprovalWebhook.from_settings(
+        settings.approvals.webhook, os.environ, upstream, settings.public_url, tasks
+    )
+    return ApprovalDesk(
+        stores.approvals, settings.approvals, audit, stores.registry, stores.revocations,
+        notify=webhook, tasks=tasks,
+    )  # fmt: skip
 
 
 async def _expire_reservations(stores: Stores, settings: Settings) -> None:
@@ -266,4 +299,5 @@ def _a2a_parts(
         push_url_allowed=PushUrlEgress(rt.upstream.egress),
         tasks=rt.tasks,
         datacontrols=datacontrols,
+        approvals=rt.a2a_approvals,
     )

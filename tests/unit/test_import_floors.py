@@ -36,7 +36,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.identity.names", "broker.identity.credentials", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
-        "broker.settings_observability",
+        "broker.settings_observability", "broker.settings_approvals",
         # The metrics hooks every floor calls (they import only prometheus-client), and the
         # logging set-up.
         "broker.observability",
@@ -46,11 +46,13 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
         "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
+        "broker.approvals",
     ),
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
         "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
         "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
+        "broker.approvals.stages", "broker.approvals.a2a",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),

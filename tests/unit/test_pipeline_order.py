@@ -7,6 +7,8 @@ import dataclasses
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
@@ -17,13 +19,14 @@ from broker.late_writes import LateWrites
 from broker.mcp.servers import McpServerRegistry
 from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmParts, llm_stages
 from broker.pipeline.mcp import McpParts, mcp_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.protocols.llm.catalog import ModelCatalog
 from broker.settings import ServerSettings, Settings
+from broker.settings_approvals import ApprovalSettings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
 from broker.stores.memory import MemoryBackend
@@ -210,3 +213,33 @@ def test_the_mcp_pipeline_shares_the_stages_every_protocol_needs() -> None:
         _names(chain)
     )
     assert parts.authenticate in chain
+
+
+def _with_approvals() -> tuple[A2aParts, LlmParts]:
+    a2a, llm = _parts()
+    desk = ApprovalDesk(
+        a2a.stores.approvals, ApprovalSettings(), a2a.audit, a2a.stores.registry,
+        a2a.stores.revocations,
+    )  # fmt: skip
+    approvals = A2aApprovals(desk, a2a.stores.task_routes, 15)
+    return dataclasses.replace(a2a, approvals=approvals), dataclasses.replace(llm, approvals=desk)
+
+
+def test_approval_waits_for_every_automatic_check_and_comes_before_token_and_budget() -> None:
+    a2a, llm = _with_approvals()
+    names = _names(list(a2a_stages(a2a)))
+    at = names.index("TaskScope")
+    assert names[at : at + 4] == ["TaskScope", "ApprovalTasks", "RequireApproval", "MintHopToken"]
+    llm_names = _names(list(llm_stages(llm, ModelCatalog(llm.llm))))
+    at = llm_names.index("MeterBudget")
+    assert llm_names[at : at + 4] == [
+        "MeterBudget", "CostOverThreshold", "RequireApproval", "AuditForward",
+    ]
+
+
+def test_an_approved_call_goes_through_every_check_again_but_not_the_callers_identity() -> None:
+    a2a, _ = _with_approvals()
+    resumed = _names(resume_stages(list(a2a_stages(a2a))))
+    assert resumed[0] == "ParseRequest" and resumed[-1] == "Forward"
+    assert {"ErrorBoundary", "Authenticate", "DelegationContext"}.isdisjoint(resumed)
+    assert {"ChainPolicy", "CascadeGuards", "RequireApproval", "HopBudget"} <= set(resumed)
