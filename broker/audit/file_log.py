@@ -36,6 +36,7 @@ from broker.audit.records import (
     encode_record,
 )
 from broker.background import BackgroundTasks
+from broker.observability.probes import audit_synced
 
 _TAIL_BLOCK = 64 * 1024
 _READ_BATCH = 4096
@@ -87,6 +88,7 @@ class _ReplicaFile:
                 continue
             try:
                 await asyncio.to_thread(os.fdatasync, self.fd)
+                audit_synced()
             except OSError as exc:
                 failure = AuditLogError(f"audit fsync failed: {exc}")
                 for waiter in waiters:
@@ -114,6 +116,7 @@ class _ReplicaFile:
             except OSError:
                 _roll_back(self.fd, offset)
                 raise
+            audit_synced()
 
     async def _load_head(self) -> ChainHead:
         return await asyncio.to_thread(_read_head, self.path) or EMPTY_HEAD
