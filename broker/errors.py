@@ -13,7 +13,7 @@ Domains: ``google.rpc.ErrorInfo.domain`` names the namespace its ``reason`` belo
 whose code and reason are the A2A specification's (TASK_NOT_FOUND, INVALID_PARAMS, ...) carries
 ``a2a-protocol.org`` whoever raises it, so every A2A client maps it; every reason the broker
 defines carries ``a2a-broker``. An agent may never answer in the broker's domain (see
-``broker.answers``), so an error in that domain always comes from the broker.
+``broker.protocols.a2a.answers``), so an error in that domain always comes from the broker.
 """
 
 from __future__ import annotations

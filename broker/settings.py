@@ -262,7 +262,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     backend: Literal["file", "redis", "off"] = "file"
     dir: str = "var/audit"
     # This process's chain name; empty: <hostname>-<port> (-2, -3... for further workers), the
-    # same after a restart, so a restarted broker continues its chain (broker/replica_id.py).
+    # same after a restart, so a restarted broker continues its chain (broker/audit/replica_id.py).
     replica: str = ""
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0

@@ -23,6 +23,7 @@ from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
 from broker.audit.redact import redacted_payload
 from broker.audit.redis_log import RedisAuditLog
+from broker.audit.replica_id import claim_default_replica
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
 from broker.background import BackgroundTasks
@@ -33,10 +34,9 @@ from broker.errors import (
     InvalidCredentialError,
     UnauthenticatedError,
 )
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.observability.probes import audit_written
 from broker.pipeline.stage import stream_end
-from broker.replica_id import claim_default_replica
 from broker.settings import Settings
 from broker.types import MediationContext
 
@@ -245,7 +245,7 @@ async def open_recorder(
             staged=audit.durable_before == "reply",
             tasks=tasks,
         )
-    # Stable across restarts (broker.replica_id), so a restarted broker continues its chain.
+    # Stable across restarts (broker.audit.replica_id), so a restarted broker continues its chain.
     replica = audit.replica or claim_default_replica(settings.server.port)
     witness = open_witness(settings)
     trail = await AuditTrail.open(

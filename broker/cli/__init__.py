@@ -237,7 +237,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
-    from broker.keys import generate_signing_key_file  # noqa: PLC0415
+    from broker.identity.keys import generate_signing_key_file  # noqa: PLC0415
 
     try:
         kid = generate_signing_key_file(Path(args.path), overwrite=args.overwrite)

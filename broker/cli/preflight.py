@@ -18,11 +18,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.cards import CardVerifier
 from broker.config_errors import Where
-from broker.credentials import is_credential_digest
-from broker.directory import AgentDirectory, DeclarativeCardError
-from broker.keys import BrokerKeys, KeyFileError, load_signing_key
+from broker.identity.cards import CardVerifier
+from broker.identity.credentials import is_credential_digest
+from broker.identity.directory import AgentDirectory, DeclarativeCardError
+from broker.identity.keys import BrokerKeys, KeyFileError, load_signing_key
 from broker.policy.engine import PolicyEngine, check_model
 from broker.policy.rules import PolicyError
 from broker.policy.runtime import DEFAULT_MODEL, check_policy_settings

@@ -15,8 +15,8 @@ from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.recorder import AuditRecorder
+from broker.audit.replica_id import ReplicaIdError
 from broker.console.app import console_parts
-from broker.directory import DeclarativeCardError
 from broker.errors import (
     BodyTooLargeError,
     BrokerError,
@@ -31,14 +31,14 @@ from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
 from broker.http.mediation import MediationEdges, jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
-from broker.keys import KeyFileError
-from broker.llm.wire import openai_error_reply
-from broker.logs import configure_logging
+from broker.identity.directory import DeclarativeCardError
+from broker.identity.keys import KeyFileError
+from broker.observability.logs import configure_logging
 from broker.observability.multiprocess import worker_stopped
 from broker.observability.scrape import metrics_routes
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.wire import error_reply
-from broker.replica_id import ReplicaIdError
+from broker.protocols.llm.wire import openai_error_reply
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from broker.audit.recorder import AuditRecorder, digest, error_detail
-from broker.budgets import Usage
+from broker.budgets.model import Usage
 from broker.errors import AuditUnavailableError, BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.observability.record import observe_llm_usage

@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 
 from broker.errors import BrokerError, BrokerInternalError
-from broker.llm.catalog import ModelCatalog
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
-from broker.llm.request import parse_request
-from broker.llm.wire import openai_error_reply
 from broker.observability.record import observe_llm_call
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine
+from broker.protocols.llm.catalog import ModelCatalog
+from broker.protocols.llm.request import parse_request
+from broker.protocols.llm.wire import openai_error_reply
 from broker.settings import LimitSettings
 from broker.settings_llm import LlmSettings
 from broker.stages.boundary import log_call as shared_log_call

@@ -28,7 +28,7 @@ from broker.llm.errors import LlmModelNotAllowedError
 from broker.observability import metrics, tally
 
 if TYPE_CHECKING:
-    from broker.budgets import Usage
+    from broker.budgets.model import Usage
     from broker.llm.context import LlmContext
     from broker.types import MediationContext
 

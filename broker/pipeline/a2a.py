@@ -12,17 +12,16 @@ from dataclasses import dataclass
 
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import AgentContainment
+from broker.containment.tree_kill import LiveStreamCheck
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
-from broker.killswitch import LiveStreamCheck
 from broker.late_writes import LateWrites
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
 from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
@@ -36,6 +35,7 @@ from broker.stages.parse import ParseRequest, ReadParams
 from broker.stages.policy import ChainPolicy
 from broker.stages.push_support import PushSupport
 from broker.stages.resolve import ResolveTarget
+from broker.stages.responses import ResponseInspector
 from broker.stages.task_scope import PushUrlCheck, TaskScope
 from broker.stores.base import Stores
 from broker.types import MediationContext, Stage

@@ -14,12 +14,11 @@ import msgspec
 
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
+from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import ProviderBreaker
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
-from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.llm.audit import LlmAudit, LlmAuditRefusals
-from broker.llm.catalog import ModelCatalog
 from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
@@ -30,10 +29,11 @@ from broker.llm.stages import (
     ModelPolicy,
     ParseLlmRequest,
 )
-from broker.llm.wire import openai_error_reply
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
+from broker.protocols.llm.catalog import ModelCatalog
+from broker.protocols.llm.wire import openai_error_reply
 from broker.settings import LimitSettings
 from broker.settings_containment import ContainmentSettings
 from broker.settings_llm import LlmSettings

@@ -37,7 +37,7 @@ from broker.policy.engine import (
     require_rules,
 )
 from broker.policy.rules import PolicyError
-from broker.replica_channel import ReplicaChannel
+from broker.stores.replica_channel import ReplicaChannel
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
 # Called with each new policy applied (from the file or from another replica) and its source.

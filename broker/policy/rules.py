@@ -48,7 +48,7 @@ LLM_ACTIONS = frozenset({"llm:chat", "llm:embeddings", "llm:*"})
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 
 _ARITY: dict[str, int] = {"p": 4, "g": 2, "g2": 2}
-# The registry's agent-name syntax (broker.names.AGENT_NAME_RE); roles/groups use it too.
+# The registry's agent-name syntax (broker.identity.names.AGENT_NAME_RE); roles/groups use it too.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 

@@ -15,13 +15,13 @@ from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.tree_kill import TreeKiller
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import BrokerError, StoreUnavailableError
-from broker.keys import BrokerKeys
-from broker.killswitch import TreeKiller
+from broker.identity.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.identity.directory import AgentDirectory, DeclarativeCardError
+from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import check_push_url
@@ -31,11 +31,11 @@ from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import PolicyRuntime
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
 from broker.runtime.control import Controls
 from broker.runtime.late_routes import with_late_routes
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
+from broker.stages.responses import ResponseInspector
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 from broker.types import CallNext

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from broker.audit.recorder import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
-from broker.logs import log_fields
+from broker.observability.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
 from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply

@@ -22,8 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.budgets import Usage
+from broker.budgets.model import Usage
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.late_writes import finish_quietly, finish_soon
 from broker.pipeline.stage import holding

@@ -18,7 +18,7 @@ from broker.audit.records import AuditRecord, ChainHead
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import averify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.settings import StoreSettings
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())

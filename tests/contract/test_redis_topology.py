@@ -38,7 +38,6 @@ from broker.errors import (
     StoreTopologyError,
     StoreUnavailableError,
 )
-from broker.replica_channel import ReplicaChannel
 from broker.settings import (
     REDIS_PASSWORD_ENV,
     REDIS_USERNAME_ENV,
@@ -49,6 +48,7 @@ from broker.settings import (
 from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.factory import open_backend
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
+from broker.stores.replica_channel import ReplicaChannel
 
 MakeSettings = Callable[[RedisMode], StoreSettings]
 SECRET = "s3cret-Pa55word"
@@ -345,7 +345,7 @@ async def test_a_channel_on_a_cluster_moves_to_another_node_when_its_node_dies(
         picks.append(wanted[0].port)
         return wanted[0]
 
-    monkeypatch.setattr("broker.replica_channel.pick_node", pick)
+    monkeypatch.setattr("broker.stores.replica_channel.pick_node", pick)
     channel = ReplicaChannel(listener, "ch", received.append, retry_s=0.2,
                              on_gap=lambda: gaps.append(time.monotonic()))  # fmt: skip
     try:

@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.answers import reframe
 from broker.errors import BrokerError
-from broker.jsonlimits import json_depth_exceeds
+from broker.protocols.a2a.answers import reframe
 from broker.protocols.a2a.operations import match_rest
+from broker.protocols.jsonlimits import json_depth_exceeds
+from broker.protocols.sse import EventSplitter
 from broker.settings import LimitSettings
-from broker.sse import EventSplitter
 from broker.stages.parse import ParseRequest, decode_envelope
 from broker.types import MediationContext, Reply
 

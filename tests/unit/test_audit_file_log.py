@@ -20,7 +20,7 @@ from broker.audit.records import encode_record
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import verify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}

@@ -32,28 +32,24 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker",  # the package itself: its version
         "broker.errors", "broker.types", "broker.settings", "broker.settings_llm",
         "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
-        "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
-        "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
+        "broker.identity.keys", "broker.budgets.model", "broker.late_writes",
+        "broker.identity.names", "broker.identity.credentials", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
         "broker.settings_observability",
-        # The metrics hooks every floor calls (they import only prometheus-client).
+        # The metrics hooks every floor calls (they import only prometheus-client), and the
+        # logging set-up.
         "broker.observability",
     ),
-    1: (
-        "broker.protocols", "broker.sse", "broker.llm.wire", "broker.llm.request",
-        "broker.llm.catalog", "broker.llm.usage", "broker.llm.context", "broker.llm",
-        "broker.mcp",
-    ),
-    2: ("broker.stores", "broker.replica_channel"),
+    1: ("broker.protocols", "broker.llm.context", "broker.llm", "broker.mcp"),
+    2: ("broker.stores",),
     3: (
-        "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
-        "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
-        "broker.global_kill", "broker.killswitch", "broker.datacontrols",
+        "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
+        "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
     ),
     4: (
-        "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
-        "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
+        "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
+        "broker.llm.metering", "broker.llm.forward",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),

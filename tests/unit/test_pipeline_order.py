@@ -6,20 +6,20 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.recorder import AuditRecorder
-from broker.budget_scopes import ConfiguredScopes
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.global_kill import GlobalKillSwitch
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
-from broker.llm.catalog import ModelCatalog
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.llm import LlmParts, llm_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
+from broker.protocols.llm.catalog import ModelCatalog
 from broker.settings import ServerSettings, Settings
 from broker.stages.authenticate import Authenticate
+from broker.stages.responses import ResponseInspector
 from broker.stores.memory import MemoryBackend
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())

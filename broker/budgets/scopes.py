@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, Literal, NamedTuple
 
-from broker.budgets import Limit, Scope, ScopeKind
+from broker.budgets.model import Limit, Scope, ScopeKind
 from broker.settings import BudgetLimitSettings, BudgetSettings
 from broker.stores.budget_limits import BudgetLimitStore, check_override
 

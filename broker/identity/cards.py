@@ -39,7 +39,7 @@ from jwt.exceptions import InvalidKeyError
 from jwt.utils import base64url_decode
 
 from broker.errors import AgentCardSignatureError, InvalidAgentCardError
-from broker.keys import BrokerKeys, load_verification_keys
+from broker.identity.keys import BrokerKeys, load_verification_keys
 
 if TYPE_CHECKING:
     from broker.settings import Settings
@@ -232,7 +232,7 @@ class CardVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CardVerifier:
-        """Read ``[registry] card_key_files``; raises ``broker.keys.KeyFileError``."""
+        """Read ``[registry] card_key_files``; raises ``broker.identity.keys.KeyFileError``."""
         paths = [settings.path(p) for p in settings.registry.card_key_files]
         keys = load_verification_keys(paths)
         return cls(keys, require_signatures=settings.registry.require_card_signatures)

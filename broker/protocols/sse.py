@@ -1,9 +1,9 @@
 """Server-sent events relayed event by event: split, inspected cheaply, never buffered whole.
 
 The relay sends for each upstream event what ``on_event`` makes of it (the A2A edge re-frames
-every event, ``broker.answers``; the LLM edge relays them as they came). A separate task reads
-the upstream so the sender can emit heartbeats while the upstream is quiet and enforce the
-maximum duration.
+every event, ``broker.protocols.a2a.answers``; the LLM edge relays them as they came). A
+separate task reads the upstream so the sender can emit heartbeats while the upstream is quiet
+and enforce the maximum duration.
 """
 
 from __future__ import annotations
