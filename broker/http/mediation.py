@@ -31,7 +31,9 @@ from broker.errors import (
     InvalidRequestError,
 )
 from broker.http.state import AnyRequest, runtime_of
+from broker.llm.context import CallKind, LlmContext
 from broker.protocols.a2a.wire import error_reply
+from broker.protocols.llm.wire import openai_error_reply
 from broker.types import Binding, MediationContext, Outcome, Reply
 
 log = logging.getLogger("a2a_broker")
@@ -120,14 +122,16 @@ def _raw_tail(request: AnyRequest, name: str, tail: str) -> str:
 
 
 _JSONRPC_TAILS = frozenset({"jsonrpc", "jsonrpc/"})
+_LLM_CALLS: dict[str, CallKind] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
 _REST_METHODS = frozenset({"GET", "POST", "DELETE"})
 
 
 class MediationEdges:
-    """The ASGI app the server runs: an agent's mediation paths raw, the rest to ``app``.
+    """The ASGI app the server runs: the mediation paths raw, the rest to ``app``.
 
-    ``/agents/{name}/jsonrpc[/]`` (POST) and ``/agents/{name}/rest/...`` (GET, POST, DELETE),
-    matched as Litestar's routes above match them; what the runtime needs is read from
+    ``/agents/{name}/jsonrpc[/]`` (POST), ``/agents/{name}/rest/...`` (GET, POST, DELETE),
+    and the OpenAI-compatible calls ``/v1/chat/completions`` and ``/v1/embeddings`` (POST),
+    matched as their Litestar routes match them; what the runtime needs is read from
     ``app.state`` once started. ``max_body``: the body limit Litestar applies to its routes.
     """
 
@@ -137,10 +141,28 @@ class MediationEdges:
         self._max_body = max_body
 
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/agents/"):
-            ctx = self._context(scope, receive)
-            if ctx is not None:
-                await self._mediate(ctx, scope, receive, send)
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith("/agents/"):
+                ctx = self._context(scope, receive)
+                if ctx is not None:
+                    binding = ctx.binding
+                    await _answer(
+                        self._state.runtime.mediate(ctx),
+                        lambda err: error_reply(err, binding, None),
+                        scope,
+                        receive,
+                        send,
+                    )
+                    return
+            elif (kind := _LLM_CALLS.get(path)) is not None and scope["method"] == "POST":
+                call = LlmContext(
+                    kind=kind,
+                    headers=scope_headers(scope["headers"]),
+                    read_body=asgi_body_reader(receive, self._max_body, scope["headers"]),
+                )
+                outcome = self._state.runtime.llm.call(call)
+                await _answer(outcome, openai_error_reply, scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -167,29 +189,34 @@ class MediationEdges:
             query_string=scope.get("query_string", b"").decode("latin-1"),
         )
 
-    async def _mediate(
-        self, ctx: MediationContext, scope: Any, receive: Receive, send: Send
-    ) -> None:
-        started = False
 
-        async def tracked(message: Any) -> None:
-            nonlocal started
-            started = True
-            await send(message)
+async def _answer(
+    outcome: Awaitable[Outcome],
+    on_error: Callable[[BrokerError], Reply],
+    scope: Any,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Run a pipeline and send its outcome; what escapes it is answered as Litestar's
+    exception handlers would (``on_error``: the surface's error shape)."""
+    started = False
 
-        try:
-            outcome = await self._state.runtime.mediate(ctx)
-            await send_outcome(outcome, scope, receive, tracked)
-        except BrokerError as err:  # outside the pipeline's error boundary: as Litestar would
-            if started:
-                raise
-            await send_outcome(error_reply(err, ctx.binding, None), scope, receive, send)
-        except Exception:
-            if started:
-                raise
-            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            reply = error_reply(BrokerInternalError(), ctx.binding, None)
-            await send_outcome(reply, scope, receive, send)
+    async def tracked(message: Any) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    try:
+        await send_outcome(await outcome, scope, receive, tracked)
+    except BrokerError as err:
+        if started:
+            raise
+        await send_outcome(on_error(err), scope, receive, send)
+    except Exception:
+        if started:
+            raise
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        await send_outcome(on_error(BrokerInternalError()), scope, receive, send)
 
 
 def asgi_body_reader(
@@ -197,26 +224,35 @@ def asgi_body_reader(
 ) -> Callable[[], Awaitable[bytes]]:
     """``body_reader`` on raw ASGI: the body, refused past ``limit`` bytes as Litestar does."""
 
+    body: bytes | None = None
+
     async def read() -> bytes:
-        announced = _content_length(raw_headers)
-        if announced is not None and announced > limit:
-            raise BodyTooLargeError
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the caller hung up
-                raise InvalidRequestError("The request body could not be read.")
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLargeError
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        nonlocal body
+        if body is None:  # read once; a stage that asks again gets the same bytes
+            body = await _read(receive, limit, raw_headers)
+        return body
 
     return read
+
+
+async def _read(receive: Receive, limit: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    announced = _content_length(raw_headers)
+    if announced is not None and announced > limit:
+        raise BodyTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the caller hung up
+            raise InvalidRequestError("The request body could not be read.")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int | None:
