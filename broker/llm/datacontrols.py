@@ -105,13 +105,19 @@ class LlmEventScanner:
     def finish(self) -> list[bytes]:
         out = []
         for index in list(self._held):
-            stream = self._held.pop(index)
-            text = stream.finish()
+            stream = self._held[index]
+            text = stream.finish()  # may refuse: the stream is still held, for abandon()
+            del self._held[index]
             self._scan.finished(stream)
             if text:
                 choice = {"index": index, "delta": {"content": text}, "finish_reason": None}
                 out.append(_frame({**self._last, "choices": [choice]}))
         return out
+
+    def abandon(self) -> None:
+        for stream in self._held.values():
+            self._scan.finished(stream)
+        self._held.clear()
 
     def _choice(self, choice: Any) -> dict[str, str]:
         """The choice's released content (``{}`` when it has none)."""
