@@ -17,6 +17,7 @@ import msgspec
 from broker.datacontrols import Subject, TextStream
 from broker.errors import BrokerError
 from broker.llm.context import LlmContext
+from broker.llm.errors import LlmProviderError
 from broker.protocols.llm.wire import openai_error_event
 from broker.stages.datacontrols import Direction, Scan
 from broker.types import Reply
@@ -89,7 +90,10 @@ class LlmEventScanner:
             return [event]
         if data.strip() == _DONE:
             return [*self.finish(), event]
-        document = msgspec.json.decode(data)
+        try:
+            document = msgspec.json.decode(data)
+        except msgspec.DecodeError:  # what cannot be read cannot be checked: not relayed
+            raise LlmProviderError(detail="a stream chunk that is not JSON") from None
         choices = document.get("choices") if isinstance(document, dict) else None
         if not isinstance(choices, list) or not choices:
             return [_frame(self._scan.json(document))]  # usage, or an error object
