@@ -60,6 +60,10 @@ class CallContext:
     chain: tuple[str, ...] = ()
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
+    # The approve rule (or threshold) that holds this call for a human ("": none), set by the
+    # policy stage; and the approval it goes ahead under once approved (the approval stage).
+    approval_rule: str = ""
+    approval_id: str = ""
     upstream_status: int | None = None
     upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
