@@ -20,6 +20,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.config_errors import Where
+from broker.datacontrols import open_controls
+from broker.datacontrols.presidio import PresidioUnavailableError
 from broker.errors import BrokerError
 from broker.identity.cards import CardVerifier
 from broker.identity.credentials import is_credential_digest
@@ -64,13 +66,9 @@ def check_files(
 
 
 def _refuse_unapplied(settings: Settings, where: Where) -> None:
-    """Data controls are a library whose pipeline stage has not landed: a broker configured to
-    use them would run without them, so it refuses to start instead."""
-    if settings.datacontrols.enabled:
-        raise SettingsError(where.say(("datacontrols", "enabled"), (
-            "data controls are not applied to traffic by this version (the detectors are built,"
-            " the pipeline stage is not; docs/datacontrols.md, Status): remove the setting"
-        )))
+    """A control asked for must apply: a data-controls engine that cannot load would leave the
+    broker without it, so the broker refuses to start instead."""
+    _check_data_engine(settings, where)
 
 
 def _check_mcp(settings: Settings, where: Where, env: Mapping[str, str]) -> None:
@@ -88,6 +86,17 @@ def _check_mcp(settings: Settings, where: Where, env: Mapping[str, str]) -> None
                 EgressPolicy(settings.egress).check_url)
         except BrokerError as err:
             raise SettingsError(where.say(("mcp", "servers", name), err.message)) from None
+
+
+def _check_data_engine(settings: Settings, where: Where) -> None:
+    """The Presidio engine, where configured, loads now (as the broker will load it)."""
+    data = settings.datacontrols
+    if not data.enabled or data.engine != "presidio":
+        return
+    try:
+        open_controls(data)
+    except PresidioUnavailableError as exc:
+        raise SettingsError(where.say(("datacontrols", "engine"), str(exc))) from exc
 
 
 def _where(config_path: str | None) -> Where:

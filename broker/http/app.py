@@ -11,7 +11,6 @@ from typing import Any
 
 from litestar import Litestar, Response
 from litestar.exceptions import HTTPException
-from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.recorder import AuditRecorder
@@ -26,6 +25,7 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.approvals import approvals_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
@@ -43,6 +43,7 @@ from broker.protocols.a2a.wire import error_reply
 from broker.protocols.llm.wire import openai_error_reply
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
+from broker.stores.redis_client import REDIS_FAILURES
 
 log = logging.getLogger("a2a_broker")
 
@@ -62,8 +63,7 @@ STARTUP_ERRORS = (
     AuditLogError,
     ReplicaIdError,
     BrokerError,
-    RedisError,
-    OSError,
+    *REDIS_FAILURES,  # OSError among them
 )
 
 
@@ -165,6 +165,7 @@ def create_app(settings: Settings) -> Litestar:
             list_agents,
             jsonrpc_edge,
             rest_edge,
+            approvals_router,
             admin_router,
             *llm_route_handlers,
             *mcp_route_handlers,

@@ -73,3 +73,6 @@ class McpAudit:
 
     def staged(self, ctx: McpContext) -> bool:
         return False  # a tool acts as soon as it is called: the decision is durable first
+
+    def refusal(self, ctx: McpContext, status: int) -> dict[str, Any]:
+        return mcp_fields(ctx, phase="refused", status=status)

@@ -2,7 +2,7 @@
 
 A policy file is CSV, one rule a line (blank lines and lines starting with ``#`` are skipped)::
 
-    p,  <agent | role:x>,  <agent | group:x | *>,  <action>,  <allow | deny>
+    p,  <agent | role:x>,  <agent | group:x | *>,  <action>,  <allow | deny | approve>
     g,  <agent | role:x>,  role:y          # the member holds role:y (roles nest)
     g2, <agent | group:x>, group:y         # the target belongs to group:y (groups nest)
 
@@ -37,6 +37,10 @@ ROLE_PREFIX = "role:"
 GROUP_PREFIX = "group:"
 ALLOW = "allow"
 DENY = "deny"
+# Allowed, but only once a human approved the exact call (docs/approvals.md). Precedence:
+# deny beats approve, approve beats allow.
+APPROVE = "approve"
+EFFECTS = (ALLOW, DENY, APPROVE)
 
 # casbin's default role manager follows at most 9 links (its hierarchy level of 10 includes
 # the start); a deeper membership would silently not count, so it is refused instead.
@@ -133,8 +137,10 @@ def _check_p(values: Sequence[str]) -> str | None:
             or _is_mcp_server(obj)):
         return (f"object {obj!r} must be an agent name, group:<name>, model:<name>,"
                 " mcp:<server> or *")
-    if eft not in (ALLOW, DENY):
-        return f"effect {eft!r} must be allow or deny"
+    if eft not in EFFECTS:
+        return f"effect {eft!r} must be allow or deny (or approve)"
+    if eft == APPROVE and act in SPECIAL_ACTIONS:
+        return f"approve applies to calls (operations, LLM calls), not to {act!r}"
     if act == ORIGINATE and obj != ANY:
         return "an originate rule's object must be *"
     return _check_action(act)
