@@ -13,16 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-from broker.audit.recorder import AuditRecorder
 from broker.delegation.tokens import DelegationClaims, TokenMinter
 from broker.errors import (
-    AuditUnavailableError,
     BrokerError,
     BrokerInternalError,
     PolicyDeniedError,
 )
 from broker.mcp.aggregate import Aggregate
-from broker.mcp.audit import mcp_fields
 from broker.mcp.context import McpCallNext, McpContext
 from broker.mcp.reading import (
     HANDSHAKE_VERSIONS,
@@ -52,21 +49,18 @@ _LOCAL_ON_VIRTUAL = frozenset({"initialize", "ping"})
 TOOL_CALL = "tools/call"
 
 
-class McpErrorBoundary:
-    """Every refusal becomes an MCP JSON-RPC error answering the request's id (transport
-    errors keep their HTTP status); a stream that fails ends with one such error event; every
-    request is one log line."""
+class McpWire:
+    """MCP's ends, for the shared ``broker.stages.boundary.ErrorBoundary``: every refusal an
+    MCP JSON-RPC error answering the request's id (transport errors keep their HTTP status);
+    a stream that fails ends with one such error event; every request one ``mcp_call`` log
+    line, a stream's when it ends."""
 
-    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
-        try:
-            outcome = await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            outcome = refusal(ctx, err)
-        except Exception:
-            log.exception("unexpected error in MCP request %s", ctx.request_id)
-            ctx.error = BrokerInternalError()
-            outcome = refusal(ctx, ctx.error)
+    unexpected = "in MCP request"
+
+    def refusal(self, ctx: McpContext, err: BrokerError) -> Reply:
+        return refusal(ctx, err)
+
+    def finish(self, ctx: McpContext, outcome: Outcome) -> Outcome:
         headers = {**outcome.headers, REQUEST_ID_HEADER: ctx.request_id}
         if isinstance(outcome, StreamReply):
             return StreamReply(_logged(ctx, outcome), outcome.status, headers)
@@ -111,24 +105,6 @@ def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) ->
         "tree": ctx.tree,
     }
     shared_log_call(ctx, "mcp_call", status, own, stream_end)
-
-
-class McpAuditRefusals:
-    """Second stage: every refusal of an MCP request, from any later stage, is one record
-    (with the status the caller sees: HTTP 200 for a JSON-RPC error, as on the A2A edge)."""
-
-    def __init__(self, recorder: AuditRecorder) -> None:
-        self._recorder = recorder
-
-    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
-        try:
-            return await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            if not isinstance(err, AuditUnavailableError) and not ctx.audited:
-                status = error_reply(err, None).status
-                await self._recorder.record(mcp_fields(ctx, phase="refused", status=status))
-            raise
 
 
 class ParseMcpRequest:
@@ -226,7 +202,8 @@ class McpPolicy:
     call is judged as the call to the underlying server and tool, and the servers it offers a
     caller are those the caller may ``initialize``. Lists are judged per item when answered.
 
-    The decision is kept on the context (``ctx.decision``) for the stages after it."""
+    The decision is kept on the context (``ctx.decision``) for the stages after it; an
+    ``approve`` rule sets ``ctx.approval_rule`` for the approval stage."""
 
     def __init__(self, judge: McpJudge) -> None:
         self._judge = judge
@@ -251,6 +228,8 @@ class McpPolicy:
                     detail=f"rule {decision.rule.line}: {decision.rule.text}"
                     if decision.rule else None)
             ctx.policy_rule = decision.rule.text if decision.rule else ""
+            # Allowed, but held for a human (the approval stage, later in the order).
+            ctx.approval_rule = decision.approval.text if decision.approval else ""
         return await call_next(ctx)
 
 

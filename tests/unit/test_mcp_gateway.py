@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
 
+from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
@@ -31,9 +32,11 @@ from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import DEFAULT_MODEL
 from broker.settings import BudgetLimitSettings, BudgetSettings, ServerSettings, Settings
+from broker.settings_approvals import ApprovalSettings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
+from broker.types import AgentRecord
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 ISSUER = "http://broker.test"
@@ -41,6 +44,7 @@ POLICY = """\
 g, alice, role:dev
 p, role:dev, mcp:tools, mcp:*, allow
 p, role:dev, *, mcp:tools/call:delete_repo, deny
+p, role:dev, mcp:tools, mcp:tools/call:merge, approve
 """
 SERVER_KEY = "server-secret"
 ACCEPT = "application/json, text/event-stream"
@@ -99,6 +103,7 @@ class World:
     audit: Recorded
     http: httpx.AsyncClient
     stores: Stores
+    desk: ApprovalDesk
 
     async def post(self, body: dict[str, Any] | bytes, path: str = "/mcp/tools",
                    **headers: str) -> httpx.Response:
@@ -122,21 +127,24 @@ def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> Wo
                                 auth_headers={"authorization": f"Bearer {SERVER_KEY}"},
                                 timeout_s=timeout_s))
     audit = Recorded()
+    desk = ApprovalDesk(stores.approvals, ApprovalSettings(), audit, stores.registry,
+                        stores.revocations)
     gateway = McpGateway(McpParts(
         settings=settings, stores=stores, audit=audit,
         authenticate=Authenticate(stores.credentials, stores.registry), policy=engine,
         minter=TokenMinter(KEYS, ISSUER, 60), verifier=TokenVerifier(KEYS, ISSUER),
         roles=AgentRoles(engine), budget_scopes=ConfiguredScopes(budgets),
         kill=GlobalKillSwitch(stores.kill_switch, _nothing), transport=transport,
-        registry=registry, sealer=Sealer([derive_seal_key(b"unit")])))
+        registry=registry, sealer=Sealer([derive_seal_key(b"unit")]), approvals=desk))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
-    return World(server, audit, http, stores)
+    return World(server, audit, http, stores, desk)
 
 
 async def _ready(world: World) -> World:
     await world.stores.credentials.replace("alice", credential_digest("cred-alice"))
+    await world.stores.registry.put(AgentRecord(name="alice", card_json="{}"))
     return world
 
 
@@ -244,3 +252,20 @@ async def test_a_server_slower_than_its_timeout_is_answered_with_an_error() -> N
     world = await _ready(_world(Server(delay_s=2.0), timeout_s=0.2))
     answer = (await world.post(_call("add"))).json()
     assert answer["error"]["data"][0]["reason"] == "MCP_SERVER_TIMEOUT"
+
+
+async def test_a_call_an_approve_rule_holds_waits_for_a_person_then_goes_ahead_once(
+    world: World,
+) -> None:
+    held = (await world.post(_call("merge", pr=7))).json()["error"]["data"][0]
+    assert held["reason"] == "APPROVAL_PENDING"
+    approval = held["metadata"]["approval_id"]
+    assert world.server.seen == []
+    await world.desk.decide(approval, "carol", approve=True, reason="ok")
+    approved = await world.post(_call("merge", pr=7), **{"a2a-broker-approval": approval})
+    assert approved.json()["result"]["content"][0]["text"] == "done"
+    again = await world.post(_call("merge", pr=7), **{"a2a-broker-approval": approval})
+    assert "error" in again.json()  # used up
+    other = await world.post(_call("merge", pr=8), **{"a2a-broker-approval": approval})
+    assert "error" in other.json()  # another call: not what was approved
+    assert len(world.server.seen) == 1
