@@ -13,11 +13,14 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
+from broker.containment.global_kill import GlobalKillSwitch
 from broker.delegation.tokens import DelegationClaims, TokenMinter
 from broker.errors import (
     BrokerError,
     BrokerInternalError,
+    CallerSuspendedError,
     PolicyDeniedError,
+    TreeKilledError,
 )
 from broker.mcp.aggregate import Aggregate
 from broker.mcp.context import McpCallNext, McpContext
@@ -41,6 +44,7 @@ from broker.stages.boundary import REQUEST_ID_HEADER
 from broker.stages.boundary import log_call as shared_log_call
 from broker.stages.budget import HopBudget
 from broker.stages.guards import check_depth
+from broker.stores.base import Stores
 from broker.types import Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
@@ -291,3 +295,24 @@ class McpToolBudget:
             ctx, call_next, caller=ctx.caller, target=ctx.target, tree=ctx.tree,
             tool=f"{server.name}.{judged.name}")
 
+
+
+class McpStreamCheck:
+    """Ends an open MCP stream when an operator stops it: the global kill switch, a suspended
+    caller, or a killed task tree. The relay runs it about once a second per open stream."""
+
+    def __init__(self, stores: Stores, kill: GlobalKillSwitch | None = None) -> None:
+        self._registry = stores.registry
+        self._revocations = stores.revocations
+        self._kill = kill
+
+    async def __call__(self, ctx: McpContext) -> None:
+        if self._kill is not None:
+            self._kill.check()
+        if ctx.caller is not None:
+            caller = await self._registry.get(ctx.caller)
+            if caller is not None and caller.status == "suspended":
+                raise CallerSuspendedError
+        tree = ctx.tree
+        if tree and await self._revocations.is_tree_killed(tree):
+            raise TreeKilledError(metadata={"tree": tree})

@@ -31,6 +31,7 @@ from broker.mcp.stages import (
     McpJudge,
     McpPolicy,
     McpSession,
+    McpStreamCheck,
     McpToolBudget,
     McpWire,
     MintMcpHopToken,
@@ -83,7 +84,10 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
     mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
     upstream = McpUpstream(McpForwardParts(
         parts.transport, sessions, CursorSeal(parts.sealer, mcp.cursor_ttl_s), judge, mint,
-        mcp, settings.limits.sse_max_duration_s))
+        mcp, settings.limits.sse_max_duration_s, settings.limits.sse_heartbeat_s,
+        # Open streams end within about a second of the kill switch, a suspension or a
+        # tree kill, as A2A streams do.
+        McpStreamCheck(stores, parts.kill)))
     return [
         # Outermost: every refusal an MCP JSON-RPC error answering the request's id (transport
         # errors keep their HTTP status) and one audit record, a failed stream one error

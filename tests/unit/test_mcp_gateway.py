@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -65,12 +65,36 @@ class Recorded(AuditRecorder):
         self.records.append(dict(fields))
 
 
+class SlowStream:
+    """An SSE answer that sends one progress event, then nothing for a long time."""
+
+    status = 200
+    headers: Mapping[str, str] = {"content-type": "text/event-stream"}
+    content_type = "text/event-stream"
+    is_event_stream = True
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def read(self, max_bytes: int) -> bytes:
+        return b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield (b'data: {"jsonrpc":"2.0","method":"notifications/progress",'
+               b'"params":{"progressToken":"p","progress":1}}\n\n')
+        await asyncio.sleep(30)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @dataclass
 class Server:
     """The MCP server's side: answers JSON, remembers what it was sent."""
 
     delay_s: float = 0.0
     seen: list[FakeRequest] = field(default_factory=list)
+    streams: list[SlowStream] = field(default_factory=list)
 
     async def __call__(self, request: FakeRequest) -> FakeResponse:
         self.seen.append(request)
@@ -78,6 +102,9 @@ class Server:
             return FakeResponse(200)
         await asyncio.sleep(self.delay_s)
         message = json.loads(request.body or b"{}")
+        if message.get("params", {}).get("name") == "slow":
+            self.streams.append(SlowStream())
+            return self.streams[-1]  # type: ignore[return-value]
         if "id" not in message:
             return FakeResponse(202)
         result = _result(message)
@@ -104,6 +131,7 @@ class World:
     http: httpx.AsyncClient
     stores: Stores
     desk: ApprovalDesk
+    kill: GlobalKillSwitch
 
     async def post(self, body: dict[str, Any] | bytes, path: str = "/mcp/tools",
                    **headers: str) -> httpx.Response:
@@ -127,6 +155,7 @@ def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> Wo
                                 auth_headers={"authorization": f"Bearer {SERVER_KEY}"},
                                 timeout_s=timeout_s))
     audit = Recorded()
+    kill = GlobalKillSwitch(stores.kill_switch, _nothing)
     desk = ApprovalDesk(stores.approvals, ApprovalSettings(), audit, stores.registry,
                         stores.revocations)
     gateway = McpGateway(McpParts(
@@ -134,12 +163,12 @@ def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> Wo
         authenticate=Authenticate(stores.credentials, stores.registry), policy=engine,
         minter=TokenMinter(KEYS, ISSUER, 60), verifier=TokenVerifier(KEYS, ISSUER),
         roles=AgentRoles(engine), budget_scopes=ConfiguredScopes(budgets),
-        kill=GlobalKillSwitch(stores.kill_switch, _nothing), transport=transport,
+        kill=kill, transport=transport,
         registry=registry, sealer=Sealer([derive_seal_key(b"unit")]), approvals=desk))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
-    return World(server, audit, http, stores, desk)
+    return World(server, audit, http, stores, desk, kill)
 
 
 async def _ready(world: World) -> World:
@@ -269,3 +298,20 @@ async def test_a_call_an_approve_rule_holds_waits_for_a_person_then_goes_ahead_o
     other = await world.post(_call("merge", pr=8), **{"a2a-broker-approval": approval})
     assert "error" in other.json()  # another call: not what was approved
     assert len(world.server.seen) == 1
+
+
+async def test_an_open_stream_ends_when_the_kill_switch_is_engaged(world: World) -> None:
+    call = asyncio.ensure_future(world.post(_call("slow")))
+    for _ in range(100):  # the stream is open: its first event was relayed
+        if world.server.streams:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    await world.kill.engage("ops", "incident")
+    answer = await asyncio.wait_for(call, 5)  # not the 30 s the server would take
+    events = [json.loads(line[6:]) for line in answer.text.splitlines()
+              if line.startswith("data: ")]
+    assert events[0]["method"] == "notifications/progress"
+    assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
+    assert events[-1]["id"] == 1
+    assert world.server.streams[0].closed
