@@ -271,9 +271,12 @@ class MintMcpHopToken:
         if judged is not None and judged.name:
             scope.append(f"mcp-name:{quote(judged.name, safe='')[:512]}")
         audience = f"mcp:{server}"
+        tags = ctx.data_tags  # the data controls' (none when they are off)
         if ctx.parent is None:
-            return self._minter.mint_origin(ctx.caller, audience, scope, self._deadline_s)
-        return self._minter.mint_next(ctx.parent, ctx.caller, audience, scope, self._deadline_s)
+            return self._minter.mint_origin(ctx.caller, audience, scope, self._deadline_s,
+                                            tags=tags)
+        return self._minter.mint_next(ctx.parent, ctx.caller, audience, scope, self._deadline_s,
+                                      tags=tags)
 
 
 class McpToolBudget:

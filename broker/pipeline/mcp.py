@@ -17,11 +17,13 @@ from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError
 from broker.mcp.approvals import McpApprovals
 from broker.mcp.audit import McpAudit
 from broker.mcp.context import McpCallNext, McpContext, McpStage
+from broker.mcp.datacontrols import McpDataView
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
 from broker.mcp.reading import SESSION_HEADER
 from broker.mcp.servers import McpServerRegistry, upstream_headers
@@ -49,6 +51,7 @@ from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import ErrorBoundary
 from broker.stages.budget import HopBudget
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.delegation import DelegationContext
 from broker.stores.base import Stores
 from broker.types import Outcome, Reply
@@ -74,11 +77,13 @@ class McpParts:
     sealer: Sealer
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
     approvals: ApprovalDesk | None = None  # None: no approve rule can hold a call
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
 
 
 def mcp_stages(parts: McpParts) -> list[McpStage]:
     """The order of an MCP request, and why each stage stands where it does."""
     settings, stores, mcp = parts.settings, parts.stores, parts.settings.mcp
+    data = parts.datacontrols
     sessions = SessionSeal(parts.sealer, mcp.session_ttl_s)
     judge = McpJudge(parts.policy)
     mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
@@ -115,6 +120,10 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
         McpPolicy(judge),
         # The chain's depth, as for an A2A hop (a tool call creates no task: no fan-out slot).
         McpGuards(settings.delegation),
+        # Data controls on the tool's arguments, before approval, the token and the budget (a
+        # call refused for its data spends nothing; an approval covers what would be sent;
+        # the token carries the work's tags): the server sees only what the rules let by.
+        *([ScanRequest(data, McpDataView())] if data else []),
         # Human approval (an "approve" rule), once every check before it has passed and
         # before the budget (nothing is reserved while a person decides): the call is refused
         # APPROVAL_PENDING and goes ahead, once, when sent again under the approval. A call
@@ -130,6 +139,8 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
         # Every decision is made: record it (arguments as digests only) durably before
         # anything leaves, and the outcome when the answer or the stream ends.
         AuditForward[McpContext](parts.audit, McpAudit()),
+        # The answer's data (a tool's result, each event of a stream), inside the audit.
+        *([ScanAnswer(data, McpDataView())] if data else []),
         # Innermost: the broker's credential and the hop token, never the caller's; SSE relayed
         # event by event, lists filtered, sessions and cursors sealed.
         ForwardMcp(upstream, VirtualServer(upstream, parts.registry)),

@@ -177,6 +177,7 @@ class BrokerRuntime:
                 sealer=mcp_sealer(settings, keys, os.environ),
                 tasks=tasks,
                 approvals=approvals,
+                datacontrols=datacontrols,
             )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,

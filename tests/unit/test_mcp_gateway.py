@@ -20,6 +20,7 @@ from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
+from broker.datacontrols import DataControls, DataControlsSettings, DataRule
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.http.mcp import mcp_route_handlers
 from broker.identity.credentials import credential_digest
@@ -121,6 +122,9 @@ def _result(message: dict[str, Any]) -> dict[str, Any]:
         start = int(message.get("params", {}).get("cursor") or 0)
         page = {"tools": TOOLS[start:start + 2]}
         return {**page, "nextCursor": str(start + 2)} if start + 2 < len(TOOLS) else page
+    params = message.get("params", {})
+    if params.get("name") == "echo":  # answers its arguments back
+        return {"content": [{"type": "text", "text": json.dumps(params.get("arguments"))}]}
     return {"content": [{"type": "text", "text": "done"}]}
 
 
@@ -141,7 +145,10 @@ class World:
         return await self.http.post(path, content=content, headers=sent)
 
 
-def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> World:
+def _world(
+    server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0,
+    data: DataControls | None = None,
+) -> World:
     stores = MemoryBackend().stores()
     engine = PolicyEngine(DEFAULT_MODEL.read_text())
     engine.swap(engine.load_text(POLICY, "policy.csv"))
@@ -164,7 +171,8 @@ def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> Wo
         minter=TokenMinter(KEYS, ISSUER, 60), verifier=TokenVerifier(KEYS, ISSUER),
         roles=AgentRoles(engine), budget_scopes=ConfiguredScopes(budgets),
         kill=kill, transport=transport,
-        registry=registry, sealer=Sealer([derive_seal_key(b"unit")]), approvals=desk))
+        registry=registry, sealer=Sealer([derive_seal_key(b"unit")]), approvals=desk,
+        datacontrols=data))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
@@ -315,3 +323,31 @@ async def test_an_open_stream_ends_when_the_kill_switch_is_engaged(world: World)
     assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
     assert events[-1]["id"] == 1
     assert world.server.streams[0].closed
+
+
+EMAIL = "jane.doe@example.com"
+
+
+def _redacting(direction: str) -> DataControls:
+    rule = DataRule(direction=direction, agents=("mcp:*",),  # type: ignore[arg-type]
+                    actions={"pii:email": "redact"})
+    return DataControls(DataControlsSettings(enabled=True, rules=(rule,)))
+
+
+async def test_data_controls_redact_a_tools_arguments_before_the_server_sees_them() -> None:
+    world = await _ready(_world(Server(), data=_redacting("request")))
+    answer = (await world.post(_call("add", note=f"mail {EMAIL}"))).json()
+    assert answer["result"]["content"][0]["text"] == "done"
+    [sent] = world.server.seen
+    assert EMAIL not in (sent.body or b"").decode()
+    assert json.loads(sent.body or b"")["params"]["arguments"]["note"].startswith("mail <")
+    forward = next(r for r in world.audit.records if r["detail"]["phase"] == "forward")
+    assert forward["detail"]["mcp_name"] == "add"
+
+
+async def test_data_controls_redact_what_a_tool_answers() -> None:
+    world = await _ready(_world(Server(), data=_redacting("response")))
+    answer = (await world.post(_call("echo", note=f"mail {EMAIL}"))).json()
+    assert EMAIL in (world.server.seen[0].body or b"").decode()  # the request went as sent
+    text = answer["result"]["content"][0]["text"]
+    assert EMAIL not in text and "mail <" in text
