@@ -190,7 +190,8 @@ class ApprovalDesk:
     async def _void_reason(self, record: ApprovalRecord) -> str:
         if record.tree and await self._revocations.is_tree_killed(record.tree):
             return "the task tree was killed"
-        names = (record.requester,) if record.protocol == "llm" else (
+        # An LLM call's target is a model, an MCP call's a server: neither is an agent.
+        names = (record.requester,) if record.protocol in ("llm", "mcp") else (
             record.requester, record.target)
         for name in names:
             agent = await self._registry.get(name)
