@@ -11,12 +11,13 @@ from typing import Any
 
 import msgspec
 import pytest
-from stage_kit import Next, ctx
+from stage_kit import MINTER, Next, ctx
 
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
-from broker.approvals.stages import APPROVAL_HEADER, RequireApproval
+from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
 from broker.audit.recorder import AuditRecorder
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import (
     ApprovalDeniedError,
     ApprovalNotFoundError,
@@ -28,7 +29,9 @@ from broker.errors import (
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.operations import CANCEL_TASK, GET_PUSH_CONFIG, GET_TASK
+from broker.settings import BudgetLimitSettings, BudgetSettings
 from broker.settings_approvals import ApprovalSettings, ApproverSettings
+from broker.stages.budget import ONE_CALL
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
 from broker.types import AgentRecord, MediationContext, Reply
@@ -270,3 +273,35 @@ async def test_a_denied_approval_says_so() -> None:
     retry.operation, retry.headers = CANCEL_TASK, {APPROVAL_HEADER: approval}
     with pytest.raises(ApprovalDeniedError):
         await stage(retry, Next())
+
+
+# --- budget thresholds ----------------------------------------------------------------------
+
+
+async def test_a_hop_that_takes_its_tree_past_the_threshold_is_held() -> None:
+    stores = MemoryBackend().stores()
+    budgets = BudgetSettings(trees=(BudgetLimitSettings(metric="calls", window="lifetime",
+                                                        limit=10),))
+    scopes = ConfiguredScopes(budgets)
+    _, parent = MINTER.mint_origin("alice", "planner", ("a2a:SendMessage",))
+
+    async def tree_scopes(ctx: MediationContext, tree: str) -> tuple[Any, ...]:
+        return scopes.for_call("planner", (), tree, "researcher")
+
+    stage = TreeBudgetThreshold[MediationContext](
+        stores.budgets, 80, lambda _: ONE_CALL, tree_scopes
+    )
+    held = list(scopes.for_call("planner", (), parent.tree, "researcher"))
+    for _ in range(7):
+        reservation = await stores.budgets.reserve(held, ONE_CALL, ttl_s=60)
+        await stores.budgets.settle(reservation, ONE_CALL)  # type: ignore[arg-type]
+    below = held_ctx(caller="planner")
+    below.approval_rule, below.parent = "", parent
+    await stage(below, Next())
+    assert below.approval_rule == ""  # 8 of 10: 80%, not past it
+    reservation = await stores.budgets.reserve(held, ONE_CALL, ttl_s=60)
+    await stores.budgets.settle(reservation, ONE_CALL)  # type: ignore[arg-type]
+    past = held_ctx(caller="planner")
+    past.approval_rule, past.parent = "", parent
+    await stage(past, Next())
+    assert "tree_budget_percent = 80" in past.approval_rule and "90%" in past.approval_rule
