@@ -194,8 +194,9 @@ class ApprovalDesk:
             record.requester, record.target)
         for name in names:
             agent = await self._registry.get(name)
-            if agent is None or agent.status != "active":
-                return f"the agent {name} is suspended or gone"
+            # A caller-only identity has no record (it cannot be suspended, only revoked).
+            if agent is not None and agent.status == "suspended":
+                return f"the agent {name} was suspended"
         return ""
 
     async def list(self) -> list[ApprovalRecord]:
