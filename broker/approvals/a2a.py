@@ -239,11 +239,8 @@ class A2aApprovals:
                     yield event
                 return
             if record.agent_task and call_next is not None and not forward:
-                _for_agent_task(ctx, record.agent_task)
-                outcome = await call_next(ctx)
-                if isinstance(outcome, StreamReply):
-                    async for event in outcome.events:
-                        yield event
+                async for event in self._agent_events(ctx, record, call_next):
+                    yield event
                 return
             if record.state not in ("pending", "approved", "used"):
                 update = wire.status_update(task_for(record, context_id))
@@ -253,6 +250,21 @@ class A2aApprovals:
             if quiet >= self._heartbeat_s:
                 quiet = 0.0
                 yield b": waiting for approval\r\n\r\n"
+
+    async def _agent_events(
+        self, ctx: MediationContext, record: ApprovalRecord, call_next: CallNext
+    ) -> AsyncIterator[bytes]:
+        """A subscriber of a call that was forwarded meanwhile: the agent's answer if it was
+        unary (its task may have ended already), else the agent's own subscription."""
+        answered = _answered(await self.desk.store.answer(record.id) or b"")
+        if answered is not None:
+            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, answered)
+            return
+        _for_agent_task(ctx, record.agent_task)
+        outcome = await call_next(ctx)
+        if isinstance(outcome, StreamReply):
+            async for event in outcome.events:
+                yield event
 
     async def _forward_events(
         self, ctx: MediationContext, approval_id: str, context_id: str
@@ -331,6 +343,21 @@ def _claiming(
                 await desk.store.forwarded(approval_id, ctx.task_id, b"")
 
     return StreamReply(events(), outcome.status, outcome.headers)
+
+
+def _answered(body: bytes) -> dict[str, Any] | None:
+    """The StreamResponse (``{"task": …}`` or ``{"message": …}``) of a kept unary answer."""
+    if not body:
+        return None
+    try:
+        answer = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
+        answer = answer["result"]  # JSON-RPC
+    if isinstance(answer, dict) and ("task" in answer or "message" in answer):
+        return {k: v for k, v in answer.items() if k in ("task", "message")}
+    return None
 
 
 def _context(held: HeldCall, approval_id: str) -> MediationContext:

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
+from a2a.types import CancelTaskRequest, GetTaskRequest, SubscribeToTaskRequest, TaskState
 from google.protobuf.json_format import MessageToDict
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -462,3 +462,19 @@ async def test_an_approver_decides_on_the_console(
 async def _shot(page: Page, name: str) -> None:
     await asyncio.to_thread(IMAGES.mkdir, parents=True, exist_ok=True)
     await page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_a_subscriber_sees_the_wait_then_the_agents_answer(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], binding: str
+) -> None:
+    sender = await client_for(http[0], rig.brokers[0].agent_url("echo"), binding)
+    [event] = [e async for e in sender.send_message(send_request(unique_text("subscribe")))]
+    watcher = await client_for(http[0], rig.brokers[1].agent_url("echo"), binding,
+                               streaming=True)
+    events = aiter(watcher.subscribe(SubscribeToTaskRequest(id=event.task.id)))
+    first = await next_event(events)
+    assert state_of(first) == TaskState.TASK_STATE_AUTH_REQUIRED
+    assert (await decide(rig, 0, event.task.id, "oscar", "approve")).status_code == 200
+    rest = await remaining_events(events)
+    assert state_of(rest[-1]) == TaskState.TASK_STATE_COMPLETED
