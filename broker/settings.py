@@ -307,6 +307,9 @@ class BudgetSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     teams: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     trees: tuple[BudgetLimitSettings, ...] = ()  # every root task tree
     edges: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    # MCP tools, every caller's calls together: "server.tool", or "server.*" for each tool of
+    # a server that has no entry of its own (docs/mcp.md).
+    tools: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     agent_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
     edge_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
 

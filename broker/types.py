@@ -19,6 +19,7 @@ import msgspec
 from broker.errors import BrokerError
 
 if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
+    from broker.datacontrols.redact import Placeholders
     from broker.delegation.tokens import DelegationClaims
     from broker.protocols.a2a.operations import Operation
     from broker.protocols.a2a.reading import Reading
@@ -67,6 +68,13 @@ class CallContext:
     upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this call's outcome
+    # Learnt by the data controls (broker.stages.datacontrols), when they are on: per direction
+    # ("request", "response") and type, how many values were found and the action taken (never
+    # a value); the tags the work carries after this hop (its parent's plus those found); the
+    # call's placeholders, which hold its pseudonyms in memory for the call only.
+    data_found: dict[str, dict[str, tuple[int, str]]] | None = None
+    data_tags: tuple[str, ...] = ()
+    placeholders: Placeholders | None = None
 
 
 @dataclass(slots=True)

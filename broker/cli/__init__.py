@@ -37,7 +37,7 @@ CONFIG_HELP = f"the broker's TOML config file (default: ${CONFIG_ENV}, else buil
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``a2a-broker`` command line: every subcommand and its options."""
     parser = argparse.ArgumentParser(prog="a2a-broker", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--version", action="version", version=f"a2a-broker {broker.__version__}",

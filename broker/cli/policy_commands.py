@@ -1,4 +1,4 @@
-"""What ``a2a-broker policy check`` and ``a2a-broker policy explain`` do (argparse is broker.cli's).
+"""What ``a2a-broker policy check`` and ``policy explain`` do (argparse: ``broker.cli.policy``).
 
 Both read the model from ``model_path``; by default from ``model.conf`` beside the policy file if
 there is one, else from the model shipped in ``policies/``.
