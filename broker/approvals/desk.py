@@ -129,6 +129,12 @@ class ApprovalDesk:
             self._spawn(self.on_approved(decided), f"approved {approval_id}")
         return decided
 
+    async def refused_decision(self, approval_id: str, why: str) -> None:
+        """Audit a decision refused before anyone was named (no approver's token)."""
+        await self._audit.event(
+            "approval", "unknown", action="approval.refused", approval=approval_id[:100], why=why
+        )
+
     async def _refused(self, approval_id: str, approver: str, outcome: Outcome) -> None:
         await self._audit.event(
             "approval", approver, action="approval.refused", approval=approval_id,

@@ -5,6 +5,8 @@ in the pipelines' order."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from stage_kit import MINTER, Next, ctx
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
+from broker.approvals.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, ApprovalWebhook
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import (
@@ -26,12 +29,18 @@ from broker.errors import (
     ApproverNotAllowedError,
     TaskNotCancelableError,
 )
+from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.operations import CANCEL_TASK, GET_PUSH_CONFIG, GET_TASK
-from broker.settings import BudgetLimitSettings, BudgetSettings
-from broker.settings_approvals import ApprovalSettings, ApproverSettings
+from broker.settings import BudgetLimitSettings, BudgetSettings, EgressSettings
+from broker.settings_approvals import (
+    ApprovalSettings,
+    ApprovalWebhookSettings,
+    ApproverSettings,
+)
 from broker.stages.budget import ONE_CALL
+from broker.stores.approvals_base import ApprovalRecord
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
 from broker.types import AgentRecord, MediationContext, Reply
@@ -305,3 +314,52 @@ async def test_a_hop_that_takes_its_tree_past_the_threshold_is_held() -> None:
     past.approval_rule, past.parent = "", parent
     await stage(past, Next())
     assert "tree_budget_percent = 80" in past.approval_rule and "90%" in past.approval_rule
+
+
+# --- the webhook ----------------------------------------------------------------------------
+
+
+def hooked(transport: FakeTransport, attempts: int = 3) -> ApprovalWebhook:
+    settings = ApprovalWebhookSettings(url="https://hooks.example/approvals", key_env="K",
+                                       attempts=attempts)
+    return ApprovalWebhook(settings, b"key", transport, "https://broker.example", None,
+                           first_backoff_s=0.01)
+
+
+def a_record() -> Any:
+    now = time.time()
+    return ApprovalRecord(id="approval-1", digest="d", requester="planner",
+                          chain=("alice", "planner"), target="researcher", created_at=now,
+                          expires_at=now + 60)
+
+
+async def test_the_webhook_is_signed_and_retried_until_delivered() -> None:
+    transport = FakeTransport(answering(FakeResponse(503), FakeResponse(500), FakeResponse(204)))
+    assert await hooked(transport).send("approval.requested", a_record())
+    assert len(transport.sent) == 3
+    sent = transport.sent[-1]
+    assert sent.body is not None
+    mac = hmac.new(b"key", sent.headers[TIMESTAMP_HEADER].encode() + b"." + sent.body,
+                   hashlib.sha256).hexdigest()
+    assert sent.headers[SIGNATURE_HEADER] == f"sha256={mac}"
+    body = msgspec.json.decode(sent.body)
+    assert body["event"] == "approval.requested"
+    assert body["decide_url"] == "https://broker.example/admin/approvals/approval-1"
+
+
+async def test_the_webhook_gives_up_after_its_attempts_and_obeys_egress() -> None:
+    failing = FakeTransport(answering(FakeResponse(500)))
+    assert not await hooked(failing, attempts=2).send("approval.requested", a_record())
+    assert len(failing.sent) == 2
+    private = FakeTransport(answering(FakeResponse(204)), EgressSettings(allow_loopback=False))
+    settings = ApprovalWebhookSettings(url="http://127.0.0.1:9/hook", key_env="K", attempts=1)
+    hook = ApprovalWebhook(settings, b"key", private, "https://b", None)
+    assert not await hook.send("approval.requested", a_record())  # egress refused it
+    assert private.sent == []
+
+
+def test_a_webhook_without_its_key_is_a_configuration_error() -> None:
+    settings = ApprovalWebhookSettings(url="https://hooks.example/x", key_env="MISSING")
+    with pytest.raises(ValueError, match="key_env"):
+        ApprovalWebhook.from_settings(settings, {}, FakeTransport(answering(FakeResponse())),
+                                      "https://b", None)
