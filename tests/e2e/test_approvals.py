@@ -24,6 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -81,6 +82,7 @@ class Rig:
     alice: str  # alice's broker credential
     webhook: Received
     provider: Service
+    folder: Path  # the brokers' configs, logs and audit chains (var/audit)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -139,7 +141,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ri
             card = httpx.get(f"{echo.url}/.well-known/agent-card.json", trust_env=False).json()
             brokers[0].register("echo", card)
             alice = brokers[0].register("alice", MessageToDict(agent_card("alice", closed_url())))
-            yield Rig(brokers, echo, alice, received, provider)
+            yield Rig(brokers, echo, alice, received, provider, folder)
         finally:
             for broker in brokers:
                 broker.stop()
@@ -170,6 +172,16 @@ async def recorded_with(rig: Rig, text: str) -> list[bytes]:
         requests = (await plain.get(f"{rig.echo.url}/_recorded")).json()
     bodies = [base64.b64decode(r["body_b64"]) for r in requests]
     return [b for b in bodies if text.encode() in b]
+
+
+def audited(rig: Rig, approval: str) -> list[dict[str, Any]]:
+    """Every audit record of either broker that names ``approval``."""
+    found = []
+    for path in sorted(rig.folder.rglob("audit-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if approval in line:
+                found.append(json.loads(line))
+    return found
 
 
 async def decide(
@@ -227,6 +239,14 @@ async def test_approved_on_the_other_replica_the_agent_gets_the_exact_bytes_once
     assert_rest_error(await decide(rig, 0, task.id, "pat", "approve"), ApprovalNotUsableError)
     await asyncio.sleep(0.5)
     assert len(await recorded_with(rig, text)) == 1
+    # Every step is in the audit, on whichever replica made it.
+    records = audited(rig, task.id)
+    actions = [(r["caller"], r["detail"].get("action")) for r in records if r["kind"] == "approval"]
+    assert ("alice", "approval.request") in actions
+    assert ("alice", "approval.refused") in actions and ("oscar", "approval.approve") in actions
+    assert ("alice", "approval.use") in actions and ("pat", "approval.refused") in actions
+    forwarded = [r for r in records if r["kind"] == "request"]
+    assert forwarded and all(r["caller"] == "alice" for r in forwarded)
 
 
 async def test_denied_ends_the_task_rejected_with_the_reason(
