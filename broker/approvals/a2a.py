@@ -196,7 +196,7 @@ class A2aApprovals:
         context_id = await self._context_id(record.id)
         op = ctx.operation
         if op is GET_TASK:
-            return wire.reply(ctx.binding, ctx.jsonrpc_id, task_for(record, context_id))
+            return wire.reply(ctx.binding, ctx.jsonrpc_id, await self._now(record, context_id))
         if op is CANCEL_TASK:
             if record.state not in ("pending", "approved"):
                 raise TaskNotCancelableError
@@ -208,6 +208,25 @@ class A2aApprovals:
             return StreamReply(self._waiting(ctx, record.id, context_id, forward=False,
                                              call_next=call_next))
         raise PushNotificationNotSupportedError
+
+    async def _now(self, record: ApprovalRecord, context_id: str) -> dict[str, Any]:
+        """The broker's task; once forwarded with no task of the agent's to point at (the
+        agent answered with a message, or an error), that answer's ending."""
+        if record.state != "used":
+            return task_for(record, context_id)
+        body = await self.desk.store.answer(record.id)
+        if not body:
+            return task_for(record, context_id)  # forwarded, the answer not in yet: WORKING
+        answered = _answered(body)
+        if answered is not None and "message" in answered:
+            text = "The agent answered with a message (in this status)."
+            done = task_for(record, context_id, text)
+            done["status"] = {**done["status"], "state": "TASK_STATE_COMPLETED",
+                              "message": answered["message"]}
+            return done
+        failed = task_for(record, context_id, "The agent refused the approved call.")
+        failed["status"]["state"] = "TASK_STATE_FAILED"
+        return failed
 
     async def _context_id(self, approval_id: str) -> str:
         raw = await self.desk.store.call(approval_id)
@@ -270,7 +289,7 @@ class A2aApprovals:
         self, ctx: MediationContext, approval_id: str, context_id: str
     ) -> AsyncIterator[bytes]:
         try:
-            outcome = await self.forward(approval_id, request_id=ctx.jsonrpc_id)
+            outcome = await self.forward(approval_id)
         except BrokerError:
             record = await self.desk.store.get(approval_id)
             if record is not None:
@@ -283,9 +302,7 @@ class A2aApprovals:
 
     # --- forwarding an approved call --------------------------------------------------------
 
-    async def forward(
-        self, approval_id: str, request_id: msgspec.Raw | None = None
-    ) -> Outcome:
+    async def forward(self, approval_id: str) -> Outcome:
         """Forward the kept call of an approved approval through ``resume`` (which uses the
         approval up, once). A unary answer is kept for GetTask. A refusal on the way (policy
         changed, budget spent, agent gone) voids the approval and is raised."""

@@ -363,3 +363,36 @@ def test_a_webhook_without_its_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="key_env"):
         ApprovalWebhook.from_settings(settings, {}, FakeTransport(answering(FakeResponse())),
                                       "https://b", None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        (b'{"jsonrpc":"2.0","id":7,"result":{"message":{"messageId":"m","role":"ROLE_AGENT",'
+         b'"parts":[{"text":"done"}]}}}', "TASK_STATE_COMPLETED"),
+        (b'{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"boom"}}', "TASK_STATE_FAILED"),
+    ],
+)
+async def test_an_approved_call_answered_without_a_task_ends_the_brokers_task(
+    answer: bytes, state: str
+) -> None:
+    stores = await stores_with_agents()
+    desk = desk_for(stores)
+    approvals = A2aApprovals(desk, stores.task_routes, 15)
+    forwarded: list[MediationContext] = []
+
+    async def resume(ctx: MediationContext) -> Reply:
+        await desk.consume(ctx.approval_id, (await desk.store.get(ctx.approval_id)).digest)  # type: ignore[union-attr]
+        forwarded.append(ctx)
+        return Reply(200, answer)
+
+    approvals.resume = resume
+    held = await RequireApproval[MediationContext](desk, approvals)(held_ctx(), Next())
+    approval = msgspec.json.decode(held.body)["result"]["task"]["id"]  # type: ignore[union-attr]
+    await desk.decide(approval, "oscar", True, "")
+    await approvals.forward(approval)
+    assert forwarded[0].caller == "alice" and forwarded[0].approval_id == approval
+    asked = held_ctx()
+    asked.operation, asked.task_id = GET_TASK, approval
+    reply = await ApprovalTasks(approvals)(asked, Next())
+    assert msgspec.json.decode(reply.body)["result"]["status"]["state"] == state  # type: ignore[union-attr]
