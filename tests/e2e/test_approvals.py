@@ -278,8 +278,11 @@ async def test_unapproved_calls_expire_and_fail(
     assert await recorded_with(rig, text) == []
 
 
-async def test_cancelled_while_waiting(rig: Rig, http: tuple[httpx.AsyncClient, Sent]) -> None:
-    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_cancelled_while_waiting(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], binding: str
+) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), binding)
     [event] = [e async for e in client.send_message(send_request(unique_text("cancel-me")))]
     cancelled = await client.cancel_task(CancelTaskRequest(id=event.task.id))
     assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
