@@ -1,8 +1,9 @@
-"""The ``[metrics]`` and ``[console]`` sections (broker/observability, broker/console)."""
+"""The ``[metrics]``, ``[tracing]``, ``[alerts]`` and ``[console]`` sections (broker/observability,
+broker/alerts, broker/console)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -35,3 +36,21 @@ class ConsoleSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     poll_interval_s: Annotated[float, msgspec.Meta(ge=0.5)] = 2.0
     # Requests the console remembers per broker process for the live traffic page.
     recent_requests: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 200
+
+
+class TracingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """OpenTelemetry traces (docs/observability.md). Whatever these say, every call carries a
+    W3C trace context to its agent or provider and its trace id is in its audit records and
+    log line; these settings decide whether the broker also records spans."""
+
+    # True: a span per mediated call, with an event per pipeline stage, exported as below.
+    enabled: bool = False
+    # "otlp": to an OpenTelemetry collector over OTLP/HTTP (needs the package's `otlp` extra);
+    # "none": to whatever tracer provider the process already has (when the broker is embedded).
+    exporter: Literal["otlp", "none"] = "otlp"
+    # The collector's traces endpoint (OTLP/HTTP with protobuf).
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # `service.name` of the broker's spans.
+    service_name: str = "a2a-broker"
+    # Share of new traces recorded (a caller's sampled flag is followed as it says).
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0

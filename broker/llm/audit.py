@@ -45,6 +45,7 @@ def llm_fields(
             "phase": phase,
             "binding": "openai",
             **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
+            **({"trace_id": ctx.trace_id} if ctx.trace_id else {}),
             **(error_detail(err) if err else {}),
         },
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped

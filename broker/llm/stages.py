@@ -13,6 +13,7 @@ from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.llm.request import parse_request
 from broker.llm.wire import openai_error_reply
+from broker.observability import tracing
 from broker.observability.record import observe_llm_call
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine
@@ -30,6 +31,7 @@ class LlmErrorBoundary:
     """Every refusal becomes an OpenAI-shaped error; every call one log line."""
 
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
+        tracing.begin(ctx, "llm")  # first, so a refusal's record and log line name the trace
         try:
             outcome = await call_next(ctx)
         except BrokerError as err:

@@ -25,7 +25,7 @@ from broker.errors import (
     TreeSizeExceededError,
 )
 from broker.llm.errors import LlmModelNotAllowedError
-from broker.observability import metrics, tally
+from broker.observability import metrics, tally, tracing
 
 if TYPE_CHECKING:
     from broker.budgets import Usage
@@ -162,6 +162,12 @@ def observe_mediated(ctx: MediationContext, status: int, stream_end: str | None 
         policy_decided=bool(ctx.policy_version),
     )
     tree = ctx.hop.tree if ctx.hop is not None else ctx.parent.tree if ctx.parent else ""
+    if ctx.span is not None:
+        attributes = _span_attributes(caller, target, operation, ctx.binding, outcome, tree=tree)
+        attributes["http.response.status_code"] = status
+        if ctx.task_id:
+            attributes["a2a_broker.task_id"] = ctx.task_id
+        tracing.end(ctx, attributes, outcome, f"a2a {operation}")
     seen = (ctx.request_id, caller, target, operation, ctx.binding, outcome)
     recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, tree))
 
@@ -184,8 +190,28 @@ def observe_llm_call(ctx: LlmContext, status: int) -> None:
         added_s=None,
         policy_decided=bool(ctx.policy_version),
     )
+    if ctx.span is not None:
+        tree = ctx.tree or ""
+        attributes = _span_attributes(caller, target, operation, "openai", outcome, tree=tree)
+        attributes["http.response.status_code"] = status
+        tracing.end(ctx, attributes, outcome, operation)
     seen = (ctx.request_id, caller, target, operation, "openai", outcome)
     recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, ctx.tree or ""))
+
+
+def _span_attributes(
+    caller: str, target: str, operation: str, binding: str, outcome: str, *, tree: str
+) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "a2a_broker.caller": caller,
+        "a2a_broker.target": target,
+        "a2a_broker.operation": operation,
+        "a2a_broker.binding": binding,
+        "a2a_broker.outcome": outcome,
+    }
+    if tree:
+        attributes["a2a_broker.tree"] = tree
+    return attributes
 
 
 def observe_llm_usage(model: str, usage: Usage) -> None:

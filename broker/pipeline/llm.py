@@ -31,6 +31,7 @@ from broker.llm.stages import (
     ParseLlmRequest,
 )
 from broker.llm.wire import openai_error_reply
+from broker.observability.tracing import traced
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
@@ -106,7 +107,7 @@ class LlmGateway:
 
     def __init__(self, parts: LlmParts) -> None:
         self.catalog = ModelCatalog(parts.llm)
-        self.call: LlmCallNext = fold_llm(llm_stages(parts, self.catalog))
+        self.call: LlmCallNext = fold_llm(traced(llm_stages(parts, self.catalog)))
         self._parts = parts
 
     async def models(self, authorization: str | None) -> Reply:

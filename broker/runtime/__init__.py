@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from broker.errors import BrokerError, StoreUnavailableError
 from broker.keys import BrokerKeys
 from broker.killswitch import TreeKiller
 from broker.late_writes import LateWrites
+from broker.observability.tracing import traced
+from broker.observability.tracing_setup import start_tracing
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import check_push_url
 from broker.pipeline.a2a import A2aParts, a2a_stages
@@ -66,6 +69,8 @@ class BrokerRuntime:
     controls: Controls
     # Every background task of the process runs here; ``close`` ends them last (0027).
     tasks: BackgroundTasks
+    # Flushes and stops the spans of [tracing] (nothing to do when spans are off).
+    stop_tracing: Callable[[], None] = lambda: None
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -80,6 +85,9 @@ class BrokerRuntime:
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         tasks = BackgroundTasks()
         opened.push_async_callback(tasks.close)
+        # Before the pipelines are folded: with spans on, each stage is wrapped once for its event.
+        stop_tracing = start_tracing(settings.tracing)
+        opened.callback(stop_tracing)
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
         await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
@@ -147,9 +155,10 @@ class BrokerRuntime:
             mediate=_unset,
             controls=controls,
             tasks=tasks,
+            stop_tracing=stop_tracing,
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
+        runtime.mediate = fold(traced(a2a_stages(_a2a_parts(runtime, minter, verifier))))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -168,6 +177,7 @@ class BrokerRuntime:
         await self.controls.stop()
         await self.tasks.close()
         await self.backend.close()
+        self.stop_tracing()
 
     async def _stop_background_work(self) -> None:
         self.expiry.cancel()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from broker.audit.recorder import AuditRecorder, request_fields
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.logs import log_fields
+from broker.observability import tracing
 from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
 from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
@@ -29,6 +30,7 @@ class ErrorBoundary:
         self._recorder = recorder
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        tracing.begin(ctx, "a2a")  # first, so a refusal's record and log line name the trace
         try:
             outcome = await call_next(ctx)
         except BrokerError as err:
@@ -112,6 +114,7 @@ def log_call(
     record: dict[str, object] = {
         "event": event,
         "request_id": ctx.request_id,
+        "trace_id": ctx.trace_id or None,
         "caller": ctx.caller,
         **own,
         "status": status,

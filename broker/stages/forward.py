@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from broker.answers import bad, reframe
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
+from broker.observability import tracing
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport, TransportResponse
 from broker.protocols.a2a.wire import sse_error_event
@@ -97,6 +98,7 @@ class Forward:
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
         headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_token))
+        headers.update(tracing.outbound(ctx))  # the agent's work joins the caller's trace
         return headers
 
     def _stream(
