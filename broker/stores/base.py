@@ -12,6 +12,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from broker.stores.alert_base import AlertState
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
 from broker.stores.kill_switch import KillSwitchStore
@@ -246,6 +247,10 @@ class StoreBackend(abc.ABC):
 
     @abc.abstractmethod
     def stores(self) -> Stores: ...
+
+    @abc.abstractmethod
+    def alert_state(self) -> AlertState:
+        """The state anomaly alerts are judged on (``broker.alerts``), on this backend."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import msgspec
 
 from broker.errors import StoreFullError
+from broker.stores.alert_base import AlertState
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -26,6 +27,7 @@ from broker.stores.base import (
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.kill_switch import MemoryKillSwitchStore
+from broker.stores.memory_alerts import MemoryAlertState
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
     MemoryDelegationCounters,
@@ -215,9 +217,13 @@ class MemoryBackend(StoreBackend):
             budget_limits=MemoryBudgetLimitStore(),
             kill_switch=MemoryKillSwitchStore(),
         )
+        self._alerts = MemoryAlertState()
 
     def stores(self) -> Stores:
         return self._stores
+
+    def alert_state(self) -> AlertState:
+        return self._alerts
 
     async def ping(self) -> None:
         return None

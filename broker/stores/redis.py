@@ -28,6 +28,7 @@ import msgspec
 from redis.commands.core import AsyncScript
 
 from broker.settings import StoreSettings
+from broker.stores.alert_base import AlertState
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -39,6 +40,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
+from broker.stores.redis_alerts import RedisAlertState
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
@@ -230,9 +232,13 @@ class RedisBackend(StoreBackend):
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
+        self._alerts = RedisAlertState(self._client, prefix)
 
     def stores(self) -> Stores:
         return self._stores
+
+    def alert_state(self) -> AlertState:
+        return self._alerts
 
     @unavailable_on_error
     async def ping(self) -> None:
