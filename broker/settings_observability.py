@@ -97,8 +97,8 @@ class AlertSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     state_ttl_s: Annotated[int, msgspec.Meta(ge=60)] = 30 * 86_400
     keep_alerts: Annotated[int, msgspec.Meta(ge=10, le=100_000)] = 1000
     # POST each alert as JSON here (through the egress policy), signed with HMAC-SHA256 of
-    # "<timestamp>.<body>" keyed by $`webhook_secret_env`, retried `webhook_retries` times.
+    # "<timestamp>.<body>" keyed by $`webhook_key_env`, retried `webhook_retries` times.
     webhook_url: str = ""
-    webhook_secret_env: str = ""
+    webhook_key_env: str = ""
     webhook_retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
     webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0

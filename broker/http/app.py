@@ -26,6 +26,7 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.alerts import alerts_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
@@ -159,6 +160,7 @@ def create_app(settings: Settings) -> Litestar:
             jsonrpc_edge,
             rest_edge,
             admin_router,
+            alerts_router,
             *llm_route_handlers,
             *metrics_routes(settings.metrics.enabled),
             *console.route_handlers,

@@ -125,6 +125,18 @@ breaker_transitions = Counter(
     ("upstream", "state"),
     namespace=NAMESPACE,
 )
+alerts = Counter(
+    "alerts",
+    "Anomaly alerts raised, by rule (new_edge, new_model, call_rate, denial_burst, guard_burst, "
+    "budget_burn, deep_chain, new_card_key); each fires on one replica only.",
+    ("rule",),
+    namespace=NAMESPACE,
+)
+alert_webhook_failures = Counter(
+    "alert_webhook_failures",
+    "Alert webhook deliveries given up after every retry.",
+    namespace=NAMESPACE,
+)
 
 
 def scrape_registry() -> CollectorRegistry:

@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from broker.alerts.service import Alerts, open_alerts
 from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.background import BackgroundTasks
 from broker.budget_scopes import ConfiguredScopes
-from broker.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.cards import CardVerifier, card_key_ids, rewrite_for_broker, sign_card
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import BrokerError, StoreUnavailableError
@@ -41,7 +43,7 @@ from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
-from broker.types import CallNext
+from broker.types import AgentRecord, CallNext
 
 log = logging.getLogger("a2a_broker")
 
@@ -71,6 +73,7 @@ class BrokerRuntime:
     tasks: BackgroundTasks
     # Flushes and stops the spans of [tracing] (nothing to do when spans are off).
     stop_tracing: Callable[[], None] = lambda: None
+    alerts: Alerts | None = None  # [alerts] (None when off)
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -158,15 +161,30 @@ class BrokerRuntime:
             stop_tracing=stop_tracing,
         )
         opened.push_async_callback(runtime._stop_background_work)
+        runtime.alerts = open_alerts(
+            settings.alerts, backend.alert_state(), audit, upstream, tasks, environ=dict(os.environ)
+        )
+        if runtime.alerts is not None:
+            runtime.alerts.start(tasks, stores.budgets, budget_scopes)
+            opened.push_async_callback(runtime.alerts.stop)
         runtime.mediate = fold(traced(a2a_stages(_a2a_parts(runtime, minter, verifier))))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
-            await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
+            cards = await directory.load_declarative(
+                settings.path(cards_dir) if cards_dir else None
+            )
         except DeclarativeCardError as exc:
             await _audit_declarative_refusal(audit, exc)
             raise
+        for card in cards:
+            await runtime.card_registered(card)
         return runtime
+
+    async def card_registered(self, record: AgentRecord) -> None:
+        """An agent card was registered or replaced: the new-card-key alert rule sees it."""
+        if self.alerts is not None:
+            await self.alerts.card_registered(record.name, card_key_ids(record.card_json))
 
     async def close(self) -> None:
         await self._stop_background_work()
@@ -181,6 +199,8 @@ class BrokerRuntime:
 
     async def _stop_background_work(self) -> None:
         self.expiry.cancel()
+        if self.alerts is not None:
+            await self.alerts.stop()
         for exporter in self.exporters:
             await exporter.stop()
 

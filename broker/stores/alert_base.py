@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import msgspec
 
-DetailValue = str | int | float
+DetailValue = str | int  # as in audit records: no floats
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):

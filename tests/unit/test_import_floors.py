@@ -49,7 +49,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
         "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
-        "broker.global_kill", "broker.killswitch", "broker.datacontrols",
+        "broker.global_kill", "broker.killswitch", "broker.datacontrols", "broker.alerts",
     ),
     4: (
         "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
