@@ -35,16 +35,12 @@ class Finding:
 
 
 @dataclass(slots=True)
-class _Edge:
-    calls: int = 0
-    depth: int = 0
-
-
-@dataclass(slots=True)
 class Batch:
-    """Requests summed: calls per edge (allowed ones), refusals per caller and kind."""
+    """Requests summed: calls per edge and chain depth (allowed ones; the depths are judged
+    shallowest first, so a batch's usual calls count before its deeper one), refusals per
+    caller and kind."""
 
-    edges: dict[tuple[str, str], _Edge] = field(default_factory=dict)
+    edges: dict[tuple[str, str, int], int] = field(default_factory=dict)
     denials: dict[str, int] = field(default_factory=dict)
     guards: dict[str, int] = field(default_factory=dict)
 
@@ -60,9 +56,8 @@ class Batch:
                 batch.guards[seen.caller] = batch.guards.get(seen.caller, 0) + 1
             if seen.outcome == "refused" or seen.target == NOBODY:
                 continue
-            edge = batch.edges.setdefault((seen.caller, seen.target), _Edge())
-            edge.calls += 1
-            edge.depth = max(edge.depth, seen.depth)
+            key = (seen.caller, seen.target, seen.depth)
+            batch.edges[key] = batch.edges.get(key, 0) + 1
         return batch
 
 
@@ -86,8 +81,8 @@ class AlertRules:
         """What ``batch`` reveals. Raises ``StoreUnavailableError`` if the store cannot say."""
         found: list[Finding] = []
         models: set[str] = set()
-        for (caller, target), edge in batch.edges.items():
-            found += await self._edge(caller, target, edge)
+        for (caller, target, depth), calls in sorted(batch.edges.items()):
+            found += await self._edge(caller, target, calls, depth)
             if target.startswith(MODEL_PREFIX):
                 models.add(target)
         if self._settings.new_model:
@@ -100,9 +95,9 @@ class AlertRules:
         found += await self._bursts("guard_burst", batch.guards, self._settings.guard_burst)
         return found
 
-    async def _edge(self, caller: str, target: str, edge: _Edge) -> list[Finding]:
+    async def _edge(self, caller: str, target: str, calls: int, depth: int) -> list[Finding]:
         subject = f"{caller}>{target}"
-        seen = await self._state.observe_edge(subject, edge.calls, edge.depth, self._edge_rules)
+        seen = await self._state.observe_edge(subject, calls, depth, self._edge_rules)
         found = []
         if seen.first and self._settings.new_edge:
             found.append(Finding("new_edge", subject, f"{caller} called {target} for the first "
