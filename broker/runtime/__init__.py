@@ -39,6 +39,7 @@ from broker.protocols.a2a.task_pages import PageTokens
 from broker.responses import ResponseInspector
 from broker.runtime.control import Controls
 from broker.runtime.late_routes import with_late_routes
+from broker.runtime.traffic import SharedTraffic
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import StoreBackend, Stores
@@ -74,6 +75,7 @@ class BrokerRuntime:
     # Flushes and stops the spans of [tracing] (nothing to do when spans are off).
     stop_tracing: Callable[[], None] = lambda: None
     alerts: Alerts | None = None  # [alerts] (None when off)
+    traffic: SharedTraffic | None = None  # the console's live traffic (None without console)
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -161,12 +163,7 @@ class BrokerRuntime:
             stop_tracing=stop_tracing,
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.alerts = open_alerts(
-            settings.alerts, backend.alert_state(), audit, upstream, tasks, environ=dict(os.environ)
-        )
-        if runtime.alerts is not None:
-            runtime.alerts.start(tasks, stores.budgets, budget_scopes)
-            opened.push_async_callback(runtime.alerts.stop)
+        _watch_requests(runtime, opened)
         runtime.mediate = fold(traced(a2a_stages(_a2a_parts(runtime, minter, verifier))))
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
@@ -201,8 +198,31 @@ class BrokerRuntime:
         self.expiry.cancel()
         if self.alerts is not None:
             await self.alerts.stop()
+        if self.traffic is not None:
+            await self.traffic.stop()
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _watch_requests(runtime: BrokerRuntime, opened: contextlib.AsyncExitStack) -> None:
+    """What watches every finished request: the anomaly alerts, the console's live traffic."""
+    settings, tasks = runtime.settings, runtime.tasks
+    runtime.alerts = open_alerts(
+        settings.alerts,
+        runtime.backend.alert_state(),
+        runtime.audit,
+        runtime.upstream,
+        tasks,
+        environ=dict(os.environ),
+    )
+    if runtime.alerts is not None:
+        runtime.alerts.start(tasks, runtime.stores.budgets, runtime.budget_scopes)
+        opened.push_async_callback(runtime.alerts.stop)
+    if settings.console.enabled:
+        keep = settings.console.recent_requests
+        runtime.traffic = SharedTraffic(runtime.backend.recent_traffic(), keep)
+        runtime.traffic.start(tasks)
+        opened.push_async_callback(runtime.traffic.stop)
 
 
 async def _expire_reservations(stores: Stores, settings: Settings) -> None:

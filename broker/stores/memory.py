@@ -34,6 +34,7 @@ from broker.stores.memory_delegation import (
     MemoryRevocations,
     MemoryTaskTreeIndex,
 )
+from broker.stores.traffic_base import MemoryRecentTraffic, RecentTraffic
 
 # Expired task routes are dropped when touched; a full sweep at most this often bounds the memory
 # held by routes that are never asked for again, at O(routes) per sweep.
@@ -218,12 +219,16 @@ class MemoryBackend(StoreBackend):
             kill_switch=MemoryKillSwitchStore(),
         )
         self._alerts = MemoryAlertState()
+        self._traffic = MemoryRecentTraffic()
 
     def stores(self) -> Stores:
         return self._stores
 
     def alert_state(self) -> AlertState:
         return self._alerts
+
+    def recent_traffic(self) -> RecentTraffic:
+        return self._traffic
 
     async def ping(self) -> None:
         return None

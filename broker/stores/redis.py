@@ -56,6 +56,8 @@ from broker.stores.redis_delegation import (
     RedisTaskTreeIndex,
 )
 from broker.stores.redis_topology import check_redis
+from broker.stores.redis_traffic import RedisRecentTraffic
+from broker.stores.traffic_base import RecentTraffic
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
@@ -233,12 +235,16 @@ class RedisBackend(StoreBackend):
             kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
         self._alerts = RedisAlertState(self._client, prefix)
+        self._traffic = RedisRecentTraffic(self._client, prefix)
 
     def stores(self) -> Stores:
         return self._stores
 
     def alert_state(self) -> AlertState:
         return self._alerts
+
+    def recent_traffic(self) -> RecentTraffic:
+        return self._traffic
 
     @unavailable_on_error
     async def ping(self) -> None:
