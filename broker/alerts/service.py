@@ -25,8 +25,8 @@ from broker.alerts.rules import AlertRules, Batch, Finding
 from broker.alerts.webhook import AlertWebhook
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.budgets import Scope, window_end
+from broker.budgets.model import Scope, window_end
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError
 from broker.observability import record
 from broker.observability.probes import alert_raised

@@ -12,19 +12,22 @@ store round trip here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from broker.background import BackgroundTasks
-from broker.budget_scopes import ConfiguredScopes
-from broker.budgets import Usage
+from broker.budgets.model import Usage
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.pipeline.stage import holding
 from broker.policy.roles import AgentRoles
 from broker.settings import BudgetSettings, RateSettings
 from broker.stores.base import Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
-from broker.types import CallNext, MediationContext, Outcome
+from broker.types import CallContext, CallNext, MediationContext, Outcome
 
 ONE_CALL = Usage(calls=1)
+C = TypeVar("C", bound=CallContext)
 log = logging.getLogger("a2a_broker.budget")
 
 
@@ -49,14 +52,30 @@ class HopBudget:
         assert ctx.caller is not None  # noqa: S101
         if not ctx.operation.sends_message:
             return await call_next(ctx)
-        caller, target = ctx.caller, ctx.target.name
+        tree = ctx.hop.tree if ctx.hop is not None else None
+        return await self.charge(ctx, call_next, caller=ctx.caller, target=ctx.target.name,
+                                 tree=tree)
+
+    async def charge(
+        self,
+        ctx: C,
+        call_next: Callable[[C], Awaitable[Outcome]],
+        *,
+        caller: str,
+        target: str,
+        tree: str | None,
+        tool: str | None = None,
+    ) -> Outcome:
+        """One call charged for the rest of ``call_next`` (every protocol's hop: an A2A send,
+        an MCP tool call): the caller's and the caller→target edge's rates, then one atomic
+        reserve in every budget the call counts in (``tool``: an MCP tool's own budget too),
+        settled when the answer ends, given back if the call is refused further in."""
         await self._rate(f"agent:{caller}", self._budgets.agent_rates.get(caller))
         await self._rate(
             f"edge:{caller}>{target}", self._budgets.edge_rates.get(f"{caller}>{target}")
         )
-        tree = ctx.hop.tree if ctx.hop is not None else None
         await self._scopes.refresh()  # the live limits, at most about a second old
-        scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target)
+        scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target, tool=tool)
         if not scopes:
             return await call_next(ctx)
         held = await self._ledger.reserve(scopes, ONE_CALL, ttl_s=self._budgets.reservation_ttl_s)

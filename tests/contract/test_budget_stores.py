@@ -2,7 +2,7 @@
 
 Limits must hold exactly, also under concurrency and, on Redis, across processes. Window
 roll-over is driven by an injected clock on the memory ledger; on Redis (whose clock cannot be
-patched) the scripts' window arithmetic is compared with ``broker.budgets`` directly.
+patched) the scripts' window arithmetic is compared with ``broker.budgets.model`` directly.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from broker.budgets import (
+from broker.budgets.model import (
     METRICS,
     WINDOWS,
     Limit,
@@ -417,7 +417,7 @@ async def test_redis_budget_keys_share_one_slot(redis_url: str, redis_key_prefix
 
 _RESERVE_IN_A_PROCESS = """
 import asyncio, random, sys
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend

@@ -123,9 +123,6 @@ async def test_an_operator_clicks_through_the_console(mesh: Mesh, browser: Brows
     await _budgets(page)
     await _audit(page)
     base = f"{mesh.brokers[0]}/console"
-    for placeholder in ("approvals",):
-        await page.goto(f"{base}/{placeholder}")
-        await expect(page.locator(f"#placeholder-{placeholder}")).to_contain_text("Not built yet")
     await _alerts(page, mesh)
     await _forged_form(page, base)
     await page.click("#logout")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from stage_kit import MINTER, Next, ctx, stream_of
 
-from broker.budget_scopes import ConfiguredScopes
+from broker.budgets.scopes import ConfiguredScopes
 from broker.delegation.tokens import hop_scope
 from broker.errors import (
     BudgetExhaustedError,

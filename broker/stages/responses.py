@@ -1,7 +1,7 @@
 """What the broker checks and changes in an upstream's unary answer.
 
-The answer must have the A2A shape of its operation (``broker.answers``); it is then relayed as
-the upstream sent it, upstream A2A errors included, except for a new task (its route is
+The answer must have the A2A shape of its operation (``broker.protocols.a2a.answers``); it is then
+relayed as the upstream sent it, upstream A2A errors included, except for a new task (its route is
 claimed), ListTasks (the caller's tasks, the broker's page tokens) and the extended card.
 Decoding is typed and partial (msgspec) so a large answer costs one C-level scan.
 """
@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from broker.answers import bad as _bad
-from broker.answers import check_jsonrpc, check_media_type, check_rest
 from broker.errors import UpstreamBadResponseError
+from broker.protocols.a2a.answers import bad as _bad
+from broker.protocols.a2a.answers import check_jsonrpc, check_media_type, check_rest
 from broker.protocols.a2a.task_pages import Page, PageTokens, callers_page
 from broker.stores.base import TaskRoute, TaskRouteStore
 from broker.types import MediationContext
@@ -73,7 +73,7 @@ class ResponseInspector:
     ) -> bytes:
         """Check an answer is A2A-shaped and apply the broker's few changes; the bytes to relay.
 
-        Raises ``UpstreamBadResponseError`` for anything else (``broker.answers``)."""
+        Raises ``UpstreamBadResponseError`` for anything else (``broker.protocols.a2a.answers``)."""
         op = ctx.operation
         assert op is not None  # noqa: S101 - set by ParseRequest
         check_media_type(status, content_type)
