@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
 from broker.mcp.servers import registry_from_settings
 from broker.mcp.sessions import Sealer, derive_seal_key
+from broker.observability.metrics import register_scrape_gauge, scrape_gauges
 from broker.observability.tracing import traced
 from broker.observability.tracing_setup import start_tracing
 from broker.outbound.client import AiohttpTransport
@@ -49,6 +51,7 @@ from broker.runtime.traffic import SharedTraffic
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
+from broker.stores.approvals_base import PENDING
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
 from broker.types import AgentRecord, CallNext
@@ -247,7 +250,8 @@ class BrokerRuntime:
 
 
 def _watch_requests(runtime: BrokerRuntime, opened: contextlib.AsyncExitStack) -> None:
-    """What watches every finished request: the anomaly alerts, the console's live traffic."""
+    """What watches the broker for operators: the anomaly alerts, the approvals gauge read at
+    scrape time, the console's live traffic."""
     settings, tasks = runtime.settings, runtime.tasks
     runtime.alerts = open_alerts(
         settings.alerts,
@@ -260,6 +264,19 @@ def _watch_requests(runtime: BrokerRuntime, opened: contextlib.AsyncExitStack) -
     if runtime.alerts is not None:
         runtime.alerts.start(tasks, runtime.stores.budgets, runtime.budget_scopes)
         opened.push_async_callback(runtime.alerts.stop)
+    approvals = runtime.stores.approvals
+
+    async def pending() -> list[tuple[tuple[str, ...], float]]:
+        now = time.time()
+        counts = dict.fromkeys(("a2a", "llm"), 0)
+        for kept in await approvals.list():
+            if kept.state == PENDING and kept.expires_at > now:
+                counts[kept.protocol] = counts.get(kept.protocol, 0) + 1
+        return [((protocol,), float(count)) for protocol, count in counts.items()]
+
+    help_text = "Calls held for a human's approval and not yet decided, by protocol."
+    register_scrape_gauge("approvals_pending", help_text, ("protocol",), pending)
+    opened.callback(scrape_gauges.pop, "approvals_pending", None)
     if settings.console.enabled:
         keep = settings.console.recent_requests
         runtime.traffic = SharedTraffic(runtime.backend.recent_traffic(), keep)

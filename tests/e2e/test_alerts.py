@@ -250,6 +250,9 @@ async def test_every_alert_is_audited_metered_signed_and_acknowledged_once(mesh:
         assert all(audited[i]["reason"] == a["rule"] for a in alerts for i in [a["id"]])
         # The metric: summed over both replicas, one per alert.
         assert _alerts_metric(http, mesh) == len(alerts)
+        # Beside it, the approvals waiting (none here), read from the store at scrape time.
+        scraped = (await http.get(f"{mesh.brokers[1]}/metrics", headers=mesh.admin_headers)).text
+        assert 'a2a_broker_approvals_pending{protocol="a2a"} 0.0' in scraped
         # The webhook: each alert posted again after a 500, with a signature that verifies.
         deadline = time.monotonic() + 15
         while _delivered() < ids and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread
