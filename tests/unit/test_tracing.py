@@ -74,3 +74,14 @@ def test_spans_on_make_the_brokers_span_the_upstreams_parent() -> None:
     assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert span.name == "a2a SendMessage" and [e.name for e in span.events] == ["stage.Policy"]
     assert ctx.span is None  # ended once
+
+
+def test_the_access_log_line_names_the_trace(caplog: pytest.LogCaptureFixture) -> None:
+    from broker.stages.boundary import log_call
+
+    ctx = _ctx(traceparent=f"00-{TRACE}-00f067aa0ba902b7-01")
+    tracing.begin(ctx, "a2a")
+    with caplog.at_level("INFO", logger="a2a_broker.access"):
+        log_call(ctx, "mediated", 200, {})
+    (line,) = [r for r in caplog.records if r.name == "a2a_broker.access"]
+    assert line.fields["trace_id"] == TRACE  # type: ignore[attr-defined]
