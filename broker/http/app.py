@@ -31,7 +31,7 @@ from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
 from broker.http.mcp import mcp_route_handlers
-from broker.http.mediation import jsonrpc_edge, rest_edge
+from broker.http.mediation import MediationEdges, jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
 from broker.identity.directory import DeclarativeCardError
 from broker.identity.keys import KeyFileError
@@ -203,7 +203,7 @@ def app_from_environment() -> QuietStartupFailure:
     """Factory for ``uvicorn --factory``: settings from $A2A_BROKER_CONFIG (each worker)."""
     settings = load_settings()
     configure_logging(settings.server.log_level)
-    return QuietStartupFailure(create_app(settings))
+    return QuietStartupFailure(MediationEdges(create_app(settings), settings.limits.max_body_bytes))
 
 
 class QuietStartupFailure:

@@ -115,6 +115,12 @@ audit_writes = Histogram(
     namespace=NAMESPACE,
     buckets=AUDIT_BUCKETS,
 )
+audit_fsyncs = Counter(
+    "audit_fsyncs",
+    "fsyncs of the audit file: each makes durable every record written before it (group "
+    "commit), so records per fsync is how many requests shared one.",
+    namespace=NAMESPACE,
+)
 audit_write_errors = Counter(
     "audit_write_errors",
     "Audit records that could not be written.",

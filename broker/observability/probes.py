@@ -46,6 +46,12 @@ def alert_webhook_failed() -> None:
         metrics.alert_webhook_failures.inc()
 
 
+def audit_synced() -> None:
+    """One fsync of the audit file returned (however many records it made durable)."""
+    if metrics.recording:
+        tally.add(metrics.audit_fsyncs)
+
+
 def audit_written(seconds: float, *, failed: bool = False) -> None:
     if not metrics.recording:
         return
