@@ -245,6 +245,7 @@ class BrokerRuntime:
             await self.alerts.stop()
         if self.traffic is not None:
             await self.traffic.stop()
+        scrape_gauges.pop("approvals_pending", None)  # it reads this runtime's store
         for exporter in self.exporters:
             await exporter.stop()
 
