@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -85,3 +87,30 @@ def test_the_access_log_line_names_the_trace(caplog: pytest.LogCaptureFixture) -
         log_call(ctx, "mediated", 200, {})
     (line,) = [r for r in caplog.records if r.name == "a2a_broker.access"]
     assert line.fields["trace_id"] == TRACE  # type: ignore[attr-defined]
+
+
+def test_otlp_export_without_its_extra_stops_the_start_with_a_clear_message() -> None:
+    from broker.observability.tracing_setup import start_tracing
+    from broker.settings import SettingsError
+    from broker.settings_observability import TracingSettings
+
+    if importlib.util.find_spec("opentelemetry.exporter") is not None:
+        pytest.skip("the otlp extra is installed here")
+    with pytest.raises(SettingsError, match=r"a2a-broker\[otlp\]"):
+        start_tracing(TracingSettings(enabled=True, exporter="otlp"))
+    assert not tracing.recording()
+
+
+def test_spans_off_or_to_the_process_provider() -> None:
+    from broker.observability.tracing_setup import start_tracing
+    from broker.settings_observability import TracingSettings
+
+    stop = start_tracing(TracingSettings())
+    assert not tracing.recording()
+    stop()
+    stop = start_tracing(TracingSettings(enabled=True, exporter="none"))
+    try:
+        assert tracing.recording()
+    finally:
+        stop()
+    assert not tracing.recording()
