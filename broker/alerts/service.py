@@ -200,7 +200,7 @@ def open_alerts(
     environ: dict[str, str],
 ) -> Alerts | None:
     """The process's alerts as ``[alerts]`` says (None when off). Raises ``SettingsError`` if
-    the webhook's secret variable is named but not set."""
+    the webhook's key variable is not set, or the egress policy refuses its URL."""
     if not settings.enabled:
         return None
     webhook = None
@@ -210,6 +210,10 @@ def open_alerts(
             raise SettingsError(
                 "[alerts] webhook_url needs webhook_key_env naming a set environment variable"
             )
+        try:
+            transport.egress.check_url(settings.webhook_url)
+        except BrokerError as err:
+            raise SettingsError(f"[alerts] webhook_url: {err}") from None
         webhook = AlertWebhook(transport, settings.webhook_url, secret.encode(), tasks,
                                retries=settings.webhook_retries,
                                timeout_s=settings.webhook_timeout_s)  # fmt: skip

@@ -154,3 +154,22 @@ async def test_the_webhook_gives_up_on_a_client_error_and_after_its_retries() ->
 
 async def _answer(response: FakeResponse) -> FakeResponse:
     return response
+
+
+def test_a_webhook_needs_its_key_and_a_url_the_egress_policy_allows() -> None:
+    import pytest
+
+    from broker.alerts.service import open_alerts
+    from broker.settings import EgressSettings, SettingsError
+
+    tasks, audit, state = BackgroundTasks(), AuditRecorder(None), MemoryAlertState()
+    loopback = FakeTransport(lambda _: _answer(FakeResponse(204)))
+    strict = FakeTransport(loopback._handler, EgressSettings(allow_loopback=False))
+    hooked = AlertSettings(webhook_url="http://127.0.0.1:9/hook", webhook_key_env="HOOK_KEY")
+    with pytest.raises(SettingsError, match="webhook_key_env"):
+        open_alerts(hooked, state, audit, loopback, tasks, environ={})
+    with pytest.raises(SettingsError, match="webhook_url"):
+        open_alerts(hooked, state, audit, strict, tasks, environ={"HOOK_KEY": "k"})
+    assert open_alerts(hooked, state, audit, loopback, tasks, environ={"HOOK_KEY": "k"})
+    off = AlertSettings(enabled=False)
+    assert open_alerts(off, state, audit, loopback, tasks, environ={}) is None
