@@ -20,7 +20,12 @@ from broker.settings_containment import ContainmentSettings
 from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
 from broker.settings_mcp import McpSettings
-from broker.settings_observability import ConsoleSettings, MetricsSettings
+from broker.settings_observability import (
+    AlertSettings,
+    ConsoleSettings,
+    MetricsSettings,
+    TracingSettings,
+)
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -338,6 +343,8 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)

@@ -219,6 +219,8 @@ def request_fields(
         detail["policy_version"] = ctx.policy_version
     if ctx.approval_id:  # forwarded once a person approved it (docs/approvals.md)
         detail["approval"] = ctx.approval_id
+    if ctx.trace_id:
+        detail["trace_id"] = ctx.trace_id
     if err is not None:
         detail.update(error_detail(err))
     if ctx.data_found or ctx.data_tags:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
+from broker.observability import tracing
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport, TransportResponse
 from broker.protocols.a2a.answers import bad, reframe
@@ -100,6 +101,7 @@ class Forward:
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
         headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_token))
+        headers.update(tracing.outbound(ctx))  # the agent's work joins the caller's trace
         return headers
 
     def _stream(

@@ -28,6 +28,7 @@ import msgspec
 from redis.commands.core import AsyncScript
 
 from broker.settings import StoreSettings
+from broker.stores.alert_base import AlertState
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -39,6 +40,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
+from broker.stores.redis_alerts import RedisAlertState
 from broker.stores.redis_approvals import RedisApprovalStore
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
@@ -55,6 +57,8 @@ from broker.stores.redis_delegation import (
     RedisTaskTreeIndex,
 )
 from broker.stores.redis_topology import check_redis
+from broker.stores.redis_traffic import RedisRecentTraffic
+from broker.stores.traffic_base import RecentTraffic
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
@@ -232,9 +236,17 @@ class RedisBackend(StoreBackend):
             approvals=RedisApprovalStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
+        self._alerts = RedisAlertState(self._client, prefix)
+        self._traffic = RedisRecentTraffic(self._client, prefix)
 
     def stores(self) -> Stores:
         return self._stores
+
+    def alert_state(self) -> AlertState:
+        return self._alerts
+
+    def recent_traffic(self) -> RecentTraffic:
+        return self._traffic
 
     @unavailable_on_error
     async def ping(self) -> None:
