@@ -95,6 +95,13 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     replica_acks: Annotated[int, msgspec.Meta(ge=0)] = 0
     replica_ack_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
     key_prefix: str = "a2ab"
+    # Redis: how many cluster slots the budget counters are spread over (decision 0037). 1 keeps
+    # every budget under one hash tag (one node of a cluster runs every budget script); S > 1
+    # puts each scope in shard crc32(scope) mod S, so a fleet's budget work spreads over the
+    # cluster's nodes. Never over a limit either way; with S > 1 two reserves racing across
+    # shards may both be refused while room was left (each is retried once). Changing it
+    # starts the counters afresh: set it before budgets are spent. The memory store ignores it.
+    budget_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
     # How long the broker remembers which caller owns a task that is still running (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
     # How long it keeps the route of a task that had ended (completed, failed, canceled,

@@ -225,7 +225,7 @@ class RedisBackend(StoreBackend):
             delegation_counters=RedisDelegationCounters(self._client, prefix),
             revocations=RedisRevocations(self._client, prefix),
             task_trees=trees,
-            budgets=RedisBudgetLedger(self._client, prefix),
+            budgets=RedisBudgetLedger(self._client, prefix, settings.budget_shards),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
