@@ -96,7 +96,10 @@ class RedisBudgetLedger(BudgetLedger):
     Exactness then holds as long as reserves do not race across shards: two racing reserves,
     each refused by a different shard, can each briefly hold what the other needed and both be
     refused while room was left. A multi-shard reserve refused only because of holds (``used``
-    alone would have left room) is therefore tried once more.
+    alone would have left room) is therefore tried once more. A reserve reclaims dead
+    reservations in the shards it touches (before checking their limits, as with one shard);
+    one dead in another shard shows in ``status`` until a reserve there or ``expire`` reclaims
+    it, and ``expire`` counts a reservation once however many shards it held in.
     """
 
     def __init__(self, client: RedisClient, prefix: str, shards: int = 1) -> None:
