@@ -211,7 +211,7 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
     pages = PageTokens(keys)
     inspector = ResponseInspector(
         rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
-        finished_ttl_s=settings.store.finished_task_ttl_s,
+        finished_ttl_s=settings.store.finished_task_ttl_s, trees=rt.stores.task_trees,
     )  # fmt: skip
     return A2aParts(
         settings=settings,
