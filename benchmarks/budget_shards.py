@@ -10,7 +10,8 @@ tree, two limits each; ``1x1`` = one agent of 50, one limit). Before and after, 
 
 Reported per shard count: budget scripts per budgeted request; Redis CPU per budgeted request
 summed over the nodes and on the busiest node; and the ceiling that busiest node sets, in
-budgeted requests a second per Redis core (1 s / its CPU per request). The load generator is one
+budgeted requests a second per Redis core (1 s / its CPU per request); and the CPU the calling
+process (the broker's ledger and client) spends per budgeted request. The load generator is one
 Python process, so throughput here is the generator's; CPU per request is what carries over.
 Prints one JSON object; ``docs/scaling.md`` quotes it.
 """
@@ -92,9 +93,9 @@ def measure(
             backend="redis", redis_mode="cluster", redis_url=",".join(urls),
             key_prefix=f"shards{shards}-{kind}", budget_shards=shards,
         )  # fmt: skip
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         requests = asyncio.run(_load(settings, kind, clients, seconds))
-        elapsed = time.monotonic() - started
+        elapsed, client_cpu = time.monotonic() - started, time.process_time() - cpu_started
         after = [_node_stats(node) for node in nodes]
     finally:
         for node in nodes:
@@ -112,6 +113,8 @@ def measure(
     return {
         "budget_shards": shards, "scopes": kind, "budgeted_requests": requests,
         "requests_per_s": round(requests / elapsed),
+        # The caller's side (the broker's ledger, redis-py, the event loop) per request.
+        "client_cpu_us_per_request": round(client_cpu / requests * 1e6, 1),
         "scripts_per_request": round(sum(n["scripts_per_request"] for n in per_node), 2),
         "cpu_us_per_request_all_nodes": round(sum(n["cpu_us_per_request"] for n in per_node), 1),
         "cpu_us_per_request_busiest_node": busiest["cpu_us_per_request"],

@@ -51,6 +51,7 @@ from broker.stores.budget_base import (
     check_reserve_arguments,
     gcra_parameters,
 )
+from broker.stores.redis_batch import BatchedScript
 from broker.stores.redis_client import REDIS_FAILURES, RedisClient, lua_source, unavailable_on_error
 
 
@@ -156,10 +157,9 @@ class RedisBudgetLedger(BudgetLedger):
                 limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
         shared: list[Any] = [reservation_id, ttl_ms, *_amounts(amounts)]
         replies = await _together(
-            self._reserve(keys=self._keys[shard], args=[self._bases[shard], *shared,
-                                                        *limits[shard]])
+            _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
             for shard in shards
-        )  # fmt: skip
+        )
         failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
         if failed is not None:
             # A reserve may still run (a stalled Redis runs it when it resumes) and would hold
@@ -193,7 +193,7 @@ class RedisBudgetLedger(BudgetLedger):
         """Run ``script`` with ``args`` on each of ``shards`` together; a shard that does not
         answer gets it retried in the background (it is idempotent) for ``ttl_ms``, and the
         first failure is raised once every shard was tried."""
-        outcomes = await _together(script(keys=self._keys[shard], args=args) for shard in shards)
+        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
         failure: BaseException | None = None
         until = time.time() + ttl_ms / 1000
         for shard, outcome in zip(shards, outcomes, strict=True):
@@ -242,7 +242,7 @@ class RedisBudgetLedger(BudgetLedger):
 
     @unavailable_on_error
     async def expire(self) -> int:
-        expired = await asyncio.gather(*(self._expire(keys=keys) for keys in self._keys))
+        expired = await asyncio.gather(*(_send(self._expire, keys, []) for keys in self._keys))
         return len({bytes(one) for ids in expired for one in ids})
 
     @unavailable_on_error
@@ -272,9 +272,17 @@ class RedisBudgetLedger(BudgetLedger):
         ]
 
 
+def _send(script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+    """The script's call: on the batching client, straight into this turn's batch as a future
+    (so the calls of several shards share one batch, and no task is made for each)."""
+    if isinstance(script, BatchedScript):
+        return script.registered_client.batcher.queue(script, keys, args)
+    return script(keys=keys, args=args)
+
+
 async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Each call's reply or exception; several run together (one batch: one round trip per
-    node), a lone one is awaited as it is (no task to make on the one-shard path)."""
+    """Each call's reply or exception; several wait together (sent in one batch: one round trip
+    per node), a lone one is awaited as it is."""
     pending = list(calls)
     if len(pending) == 1:
         try:
