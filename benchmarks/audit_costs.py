@@ -29,7 +29,7 @@ from broker.audit.records import build_record, encode_record, with_hash
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import verify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 EVENT: dict[str, Any] = {

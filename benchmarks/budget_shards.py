@@ -29,11 +29,11 @@ from typing import Any
 
 import redis
 
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend
-from tests.redis_process import start_redis_cluster
+from testkit.redis_process import start_redis_cluster
 
 LIMITS = {
     "3x2": (Limit("calls", "day", 10**12), Limit("tokens_in", "day", 10**15)),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.audit_stats import AuditCounters
 from benchmarks.loadgen import preflight, run_wrk, stream_probe, write_script
 from benchmarks.proc_stats import Measured, cpu_seconds, rss_bytes
 from benchmarks.quiet import ForeignLoad, wait_for_quiet
@@ -62,6 +63,10 @@ class Point:
     redis_reads_per_req: float | None = None
     redis_cpu_us_per_req: float | None = None
     redis_calls: dict[str, float] = field(default_factory=dict)
+    # Against a broker whose /metrics the run can read (benchmarks/audit_stats.py): fsyncs of
+    # the audit file per request, and audit records per fsync (the group commit's batch).
+    audit_fsyncs_per_req: float | None = None
+    audit_records_per_fsync: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,11 +126,17 @@ def _point(
     counters = RedisCounters(target.redis) if target.redis else None
     if counters:
         counters.start()
+    audit = (
+        AuditCounters(target.metrics_url, target.metrics_headers) if target.metrics_url else None
+    )
+    if audit:
+        audit.start()
     (user0, sys0), wall0 = cpu_seconds(target.process.pid), time.monotonic()
     result = run_wrk(target.url, script, c, seconds, cond.wrk_cores)
     user1, sys1 = cpu_seconds(target.process.pid)
     wall = time.monotonic() - wall0
     redis = counters.per_request(result.requests) if counters else {}
+    audited = audit.per_request(result.requests) if audit else {}
     cpu = (user1 - user0) + (sys1 - sys0)
     point = Point(
         scenario=scenario,
@@ -142,6 +153,7 @@ def _point(
         foreign_cores=foreign.cores(),
         waited_s=max(waited, 0.0),
         **redis,
+        **audited,
     )
     print(describe(point), flush=True)
     return point
@@ -160,6 +172,12 @@ def describe(point: Point) -> str:
             f"{point.redis_reads_per_req:.2f} reads/req, "
             f"{point.redis_cpu_us_per_req:.0f} us cpu/req"
             if point.redis_cmds_per_req is not None
+            else ""
+        )
+        + (
+            f"  audit {point.audit_fsyncs_per_req:.2f} fsyncs/req, "
+            f"{point.audit_records_per_fsync:.1f} records/fsync"
+            if point.audit_fsyncs_per_req is not None
             else ""
         )
     )

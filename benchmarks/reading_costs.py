@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import msgspec
 
-from broker.answers import reframe
 from broker.pipeline.stage import fold
+from broker.protocols.a2a.answers import reframe
 from broker.settings import LimitSettings
 from broker.stages.parse import ParseRequest, ReadParams
 from broker.types import MediationContext, Outcome, Reply

@@ -192,7 +192,15 @@ def stage_broker(env: Env, name: str, cfg: StageConfig) -> Iterator[tuple[Target
             "Authorization": f"Bearer {credential}",
         }
         private = redis if cfg.store == "redis" and env.redis_note.startswith("a private") else ""
-        yield Target(broker.jsonrpc_url(AGENT), headers, child, private), launch
+        target = Target(
+            broker.jsonrpc_url(AGENT),
+            headers,
+            child,
+            private,
+            metrics_url=f"{broker.url}/metrics",
+            metrics_headers=broker.admin_headers,
+        )
+        yield target, launch
     finally:
         child.stop()
 

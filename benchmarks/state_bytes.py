@@ -35,7 +35,7 @@ from typing import Any
 import msgspec
 import redis
 
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.base import TaskRoute
 from broker.stores.factory import open_backend

@@ -42,6 +42,8 @@ class Target:
     headers: dict[str, str]
     process: Process
     redis: str = ""  # the broker's private redis-server, whose counters are read per point
+    metrics_url: str = ""  # a broker's /metrics, whose audit counters are read per point
+    metrics_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +213,14 @@ def broker(
             "Authorization": f"Bearer {credential}",
         }
         private = redis if store == "redis" and env.redis_note.startswith("a private") else ""
-        yield Target(started.jsonrpc_url(AGENT), headers, started.process, private)
+        yield Target(
+            started.jsonrpc_url(AGENT),
+            headers,
+            started.process,
+            private,
+            metrics_url=f"{started.url}/metrics",
+            metrics_headers=started.admin_headers,
+        )
     finally:
         started.stop()
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.delegation.agent import verify_broker_token
 from broker.delegation.tokens import TokenMinter, TokenVerifier, header_segment
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 ISSUER = "https://broker.example"
 

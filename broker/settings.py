@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
+from broker.settings_approvals import ApprovalSettings
 from broker.settings_containment import ContainmentSettings
 from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
@@ -269,7 +270,7 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     backend: Literal["file", "redis", "off"] = "file"
     dir: str = "var/audit"
     # This process's chain name; empty: <hostname>-<port> (-2, -3... for further workers), the
-    # same after a restart, so a restarted broker continues its chain (broker/replica_id.py).
+    # same after a restart, so a restarted broker continues its chain (broker/audit/replica_id.py).
     replica: str = ""
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 60.0
@@ -313,6 +314,9 @@ class BudgetSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     teams: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     trees: tuple[BudgetLimitSettings, ...] = ()  # every root task tree
     edges: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    # MCP tools, every caller's calls together: "server.tool", or "server.*" for each tool of
+    # a server that has no entry of its own (docs/mcp.md).
+    tools: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     agent_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
     edge_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
 
@@ -341,6 +345,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.

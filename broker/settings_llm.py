@@ -1,8 +1,8 @@
 """The ``[llm]`` section of the broker's settings: providers and their models.
 
-The catalogue built from it (model name -> provider) is ``broker.llm.catalog``. Provider keys
-are read from the environment once, at load time (``resolve_llm_settings``), like upstream
-credentials.
+The catalogue built from it (model name -> provider) is ``broker.protocols.llm.catalog``.
+Provider keys are read from the environment once, at load time (``resolve_llm_settings``),
+like upstream credentials.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from broker.audit.records import (
     build_record,
     with_hash,
 )
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 CHECKPOINT_DOMAIN = "a2a-broker-audit-checkpoint/v1"
 

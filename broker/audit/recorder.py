@@ -23,6 +23,7 @@ from broker.audit.log import AuditLog, AuditLogError, done_future
 from broker.audit.records import AuditRecordError
 from broker.audit.redact import redacted_payload
 from broker.audit.redis_log import RedisAuditLog
+from broker.audit.replica_id import claim_default_replica
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessWriter
 from broker.background import BackgroundTasks
@@ -33,12 +34,11 @@ from broker.errors import (
     InvalidCredentialError,
     UnauthenticatedError,
 )
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.observability.probes import audit_written
 from broker.pipeline.stage import stream_end
-from broker.replica_id import claim_default_replica
 from broker.settings import Settings
-from broker.types import MediationContext
+from broker.types import CallContext, MediationContext
 
 log = logging.getLogger("a2a_broker.audit")
 _KEY = re.compile(r"[^a-z0-9_.]")
@@ -186,6 +186,20 @@ def error_detail(err: BrokerError) -> dict[str, str]:
     return found
 
 
+def data_detail(ctx: CallContext) -> dict[str, str]:
+    """What the data controls found, for the record: per direction, each type with its count
+    and the action (``pii:card 2 redact, pii:email 1 tag``), and the tags the work carries
+    after this hop. Never a value."""
+    found: dict[str, str] = {}
+    for direction, kinds in sorted((ctx.data_found or {}).items()):
+        found[f"data.{direction}"] = ", ".join(
+            f"{kind} {count} {action}" for kind, (count, action) in sorted(kinds.items())
+        )
+    if ctx.data_tags:
+        found["data.tags"] = " ".join(ctx.data_tags)
+    return found
+
+
 def request_fields(
     ctx: MediationContext,
     *,
@@ -205,6 +219,8 @@ def request_fields(
         detail["policy_version"] = ctx.policy_version
     if err is not None:
         detail.update(error_detail(err))
+    if ctx.data_found or ctx.data_tags:
+        detail.update(data_detail(ctx))
     return {
         "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
         "request_id": ctx.request_id,
@@ -245,7 +261,7 @@ async def open_recorder(
             staged=audit.durable_before == "reply",
             tasks=tasks,
         )
-    # Stable across restarts (broker.replica_id), so a restarted broker continues its chain.
+    # Stable across restarts (broker.audit.replica_id), so a restarted broker continues its chain.
     replica = audit.replica or claim_default_replica(settings.server.port)
     witness = open_witness(settings)
     trail = await AuditTrail.open(

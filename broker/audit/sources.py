@@ -20,7 +20,7 @@ from broker.audit.file_log import FileAuditLog
 from broker.audit.log import AuditLog
 from broker.audit.records import AuditRecord, KeptCheckpoint
 from broker.audit.redis_log import RedisAuditLog
-from broker.keys import BrokerKeys, KeyFileError, jwk_thumbprint, load_signing_key
+from broker.identity.keys import BrokerKeys, KeyFileError, jwk_thumbprint, load_signing_key
 
 _URL_TIMEOUT_S = 10.0
 

@@ -16,7 +16,7 @@ from broker.audit.chain import AuditChain
 from broker.audit.log import AuditLog, AuditLogError
 from broker.audit.records import CHECKPOINT_KIND, EMPTY_HEAD, AuditRecord
 from broker.audit.witness import WitnessWriter
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 
 class AuditTrail:

@@ -18,7 +18,7 @@ from broker.audit.log import AuditLog
 from broker.audit.records import AuditRecord
 from broker.audit.sources import RecordFilter
 from broker.audit.verify import VerifyReport, averify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 SEARCH_LIMIT = 200
 

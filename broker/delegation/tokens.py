@@ -34,7 +34,7 @@ from broker.delegation.errors import (
     DelegationTokenInvalidError,
     DelegationTokenNotYoursError,
 )
-from broker.keys import BROKER_ALG, BrokerKeys
+from broker.identity.keys import BROKER_ALG, BrokerKeys
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")

@@ -12,7 +12,7 @@ from litestar import Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from broker.budgets import Limit
+from broker.budgets.model import Limit
 from broker.config_errors import explain_validation
 from broker.errors import (
     AdminDisabledError,
@@ -22,8 +22,8 @@ from broker.errors import (
     JSONTooDeepError,
 )
 from broker.http.state import AnyRequest, runtime_of
-from broker.jsonlimits import json_depth_exceeds
 from broker.policy.rules import PolicyError
+from broker.protocols.jsonlimits import json_depth_exceeds
 from broker.settings import BudgetLimitSettings, Settings
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_limits import check_override

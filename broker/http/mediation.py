@@ -2,27 +2,54 @@
 
 Thin by design: build a MediationContext from the HTTP request, run the pipeline, turn the
 outcome into a response. No policy here.
+
+The mediation requests themselves take the raw ASGI path (``MediationEdges``, decision 0064):
+the app object the server runs sends the JSON-RPC and HTTP+JSON paths of an agent, with an
+allowed method, straight into the pipeline, and everything else to Litestar. Litestar's
+request and response objects, its handler signature model and the response's ASGI wrapper
+cost more than the rest of the edge put together. The Litestar routes below stay registered:
+they answer what the raw path leaves to them (another method: 405 in the binding's shape), so
+every refusal reads as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from litestar import Response, post, route
 from litestar.exceptions import ClientException
 from litestar.response import Stream
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import ASGIApp, Receive, Scope, Send
 
-from broker.errors import BodyTooLargeError, InvalidRequestError
+from broker.errors import (
+    BodyTooLargeError,
+    BrokerError,
+    BrokerInternalError,
+    InvalidRequestError,
+)
 from broker.http.state import AnyRequest, runtime_of
+from broker.llm.context import CallKind, LlmContext
+from broker.protocols.a2a.wire import error_reply
+from broker.protocols.llm.wire import openai_error_reply
 from broker.types import Binding, MediationContext, Outcome, Reply
+
+log = logging.getLogger("a2a_broker")
 
 _SSE_MEDIA_TYPE = "text/event-stream"
 
 
 def inbound_headers(request: AnyRequest) -> dict[str, str]:
     """Lower-case header names; repeated headers merged with ", " (as A2A-Extensions wants)."""
+    return scope_headers(request.scope["headers"])
+
+
+def scope_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """``inbound_headers`` of an ASGI scope's raw header list."""
     headers: dict[str, str] = {}
-    for raw_name, raw_value in request.scope["headers"]:
+    for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
@@ -94,4 +121,179 @@ def _raw_tail(request: AnyRequest, name: str, tail: str) -> str:
     return raw[len(prefix) :] if raw.startswith(prefix) else tail
 
 
-__all__ = ["jsonrpc_edge", "rest_edge"]
+_JSONRPC_TAILS = frozenset({"jsonrpc", "jsonrpc/"})
+_LLM_CALLS: dict[str, CallKind] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
+_REST_METHODS = frozenset({"GET", "POST", "DELETE"})
+
+
+class MediationEdges:
+    """The ASGI app the server runs: the mediation paths raw, the rest to ``app``.
+
+    ``/agents/{name}/jsonrpc[/]`` (POST), ``/agents/{name}/rest/...`` (GET, POST, DELETE),
+    and the OpenAI-compatible calls ``/v1/chat/completions`` and ``/v1/embeddings`` (POST),
+    matched as their Litestar routes match them; what the runtime needs is read from
+    ``app.state`` once started. ``max_body``: the body limit Litestar applies to its routes.
+    """
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app: ASGIApp = app
+        self._state = app.state
+        self._max_body = max_body
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path.startswith("/agents/"):
+                ctx = self._context(scope, receive)
+                if ctx is not None:
+                    binding = ctx.binding
+                    await _answer(
+                        self._state.runtime.mediate(ctx),
+                        lambda err: error_reply(err, binding, None),
+                        scope,
+                        receive,
+                        send,
+                    )
+                    return
+            elif (kind := _LLM_CALLS.get(path)) is not None and scope["method"] == "POST":
+                call = LlmContext(
+                    kind=kind,
+                    headers=scope_headers(scope["headers"]),
+                    read_body=asgi_body_reader(receive, self._max_body, scope["headers"]),
+                )
+                outcome = self._state.runtime.llm.call(call)
+                await _answer(outcome, openai_error_reply, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _context(self, scope: Any, receive: Receive) -> MediationContext | None:
+        name, _, rest = scope["path"][len("/agents/") :].partition("/")
+        if not name:
+            return None
+        method = scope["method"]
+        if rest in _JSONRPC_TAILS and method == "POST":
+            binding: Binding = "jsonrpc"
+            tail = ""
+        elif rest.startswith("rest/") and method in _REST_METHODS:
+            binding = "rest"
+            tail = _raw_tail_of(scope, name, rest[len("rest") :])
+        else:
+            return None
+        return MediationContext(
+            binding=binding,
+            target_name=name,
+            http_method=method,
+            headers=scope_headers(scope["headers"]),
+            read_body=asgi_body_reader(receive, self._max_body, scope["headers"]),
+            rest_tail=tail,
+            query_string=scope.get("query_string", b"").decode("latin-1"),
+        )
+
+
+async def _answer(
+    outcome: Awaitable[Outcome],
+    on_error: Callable[[BrokerError], Reply],
+    scope: Any,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Run a pipeline and send its outcome; what escapes it is answered as Litestar's
+    exception handlers would (``on_error``: the surface's error shape)."""
+    started = False
+
+    async def tracked(message: Any) -> None:
+        nonlocal started
+        started = True
+        await send(message)
+
+    try:
+        await send_outcome(await outcome, scope, receive, tracked)
+    except BrokerError as err:
+        if started:
+            raise
+        await send_outcome(on_error(err), scope, receive, send)
+    except Exception:
+        if started:
+            raise
+        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        await send_outcome(on_error(BrokerInternalError()), scope, receive, send)
+
+
+def asgi_body_reader(
+    receive: Receive, limit: int, raw_headers: Iterable[tuple[bytes, bytes]]
+) -> Callable[[], Awaitable[bytes]]:
+    """``body_reader`` on raw ASGI: the body, refused past ``limit`` bytes as Litestar does."""
+
+    body: bytes | None = None
+
+    async def read() -> bytes:
+        nonlocal body
+        if body is None:  # read once; a stage that asks again gets the same bytes
+            body = await _read(receive, limit, raw_headers)
+        return body
+
+    return read
+
+
+async def _read(receive: Receive, limit: int, raw_headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    announced = _content_length(raw_headers)
+    if announced is not None and announced > limit:
+        raise BodyTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the caller hung up
+            raise InvalidRequestError("The request body could not be read.")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _content_length(raw_headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in raw_headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise InvalidRequestError("The request body could not be read.") from None
+    return None
+
+
+async def send_outcome(outcome: Outcome, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer ``outcome`` on raw ASGI, with the headers ``to_response`` gets from Litestar."""
+    if not isinstance(outcome, Reply):
+        # Litestar's own streaming response: it stops the stream when the caller hangs up.
+        streaming = ASGIStreamingResponse(
+            iterator=outcome.events,
+            status_code=outcome.status,
+            media_type=_SSE_MEDIA_TYPE,
+            headers=dict(outcome.headers),
+        )
+        await streaming(scope, receive, send)
+        return
+    media_type = outcome.media_type
+    if media_type.startswith("text/") and "charset" not in media_type:
+        media_type += "; charset=utf-8"
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in outcome.headers.items()
+    ]
+    headers.append((b"content-type", media_type.encode("latin-1")))
+    headers.append((b"content-length", str(len(outcome.body)).encode("latin-1")))
+    await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
+    await send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+
+
+def _raw_tail_of(scope: Scope, name: str, tail: str) -> str:
+    raw = (scope.get("raw_path") or b"").decode("latin-1")
+    prefix = f"/agents/{name}/rest"
+    return raw[len(prefix) :] if raw.startswith(prefix) else tail
+
+
+__all__ = ["MediationEdges", "jsonrpc_edge", "rest_edge"]

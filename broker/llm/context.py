@@ -10,10 +10,10 @@ from broker.pipeline.stage import fold
 from broker.types import CallContext, Outcome
 
 if TYPE_CHECKING:
-    from broker.budgets import Usage
-    from broker.llm.catalog import ModelRoute
-    from broker.llm.request import LlmRequest
-    from broker.llm.usage import StreamMeter
+    from broker.budgets.model import Usage
+    from broker.protocols.llm.catalog import ModelRoute
+    from broker.protocols.llm.request import LlmRequest
+    from broker.protocols.llm.usage import StreamMeter
 
 CallKind = Literal["chat", "embeddings"]
 

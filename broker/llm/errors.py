@@ -1,6 +1,7 @@
 """Refusals of the LLM endpoint (codes -32100..-32119), BrokerError subclasses like every other.
 
-How each one looks to an OpenAI client (status, ``type``, ``code``) is in ``broker.llm.wire``.
+How each one looks to an OpenAI client (status, ``type``, ``code``) is in
+``broker.protocols.llm.wire``.
 """
 
 from __future__ import annotations

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderRateLimitedError, LlmProviderTimeoutError
-from broker.llm.usage import StreamMeter, unary_usage
-from broker.llm.wire import openai_error_event
 from broker.outbound.errors import provider_error
 from broker.outbound.transport import Transport, TransportResponse
 from broker.pipeline.stage import close_events
+from broker.protocols.llm.usage import StreamMeter, unary_usage
+from broker.protocols.llm.wire import openai_error_event
+from broker.protocols.sse import relay
 from broker.settings import LimitSettings
 from broker.settings_llm import LlmSettings
-from broker.sse import relay
 from broker.types import Outcome, Reply, StreamReply
 
 PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings"}

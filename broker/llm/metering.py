@@ -14,13 +14,13 @@ import logging
 from typing import Protocol
 
 from broker.background import BackgroundTasks
-from broker.budgets import Scope
+from broker.budgets.model import Scope
 from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmBudgetExhaustedError
-from broker.llm.usage import worst_case
 from broker.pipeline.stage import holding
 from broker.policy.roles import AgentRoles
+from broker.protocols.llm.usage import worst_case
 from broker.settings_llm import LlmSettings
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.types import Outcome

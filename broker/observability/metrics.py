@@ -86,6 +86,13 @@ llm_cost = Counter(
     ("model",),
     namespace=NAMESPACE,
 )
+data_detections = Counter(
+    "data_detections",
+    "Values of sensitive data found by the data controls, by direction, type (pii:email, "
+    "secret:aws_key; never a value) and the action taken.",
+    ("direction", "type", "action"),
+    namespace=NAMESPACE,
+)
 store_round_trips = Histogram(
     "store_round_trip_seconds",
     "Redis round trips (one per store call: a script or a pipeline is one), by store call.",
@@ -105,6 +112,12 @@ audit_writes = Histogram(
     "for durability while the agent works ([audit] durable_before).",
     namespace=NAMESPACE,
     buckets=AUDIT_BUCKETS,
+)
+audit_fsyncs = Counter(
+    "audit_fsyncs",
+    "fsyncs of the audit file: each makes durable every record written before it (group "
+    "commit), so records per fsync is how many requests shared one.",
+    namespace=NAMESPACE,
 )
 audit_write_errors = Counter(
     "audit_write_errors",

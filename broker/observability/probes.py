@@ -36,6 +36,12 @@ def breaker_changed(upstream: str, state: str) -> None:
     metrics.breaker_transitions.labels(upstream, state).inc()
 
 
+def audit_synced() -> None:
+    """One fsync of the audit file returned (however many records it made durable)."""
+    if metrics.recording:
+        tally.add(metrics.audit_fsyncs)
+
+
 def audit_written(seconds: float, *, failed: bool = False) -> None:
     if not metrics.recording:
         return

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from broker.background import BackgroundTasks
 from broker.late_writes import finish_quietly, finish_soon
@@ -54,10 +54,28 @@ def _bind(
     stage: Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]],
     call_next: Callable[[Ctx], Awaitable[Outcome]],
 ) -> Callable[[Ctx], Awaitable[Outcome]]:
-    async def run(ctx: Ctx) -> Outcome:
-        return await stage(ctx, call_next)
+    return _Bound[Ctx](stage, call_next)
 
-    return run
+
+class _Bound(Generic[Ctx]):
+    """A stage with the rest of the chain bound: calling it returns the stage's own coroutine.
+
+    Not an ``async def`` wrapper: that would add a coroutine frame per stage, which every
+    suspension of the request (each store round trip, the upstream's answer) resumes through.
+    """
+
+    __slots__ = ("_call_next", "_stage")
+
+    def __init__(
+        self,
+        stage: Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]],
+        call_next: Callable[[Ctx], Awaitable[Outcome]],
+    ) -> None:
+        self._stage = stage
+        self._call_next = call_next
+
+    def __call__(self, ctx: Ctx) -> Awaitable[Outcome]:
+        return self._stage(ctx, self._call_next)
 
 
 class Held(Protocol):

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis, RedisCluster
 
 from broker.background import BackgroundTasks
 from broker.policy.decision import Verdict
@@ -37,7 +36,8 @@ from broker.policy.engine import (
     require_rules,
 )
 from broker.policy.rules import PolicyError
-from broker.replica_channel import ReplicaChannel
+from broker.stores.redis_client import RedisClient
+from broker.stores.replica_channel import ReplicaChannel
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
 # Called with each new policy applied (from the file or from another replica) and its source.
@@ -78,7 +78,7 @@ class PolicyReloader:
         interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
         on_applied: AppliedCallback | None = None,
-        redis: Redis | RedisCluster | None = None,
+        redis: RedisClient | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
         tasks: BackgroundTasks | None = None,

@@ -21,12 +21,12 @@ from typing import Literal
 import msgspec
 
 from broker.background import BackgroundTasks
-from broker.global_kill import GlobalKillSwitch
-from broker.replica_channel import ReplicaChannel
+from broker.containment.global_kill import GlobalKillSwitch
 from broker.settings import Settings
 from broker.stores.base import Stores
 from broker.stores.cache import CachedAgentRegistry, CachedCredentialStore, with_read_cache
 from broker.stores.redis_client import RedisClient, open_redis
+from broker.stores.replica_channel import ReplicaChannel
 
 log = logging.getLogger("a2a_broker.control")
 CONTROL_CHANNEL = "control"  # under [store] key_prefix

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from broker.credentials import credential_digest
 from broker.errors import CallerSuspendedError, InvalidCredentialError, UnauthenticatedError
+from broker.identity.credentials import credential_digest
 from broker.stores.base import AgentRegistry, CredentialStore
 from broker.types import Ctx, Outcome
 

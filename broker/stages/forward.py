@@ -3,9 +3,10 @@
 The caller's credentials never travel on: the upstream gets only the A2A headers it needs and
 the credential the broker holds for it. Unary answers are checked to be A2A-shaped (garbage
 becomes UPSTREAM_BAD_RESPONSE) and otherwise relayed unchanged, upstream errors included;
-streams are re-framed event by event (``broker.answers``). The few answers the broker must
-look into: a new task (its route is recorded for its creator), ListTasks (filtered to the
-caller's tasks) and the extended card (its interfaces rewritten to the broker's).
+streams are re-framed event by event (``broker.protocols.a2a.answers``). The few
+answers the broker must look into: a new task (its route is recorded for its creator),
+ListTasks (filtered to the caller's tasks) and the extended card (its interfaces rewritten to
+the broker's).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from broker.answers import bad, reframe
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport, TransportResponse
+from broker.protocols.a2a.answers import bad, reframe
 from broker.protocols.a2a.wire import sse_error_event
-from broker.responses import ResponseInspector
+from broker.protocols.sse import relay
 from broker.settings import LimitSettings, UpstreamCredential
-from broker.sse import relay
+from broker.stages.responses import ResponseInspector
 from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 
 StreamRecheck = Callable[[MediationContext], Awaitable[None]]
@@ -108,7 +109,7 @@ class Forward:
         claimed = ended = False
 
         async def on_event(event: bytes) -> bytes | None:
-            """The agent's event checked and in the broker's framing (broker.answers)."""
+            """The agent's event checked, in the broker's framing (protocols.a2a.answers)."""
             nonlocal claimed, ended
             frame = reframe(ctx.binding, ctx.jsonrpc_id, event)
             if frame is None:

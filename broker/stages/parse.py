@@ -26,8 +26,12 @@ from broker.errors import (
     UnsupportedMediaTypeError,
     VersionNotSupportedError,
 )
-from broker.jsonlimits import json_depth_exceeds
-from broker.protocols.a2a.operations import LEGACY_V03_METHODS, OPERATIONS, match_rest
+from broker.protocols.a2a.operations import (
+    JSON_MEDIA_TYPES,
+    LEGACY_V03_METHODS,
+    OPERATIONS,
+    match_rest,
+)
 from broker.protocols.a2a.reading import (
     EnvelopeError,
     ItemLimits,
@@ -37,6 +41,7 @@ from broker.protocols.a2a.reading import (
     read_params,
     read_rest,
 )
+from broker.protocols.jsonlimits import json_depth_exceeds
 from broker.settings import LimitSettings
 from broker.types import CallNext, MediationContext, Outcome
 
@@ -45,8 +50,6 @@ SUPPORTED_MAJOR = "1"
 SKILL_HEADER = "a2a-skill"
 DEADLINE_HEADER = "a2a-deadline"  # seconds the caller gives this hop (it may only shrink)
 MIN_DEADLINE_S = 0.001
-# What a body may be sent as: JSON (A2A's own media type included), in UTF-8.
-JSON_MEDIA_TYPES = frozenset({"application/json", "application/a2a+json"})
 
 
 class ParseRequest:

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from broker.budgets import Limit, Metric, Scope, Usage, Window, check_scopes, check_usage
+from broker.budgets.model import Limit, Metric, Scope, Usage, Window, check_scopes, check_usage
 
 # The budget types travel with the ledger's interface; callers may import them from here.
 __all__ = [

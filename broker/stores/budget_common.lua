@@ -59,7 +59,7 @@ local function civil_from_days(z)
 end
 
 -- Start and end (epoch seconds, UTC) of the window holding now_s; no end for 'lifetime'.
--- Must equal broker.budgets.window_start / window_end (a contract test compares them).
+-- Must equal broker.budgets.model.window_start / window_end (a contract test compares them).
 local function window_bounds(window, now_s)
   if window == 'lifetime' then
     return 0, nil

@@ -1,7 +1,7 @@
 """Live budget limits: overrides of the configured limits, set by an operator while the broker runs.
 
 An override replaces every configured limit of one scope key; deleting it brings the config back.
-Scope keys are those of ``broker.budgets.Scope.key()`` plus two wildcards:
+Scope keys are those of ``broker.budgets.model.Scope.key()`` plus two wildcards:
 
 - ``agent:<name>``, or ``agent:*``: every agent without limits of its own (config or live);
 - ``team:<name>`` (a role or tenant, e.g. ``team:role:user``);
@@ -11,7 +11,7 @@ Scope keys are those of ``broker.budgets.Scope.key()`` plus two wildcards:
 An empty tuple of limits is an override too: that scope is not metered while it stands.
 
 Every replica reads the overrides into memory and refreshes them about once a second
-(``broker.budget_scopes``); ``version()`` lets it do so with one cheap read when nothing changed.
+(``broker.budgets.scopes``); ``version()`` lets it do so with one cheap read when nothing changed.
 
 Backends: ``MemoryBudgetLimitStore`` below, ``redis_budget_limits.RedisBudgetLimitStore``.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 from typing import Final
 
-from broker.budgets import Limit, Scope, check_scopes
+from broker.budgets.model import Limit, Scope, check_scopes
 
 _MAX_NAME: Final = 512
 _WILDCARD: Final = "*"

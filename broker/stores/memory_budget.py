@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from broker.budgets import (
+from broker.budgets.model import (
     METRICS,
     Limit,
     Metric,
@@ -24,7 +24,7 @@ from broker.budgets import (
     check_usage,
     window_end,
 )
-from broker.budgets import window_start as start_of
+from broker.budgets.model import window_start as start_of
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,
     MICROS,

@@ -38,7 +38,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from broker.budgets import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
+from broker.budgets.model import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
 from broker.late_writes import LateWrites
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from broker.budgets import Limit
+from broker.budgets.model import Limit
 from broker.stores.budget_limits import BudgetLimitStore, check_override
 from broker.stores.redis_budget import budget_base_key
 from broker.stores.redis_client import RedisClient, unavailable_on_error

@@ -13,8 +13,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from broker.budget_scopes import REFRESH_S, ConfiguredScopes
-from broker.budgets import Limit, Scope
+from broker.budgets.model import Limit, Scope
+from broker.budgets.scopes import REFRESH_S, ConfiguredScopes
 from broker.errors import StoreUnavailableError
 from broker.settings import BudgetLimitSettings, BudgetSettings, StoreSettings
 from broker.stores.base import StoreBackend, Stores

@@ -2,7 +2,7 @@
 
 Limits must hold exactly, also under concurrency and, on Redis, across processes. Window
 roll-over is driven by an injected clock on the memory ledger; on Redis (whose clock cannot be
-patched) the scripts' window arithmetic is compared with ``broker.budgets`` directly.
+patched) the scripts' window arithmetic is compared with ``broker.budgets.model`` directly.
 
 Every contract test also runs with the budgets spread over four shards (``[store]
 budget_shards = 4``) on standalone Redis and on the cluster, where the scopes of one reserve
@@ -29,9 +29,8 @@ import msgspec
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_process import REDIS_MODES, RedisMode
 
-from broker.budgets import (
+from broker.budgets.model import (
     METRICS,
     WINDOWS,
     Limit,
@@ -49,6 +48,7 @@ from broker.stores.budget_base import BudgetLedger, BudgetRefusal, BudgetStatus,
 from broker.stores.factory import open_backend
 from broker.stores.memory_budget import MemoryBudgetLedger
 from broker.stores.redis_budget import budget_script, budget_shard_of
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 LONG_S = 600
 SHARDS = 4
@@ -449,7 +449,7 @@ async def test_redis_budget_keys_share_one_slot(redis_url: str, redis_key_prefix
 
 _RESERVE_IN_A_PROCESS = """
 import asyncio, random, sys
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend
@@ -611,7 +611,7 @@ async def test_sharded_budget_keys_live_in_their_scopes_shard(
 
 _RACE_ACROSS_SHARDS = """
 import asyncio, sys
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend

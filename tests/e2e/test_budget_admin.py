@@ -2,7 +2,7 @@
 
 alice's config gives her 100 calls a day. ``a2a-broker budgets set agent:alice --limit
 calls/lifetime=2`` through broker A takes effect on A at once (the third send is refused) and on
-B within about a second (``broker.budget_scopes.REFRESH_S``); ``budgets unset`` brings the config
+B within about a second (``broker.budgets.scopes.REFRESH_S``); ``budgets unset`` brings the config
 back on both. Sends are A2A JSON-RPC ``SendMessage`` calls to the echo agent.
 """
 

@@ -34,7 +34,7 @@ from broker.errors import (
     HopLimitExceededError,
     PolicyDeniedError,
 )
-from broker.keys import BrokerKeys, load_signing_key
+from broker.identity.keys import BrokerKeys, load_signing_key
 
 from .mesh import (
     Mesh,

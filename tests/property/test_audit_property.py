@@ -16,7 +16,7 @@ from broker.audit.chain import AuditChain
 from broker.audit.findings import EXIT_CODES, Finding
 from broker.audit.records import KeptCheckpoint, build_record, encode_record, with_hash
 from broker.audit.verify import VerifyReport, verify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.budgets import METRICS, Limit, Scope, Usage
+from broker.budgets.model import METRICS, Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.stores.factory import open_backend

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from broker.budgets import Limit, Scope, Usage
+from broker.budgets.model import Limit, Scope, Usage
 from broker.settings import StoreSettings
 from broker.stores.budget_base import BudgetRefusal, Reservation
 from broker.stores.factory import open_backend

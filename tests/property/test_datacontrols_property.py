@@ -23,7 +23,7 @@ from broker.datacontrols.redact import StreamRestorer
 from broker.datacontrols.stream import StreamScanner
 from broker.datacontrols.tags import accumulate, only_grew
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.settings_datacontrols import DataRule
 
 DETECTOR = Detector.builtin()

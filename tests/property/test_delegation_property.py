@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from broker.delegation.errors import DelegationTokenExpiredError, DelegationTokenInvalidError
 from broker.delegation.tokens import Actor, DelegationClaims, TokenMinter, TokenVerifier
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 ISSUER = "https://broker.example"
 T0 = 1_800_000_000.0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.delegation.tokens import TokenMinter, TokenVerifier
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.protocols.a2a.operations import SEND_MESSAGE, Operation
 from broker.protocols.a2a.reading import Reading
 from broker.types import AgentRecord, MediationContext, Outcome, Reply, StreamReply

@@ -1,4 +1,4 @@
-"""What an agent may answer (broker.answers): A2A shapes only, never in the broker's name."""
+"""What an agent may answer (protocols.a2a.answers): A2A shapes only, never in the broker's name."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from broker.answers import check_jsonrpc, check_media_type, check_rest, reframe
 from broker.errors import UpstreamBadResponseError
+from broker.protocols.a2a.answers import check_jsonrpc, check_media_type, check_rest, reframe
 from broker.protocols.a2a.operations import OPERATIONS
 
 SEND = OPERATIONS["SendMessage"]

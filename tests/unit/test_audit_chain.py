@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.chain import AuditChain, b64url_decode, checkpoint_message
 from broker.audit.records import EMPTY_HEAD, AuditRecordError, ChainHead
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 

@@ -9,7 +9,7 @@ from broker.audit.file_log import FileAuditLog
 from broker.audit.recorder import AuditRecorder
 from broker.audit.redact import REDACTED, redacted_payload
 from broker.audit.trail import AuditTrail
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.settings import Settings
 
 BODY = json.dumps(

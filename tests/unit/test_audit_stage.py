@@ -16,7 +16,7 @@ from broker.audit.file_log import FileAuditLog
 from broker.audit.recorder import AuditRecorder
 from broker.audit.trail import AuditTrail
 from broker.errors import AuditUnavailableError
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.stages.audit import AuditForward
 from broker.types import MediationContext, Outcome, Reply

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.audit.chain import AuditChain, b64url
 from broker.audit.records import KeptCheckpoint, build_record, encode_record, with_hash
 from broker.audit.verify import verify_chain
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}

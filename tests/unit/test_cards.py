@@ -25,15 +25,15 @@ from jwt.algorithms import ECAlgorithm
 from jwt.api_jwk import PyJWK
 from jwt.utils import base64url_decode
 
-from broker.cards import (
+from broker.errors import AgentCardSignatureError, InvalidAgentCardError
+from broker.identity.cards import (
     CardVerifier,
     decode_card_json,
     rewrite_for_broker,
     sign_card,
     validate_card,
 )
-from broker.errors import AgentCardSignatureError, InvalidAgentCardError
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.settings import RegistrySettings, Settings
 
 CARDS = Path(__file__).parent.parent / "fixtures" / "cards"

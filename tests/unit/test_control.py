@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from redis_process import REDIS_MODES, RedisMode
 
 from broker.errors import KillSwitchEngagedError
-from broker.replica_channel import ReplicaChannel
 from broker.runtime.control import Controls
 from broker.settings import Settings, StoreSettings
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend
+from broker.stores.replica_channel import ReplicaChannel
 from testkit.procs import free_port
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 DEADLINE_S = 5.0  # far below read_cache_ttl_s: only the channel can explain a change seen here
 

@@ -65,7 +65,7 @@ from broker.delegation.agent import (
     verify_broker_token,
 )
 from broker.delegation.tokens import TokenMinter, header_segment
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 RPC_PATH = "/a2a/jsonrpc"
 ISSUER = "https://broker.example"

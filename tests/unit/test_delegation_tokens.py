@@ -27,7 +27,7 @@ from broker.delegation.tokens import (
     hop_scope,
 )
 from broker.errors import BrokerError, all_error_types
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 ISSUER = "https://broker.example"
 T0 = 1_800_000_000.25

@@ -15,9 +15,6 @@ from a2a.utils.signing import create_signature_verifier
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.api_jwk import PyJWK
 
-from broker.cards import CardVerifier
-from broker.credentials import CREDENTIAL_PREFIX, credential_digest
-from broker.directory import AgentDirectory, DeclarativeCardError
 from broker.errors import (
     AgentCardFetchError,
     AgentExistsError,
@@ -27,8 +24,11 @@ from broker.errors import (
     InvalidAdminRequestError,
     InvalidAgentCardError,
 )
-from broker.keys import BrokerKeys
-from broker.names import skeleton
+from broker.identity.cards import CardVerifier
+from broker.identity.credentials import CREDENTIAL_PREFIX, credential_digest
+from broker.identity.directory import AgentDirectory, DeclarativeCardError
+from broker.identity.keys import BrokerKeys
+from broker.identity.names import skeleton
 from broker.settings import AgentCredentialSettings, EgressSettings, ServerSettings, Settings
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import pytest
-from redis_process import RedisMode
 from stage_kit import KEYS, Next, ctx
 
 from broker.delegation.tokens import Actor, DelegationClaims
@@ -23,12 +22,13 @@ from broker.protocols.a2a.operations import (
     Operation,
 )
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, StoreSettings
 from broker.stages.forward import Forward
+from broker.stages.responses import ResponseInspector
 from broker.stores.base import Stores
 from broker.stores.factory import open_backend
 from broker.types import MediationContext, Reply, StreamReply
+from testkit.redis_process import RedisMode
 
 RUNNING_TTL_S, FINISHED_TTL_S = 600, 1
 TREE = "tree-1"

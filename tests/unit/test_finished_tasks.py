@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import pytest
 import redis
-from redis_process import RedisMode
 
 from broker.delegation.tokens import Actor, DelegationClaims
 from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
 from broker.settings import StoreSettings
+from broker.stages.responses import ResponseInspector
 from broker.stores.base import AgentRecord, Stores
 from broker.stores.factory import open_backend
 from broker.types import MediationContext
+from testkit.redis_process import RedisMode
 
 RUNNING_TTL_S, FINISHED_TTL_S = 7 * 24 * 3600, 3600
 

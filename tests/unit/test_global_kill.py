@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.errors import KillSwitchEngagedError
-from broker.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.stores.kill_switch import MemoryKillSwitchStore
 
 

@@ -32,28 +32,27 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker",  # the package itself: its version
         "broker.errors", "broker.types", "broker.settings", "broker.settings_llm",
         "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
-        "broker.keys", "broker.budgets", "broker.late_writes", "broker.logs", "broker.names",
-        "broker.credentials", "broker.jsonlimits", "broker.replica_id", "broker.background",
+        "broker.identity.keys", "broker.budgets.model", "broker.late_writes",
+        "broker.identity.names", "broker.identity.credentials", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
-        "broker.settings_observability",
-        # The metrics hooks every floor calls (they import only prometheus-client).
+        "broker.settings_observability", "broker.settings_approvals",
+        # The metrics hooks every floor calls (they import only prometheus-client), and the
+        # logging set-up.
         "broker.observability",
     ),
-    1: (
-        "broker.protocols", "broker.sse", "broker.llm.wire", "broker.llm.request",
-        "broker.llm.catalog", "broker.llm.usage", "broker.llm.context", "broker.llm",
-        "broker.mcp",
-    ),
-    2: ("broker.stores", "broker.replica_channel"),
+    1: ("broker.protocols", "broker.llm.context", "broker.llm", "broker.mcp"),
+    2: ("broker.stores",),
     3: (
-        "broker.outbound", "broker.delegation", "broker.cards", "broker.directory",
-        "broker.policy", "broker.budget_scopes", "broker.audit", "broker.containment",
-        "broker.global_kill", "broker.killswitch", "broker.datacontrols",
+        "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
+        "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
+        "broker.approvals",
     ),
     4: (
-        "broker.stages", "broker.answers", "broker.responses", "broker.containment.stages",
-        "broker.llm.stages", "broker.llm.audit", "broker.llm.metering", "broker.llm.forward",
+        "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
+        "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
+        "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
+        "broker.approvals.stages", "broker.approvals.a2a",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),
@@ -150,3 +149,33 @@ def test_the_check_finds_an_upward_import() -> None:
     assert floor_of("broker.runtime") == 6 > floor_of("broker.stages.forward") == 4
     assert floor_of("broker.pipeline.stage") == 0 < floor_of("broker.pipeline.a2a") == 5
     assert floor_of("broker") == 0 and floor_of("broker.not_placed_anywhere") is None
+
+
+def _runtime_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import outside ``if TYPE_CHECKING:``, any package."""
+    found: list[tuple[int, str]] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_only_the_stores_import_the_redis_client_library() -> None:
+    """Redis is one backend of the stores: everything else reaches it through ``stores/``
+    (``stores.redis_client`` opens clients and names their failures)."""
+    outside = [
+        f"{module_name(path)} line {line}: {name}"
+        for path in MODULES
+        if module_name(path).split(".")[:2] != ["broker", "stores"]
+        for line, name in _runtime_imports(ast.parse(path.read_text(encoding="utf-8")))
+        if name.split(".")[0] == "redis"
+    ]
+    assert outside == []

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import ECAlgorithm
 from jwt.api_jwk import PyJWK
 
-from broker.keys import (
+from broker.identity.keys import (
     JWKS_PATH,
     BrokerKeys,
     KeyFileError,

@@ -16,12 +16,12 @@ from e2e.fake_llm import ANSWER, COMPLETION_TOKENS, PROMPT_TOKENS, FakeLlm
 from litestar import Litestar
 
 from broker.audit.recorder import AuditRecorder
-from broker.budgets import Limit, Scope, Usage
-from broker.credentials import credential_digest
+from broker.budgets.model import Limit, Scope, Usage
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import StoreUnavailableError
 from broker.http.llm import llm_route_handlers
-from broker.keys import BrokerKeys
+from broker.identity.credentials import credential_digest
+from broker.identity.keys import BrokerKeys
 from broker.outbound.client import AiohttpTransport
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine

@@ -9,11 +9,11 @@ import pytest
 
 from broker.errors import JSONParseError, JSONTooDeepError, all_error_types
 from broker.llm import errors as llm_errors
-from broker.llm.catalog import ModelCatalog
 from broker.llm.errors import LlmBudgetExhaustedError, LlmInvalidRequestError, LlmRateLimitedError
-from broker.llm.request import parse_request
-from broker.llm.usage import StreamMeter, unary_usage, worst_case
-from broker.llm.wire import openai_error_event, openai_error_reply
+from broker.protocols.llm.catalog import ModelCatalog
+from broker.protocols.llm.request import parse_request
+from broker.protocols.llm.usage import StreamMeter, unary_usage, worst_case
+from broker.protocols.llm.wire import openai_error_event, openai_error_reply
 from broker.settings_llm import LlmConfigError, LlmProvider, LlmSettings, resolve_llm_settings
 
 PROVIDER = LlmProvider(

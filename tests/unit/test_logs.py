@@ -6,7 +6,7 @@ import json
 import logging
 import re
 
-from broker.logs import JsonLineFormatter, log_fields
+from broker.observability.logs import JsonLineFormatter, log_fields
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.recorder import AuditRecorder
+from broker.containment.tree_kill import TreeKiller
 from broker.delegation.tokens import TokenMinter
 from broker.errors import (
     AgentCardFetchError,
@@ -24,8 +25,7 @@ from broker.errors import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from broker.keys import BrokerKeys
-from broker.killswitch import TreeKiller
+from broker.identity.keys import BrokerKeys
 from broker.llm.errors import LlmProviderError, LlmProviderTimeoutError
 from broker.outbound.errors import card_fetch_error, provider_error
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport, answering

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.audit.recorder import open_recorder
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.policy.rules import PolicyError
 from broker.policy.runtime import PolicyRuntime
 from broker.settings import SettingsError, load_settings

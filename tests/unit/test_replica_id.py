@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker.replica_id import claim_default_replica
+from broker.audit.replica_id import claim_default_replica
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def _claim_in_a_process(lock_dir: Path, hold_s: float = 0.0) -> subprocess.Popen[str]:
     code = (
         "import sys, time\nfrom pathlib import Path\n"
-        "from broker.replica_id import claim_default_replica\n"
+        "from broker.audit.replica_id import claim_default_replica\n"
         f"print(claim_default_replica(8080, Path({str(lock_dir)!r}), host='web1'), flush=True)\n"
         f"time.sleep({hold_s})\n"
     )
@@ -67,7 +67,7 @@ def test_a_restarted_broker_continues_its_chain(tmp_path: Path) -> None:
     code = (
         "import asyncio, sys\n"
         "from broker.audit.recorder import open_recorder\n"
-        "from broker.keys import BrokerKeys\n"
+        "from broker.identity.keys import BrokerKeys\n"
         "from broker.settings import load_settings\n"
         "async def main():\n"
         "    settings = load_settings(sys.argv[1], environ={})\n"

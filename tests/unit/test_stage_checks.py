@@ -29,7 +29,7 @@ from broker.errors import (
     TaskNotFoundError,
     TreeKilledError,
 )
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.policy.engine import PolicyEngine
 from broker.policy.runtime import DEFAULT_MODEL
 from broker.protocols.a2a.operations import GET_TASK, PUSH_CONFIG_OPERATIONS, SEND_MESSAGE

@@ -11,9 +11,9 @@ from broker.errors import UpstreamBadResponseError, UpstreamUnreachableError
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport, answering
 from broker.pipeline.stage import fold
 from broker.protocols.a2a.task_pages import PageTokens
-from broker.responses import ResponseInspector
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.stages.forward import Forward
+from broker.stages.responses import ResponseInspector
 from broker.stores.memory import MemoryBackend
 from broker.types import MediationContext, Reply, StreamReply
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from stage_kit import MINTER, Next, ctx, stream_of
 
-from broker.budget_scopes import ConfiguredScopes
+from broker.budgets.scopes import ConfiguredScopes
 from broker.delegation.tokens import hop_scope
 from broker.errors import (
     BudgetExhaustedError,
@@ -126,7 +126,33 @@ async def _used(stores: Stores) -> tuple[int, int]:
 
 async def test_a_send_reserves_one_call_and_settles_it_once_answered() -> None:
     stores = MemoryBackend().stores()
-    await _budget(stores, TWO_CALLS)(ctx(), Next())
+    stage = _budget(stores, TWO_CALLS)
+    await stage(ctx(), Next())
+    await stage.settles.drained()
+    assert await _used(stores) == (1, 0)
+
+
+async def test_the_answer_does_not_wait_for_its_settle() -> None:
+    stores = MemoryBackend().stores()
+    stage = _budget(stores, TWO_CALLS)
+    await stage(ctx(), Next())
+    assert await _used(stores) == (0, 1)  # answered, the settle still queued
+    await stage.settles.drained()
+    assert await _used(stores) == (1, 0)
+
+
+async def test_a_rate_refusal_gives_back_what_the_reserve_took() -> None:
+    stores = MemoryBackend().stores()
+    budgets = BudgetSettings(
+        agents=TWO_CALLS.agents, agent_rates={"a": RateSettings(rate_per_s=0.001, burst=1)}
+    )
+    stage = _budget(stores, budgets)
+    await stage(ctx(), Next())
+    await stage.settles.drained()
+    call_next = Next()
+    with pytest.raises(RateLimitedError):
+        await stage(ctx(), call_next)
+    assert not call_next.called
     assert await _used(stores) == (1, 0)
 
 
@@ -139,9 +165,11 @@ async def test_a_refusal_further_in_releases_the_reservation() -> None:
 
 async def test_a_stream_holds_its_reservation_until_it_ends() -> None:
     stores = MemoryBackend().stores()
-    outcome = await _budget(stores, TWO_CALLS)(ctx(), Next(stream_of(b"data: 1\n\n")))
+    stage = _budget(stores, TWO_CALLS)
+    outcome = await stage(ctx(), Next(stream_of(b"data: 1\n\n")))
     assert await _used(stores) == (0, 1)
     _ = [event async for event in outcome.events]  # type: ignore[union-attr]
+    await stage.settles.drained()
     assert await _used(stores) == (1, 0)
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.errors import InvalidPageTokenError
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 from broker.protocols.a2a.task_pages import (
     PAGE_TOKEN_TTL_S,
     Page,

@@ -23,6 +23,9 @@ class Operation:
     reads_only: bool = False
 
 
+# What a body may be sent as: JSON (A2A's own media type included), in UTF-8.
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/a2a+json"})
+
 SEND_MESSAGE = Operation("SendMessage", sends_message=True)
 SEND_STREAMING_MESSAGE = Operation("SendStreamingMessage", streaming=True, sends_message=True)
 GET_TASK = Operation("GetTask", task_scoped=True, reads_only=True)

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from broker.errors import InvalidPageTokenError
-from broker.keys import BrokerKeys
+from broker.identity.keys import BrokerKeys
 
 _LABEL = b"a2a-broker/list-tasks/page-token/v1"
 _NONCE_BYTES = 12

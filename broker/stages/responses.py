@@ -1,7 +1,7 @@
 """What the broker checks and changes in an upstream's unary answer.
 
-The answer must have the A2A shape of its operation (``broker.answers``); it is then relayed as
-the upstream sent it, upstream A2A errors included, except for a new task (its route is
+The answer must have the A2A shape of its operation (``broker.protocols.a2a.answers``); it is then
+relayed as the upstream sent it, upstream A2A errors included, except for a new task (its route is
 claimed), ListTasks (the caller's tasks, the broker's page tokens) and the extended card.
 Decoding is typed and partial (msgspec) so a large answer costs one C-level scan.
 """
@@ -14,9 +14,14 @@ from typing import Any
 
 import msgspec
 
-from broker.answers import FINISHED_STATES, check_jsonrpc, check_media_type, check_rest
-from broker.answers import bad as _bad
 from broker.errors import StoreUnavailableError, UpstreamBadResponseError
+from broker.protocols.a2a.answers import (
+    FINISHED_STATES,
+    check_jsonrpc,
+    check_media_type,
+    check_rest,
+)
+from broker.protocols.a2a.answers import bad as _bad
 from broker.protocols.a2a.task_pages import Page, PageTokens, callers_page
 from broker.stores.base import TaskRoute, TaskRouteStore, TaskTreeIndex
 from broker.types import MediationContext
@@ -71,7 +76,7 @@ class ResponseInspector:
     ) -> bytes:
         """Check an answer is A2A-shaped and apply the broker's few changes; the bytes to relay.
 
-        Raises ``UpstreamBadResponseError`` for anything else (``broker.answers``)."""
+        Raises ``UpstreamBadResponseError`` for anything else (``broker.protocols.a2a.answers``)."""
         op = ctx.operation
         assert op is not None  # noqa: S101 - set by ParseRequest
         check_media_type(status, content_type)
@@ -143,7 +148,7 @@ class ResponseInspector:
             try:
                 task = _task_decoder.decode(payload)
             except msgspec.DecodeError:
-                return None  # the shape was checked (broker.answers); nothing to learn here
+                return None  # the shape was checked (protocols.a2a.answers); nothing to learn here
             if task.id and task.finished:
                 await self.task_finished(ctx, task.id)
             return None

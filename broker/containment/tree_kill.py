@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from broker.audit.recorder import AuditRecorder
+from broker.containment.global_kill import GlobalKillSwitch
 from broker.delegation.tokens import TokenMinter, hop_scope
 from broker.errors import (
     AgentSuspendedError,
@@ -22,7 +23,6 @@ from broker.errors import (
     CallerSuspendedError,
     TreeKilledError,
 )
-from broker.global_kill import GlobalKillSwitch
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport
 from broker.settings import Settings

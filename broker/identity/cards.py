@@ -39,7 +39,7 @@ from jwt.exceptions import InvalidKeyError
 from jwt.utils import base64url_decode
 
 from broker.errors import AgentCardSignatureError, InvalidAgentCardError
-from broker.keys import BrokerKeys, load_verification_keys
+from broker.identity.keys import BrokerKeys, load_verification_keys
 
 if TYPE_CHECKING:
     from broker.settings import Settings
@@ -232,7 +232,7 @@ class CardVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CardVerifier:
-        """Read ``[registry] card_key_files``; raises ``broker.keys.KeyFileError``."""
+        """Read ``[registry] card_key_files``; raises ``broker.identity.keys.KeyFileError``."""
         paths = [settings.path(p) for p in settings.registry.card_key_files]
         keys = load_verification_keys(paths)
         return cls(keys, require_signatures=settings.registry.require_card_signatures)
@@ -339,3 +339,15 @@ def sign_card(card_json: Mapping[str, Any], keys: BrokerKeys) -> dict[str, Any]:
     signed = copy.deepcopy(dict(card_json))
     signed["signatures"] = [MessageToDict(signature) for signature in card.signatures]
     return signed
+
+
+class BrokerCardRewriter:
+    """An agent's card as the broker serves it: its interfaces the broker's (at ``public_url``),
+    signed by the broker alone. Called as ``rewrite(card, agent_name)``."""
+
+    def __init__(self, public_url: str, keys: BrokerKeys) -> None:
+        self._public_url = public_url
+        self._keys = keys
+
+    def __call__(self, card: Mapping[str, Any], name: str) -> dict[str, Any]:
+        return sign_card(rewrite_for_broker(card, name, self._public_url), self._keys)

@@ -2,7 +2,7 @@
 
 The admin API and the start-up loader call ``AgentDirectory``; it holds no HTTP. Cards come as a
 dict or from a URL through the injected egress-safe fetcher, and are validated (and their
-signatures checked) by ``broker.cards`` before anything is stored.
+signatures checked) by ``broker.identity.cards`` before anything is stored.
 """
 
 from __future__ import annotations
@@ -20,16 +20,6 @@ from urllib.parse import urlsplit
 import msgspec
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 
-from broker.cards import (
-    BROKER_BINDING_PATHS,
-    CardVerifier,
-    ValidatedCard,
-    decode_card_json,
-    rewrite_for_broker,
-    sign_card,
-    validate_card,
-)
-from broker.credentials import is_credential_digest, new_credential
 from broker.errors import (
     AgentExistsError,
     AgentNameConfusableError,
@@ -39,8 +29,17 @@ from broker.errors import (
     InvalidAdminRequestError,
     InvalidAgentCardError,
 )
-from broker.keys import BrokerKeys
-from broker.names import confusable_with, is_agent_name
+from broker.identity.cards import (
+    BROKER_BINDING_PATHS,
+    BrokerCardRewriter,
+    CardVerifier,
+    ValidatedCard,
+    decode_card_json,
+    validate_card,
+)
+from broker.identity.credentials import is_credential_digest, new_credential
+from broker.identity.keys import BrokerKeys
+from broker.identity.names import confusable_with, is_agent_name
 from broker.outbound.egress import EgressPolicy, check_registered_url
 from broker.settings import Settings
 from broker.stores.base import AgentRecord, AgentStatus, Stores
@@ -81,6 +80,7 @@ class AgentDirectory:
         self._fetch_card = fetch_card
         self._clock = clock
         self._public_url = settings.public_url
+        self._served_card = BrokerCardRewriter(settings.public_url, keys)
         self._served: dict[str, tuple[float, dict[str, Any]]] = {}
         self._egress = EgressPolicy(settings.egress)
 
@@ -180,9 +180,7 @@ class AgentDirectory:
         cached = self._served.get(name)
         if cached is not None and cached[0] == record.updated_at:
             return cached[1]
-        card = sign_card(
-            rewrite_for_broker(record_card(record), name, self._public_url), self._keys
-        )
+        card = self._served_card(record_card(record), name)
         self._served[name] = (record.updated_at, card)
         return card
 

@@ -24,10 +24,10 @@ from broker.protocols.a2a.operations import (
     CANCEL_TASK,
     DELETE_PUSH_CONFIG,
     GET_TASK,
+    JSON_MEDIA_TYPES,
     LIST_TASKS,
     Operation,
 )
-from broker.stages.parse import JSON_MEDIA_TYPES
 from broker.types import Binding
 
 _ABSENT = msgspec.Raw(b"")

@@ -10,10 +10,10 @@ from typing import Any
 
 import msgspec
 
-from broker.budgets import Usage
-from broker.llm.catalog import ModelRoute
-from broker.llm.request import LlmRequest, estimate_tokens
-from broker.sse import event_data
+from broker.budgets.model import Usage
+from broker.protocols.llm.catalog import ModelRoute
+from broker.protocols.llm.request import LlmRequest, estimate_tokens
+from broker.protocols.sse import event_data
 
 
 class _Usage(msgspec.Struct, frozen=True):

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 
 from broker.errors import JSONParseError, JSONTooDeepError
-from broker.jsonlimits import json_depth_exceeds
 from broker.llm.context import CallKind
 from broker.llm.errors import LlmInvalidRequestError
+from broker.protocols.jsonlimits import json_depth_exceeds
 
 
 class _ChatEnvelope(msgspec.Struct, frozen=True):
