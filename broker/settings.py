@@ -89,9 +89,10 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Start even though Redis's maxmemory-policy may evict the broker's keys (budgets,
     # revocations, task trees) when memory runs short. Off: such a server refuses start.
     allow_eviction: bool = False
-    # standalone and sentinel: every batch of store writes waits (Redis WAIT, same round trip)
-    # until this many replicas hold it, or fails closed (STORE_UNAVAILABLE) after
-    # replica_ack_timeout_ms; so a failover cannot lose a reservation the broker acted on.
+    # Every batch of store writes waits (Redis WAIT, same round trip; on a cluster one WAIT per
+    # node the batch wrote to) until this many replicas hold it, or fails closed
+    # (STORE_UNAVAILABLE) after replica_ack_timeout_ms; so a failover cannot lose a reservation
+    # the broker acted on.
     # 0: asynchronous replication (a failover may lose the last acknowledged writes).
     replica_acks: Annotated[int, msgspec.Meta(ge=0)] = 0
     replica_ack_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
@@ -120,8 +121,6 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     credentials: RedisCredentials = msgspec.field(default_factory=RedisCredentials)
 
     def __post_init__(self) -> None:
-        if self.redis_mode == "cluster" and self.replica_acks:
-            raise ValueError("replica_acks is not available with redis_mode = \"cluster\"")
         if self.redis_mode == "standalone" and "," in self.redis_url:
             raise ValueError(
                 'redis_url names several servers, but redis_mode = "standalone" uses one'

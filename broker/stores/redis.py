@@ -208,7 +208,7 @@ class RedisBackend(StoreBackend):
         self._client = open_redis(
             settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster
         )
-        if settings.replica_acks and isinstance(self._client, BatchingRedis):
+        if settings.replica_acks and isinstance(self._client, BatchingRedis | BatchingRedisCluster):
             self._client.batcher.require_replicas(
                 settings.replica_acks, settings.replica_ack_timeout_ms
             )
