@@ -73,6 +73,7 @@ class Plan:
     chunk_s: float = CHUNK_S
     finished_ttl_s: int | None = None  # the broker's [store] finished_task_ttl_s
     rate: float | None = None  # when set, an open loop at this many requests/s instead of wrk
+    max_connections: int = 256  # the open loop's connections at most
 
     def more(self, done: int, elapsed_s: float) -> bool:
         if self.duration_s is not None:
@@ -124,8 +125,8 @@ def _show(store: str, reading: dict[str, int]) -> None:
                   f"{reading['redis_keys']:>8,} keys"
                   if "redis_used_memory" in reading else "")  # fmt: skip
     print(
-        f"  k-{store:<7} {reading['seconds']:>5} s {reading['requests']:>9,} requests  "
-        f"broker RSS {reading['broker_rss'] / 1e6:6.1f} MB{redis_part}",
+        f"  k-{store:<7} {reading['seconds']:>5} s {reading['requests']:>9,} requests "
+        f"({reading.get('errors', 0):,} errors)  broker RSS {reading['broker_rss'] / 1e6:6.1f} MB{redis_part}",
         flush=True,
     )
 
@@ -138,7 +139,8 @@ def _chunk(target: Target, script: Path, cores: str | None, plan: Plan) -> tuple
     from benchmarks import openloop
 
     loop = openloop.run(openloop.Plan(target.url, plan.rate, plan.chunk_s, UNARY_BODY,
-                                      dict(target.headers), warmup=0.0))  # fmt: skip
+                                      dict(target.headers), warmup=0.0,
+                                      max_connections=plan.max_connections))  # fmt: skip
     return round(loop.achieved_rps * loop.seconds), loop.errors
 
 
@@ -155,6 +157,7 @@ def soak(env: Env, work_dir: Path, cores: str | None, store: str, plan: Plan) ->
             done += answered
             errors += failed
             readings.append(_reading(target, done, time.monotonic() - started))
+            readings[-1]["errors"] = errors
             _show(store, readings[-1])
     return {
         "scenario": f"k-{store}", "store": store, "concurrency": plan.concurrency,
@@ -193,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--rate", type=float, help="open loop at this rate instead of wrk")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="with --rate: the open loop's connections at most",
+    )
     parser.add_argument("--chunk", type=float, default=CHUNK_S, help="seconds between readings")
     parser.add_argument("--finished-ttl", type=int, help="[store] finished_task_ttl_s")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
