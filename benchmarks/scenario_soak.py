@@ -126,7 +126,8 @@ def _show(store: str, reading: dict[str, int]) -> None:
                   if "redis_used_memory" in reading else "")  # fmt: skip
     print(
         f"  k-{store:<7} {reading['seconds']:>5} s {reading['requests']:>9,} requests "
-        f"({reading.get('errors', 0):,} errors)  broker RSS {reading['broker_rss'] / 1e6:6.1f} MB{redis_part}",
+        f"({reading.get('errors', 0):,} errors)  "
+        f"broker RSS {reading['broker_rss'] / 1e6:6.1f} MB{redis_part}",
         flush=True,
     )
 
