@@ -131,6 +131,13 @@ class TaskNotFoundError(BrokerError):
     default_message = "Task not found"  # the a2a-sdk's wording, so answers match
 
 
+class TaskNotCancelableError(BrokerError):
+    code, http_status, reason = -32002, 400, "TASK_NOT_CANCELABLE"
+    domain = ERROR_DOMAIN_A2A
+    grpc_status = "FAILED_PRECONDITION"
+    default_message = "Task cannot be canceled"  # the a2a-sdk's wording
+
+
 class PushNotificationNotSupportedError(BrokerError):
     code, http_status, reason = -32003, 400, "PUSH_NOTIFICATION_NOT_SUPPORTED"
     domain = ERROR_DOMAIN_A2A
@@ -425,6 +432,46 @@ class StoreUnavailableError(BrokerError):
     retryable = True
     default_retry_after = 1.0
     default_message = "The broker's state store is unavailable; retry shortly."
+
+
+class ApprovalPendingError(BrokerError):
+    """An LLM call waits for a human: retry with ``A2A-Broker-Approval: <approval_id>`` once
+    approved (metadata: approval_id, expires_at)."""
+
+    code, http_status, reason = -32062, 403, "APPROVAL_PENDING"
+    # Not retryable as it stands: a client that retries by itself would only ask again. The
+    # caller sends it again with the approval's id once approved (Retry-After: when to look).
+    default_retry_after = 30.0
+    default_message = (
+        "This call awaits a human's approval; once approved, send it again, unchanged, with the"
+        " header 'A2A-Broker-Approval: <approval_id>'."
+    )
+
+
+class ApprovalDeniedError(BrokerError):
+    code, http_status, reason = -32063, 403, "APPROVAL_DENIED"
+    default_message = "A human denied this call."  # metadata: approval_id, reason
+
+
+class ApprovalNotUsableError(BrokerError):
+    code, http_status, reason = -32064, 403, "APPROVAL_NOT_USABLE"
+    default_message = (
+        "The approval presented cannot be used: it is unknown, pending, expired, voided, used"
+        " already, or approves a different call."
+    )  # metadata: approval_id, state or why
+
+
+class ApproverNotAllowedError(BrokerError):
+    code, http_status, reason = -32065, 403, "APPROVER_NOT_ALLOWED"
+    default_message = (
+        "This approver may not decide this approval: not a configured approver, the requester"
+        " or in its chain, or already decided it."
+    )
+
+
+class ApprovalNotFoundError(BrokerError):
+    code, http_status, reason = -32066, 404, "APPROVAL_NOT_FOUND"
+    default_message = "No such approval (unknown, or forgotten after its retention)."
 
 
 class StoreFullError(StoreUnavailableError):

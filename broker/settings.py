@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from broker.config_errors import Where, explain_validation
+from broker.settings_approvals import ApprovalSettings
 from broker.settings_containment import ContainmentSettings
 from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
@@ -306,6 +307,9 @@ class BudgetSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     teams: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     trees: tuple[BudgetLimitSettings, ...] = ()  # every root task tree
     edges: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
+    # MCP tools, every caller's calls together: "server.tool", or "server.*" for each tool of
+    # a server that has no entry of its own (docs/mcp.md).
+    tools: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     agent_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
     edge_rates: dict[str, RateSettings] = msgspec.field(default_factory=dict)
 
@@ -334,6 +338,7 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)
     # Filled by load_settings, not from the file: where relative paths are resolved from.

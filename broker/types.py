@@ -19,6 +19,7 @@ import msgspec
 from broker.errors import BrokerError
 
 if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
+    from broker.datacontrols.redact import Placeholders
     from broker.delegation.tokens import DelegationClaims
     from broker.protocols.a2a.operations import Operation
     from broker.protocols.a2a.reading import Reading
@@ -59,10 +60,21 @@ class CallContext:
     chain: tuple[str, ...] = ()
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
+    # The approve rule (or threshold) that holds this call for a human ("": none), set by the
+    # policy stage; and the approval it goes ahead under once approved (the approval stage).
+    approval_rule: str = ""
+    approval_id: str = ""
     upstream_status: int | None = None
     upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this call's outcome
+    # Learnt by the data controls (broker.stages.datacontrols), when they are on: per direction
+    # ("request", "response") and type, how many values were found and the action taken (never
+    # a value); the tags the work carries after this hop (its parent's plus those found); the
+    # call's placeholders, which hold its pseudonyms in memory for the call only.
+    data_found: dict[str, dict[str, tuple[int, str]]] | None = None
+    data_tags: tuple[str, ...] = ()
+    placeholders: Placeholders | None = None
 
 
 @dataclass(slots=True)

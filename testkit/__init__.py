@@ -5,7 +5,8 @@
 * ``testkit.config``: ``BrokerConfig``, a broker TOML file built from the test defaults and
   validated by the broker's own settings loader before anything starts.
 * ``testkit.brokers``: a broker process from a ``BrokerConfig`` (admin token, URL, registration).
-* ``testkit.redis_server``: a private redis-server (wrapping ``tests/redis_process.py``).
+* ``testkit.redis_process``: private redis-servers, Redis Clusters and Sentinel sets (the tests'
+  Redis fixtures are built on it); ``testkit.redis_server``: one server, persistent if asked.
 
 Nothing here is shipped with the broker (decision 0034).
 """

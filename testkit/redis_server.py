@@ -1,6 +1,6 @@
 """A private redis-server on a free loopback port: started, paused, killed, restarted, stopped.
 
-Without ``data_dir`` it is ``tests/redis_process.py``'s server (no persistence, starts empty);
+Without ``data_dir`` it is ``testkit.redis_process``'s server (no persistence, starts empty);
 with one it persists to an fsynced append-only file in that folder, as production runs it, so
 what it acknowledged survives SIGKILL and ``start`` again reloads it on the same port.
 
@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from testkit.procs import HOST, free_port
-from tests.redis_process import redis_server_binary, start_redis_server, stop_redis_server
+from testkit.redis_process import redis_server_binary, start_redis_server, stop_redis_server
 
 START_TIMEOUT_S = 10.0
 

@@ -11,14 +11,17 @@ node of an existing cluster) and ``redis_sentinel`` (a primary, a replica and a 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from redis_process import (
+
+from broker.settings import StoreSettings
+from broker.stores.redis_client import seed_nodes
+from testkit.procs import free_port
+from testkit.redis_process import (
     RedisMode,
     start_redis_cluster,
     start_redis_server,
@@ -26,21 +29,10 @@ from redis_process import (
     stop_redis_server,
 )
 
-from broker.settings import StoreSettings
-from broker.stores.redis_client import seed_nodes
-
 REDIS_URL_ENV = "REDIS_URL"
 REDIS_CLUSTER_URL_ENV = "REDIS_CLUSTER_URL"
 REDIS_SENTINEL_URL_ENV = "REDIS_SENTINEL_URL"
 REDIS_SENTINEL_SERVICE_ENV = "REDIS_SENTINEL_SERVICE"
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -65,7 +57,7 @@ def redis_url() -> Iterator[str]:
     if url := os.environ.get(REDIS_URL_ENV):
         yield url
         return
-    port = _free_port()
+    port = free_port()
     process = start_redis_server(port)
     try:
         yield f"redis://127.0.0.1:{port}/0"

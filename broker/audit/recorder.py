@@ -38,7 +38,7 @@ from broker.identity.keys import BrokerKeys
 from broker.observability.probes import audit_written
 from broker.pipeline.stage import stream_end
 from broker.settings import Settings
-from broker.types import MediationContext
+from broker.types import CallContext, MediationContext
 
 log = logging.getLogger("a2a_broker.audit")
 _KEY = re.compile(r"[^a-z0-9_.]")
@@ -186,6 +186,20 @@ def error_detail(err: BrokerError) -> dict[str, str]:
     return found
 
 
+def data_detail(ctx: CallContext) -> dict[str, str]:
+    """What the data controls found, for the record: per direction, each type with its count
+    and the action (``pii:card 2 redact, pii:email 1 tag``), and the tags the work carries
+    after this hop. Never a value."""
+    found: dict[str, str] = {}
+    for direction, kinds in sorted((ctx.data_found or {}).items()):
+        found[f"data.{direction}"] = ", ".join(
+            f"{kind} {count} {action}" for kind, (count, action) in sorted(kinds.items())
+        )
+    if ctx.data_tags:
+        found["data.tags"] = " ".join(ctx.data_tags)
+    return found
+
+
 def request_fields(
     ctx: MediationContext,
     *,
@@ -205,6 +219,8 @@ def request_fields(
         detail["policy_version"] = ctx.policy_version
     if err is not None:
         detail.update(error_detail(err))
+    if ctx.data_found or ctx.data_tags:
+        detail.update(data_detail(ctx))
     return {
         "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
         "request_id": ctx.request_id,

@@ -23,14 +23,12 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import RedisCluster
-
 from broker.audit.commit import GroupCommitter
 from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
 from broker.background import BackgroundTasks
 from broker.settings import StoreSettings
-from broker.stores.redis_client import REDIS_FAILURES, open_redis
+from broker.stores.redis_client import REDIS_FAILURES, is_cluster, open_redis
 
 _APPEND_LUA = resources.files("broker.audit").joinpath("audit_append.lua").read_text("utf-8")
 _READ_COUNT = 2000
@@ -57,7 +55,7 @@ class RedisAuditLog(AuditLog):
         sent to the node that holds the stream in the same round trip."""
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._client = open_redis(target)
-        if wait_aof and isinstance(self._client, RedisCluster):
+        if wait_aof and is_cluster(self._client):
             raise AuditLogError("wait_aof is not available on Redis Cluster")
         self._script = self._client.register_script(_APPEND_LUA)
         self._prefix = prefix

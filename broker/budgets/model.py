@@ -18,7 +18,7 @@ import msgspec
 
 Metric = Literal["calls", "tokens_in", "tokens_out", "cost_micro"]  # cost in micro-units
 Window = Literal["minute", "hour", "day", "month", "lifetime"]
-ScopeKind = Literal["agent", "team", "tree", "edge"]
+ScopeKind = Literal["agent", "team", "tree", "edge", "tool"]
 
 METRICS: Final[tuple[Metric, ...]] = ("calls", "tokens_in", "tokens_out", "cost_micro")
 WINDOWS: Final[tuple[Window, ...]] = ("minute", "hour", "day", "month", "lifetime")
@@ -39,8 +39,9 @@ class Limit(msgspec.Struct, frozen=True):
 class Scope(msgspec.Struct, frozen=True):
     """An account that spend is charged to, with the limits that bind it.
 
-    ``name`` is the agent, the team or role ("role:user"), the root task id, or the edge
-    ("planner>researcher"). ``key()`` names the scope in counters, refusals and status.
+    ``name`` is the agent, the team or role ("role:user"), the root task id, the edge
+    ("planner>researcher") or the MCP tool ("github.create_issue"). ``key()`` names the scope
+    in counters, refusals and status.
     """
 
     kind: ScopeKind

@@ -68,6 +68,7 @@ class ConfiguredScopes:
         self._teams = _config_limits(budgets.teams)
         self._edges = _config_limits(budgets.edges)
         self._tree = _limits(budgets.trees)
+        self._tools = _config_limits(budgets.tools)
         self._clock = clock
         self._store: BudgetLimitStore | None = None
         self._live: dict[str, _Limits] = {}
@@ -142,12 +143,21 @@ class ConfiguredScopes:
     # --- the scopes of a call ---------------------------------------------------------------
 
     def for_call(
-        self, agent: str, teams: Sequence[str], tree: str | None, target: str
+        self,
+        agent: str,
+        teams: Sequence[str],
+        tree: str | None,
+        target: str,
+        *,
+        tool: str | None = None,
     ) -> tuple[Scope, ...]:
-        """The scopes one call is charged to, with the limits known now (no store read)."""
+        """The scopes one call is charged to, with the limits known now (no store read).
+        ``tool``: an MCP tool call's ``server.tool``, charged to that tool's own budget too."""
         found = [self._agent(agent), *(self._team(t) for t in teams), self._edge(agent, target)]
         if tree:
             found.append(self._tree_of(tree))
+        if tool:
+            found.append(self._tool(tool))
         return tuple(s.scope for s in found if s is not None)
 
     async def for_llm_call(
@@ -196,6 +206,14 @@ class ConfiguredScopes:
     def _edge(self, caller: str, target: str) -> ScopeSource | None:
         name = f"{caller}>{target}"
         return _scope("edge", name, self._resolve(f"edge:{name}", self._edges.get(name)))
+
+    def _tool(self, tool: str) -> ScopeSource | None:
+        """An MCP tool's budget (``[budgets.tools]``): ``server.tool``, else ``server.*``."""
+        server = tool.partition(".")[0]
+        limits = self._tools.get(tool)
+        if limits is None:
+            limits = self._tools.get(f"{server}.*")
+        return _scope("tool", tool, None if limits is None else (limits, "config"))
 
     def _tree_of(self, tree: str) -> ScopeSource | None:
         return _scope("tree", tree, self._resolve(EVERY_TREE, self._tree or None))

@@ -37,7 +37,7 @@ CONFIG_HELP = f"the broker's TOML config file (default: ${CONFIG_ENV}, else buil
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``a2a-broker`` command line: every subcommand and its options."""
     parser = argparse.ArgumentParser(prog="a2a-broker", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument(
         "--version", action="version", version=f"a2a-broker {broker.__version__}",
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         add_policy_admin_commands,
         add_trees_parser,
     )
+    from broker.cli.approvals import add_approvals_parser  # noqa: PLC0415
     from broker.cli.audit import add_audit_parser  # noqa: PLC0415
     from broker.cli.policy import add_policy_file_commands  # noqa: PLC0415
 
@@ -83,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     add_trees_parser(sub, DEFAULT_URL)
     add_budgets_parser(sub, DEFAULT_URL)
     add_kill_parser(sub, DEFAULT_URL)
+    add_approvals_parser(sub, DEFAULT_URL)
     add_audit_parser(sub)
     policy = _command(sub, "policy", "check, explain and reload the chain policy")
     policy_cmds = policy.add_subparsers(title="policy commands", required=True, metavar="COMMAND")

@@ -1,4 +1,4 @@
-"""``a2a-broker audit …``: argparse wiring for the functions in broker.audit.cli.
+"""``a2a-broker audit …``: argparse wiring for the functions in broker.cli.audit_commands.
 
 Filters are checked here, so a bad one is an argparse error naming the valid forms: times are
 ISO 8601, epoch seconds or a duration before now (``--since 1h``); decisions are ``allow`` or
@@ -162,7 +162,7 @@ def _render(args: argparse.Namespace) -> Any:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from broker.audit import cli  # noqa: PLC0415
+    from broker.cli import audit_commands as cli  # noqa: PLC0415
 
     return cli.verify(
         args.source, args.keys, args.checkpoint, witness=args.witness,
@@ -171,26 +171,26 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from broker.audit import cli  # noqa: PLC0415
+    from broker.cli import audit_commands as cli  # noqa: PLC0415
 
     return cli.checkpoint(args.source, prefix=args.prefix)
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from broker.audit import cli  # noqa: PLC0415
+    from broker.cli import audit_commands as cli  # noqa: PLC0415
 
     return cli.tail(args.source, args.follow, _record_filter(args), lines=args.lines,
                     prefix=args.prefix, render=_render(args))
 
 
 def _search(args: argparse.Namespace) -> int:
-    from broker.audit import cli  # noqa: PLC0415
+    from broker.cli import audit_commands as cli  # noqa: PLC0415
 
     return cli.search(args.source, _record_filter(args), prefix=args.prefix,
                       render=_render(args))
 
 
 def _export(args: argparse.Namespace) -> int:
-    from broker.audit import cli  # noqa: PLC0415
+    from broker.cli import audit_commands as cli  # noqa: PLC0415
 
     return cli.export(args.source, args.out, _record_filter(args), prefix=args.prefix)

@@ -32,7 +32,9 @@ EXIT_USAGE = 2
 EXIT_CANNOT_START = 3
 
 # Fields of admin answers that hold epoch seconds; shown as ISO-8601 UTC.
-TIME_FIELDS = frozenset({"created_at", "updated_at", "window_start"})
+TIME_FIELDS = frozenset(
+    {"created_at", "updated_at", "window_start", "expires_at", "decided_at"}
+)
 
 
 def add_json_option(parser: argparse.ArgumentParser, *, leaf: bool = False) -> None:

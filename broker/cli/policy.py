@@ -1,4 +1,4 @@
-"""``a2a-broker policy check|explain``: argparse wiring for broker.policy.cli.
+"""``a2a-broker policy check|explain``: argparse wiring for broker.cli.policy_commands.
 
 Both read the policy the broker runs: ``[policy] policy_file`` and ``model_file`` of the config
 (``--config``, else ``$A2A_BROKER_CONFIG``, as ``serve``), unless a file is named on the command
@@ -80,7 +80,7 @@ def _no_policy(args: argparse.Namespace) -> int:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from broker.policy import cli  # noqa: PLC0415
+    from broker.cli import policy_commands as cli  # noqa: PLC0415
 
     files = _policy_files(args, args.path)
     if files is None:
@@ -89,7 +89,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_explain(args: argparse.Namespace) -> int:
-    from broker.policy import cli  # noqa: PLC0415
+    from broker.cli import policy_commands as cli  # noqa: PLC0415
 
     if len(args.chain) < 2:
         print("a2a-broker: policy explain needs at least two names (A B means A→B)",

@@ -16,13 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.config_errors import Where
+from broker.datacontrols import open_controls
+from broker.datacontrols.presidio import PresidioUnavailableError
+from broker.errors import BrokerError
 from broker.identity.cards import CardVerifier
 from broker.identity.credentials import is_credential_digest
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys, KeyFileError, load_signing_key
+from broker.mcp.servers import registry_from_settings
+from broker.outbound.egress import EgressPolicy
 from broker.policy.engine import PolicyEngine, check_model
 from broker.policy.rules import PolicyError
 from broker.policy.runtime import DEFAULT_MODEL, check_policy_settings
@@ -50,6 +56,7 @@ def check_files(
     where = _where(config_path)
     _check_admin_digest(settings, where)
     _refuse_unapplied(settings, where)
+    _check_mcp(settings, where, env)
     keys = _load_keys(settings, where)
     rules = _load_policy(settings, where)
     cards = _load_cards(settings, keys, where)
@@ -59,19 +66,37 @@ def check_files(
 
 
 def _refuse_unapplied(settings: Settings, where: Where) -> None:
-    """Data controls and MCP servers are libraries whose pipeline stages have not landed: a
-    broker configured to use them would run without them, so it refuses to start instead."""
-    if settings.datacontrols.enabled:
-        raise SettingsError(where.say(("datacontrols", "enabled"), (
-            "data controls are not applied to traffic by this version (the detectors are built,"
-            " the pipeline stage is not; docs/datacontrols.md, Status): remove the setting"
-        )))
-    if settings.mcp.servers:
-        name = next(iter(settings.mcp.servers))
-        raise SettingsError(where.say(("mcp", "servers", name), (
-            "the broker does not serve MCP yet in this version (the protocol layer is built,"
-            " its routes are not; docs/mcp.md, Status): remove [mcp.servers]"
-        )))
+    """A control asked for must apply: a data-controls engine that cannot load would leave the
+    broker without it, so the broker refuses to start instead."""
+    _check_data_engine(settings, where)
+
+
+def _check_mcp(settings: Settings, where: Where, env: Mapping[str, str]) -> None:
+    """Every ``[mcp.servers.NAME]`` registers as the broker will register it at start-up (its
+    name, its URL under the egress rules, its credential's secret), and the sealing secret is
+    there if one is named."""
+    mcp = settings.mcp
+    if mcp.seal_key_env and not env.get(mcp.seal_key_env):
+        raise SettingsError(where.say(("mcp", "seal_key_env"), (
+            f"seal_key_env names ${mcp.seal_key_env}, which is not set")))
+    for name in mcp.servers:
+        try:
+            registry_from_settings(
+                msgspec.structs.replace(mcp, servers={name: mcp.servers[name]}), env,
+                EgressPolicy(settings.egress).check_url)
+        except BrokerError as err:
+            raise SettingsError(where.say(("mcp", "servers", name), err.message)) from None
+
+
+def _check_data_engine(settings: Settings, where: Where) -> None:
+    """The Presidio engine, where configured, loads now (as the broker will load it)."""
+    data = settings.datacontrols
+    if not data.enabled or data.engine != "presidio":
+        return
+    try:
+        open_controls(data)
+    except PresidioUnavailableError as exc:
+        raise SettingsError(where.say(("datacontrols", "engine"), str(exc))) from exc
 
 
 def _where(config_path: str | None) -> Where:

@@ -14,17 +14,19 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 from litestar.stores.base import Store
 from litestar.stores.memory import MemoryStore
 from litestar.stores.redis import RedisStore
-from redis.asyncio import Redis
 
 from broker.settings import Settings
 from broker.settings_observability import ConsoleSettings
 from broker.stores.redis_client import RedisClient, open_redis
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 SESSION_COOKIE = "a2a_console"
 LOGIN_COOKIE = "a2a_console_login"  # double-submit CSRF token of the login form
@@ -60,7 +62,7 @@ class Sessions:
         # the ACL credentials from the environment. Litestar's store speaks single-key commands.
         redis = open_redis(settings.store)
         namespace = f"{settings.store.key_prefix}:console-session"
-        store = RedisStore(cast(Redis, redis), namespace=namespace)
+        store = RedisStore(cast("Redis", redis), namespace=namespace)
         return cls(store, settings.console, redis)
 
     async def create(self) -> Opened:

@@ -28,9 +28,11 @@ from broker.console.sessions import (
     same_token,
 )
 from broker.errors import (
+    ApproverNotAllowedError,
     BrokerError,
     ConsoleCsrfRejectedError,
     ConsoleUnauthenticatedError,
+    InvalidAdminRequestError,
 )
 from broker.http import admin
 from broker.http.admin import admin_token_digest, token_matches
@@ -310,8 +312,30 @@ def _audit_log(request: AnyRequest) -> Any:
 
 @get("/approvals")
 async def approvals(request: AnyRequest) -> Template:
+    """The queue, pending first (oldest first), then what was decided and kept."""
     session = await _session(request)
-    return _page("placeholder.html", request, session, title="Approvals", capability="approvals")
+    listed = await runtime_of(request).approvals.list()
+    ordered = sorted(listed, key=lambda r: (r.state != "pending", r.created_at))
+    rows = [
+        {**msgspec.to_builtins(r), "expires": _time(r.expires_at)} for r in ordered
+    ]
+    return _page("approvals.html", request, session, approvals=rows)
+
+
+@post("/approvals/{approval_id:str}", status_code=303)
+async def decide_approval(request: AnyRequest, approval_id: str) -> Redirect:
+    """Approve or deny with the approver's own token (typed into the form, never kept)."""
+    _, form = await _checked(request)
+    desk = runtime_of(request).approvals
+    approver = desk.approver(form.get("approver_token", "").strip())
+    if approver is None:
+        await _audit_refusal(request, ApproverNotAllowedError.reason)
+        raise ApproverNotAllowedError("That is not an approver's token.")
+    decision = form.get("decision", "")
+    if decision not in ("approve", "deny"):
+        raise InvalidAdminRequestError("Choose approve or deny.")
+    await desk.decide(approval_id, approver, decision == "approve", form.get("reason", "")[:500])
+    return Redirect(f"{PREFIX}/approvals", status_code=303)
 
 
 @get("/alerts")
@@ -358,6 +382,7 @@ def console_router() -> Router:
             budgets,
             audit,
             approvals,
+            decide_approval,
             alerts,
         ],
         response_headers=SECURITY_HEADERS,

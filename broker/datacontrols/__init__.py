@@ -6,7 +6,7 @@ built once from ``[datacontrols]`` and called per payload. docs/datacontrols.md 
 recognizers, the actions, the policy syntax, the streaming window and what is not detected.
 """
 
-from broker.datacontrols.controls import DataControls, Inspection, TextStream
+from broker.datacontrols.controls import DataControls, Inspection, TextStream, open_controls
 from broker.datacontrols.detector import Detector, DetectorOptions
 from broker.datacontrols.findings import Finding
 from broker.datacontrols.policy import DataPolicy, Subject
@@ -30,4 +30,5 @@ __all__ = [
     "Subject",
     "TextStream",
     "accumulate",
+    "open_controls",
 ]

@@ -103,6 +103,12 @@ class DataControls:
         """An A2A request's params or message, a task, an artifact, a stream event's result."""
         return self._inspect(payload, subject, placeholders, payloads.map_a2a)
 
+    def inspect_json(
+        self, payload: Any, subject: Subject, placeholders: Placeholders | None = None
+    ) -> Inspection:
+        """Every string value at any depth (an embeddings input, an error's message)."""
+        return self._inspect(payload, subject, placeholders, payloads.map_json)
+
     def inspect_chat_request(
         self, body: Any, subject: Subject, placeholders: Placeholders | None = None
     ) -> Inspection:
@@ -146,6 +152,20 @@ class DataControls:
                 detail=f"analyzer failed: {type(exc).__name__}"
             ) from exc
         return _merge(found, extra)
+
+
+def open_controls(settings: DataControlsSettings) -> DataControls | None:
+    """The controls ``[datacontrols]`` asks for, built once at start-up; None when they are off.
+    Raises ``PresidioUnavailableError`` (its message says what to install) when the Presidio
+    engine is configured and cannot load."""
+    if not settings.enabled:
+        return None
+    analyzer = None
+    if settings.engine == "presidio":
+        from broker.datacontrols.presidio import load_presidio  # noqa: PLC0415 - only if asked
+
+        analyzer = load_presidio(settings.presidio)
+    return DataControls(settings, analyzer=analyzer)
 
 
 def _merge(found: list[Finding], extra: list[Finding]) -> list[Finding]:

@@ -253,7 +253,7 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
 def _wait_ready(child: Child, url: str, timeout_s: float = AGENT_START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        _check_alive(child)
+        check_alive(child)
         with suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
@@ -263,7 +263,8 @@ def _wait_ready(child: Child, url: str, timeout_s: float = AGENT_START_TIMEOUT_S
     )
 
 
-def _check_alive(child: Child) -> None:
+def check_alive(child: Child) -> None:
+    """Raises ChildFailedError, with what the child said last, if it has exited."""
     code = child.process.poll()
     if code is not None:
         raise ChildFailedError(f"{child.name} exited with status {code}" + _last_words(child))
@@ -295,7 +296,7 @@ def _message(line: str) -> str:
 def _watch(children: list[Child]) -> NoReturn:
     while True:
         for child in children:
-            _check_alive(child)
+            check_alive(child)
         time.sleep(POLL_INTERVAL_S * 2)
 
 

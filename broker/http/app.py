@@ -11,7 +11,6 @@ from typing import Any
 
 from litestar import Litestar, Response
 from litestar.exceptions import HTTPException
-from redis.exceptions import RedisError
 
 from broker.audit.log import AuditLogError
 from broker.audit.recorder import AuditRecorder
@@ -26,13 +25,16 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.approvals import approvals_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
 from broker.http.llm import llm_route_handlers
+from broker.http.mcp import mcp_route_handlers
 from broker.http.mediation import MediationEdges, jsonrpc_edge, rest_edge
 from broker.http.state import AnyRequest
 from broker.identity.directory import DeclarativeCardError
 from broker.identity.keys import KeyFileError
+from broker.mcp.wire import error_reply as mcp_error_reply
 from broker.observability.logs import configure_logging
 from broker.observability.multiprocess import worker_stopped
 from broker.observability.scrape import metrics_routes
@@ -41,6 +43,7 @@ from broker.protocols.a2a.wire import error_reply
 from broker.protocols.llm.wire import openai_error_reply
 from broker.runtime import BrokerRuntime
 from broker.settings import Settings, SettingsError, load_settings
+from broker.stores.redis_client import REDIS_FAILURES
 
 log = logging.getLogger("a2a_broker")
 
@@ -60,8 +63,7 @@ STARTUP_ERRORS = (
     AuditLogError,
     ReplicaIdError,
     BrokerError,
-    RedisError,
-    OSError,
+    *REDIS_FAILURES,  # OSError among them
 )
 
 
@@ -70,13 +72,18 @@ _JSONRPC_PATH = re.compile(r"/agents/[^/]+/jsonrpc/?")
 
 def error_response(request: AnyRequest, err: BrokerError) -> Response[bytes]:
     """An error raised outside the mediation pipeline, in the shape of the surface it hit:
-    OpenAI's under ``/v1/``, JSON-RPC on an agent's JSON-RPC URL, google.rpc.Status elsewhere.
+    OpenAI's under ``/v1/``, JSON-RPC on an agent's JSON-RPC URL and on the MCP edge,
+    google.rpc.Status elsewhere.
 
     Reads only the raw ASGI path: the request itself may be what is broken (a bad Host header
     makes its URL unbuildable)."""
     path = str(request.scope.get("path", ""))
     if path.startswith("/v1/"):
         reply = openai_error_reply(err)
+    elif path == "/mcp" or path.startswith("/mcp/"):
+        answer = mcp_error_reply(err, None)
+        return Response(answer.body, status_code=answer.status, media_type="application/json",
+                        headers=answer.headers)
     elif _JSONRPC_PATH.fullmatch(path):
         reply = error_reply(err, "jsonrpc", None)
     else:
@@ -158,8 +165,10 @@ def create_app(settings: Settings) -> Litestar:
             list_agents,
             jsonrpc_edge,
             rest_edge,
+            approvals_router,
             admin_router,
             *llm_route_handlers,
+            *mcp_route_handlers,
             *metrics_routes(settings.metrics.enabled),
             *console.route_handlers,
         ],

@@ -339,3 +339,15 @@ def sign_card(card_json: Mapping[str, Any], keys: BrokerKeys) -> dict[str, Any]:
     signed = copy.deepcopy(dict(card_json))
     signed["signatures"] = [MessageToDict(signature) for signature in card.signatures]
     return signed
+
+
+class BrokerCardRewriter:
+    """An agent's card as the broker serves it: its interfaces the broker's (at ``public_url``),
+    signed by the broker alone. Called as ``rewrite(card, agent_name)``."""
+
+    def __init__(self, public_url: str, keys: BrokerKeys) -> None:
+        self._public_url = public_url
+        self._keys = keys
+
+    def __call__(self, card: Mapping[str, Any], name: str) -> dict[str, Any]:
+        return sign_card(rewrite_for_broker(card, name, self._public_url), self._keys)

@@ -31,11 +31,10 @@ from broker.errors import (
 )
 from broker.identity.cards import (
     BROKER_BINDING_PATHS,
+    BrokerCardRewriter,
     CardVerifier,
     ValidatedCard,
     decode_card_json,
-    rewrite_for_broker,
-    sign_card,
     validate_card,
 )
 from broker.identity.credentials import is_credential_digest, new_credential
@@ -81,6 +80,7 @@ class AgentDirectory:
         self._fetch_card = fetch_card
         self._clock = clock
         self._public_url = settings.public_url
+        self._served_card = BrokerCardRewriter(settings.public_url, keys)
         self._served: dict[str, tuple[float, dict[str, Any]]] = {}
         self._egress = EgressPolicy(settings.egress)
 
@@ -180,9 +180,7 @@ class AgentDirectory:
         cached = self._served.get(name)
         if cached is not None and cached[0] == record.updated_at:
             return cached[1]
-        card = sign_card(
-            rewrite_for_broker(record_card(record), name, self._public_url), self._keys
-        )
+        card = self._served_card(record_card(record), name)
         self._served[name] = (record.updated_at, card)
         return card
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from broker.audit.recorder import AuditRecorder, digest, error_detail
+from broker.audit.recorder import data_detail, digest, error_detail
 from broker.budgets.model import Usage
-from broker.errors import AuditUnavailableError, BrokerError
-from broker.llm.context import LlmCallNext, LlmContext
+from broker.llm.context import LlmContext
 from broker.observability.record import observe_llm_usage
-from broker.types import Outcome
 
 
 def llm_fields(
@@ -46,32 +44,16 @@ def llm_fields(
             "binding": "openai",
             **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
             **(error_detail(err) if err else {}),
+            **(data_detail(ctx) if ctx.data_found or ctx.data_tags else {}),
         },
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }
 
 
-class LlmAuditRefusals:
-    """Second stage: every refusal of an LLM call, from any later stage, is one record."""
-
-    def __init__(self, recorder: AuditRecorder) -> None:
-        self._recorder = recorder
-
-    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
-        try:
-            return await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            if not isinstance(err, AuditUnavailableError) and not ctx.audited:
-                await self._recorder.record(
-                    llm_fields(ctx, phase="refused", status=err.http_status)
-                )
-            raise
-
-
 class LlmAudit:
-    """An LLM call's records, for the shared ``broker.stages.audit.AuditForward``: the decision
-    carries the body's digest; the outcome the tokens and cost charged."""
+    """An LLM call's records, for the shared ``broker.stages.audit.AuditForward`` and
+    ``broker.stages.boundary.ErrorBoundary``: the decision carries the body's digest; the
+    outcome the tokens and cost charged; a refusal its reason."""
 
     async def decision(self, ctx: LlmContext) -> dict[str, Any]:
         return llm_fields(ctx, phase="forward", status=0, body=await ctx.read_body())
@@ -83,3 +65,6 @@ class LlmAudit:
 
     def staged(self, ctx: LlmContext) -> bool:
         return False  # the provider may charge at once: the decision is durable first
+
+    def refusal(self, ctx: LlmContext, status: int) -> dict[str, Any]:
+        return llm_fields(ctx, phase="refused", status=status)

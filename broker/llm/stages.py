@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from broker.errors import BrokerError, BrokerInternalError
+from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.observability.record import observe_llm_call
@@ -20,27 +20,24 @@ from broker.settings import LimitSettings
 from broker.settings_llm import LlmSettings
 from broker.stages.boundary import log_call as shared_log_call
 from broker.stores.budget_base import RateLimiter
-from broker.types import Outcome, StreamReply
+from broker.types import Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
 ACTIONS = {"chat": "llm:chat", "embeddings": "llm:embeddings"}
 
 
-class LlmErrorBoundary:
-    """Every refusal becomes an OpenAI-shaped error; every call one log line."""
+class LlmWire:
+    """The LLM endpoint's ends, for the shared ``broker.stages.boundary.ErrorBoundary``: every
+    refusal an OpenAI-shaped error (its status the error's HTTP status), every call one
+    ``llm_call`` log line when its answer starts."""
 
-    async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
-        try:
-            outcome = await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            outcome = openai_error_reply(err)
-        except Exception:
-            log.exception("unexpected error in LLM call %s", ctx.request_id)
-            ctx.error = BrokerInternalError()
-            outcome = openai_error_reply(ctx.error)
-        status = outcome.status
-        log_call(ctx, status, stream=isinstance(outcome, StreamReply))
+    unexpected = "in LLM call"
+
+    def refusal(self, ctx: LlmContext, err: BrokerError) -> Reply:
+        return openai_error_reply(err)
+
+    def finish(self, ctx: LlmContext, outcome: Outcome) -> Outcome:
+        log_call(ctx, outcome.status, stream=isinstance(outcome, StreamReply))
         return outcome
 
 
@@ -100,6 +97,7 @@ class ModelPolicy:
                     metadata={"decision": decision.reason, "principal": decision.principal},
                 )
             ctx.policy_rule = decision.rule.text if decision.rule else ""
+            ctx.approval_rule = decision.approval.text if decision.approval else ""
         return await call_next(ctx)
 
 

@@ -5,7 +5,8 @@ stream: notifications (progress, log messages), requests of its own (sampling, e
 last, the response. The relay reads each event as it arrives, reads its message with the same
 rules as the caller's (``broker.mcp.reading``), lets ``on_message`` look at it or rewrite it
 (list filtering, the virtual server's names), and sends a fresh SSE frame for it at once: the
-stream is never buffered whole. Keep-alive comments are passed on. A server that sends something
+stream is never buffered whole (the events are cut by ``broker.sse.SseParser``, the parser
+every relay of the broker shares). Keep-alive comments are passed on. A server that sends something
 that is not an MCP message, goes quiet for longer than ``idle_timeout_s`` or sends an event
 larger than ``max_event_bytes`` gets the stream ended with a JSON-RPC error answering the
 caller's request, so the client is not left waiting.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import msgspec
 
@@ -24,73 +24,16 @@ from broker.errors import ERROR_DOMAIN_BROKER, BrokerError, StreamMaxDurationErr
 from broker.mcp.errors import McpServerBadResponseError, McpServerTimeoutError
 from broker.mcp.reading import McpMessage, McpReadError, read_message
 from broker.mcp.wire import error_body, sse_frame
+from broker.protocols.sse import HEARTBEAT, SseEvent, SseParser
 
 OnMessage = Callable[[McpMessage, bytes], Awaitable[bytes | None]]
-HEARTBEAT = b": ping\r\n\r\n"
 # An event id is relayed only if it is a plain token: it goes back to the server in
 # Last-Event-ID, and it must not smuggle SSE syntax to the client.
 _SAFE_EVENT_ID = re.compile(rb"[\x21-\x7e]{1,256}")
 
 
-@dataclass(frozen=True, slots=True)
-class SseEvent:
-    data: bytes | None  # None: the event has no data line (a comment, or an id-only priming)
-    event_id: bytes = b""
-    event: bytes = b""
-
-
-class SseParser:
-    """Cuts a byte stream into SSE events as the WHATWG event-stream rules read them."""
-
-    def __init__(self, max_event_bytes: int) -> None:
-        self._buf = bytearray()
-        self._max = max_event_bytes
-        self._lines: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        self._buf += chunk
-        events: list[SseEvent] = []
-        while (line := self._next_line()) is not None:
-            if line:
-                self._lines.append(line)
-                continue
-            if self._lines:
-                events.append(_event(self._lines))
-                self._lines = []
-        if len(self._buf) + sum(map(len, self._lines)) > self._max:
-            raise McpServerBadResponseError("An event in the MCP server's stream is too large.")
-        return events
-
-    def _next_line(self) -> bytes | None:
-        ends = [i for i in (self._buf.find(b"\n"), self._buf.find(b"\r")) if i >= 0]
-        if not ends:
-            return None
-        i = min(ends)
-        cut = i + 1
-        if self._buf[i] == 13:
-            if i + 1 == len(self._buf):
-                return None  # a CR at the end: wait to see whether LF follows
-            cut += self._buf[i + 1] == 10
-        line = bytes(self._buf[:i])
-        del self._buf[:cut]
-        return line
-
-
-def _event(lines: list[bytes]) -> SseEvent:
-    data: list[bytes] = []
-    event_id = event = b""
-    for line in lines:
-        if line.startswith(b":"):
-            continue
-        field, _, value = line.partition(b":")
-        value = value.removeprefix(b" ")
-        if field == b"data":
-            data.append(value)
-        elif field == b"id" and b"\x00" not in value:
-            event_id = value
-        elif field == b"event":
-            event = value
-    return SseEvent(b"\n".join(data) if data else None, event_id, event)
+def _event_too_large() -> BrokerError:
+    return McpServerBadResponseError("An event in the MCP server's stream is too large.")
 
 
 async def relay_sse(
@@ -101,13 +44,15 @@ async def relay_sse(
     idle_timeout_s: float,
     max_event_bytes: int,
     max_duration_s: float | None = None,
+    raising: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the frames to send the caller, one per upstream event, as the events arrive.
 
     The stream ends with a JSON-RPC error answering ``request_id`` when the server is quiet for
     ``idle_timeout_s`` (``McpServerTimeoutError``) or the stream outlives ``max_duration_s``
-    (``StreamMaxDurationError``), as well as on a bad or oversized event."""
-    parser = SseParser(max_event_bytes)
+    (``StreamMaxDurationError``), as well as on a bad or oversized event; with ``raising``
+    (an answer read whole, not relayed) that error is raised instead."""
+    parser = SseParser(max_event_bytes, _event_too_large)
     iterator = aiter(chunks)
     loop = asyncio.get_running_loop()
     deadline = None if max_duration_s is None else loop.time() + max_duration_s
@@ -132,6 +77,8 @@ async def relay_sse(
                 if frame is not None:
                     yield frame
     except BrokerError as err:
+        if raising:
+            raise
         yield sse_frame(error_body(err, request_id))
 
 

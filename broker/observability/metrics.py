@@ -86,6 +86,13 @@ llm_cost = Counter(
     ("model",),
     namespace=NAMESPACE,
 )
+data_detections = Counter(
+    "data_detections",
+    "Values of sensitive data found by the data controls, by direction, type (pii:email, "
+    "secret:aws_key; never a value) and the action taken.",
+    ("direction", "type", "action"),
+    namespace=NAMESPACE,
+)
 store_round_trips = Histogram(
     "store_round_trip_seconds",
     "Redis round trips (one per store call: a script or a pipeline is one), by store call.",

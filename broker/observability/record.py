@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +199,21 @@ def observe_llm_usage(model: str, usage: Usage) -> None:
         metrics.llm_tokens.labels(model, "out").inc(usage.tokens_out)
     if usage.cost_micro:
         metrics.llm_cost.labels(model).inc(usage.cost_micro)
+
+
+_detections: dict[tuple[str, ...], Any] = {}
+
+
+def observe_detections(
+    direction: str, found: Mapping[str, int], actions: Mapping[str, str]
+) -> None:
+    """Count what the data controls found in one payload or stream: per type, how many
+    values and the action taken. Type names come from the detector's fixed set."""
+    if not metrics.recording:
+        return
+    for kind, count in found.items():
+        key = (direction, kind, actions.get(kind, ""))
+        tally.add(_child(metrics.data_detections, _detections, key), count)
 
 
 def stream_opened(binding: str) -> None:

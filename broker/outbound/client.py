@@ -22,7 +22,7 @@ from broker.errors import (
 )
 from broker.outbound.egress import EgressPolicy, EgressResolver
 from broker.outbound.errors import CLIENT_ERRORS, card_fetch_error, transport_error
-from broker.outbound.transport import TransportResponse
+from broker.outbound.transport import StreamTimeouts, TransportResponse
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 
 # What a request sent on a connection the upstream had closed meets before any answer: the
@@ -89,11 +89,13 @@ class AiohttpTransport:
         body: bytes | None,
         stream: bool,
         reads_only: bool = False,
+        timeouts: StreamTimeouts | None = None,
     ) -> TransportResponse:
         """``Transport.send``: ``request`` with the answer wrapped for the stages."""
         response = await self.request(
-            method, url, headers=dict(headers), body=body, stream=stream, retry_stale=reads_only
-        )
+            method, url, headers=dict(headers), body=body, stream=stream, retry_stale=reads_only,
+            timeouts=timeouts,
+        )  # fmt: skip
         return _AiohttpResponse(self, response)
 
     async def request(
@@ -105,6 +107,7 @@ class AiohttpTransport:
         body: bytes | None = None,
         stream: bool = False,
         retry_stale: bool = False,
+        timeouts: StreamTimeouts | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request and return the response once its headers have arrived.
 
@@ -115,16 +118,24 @@ class AiohttpTransport:
         keep-alive connection the upstream had closed; aiohttp does this itself for GET, HEAD,
         PUT and DELETE, not for POST, which carries JSON-RPC reads). Raises EgressDeniedError,
         UpstreamUnreachableError, UpstreamConnectTimeoutError, UpstreamTimeoutError or
-        UpstreamBadResponseError.
+        UpstreamBadResponseError. ``timeouts`` (streams only): the wait for headers and the
+        idle bound of this request instead of ``[limits]``'s.
         """
         timeout = self._stream_timeout if stream else self._unary_timeout
+        header_timeout_s = self._header_timeout_s
+        if stream and timeouts is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=timeout.connect, sock_connect=timeout.sock_connect,
+                sock_read=timeouts.idle_s,
+            )  # fmt: skip
+            header_timeout_s = timeouts.headers_s
         retry = retry_stale and method.upper() not in _RETRIED_BY_AIOHTTP
         if not stream:
             return await self._send(method, url, headers, body, timeout, retry_stale=retry)
         try:
             # A stream's idle timeout starts once it flows; until its headers arrive the
             # upstream gets the unary deadline, so a hanging agent fails as UPSTREAM_TIMEOUT.
-            async with asyncio.timeout(self._header_timeout_s):
+            async with asyncio.timeout(header_timeout_s):
                 return await self._send(method, url, headers, body, timeout, retry_stale=retry)
         except TimeoutError as exc:
             raise transport_error(exc) from None

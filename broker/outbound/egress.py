@@ -286,3 +286,13 @@ async def check_push_url(policy: EgressPolicy, url: str, *, timeout_s: float = 5
     for *_, sockaddr in infos:
         if (error := policy.address_refusal(str(sockaddr[0]))) is not None:
             raise error
+
+
+class PushUrlEgress:
+    """``check_push_url`` under one egress policy: what a push-notification URL must pass."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._policy = policy
+
+    async def __call__(self, url: str) -> None:
+        await check_push_url(self._policy, url)

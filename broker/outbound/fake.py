@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from broker.errors import AgentCardFetchError, UpstreamResponseTooLargeError
 from broker.outbound.egress import EgressPolicy
+from broker.outbound.transport import StreamTimeouts
 from broker.settings import EgressSettings
 
 
@@ -77,6 +78,7 @@ class FakeTransport:
         body: bytes | None,
         stream: bool,
         reads_only: bool = False,
+        timeouts: StreamTimeouts | None = None,
     ) -> FakeResponse:
         self.egress.check_url(url)
         request = FakeRequest(method, url, dict(headers), body, stream, reads_only)

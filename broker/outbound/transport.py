@@ -10,10 +10,19 @@ its failures are broker errors (``broker.outbound.errors``, the one table). Test
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from broker.outbound.egress import EgressPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimeouts:
+    """How long a streamed request may wait for the answer's headers, then stay quiet."""
+
+    headers_s: float
+    idle_s: float
 
 
 class TransportResponse(Protocol):
@@ -57,10 +66,13 @@ class Transport(Protocol):
         body: bytes | None,
         stream: bool,
         reads_only: bool = False,
+        timeouts: StreamTimeouts | None = None,
     ) -> TransportResponse:
         """Send one request (egress rules applied, no redirects followed) and return the answer
         once its headers arrived. ``stream`` swaps the total timeout for an idle timeout.
         ``reads_only``: the request may be sent again if a pooled connection turns out closed.
+        ``timeouts``: a stream's own wait for headers and idle bound (an MCP server's), instead
+        of the broker's ``[limits]`` for agents.
         Failures raise the broker's upstream errors (``broker.outbound.errors``)."""
 
     async def fetch_card(self, url: str) -> bytes:

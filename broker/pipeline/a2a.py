@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.approvals.a2a import A2aApprovals, ApprovalTasks
+from broker.approvals.stages import RequireApproval
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import AgentContainment
 from broker.containment.tree_kill import LiveStreamCheck
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.late_writes import LateWrites
 from broker.outbound.transport import Transport
@@ -25,8 +28,10 @@ from broker.protocols.a2a.task_pages import PageTokens
 from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
-from broker.stages.boundary import ErrorBoundary
+from broker.stages.boundary import A2aWire, ErrorBoundary
 from broker.stages.budget import HopBudget
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
+from broker.stages.datacontrols_a2a import A2aDataView
 from broker.stages.delegation import DelegationContext
 from broker.stages.forward import Forward
 from broker.stages.guards import CascadeGuards
@@ -61,15 +66,18 @@ class A2aParts:
     pages: PageTokens
     push_url_allowed: PushUrlCheck
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
+    approvals: A2aApprovals | None = None  # None: no approve rule can hold a call
 
 
 def a2a_stages(parts: A2aParts) -> list[Stage]:
     """The order of mediation, and why each stage stands where it does."""
     settings, stores = parts.settings, parts.stores
+    data = parts.datacontrols
     return [
-        # Outermost, so every refusal from any stage gets the binding's error shape and every
-        # request exactly one log line, streams included.
-        ErrorBoundary(parts.audit),
+        # Outermost, so every refusal from any stage gets the binding's error shape and one
+        # audit record, and every request exactly one log line, streams included.
+        ErrorBoundary[MediationContext](parts.audit, A2aAudit(), A2aWire()),
         # Before the body is read or anything is looked up for the caller: an unauthenticated
         # request costs one hash and one store read.
         parts.authenticate,
@@ -104,6 +112,17 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, parts.push_url_allowed, parts.pages),
+        # Data controls on what the caller sends: after policy and the guards (a refused hop
+        # scans nothing), before the token (its tags include this hop's) and the budget (a
+        # hop refused for its data spends nothing).
+        *([ScanRequest(data, A2aDataView())] if data else []),
+        # Human approval, once every automatic check has passed (policy, containment, guards,
+        # ownership: a call a machine would refuse never waits for a person) and before the
+        # token and the budget (nothing is reserved while a person decides; the approved call
+        # is forwarded through these stages again, docs/approvals.md). Tasks the broker owns
+        # while a call waits are answered first; a hop with no approve rule passes at the cost
+        # of an attribute test, no store round trip.
+        *_approval_stages(parts.approvals),
         # Mint the target's token, scoped to what was allowed. Only the budget below can still
         # refuse, and then the token is never sent: a token costs no store write, and the
         # budget wants the hop's tree, which the token names.
@@ -114,6 +133,8 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         # Every decision is made: record it (with the token) durably before anything leaves,
         # and the outcome when the answer ends. No audit log, no forwarding.
         AuditForward[MediationContext](parts.audit, A2aAudit()),
+        # The answer's data, inside the audit: the outcome record says what the caller got.
+        *([ScanAnswer(data, A2aDataView())] if data else []),
         # Innermost: relays the caller's bytes and records the routes of new tasks.
         Forward(
             parts.transport,
@@ -125,3 +146,19 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
             recheck=LiveStreamCheck(stores, parts.kill),
         ),
     ]
+
+
+def _approval_stages(approvals: A2aApprovals | None) -> list[Stage]:
+    if approvals is None:
+        return []
+    return [ApprovalTasks(approvals), RequireApproval[MediationContext](approvals.desk, approvals)]
+
+
+def resume_stages(stages: list[Stage]) -> list[Stage]:
+    """The stages an approved call is forwarded through: all but the error boundary (the
+    caller's answer was given already), authentication and the delegation context (the call
+    was authenticated and its chain verified when it was received; the kept call carries
+    them). Policy, containment, guards, ownership and budget are asked again, a fresh hop
+    token is minted, and the approval stage uses the approval up, once."""
+    skipped = (ErrorBoundary, Authenticate, DelegationContext)
+    return [stage for stage in stages if not isinstance(stage, skipped)]

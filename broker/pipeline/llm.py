@@ -12,20 +12,24 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.stages import CostOverThreshold, LlmApprovals, RequireApproval
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import ProviderBreaker
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenVerifier
 from broker.errors import BrokerError
-from broker.llm.audit import LlmAudit, LlmAuditRefusals
+from broker.llm.audit import LlmAudit
 from broker.llm.context import LlmCallNext, LlmContext, LlmStage, fold_llm
+from broker.llm.datacontrols import LlmDataView
 from broker.llm.forward import ForwardToProvider
 from broker.llm.metering import BudgetScopes, MeterBudget
 from broker.llm.stages import (
     ACTIONS,
     AgentRateLimit,
-    LlmErrorBoundary,
+    LlmWire,
     ModelPolicy,
     ParseLlmRequest,
 )
@@ -39,6 +43,8 @@ from broker.settings_containment import ContainmentSettings
 from broker.settings_llm import LlmSettings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
+from broker.stages.boundary import ErrorBoundary
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.delegation import DelegationContext
 from broker.stores.base import Revocations
 from broker.stores.budget_base import BudgetLedger, RateLimiter
@@ -66,16 +72,18 @@ class LlmParts:
     kill: GlobalKillSwitch | None = None
     roles: AgentRoles | None = None  # built from ``policy`` when not given
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
+    approvals: ApprovalDesk | None = None  # None: no approve rule can hold a call
 
 
 def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     """The order of an LLM call, and why each stage stands where it does."""
     roles = parts.roles if parts.roles is not None else AgentRoles(parts.policy)
+    data = parts.datacontrols
     return [
-        # Outermost: every refusal becomes an OpenAI-shaped error, every call one log line.
-        LlmErrorBoundary(),
-        # Every refusal from here in is one audit record (the boundary above shapes it).
-        LlmAuditRefusals(parts.audit),
+        # Outermost: every refusal from any stage becomes an OpenAI-shaped error and one audit
+        # record, every call one log line (the same boundary as A2A's, with the LLM's ends).
+        ErrorBoundary[LlmContext](parts.audit, LlmAudit(), LlmWire()),
         # Before the body is read: an unauthenticated call costs one hash and one store read.
         parts.authenticate,
         # The global kill switch, once the caller is known (its refusal names who tried).
@@ -92,12 +100,32 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         AgentRateLimit(parts.limiter, parts.llm),
         # A provider that keeps failing is refused at once, before a budget is reserved.
         ProviderBreaker(parts.containment),
+        # Data controls on the prompt, before the budget (a call refused for its data spends
+        # nothing) and before anything leaves: the provider sees only what the rules let by.
+        *([ScanRequest(data, LlmDataView())] if data else []),
         # Reserve the worst case before anything leaves (fail closed); settle or release after.
         MeterBudget(parts.ledger, parts.scopes, roles, parts.llm, parts.tasks),
+        # Human approval after every automatic check (policy, rate, breaker, budget: a call
+        # the machine refuses never waits for a person), once the worst-case cost is known
+        # (a costly call may need approval). A held call is refused with APPROVAL_PENDING,
+        # which gives the reservation back; a call without an approve rule passes at the
+        # cost of an attribute test.
+        *_approval_stages(parts.approvals),
         # Every decision is made: record it durably before the provider is called.
         AuditForward[LlmContext](parts.audit, LlmAudit()),
+        # The completion's data, inside the audit, with the call's pseudonyms restored.
+        *([ScanAnswer(data, LlmDataView())] if data else []),
         # Innermost: the provider gets the broker's key and the caller's bytes.
         ForwardToProvider(parts.client, parts.limits, parts.llm),
+    ]
+
+
+def _approval_stages(desk: ApprovalDesk | None) -> list[LlmStage]:
+    if desk is None:
+        return []
+    return [
+        CostOverThreshold(desk.settings.llm_cost_over_usd),
+        RequireApproval[LlmContext](desk, LlmApprovals(desk.settings.llm_retry_after_s)),
     ]
 
 

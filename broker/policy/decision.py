@@ -42,6 +42,9 @@ class Verdict(msgspec.Struct, frozen=True):
 
     allowed: bool
     rule: RuleRef | None = None
+    # When allowed: the first ``approve`` rule (file order) that matched, if any. The call is
+    # allowed only once a human approves it (deny beats approve, approve beats allow).
+    approval: RuleRef | None = None
 
     @property
     def explicit_deny(self) -> bool:
@@ -58,6 +61,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     decided. ``rule`` is the deny rule, or for an allowed hop the caller's allow rule;
     ``chain_rule`` is, for an allowed hop whose origin is not the caller, the origin's allow rule
     or (``delegated``) the caller's delegate rule. ``version`` names the policy that decided.
+    ``approval`` is, for an allowed hop, the ``approve`` rule of the caller (or, failing that,
+    of the origin) that makes it wait for a human's approval; ``approval_principal`` is whose.
     """
 
     allowed: bool
@@ -67,6 +72,13 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     chain_rule: RuleRef | None = None
     delegated: bool = False
     version: str = ""
+    approval: RuleRef | None = None
+    approval_principal: str = ""
+
+    @property
+    def needs_approval(self) -> bool:
+        """Allowed, but only once a human approved this exact call."""
+        return self.allowed and self.approval is not None
 
 
 VerdictFn = Callable[[str, str, str], Verdict]
@@ -89,13 +101,17 @@ def decide_hop(
     refusal = _refusal(caller, mine, origin, theirs, version)
     if refusal is not None:
         return refusal
+    approval = _approval(caller, mine, origin, theirs)
     if origin == caller:
-        return _allow(caller, mine.rule, None, version)
+        return _allow(caller, mine.rule, None, version, approval=approval)
     if theirs.allowed:
-        return _allow(caller, mine.rule, theirs.rule, version)
+        return _allow(caller, mine.rule, theirs.rule, version, approval=approval)
     waiver = verdict(caller, target, DELEGATE)
     if waiver.allowed:
-        return _allow(caller, mine.rule, waiver.rule, version, delegated=True)
+        return _allow(
+            caller, mine.rule, waiver.rule, version, delegated=True,
+            approval=_approval(caller, mine, caller, mine),
+        )
     return _refuse("origin_denied", origin, None, version)
 
 
@@ -109,6 +125,18 @@ def _refusal(
         return _refuse("explicit_deny", origin, theirs.rule, version)
     if not mine.allowed:
         return _refuse("caller_denied", caller, None, version)
+    return None
+
+
+def _approval(
+    caller: str, mine: Verdict, origin: str, theirs: Verdict
+) -> tuple[str, RuleRef] | None:
+    """The approve rule that holds the hop for a human: the caller's first, then the origin's
+    (an origin whose own call would wait keeps waiting when it delegates)."""
+    if mine.approval is not None:
+        return caller, mine.approval
+    if theirs.allowed and theirs.approval is not None:
+        return origin, theirs.approval
     return None
 
 
@@ -131,6 +159,7 @@ def _allow(
     version: str,
     *,
     delegated: bool = False,
+    approval: tuple[str, RuleRef] | None = None,
 ) -> Decision:
     return Decision(
         allowed=True,
@@ -140,4 +169,6 @@ def _allow(
         chain_rule=chain_rule,
         delegated=delegated,
         version=version,
+        approval=approval[1] if approval else None,
+        approval_principal=approval[0] if approval else "",
     )

@@ -30,7 +30,17 @@ from broker.policy.decision import (
     decide_hop,
     decide_single,
 )
-from broker.policy.rules import ANY, ORIGINATE, REENTER, ParsedPolicy, PolicyError, parse_policy
+from broker.policy.rules import (
+    ALLOW,
+    ANY,
+    APPROVE,
+    ORIGINATE,
+    REENTER,
+    ParsedPolicy,
+    PolicyError,
+    Rule,
+    parse_policy,
+)
 
 DEFAULT_CACHE_SIZE = 100_000
 # The effect used only to find which allow rule matched: casbin's deny-override effect stops at
@@ -52,17 +62,35 @@ def policy_version(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _as_casbin(rule: Rule) -> tuple[str, ...]:
+    """What casbin sees of a rule: ``approve`` grants like ``allow`` (casbin knows only allow
+    and deny); which calls must wait for a human is asked of a third enforcer."""
+    if rule.kind == "p" and rule.fields[3] == APPROVE:
+        return (*rule.fields[:3], ALLOW)
+    return rule.fields
+
+
 class _CasbinRules:
     """One casbin enforcer over rules that ``parse_policy`` has already validated."""
 
-    def __init__(self, model_text: str, policy: ParsedPolicy, effect: str | None = None) -> None:
+    def __init__(
+        self,
+        model_text: str,
+        policy: ParsedPolicy,
+        effect: str | None = None,
+        *,
+        approve_only: bool = False,
+    ) -> None:
         model: Any = casbin.Enforcer.new_model(text=model_text)
         if effect is not None:
             model.add_def("e", "e", effect)
         self._enforcer: Any = casbin.Enforcer(model)
         for kind in ("p", "g", "g2"):
+            chosen = policy.of_kind(kind)
+            if approve_only and kind == "p":
+                chosen = [r for r in chosen if r.fields[3] == APPROVE]
             # Duplicates are dropped (casbin would keep both); the first line is the one named.
-            rules = list(dict.fromkeys(r.fields for r in policy.of_kind(kind)))
+            rules = list(dict.fromkeys(_as_casbin(r) for r in chosen))
             if rules:
                 model.add_policies("p" if kind == "p" else "g", kind, [list(r) for r in rules])
         self._enforcer.build_role_links()
@@ -100,6 +128,9 @@ class PolicySnapshot:
     _deciding: _CasbinRules = field(repr=False)
     _explaining: _CasbinRules = field(repr=False)
     _lines: dict[tuple[str, ...], RuleRef] = field(repr=False)
+    # The ``approve`` rules alone (None when there are none: nothing to ask).
+    _approving: _CasbinRules | None = field(default=None, repr=False)
+    _approve_lines: dict[tuple[str, ...], RuleRef] = field(default_factory=dict, repr=False)
 
     @property
     def allow_rule_count(self) -> int:
@@ -114,7 +145,11 @@ class PolicySnapshot:
         if not allowed:
             return Verdict(allowed=False)
         _, first_allow = self._explaining.enforce(sub, obj, act)
-        return Verdict(allowed=True, rule=self._lines.get(first_allow))
+        approval = None
+        if self._approving is not None:
+            _, first_approve = self._approving.enforce(sub, obj, act)
+            approval = self._approve_lines.get(first_approve)
+        return Verdict(allowed=True, rule=self._lines.get(first_allow), approval=approval)
 
     def answer(self, questions: Iterable[Question], budget_s: float) -> dict[Question, Verdict]:
         """Evaluate ``questions`` in order until ``budget_s`` is spent (to warm a new cache).
@@ -196,11 +231,20 @@ class PolicyEngine:
         """
         policy = parse_policy(text, source_name)
         lines: dict[tuple[str, ...], RuleRef] = {}
+        approve_lines: dict[tuple[str, ...], RuleRef] = {}
         for rule in policy.of_kind("p"):
-            lines.setdefault(rule.fields, RuleRef(line=rule.line, text=rule.text))
+            ref = RuleRef(line=rule.line, text=rule.text)
+            lines.setdefault(_as_casbin(rule), ref)
+            if rule.fields[3] == APPROVE:
+                approve_lines.setdefault(_as_casbin(rule), ref)
         try:
             deciding = _CasbinRules(self._model_text, policy)
             explaining = _CasbinRules(self._model_text, policy, _FIRST_ALLOW_EFFECT)
+            approving = (
+                _CasbinRules(self._model_text, policy, _FIRST_ALLOW_EFFECT, approve_only=True)
+                if approve_lines
+                else None
+            )
         except Exception as exc:  # validation should leave casbin nothing to refuse
             raise PolicyError(source_name, 0, f"casbin refused the policy: {exc!r}") from exc
         return PolicySnapshot(
@@ -211,6 +255,8 @@ class PolicyEngine:
             _deciding=deciding,
             _explaining=explaining,
             _lines=lines,
+            _approving=approving,
+            _approve_lines=approve_lines,
         )
 
     def swap(

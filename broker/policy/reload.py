@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis, RedisCluster
 
 from broker.background import BackgroundTasks
 from broker.policy.decision import Verdict
@@ -37,6 +36,7 @@ from broker.policy.engine import (
     require_rules,
 )
 from broker.policy.rules import PolicyError
+from broker.stores.redis_client import RedisClient
 from broker.stores.replica_channel import ReplicaChannel
 
 ErrorCallback = Callable[[PolicyError], Awaitable[None] | None]
@@ -78,7 +78,7 @@ class PolicyReloader:
         interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
         on_applied: AppliedCallback | None = None,
-        redis: Redis | RedisCluster | None = None,
+        redis: RedisClient | None = None,
         channel: str = "",
         warm_budget_s: float = 1.0,
         tasks: BackgroundTasks | None = None,

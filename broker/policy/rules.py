@@ -2,7 +2,7 @@
 
 A policy file is CSV, one rule a line (blank lines and lines starting with ``#`` are skipped)::
 
-    p,  <agent | role:x>,  <agent | group:x | *>,  <action>,  <allow | deny>
+    p,  <agent | role:x>,  <agent | group:x | *>,  <action>,  <allow | deny | approve>
     g,  <agent | role:x>,  role:y          # the member holds role:y (roles nest)
     g2, <agent | group:x>, group:y         # the target belongs to group:y (groups nest)
 
@@ -37,6 +37,10 @@ ROLE_PREFIX = "role:"
 GROUP_PREFIX = "group:"
 ALLOW = "allow"
 DENY = "deny"
+# Allowed, but only once a human approved the exact call (docs/approvals.md). Precedence:
+# deny beats approve, approve beats allow.
+APPROVE = "approve"
+EFFECTS = (ALLOW, DENY, APPROVE)
 
 # casbin's default role manager follows at most 9 links (its hierarchy level of 10 includes
 # the start); a deeper membership would silently not count, so it is refused instead.
@@ -46,6 +50,10 @@ MAX_MEMBERSHIP_LINKS = 9
 MODEL_PREFIX = "model:"
 LLM_ACTIONS = frozenset({"llm:chat", "llm:embeddings", "llm:*"})
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
+# MCP servers through the broker (docs/mcp.md): the object is mcp:<server> (the registry's
+# server-name syntax), the action mcp:<method> or mcp:<method>:<tool, prompt or resource>.
+MCP_PREFIX = "mcp:"
+_MCP_SERVER_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]|_(?=[a-z0-9-])){0,62}$")
 
 _ARITY: dict[str, int] = {"p": 4, "g": 2, "g2": 2}
 # The registry's agent-name syntax (broker.identity.names.AGENT_NAME_RE); roles/groups use it too.
@@ -125,10 +133,14 @@ def _check_p(values: Sequence[str]) -> str | None:
     sub, obj, act, eft = values
     if not (_is_agent(sub) or _is_label(sub, ROLE_PREFIX)):
         return f"subject {sub!r} must be an agent name or role:<name>"
-    if not (obj == ANY or _is_agent(obj) or _is_label(obj, GROUP_PREFIX) or _is_model(obj)):
-        return f"object {obj!r} must be an agent name, group:<name>, model:<name> or *"
-    if eft not in (ALLOW, DENY):
-        return f"effect {eft!r} must be allow or deny"
+    if not (obj == ANY or _is_agent(obj) or _is_label(obj, GROUP_PREFIX) or _is_model(obj)
+            or _is_mcp_server(obj)):
+        return (f"object {obj!r} must be an agent name, group:<name>, model:<name>,"
+                " mcp:<server> or *")
+    if eft not in EFFECTS:
+        return f"effect {eft!r} must be allow or deny (or approve)"
+    if eft == APPROVE and act in SPECIAL_ACTIONS:
+        return f"approve applies to calls (operations, LLM calls), not to {act!r}"
     if act == ORIGINATE and obj != ANY:
         return "an originate rule's object must be *"
     return _check_action(act)
@@ -139,6 +151,8 @@ def _check_action(act: str) -> str | None:
         return None
     if ANY in act[:-1]:
         return f"'*' may only end an action ({act!r}): keyMatch ignores what follows it"
+    if act.startswith(MCP_PREFIX):
+        return None if len(act) > len(MCP_PREFIX) else f"action {act!r} names no MCP method"
     operation, colon, _ = act.partition(":")
     if not colon:
         return (
@@ -155,7 +169,8 @@ def _check_membership(kind: str, values: Sequence[str]) -> str | None:
     prefix = ROLE_PREFIX if kind == "g" else GROUP_PREFIX
     if not _is_label(parent, prefix):
         return f"{kind} parent {parent!r} must be {prefix}<name>"
-    if not (_is_agent(child) or _is_label(child, prefix) or (kind == "g2" and _is_model(child))):
+    target = kind == "g2" and (_is_model(child) or _is_mcp_server(child))
+    if not (_is_agent(child) or _is_label(child, prefix) or target):
         return f"{kind} member {child!r} must be an agent name or {prefix}<name>"
     if child == parent:
         return f"{parent} cannot contain itself"
@@ -164,6 +179,10 @@ def _check_membership(kind: str, values: Sequence[str]) -> str | None:
 
 def _is_model(name: str) -> bool:
     return name.startswith(MODEL_PREFIX) and bool(_MODEL_RE.match(name[len(MODEL_PREFIX) :]))
+
+
+def _is_mcp_server(name: str) -> bool:
+    return name.startswith(MCP_PREFIX) and bool(_MCP_SERVER_RE.match(name[len(MCP_PREFIX) :]))
 
 
 def _is_agent(name: str) -> bool:

@@ -1,5 +1,8 @@
 """Server-sent events relayed event by event: split, inspected cheaply, never buffered whole.
 
+``SseParser`` is the one reader of event streams: the A2A and LLM relays below pass each
+event's bytes on, the MCP relay (``broker.mcp.events``) reads its id, name and data.
+
 The relay sends for each upstream event what ``on_event`` makes of it (the A2A edge re-frames
 every event, ``broker.protocols.a2a.answers``; the LLM edge relays them as they came). A
 separate task reads the upstream so the sender can emit heartbeats while the upstream is quiet
@@ -13,36 +16,99 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
+
 from broker.errors import BrokerError, StreamMaxDurationError, UpstreamResponseTooLargeError
 
-_SEPARATORS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 HEARTBEAT = b": ping\r\n\r\n"
 
 
-class EventSplitter:
-    """Cuts a byte stream into complete SSE events (each with its terminating blank line)."""
+class SseEvent(msgspec.Struct, frozen=True):
+    """One event as the WHATWG event-stream rules read it, with the bytes it came in.
 
-    def __init__(self, max_event_bytes: int) -> None:
+    ``raw``: the event's lines exactly as sent, with its terminating blank line (what the A2A
+    and LLM relays inspect and pass on); ``data``: its ``data:`` lines joined with newlines
+    (None: the event has none, a comment or an id-only priming); ``event_id`` and ``event``:
+    its ``id:`` and ``event:`` fields (MCP relays them; resumption needs the id).
+    """
+
+    raw: bytes
+    data: bytes | None = None
+    event_id: bytes = b""
+    event: bytes = b""
+
+
+def _too_large() -> BrokerError:
+    return UpstreamResponseTooLargeError("An event in the agent's stream is too large.")
+
+
+class SseParser:
+    """Cuts a byte stream into SSE events, whatever the chunking: lines end with CRLF, LF or
+    CR, an event ends with a blank line. The one parser of every relay (A2A, LLM, MCP).
+
+    ``too_large`` makes the error raised when an unfinished event passes ``max_event_bytes``.
+    """
+
+    def __init__(
+        self, max_event_bytes: int, too_large: Callable[[], BrokerError] = _too_large
+    ) -> None:
         self._buf = bytearray()
         self._max = max_event_bytes
+        self._too_large = too_large
+        self._lines: list[bytes] = []
+        self._raw = bytearray()
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[SseEvent]:
         self._buf += chunk
-        events: list[bytes] = []
-        while (cut := self._next_cut()) > 0:
-            events.append(bytes(self._buf[:cut]))
-            del self._buf[:cut]
-        if len(self._buf) > self._max:
-            raise UpstreamResponseTooLargeError("An event in the agent's stream is too large.")
+        events: list[SseEvent] = []
+        while (cut := self._next_line()) is not None:
+            line, ending = cut
+            self._raw += line + ending
+            if line:
+                self._lines.append(line)
+                continue
+            if self._lines:
+                events.append(_event(self._lines, bytes(self._raw)))
+                self._lines = []
+            self._raw.clear()
+        if len(self._buf) + len(self._raw) > self._max:
+            raise self._too_large()
         return events
 
     def rest(self) -> bytes:
         """Bytes left after the stream ended: an unterminated last event, if any."""
-        return bytes(self._buf).strip()
+        return bytes(self._raw + self._buf).strip()
 
-    def _next_cut(self) -> int:
-        ends = [i + len(sep) for sep in _SEPARATORS if (i := self._buf.find(sep)) >= 0]
-        return min(ends) if ends else -1
+    def _next_line(self) -> tuple[bytes, bytes] | None:
+        lf, cr = self._buf.find(b"\n"), self._buf.find(b"\r")
+        i = lf if cr < 0 or 0 <= lf < cr else cr
+        if i < 0:
+            return None
+        cut = i + 1
+        if self._buf[i] == 13:
+            if i + 1 == len(self._buf):
+                return None  # a CR at the end: wait to see whether LF follows
+            cut += self._buf[i + 1] == 10
+        line, ending = bytes(self._buf[:i]), bytes(self._buf[i:cut])
+        del self._buf[:cut]
+        return line, ending
+
+
+def _event(lines: list[bytes], raw: bytes) -> SseEvent:
+    data: list[bytes] = []
+    event_id = event = b""
+    for line in lines:
+        if line.startswith(b":"):
+            continue
+        name, _, value = line.partition(b":")
+        value = value.removeprefix(b" ")
+        if name == b"data":
+            data.append(value)
+        elif name == b"id" and b"\x00" not in value:
+            event_id = value
+        elif name == b"event":
+            event = value
+    return SseEvent(raw, b"\n".join(data) if data else None, event_id, event)
 
 
 def event_data(event: bytes) -> bytes:
@@ -124,12 +190,12 @@ async def relay(
 async def _read_events(
     chunks: AsyncIterator[bytes], max_event_bytes: int, queue: asyncio.Queue[object]
 ) -> None:
-    splitter = EventSplitter(max_event_bytes)
+    parser = SseParser(max_event_bytes)
     try:
         async for chunk in chunks:
-            for event in splitter.feed(chunk):
-                await queue.put(event)
-        tail = splitter.rest()
+            for event in parser.feed(chunk):
+                await queue.put(event.raw)
+        tail = parser.rest()
         if tail:
             await queue.put(tail + b"\r\n\r\n")
         await queue.put(_END)

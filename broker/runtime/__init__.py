@@ -8,25 +8,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.webhook import ApprovalWebhook
 from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.tree_kill import TreeKiller
-from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.datacontrols import DataControls, open_controls
+from broker.delegation.tokens import TokenMinter, TokenVerifier, bmac_key
 from broker.errors import BrokerError, StoreUnavailableError
-from broker.identity.cards import CardVerifier, rewrite_for_broker, sign_card
+from broker.identity.cards import BrokerCardRewriter, CardVerifier
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
+from broker.mcp.servers import registry_from_settings
+from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.client import AiohttpTransport
-from broker.outbound.egress import check_push_url
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.outbound.egress import PushUrlEgress
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
+from broker.pipeline.mcp import McpGateway, McpParts
 from broker.pipeline.stage import fold
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import PolicyRuntime
@@ -59,6 +68,7 @@ class BrokerRuntime:
     roles: AgentRoles
     budget_scopes: ConfiguredScopes
     llm: LlmGateway
+    mcp: McpGateway
     expiry: asyncio.Task[None]
     late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
@@ -66,6 +76,9 @@ class BrokerRuntime:
     controls: Controls
     # Every background task of the process runs here; ``close`` ends them last (0027).
     tasks: BackgroundTasks
+    # Calls held for a human's approval: requests, decisions, expiry (docs/approvals.md).
+    approvals: ApprovalDesk
+    a2a_approvals: A2aApprovals
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -108,6 +121,8 @@ class BrokerRuntime:
         authenticate = Authenticate(stores.credentials, stores.registry)
         roles = AgentRoles(policy.engine)
         budget_scopes = ConfiguredScopes(settings.budgets, stores.budget_limits)
+        datacontrols = open_controls(settings.datacontrols)  # None when they are off
+        approvals = _approval_desk(settings, stores, audit, upstream, tasks)
         llm = LlmGateway(
             LlmParts(
                 llm=settings.llm,
@@ -125,6 +140,8 @@ class BrokerRuntime:
                 kill=controls.kill,
                 roles=roles,
                 tasks=tasks,
+                datacontrols=datacontrols,
+                approvals=approvals,
             )
         )
         runtime = cls(
@@ -142,14 +159,41 @@ class BrokerRuntime:
             roles=roles,
             budget_scopes=budget_scopes,
             llm=llm,
+            mcp=McpGateway(McpParts(
+                settings=settings,
+                stores=stores,
+                audit=audit,
+                authenticate=authenticate,
+                policy=policy.engine,
+                minter=minter,
+                verifier=verifier,
+                roles=roles,
+                budget_scopes=budget_scopes,
+                kill=controls.kill,
+                transport=upstream,
+                registry=registry_from_settings(
+                    settings.mcp, os.environ, upstream.egress.check_url
+                ),
+                sealer=mcp_sealer(settings, keys, os.environ),
+                tasks=tasks,
+            )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
             mediate=_unset,
             controls=controls,
             tasks=tasks,
+            approvals=approvals,
+            a2a_approvals=A2aApprovals(
+                approvals, stores.task_routes, settings.limits.sse_heartbeat_s
+            ),
         )
         opened.push_async_callback(runtime._stop_background_work)
-        runtime.mediate = fold(a2a_stages(_a2a_parts(runtime, minter, verifier)))
+        stages = a2a_stages(_a2a_parts(runtime, minter, verifier, datacontrols))
+        runtime.mediate = fold(stages)
+        # An approved call goes through the pipeline again from its policy on.
+        runtime.a2a_approvals.resume = fold(resume_stages(stages))
+        approvals.on_approved = runtime.a2a_approvals.forward_unwatched
+        tasks.spawn(approvals.sweep_forever(), "approvals-sweep")
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
@@ -173,6 +217,22 @@ class BrokerRuntime:
         self.expiry.cancel()
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _approval_desk(
+    settings: Settings,
+    stores: Stores,
+    audit: AuditRecorder,
+    upstream: AiohttpTransport,
+    tasks: BackgroundTasks,
+) -> ApprovalDesk:
+    webhook = ApprovalWebhook.from_settings(
+        settings.approvals.webhook, os.environ, upstream, settings.public_url, tasks
+    )
+    return ApprovalDesk(
+        stores.approvals, settings.approvals, audit, stores.registry, stores.revocations,
+        notify=webhook, tasks=tasks,
+    )  # fmt: skip
 
 
 async def _expire_reservations(stores: Stores, settings: Settings) -> None:
@@ -199,18 +259,26 @@ async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
 
 
-def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) -> A2aParts:
+def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> Sealer:
+    """The key that seals MCP session ids and cursors: from ``[mcp] seal_key_env``, else
+    derived from the signing key (the same on every replica that shares the key file)."""
+    name = settings.mcp.seal_key_env
+    secret = env.get(name, "").encode() if name else b""
+    return Sealer([derive_seal_key(secret or bmac_key(keys))])
+
+
+def _a2a_parts(
+    rt: BrokerRuntime,
+    minter: TokenMinter,
+    verifier: TokenVerifier,
+    datacontrols: DataControls | None = None,
+) -> A2aParts:
     settings, keys = rt.settings, rt.keys
-
-    def rewrite_card(card: dict[str, Any], name: str) -> dict[str, Any]:
-        return sign_card(rewrite_for_broker(card, name, settings.public_url), keys)
-
-    async def push_url_allowed(url: str) -> None:
-        await check_push_url(rt.upstream.egress, url)
 
     pages = PageTokens(keys)
     inspector = ResponseInspector(
-        rt.stores.task_routes, settings.store.task_route_ttl_s, rewrite_card, pages,
+        rt.stores.task_routes, settings.store.task_route_ttl_s,
+        BrokerCardRewriter(settings.public_url, keys), pages,
         finished_ttl_s=settings.store.finished_task_ttl_s,
     )  # fmt: skip
     return A2aParts(
@@ -228,6 +296,8 @@ def _a2a_parts(rt: BrokerRuntime, minter: TokenMinter, verifier: TokenVerifier) 
         transport=rt.upstream,
         inspector=inspector,
         pages=pages,
-        push_url_allowed=push_url_allowed,
+        push_url_allowed=PushUrlEgress(rt.upstream.egress),
         tasks=rt.tasks,
+        datacontrols=datacontrols,
+        approvals=rt.a2a_approvals,
     )

@@ -2,7 +2,8 @@
 
 One stage for every protocol; what a record holds is the protocol's ``AuditFormat``.
 
-Refusals made by earlier stages are recorded by the error boundary; this stage, just before
+Refusals made by earlier stages are recorded by the error boundary (``broker.stages.boundary``,
+shared too, with the same ``AuditFormat``); this stage, just before
 forwarding, records the allowed hop (with the token minted for it) and waits until the record
 is durable: if the audit log cannot be written, nothing is forwarded (AUDIT_UNAVAILABLE). With
 ``[audit] durable_before = "reply"`` (file backend, unary A2A calls) it waits only until the
@@ -38,6 +39,10 @@ class AuditFormat(Protocol[C_contra]):
     def staged(self, ctx: C_contra) -> bool:
         """May the decision become durable while the upstream works (``durable_before``)?"""
 
+    def refusal(self, ctx: C_contra, status: int) -> dict[str, Any]:
+        """The record of a refused call (``ctx.error``); ``status`` is the HTTP status the
+        caller was answered with."""
+
 
 class A2aAudit:
     """An A2A request's records (``broker.audit.recorder.request_fields``)."""
@@ -51,6 +56,10 @@ class A2aAudit:
     def staged(self, ctx: MediationContext) -> bool:
         # A stream's first event may be relayed at any moment: its decision is durable first.
         return ctx.operation is not None and not ctx.operation.streaming
+
+    def refusal(self, ctx: MediationContext, status: int) -> dict[str, Any]:
+        # The status the caller saw: HTTP 200 for most JSON-RPC errors.
+        return request_fields(ctx, phase="refused", status=status)
 
 
 class AuditForward(Generic[C]):

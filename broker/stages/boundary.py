@@ -1,59 +1,105 @@
-"""The outermost stage: every refusal becomes a wire error, every request one log line."""
+"""The outermost stage of every protocol: every refusal becomes a wire error and one audit
+record, every call one log line.
+
+Written once over ``CallContext``; each protocol brings its ends: a ``CallWire`` (the wire shape
+of a refusal, and how its calls are logged) and the ``AuditFormat`` its records take
+(``broker.stages.audit``, the same one its forward is audited with). A refusal is recorded here,
+after its wire shape is chosen, because the record's status is the status the caller saw (for
+A2A's JSON-RPC binding mostly HTTP 200).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
-from broker.audit.recorder import AuditRecorder, request_fields
+from broker.audit.recorder import AuditRecorder
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
 from broker.observability.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
-from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.stages.audit import A2aAudit, AuditFormat
+from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
 REQUEST_ID_HEADER = "a2a-broker-request-id"
 
+C = TypeVar("C", bound=CallContext)
+C_contra = TypeVar("C_contra", bound=CallContext, contravariant=True)
 
-class ErrorBoundary:
-    """Turns BrokerErrors (and, as a last resort, anything else) into the binding's error shape.
+
+class CallWire(Protocol[C_contra]):
+    """One protocol's ends, for the shared ``ErrorBoundary``."""
+
+    # Names the call in the traceback line of an unexpected error.
+    unexpected: str
+
+    def refusal(self, ctx: C_contra, err: BrokerError) -> Reply:
+        """``err`` in the protocol's error shape."""
+
+    def finish(self, ctx: C_contra, outcome: Outcome) -> Outcome:
+        """The outcome as it leaves the broker, its call logged (a stream's when it ends)."""
+
+
+class ErrorBoundary(Generic[C]):
+    """Turns BrokerErrors (and, as a last resort, anything else) into the protocol's error shape.
 
     Unexpected exceptions are logged with their traceback and answered as INTERNAL_ERROR with
-    no internal text. Every refusal is audited (one record); every request gets one JSON log
-    line, when its answer is complete.
+    no internal text. Every refusal is audited (one record; if the audit log cannot take it,
+    the caller still gets the refusal and the log says so); every call gets one log line.
     """
 
-    def __init__(self, recorder: AuditRecorder) -> None:
+    def __init__(
+        self,
+        recorder: AuditRecorder,
+        audit: AuditFormat[C] | None = None,
+        wire: CallWire[C] | None = None,
+    ) -> None:
         self._recorder = recorder
+        self._audit: AuditFormat[Any] = audit if audit is not None else A2aAudit()
+        self._wire: CallWire[Any] = wire if wire is not None else A2aWire()
 
-    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+    async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
         try:
-            outcome = await call_next(ctx)
+            outcome: Outcome = await call_next(ctx)
         except BrokerError as err:
             ctx.error = err
-            outcome = error_reply(err, ctx.binding, ctx.jsonrpc_id)
+            outcome = self._wire.refusal(ctx, err)
         except Exception:
-            log.exception("unexpected error mediating request %s", ctx.request_id)
+            log.exception("unexpected error %s %s", self._wire.unexpected, ctx.request_id)
             ctx.error = BrokerInternalError()
-            outcome = error_reply(ctx.error, ctx.binding, ctx.jsonrpc_id)
+            outcome = self._wire.refusal(ctx, ctx.error)
         if ctx.error is not None and not ctx.audited:
             await self._audit_refusal(ctx, outcome.status)
+        return self._wire.finish(ctx, outcome)
+
+    async def _audit_refusal(self, ctx: C, status: int) -> None:
+        if isinstance(ctx.error, AuditUnavailableError):
+            return  # the log is what failed; the log line still says so
+        try:
+            await self._recorder.record(self._audit.refusal(ctx, status))
+        except BrokerError as err:
+            log.error("refusal of request %s not audited: %s", ctx.request_id, err.reason)  # noqa: TRY400
+
+
+class A2aWire:
+    """A2A's ends: the binding's error shape (JSON-RPC or REST), the request id header, one
+    ``mediated`` log line when the answer is complete."""
+
+    unexpected = "mediating request"
+
+    def refusal(self, ctx: MediationContext, err: BrokerError) -> Reply:
+        return error_reply(err, ctx.binding, ctx.jsonrpc_id)
+
+    def finish(self, ctx: MediationContext, outcome: Outcome) -> Outcome:
         # The id that names this request in the log and the audit, for the caller to quote.
         headers = {**outcome.headers, REQUEST_ID_HEADER: ctx.request_id}
         if isinstance(outcome, StreamReply):
             return StreamReply(_logged(ctx, outcome), outcome.status, headers)
         log_request(ctx, outcome.status)
         return Reply(outcome.status, outcome.body, outcome.media_type, headers)
-
-    async def _audit_refusal(self, ctx: MediationContext, status: int) -> None:
-        if isinstance(ctx.error, AuditUnavailableError):
-            return  # the log is what failed; the log line below still says so
-        try:
-            await self._recorder.record(request_fields(ctx, phase="refused", status=status))
-        except BrokerError as err:
-            log.error("refusal of request %s not audited: %s", ctx.request_id, err.reason)  # noqa: TRY400
 
 
 async def _logged(ctx: MediationContext, reply: StreamReply) -> AsyncIterator[bytes]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from broker.background import BackgroundTasks
 from broker.budgets.model import Usage
@@ -31,9 +32,10 @@ from broker.policy.roles import AgentRoles
 from broker.settings import BudgetSettings, RateSettings
 from broker.stores.base import Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
-from broker.types import CallNext, MediationContext, Outcome
+from broker.types import CallContext, CallNext, MediationContext, Outcome
 
 ONE_CALL = Usage(calls=1)
+C = TypeVar("C", bound=CallContext)
 log = logging.getLogger("a2a_broker.budget")
 
 
@@ -59,7 +61,24 @@ class HopBudget:
         assert ctx.caller is not None  # noqa: S101
         if not ctx.operation.sends_message:
             return await call_next(ctx)
-        caller, target = ctx.caller, ctx.target.name
+        tree = ctx.hop.tree if ctx.hop is not None else None
+        return await self.charge(ctx, call_next, caller=ctx.caller, target=ctx.target.name,
+                                 tree=tree)
+
+    async def charge(
+        self,
+        ctx: C,
+        call_next: Callable[[C], Awaitable[Outcome]],
+        *,
+        caller: str,
+        target: str,
+        tree: str | None,
+        tool: str | None = None,
+    ) -> Outcome:
+        """One call charged for the rest of ``call_next`` (every protocol's hop: an A2A send,
+        an MCP tool call): the caller's and the caller→target edge's rates, then one atomic
+        reserve in every budget the call counts in (``tool``: an MCP tool's own budget too),
+        settled when the answer ends, given back if the call is refused further in."""
         # The rate checks start first, as tasks: their scripts are then queued in the same
         # event-loop turn as the reserve's, and go to Redis in its round trip.
         rates = [
@@ -71,7 +90,7 @@ class HopBudget:
             if rate is not None
         ]
         try:
-            held = await self._reserve(ctx, caller, target)
+            held = await self._reserve(caller, target, tree, tool)
         except BaseException:
             await _ended(rates)
             raise
@@ -97,12 +116,11 @@ class HopBudget:
         return await self._limiter.acquire(key, rate_per_s=rate.rate_per_s, burst=rate.burst)
 
     async def _reserve(
-        self, ctx: MediationContext, caller: str, target: str
+        self, caller: str, target: str, tree: str | None, tool: str | None
     ) -> Reservation | BudgetRefusal | None:
         """One atomic reserve of one call in every budget the hop is charged to (None: none)."""
-        tree = ctx.hop.tree if ctx.hop is not None else None
         await self._scopes.refresh()  # the live limits, at most about a second old
-        scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target)
+        scopes = self._scopes.for_call(caller, self._roles.of(caller), tree, target, tool=tool)
         if not scopes:
             return None
         return await self._ledger.reserve(scopes, ONE_CALL, ttl_s=self._budgets.reservation_ttl_s)

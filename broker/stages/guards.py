@@ -23,7 +23,7 @@ from broker.errors import (
 )
 from broker.late_writes import LateWrites
 from broker.pipeline.stage import holding
-from broker.settings import DelegationSettings, LimitSettings
+from broker.settings import DelegationSettings, GuardLimits, LimitSettings
 from broker.stores.base import ChildSlot, DelegationCounters, Refusal
 from broker.types import CallNext, MediationContext, Outcome
 
@@ -57,10 +57,7 @@ class CascadeGuards:
         assert ctx.operation is not None and ctx.target is not None  # noqa: S101
         if not ctx.operation.sends_message:
             return await call_next(ctx)
-        limits = self._delegation.limits_for(ctx.target.name)
-        depth = len(ctx.chain)  # the hop being made: A→B is depth 1
-        if limits.max_depth and depth > limits.max_depth:
-            raise HopLimitExceededError(metadata={"maxDepth": str(limits.max_depth)})
+        limits = check_depth(self._delegation, ctx.target.name, ctx.chain)
         if ctx.parent is None:
             return await call_next(ctx)  # a new tree: nothing to count against yet
         slot = await self._counters.acquire_child(
@@ -90,6 +87,17 @@ class CascadeGuards:
                 )
                 return
             log.warning("fan-out slot %s not released (%s); it expires by itself", slot.id, err)
+
+
+def check_depth(
+    delegation: DelegationSettings, target: str, chain: tuple[str, ...]
+) -> GuardLimits:
+    """Refuse a hop deeper than ``target``'s limit (every protocol's hops count the same:
+    A→B is depth 1); the limits that apply to ``target``."""
+    limits = delegation.limits_for(target)
+    if limits.max_depth and len(chain) > limits.max_depth:
+        raise HopLimitExceededError(metadata={"maxDepth": str(limits.max_depth)})
+    return limits
 
 
 class _Held:

@@ -23,11 +23,15 @@ class MintHopToken:
         # A2A-Deadline (checked by ParseRequest) may only shorten the default.
         default, asked = self._default_deadline_s, ctx.deadline_s
         deadline = default if asked is None else min(asked, default)
+        # The data controls' tags (none when they are off): the parent's, and this hop's.
+        tags = ctx.data_tags
         if ctx.parent is None:
-            token, claims = self._minter.mint_origin(ctx.caller, ctx.target.name, scope, deadline)
+            token, claims = self._minter.mint_origin(
+                ctx.caller, ctx.target.name, scope, deadline, tags=tags
+            )
         else:
             token, claims = self._minter.mint_next(
-                ctx.parent, ctx.caller, ctx.target.name, scope, deadline
+                ctx.parent, ctx.caller, ctx.target.name, scope, deadline, tags=tags
             )
         ctx.hop_token, ctx.hop = token, claims
         return await call_next(ctx)

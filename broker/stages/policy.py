@@ -41,6 +41,8 @@ class ChainPolicy:
             decision = self._engine.decide_chain(ctx.chain, ctx.target.name, act)
             _require(decision, PolicyDeniedError)
             ctx.policy_rule = decision.rule.text if decision.rule else ""
+            # Allowed, but held for a human (the approval stage, later in the order).
+            ctx.approval_rule = decision.approval.text if decision.approval else ""
         return await call_next(ctx)
 
     def _check_cycle(self, chain: tuple[str, ...], target: str) -> None:

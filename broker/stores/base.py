@@ -12,6 +12,7 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from broker.stores.approvals_base import ApprovalStore
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
 from broker.stores.kill_switch import KillSwitchStore
@@ -239,6 +240,7 @@ class Stores(msgspec.Struct, frozen=True, kw_only=True):
     rate_limiter: RateLimiter
     budget_limits: BudgetLimitStore
     kill_switch: KillSwitchStore
+    approvals: ApprovalStore
 
 
 class StoreBackend(abc.ABC):

@@ -26,6 +26,7 @@ from broker.stores.base import (
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.kill_switch import MemoryKillSwitchStore
+from broker.stores.memory_approvals import MemoryApprovalStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
     MemoryDelegationCounters,
@@ -213,6 +214,7 @@ class MemoryBackend(StoreBackend):
             budgets=MemoryBudgetLedger(),
             rate_limiter=MemoryRateLimiter(),
             budget_limits=MemoryBudgetLimitStore(),
+            approvals=MemoryApprovalStore(),
             kill_switch=MemoryKillSwitchStore(),
         )
 

@@ -39,6 +39,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
+from broker.stores.redis_approvals import RedisApprovalStore
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
 from broker.stores.redis_budget_limits import RedisBudgetLimitStore
@@ -228,6 +229,7 @@ class RedisBackend(StoreBackend):
             budgets=RedisBudgetLedger(self._client, prefix),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
+            approvals=RedisApprovalStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
 

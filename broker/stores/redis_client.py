@@ -192,6 +192,16 @@ def open_redis(
             return _open_sentinel(settings, redis_class)
 
 
+def open_url(url: str, *, timeout_s: float) -> Redis:
+    """A plain client for one server at ``url`` (a side store with its own URL and timeout)."""
+    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+def is_cluster(client: RedisClient) -> bool:
+    """Is ``client`` redis-py's cluster client (where a few commands are not available)?"""
+    return isinstance(client, RedisCluster)
+
+
 def _tls_kwargs(settings: StoreSettings, kwargs: dict[str, Any]) -> dict[str, Any]:
     if _uses_tls(settings):
         return {**kwargs, "ssl": True}

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from redis_process import REDIS_MODES, RedisMode
 
 from broker.settings import StoreSettings
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 
 @pytest.fixture(params=["memory", *REDIS_MODES])

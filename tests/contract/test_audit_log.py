@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from redis_process import REDIS_MODES, RedisMode
 
 from broker.audit.chain import AuditChain
 from broker.audit.file_log import FileAuditLog
@@ -20,6 +19,7 @@ from broker.audit.trail import AuditTrail
 from broker.audit.verify import averify_chain
 from broker.identity.keys import BrokerKeys
 from broker.settings import StoreSettings
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}

@@ -23,14 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from redis_process import (
-    REDIS_MODES,
-    RedisMode,
-    free_port,
-    start_node,
-    start_redis_cluster,
-    stop_redis_server,
-)
 
 from broker.errors import (
     StoreFullError,
@@ -49,6 +41,15 @@ from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.factory import open_backend
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 from broker.stores.replica_channel import ReplicaChannel
+from testkit.config import BrokerConfig
+from testkit.redis_process import (
+    REDIS_MODES,
+    RedisMode,
+    free_port,
+    start_node,
+    start_redis_cluster,
+    stop_redis_server,
+)
 
 MakeSettings = Callable[[RedisMode], StoreSettings]
 SECRET = "s3cret-Pa55word"
@@ -187,8 +188,9 @@ async def test_acl_credentials_come_from_the_environment(
     private_server: Callable[..., int], tmp_path: Path
 ) -> None:
     port = _acl_server(private_server)
-    config = tmp_path / "broker.toml"
-    config.write_text(f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{port}/0"\n')
+    config = BrokerConfig(port=free_port()).use_redis(
+        f"redis://127.0.0.1:{port}/0", key_prefix="a2ab"
+    ).write(tmp_path / "broker.toml")
     env = {REDIS_USERNAME_ENV: "broker", REDIS_PASSWORD_ENV: SECRET}
     settings = load_settings(str(config), environ=env)
     assert SECRET not in repr(settings)
@@ -199,8 +201,9 @@ async def test_a_wrong_password_is_refused_without_showing_it(
     private_server: Callable[..., int], tmp_path: Path
 ) -> None:
     port = _acl_server(private_server)
-    config = tmp_path / "broker.toml"
-    config.write_text(f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{port}/0"\n')
+    config = BrokerConfig(port=free_port()).use_redis(
+        f"redis://127.0.0.1:{port}/0", key_prefix="a2ab"
+    ).write(tmp_path / "broker.toml")
     wrong = "not-" + SECRET
     settings = load_settings(str(config), environ={REDIS_USERNAME_ENV: "broker",
                                                    REDIS_PASSWORD_ENV: wrong})  # fmt: skip

@@ -7,8 +7,9 @@ carries usage only when the request set ``stream_options.include_usage``.
 
 Behaviour switches (``FakeLlm.mode`` in process, or ``POST /_mode`` with JSON when run as
 ``python -m tests.e2e.fake_llm --port N``): ``omit_usage`` (no usage anywhere), ``hang`` (accept
-and never answer), ``fail`` (answer with that HTTP status). ``GET /_recorded`` returns the
-recorded requests; ``GET /_ready`` answers 200.
+and never answer), ``fail`` (answer with that HTTP status), ``echo`` (answer ``You said: `` and
+the last message's text, streamed in pieces of ``piece`` characters). ``GET /_recorded`` returns
+the recorded requests; ``GET /_ready`` answers 200.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ class Mode:
     omit_usage: bool = False
     hang: bool = False
     fail: int = 0
+    echo: bool = False
+    piece: int = 4
 
 
 @dataclass
@@ -92,7 +96,7 @@ class FakeLlm:
         if body.get("stream"):
             return await self._stream(request, body)
         answer = _completion(body["model"])
-        answer["choices"] = [_choice({"role": "assistant", "content": ANSWER})]
+        answer["choices"] = [_choice({"role": "assistant", "content": self._answer(body)})]
         if not self.mode.omit_usage:
             answer["usage"] = _usage()
         return web.json_response(answer)
@@ -102,11 +106,19 @@ class FakeLlm:
         await response.prepare(request)
         options = body.get("stream_options") or {}
         with_usage = bool(options.get("include_usage")) and not self.mode.omit_usage
-        for chunk in _chunks(body["model"], with_usage):
+        text = self._answer(body)
+        pieces = [text[i : i + self.mode.piece] for i in range(0, len(text), self.mode.piece)]
+        pieces = pieces if self.mode.echo else list(ANSWER_PIECES)
+        for chunk in _chunks(body["model"], with_usage, pieces):
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _answer(self, body: dict[str, Any]) -> str:
+        if not self.mode.echo:
+            return ANSWER
+        return "You said: " + str(body["messages"][-1]["content"])
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         body = await self._record(request)
@@ -153,8 +165,8 @@ def _usage() -> dict[str, int]:
     }
 
 
-def _chunks(model: str, with_usage: bool) -> list[dict[str, Any]]:
-    deltas = [{"role": "assistant", "content": ""}, *({"content": p} for p in ANSWER_PIECES)]
+def _chunks(model: str, with_usage: bool, pieces: Sequence[str]) -> list[dict[str, Any]]:
+    deltas = [{"role": "assistant", "content": ""}, *({"content": p} for p in pieces)]
     chunks = [
         {**_completion(model, "chat.completion.chunk"), "choices": [_choice(d, "delta", None)]}
         for d in deltas

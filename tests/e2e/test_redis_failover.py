@@ -21,8 +21,6 @@ import asyncio
 import itertools
 import json
 import secrets
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -35,9 +33,11 @@ import openai
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_process import RedisTopology, start_redis_cluster, start_sentinel_set
 
-from testkit.procs import REPO_ROOT, Process, free_port
+from testkit.brokers import BrokerProcess, generate_signing_key, launch_broker
+from testkit.config import BrokerConfig, budget
+from testkit.procs import free_port, local_url
+from testkit.redis_process import RedisTopology, start_redis_cluster, start_sentinel_set
 
 from .conftest import _static_card
 from .fake_llm import FakeLlm
@@ -50,52 +50,24 @@ BROKERS, WORKERS, PAUSE_S = 2, 4, 0.05  # bounded load: at most ~80 calls/s in a
 BEFORE_S, AFTER_RECOVERY_S, MAX_OUTAGE_S = 1.5, 1.5, 20.0
 RECOVERED_AFTER = 10  # consecutive successes that count as served again
 
-CONFIG = """
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "{public_url}"
-log_level = "warning"
 
-[store]
-backend = "redis"
-redis_mode = "{mode}"
-redis_url = "{url}"
-sentinel_service = "{service}"
-key_prefix = "{prefix}"
-replica_acks = {acks}
-
-[keys]
-signing_key_file = "{key_file}"
-
-[egress]
-allow_loopback = true
-
-[audit]
-dir = "{audit_dir}"
-fsync = false
-
-[policy]
-allow_all = true
-
-[llm]
-reservation_ttl_s = 5
-
-[llm.providers.fake]
-base_url = "{fake}/v1"
-key_env = "{key_env}"
-models = ["{model}"]
-price_in_per_mtok = 2.0
-price_out_per_mtok = 10.0
-timeout_s = 5.0
-
-[budgets]
-reservation_ttl_s = 5
-expire_interval_s = 0.5
-
-[budgets.agents]
-{agent} = [{{ metric = "calls", window = "day", limit = 1000000000 }}]
-"""
+def _config(
+    mode: str, topology: RedisTopology, port: int, public_url: str, fake: str
+) -> BrokerConfig:
+    """One replica's configuration: the shared Redis topology, the fake provider, a budget."""
+    config = BrokerConfig(port=port).set("server", public_url=public_url, log_level="warning")
+    config.use_redis(
+        topology.url, key_prefix=PREFIX, redis_mode=mode,
+        sentinel_service=topology.service or "mymaster",
+        replica_acks=1 if mode == "sentinel" else 0,
+    )  # fmt: skip
+    config.set("llm", reservation_ttl_s=5)
+    config.set(
+        "llm.providers.fake", base_url=f"{fake}/v1", key_env=PROVIDER_KEY_ENV, models=[MODEL],
+        price_in_per_mtok=2.0, price_out_per_mtok=10.0, timeout_s=5.0,
+    )  # fmt: skip
+    config.set("budgets", reservation_ttl_s=5, expire_interval_s=0.5)
+    return config.set("budgets.agents", **{AGENT: [budget("calls", "day", 1_000_000_000)]})
 
 
 @dataclass
@@ -139,33 +111,23 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
     mode: str = request.param
     topology = await asyncio.to_thread(_start_topology, mode, tmp_path / "redis")
     provider = FakeLlm()
-    procs: list[Process] = []
+    procs: list[BrokerProcess] = []
     try:
         await provider.start()
-        key_file = tmp_path / "broker-key.pem"
-        await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "broker", "keys", "generate", str(key_file)],
-            check=True, cwd=REPO_ROOT, timeout=30,
-        )  # fmt: skip
+        key_file = await asyncio.to_thread(generate_signing_key, tmp_path / "broker-key.pem")
         admin = secrets.token_urlsafe(16)
         ports = [free_port() for _ in range(BROKERS)]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        urls = [local_url(p) for p in ports]
         for i, port in enumerate(ports):
-            config = tmp_path / f"broker{i}.toml"
-            config.write_text(CONFIG.format(
-                port=port, public_url=urls[0], mode=mode, url=topology.url,
-                service=topology.service or "mymaster", prefix=PREFIX,
-                acks=1 if mode == "sentinel" else 0, key_file=key_file,
-                audit_dir=tmp_path / f"audit{i}", fake=provider.url.removesuffix("/v1"),
-                key_env=PROVIDER_KEY_ENV, model=MODEL, agent=AGENT,
+            config = _config(mode, topology, port, urls[0], provider.url.removesuffix("/v1"))
+            config.set("keys", signing_key_file=key_file)
+            config.set("audit", dir=tmp_path / f"audit{i}", fsync=False)
+            procs.append(launch_broker(
+                config, log_dir=tmp_path, name=f"failover-broker{i}", admin_token=admin,
+                env={PROVIDER_KEY_ENV: PROVIDER_KEY},
             ))  # fmt: skip
-            argv = [sys.executable, "-m", "broker", "serve", "--config", str(config)]
-            procs.append(Process.launch(
-                argv, env={"A2A_BROKER_ADMIN_TOKEN": admin, PROVIDER_KEY_ENV: PROVIDER_KEY},
-                cwd=REPO_ROOT, log_dir=tmp_path, name=f"failover-broker{i}",
-            ))  # fmt: skip
-        for proc, url in zip(procs, urls, strict=True):
-            await asyncio.to_thread(proc.wait_ready, f"{url}/readyz", timeout=30)
+        for proc in procs:
+            await asyncio.to_thread(proc.wait_ready, "/readyz", timeout=30)
         headers = {"Authorization": f"Bearer {admin}"}
         async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
             response = await http.post(f"{urls[1]}/admin/agents", headers=headers, json={

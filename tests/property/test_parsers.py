@@ -14,7 +14,7 @@ from broker.errors import BrokerError
 from broker.protocols.a2a.answers import reframe
 from broker.protocols.a2a.operations import match_rest
 from broker.protocols.jsonlimits import json_depth_exceeds
-from broker.protocols.sse import EventSplitter
+from broker.protocols.sse import SseParser
 from broker.settings import LimitSettings
 from broker.stages.parse import ParseRequest, decode_envelope
 from broker.types import MediationContext, Reply
@@ -108,10 +108,10 @@ events = st.lists(
 @given(events, st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=8))
 def test_sse_split_is_independent_of_chunking(frames: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(frames)
-    splitter, seen, pos, i = EventSplitter(1 << 20), [], 0, 0
+    parser, seen, pos, i = SseParser(1 << 20), [], 0, 0
     while pos < len(stream):
         step = cuts[i % len(cuts)]
-        seen += splitter.feed(stream[pos : pos + step])
+        seen += [event.raw for event in parser.feed(stream[pos : pos + step])]
         pos, i = pos + step, i + 1
     assert seen == frames
 

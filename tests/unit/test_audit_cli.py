@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import cli
 from broker.audit.file_log import FileAuditLog
 from broker.audit.log import AuditLog
 from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
+from broker.cli import audit_commands as cli
 from broker.identity.keys import BrokerKeys, generate_signing_key_file, load_signing_key
 
 # Later than the checkpoints (stamped now): timestamps never run backwards within a chain.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from broker.audit.redis_log import RedisAuditLog
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import verify_chain
 from broker.identity.keys import BrokerKeys
+from testkit.procs import free_port
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
@@ -188,10 +188,7 @@ def test_records_of_a_replica_go_to_its_own_file(tmp_path: Path) -> None:
 
 
 async def test_the_trail_fails_closed_when_redis_is_unreachable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = RedisAuditLog(f"redis://127.0.0.1:{port}/0", "test")
+    log = RedisAuditLog(f"redis://127.0.0.1:{free_port()}/0", "test")
     with pytest.raises(AuditLogError):
         await AuditTrail.open(log, "r1", KEYS)
     trail = AuditTrail(log, AuditChain("r1", KEYS))

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import cli
 from broker.audit.file_log import FileAuditLog
 from broker.audit.findings import EXIT_CODES, EXIT_OK, EXIT_UNVOUCHED, EXIT_USAGE, Finding
 from broker.audit.recorder import open_recorder, open_witness
 from broker.audit.trail import AuditTrail
 from broker.audit.witness import FileWitness, RedisWitness, Witness, WitnessEntry, WitnessWriter
+from broker.cli import audit_commands as cli
 from broker.identity.keys import BrokerKeys, generate_signing_key_file, load_signing_key
 from broker.settings import AuditSettings, Settings, StoreSettings
 

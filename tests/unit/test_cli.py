@@ -16,8 +16,10 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 import broker
-from broker.cli import _parser, main
+from broker.cli import build_parser, main
 from broker.cli.output import Output, Table, iso_time, with_iso_times
+from testkit.config import BrokerConfig
+from testkit.procs import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EPOCH = 1795633412.327
@@ -36,7 +38,7 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "a2a-broker") -> Itera
 
 def test_every_option_and_argument_has_help_and_no_markup() -> None:
     missing, markup = [], []
-    for path, parser in _parsers(_parser()):
+    for path, parser in _parsers(build_parser()):
         texts = [parser.description or "", parser.epilog or ""]
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
@@ -83,7 +85,7 @@ def test_audit_times_that_are_not_times_are_argument_errors(
 
 
 def test_audit_times_take_iso_epoch_and_relative_forms() -> None:
-    parser = _parser()
+    parser = build_parser()
     for given in ("2026-12-01", "2026-12-01T09:30:00Z", "1795633412", "1h", "30m", "2d"):
         args = parser.parse_args(["audit", "search", "x", "--since", given])
         assert args.since > 0, given
@@ -95,7 +97,7 @@ def test_audit_times_take_iso_epoch_and_relative_forms() -> None:
 def test_audit_decision_takes_synonyms_and_names_the_valid_choices(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    parser = _parser()
+    parser = build_parser()
     assert parser.parse_args(["audit", "search", "x", "--decision", "denied"]).decision == "deny"
     assert parser.parse_args(["audit", "tail", "x", "--decision", "Allowed"]).decision == "allow"
 
@@ -141,17 +143,11 @@ def test_admin_commands_without_a_token_name_the_variable(
     )
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("position", ["before", "after"])
 def test_an_unreachable_broker_is_one_line_that_names_the_variable(
     capsys: pytest.CaptureFixture[str], position: str
 ) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     options = ["--url", url, "--admin-token=t", "--json"]
     argv = ["trees", *options, "show", "t1"] if position == "before" else [
         "trees", "show", "t1", *options]
@@ -207,12 +203,11 @@ def _run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def bad_policy_config(tmp_path: Path) -> Path:
     (tmp_path / "badpol.csv").write_text("g, a, role:x\np, a, b, Bogus:*, allow\n")
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f'[server]\nport = {_closed_port()}\n[audit]\ndir = "audit"\n'
-        '[policy]\npolicy_file = "badpol.csv"\n'
-    )
-    return config
+    config = BrokerConfig(port=free_port()).set("audit", dir="audit")
+    config.use_policy_file("badpol.csv")
+    path = tmp_path / "broker.toml"
+    path.write_text(config.to_toml())  # not written through the loader: it would refuse
+    return path
 
 
 @pytest.mark.parametrize("command", ["serve", "config-check"])
@@ -242,11 +237,15 @@ def test_a_bad_policy_file_is_one_line_naming_file_and_line(
         ('[registry]\ncards_dir = "cards"\n', {"cards/bad.json": "{"}, "cards/bad.json: "),
         ('[audit.export]\nenabled = true\n[[audit.export.sinks]]\nname = "s"\nkind = "hec"\n'
          'token_env = "HEC_TOKEN"\n', {}, "broker.toml:6: sink s: token_env $HEC_TOKEN is not set"),
-        # Configured but not yet applied to traffic: refused rather than silently ignored.
-        ('[datacontrols]\nenabled = true\n', {},
-         "broker.toml:2: data controls are not applied to traffic by this version"),
-        ('[mcp.servers.tools]\nurl = "https://tools.example/mcp"\n', {},
-         "broker.toml:1: the broker does not serve MCP yet"),
+        # Asked for but unable to apply: refused rather than silently ignored.
+        ('[datacontrols]\nenabled = true\nengine = "presidio"\n', {},
+         'broker.toml:3: [datacontrols] engine = "presidio" needs the presidio extra'),
+        # An MCP server is registered at start-up as config-check registers it.
+        ('[mcp.servers.tools]\nurl = "https://tools.example/mcp"\n'
+         'credential = { kind = "bearer", env = "NOT_SET_MCP" }\n', {},
+         "broker.toml:1: MCP server 'tools': its credential is empty ($NOT_SET_MCP is not set)"),
+        ('[egress]\nallow_loopback = false\n[mcp.servers.local]\nurl = "http://127.0.0.1:9/mcp"\n',
+         {}, "broker.toml:3: "),
     ],
 )
 def test_config_check_loads_every_file_the_config_names(
@@ -287,9 +286,7 @@ def test_config_check_of_the_demo_files_says_what_it_loaded(tmp_path: Path) -> N
 def test_serve_on_a_port_in_use_is_one_line_and_status_3(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        (tmp_path / "broker.toml").write_text(
-            f'[server]\nport = {port}\n[audit]\ndir = "a"\n[policy]\nallow_all = true\n'
-        )
+        BrokerConfig(port=port).set("audit", dir="a").write(tmp_path / "broker.toml")
         done = _run_cli("serve", "--config", "broker.toml", cwd=tmp_path)
 
     assert done.returncode == 3
@@ -299,11 +296,9 @@ def test_serve_on_a_port_in_use_is_one_line_and_status_3(tmp_path: Path) -> None
 
 
 def test_a_start_up_failure_in_the_worker_is_one_error_line_and_status_3(tmp_path: Path) -> None:
-    (tmp_path / "broker.toml").write_text(
-        f"[server]\nport = {_closed_port()}\n"
-        f'[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{_closed_port()}/0"\n'
-        '[audit]\nbackend = "redis"\n[policy]\nallow_all = true\n'
-    )
+    config = BrokerConfig(port=free_port()).set("audit", backend="redis")
+    config.use_redis(f"redis://127.0.0.1:{free_port()}/0", key_prefix="a2ab")
+    config.write(tmp_path / "broker.toml")
 
     done = _run_cli("serve", "--config", "broker.toml", cwd=tmp_path)
 
@@ -354,7 +349,7 @@ def test_a_demo_agent_whose_port_is_taken_moves_to_a_free_one(tmp_path: Path) ->
 
 
 def test_a_demo_child_that_fails_is_reported_in_one_line(tmp_path: Path) -> None:
-    from broker.demo.launcher import Child, ChildFailedError, _check_alive
+    from broker.demo.launcher import Child, ChildFailedError, check_alive
 
     log = tmp_path / "broker.log"
     log.write_text(
@@ -368,7 +363,7 @@ def test_a_demo_child_that_fails_is_reported_in_one_line(tmp_path: Path) -> None
     process.wait()
 
     with pytest.raises(ChildFailedError) as raised:
-        _check_alive(Child("broker", process, log))
+        check_alive(Child("broker", process, log))
 
     assert str(raised.value) == (
         f"broker exited with status 3: cannot start: Redis audit read failed (log: {log})"

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import msgspec
 import pytest
 from redis.asyncio import Redis
-from redis_process import REDIS_MODES, RedisMode
 
 from broker.errors import KillSwitchEngagedError
 from broker.runtime.control import Controls
@@ -20,6 +19,7 @@ from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend
 from broker.stores.replica_channel import ReplicaChannel
 from testkit.procs import free_port
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 DEADLINE_S = 5.0  # far below read_cache_ttl_s: only the channel can explain a change seen here
 

@@ -40,6 +40,7 @@ from broker.outbound.egress import (
 )
 from broker.outbound.errors import transport_error
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from testkit.procs import free_port
 
 # --- every connect() in the process, recorded ----------------------------------------------------
 
@@ -164,13 +165,6 @@ async def silent_port() -> AsyncIterator[int]:
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     yield server.sockets[0].getsockname()[1]
     server.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -354,7 +348,7 @@ async def test_fetch_card_keeps_egress_refusals(make_client, upstream) -> None:
     with pytest.raises(EgressDeniedError):
         await make_client(loopback=False).fetch_card(upstream.url("/card"))
     with pytest.raises(AgentCardFetchError, match="could not be reached"):
-        await make_client().fetch_card(f"http://127.0.0.1:{_closed_port()}/card")
+        await make_client().fetch_card(f"http://127.0.0.1:{free_port()}/card")
 
 
 async def test_response_body_is_capped(make_client, upstream) -> None:
@@ -367,7 +361,7 @@ async def test_response_body_is_capped(make_client, upstream) -> None:
 
 async def test_connection_refused_is_unreachable(make_client) -> None:
     with pytest.raises(UpstreamUnreachableError) as failure:
-        await make_client().request("GET", f"http://127.0.0.1:{_closed_port()}/")
+        await make_client().request("GET", f"http://127.0.0.1:{free_port()}/")
     assert "refused" not in failure.value.message.lower()  # the OS text stays in detail
     assert failure.value.detail
 
@@ -419,7 +413,7 @@ async def test_idle_stream_ends_with_stream_idle_timeout(make_client, upstream) 
 
 
 async def test_no_cookies_no_proxy_no_decoding(make_client, upstream, monkeypatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_closed_port()}")  # must be ignored
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # must be ignored
     client = make_client()
     async with await client.request("GET", upstream.url("/cookie")) as response:
         await client.read_body(response)

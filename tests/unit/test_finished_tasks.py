@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import pytest
 import redis
-from redis_process import RedisMode
 
 from broker.delegation.tokens import Actor, DelegationClaims
 from broker.protocols.a2a.operations import SEND_MESSAGE
@@ -18,6 +17,7 @@ from broker.stages.responses import ResponseInspector
 from broker.stores.base import AgentRecord, Stores
 from broker.stores.factory import open_backend
 from broker.types import MediationContext
+from testkit.redis_process import RedisMode
 
 RUNNING_TTL_S, FINISHED_TTL_S = 7 * 24 * 3600, 3600
 

@@ -36,7 +36,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.identity.names", "broker.identity.credentials", "broker.background",
         "broker.delegation.errors", "broker.llm.errors",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
-        "broker.settings_observability",
+        "broker.settings_observability", "broker.settings_approvals",
         # The metrics hooks every floor calls (they import only prometheus-client), and the
         # logging set-up.
         "broker.observability",
@@ -46,10 +46,13 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
         "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
+        "broker.approvals",
     ),
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
-        "broker.llm.metering", "broker.llm.forward",
+        "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
+        "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
+        "broker.approvals.stages", "broker.approvals.a2a",
     ),
     5: ("broker.pipeline",),
     6: ("broker.runtime",),
@@ -146,3 +149,33 @@ def test_the_check_finds_an_upward_import() -> None:
     assert floor_of("broker.runtime") == 6 > floor_of("broker.stages.forward") == 4
     assert floor_of("broker.pipeline.stage") == 0 < floor_of("broker.pipeline.a2a") == 5
     assert floor_of("broker") == 0 and floor_of("broker.not_placed_anywhere") is None
+
+
+def _runtime_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) of every import outside ``if TYPE_CHECKING:``, any package."""
+    found: list[tuple[int, str]] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and _type_checking(node):
+            pending.extend(node.orelse)
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_only_the_stores_import_the_redis_client_library() -> None:
+    """Redis is one backend of the stores: everything else reaches it through ``stores/``
+    (``stores.redis_client`` opens clients and names their failures)."""
+    outside = [
+        f"{module_name(path)} line {line}: {name}"
+        for path in MODULES
+        if module_name(path).split(".")[:2] != ["broker", "stores"]
+        for line, name in _runtime_imports(ast.parse(path.read_text(encoding="utf-8")))
+        if name.split(".")[0] == "redis"
+    ]
+    assert outside == []

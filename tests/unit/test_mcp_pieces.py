@@ -18,7 +18,7 @@ from broker.mcp.errors import (
     McpNameNotFoundError,
     McpSessionNotFoundError,
 )
-from broker.mcp.events import SseParser, relay_json, relay_sse
+from broker.mcp.events import relay_json, relay_sse
 from broker.mcp.listing import filter_result
 from broker.mcp.reading import McpMessage, McpOperation
 from broker.mcp.sessions import (
@@ -29,6 +29,7 @@ from broker.mcp.sessions import (
     UpstreamSession,
     derive_seal_key,
 )
+from broker.protocols.sse import SseParser
 
 KEY = derive_seal_key(b"test secret")
 

@@ -3,21 +3,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.approvals.a2a import A2aApprovals
+from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
+from broker.datacontrols import DataControls, DataControlsSettings
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
+from broker.mcp.servers import McpServerRegistry
+from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
-from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmParts, llm_stages
+from broker.pipeline.mcp import McpParts, mcp_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.protocols.llm.catalog import ModelCatalog
 from broker.settings import ServerSettings, Settings
+from broker.settings_approvals import ApprovalSettings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
 from broker.stores.memory import MemoryBackend
@@ -83,7 +92,7 @@ def _names(stages: list[object]) -> list[str]:
 def test_the_a2a_pipeline_runs_its_stages_in_this_order() -> None:
     a2a, _ = _parts()
     assert _names(list(a2a_stages(a2a))) == [
-        "ErrorBoundary",  # outermost: every refusal in the binding's shape, one log line
+        "ErrorBoundary",  # outermost: every refusal in the binding's shape, audited; one log line
         "Authenticate",  # before anything costs a store read beyond the credential
         "ParseRequest",
         "RefuseWhileKilled",  # once the operation is known (CancelTask passes)
@@ -105,8 +114,7 @@ def test_the_a2a_pipeline_runs_its_stages_in_this_order() -> None:
 def test_the_llm_pipeline_runs_its_stages_in_this_order() -> None:
     _, llm = _parts()
     assert _names(list(llm_stages(llm, ModelCatalog(llm.llm)))) == [
-        "LlmErrorBoundary",
-        "LlmAuditRefusals",
+        "ErrorBoundary",  # the same boundary, with the LLM's ends: refusals audited once
         "Authenticate",
         "RefuseWhileKilled",
         "ParseLlmRequest",
@@ -125,6 +133,113 @@ def test_both_pipelines_share_the_stages_every_protocol_needs() -> None:
     a2a, llm = _parts()
     a2a_chain = list(a2a_stages(a2a))
     llm_chain = list(llm_stages(llm, ModelCatalog(llm.llm)))
-    shared = {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"}
+    shared = {
+        "ErrorBoundary", "Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"
+    }
     assert shared <= set(_names(a2a_chain)) & set(_names(llm_chain))
     assert a2a.authenticate in a2a_chain and llm.authenticate in llm_chain
+
+
+def test_data_controls_scan_requests_before_the_token_and_answers_inside_the_audit() -> None:
+    """With [datacontrols] on, both pipelines gain the same two stages: the request's scan
+    after policy and guards and before the token and budget; the answer's inside the audit."""
+    a2a, llm = _parts()
+    data = DataControls(DataControlsSettings(enabled=True))
+    a2a_names = _names(list(a2a_stages(dataclasses.replace(a2a, datacontrols=data))))
+    llm_names = _names(
+        list(llm_stages(dataclasses.replace(llm, datacontrols=data), ModelCatalog(llm.llm)))
+    )
+    assert a2a_names[a2a_names.index("TaskScope") :] == [
+        "TaskScope",
+        "ScanRequest",  # its tags go into the token minted next
+        "MintHopToken",
+        "HopBudget",
+        "AuditForward",
+        "ScanAnswer",  # the outcome record covers what the caller got
+        "Forward",
+    ]
+    assert llm_names[llm_names.index("ProviderBreaker") :] == [
+        "ProviderBreaker",
+        "ScanRequest",
+        "MeterBudget",
+        "AuditForward",
+        "ScanAnswer",
+        "ForwardToProvider",
+    ]
+
+
+def _mcp_parts() -> McpParts:
+    a2a, _ = _parts()
+    return McpParts(
+        settings=SETTINGS,
+        stores=a2a.stores,
+        audit=a2a.audit,
+        authenticate=a2a.authenticate,
+        policy=None,
+        minter=a2a.minter,
+        verifier=a2a.verifier,
+        roles=a2a.roles,
+        budget_scopes=a2a.budget_scopes,
+        kill=a2a.kill,
+        transport=a2a.transport,
+        registry=McpServerRegistry(a2a.transport.egress.check_url),
+        sealer=Sealer([derive_seal_key(b"order")]),
+    )
+
+
+def test_the_mcp_pipeline_runs_its_stages_in_this_order() -> None:
+    assert _names(list(mcp_stages(_mcp_parts()))) == [
+        "McpErrorBoundary",  # every refusal an MCP JSON-RPC error, one log line
+        "McpAuditRefusals",
+        "Authenticate",
+        "RefuseWhileKilled",
+        "ParseMcpRequest",  # the one reading, before anything is looked up for it
+        "ResolveMcpServer",  # the virtual server's calls routed: judged as the server's
+        "McpSession",
+        "DelegationContext",
+        "McpPolicy",  # before anything that counts or spends
+        "McpGuards",
+        "MintMcpHopToken",
+        "McpToolBudget",  # last check: a refused call spends nothing
+        "AuditForward",  # every decision made: durable before anything leaves
+        "ForwardMcp",  # innermost
+    ]
+
+
+def test_the_mcp_pipeline_shares_the_stages_every_protocol_needs() -> None:
+    parts = _mcp_parts()
+    chain = list(mcp_stages(parts))
+    assert {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"} <= set(
+        _names(chain)
+    )
+    assert parts.authenticate in chain
+
+
+def _with_approvals() -> tuple[A2aParts, LlmParts]:
+    a2a, llm = _parts()
+    desk = ApprovalDesk(
+        a2a.stores.approvals, ApprovalSettings(), a2a.audit, a2a.stores.registry,
+        a2a.stores.revocations,
+    )  # fmt: skip
+    approvals = A2aApprovals(desk, a2a.stores.task_routes, 15)
+    return dataclasses.replace(a2a, approvals=approvals), dataclasses.replace(llm, approvals=desk)
+
+
+def test_approval_waits_for_every_automatic_check_and_comes_before_token_and_budget() -> None:
+    a2a, llm = _with_approvals()
+    names = _names(list(a2a_stages(a2a)))
+    at = names.index("TaskScope")
+    assert names[at : at + 4] == ["TaskScope", "ApprovalTasks", "RequireApproval", "MintHopToken"]
+    llm_names = _names(list(llm_stages(llm, ModelCatalog(llm.llm))))
+    at = llm_names.index("MeterBudget")
+    assert llm_names[at : at + 4] == [
+        "MeterBudget", "CostOverThreshold", "RequireApproval", "AuditForward",
+    ]
+
+
+def test_an_approved_call_goes_through_every_check_again_but_not_the_callers_identity() -> None:
+    a2a, _ = _with_approvals()
+    resumed = _names(resume_stages(list(a2a_stages(a2a))))
+    assert resumed[0] == "ParseRequest" and resumed[-1] == "Forward"
+    assert {"ErrorBoundary", "Authenticate", "DelegationContext"}.isdisjoint(resumed)
+    assert {"ChainPolicy", "CascadeGuards", "RequireApproval", "HopBudget"} <= set(resumed)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy.cli import check, explain
+from broker.cli.policy_commands import check, explain
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 DEMO = str(POLICIES / "policy.csv")

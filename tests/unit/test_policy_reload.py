@@ -10,11 +10,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from redis_process import REDIS_MODES, RedisMode
 
 from broker.policy import PolicyEngine, PolicyError, PolicyMessage, PolicyReloader, policy_version
 from broker.settings import StoreSettings
 from broker.stores.redis_client import RedisClient, open_redis
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 MODEL = (Path(__file__).resolve().parents[2] / "policies" / "model.conf").read_text()
 V1 = "g, alice, role:user\np, role:user, svc, SendMessage:*, allow\n"

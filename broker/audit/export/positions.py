@@ -14,11 +14,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import msgspec
-from redis.asyncio import Redis
 
 from broker.audit.export.errors import PositionStoreError
 from broker.settings import StoreSettings
-from broker.stores.redis_client import REDIS_FAILURES, RedisClient, open_redis
+from broker.stores.redis_client import REDIS_FAILURES, RedisClient, open_redis, open_url
 
 _positions_decoder = msgspec.json.Decoder(dict[str, dict[str, int]])
 
@@ -107,7 +106,7 @@ class RedisPositionStore(PositionStore):
     def __init__(self, target: str | StoreSettings, key: str, *, timeout_s: float = 2.0) -> None:
         self.key = key
         self._redis: RedisClient = (
-            Redis.from_url(target, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            open_url(target, timeout_s=timeout_s)
             if isinstance(target, str)
             else open_redis(target)  # [store] in any redis_mode
         )

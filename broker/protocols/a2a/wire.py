@@ -68,6 +68,9 @@ def error_headers(err: BrokerError) -> dict[str, str]:
         headers["retry-after"] = str(max(1, round(err.retry_after)))
     if err.http_status == 401:
         headers["www-authenticate"] = 'Bearer realm="a2a-broker"'
+    if err.reason == "APPROVAL_PENDING" and "approval_id" in err.metadata:
+        # What to send again, once approved, with the same call (docs/approvals.md).
+        headers["a2a-broker-approval"] = err.metadata["approval_id"]
     return headers
 
 

@@ -1,4 +1,4 @@
-"""What ``a2a-broker policy check`` and ``a2a-broker policy explain`` do (argparse is broker.cli's).
+"""What ``a2a-broker policy check`` and ``policy explain`` do (argparse: ``broker.cli.policy``).
 
 Both read the model from ``model_path``; by default from ``model.conf`` beside the policy file if
 there is one, else from the model shipped in ``policies/``.
@@ -121,6 +121,12 @@ def _show(what: str, decision: Decision, chain: Sequence[str]) -> bool:
     if decision.chain_rule is not None:
         how = f"{chain[-1]} may delegate" if decision.delegated else f"origin {chain[0]}"
         print(f"    and {how}: {_rule(decision.chain_rule)}")
+    if decision.needs_approval:
+        whose = "caller" if decision.approval_principal == chain[-1] else "origin"
+        print(
+            f"    APPROVAL REQUIRED: {whose} {decision.approval_principal}:"
+            f" {_rule(decision.approval)} (deny beats approve, approve beats allow)"
+        )
     return decision.allowed
 
 

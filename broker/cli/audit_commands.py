@@ -1,4 +1,4 @@
-"""The ``a2a-broker audit`` commands as functions; the CLI module wires them to argparse.
+"""The ``a2a-broker audit`` commands as functions; ``broker.cli.audit`` wires them to argparse.
 
 Each returns the process exit code and writes results to ``out`` (JSON lines for records) and
 problems to ``err``. ``verify`` returns 0 when every chain verifies, else the code of the first

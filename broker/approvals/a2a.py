@@ -1,0 +1,383 @@
+"""A2A calls held for approval: the caller gets a task the broker owns, which becomes the
+agent's once the call is approved and forwarded.
+
+* A held send answers at once with a broker-owned task (``approval-<hex>``) in
+  ``TASK_STATE_AUTH_REQUIRED`` (``broker.protocols.a2a.approval_task``); its route is recorded
+  for the caller, so GetTask / CancelTask / SubscribeToTask reach it through the broker like any
+  task. A held stream sends that task as its first event and stays open until the decision.
+* Approved: the broker forwards the call it kept, the exact bytes received, through the rest of
+  the pipeline again (``resume``: policy, guards and budget are asked again, a fresh hop token is
+  minted), exactly once (the approval is used up by the approval stage). The open stream, if
+  any, forwards it and relays the agent's events; otherwise the replica that saw the approval
+  does. From then on the broker's task id stands for the agent's task: GetTask, CancelTask and
+  SubscribeToTask on it are forwarded to the agent with the agent's task id.
+* Denied: ``TASK_STATE_REJECTED``; expired or voided (tree killed, agent suspended) or failed
+  to forward: ``TASK_STATE_FAILED``; cancelled by the caller: ``TASK_STATE_CANCELED``; the
+  status message and ``metadata["a2a-broker/approval"]`` say why.
+* Other operations held by an ``approve`` rule (a CancelTask, a push config...) are synchronous:
+  refused with ``APPROVAL_PENDING``, and the same call sent again with ``A2A-Broker-Approval``
+  once approved goes ahead once (as LLM calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from broker.approvals.action import action_digest
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.stages import pending_error
+from broker.delegation.tokens import DelegationClaims
+from broker.errors import (
+    BrokerError,
+    PushNotificationNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+)
+from broker.protocols.a2a import approval_task as wire
+from broker.protocols.a2a.operations import CANCEL_TASK, GET_TASK, SUBSCRIBE_TO_TASK
+from broker.stores.approvals_base import ApprovalRecord
+from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.types import Binding, CallNext, MediationContext, Outcome, Reply, StreamReply
+
+log = logging.getLogger("a2a_broker.approvals")
+TASK_PREFIX = "approval-"
+# Headers kept with a held call: what the stages before the forward read, nothing secret.
+_KEPT_HEADERS = (
+    "content-type", "accept", "a2a-version", "a2a-extensions", "a2a-skill", "a2a-deadline",
+)
+# How often a waiting stream (or subscriber) looks at its approval.
+POLL_S = 0.5
+# An approved call whose caller waits on a stream is forwarded by that stream; if the stream is
+# gone, the replica that saw the approval forwards it after this long.
+STREAM_GRACE_S = 3.0
+_STATE: dict[str, str] = {
+    "pending": "TASK_STATE_AUTH_REQUIRED",
+    "approved": "TASK_STATE_AUTH_REQUIRED",
+    "used": "TASK_STATE_WORKING",
+    "denied": "TASK_STATE_REJECTED",
+    "expired": "TASK_STATE_FAILED",
+    "voided": "TASK_STATE_FAILED",
+    "cancelled": "TASK_STATE_CANCELED",
+}
+# The stable reason each ending gives (status message metadata; docs/approvals.md).
+REASONS: dict[str, str] = {
+    "denied": "APPROVAL_DENIED",
+    "expired": "APPROVAL_EXPIRED",
+    "voided": "APPROVAL_VOIDED",
+    "cancelled": "APPROVAL_CANCELLED",
+}
+
+
+class HeldCall(msgspec.Struct, frozen=True, kw_only=True):
+    """What the broker keeps of a held A2A call, to forward it unchanged once approved."""
+
+    binding: Binding
+    target: str
+    http_method: str
+    rest_tail: str = ""
+    query_string: str = ""
+    headers: dict[str, str]
+    body: bytes
+    caller: str
+    chain: tuple[str, ...]
+    parent: DelegationClaims | None = None
+    context_id: str = ""
+
+
+_held_decoder = msgspec.json.Decoder(HeldCall)
+
+
+def task_for(record: ApprovalRecord, context_id: str, note: str = "") -> dict[str, Any]:
+    """The broker-owned task as ``record`` stands."""
+    state = _STATE[record.state]
+    meta = {
+        "id": record.id,
+        "state": record.state,
+        "expiresAt": wire.timestamp(record.expires_at),
+        "reason": REASONS.get(record.state, ""),
+    }
+    return wire.task(record.id, context_id or record.id, state, note or _text(record),
+                     meta=meta, at=record.decided_at or record.created_at)
+
+
+def _text(record: ApprovalRecord) -> str:
+    until = wire.timestamp(record.expires_at)
+    match record.state:
+        case "pending" | "approved":
+            return (f"Awaiting human approval until {until}: {record.summary}"
+                    f" (approval {record.id}).")
+        case "denied":
+            return f"A human denied this call: {record.reason or 'no reason given'}."
+        case "expired":
+            return f"Nobody approved this call before {until}."
+        case "voided":
+            return f"The approval was voided: {record.reason}."
+        case "cancelled":
+            return "The caller cancelled the call while it awaited approval."
+        case _:
+            return "Approved: the call was forwarded to the agent."
+
+
+class A2aApprovals:
+    """The A2A format of ``RequireApproval``, and the forward of approved calls."""
+
+    def __init__(self, desk: ApprovalDesk, routes: TaskRouteStore, heartbeat_s: float) -> None:
+        self.desk = desk
+        self._routes = routes
+        self._heartbeat_s = heartbeat_s
+        # The pipeline from policy to forward, set once it is folded (broker.pipeline.a2a).
+        self.resume: CallNext | None = None
+
+    # --- ApprovalFormat ---------------------------------------------------------------------
+
+    def action(self, ctx: MediationContext) -> tuple[str, dict[str, Any]]:
+        assert ctx.target is not None and ctx.operation is not None  # noqa: S101
+        where = f"{ctx.binding} {ctx.http_method} {ctx.rest_tail}?{ctx.query_string}"
+        digest = action_digest(
+            protocol="a2a", target=ctx.target.name, operation=ctx.operation.name,
+            body=ctx.body, chain=ctx.chain, where=where,
+        )  # fmt: skip
+        skill = f":{ctx.skill}" if ctx.skill else ""
+        fields = {
+            "protocol": "a2a",
+            "target": ctx.target.name,
+            "operation": ctx.operation.name,
+            "skill": ctx.skill,
+            "tree": ctx.parent.tree if ctx.parent is not None else "",
+            "summary": f"{' > '.join(ctx.chain)} asks {ctx.target.name}"
+            f" for {ctx.operation.name}{skill}",
+            "stream": ctx.operation.streaming and ctx.operation.sends_message,
+        }
+        if ctx.parent is not None:  # the hop's token cannot outlive the chain's deadline
+            fields["expires_at"] = min(ctx.parent.dl, float(ctx.parent.exp))
+        return digest, fields
+
+    def call(self, ctx: MediationContext) -> bytes:
+        assert ctx.target is not None and ctx.caller is not None  # noqa: S101
+        return msgspec.json.encode(HeldCall(
+            binding=ctx.binding, target=ctx.target.name, http_method=ctx.http_method,
+            rest_tail=ctx.rest_tail, query_string=ctx.query_string,
+            headers={k: v for k in _KEPT_HEADERS if (v := ctx.headers.get(k))},
+            body=ctx.body, caller=ctx.caller, chain=ctx.chain, parent=ctx.parent,
+            context_id=ctx.reading.context_id if ctx.reading else "",
+        ))  # fmt: skip
+
+    async def held(self, ctx: MediationContext, record: ApprovalRecord) -> Outcome:
+        assert ctx.operation is not None and ctx.caller is not None  # noqa: S101
+        if not ctx.operation.sends_message:
+            raise pending_error(record, self.desk.settings.llm_retry_after_s)
+        ttl = int(record.expires_at - record.created_at + self.desk.settings.retain_s) + 1
+        await self._routes.claim(TaskRoute(agent=record.target, task_id=record.id,
+                                           owner=ctx.caller), ttl)
+        context_id = ctx.reading.context_id if ctx.reading else ""
+        snapshot = task_for(record, context_id)
+        if not record.stream:
+            return wire.reply(ctx.binding, ctx.jsonrpc_id, {"task": snapshot})
+        events = self._waiting(ctx, record.id, context_id, forward=True)
+        return StreamReply(events)
+
+    # --- the broker-owned task's operations -------------------------------------------------
+
+    async def task_operation(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        """GetTask / CancelTask / SubscribeToTask on a broker-owned task (ownership was
+        checked by TaskScope); anything else on it is refused."""
+        assert ctx.task_id is not None and ctx.operation is not None  # noqa: S101
+        record = await self.desk.current(ctx.task_id)
+        if record is None:
+            raise TaskNotFoundError
+        if record.agent_task:  # the call was forwarded: the task is the agent's now
+            _for_agent_task(ctx, record.agent_task)
+            return await call_next(ctx)
+        context_id = await self._context_id(record.id)
+        op = ctx.operation
+        if op is GET_TASK:
+            return wire.reply(ctx.binding, ctx.jsonrpc_id, task_for(record, context_id))
+        if op is CANCEL_TASK:
+            if record.state not in ("pending", "approved"):
+                raise TaskNotCancelableError
+            ended = await self.desk.end(record.id, "cancelled", "the caller cancelled")
+            if ended is None or ended.state != "cancelled":
+                raise TaskNotCancelableError
+            return wire.reply(ctx.binding, ctx.jsonrpc_id, task_for(ended, context_id))
+        if op is SUBSCRIBE_TO_TASK:
+            return StreamReply(self._waiting(ctx, record.id, context_id, forward=False,
+                                             call_next=call_next))
+        raise PushNotificationNotSupportedError
+
+    async def _context_id(self, approval_id: str) -> str:
+        raw = await self.desk.store.call(approval_id)
+        return _held_decoder.decode(raw).context_id if raw else ""
+
+    async def _waiting(
+        self,
+        ctx: MediationContext,
+        approval_id: str,
+        context_id: str,
+        *,
+        forward: bool,
+        call_next: CallNext | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The stream of a held call (``forward``: it forwards the call once approved) or of a
+        subscriber: the task, then its end, or the agent's events once forwarded."""
+        record = await self.desk.current(approval_id)
+        if record is None:
+            return
+        yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, {"task": task_for(record, context_id)})
+        quiet = 0.0
+        while True:
+            await asyncio.sleep(POLL_S)
+            record = await self.desk.current(approval_id)
+            if record is None:
+                return
+            if record.state == "approved" and forward:
+                async for event in self._forward_events(ctx, approval_id, context_id):
+                    yield event
+                return
+            if record.agent_task and call_next is not None and not forward:
+                _for_agent_task(ctx, record.agent_task)
+                outcome = await call_next(ctx)
+                if isinstance(outcome, StreamReply):
+                    async for event in outcome.events:
+                        yield event
+                return
+            if record.state not in ("pending", "approved", "used"):
+                update = wire.status_update(task_for(record, context_id))
+                yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, {"statusUpdate": update})
+                return
+            quiet += POLL_S
+            if quiet >= self._heartbeat_s:
+                quiet = 0.0
+                yield b": waiting for approval\r\n\r\n"
+
+    async def _forward_events(
+        self, ctx: MediationContext, approval_id: str, context_id: str
+    ) -> AsyncIterator[bytes]:
+        try:
+            outcome = await self.forward(approval_id, request_id=ctx.jsonrpc_id)
+        except BrokerError:
+            record = await self.desk.store.get(approval_id)
+            if record is not None:
+                update = wire.status_update(task_for(record, context_id))
+                yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, {"statusUpdate": update})
+            return
+        if isinstance(outcome, StreamReply):
+            async for event in outcome.events:
+                yield event
+
+    # --- forwarding an approved call --------------------------------------------------------
+
+    async def forward(
+        self, approval_id: str, request_id: msgspec.Raw | None = None
+    ) -> Outcome:
+        """Forward the kept call of an approved approval through ``resume`` (which uses the
+        approval up, once). A unary answer is kept for GetTask. A refusal on the way (policy
+        changed, budget spent, agent gone) voids the approval and is raised."""
+        assert self.resume is not None  # noqa: S101 - set when the pipeline is built
+        raw = await self.desk.store.call(approval_id)
+        if raw is None:
+            raise TaskNotFoundError
+        held = _held_decoder.decode(raw)
+        ctx = _context(held, approval_id)
+        try:
+            outcome = await self.resume(ctx)
+        except BrokerError as err:
+            await self.desk.end(approval_id, "voided", f"the approved call was refused: "
+                                                        f"{err.reason}")
+            raise
+        if isinstance(outcome, Reply):
+            await self.desk.store.forwarded(approval_id, ctx.task_id or "", outcome.body)
+        elif ctx.task_id:
+            await self.desk.store.forwarded(approval_id, ctx.task_id, b"")
+        else:
+            return _claiming(outcome, ctx, self.desk, approval_id)
+        return outcome
+
+    async def forward_unwatched(self, record: ApprovalRecord) -> None:
+        """``ApprovalDesk.on_approved``: forward an approved A2A call nobody waits on."""
+        if record.protocol != "a2a" or record.operation not in ("SendMessage",
+                                                                "SendStreamingMessage"):
+            return
+        if record.stream:
+            await asyncio.sleep(STREAM_GRACE_S)
+            now = await self.desk.store.get(record.id)
+            if now is None or now.state != "approved":
+                return  # the waiting stream forwarded it
+        try:
+            outcome = await self.forward(record.id)
+        except BrokerError as err:
+            log.info("approved call %s not forwarded: %s", record.id, err.reason)
+            return
+        if isinstance(outcome, StreamReply):  # nobody reads it: drain it to its end
+            async for _ in outcome.events:
+                pass
+
+
+def _claiming(
+    outcome: StreamReply, ctx: MediationContext, desk: ApprovalDesk, approval_id: str
+) -> StreamReply:
+    """A stream whose task id is learnt from its first events: recorded once seen."""
+
+    async def events() -> AsyncIterator[bytes]:
+        recorded = False
+        async for event in outcome.events:
+            yield event
+            if not recorded and ctx.task_id:
+                recorded = True
+                await desk.store.forwarded(approval_id, ctx.task_id, b"")
+
+    return StreamReply(events(), outcome.status, outcome.headers)
+
+
+def _context(held: HeldCall, approval_id: str) -> MediationContext:
+    body = held.body
+
+    async def read_body() -> bytes:
+        return body
+
+    ctx = MediationContext(
+        headers=held.headers, read_body=read_body, binding=held.binding,
+        target_name=held.target, http_method=held.http_method, rest_tail=held.rest_tail,
+        query_string=held.query_string,
+    )  # fmt: skip
+    ctx.caller, ctx.parent, ctx.chain = held.caller, held.parent, held.chain
+    ctx.approval_id = approval_id
+    return ctx
+
+
+def _for_agent_task(ctx: MediationContext, agent_task: str) -> None:
+    """Point a task-scoped request at the agent's own task id instead of the broker's."""
+    assert ctx.task_id is not None  # noqa: S101
+    if ctx.binding == "rest":
+        ctx.rest_tail = ctx.rest_tail.replace(f"/tasks/{ctx.task_id}", f"/tasks/{agent_task}")
+    else:
+        assert ctx.operation is not None and ctx.params is not None  # noqa: S101
+        params = msgspec.json.decode(ctx.params)
+        params["id"] = agent_task
+        ctx.body = msgspec.json.encode({
+            "jsonrpc": "2.0", "id": ctx.jsonrpc_id, "method": ctx.operation.name,
+            "params": params,
+        })  # fmt: skip
+    ctx.task_id = agent_task
+
+
+class ApprovalTasks:
+    """The A2A stage for broker-owned tasks: task-scoped operations on an ``approval-`` id
+    are answered here (or pointed at the agent's task); every other request passes at the
+    cost of one string test."""
+
+    def __init__(self, approvals: A2aApprovals) -> None:
+        self._approvals = approvals
+
+    async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
+        op = ctx.operation
+        if op is None or not op.task_scoped or not (ctx.task_id or "").startswith(TASK_PREFIX):
+            return await call_next(ctx)
+        return await self._approvals.task_operation(ctx, call_next)
+
+
+Forwarder = Callable[[ApprovalRecord], Awaitable[None]]

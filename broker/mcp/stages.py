@@ -1,0 +1,314 @@
+"""The MCP request's own stages (the shared ones are in ``broker.stages``).
+
+The order they run in is written in ``broker.pipeline.mcp``. MCP brings its error boundary (a
+refusal is an MCP JSON-RPC error), the refusal audit, parsing (one reading, decision 0046),
+resolving the server (or routing a call on the virtual server to one), opening the sealed
+session, policy per server and per tool, the depth guard, the hop token and the budget of a
+tool call; the forward stage is ``broker.mcp.forward``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+from broker.audit.recorder import AuditRecorder
+from broker.delegation.tokens import DelegationClaims, TokenMinter
+from broker.errors import (
+    AuditUnavailableError,
+    BrokerError,
+    BrokerInternalError,
+    PolicyDeniedError,
+)
+from broker.mcp.aggregate import Aggregate
+from broker.mcp.audit import mcp_fields
+from broker.mcp.context import McpCallNext, McpContext
+from broker.mcp.reading import (
+    HANDSHAKE_VERSIONS,
+    PROTOCOL_VERSION_HEADER,
+    SESSION_HEADER,
+    McpOperation,
+    McpReadError,
+    check_accept,
+    read_message,
+    request_version,
+)
+from broker.mcp.servers import McpServerRegistry
+from broker.mcp.sessions import SessionSeal, check_session_version
+from broker.mcp.wire import error_body, error_reply, sse_frame
+from broker.policy.decision import NO_POLICY_VERSION, Decision
+from broker.policy.engine import PolicyEngine
+from broker.settings import DelegationSettings
+from broker.stages.boundary import REQUEST_ID_HEADER
+from broker.stages.boundary import log_call as shared_log_call
+from broker.stages.budget import HopBudget
+from broker.stages.guards import check_depth
+from broker.types import Outcome, Reply, StreamReply
+
+log = logging.getLogger("a2a_broker.access")
+_ROUTED_KINDS = frozenset({"tool", "prompt", "resource"})
+_LOCAL_ON_VIRTUAL = frozenset({"initialize", "ping"})
+TOOL_CALL = "tools/call"
+
+
+class McpErrorBoundary:
+    """Every refusal becomes an MCP JSON-RPC error answering the request's id (transport
+    errors keep their HTTP status); a stream that fails ends with one such error event; every
+    request is one log line."""
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        try:
+            outcome = await call_next(ctx)
+        except BrokerError as err:
+            ctx.error = err
+            outcome = refusal(ctx, err)
+        except Exception:
+            log.exception("unexpected error in MCP request %s", ctx.request_id)
+            ctx.error = BrokerInternalError()
+            outcome = refusal(ctx, ctx.error)
+        headers = {**outcome.headers, REQUEST_ID_HEADER: ctx.request_id}
+        if isinstance(outcome, StreamReply):
+            return StreamReply(_logged(ctx, outcome), outcome.status, headers)
+        log_mcp_call(ctx, outcome.status)
+        return Reply(outcome.status, outcome.body, outcome.media_type, headers)
+
+
+def refusal(ctx: McpContext, err: BrokerError) -> Reply:
+    reply = error_reply(err, ctx.jsonrpc_id)
+    return Reply(reply.status, reply.body, headers=reply.headers)
+
+
+async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
+    status = "completed"
+    try:
+        async for event in reply.events:
+            yield event
+    except Exception as exc:  # not cancellation: the caller is still there to be told
+        status = "failed"
+        if ctx.error is None:
+            ctx.error = exc if isinstance(exc, BrokerError) else BrokerInternalError()
+            if not isinstance(exc, BrokerError):
+                log.error("unexpected error in MCP stream %s", ctx.request_id, exc_info=exc)  # noqa: TRY400
+            yield sse_frame(error_body(ctx.error, ctx.jsonrpc_id))
+    except BaseException:
+        status = "disconnected"
+        raise
+    finally:
+        log_mcp_call(ctx, reply.status, stream_end=status)
+
+
+def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    judged = ctx.judged
+    own: dict[str, object] = {
+        "target": ctx.target,
+        "binding": "mcp",
+        "method": ctx.message.method if ctx.message is not None else None,
+        "name": judged.name if judged is not None and judged.name else None,
+        "chain": list(ctx.chain) or None,
+        "tree": ctx.tree,
+    }
+    shared_log_call(ctx, "mcp_call", status, own, stream_end)
+
+
+class McpAuditRefusals:
+    """Second stage: every refusal of an MCP request, from any later stage, is one record
+    (with the status the caller sees: HTTP 200 for a JSON-RPC error, as on the A2A edge)."""
+
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        try:
+            return await call_next(ctx)
+        except BrokerError as err:
+            ctx.error = err
+            if not isinstance(err, AuditUnavailableError) and not ctx.audited:
+                status = error_reply(err, None).status
+                await self._recorder.record(mcp_fields(ctx, phase="refused", status=status))
+            raise
+
+
+class ParseMcpRequest:
+    """Accept, the one reading of the message (decision 0046) and its protocol version. A
+    message that could be read two ways never gets further."""
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        check_accept(ctx.headers)
+        body = await ctx.read_body()
+        try:
+            message = read_message(body, ctx.headers, ctx.raw_headers)
+        except McpReadError as bad:
+            ctx.reply_id = bad.request_id
+            raise bad.error from None
+        ctx.body, ctx.message, ctx.judged = body, message, message.operation
+        if message.method == "initialize":
+            ctx.version = message.protocol_version or request_version(ctx.headers)
+        else:
+            ctx.version = request_version(ctx.headers, message)
+        return await call_next(ctx)
+
+
+class ResolveMcpServer:
+    """The registered server the URL names; on the virtual server, the server a named call
+    routes to by its prefix, and the call as that server will see it (decision 0049)."""
+
+    def __init__(self, registry: McpServerRegistry) -> None:
+        self._registry = registry
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        if not ctx.virtual:
+            ctx.server = self._registry.get(ctx.server_name)
+            return await call_next(ctx)
+        aggregate = Aggregate([s.name for s in self._registry.aggregated()])
+        ctx.aggregate = aggregate
+        judged, message = ctx.judged, ctx.message
+        assert message is not None  # noqa: S101 - parsed earlier
+        if judged is None or message.kind != "request" or judged.kind == "list":
+            return await call_next(ctx)
+        if judged.kind in _ROUTED_KINDS or judged.method not in _LOCAL_ON_VIRTUAL:
+            routed = aggregate.route(judged.method, message.params or {})  # or METHOD_NOT_FOUND
+            ctx.server = self._registry.get(routed.server)
+            ctx.judged = McpOperation(judged.method, judged.kind, routed.name)
+            ctx.routed_params = routed.params
+        return await call_next(ctx)
+
+
+class McpSession:
+    """Open the sealed ``Mcp-Session-Id`` (decision 0047): only the caller it was issued to,
+    for the server it was issued for; a request in it keeps the version it negotiated."""
+
+    def __init__(self, seal: SessionSeal) -> None:
+        self._seal = seal
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        assert ctx.caller is not None and ctx.message is not None  # noqa: S101
+        if ctx.message.method == "initialize":
+            return await call_next(ctx)
+        token = ctx.headers.get(SESSION_HEADER)
+        if ctx.virtual:
+            handshake = request_version(ctx.headers) in HANDSHAKE_VERSIONS
+            ctx.sessions = self._seal.open_from(ctx.caller, ctx.server_name, token,
+                                                required=handshake)
+        elif token:
+            assert ctx.server is not None  # noqa: S101 - resolved earlier
+            ctx.sessions = self._seal.open(ctx.caller, ctx.server.name, token)
+        if ctx.server is not None and (session := ctx.sessions.get(ctx.server.name)):
+            if not ctx.virtual:
+                check_session_version(session, ctx.headers.get(PROTOCOL_VERSION_HEADER))
+            ctx.version = session.protocol_version or ctx.version
+        return await call_next(ctx)
+
+
+class McpJudge:
+    """The policy's answer for one MCP operation on one server, with the chain in view: the
+    policy stage asks it for the call, the forward stage for every listed item (decision
+    0048), so a list never shows what a call would be refused. No policy: all allowed."""
+
+    def __init__(self, engine: PolicyEngine | None) -> None:
+        self.engine = engine
+
+    def decide(self, chain: tuple[str, ...], server: str, op: McpOperation) -> Decision | None:
+        if self.engine is None:
+            return None
+        return self.engine.decide_chain(chain, f"mcp:{server}", f"mcp:{op.action}")
+
+    def allows(self, chain: tuple[str, ...], server: str, op: McpOperation) -> bool:
+        decision = self.decide(chain, server, op)
+        return decision is None or decision.allowed
+
+
+class McpPolicy:
+    """Policy per server and per tool, prompt or resource, for the whole chain (the origin of
+    a delegated call must be allowed too: authority only narrows). On the virtual server the
+    call is judged as the call to the underlying server and tool, and the servers it offers a
+    caller are those the caller may ``initialize``. Lists are judged per item when answered.
+
+    The decision is kept on the context (``ctx.decision``) for the stages after it."""
+
+    def __init__(self, judge: McpJudge) -> None:
+        self._judge = judge
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        engine = self._judge.engine
+        # Read with the decisions below, with no await between: a reload cannot slip in.
+        ctx.policy_version = engine.version if engine is not None else NO_POLICY_VERSION
+        if ctx.virtual and ctx.aggregate is not None:
+            opening = McpOperation("initialize", "lifecycle")
+            ctx.aggregate = Aggregate([s for s in ctx.aggregate.servers
+                                       if self._judge.allows(ctx.chain, s, opening)])
+        if ctx.server is None or ctx.judged is None:
+            return await call_next(ctx)  # fanned out: judged per server and item when sent
+        decision = self._judge.decide(ctx.chain, ctx.server.name, ctx.judged)
+        ctx.decision = decision
+        if decision is not None:
+            if not decision.allowed:
+                raise PolicyDeniedError(
+                    metadata={"decision": decision.reason, "principal": decision.principal,
+                              "server": ctx.server.name, "action": ctx.judged.action[:128]},
+                    detail=f"rule {decision.rule.line}: {decision.rule.text}"
+                    if decision.rule else None)
+            ctx.policy_rule = decision.rule.text if decision.rule else ""
+        return await call_next(ctx)
+
+
+class McpGuards:
+    """The delegation guards that apply to a tool call: the chain's depth (a call made deep
+    in a chain is one more hop). A tool call creates no task, so it takes no fan-out slot."""
+
+    def __init__(self, delegation: DelegationSettings) -> None:
+        self._delegation = delegation
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        if ctx.server is not None and ctx.judged is not None and ctx.judged.name:
+            check_depth(self._delegation, ctx.target, ctx.chain)
+        return await call_next(ctx)
+
+
+class MintMcpHopToken:
+    """The token the MCP server receives: audience ``mcp:<server>``, the chain grown by the
+    caller, scope the method and (percent-encoded) name. The server can verify the call came
+    through the broker, and an agent behind the server can extend the chain with it."""
+
+    def __init__(self, minter: TokenMinter, default_deadline_s: float) -> None:
+        self._minter = minter
+        self._deadline_s = default_deadline_s
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        if ctx.server is not None:
+            ctx.hop_token, ctx.hop = self.mint(ctx, ctx.server.name)
+        return await call_next(ctx)
+
+    def mint(self, ctx: McpContext, server: str) -> tuple[str, DelegationClaims]:
+        assert ctx.caller is not None  # noqa: S101 - authenticated earlier
+        judged = ctx.judged
+        scope = [f"mcp:{judged.method if judged is not None else 'message'}"]
+        if judged is not None and judged.name:
+            scope.append(f"mcp-name:{quote(judged.name, safe='')[:512]}")
+        audience = f"mcp:{server}"
+        if ctx.parent is None:
+            return self._minter.mint_origin(ctx.caller, audience, scope, self._deadline_s)
+        return self._minter.mint_next(ctx.parent, ctx.caller, audience, scope, self._deadline_s)
+
+
+class McpToolBudget:
+    """A tool call is one call charged, like an A2A hop (``HopBudget.charge``: the caller's
+    rate, then one atomic reserve over every budget): the caller's and its teams', the
+    caller→``mcp:<server>`` edge, the task tree (a call inside an A2A chain counts in that
+    chain's tree) and the tool itself (``[budgets.tools]``, ``server.tool``)."""
+
+    def __init__(self, budget: HopBudget) -> None:
+        self._budget = budget
+
+    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
+        judged, server = ctx.judged, ctx.server
+        if server is None or judged is None or judged.method != TOOL_CALL:
+            return await call_next(ctx)
+        assert ctx.caller is not None  # noqa: S101 - authenticated earlier
+        ctx.metered = True
+        return await self._budget.charge(
+            ctx, call_next, caller=ctx.caller, target=ctx.target, tree=ctx.tree,
+            tool=f"{server.name}.{judged.name}")
+

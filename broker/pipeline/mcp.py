@@ -1,0 +1,159 @@
+"""The order of an MCP request's stages (Streamable HTTP), and why each stands where it does.
+
+Protocol-specific at the ends (the error boundary's MCP JSON-RPC errors, the one reading of
+the message, the server or the virtual server's route, the sealed session; the hop token and
+the forward at the other end), shared in the middle (``broker.stages``: authenticate, kill
+switch, delegation context, the depth guard, the budget, audit), as decision 0031 planned.
+``McpGateway`` is the MCP edge's behaviour, independent of the web framework.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.audit.recorder import AuditRecorder
+from broker.background import BackgroundTasks
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
+from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.errors import BrokerError
+from broker.mcp.audit import McpAudit
+from broker.mcp.context import McpCallNext, McpContext, McpStage
+from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
+from broker.mcp.reading import SESSION_HEADER
+from broker.mcp.servers import McpServerRegistry, upstream_headers
+from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal
+from broker.mcp.stages import (
+    McpAuditRefusals,
+    McpErrorBoundary,
+    McpGuards,
+    McpJudge,
+    McpPolicy,
+    McpSession,
+    McpToolBudget,
+    MintMcpHopToken,
+    ParseMcpRequest,
+    ResolveMcpServer,
+    refusal,
+)
+from broker.mcp.virtual import VirtualServer
+from broker.outbound.transport import Transport
+from broker.pipeline.stage import fold
+from broker.policy.engine import PolicyEngine
+from broker.policy.roles import AgentRoles
+from broker.settings import Settings
+from broker.stages.audit import AuditForward
+from broker.stages.authenticate import Authenticate
+from broker.stages.budget import HopBudget
+from broker.stages.delegation import DelegationContext
+from broker.stores.base import Stores
+from broker.types import Outcome, Reply
+
+
+@dataclass(frozen=True, slots=True)
+class McpParts:
+    """What the MCP pipeline is built from: the shared parts the composition root built once
+    for the other pipelines, the registered servers and the key that seals sessions."""
+
+    settings: Settings
+    stores: Stores
+    audit: AuditRecorder
+    authenticate: Authenticate
+    policy: PolicyEngine | None
+    minter: TokenMinter
+    verifier: TokenVerifier
+    roles: AgentRoles
+    budget_scopes: ConfiguredScopes
+    kill: GlobalKillSwitch
+    transport: Transport
+    registry: McpServerRegistry
+    sealer: Sealer
+    tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+
+
+def mcp_stages(parts: McpParts) -> list[McpStage]:
+    """The order of an MCP request, and why each stage stands where it does."""
+    settings, stores, mcp = parts.settings, parts.stores, parts.settings.mcp
+    sessions = SessionSeal(parts.sealer, mcp.session_ttl_s)
+    judge = McpJudge(parts.policy)
+    mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
+    upstream = McpUpstream(McpForwardParts(
+        parts.transport, sessions, CursorSeal(parts.sealer, mcp.cursor_ttl_s), judge, mint,
+        mcp, settings.limits.sse_max_duration_s))
+    return [
+        # Outermost: every refusal an MCP JSON-RPC error answering the request's id (transport
+        # errors keep their HTTP status), a failed stream one error event, one log line each.
+        McpErrorBoundary(),
+        # Every refusal from here in is one audit record (the boundary above shapes it).
+        McpAuditRefusals(parts.audit),
+        # Before the body is read: an unauthenticated request costs one hash and one store read.
+        parts.authenticate,
+        # The global kill switch (a flag in memory), once the caller is known.
+        RefuseWhileKilled(parts.kill),
+        # Accept, then the one reading: a message two parsers could read apart (duplicate
+        # keys, a float id, headers that disagree with the body) is refused before anything is
+        # looked up for it, and what policy judges is exactly what the server will act on.
+        ParseMcpRequest(),
+        # The server must be registered; on the virtual server a call is routed by its prefix
+        # here, so everything after judges it as the call to that server and tool.
+        ResolveMcpServer(parts.registry),
+        # The sealed session opens only for its caller and server, before the delegation
+        # token is verified (no crypto for a stolen session id beyond one AES-GCM open).
+        McpSession(sessions),
+        # The chain comes only from a token the broker minted for this caller: a tool call
+        # made while working on an A2A task is judged with that task's chain and tree.
+        DelegationContext(parts.verifier, stores.revocations),
+        # Policy per server and per tool, before any counter or budget moves: a denied call
+        # costs nothing. Lists are judged item by item with the same judge when answered.
+        # An approval stage (a decision whose effect is "approve") goes right after this one:
+        # the decision is on the context (ctx.decision), nothing has been spent yet.
+        McpPolicy(judge),
+        # The chain's depth, as for an A2A hop (a tool call creates no task: no fan-out slot).
+        McpGuards(settings.delegation),
+        # Mint the server's hop token; only the budget can still refuse, and then the token is
+        # never sent (a token costs no store write; the budget charges the tree it names).
+        mint,
+        # A tool call is one call charged, after policy and guards (a refused call spends
+        # nothing): the caller, its teams, the edge to the server, the tree, the tool.
+        McpToolBudget(HopBudget(stores, settings.budgets, parts.budget_scopes, parts.roles,
+                                parts.tasks)),
+        # Every decision is made: record it (arguments as digests only) durably before
+        # anything leaves, and the outcome when the answer or the stream ends.
+        AuditForward[McpContext](parts.audit, McpAudit()),
+        # Innermost: the broker's credential and the hop token, never the caller's; SSE relayed
+        # event by event, lists filtered, sessions and cursors sealed.
+        ForwardMcp(upstream, VirtualServer(upstream, parts.registry)),
+    ]
+
+
+class McpGateway:
+    """The MCP edge's behaviour, independent of the web framework: the pipeline, folded once,
+    and the end of a session (``DELETE``)."""
+
+    def __init__(self, parts: McpParts) -> None:
+        self.call: McpCallNext = fold(mcp_stages(parts))
+        self._parts = parts
+        self._sessions = SessionSeal(parts.sealer, parts.settings.mcp.session_ttl_s)
+
+    async def end_session(self, ctx: McpContext) -> Outcome:
+        """``DELETE`` of a session the caller holds: each server's side is ended with the
+        broker's credential; the broker keeps nothing to forget (decision 0047)."""
+        try:
+            caller = await self._parts.authenticate.identify(ctx.headers.get("authorization"))
+            token = ctx.headers.get(SESSION_HEADER, "")
+            upstreams = self._sessions.open(caller, ctx.server_name, token)
+        except BrokerError as err:
+            return refusal(ctx, err)
+        for name, session in upstreams.items():
+            if not session.session_id or name not in {s.name for s in self._parts.registry.all()}:
+                continue
+            server = self._parts.registry.get(name)
+            headers = upstream_headers(server, (), protocol_version=session.protocol_version,
+                                       session=session)
+            try:
+                answer = await self._parts.transport.send(
+                    "DELETE", server.url, headers=headers, body=None, stream=False)
+                answer.close()
+            except BrokerError:
+                continue  # the server's session expires by itself
+        return Reply(204, b"")

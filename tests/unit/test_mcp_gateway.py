@@ -1,0 +1,246 @@
+"""The MCP edge in process: Litestar routes + the MCP pipeline + memory stores, with a
+``FakeTransport`` standing in for the MCP server (what reached it is what the test reads).
+The real SDK servers and clients are in tests/e2e/test_mcp.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar import Litestar
+
+from broker.audit.recorder import AuditRecorder
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch
+from broker.delegation.tokens import TokenMinter, TokenVerifier
+from broker.http.mcp import mcp_route_handlers
+from broker.identity.credentials import credential_digest
+from broker.identity.keys import BrokerKeys
+from broker.mcp.servers import McpServer, McpServerRegistry
+from broker.mcp.sessions import Sealer, derive_seal_key
+from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport
+from broker.pipeline.mcp import McpGateway, McpParts
+from broker.policy.engine import PolicyEngine
+from broker.policy.roles import AgentRoles
+from broker.policy.runtime import DEFAULT_MODEL
+from broker.settings import BudgetLimitSettings, BudgetSettings, ServerSettings, Settings
+from broker.stages.authenticate import Authenticate
+from broker.stores.base import Stores
+from broker.stores.memory import MemoryBackend
+
+KEYS = BrokerKeys(Ed25519PrivateKey.generate())
+ISSUER = "http://broker.test"
+POLICY = """\
+g, alice, role:dev
+p, role:dev, mcp:tools, mcp:*, allow
+p, role:dev, *, mcp:tools/call:delete_repo, deny
+"""
+SERVER_KEY = "server-secret"
+ACCEPT = "application/json, text/event-stream"
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}} for n in ("add", "delete_repo", "echo")]
+
+
+class Recorded(AuditRecorder):
+    """Keeps every record in memory (``AuditRecorder(None)`` drops them)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.records: list[dict[str, Any]] = []
+
+    async def record(self, fields: Mapping[str, Any]) -> None:
+        self.records.append(dict(fields))
+
+    def record_soon(self, fields: Mapping[str, Any]) -> None:
+        self.records.append(dict(fields))
+
+
+@dataclass
+class Server:
+    """The MCP server's side: answers JSON, remembers what it was sent."""
+
+    delay_s: float = 0.0
+    seen: list[FakeRequest] = field(default_factory=list)
+
+    async def __call__(self, request: FakeRequest) -> FakeResponse:
+        self.seen.append(request)
+        if request.method == "DELETE":
+            return FakeResponse(200)
+        await asyncio.sleep(self.delay_s)
+        message = json.loads(request.body or b"{}")
+        if "id" not in message:
+            return FakeResponse(202)
+        result = _result(message)
+        headers = {"content-type": "application/json", "mcp-session-id": "upstream-1"}
+        body = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        return FakeResponse(200, body.encode(), headers)
+
+
+def _result(message: dict[str, Any]) -> dict[str, Any]:
+    if message["method"] == "initialize":
+        return {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                "serverInfo": {"name": "tools", "version": "1"}}
+    if message["method"] == "tools/list":
+        start = int(message.get("params", {}).get("cursor") or 0)
+        page = {"tools": TOOLS[start:start + 2]}
+        return {**page, "nextCursor": str(start + 2)} if start + 2 < len(TOOLS) else page
+    return {"content": [{"type": "text", "text": "done"}]}
+
+
+@dataclass
+class World:
+    server: Server
+    audit: Recorded
+    http: httpx.AsyncClient
+    stores: Stores
+
+    async def post(self, body: dict[str, Any] | bytes, path: str = "/mcp/tools",
+                   **headers: str) -> httpx.Response:
+        sent = {"authorization": "Bearer cred-alice", "accept": ACCEPT,
+                "content-type": "application/json", **headers}
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return await self.http.post(path, content=content, headers=sent)
+
+
+def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> World:
+    stores = MemoryBackend().stores()
+    engine = PolicyEngine(DEFAULT_MODEL.read_text())
+    engine.swap(engine.load_text(POLICY, "policy.csv"))
+    budgets = BudgetSettings(tools={"tools.echo": (
+        BudgetLimitSettings(metric="calls", window="lifetime", limit=tool_limit),)}
+        if tool_limit else {})
+    settings = Settings(server=ServerSettings(public_url=ISSUER), budgets=budgets)
+    transport = FakeTransport(server)
+    registry = McpServerRegistry(transport.egress.check_url)
+    registry.register(McpServer("tools", "http://127.0.0.1:9/mcp",
+                                auth_headers={"authorization": f"Bearer {SERVER_KEY}"},
+                                timeout_s=timeout_s))
+    audit = Recorded()
+    gateway = McpGateway(McpParts(
+        settings=settings, stores=stores, audit=audit,
+        authenticate=Authenticate(stores.credentials, stores.registry), policy=engine,
+        minter=TokenMinter(KEYS, ISSUER, 60), verifier=TokenVerifier(KEYS, ISSUER),
+        roles=AgentRoles(engine), budget_scopes=ConfiguredScopes(budgets),
+        kill=GlobalKillSwitch(stores.kill_switch, _nothing), transport=transport,
+        registry=registry, sealer=Sealer([derive_seal_key(b"unit")])))
+    app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
+    app.state.runtime = SimpleNamespace(mcp=gateway)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
+    return World(server, audit, http, stores)
+
+
+async def _ready(world: World) -> World:
+    await world.stores.credentials.replace("alice", credential_digest("cred-alice"))
+    return world
+
+
+async def _nothing() -> None:
+    return None
+
+
+@pytest.fixture
+async def world() -> World:
+    return await _ready(_world(Server()))
+
+
+def _call(name: str, rid: int = 1, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call",
+            "params": {"name": name, "arguments": arguments}}
+
+
+async def test_a_tool_call_reaches_the_server_with_its_credential_never_the_callers(
+    world: World,
+) -> None:
+    answer = await world.post(_call("add", a=1))
+    assert answer.status_code == 200 and answer.json()["result"]["content"][0]["text"] == "done"
+    [sent] = world.server.seen
+    assert sent.headers["authorization"] == f"Bearer {SERVER_KEY}"
+    assert "cred-alice" not in json.dumps(dict(sent.headers))
+    assert sent.headers["a2a-delegation"].count(".") == 2  # a hop token, a JWT
+    assert sent.body == json.dumps(_call("add", a=1)).encode()  # the caller's bytes
+
+
+async def test_a_denied_call_is_refused_audited_and_never_sent(world: World) -> None:
+    answer = await world.post(_call("delete_repo", rid=7, repo="prod"))
+    assert answer.status_code == 200  # a JSON-RPC error, as on the A2A edge
+    assert answer.json()["id"] == 7
+    assert answer.json()["error"]["data"][0]["reason"] == "POLICY_DENIED"
+    assert world.server.seen == []
+    [record] = world.audit.records
+    assert (record["decision"], record["reason"], record["target"]) == (
+        "deny", "POLICY_DENIED", "mcp:tools")
+    assert record["detail"]["mcp_name"] == "delete_repo"
+    assert "prod" not in json.dumps({k: v for k, v in record.items() if k != "_body"})
+
+
+async def test_an_allowed_call_is_audited_before_and_after(world: World) -> None:
+    await world.post(_call("echo", text="hello"))
+    phases = [r["detail"]["phase"] for r in world.audit.records]
+    assert phases == ["forward", "outcome"]
+    assert world.audit.records[0]["detail"]["argument_names"] == "text"
+
+
+async def test_lists_are_filtered_and_their_cursors_sealed(world: World) -> None:
+    first = (await world.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).json()
+    assert [t["name"] for t in first["result"]["tools"]] == ["add"]  # delete_repo left out
+    cursor = first["result"]["nextCursor"]
+    assert cursor != "2"
+    second = (await world.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                                "params": {"cursor": cursor}})).json()
+    assert [t["name"] for t in second["result"]["tools"]] == ["echo"]
+    assert json.loads(world.server.seen[-1].body or b"")["params"]["cursor"] == "2"
+    forged = (await world.post({"jsonrpc": "2.0", "id": 3, "method": "tools/list",
+                                "params": {"cursor": "2"}})).json()
+    assert forged["error"]["data"][0]["reason"] == "MCP_CURSOR_INVALID"
+
+
+async def test_initialize_seals_the_servers_session_and_delete_ends_it(world: World) -> None:
+    opened = await world.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}})
+    session = opened.headers["mcp-session-id"]
+    assert session != "upstream-1" and opened.json()["result"]["protocolVersion"] == "2025-11-25"
+    await world.post(_call("add"), **{"mcp-session-id": session,
+                                      "mcp-protocol-version": "2025-11-25"})
+    assert world.server.seen[-1].headers["mcp-session-id"] == "upstream-1"
+    ended = await world.http.delete("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "mcp-session-id": session})
+    assert ended.status_code == 204
+    assert world.server.seen[-1].method == "DELETE"
+    assert world.server.seen[-1].headers["mcp-session-id"] == "upstream-1"
+    stream = await world.http.get("/mcp/tools", headers={"authorization": "Bearer cred-alice"})
+    assert stream.status_code == 405
+
+
+async def test_refusals_answer_the_id_they_could_read(world: World) -> None:
+    twice = b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"add","name":"x"}}'
+    ambiguous = await world.post(twice)
+    assert ambiguous.json()["id"] == 9
+    assert ambiguous.json()["error"]["data"][0]["reason"] == "AMBIGUOUS_REQUEST"
+    nobody = await world.post(_call("add"), authorization="Bearer wrong")
+    assert nobody.status_code == 401
+    unknown = await world.post(_call("add"), path="/mcp/nope")
+    assert unknown.json()["error"]["data"][0]["reason"] == "MCP_SERVER_NOT_FOUND"
+    assert world.server.seen == []
+
+
+async def test_a_tool_budget_refuses_the_call_past_it() -> None:
+    world = await _ready(_world(Server(), tool_limit=1))
+    assert "result" in (await world.post(_call("echo"))).json()
+    spent = (await world.post(_call("echo", rid=2))).json()
+    assert spent["error"]["data"][0]["reason"] == "BUDGET_EXHAUSTED"
+    assert spent["error"]["data"][0]["metadata"]["scope"] == "tool:tools.echo"
+    assert "result" in (await world.post(_call("add", rid=3))).json()  # another tool
+    assert len(world.server.seen) == 2
+
+
+async def test_a_server_slower_than_its_timeout_is_answered_with_an_error() -> None:
+    world = await _ready(_world(Server(delay_s=2.0), timeout_s=0.2))
+    answer = (await world.post(_call("add"))).json()
+    assert answer["error"]["data"][0]["reason"] == "MCP_SERVER_TIMEOUT"
