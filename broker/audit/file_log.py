@@ -39,6 +39,9 @@ from broker.background import BackgroundTasks
 from broker.observability.probes import audit_synced
 
 _TAIL_BLOCK = 64 * 1024
+# A record appended with ``append_written`` is on disk at the next fsync, or this long after it
+# was written if no other append asks for one first.
+LAZY_SYNC_S = 0.05
 _READ_BATCH = 4096
 
 
@@ -59,7 +62,8 @@ class _ReplicaFile:
         self.fd = _open_locked(path)
         # Staged: the committer only writes, and the syncer alone fsyncs.
         flush = self._write if staged else self._flush
-        self.committer = GroupCommitter(flush, self._load_head, tasks)
+        self.committer = GroupCommitter(flush, self._load_head, tasks, write=self._write_lazily)
+        self._lazy_sync: asyncio.TimerHandle | None = None
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._sync_wake = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
@@ -105,6 +109,18 @@ class _ReplicaFile:
         """Staged: into the file (the page cache) now; the syncer makes them durable."""
         _write_all(self.fd, b"".join(encode_record(record) + b"\n" for record in records))
 
+    async def _write_lazily(self, records: list[AuditRecord]) -> None:
+        """Written now; durable at the next fsync, which one asks for in ``LAZY_SYNC_S``."""
+        _write_all(self.fd, b"".join(encode_record(record) + b"\n" for record in records))
+        if self._fsync and self._lazy_sync is None:
+            loop = asyncio.get_running_loop()
+            self._lazy_sync = loop.call_later(LAZY_SYNC_S, self._sync_lazy_writes)
+
+    def _sync_lazy_writes(self) -> None:
+        self._lazy_sync = None
+        if not self._closing:
+            self.sync_soon()  # a failure is its own waiter's; nobody waits on this one
+
     async def _flush(self, records: list[AuditRecord]) -> None:
         data = b"".join(encode_record(record) + b"\n" for record in records)
         # Writing to the page cache takes microseconds: do it here. A thread hop costs far more,
@@ -123,6 +139,11 @@ class _ReplicaFile:
 
     async def close(self) -> None:
         await self.committer.close()
+        if self._lazy_sync is not None:  # what was only written is made durable before closing
+            self._lazy_sync.cancel()
+            self._lazy_sync = None
+            with contextlib.suppress(AuditLogError):
+                await self.sync_soon()
         self._closing = True
         self._sync_wake.set()
         if self._syncer is not None:
@@ -154,6 +175,13 @@ class FileAuditLog(AuditLog):
 
     async def append(self, records: list[AuditRecord]) -> None:
         await (await self.append_staged(records))
+
+    async def append_written(self, records: list[AuditRecord]) -> None:
+        """Append, durable at the next fsync (within ``LAZY_SYNC_S``): for records nobody waits
+        on (outcomes). Survives a crash of the process once this returns."""
+        if not records:
+            return
+        await self._writer(_one_replica(records)).committer.append(records, durable=False)
 
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
@@ -208,6 +236,13 @@ class FileAuditLog(AuditLog):
         files, self._files = self._files, {}
         for writer in files.values():
             await writer.close()
+
+
+def _one_replica(records: list[AuditRecord]) -> str:
+    replica = records[0].replica
+    if any(record.replica != replica for record in records):
+        raise AuditLogError("one append holds records of one replica")
+    return replica
 
 
 def _open_locked(path: Path) -> int:
