@@ -8,7 +8,7 @@ the same digest, atomically. Pending approvals expire at ``expires_at``; every r
 forgotten ``retain_s`` after it was created past its expiry (a TTL in Redis), so the store
 holds only what is alive.
 
-The contract suite is ``tests/contract/test_approvals.py`` (memory and every Redis mode).
+The contract suite is ``tests/contract/test_approval_store.py`` (memory and every Redis mode).
 """
 
 from __future__ import annotations
