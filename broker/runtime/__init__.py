@@ -176,6 +176,8 @@ class BrokerRuntime:
                 ),
                 sealer=mcp_sealer(settings, keys, os.environ),
                 tasks=tasks,
+                approvals=approvals,
+                datacontrols=datacontrols,
             )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
 from broker.outbound.credentials import upstream_auth
@@ -24,9 +25,10 @@ from broker.protocols.a2a.wire import sse_error_event
 from broker.protocols.sse import relay
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.stages.responses import ResponseInspector
-from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
 
 StreamRecheck = Callable[[MediationContext], Awaitable[None]]
+C = TypeVar("C", bound=CallContext)
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
 _RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -141,6 +143,14 @@ class Forward:
 def _bound(
     recheck: StreamRecheck | None, ctx: MediationContext
 ) -> Callable[[], Awaitable[None]] | None:
+    return bound_recheck(recheck, ctx)
+
+
+def bound_recheck(
+    recheck: Callable[[C], Awaitable[None]] | None, ctx: C
+) -> Callable[[], Awaitable[None]] | None:
+    """``recheck`` of one open stream (every protocol's relay runs it about once a second): a
+    store that cannot be read lets the stream go on, logged once."""
     if recheck is None:
         return None
 
