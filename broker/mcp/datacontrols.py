@@ -89,6 +89,9 @@ class McpEventScanner:
     def finish(self) -> list[bytes]:
         return []
 
+    def abandon(self) -> None:
+        """Nothing is held across events, so nothing is left to record."""
+
 
 def _scan_message(document: Any, scan: Scan) -> Any:
     if not isinstance(document, dict):
