@@ -210,7 +210,9 @@ async def test_a_budget_burning_faster_than_its_window_allows(mesh: Mesh) -> Non
             await hop_reply(http, mesh, "spender", "b", plan(new_marker("s")))
         found = await _wait_for(http, mesh, "budget_burn", "agent:spender")
         assert len(found) == 1
-        assert found[0]["detail"]["used"] == 4
+        # Early in the hour it may fire before the fourth call: from half the budget on.
+        spent = found[0]["detail"]["used"] + found[0]["detail"]["reserved"]
+        assert 2 <= spent <= 4
 
 
 def _signed(card: dict[str, Any], kid: str) -> dict[str, Any]:
