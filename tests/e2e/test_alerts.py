@@ -168,7 +168,7 @@ async def test_a_call_rate_far_above_the_edge_s_baseline(mesh: Mesh) -> None:
         await asyncio.sleep(BUCKET_S + 0.2)  # one bucket of history: a baseline of about 1
         await asyncio.gather(
             *(hop_reply(http, mesh, "alice", "c", plan(new_marker("r")), via=i % 2)
-              for i in range(24))
+              for i in range(30))
         )  # fmt: skip
         found = await _wait_for(http, mesh, "call_rate", "alice>c")
         assert len(found) == 1
