@@ -190,6 +190,8 @@ class BrokerRuntime:
                 ),
                 sealer=mcp_sealer(settings, keys, os.environ),
                 tasks=tasks,
+                approvals=approvals,
+                datacontrols=datacontrols,
             )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
@@ -345,7 +347,7 @@ def _a2a_parts(
     inspector = ResponseInspector(
         rt.stores.task_routes, settings.store.task_route_ttl_s,
         BrokerCardRewriter(settings.public_url, keys), pages,
-        finished_ttl_s=settings.store.finished_task_ttl_s,
+        finished_ttl_s=settings.store.finished_task_ttl_s, trees=rt.stores.task_trees,
     )  # fmt: skip
     return A2aParts(
         settings=settings,

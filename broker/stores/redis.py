@@ -212,7 +212,7 @@ class RedisBackend(StoreBackend):
         self._client = open_redis(
             settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster
         )
-        if settings.replica_acks and isinstance(self._client, BatchingRedis):
+        if settings.replica_acks and isinstance(self._client, BatchingRedis | BatchingRedisCluster):
             self._client.batcher.require_replicas(
                 settings.replica_acks, settings.replica_ack_timeout_ms
             )
@@ -230,7 +230,7 @@ class RedisBackend(StoreBackend):
             delegation_counters=RedisDelegationCounters(self._client, prefix),
             revocations=RedisRevocations(self._client, prefix),
             task_trees=trees,
-            budgets=RedisBudgetLedger(self._client, prefix),
+            budgets=RedisBudgetLedger(self._client, prefix, settings.budget_shards),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
             approvals=RedisApprovalStore(self._client, prefix),
