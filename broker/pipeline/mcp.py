@@ -42,6 +42,7 @@ from broker.mcp.stages import (
     refusal,
 )
 from broker.mcp.virtual import VirtualServer
+from broker.observability.tracing import traced
 from broker.outbound.transport import Transport
 from broker.pipeline.stage import fold
 from broker.policy.engine import PolicyEngine
@@ -158,7 +159,7 @@ class McpGateway:
     and the end of a session (``DELETE``)."""
 
     def __init__(self, parts: McpParts) -> None:
-        self.call: McpCallNext = fold(mcp_stages(parts))
+        self.call: McpCallNext = fold(traced(mcp_stages(parts)))
         self._parts = parts
         self._sessions = SessionSeal(parts.sealer, parts.settings.mcp.session_ttl_s)
 
