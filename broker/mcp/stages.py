@@ -37,6 +37,7 @@ from broker.mcp.reading import (
 from broker.mcp.servers import McpServerRegistry
 from broker.mcp.sessions import SessionSeal, check_session_version
 from broker.mcp.wire import error_body, error_reply, sse_frame
+from broker.observability.record import observe_mcp_call
 from broker.policy.decision import NO_POLICY_VERSION, Decision
 from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
@@ -97,6 +98,7 @@ async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
 
 
 def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) -> None:
+    observe_mcp_call(ctx, status)  # the call's metrics
     if not log.isEnabledFor(logging.INFO):
         return
     judged = ctx.judged

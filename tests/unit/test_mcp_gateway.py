@@ -27,6 +27,7 @@ from broker.identity.credentials import credential_digest
 from broker.identity.keys import BrokerKeys
 from broker.mcp.servers import McpServer, McpServerRegistry
 from broker.mcp.sessions import Sealer, derive_seal_key
+from broker.observability import record as observed
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport
 from broker.pipeline.mcp import McpGateway, McpParts
 from broker.policy.engine import PolicyEngine
@@ -213,6 +214,9 @@ async def test_a_tool_call_reaches_the_server_with_its_credential_never_the_call
 
 async def test_a_denied_call_is_refused_audited_and_never_sent(world: World) -> None:
     answer = await world.post(_call("delete_repo", rid=7, repo="prod"))
+    seen = observed.recent[-1]  # what the console's live traffic shows, and the metrics count
+    assert (seen.binding, seen.target, seen.operation, seen.outcome, seen.reason) == (
+        "mcp", "mcp:tools", "mcp:tools/call", "refused", "POLICY_DENIED")
     assert answer.status_code == 200  # a JSON-RPC error, as on the A2A edge
     assert answer.json()["id"] == 7
     assert answer.json()["error"]["data"][0]["reason"] == "POLICY_DENIED"
