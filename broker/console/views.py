@@ -329,7 +329,7 @@ async def decide_approval(request: AnyRequest, approval_id: str) -> Redirect:
     desk = runtime_of(request).approvals
     approver = desk.approver(form.get("approver_token", "").strip())
     if approver is None:
-        await _audit_refusal(request, ApproverNotAllowedError.reason)
+        await desk.refused_decision(approval_id, "not_an_approver")
         raise ApproverNotAllowedError("That is not an approver's token.")
     decision = form.get("decision", "")
     if decision not in ("approve", "deny"):
