@@ -89,6 +89,9 @@ class McpEventScanner:
     def finish(self) -> list[bytes]:
         return []
 
+    def abandon(self) -> None:
+        """Nothing is held across events: nothing to record or drop."""
+
 
 def _scan_message(document: Any, scan: Scan) -> Any:
     if not isinstance(document, dict):
