@@ -23,6 +23,7 @@ from broker.containment.global_kill import GlobalKillSwitch
 from broker.datacontrols import DataControls, DataControlsSettings, DataRule
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.http.mcp import mcp_route_handlers
+from broker.http.mediation import MediationEdges
 from broker.identity.credentials import credential_digest
 from broker.identity.keys import BrokerKeys
 from broker.mcp.servers import McpServer, McpServerRegistry
@@ -148,7 +149,7 @@ class World:
 
 def _world(
     server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0,
-    data: DataControls | None = None,
+    data: DataControls | None = None, raw_edge: bool = False,
 ) -> World:
     stores = MemoryBackend().stores()
     engine = PolicyEngine(DEFAULT_MODEL.read_text())
@@ -176,7 +177,8 @@ def _world(
         datacontrols=data))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
+    served: Any = MediationEdges(app, 4096) if raw_edge else app  # as `a2a-broker serve` runs
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url=ISSUER)
     return World(server, audit, http, stores, desk, kill)
 
 
@@ -355,3 +357,16 @@ async def test_data_controls_redact_what_a_tool_answers() -> None:
     assert EMAIL in (world.server.seen[0].body or b"").decode()  # the request went as sent
     text = answer["result"]["content"][0]["text"]
     assert EMAIL not in text and "mail <" in text
+
+
+async def test_the_raw_asgi_edge_serves_mcp_posts_as_the_routes_do() -> None:
+    world = await _ready(_world(Server(), raw_edge=True))
+    answer = await world.post(_call("add"))
+    assert answer.json()["result"]["content"][0]["text"] == "done"
+    assert answer.headers["a2a-broker-request-id"]
+    virtual = await world.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, path="/mcp",
+                               **{"mcp-protocol-version": "2026-07-28"})
+    assert virtual.json() == {"jsonrpc": "2.0", "id": 3, "result": {}}
+    too_big = await world.post(_call("add", pad="x" * 5000))
+    assert too_big.json()["error"]["data"][0]["reason"] == "BODY_TOO_LARGE"
+    assert (await world.http.get("/mcp/tools")).status_code == 405  # to the Litestar routes
