@@ -90,7 +90,7 @@ class McpEventScanner:
         return []
 
     def abandon(self) -> None:
-        """Nothing is held across events: nothing to record or drop."""
+        """Nothing is held across events, so a failed stream leaves nothing unrecorded."""
 
 
 def _scan_message(document: Any, scan: Scan) -> Any:

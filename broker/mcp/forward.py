@@ -38,6 +38,7 @@ from broker.mcp.servers import McpServer, upstream_headers
 from broker.mcp.sessions import CursorPosition, CursorSeal, SessionSeal, UpstreamSession
 from broker.mcp.stages import McpJudge, MintMcpHopToken
 from broker.mcp.wire import error_body, sse_frame
+from broker.observability import tracing
 from broker.outbound.transport import StreamTimeouts, Transport, TransportResponse
 from broker.pipeline.stage import close_events
 from broker.protocols.sse import relay
@@ -80,6 +81,7 @@ class McpUpstream:
         headers = upstream_headers(server, ctx.headers.items(), protocol_version=version
                                    or _DEFAULT_VERSION, session=session, hop_token=hop_token,
                                    name=name)
+        headers.update(tracing.outbound(ctx))  # the server's work joins the caller's trace
         started = time.perf_counter()
         left = _time_left(ctx, server)
         timeouts = StreamTimeouts(headers_s=left, idle_s=server.idle_timeout_s)

@@ -37,7 +37,8 @@ from broker.mcp.reading import (
 from broker.mcp.servers import McpServerRegistry
 from broker.mcp.sessions import SessionSeal, check_session_version
 from broker.mcp.wire import error_body, error_reply, sse_frame
-from broker.observability.record import observe_mcp_call
+from broker.observability import tracing
+from broker.observability.record import observe_mcp_call, outcome_of
 from broker.policy.decision import NO_POLICY_VERSION, Decision
 from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
@@ -99,6 +100,8 @@ async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
 
 def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) -> None:
     observe_mcp_call(ctx, status)  # the call's metrics
+    if ctx.span is not None:
+        _end_span(ctx, status, stream_end)
     if not log.isEnabledFor(logging.INFO):
         return
     judged = ctx.judged
@@ -111,6 +114,22 @@ def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) ->
         "tree": ctx.tree,
     }
     shared_log_call(ctx, "mcp_call", status, own, stream_end)
+
+
+def _end_span(ctx: McpContext, status: int, stream_end: str | None) -> None:
+    method = ctx.message.method if ctx.message is not None else "-"
+    outcome = outcome_of(ctx.error, status, ctx.upstream_status)
+    if stream_end is not None and stream_end != "completed":
+        outcome = "failed" if stream_end == "failed" else "disconnected"
+    attributes: dict[str, str | int] = {
+        "a2a_broker.caller": ctx.caller or "-",
+        "a2a_broker.target": ctx.target or "-",
+        "a2a_broker.operation": f"mcp:{method}",
+        "a2a_broker.binding": "mcp",
+        "a2a_broker.outcome": outcome,
+        "http.response.status_code": status,
+    }
+    tracing.end(ctx, attributes, outcome, f"mcp {method}")
 
 
 class ParseMcpRequest:
