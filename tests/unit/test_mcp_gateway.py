@@ -265,6 +265,11 @@ async def test_initialize_seals_the_servers_session_and_delete_ends_it(world: Wo
     assert ended.status_code == 204
     assert world.server.seen[-1].method == "DELETE"
     assert world.server.seen[-1].headers["mcp-session-id"] == "upstream-1"
+    assert world.audit.records[-1]["kind"] == "mcp.session"
+    stolen = await world.http.delete("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "mcp-session-id": session[:-4] + "AAAA"})
+    assert stolen.status_code == 404
+    assert world.audit.records[-1]["reason"] == "MCP_SESSION_NOT_FOUND"
     stream = await world.http.get("/mcp/tools", headers={"authorization": "Bearer cred-alice"})
     assert stream.status_code == 405
 
