@@ -76,7 +76,8 @@ class ApprovalDesk:
 
     async def request(self, call: bytes, **fields: object) -> ApprovalRecord:
         """Hold a call: a new pending approval (``fields`` as ``ApprovalRecord``'s), audited
-        before anyone is told, then notified. ``expires_at`` may only shorten the TTL."""
+        before anyone is told, then notified; or, for the same action sent again while its
+        approval waits, that approval. ``expires_at`` may only shorten the TTL."""
         now = time.time()
         ttl_end = now + self.settings.ttl_s
         expires_at = min(ttl_end, float(fields.pop("expires_at", ttl_end)))  # type: ignore[arg-type]
@@ -87,7 +88,9 @@ class ApprovalDesk:
             quorum=self.settings.quorum,
             **fields,  # type: ignore[arg-type]
         )
-        await self.store.create(record, call, self.settings.retain_s)
+        in_force = await self.store.create(record, call, self.settings.retain_s)
+        if in_force.id != record.id:  # the same call again while it waits: the same request
+            return in_force
         await self._audit.event(
             "approval", record.requester, action="approval.request", **_detail(record)
         )

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def desk_for(stores: Stores, audit: Audit | None = None, **settings: Any) -> App
 
 async def request(desk: ApprovalDesk, tree: str = "t1") -> Any:
     return await desk.request(
-        b"call", digest="d" * 64, requester="planner", chain=("alice", "planner"),
+        b"call", digest=f"{tree}-{uuid.uuid4().hex}", requester="planner",
+        chain=("alice", "planner"),
         target="researcher", operation="SendMessage", tree=tree, summary="s", rule="r",
     )  # fmt: skip
 
@@ -141,9 +143,9 @@ async def test_every_step_is_audited_and_the_chain_never_decides() -> None:
             await desk.decide(record.id, person, True, "")
     approved = await desk.decide(record.id, "oscar", True, "ok")
     assert approved.state == "approved"
-    await desk.consume(record.id, "d" * 64)
+    await desk.consume(record.id, record.digest)
     with pytest.raises(ApprovalNotUsableError):
-        await desk.consume(record.id, "d" * 64)
+        await desk.consume(record.id, record.digest)
     assert audit.actions() == [
         "approval.request", *["approval.refused"] * 3, "approval.approve", "approval.use",
         "approval.use_refused",
