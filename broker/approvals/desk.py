@@ -206,7 +206,8 @@ class ApprovalDesk:
                 seen.trees[record.tree] = await self._revocations.is_tree_killed(record.tree)
             if seen.trees[record.tree]:
                 return "the task tree was killed"
-        names = (record.requester,) if record.protocol == "llm" else (
+        # An LLM call's target is a model, an MCP call's a server: neither is an agent.
+        names = (record.requester,) if record.protocol in ("llm", "mcp") else (
             record.requester, record.target)
         for name in names:
             if name not in seen.suspended:

@@ -3,6 +3,11 @@
 ``append`` only queues and waits; one writer task takes everything queued, checks that it
 continues the stored chain, writes it with a single flush (one fsync, one Redis round trip) and
 then wakes every waiter. Appends that arrive while a flush runs form the next batch.
+
+An append with ``durable=False`` (an outcome: nobody waits on it) is content with ``write``
+where the log has one (the file: written, not fsynced); a batch of only such appends is
+written, not flushed, and the next flush, which covers every record written before it, makes
+them durable with its own.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from broker.background import BackgroundTasks
 
 FlushFn = Callable[[list[AuditRecord]], Awaitable[None]]
 LoadHeadFn = Callable[[], Awaitable[ChainHead]]
-_Entry = tuple[list[AuditRecord], "asyncio.Future[None]"]
+_Entry = tuple[list[AuditRecord], "asyncio.Future[None]", bool]
 
 
 def follows(head: ChainHead, records: list[AuditRecord]) -> bool:
@@ -37,10 +42,16 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, flush: FlushFn, load_head: LoadHeadFn, tasks: BackgroundTasks | None = None
+        self,
+        flush: FlushFn,
+        load_head: LoadHeadFn,
+        tasks: BackgroundTasks | None = None,
+        *,
+        write: FlushFn | None = None,
     ) -> None:
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self._flush = flush
+        self._write = write if write is not None else flush
         self._load_head = load_head
         self._pending: list[_Entry] = []
         self._durable: ChainHead | None = None
@@ -48,14 +59,15 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def append(self, records: list[AuditRecord]) -> None:
-        """Queue ``records`` and wait until they are durable. Raises ``AuditLogError``."""
+    async def append(self, records: list[AuditRecord], *, durable: bool = True) -> None:
+        """Queue ``records`` and wait until they are durable (``durable=False``: written, see
+        the module's docstring). Raises ``AuditLogError``."""
         if self._closed:
             raise AuditLogError("the audit log is closed")
         if not records:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, future))
+        self._pending.append((records, future, durable))
         self._wake.set()
         if self._task is None:
             self._task = self._tasks.spawn(self._run(), "audit-commit")
@@ -85,25 +97,29 @@ class GroupCommitter:
             _fail_all(batch, _as_log_error(exc))
             return
         accepted: list[_Entry] = []
-        for records, future in batch:
+        for records, future, durable in batch:
             if follows(head, records):
-                accepted.append((records, future))
+                accepted.append((records, future, durable))
                 head = ChainHead(records[-1].seq, records[-1].hash)
             else:
-                _fail(future, AuditChainGapError(
-                    f"seq {records[0].seq} does not continue the stored chain at seq {head.seq}"
-                ))
+                _fail(
+                    future,
+                    AuditChainGapError(
+                        f"seq {records[0].seq} does not continue the stored chain at seq {head.seq}"
+                    ),
+                )
         if not accepted:
             self._durable = head
             return
+        flush = self._flush if any(durable for *_, durable in accepted) else self._write
         try:
-            await self._flush([record for records, _ in accepted for record in records])
+            await flush([record for records, *_ in accepted for record in records])
         except Exception as exc:
             self._durable = None  # what reached storage is unknown: read it back next time
             _fail_all(accepted, _as_log_error(exc))
             return
         self._durable = head
-        for _, future in accepted:
+        for _, future, _ in accepted:
             if not future.done():
                 future.set_result(None)
 
@@ -125,5 +141,5 @@ def _fail(future: asyncio.Future[None], exc: AuditLogError) -> None:
 
 
 def _fail_all(entries: list[_Entry], exc: AuditLogError) -> None:
-    for _, future in entries:
+    for _, future, _ in entries:
         _fail(future, exc)

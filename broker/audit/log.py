@@ -42,6 +42,12 @@ class AuditLog(abc.ABC):
     async def append(self, records: list[AuditRecord]) -> None:
         """Store ``records`` (one replica, contiguous); durable when this returns."""
 
+    async def append_written(self, records: list[AuditRecord]) -> None:
+        """Append records nobody waits on (outcomes): a log whose durability costs a wait of its
+        own (the file's fsync) may make them durable with the next append's. By default, as
+        ``append``."""
+        await self.append(records)
+
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         """Store ``records`` at least as far as surviving this process; the awaitable returned
         completes (or raises ``AuditLogError``) once they are durable. Here: both at once."""

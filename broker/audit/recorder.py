@@ -72,14 +72,18 @@ class AuditRecorder:
         if trail is not None:
             self._checkpoints = self._tasks.spawn(trail.run_checkpoints(), "audit-ckpt")
 
-    async def record(self, fields: Mapping[str, Any]) -> None:
-        """Append durably; raises AuditUnavailableError if the log cannot be written."""
+    async def record(self, fields: Mapping[str, Any], *, durable: bool = True) -> None:
+        """Append durably; raises AuditUnavailableError if the log cannot be written.
+        ``durable=False``: written now, durable with the next fsync (``record_soon``)."""
         if self.trail is None:
             return
         fields = self._with_payload(fields)
         started = time.perf_counter()
         try:
-            await self.trail.record(fields)
+            if durable:
+                await self.trail.record(fields)
+            else:
+                await self.trail.record_written(fields)
         except AuditLogError as exc:
             audit_written(0.0, failed=True)
             raise AuditUnavailableError(detail=str(exc)) from None
@@ -154,7 +158,8 @@ class AuditRecorder:
 
     async def _record_logged(self, fields: Mapping[str, Any]) -> None:
         try:
-            await self.record(fields)
+            # Nobody waits on it: written now, durable with the next record's fsync.
+            await self.record(fields, durable=False)
         except (BrokerError, AuditRecordError) as exc:
             log.error("audit record lost (%s): %s", exc, dict(fields).get("request_id", ""))  # noqa: TRY400
 
@@ -219,6 +224,8 @@ def request_fields(
         detail["policy_version"] = ctx.policy_version
     if ctx.approval_id:  # forwarded once a person approved it (docs/approvals.md)
         detail["approval"] = ctx.approval_id
+    if ctx.trace_id:
+        detail["trace_id"] = ctx.trace_id
     if err is not None:
         detail.update(error_detail(err))
     if ctx.data_found or ctx.data_tags:

@@ -62,6 +62,24 @@ class AuditTrail:
         await self._append(records)
         return records[0]
 
+    async def record_written(self, fields: Mapping[str, Any]) -> AuditRecord:
+        """Like ``record``, for a record nobody waits on (an outcome): it may become durable
+        with the next record's fsync (``AuditLog.append_written``). A checkpoint sealed with it
+        is appended durably, since the witness notes a checkpoint only once it is on disk."""
+        if self._stale:
+            await self._resync()
+        records = self.chain.seal_with_checkpoint(fields)
+        if len(records) > 1:
+            await self._append(records)
+            return records[0]
+        epoch = self._epoch
+        try:
+            await self.log.append_written(records)
+        except AuditLogError:
+            self._failed(epoch)
+            raise
+        return records[0]
+
     async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Like ``record``, but return once the log has the record as far as surviving this
         process; the future returned completes once it is durable (with ``AuditLogError`` if it

@@ -39,6 +39,7 @@ from broker.llm.stages import (
     ModelPolicy,
     ParseLlmRequest,
 )
+from broker.observability.tracing import traced
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
@@ -154,7 +155,7 @@ class LlmGateway:
 
     def __init__(self, parts: LlmParts) -> None:
         self.catalog = ModelCatalog(parts.llm)
-        self.call: LlmCallNext = fold_llm(llm_stages(parts, self.catalog))
+        self.call: LlmCallNext = fold_llm(traced(llm_stages(parts, self.catalog)))
         self._parts = parts
 
     async def models(self, authorization: str | None) -> Reply:

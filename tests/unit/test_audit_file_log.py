@@ -85,6 +85,48 @@ async def test_concurrent_appends_share_fsyncs(
     assert 1 <= len(calls) < 20
 
 
+async def test_an_outcome_is_written_at_once_and_made_durable_by_the_next_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(file_log, "LAZY_SYNC_S", 60.0)  # only the next durable record syncs
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request"})
+    assert len(calls) == 1
+    await trail.record_written({"kind": "request"})  # an outcome: nobody waits on it
+    assert len(calls) == 1  # written, not yet synced
+    assert len(lines_of(tmp_path / "audit-r1.jsonl")) == 2  # but in the file already
+    await trail.record({"kind": "request"})
+    assert len(calls) == 2  # one fsync covers the outcome written before it and the decision
+    await log.close()
+    path = tmp_path / "audit-r1.jsonl"
+    assert verify_chain(lines_of(path), PUBLIC, newline_terminated=True).last_seq == 3
+
+
+async def test_an_outcome_alone_is_synced_within_the_lazy_delay_and_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(file_log, "LAZY_SYNC_S", 0.01)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record_written({"kind": "request"})
+    assert calls == []
+    for _ in range(200):
+        if calls:
+            break
+        await asyncio.sleep(0.01)
+    assert len(calls) == 1
+    await trail.record_written({"kind": "request"})
+    await log.close()  # no timer left behind: closing syncs what was only written
+    assert len(calls) == 2
+
+
 async def test_a_failed_write_refuses_the_record_and_the_chain_continues_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,15 +138,15 @@ async def test_a_failed_write_refuses_the_record_and_the_chain_continues_after_i
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(file_log.os, "fdatasync", disk_full)
-    results = await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(trail.record({"kind": "request"}) for _ in range(5)), return_exceptions=True
+    )
     assert all(isinstance(r, AuditLogError) for r in results)
     monkeypatch.undo()
     record = await trail.record({"kind": "request"})
     await log.close()
     assert record.seq == 2  # the refused records left no trace and no gap
-    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC,
-                          newline_terminated=True)
+    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True)
     assert report.ok and report.last_seq == 2
 
 
@@ -132,9 +174,7 @@ async def test_a_staged_record_is_written_at_once_and_durable_after_the_next_fsy
     await log.close()
 
 
-async def test_staged_records_share_fsyncs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_staged_records_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = os.fdatasync
     monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
@@ -144,8 +184,7 @@ async def test_staged_records_share_fsyncs(
     await asyncio.gather(*staged)
     await log.close()
     assert 1 <= len(calls) < 20
-    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC,
-                          newline_terminated=True)
+    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True)
     assert report.ok and report.last_seq == 200
 
 
@@ -169,8 +208,7 @@ async def test_a_failed_staged_fsync_fails_its_waiters_and_the_chain_stays_whole
     # Written before the failed fsync, so kept (their requests were answered AUDIT_UNAVAILABLE):
     # the chain goes on after them without a gap.
     assert record.seq == 7
-    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC,
-                          newline_terminated=True)
+    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True)
     assert report.ok and report.last_seq == 7
 
 

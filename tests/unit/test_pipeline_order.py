@@ -189,8 +189,7 @@ def _mcp_parts() -> McpParts:
 
 def test_the_mcp_pipeline_runs_its_stages_in_this_order() -> None:
     assert _names(list(mcp_stages(_mcp_parts()))) == [
-        "McpErrorBoundary",  # every refusal an MCP JSON-RPC error, one log line
-        "McpAuditRefusals",
+        "ErrorBoundary",  # every refusal an MCP JSON-RPC error and one record, one log line
         "Authenticate",
         "RefuseWhileKilled",
         "ParseMcpRequest",  # the one reading, before anything is looked up for it
