@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -312,5 +312,3 @@ class ApprovalTasks:
             return await call_next(ctx)
         return await self._approvals.task_operation(ctx, call_next)
 
-
-Forwarder = Callable[[ApprovalRecord], Awaitable[None]]
