@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from stage_kit import MINTER, Next, ctx
 
+from broker.approvals import desk as desk_module
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
@@ -398,3 +399,33 @@ async def test_an_approved_call_answered_without_a_task_ends_the_brokers_task(
     asked.operation, asked.task_id = GET_TASK, approval
     reply = await ApprovalTasks(approvals)(asked, Next())
     assert msgspec.json.decode(reply.body)["result"]["status"]["state"] == state  # type: ignore[union-attr]
+
+
+async def test_an_approved_call_left_unforwarded_is_forwarded_by_another_replicas_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(desk_module, "LATE_FORWARD_S", 0.0)
+    monkeypatch.setattr(desk_module, "SWEEP_INTERVAL_S", 0.01)
+    stores = await stores_with_agents()
+    gone = desk_for(stores)  # saw the approval, then died before forwarding
+    record = await request(gone)
+    await gone.decide(record.id, "oscar", True, "")
+    survivor = desk_for(stores)
+    forwarded: list[str] = []
+
+    async def forward(approved: Any) -> None:
+        forwarded.append(approved.id)
+        await survivor.consume(approved.id, approved.digest)
+
+    survivor.on_approved = forward
+    sweeping = asyncio.create_task(survivor.sweep_forever())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if forwarded:
+                break
+    finally:
+        sweeping.cancel()
+    await asyncio.sleep(0.05)
+    assert forwarded == [record.id]
+    assert (await stores.approvals.get(record.id)).state == "used"  # type: ignore[union-attr]
