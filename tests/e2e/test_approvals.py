@@ -480,6 +480,16 @@ async def test_an_approver_decides_on_the_console(
     done = await task_state(client, approval, TaskState.TASK_STATE_COMPLETED)
     assert done.status.state == TaskState.TASK_STATE_COMPLETED
     assert len(await recorded_with(rig, text)) == 1
+    # And denies another: its task ends REJECTED with his reason.
+    [denied] = [e async for e in client.send_message(send_request(unique_text("deny")))]
+    await page.goto(f"{base}/approvals")
+    other = page.locator(f"#approval-row-{denied.task.id}")
+    await other.locator("input[name=approver_token]").fill(APPROVER_TOKENS["oscar"])
+    await other.locator("input[name=reason]").fill("not this one")
+    await other.locator("button.deny").click()
+    await expect(other.locator(".state")).to_have_text("denied")
+    ended = await task_state(client, denied.task.id, TaskState.TASK_STATE_REJECTED)
+    assert "not this one" in ended.status.message.parts[0].text
 
 
 async def _shot(page: Page, name: str) -> None:
