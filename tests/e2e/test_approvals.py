@@ -389,6 +389,8 @@ async def test_an_llm_call_waits_for_approval_and_its_retry_goes_ahead_once(
     approval = held.headers["a2a-broker-approval"]
     assert held.headers["retry-after"] == "2"
     retry = {"a2a-broker-approval": approval}
+    same = await client.post(url, json=chat("fake-large", marker))  # no header: same request
+    assert same.status_code == 403 and same.headers["a2a-broker-approval"] == approval
     still = await client.post(url, json=chat("fake-large", marker), headers=retry)
     assert still.status_code == 403 and still.headers["a2a-broker-approval"] == approval
     assert await provider_saw(rig, marker) == 0
