@@ -372,12 +372,20 @@ def _workers(results: dict[str, Any]) -> list[str]:
     w1, w2 = _at(results, "j-w1", 64), _at(results, "j-w2", 64)
     if not (w1 and w2):
         return []
-    return [
+    text = (
         f"* **Workers**: with both cores open to the broker (redis store), 2 workers serve "
         f"{w2['rps'] / w1['rps']:.2f}x the throughput of 1 at c=64 ({w2['rps']:,.0f} vs "
-        f"{w1['rps']:,.0f} req/s). On 2 cores the second worker competes with the upstream, "
-        "Redis and wrk, so this shows the scaling ceiling of this machine, not of the broker."
-    ]
+        f"{w1['rps']:,.0f} req/s), using {w2['cpu_util']:.0%} against {w1['cpu_util']:.0%} of "
+        "a core. On 2 cores the second worker competes with the upstream, Redis and wrk, so "
+        "this shows the scaling ceiling of this machine, not of the broker."
+    )
+    if _disturbed(w1, w2):
+        text += (
+            f" Other processes used {w1['foreign_cores']:.2f} and {w2['foreign_cores']:.2f} "
+            "cores meanwhile: two processes then get a larger share of a contended machine than "
+            "one, so the ratio says how the scheduler shared it as much as how the broker scales."
+        )
+    return [text]
 
 
 def _floor(results: dict[str, Any]) -> list[str]:
