@@ -16,6 +16,7 @@ STAGE_TITLES = {
     "d-rate": "(d-rate) + budget and rate limit",
     "d-redis": "(d-redis) redis store alone",
     "d-containment": "(d-containment) + circuit breaker and bulkhead",
+    "d-datacontrols": "(d-datacontrols) + data controls (request and answer scanned)",
     "d-all": "(d-all) all of them",
     "h-memory-small": "(h) memory, 2 agents, 2 rules",
     "h-memory-10k": "(h) memory, 10k agents, 10k rules",

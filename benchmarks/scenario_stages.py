@@ -56,6 +56,7 @@ class StageConfig:
     extra_agents: int = 0  # registered besides ``bench`` and ``loadgen``
     containment: bool = False  # the default breaker and bulkhead; False: both switched off
     metrics: bool = True  # [metrics] enabled (benchmarks/metrics_costs.py compares both)
+    datacontrols: bool = False  # [datacontrols] enabled, the default rules (every type tagged)
 
 
 # (d): the base, then each stage alone over it, then all of them.
@@ -67,6 +68,7 @@ STAGES: dict[str, StageConfig] = {
     "d-rate": StageConfig(metering="rate"),
     "d-redis": StageConfig(store="redis"),
     "d-containment": StageConfig(containment=True),
+    "d-datacontrols": StageConfig(datacontrols=True),
     "d-all": StageConfig(
         store="redis",
         audit=True,
@@ -150,6 +152,8 @@ def _config(
         config.set("containment", max_concurrent_per_agent=0)
         config.set("containment.breaker", enabled=False)
     config.set("metrics", enabled=cfg.metrics)
+    if cfg.datacontrols:
+        config.set("datacontrols", enabled=True)
     for name, digest in digests.items():
         config.set(f"agents.{name}", credential_sha256=digest)
     return config

@@ -193,12 +193,16 @@ def broker(
     cores: str | None = None,
     metering: str = "budget",
     server: str = "serve",
+    store_settings: dict[str, Any] | None = None,
 ) -> Iterator[Target]:
+    """``store_settings``: more ``[store]`` settings (the soak's retention, for one)."""
     port = free_port()
     redis = redis_url(env) if store == "redis" else "redis://127.0.0.1:6379/0"
     name = f"broker-{store}-w{workers}-{metering}" + ("" if server == "serve" else f"-{server}")
     argv, path = server_command(server, env.log_dir / f"{name}.toml", port, workers)
     config = broker_config(port, store, redis, workers, metering)
+    if store_settings:
+        config.set("store", **store_settings)
     started = env.broker(config, name, cores or env.placement.sut, argv=argv, path=path)
     try:
         started.wait_ready()

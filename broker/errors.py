@@ -630,6 +630,12 @@ class ConsoleCsrfRejectedError(BrokerError):
     default_message = "The form's CSRF token is missing or does not match this session."
 
 
+class AlertNotFoundError(BrokerError):
+    code, http_status, reason = -32097, 404, "ALERT_NOT_FOUND"
+    transport_level = True
+    default_message = "No kept alert has that id, or it was acknowledged already."
+
+
 class BrokerInternalError(BrokerError):
     code, http_status, reason = -32603, 500, "INTERNAL_ERROR"
     domain = ERROR_DOMAIN_A2A  # the spec's code and reason

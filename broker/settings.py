@@ -20,7 +20,12 @@ from broker.settings_containment import ContainmentSettings
 from broker.settings_datacontrols import DataControlsSettings
 from broker.settings_llm import LlmConfigError, LlmSettings, resolve_llm_settings
 from broker.settings_mcp import McpSettings
-from broker.settings_observability import ConsoleSettings, MetricsSettings
+from broker.settings_observability import (
+    AlertSettings,
+    ConsoleSettings,
+    MetricsSettings,
+    TracingSettings,
+)
 
 CONFIG_ENV = "A2A_BROKER_CONFIG"
 ADMIN_TOKEN_ENV = "A2A_BROKER_ADMIN_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -89,13 +94,21 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # Start even though Redis's maxmemory-policy may evict the broker's keys (budgets,
     # revocations, task trees) when memory runs short. Off: such a server refuses start.
     allow_eviction: bool = False
-    # standalone and sentinel: every batch of store writes waits (Redis WAIT, same round trip)
-    # until this many replicas hold it, or fails closed (STORE_UNAVAILABLE) after
-    # replica_ack_timeout_ms; so a failover cannot lose a reservation the broker acted on.
+    # Every batch of store writes waits (Redis WAIT, same round trip; on a cluster one WAIT per
+    # node the batch wrote to) until this many replicas hold it, or fails closed
+    # (STORE_UNAVAILABLE) after replica_ack_timeout_ms; so a failover cannot lose a reservation
+    # the broker acted on.
     # 0: asynchronous replication (a failover may lose the last acknowledged writes).
     replica_acks: Annotated[int, msgspec.Meta(ge=0)] = 0
     replica_ack_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
     key_prefix: str = "a2ab"
+    # Redis: how many cluster slots the budget counters are spread over (decision 0037). 1 keeps
+    # every budget under one hash tag (one node of a cluster runs every budget script); S > 1
+    # puts each scope in shard crc32(scope) mod S, so a fleet's budget work spreads over the
+    # cluster's nodes. Never over a limit either way; with S > 1 two reserves racing across
+    # shards may both be refused while room was left (each is retried once). Changing it
+    # starts the counters afresh: set it before budgets are spent. The memory store ignores it.
+    budget_shards: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1
     # How long the broker remembers which caller owns a task that is still running (seconds).
     task_route_ttl_s: int = 7 * 24 * 3600
     # How long it keeps the route of a task that had ended (completed, failed, canceled,
@@ -113,8 +126,6 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     credentials: RedisCredentials = msgspec.field(default_factory=RedisCredentials)
 
     def __post_init__(self) -> None:
-        if self.redis_mode == "cluster" and self.replica_acks:
-            raise ValueError("replica_acks is not available with redis_mode = \"cluster\"")
         if self.redis_mode == "standalone" and "," in self.redis_url:
             raise ValueError(
                 'redis_url names several servers, but redis_mode = "standalone" uses one'
@@ -338,6 +349,8 @@ class Settings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     datacontrols: DataControlsSettings = msgspec.field(default_factory=DataControlsSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)
+    alerts: AlertSettings = msgspec.field(default_factory=AlertSettings)
     approvals: ApprovalSettings = msgspec.field(default_factory=ApprovalSettings)
     agents: dict[str, AgentCredentialSettings] = msgspec.field(default_factory=dict)
     upstream_credentials: dict[str, UpstreamCredential] = msgspec.field(default_factory=dict)

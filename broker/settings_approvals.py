@@ -40,6 +40,9 @@ class ApprovalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     retain_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
     # An LLM call whose reserved worst-case cost passes this many USD needs approval (0: never).
     llm_cost_over_usd: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # A delegated call that would take its task tree past this percentage of one of the tree's
+    # budgets needs approval (0: never).
+    tree_budget_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
     # The Retry-After (seconds) of an LLM call refused as APPROVAL_PENDING.
     llm_retry_after_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Who may decide, by name: a name that is also an agent in a request's chain is refused.

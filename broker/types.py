@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -68,6 +68,13 @@ class CallContext:
     upstream_s: float = 0.0  # waited for the agent's answer (unary; metrics: broker-added time)
     error: BrokerError | None = None
     audited: bool = False  # the audit stage has recorded this call's outcome
+    # The call's trace (broker.observability.tracing): the caller's or a new trace id, the
+    # broker's span id that is passed on as the upstream's parent, the W3C flags, and the
+    # OpenTelemetry span while it is recorded (None when spans are off).
+    trace_id: str = ""
+    span_id: str = ""
+    trace_flags: str = "01"
+    span: Any = None
     # Learnt by the data controls (broker.stages.datacontrols), when they are on: per direction
     # ("request", "response") and type, how many values were found and the action taken (never
     # a value); the tags the work carries after this hop (its parent's plus those found); the

@@ -7,6 +7,10 @@ broker can extend the chain. One line on each side does it::
     app = capture_delegation(Starlette(routes=[...]))           # server: remember the token
     client = ClientFactory(config).create(card, interceptors=[DelegationInterceptor()])  # client
 
+The same two lines pass the request's W3C trace context (``traceparent``, ``tracestate``) on with
+the token, unless the call already carries one (an agent that traces its own calls), so the
+broker puts the whole delegation tree in one trace.
+
 The server side keeps the token in a context variable for the duration of the request. a2a-sdk
 runs ``AgentExecutor.execute`` in a copy of the context of the request that sent the message
 (``ActiveTask.enqueue_request``), so the token is visible there and in any task ``execute``
@@ -39,6 +43,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HEADER_NAME = DELEGATION_HEADER.lower().encode("latin-1")
 _current: ContextVar[str | None] = ContextVar("a2a_delegation", default=None)
+# The W3C trace context of the request being served (``traceparent``, ``tracestate``): passed
+# on with the token, so the broker puts the agent's onward calls in the caller's trace.
+TRACE_HEADERS = ("traceparent", "tracestate")
+_TRACE_NAMES = tuple(name.encode("latin-1") for name in TRACE_HEADERS)
+_trace: ContextVar[dict[str, str]] = ContextVar("a2a_trace_context", default={})  # noqa: B039
 
 
 # --- server side: capture the inbound token ------------------------------------------------------
@@ -72,13 +81,31 @@ class DelegationCaptureMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        with delegation_context(_inbound_token(scope)):
-            await self.app(scope, receive, send)
+        reset = _trace.set(_inbound_trace(scope))
+        try:
+            with delegation_context(_inbound_token(scope)):
+                await self.app(scope, receive, send)
+        finally:
+            _trace.reset(reset)
 
 
 def capture_delegation(app: ASGIApp) -> ASGIApp:
     """``app`` wrapped so that every request's delegation token is captured (one line)."""
     return DelegationCaptureMiddleware(app)
+
+
+def current_trace_context() -> dict[str, str]:
+    """The ``traceparent`` (and ``tracestate``) of the request being served, or {}."""
+    return dict(_trace.get())
+
+
+def _inbound_trace(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        lowered = bytes(name).lower()
+        if lowered in _TRACE_NAMES:
+            found[lowered.decode("latin-1")] = bytes(value).decode("latin-1").strip()
+    return found if "traceparent" in found else {}
 
 
 def _inbound_token(scope: Scope) -> str | None:
@@ -103,6 +130,14 @@ def with_delegation(context: ClientCallContext | None, token: str) -> ClientCall
     return context.model_copy(update={"service_parameters": parameters})
 
 
+def _with_parameters(
+    context: ClientCallContext | None, parameters: dict[str, str]
+) -> ClientCallContext:
+    if context is None:
+        return ClientCallContext(service_parameters=parameters)
+    return context.model_copy(update={"service_parameters": parameters})
+
+
 class DelegationInterceptor(ClientCallInterceptor):
     """Adds the current delegation token as ``A2A-Delegation`` to every call of an a2a-sdk
     client, unary and streaming alike (the SDK turns service parameters into HTTP headers).
@@ -115,6 +150,12 @@ class DelegationInterceptor(ClientCallInterceptor):
         token = self._source()
         if token:
             args.context = with_delegation(args.context, token)
+        trace = _trace.get()
+        if trace:  # the caller's trace goes on, unless the agent traces its calls itself
+            parameters = dict(args.context.service_parameters or {}) if args.context else {}
+            if not any(name.lower() == "traceparent" for name in parameters):
+                parameters.update(trace)
+                args.context = _with_parameters(args.context, parameters)
 
     async def after(self, args: AfterArgs) -> None:
         return None
@@ -137,6 +178,8 @@ async def _add_delegation_header(request: httpx.Request) -> None:
     token = current_delegation()
     if token and DELEGATION_HEADER not in request.headers:
         request.headers[DELEGATION_HEADER] = token
+    if "traceparent" not in request.headers:
+        request.headers.update(_trace.get())
 
 
 # --- verifying that a request came through the broker --------------------------------------------

@@ -196,7 +196,7 @@ class A2aApprovals:
         context_id = await self._context_id(record.id)
         op = ctx.operation
         if op is GET_TASK:
-            return wire.reply(ctx.binding, ctx.jsonrpc_id, task_for(record, context_id))
+            return wire.reply(ctx.binding, ctx.jsonrpc_id, await self._now(record, context_id))
         if op is CANCEL_TASK:
             if record.state not in ("pending", "approved"):
                 raise TaskNotCancelableError
@@ -208,6 +208,25 @@ class A2aApprovals:
             return StreamReply(self._waiting(ctx, record.id, context_id, forward=False,
                                              call_next=call_next))
         raise PushNotificationNotSupportedError
+
+    async def _now(self, record: ApprovalRecord, context_id: str) -> dict[str, Any]:
+        """The broker's task; once forwarded with no task of the agent's to point at (the
+        agent answered with a message, or an error), that answer's ending."""
+        if record.state != "used":
+            return task_for(record, context_id)
+        body = await self.desk.store.answer(record.id)
+        if not body:
+            return task_for(record, context_id)  # forwarded, the answer not in yet: WORKING
+        answered = _answered(body)
+        if answered is not None and "message" in answered:
+            text = "The agent answered with a message (in this status)."
+            done = task_for(record, context_id, text)
+            done["status"] = {**done["status"], "state": "TASK_STATE_COMPLETED",
+                              "message": answered["message"]}
+            return done
+        failed = task_for(record, context_id, "The agent refused the approved call.")
+        failed["status"]["state"] = "TASK_STATE_FAILED"
+        return failed
 
     async def _context_id(self, approval_id: str) -> str:
         raw = await self.desk.store.call(approval_id)
@@ -239,11 +258,8 @@ class A2aApprovals:
                     yield event
                 return
             if record.agent_task and call_next is not None and not forward:
-                _for_agent_task(ctx, record.agent_task)
-                outcome = await call_next(ctx)
-                if isinstance(outcome, StreamReply):
-                    async for event in outcome.events:
-                        yield event
+                async for event in self._agent_events(ctx, record, call_next):
+                    yield event
                 return
             if record.state not in ("pending", "approved", "used"):
                 update = wire.status_update(task_for(record, context_id))
@@ -254,11 +270,26 @@ class A2aApprovals:
                 quiet = 0.0
                 yield b": waiting for approval\r\n\r\n"
 
+    async def _agent_events(
+        self, ctx: MediationContext, record: ApprovalRecord, call_next: CallNext
+    ) -> AsyncIterator[bytes]:
+        """A subscriber of a call that was forwarded meanwhile: the agent's answer if it was
+        unary (its task may have ended already), else the agent's own subscription."""
+        answered = _answered(await self.desk.store.answer(record.id) or b"")
+        if answered is not None:
+            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, answered)
+            return
+        _for_agent_task(ctx, record.agent_task)
+        outcome = await call_next(ctx)
+        if isinstance(outcome, StreamReply):
+            async for event in outcome.events:
+                yield event
+
     async def _forward_events(
         self, ctx: MediationContext, approval_id: str, context_id: str
     ) -> AsyncIterator[bytes]:
         try:
-            outcome = await self.forward(approval_id, request_id=ctx.jsonrpc_id)
+            outcome = await self.forward(approval_id)
         except BrokerError:
             record = await self.desk.store.get(approval_id)
             if record is not None:
@@ -271,9 +302,7 @@ class A2aApprovals:
 
     # --- forwarding an approved call --------------------------------------------------------
 
-    async def forward(
-        self, approval_id: str, request_id: msgspec.Raw | None = None
-    ) -> Outcome:
+    async def forward(self, approval_id: str) -> Outcome:
         """Forward the kept call of an approved approval through ``resume`` (which uses the
         approval up, once). A unary answer is kept for GetTask. A refusal on the way (policy
         changed, budget spent, agent gone) voids the approval and is raised."""
@@ -331,6 +360,21 @@ def _claiming(
                 await desk.store.forwarded(approval_id, ctx.task_id, b"")
 
     return StreamReply(events(), outcome.status, outcome.headers)
+
+
+def _answered(body: bytes) -> dict[str, Any] | None:
+    """The StreamResponse (``{"task": …}`` or ``{"message": …}``) of a kept unary answer."""
+    if not body:
+        return None
+    try:
+        answer = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
+        answer = answer["result"]  # JSON-RPC
+    if isinstance(answer, dict) and ("task" in answer or "message" in answer):
+        return {k: v for k, v in answer.items() if k in ("task", "message")}
+    return None
 
 
 def _context(held: HeldCall, approval_id: str) -> MediationContext:

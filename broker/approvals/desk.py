@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit.recorder import AuditRecorder
@@ -129,6 +130,12 @@ class ApprovalDesk:
             self._spawn(self.on_approved(decided), f"approved {approval_id}")
         return decided
 
+    async def refused_decision(self, approval_id: str, why: str) -> None:
+        """Audit a decision refused before anyone was named (no approver's token)."""
+        await self._audit.event(
+            "approval", "unknown", action="approval.refused", approval=approval_id[:100], why=why
+        )
+
     async def _refused(self, approval_id: str, approver: str, outcome: Outcome) -> None:
         await self._audit.event(
             "approval", approver, action="approval.refused", approval=approval_id,
@@ -178,32 +185,43 @@ class ApprovalDesk:
         """The approval as it stands now: one past its expiry is expired, one whose tree was
         killed or whose requester or target was suspended is voided, first."""
         record = await self.store.get(approval_id)
-        if record is None or record.state not in (PENDING, "approved"):
+        return await self._as_now(record, _Seen()) if record is not None else None
+
+    async def _as_now(self, record: ApprovalRecord, seen: _Seen) -> ApprovalRecord | None:
+        if record.state not in (PENDING, "approved"):
             return record
         if time.time() >= record.expires_at:
             return await self.end(record.id, "expired", "nobody decided in time")
-        why = await self._void_reason(record)
+        why = await self._void_reason(record, seen)
         if why:
             return await self.end(record.id, "voided", why)
         return record
 
-    async def _void_reason(self, record: ApprovalRecord) -> str:
-        if record.tree and await self._revocations.is_tree_killed(record.tree):
-            return "the task tree was killed"
-        names = (record.requester,) if record.protocol == "llm" else (
+    async def _void_reason(self, record: ApprovalRecord, seen: _Seen) -> str:
+        if record.tree:
+            if record.tree not in seen.trees:
+                seen.trees[record.tree] = await self._revocations.is_tree_killed(record.tree)
+            if seen.trees[record.tree]:
+                return "the task tree was killed"
+        # An LLM call's target is a model, an MCP call's a server: neither is an agent.
+        names = (record.requester,) if record.protocol in ("llm", "mcp") else (
             record.requester, record.target)
         for name in names:
-            agent = await self._registry.get(name)
-            if agent is None or agent.status != "active":
-                return f"the agent {name} is suspended or gone"
+            if name not in seen.suspended:
+                agent = await self._registry.get(name)
+                # A caller-only identity has no record (it cannot be suspended, only revoked).
+                seen.suspended[name] = agent is not None and agent.status == "suspended"
+            if seen.suspended[name]:
+                return f"the agent {name} was suspended"
         return ""
 
     async def list(self) -> list[ApprovalRecord]:
-        """Every approval kept, each as it stands now (expired and voided ones ended)."""
+        """Every approval kept, each as it stands now (expired and voided ones ended). Each
+        tree and agent is looked up once per list, however many approvals name it."""
+        seen = _Seen()
         found = []
         for record in await self.store.list():
-            now = await self.current(record.id) if record.state in (PENDING, "approved") else record
-            if now is not None:
+            if (now := await self._as_now(record, seen)) is not None:
                 found.append(now)
         return found
 
@@ -231,6 +249,14 @@ class ApprovalDesk:
             self._tasks.spawn(run(), name)
         else:
             asyncio.get_running_loop().create_task(run(), name=name)
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one look at the approvals learnt of trees (killed?) and agents (suspended?)."""
+
+    trees: dict[str, bool] = field(default_factory=dict)
+    suspended: dict[str, bool] = field(default_factory=dict)
 
 
 def _detail(record: ApprovalRecord) -> dict[str, Any]:

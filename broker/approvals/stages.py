@@ -16,9 +16,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from broker.approvals.action import action_digest
 from broker.approvals.desk import ApprovalDesk
+from broker.budgets.model import Scope, Usage
 from broker.errors import ApprovalDeniedError, ApprovalPendingError
 from broker.llm.context import LlmContext
 from broker.stores.approvals_base import ApprovalRecord
+from broker.stores.budget_base import BudgetLedger
 from broker.types import CallContext, Outcome
 
 APPROVAL_HEADER = "a2a-broker-approval"  # the approval a caller's retry goes ahead under
@@ -134,3 +136,45 @@ class CostOverThreshold:
                 f" (worst case {worst.cost_micro / 1_000_000:g} USD)"
             )
         return await call_next(ctx)
+
+
+class TreeBudgetThreshold(Generic[C]):
+    """A delegated call that would take its task tree past ``[approvals] tree_budget_percent``
+    of one of the tree's budgets waits for a human too (0: never). Costs one store read, and
+    only for delegated calls of a tree with a budget while the setting is on.
+
+    ``amount`` is what the call adds (A2A: one call; an LLM call's worst case is reserved by
+    the time this runs, so it adds nothing more); None skips the check (not a send)."""
+
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        percent: float,
+        amount: Callable[[C], Usage | None],
+        scopes_of: Callable[[C, str], Awaitable[tuple[Scope, ...]]],
+    ) -> None:
+        self._ledger = ledger
+        self._percent = percent
+        self._amount = amount
+        self._scopes_of = scopes_of  # the call's scopes (with their limits) in a tree
+
+    async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
+        if self._percent and not ctx.approval_rule and ctx.parent is not None:
+            adds = self._amount(ctx)
+            if adds is not None:
+                ctx.approval_rule = await self._passed(ctx, ctx.parent.tree, adds)
+        return await call_next(ctx)
+
+    async def _passed(self, ctx: C, tree: str, adds: Usage) -> str:
+        trees = [scope for scope in await self._scopes_of(ctx, tree) if scope.kind == "tree"]
+        if not trees:
+            return ""
+        for status in await self._ledger.status(trees):
+            after = status.used + status.reserved + getattr(adds, status.metric)
+            if status.limit and after * 100 > status.limit * self._percent:
+                share = after * 100 / status.limit
+                return (
+                    f"[approvals] tree_budget_percent = {self._percent:g}: the call takes"
+                    f" {status.scope} to {share:.0f}% of its {status.metric} per {status.window}"
+                )
+        return ""

@@ -222,6 +222,10 @@ def request_fields(
         detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
     if ctx.policy_version:
         detail["policy_version"] = ctx.policy_version
+    if ctx.approval_id:  # forwarded once a person approved it (docs/approvals.md)
+        detail["approval"] = ctx.approval_id
+    if ctx.trace_id:
+        detail["trace_id"] = ctx.trace_id
     if err is not None:
         detail.update(error_detail(err))
     if ctx.data_found or ctx.data_tags:

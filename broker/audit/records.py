@@ -33,7 +33,7 @@ REPLICA_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KINDS: Final = frozenset({
     "request", "auth.failure", "token.mint", "registry.change", "policy.reload", "policy.error",
     "killswitch", "budget", "approval", "checkpoint", "task.route_conflict",
-    "connections",
+    "connections", "alert", "alert.ack",
 })
 CHECKPOINT_KIND: Final = "checkpoint"
 

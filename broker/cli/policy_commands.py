@@ -18,6 +18,7 @@ from broker.policy.rules import LLM_ACTIONS, MODEL_PREFIX, PolicyError
 from broker.protocols.a2a.operations import OPERATIONS
 
 _LLM_CALLS = ", ".join(sorted(a for a in LLM_ACTIONS if not a.endswith("*")))
+_HELD: list[str] = []  # the hops of the chain being explained that wait for approval
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "policies" / "model.conf"
 
 
@@ -62,6 +63,7 @@ def explain(
     print(f"policy {path} (version {engine.version[:12]})")
     agents = [*chain, target]
     ok = True
+    _HELD.clear()
     if not agents[1].startswith(MODEL_PREFIX):  # the first hop is an A2A message
         ok = _show("originate", engine.may_originate(chain[0]), chain[:1])
     for index in range(len(chain)):
@@ -71,7 +73,8 @@ def explain(
             continue
         hop_operation = "SendMessage" if operation in LLM_ACTIONS else operation
         ok = _explain_hop(engine, agents[: index + 1], hop_target, hop_operation, skill) and ok
-    print("result: allowed" if ok else "result: DENIED")
+    held = " after a human's approval (hop " + ", ".join(_HELD) + ")" if _HELD else ""
+    print(f"result: allowed{held}" if ok else "result: DENIED")
     return 0 if ok else 1
 
 
@@ -122,6 +125,7 @@ def _show(what: str, decision: Decision, chain: Sequence[str]) -> bool:
         how = f"{chain[-1]} may delegate" if decision.delegated else f"origin {chain[0]}"
         print(f"    and {how}: {_rule(decision.chain_rule)}")
     if decision.needs_approval:
+        _HELD.append(str(len(chain)))
         whose = "caller" if decision.approval_principal == chain[-1] else "origin"
         print(
             f"    APPROVAL REQUIRED: {whose} {decision.approval_principal}:"

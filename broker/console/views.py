@@ -35,6 +35,7 @@ from broker.errors import (
     InvalidAdminRequestError,
 )
 from broker.http import admin
+from broker.http import alerts as admin_alerts
 from broker.http.admin import admin_token_digest, token_matches
 from broker.http.state import AnyRequest, runtime_of
 from broker.observability import record
@@ -166,17 +167,20 @@ async def home(request: AnyRequest) -> Redirect:
 @get("/traffic")
 async def traffic(request: AnyRequest) -> Template:
     session = await _session(request)
-    return _page("traffic.html", request, session, rows=_recent())
+    return _page("traffic.html", request, session, rows=await _recent(request))
 
 
 @get("/traffic/rows")
 async def traffic_rows(request: AnyRequest) -> Template:
     session = await _session(request)
-    return _page("traffic_rows.html", request, session, rows=_recent())
+    return _page("traffic_rows.html", request, session, rows=await _recent(request))
 
 
-def _recent() -> list[dict[str, Any]]:
-    return [_row(seen) for seen in reversed(record.recent)]
+async def _recent(request: AnyRequest) -> list[dict[str, Any]]:
+    """Every worker's and replica's latest requests (through the store), newest first."""
+    shared = runtime_of(request).traffic
+    seen = await shared.latest() if shared is not None else list(reversed(record.recent))
+    return [_row(s) for s in seen]
 
 
 def _row(seen: record.RequestSeen) -> dict[str, Any]:
@@ -329,7 +333,7 @@ async def decide_approval(request: AnyRequest, approval_id: str) -> Redirect:
     desk = runtime_of(request).approvals
     approver = desk.approver(form.get("approver_token", "").strip())
     if approver is None:
-        await _audit_refusal(request, ApproverNotAllowedError.reason)
+        await desk.refused_decision(approval_id, "not_an_approver")
         raise ApproverNotAllowedError("That is not an approver's token.")
     decision = form.get("decision", "")
     if decision not in ("approve", "deny"):
@@ -341,7 +345,19 @@ async def decide_approval(request: AnyRequest, approval_id: str) -> Redirect:
 @get("/alerts")
 async def alerts(request: AnyRequest) -> Template:
     session = await _session(request)
-    return _page("placeholder.html", request, session, title="Alerts", capability="alerts")
+    listed = await _admin_json(admin_alerts.list_alerts, request)
+    rows = [
+        {**a, "time": _time(a["at"]), "acked_time": _time(a["acked_at"]) if a["acked_at"] else ""}
+        for a in listed["alerts"]
+    ]
+    return _page("alerts.html", request, session, alerts=rows, enabled=listed["enabled"])
+
+
+@post("/alerts/{alert_id:str}/ack", status_code=303)
+async def acknowledge(request: AnyRequest, alert_id: str) -> Redirect:
+    await _checked(request)
+    await _admin_json(admin_alerts.acknowledge_alert, request, alert_id)
+    return Redirect(f"{PREFIX}/alerts", status_code=303)
 
 
 # --- Errors -------------------------------------------------------------------------------------
@@ -384,6 +400,7 @@ def console_router() -> Router:
             approvals,
             decide_approval,
             alerts,
+            acknowledge,
         ],
         response_headers=SECURITY_HEADERS,
         exception_handlers={LoginRequiredError: _to_login, BrokerError: _refusal_page},

@@ -35,6 +35,8 @@ from broker.errors import (
 )
 from broker.settings_datacontrols import Action, DataControlsSettings
 
+Walk = Callable[[Any, Callable[[str], str]], Any]
+
 
 class TextAnalyzer(Protocol):
     """An extra engine (Presidio) that finds values the built-in recognizers do not."""
@@ -124,15 +126,32 @@ class DataControls:
         """One streamed text (an LLM choice's deltas, an A2A artifact's appended text)."""
         return TextStream(self, subject, placeholders)
 
+    def inspect(
+        self,
+        payload: Any,
+        subject: Subject,
+        placeholders: Placeholders | None,
+        walk: Walk,
+        *,
+        seen: Callable[[Inspection], None] | None = None,
+    ) -> Inspection:
+        """Any payload, its texts found by ``walk`` (``broker.datacontrols.payloads.map_*``).
+        ``seen`` is given what was found before a blocked type refuses the payload, so a
+        refusal can be counted too (the returned inspection is the same object)."""
+        return self._inspect(payload, subject, placeholders, walk, seen)
+
     def _inspect(
         self,
         payload: Any,
         subject: Subject,
         placeholders: Placeholders | None,
-        walk: Callable[[Any, Callable[[str], str]], Any],
+        walk: Walk,
+        seen: Callable[[Inspection], None] | None = None,
     ) -> Inspection:
         act = _Acting(self, subject, placeholders or Placeholders())
         new = walk(payload, act.text)
+        if seen is not None:
+            seen(act.result)
         act.raise_if_blocked()
         if subject.direction == "response" and placeholders is not None:
             new = walk(new, placeholders.restore)

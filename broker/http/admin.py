@@ -135,6 +135,7 @@ async def register_agent(request: AnyRequest) -> Response[bytes]:
         await _audit_refusal(request, "register", name, err)
         raise
     await _audit(request, "registry.change", "register", record.name)
+    await runtime_of(request).card_registered(record)
     return _json({"agent": directory.summary(record), "credential": credential}, 201)
 
 
@@ -156,6 +157,7 @@ async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
         await _audit_refusal(request, "update", name, err)
         raise
     await _audit(request, "registry.change", "update", name)
+    await runtime_of(request).card_registered(record)
     return _json({"agent": directory.summary(record)})
 
 

@@ -25,6 +25,7 @@ from broker.errors import (
     RouteNotFoundError,
 )
 from broker.http.admin import admin_router
+from broker.http.alerts import alerts_router
 from broker.http.approvals import approvals_router
 from broker.http.connections import observe
 from broker.http.discovery import agent_card, healthz, jwks, list_agents, readyz
@@ -167,6 +168,7 @@ def create_app(settings: Settings) -> Litestar:
             rest_edge,
             approvals_router,
             admin_router,
+            alerts_router,
             *llm_route_handlers,
             *mcp_route_handlers,
             *metrics_routes(settings.metrics.enabled),

@@ -82,6 +82,7 @@ async def decide_approval(request: AnyRequest, approval_id: str) -> Response[byt
     desk = runtime_of(request).approvals
     approver = desk.approver(bearer_token(request.headers.get("authorization")))
     if approver is None:
+        await desk.refused_decision(approval_id, "not_an_approver")
         raise ApproverNotAllowedError(
             "Decide with an approver's own token ([approvals.approvers]): the admin token"
             " names no person."

@@ -11,7 +11,7 @@ import binascii
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
@@ -265,10 +265,23 @@ class CardVerifier:
 
 
 def _signature_kids(card: AgentCard) -> list[str]:
+    return _kids(signature.protected for signature in card.signatures)
+
+
+def card_key_ids(card_json: str) -> list[str]:
+    """The ``kid`` of every signature of a stored card (``AgentRecord.card_json``)."""
+    try:
+        signatures = json.loads(card_json).get("signatures") or []
+    except (ValueError, AttributeError):
+        return []
+    return _kids(s.get("protected", "") for s in signatures if isinstance(s, dict))
+
+
+def _kids(protected_headers: Iterable[str]) -> list[str]:
     kids = []
-    for signature in card.signatures:
+    for protected in protected_headers:
         try:
-            header = json.loads(base64url_decode(signature.protected.encode("ascii")))
+            header = json.loads(base64url_decode(str(protected).encode("ascii")))
         except (ValueError, UnicodeError, binascii.Error):
             continue
         if isinstance(header, dict) and isinstance(header.get("kid"), str):

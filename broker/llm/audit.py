@@ -43,6 +43,7 @@ def llm_fields(
             "phase": phase,
             "binding": "openai",
             **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
+            **({"trace_id": ctx.trace_id} if ctx.trace_id else {}),
             **(error_detail(err) if err else {}),
             **(data_detail(ctx) if ctx.data_found or ctx.data_tags else {}),
         },

@@ -17,6 +17,7 @@ import msgspec
 from broker.datacontrols import Subject, TextStream
 from broker.errors import BrokerError
 from broker.llm.context import LlmContext
+from broker.llm.errors import LlmProviderError
 from broker.protocols.llm.wire import openai_error_event
 from broker.stages.datacontrols import Direction, Scan
 from broker.types import Reply
@@ -89,7 +90,10 @@ class LlmEventScanner:
             return [event]
         if data.strip() == _DONE:
             return [*self.finish(), event]
-        document = msgspec.json.decode(data)
+        try:
+            document = msgspec.json.decode(data)
+        except msgspec.DecodeError:  # what cannot be read cannot be checked: not relayed
+            raise LlmProviderError(detail="a stream chunk that is not JSON") from None
         choices = document.get("choices") if isinstance(document, dict) else None
         if not isinstance(choices, list) or not choices:
             return [_frame(self._scan.json(document))]  # usage, or an error object
@@ -105,13 +109,19 @@ class LlmEventScanner:
     def finish(self) -> list[bytes]:
         out = []
         for index in list(self._held):
-            stream = self._held.pop(index)
-            text = stream.finish()
+            stream = self._held[index]
+            text = stream.finish()  # may refuse: the stream is still held, for abandon()
+            del self._held[index]
             self._scan.finished(stream)
             if text:
                 choice = {"index": index, "delta": {"content": text}, "finish_reason": None}
                 out.append(_frame({**self._last, "choices": [choice]}))
         return out
+
+    def abandon(self) -> None:
+        for stream in self._held.values():
+            self._scan.finished(stream)
+        self._held.clear()
 
     def _choice(self, choice: Any) -> dict[str, str]:
         """The choice's released content (``{}`` when it has none)."""

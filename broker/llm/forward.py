@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmProviderError, LlmProviderRateLimitedError, LlmProviderTimeoutError
+from broker.observability import tracing
 from broker.outbound.errors import provider_error
 from broker.outbound.transport import Transport, TransportResponse
 from broker.pipeline.stage import close_events
@@ -69,6 +70,7 @@ class ForwardToProvider:
         headers = {"Content-Type": "application/json", "Accept": accept}
         if ctx.route.provider.key:
             headers["Authorization"] = f"Bearer {ctx.route.provider.key}"
+        headers.update(tracing.outbound(ctx))  # the provider's work joins the caller's trace
         return headers
 
     def _answer(self, ctx: LlmContext, response: TransportResponse, body: bytes) -> Reply:

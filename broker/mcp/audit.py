@@ -38,6 +38,8 @@ def mcp_fields(
         detail["token.jti"], detail["token.exp"] = ctx.hop.jti, ctx.hop.exp
     if ctx.policy_version:
         detail["policy_version"] = ctx.policy_version
+    if ctx.trace_id:
+        detail["trace_id"] = ctx.trace_id
     if err is not None:
         detail.update(error_detail(err))
     return {

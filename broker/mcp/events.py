@@ -82,6 +82,13 @@ async def relay_sse(
         yield sse_frame(error_body(err, request_id))
 
 
+async def relay_event(raw: bytes, on_message: OnMessage | None) -> bytes | None:
+    """One raw event of the server's stream (as ``broker.protocols.sse.relay`` cuts them),
+    re-framed for the caller, or None. Raises ``McpServerBadResponseError``."""
+    events = SseParser(len(raw) + 1, _event_too_large).feed(raw)
+    return await _frame(events[0], on_message) if events else None
+
+
 async def _frame(event: SseEvent, on_message: OnMessage | None) -> bytes | None:
     event_id = event.event_id if _SAFE_EVENT_ID.fullmatch(event.event_id) else b""
     if event.data is None or event.data == b"":

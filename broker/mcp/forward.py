@@ -3,7 +3,8 @@ transport and relay its answer.
 
 The server gets the broker's credential for it and the hop token, never the caller's headers
 (``broker.mcp.servers.upstream_headers``). An SSE answer is relayed event by event as it
-arrives (``broker.mcp.events.relay_sse``): progress and log notifications reach the client
+arrives (``broker.protocols.sse.relay``, the relay A2A streams use, each event read by
+``broker.mcp.events``): progress and log notifications reach the client
 while the tool runs. ``initialize`` answers are read whole to learn the negotiated version,
 which the sealed session id carries; list answers are filtered to what the caller's chain may
 use, their cursors sealed. The virtual server's own answers are ``broker.mcp.virtual``.
@@ -14,26 +15,35 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from broker.errors import BrokerError, UpstreamTimeoutError
+from broker.errors import (
+    BrokerError,
+    StreamIdleTimeoutError,
+    UpstreamResponseTooLargeError,
+    UpstreamTimeoutError,
+)
 from broker.mcp.context import McpCallNext, McpContext
 from broker.mcp.errors import (
     McpServerBadResponseError,
     McpServerTimeoutError,
     McpSessionNotFoundError,
 )
-from broker.mcp.events import OnMessage, relay_json, relay_sse
+from broker.mcp.events import OnMessage, relay_event, relay_json, relay_sse
 from broker.mcp.listing import filter_result
 from broker.mcp.reading import SESSION_HEADER, McpMessage
 from broker.mcp.servers import McpServer, upstream_headers
 from broker.mcp.sessions import CursorPosition, CursorSeal, SessionSeal, UpstreamSession
 from broker.mcp.stages import McpJudge, MintMcpHopToken
+from broker.mcp.wire import error_body, sse_frame
+from broker.observability import tracing
 from broker.outbound.transport import StreamTimeouts, Transport, TransportResponse
 from broker.pipeline.stage import close_events
+from broker.protocols.sse import relay
 from broker.settings_mcp import McpSettings
+from broker.stages.forward import bound_recheck
 from broker.types import Outcome, Reply, StreamReply
 
 if TYPE_CHECKING:
@@ -51,6 +61,8 @@ class McpForwardParts:
     mint: MintMcpHopToken
     settings: McpSettings
     max_stream_s: float
+    heartbeat_s: float = 15.0
+    recheck: Callable[[McpContext], Awaitable[None]] | None = None  # an open stream, ~1/s
 
 
 class McpUpstream:
@@ -69,10 +81,10 @@ class McpUpstream:
         headers = upstream_headers(server, ctx.headers.items(), protocol_version=version
                                    or _DEFAULT_VERSION, session=session, hop_token=hop_token,
                                    name=name)
+        headers.update(tracing.outbound(ctx))  # the server's work joins the caller's trace
         started = time.perf_counter()
         left = _time_left(ctx, server)
-        # The relay's own idle bound (relay_sse) answers first, as MCP_SERVER_TIMEOUT.
-        timeouts = StreamTimeouts(headers_s=left, idle_s=server.idle_timeout_s + 1.0)
+        timeouts = StreamTimeouts(headers_s=left, idle_s=server.idle_timeout_s)
         try:
             async with asyncio.timeout(left):
                 answer = await self.parts.transport.send(
@@ -98,15 +110,40 @@ class McpUpstream:
             answer.close()
             raise McpSessionNotFoundError()  # the server ended the session: start a new one
         if answer.is_event_stream:
-            frames = relay_sse(_closing(answer), request_id=ctx.jsonrpc_id, on_message=on_message,
-                               idle_timeout_s=server.idle_timeout_s,
-                               max_event_bytes=self.parts.settings.max_event_bytes,
-                               max_duration_s=min(self.parts.max_stream_s,
-                                                  _time_left(ctx, server)))
-            return StreamReply(frames, 200, {**(headers or {}), "cache-control": "no-cache"})
+            return StreamReply(self._events(ctx, server, answer, on_message), 200,
+                               {**(headers or {}), "cache-control": "no-cache"})
         body = await self.read(ctx, server, answer)
         data = await relay_json(body, request_id=ctx.jsonrpc_id, on_message=on_message)
         return Reply(answer.status if answer.status < 300 else 200, data, headers=headers or {})
+
+    def _events(
+        self, ctx: McpContext, server: McpServer, answer: TransportResponse,
+        on_message: OnMessage | None,
+    ) -> AsyncIterator[bytes]:
+        """The stream relayed by the broker's one relay (``broker.protocols.sse.relay``), as
+        A2A streams are: event by event, heartbeats while the server is quiet, ended with an
+        error event answering the request when the server is quiet past its
+        ``idle_timeout_s``, the stream outlives its maximum duration, or an operator stops it
+        (the kill switch, a suspended caller, a killed tree: rechecked about once a second)."""
+        request_id, parts = ctx.jsonrpc_id, self.parts
+
+        async def on_event(raw: bytes) -> bytes | None:
+            return await relay_event(raw, on_message)
+
+        def error_event(err: BrokerError) -> bytes:
+            ctx.error = mcp_error(err, server)
+            return sse_frame(error_body(ctx.error, request_id))
+
+        return relay(
+            answer.chunks(),
+            max_event_bytes=parts.settings.max_event_bytes,
+            heartbeat_s=parts.heartbeat_s,
+            max_duration_s=min(parts.max_stream_s, _time_left(ctx, server)),
+            on_event=on_event,
+            error_event=error_event,
+            close_upstream=answer.close,
+            recheck=bound_recheck(parts.recheck, ctx),
+        )
 
     async def read(self, ctx: McpContext, server: McpServer, answer: TransportResponse) -> bytes:
         try:
@@ -141,6 +178,8 @@ class McpUpstream:
                 async for _ in frames:
                     if found:
                         break
+            except BrokerError as err:
+                raise mcp_error(err, server) from None
             finally:
                 await close_events(frames)
         else:
@@ -212,6 +251,17 @@ class ForwardMcp:
             headers[SESSION_HEADER] = self._upstream.parts.sessions.issue(
                 ctx.caller or "", server.name, upstreams)
         return Reply(200, encode(result), headers=headers)
+
+
+def mcp_error(err: BrokerError, server: McpServer) -> BrokerError:
+    """The transport's stream errors as the MCP server's: quiet too long, an event too big."""
+    if isinstance(err, StreamIdleTimeoutError):
+        return McpServerTimeoutError("The MCP server's stream sent nothing for too long.",
+                                     metadata={"server": server.name})
+    if isinstance(err, UpstreamResponseTooLargeError):
+        return McpServerBadResponseError("An event in the MCP server's stream is too large.",
+                                         metadata={"server": server.name})
+    return err
 
 
 def _time_left(ctx: McpContext, server: McpServer) -> float:

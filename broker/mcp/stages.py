@@ -13,16 +13,16 @@ import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-from broker.audit.recorder import AuditRecorder
+from broker.containment.global_kill import GlobalKillSwitch
 from broker.delegation.tokens import DelegationClaims, TokenMinter
 from broker.errors import (
-    AuditUnavailableError,
     BrokerError,
     BrokerInternalError,
+    CallerSuspendedError,
     PolicyDeniedError,
+    TreeKilledError,
 )
 from broker.mcp.aggregate import Aggregate
-from broker.mcp.audit import mcp_fields
 from broker.mcp.context import McpCallNext, McpContext
 from broker.mcp.reading import (
     HANDSHAKE_VERSIONS,
@@ -37,6 +37,8 @@ from broker.mcp.reading import (
 from broker.mcp.servers import McpServerRegistry
 from broker.mcp.sessions import SessionSeal, check_session_version
 from broker.mcp.wire import error_body, error_reply, sse_frame
+from broker.observability import tracing
+from broker.observability.record import outcome_of
 from broker.policy.decision import NO_POLICY_VERSION, Decision
 from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
@@ -44,6 +46,7 @@ from broker.stages.boundary import REQUEST_ID_HEADER
 from broker.stages.boundary import log_call as shared_log_call
 from broker.stages.budget import HopBudget
 from broker.stages.guards import check_depth
+from broker.stores.base import Stores
 from broker.types import Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
@@ -52,21 +55,18 @@ _LOCAL_ON_VIRTUAL = frozenset({"initialize", "ping"})
 TOOL_CALL = "tools/call"
 
 
-class McpErrorBoundary:
-    """Every refusal becomes an MCP JSON-RPC error answering the request's id (transport
-    errors keep their HTTP status); a stream that fails ends with one such error event; every
-    request is one log line."""
+class McpWire:
+    """MCP's ends, for the shared ``broker.stages.boundary.ErrorBoundary``: every refusal an
+    MCP JSON-RPC error answering the request's id (transport errors keep their HTTP status);
+    a stream that fails ends with one such error event; every request one ``mcp_call`` log
+    line, a stream's when it ends."""
 
-    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
-        try:
-            outcome = await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            outcome = refusal(ctx, err)
-        except Exception:
-            log.exception("unexpected error in MCP request %s", ctx.request_id)
-            ctx.error = BrokerInternalError()
-            outcome = refusal(ctx, ctx.error)
+    unexpected = "in MCP request"
+
+    def refusal(self, ctx: McpContext, err: BrokerError) -> Reply:
+        return refusal(ctx, err)
+
+    def finish(self, ctx: McpContext, outcome: Outcome) -> Outcome:
         headers = {**outcome.headers, REQUEST_ID_HEADER: ctx.request_id}
         if isinstance(outcome, StreamReply):
             return StreamReply(_logged(ctx, outcome), outcome.status, headers)
@@ -99,6 +99,8 @@ async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
 
 
 def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) -> None:
+    if ctx.span is not None:
+        _end_span(ctx, status, stream_end)
     if not log.isEnabledFor(logging.INFO):
         return
     judged = ctx.judged
@@ -113,22 +115,20 @@ def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) ->
     shared_log_call(ctx, "mcp_call", status, own, stream_end)
 
 
-class McpAuditRefusals:
-    """Second stage: every refusal of an MCP request, from any later stage, is one record
-    (with the status the caller sees: HTTP 200 for a JSON-RPC error, as on the A2A edge)."""
-
-    def __init__(self, recorder: AuditRecorder) -> None:
-        self._recorder = recorder
-
-    async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
-        try:
-            return await call_next(ctx)
-        except BrokerError as err:
-            ctx.error = err
-            if not isinstance(err, AuditUnavailableError) and not ctx.audited:
-                status = error_reply(err, None).status
-                await self._recorder.record(mcp_fields(ctx, phase="refused", status=status))
-            raise
+def _end_span(ctx: McpContext, status: int, stream_end: str | None) -> None:
+    method = ctx.message.method if ctx.message is not None else "-"
+    outcome = outcome_of(ctx.error, status, ctx.upstream_status)
+    if stream_end is not None and stream_end != "completed":
+        outcome = "failed" if stream_end == "failed" else "disconnected"
+    attributes: dict[str, str | int] = {
+        "a2a_broker.caller": ctx.caller or "-",
+        "a2a_broker.target": ctx.target or "-",
+        "a2a_broker.operation": f"mcp:{method}",
+        "a2a_broker.binding": "mcp",
+        "a2a_broker.outcome": outcome,
+        "http.response.status_code": status,
+    }
+    tracing.end(ctx, attributes, outcome, f"mcp {method}")
 
 
 class ParseMcpRequest:
@@ -226,7 +226,8 @@ class McpPolicy:
     call is judged as the call to the underlying server and tool, and the servers it offers a
     caller are those the caller may ``initialize``. Lists are judged per item when answered.
 
-    The decision is kept on the context (``ctx.decision``) for the stages after it."""
+    The decision is kept on the context (``ctx.decision``) for the stages after it; an
+    ``approve`` rule sets ``ctx.approval_rule`` for the approval stage."""
 
     def __init__(self, judge: McpJudge) -> None:
         self._judge = judge
@@ -251,6 +252,8 @@ class McpPolicy:
                     detail=f"rule {decision.rule.line}: {decision.rule.text}"
                     if decision.rule else None)
             ctx.policy_rule = decision.rule.text if decision.rule else ""
+            # Allowed, but held for a human (the approval stage, later in the order).
+            ctx.approval_rule = decision.approval.text if decision.approval else ""
         return await call_next(ctx)
 
 
@@ -288,9 +291,12 @@ class MintMcpHopToken:
         if judged is not None and judged.name:
             scope.append(f"mcp-name:{quote(judged.name, safe='')[:512]}")
         audience = f"mcp:{server}"
+        tags = ctx.data_tags  # the data controls' (none when they are off)
         if ctx.parent is None:
-            return self._minter.mint_origin(ctx.caller, audience, scope, self._deadline_s)
-        return self._minter.mint_next(ctx.parent, ctx.caller, audience, scope, self._deadline_s)
+            return self._minter.mint_origin(ctx.caller, audience, scope, self._deadline_s,
+                                            tags=tags)
+        return self._minter.mint_next(ctx.parent, ctx.caller, audience, scope, self._deadline_s,
+                                      tags=tags)
 
 
 class McpToolBudget:
@@ -312,3 +318,24 @@ class McpToolBudget:
             ctx, call_next, caller=ctx.caller, target=ctx.target, tree=ctx.tree,
             tool=f"{server.name}.{judged.name}")
 
+
+
+class McpStreamCheck:
+    """Ends an open MCP stream when an operator stops it: the global kill switch, a suspended
+    caller, or a killed task tree. The relay runs it about once a second per open stream."""
+
+    def __init__(self, stores: Stores, kill: GlobalKillSwitch | None = None) -> None:
+        self._registry = stores.registry
+        self._revocations = stores.revocations
+        self._kill = kill
+
+    async def __call__(self, ctx: McpContext) -> None:
+        if self._kill is not None:
+            self._kill.check()
+        if ctx.caller is not None:
+            caller = await self._registry.get(ctx.caller)
+            if caller is not None and caller.status == "suspended":
+                raise CallerSuspendedError
+        tree = ctx.tree
+        if tree and await self._revocations.is_tree_killed(tree):
+            raise TreeKilledError(metadata={"tree": tree})

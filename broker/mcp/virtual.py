@@ -6,6 +6,7 @@ as that server's call before it got here).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -52,27 +53,32 @@ class VirtualServer:
         return await self._upstream.relay(ctx, server, answer, on_message=None)
 
     async def _initialize(self, ctx: McpContext, aggregate: Aggregate) -> Outcome:
-        """A session with every server the caller may use; one that fails is left out (and
-        logged), so one broken server does not take the copilot's other tools away."""
-        results: dict[str, dict[str, Any]] = {}
-        upstreams: dict[str, UpstreamSession] = {}
-        for name in aggregate.servers:
-            server = self._registry.get(name)
-            token, _ = self._upstream.parts.mint.mint(ctx, name)
-            try:
-                answer = await self._upstream.post(ctx, server, ctx.body, version=ctx.version,
-                                                   session=None, hop_token=token)
-                session_id = answer.headers.get(SESSION_HEADER, "")
-                result = (await self._upstream.one_answer(ctx, server, answer))["result"]
-            except BrokerError as err:
-                log.warning("MCP server %s left out of a virtual session: %s", name, err.reason)
-                continue
-            results[name] = result
-            upstreams[name] = UpstreamSession(session_id, str(result.get("protocolVersion", "")))
+        """A session with every server the caller may use, opened all at once; one that fails
+        is left out (and logged), so one broken server does not take the copilot's other
+        tools away."""
+        opened = await asyncio.gather(*(self._open(ctx, name) for name in aggregate.servers))
+        results = {name: result for name, result, _ in opened if result is not None}
+        upstreams = {name: session for name, _, session in opened if session is not None}
         merged = Aggregate(list(results)).merge_initialize(results, SERVER_INFO)
         token = self._upstream.parts.sessions.issue(ctx.caller or "", VIRTUAL, upstreams)
         body = encode({"jsonrpc": "2.0", "id": _id(ctx), "result": merged})
         return Reply(200, body, headers={SESSION_HEADER: token})
+
+    async def _open(
+        self, ctx: McpContext, name: str
+    ) -> tuple[str, dict[str, Any] | None, UpstreamSession | None]:
+        server = self._registry.get(name)
+        token, _ = self._upstream.parts.mint.mint(ctx, name)
+        try:
+            answer = await self._upstream.post(ctx, server, ctx.body, version=ctx.version,
+                                               session=None, hop_token=token)
+            session_id = answer.headers.get(SESSION_HEADER, "")
+            result = (await self._upstream.one_answer(ctx, server, answer))["result"]
+        except BrokerError as err:
+            log.warning("MCP server %s left out of a virtual session: %s", name, err.reason)
+            return name, None, None
+        version = str(result.get("protocolVersion", ""))
+        return name, result, UpstreamSession(session_id, version)
 
     async def _to_every_server(self, ctx: McpContext) -> Outcome:
         """A notification (or a client's answer) goes to every server of the session."""

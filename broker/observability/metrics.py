@@ -14,6 +14,8 @@ own process) the values live in this process alone, in the default registry.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -138,6 +140,32 @@ breaker_transitions = Counter(
     ("upstream", "state"),
     namespace=NAMESPACE,
 )
+alerts = Counter(
+    "alerts",
+    "Anomaly alerts raised, by rule (new_edge, new_model, call_rate, denial_burst, guard_burst, "
+    "budget_burn, deep_chain, new_card_key); each fires on one replica only.",
+    ("rule",),
+    namespace=NAMESPACE,
+)
+alert_webhook_failures = Counter(
+    "alert_webhook_failures",
+    "Alert webhook deliveries given up after every retry.",
+    namespace=NAMESPACE,
+)
+
+# Gauges of shared state read from the store at scrape time, registered by the part that owns
+# the state (the approvals queue registers ``approvals_pending``): name -> (help, label names,
+# reader). The reader returns (label values, value) pairs; a failing reader is left out of
+# that scrape. Registered once per process at start-up.
+ScrapeReader = Callable[[], Awaitable[Sequence[tuple[tuple[str, ...], float]]]]
+scrape_gauges: dict[str, tuple[str, tuple[str, ...], ScrapeReader]] = {}
+
+
+def register_scrape_gauge(
+    name: str, help_text: str, labels: tuple[str, ...], read: ScrapeReader
+) -> None:
+    """Serve ``a2a_broker_<name>`` on /metrics, read by ``read`` at each scrape."""
+    scrape_gauges[name] = (help_text, labels, read)
 
 
 def scrape_registry() -> CollectorRegistry:

@@ -36,6 +36,16 @@ def breaker_changed(upstream: str, state: str) -> None:
     metrics.breaker_transitions.labels(upstream, state).inc()
 
 
+def alert_raised(rule: str) -> None:
+    if metrics.recording:
+        metrics.alerts.labels(rule).inc()
+
+
+def alert_webhook_failed() -> None:
+    if metrics.recording:
+        metrics.alert_webhook_failures.inc()
+
+
 def audit_synced() -> None:
     """One fsync of the audit file returned (however many records it made durable)."""
     if metrics.recording:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from broker.errors import (
     TreeSizeExceededError,
 )
 from broker.llm.errors import LlmModelNotAllowedError
-from broker.observability import metrics, tally
+from broker.observability import metrics, tally, tracing
 
 if TYPE_CHECKING:
     from broker.budgets.model import Usage
@@ -80,11 +80,21 @@ class RequestSeen:
     status: int
     latency_s: float
     tree: str
+    depth: int = 0  # hops in the chain that made the call (1: the caller originated it)
     at: float = field(default_factory=time.time)  # Unix time of the answer
 
 
 # This process's most recent requests, newest last (the console's live traffic page).
 recent: deque[RequestSeen] = deque(maxlen=200)
+# Who else is told of every finished request (the anomaly alerts, broker.alerts): callables
+# that must return at once (they queue the request; nothing waits on a store here).
+watchers: list[Callable[[RequestSeen], None]] = []
+
+
+def _seen(request: RequestSeen) -> None:
+    recent.append(request)
+    for watcher in watchers:
+        watcher(request)
 
 
 def keep_recent(count: int) -> None:
@@ -163,8 +173,14 @@ def observe_mediated(ctx: MediationContext, status: int, stream_end: str | None 
         policy_decided=bool(ctx.policy_version),
     )
     tree = ctx.hop.tree if ctx.hop is not None else ctx.parent.tree if ctx.parent else ""
+    if ctx.span is not None:
+        attributes = _span_attributes(caller, target, operation, ctx.binding, outcome, tree=tree)
+        attributes["http.response.status_code"] = status
+        if ctx.task_id:
+            attributes["a2a_broker.task_id"] = ctx.task_id
+        tracing.end(ctx, attributes, outcome, f"a2a {operation}")
     seen = (ctx.request_id, caller, target, operation, ctx.binding, outcome)
-    recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, tree))
+    _seen(RequestSeen(*seen, _reason(ctx.error), status, total_s, tree, len(ctx.chain)))
 
 
 def observe_llm_call(ctx: LlmContext, status: int) -> None:
@@ -185,8 +201,28 @@ def observe_llm_call(ctx: LlmContext, status: int) -> None:
         added_s=None,
         policy_decided=bool(ctx.policy_version),
     )
+    tree = ctx.tree or ""
+    if ctx.span is not None:
+        attributes = _span_attributes(caller, target, operation, "openai", outcome, tree=tree)
+        attributes["http.response.status_code"] = status
+        tracing.end(ctx, attributes, outcome, operation)
     seen = (ctx.request_id, caller, target, operation, "openai", outcome)
-    recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, ctx.tree or ""))
+    _seen(RequestSeen(*seen, _reason(ctx.error), status, total_s, tree, len(ctx.chain)))
+
+
+def _span_attributes(
+    caller: str, target: str, operation: str, binding: str, outcome: str, *, tree: str
+) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "a2a_broker.caller": caller,
+        "a2a_broker.target": target,
+        "a2a_broker.operation": operation,
+        "a2a_broker.binding": binding,
+        "a2a_broker.outcome": outcome,
+    }
+    if tree:
+        attributes["a2a_broker.tree"] = tree
+    return attributes
 
 
 def observe_llm_usage(model: str, usage: Usage) -> None:

@@ -48,10 +48,12 @@ class Snapshot(Collector):
         budgets: Sequence[BudgetStatus],
         kill_engaged: bool,
         export_lag: Sequence[tuple[str, str, int]] = (),
+        registered: Sequence[GaugeMetricFamily] = (),
     ) -> None:
         self._budgets = budgets
         self._kill_engaged = kill_engaged
         self._export_lag = export_lag
+        self._registered = registered
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         labels = ("scope", "metric", "window")
@@ -82,6 +84,23 @@ class Snapshot(Collector):
             for sink, replica, records in self._export_lag:
                 lag.add_metric((sink, replica), records)
             yield lag
+        yield from self._registered
+
+
+async def _registered_gauges() -> list[GaugeMetricFamily]:
+    """The gauges other parts registered (``metrics.register_scrape_gauge``), read now."""
+    found = []
+    for name, (help_text, labels, read) in metrics.scrape_gauges.items():
+        try:
+            values = await read()
+        except BrokerError as err:  # left out, never a failed scrape
+            log.warning("%s left out of this scrape: %s", name, err.reason)
+            continue
+        family = GaugeMetricFamily(f"{NAMESPACE}_{name}", help_text, labels=labels)
+        for label_values, value in values:
+            family.add_metric(label_values, value)
+        found.append(family)
+    return found
 
 
 async def _budgets(request: AnyRequest) -> list[BudgetStatus]:
@@ -118,7 +137,8 @@ async def metrics_endpoint(request: AnyRequest) -> Response[bytes]:
     tally.flush()  # this process's latest requests, not yet batched into the shared values
     snapshot = CollectorRegistry()
     killed = runtime.controls.kill.state is not None
-    snapshot.register(Snapshot(await _budgets(request), killed, await _export_lag(request)))
+    lag, registered = await _export_lag(request), await _registered_gauges()
+    snapshot.register(Snapshot(await _budgets(request), killed, lag, registered))
     body = generate_latest(scrape_registry()) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
-from broker.approvals.stages import RequireApproval
+from broker.approvals.stages import RequireApproval, TreeBudgetThreshold
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
+from broker.budgets.model import Scope, Usage
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import AgentContainment
@@ -29,7 +30,7 @@ from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import A2aWire, ErrorBoundary
-from broker.stages.budget import HopBudget
+from broker.stages.budget import ONE_CALL, HopBudget
 from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.datacontrols_a2a import A2aDataView
 from broker.stages.delegation import DelegationContext
@@ -122,7 +123,7 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         # is forwarded through these stages again, docs/approvals.md). Tasks the broker owns
         # while a call waits are answered first; a hop with no approve rule passes at the cost
         # of an attribute test, no store round trip.
-        *_approval_stages(parts.approvals),
+        *_approval_stages(parts),
         # Mint the target's token, scoped to what was allowed. Only the budget below can still
         # refuse, and then the token is never sent: a token costs no store write, and the
         # budget wants the hop's tree, which the token names.
@@ -148,10 +149,28 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
     ]
 
 
-def _approval_stages(approvals: A2aApprovals | None) -> list[Stage]:
+def _approval_stages(parts: A2aParts) -> list[Stage]:
+    approvals = parts.approvals
     if approvals is None:
         return []
-    return [ApprovalTasks(approvals), RequireApproval[MediationContext](approvals.desk, approvals)]
+    scopes = parts.budget_scopes
+
+    async def tree_scopes(ctx: MediationContext, tree: str) -> tuple[Scope, ...]:
+        assert ctx.caller is not None and ctx.target is not None  # noqa: S101
+        await scopes.refresh()
+        return scopes.for_call(ctx.caller, (), tree, ctx.target.name)
+
+    def one_send(ctx: MediationContext) -> Usage | None:
+        return ONE_CALL if ctx.operation is not None and ctx.operation.sends_message else None
+
+    return [
+        ApprovalTasks(approvals),
+        TreeBudgetThreshold[MediationContext](
+            parts.stores.budgets, approvals.desk.settings.tree_budget_percent, one_send,
+            tree_scopes,
+        ),
+        RequireApproval[MediationContext](approvals.desk, approvals),
+    ]
 
 
 def resume_stages(stages: list[Stage]) -> list[Stage]:

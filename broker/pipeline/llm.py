@@ -13,9 +13,15 @@ from dataclasses import dataclass, field
 import msgspec
 
 from broker.approvals.desk import ApprovalDesk
-from broker.approvals.stages import CostOverThreshold, LlmApprovals, RequireApproval
+from broker.approvals.stages import (
+    CostOverThreshold,
+    LlmApprovals,
+    RequireApproval,
+    TreeBudgetThreshold,
+)
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
+from broker.budgets.model import Scope, Usage
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import ProviderBreaker
 from broker.datacontrols import DataControls
@@ -33,6 +39,7 @@ from broker.llm.stages import (
     ModelPolicy,
     ParseLlmRequest,
 )
+from broker.observability.tracing import traced
 from broker.outbound.transport import Transport
 from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
@@ -110,7 +117,7 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
         # (a costly call may need approval). A held call is refused with APPROVAL_PENDING,
         # which gives the reservation back; a call without an approve rule passes at the
         # cost of an attribute test.
-        *_approval_stages(parts.approvals),
+        *_approval_stages(parts),
         # Every decision is made: record it durably before the provider is called.
         AuditForward[LlmContext](parts.audit, LlmAudit()),
         # The completion's data, inside the audit, with the call's pseudonyms restored.
@@ -120,11 +127,25 @@ def llm_stages(parts: LlmParts, catalog: ModelCatalog) -> list[LlmStage]:
     ]
 
 
-def _approval_stages(desk: ApprovalDesk | None) -> list[LlmStage]:
+def _approval_stages(parts: LlmParts) -> list[LlmStage]:
+    desk = parts.approvals
     if desk is None:
         return []
+
+    async def tree_scopes(ctx: LlmContext, tree: str) -> tuple[Scope, ...]:
+        assert ctx.request is not None  # noqa: S101 - parsed earlier
+        return await parts.scopes.for_llm_call(
+            ctx.caller or "", (), tree, f"model:{ctx.request.model}"
+        )
+
+    def reserved(_: LlmContext) -> Usage:
+        return Usage()  # the worst case is reserved already (MeterBudget)
+
     return [
         CostOverThreshold(desk.settings.llm_cost_over_usd),
+        TreeBudgetThreshold[LlmContext](
+            parts.ledger, desk.settings.tree_budget_percent, reserved, tree_scopes
+        ),
         RequireApproval[LlmContext](desk, LlmApprovals(desk.settings.llm_retry_after_s)),
     ]
 
@@ -134,7 +155,7 @@ class LlmGateway:
 
     def __init__(self, parts: LlmParts) -> None:
         self.catalog = ModelCatalog(parts.llm)
-        self.call: LlmCallNext = fold_llm(llm_stages(parts, self.catalog))
+        self.call: LlmCallNext = fold_llm(traced(llm_stages(parts, self.catalog)))
         self._parts = parts
 
     async def models(self, authorization: str | None) -> Reply:

@@ -11,26 +11,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from broker.approvals.desk import ApprovalDesk
+from broker.approvals.stages import RequireApproval
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
+from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError
+from broker.mcp.approvals import McpApprovals
 from broker.mcp.audit import McpAudit
 from broker.mcp.context import McpCallNext, McpContext, McpStage
+from broker.mcp.datacontrols import McpDataView
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
 from broker.mcp.reading import SESSION_HEADER
 from broker.mcp.servers import McpServerRegistry, upstream_headers
 from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal
 from broker.mcp.stages import (
-    McpAuditRefusals,
-    McpErrorBoundary,
     McpGuards,
     McpJudge,
     McpPolicy,
     McpSession,
+    McpStreamCheck,
     McpToolBudget,
+    McpWire,
     MintMcpHopToken,
     ParseMcpRequest,
     ResolveMcpServer,
@@ -44,7 +49,9 @@ from broker.policy.roles import AgentRoles
 from broker.settings import Settings
 from broker.stages.audit import AuditForward
 from broker.stages.authenticate import Authenticate
+from broker.stages.boundary import ErrorBoundary
 from broker.stages.budget import HopBudget
+from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.delegation import DelegationContext
 from broker.stores.base import Stores
 from broker.types import Outcome, Reply
@@ -69,23 +76,28 @@ class McpParts:
     registry: McpServerRegistry
     sealer: Sealer
     tasks: BackgroundTasks | None = None  # what outlives a call runs here (the runtime's)
+    approvals: ApprovalDesk | None = None  # None: no approve rule can hold a call
+    datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
 
 
 def mcp_stages(parts: McpParts) -> list[McpStage]:
     """The order of an MCP request, and why each stage stands where it does."""
     settings, stores, mcp = parts.settings, parts.stores, parts.settings.mcp
+    data = parts.datacontrols
     sessions = SessionSeal(parts.sealer, mcp.session_ttl_s)
     judge = McpJudge(parts.policy)
     mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
     upstream = McpUpstream(McpForwardParts(
         parts.transport, sessions, CursorSeal(parts.sealer, mcp.cursor_ttl_s), judge, mint,
-        mcp, settings.limits.sse_max_duration_s))
+        mcp, settings.limits.sse_max_duration_s, settings.limits.sse_heartbeat_s,
+        # Open streams end within about a second of the kill switch, a suspension or a
+        # tree kill, as A2A streams do.
+        McpStreamCheck(stores, parts.kill)))
     return [
         # Outermost: every refusal an MCP JSON-RPC error answering the request's id (transport
-        # errors keep their HTTP status), a failed stream one error event, one log line each.
-        McpErrorBoundary(),
-        # Every refusal from here in is one audit record (the boundary above shapes it).
-        McpAuditRefusals(parts.audit),
+        # errors keep their HTTP status) and one audit record, a failed stream one error
+        # event, every request one log line (the same boundary as A2A's, with MCP's ends).
+        ErrorBoundary[McpContext](parts.audit, McpAudit(), McpWire()),
         # Before the body is read: an unauthenticated request costs one hash and one store read.
         parts.authenticate,
         # The global kill switch (a flag in memory), once the caller is known.
@@ -105,11 +117,18 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
         DelegationContext(parts.verifier, stores.revocations),
         # Policy per server and per tool, before any counter or budget moves: a denied call
         # costs nothing. Lists are judged item by item with the same judge when answered.
-        # An approval stage (a decision whose effect is "approve") goes right after this one:
-        # the decision is on the context (ctx.decision), nothing has been spent yet.
         McpPolicy(judge),
         # The chain's depth, as for an A2A hop (a tool call creates no task: no fan-out slot).
         McpGuards(settings.delegation),
+        # Data controls on the tool's arguments, before approval, the token and the budget (a
+        # call refused for its data spends nothing; an approval covers what would be sent;
+        # the token carries the work's tags): the server sees only what the rules let by.
+        *([ScanRequest(data, McpDataView())] if data else []),
+        # Human approval (an "approve" rule), once every check before it has passed and
+        # before the budget (nothing is reserved while a person decides): the call is refused
+        # APPROVAL_PENDING and goes ahead, once, when sent again under the approval. A call
+        # with no approve rule passes at the cost of an attribute test.
+        *_approval_stages(parts.approvals),
         # Mint the server's hop token; only the budget can still refuse, and then the token is
         # never sent (a token costs no store write; the budget charges the tree it names).
         mint,
@@ -120,10 +139,18 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
         # Every decision is made: record it (arguments as digests only) durably before
         # anything leaves, and the outcome when the answer or the stream ends.
         AuditForward[McpContext](parts.audit, McpAudit()),
+        # The answer's data (a tool's result, each event of a stream), inside the audit.
+        *([ScanAnswer(data, McpDataView())] if data else []),
         # Innermost: the broker's credential and the hop token, never the caller's; SSE relayed
         # event by event, lists filtered, sessions and cursors sealed.
         ForwardMcp(upstream, VirtualServer(upstream, parts.registry)),
     ]
+
+
+def _approval_stages(desk: ApprovalDesk | None) -> list[McpStage]:
+    if desk is None:
+        return []
+    return [RequireApproval[McpContext](desk, McpApprovals(desk.settings.llm_retry_after_s))]
 
 
 class McpGateway:

@@ -9,10 +9,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker.alerts.service import Alerts, open_alerts
 from broker.approvals.a2a import A2aApprovals
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.webhook import ApprovalWebhook
@@ -25,12 +27,15 @@ from broker.containment.tree_kill import TreeKiller
 from broker.datacontrols import DataControls, open_controls
 from broker.delegation.tokens import TokenMinter, TokenVerifier, bmac_key
 from broker.errors import BrokerError, StoreUnavailableError
-from broker.identity.cards import BrokerCardRewriter, CardVerifier
+from broker.identity.cards import BrokerCardRewriter, CardVerifier, card_key_ids
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
 from broker.mcp.servers import registry_from_settings
 from broker.mcp.sessions import Sealer, derive_seal_key
+from broker.observability.metrics import register_scrape_gauge, scrape_gauges
+from broker.observability.tracing import traced
+from broker.observability.tracing_setup import start_tracing
 from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import PushUrlEgress
 from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
@@ -42,12 +47,14 @@ from broker.policy.runtime import PolicyRuntime
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.runtime.control import Controls
 from broker.runtime.late_routes import with_late_routes
+from broker.runtime.traffic import SharedTraffic
 from broker.settings import Settings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
+from broker.stores.approvals_base import PENDING
 from broker.stores.base import StoreBackend, Stores
 from broker.stores.factory import open_backend
-from broker.types import CallNext
+from broker.types import AgentRecord, CallNext
 
 log = logging.getLogger("a2a_broker")
 
@@ -79,6 +86,10 @@ class BrokerRuntime:
     # Calls held for a human's approval: requests, decisions, expiry (docs/approvals.md).
     approvals: ApprovalDesk
     a2a_approvals: A2aApprovals
+    # Flushes and stops the spans of [tracing] (nothing to do when spans are off).
+    stop_tracing: Callable[[], None] = lambda: None
+    alerts: Alerts | None = None  # [alerts] (None when off)
+    traffic: SharedTraffic | None = None  # the console's live traffic (None without console)
 
     @classmethod
     async def start(cls, settings: Settings) -> BrokerRuntime:
@@ -93,6 +104,9 @@ class BrokerRuntime:
     async def _open(cls, settings: Settings, opened: contextlib.AsyncExitStack) -> BrokerRuntime:
         tasks = BackgroundTasks()
         opened.push_async_callback(tasks.close)
+        # Before the pipelines are folded: with spans on, each stage is wrapped once for its event.
+        stop_tracing = start_tracing(settings.tracing)
+        opened.callback(stop_tracing)
         backend = open_backend(settings.store)
         opened.push_async_callback(backend.close)
         await backend.start_checks()  # a Redis of another topology, or one that evicts: stop
@@ -176,6 +190,8 @@ class BrokerRuntime:
                 ),
                 sealer=mcp_sealer(settings, keys, os.environ),
                 tasks=tasks,
+                approvals=approvals,
+                datacontrols=datacontrols,
             )),
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
@@ -186,22 +202,33 @@ class BrokerRuntime:
             a2a_approvals=A2aApprovals(
                 approvals, stores.task_routes, settings.limits.sse_heartbeat_s
             ),
+            stop_tracing=stop_tracing,
         )
         opened.push_async_callback(runtime._stop_background_work)
+        _watch_requests(runtime, opened)
         stages = a2a_stages(_a2a_parts(runtime, minter, verifier, datacontrols))
-        runtime.mediate = fold(stages)
+        runtime.mediate = fold(traced(stages))
         # An approved call goes through the pipeline again from its policy on.
-        runtime.a2a_approvals.resume = fold(resume_stages(stages))
+        runtime.a2a_approvals.resume = fold(traced(resume_stages(stages)))
         approvals.on_approved = runtime.a2a_approvals.forward_unwatched
         tasks.spawn(approvals.sweep_forever(), "approvals-sweep")
         # Always: [agents.NAME] credentials bind even with no cards_dir (caller-only identities).
         cards_dir = settings.registry.cards_dir
         try:
-            await directory.load_declarative(settings.path(cards_dir) if cards_dir else None)
+            cards = await directory.load_declarative(
+                settings.path(cards_dir) if cards_dir else None
+            )
         except DeclarativeCardError as exc:
             await _audit_declarative_refusal(audit, exc)
             raise
+        for card in cards:
+            await runtime.card_registered(card)
         return runtime
+
+    async def card_registered(self, record: AgentRecord) -> None:
+        """An agent card was registered or replaced: the new-card-key alert rule sees it."""
+        if self.alerts is not None:
+            await self.alerts.card_registered(record.name, card_key_ids(record.card_json))
 
     async def close(self) -> None:
         await self._stop_background_work()
@@ -212,11 +239,52 @@ class BrokerRuntime:
         await self.controls.stop()
         await self.tasks.close()
         await self.backend.close()
+        self.stop_tracing()
 
     async def _stop_background_work(self) -> None:
         self.expiry.cancel()
+        if self.alerts is not None:
+            await self.alerts.stop()
+        if self.traffic is not None:
+            await self.traffic.stop()
+        scrape_gauges.pop("approvals_pending", None)  # it reads this runtime's store
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _watch_requests(runtime: BrokerRuntime, opened: contextlib.AsyncExitStack) -> None:
+    """What watches the broker for operators: the anomaly alerts, the approvals gauge read at
+    scrape time, the console's live traffic."""
+    settings, tasks = runtime.settings, runtime.tasks
+    runtime.alerts = open_alerts(
+        settings.alerts,
+        runtime.backend.alert_state(),
+        runtime.audit,
+        runtime.upstream,
+        tasks,
+        environ=dict(os.environ),
+    )
+    if runtime.alerts is not None:
+        runtime.alerts.start(tasks, runtime.stores.budgets, runtime.budget_scopes)
+        opened.push_async_callback(runtime.alerts.stop)
+    approvals = runtime.stores.approvals
+
+    async def pending() -> list[tuple[tuple[str, ...], float]]:
+        now = time.time()
+        counts = dict.fromkeys(("a2a", "llm"), 0)
+        for kept in await approvals.list():
+            if kept.state == PENDING and kept.expires_at > now:
+                counts[kept.protocol] = counts.get(kept.protocol, 0) + 1
+        return [((protocol,), float(count)) for protocol, count in counts.items()]
+
+    help_text = "Calls held for a human's approval and not yet decided, by protocol."
+    register_scrape_gauge("approvals_pending", help_text, ("protocol",), pending)
+    opened.callback(scrape_gauges.pop, "approvals_pending", None)
+    if settings.console.enabled:
+        keep = settings.console.recent_requests
+        runtime.traffic = SharedTraffic(runtime.backend.recent_traffic(), keep)
+        runtime.traffic.start(tasks)
+        opened.push_async_callback(runtime.traffic.stop)
 
 
 def _approval_desk(
@@ -279,7 +347,7 @@ def _a2a_parts(
     inspector = ResponseInspector(
         rt.stores.task_routes, settings.store.task_route_ttl_s,
         BrokerCardRewriter(settings.public_url, keys), pages,
-        finished_ttl_s=settings.store.finished_task_ttl_s,
+        finished_ttl_s=settings.store.finished_task_ttl_s, trees=rt.stores.task_trees,
     )  # fmt: skip
     return A2aParts(
         settings=settings,

@@ -17,6 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from broker.audit.recorder import AuditRecorder
 from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalError
+from broker.observability import tracing
 from broker.observability.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
@@ -62,6 +63,7 @@ class ErrorBoundary(Generic[C]):
         self._wire: CallWire[Any] = wire if wire is not None else A2aWire()
 
     async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
+        tracing.begin(ctx, "call")  # first, so a refusal's record and log line name the trace
         try:
             outcome: Outcome = await call_next(ctx)
         except BrokerError as err:
@@ -158,6 +160,7 @@ def log_call(
     record: dict[str, object] = {
         "event": event,
         "request_id": ctx.request_id,
+        "trace_id": ctx.trace_id or None,
         "caller": ctx.caller,
         **own,
         "status": status,

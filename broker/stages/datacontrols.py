@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from broker.datacontrols import DataControls, Inspection, Placeholders, Subject, TextStream
+from broker.datacontrols import (
+    DataControls,
+    Inspection,
+    Placeholders,
+    Subject,
+    TextStream,
+    payloads,
+)
+from broker.datacontrols.controls import Walk
 from broker.datacontrols.tags import accumulate
 from broker.errors import BrokerError
 from broker.observability.record import observe_detections
@@ -42,33 +50,40 @@ class Scan:
         self._placeholders = ctx.placeholders
 
     def a2a(self, payload: Any) -> Any:
-        return self._done(self.controls.inspect_a2a(payload, self._subject, self._placeholders))
+        return self._inspect(payload, payloads.map_a2a)
 
     def chat_request(self, payload: Any) -> Any:
-        found = self.controls.inspect_chat_request(payload, self._subject, self._placeholders)
-        return self._done(found)
+        return self._inspect(payload, payloads.map_chat_request)
 
     def chat_response(self, payload: Any) -> Any:
-        found = self.controls.inspect_chat_response(payload, self._subject, self._placeholders)
-        return self._done(found)
+        return self._inspect(payload, payloads.map_chat_response)
 
     def json(self, payload: Any) -> Any:
-        return self._done(self.controls.inspect_json(payload, self._subject, self._placeholders))
+        return self._inspect(payload, payloads.map_json)
 
     def text(self, text: str) -> str:
-        found = self.controls.inspect_text(text, self._subject, self._placeholders)
-        return str(self._done(found))
+        return str(self._inspect(text, _whole))
 
     def stream(self) -> TextStream:
-        """One streamed text; hand it to ``finished`` when it ends."""
+        """One streamed text; hand it to ``finished`` when it ends (or fails)."""
         return self.controls.text_stream(self._subject, self._placeholders)
 
     def finished(self, stream: TextStream) -> None:
         record(self._ctx, self._subject.direction, stream.inspection)
 
-    def _done(self, inspection: Inspection) -> Any:
+    def _inspect(self, payload: Any, walk: Walk) -> Any:
+        # What was found is recorded before a blocked type refuses the payload.
+        seen = self.controls.inspect(
+            payload, self._subject, self._placeholders, walk, seen=self._record
+        )
+        return seen.payload
+
+    def _record(self, inspection: Inspection) -> None:
         record(self._ctx, self._subject.direction, inspection)
-        return inspection.payload
+
+
+def _whole(text: Any, fn: Callable[[str], str]) -> Any:
+    return fn(text)
 
 
 def record(ctx: CallContext, direction: str, inspection: Inspection) -> None:
@@ -119,6 +134,9 @@ class EventScanner(Protocol):
     def feed(self, event: bytes) -> list[bytes]: ...
 
     def finish(self) -> list[bytes]: ...
+
+    def abandon(self) -> None:
+        """The stream failed: record what the held texts found, send nothing more."""
 
 
 class ScanRequest(Generic[C]):
@@ -175,6 +193,7 @@ async def _scanned(
             for out in scanner.finish():
                 yield out
         except BrokerError as err:
+            scanner.abandon()
             ctx.error = err
             yield view.error_event(ctx, err)
     finally:

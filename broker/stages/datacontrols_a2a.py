@@ -129,6 +129,11 @@ class A2aEventScanner:
             out.extend(self._flush(key))
         return out
 
+    def abandon(self) -> None:
+        for held in self._held.values():
+            self._scan.finished(held.stream)
+        self._held.clear()
+
     def _piece(self, document: Any, payload: Any, update: dict[str, Any]) -> list[bytes]:
         artifact = update["artifact"]
         key = str(artifact.get("artifactId", ""))
@@ -154,10 +159,11 @@ class A2aEventScanner:
 
     def _flush(self, key: str) -> list[bytes]:
         """What an artifact's stream still holds, as one more piece of that artifact."""
-        held = self._held.pop(key, None)
+        held = self._held.get(key)
         if held is None:
             return []
-        text = held.stream.finish()
+        text = held.stream.finish()  # may refuse: the stream is still held, for abandon()
+        del self._held[key]
         self._scan.finished(held.stream)
         if not text:
             return []

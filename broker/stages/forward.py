@@ -15,8 +15,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 from broker.errors import BrokerError, StoreUnavailableError, UpstreamTimeoutError
+from broker.observability import tracing
 from broker.outbound.credentials import upstream_auth
 from broker.outbound.transport import Transport, TransportResponse
 from broker.protocols.a2a.answers import bad, reframe
@@ -24,9 +26,10 @@ from broker.protocols.a2a.wire import sse_error_event
 from broker.protocols.sse import relay
 from broker.settings import LimitSettings, UpstreamCredential
 from broker.stages.responses import ResponseInspector
-from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.types import CallContext, CallNext, MediationContext, Outcome, Reply, StreamReply
 
 StreamRecheck = Callable[[MediationContext], Awaitable[None]]
+C = TypeVar("C", bound=CallContext)
 _FORWARDED_HEADERS = ("content-type", "accept", "a2a-version", "a2a-extensions")
 _RELAYED_HEADERS = ("a2a-extensions", "a2a-version")
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -98,6 +101,7 @@ class Forward:
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
         headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_token))
+        headers.update(tracing.outbound(ctx))  # the agent's work joins the caller's trace
         return headers
 
     def _stream(
@@ -106,18 +110,23 @@ class Forward:
         if resp.status != 200:
             resp.close()
             raise bad(resp.status, "a stream with an HTTP error status")
-        claimed = False
+        claimed = ended = False
 
         async def on_event(event: bytes) -> bytes | None:
             """The agent's event checked, in the broker's framing (protocols.a2a.answers)."""
-            nonlocal claimed
+            nonlocal claimed, ended
             frame = reframe(ctx.binding, ctx.jsonrpc_id, event)
             if frame is None:
                 return None
             sends = ctx.operation is not None and ctx.operation.sends_message
             if frame.task_id and sends and not claimed:
-                await self._inspect.claim_task(ctx, frame.task_id)
-                claimed = True
+                await self._inspect.claim_task(ctx, frame.task_id, finished=frame.finished)
+                claimed, ended = True, frame.finished
+            elif frame.task_id and frame.finished and not ended:
+                # The task ends in this stream (a send's, or a resubscription's): its route is
+                # kept as a finished task's from now on, not for the running task's week.
+                await self._inspect.task_finished(ctx, frame.task_id)
+                ended = True
             return frame.data
 
         def error_event(err: BrokerError) -> bytes:
@@ -141,6 +150,14 @@ class Forward:
 def _bound(
     recheck: StreamRecheck | None, ctx: MediationContext
 ) -> Callable[[], Awaitable[None]] | None:
+    return bound_recheck(recheck, ctx)
+
+
+def bound_recheck(
+    recheck: Callable[[C], Awaitable[None]] | None, ctx: C
+) -> Callable[[], Awaitable[None]] | None:
+    """``recheck`` of one open stream (every protocol's relay runs it about once a second): a
+    store that cannot be read lets the stream go on, logged once."""
     if recheck is None:
         return None
 

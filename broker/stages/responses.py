@@ -8,16 +8,22 @@ Decoding is typed and partial (msgspec) so a large answer costs one C-level scan
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from broker.errors import UpstreamBadResponseError
+from broker.errors import StoreUnavailableError, UpstreamBadResponseError
+from broker.protocols.a2a.answers import (
+    FINISHED_STATES,
+    check_jsonrpc,
+    check_media_type,
+    check_rest,
+)
 from broker.protocols.a2a.answers import bad as _bad
-from broker.protocols.a2a.answers import check_jsonrpc, check_media_type, check_rest
 from broker.protocols.a2a.task_pages import Page, PageTokens, callers_page
-from broker.stores.base import TaskRoute, TaskRouteStore
+from broker.stores.base import TaskRoute, TaskRouteStore, TaskTreeIndex
 from broker.types import MediationContext
 
 CardRewriter = Callable[[dict[str, Any], str], dict[str, Any]]
@@ -33,14 +39,7 @@ class _TaskRef(msgspec.Struct):
 
     @property
     def finished(self) -> bool:
-        return self.status is not None and self.status.state in _FINISHED_STATES
-
-
-# A task in one of these states will not change again (A2A 1.0 names, and 0.3's).
-_FINISHED_STATES = frozenset({
-    "TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED",
-    "completed", "failed", "canceled", "rejected",
-})  # fmt: skip
+        return self.status is not None and self.status.state in FINISHED_STATES
 
 
 class _SendResult(msgspec.Struct):
@@ -48,6 +47,8 @@ class _SendResult(msgspec.Struct):
 
 
 _send_decoder = msgspec.json.Decoder(_SendResult)
+_task_decoder = msgspec.json.Decoder(_TaskRef)
+log = logging.getLogger("a2a_broker.routes")
 _any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -61,8 +62,10 @@ class ResponseInspector:
         pages: PageTokens,
         *,
         finished_ttl_s: int | None = None,
+        trees: TaskTreeIndex | None = None,
     ) -> None:
         self._routes = task_routes
+        self._trees = trees
         self._ttl = route_ttl_s
         self._finished_ttl = route_ttl_s if finished_ttl_s is None else finished_ttl_s
         self._rewrite_card = rewrite_card
@@ -112,6 +115,21 @@ class ResponseInspector:
                 detail=f"task id collision at {route.agent}: {task_id}",
             )
 
+    async def task_finished(self, ctx: MediationContext, task_id: str) -> None:
+        """``task_id``, claimed while it ran (a stream, a non-blocking send), was seen ending:
+        keep its route ``finished_ttl_s`` from now, not the running task's week, and drop it
+        from the hop's tree. The caller's answer never fails for it: a store that does not
+        answer leaves the route to expire on its running TTL (the claim is retried late)."""
+        assert ctx.target is not None and ctx.caller is not None  # noqa: S101
+        route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
+        try:
+            await self._routes.claim(route, self._finished_ttl, None, finished=True)
+            if self._trees is not None and ctx.hop is not None:
+                await self._trees.remove(ctx.hop.tree, route.agent, task_id)
+        except StoreUnavailableError as err:
+            log.debug("finished task %s at %s kept as running: %s", task_id, route.agent,
+                      err.detail)  # fmt: skip
+
     async def _apply(self, ctx: MediationContext, payload: msgspec.Raw) -> Any:
         """The changed payload, or None if it is relayed unchanged."""
         op = ctx.operation
@@ -123,6 +141,16 @@ class ResponseInspector:
                 raise _bad(200, "SendMessage result is not a task or message") from None
             if task is not None and task.id:
                 await self.claim_task(ctx, task.id, finished=task.finished)
+            return None
+        if op.name in ("GetTask", "CancelTask"):
+            # A task the caller polls (after a non-blocking send) or cancels: once it shows a
+            # final state, its route is kept as a finished task's.
+            try:
+                task = _task_decoder.decode(payload)
+            except msgspec.DecodeError:
+                return None  # the shape was checked (protocols.a2a.answers); nothing to learn here
+            if task.id and task.finished:
+                await self.task_finished(ctx, task.id)
             return None
         if op.name == "ListTasks":
             return await self._only_callers_tasks(ctx, _any_decoder.decode(payload))

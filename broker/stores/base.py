@@ -12,10 +12,12 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from broker.stores.alert_base import AlertState
 from broker.stores.approvals_base import ApprovalStore
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
 from broker.stores.kill_switch import KillSwitchStore
+from broker.stores.traffic_base import RecentTraffic
 from broker.types import AgentRecord as AgentRecord  # noqa: PLC0414 - re-exported
 from broker.types import AgentStatus as AgentStatus  # noqa: PLC0414 - re-exported
 
@@ -248,6 +250,14 @@ class StoreBackend(abc.ABC):
 
     @abc.abstractmethod
     def stores(self) -> Stores: ...
+
+    @abc.abstractmethod
+    def alert_state(self) -> AlertState:
+        """The state anomaly alerts are judged on (``broker.alerts``), on this backend."""
+
+    @abc.abstractmethod
+    def recent_traffic(self) -> RecentTraffic:
+        """The latest requests of every process on this backend (the console's live page)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -110,10 +110,12 @@ end
 
 -- Release every reservation whose expiry is at or before now (ms): their brokers died or
 -- forgot them. Each is reclaimed once, so the cost is amortised over the reserves that made them.
+-- Returns their ids: with budget shards one reservation may expire on several shards, and the
+-- caller counts it once.
 local function reclaim(now)
   local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', int(now))
   for _, id in ipairs(ids) do
     finish(id, nil)
   end
-  return #ids
+  return ids
 end

@@ -1,2 +1,2 @@
--- Release every reservation past its expiry. Returns how many there were.
+-- Release every reservation past its expiry. Returns their ids.
 return reclaim(now_ms())

@@ -3,7 +3,7 @@
 Every mediated request reads the caller's credential, the caller's record and the target's
 record. With a shared (Redis) store that is three round trips on the hot path; this cache keeps
 each answer for ``ttl_s`` (default 0.5 s) per process. A write through this process drops its
-own entry at once and then calls ``notify`` (``broker/control.py`` publishes it to every
+own entry at once and then calls ``notify`` (``broker/runtime/control.py`` publishes it to every
 replica, whose ``forget`` drops theirs), so a suspension, resume, deletion or credential
 rotation holds on every replica within a pub/sub round trip; ``ttl_s`` bounds the staleness
 only when such a message is lost (a replica whose subscription was down forgets everything

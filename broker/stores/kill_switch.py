@@ -1,8 +1,8 @@
 """Where the global kill switch is kept: engaged (by whom, when, why) or not, for every replica.
 
 The store holds the truth; each replica keeps a copy in memory, updated over the control
-channel at once and re-read about once a second (``broker/halt.py``), so the hot path never
-asks the store. Redis: one key, ``<prefix>:killswitch``, holding the state as JSON.
+channel at once and re-read about once a second (``broker/containment/global_kill.py``), so the
+hot path never asks the store. Redis: one key, ``<prefix>:killswitch``, holding the state as JSON.
 """
 
 from __future__ import annotations

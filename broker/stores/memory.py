@@ -13,6 +13,7 @@ from collections import OrderedDict
 import msgspec
 
 from broker.errors import StoreFullError
+from broker.stores.alert_base import AlertState
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -26,6 +27,7 @@ from broker.stores.base import (
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.kill_switch import MemoryKillSwitchStore
+from broker.stores.memory_alerts import MemoryAlertState
 from broker.stores.memory_approvals import MemoryApprovalStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
 from broker.stores.memory_delegation import (
@@ -33,6 +35,7 @@ from broker.stores.memory_delegation import (
     MemoryRevocations,
     MemoryTaskTreeIndex,
 )
+from broker.stores.traffic_base import MemoryRecentTraffic, RecentTraffic
 
 # Expired task routes are dropped when touched; a full sweep at most this often bounds the memory
 # held by routes that are never asked for again, at O(routes) per sweep.
@@ -217,9 +220,17 @@ class MemoryBackend(StoreBackend):
             approvals=MemoryApprovalStore(),
             kill_switch=MemoryKillSwitchStore(),
         )
+        self._alerts = MemoryAlertState()
+        self._traffic = MemoryRecentTraffic()
 
     def stores(self) -> Stores:
         return self._stores
+
+    def alert_state(self) -> AlertState:
+        return self._alerts
+
+    def recent_traffic(self) -> RecentTraffic:
+        return self._traffic
 
     async def ping(self) -> None:
         return None

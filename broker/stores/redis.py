@@ -28,6 +28,7 @@ import msgspec
 from redis.commands.core import AsyncScript
 
 from broker.settings import StoreSettings
+from broker.stores.alert_base import AlertState
 from broker.stores.base import (
     AgentRecord,
     AgentRegistry,
@@ -39,6 +40,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
+from broker.stores.redis_alerts import RedisAlertState
 from broker.stores.redis_approvals import RedisApprovalStore
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_budget import RedisBudgetLedger, RedisRateLimiter
@@ -55,6 +57,8 @@ from broker.stores.redis_delegation import (
     RedisTaskTreeIndex,
 )
 from broker.stores.redis_topology import check_redis
+from broker.stores.redis_traffic import RedisRecentTraffic
+from broker.stores.traffic_base import RecentTraffic
 
 _ENCODER = msgspec.json.Encoder()
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
@@ -208,7 +212,7 @@ class RedisBackend(StoreBackend):
         self._client = open_redis(
             settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster
         )
-        if settings.replica_acks and isinstance(self._client, BatchingRedis):
+        if settings.replica_acks and isinstance(self._client, BatchingRedis | BatchingRedisCluster):
             self._client.batcher.require_replicas(
                 settings.replica_acks, settings.replica_ack_timeout_ms
             )
@@ -226,15 +230,23 @@ class RedisBackend(StoreBackend):
             delegation_counters=RedisDelegationCounters(self._client, prefix),
             revocations=RedisRevocations(self._client, prefix),
             task_trees=trees,
-            budgets=RedisBudgetLedger(self._client, prefix),
+            budgets=RedisBudgetLedger(self._client, prefix, settings.budget_shards),
             rate_limiter=RedisRateLimiter(self._client, prefix),
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
             approvals=RedisApprovalStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
         )
+        self._alerts = RedisAlertState(self._client, prefix)
+        self._traffic = RedisRecentTraffic(self._client, prefix)
 
     def stores(self) -> Stores:
         return self._stores
+
+    def alert_state(self) -> AlertState:
+        return self._alerts
+
+    def recent_traffic(self) -> RecentTraffic:
+        return self._traffic
 
     @unavailable_on_error
     async def ping(self) -> None:

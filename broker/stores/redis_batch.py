@@ -17,7 +17,9 @@ or error, exactly as if it had called alone:
 A lone call (the usual case at low load) goes out at once, as a plain ``EVALSHA``.
 
 With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
-round trip, and no caller learns its script's reply until that many replicas hold the writes.
+round trip, and no caller learns its script's reply until that many replicas hold the writes. On
+a cluster each node the batch touches gets its own ``WAIT`` after its own scripts, in its own
+pipeline, and every node must confirm.
 
 On Redis Cluster (``BatchingRedisCluster``) the same queue becomes redis-py's cluster pipeline,
 which splits it by the node that owns each call's slot and sends the per-node pipelines
@@ -32,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
@@ -83,17 +86,23 @@ class _Batcher:
             async with self._client.pipeline(transaction=False) as pipe:
                 for script, keys, args, _ in calls:
                     pipe.evalsha(script.sha, len(keys), *keys, *args)
-                if self._replicas:
-                    pipe.execute_command("WAIT", self._replicas, self._replica_timeout_ms)
-                replies = await pipe.execute(raise_on_error=False)
+                waits = self._queue_waits(pipe, calls)
+                if isinstance(pipe, ClusterPipeline) and waits:
+                    # A call redirected to another node would miss that node's WAIT: it fails
+                    # closed instead (the topology is refreshed for the next batch).
+                    replies = await pipe.execute(raise_on_error=False, allow_redirections=False)
+                else:
+                    replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
             for *_, future in calls:
                 _fail(future, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        if self._replicas and not self._replicated(calls, replies.pop()):
-            return
+        if waits:
+            acks, replies = replies[len(calls) :], replies[: len(calls)]
+            if not self._replicated(calls, acks):
+                return
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 await self._load_and_run(call)
@@ -102,11 +111,33 @@ class _Batcher:
             elif not call[3].done():
                 call[3].set_result(reply)
 
-    def _replicated(self, calls: list[_Call], acked: Any) -> bool:
-        if isinstance(acked, int) and acked >= self._replicas:
+    def _queue_waits(self, pipe: Any, calls: list[_Call]) -> int:
+        """With ``require_replicas``, queue the batch's ``WAIT`` s after its scripts: one on a
+        single server; on a cluster one per node the batch's calls go to, aimed at that node
+        (a node's WAIT follows its own scripts in its own pipeline: still one round trip per
+        node). How many were queued."""
+        if not self._replicas:
+            return 0
+        wait = ("WAIT", self._replicas, self._replica_timeout_ms)
+        if not isinstance(self._client, RedisCluster):
+            pipe.execute_command(*wait)
+            return 1
+        nodes = {}
+        for _, keys, _, _ in calls:
+            node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(keys[0]))
+            nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command(*wait, target_nodes=node)
+        return len(nodes)
+
+    def _replicated(self, calls: list[_Call], acks: list[Any]) -> bool:
+        """Whether every WAIT of the batch saw enough replicas; if not, every call fails."""
+        enough = [isinstance(acked, int) and acked >= self._replicas for acked in acks]
+        short = next((acked for acked, ok in zip(acks, enough, strict=True) if not ok), None)
+        if all(enough):
             return True
-        failure = acked if isinstance(acked, Exception) else NotReplicatedError(
-            f"{acked} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
+        failure = short if isinstance(short, Exception) else NotReplicatedError(
+            f"{short} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
         )  # fmt: skip
         for *_, future in calls:
             _fail(future, failure)

@@ -26,9 +26,13 @@ Every Redis failure surfaces as ``StoreUnavailableError`` (see ``redis_client``)
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import time
 import uuid
-from collections.abc import Sequence
+import zlib
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -47,6 +51,7 @@ from broker.stores.budget_base import (
     check_reserve_arguments,
     gcra_parameters,
 )
+from broker.stores.redis_batch import BatchedScript
 from broker.stores.redis_client import REDIS_FAILURES, RedisClient, lua_source, unavailable_on_error
 
 
@@ -57,6 +62,8 @@ def budget_script(name: str) -> str:
 
 
 _RATE_LIMIT_LUA = lua_source("rate_limit_acquire.lua")
+# Before the one retry of a multi-shard reserve refused only by holds: up to this long a wait.
+_RETRY_JITTER_S = 0.002
 
 
 def budget_base_key(prefix: str) -> str:
@@ -64,14 +71,41 @@ def budget_base_key(prefix: str) -> str:
     return f"{prefix}:{{budget}}"
 
 
+def budget_shard_base_key(prefix: str, shard: int, shards: int) -> str:
+    """The start of shard ``shard``'s budget keys: ``budget_base_key`` when there is one shard
+    (the layout of versions without shards), else under the hash tag ``{budget:<shard>}``."""
+    return budget_base_key(prefix) if shards == 1 else f"{prefix}:{{budget:{shard}}}"
+
+
+def budget_shard_of(scope_key: str, shards: int) -> int:
+    """The shard that holds a scope's counters: crc32 of its key, modulo the shard count."""
+    return zlib.crc32(scope_key.encode()) % shards if shards > 1 else 0
+
+
 class RedisBudgetLedger(BudgetLedger):
-    """Counters and reservations under one hash tag. Same contract as ``BudgetLedger``.
+    """Counters and reservations under one hash tag per shard. Same contract as
+    ``BudgetLedger``, with one weakening when ``shards > 1`` (decision 0037, below).
 
     Every method raises ``StoreUnavailableError`` if Redis fails. A reserve whose reply was lost
     may have held its amounts; they are reclaimed once its ``ttl_s`` has passed.
+
+    With ``shards`` S > 1, a scope's counters live in shard ``crc32(scope key) mod S`` and each
+    shard has its own reservations hash and expiry set. A reserve runs one script per shard its
+    scopes touch, all sent in the same batch (one round trip per node, in parallel); each
+    script checks and holds its shard's limits atomically, so no limit is ever exceeded. If any
+    shard refuses, the holds taken on the others are released before the refusal is returned.
+    Exactness then holds as long as reserves do not race across shards: two racing reserves,
+    each refused by a different shard, can each briefly hold what the other needed and both be
+    refused while room was left. A multi-shard reserve refused only because of holds (``used``
+    alone would have left room) is therefore tried once more. A reserve reclaims dead
+    reservations in the shards it touches (before checking their limits, as with one shard);
+    one dead in another shard shows in ``status`` until a reserve there or ``expire`` reclaims
+    it, and ``expire`` counts a reservation once however many shards it held in.
     """
 
-    def __init__(self, client: RedisClient, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError("budget shards must be at least 1")
         self._reserve = client.register_script(budget_script("reserve"))
         self._settle = client.register_script(budget_script("settle"))
         self._release = client.register_script(budget_script("release"))
@@ -80,92 +114,189 @@ class RedisBudgetLedger(BudgetLedger):
         self._late = LateWrites(REDIS_FAILURES)
         self._expire = client.register_script(budget_script("expire"))
         self._status = client.register_script(budget_script("status"))
-        self._base = budget_base_key(prefix)
-        self._keys = [f"{self._base}:rsv", f"{self._base}:rsv:exp"]
+        self._shards = shards
+        self._bases = [budget_shard_base_key(prefix, shard, shards) for shard in range(shards)]
+        self._keys = [[f"{base}:rsv", f"{base}:rsv:exp"] for base in self._bases]
+
+    def _shard(self, scope_key: str) -> int:
+        return budget_shard_of(scope_key, self._shards)
+
+    def _shards_of(self, scopes: Sequence[Scope]) -> list[int]:
+        """The shards ``scopes`` touch, in order of first use; shard 0 for no scope (the
+        reservation's record lives somewhere, as with one shard)."""
+        return list(dict.fromkeys(self._shard(scope.key()) for scope in scopes)) or [0]
 
     @unavailable_on_error
     async def reserve(
         self, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float
     ) -> Reservation | BudgetRefusal:
         ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)
+        result = await self._reserve_once(scopes, amounts, ttl_ms)
+        if (
+            isinstance(result, BudgetRefusal)
+            and len(self._shards_of(scopes)) > 1
+            and result.used + amounts.of(result.metric) <= result.limit
+        ):
+            # Refused only by holds, which may be another reserve's transient ones on its way to
+            # being refused elsewhere (decision 0037): once more, after a moment's jitter so two
+            # such racers do not meet again in step.
+            await asyncio.sleep(random.uniform(0, _RETRY_JITTER_S))  # noqa: S311 - not a secret
+            result = await self._reserve_once(scopes, amounts, ttl_ms)
+        return result
+
+    async def _reserve_once(
+        self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
+    ) -> Reservation | BudgetRefusal:
         reservation_id = uuid.uuid4().hex
-        limits = [
-            part
-            for scope in scopes
-            for limit in scope.limits
-            for part in (scope.key(), limit.metric, limit.window, limit.limit)
-        ]
-        args = [self._base, reservation_id, ttl_ms, *_amounts(amounts), *limits]
-        try:
-            reply = await self._reserve(keys=self._keys, args=args)
-        except REDIS_FAILURES:
-            # The reserve may still run (a stalled Redis runs it when it resumes) and would hold
-            # budget for a call that is refused: void it as soon as Redis answers again.
-            self._void_later(reservation_id, ttl_ms)
-            raise
-        if int(reply[0]) == 2:  # voided by an earlier attempt with this id: cannot happen twice
-            raise RedisError("reservation voided before it ran")
-        if int(reply[0]) == 1:
-            return Reservation(reservation_id, tuple(scopes), amounts, int(reply[1]) / 1000)
-        scope, metric, window, limit, used, reserved = (_text(part) for part in reply[1:])
-        return BudgetRefusal(
-            scope, _metric(metric), _window(window), int(limit), int(used), int(reserved)
+        shards = self._shards_of(scopes)
+        # (scope, limit) pairs in contract order, each with the shard that holds it.
+        limits: dict[int, list[Any]] = {shard: [] for shard in shards}
+        for scope in scopes:
+            key = scope.key()
+            for limit in scope.limits:
+                limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        shared: list[Any] = [reservation_id, ttl_ms, *_amounts(amounts)]
+        replies = await _together(
+            _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
+            for shard in shards
         )
+        failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        if failed is not None:
+            # A reserve may still run (a stalled Redis runs it when it resumes) and would hold
+            # budget for a call that is refused: void it on every shard as soon as Redis answers
+            # again (a void releases what a reserve held, or stops one still to run).
+            for shard in shards:
+                self._void_later(shard, reservation_id, ttl_ms)
+            raise failed
+        if any(int(reply[0]) == 2 for reply in replies):
+            # voided by an earlier attempt with this id: cannot happen twice
+            raise RedisError("reservation voided before it ran")
+        refusals = [_refusal(reply) for reply in replies if int(reply[0]) == 0]
+        if not refusals:
+            expires_ms = min(int(reply[1]) for reply in replies)
+            return Reservation(reservation_id, tuple(scopes), amounts, expires_ms / 1000)
+        held = [shard for shard, reply in zip(shards, replies, strict=True) if int(reply[0]) == 1]
+        if held:
+            await self._on_shards(self._release, held, [reservation_id], "release", ttl_ms)
+        # The first limit hit in contract order: scopes in order, limits in order.
+        order = {
+            (scope.key(), limit.metric, limit.window): index
+            for index, (scope, limit) in enumerate(
+                (scope, limit) for scope in scopes for limit in scope.limits
+            )
+        }
+        return min(refusals, key=lambda r: order.get((r.scope, r.metric, r.window), 0))
 
-    def _void_later(self, reservation_id: str, ttl_ms: int) -> None:
+    async def _on_shards(
+        self, script: AsyncScript, shards: list[int], args: list[Any], what: str, ttl_ms: int
+    ) -> None:
+        """Run ``script`` with ``args`` on each of ``shards`` together; a shard that does not
+        answer gets it retried in the background (it is idempotent) for ``ttl_ms``, and the
+        first failure is raised once every shard was tried."""
+        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        failure: BaseException | None = None
         until = time.time() + ttl_ms / 1000
-        args = [self._base, reservation_id, ttl_ms]
-        self._retry_later(self._void, args, until, f"void of reservation {reservation_id}")
+        for shard, outcome in zip(shards, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, REDIS_FAILURES):
+                    raise outcome
+                self._retry_later(shard, script, args, until, f"{what} on budget shard {shard}")
+                failure = failure or outcome
+        if failure is not None:
+            raise failure
 
-    def _retry_later(self, script: AsyncScript, args: list[Any], until: float, what: str) -> None:
+    def _void_later(self, shard: int, reservation_id: str, ttl_ms: int) -> None:
+        until = time.time() + ttl_ms / 1000
+        args = [self._bases[shard], reservation_id, ttl_ms]
+        self._retry_later(shard, self._void, args, until, f"void of reservation {reservation_id}")
+
+    def _retry_later(
+        self, shard: int, script: AsyncScript, args: list[Any], until: float, what: str
+    ) -> None:
         """Run an idempotent ``script`` in the background until Redis answers or ``until``."""
 
         async def attempt() -> None:
-            await script(keys=self._keys, args=args)
+            await script(keys=self._keys[shard], args=args)
 
         self._late.add(attempt, until=until, what=what)
 
     @unavailable_on_error
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
         check_usage(actual)
-        args: list[Any] = [reservation.id, *_amounts(actual)]
-        try:
-            await self._settle(keys=self._keys, args=args)
-        except REDIS_FAILURES:
-            # The call was answered: its spend must land, or an outage would let it go unpaid
-            # once the reservation expires. Settling is idempotent, so retry until Redis
-            # answers (while the reservation lives).
-            what = f"settle of reservation {reservation.id}"
-            self._retry_later(self._settle, args, reservation.expires_at, what)
-            raise
+        # The call was answered: its spend must land, or an outage would let it go unpaid once
+        # the reservation expires. Settling is idempotent, so a shard that does not answer is
+        # retried until Redis answers (while the reservation lives).
+        await self._finish(self._settle, reservation, [reservation.id, *_amounts(actual)], "settle")
 
     @unavailable_on_error
     async def release(self, reservation: Reservation) -> None:
-        args: list[Any] = [reservation.id]
-        try:
-            await self._release(keys=self._keys, args=args)
-        except REDIS_FAILURES:
-            what = f"release of reservation {reservation.id}"
-            self._retry_later(self._release, args, reservation.expires_at, what)
-            raise
+        await self._finish(self._release, reservation, [reservation.id], "release")
+
+    async def _finish(
+        self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str
+    ) -> None:
+        shards = self._shards_of(reservation.scopes)
+        ttl_ms = max(1, math.ceil((reservation.expires_at - time.time()) * 1000))
+        await self._on_shards(script, shards, args, f"{what} of reservation {reservation.id}",
+                              ttl_ms)  # fmt: skip
 
     @unavailable_on_error
     async def expire(self) -> int:
-        return int(await self._expire(keys=self._keys))
+        expired = await asyncio.gather(*(_send(self._expire, keys, []) for keys in self._keys))
+        return len({bytes(one) for ids in expired for one in ids})
 
     @unavailable_on_error
     async def status(self, scopes: Sequence[Scope]) -> list[BudgetStatus]:
         check_reserve_arguments(scopes, Usage(), 1)
         pairs = [(scope, limit) for scope in scopes for limit in scope.limits]
-        args = [
-            part for scope, limit in pairs for part in (scope.key(), limit.metric, limit.window)
-        ]
-        reply = await self._status(keys=self._keys, args=[self._base, *args])
-        counts = [int(part) for part in reply]
+        by_shard: dict[int, list[int]] = {}
+        for index, (scope, _) in enumerate(pairs):
+            by_shard.setdefault(self._shard(scope.key()), []).append(index)
+        replies = await asyncio.gather(
+            *(
+                self._status(keys=self._keys[shard], args=[self._bases[shard], *(
+                    part for index in indexes
+                    for part in (pairs[index][0].key(), pairs[index][1].metric,
+                                 pairs[index][1].window)
+                )])
+                for shard, indexes in by_shard.items()
+            )
+        )  # fmt: skip
+        counts: list[list[int]] = [[] for _ in pairs]
+        for indexes, reply in zip(by_shard.values(), replies, strict=True):
+            numbers = [int(part) for part in reply]
+            for position, index in enumerate(indexes):
+                counts[index] = numbers[4 * position : 4 * position + 4]
         return [
-            _status_of(scope, limit, counts[4 * index : 4 * index + 4])
-            for index, (scope, limit) in enumerate(pairs)
+            _status_of(scope, limit, counts[index]) for index, (scope, limit) in enumerate(pairs)
         ]
+
+
+def _send(script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+    """The script's call: on the batching client, straight into this turn's batch as a future
+    (so the calls of several shards share one batch, and no task is made for each)."""
+    if isinstance(script, BatchedScript):
+        return script.registered_client.batcher.queue(script, keys, args)
+    return script(keys=keys, args=args)
+
+
+async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
+    """Each call's reply or exception; several wait together (sent in one batch: one round trip
+    per node), a lone one is awaited as it is."""
+    pending = list(calls)
+    if len(pending) == 1:
+        try:
+            return [await pending[0]]
+        except Exception as exc:
+            return [exc]
+    return await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _refusal(reply: list[Any]) -> BudgetRefusal:
+    scope, metric, window, limit, used, reserved = (_text(part) for part in reply[1:])
+    return BudgetRefusal(
+        scope, _metric(metric), _window(window), int(limit), int(used), int(reserved)
+    )
 
 
 def _status_of(scope: Scope, limit: Limit, counts: list[int]) -> BudgetStatus:

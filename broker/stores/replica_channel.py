@@ -1,11 +1,11 @@
 """One Redis pub/sub channel shared by every replica: what one publishes, every one receives.
 
-Policy edits (``broker/policy/reload.py``) and operator controls (``broker/control.py``: cache
-invalidations and the global kill switch) each travel on one. Delivery is at most once: a
-replica whose subscription was down misses what was published meanwhile, so ``on_gap`` is
-called once the subscription is back (redis-py re-subscribes on reconnect), and the receiver
-re-reads whatever it may have missed. A message's handler failing is logged; the channel keeps
-listening.
+Policy edits (``broker/policy/reload.py``) and operator controls
+(``broker/runtime/control.py``: cache invalidations and the global kill switch) each travel on
+one. Delivery is at most once: a replica whose subscription was down misses what was published
+meanwhile, so ``on_gap`` is called once the subscription is back (redis-py re-subscribes on
+reconnect), and the receiver re-reads whatever it may have missed. A message's handler failing
+is logged; the channel keeps listening.
 
 On Redis Cluster the channel is a plain (not sharded) pub/sub channel: a PUBLISH on any node
 reaches the subscribers of every node over the cluster bus, so a replica subscribes on any one

@@ -3,6 +3,18 @@
 Limits must hold exactly, also under concurrency and, on Redis, across processes. Window
 roll-over is driven by an injected clock on the memory ledger; on Redis (whose clock cannot be
 patched) the scripts' window arithmetic is compared with ``broker.budgets.model`` directly.
+
+Every contract test also runs with the budgets spread over four shards (``[store]
+budget_shards = 4``) on standalone Redis and on the cluster, where the scopes of one reserve
+land on different shards (and nodes). Which guarantee holds there:
+
+- **never over a limit**, always: each shard checks and holds its own limits atomically;
+- **exactly at the limit when reserves do not race across shards**: every test below but the
+  cross-process race passes unchanged with shards, concurrency within one broker included (its
+  calls of one turn reach each node in the same order, so a shard never refuses one reserve
+  while another holds what the first needed elsewhere);
+- across processes racing over several shards, fewer may be admitted than fit
+  (``test_processes_racing_across_shards_never_overspend``).
 """
 
 from __future__ import annotations
@@ -11,7 +23,9 @@ import asyncio
 import calendar
 import sys
 import time
+from collections.abc import Callable
 
+import msgspec
 import pytest
 import redis
 from redis.crc import key_slot
@@ -33,9 +47,27 @@ from broker.stores.base import StoreBackend, Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, BudgetStatus, Reservation
 from broker.stores.factory import open_backend
 from broker.stores.memory_budget import MemoryBudgetLedger
-from broker.stores.redis_budget import budget_script
+from broker.stores.redis_budget import budget_script, budget_shard_of
+from testkit.redis_process import REDIS_MODES, RedisMode
 
 LONG_S = 600
+SHARDS = 4
+# Redis backends with the budgets over SHARDS shards, beside conftest's (one shard).
+SHARDED: dict[str, RedisMode] = {
+    "redis-4-shards": "standalone",
+    "redis-cluster-4-shards": "cluster",
+}
+
+
+@pytest.fixture(params=["memory", *REDIS_MODES, *SHARDED])
+def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
+    """conftest's backends, and the sharded ones."""
+    if request.param == "memory":
+        return StoreSettings(backend="memory")
+    make: Callable[[RedisMode], StoreSettings] = request.getfixturevalue("redis_store_settings")
+    if request.param in SHARDED:
+        return msgspec.structs.replace(make(SHARDED[request.param]), budget_shards=SHARDS)
+    return make(REDIS_MODES[request.param])
 
 
 def scope(name: str = "planner", *limits: Limit, kind: str = "agent") -> Scope:
@@ -536,3 +568,108 @@ async def test_unreachable_redis_raises_store_unavailable(unused_tcp_port: int) 
             assert isinstance(raised.value.__cause__, redis.RedisError)
     finally:
         await backend.close()
+
+
+# --- budget shards -------------------------------------------------------------------------------
+
+
+async def test_sharded_budget_keys_live_in_their_scopes_shard(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    settings = StoreSettings(
+        backend="redis", redis_url=redis_url, key_prefix=redis_key_prefix, budget_shards=SHARDS
+    )
+    backend = open_backend(settings)
+    names = ["planner", "researcher", "writer", "critic", "editor"]
+    scopes = [scope(name, Limit("calls", "day", 10)) for name in names]
+    shards = {budget_shard_of(f"agent:{name}", SHARDS) for name in names}
+    assert len(shards) > 1  # the test needs scopes on several shards
+    try:
+        reservation = held(await reserve(backend.stores().budgets, scopes, Usage(calls=1)))
+    finally:
+        await backend.close()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = {key.decode() for key in client.scan_iter(match=f"{redis_key_prefix}:*")}
+        records = {
+            shard: client.hget(f"{redis_key_prefix}:{{budget:{shard}}}:rsv", reservation.id)
+            for shard in range(SHARDS)
+        }
+    finally:
+        client.close()
+    day = int(window_start("day", time.time()))
+    counters = {
+        f"{redis_key_prefix}:{{budget:{budget_shard_of(f'agent:{name}', SHARDS)}}}"
+        f":w:day:{day}:agent:{name}"
+        for name in names
+    }
+    assert counters <= keys
+    assert not any(key.startswith(f"{redis_key_prefix}:{{budget}}") for key in keys)
+    # The reservation's record is on each shard it holds something in, and only there.
+    assert {shard for shard, record in records.items() if record} == shards
+
+
+_RACE_ACROSS_SHARDS = """
+import asyncio, sys
+from broker.budgets.model import Limit, Scope, Usage
+from broker.settings import StoreSettings
+from broker.stores.budget_base import Reservation
+from broker.stores.factory import open_backend
+
+# Two tight limits in two shards: every reserve needs room in both.
+SCOPES = [Scope("agent", "a", (Limit("calls", "lifetime", 50),)),
+          Scope("tree", "t1", (Limit("calls", "lifetime", 50),))]
+
+async def main(url, prefix, shards):
+    settings = StoreSettings(backend="redis", redis_url=url, key_prefix=prefix,
+                             budget_shards=int(shards))
+    backend = open_backend(settings)
+    ledger = backend.stores().budgets
+    try:
+        await backend.ping()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        results = await asyncio.gather(*(
+            ledger.reserve(SCOPES, Usage(calls=1), ttl_s=600) for _ in range(60)
+        ))
+        print(sum(isinstance(result, Reservation) for result in results), flush=True)
+    finally:
+        await backend.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_processes_racing_across_shards_never_overspend(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    """The weaker half of the sharded guarantee: brokers racing over two shards never take a
+    limit past its value, and may admit fewer than fit (each refused by the other's holds)."""
+    race = [scope("a", Limit("calls", "lifetime", 50)),
+            scope("t1", Limit("calls", "lifetime", 50), kind="tree")]  # fmt: skip
+    assert len({budget_shard_of(one.key(), 2) for one in race}) == 2
+    argv = [sys.executable, "-c", _RACE_ACROSS_SHARDS, redis_url, redis_key_prefix, "2"]
+    pipes = {"stdin": asyncio.subprocess.PIPE, "stdout": asyncio.subprocess.PIPE}
+    processes = [await asyncio.create_subprocess_exec(*argv, **pipes) for _ in range(3)]
+    try:
+        async with asyncio.timeout(60):
+            assert await everyone(processes, None) == [b"ready"] * 3
+            admitted = sum(int(line) for line in await everyone(processes, b"go\n"))
+            for process in processes:
+                await process.wait()
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    settings = StoreSettings(
+        backend="redis", redis_url=redis_url, key_prefix=redis_key_prefix, budget_shards=2
+    )
+    backend = open_backend(settings)
+    try:
+        statuses = await backend.stores().budgets.status(race)
+    finally:
+        await backend.close()
+    # 180 asked, 50 fit: never more, and every admitted call holds in both shards.
+    assert 0 < admitted <= 50
+    assert [(s.used, s.reserved) for s in statuses] == [(0, admitted)] * 2

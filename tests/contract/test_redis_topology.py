@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from broker.budgets.model import Limit, Scope, Usage
 from broker.errors import (
     StoreFullError,
     StoreMayEvictError,
@@ -38,6 +39,7 @@ from broker.settings import (
     load_settings,
 )
 from broker.stores.base import AgentRecord, TaskRoute
+from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 from broker.stores.replica_channel import ReplicaChannel
@@ -323,9 +325,53 @@ async def test_with_more_replica_acks_than_replicas_every_write_fails_closed(
         await backend.close()
 
 
-def test_replica_acks_are_refused_on_cluster() -> None:
-    with pytest.raises(msgspec.ValidationError, match="replica_acks"):
-        msgspec.convert({"redis_mode": "cluster", "replica_acks": 1}, StoreSettings)
+async def test_on_a_cluster_replica_acks_wait_on_every_node_a_batch_wrote_to(
+    tmp_path: Path,
+) -> None:
+    """Three masters with a replica each: batches whose scripts go to several nodes (a route
+    and its tree entry; budgets over eight shards) are served once every node's replica holds
+    them, and each node written to got its own WAIT; asking for two replicas fails closed."""
+    cluster = await asyncio.to_thread(start_redis_cluster, tmp_path / "cluster", 3, 1)
+    settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=cluster.url,
+                             replica_acks=1, budget_shards=8)  # fmt: skip
+    masters = [redis.Redis.from_url(url) for url in cluster.url.split(",")]
+    route = TaskRoute(agent="alpha", task_id="t1", owner="caller")
+    try:
+        for master in masters:
+            master.config_resetstat()
+        backend = open_backend(settings)
+        try:
+            stores = backend.stores()
+            assert await stores.task_routes.claim(route, 60, "tree-1") is True
+            assert await stores.task_trees.members("tree-1") == [("alpha", "t1")]
+            scopes = [Scope("agent", f"a{n}", (Limit("calls", "day", 5),)) for n in range(6)]
+            held = await stores.budgets.reserve(scopes, Usage(calls=1), ttl_s=60)
+            assert isinstance(held, Reservation)
+            await stores.budgets.settle(held, Usage(calls=1))
+        finally:
+            await backend.close()
+        # Every node that holds what was written got a WAIT (two or three nodes).
+        written = [master for master in masters if master.dbsize()]
+        assert len(written) >= 2
+        assert all(_calls(master, "wait") >= 1 for master in written)
+
+        two = msgspec.structs.replace(settings, replica_acks=2, replica_ack_timeout_ms=50)
+        backend = open_backend(two)
+        try:
+            with pytest.raises(StoreUnavailableError) as refused:
+                await backend.stores().task_routes.claim(route, 60, "tree-1")
+            assert "1 of 2 replicas" in (refused.value.detail or "")
+        finally:
+            await backend.close()
+    finally:
+        for master in masters:
+            master.close()
+        cluster.stop()
+
+
+def _calls(node: redis.Redis, command: str) -> int:
+    stats = node.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})
+    return int(stats["calls"])
 
 
 # --- the replica channel on a cluster whose node dies ----------------------------------------

@@ -74,9 +74,11 @@ def start_mesh(
     callers: list[str],
     policy: str,
     tables: Mapping[str, Mapping[str, Any]] | None = None,
+    broker_env: Mapping[str, str] | None = None,
 ) -> Iterator[Mesh]:
     """Start two brokers and the hopper (hosting ``agents``); ``tables`` are set on both
-    brokers' configs (``{"delegation.limits": {"max_depth": 3}}``)."""
+    brokers' configs (``{"delegation.limits": {"max_depth": 3}}``), ``broker_env`` is added to
+    both brokers' environment."""
     credentials = {name: secrets.token_urlsafe(24) for name in [*agents, *callers]}
     ports = [free_port(), free_port()]
     hopper_port = free_port()
@@ -102,7 +104,9 @@ def start_mesh(
         started = []
         for i, config in enumerate(configs):
             started.append(
-                launch_broker(config, log_dir=folder, name=f"broker-{i}", admin_token=admin)
+                launch_broker(
+                    config, log_dir=folder, name=f"broker-{i}", admin_token=admin, env=broker_env
+                )
             )
             children.append(started[-1])
         hopper = launch_service(

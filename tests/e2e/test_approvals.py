@@ -24,12 +24,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from a2a.types import CancelTaskRequest, GetTaskRequest, TaskState
+from a2a.types import CancelTaskRequest, GetTaskRequest, SubscribeToTaskRequest, TaskState
 from google.protobuf.json_format import MessageToDict
 from playwright.async_api import Browser, Page, async_playwright, expect
 
@@ -81,6 +82,7 @@ class Rig:
     alice: str  # alice's broker credential
     webhook: Received
     provider: Service
+    folder: Path  # the brokers' configs, logs and audit chains (var/audit)
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -139,7 +141,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Ri
             card = httpx.get(f"{echo.url}/.well-known/agent-card.json", trust_env=False).json()
             brokers[0].register("echo", card)
             alice = brokers[0].register("alice", MessageToDict(agent_card("alice", closed_url())))
-            yield Rig(brokers, echo, alice, received, provider)
+            yield Rig(brokers, echo, alice, received, provider, folder)
         finally:
             for broker in brokers:
                 broker.stop()
@@ -170,6 +172,16 @@ async def recorded_with(rig: Rig, text: str) -> list[bytes]:
         requests = (await plain.get(f"{rig.echo.url}/_recorded")).json()
     bodies = [base64.b64decode(r["body_b64"]) for r in requests]
     return [b for b in bodies if text.encode() in b]
+
+
+def audited(rig: Rig, approval: str) -> list[dict[str, Any]]:
+    """Every audit record of either broker that names ``approval``."""
+    found = []
+    for path in sorted(rig.folder.rglob("audit-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if approval in line:
+                found.append(json.loads(line))
+    return found
 
 
 async def decide(
@@ -227,6 +239,14 @@ async def test_approved_on_the_other_replica_the_agent_gets_the_exact_bytes_once
     assert_rest_error(await decide(rig, 0, task.id, "pat", "approve"), ApprovalNotUsableError)
     await asyncio.sleep(0.5)
     assert len(await recorded_with(rig, text)) == 1
+    # Every step is in the audit, on whichever replica made it.
+    records = audited(rig, task.id)
+    actions = [(r["caller"], r["detail"].get("action")) for r in records if r["kind"] == "approval"]
+    assert ("alice", "approval.request") in actions
+    assert ("alice", "approval.refused") in actions and ("oscar", "approval.approve") in actions
+    assert ("alice", "approval.use") in actions and ("pat", "approval.refused") in actions
+    forwarded = [r for r in records if r["kind"] == "request"]
+    assert forwarded and all(r["caller"] == "alice" for r in forwarded)
 
 
 async def test_denied_ends_the_task_rejected_with_the_reason(
@@ -258,8 +278,11 @@ async def test_unapproved_calls_expire_and_fail(
     assert await recorded_with(rig, text) == []
 
 
-async def test_cancelled_while_waiting(rig: Rig, http: tuple[httpx.AsyncClient, Sent]) -> None:
-    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), "JSONRPC")
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_cancelled_while_waiting(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], binding: str
+) -> None:
+    client = await client_for(http[0], rig.brokers[0].agent_url("echo"), binding)
     [event] = [e async for e in client.send_message(send_request(unique_text("cancel-me")))]
     cancelled = await client.cancel_task(CancelTaskRequest(id=event.task.id))
     assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
@@ -462,3 +485,19 @@ async def test_an_approver_decides_on_the_console(
 async def _shot(page: Page, name: str) -> None:
     await asyncio.to_thread(IMAGES.mkdir, parents=True, exist_ok=True)
     await page.screenshot(path=str(IMAGES / f"console-{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_a_subscriber_sees_the_wait_then_the_agents_answer(
+    rig: Rig, http: tuple[httpx.AsyncClient, Sent], binding: str
+) -> None:
+    sender = await client_for(http[0], rig.brokers[0].agent_url("echo"), binding)
+    [event] = [e async for e in sender.send_message(send_request(unique_text("subscribe")))]
+    watcher = await client_for(http[0], rig.brokers[1].agent_url("echo"), binding,
+                               streaming=True)
+    events = aiter(watcher.subscribe(SubscribeToTaskRequest(id=event.task.id)))
+    first = await next_event(events)
+    assert state_of(first) == TaskState.TASK_STATE_AUTH_REQUIRED
+    assert (await decide(rig, 0, event.task.id, "oscar", "approve")).status_code == 200
+    rest = await remaining_events(events)
+    assert state_of(rest[-1]) == TaskState.TASK_STATE_COMPLETED

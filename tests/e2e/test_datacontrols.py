@@ -25,6 +25,7 @@ import openai
 import pytest
 from google.protobuf.json_format import MessageToDict
 
+from broker.errors import DataBlockedError
 from testkit.brokers import start_broker
 from testkit.canaries import Canaries
 from testkit.config import credential_sha256
@@ -41,13 +42,15 @@ from .conftest import (
 )
 from .mesh import Mesh, hop_reply, new_marker, plan, seen, start_mesh
 from .sdk import client_for, send_request
-from .wire import recorded_requests
+from .wire import assert_jsonrpc_error, jsonrpc, recorded_requests, user_message
 
 PROVIDER_KEY_ENV = "E2E_DATA_PROVIDER_KEY"
+# bob may send no secret anywhere.
 # fake-small: prompts' cards pseudonymised (restored for the caller), every other type redacted.
 # fake-large: secrets may reach it; its answers' secrets are redacted. The echo agent may get
 # e-mail addresses (tagged), nothing else.
 RULES = [
+    {"direction": "request", "callers": ["bob"], "actions": {"secret:*": "block"}},
     {"direction": "request", "models": ["fake-small"],
      "actions": {"pii:card": "pseudonymize", "*": "redact"}},
     {"direction": "request", "models": ["fake-large"],
@@ -66,12 +69,13 @@ class DataBroker:
     provider: str
     echo: str
     alice: str
+    bob: str
     metrics_token: str
 
-    def openai(self) -> openai.AsyncOpenAI:
+    def openai(self, credential: str = "") -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
             base_url=f"{self.url}/v1",
-            api_key=self.alice,
+            api_key=credential or self.alice,
             max_retries=0,
             http_client=httpx.AsyncClient(trust_env=False, timeout=10),
         )
@@ -102,8 +106,9 @@ def data_broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[DataBrok
         with start_broker(config, log_dir=home, env=env) as broker:
             broker.register("echo", _fetch_card(upstreams["echo"].url))
             alice = broker.register("alice", _static_card("alice", upstreams["echo"].url))
+            bob = broker.register("bob", _static_card("bob", upstreams["echo"].url))
             yield DataBroker(
-                broker.url, home, broker.log, provider.url, upstreams["echo"].url, alice,
+                broker.url, home, broker.log, provider.url, upstreams["echo"].url, alice, bob,
                 metrics_token,
             )  # fmt: skip
 
@@ -155,6 +160,32 @@ async def test_a_secret_split_across_streamed_chunks_is_redacted(
     assert key in sent  # the rules let secrets reach this model; its answer is split in 4s
     assert "".join(pieces) == f"You said: {marker} the key is <AWS_KEY_1> ok"
     assert all(key[:4] not in piece or piece.startswith("<") for piece in pieces)
+
+
+async def test_a_blocked_secret_is_refused_with_the_documented_error_and_goes_nowhere(
+    data_broker: DataBroker,
+) -> None:
+    key, marker = Canaries().values["secret:github_token"], uuid.uuid4().hex
+    text = f"{marker} token {key}"
+    headers = {"Authorization": f"Bearer {data_broker.bob}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10, trust_env=False) as http:
+        refused = await jsonrpc(
+            http, f"{data_broker.url}/agents/echo/jsonrpc", "SendMessage",
+            {"message": user_message(text)},
+        )  # fmt: skip
+        echo_saw = await recorded_requests(http, data_broker.echo, marker)
+    error = assert_jsonrpc_error(refused, DataBlockedError)
+    assert error["data"][0]["metadata"]["types"] == "secret:github_token"
+    assert echo_saw == []
+
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await data_broker.openai(data_broker.bob).chat.completions.create(
+            model="fake-small", messages=[{"role": "user", "content": text}]
+        )
+    assert denied.value.code == "data_blocked"
+    assert await _provider_saw(data_broker, marker) == []
+    refusals = [r for r in _audit_records(data_broker) if r.get("reason") == "DATA_BLOCKED"]
+    assert [r["detail"]["data.request"] for r in refusals] == ["secret:github_token 1 block"] * 2
 
 
 async def test_an_agent_s_streamed_answer_is_redacted_for_the_sdk_client(

@@ -127,12 +127,13 @@ def mcp_broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[McpBroker
 
 @asynccontextmanager
 async def connect(
-    url: str, token: str, headers: dict[str, str] | None = None
+    url: str, token: str, headers: dict[str, str] | None = None, mode: str = "legacy"
 ) -> AsyncIterator[Client]:
-    """A real SDK client over the handshake era, with a broker credential."""
+    """A real SDK client with a broker credential: over the handshake era (``initialize`` and
+    sessions) by default, ``mode="auto"`` for what the SDK does by default (2026-07-28)."""
     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
     async with create_mcp_http_client(headers=sent) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy",
+        async with Client(streamable_http_client(url, http_client=http), mode=mode,
                           cache=None) as client:
             yield client
 
@@ -376,3 +377,33 @@ async def test_every_call_is_audited_without_its_arguments(mcp_broker: McpBroker
     denied = [r for r in records if r["detail"].get("mcp_name") == "delete_repo"]
     assert denied and all(r["decision"] == "deny" and r["reason"] == "POLICY_DENIED"
                           for r in denied)
+
+
+async def test_clients_of_both_protocol_eras_go_through(mcp_broker: McpBroker) -> None:
+    """The SDK's default client speaks 2026-07-28 (no sessions) to one server; on the virtual
+    server its probe is answered METHOD_NOT_FOUND and it opens a session instead."""
+    bob = mcp_broker.credentials["bob"]
+    async with connect(mcp_broker.mcp("alpha"), bob, mode="auto") as modern:
+        assert modern.protocol_version == "2026-07-28"
+        assert "create_issue" not in await tool_names(modern)
+        assert text_of(await modern.call_tool("add", {"a": 20, "b": 22})) == "42"
+        with pytest.raises(MCPError) as denied:
+            await modern.call_tool("create_issue", {"title": "x"})
+        assert reason(denied.value) == "POLICY_DENIED"
+    async with connect(mcp_broker.mcp(), bob, mode="auto") as fallback:
+        assert fallback.protocol_version == "2025-11-25"
+        assert text_of(await fallback.call_tool("beta__add", {"a": 1, "b": 2})) == "3"
+
+
+async def test_prompts_and_resources_through_the_virtual_server(mcp_broker: McpBroker) -> None:
+    async with connect(mcp_broker.mcp(), mcp_broker.credentials["alice"]) as alice:
+        assert "alpha__greet" in {p.name for p in (await alice.list_prompts()).prompts}
+        prompt = await alice.get_prompt("beta__greet", {"who": "Lin"})
+        assert "Lin" in prompt.messages[0].content.text  # type: ignore[union-attr]
+        first = await alice.list_resources()  # one server's page per page
+        second = await alice.list_resources(cursor=first.next_cursor)
+        uris = {str(r.uri) for r in [*first.resources, *second.resources]}
+        assert uris == {"mcp-broker://alpha/note%3A%2F%2Fhello",
+                        "mcp-broker://beta/note%3A%2F%2Fhello"}
+        read = await alice.read_resource("mcp-broker://alpha/note%3A%2F%2Fhello")
+        assert read.contents[0].text == "hello from alpha"  # type: ignore[union-attr]

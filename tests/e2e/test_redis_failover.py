@@ -11,8 +11,10 @@ restart. Each run prints one ``FAILOVER {...}`` JSON line: recovery time, calls 
 calls the provider answered against the calls the budget counted (what replication lost).
 
 Sentinel runs with ``[store] replica_acks = 1`` (every write the broker acts on is on the replica
-before it acts), so the budget must count exactly what the provider answered. Redis Cluster has
-no ``replica_acks``: the loss must stay within the calls in flight at the kill, and is reported.
+before it acts), so the budget must count exactly what the provider answered; so does the
+cluster run with ``replica_acks = 1`` (``cluster-acks``: two replicas per master, one WAIT per
+master a batch wrote to). The cluster without it: the loss must stay within the calls in flight
+at the kill, and is reported.
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ def _config(
     """One replica's configuration: the shared Redis topology, the fake provider, a budget."""
     config = BrokerConfig(port=port).set("server", public_url=public_url, log_level="warning")
     config.use_redis(
-        topology.url, key_prefix=PREFIX, redis_mode=mode,
+        topology.url, key_prefix=PREFIX, redis_mode=mode.removesuffix("-acks"),
         sentinel_service=topology.service or "mymaster",
-        replica_acks=1 if mode == "sentinel" else 0,
+        replica_acks=1 if mode in ("sentinel", "cluster-acks") else 0,
     )  # fmt: skip
     config.set("llm", reservation_ttl_s=5)
     config.set(
@@ -103,10 +105,11 @@ def _start_topology(mode: str, workdir: Path) -> RedisTopology:
     if mode == "sentinel":
         # Two replicas: with replica_acks = 1 the promoted primary still has one to confirm.
         return start_sentinel_set(workdir, replicas=2, sentinels=3)
-    return start_redis_cluster(workdir, masters=3, replicas=1)
+    # With replica_acks = 1 each master needs two replicas, as the Sentinel primary does.
+    return start_redis_cluster(workdir, masters=3, replicas=2 if mode == "cluster-acks" else 1)
 
 
-@pytest.fixture(params=["sentinel", "cluster"])
+@pytest.fixture(params=["sentinel", "cluster", "cluster-acks"])
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
     mode: str = request.param
     topology = await asyncio.to_thread(_start_topology, mode, tmp_path / "redis")
@@ -239,7 +242,7 @@ async def test_a_failover_under_load_fails_closed_then_serves_again(rig: Rig) ->
     # counted, exactly with replica_acks; on the cluster, at most the calls in flight at the kill.
     ok = report["outcomes"].get("ok", 0)
     assert report["provider_calls"] >= ok
-    if rig.mode == "sentinel":
+    if rig.mode in ("sentinel", "cluster-acks"):
         assert report["lost_by_replication"] == 0, report
     else:
         assert 0 <= report["lost_by_replication"] <= WORKERS, report

@@ -5,18 +5,22 @@ in the pipelines' order."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from stage_kit import Next, ctx
+from stage_kit import MINTER, Next, ctx
 
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
-from broker.approvals.stages import APPROVAL_HEADER, RequireApproval
+from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
+from broker.approvals.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, ApprovalWebhook
 from broker.audit.recorder import AuditRecorder
+from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import (
     ApprovalDeniedError,
     ApprovalNotFoundError,
@@ -25,10 +29,18 @@ from broker.errors import (
     ApproverNotAllowedError,
     TaskNotCancelableError,
 )
+from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.operations import CANCEL_TASK, GET_PUSH_CONFIG, GET_TASK
-from broker.settings_approvals import ApprovalSettings, ApproverSettings
+from broker.settings import BudgetLimitSettings, BudgetSettings, EgressSettings
+from broker.settings_approvals import (
+    ApprovalSettings,
+    ApprovalWebhookSettings,
+    ApproverSettings,
+)
+from broker.stages.budget import ONE_CALL
+from broker.stores.approvals_base import ApprovalRecord
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
 from broker.types import AgentRecord, MediationContext, Reply
@@ -270,3 +282,117 @@ async def test_a_denied_approval_says_so() -> None:
     retry.operation, retry.headers = CANCEL_TASK, {APPROVAL_HEADER: approval}
     with pytest.raises(ApprovalDeniedError):
         await stage(retry, Next())
+
+
+# --- budget thresholds ----------------------------------------------------------------------
+
+
+async def test_a_hop_that_takes_its_tree_past_the_threshold_is_held() -> None:
+    stores = MemoryBackend().stores()
+    budgets = BudgetSettings(trees=(BudgetLimitSettings(metric="calls", window="lifetime",
+                                                        limit=10),))
+    scopes = ConfiguredScopes(budgets)
+    _, parent = MINTER.mint_origin("alice", "planner", ("a2a:SendMessage",))
+
+    async def tree_scopes(ctx: MediationContext, tree: str) -> tuple[Any, ...]:
+        return scopes.for_call("planner", (), tree, "researcher")
+
+    stage = TreeBudgetThreshold[MediationContext](
+        stores.budgets, 80, lambda _: ONE_CALL, tree_scopes
+    )
+    held = list(scopes.for_call("planner", (), parent.tree, "researcher"))
+    for _ in range(7):
+        reservation = await stores.budgets.reserve(held, ONE_CALL, ttl_s=60)
+        await stores.budgets.settle(reservation, ONE_CALL)  # type: ignore[arg-type]
+    below = held_ctx(caller="planner")
+    below.approval_rule, below.parent = "", parent
+    await stage(below, Next())
+    assert below.approval_rule == ""  # 8 of 10: 80%, not past it
+    reservation = await stores.budgets.reserve(held, ONE_CALL, ttl_s=60)
+    await stores.budgets.settle(reservation, ONE_CALL)  # type: ignore[arg-type]
+    past = held_ctx(caller="planner")
+    past.approval_rule, past.parent = "", parent
+    await stage(past, Next())
+    assert "tree_budget_percent = 80" in past.approval_rule and "90%" in past.approval_rule
+
+
+# --- the webhook ----------------------------------------------------------------------------
+
+
+def hooked(transport: FakeTransport, attempts: int = 3) -> ApprovalWebhook:
+    settings = ApprovalWebhookSettings(url="https://hooks.example/approvals", key_env="K",
+                                       attempts=attempts)
+    return ApprovalWebhook(settings, b"key", transport, "https://broker.example", None,
+                           first_backoff_s=0.01)
+
+
+def a_record() -> Any:
+    now = time.time()
+    return ApprovalRecord(id="approval-1", digest="d", requester="planner",
+                          chain=("alice", "planner"), target="researcher", created_at=now,
+                          expires_at=now + 60)
+
+
+async def test_the_webhook_is_signed_and_retried_until_delivered() -> None:
+    transport = FakeTransport(answering(FakeResponse(503), FakeResponse(500), FakeResponse(204)))
+    assert await hooked(transport).send("approval.requested", a_record())
+    assert len(transport.sent) == 3
+    sent = transport.sent[-1]
+    assert sent.body is not None
+    mac = hmac.new(b"key", sent.headers[TIMESTAMP_HEADER].encode() + b"." + sent.body,
+                   hashlib.sha256).hexdigest()
+    assert sent.headers[SIGNATURE_HEADER] == f"sha256={mac}"
+    body = msgspec.json.decode(sent.body)
+    assert body["event"] == "approval.requested"
+    assert body["decide_url"] == "https://broker.example/admin/approvals/approval-1"
+
+
+async def test_the_webhook_gives_up_after_its_attempts_and_obeys_egress() -> None:
+    failing = FakeTransport(answering(FakeResponse(500)))
+    assert not await hooked(failing, attempts=2).send("approval.requested", a_record())
+    assert len(failing.sent) == 2
+    private = FakeTransport(answering(FakeResponse(204)), EgressSettings(allow_loopback=False))
+    settings = ApprovalWebhookSettings(url="http://127.0.0.1:9/hook", key_env="K", attempts=1)
+    hook = ApprovalWebhook(settings, b"key", private, "https://b", None)
+    assert not await hook.send("approval.requested", a_record())  # egress refused it
+    assert private.sent == []
+
+
+def test_a_webhook_without_its_key_is_a_configuration_error() -> None:
+    settings = ApprovalWebhookSettings(url="https://hooks.example/x", key_env="MISSING")
+    with pytest.raises(ValueError, match="key_env"):
+        ApprovalWebhook.from_settings(settings, {}, FakeTransport(answering(FakeResponse())),
+                                      "https://b", None)
+
+
+@pytest.mark.parametrize(
+    ("answer", "state"),
+    [
+        (b'{"jsonrpc":"2.0","id":7,"result":{"message":{"messageId":"m","role":"ROLE_AGENT",'
+         b'"parts":[{"text":"done"}]}}}', "TASK_STATE_COMPLETED"),
+        (b'{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"boom"}}', "TASK_STATE_FAILED"),
+    ],
+)
+async def test_an_approved_call_answered_without_a_task_ends_the_brokers_task(
+    answer: bytes, state: str
+) -> None:
+    stores = await stores_with_agents()
+    desk = desk_for(stores)
+    approvals = A2aApprovals(desk, stores.task_routes, 15)
+    forwarded: list[MediationContext] = []
+
+    async def resume(ctx: MediationContext) -> Reply:
+        await desk.consume(ctx.approval_id, (await desk.store.get(ctx.approval_id)).digest)  # type: ignore[union-attr]
+        forwarded.append(ctx)
+        return Reply(200, answer)
+
+    approvals.resume = resume
+    held = await RequireApproval[MediationContext](desk, approvals)(held_ctx(), Next())
+    approval = msgspec.json.decode(held.body)["result"]["task"]["id"]  # type: ignore[union-attr]
+    await desk.decide(approval, "oscar", True, "")
+    await approvals.forward(approval)
+    assert forwarded[0].caller == "alice" and forwarded[0].approval_id == approval
+    asked = held_ctx()
+    asked.operation, asked.task_id = GET_TASK, approval
+    reply = await ApprovalTasks(approvals)(asked, Next())
+    assert msgspec.json.decode(reply.body)["result"]["status"]["state"] == state  # type: ignore[union-attr]

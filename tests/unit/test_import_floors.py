@@ -46,12 +46,13 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
         "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
-        "broker.approvals",
+        "broker.approvals", "broker.alerts",
     ),
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
         "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
         "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
+        "broker.mcp.approvals", "broker.mcp.datacontrols",
         "broker.approvals.stages", "broker.approvals.a2a",
     ),
     5: ("broker.pipeline",),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -16,9 +16,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar import Litestar
 
+from broker.approvals.desk import ApprovalDesk
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
+from broker.datacontrols import DataControls, DataControlsSettings, DataRule
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.http.mcp import mcp_route_handlers
 from broker.identity.credentials import credential_digest
@@ -31,9 +33,11 @@ from broker.policy.engine import PolicyEngine
 from broker.policy.roles import AgentRoles
 from broker.policy.runtime import DEFAULT_MODEL
 from broker.settings import BudgetLimitSettings, BudgetSettings, ServerSettings, Settings
+from broker.settings_approvals import ApprovalSettings
 from broker.stages.authenticate import Authenticate
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
+from broker.types import AgentRecord
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 ISSUER = "http://broker.test"
@@ -41,6 +45,7 @@ POLICY = """\
 g, alice, role:dev
 p, role:dev, mcp:tools, mcp:*, allow
 p, role:dev, *, mcp:tools/call:delete_repo, deny
+p, role:dev, mcp:tools, mcp:tools/call:merge, approve
 """
 SERVER_KEY = "server-secret"
 ACCEPT = "application/json, text/event-stream"
@@ -61,12 +66,36 @@ class Recorded(AuditRecorder):
         self.records.append(dict(fields))
 
 
+class SlowStream:
+    """An SSE answer that sends one progress event, then nothing for a long time."""
+
+    status = 200
+    headers: Mapping[str, str] = {"content-type": "text/event-stream"}
+    content_type = "text/event-stream"
+    is_event_stream = True
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def read(self, max_bytes: int) -> bytes:
+        return b""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield (b'data: {"jsonrpc":"2.0","method":"notifications/progress",'
+               b'"params":{"progressToken":"p","progress":1}}\n\n')
+        await asyncio.sleep(30)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @dataclass
 class Server:
     """The MCP server's side: answers JSON, remembers what it was sent."""
 
     delay_s: float = 0.0
     seen: list[FakeRequest] = field(default_factory=list)
+    streams: list[SlowStream] = field(default_factory=list)
 
     async def __call__(self, request: FakeRequest) -> FakeResponse:
         self.seen.append(request)
@@ -74,6 +103,9 @@ class Server:
             return FakeResponse(200)
         await asyncio.sleep(self.delay_s)
         message = json.loads(request.body or b"{}")
+        if message.get("params", {}).get("name") == "slow":
+            self.streams.append(SlowStream())
+            return self.streams[-1]  # type: ignore[return-value]
         if "id" not in message:
             return FakeResponse(202)
         result = _result(message)
@@ -90,6 +122,9 @@ def _result(message: dict[str, Any]) -> dict[str, Any]:
         start = int(message.get("params", {}).get("cursor") or 0)
         page = {"tools": TOOLS[start:start + 2]}
         return {**page, "nextCursor": str(start + 2)} if start + 2 < len(TOOLS) else page
+    params = message.get("params", {})
+    if params.get("name") == "echo":  # answers its arguments back
+        return {"content": [{"type": "text", "text": json.dumps(params.get("arguments"))}]}
     return {"content": [{"type": "text", "text": "done"}]}
 
 
@@ -99,6 +134,8 @@ class World:
     audit: Recorded
     http: httpx.AsyncClient
     stores: Stores
+    desk: ApprovalDesk
+    kill: GlobalKillSwitch
 
     async def post(self, body: dict[str, Any] | bytes, path: str = "/mcp/tools",
                    **headers: str) -> httpx.Response:
@@ -108,7 +145,10 @@ class World:
         return await self.http.post(path, content=content, headers=sent)
 
 
-def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> World:
+def _world(
+    server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0,
+    data: DataControls | None = None,
+) -> World:
     stores = MemoryBackend().stores()
     engine = PolicyEngine(DEFAULT_MODEL.read_text())
     engine.swap(engine.load_text(POLICY, "policy.csv"))
@@ -122,21 +162,26 @@ def _world(server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0) -> Wo
                                 auth_headers={"authorization": f"Bearer {SERVER_KEY}"},
                                 timeout_s=timeout_s))
     audit = Recorded()
+    kill = GlobalKillSwitch(stores.kill_switch, _nothing)
+    desk = ApprovalDesk(stores.approvals, ApprovalSettings(), audit, stores.registry,
+                        stores.revocations)
     gateway = McpGateway(McpParts(
         settings=settings, stores=stores, audit=audit,
         authenticate=Authenticate(stores.credentials, stores.registry), policy=engine,
         minter=TokenMinter(KEYS, ISSUER, 60), verifier=TokenVerifier(KEYS, ISSUER),
         roles=AgentRoles(engine), budget_scopes=ConfiguredScopes(budgets),
-        kill=GlobalKillSwitch(stores.kill_switch, _nothing), transport=transport,
-        registry=registry, sealer=Sealer([derive_seal_key(b"unit")])))
+        kill=kill, transport=transport,
+        registry=registry, sealer=Sealer([derive_seal_key(b"unit")]), approvals=desk,
+        datacontrols=data))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
-    return World(server, audit, http, stores)
+    return World(server, audit, http, stores, desk, kill)
 
 
 async def _ready(world: World) -> World:
     await world.stores.credentials.replace("alice", credential_digest("cred-alice"))
+    await world.stores.registry.put(AgentRecord(name="alice", card_json="{}"))
     return world
 
 
@@ -244,3 +289,65 @@ async def test_a_server_slower_than_its_timeout_is_answered_with_an_error() -> N
     world = await _ready(_world(Server(delay_s=2.0), timeout_s=0.2))
     answer = (await world.post(_call("add"))).json()
     assert answer["error"]["data"][0]["reason"] == "MCP_SERVER_TIMEOUT"
+
+
+async def test_a_call_an_approve_rule_holds_waits_for_a_person_then_goes_ahead_once(
+    world: World,
+) -> None:
+    held = (await world.post(_call("merge", pr=7))).json()["error"]["data"][0]
+    assert held["reason"] == "APPROVAL_PENDING"
+    approval = held["metadata"]["approval_id"]
+    assert world.server.seen == []
+    await world.desk.decide(approval, "carol", approve=True, reason="ok")
+    approved = await world.post(_call("merge", pr=7), **{"a2a-broker-approval": approval})
+    assert approved.json()["result"]["content"][0]["text"] == "done"
+    again = await world.post(_call("merge", pr=7), **{"a2a-broker-approval": approval})
+    assert "error" in again.json()  # used up
+    other = await world.post(_call("merge", pr=8), **{"a2a-broker-approval": approval})
+    assert "error" in other.json()  # another call: not what was approved
+    assert len(world.server.seen) == 1
+
+
+async def test_an_open_stream_ends_when_the_kill_switch_is_engaged(world: World) -> None:
+    call = asyncio.ensure_future(world.post(_call("slow")))
+    for _ in range(100):  # the stream is open: its first event was relayed
+        if world.server.streams:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    await world.kill.engage("ops", "incident")
+    answer = await asyncio.wait_for(call, 5)  # not the 30 s the server would take
+    events = [json.loads(line[6:]) for line in answer.text.splitlines()
+              if line.startswith("data: ")]
+    assert events[0]["method"] == "notifications/progress"
+    assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
+    assert events[-1]["id"] == 1
+    assert world.server.streams[0].closed
+
+
+EMAIL = "jane.doe@example.com"
+
+
+def _redacting(direction: str) -> DataControls:
+    rule = DataRule(direction=direction, agents=("mcp:*",),  # type: ignore[arg-type]
+                    actions={"pii:email": "redact"})
+    return DataControls(DataControlsSettings(enabled=True, rules=(rule,)))
+
+
+async def test_data_controls_redact_a_tools_arguments_before_the_server_sees_them() -> None:
+    world = await _ready(_world(Server(), data=_redacting("request")))
+    answer = (await world.post(_call("add", note=f"mail {EMAIL}"))).json()
+    assert answer["result"]["content"][0]["text"] == "done"
+    [sent] = world.server.seen
+    assert EMAIL not in (sent.body or b"").decode()
+    assert json.loads(sent.body or b"")["params"]["arguments"]["note"].startswith("mail <")
+    forward = next(r for r in world.audit.records if r["detail"]["phase"] == "forward")
+    assert forward["detail"]["mcp_name"] == "add"
+
+
+async def test_data_controls_redact_what_a_tool_answers() -> None:
+    world = await _ready(_world(Server(), data=_redacting("response")))
+    answer = (await world.post(_call("echo", note=f"mail {EMAIL}"))).json()
+    assert EMAIL in (world.server.seen[0].body or b"").decode()  # the request went as sent
+    text = answer["result"]["content"][0]["text"]
+    assert EMAIL not in text and "mail <" in text

@@ -189,8 +189,7 @@ def _mcp_parts() -> McpParts:
 
 def test_the_mcp_pipeline_runs_its_stages_in_this_order() -> None:
     assert _names(list(mcp_stages(_mcp_parts()))) == [
-        "McpErrorBoundary",  # every refusal an MCP JSON-RPC error, one log line
-        "McpAuditRefusals",
+        "ErrorBoundary",  # every refusal an MCP JSON-RPC error and one record, one log line
         "Authenticate",
         "RefuseWhileKilled",
         "ParseMcpRequest",  # the one reading, before anything is looked up for it
@@ -229,11 +228,14 @@ def test_approval_waits_for_every_automatic_check_and_comes_before_token_and_bud
     a2a, llm = _with_approvals()
     names = _names(list(a2a_stages(a2a)))
     at = names.index("TaskScope")
-    assert names[at : at + 4] == ["TaskScope", "ApprovalTasks", "RequireApproval", "MintHopToken"]
+    assert names[at : at + 5] == [
+        "TaskScope", "ApprovalTasks", "TreeBudgetThreshold", "RequireApproval", "MintHopToken",
+    ]
     llm_names = _names(list(llm_stages(llm, ModelCatalog(llm.llm))))
     at = llm_names.index("MeterBudget")
-    assert llm_names[at : at + 4] == [
-        "MeterBudget", "CostOverThreshold", "RequireApproval", "AuditForward",
+    assert llm_names[at : at + 5] == [
+        "MeterBudget", "CostOverThreshold", "TreeBudgetThreshold", "RequireApproval",
+        "AuditForward",
     ]
 
 

@@ -179,3 +179,20 @@ def test_explain_without_a_policy_file_in_the_config_says_everything_is_allowed(
     assert main(["policy", "explain", "a", "b"]) == 0
 
     assert "no [policy] policy_file in the default settings" in capsys.readouterr().out
+
+
+def test_explain_shows_a_hop_that_waits_for_approval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text(
+        "g, u, role:user\ng2, w, group:workers\np, role:user, *, originate, allow\n"
+        "p, role:user, group:workers, SendMessage:*, allow\n"
+        "p, role:user, group:workers, SendMessage:wipe, approve\n"
+    )
+    assert explain(str(policy), ["u"], "w", "SendMessage", "wipe") == 0
+    out = capsys.readouterr().out
+    assert "APPROVAL REQUIRED: caller u: line 5: p, role:user, group:workers" in out
+    assert out.rstrip().endswith("result: allowed after a human's approval (hop 1)")
+    assert explain(str(policy), ["u"], "w", "SendMessage", "read") == 0
+    assert capsys.readouterr().out.rstrip().endswith("result: allowed")

@@ -207,3 +207,11 @@ def test_the_export_item_carries_the_record_identity_and_the_encoded_event() -> 
     assert item.ts_us == TS_US
     assert msgspec.json.decode(item.event_json) == item.event
     assert item.severity_id == item.event["severity_id"]
+
+
+def test_an_alert_is_a_created_event_of_medium_severity_and_its_acknowledgement_an_update() -> None:
+    alert = to_ocsf(record(kind="alert", caller="mallory", reason="denial_burst",
+                           detail={"alert.id": "a1", "alert.count": 10}))  # fmt: skip
+    assert (alert["activity_id"], alert["severity_id"]) == (1, 3)
+    ack = to_ocsf(record(kind="alert.ack", caller="admin", detail={"alert_id": "a1"}))
+    assert ack["activity_id"] == 3

@@ -109,6 +109,7 @@ async def test_a_blocked_value_is_refused_and_the_audit_keeps_only_a_digest() ->
 
     assert refused.value.metadata["types"] == "secret:aws_key"
     assert call.body == b"" and call.body_digest.startswith("sha256:")
+    assert call.data_found == {"request": {"secret:aws_key": (1, "block")}}  # counted too
 
 
 async def test_a_unary_answer_is_redacted_before_the_caller_gets_it() -> None:
@@ -182,6 +183,7 @@ async def test_a_blocked_type_ends_the_stream_before_any_of_it_leaves() -> None:
     assert out[-1].startswith(b"event: error") and b"DATA_RESPONSE_BLOCKED" in out[-1]
     assert not any(b"AKIA" in event for event in out)
     assert call.error is not None and call.error.reason == "DATA_RESPONSE_BLOCKED"
+    assert call.data_found == {"response": {"secret:aws_key": (1, "block")}}
 
 
 # --- LLM calls ----------------------------------------------------------------------------------
@@ -311,3 +313,16 @@ async def test_held_text_goes_out_in_a_piece_whose_other_fields_were_scanned() -
     assert not any(EMAIL.encode() in event for event in out)
     assert _texts(out) == "call +1 415 555 26"  # not a whole number: nothing to redact
     assert b"TASK_STATE_FAILED" in out[2]
+
+
+async def test_a_completion_chunk_that_cannot_be_read_ends_the_stream_with_an_error() -> None:
+    _, answer = llm_stages(controls())
+    call = llm_ctx("hi", stream=True)
+
+    async def provider(_: LlmContext) -> Outcome:
+        return stream_of(_chunk("fine so far"), b"data: {not json\n\n", _chunk("never sent"))
+
+    out = await _read(await answer(call, provider))
+
+    assert b"llm_provider_error" in out[-1] and b"never sent" not in b"".join(out)
+    assert call.error is not None and call.error.reason == "LLM_PROVIDER_ERROR"

@@ -97,6 +97,8 @@ _KIND_ACTIVITY: Final = {
     "killswitch": ACTIVITY_UPDATE,
     "budget": ACTIVITY_UPDATE,
     "approval": ACTIVITY_UPDATE,
+    "alert": ACTIVITY_CREATE,
+    "alert.ack": ACTIVITY_UPDATE,
 }
 AUTH_FAILURE_KIND: Final = "auth.failure"
 _FAILURE_KINDS: Final = frozenset({AUTH_FAILURE_KIND, "policy.error"})
@@ -105,6 +107,7 @@ _KIND_SEVERITY: Final = {
     AUTH_FAILURE_KIND: SEVERITY_HIGH,
     "killswitch": SEVERITY_MEDIUM,
     "policy.error": SEVERITY_MEDIUM,
+    "alert": SEVERITY_MEDIUM,  # an anomaly the broker noticed (broker.alerts)
 }
 
 _SECRET_KEY = re.compile(

@@ -58,12 +58,25 @@ class _RestError(msgspec.Struct):
     error: _Status
 
 
+class _StateRef(msgspec.Struct):
+    state: str = ""
+
+
 class _TaskRef(msgspec.Struct):
     id: str
+    status: _StateRef | None = None
 
 
 class _UpdateRef(msgspec.Struct):
     taskId: str
+    status: _StateRef | None = None
+
+
+# A task in one of these states will not change again (A2A 1.0 names, and 0.3's).
+FINISHED_STATES = frozenset({
+    "TASK_STATE_COMPLETED", "TASK_STATE_FAILED", "TASK_STATE_CANCELED", "TASK_STATE_REJECTED",
+    "completed", "failed", "canceled", "rejected",
+})  # fmt: skip
 
 
 class _ListShape(msgspec.Struct):
@@ -209,10 +222,12 @@ _STREAM_MEMBERS = ("task", "message", "statusUpdate", "artifactUpdate")
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One agent event, checked and re-framed: the bytes to send, the task it names if any."""
+    """One agent event, checked and re-framed: the bytes to send, the task it names if any,
+    and whether it shows that task ended (a task or status update in a final state)."""
 
     data: bytes
     task_id: str | None = None
+    finished: bool = False
 
 
 def reframe(binding: Binding, request_id: msgspec.Raw | None, event: bytes) -> Frame | None:
@@ -258,9 +273,9 @@ def _jsonrpc_frame(kind: str, data: bytes, request_id: msgspec.Raw | None) -> Fr
         check_rpc_error(200, env.error)
         body = {"jsonrpc": "2.0", "id": rpc_id, "error": _compact(env.error)}
         return Frame(b"event: error\r\ndata: " + _encoder.encode(body) + b"\r\n\r\n")
-    task_id = _stream_member(env.result)
+    task_id, finished = _stream_member(env.result)
     body = {"jsonrpc": "2.0", "id": rpc_id, "result": _compact(env.result)}
-    return Frame(b"data: " + _encoder.encode(body) + b"\r\n\r\n", task_id)
+    return Frame(b"data: " + _encoder.encode(body) + b"\r\n\r\n", task_id, finished)
 
 
 def _rest_frame(kind: str, data: bytes) -> Frame:
@@ -271,15 +286,23 @@ def _rest_frame(kind: str, data: bytes) -> Frame:
             raise bad(200, "an error event that is not a google.rpc.Status") from None
         _not_the_brokers(200, found.error.details)
         return Frame(b"event: error\r\ndata: " + bytes(_compact(msgspec.Raw(data))) + b"\r\n\r\n")
-    task_id = _stream_member(msgspec.Raw(data))
-    return Frame(b"data: " + bytes(_compact(msgspec.Raw(data))) + b"\r\n\r\n", task_id)
+    task_id, finished = _stream_member(msgspec.Raw(data))
+    data_line = b"data: " + bytes(_compact(msgspec.Raw(data))) + b"\r\n\r\n"
+    return Frame(data_line, task_id, finished)
 
 
-def _stream_member(result: msgspec.Raw) -> str | None:
+def _stream_member(result: msgspec.Raw) -> tuple[str | None, bool]:
+    """The task id an event names, and whether it shows the task in a final state."""
     try:
-        return _one_member(_payload.decode(result), _STREAM_MEMBERS, 200)
+        payload = _payload.decode(result)
+        task_id = _one_member(payload, _STREAM_MEMBERS, 200)
     except msgspec.DecodeError:
         raise bad(200, "an event that is not a StreamResponse") from None
+    member = payload.task if payload.task is not UNSET else payload.statusUpdate
+    finished = isinstance(member, _TaskRef | _UpdateRef) and member.status is not None and (
+        member.status.state in FINISHED_STATES
+    )  # fmt: skip
+    return task_id, finished
 
 
 def _compact(raw: msgspec.Raw) -> msgspec.Raw:
