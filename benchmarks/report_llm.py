@@ -93,7 +93,7 @@ def comparisons(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio = b["rps"] / lite["rps"] if lite["rps"] else float("inf")
         # LiteLLM answered nothing within the point: its p99 is beyond the point's length (wrk
         # reports 0 for a latency it never saw).
-        silent = not lite.get("requests", 1)
+        silent = not lite["rps"] and not lite.get("requests")
         out.append({
             "c": b["concurrency"], "broker": b, "litellm": lite, "ratio": ratio,
             "throughput_met": ratio >= THROUGHPUT_TARGET and not b["errors"],
