@@ -5,8 +5,8 @@ below answer the rest, and a POST when the app runs without that front.
     POST   /mcp/{server}   one registered MCP server        (a JSON-RPC message)
     POST   /mcp            the virtual server over every server registered with aggregate = true
     DELETE /mcp[/{server}] end the caller's session
-    GET    /mcp[/{server}] 405: the broker offers no stream of the server's own (the transport
-                           allows it; clients then get server messages in POST answers only)
+    GET    /mcp/{server}   the server's own stream in the caller's session (SSE)
+    GET    /mcp            405: the virtual server has no stream of its own
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from typing import cast
 from litestar import Response, delete, get, post
 from litestar.response import Stream
 
-from broker.errors import HTTPMethodNotAllowedError
 from broker.http.mediation import body_reader, inbound_headers, to_response
 from broker.http.state import AnyRequest
 from broker.mcp.context import VIRTUAL, McpContext
-from broker.mcp.wire import error_reply
 from broker.pipeline.mcp import McpGateway
 
 
@@ -59,13 +57,17 @@ async def mcp_server_end(request: AnyRequest, server: str) -> Response[bytes] | 
     return to_response(await gateway_of(request).end_session(_context(request, server)))
 
 
-@get(["/mcp", "/mcp/{server:str}"], status_code=405)
-async def mcp_no_stream(request: AnyRequest) -> Response[bytes]:
-    reply = error_reply(HTTPMethodNotAllowedError(), None)
-    return Response(reply.body, status_code=405, media_type="application/json",
-                    headers={**reply.headers, "allow": "POST, DELETE"})
+@get(["/mcp"], status_code=200)
+async def mcp_virtual_listen(request: AnyRequest) -> Response[bytes] | Stream:
+    return to_response(await gateway_of(request).listen(_context(request, VIRTUAL)))
 
 
-mcp_route_handlers = [mcp_virtual, mcp_server, mcp_virtual_end, mcp_server_end, mcp_no_stream]
+@get(["/mcp/{server:str}"], status_code=200)
+async def mcp_server_listen(request: AnyRequest, server: str) -> Response[bytes] | Stream:
+    return to_response(await gateway_of(request).listen(_context(request, server)))
+
+
+mcp_route_handlers = [mcp_virtual, mcp_server, mcp_virtual_end, mcp_server_end,
+                      mcp_virtual_listen, mcp_server_listen]
 
 __all__ = ["mcp_route_handlers"]

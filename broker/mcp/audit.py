@@ -49,7 +49,8 @@ def mcp_fields(
         "chain": list(ctx.chain),
         "tree": ctx.tree or "",
         "target": ctx.target,
-        "operation": f"mcp:{ctx.message.method}" if ctx.message is not None else "mcp:",
+        "operation": f"mcp:{ctx.message.method}" if ctx.message is not None
+        else f"mcp:{judged.method}" if judged is not None else "mcp:",
         "skill": judged.name[:512] if judged is not None else "",
         "decision": "deny" if err is not None and phase == "refused" else "allow",
         "reason": err.reason if err is not None else "",

@@ -81,14 +81,35 @@ class McpUpstream:
         headers = upstream_headers(server, ctx.headers.items(), protocol_version=version
                                    or _DEFAULT_VERSION, session=session, hop_token=hop_token,
                                    name=name)
+        left = _time_left(ctx, server)
+        return await self._send(ctx, server, "POST", headers, body=body,
+                                timeouts=StreamTimeouts(headers_s=left,
+                                                        idle_s=server.idle_timeout_s))
+
+    async def get(
+        self, ctx: McpContext, server: McpServer, session: UpstreamSession | None
+    ) -> TransportResponse:
+        """Open ``server``'s own stream (``GET``) in ``session``, with the broker's credential
+        and the hop token. A quiet stream is normal: only its maximum duration bounds it."""
+        version = session.protocol_version if session is not None else ""
+        headers = upstream_headers(server, ctx.headers.items(), protocol_version=version
+                                   or _DEFAULT_VERSION, session=session, hop_token=ctx.hop_token)
+        headers.pop("content-type", None)
+        headers["accept"] = "text/event-stream"
+        timeouts = StreamTimeouts(headers_s=_time_left(ctx, server),
+                                  idle_s=self.parts.max_stream_s)
+        return await self._send(ctx, server, "GET", headers, body=None, timeouts=timeouts)
+
+    async def _send(
+        self, ctx: McpContext, server: McpServer, method: str, headers: dict[str, str], *,
+        body: bytes | None, timeouts: StreamTimeouts,
+    ) -> TransportResponse:
         headers.update(tracing.outbound(ctx))  # the server's work joins the caller's trace
         started = time.perf_counter()
-        left = _time_left(ctx, server)
-        timeouts = StreamTimeouts(headers_s=left, idle_s=server.idle_timeout_s)
         try:
-            async with asyncio.timeout(left):
+            async with asyncio.timeout(timeouts.headers_s):
                 answer = await self.parts.transport.send(
-                    "POST", server.url, headers=headers, body=body, stream=True,
+                    method, server.url, headers=headers, body=body, stream=True,
                     timeouts=timeouts)
         except (TimeoutError, UpstreamTimeoutError):
             raise McpServerTimeoutError(metadata={"server": server.name}) from None
@@ -110,21 +131,22 @@ class McpUpstream:
             answer.close()
             raise McpSessionNotFoundError()  # the server ended the session: start a new one
         if answer.is_event_stream:
-            return StreamReply(self._events(ctx, server, answer, on_message), 200,
+            return StreamReply(self.events(ctx, server, answer, on_message), 200,
                                {**(headers or {}), "cache-control": "no-cache"})
         body = await self.read(ctx, server, answer)
         data = await relay_json(body, request_id=ctx.jsonrpc_id, on_message=on_message)
         return Reply(answer.status if answer.status < 300 else 200, data, headers=headers or {})
 
-    def _events(
+    def events(
         self, ctx: McpContext, server: McpServer, answer: TransportResponse,
-        on_message: OnMessage | None,
+        on_message: OnMessage | None, *, max_duration_s: float | None = None,
     ) -> AsyncIterator[bytes]:
         """The stream relayed by the broker's one relay (``broker.protocols.sse.relay``), as
         A2A streams are: event by event, heartbeats while the server is quiet, ended with an
         error event answering the request when the server is quiet past its
         ``idle_timeout_s``, the stream outlives its maximum duration, or an operator stops it
-        (the kill switch, a suspended caller, a killed tree: rechecked about once a second)."""
+        (the kill switch, a suspended caller, a killed tree: rechecked about once a second).
+        ``max_duration_s``: the stream's bound (default: the server's and the work's)."""
         request_id, parts = ctx.jsonrpc_id, self.parts
 
         async def on_event(raw: bytes) -> bytes | None:
@@ -138,7 +160,7 @@ class McpUpstream:
             answer.chunks(),
             max_event_bytes=parts.settings.max_event_bytes,
             heartbeat_s=parts.heartbeat_s,
-            max_duration_s=min(parts.max_stream_s, _time_left(ctx, server)),
+            max_duration_s=max_duration_s or min(parts.max_stream_s, _time_left(ctx, server)),
             on_event=on_event,
             error_event=error_event,
             close_upstream=answer.close,

@@ -19,6 +19,7 @@ from broker.errors import (
     BrokerError,
     BrokerInternalError,
     CallerSuspendedError,
+    HTTPMethodNotAllowedError,
     PolicyDeniedError,
     TreeKilledError,
 )
@@ -75,8 +76,14 @@ class McpWire:
 
 
 def refusal(ctx: McpContext, err: BrokerError) -> Reply:
+    """A POST's refusal answers its message (HTTP 200 unless a transport matter); a GET has
+    no message to answer, so every refusal of one keeps the error's own HTTP status."""
     reply = error_reply(err, ctx.jsonrpc_id)
-    return Reply(reply.status, reply.body, headers=reply.headers)
+    status = err.http_status if ctx.http_method == "GET" else reply.status
+    headers = dict(reply.headers)
+    if isinstance(err, HTTPMethodNotAllowedError):
+        headers["allow"] = "POST, DELETE" if ctx.virtual else "GET, POST, DELETE"
+    return Reply(status, reply.body, headers=headers)
 
 
 async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
@@ -108,7 +115,7 @@ def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) ->
     own: dict[str, object] = {
         "target": ctx.target,
         "binding": "mcp",
-        "method": ctx.message.method if ctx.message is not None else None,
+        "method": _method(ctx),
         "name": judged.name if judged is not None and judged.name else None,
         "chain": list(ctx.chain) or None,
         "tree": ctx.tree,
@@ -116,8 +123,15 @@ def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) ->
     shared_log_call(ctx, "mcp_call", status, own, stream_end)
 
 
+def _method(ctx: McpContext) -> str | None:
+    """The message's method; for a GET (the server's stream, no message) ``GET``."""
+    if ctx.message is not None:
+        return ctx.message.method
+    return ctx.judged.method if ctx.judged is not None else None
+
+
 def _end_span(ctx: McpContext, status: int, stream_end: str | None) -> None:
-    method = ctx.message.method if ctx.message is not None else "-"
+    method = _method(ctx) or "-"
     outcome = outcome_of(ctx.error, status, ctx.upstream_status)
     if stream_end is not None and stream_end != "completed":
         outcome = "failed" if stream_end == "failed" else "disconnected"

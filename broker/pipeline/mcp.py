@@ -25,6 +25,7 @@ from broker.mcp.audit import McpAudit, mcp_fields
 from broker.mcp.context import McpCallNext, McpContext, McpStage
 from broker.mcp.datacontrols import McpDataView
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
+from broker.mcp.listen import ForwardMcpListen, McpListenPolicy, ReadMcpListen
 from broker.mcp.reading import SESSION_HEADER
 from broker.mcp.servers import McpServerRegistry, upstream_headers
 from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal, UpstreamSession
@@ -81,6 +82,17 @@ class McpParts:
     datacontrols: DataControls | None = None  # [datacontrols] enabled: their two stages
 
 
+def _upstream(parts: McpParts, judge: McpJudge, mint: MintMcpHopToken) -> McpUpstream:
+    settings, mcp = parts.settings, parts.settings.mcp
+    return McpUpstream(McpForwardParts(
+        parts.transport, SessionSeal(parts.sealer, mcp.session_ttl_s),
+        CursorSeal(parts.sealer, mcp.cursor_ttl_s), judge, mint,
+        mcp, settings.limits.sse_max_duration_s, settings.limits.sse_heartbeat_s,
+        # Open streams end within about a second of the kill switch, a suspension or a
+        # tree kill, as A2A streams do.
+        McpStreamCheck(parts.stores, parts.kill)))
+
+
 def mcp_stages(parts: McpParts) -> list[McpStage]:
     """The order of an MCP request, and why each stage stands where it does."""
     settings, stores, mcp = parts.settings, parts.stores, parts.settings.mcp
@@ -88,12 +100,7 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
     sessions = SessionSeal(parts.sealer, mcp.session_ttl_s)
     judge = McpJudge(parts.policy)
     mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
-    upstream = McpUpstream(McpForwardParts(
-        parts.transport, sessions, CursorSeal(parts.sealer, mcp.cursor_ttl_s), judge, mint,
-        mcp, settings.limits.sse_max_duration_s, settings.limits.sse_heartbeat_s,
-        # Open streams end within about a second of the kill switch, a suspension or a
-        # tree kill, as A2A streams do.
-        McpStreamCheck(stores, parts.kill)))
+    upstream = _upstream(parts, judge, mint)
     return [
         # Outermost: every refusal an MCP JSON-RPC error answering the request's id (transport
         # errors keep their HTTP status) and one audit record, a failed stream one error
@@ -148,6 +155,31 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
     ]
 
 
+def mcp_listen_stages(parts: McpParts) -> list[McpStage]:
+    """The order of a ``GET`` (the server's own stream, decision 0063): the same ends and
+    shared stages as a request, with no message to read, no budget (a stream is not a call)
+    and no approval (nothing is acted on)."""
+    settings = parts.settings
+    judge = McpJudge(parts.policy)
+    mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
+    return [
+        # Every refusal one audit record; the stream's failure one error event.
+        ErrorBoundary[McpContext](parts.audit, McpAudit(), McpWire()),
+        parts.authenticate,
+        RefuseWhileKilled(parts.kill),
+        # The server, and the caller's sealed session with it (required: a stream belongs to
+        # a session), before the delegation token is verified, as for a request.
+        ReadMcpListen(parts.registry, SessionSeal(parts.sealer, settings.mcp.session_ttl_s)),
+        DelegationContext(parts.verifier, parts.stores.revocations),
+        # The chain must still be allowed to be in a session with the server.
+        McpListenPolicy(judge),
+        mint,
+        # The decision durable before the stream opens; the outcome when it ends.
+        AuditForward[McpContext](parts.audit, McpAudit()),
+        ForwardMcpListen(_upstream(parts, judge, mint)),
+    ]
+
+
 def _approval_stages(desk: ApprovalDesk | None) -> list[McpStage]:
     if desk is None:
         return []
@@ -160,6 +192,8 @@ class McpGateway:
 
     def __init__(self, parts: McpParts) -> None:
         self.call: McpCallNext = fold(traced(mcp_stages(parts)))
+        # GET: the server's own stream in the caller's session.
+        self.listen: McpCallNext = fold(traced(mcp_listen_stages(parts)))
         self._parts = parts
         self._sessions = SessionSeal(parts.sealer, parts.settings.mcp.session_ttl_s)
 

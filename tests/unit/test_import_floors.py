@@ -52,6 +52,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",
         "broker.llm.metering", "broker.llm.forward", "broker.llm.datacontrols",
         "broker.mcp.stages", "broker.mcp.audit", "broker.mcp.forward", "broker.mcp.virtual",
+        "broker.mcp.listen",
         "broker.mcp.approvals", "broker.mcp.datacontrols",
         "broker.approvals.stages", "broker.approvals.a2a",
     ),

@@ -91,11 +91,22 @@ class SlowStream:
         self.closed = True
 
 
+class ListenStream(SlowStream):
+    """The server's own stream (GET): one notification with an event id, then quiet."""
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield (b'id: ev-7\ndata: {"jsonrpc":"2.0",'
+               b'"method":"notifications/resources/list_changed"}\n\n')
+        await asyncio.sleep(30)
+
+
 @dataclass
 class Server:
-    """The MCP server's side: answers JSON, remembers what it was sent."""
+    """The MCP server's side: answers JSON, remembers what it was sent; a GET opens its own
+    stream (``get_status`` 405: a server without one)."""
 
     delay_s: float = 0.0
+    get_status: int = 200
     seen: list[FakeRequest] = field(default_factory=list)
     streams: list[SlowStream] = field(default_factory=list)
 
@@ -103,6 +114,11 @@ class Server:
         self.seen.append(request)
         if request.method == "DELETE":
             return FakeResponse(200)
+        if request.method == "GET":
+            if self.get_status != 200:
+                return FakeResponse(self.get_status)
+            self.streams.append(ListenStream())
+            return self.streams[-1]  # type: ignore[return-value]
         await asyncio.sleep(self.delay_s)
         message = json.loads(request.body or b"{}")
         if message.get("params", {}).get("name") == "slow":
@@ -138,6 +154,7 @@ class World:
     stores: Stores
     desk: ApprovalDesk
     kill: GlobalKillSwitch
+    engine: PolicyEngine
 
     async def post(self, body: dict[str, Any] | bytes, path: str = "/mcp/tools",
                    **headers: str) -> httpx.Response:
@@ -179,7 +196,7 @@ def _world(
     app.state.runtime = SimpleNamespace(mcp=gateway)
     served: Any = MediationEdges(app, 4096) if raw_edge else app  # as `a2a-broker serve` runs
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url=ISSUER)
-    return World(server, audit, http, stores, desk, kill)
+    return World(server, audit, http, stores, desk, kill, engine)
 
 
 async def _ready(world: World) -> World:
@@ -270,8 +287,10 @@ async def test_initialize_seals_the_servers_session_and_delete_ends_it(world: Wo
         "authorization": "Bearer cred-alice", "mcp-session-id": session[:-4] + "AAAA"})
     assert stolen.status_code == 404
     assert world.audit.records[-1]["reason"] == "MCP_SESSION_NOT_FOUND"
-    stream = await world.http.get("/mcp/tools", headers={"authorization": "Bearer cred-alice"})
-    assert stream.status_code == 405
+    no_session = await world.http.get("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "accept": "text/event-stream"})
+    assert no_session.status_code == 400  # a server's stream belongs to a session
+    assert no_session.json()["error"]["data"][0]["reason"] == "MCP_SESSION_REQUIRED"
 
 
 async def test_refusals_answer_the_id_they_could_read(world: World) -> None:
@@ -374,4 +393,85 @@ async def test_the_raw_asgi_edge_serves_mcp_posts_as_the_routes_do() -> None:
     assert virtual.json() == {"jsonrpc": "2.0", "id": 3, "result": {}}
     too_big = await world.post(_call("add", pad="x" * 5000))
     assert too_big.json()["error"]["data"][0]["reason"] == "BODY_TOO_LARGE"
-    assert (await world.http.get("/mcp/tools")).status_code == 405  # to the Litestar routes
+    virtual_get = await world.http.get("/mcp", headers={"authorization": "Bearer cred-alice"})
+    assert virtual_get.status_code == 405  # to the Litestar routes: no stream of its own
+
+
+# --- the server's own stream (GET) -------------------------------------------------------------
+
+
+async def _session(world: World) -> str:
+    opened = await world.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}})
+    return opened.headers["mcp-session-id"]
+
+
+def _listen(world: World, session: str, **headers: str) -> Any:
+    sent = {"authorization": "Bearer cred-alice", "accept": "text/event-stream",
+            "mcp-session-id": session, **headers}
+    return asyncio.ensure_future(world.http.get("/mcp/tools", headers=sent))
+
+
+async def _opened(world: World) -> None:
+    for _ in range(100):
+        if world.server.streams:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+
+
+async def test_the_servers_own_stream_is_relayed_in_the_callers_session(world: World) -> None:
+    listen = _listen(world, await _session(world), **{"last-event-id": "ev-6",
+                                                       "cookie": "alice"})
+    await _opened(world)
+    sent = world.server.seen[-1]
+    assert (sent.method, sent.headers["mcp-session-id"]) == ("GET", "upstream-1")
+    assert sent.headers["authorization"] == f"Bearer {SERVER_KEY}"
+    assert sent.headers["last-event-id"] == "ev-6"  # resumption passes through
+    assert sent.headers["a2a-delegation"].count(".") == 2 and "cookie" not in sent.headers
+    assert "cred-alice" not in json.dumps(dict(sent.headers))
+    await world.kill.engage("ops", "incident")  # ends it like any other MCP stream
+    answer = await asyncio.wait_for(listen, 5)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/event-stream")
+    assert "id: ev-7" in answer.text
+    events = [json.loads(line[6:]) for line in answer.text.splitlines()
+              if line.startswith("data: ")]
+    assert events[0]["method"] == "notifications/resources/list_changed"
+    assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
+    assert world.server.streams[0].closed
+    forward, outcome = [r for r in world.audit.records if r["operation"] == "mcp:GET"]
+    assert (forward["detail"]["phase"], forward["decision"]) == ("forward", "allow")
+    assert outcome["detail"]["phase"] == "outcome" and outcome["target"] == "mcp:tools"
+
+
+async def test_a_stream_is_refused_without_the_callers_session_or_policy(world: World) -> None:
+    session = await _session(world)
+    other = await world.http.get("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "accept": "text/event-stream",
+        "mcp-session-id": session[:-4] + "AAAA"})
+    assert other.status_code == 404
+    no_sse = await world.http.get("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "accept": "application/json",
+        "mcp-session-id": session})
+    assert no_sse.status_code == 406
+    world.engine.swap(world.engine.load_text("g, alice, role:dev\n", "policy.csv"))
+    denied = await world.http.get("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "accept": "text/event-stream",
+        "mcp-session-id": session})
+    assert denied.status_code == 403
+    assert denied.json()["error"]["data"][0]["reason"] == "POLICY_DENIED"
+    assert [r for r in world.server.seen if r.method == "GET"] == []
+    refused = [r for r in world.audit.records if r["operation"] == "mcp:GET"]
+    assert [r["reason"] for r in refused] == [
+        "MCP_SESSION_NOT_FOUND", "MCP_NOT_ACCEPTABLE", "POLICY_DENIED"]
+
+
+async def test_a_server_without_a_stream_is_answered_405() -> None:
+    world = await _ready(_world(Server(get_status=405)))
+    answer = await world.http.get("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "accept": "text/event-stream",
+        "mcp-session-id": await _session(world)})
+    assert answer.status_code == 405 and "GET" in answer.headers["allow"]
+    assert answer.json()["error"]["data"][0]["reason"] == "HTTP_METHOD_NOT_ALLOWED"
