@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from mcp import Client
@@ -127,14 +128,15 @@ def mcp_broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[McpBroker
 
 @asynccontextmanager
 async def connect(
-    url: str, token: str, headers: dict[str, str] | None = None, mode: str = "legacy"
+    url: str, token: str, headers: dict[str, str] | None = None, mode: str = "legacy",
+    message_handler: Any = None,
 ) -> AsyncIterator[Client]:
     """A real SDK client with a broker credential: over the handshake era (``initialize`` and
     sessions) by default, ``mode="auto"`` for what the SDK does by default (2026-07-28)."""
     sent = {"Authorization": f"Bearer {token}", **(headers or {})}
     async with create_mcp_http_client(headers=sent) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode,
-                          cache=None) as client:
+                          cache=None, message_handler=message_handler) as client:
             yield client
 
 
@@ -173,7 +175,7 @@ async def test_lists_show_only_what_the_callers_chain_may_use(mcp_broker: McpBro
     async with connect(mcp_broker.mcp("alpha"), mcp_broker.credentials["alice"]) as alice:
         names = await tool_names(alice)
     assert {"add", "create_issue", "count_slowly", "filler_11"} <= set(names)
-    assert "delete_repo" not in names and len(names) == len(set(names)) == 18
+    assert "delete_repo" not in names and len(names) == len(set(names)) == 19
     async with connect(mcp_broker.mcp("alpha"), mcp_broker.credentials["bob"]) as bob:
         assert not {"create_issue", "delete_repo"} & set(await tool_names(bob))
 
@@ -282,6 +284,29 @@ async def test_a_streamed_tool_answer_arrives_event_by_event(mcp_broker: McpBrok
     assert [p for _, p in arrived] == [1, 2, 3, 4, 5]
     # The first step reached the client while the tool had four more (1.2 s) to go.
     assert done - arrived[0][0] > 0.9
+
+
+async def test_a_notification_on_the_servers_own_stream_reaches_the_client(
+    mcp_broker: McpBroker,
+) -> None:
+    """The SDK client opens the server's GET stream once its session is initialized; a
+    notification no request asked for (``resources/list_changed``) reaches it through the
+    broker, and the stream is audited as one allowed ``mcp:GET``."""
+    methods: list[str] = []
+
+    async def on_message(message: object) -> None:
+        methods.append(str(getattr(message, "method", "")))
+
+    async with connect(mcp_broker.mcp("alpha"), mcp_broker.credentials["alice"],
+                       message_handler=on_message) as alice:
+        for _ in range(50):  # the SDK opens its GET stream in the background
+            assert text_of(await alice.call_tool("announce", {})) == "announced"
+            if "notifications/resources/list_changed" in methods:
+                break
+            await anyio.sleep(0.1)
+    assert "notifications/resources/list_changed" in methods
+    opened = audit_records(mcp_broker, caller="alice", target="mcp:alpha", operation="mcp:GET")
+    assert [r["decision"] for r in opened if r["detail"]["phase"] == "forward"][:1] == ["allow"]
 
 
 @pytest.mark.parametrize("server", ["alpha", "beta"])  # an SSE server and a JSON one

@@ -6,7 +6,9 @@ Streamable HTTP at ``/mcp``; ``GET /healthz`` answers 200 when it is up. Every M
 carry ``Authorization: Bearer T`` (the credential the broker holds for this server), else 401.
 Tools: ``add``, ``create_issue``, ``delete_repo`` (for policy to deny), ``whoami`` (the server's
 name), ``seen_headers`` (the identity headers this request arrived with), ``count_slowly``
-(reports progress, one step every 0.3 s, then answers), ``hang`` (never answers), plus
+(reports progress, one step every 0.3 s, then answers), ``announce`` (sends
+``notifications/resources/list_changed`` on the server's own GET stream), ``hang`` (never
+answers), plus
 ``filler_NN`` tools so that lists need several pages (this server pages its lists by 5). A
 prompt ``greet`` and a resource ``note://hello``.
 
@@ -79,6 +81,13 @@ def build_server(name: str) -> MCPServer:
             await ctx.report_progress(step, steps, f"step {step}")
             await asyncio.sleep(0.3)
         return f"counted to {steps}"
+
+    @server.tool()
+    async def announce(ctx: Context) -> str:
+        """Tell the session its resources changed: a notification no request asked for, so it
+        goes on the server's own stream (the client's GET)."""
+        await ctx.session.send_resource_list_changed()
+        return "announced"
 
     @server.tool()
     async def hang() -> str:

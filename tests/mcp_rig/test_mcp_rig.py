@@ -64,7 +64,7 @@ async def test_lists_hold_only_what_the_caller_may_use(passthrough: RunningPasst
         names = await all_tool_names(alice)
     assert "add" in names and "filler_11" in names and "create_issue" in names
     assert "delete_repo" not in names
-    assert len(names) == len(set(names)) == 18  # 19 tools, one hidden, over four pages
+    assert len(names) == len(set(names)) == 19  # 20 tools, one hidden, over four pages
     async with connect(f"{passthrough.url}/alpha", "tok-bob") as bob:
         assert "create_issue" not in await all_tool_names(bob)
 
