@@ -21,7 +21,7 @@ from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
 from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmParts, llm_stages
-from broker.pipeline.mcp import McpParts, mcp_stages
+from broker.pipeline.mcp import McpParts, mcp_listen_stages, mcp_stages
 from broker.policy.roles import AgentRoles
 from broker.protocols.a2a.task_pages import PageTokens
 from broker.protocols.llm.catalog import ModelCatalog
@@ -211,6 +211,23 @@ def test_the_mcp_pipeline_shares_the_stages_every_protocol_needs() -> None:
     assert {"Authenticate", "RefuseWhileKilled", "DelegationContext", "AuditForward"} <= set(
         _names(chain)
     )
+    assert parts.authenticate in chain
+
+
+def test_the_mcp_servers_own_stream_runs_the_same_ends_without_a_budget() -> None:
+    parts = _mcp_parts()
+    chain = list(mcp_listen_stages(parts))
+    assert _names(chain) == [
+        "ErrorBoundary",
+        "Authenticate",
+        "RefuseWhileKilled",
+        "ReadMcpListen",  # the sealed session, before the delegation token is verified
+        "DelegationContext",
+        "McpListenPolicy",
+        "MintMcpHopToken",
+        "AuditForward",  # the decision durable before the stream opens
+        "ForwardMcpListen",
+    ]
     assert parts.authenticate in chain
 
 
