@@ -232,6 +232,7 @@ _MCP_METHODS = frozenset({
     "initialize", "ping", "server/discover", "tools/list", "tools/call", "prompts/list",
     "prompts/get", "resources/list", "resources/templates/list", "resources/read",
     "resources/subscribe", "resources/unsubscribe", "completion/complete", "logging/setLevel",
+    "GET",  # the server's own stream (broker.mcp.listen): no message, the HTTP method
 })  # fmt: skip
 
 
@@ -249,7 +250,10 @@ def observe_mcp_call(ctx: McpContext, status: int) -> None:
     total_s = time.perf_counter() - ctx.started
     caller = ctx.caller or NOBODY
     target = ctx.target if ctx.server is not None or ctx.virtual else NOBODY
-    operation = mcp_operation(ctx.message.method if ctx.message is not None else "")
+    method = ctx.message.method if ctx.message is not None else ""
+    if not method and ctx.judged is not None:
+        method = ctx.judged.method  # a GET: the server's own stream
+    operation = mcp_operation(method)
     outcome = outcome_of(ctx.error, status, ctx.upstream_status)
     observe_request(
         caller=caller,

@@ -441,6 +441,8 @@ async def test_the_servers_own_stream_is_relayed_in_the_callers_session(world: W
     assert events[0]["method"] == "notifications/resources/list_changed"
     assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
     assert world.server.streams[0].closed
+    seen = observed.recent[-1]  # the metrics' and the console's view of it
+    assert (seen.operation, seen.target, seen.binding) == ("mcp:GET", "mcp:tools", "mcp")
     forward, outcome = [r for r in world.audit.records if r["operation"] == "mcp:GET"]
     assert (forward["detail"]["phase"], forward["decision"]) == ("forward", "allow")
     assert outcome["detail"]["phase"] == "outcome" and outcome["target"] == "mcp:tools"
