@@ -2,7 +2,7 @@
 same public URL, as behind one load balancer) in front of a real ``mcp`` SDK server.
 
 * A session opened on one replica is used on the others (the sealed session id is the
-  binding; no replica keeps a table).
+  binding; no replica keeps a table), its server's own stream (GET) included.
 * Tool calls raced round robin over the three replicas against a tool budget that fits
   exactly N of them: exactly N reach the tool, the others are refused BUDGET_EXHAUSTED, and
   nothing stays reserved afterwards.
@@ -138,3 +138,22 @@ async def test_a_session_opened_on_one_replica_is_refused_to_another_caller(
     assert "add" in {t["name"] for t in listed.json()["result"]["tools"]}
     assert stolen.status_code == 401  # no such credential: refused before the session is read
     assert json.loads(stolen.text)["error"]["data"][0]["reason"] == "INVALID_CREDENTIAL"
+
+
+async def test_the_servers_own_stream_opens_on_another_replica(replicas: Replicas) -> None:
+    """Opened on replica 0, the session's GET stream on replica 2 relays the notification a
+    tool call on replica 1 makes the server send outside any request."""
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        headers = await _open_session(http, f"{replicas.urls[0]}/mcp/tools")
+        listen = {**headers, "accept": "text/event-stream"}
+        async with http.stream("GET", f"{replicas.urls[2]}/mcp/tools", headers=listen) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            called = await http.post(f"{replicas.urls[1]}/mcp/tools", headers=headers,
+                                     json=_rpc("tools/call", {"name": "announce"}, 9))
+            assert called.status_code == 200, called.text
+            async with asyncio.timeout(5):
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:") and "list_changed" in line:
+                        break
+    assert json.loads(line[5:])["method"] == "notifications/resources/list_changed"
