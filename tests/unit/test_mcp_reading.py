@@ -165,7 +165,7 @@ def test_sse_frames_keep_multi_line_payloads_readable() -> None:
 # The MCP pipeline's call context and stages (placed on their floors by test_import_floors);
 # every other module of the package is the protocol layer, which reads and writes MCP only.
 MCP_STAGE_MODULES = {
-    "context", "stages", "audit", "forward", "virtual", "approvals", "datacontrols",
+    "context", "stages", "audit", "forward", "virtual", "approvals", "datacontrols", "listen",
 }
 
 
