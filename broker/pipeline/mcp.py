@@ -158,8 +158,8 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
 def mcp_listen_stages(parts: McpParts) -> list[McpStage]:
     """The order of a ``GET`` (the server's own stream, decision 0063): the same ends and
     shared stages as a request, with no message to read, no budget (a stream is not a call)
-    and no approval (nothing is acted on)."""
-    settings = parts.settings
+    and no approval (nothing is acted on); the data controls see every message it carries."""
+    settings, data = parts.settings, parts.datacontrols
     judge = McpJudge(parts.policy)
     mint = MintMcpHopToken(parts.minter, settings.delegation.default_deadline_s)
     return [
@@ -176,6 +176,8 @@ def mcp_listen_stages(parts: McpParts) -> list[McpStage]:
         mint,
         # The decision durable before the stream opens; the outcome when it ends.
         AuditForward[McpContext](parts.audit, McpAudit()),
+        # Each message of the stream, as for a request's streamed answer.
+        *([ScanAnswer(data, McpDataView())] if data else []),
         ForwardMcpListen(_upstream(parts, judge, mint)),
     ]
 

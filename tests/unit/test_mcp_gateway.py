@@ -95,8 +95,8 @@ class ListenStream(SlowStream):
     """The server's own stream (GET): one notification with an event id, then quiet."""
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        yield (b'id: ev-7\ndata: {"jsonrpc":"2.0",'
-               b'"method":"notifications/resources/list_changed"}\n\n')
+        yield (b'id: ev-7\ndata: {"jsonrpc":"2.0","method":"notifications/message",'
+               b'"params":{"level":"info","data":"mail jane.doe@example.com"}}\n\n')
         await asyncio.sleep(30)
 
 
@@ -438,7 +438,7 @@ async def test_the_servers_own_stream_is_relayed_in_the_callers_session(world: W
     assert "id: ev-7" in answer.text
     events = [json.loads(line[6:]) for line in answer.text.splitlines()
               if line.startswith("data: ")]
-    assert events[0]["method"] == "notifications/resources/list_changed"
+    assert events[0]["method"] == "notifications/message"
     assert events[-1]["error"]["data"][0]["reason"] == "KILL_SWITCH_ENGAGED"
     assert world.server.streams[0].closed
     seen = observed.recent[-1]  # the metrics' and the console's view of it
@@ -477,3 +477,12 @@ async def test_a_server_without_a_stream_is_answered_405() -> None:
         "mcp-session-id": await _session(world)})
     assert answer.status_code == 405 and "GET" in answer.headers["allow"]
     assert answer.json()["error"]["data"][0]["reason"] == "HTTP_METHOD_NOT_ALLOWED"
+
+
+async def test_the_data_controls_see_every_message_of_the_servers_stream() -> None:
+    world = await _ready(_world(Server(), data=_redacting("response")))
+    listen = _listen(world, await _session(world))
+    await _opened(world)
+    await world.kill.engage("ops", "incident")
+    answer = await asyncio.wait_for(listen, 5)
+    assert "mail <" in answer.text and EMAIL not in answer.text
