@@ -9,7 +9,7 @@ text at all, both give the same findings, and every planted value is found.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from broker.datacontrols.detector import (
@@ -149,6 +149,8 @@ def test_the_fast_path_finds_what_the_plain_path_finds(text: str) -> None:
     st.one_of(free_texts, numeric_texts, clusters, dates, texts),
     st.integers(min_value=0, max_value=400),
 )
+@example("on 2024-05-12, 12/05/2024 and 12.05.202 or 1-2-2024", 0)
+@example("12 345-6789", 4)
 def test_any_text_from_any_position(text: str, pos: int) -> None:
     pos = min(pos, len(text))
     assert dense_runs(text, pos) == dense_runs_reference(text, pos)
