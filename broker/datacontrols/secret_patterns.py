@@ -53,7 +53,7 @@ _TOKENS: tuple[tuple[str, str, int, str, str, tuple[str, ...]], ...] = (
         93,
         "g",
         _WORD_CHARS,
-        ("gh", "github_pat_"),
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     (f.SECRET_GITLAB_TOKEN, r"glpat-[A-Za-z0-9_\-]{20}", 26, "g", _KEY_CHARS, ("glpat-",)),
     (f.SECRET_SLACK_TOKEN, r"xox[abposr]-[A-Za-z0-9\-]{10,100}", 105, "x", _KEY_CHARS, ("xox",)),
