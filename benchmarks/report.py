@@ -246,10 +246,12 @@ def audit_section(results: dict[str, Any]) -> list[str]:
         "(`benchmarks/audit_stats.py`): **fsyncs/req** is `audit_fsyncs_total` over wrk's "
         "request count, **records/fsync** the records appended (`audit_write_seconds` count) "
         "per fsync. Each request appends two records: its decision, durable before the request "
-        "is forwarded, and its outcome. One writer takes every record queued while the previous "
-        "fsync ran and makes them durable with one write and one `fdatasync` (group commit), so "
-        "under concurrency one fsync covers the records of many requests, each still durable "
-        "before it is forwarded.",
+        "is forwarded, and its outcome, written at once and made durable by the next fsync "
+        "(decision 0066). One writer takes every record queued while the previous fsync ran and "
+        "makes them durable with one write and one `fdatasync` (group commit), so under "
+        "concurrency one fsync covers the records of many requests, each decision still durable "
+        "before its request is forwarded. Rows marked † from a run before outcomes rode on the "
+        "next fsync show what that changed at c=1 (two fsyncs per request, one record each).",
         "",
         "| scenario | c | req/s | CPU µs/req | fsyncs/req | records/fsync |",
         "|---|--:|--:|--:|--:|--:|",
@@ -262,6 +264,20 @@ def audit_section(results: dict[str, Any]) -> list[str]:
             f"| {p['audit_fsyncs_per_req']:.2f} | {p['audit_records_per_fsync']:.1f} |"
         )
     return rows
+
+
+def _load_line(results: dict[str, Any]) -> list[str]:
+    load = results.get("loadavg")
+    if not load:
+        return []
+    line = (f"* **Load**: 1-minute load average {load[0]:g} when the run started, {load[1]:g} "
+            f"when it ended, on {results['machine']['nproc']} CPUs (other work shares the "
+            "machine: see the foreign column).")  # fmt: skip
+    if "--scenarios" in results.get("command", "") and "--merge" in results.get("command", ""):
+        line += (" On a machine this busy a full run is long and mostly noise, so this run "
+                 "measured only the scenarios the performance targets need (the command above); "
+                 "the other rows are kept from earlier runs (†, below).")  # fmt: skip
+    return [line]
 
 
 def kept_section(results: dict[str, Any]) -> list[str]:
@@ -349,6 +365,7 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         f"{results['seconds_per_point']:g} s per point after a 1 s warm-up per target.",
         f"* **Machine**: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, "
         f"Python {m['python']}, {m['wrk']}.",
+        *_load_line(results),
         f"* **Libraries**: {libs}.",
         f"* **Broker code**: {results['broker_code']}; when the run ended HEAD was "
         f"{m['commit']}, with {m['broker_uncommitted_files']} uncommitted path(s) under `broker/`.",

@@ -91,10 +91,13 @@ def comparisons(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not lite:
             continue
         ratio = b["rps"] / lite["rps"] if lite["rps"] else float("inf")
+        # LiteLLM answered nothing within the point: its p99 is beyond the point's length (wrk
+        # reports 0 for a latency it never saw).
+        silent = not lite["rps"] and not lite.get("requests")
         out.append({
             "c": b["concurrency"], "broker": b, "litellm": lite, "ratio": ratio,
             "throughput_met": ratio >= THROUGHPUT_TARGET and not b["errors"],
-            "p99_met": b["p99_ms"] < lite["p99_ms"],
+            "p99_met": silent or b["p99_ms"] < lite["p99_ms"],
         })  # fmt: skip
     return out
 
@@ -115,7 +118,22 @@ def verdict(points: list[dict[str, Any]]) -> list[str]:
         "| p99 ratio (LiteLLM / broker) | met |",
         "|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    return [_summary(pairs, want), "", *rows, *map(_pair_row, pairs)]
+    return [_summary(pairs, want), "", *rows, *map(_pair_row, pairs), "", _cpu_note(pairs)]
+
+
+def _cpu_note(pairs: list[dict[str, Any]]) -> str:
+    """CPU per request side by side: steadier than throughput when the machine is shared (a
+    process that needs more CPU per request loses more of its throughput to contention)."""
+    parts = [
+        f"c={cmp['c']}: {cmp['litellm']['cpu_us_per_req'] / cmp['broker']['cpu_us_per_req']:.1f}x"
+        for cmp in pairs
+        if cmp["broker"]["cpu_us_per_req"] and cmp["litellm"]["cpu_us_per_req"]
+    ]
+    return (
+        "CPU per request, LiteLLM's over the broker's (steadier than throughput on a shared "
+        "machine, where the process that needs more CPU per request loses more of its "
+        f"throughput to other work): {', '.join(parts) or 'not measured'}."
+    )
 
 
 def _pair_row(cmp: dict[str, Any]) -> str:

@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(placement.rest)})
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     started = dt.datetime.now(dt.UTC)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="a2a-bench-") as tmp:
         work_dir = Path(tmp)
         broker_src, broker_code = _broker_source(args.broker_ref, work_dir)
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
         "elapsed_s": round((dt.datetime.now(dt.UTC) - started).total_seconds()),
         "seconds_per_point": seconds,
+        "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # 1-minute, start/end
         "placement": {"sut": placement.sut, "rest": placement.rest},
         "redis": redis_note,
         "broker_code": broker_code,

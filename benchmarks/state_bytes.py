@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -40,27 +40,13 @@ from broker.settings import StoreSettings
 from broker.stores.base import TaskRoute
 from broker.stores.factory import open_backend
 from testkit.procs import free_port
+from testkit.redis_process import start_node, stop_redis_server
 
 
 def _start_redis(port: int, *extra: str) -> subprocess.Popen[bytes]:
-    if shutil.which("redis-server") is None:
-        raise SystemExit("needs redis-server on PATH")
     # Its own folder: a replica writes the primary's snapshot to disk while it syncs.
-    folder = tempfile.mkdtemp(prefix="state-bytes-redis-")
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", folder,
-            *extra]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-        except redis.ConnectionError:
-            time.sleep(0.02)
-        else:
-            return process
-    process.kill()
-    raise SystemExit("redis-server did not start")
+    folder = Path(tempfile.mkdtemp(prefix="state-bytes-redis-"))
+    return start_node(port, folder, list(extra))
 
 
 def _used(client: redis.Redis) -> int:
@@ -214,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         result["replica_acks"] = replica_ack_cost(url, args.seconds)
     finally:
         for server in servers:
-            server.terminate()
-            server.wait()
+            stop_redis_server(server)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -74,6 +74,12 @@ def method_notes() -> list[str]:
     return [text]
 
 
+def _disturbed(*points: dict[str, Any] | None) -> str:
+    """" ?" if another process used more than NOISY_CORES during any of ``points``."""
+    noisy = any(p and p.get("foreign_cores", 0.0) > NOISY_CORES for p in points)
+    return " ?" if noisy else ""
+
+
 def _row(name: str, value: str, ok: bool | None, want: str, gap: str = "") -> str:
     mark = "n/a" if ok is None else ("met" if ok else "**not met**")
     return f"| {name} | {want} | {value} | {mark} | {gap if ok is False else ''} |"
@@ -110,7 +116,8 @@ def targets(results: dict[str, Any]) -> list[str]:
             label = f"{label} (kept from {p16['origin'].split(',')[0]})"  # noqa: PLW2901
         a1, b16_same = _base(results, "a", p1), _base(results, "b1", p16)
         cpu = p16["cpu_us_per_req"]
-        lines.append(_row(f"broker CPU per request at c=16, {label}", f"{cpu:,.0f} µs",
+        lines.append(_row(f"broker CPU per request at c=16, {label}",
+                          f"{cpu:,.0f} µs{_disturbed(p16)}",
                           cpu <= CPU_BUDGET_US,
                           f"≤ {CPU_BUDGET_US:.0f} µs (stretch {CPU_STRETCH_US:.0f})",
                           _over(cpu, CPU_BUDGET_US, " µs")))  # fmt: skip
@@ -121,7 +128,8 @@ def targets(results: dict[str, Any]) -> list[str]:
                               f"{cpu:,.0f} µs", cpu <= scaled, f"≤ {scaled:,.0f} µs",
                               _over(cpu, scaled, " µs")))  # fmt: skip
             share = p16["rps"] / b16_same["rps"]
-            lines.append(_row(f"throughput vs (b1) at c=16, {label}", f"{share:.0%}",
+            lines.append(_row(f"throughput vs (b1) at c=16, {label}",
+                              f"{share:.0%}{_disturbed(p16, b16_same)}",
                               share >= THROUGHPUT_SHARE,
                               f"≥ {THROUGHPUT_SHARE:.0%} (stretch {THROUGHPUT_STRETCH:.0%})",
                               f"{THROUGHPUT_SHARE / share:.1f}x the throughput needed "
@@ -129,7 +137,8 @@ def targets(results: dict[str, Any]) -> list[str]:
                               "req/s)"))  # fmt: skip
         if p1 and a1:
             added = p1["p50_ms"] - a1["p50_ms"]
-            lines.append(_row(f"added p50 vs (a) at c=1, {label}", f"{added:+.2f} ms",
+            lines.append(_row(f"added p50 vs (a) at c=1, {label}",
+                              f"{added:+.2f} ms{_disturbed(p1, a1)}",
                               added <= ADDED_P50_MS,
                               f"≤ +{ADDED_P50_MS} ms (stretch +{ADDED_P50_STRETCH_MS})",
                               _over(added, ADDED_P50_MS, " ms")))  # fmt: skip
@@ -142,6 +151,12 @@ def targets(results: dict[str, Any]) -> list[str]:
               f"are met, {missed} are not** (the last column says by how much)"
               + (f"; {unmeasured} not measured in this run." if unmeasured else ".")
               + (_without_metering(results) if missed else "")]  # fmt: skip
+    if any(" ?" in line for line in lines):
+        lines += ["", "`?` marks a figure taken while other processes used more than "
+                  f"{NOISY_CORES} cores of this machine's 2: the broker then got only part of its "
+                  "core, so its throughput and latency (and their ratios to (a) and (b1), which "
+                  "were disturbed differently) say little; CPU per request is the steadier "
+                  "reading, though contention inflates it too."]  # fmt: skip
     if scale:
         lines += ["", f"The CPU budget was set where the bare Litestar + aiohttp proxy cost "
                   f"{REFERENCE_PROXY_US:.0f} µs per request (measured on this kind of machine "
@@ -357,12 +372,20 @@ def _workers(results: dict[str, Any]) -> list[str]:
     w1, w2 = _at(results, "j-w1", 64), _at(results, "j-w2", 64)
     if not (w1 and w2):
         return []
-    return [
+    text = (
         f"* **Workers**: with both cores open to the broker (redis store), 2 workers serve "
         f"{w2['rps'] / w1['rps']:.2f}x the throughput of 1 at c=64 ({w2['rps']:,.0f} vs "
-        f"{w1['rps']:,.0f} req/s). On 2 cores the second worker competes with the upstream, "
-        "Redis and wrk, so this shows the scaling ceiling of this machine, not of the broker."
-    ]
+        f"{w1['rps']:,.0f} req/s), using {w2['cpu_util']:.0%} against {w1['cpu_util']:.0%} of "
+        "a core. On 2 cores the second worker competes with the upstream, Redis and wrk, so "
+        "this shows the scaling ceiling of this machine, not of the broker."
+    )
+    if _disturbed(w1, w2):
+        text += (
+            f" Other processes used {w1['foreign_cores']:.2f} and {w2['foreign_cores']:.2f} "
+            "cores meanwhile: two processes then get a larger share of a contended machine than "
+            "one, so the ratio says how the scheduler shared it as much as how the broker scales."
+        )
+    return [text]
 
 
 def _floor(results: dict[str, Any]) -> list[str]:
@@ -467,14 +490,16 @@ def _gap(results: dict[str, Any]) -> list[str]:
         text += f" The profile of (e) splits its own time as {top}."
     text += (
         " Next, by size: (1) the pipeline's own Python, which no store or audit setting removes "
-        "(d-off against b1): fold the per-request stages into fewer coroutine frames and "
-        "allocate less per request, or move the edge off Litestar's route machinery onto raw "
-        "ASGI, measured at 75-100 µs when the budget was set; (2) the Redis client: redis-py's "
-        "machinery, "
-        "not Redis, is most of the Redis cost even with batched scripts (decision 0010), so a "
-        "leaner RESP client for the few hot scripts; (3) at c=1 the fsync of each decision "
-        "record (d-audit), which `[audit] durable_before = \"reply\"` hides behind agents that "
-        "take longer than an fsync, not behind this benchmark's 0.1 ms agent."
+        "(d-off against b1); the edge is already raw ASGI and the stages are bound without a "
+        "frame each (decision 0064), so what is left is per-request work: the hop token's "
+        "Ed25519 signature (`TokenMinter._seal`, the largest broker frame of the profile), the "
+        "log line, a task per outcome record and per Redis batch, and uvloop's own socket work "
+        "(`Runner.run` in the profile: the kernel and the loop, about a fifth of the samples); "
+        "(2) the Redis client: redis-py's machinery, not Redis, is most of the Redis cost even "
+        "with batched scripts (decision 0010), so a leaner RESP client for the few hot scripts; "
+        "(3) at c=1 the fsync of each decision record (d-audit, one per request since outcomes "
+        "ride on the next fsync), which `[audit] durable_before = \"reply\"` hides behind agents "
+        "that take longer than an fsync, not behind this benchmark's 0.1 ms agent."
     )
     return [text]
 

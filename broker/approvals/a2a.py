@@ -23,15 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
 from broker.approvals.action import action_digest
 from broker.approvals.desk import ApprovalDesk
+from broker.approvals.held import (
+    HELD_DECODER,
+    KEPT_HEADERS,
+    HeldCall,
+    answered,
+    context_of,
+    for_agent_task,
+    task_for,
+)
 from broker.approvals.stages import pending_error
-from broker.delegation.tokens import DelegationClaims
 from broker.errors import (
     BrokerError,
     PushNotificationNotSupportedError,
@@ -42,87 +50,15 @@ from broker.protocols.a2a import approval_task as wire
 from broker.protocols.a2a.operations import CANCEL_TASK, GET_TASK, SUBSCRIBE_TO_TASK
 from broker.stores.approvals_base import ApprovalRecord
 from broker.stores.base import TaskRoute, TaskRouteStore
-from broker.types import Binding, CallNext, MediationContext, Outcome, Reply, StreamReply
+from broker.types import CallNext, MediationContext, Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.approvals")
 TASK_PREFIX = "approval-"
-# Headers kept with a held call: what the stages before the forward read, nothing secret.
-_KEPT_HEADERS = (
-    "content-type", "accept", "a2a-version", "a2a-extensions", "a2a-skill", "a2a-deadline",
-)
 # How often a waiting stream (or subscriber) looks at its approval.
 POLL_S = 0.5
 # An approved call whose caller waits on a stream is forwarded by that stream; if the stream is
 # gone, the replica that saw the approval forwards it after this long.
 STREAM_GRACE_S = 3.0
-_STATE: dict[str, str] = {
-    "pending": "TASK_STATE_AUTH_REQUIRED",
-    "approved": "TASK_STATE_AUTH_REQUIRED",
-    "used": "TASK_STATE_WORKING",
-    "denied": "TASK_STATE_REJECTED",
-    "expired": "TASK_STATE_FAILED",
-    "voided": "TASK_STATE_FAILED",
-    "cancelled": "TASK_STATE_CANCELED",
-}
-# The stable reason each ending gives (status message metadata; docs/approvals.md).
-REASONS: dict[str, str] = {
-    "denied": "APPROVAL_DENIED",
-    "expired": "APPROVAL_EXPIRED",
-    "voided": "APPROVAL_VOIDED",
-    "cancelled": "APPROVAL_CANCELLED",
-}
-
-
-class HeldCall(msgspec.Struct, frozen=True, kw_only=True):
-    """What the broker keeps of a held A2A call, to forward it unchanged once approved."""
-
-    binding: Binding
-    target: str
-    http_method: str
-    rest_tail: str = ""
-    query_string: str = ""
-    headers: dict[str, str]
-    body: bytes
-    caller: str
-    chain: tuple[str, ...]
-    parent: DelegationClaims | None = None
-    context_id: str = ""
-
-
-_held_decoder = msgspec.json.Decoder(HeldCall)
-
-
-def task_for(record: ApprovalRecord, context_id: str, note: str = "") -> dict[str, Any]:
-    """The broker-owned task as ``record`` stands."""
-    state = _STATE[record.state]
-    meta = {
-        "id": record.id,
-        "state": record.state,
-        "expiresAt": wire.timestamp(record.expires_at),
-        "reason": REASONS.get(record.state, ""),
-    }
-    return wire.task(record.id, context_id or record.id, state, note or _text(record),
-                     meta=meta, at=record.decided_at or record.created_at)
-
-
-def _text(record: ApprovalRecord) -> str:
-    until = wire.timestamp(record.expires_at)
-    match record.state:
-        case "pending" | "approved":
-            return (f"Awaiting human approval until {until}: {record.summary}"
-                    f" (approval {record.id}).")
-        case "denied":
-            return f"A human denied this call: {record.reason or 'no reason given'}."
-        case "expired":
-            return f"Nobody approved this call before {until}."
-        case "voided":
-            return f"The approval was voided: {record.reason}."
-        case "cancelled":
-            return "The caller cancelled the call while it awaited approval."
-        case _:
-            return "Approved: the call was forwarded to the agent."
-
-
 class A2aApprovals:
     """The A2A format of ``RequireApproval``, and the forward of approved calls."""
 
@@ -162,7 +98,7 @@ class A2aApprovals:
         return msgspec.json.encode(HeldCall(
             binding=ctx.binding, target=ctx.target.name, http_method=ctx.http_method,
             rest_tail=ctx.rest_tail, query_string=ctx.query_string,
-            headers={k: v for k in _KEPT_HEADERS if (v := ctx.headers.get(k))},
+            headers={k: v for k in KEPT_HEADERS if (v := ctx.headers.get(k))},
             body=ctx.body, caller=ctx.caller, chain=ctx.chain, parent=ctx.parent,
             context_id=ctx.reading.context_id if ctx.reading else "",
         ))  # fmt: skip
@@ -191,7 +127,7 @@ class A2aApprovals:
         if record is None:
             raise TaskNotFoundError
         if record.agent_task:  # the call was forwarded: the task is the agent's now
-            _for_agent_task(ctx, record.agent_task)
+            for_agent_task(ctx, record.agent_task)
             return await call_next(ctx)
         context_id = await self._context_id(record.id)
         op = ctx.operation
@@ -217,12 +153,12 @@ class A2aApprovals:
         body = await self.desk.store.answer(record.id)
         if not body:
             return task_for(record, context_id)  # forwarded, the answer not in yet: WORKING
-        answered = _answered(body)
-        if answered is not None and "message" in answered:
+        said = answered(body)
+        if said is not None and "message" in said:
             text = "The agent answered with a message (in this status)."
             done = task_for(record, context_id, text)
             done["status"] = {**done["status"], "state": "TASK_STATE_COMPLETED",
-                              "message": answered["message"]}
+                              "message": said["message"]}
             return done
         failed = task_for(record, context_id, "The agent refused the approved call.")
         failed["status"]["state"] = "TASK_STATE_FAILED"
@@ -230,7 +166,7 @@ class A2aApprovals:
 
     async def _context_id(self, approval_id: str) -> str:
         raw = await self.desk.store.call(approval_id)
-        return _held_decoder.decode(raw).context_id if raw else ""
+        return HELD_DECODER.decode(raw).context_id if raw else ""
 
     async def _waiting(
         self,
@@ -275,11 +211,11 @@ class A2aApprovals:
     ) -> AsyncIterator[bytes]:
         """A subscriber of a call that was forwarded meanwhile: the agent's answer if it was
         unary (its task may have ended already), else the agent's own subscription."""
-        answered = _answered(await self.desk.store.answer(record.id) or b"")
-        if answered is not None:
-            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, answered)
+        said = answered(await self.desk.store.answer(record.id) or b"")
+        if said is not None:
+            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, said)
             return
-        _for_agent_task(ctx, record.agent_task)
+        for_agent_task(ctx, record.agent_task)
         outcome = await call_next(ctx)
         if isinstance(outcome, StreamReply):
             async for event in outcome.events:
@@ -310,8 +246,8 @@ class A2aApprovals:
         raw = await self.desk.store.call(approval_id)
         if raw is None:
             raise TaskNotFoundError
-        held = _held_decoder.decode(raw)
-        ctx = _context(held, approval_id)
+        held = HELD_DECODER.decode(raw)
+        ctx = context_of(held, approval_id)
         try:
             outcome = await self.resume(ctx)
         except BrokerError as err:
@@ -362,53 +298,6 @@ def _claiming(
     return StreamReply(events(), outcome.status, outcome.headers)
 
 
-def _answered(body: bytes) -> dict[str, Any] | None:
-    """The StreamResponse (``{"task": …}`` or ``{"message": …}``) of a kept unary answer."""
-    if not body:
-        return None
-    try:
-        answer = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None
-    if isinstance(answer, dict) and isinstance(answer.get("result"), dict):
-        answer = answer["result"]  # JSON-RPC
-    if isinstance(answer, dict) and ("task" in answer or "message" in answer):
-        return {k: v for k, v in answer.items() if k in ("task", "message")}
-    return None
-
-
-def _context(held: HeldCall, approval_id: str) -> MediationContext:
-    body = held.body
-
-    async def read_body() -> bytes:
-        return body
-
-    ctx = MediationContext(
-        headers=held.headers, read_body=read_body, binding=held.binding,
-        target_name=held.target, http_method=held.http_method, rest_tail=held.rest_tail,
-        query_string=held.query_string,
-    )  # fmt: skip
-    ctx.caller, ctx.parent, ctx.chain = held.caller, held.parent, held.chain
-    ctx.approval_id = approval_id
-    return ctx
-
-
-def _for_agent_task(ctx: MediationContext, agent_task: str) -> None:
-    """Point a task-scoped request at the agent's own task id instead of the broker's."""
-    assert ctx.task_id is not None  # noqa: S101
-    if ctx.binding == "rest":
-        ctx.rest_tail = ctx.rest_tail.replace(f"/tasks/{ctx.task_id}", f"/tasks/{agent_task}")
-    else:
-        assert ctx.operation is not None and ctx.params is not None  # noqa: S101
-        params = msgspec.json.decode(ctx.params)
-        params["id"] = agent_task
-        ctx.body = msgspec.json.encode({
-            "jsonrpc": "2.0", "id": ctx.jsonrpc_id, "method": ctx.operation.name,
-            "params": params,
-        })  # fmt: skip
-    ctx.task_id = agent_task
-
-
 class ApprovalTasks:
     """The A2A stage for broker-owned tasks: task-scoped operations on an ``approval-`` id
     are answered here (or pointed at the agent's task); every other request passes at the
@@ -423,5 +312,3 @@ class ApprovalTasks:
             return await call_next(ctx)
         return await self._approvals.task_operation(ctx, call_next)
 
-
-Forwarder = Callable[[ApprovalRecord], Awaitable[None]]

@@ -45,6 +45,9 @@ Notify = Callable[[str, ApprovalRecord], None]
 OnApproved = Callable[[ApprovalRecord], Awaitable[None]]
 # How often each replica looks for approvals to expire or void.
 SWEEP_INTERVAL_S = 1.0
+# An approved call still not forwarded this long after its approval is forwarded by whichever
+# replica's sweep sees it (the one that saw the approval has died or stopped).
+LATE_FORWARD_S = 10.0
 
 
 class ApprovalDesk:
@@ -68,6 +71,7 @@ class ApprovalDesk:
         self._tasks = tasks
         # Set by the composition root: forwards an approved call nobody waits on (A2A).
         self.on_approved: OnApproved | None = None
+        self._forwarding: set[str] = set()  # approvals this process is forwarding now
         self._approvers = {
             name: a.token_sha256.lower() for name, a in settings.approvers.items() if a.token_sha256
         }
@@ -76,7 +80,8 @@ class ApprovalDesk:
 
     async def request(self, call: bytes, **fields: object) -> ApprovalRecord:
         """Hold a call: a new pending approval (``fields`` as ``ApprovalRecord``'s), audited
-        before anyone is told, then notified. ``expires_at`` may only shorten the TTL."""
+        before anyone is told, then notified; or, for the same action sent again while its
+        approval waits, that approval. ``expires_at`` may only shorten the TTL."""
         now = time.time()
         ttl_end = now + self.settings.ttl_s
         expires_at = min(ttl_end, float(fields.pop("expires_at", ttl_end)))  # type: ignore[arg-type]
@@ -87,7 +92,9 @@ class ApprovalDesk:
             quorum=self.settings.quorum,
             **fields,  # type: ignore[arg-type]
         )
-        await self.store.create(record, call, self.settings.retain_s)
+        in_force = await self.store.create(record, call, self.settings.retain_s)
+        if in_force.id != record.id:  # the same call again while it waits: the same request
+            return in_force
         await self._audit.event(
             "approval", record.requester, action="approval.request", **_detail(record)
         )
@@ -126,8 +133,8 @@ class ApprovalDesk:
             "approval", approver, action=action, decision_reason=reason[:300], **_detail(decided)
         )
         self._tell(action, decided)
-        if decided.state == "approved" and self.on_approved is not None:
-            self._spawn(self.on_approved(decided), f"approved {approval_id}")
+        if decided.state == "approved":
+            self._forward(decided)
         return decided
 
     async def refused_decision(self, approval_id: str, why: str) -> None:
@@ -227,13 +234,19 @@ class ApprovalDesk:
 
     async def sweep_forever(self) -> None:
         """Expire and void approvals as their time comes (every replica; the store makes
-        each ending happen once)."""
+        each ending happen once), and forward approved calls left unforwarded (the replica
+        that saw the approval died or stopped before forwarding it)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
-                await self.list()
+                found = await self.list()
             except BrokerError as err:
                 log.warning("approvals not swept this round: %s", err.reason)
+                continue
+            late = time.time() - LATE_FORWARD_S
+            for record in found:
+                if record.state == "approved" and record.decided_at < late:
+                    self._forward(record)
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -241,14 +254,29 @@ class ApprovalDesk:
         if self._notify is not None:
             self._notify(event, record)
 
-    def _spawn(self, work: Awaitable[None], name: str) -> None:
-        async def run() -> None:
-            await work
+    def _forward(self, record: ApprovalRecord) -> None:
+        """Forward an approved call (``on_approved``) unless this process is at it already;
+        the store's single use makes racing replicas forward it once."""
+        if self.on_approved is None or record.id in self._forwarding:
+            return
+        self._forwarding.add(record.id)
+        self._spawn(self.on_approved(record), f"approved {record.id}", record.id)
 
-        if self._tasks is not None:
-            self._tasks.spawn(run(), name)
-        else:
+    def _spawn(self, work: Awaitable[None], name: str, approval_id: str) -> None:
+        async def run() -> None:
+            try:
+                await work
+            finally:
+                self._forwarding.discard(approval_id)
+
+        if self._tasks is None:
             asyncio.get_running_loop().create_task(run(), name=name)
+            return
+        try:
+            self._tasks.spawn(run(), name)
+        except RuntimeError:  # shutting down: another replica's sweep forwards it
+            self._forwarding.discard(approval_id)
+            log.warning("%s: not started, the broker is shutting down", name)
 
 
 @dataclass(slots=True)

@@ -17,8 +17,7 @@ from broker.cli.admin_client import call_admin
 from broker.cli.output import EXIT_USAGE, Output, Table, key_values
 
 APPROVER_TOKEN_ENV = "A2A_BROKER_APPROVER_TOKEN"  # noqa: S105 - a variable name
-COLUMNS = ("id", "state", "requester", "target", "operation", "skill", "expires_at",
-           "approved_by", "decided_by", "reason")
+COLUMNS = ("id", "state", "requester", "target", "call", "expires_at", "approved_by")
 
 
 def add_approvals_parser(sub: Any, default_url: str) -> None:
@@ -58,7 +57,10 @@ def approval_table(body: Any) -> Iterable[Table]:
 
 
 def _row(approval: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(approval.get(column) for column in COLUMNS)
+    skill = approval.get("skill")
+    call = f"{approval.get('operation')}:{skill}" if skill else approval.get("operation")
+    return (approval["id"], approval["state"], approval["requester"], approval["target"], call,
+            approval["expires_at"], approval["approved_by"])
 
 
 def _list(args: argparse.Namespace) -> int:

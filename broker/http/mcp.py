@@ -1,4 +1,6 @@
-"""The MCP edge (Streamable HTTP): thin, like the A2A and LLM edges.
+"""The MCP edge (Streamable HTTP): thin, like the A2A and LLM edges. A POST takes the raw ASGI
+path (``broker.http.mediation.MediationEdges``, as A2A and LLM calls do); the Litestar routes
+below answer the rest, and a POST when the app runs without that front.
 
     POST   /mcp/{server}   one registered MCP server        (a JSON-RPC message)
     POST   /mcp            the virtual server over every server registered with aggregate = true

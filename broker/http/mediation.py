@@ -32,6 +32,8 @@ from broker.errors import (
 )
 from broker.http.state import AnyRequest, runtime_of
 from broker.llm.context import CallKind, LlmContext
+from broker.mcp.context import VIRTUAL, McpContext
+from broker.mcp.wire import error_reply as mcp_error_reply
 from broker.protocols.a2a.wire import error_reply
 from broker.protocols.llm.wire import openai_error_reply
 from broker.types import Binding, MediationContext, Outcome, Reply
@@ -130,9 +132,10 @@ class MediationEdges:
     """The ASGI app the server runs: the mediation paths raw, the rest to ``app``.
 
     ``/agents/{name}/jsonrpc[/]`` (POST), ``/agents/{name}/rest/...`` (GET, POST, DELETE),
-    and the OpenAI-compatible calls ``/v1/chat/completions`` and ``/v1/embeddings`` (POST),
-    matched as their Litestar routes match them; what the runtime needs is read from
-    ``app.state`` once started. ``max_body``: the body limit Litestar applies to its routes.
+    the OpenAI-compatible calls ``/v1/chat/completions`` and ``/v1/embeddings`` (POST), and
+    MCP calls ``/mcp`` and ``/mcp/{server}`` (POST), matched as their Litestar routes match
+    them; what the runtime needs is read from ``app.state`` once started. ``max_body``: the
+    body limit Litestar applies to its routes.
     """
 
     def __init__(self, app: Any, max_body: int) -> None:
@@ -164,7 +167,21 @@ class MediationEdges:
                 outcome = self._state.runtime.llm.call(call)
                 await _answer(outcome, openai_error_reply, scope, receive, send)
                 return
+            elif scope["method"] == "POST" and (server := _mcp_server(path)) is not None:
+                mcp = self._mcp_context(scope, receive, server)
+                await _answer(self._state.runtime.mcp.call(mcp), _mcp_refusal, scope, receive,
+                              send)
+                return
         await self.app(scope, receive, send)
+
+    def _mcp_context(self, scope: Any, receive: Receive, server: str) -> McpContext:
+        raw = scope["headers"]
+        return McpContext(
+            server_name=server,
+            raw_headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw),
+            headers=scope_headers(raw),
+            read_body=asgi_body_reader(receive, self._max_body, raw),
+        )
 
     def _context(self, scope: Any, receive: Receive) -> MediationContext | None:
         name, _, rest = scope["path"][len("/agents/") :].partition("/")
@@ -288,6 +305,20 @@ async def send_outcome(outcome: Outcome, scope: Scope, receive: Receive, send: S
     headers.append((b"content-length", str(len(outcome.body)).encode("latin-1")))
     await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
     await send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+
+
+def _mcp_server(path: str) -> str | None:
+    """The MCP server a path names (``VIRTUAL`` for ``/mcp``), as the Litestar routes match;
+    None: not an MCP call path."""
+    if path == "/mcp":
+        return VIRTUAL
+    name = path[len("/mcp/") :] if path.startswith("/mcp/") else ""
+    return name if name and "/" not in name else None
+
+
+def _mcp_refusal(err: BrokerError) -> Reply:
+    reply = mcp_error_reply(err, None)
+    return Reply(reply.status, reply.body, headers=reply.headers)
 
 
 def _raw_tail_of(scope: Scope, name: str, tail: str) -> str:

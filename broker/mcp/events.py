@@ -5,7 +5,7 @@ stream: notifications (progress, log messages), requests of its own (sampling, e
 last, the response. The relay reads each event as it arrives, reads its message with the same
 rules as the caller's (``broker.mcp.reading``), lets ``on_message`` look at it or rewrite it
 (list filtering, the virtual server's names), and sends a fresh SSE frame for it at once: the
-stream is never buffered whole (the events are cut by ``broker.sse.SseParser``, the parser
+stream is never buffered whole (the events are cut by ``broker.protocols.sse.SseParser``, the parser
 every relay of the broker shares). Keep-alive comments are passed on. A server that sends something
 that is not an MCP message, goes quiet for longer than ``idle_timeout_s`` or sends an event
 larger than ``max_event_bytes`` gets the stream ended with a JSON-RPC error answering the

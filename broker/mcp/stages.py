@@ -38,7 +38,7 @@ from broker.mcp.servers import McpServerRegistry
 from broker.mcp.sessions import SessionSeal, check_session_version
 from broker.mcp.wire import error_body, error_reply, sse_frame
 from broker.observability import tracing
-from broker.observability.record import outcome_of
+from broker.observability.record import observe_mcp_call, outcome_of
 from broker.policy.decision import NO_POLICY_VERSION, Decision
 from broker.policy.engine import PolicyEngine
 from broker.settings import DelegationSettings
@@ -99,6 +99,7 @@ async def _logged(ctx: McpContext, reply: StreamReply) -> AsyncIterator[bytes]:
 
 
 def log_mcp_call(ctx: McpContext, status: int, stream_end: str | None = None) -> None:
+    observe_mcp_call(ctx, status)  # the call's metrics
     if ctx.span is not None:
         _end_span(ctx, status, stream_end)
     if not log.isEnabledFor(logging.INFO):

@@ -31,6 +31,7 @@ from broker.observability import metrics, tally, tracing
 if TYPE_CHECKING:
     from broker.budgets.model import Usage
     from broker.llm.context import LlmContext
+    from broker.mcp.context import McpContext
     from broker.types import MediationContext
 
 NOBODY = "-"  # no verified caller, or no registered target
@@ -223,6 +224,46 @@ def _span_attributes(
     if tree:
         attributes["a2a_broker.tree"] = tree
     return attributes
+
+
+# MCP methods a metric names; any other a caller sends is counted as "mcp:other" (labels stay
+# bounded whatever callers send).
+_MCP_METHODS = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "tools/call", "prompts/list",
+    "prompts/get", "resources/list", "resources/templates/list", "resources/read",
+    "resources/subscribe", "resources/unsubscribe", "completion/complete", "logging/setLevel",
+})  # fmt: skip
+
+
+def mcp_operation(method: str) -> str:
+    """The operation label of an MCP method: a known one, a notification, or other."""
+    if method in _MCP_METHODS:
+        return f"mcp:{method}"
+    return "mcp:notification" if method.startswith("notifications/") else "mcp:other"
+
+
+def observe_mcp_call(ctx: McpContext, status: int) -> None:
+    """The hook of the MCP call log line (a stream: when it ends). The target is
+    ``mcp:<server>`` only for a registered server (or ``mcp:*``, the virtual server), so a
+    made-up URL adds no label value."""
+    total_s = time.perf_counter() - ctx.started
+    caller = ctx.caller or NOBODY
+    target = ctx.target if ctx.server is not None or ctx.virtual else NOBODY
+    operation = mcp_operation(ctx.message.method if ctx.message is not None else "")
+    outcome = outcome_of(ctx.error, status, ctx.upstream_status)
+    observe_request(
+        caller=caller,
+        target=target,
+        operation=operation,
+        binding="mcp",
+        outcome=outcome,
+        error=ctx.error,
+        total_s=total_s,
+        added_s=None,
+        policy_decided=bool(ctx.policy_version),
+    )
+    seen = (ctx.request_id, caller, target, operation, "mcp", outcome)
+    recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, ctx.tree or ""))
 
 
 def observe_llm_usage(model: str, usage: Usage) -> None:

@@ -21,13 +21,13 @@ from broker.datacontrols import DataControls
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.errors import BrokerError
 from broker.mcp.approvals import McpApprovals
-from broker.mcp.audit import McpAudit
+from broker.mcp.audit import McpAudit, mcp_fields
 from broker.mcp.context import McpCallNext, McpContext, McpStage
 from broker.mcp.datacontrols import McpDataView
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
 from broker.mcp.reading import SESSION_HEADER
 from broker.mcp.servers import McpServerRegistry, upstream_headers
-from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal
+from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal, UpstreamSession
 from broker.mcp.stages import (
     McpGuards,
     McpJudge,
@@ -42,6 +42,7 @@ from broker.mcp.stages import (
     refusal,
 )
 from broker.mcp.virtual import VirtualServer
+from broker.observability.tracing import traced
 from broker.outbound.transport import Transport
 from broker.pipeline.stage import fold
 from broker.policy.engine import PolicyEngine
@@ -158,29 +159,38 @@ class McpGateway:
     and the end of a session (``DELETE``)."""
 
     def __init__(self, parts: McpParts) -> None:
-        self.call: McpCallNext = fold(mcp_stages(parts))
+        self.call: McpCallNext = fold(traced(mcp_stages(parts)))
         self._parts = parts
         self._sessions = SessionSeal(parts.sealer, parts.settings.mcp.session_ttl_s)
 
     async def end_session(self, ctx: McpContext) -> Outcome:
         """``DELETE`` of a session the caller holds: each server's side is ended with the
-        broker's credential; the broker keeps nothing to forget (decision 0047)."""
+        broker's credential; the broker keeps nothing to forget (decision 0047). The end is
+        an audit event; a refusal (no credential, not this caller's session) one record."""
         try:
-            caller = await self._parts.authenticate.identify(ctx.headers.get("authorization"))
+            ctx.caller = await self._parts.authenticate.identify(ctx.headers.get("authorization"))
             token = ctx.headers.get(SESSION_HEADER, "")
-            upstreams = self._sessions.open(caller, ctx.server_name, token)
+            upstreams = self._sessions.open(ctx.caller, ctx.server_name, token)
         except BrokerError as err:
-            return refusal(ctx, err)
+            ctx.error = err
+            reply = refusal(ctx, err)
+            await self._parts.audit.record(mcp_fields(ctx, phase="refused", status=reply.status))
+            return reply
+        registered = {s.name for s in self._parts.registry.all()}
         for name, session in upstreams.items():
-            if not session.session_id or name not in {s.name for s in self._parts.registry.all()}:
-                continue
-            server = self._parts.registry.get(name)
-            headers = upstream_headers(server, (), protocol_version=session.protocol_version,
-                                       session=session)
-            try:
-                answer = await self._parts.transport.send(
-                    "DELETE", server.url, headers=headers, body=None, stream=False)
-                answer.close()
-            except BrokerError:
-                continue  # the server's session expires by itself
+            if session.session_id and name in registered:
+                await self._end_upstream(name, session)
+        await self._parts.audit.event("mcp.session", ctx.caller, action="end",
+                                      target=ctx.target, request_id=ctx.request_id)
         return Reply(204, b"")
+
+    async def _end_upstream(self, name: str, session: UpstreamSession) -> None:
+        server = self._parts.registry.get(name)
+        headers = upstream_headers(server, (), protocol_version=session.protocol_version,
+                                   session=session)
+        try:
+            answer = await self._parts.transport.send(
+                "DELETE", server.url, headers=headers, body=None, stream=False)
+            answer.close()
+        except BrokerError:
+            return  # the server's session expires by itself

@@ -102,7 +102,7 @@ class _Held:
 
 
 class A2aEventScanner:
-    """Scans the events of one A2A stream in the broker's framing (``broker.answers``)."""
+    """Scans the events of one A2A stream in the broker's framing (``protocols.a2a.answers``)."""
 
     def __init__(self, ctx: MediationContext, scan: Scan) -> None:
         self._ctx = ctx

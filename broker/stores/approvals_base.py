@@ -8,7 +8,7 @@ the same digest, atomically. Pending approvals expire at ``expires_at``; every r
 forgotten ``retain_s`` after it was created past its expiry (a TTL in Redis), so the store
 holds only what is alive.
 
-The contract suite is ``tests/contract/test_approvals.py`` (memory and every Redis mode).
+The contract suite is ``tests/contract/test_approval_store.py`` (memory and every Redis mode).
 """
 
 from __future__ import annotations
@@ -82,9 +82,13 @@ class ApprovalStore(abc.ABC):
     backend that cannot reach its storage raises ``StoreUnavailableError``."""
 
     @abc.abstractmethod
-    async def create(self, record: ApprovalRecord, call: bytes, retain_s: float) -> None:
+    async def create(
+        self, record: ApprovalRecord, call: bytes, retain_s: float
+    ) -> ApprovalRecord:
         """Store a new pending ``record`` and the ``call`` it holds (opaque bytes), kept until
-        ``record.expires_at + retain_s``."""
+        ``record.expires_at + retain_s``, and return it; unless an approval for the same
+        digest is still pending: that one is returned and nothing is stored (the same call
+        sent again while it waits is the same request)."""
 
     @abc.abstractmethod
     async def get(self, approval_id: str) -> ApprovalRecord | None:

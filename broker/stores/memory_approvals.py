@@ -27,10 +27,18 @@ class MemoryApprovalStore(ApprovalStore):
 
     def __init__(self) -> None:
         self._kept: dict[str, _Kept] = {}
+        self._by_digest: dict[str, str] = {}
 
-    async def create(self, record: ApprovalRecord, call: bytes, retain_s: float) -> None:
+    async def create(
+        self, record: ApprovalRecord, call: bytes, retain_s: float
+    ) -> ApprovalRecord:
         self._sweep()
+        held = self._live(self._by_digest.get(record.digest, ""))
+        if held and held.record.state == PENDING and time.time() < held.record.expires_at:
+            return held.record
         self._kept[record.id] = _Kept(record, call, record.expires_at + retain_s)
+        self._by_digest[record.digest] = record.id
+        return record
 
     async def get(self, approval_id: str) -> ApprovalRecord | None:
         kept = self._live(approval_id)
@@ -118,3 +126,4 @@ class MemoryApprovalStore(ApprovalStore):
         now = time.time()
         for approval_id in [i for i, k in self._kept.items() if k.forget_at <= now]:
             del self._kept[approval_id]
+        self._by_digest = {d: i for d, i in self._by_digest.items() if i in self._kept}

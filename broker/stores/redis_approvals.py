@@ -8,6 +8,8 @@ Every key shares the hash tag ``{approvals}``, so each script's keys sit in one 
   line), ``votes`` (who approved, one per line), ``quorum``, ``by``, ``why``, ``at``,
   ``agent_task``; ``call`` and ``answer`` hold the held call and the agent's answer.
 - ``<prefix>:approval:{approvals}:index``: sorted set, approval id -> when it is forgotten.
+- ``<prefix>:approval:{approvals}:digest:<sha256>``: the approval holding that action, until
+  it expires (a second request for the same action while it waits gets the same approval).
 
 Each step that reads before it writes (decide, consume, end, create) is one Lua script.
 """
@@ -38,7 +40,9 @@ class RedisApprovalStore(ApprovalStore):
         self._end = client.register_script(lua_source("approval_end.lua"))
 
     @unavailable_on_error
-    async def create(self, record: ApprovalRecord, call: bytes, retain_s: float) -> None:
+    async def create(
+        self, record: ApprovalRecord, call: bytes, retain_s: float
+    ) -> ApprovalRecord:
         static = {
             k: v for k, v in msgspec.to_builtins(record).items() if k not in _STATIC_EXCLUDED
         }
@@ -58,10 +62,16 @@ class RedisApprovalStore(ApprovalStore):
         }
         forget_at = record.expires_at + retain_s
         flat = [x for pair in fields.items() for x in pair]
-        await self._create(
-            keys=[self._key(record.id), self._index],
-            args=[record.id, repr(forget_at), repr(record.created_at), *flat],
-        )
+        digest_key = f"{self._base}digest:{record.digest}"
+        seen = _text(await self._client.get(digest_key) or b"")
+        in_force = _text(await self._create(
+            keys=[self._key(record.id), self._index, digest_key, self._key(seen or record.id)],
+            args=[record.id, repr(forget_at), repr(record.created_at), repr(record.expires_at),
+                  seen, *flat],
+        ))  # fmt: skip
+        if in_force == record.id:
+            return record
+        return await self.get(in_force) or record
 
     @unavailable_on_error
     async def get(self, approval_id: str) -> ApprovalRecord | None:

@@ -47,6 +47,7 @@ class Recorded:
     path: str
     authorization: str | None
     body: dict[str, Any]
+    traceparent: str | None = None  # the trace context the broker passed on
 
 
 @dataclass
@@ -81,7 +82,10 @@ class FakeLlm:
 
     async def _record(self, request: web.Request) -> dict[str, Any] | web.Response:
         body = await request.json()
-        self.recorded.append(Recorded(request.path, request.headers.get("Authorization"), body))
+        headers = request.headers
+        self.recorded.append(
+            Recorded(request.path, headers.get("Authorization"), body, headers.get("traceparent"))
+        )
         if self.mode.hang:
             await asyncio.sleep(3600)
         if self.mode.fail:

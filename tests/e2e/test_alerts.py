@@ -168,7 +168,7 @@ async def test_a_call_rate_far_above_the_edge_s_baseline(mesh: Mesh) -> None:
         await asyncio.sleep(BUCKET_S + 0.2)  # one bucket of history: a baseline of about 1
         await asyncio.gather(
             *(hop_reply(http, mesh, "alice", "c", plan(new_marker("r")), via=i % 2)
-              for i in range(24))
+              for i in range(30))
         )  # fmt: skip
         found = await _wait_for(http, mesh, "call_rate", "alice>c")
         assert len(found) == 1
@@ -210,7 +210,9 @@ async def test_a_budget_burning_faster_than_its_window_allows(mesh: Mesh) -> Non
             await hop_reply(http, mesh, "spender", "b", plan(new_marker("s")))
         found = await _wait_for(http, mesh, "budget_burn", "agent:spender")
         assert len(found) == 1
-        assert found[0]["detail"]["used"] == 4
+        # Early in the hour it may fire before the fourth call: from half the budget on.
+        spent = found[0]["detail"]["used"] + found[0]["detail"]["reserved"]
+        assert 2 <= spent <= 4
 
 
 def _signed(card: dict[str, Any], kid: str) -> dict[str, Any]:

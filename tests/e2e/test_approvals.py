@@ -389,6 +389,8 @@ async def test_an_llm_call_waits_for_approval_and_its_retry_goes_ahead_once(
     approval = held.headers["a2a-broker-approval"]
     assert held.headers["retry-after"] == "2"
     retry = {"a2a-broker-approval": approval}
+    same = await client.post(url, json=chat("fake-large", marker))  # no header: same request
+    assert same.status_code == 403 and same.headers["a2a-broker-approval"] == approval
     still = await client.post(url, json=chat("fake-large", marker), headers=retry)
     assert still.status_code == 403 and still.headers["a2a-broker-approval"] == approval
     assert await provider_saw(rig, marker) == 0
@@ -480,6 +482,16 @@ async def test_an_approver_decides_on_the_console(
     done = await task_state(client, approval, TaskState.TASK_STATE_COMPLETED)
     assert done.status.state == TaskState.TASK_STATE_COMPLETED
     assert len(await recorded_with(rig, text)) == 1
+    # And denies another: its task ends REJECTED with his reason.
+    [denied] = [e async for e in client.send_message(send_request(unique_text("deny")))]
+    await page.goto(f"{base}/approvals")
+    other = page.locator(f"#approval-row-{denied.task.id}")
+    await other.locator("input[name=approver_token]").fill(APPROVER_TOKENS["oscar"])
+    await other.locator("input[name=reason]").fill("not this one")
+    await other.locator("button.deny").click()
+    await expect(other.locator(".state")).to_have_text("denied")
+    ended = await task_state(client, denied.task.id, TaskState.TASK_STATE_REJECTED)
+    assert "not this one" in ended.status.message.parts[0].text
 
 
 async def _shot(page: Page, name: str) -> None:

@@ -32,6 +32,7 @@ from testkit.config import credential_sha256
 from testkit.procs import free_port, start_services
 
 from .conftest import (
+    BINDINGS,
     ECHO_UPSTREAM_TOKEN,
     ECHO_UPSTREAM_TOKEN_ENV,
     Upstream,
@@ -188,14 +189,16 @@ async def test_a_blocked_secret_is_refused_with_the_documented_error_and_goes_no
     assert [r["detail"]["data.request"] for r in refusals] == ["secret:github_token 1 block"] * 2
 
 
-async def test_an_agent_s_streamed_answer_is_redacted_for_the_sdk_client(
-    data_broker: DataBroker,
+@pytest.mark.parametrize("streaming", [True, False], ids=["stream", "unary"])
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_an_agent_s_answer_is_redacted_for_the_sdk_client(
+    data_broker: DataBroker, binding: str, streaming: bool
 ) -> None:
     email, marker = Canaries().values["pii:email"], uuid.uuid4().hex
     headers = {"Authorization": f"Bearer {data_broker.alice}"}
     async with httpx.AsyncClient(headers=headers, timeout=10, trust_env=False) as http:
         sdk = await client_for(
-            http, f"{data_broker.url}/agents/echo", "JSONRPC", streaming=True
+            http, f"{data_broker.url}/agents/echo", binding, streaming=streaming
         )
         events = [e async for e in sdk.send_message(send_request(f"{marker} to {email}"))]
         [echo_saw] = await recorded_requests(http, data_broker.echo, marker)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 from google.protobuf.json_format import MessageToDict
@@ -31,6 +32,7 @@ from broker.settings import load_settings
 from testkit.config import BrokerConfig
 from testkit.procs import free_port, launch_service, local_url
 
+from .fake_llm import FakeLlm
 from .hopper import CREDENTIALS_ENV, hopper_card
 from .mesh import new_marker, plan
 from .wire import jsonrpc, user_message
@@ -39,6 +41,7 @@ pytestmark = pytest.mark.e2e
 AGENTS = ["a", "b", "c"]
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
+MODEL = "fake-small"
 
 _exporter = InMemorySpanExporter()
 _installed: list[bool] = []
@@ -57,7 +60,9 @@ def _install_provider() -> None:
 
 
 @contextlib.asynccontextmanager
-async def broker_in_process(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+async def broker_in_process(
+    tmp_path: Path, provider_url: str = ""
+) -> AsyncIterator[dict[str, Any]]:
     credentials = {name: secrets.token_urlsafe(18) for name in [*AGENTS, "alice"]}
     port, hopper_port = free_port(), free_port()
     broker = local_url(port)
@@ -69,6 +74,8 @@ async def broker_in_process(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     config = BrokerConfig(port=port).set("registry", cards_dir=str(cards))
     config.set("audit", backend="file", dir=str(tmp_path / "audit"))
     config.set("tracing", enabled=True, exporter="none").identities(credentials)
+    if provider_url:
+        config.set("llm.providers.fake", base_url=provider_url, models=[MODEL])
     settings = load_settings(str(config.write(tmp_path / "broker.toml")))
     hopper = launch_service(
         "tests.e2e.hopper",
@@ -173,6 +180,31 @@ async def test_a_refusal_is_a_failed_span_in_a_new_trace(tmp_path: Path) -> None
     assert span.parent is None  # no traceparent came: the broker started the trace
     assert not span.status.is_ok
     assert _attr(span, "a2a_broker.outcome") == "refused"
+
+
+async def test_an_llm_call_is_a_span_whose_context_the_provider_gets(tmp_path: Path) -> None:
+    _install_provider()
+    _exporter.clear()
+    provider = FakeLlm()
+    await provider.start()
+    try:
+        async with broker_in_process(tmp_path, provider.url) as broker:
+            client = openai.AsyncOpenAI(
+                base_url=f"{broker['url']}/v1", api_key=broker["credentials"]["alice"],
+                max_retries=0, http_client=httpx.AsyncClient(trust_env=False, timeout=10),
+                default_headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+            )  # fmt: skip
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+            )
+    finally:
+        await provider.stop()
+    (span,) = _broker_spans(CALLER_TRACE)
+    assert span.name == "llm:chat" and span.context is not None and span.parent is not None
+    assert _hex(span.parent.span_id, 16) == CALLER_SPAN
+    assert _attr(span, "a2a_broker.target") == f"model:{MODEL}"
+    (seen,) = provider.recorded
+    assert seen.traceparent == f"00-{CALLER_TRACE}-{_hex(span.context.span_id, 16)}-01"
 
 
 def _attr(span: ReadableSpan, name: str) -> Any:

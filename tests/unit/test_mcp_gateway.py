@@ -23,10 +23,12 @@ from broker.containment.global_kill import GlobalKillSwitch
 from broker.datacontrols import DataControls, DataControlsSettings, DataRule
 from broker.delegation.tokens import TokenMinter, TokenVerifier
 from broker.http.mcp import mcp_route_handlers
+from broker.http.mediation import MediationEdges
 from broker.identity.credentials import credential_digest
 from broker.identity.keys import BrokerKeys
 from broker.mcp.servers import McpServer, McpServerRegistry
 from broker.mcp.sessions import Sealer, derive_seal_key
+from broker.observability import record as observed
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport
 from broker.pipeline.mcp import McpGateway, McpParts
 from broker.policy.engine import PolicyEngine
@@ -147,7 +149,7 @@ class World:
 
 def _world(
     server: Server, *, tool_limit: int = 0, timeout_s: float = 5.0,
-    data: DataControls | None = None,
+    data: DataControls | None = None, raw_edge: bool = False,
 ) -> World:
     stores = MemoryBackend().stores()
     engine = PolicyEngine(DEFAULT_MODEL.read_text())
@@ -175,7 +177,8 @@ def _world(
         datacontrols=data))
     app = Litestar(route_handlers=mcp_route_handlers, openapi_config=None)
     app.state.runtime = SimpleNamespace(mcp=gateway)
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
+    served: Any = MediationEdges(app, 4096) if raw_edge else app  # as `a2a-broker serve` runs
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=served), base_url=ISSUER)
     return World(server, audit, http, stores, desk, kill)
 
 
@@ -213,6 +216,9 @@ async def test_a_tool_call_reaches_the_server_with_its_credential_never_the_call
 
 async def test_a_denied_call_is_refused_audited_and_never_sent(world: World) -> None:
     answer = await world.post(_call("delete_repo", rid=7, repo="prod"))
+    seen = observed.recent[-1]  # what the console's live traffic shows, and the metrics count
+    assert (seen.binding, seen.target, seen.operation, seen.outcome, seen.reason) == (
+        "mcp", "mcp:tools", "mcp:tools/call", "refused", "POLICY_DENIED")
     assert answer.status_code == 200  # a JSON-RPC error, as on the A2A edge
     assert answer.json()["id"] == 7
     assert answer.json()["error"]["data"][0]["reason"] == "POLICY_DENIED"
@@ -259,6 +265,11 @@ async def test_initialize_seals_the_servers_session_and_delete_ends_it(world: Wo
     assert ended.status_code == 204
     assert world.server.seen[-1].method == "DELETE"
     assert world.server.seen[-1].headers["mcp-session-id"] == "upstream-1"
+    assert world.audit.records[-1]["kind"] == "mcp.session"
+    stolen = await world.http.delete("/mcp/tools", headers={
+        "authorization": "Bearer cred-alice", "mcp-session-id": session[:-4] + "AAAA"})
+    assert stolen.status_code == 404
+    assert world.audit.records[-1]["reason"] == "MCP_SESSION_NOT_FOUND"
     stream = await world.http.get("/mcp/tools", headers={"authorization": "Bearer cred-alice"})
     assert stream.status_code == 405
 
@@ -351,3 +362,16 @@ async def test_data_controls_redact_what_a_tool_answers() -> None:
     assert EMAIL in (world.server.seen[0].body or b"").decode()  # the request went as sent
     text = answer["result"]["content"][0]["text"]
     assert EMAIL not in text and "mail <" in text
+
+
+async def test_the_raw_asgi_edge_serves_mcp_posts_as_the_routes_do() -> None:
+    world = await _ready(_world(Server(), raw_edge=True))
+    answer = await world.post(_call("add"))
+    assert answer.json()["result"]["content"][0]["text"] == "done"
+    assert answer.headers["a2a-broker-request-id"]
+    virtual = await world.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, path="/mcp",
+                               **{"mcp-protocol-version": "2026-07-28"})
+    assert virtual.json() == {"jsonrpc": "2.0", "id": 3, "result": {}}
+    too_big = await world.post(_call("add", pad="x" * 5000))
+    assert too_big.json()["error"]["data"][0]["reason"] == "BODY_TOO_LARGE"
+    assert (await world.http.get("/mcp/tools")).status_code == 405  # to the Litestar routes

@@ -16,7 +16,7 @@ def pending(quorum: int = 1, ttl_s: float = 60.0, **changes: object) -> Approval
     now = time.time()
     fields: dict[str, object] = {
         "id": uuid.uuid4().hex,
-        "digest": "d" * 64,
+        "digest": uuid.uuid4().hex * 2,
         "requester": "planner",
         "chain": ("user", "planner"),
         "target": "researcher",
@@ -42,6 +42,19 @@ async def test_created_pending_is_read_back_with_its_call(stores: Stores) -> Non
     assert await stores.approvals.get("nope") is None
 
 
+async def test_the_same_action_while_it_waits_is_the_same_request(stores: Stores) -> None:
+    approvals = stores.approvals
+    first = pending()
+    assert await approvals.create(first, b"call", RETAIN_S) == first
+    again = pending(digest=first.digest)
+    assert await approvals.create(again, b"call", RETAIN_S) == first
+    assert await approvals.get(again.id) is None
+    other = pending()
+    assert await approvals.create(other, b"call", RETAIN_S) == other
+    await approvals.decide(first.id, "alice", False, "no", time.time())
+    assert await approvals.create(again, b"call", RETAIN_S) == again  # a new request now
+
+
 async def test_approve_then_consume_once_for_the_same_digest(stores: Stores) -> None:
     approvals = stores.approvals
     record = pending()
@@ -51,7 +64,7 @@ async def test_approve_then_consume_once_for_the_same_digest(stores: Stores) -> 
     assert decided.record.state == "approved"
     assert decided.record.approved_by == ("alice",)
     assert decided.record.decided_by == "alice" and decided.record.reason == "looks fine"
-    wrong = await approvals.consume(record.id, "e" * 64, time.time())
+    wrong = await approvals.consume(record.id, "e" * 64, time.time())  # another action
     assert wrong.status == "digest_mismatch"
     used = await approvals.consume(record.id, record.digest, time.time())
     assert used.ok and used.record is not None and used.record.state == "used"

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import msgspec
 import pytest
 from stage_kit import MINTER, Next, ctx
 
+from broker.approvals import desk as desk_module
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
@@ -127,7 +129,8 @@ def desk_for(stores: Stores, audit: Audit | None = None, **settings: Any) -> App
 
 async def request(desk: ApprovalDesk, tree: str = "t1") -> Any:
     return await desk.request(
-        b"call", digest="d" * 64, requester="planner", chain=("alice", "planner"),
+        b"call", digest=f"{tree}-{uuid.uuid4().hex}", requester="planner",
+        chain=("alice", "planner"),
         target="researcher", operation="SendMessage", tree=tree, summary="s", rule="r",
     )  # fmt: skip
 
@@ -141,9 +144,9 @@ async def test_every_step_is_audited_and_the_chain_never_decides() -> None:
             await desk.decide(record.id, person, True, "")
     approved = await desk.decide(record.id, "oscar", True, "ok")
     assert approved.state == "approved"
-    await desk.consume(record.id, "d" * 64)
+    await desk.consume(record.id, record.digest)
     with pytest.raises(ApprovalNotUsableError):
-        await desk.consume(record.id, "d" * 64)
+        await desk.consume(record.id, record.digest)
     assert audit.actions() == [
         "approval.request", *["approval.refused"] * 3, "approval.approve", "approval.use",
         "approval.use_refused",
@@ -396,3 +399,33 @@ async def test_an_approved_call_answered_without_a_task_ends_the_brokers_task(
     asked.operation, asked.task_id = GET_TASK, approval
     reply = await ApprovalTasks(approvals)(asked, Next())
     assert msgspec.json.decode(reply.body)["result"]["status"]["state"] == state  # type: ignore[union-attr]
+
+
+async def test_an_approved_call_left_unforwarded_is_forwarded_by_another_replicas_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(desk_module, "LATE_FORWARD_S", 0.0)
+    monkeypatch.setattr(desk_module, "SWEEP_INTERVAL_S", 0.01)
+    stores = await stores_with_agents()
+    gone = desk_for(stores)  # saw the approval, then died before forwarding
+    record = await request(gone)
+    await gone.decide(record.id, "oscar", True, "")
+    survivor = desk_for(stores)
+    forwarded: list[str] = []
+
+    async def forward(approved: Any) -> None:
+        forwarded.append(approved.id)
+        await survivor.consume(approved.id, approved.digest)
+
+    survivor.on_approved = forward
+    sweeping = asyncio.create_task(survivor.sweep_forever())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if forwarded:
+                break
+    finally:
+        sweeping.cancel()
+    await asyncio.sleep(0.05)
+    assert forwarded == [record.id]
+    assert (await stores.approvals.get(record.id)).state == "used"  # type: ignore[union-attr]
