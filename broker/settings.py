@@ -102,7 +102,7 @@ class StoreSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     replica_acks: Annotated[int, msgspec.Meta(ge=0)] = 0
     replica_ack_timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 100
     key_prefix: str = "a2ab"
-    # Redis: how many cluster slots the budget counters are spread over (decision 0037). 1 keeps
+    # Redis: how many cluster slots the budget counters are spread over (decision 0067). 1 keeps
     # every budget under one hash tag (one node of a cluster runs every budget script); S > 1
     # puts each scope in shard crc32(scope) mod S, so a fleet's budget work spreads over the
     # cluster's nodes. Never over a limit either way; with S > 1 two reserves racing across

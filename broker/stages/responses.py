@@ -8,8 +8,9 @@ Decoding is typed and partial (msgspec) so a large answer costs one C-level scan
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -122,10 +123,14 @@ class ResponseInspector:
         answer leaves the route to expire on its running TTL (the claim is retried late)."""
         assert ctx.target is not None and ctx.caller is not None  # noqa: S101
         route = TaskRoute(agent=ctx.target.name, task_id=task_id, owner=ctx.caller)
+        writes: list[Awaitable[object]] = [
+            self._routes.claim(route, self._finished_ttl, None, finished=True)
+        ]
+        if self._trees is not None and ctx.hop is not None:
+            writes.append(self._trees.remove(ctx.hop.tree, route.agent, task_id))
         try:
-            await self._routes.claim(route, self._finished_ttl, None, finished=True)
-            if self._trees is not None and ctx.hop is not None:
-                await self._trees.remove(ctx.hop.tree, route.agent, task_id)
+            # Together: one round trip per node (the route and the tree live in different slots).
+            await asyncio.gather(*writes)
         except StoreUnavailableError as err:
             log.debug("finished task %s at %s kept as running: %s", task_id, route.agent,
                       err.detail)  # fmt: skip
