@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from broker.approvals.action import action_digest
+from broker.approvals.continued import Names, continue_send, ids_of, shown, shown_event
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.held import (
     HELD_DECODER,
@@ -41,6 +42,9 @@ from broker.approvals.held import (
 )
 from broker.approvals.stages import pending_error
 from broker.errors import (
+    ApprovalDeniedError,
+    ApprovalNotUsableError,
+    ApprovalPendingError,
     BrokerError,
     PushNotificationNotSupportedError,
     TaskNotCancelableError,
@@ -128,7 +132,7 @@ class A2aApprovals:
             raise TaskNotFoundError
         if record.agent_task:  # the call was forwarded: the task is the agent's now
             for_agent_task(ctx, record.agent_task)
-            return await call_next(ctx)
+            return shown(await call_next(ctx), _names(record))
         context_id = await self._context_id(record.id)
         op = ctx.operation
         if op is GET_TASK:
@@ -144,6 +148,37 @@ class A2aApprovals:
             return StreamReply(self._waiting(ctx, record.id, context_id, forward=False,
                                              call_next=call_next))
         raise PushNotificationNotSupportedError
+
+    async def continued(self, ctx: MediationContext, approval_id: str) -> Names:
+        """Point a send that continues the broker-owned task ``approval_id`` (its
+        ``message.taskId``, or ``message.contextId`` for a new task in its context) at the
+        agent's task and context. Refused: ``TASK_NOT_FOUND`` (not the caller's),
+        ``APPROVAL_PENDING`` (not forwarded yet), ``APPROVAL_DENIED``, ``APPROVAL_NOT_USABLE``
+        (expired, voided, cancelled, or forwarded with no agent task to continue)."""
+        assert ctx.target is not None  # noqa: S101 - resolved earlier
+        record = await self.desk.current(approval_id)
+        if (record is None or record.protocol != "a2a" or record.requester != ctx.caller
+                or record.target != ctx.target.name):
+            raise TaskNotFoundError
+        if record.agent_task:
+            names = _names(record)
+            continue_send(ctx, names)
+            return names
+        ctx.approval_task = approval_id
+        if record.state in ("pending", "approved"):
+            raise ApprovalPendingError(
+                "The task awaits a human's approval; send the message again once the task has"
+                " left TASK_STATE_AUTH_REQUIRED.",
+                metadata={"approval_id": record.id, "expires_at": str(int(record.expires_at))},
+                retry_after=self.desk.settings.llm_retry_after_s,
+            )
+        if record.state == "denied":
+            raise ApprovalDeniedError(metadata={"approval_id": record.id, "reason": record.reason})
+        raise ApprovalNotUsableError(
+            "The task ended without an agent's task to continue "
+            f"({record.state}{': ' + record.reason if record.reason else ''}).",
+            metadata={"approval_id": record.id, "state": record.state},
+        )
 
     async def _now(self, record: ApprovalRecord, context_id: str) -> dict[str, Any]:
         """The broker's task; once forwarded with no task of the agent's to point at (the
@@ -213,10 +248,10 @@ class A2aApprovals:
         unary (its task may have ended already), else the agent's own subscription."""
         said = answered(await self.desk.store.answer(record.id) or b"")
         if said is not None:
-            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, said)
+            yield shown_event(wire.sse_event(ctx.binding, ctx.jsonrpc_id, said), _names(record))
             return
         for_agent_task(ctx, record.agent_task)
-        outcome = await call_next(ctx)
+        outcome = shown(await call_next(ctx), _names(record))
         if isinstance(outcome, StreamReply):
             async for event in outcome.events:
                 yield event
@@ -254,13 +289,13 @@ class A2aApprovals:
             await self.desk.end(approval_id, "voided", f"the approved call was refused: "
                                                         f"{err.reason}")
             raise
+        substituted = not held.context_id  # the broker showed its own id as the context
         if isinstance(outcome, Reply):
-            await self.desk.store.forwarded(approval_id, ctx.task_id or "", outcome.body)
-        elif ctx.task_id:
-            await self.desk.store.forwarded(approval_id, ctx.task_id, b"")
-        else:
-            return _claiming(outcome, ctx, self.desk, approval_id)
-        return outcome
+            task, context = ids_of(outcome.body)
+            await self.desk.store.forwarded(approval_id, ctx.task_id or task, outcome.body,
+                                            context if substituted else "")
+            return outcome
+        return _claiming(outcome, self.desk, approval_id, substituted=substituted)
 
     async def forward_unwatched(self, record: ApprovalRecord) -> None:
         """``ApprovalDesk.on_approved``: forward an approved A2A call nobody waits on."""
@@ -282,20 +317,32 @@ class A2aApprovals:
                 pass
 
 
+def _names(record: ApprovalRecord) -> Names:
+    return Names(record.id, record.agent_task, record.agent_context)
+
+
 def _claiming(
-    outcome: StreamReply, ctx: MediationContext, desk: ApprovalDesk, approval_id: str
+    outcome: StreamReply, desk: ApprovalDesk, approval_id: str, *, substituted: bool
 ) -> StreamReply:
-    """A stream whose task id is learnt from its first events: recorded once seen."""
+    """The agent's stream for the approved call, shown under the broker's ids: the agent's
+    task (and context) are learnt from the first event naming them, and recorded."""
 
     async def events() -> AsyncIterator[bytes]:
-        recorded = False
+        names: Names | None = None
         async for event in outcome.events:
-            yield event
-            if not recorded and ctx.task_id:
-                recorded = True
-                await desk.store.forwarded(approval_id, ctx.task_id, b"")
+            if names is None:
+                task, context = ids_of(_data_of(event))
+                if task:
+                    names = Names(approval_id, task, context if substituted else "")
+                    await desk.store.forwarded(approval_id, task, b"", names.agent_context)
+            yield event if names is None else shown_event(event, names)
 
     return StreamReply(events(), outcome.status, outcome.headers)
+
+
+def _data_of(event: bytes) -> bytes:
+    _, sep, rest = event.partition(b"data: ")
+    return rest.partition(b"\r\n")[0] if sep else b""
 
 
 class ApprovalTasks:
@@ -308,6 +355,12 @@ class ApprovalTasks:
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         op = ctx.operation
+        if op is not None and op.sends_message and ctx.reading is not None:
+            named = ctx.reading.task_id or ctx.reading.context_id
+            if named.startswith(TASK_PREFIX):
+                names = await self._approvals.continued(ctx, named)
+                return shown(await call_next(ctx), names)
+            return await call_next(ctx)
         if op is None or not op.task_scoped or not (ctx.task_id or "").startswith(TASK_PREFIX):
             return await call_next(ctx)
         return await self._approvals.task_operation(ctx, call_next)
