@@ -4,7 +4,8 @@ and the agent's answers are shown to the caller under the broker's ids.
 Once an approved call is forwarded, the caller's task ``approval-<hex>`` is the agent's task
 ``T`` (and, if the caller's message named no context, the broker's context ``approval-<hex>``
 is the agent's context ``C``). A send that continues the task (``message.taskId``, or a new
-task in the context, ``message.contextId``) is forwarded with ``T`` and ``C`` in their place,
+task in the context, ``message.contextId``) is forwarded with ``T`` and ``C`` in their place
+(and ``T`` for the broker's task among its ``referenceTaskIds``),
 re-encoded from the one reading of the body (``broker.protocols.a2a.reading``: the generic
 decode keeps the last of duplicate keys, as the agent's ``json.loads`` does; the reading has
 refused both spellings of a field already), never by replacing text. Every answer the agent
@@ -25,6 +26,7 @@ from broker.types import MediationContext, Outcome, Reply, StreamReply
 
 _ID_KEYS = ("id", "taskId", "task_id")
 _CONTEXT_KEYS = ("contextId", "context_id")
+_REFERENCE_KEYS = ("referenceTaskIds", "reference_task_ids")
 _encoder = msgspec.json.Encoder()
 
 
@@ -64,6 +66,9 @@ def continue_send(ctx: MediationContext, names: Names) -> None:
     for key in _CONTEXT_KEYS:
         if names.agent_context and message.get(key) == names.shown_task:
             message[key] = names.agent_context
+    for key in _REFERENCE_KEYS:
+        if isinstance(refs := message.get(key), list):
+            message[key] = [names.agent_task if r == names.shown_task else r for r in refs]
     if ctx.binding == "jsonrpc":
         ctx.params = msgspec.Raw(_encoder.encode(params))
     else:

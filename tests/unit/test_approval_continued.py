@@ -60,6 +60,7 @@ def follow_up(
     with a field the broker does not know, which must reach the agent too."""
     message = {"messageId": "m2", "role": "ROLE_USER", "taskId": approval,
                "contextId": approval, "parts": [{"text": "the users table"}],
+               "referenceTaskIds": [approval, "other"],
                "x-unknown": {"kept": [1, 2.5, None]}}  # fmt: skip
     params = {"message": message, "configuration": {"historyLength": 3}}
     made = ctx(caller=caller, target="researcher", operation=op)
@@ -101,6 +102,7 @@ async def test_a_reply_on_the_brokers_task_reaches_the_agents_task_and_is_answer
     message = sent_message(seen)
     assert message["taskId"] == "agent-T" and message["contextId"] == "agent-C"
     assert message["x-unknown"] == {"kept": [1, 2.5, None]}
+    assert message["referenceTaskIds"] == ["agent-T", "other"]
     assert message["parts"] == [{"text": "the users table"}]
     assert seen.task_id == "agent-T" and seen.approval_task == approval  # the audit names both
     assert isinstance(reply, Reply)
