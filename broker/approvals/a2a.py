@@ -10,7 +10,8 @@ agent's once the call is approved and forwarded.
   minted), exactly once (the approval is used up by the approval stage). The open stream, if
   any, forwards it and relays the agent's events; otherwise the replica that saw the approval
   does. From then on the broker's task id stands for the agent's task: GetTask, CancelTask and
-  SubscribeToTask on it are forwarded to the agent with the agent's task id.
+  SubscribeToTask on it, and sends that continue it, are forwarded to the agent with the
+  agent's task id, and the agent's answers name the broker's (``broker.approvals.continued``).
 * Denied: ``TASK_STATE_REJECTED``; expired or voided (tree killed, agent suspended) or failed
   to forward: ``TASK_STATE_FAILED``; cancelled by the caller: ``TASK_STATE_CANCELED``; the
   status message and ``metadata["a2a-broker/approval"]`` say why.
