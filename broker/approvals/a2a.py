@@ -133,7 +133,7 @@ class A2aApprovals:
             raise TaskNotFoundError
         if record.agent_task:  # the call was forwarded: the task is the agent's now
             for_agent_task(ctx, record.agent_task)
-            return shown(await call_next(ctx), _names(record))
+            return shown(await call_next(ctx), await self._names(record))
         context_id = await self._context_id(record.id)
         op = ctx.operation
         if op is GET_TASK:
@@ -162,7 +162,7 @@ class A2aApprovals:
                 or record.target != ctx.target.name):
             raise TaskNotFoundError
         if record.agent_task:
-            names = _names(record)
+            names = await self._names(record)
             continue_send(ctx, names)
             return names
         ctx.approval_task = approval_id
@@ -199,6 +199,14 @@ class A2aApprovals:
         failed = task_for(record, context_id, "The agent refused the approved call.")
         failed["status"]["state"] = "TASK_STATE_FAILED"
         return failed
+
+    async def _names(self, record: ApprovalRecord) -> Names:
+        """The broker's ids for the agent's; the context the broker showed is read (one more
+        store read) only when the agent's differs from it."""
+        if not record.agent_context:
+            return Names(record.id, record.agent_task)
+        shown_context = await self._context_id(record.id) or record.id
+        return Names(record.id, record.agent_task, record.agent_context, shown_context)
 
     async def _context_id(self, approval_id: str) -> str:
         raw = await self.desk.store.call(approval_id)
@@ -249,10 +257,11 @@ class A2aApprovals:
         unary (its task may have ended already), else the agent's own subscription."""
         said = answered(await self.desk.store.answer(record.id) or b"")
         if said is not None:
-            yield shown_event(wire.sse_event(ctx.binding, ctx.jsonrpc_id, said), _names(record))
+            names = await self._names(record)
+            yield shown_event(wire.sse_event(ctx.binding, ctx.jsonrpc_id, said), names)
             return
         for_agent_task(ctx, record.agent_task)
-        outcome = shown(await call_next(ctx), _names(record))
+        outcome = shown(await call_next(ctx), await self._names(record))
         if isinstance(outcome, StreamReply):
             async for event in outcome.events:
                 yield event
@@ -290,13 +299,15 @@ class A2aApprovals:
             await self.desk.end(approval_id, "voided", f"the approved call was refused: "
                                                         f"{err.reason}")
             raise
-        substituted = not held.context_id  # the broker showed its own id as the context
+        # The context the caller was shown: its own, or the broker's id when it named none.
+        shown_context = held.context_id or approval_id
         if isinstance(outcome, Reply):
             task, context = ids_of(outcome.body)
+            differs = context if context != shown_context else ""
             await self.desk.store.forwarded(approval_id, ctx.task_id or task, outcome.body,
-                                            context if substituted else "")
+                                            differs)
             return outcome
-        return _claiming(outcome, self.desk, approval_id, substituted=substituted)
+        return _claiming(outcome, self.desk, approval_id, shown_context)
 
     async def forward_unwatched(self, record: ApprovalRecord) -> None:
         """``ApprovalDesk.on_approved``: forward an approved A2A call nobody waits on."""
@@ -318,12 +329,8 @@ class A2aApprovals:
                 pass
 
 
-def _names(record: ApprovalRecord) -> Names:
-    return Names(record.id, record.agent_task, record.agent_context)
-
-
 def _claiming(
-    outcome: StreamReply, desk: ApprovalDesk, approval_id: str, *, substituted: bool
+    outcome: StreamReply, desk: ApprovalDesk, approval_id: str, shown_context: str
 ) -> StreamReply:
     """The agent's stream for the approved call, shown under the broker's ids: the agent's
     task (and context) are learnt from the first event naming them, and recorded."""
@@ -334,7 +341,8 @@ def _claiming(
             if names is None:
                 task, context = ids_of(_data_of(event))
                 if task:
-                    names = Names(approval_id, task, context if substituted else "")
+                    differs = context if context != shown_context else ""
+                    names = Names(approval_id, task, differs, shown_context)
                     await desk.store.forwarded(approval_id, task, b"", names.agent_context)
             yield event if names is None else shown_event(event, names)
 

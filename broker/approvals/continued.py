@@ -2,15 +2,17 @@
 and the agent's answers are shown to the caller under the broker's ids.
 
 Once an approved call is forwarded, the caller's task ``approval-<hex>`` is the agent's task
-``T`` (and, if the caller's message named no context, the broker's context ``approval-<hex>``
-is the agent's context ``C``). A send that continues the task (``message.taskId``, or a new
-task in the context, ``message.contextId``) is forwarded with ``T`` and ``C`` in their place
-(and ``T`` for the broker's task among its ``referenceTaskIds``),
-re-encoded from the one reading of the body (``broker.protocols.a2a.reading``: the generic
-decode keeps the last of duplicate keys, as the agent's ``json.loads`` does; the reading has
-refused both spellings of a field already), never by replacing text. Every answer the agent
-gives on that task (a task, a message, a status or artifact update, each SSE event) names
-``approval-<hex>`` for ``T`` and ``C`` again, so the caller sees one task throughout.
+``T`` (and, if the context the caller was shown is not the agent's, that context is the
+agent's context ``C``: the caller's message named none and the broker showed its task id, or
+it named such a context of the broker's). A send that continues the task
+(``message.taskId``, or a new task in the context, ``message.contextId``) is forwarded with
+``T`` and ``C`` in their place (and ``T`` for the broker's task among its
+``referenceTaskIds``), re-encoded from the one reading of the body
+(``broker.protocols.a2a.reading``: the generic decode keeps the last of duplicate keys, as
+the agent's ``json.loads`` does; the reading has refused both spellings of a field already),
+never by replacing text. Every answer the agent gives on that task (a task, a message, a
+status or artifact update, each SSE event) names the broker's ids for ``T`` and ``C`` again,
+so the caller sees one task throughout.
 """
 
 from __future__ import annotations
@@ -33,17 +35,18 @@ _encoder = msgspec.json.Encoder()
 @dataclass(frozen=True, slots=True)
 class Names:
     """The broker's ids and the agent's ids they stand for (``agent_context`` empty: the
-    caller named the context itself, so it is the same on both sides)."""
+    context the caller was shown is the agent's)."""
 
     shown_task: str
     agent_task: str
     agent_context: str = ""
+    shown_context: str = ""
 
     @property
     def to_shown(self) -> dict[str, str]:
         names = {self.agent_task: self.shown_task}
         if self.agent_context:
-            names[self.agent_context] = self.shown_task
+            names[self.agent_context] = self.shown_context
         return names
 
 
@@ -64,7 +67,7 @@ def continue_send(ctx: MediationContext, names: Names) -> None:
         if message.get(key) == names.shown_task:
             message[key] = names.agent_task
     for key in _CONTEXT_KEYS:
-        if names.agent_context and message.get(key) == names.shown_task:
+        if names.agent_context and message.get(key) == names.shown_context:
             message[key] = names.agent_context
     for key in _REFERENCE_KEYS:
         if isinstance(refs := message.get(key), list):

@@ -88,10 +88,10 @@ async def http(rig: Rig) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def delete_data(text: str) -> Any:
+def delete_data(text: str, **message_fields: Any) -> Any:
     skill = Struct()
     skill.update({"skill": "delete-data"})
-    return send_request(text, metadata=skill)
+    return send_request(text, metadata=skill, **message_fields)
 
 
 async def approve(rig: Rig, approval: str) -> None:
@@ -193,6 +193,29 @@ async def test_the_caller_answers_the_agents_question_on_the_brokers_task(
     records = [r for r in audited(rig, approval) if r.get("kind") == "request"
                and r.get("detail", {}).get("approval_task") == approval]
     assert any(r["detail"].get("task_id") == agent_task for r in records), records
+
+
+async def test_a_reply_that_needs_approval_itself_waits_in_its_own_task_in_the_same_context(
+    rig: Rig, http: httpx.AsyncClient
+) -> None:
+    client = await client_for(http, rig.broker.agent_url("asker"), "HTTP+JSON")
+    [held] = [e async for e in client.send_message(delete_data(unique_text("drop")))]
+    first = held.task.id
+    await approve(rig, first)
+    await task_state(client, first, TaskState.TASK_STATE_INPUT_REQUIRED)
+    answer = unique_text("the audit table")
+    reply = delete_data(answer, task_id=first, context_id=first)
+    [again] = [e async for e in client.send_message(reply)]
+    second = again.task.id
+    assert state_of(again) == TaskState.TASK_STATE_AUTH_REQUIRED and second != first
+    assert again.task.context_id == first
+    assert await reached_agent(rig, answer) == []
+    await approve(rig, second)
+    done = await task_state(client, second, TaskState.TASK_STATE_COMPLETED)
+    assert (done.id, done.context_id) == (second, first)
+    assert done.artifacts[-1].parts[0].text == f"echo: {answer}"
+    [continued] = await reached_agent(rig, answer)
+    assert first not in json.dumps(continued) and second not in json.dumps(continued)
 
 
 @pytest.mark.parametrize("binding", ["jsonrpc", "rest"])
