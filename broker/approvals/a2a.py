@@ -356,21 +356,23 @@ def _data_of(event: bytes) -> bytes:
 
 class ApprovalTasks:
     """The A2A stage for broker-owned tasks: task-scoped operations on an ``approval-`` id
-    are answered here (or pointed at the agent's task); every other request passes at the
-    cost of one string test."""
+    are answered here (or pointed at the agent's task), sends continuing one are pointed at
+    the agent's task; every other request passes at the cost of one string test."""
 
     def __init__(self, approvals: A2aApprovals) -> None:
         self._approvals = approvals
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
-        op = ctx.operation
-        if op is not None and op.sends_message and ctx.reading is not None:
-            named = ctx.reading.task_id or ctx.reading.context_id
-            if named.startswith(TASK_PREFIX):
-                names = await self._approvals.continued(ctx, named)
-                return shown(await call_next(ctx), names)
+        # The task a request acts on or continues (``ctx.task_id``, as read); a send may name
+        # the broker's task as its context only.
+        op, reading = ctx.operation, ctx.reading
+        named = ctx.task_id or (reading.context_id if reading is not None else None)
+        if op is None or not named or not named.startswith(TASK_PREFIX):
             return await call_next(ctx)
-        if op is None or not op.task_scoped or not (ctx.task_id or "").startswith(TASK_PREFIX):
-            return await call_next(ctx)
-        return await self._approvals.task_operation(ctx, call_next)
+        if op.sends_message:
+            names = await self._approvals.continued(ctx, named)
+            return shown(await call_next(ctx), names)
+        if op.task_scoped and ctx.task_id:
+            return await self._approvals.task_operation(ctx, call_next)
+        return await call_next(ctx)
 
