@@ -72,11 +72,12 @@ def continue_send(ctx: MediationContext, names: Names) -> None:
     for key in _REFERENCE_KEYS:
         if isinstance(refs := message.get(key), list):
             message[key] = [names.agent_task if r == names.shown_task else r for r in refs]
-    if ctx.binding == "jsonrpc":
-        ctx.params = msgspec.Raw(_encoder.encode(params))
-    else:
-        ctx.params = None
-    ctx.body = _encoder.encode(document)
+    try:
+        body = _encoder.encode(document)
+        ctx.params = msgspec.Raw(_encoder.encode(params)) if ctx.binding == "jsonrpc" else None
+    except (msgspec.EncodeError, UnicodeError):  # a string the agent could not read either
+        raise InvalidParamsError("The message could not be read again.") from None
+    ctx.body = body
     ctx.approval_task = names.shown_task
     ctx.task_id = names.agent_task if ctx.task_id == names.shown_task else ctx.task_id
 
