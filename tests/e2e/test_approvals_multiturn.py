@@ -235,3 +235,6 @@ async def test_a_reply_while_the_approval_waits_is_refused(
                                   headers={"A2A-Version": "1.0"})
         assert_rest_error(refused, ApprovalPendingError)
     assert await reached_agent(rig, "too soon") == []
+    refusals = [r for r in audited(rig, approval)
+                if r.get("detail", {}).get("approval_task") == approval]
+    assert refusals and all(r["detail"]["phase"] == "refused" for r in refusals), refusals
