@@ -107,6 +107,9 @@ class MediationContext(CallContext):
     hop_token: str = ""
     hop: DelegationClaims | None = None
     body_digest: str = ""  # computed once, for the audit's decision and outcome records
+    # The broker's approval task this request named, when it was pointed at the agent's task
+    # (``task_id``) that the approved call started (broker.approvals.continued).
+    approval_task: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ agent's once the call is approved and forwarded.
   minted), exactly once (the approval is used up by the approval stage). The open stream, if
   any, forwards it and relays the agent's events; otherwise the replica that saw the approval
   does. From then on the broker's task id stands for the agent's task: GetTask, CancelTask and
-  SubscribeToTask on it are forwarded to the agent with the agent's task id.
+  SubscribeToTask on it, and sends that continue it, are forwarded to the agent with the
+  agent's task id, and the agent's answers name the broker's (``broker.approvals.continued``).
 * Denied: ``TASK_STATE_REJECTED``; expired or voided (tree killed, agent suspended) or failed
   to forward: ``TASK_STATE_FAILED``; cancelled by the caller: ``TASK_STATE_CANCELED``; the
   status message and ``metadata["a2a-broker/approval"]`` say why.
@@ -29,6 +30,7 @@ from typing import Any
 import msgspec
 
 from broker.approvals.action import action_digest
+from broker.approvals.continued import Names, continue_send, ids_of, shown, shown_event
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.held import (
     HELD_DECODER,
@@ -41,6 +43,9 @@ from broker.approvals.held import (
 )
 from broker.approvals.stages import pending_error
 from broker.errors import (
+    ApprovalDeniedError,
+    ApprovalNotUsableError,
+    ApprovalPendingError,
     BrokerError,
     PushNotificationNotSupportedError,
     TaskNotCancelableError,
@@ -128,7 +133,7 @@ class A2aApprovals:
             raise TaskNotFoundError
         if record.agent_task:  # the call was forwarded: the task is the agent's now
             for_agent_task(ctx, record.agent_task)
-            return await call_next(ctx)
+            return shown(await call_next(ctx), await self._names(record))
         context_id = await self._context_id(record.id)
         op = ctx.operation
         if op is GET_TASK:
@@ -144,6 +149,37 @@ class A2aApprovals:
             return StreamReply(self._waiting(ctx, record.id, context_id, forward=False,
                                              call_next=call_next))
         raise PushNotificationNotSupportedError
+
+    async def continued(self, ctx: MediationContext, approval_id: str) -> Names:
+        """Point a send that continues the broker-owned task ``approval_id`` (its
+        ``message.taskId``, or ``message.contextId`` for a new task in its context) at the
+        agent's task and context. Refused: ``TASK_NOT_FOUND`` (not the caller's),
+        ``APPROVAL_PENDING`` (not forwarded yet), ``APPROVAL_DENIED``, ``APPROVAL_NOT_USABLE``
+        (expired, voided, cancelled, or forwarded with no agent task to continue)."""
+        assert ctx.target is not None  # noqa: S101 - resolved earlier
+        record = await self.desk.current(approval_id)
+        if (record is None or record.protocol != "a2a" or record.requester != ctx.caller
+                or record.target != ctx.target.name):
+            raise TaskNotFoundError
+        if record.agent_task:
+            names = await self._names(record)
+            continue_send(ctx, names)
+            return names
+        ctx.approval_task = approval_id
+        if record.state in ("pending", "approved"):
+            raise ApprovalPendingError(
+                "The task awaits a human's approval; send the message again once the task has"
+                " left TASK_STATE_AUTH_REQUIRED.",
+                metadata={"approval_id": record.id, "expires_at": str(int(record.expires_at))},
+                retry_after=self.desk.settings.llm_retry_after_s,
+            )
+        if record.state == "denied":
+            raise ApprovalDeniedError(metadata={"approval_id": record.id, "reason": record.reason})
+        raise ApprovalNotUsableError(
+            "The task ended without an agent's task to continue "
+            f"({record.state}{': ' + record.reason if record.reason else ''}).",
+            metadata={"approval_id": record.id, "state": record.state},
+        )
 
     async def _now(self, record: ApprovalRecord, context_id: str) -> dict[str, Any]:
         """The broker's task; once forwarded with no task of the agent's to point at (the
@@ -163,6 +199,14 @@ class A2aApprovals:
         failed = task_for(record, context_id, "The agent refused the approved call.")
         failed["status"]["state"] = "TASK_STATE_FAILED"
         return failed
+
+    async def _names(self, record: ApprovalRecord) -> Names:
+        """The broker's ids for the agent's; the context the broker showed is read (one more
+        store read) only when the agent's differs from it."""
+        if not record.agent_context:
+            return Names(record.id, record.agent_task)
+        shown_context = await self._context_id(record.id) or record.id
+        return Names(record.id, record.agent_task, record.agent_context, shown_context)
 
     async def _context_id(self, approval_id: str) -> str:
         raw = await self.desk.store.call(approval_id)
@@ -213,10 +257,11 @@ class A2aApprovals:
         unary (its task may have ended already), else the agent's own subscription."""
         said = answered(await self.desk.store.answer(record.id) or b"")
         if said is not None:
-            yield wire.sse_event(ctx.binding, ctx.jsonrpc_id, said)
+            names = await self._names(record)
+            yield shown_event(wire.sse_event(ctx.binding, ctx.jsonrpc_id, said), names)
             return
         for_agent_task(ctx, record.agent_task)
-        outcome = await call_next(ctx)
+        outcome = shown(await call_next(ctx), await self._names(record))
         if isinstance(outcome, StreamReply):
             async for event in outcome.events:
                 yield event
@@ -254,13 +299,15 @@ class A2aApprovals:
             await self.desk.end(approval_id, "voided", f"the approved call was refused: "
                                                         f"{err.reason}")
             raise
+        # The context the caller was shown: its own, or the broker's id when it named none.
+        shown_context = held.context_id or approval_id
         if isinstance(outcome, Reply):
-            await self.desk.store.forwarded(approval_id, ctx.task_id or "", outcome.body)
-        elif ctx.task_id:
-            await self.desk.store.forwarded(approval_id, ctx.task_id, b"")
-        else:
-            return _claiming(outcome, ctx, self.desk, approval_id)
-        return outcome
+            task, context = ids_of(outcome.body)
+            differs = context if context != shown_context else ""
+            await self.desk.store.forwarded(approval_id, ctx.task_id or task, outcome.body,
+                                            differs)
+            return outcome
+        return _claiming(outcome, self.desk, approval_id, shown_context)
 
     async def forward_unwatched(self, record: ApprovalRecord) -> None:
         """``ApprovalDesk.on_approved``: forward an approved A2A call nobody waits on."""
@@ -283,32 +330,49 @@ class A2aApprovals:
 
 
 def _claiming(
-    outcome: StreamReply, ctx: MediationContext, desk: ApprovalDesk, approval_id: str
+    outcome: StreamReply, desk: ApprovalDesk, approval_id: str, shown_context: str
 ) -> StreamReply:
-    """A stream whose task id is learnt from its first events: recorded once seen."""
+    """The agent's stream for the approved call, shown under the broker's ids: the agent's
+    task (and context) are learnt from the first event naming them, and recorded."""
 
     async def events() -> AsyncIterator[bytes]:
-        recorded = False
+        names: Names | None = None
         async for event in outcome.events:
-            yield event
-            if not recorded and ctx.task_id:
-                recorded = True
-                await desk.store.forwarded(approval_id, ctx.task_id, b"")
+            if names is None:
+                task, context = ids_of(_data_of(event))
+                if task:
+                    differs = context if context != shown_context else ""
+                    names = Names(approval_id, task, differs, shown_context)
+                    await desk.store.forwarded(approval_id, task, b"", names.agent_context)
+            yield event if names is None else shown_event(event, names)
 
     return StreamReply(events(), outcome.status, outcome.headers)
 
 
+def _data_of(event: bytes) -> bytes:
+    _, sep, rest = event.partition(b"data: ")
+    return rest.partition(b"\r\n")[0] if sep else b""
+
+
 class ApprovalTasks:
     """The A2A stage for broker-owned tasks: task-scoped operations on an ``approval-`` id
-    are answered here (or pointed at the agent's task); every other request passes at the
-    cost of one string test."""
+    are answered here (or pointed at the agent's task), sends continuing one are pointed at
+    the agent's task; every other request passes at the cost of one string test."""
 
     def __init__(self, approvals: A2aApprovals) -> None:
         self._approvals = approvals
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
-        op = ctx.operation
-        if op is None or not op.task_scoped or not (ctx.task_id or "").startswith(TASK_PREFIX):
+        # The task a request acts on or continues (``ctx.task_id``, as read); a send may name
+        # the broker's task as its context only.
+        op, reading = ctx.operation, ctx.reading
+        named = ctx.task_id or (reading.context_id if reading is not None else None)
+        if op is None or not named or not named.startswith(TASK_PREFIX):
             return await call_next(ctx)
-        return await self._approvals.task_operation(ctx, call_next)
+        if op.sends_message:
+            names = await self._approvals.continued(ctx, named)
+            return shown(await call_next(ctx), names)
+        if op.task_scoped and ctx.task_id:
+            return await self._approvals.task_operation(ctx, call_next)
+        return await call_next(ctx)
 

@@ -137,4 +137,4 @@ def for_agent_task(ctx: MediationContext, agent_task: str) -> None:
             "jsonrpc": "2.0", "id": ctx.jsonrpc_id, "method": ctx.operation.name,
             "params": params,
         })  # fmt: skip
-    ctx.task_id = agent_task
+    ctx.approval_task, ctx.task_id = ctx.task_id, agent_task

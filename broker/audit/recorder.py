@@ -224,6 +224,8 @@ def request_fields(
         detail["policy_version"] = ctx.policy_version
     if ctx.approval_id:  # forwarded once a person approved it (docs/approvals.md)
         detail["approval"] = ctx.approval_id
+    if ctx.approval_task:  # the broker's task id, standing for the agent's ``task_id``
+        detail["approval_task"] = ctx.approval_task
     if ctx.trace_id:
         detail["trace_id"] = ctx.trace_id
     if err is not None:

@@ -58,6 +58,9 @@ class ApprovalRecord(msgspec.Struct, frozen=True, kw_only=True):
     decided_at: float = 0.0
     stream: bool = False  # the caller waits on an open stream (it forwards the approved call)
     agent_task: str = ""  # once forwarded: the agent's own task id
+    # Once forwarded, if the caller's message named no context (the broker showed its own id
+    # as the context): the agent's context id.
+    agent_context: str = ""
 
     @property
     def deciders(self) -> frozenset[str]:
@@ -123,8 +126,11 @@ class ApprovalStore(abc.ABC):
         voided, cancelled): ``not_pending`` if it was decided otherwise or ended already."""
 
     @abc.abstractmethod
-    async def forwarded(self, approval_id: str, agent_task: str, answer: bytes) -> None:
-        """Record, on a used approval, the agent's task id and its answer (for GetTask)."""
+    async def forwarded(
+        self, approval_id: str, agent_task: str, answer: bytes, agent_context: str = ""
+    ) -> None:
+        """Record, on a used approval, the agent's task id and its answer (for GetTask), and
+        the agent's context id if the broker showed its own in its place."""
 
     @abc.abstractmethod
     async def answer(self, approval_id: str) -> bytes | None:

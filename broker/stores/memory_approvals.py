@@ -105,10 +105,14 @@ class MemoryApprovalStore(ApprovalStore):
         )
         return Outcome("ok", kept.record)
 
-    async def forwarded(self, approval_id: str, agent_task: str, answer: bytes) -> None:
+    async def forwarded(
+        self, approval_id: str, agent_task: str, answer: bytes, agent_context: str = ""
+    ) -> None:
         kept = self._live(approval_id)
         if kept is not None and kept.record.state == "used":
-            kept.record = msgspec.structs.replace(kept.record, agent_task=agent_task)
+            kept.record = msgspec.structs.replace(
+                kept.record, agent_task=agent_task, agent_context=agent_context
+            )
             kept.answer = answer
 
     async def answer(self, approval_id: str) -> bytes | None:

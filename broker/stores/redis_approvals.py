@@ -24,9 +24,9 @@ from broker.stores.approvals_base import ApprovalRecord, ApprovalState, Approval
 from broker.stores.redis_client import RedisClient, lua_source, unavailable_on_error
 
 _RECORD = msgspec.json.Encoder()
-_LIVE_FIELDS = ("rec", "state", "votes", "by", "why", "at", "agent_task")
+_LIVE_FIELDS = ("rec", "state", "votes", "by", "why", "at", "agent_task", "agent_context")
 _STATIC_EXCLUDED = frozenset({"state", "approved_by", "decided_by", "reason", "decided_at",
-                              "agent_task"})
+                              "agent_task", "agent_context"})
 
 
 class RedisApprovalStore(ApprovalStore):
@@ -118,11 +118,15 @@ class RedisApprovalStore(ApprovalStore):
         return await self._outcome(approval_id, status)
 
     @unavailable_on_error
-    async def forwarded(self, approval_id: str, agent_task: str, answer: bytes) -> None:
+    async def forwarded(
+        self, approval_id: str, agent_task: str, answer: bytes, agent_context: str = ""
+    ) -> None:
         key = self._key(approval_id)
         # Written only by the one replica that consumed the approval: no race to guard.
         if _text(await self._client.hget(key, "state") or b"") == "used":
-            await self._client.hset(key, mapping={"agent_task": agent_task, "answer": answer})
+            await self._client.hset(key, mapping={
+                "agent_task": agent_task, "answer": answer, "agent_context": agent_context,
+            })
 
     @unavailable_on_error
     async def answer(self, approval_id: str) -> bytes | None:
@@ -145,7 +149,7 @@ def _bytes(value: bytes | str | None) -> bytes | None:
 
 
 def _record(row: list[Any]) -> ApprovalRecord | None:
-    rec, state, votes, by, why, at, agent_task = row
+    rec, state, votes, by, why, at, agent_task, agent_context = row
     if rec is None:
         return None
     static = msgspec.json.decode(rec)
@@ -159,6 +163,7 @@ def _record(row: list[Any]) -> ApprovalRecord | None:
             "reason": _text(why or b""),
             "decided_at": float(_text(at or b"0")),
             "agent_task": _text(agent_task or b""),
+            "agent_context": _text(agent_context or b""),
         },
         ApprovalRecord,
     )

@@ -147,6 +147,11 @@ async def test_the_answer_is_kept_for_a_used_approval_only(stores: Stores) -> No
     await approvals.forwarded(record.id, "t-1", b'{"task": {}}')
     assert await approvals.answer(record.id) == b'{"task": {}}'
     assert (await approvals.get(record.id)).agent_task == "t-1"  # type: ignore[union-attr]
+    assert (await approvals.get(record.id)).agent_context == ""  # type: ignore[union-attr]
+    await approvals.forwarded(record.id, "t-1", b"", "c-1")  # the broker showed its own context
+    kept = await approvals.get(record.id)
+    assert kept is not None and (kept.agent_task, kept.agent_context) == ("t-1", "c-1")
+    assert [r.agent_context for r in await approvals.list() if r.id == record.id] == ["c-1"]
 
 
 async def test_racing_uses_of_one_approval_make_one_winner(stores: Stores) -> None:

@@ -6,6 +6,8 @@ Kinds:
 
 * ``echo``: a real a2a-sdk 1.3.0 agent (JSON-RPC and HTTP+JSON, streaming; no push notifications,
   no extended card). Its task works, adds an artifact ``echo: <text>`` and completes.
+* ``asker``: like ``echo``, but a new task asks for input first (``TASK_STATE_INPUT_REQUIRED``,
+  "Which table?"); the caller's reply on the same task is echoed and the task completes.
 * ``gated``: like ``echo``, but after reporting WORKING the task blocks until the test releases it
   with ``POST /_gates/{text}/release`` (``text`` is the user message). ``GET /_gates`` shows every
   gate and whether it is ``waiting``, ``released`` or ``cancelled``.
@@ -130,6 +132,20 @@ class EchoExecutor(AgentExecutor):
         await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 
+class AskerExecutor(EchoExecutor):
+    """Asks for input on a new task (``INPUT_REQUIRED``); echoes the answer and completes."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        asked = context.current_task is not None
+        updater = await _start(context, event_queue)
+        if asked:
+            await _finish(updater, context.get_user_input())
+            return
+        await updater.requires_input(new_text_message(
+            "Which table?", context_id=updater.context_id, task_id=updater.task_id
+        ))
+
+
 class Gates:
     """Named gates a task waits on; the test opens them over HTTP."""
 
@@ -226,7 +242,8 @@ def a2a_app(kind: str, port: int) -> ASGIApp:
     base_url = f"http://127.0.0.1:{port}"
     gates = Gates()
     executors = {"gated": GatedExecutor, "held": HeldExecutor}
-    executor = executors[kind](gates) if kind in executors else EchoExecutor()
+    executor = (executors[kind](gates) if kind in executors
+                else AskerExecutor() if kind == "asker" else EchoExecutor())
     card = agent_card(kind, base_url)
     handler = DefaultRequestHandler(executor, task_store=InMemoryTaskStore(), agent_card=card)
     recorder: Recorder
@@ -378,7 +395,7 @@ def _exit_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.agents")
-    parser.add_argument("kind", choices=["echo", "gated", "held", "garbage", "hang"])
+    parser.add_argument("kind", choices=["echo", "asker", "gated", "held", "garbage", "hang"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     _exit_with_parent()
