@@ -21,8 +21,8 @@ class ApprovalWebhookSettings(
 
     # "" sends nothing. The URL passes the broker's egress rules like every outbound call.
     url: str = ""
-    # The environment variable holding the HMAC-SHA256 key; the signature of the body goes in
-    # the header X-A2A-Broker-Signature as "sha256=<hex>", with X-A2A-Broker-Timestamp.
+    # The environment variable holding the HMAC-SHA256 key; the body's signature goes in the
+    # header A2A-Broker-Signature as "t=<unix time>,v1=<hex>", as on every broker webhook.
     key_env: str = ""
     # Attempts per notification (1 = no retry), with doubling back-off from one second.
     attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5

@@ -16,13 +16,14 @@ import msgspec
 
 from broker.alerts.rules import Batch
 from broker.alerts.service import Alerts
-from broker.alerts.webhook import SIGNATURE_HEADER, AlertWebhook
+from broker.alerts.webhook import AlertWebhook
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
 from broker.errors import PolicyDeniedError, UpstreamConnectTimeoutError
 from broker.identity.cards import card_key_ids
 from broker.observability.record import RequestSeen
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport
+from broker.outbound.webhook import SIGNATURE_HEADER
 from broker.settings_observability import AlertSettings
 from broker.stores.alert_base import Alert
 from broker.stores.budget_base import BudgetStatus

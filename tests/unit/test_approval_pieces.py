@@ -20,7 +20,7 @@ from broker.approvals import desk as desk_module
 from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.desk import ApprovalDesk
 from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
-from broker.approvals.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, ApprovalWebhook
+from broker.approvals.webhook import EVENT_HEADER, ApprovalWebhook
 from broker.audit.recorder import AuditRecorder
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import (
@@ -32,6 +32,7 @@ from broker.errors import (
     TaskNotCancelableError,
 )
 from broker.outbound.fake import FakeResponse, FakeTransport, answering
+from broker.outbound.webhook import SIGNATURE_HEADER
 from broker.policy.engine import PolicyEngine
 from broker.policy.rules import PolicyError
 from broker.protocols.a2a.operations import CANCEL_TASK, GET_PUSH_CONFIG, GET_TASK
@@ -342,9 +343,10 @@ async def test_the_webhook_is_signed_and_retried_until_delivered() -> None:
     assert len(transport.sent) == 3
     sent = transport.sent[-1]
     assert sent.body is not None
-    mac = hmac.new(b"key", sent.headers[TIMESTAMP_HEADER].encode() + b"." + sent.body,
-                   hashlib.sha256).hexdigest()
-    assert sent.headers[SIGNATURE_HEADER] == f"sha256={mac}"
+    stamp, _, mac = sent.headers[SIGNATURE_HEADER].partition(",v1=")
+    signed = stamp.removeprefix("t=").encode() + b"." + sent.body
+    assert mac == hmac.new(b"key", signed, hashlib.sha256).hexdigest()
+    assert sent.headers[EVENT_HEADER] == "approval.requested"
     body = msgspec.json.decode(sent.body)
     assert body["event"] == "approval.requested"
     assert body["decide_url"] == "https://broker.example/admin/approvals/approval-1"
