@@ -205,6 +205,10 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
             client = redis.Redis(host="127.0.0.1", port=port)
             try:
                 _wait_until(functools.partial(_cluster_ok, client), f"cluster node {port}", 30)
+                # A replica that has not finished its first sync cannot acknowledge a WAIT:
+                # the cluster is ready once every replica's link to its master is up.
+                _wait_until(functools.partial(_in_sync, client, replicas),
+                            f"replication on cluster node {port}", 30)
             finally:
                 client.close()
     except BaseException:
@@ -212,6 +216,17 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
         raise
     topology.url = ",".join(f"redis://127.0.0.1:{port}" for port in ports[:masters])
     return topology
+
+
+def _in_sync(client: redis.Redis, replicas: int) -> bool:
+    """A replica's link to its master is up; a master has all its replicas online."""
+    info = client.info("replication")
+    if info.get("role") == "slave":
+        return bool(info.get("master_link_status") == "up")
+    online = [key for key, value in info.items()
+              if key.startswith("slave") and isinstance(value, dict)
+              and value.get("state") == "online"]  # fmt: skip
+    return len(online) >= replicas
 
 
 def _cluster_ok(client: redis.Redis) -> bool:
