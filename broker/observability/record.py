@@ -267,7 +267,8 @@ def observe_mcp_call(ctx: McpContext, status: int) -> None:
         policy_decided=bool(ctx.policy_version),
     )
     seen = (ctx.request_id, caller, target, operation, "mcp", outcome)
-    recent.append(RequestSeen(*seen, _reason(ctx.error), status, total_s, ctx.tree or ""))
+    tree = ctx.tree or ""
+    _seen(RequestSeen(*seen, _reason(ctx.error), status, total_s, tree, len(ctx.chain)))
 
 
 def observe_llm_usage(model: str, usage: Usage) -> None:
