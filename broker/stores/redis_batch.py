@@ -1,20 +1,23 @@
-"""Scripts called in the same event-loop turn go to Redis as one pipeline: one round trip.
+"""Scripts called in the same event-loop turn go to Redis together: one round trip.
 
 Under load many requests reach a store script at about the same time (a budget reserve here, a
-settle and a task-route claim there). redis-py spends most of a call's CPU on its own machinery
-(taking a pooled connection, packing, parsing, releasing), so ``BatchingRedis`` queues each
-``register_script`` call and, once the running turn of the event loop is over, sends every
-queued call as one non-transactional pipeline of ``EVALSHA`` s. Each caller gets its own reply
-or error, exactly as if it had called alone:
+settle and a task-route claim there). ``BatchingRedis`` queues each ``register_script`` call
+and, once the running turn of the event loop is over, sends every queued call in one write of
+``EVALSHA`` s, without a transaction. Each caller gets its own reply or error, exactly as if it
+had called alone:
 
-- a script Redis does not know (``NOSCRIPT``, after a restart) is run again on its own, which
-  loads it;
-- a connection error or timeout fails every call of that pipeline (each caller sees a store
-  failure, as it would have alone); the retry policy is the pool's (see ``redis_client``);
-- nothing is atomic across the calls of one pipeline, and nothing needs to be: each script is
+- a script Redis does not know (``NOSCRIPT``, after a restart) is loaded and run again;
+- a connection error or timeout fails every call of that batch (each caller sees a store
+  failure, as it would have alone); the retry policy is the pool's (see ``redis_client``): one
+  retry of the batch on a connection error, none on a timeout;
+- an argument Redis cannot take fails its own call (``DataError``), before anything is sent;
+- nothing is atomic across the calls of one batch, and nothing needs to be: each script is
   atomic by itself, as before.
 
-A lone call (the usual case at low load) goes out at once, as a plain ``EVALSHA``.
+On one server (standalone, or the primary that Sentinel names) a batch skips redis-py's
+``Pipeline``: it is packed once and written on a redis-py connection the batcher keeps, and its
+replies are read with that connection's parser (``redis_wire``, decision 0072), since redis-py's
+machinery per command cost more client CPU than Redis spends running the scripts.
 
 With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
 round trip, and no caller learns its script's reply until that many replicas hold the writes. On
@@ -24,7 +27,8 @@ pipeline, and every node must confirm.
 On Redis Cluster (``BatchingRedisCluster``) the same queue becomes redis-py's cluster pipeline,
 which splits it by the node that owns each call's slot and sends the per-node pipelines
 concurrently: a turn's calls cost one round trip per node touched, in parallel, not one after
-another. A script's keys must share one slot (the key layouts' hash tags see to that).
+another; a lone call goes out as a plain ``EVALSHA``. A script's keys must share one slot (the
+key layouts' hash tags see to that).
 """
 
 from __future__ import annotations
@@ -39,15 +43,29 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
-_Call = tuple["BatchedScript", Sequence[KeyT], Sequence[EncodableT], "asyncio.Future[Any]"]
+from broker.stores.redis_wire import ConnectionLender, exchange, pack
 
 
 class NotReplicatedError(RedisError):
     """WAIT: fewer replicas than required confirmed a batch's writes in time."""
 
 
+class _Call:
+    """One queued script call: what to send, and where its caller waits for the reply."""
+
+    __slots__ = ("args", "future", "keys", "packed", "script")
+
+    def __init__(
+        self, script: BatchedScript, keys: Sequence[KeyT], args: tuple[EncodableT, ...],
+        future: asyncio.Future[Any], packed: bytes = b"",
+    ) -> None:  # fmt: skip
+        self.script, self.keys, self.args, self.future = script, keys, args, future
+        self.packed = packed  # its EVALSHA as RESP bytes, for the wire batcher
+
+
 class _Batcher:
-    """The queue of one client's script calls, flushed once per event-loop turn."""
+    """The queue of one client's script calls, flushed once per event-loop turn; how a batch
+    goes out is the subclass's (``_send``)."""
 
     def __init__(self, client: Redis | RedisCluster) -> None:
         self._client = client
@@ -66,26 +84,122 @@ class _Batcher:
         self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        call = _Call(script, keys, tuple(args), loop.create_future())
+        if not self._prepare(call):
+            return call.future  # failed already: nothing to send
         if not self._queued:
             loop.call_soon(self._flush)  # after what this turn of the loop still has to run
-        self._queued.append((script, keys, tuple(args), future))
-        return future
+        self._queued.append(call)
+        return call.future
+
+    def _prepare(self, call: _Call) -> bool:
+        """Ready ``call`` to be sent; False if it failed (its future then holds the error)."""
+        return True
 
     def _flush(self) -> None:
         calls, self._queued = self._queued, []
-        alone = len(calls) == 1 and not self._replicas
-        task = asyncio.get_running_loop().create_task(
-            self._run_alone(calls[0]) if alone else self._run_together(calls)
-        )
+        task = asyncio.get_running_loop().create_task(self._send(calls))
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
+
+    async def _send(self, calls: list[_Call]) -> None:
+        raise NotImplementedError
+
+    def _replicated(self, calls: list[_Call], acks: list[Any]) -> bool:
+        """Whether every WAIT of the batch saw enough replicas; if not, every call fails."""
+        enough = [isinstance(acked, int) and acked >= self._replicas for acked in acks]
+        short = next((acked for acked, ok in zip(acks, enough, strict=True) if not ok), None)
+        if all(enough):
+            return True
+        failure = short if isinstance(short, Exception) else NotReplicatedError(
+            f"{short} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
+        )  # fmt: skip
+        for call in calls:
+            _fail(call.future, failure)
+        return False
+
+    async def aclose(self) -> None:
+        """Give back what the batcher holds of the client's pool."""
+
+
+class _WireBatcher(_Batcher):
+    """One server (standalone, or the primary Sentinel names): each batch is packed once and
+    written on a kept redis-py connection, its replies read with that connection's parser
+    (``redis_wire``): the same round trips as a pipeline, a fraction of the client CPU."""
+
+    def __init__(self, client: Redis) -> None:
+        super().__init__(client)
+        self._encoder = client.get_encoder()  # type: ignore[no-untyped-call]
+        self._lender = ConnectionLender(client.connection_pool)
+        self._wait = b""
+
+    def require_replicas(self, replicas: int, timeout_ms: int) -> None:
+        super().require_replicas(replicas, timeout_ms)
+        self._wait = pack(self._encoder, ("WAIT", replicas, timeout_ms)) if replicas else b""
+
+    def _prepare(self, call: _Call) -> bool:
+        command = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        try:
+            call.packed = pack(self._encoder, command)
+        except RedisError as exc:  # an argument Redis cannot take: this caller's error alone
+            call.future.set_exception(exc)
+            return False
+        return True
+
+    async def _send(self, calls: list[_Call], loads: Sequence[BatchedScript] = ()) -> None:
+        """Send ``calls`` (after ``SCRIPT LOAD`` of ``loads``, and before the batch's ``WAIT``),
+        hand each caller its reply; calls whose script Redis lacks go again, loading it."""
+        data = b"".join(
+            [*(pack(self._encoder, ("SCRIPT", "LOAD", s.script)) for s in loads),
+             *(call.packed for call in calls), self._wait]
+        )  # fmt: skip
+        count = len(loads) + len(calls) + (1 if self._replicas else 0)
+        try:
+            connection = await self._lender.take()
+            try:
+                replies = await exchange(connection, data, count)
+            finally:
+                await self._lender.give_back(connection)
+        except BaseException as exc:  # every caller learns what happened
+            for call in calls:
+                _fail(call.future, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        loaded = dict(zip(loads, replies, strict=False))
+        replies = replies[len(loads) :]
+        if self._replicas and not self._replicated(calls, replies[len(calls) :]):
+            return
+        missing = []
+        for call, reply in zip(calls, replies, strict=False):
+            if isinstance(reply, NoScriptError) and not loads:
+                missing.append(call)
+            elif isinstance(reply, Exception):
+                _fail(call.future, _load_failure(loaded.get(call.script), reply))
+            elif not call.future.done():
+                call.future.set_result(reply)
+        if missing:  # Redis lost its scripts (a restart, a failover): load them, run again
+            await self._send(missing, loads=list(dict.fromkeys(c.script for c in missing)))
+
+    async def aclose(self) -> None:
+        await self._lender.aclose()
+
+
+class _PipelineBatcher(_Batcher):
+    """Redis Cluster (or any redis-py client): each batch is redis-py's pipeline, which the
+    cluster client splits by node and sends to the nodes at once."""
+
+    async def _send(self, calls: list[_Call]) -> None:
+        if len(calls) == 1 and not self._replicas:
+            await self._run_alone(calls[0])
+        else:
+            await self._run_together(calls)
 
     async def _run_together(self, calls: list[_Call]) -> None:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for script, keys, args, _ in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for call in calls:
+                    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
                 waits = self._queue_waits(pipe, calls)
                 if isinstance(pipe, ClusterPipeline) and waits:
                     # A call redirected to another node would miss that node's WAIT: it fails
@@ -94,8 +208,8 @@ class _Batcher:
                 else:
                     replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
-            for *_, future in calls:
-                _fail(future, exc)
+            for call in calls:
+                _fail(call.future, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -107,9 +221,9 @@ class _Batcher:
             if isinstance(reply, NoScriptError):
                 await self._load_and_run(call)
             elif isinstance(reply, Exception):
-                _fail(call[3], reply)
-            elif not call[3].done():
-                call[3].set_result(reply)
+                _fail(call.future, reply)
+            elif not call.future.done():
+                call.future.set_result(reply)
 
     def _queue_waits(self, pipe: Any, calls: list[_Call]) -> int:
         """With ``require_replicas``, queue the batch's ``WAIT`` s after its scripts: one on a
@@ -123,25 +237,13 @@ class _Batcher:
             pipe.execute_command(*wait)
             return 1
         nodes = {}
-        for _, keys, _, _ in calls:
-            node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(keys[0]))
+        for call in calls:
+            slot = self._client.keyslot(call.keys[0])
+            node = self._client.nodes_manager.get_node_from_slot(slot)
             nodes[node.name] = node
         for node in nodes.values():
             pipe.execute_command(*wait, target_nodes=node)
         return len(nodes)
-
-    def _replicated(self, calls: list[_Call], acks: list[Any]) -> bool:
-        """Whether every WAIT of the batch saw enough replicas; if not, every call fails."""
-        enough = [isinstance(acked, int) and acked >= self._replicas for acked in acks]
-        short = next((acked for acked, ok in zip(acks, enough, strict=True) if not ok), None)
-        if all(enough):
-            return True
-        failure = short if isinstance(short, Exception) else NotReplicatedError(
-            f"{short} of {self._replicas} replicas confirmed within {self._replica_timeout_ms} ms"
-        )  # fmt: skip
-        for *_, future in calls:
-            _fail(future, failure)
-        return False
 
     async def _load_and_run(self, call: _Call) -> None:
         """A script Redis does not know (after a restart or failover): load it, run again."""
@@ -149,33 +251,36 @@ class _Batcher:
             await self._run_alone(call)  # redis-py's own call loads it
             return
         try:
-            await self._client.script_load(call[0].script)
+            await self._client.script_load(call.script.script)
         except BaseException as exc:
-            _fail(call[3], exc)
+            _fail(call.future, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         await self._run_together([call])
 
     async def _run_alone(self, call: _Call) -> None:
-        script, keys, args, future = call
         try:
-            reply = await script.call_now(keys, args)
+            reply = await call.script.call_now(call.keys, call.args)
         except BaseException as exc:  # the caller learns what happened
-            _fail(future, exc)
+            _fail(call.future, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        if not future.done():
-            future.set_result(reply)
+        if not call.future.done():
+            call.future.set_result(reply)
 
 
 class BatchingRedis(Redis):
-    """A redis-py client whose registered scripts share pipelines (see the module docstring)."""
+    """A redis-py client whose registered scripts share round trips (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batcher = _Batcher(self)
+        self.batcher: _Batcher = _WireBatcher(self)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.batcher.aclose()
+        await super().aclose(close_connection_pool)
 
     def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
         return BatchedScript(self, script)
@@ -186,7 +291,7 @@ class BatchingRedisCluster(RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batcher = _Batcher(self)
+        self.batcher: _Batcher = _PipelineBatcher(self)
 
     def register_script(self, script: ScriptTextT) -> BatchedScript:  # type: ignore[override]
         return BatchedScript(self, script)
@@ -210,6 +315,13 @@ class BatchedScript(AsyncScript):
     async def call_now(self, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
         """Run alone, at once (redis-py's own call: loads the script if Redis lacks it)."""
         return await super().__call__(keys=keys, args=args)
+
+
+def _load_failure(load_reply: Any, reply: Exception) -> Exception:
+    """A call's error: why its script's load failed, if it did (NOSCRIPT follows from it)."""
+    if isinstance(reply, NoScriptError) and isinstance(load_reply, Exception):
+        return load_reply
+    return reply
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

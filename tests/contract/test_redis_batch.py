@@ -5,24 +5,40 @@ its own reply or error, exactly as if it had called alone (a real Redis server);
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.settings import StoreSettings
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
 from broker.stores.redis_client import connection_pool, open_redis
+from testkit.procs import free_port
+from testkit.redis_process import stop_redis_server
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 PICKY = (
-    "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. ARGV[1]) end "
-    "return ARGV[1]"
+    "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. ARGV[1]) end return ARGV[1]"
 )
+
+
+# Holds its node busy for ARGV[1] ms (by the server's clock), then answers which node it ran on.
+BUSY = """
+local start = redis.call('TIME')
+local start_ms = tonumber(start[1]) * 1000 + tonumber(start[2]) / 1000
+repeat
+  local now = redis.call('TIME')
+until tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - start_ms >= tonumber(ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[2]
+"""
+BUSY_MS = 300
 
 
 @pytest.fixture
@@ -32,36 +48,53 @@ async def client(redis_url: str) -> AsyncIterator[BatchingRedis]:
     await batching.aclose()
 
 
-def count_pipelines(client: BatchingRedis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    opened: list[int] = []
-    real = client.pipeline
+def reads_processed(plain: redis.Redis) -> int:
+    """Redis's count of socket reads from clients: one per round trip (one batch is read in
+    one go), counted by the server whatever the client does."""
+    return int(plain.info("stats")["total_reads_processed"])
 
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        opened.append(1)
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(client, "pipeline", pipeline)
-    return opened
+@pytest.fixture
+def plain(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
 
 
 async def test_concurrent_calls_share_a_round_trip_and_each_gets_its_own_reply(
-    client: BatchingRedis, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+    client: BatchingRedis, redis_key_prefix: str, plain: redis.Redis
 ) -> None:
     incr = client.register_script(INCR)
-    opened = count_pipelines(client, monkeypatch)
     key = f"{redis_key_prefix}:n"
+    assert await incr(keys=[key], args=[0]) == 0  # connected, script loaded
+    before = reads_processed(plain)
     replies = await asyncio.gather(*(incr(keys=[key], args=[1]) for _ in range(50)))
+    round_trips = reads_processed(plain) - before - 1  # less the INFO that asked
     assert sorted(replies) == list(range(1, 51))  # every call ran once, each saw its own reply
-    assert 1 <= len(opened) <= 2  # not 50 round trips
+    assert 1 <= round_trips <= 2  # not 50 round trips
 
 
-async def test_a_lone_call_goes_out_without_a_pipeline(
-    client: BatchingRedis, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+async def test_a_lone_call_is_one_round_trip(
+    client: BatchingRedis, redis_key_prefix: str, plain: redis.Redis
 ) -> None:
     incr = client.register_script(INCR)
-    opened = count_pipelines(client, monkeypatch)
     assert await incr(keys=[f"{redis_key_prefix}:n"], args=[5]) == 5
-    assert opened == []
+    before = reads_processed(plain)
+    assert await incr(keys=[f"{redis_key_prefix}:n"], args=[5]) == 10
+    assert reads_processed(plain) - before - 1 == 1
+
+
+async def test_an_argument_redis_cannot_take_fails_only_its_own_call(
+    client: BatchingRedis, redis_key_prefix: str
+) -> None:
+    incr = client.register_script(INCR)
+    key = f"{redis_key_prefix}:n"
+    results = await asyncio.gather(
+        incr(keys=[key], args=[1]), incr(keys=[key], args=[True]), incr(keys=[key], args=[2]),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert sorted(r for r in results if isinstance(r, int)) == [1, 3]
+    assert isinstance(results[1], DataError) and "'bool'" in str(results[1])
 
 
 async def test_an_error_reaches_only_the_call_that_caused_it(client: BatchingRedis) -> None:
@@ -103,19 +136,42 @@ async def test_when_redis_is_unreachable_every_call_fails(unused_tcp_port: int) 
     assert all(isinstance(r, RedisConnectionError) for r in results), results
 
 
-# --- on Redis Cluster: one pipeline per node, the nodes at once --------------------------------
+async def test_after_a_redis_restart_kept_connections_reconnect_and_scripts_load_again(
+    redis_server_factory: Callable[[int], subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    server = redis_server_factory(port)
+    client = BatchingRedis.from_pool(connection_pool(f"redis://127.0.0.1:{port}/0"))
+    incr = client.register_script(INCR)
+    try:
+        assert await asyncio.gather(*(incr(keys=["k"], args=[1]) for _ in range(3))) == [1, 2, 3]
+        stop_redis_server(server)
+        redis_server_factory(port)  # empty, and knows no script
+        # The kept connection is dead: the batch is retried once on a fresh one, which gets
+        # NOSCRIPT, so the script is loaded and run again; each call once.
+        replies = await asyncio.gather(*(incr(keys=["k"], args=[1]) for _ in range(3)))
+    finally:
+        await client.aclose()
+    assert sorted(replies) == [1, 2, 3]
 
-# Holds its node busy for ARGV[1] ms (by the server's clock), then answers which node it ran on.
-BUSY = """
-local start = redis.call('TIME')
-local start_ms = tonumber(start[1]) * 1000 + tonumber(start[2]) / 1000
-repeat
-  local now = redis.call('TIME')
-until tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - start_ms >= tonumber(ARGV[1])
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[2]
-"""
-BUSY_MS = 300
+
+async def test_a_reply_that_came_too_late_is_never_read_as_the_next_calls(
+    redis_url: str, redis_key_prefix: str
+) -> None:
+    pool = BlockingConnectionPool.from_url(redis_url, socket_timeout=0.2, max_connections=4)
+    client = BatchingRedis.from_pool(pool)
+    busy = client.register_script(BUSY)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await busy(keys=[f"{redis_key_prefix}:slow"], args=[500, "late"])
+        await asyncio.sleep(0.5)  # the script ends and its late reply is sent
+        # The timed-out connection was dropped: this call's reply is its own, not "late".
+        assert await busy(keys=[f"{redis_key_prefix}:fast"], args=[1, "mine"]) == b"mine"
+    finally:
+        await client.aclose()
+
+
+# --- on Redis Cluster: one pipeline per node, the nodes at once --------------------------------
 
 
 async def test_on_a_cluster_calls_on_different_nodes_run_at_once(
