@@ -39,11 +39,26 @@ from redis.typing import EncodableT
 KEEP = 8
 
 
+# Argument types hiredis packs exactly as redis-py's default Encoder (UTF-8, strict) encodes
+# them; any other (float, bytearray, bool, None...) goes through the Encoder itself.
+_NATIVE = frozenset({bytes, str, int})
+
+
 def pack(encoder: Any, args: Sequence[EncodableT]) -> bytes:
     """One command as RESP bytes, every argument encoded as redis-py's ``encoder`` does.
 
     Raises ``DataError`` for an argument redis-py would refuse (a bool, None, a dict...).
     """
+    if (
+        encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+        and all(type(arg) in _NATIVE for arg in args)
+    ):  # fmt: skip
+        try:
+            native: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]
+        except UnicodeError:
+            pass  # the Encoder's own error, below
+        else:
+            return native
     encoded = [encoder.encode(arg) for arg in args]
     try:
         packed: bytes = hiredis.pack_command(
