@@ -11,7 +11,9 @@ from broker.stores.base import Stores
 from broker.stores.mcp_servers import McpServerRecord
 
 
-def record(name: str, url: str = "https://mcp.example.com/mcp", epoch: str = "e1") -> McpServerRecord:
+def record(
+    name: str, url: str = "https://mcp.example.com/mcp", epoch: str = "e1"
+) -> McpServerRecord:
     return McpServerRecord(
         name=name, url=url, epoch=epoch, description="tools", credential_kind="bearer",
         credential_sealed="sealed-secret", credential_fingerprint="sha256:0123abcd",
