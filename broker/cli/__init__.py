@@ -24,9 +24,9 @@ from broker.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, Settings, SettingsError
 DEFAULT_URL = "http://127.0.0.1:8080"
 DESCRIPTION = (
     "a2a-broker: the control layer between AI agents. Run the broker (serve), check its "
-    "configuration (config-check), administer a running broker (agents, mcp-servers, trees, budgets, "
-    "policy), "
-    "read its audit log (audit), or try it with three demo agents (demo, demo-ask)."
+    "configuration (config-check), administer a running broker (agents, mcp-servers, trees, "
+    "budgets, policy), read its audit log (audit), or try it with three demo agents (demo, "
+    "demo-ask)."
 )
 EPILOG = (
     f"The admin commands find the broker at $A2A_BROKER_URL (default {DEFAULT_URL}) with the "
