@@ -67,7 +67,9 @@ class VirtualServer:
     async def _open(
         self, ctx: McpContext, name: str
     ) -> tuple[str, dict[str, Any] | None, UpstreamSession | None]:
-        server = self._registry.get(name)
+        server = self._registry.find(name)
+        if server is None:  # removed since this request's server list was read
+            return name, None, None
         token, _ = self._upstream.parts.mint.mint(ctx, name)
         try:
             answer = await self._upstream.post(ctx, server, ctx.body, version=ctx.version,
