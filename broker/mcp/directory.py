@@ -17,19 +17,17 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 import msgspec
 
 from broker.errors import BrokerError
 from broker.mcp.errors import McpServerExistsError, McpServerInvalidError, McpServerNotFoundError
-from broker.mcp.held_credentials import HeldCredentials, fingerprint
+from broker.mcp.held_credentials import HeldCredentials, credential_fields, fingerprint
 from broker.mcp.servers import (
-    HOP_TOKEN_HEADER,
     McpServer,
     McpServerRegistry,
     auth_headers,
@@ -37,30 +35,13 @@ from broker.mcp.servers import (
 )
 from broker.outbound.egress import EgressPolicy, check_registered_url
 from broker.settings_mcp import McpCredential, McpServerSettings
-from broker.stores.mcp_servers import CredentialKind, McpServerRecord, McpServerStore
+from broker.stores.mcp_servers import McpServerRecord, McpServerStore
 
 log = logging.getLogger("a2a_broker.mcp")
 Notify = Callable[[str], Awaitable[None]]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
 _MAX_URL = 2048
 _MAX_DESCRIPTION = 1000
-_MAX_SECRET = 8192
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
-# Headers the broker sets itself or that frame the request: a credential may not replace them.
-_RESERVED_HEADERS = frozenset({
-    "accept", "connection", "content-length", "content-type", "host", "keep-alive",
-    "last-event-id", "mcp-method", "mcp-name", "mcp-protocol-version", "mcp-session-id",
-    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", HOP_TOKEN_HEADER,
-})
-
-
-class _CredentialFields(TypedDict):
-    credential_kind: CredentialKind
-    credential_header: str
-    credential_env: str
-    credential_sealed: str
-    credential_fingerprint: str
 
 
 class McpServerRegistration(McpServerSettings, frozen=True, forbid_unknown_fields=True,
@@ -108,6 +89,9 @@ class McpServerDirectory:
         self._clock = clock
         self.notify = notify  # tells the other workers and replicas (the control channel)
         self._applied: dict[str, McpServerRecord] = {}
+        # Moved by every change applied from one server's read: a full re-read whose list
+        # was read across one is dropped, so it cannot put an older record back.
+        self._generation = 0
 
     # --- Admin operations -----------------------------------------------------------------------
 
@@ -127,7 +111,7 @@ class McpServerDirectory:
             name=spec.name, url=spec.url, epoch=_new_epoch(), description=spec.description,
             aggregate=spec.aggregate, timeout_s=spec.timeout_s,
             idle_timeout_s=spec.idle_timeout_s, created_at=now, updated_at=now,
-            **self._credential_fields(spec.name, spec.credential))
+            **credential_fields(spec.name, spec.credential, self._environ, self._held))
         if not await self._store.create(record):
             raise McpServerExistsError(metadata={"server": spec.name})
         await self._changed(record.name, record)
@@ -159,7 +143,7 @@ class McpServerDirectory:
         current = await self._stored(name)
         record = msgspec.structs.replace(
             current, epoch=_new_epoch(), updated_at=self._stamp(current),
-            **self._credential_fields(name, credential))
+            **credential_fields(name, credential, self._environ, self._held))
         return await self._replace(record)
 
     async def remove(self, name: str) -> None:
@@ -213,13 +197,18 @@ class McpServerDirectory:
         """Re-read ``name`` (every server when empty) from the store into the table: another
         worker or replica changed it. Raises ``StoreUnavailableError``."""
         if not name:
+            started = self._generation
             records = {r.name: r for r in await self._store.list()}
+            if self._generation != started:
+                return  # a change was applied meanwhile: this list may predate it
             for gone in set(self._applied) - set(records):
                 self._apply(gone, None)
             for found, record in records.items():
                 self._apply(found, record)
             return
-        self._apply(name, await self._store.get(name))
+        record = await self._store.get(name)
+        self._generation += 1
+        self._apply(name, record)
 
     async def sync_forever(self, interval_s: float) -> None:
         """Re-read every server every ``interval_s``: a bound on staleness should a control
@@ -274,6 +263,7 @@ class McpServerDirectory:
     # --- Internals ------------------------------------------------------------------------------
 
     async def _changed(self, name: str, record: McpServerRecord | None) -> None:
+        self._generation += 1
         self._apply(name, record)  # this process at once, before the answer
         await self.notify(name)
 
@@ -310,38 +300,6 @@ class McpServerDirectory:
             refused.metadata.setdefault("server", name)
             raise
 
-    def _credential_fields(self, name: str, cred: McpCredential) -> _CredentialFields:
-        if cred.kind == "none":
-            if cred.value or cred.env:
-                raise _bad_credential(name, "a credential of kind 'none' takes no value or env.")
-            return {"credential_kind": "none", "credential_header": "", "credential_env": "",
-                    "credential_sealed": "", "credential_fingerprint": ""}
-        header = _check_header(name, cred.header) if cred.kind == "header" else ""
-        if bool(cred.value) == bool(cred.env):
-            raise _bad_credential(
-                name, "give the secret as 'value', or name the environment variable that holds"
-                " it on every replica as 'env' (one of the two).")
-        secret = cred.value or self._env_secret(name, cred.env)
-        if len(secret) > _MAX_SECRET or any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
-            raise _bad_credential(name, f"the secret must be at most {_MAX_SECRET} characters"
-                                  " with no control characters (it travels in a header).")
-        return {
-            "credential_kind": cred.kind, "credential_header": header,
-            "credential_env": cred.env,
-            "credential_sealed": self._held.seal(name, cred.value) if cred.value else "",
-            "credential_fingerprint": fingerprint(secret),
-        }
-
-    def _env_secret(self, name: str, env: str) -> str:
-        if not _ENV_NAME.fullmatch(env):
-            raise _bad_credential(name, "'env' must be an environment variable's name.")
-        secret = self._environ.get(env, "")
-        if not secret:
-            raise _bad_credential(
-                name, f"${env} is not set on this broker: set it on every replica, or give the"
-                " secret as 'value'.")
-        return secret
-
     def _configured_record(self, name: str) -> McpServerRecord:
         settings = self._configured[name]
         cred = settings.credential
@@ -358,26 +316,10 @@ class McpServerDirectory:
         return max(self._clock(), current.updated_at + 0.001)
 
 
-def _check_header(name: str, header: str) -> str:
-    lower = header.lower()
-    if not _HEADER_NAME.fullmatch(header) or lower in _RESERVED_HEADERS \
-            or lower.startswith("mcp-param-"):
-        raise _bad_credential(
-            name, f"{header[:64]!r} cannot carry the credential: give an HTTP header name the"
-            " broker does not set itself (e.g. X-API-Key; not Content-Type, Accept, Host,"
-            " Mcp-*, A2A-Delegation or hop-by-hop headers).")
-    return lower
-
-
 def _check_description(text: str) -> None:
     if len(text) > _MAX_DESCRIPTION:
         raise McpServerInvalidError(
             f"The description is at most {_MAX_DESCRIPTION} characters.")
-
-
-def _bad_credential(name: str, problem: str) -> McpServerInvalidError:
-    return McpServerInvalidError(f"The credential of MCP server {name!r}: {problem}",
-                                 metadata={"server": name, "field": "credential"})
 
 
 def _new_epoch() -> str:

@@ -15,11 +15,17 @@ import base64
 import binascii
 import hashlib
 import os
+import re
+from collections.abc import Mapping
+from typing import Literal, TypedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from broker.mcp.errors import McpServerInvalidError
+from broker.mcp.servers import HOP_TOKEN_HEADER
 from broker.mcp.sessions import derive_seal_key
+from broker.settings_mcp import McpCredential
 
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
@@ -57,3 +63,80 @@ class HeldCredentials:
             return self._aead.decrypt(nonce, body, _PURPOSE + server.encode()).decode("utf-8")
         except (InvalidTag, UnicodeDecodeError):
             return None
+
+
+# --- what a registration may hold ---------------------------------------------------------------
+
+_MAX_SECRET = 8192
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# Headers the broker sets itself or that frame the request: a credential may not replace them.
+_RESERVED_HEADERS = frozenset({
+    "accept", "connection", "content-length", "content-type", "host", "keep-alive",
+    "last-event-id", "mcp-method", "mcp-name", "mcp-protocol-version", "mcp-session-id",
+    "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", HOP_TOKEN_HEADER,
+})
+
+
+class CredentialFields(TypedDict):
+    """How a registration's credential is stored (``McpServerRecord``'s credential fields)."""
+
+    credential_kind: Literal["none", "bearer", "header"]
+    credential_header: str
+    credential_env: str
+    credential_sealed: str
+    credential_fingerprint: str
+
+
+def credential_fields(
+    name: str, cred: McpCredential, environ: Mapping[str, str], held: HeldCredentials
+) -> CredentialFields:
+    """The credential of server ``name`` as it is stored: the secret sealed, or the name of the
+    variable holding it. Raises ``McpServerInvalidError`` (``metadata.field`` "credential")
+    naming what is wrong and how to fix it; the secret itself is never in the message."""
+    if cred.kind == "none":
+        if cred.value or cred.env:
+            raise _bad_credential(name, "a credential of kind 'none' takes no value or env.")
+        return {"credential_kind": "none", "credential_header": "", "credential_env": "",
+                "credential_sealed": "", "credential_fingerprint": ""}
+    header = _check_header(name, cred.header) if cred.kind == "header" else ""
+    if bool(cred.value) == bool(cred.env):
+        raise _bad_credential(
+            name, "give the secret as 'value', or name the environment variable that holds"
+            " it on every replica as 'env' (one of the two).")
+    secret = cred.value or _env_secret(name, cred.env, environ)
+    if len(secret) > _MAX_SECRET or any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+        raise _bad_credential(name, f"the secret must be at most {_MAX_SECRET} characters"
+                              " with no control characters (it travels in a header).")
+    return {
+        "credential_kind": cred.kind, "credential_header": header, "credential_env": cred.env,
+        "credential_sealed": held.seal(name, cred.value) if cred.value else "",
+        "credential_fingerprint": fingerprint(secret),
+    }
+
+
+def _env_secret(name: str, env: str, environ: Mapping[str, str]) -> str:
+    if not _ENV_NAME.fullmatch(env):
+        raise _bad_credential(name, "'env' must be an environment variable's name.")
+    secret = environ.get(env, "")
+    if not secret:
+        raise _bad_credential(
+            name, f"${env} is not set on this broker: set it on every replica, or give the"
+            " secret as 'value'.")
+    return secret
+
+
+def _check_header(name: str, header: str) -> str:
+    lower = header.lower()
+    if not _HEADER_NAME.fullmatch(header) or lower in _RESERVED_HEADERS \
+            or lower.startswith("mcp-param-"):
+        raise _bad_credential(
+            name, f"{header[:64]!r} cannot carry the credential: give an HTTP header name the"
+            " broker does not set itself (e.g. X-API-Key; not Content-Type, Accept, Host,"
+            " Mcp-*, A2A-Delegation or hop-by-hop headers).")
+    return lower
+
+
+def _bad_credential(name: str, problem: str) -> McpServerInvalidError:
+    return McpServerInvalidError(f"The credential of MCP server {name!r}: {problem}",
+                                 metadata={"server": name, "field": "credential"})

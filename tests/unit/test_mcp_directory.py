@@ -4,6 +4,8 @@ replicas; the control channel that tells them is tested end to end)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -21,7 +23,7 @@ from broker.mcp.sessions import UpstreamSession
 from broker.outbound.egress import EgressPolicy
 from broker.settings import EgressSettings
 from broker.settings_mcp import McpCredential, McpServerSettings
-from broker.stores.mcp_servers import MemoryMcpServerStore
+from broker.stores.mcp_servers import McpServerRecord, MemoryMcpServerStore
 
 SECRET = b"the broker's seal secret"
 CONFIGURED = {"github": McpServerSettings(url="http://127.0.0.1:9/gh")}
@@ -234,3 +236,30 @@ async def test_a_store_record_shadowed_by_configuration_is_ignored() -> None:
     await here.sync()
     assert [s.name for s in here.registry.all()] == ["github-x"]  # the configured one is
     # added by registry_from_settings at start-up, never by the store
+
+
+class SlowListStore(MemoryMcpServerStore):
+    """A store whose list is read, then answered only after ``release`` (a slow round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def list(self) -> list[McpServerRecord]:
+        snapshot = await super().list()
+        await self.release.wait()
+        return snapshot
+
+
+async def test_a_full_re_read_that_straddles_a_change_does_not_put_the_old_record_back() -> None:
+    store = SlowListStore()
+    writer, reader = directory(store), directory(store)
+    await writer.register(spec())
+    await reader.sync("docs")
+    resync = asyncio.create_task(reader.sync())  # reads the list with the first credential
+    await asyncio.sleep(0)
+    await writer.rotate("docs", bearer("tok-2"))
+    await reader.sync("docs")  # the control message: the new credential
+    store.release.set()
+    await resync
+    assert reader.registry.get("docs").auth_headers == {"authorization": "Bearer tok-2"}
