@@ -187,6 +187,9 @@ class McpServerDirectory:
             "timeout_s": record.timeout_s,
             "idle_timeout_s": record.idle_timeout_s,
             "credential": credential,
+            # Whether this replica serves it (not when it cannot read the secret or its egress
+            # rules refuse the URL: its log says which).
+            "served": self.registry.find(record.name) is not None,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
         }

@@ -106,6 +106,8 @@ async def test_a_secret_named_by_env_stays_in_the_environment() -> None:
     await there.sync()
     with pytest.raises(McpServerNotFoundError):
         there.registry.get("docs")
+    assert here.summary(await here.get("docs"))["served"] is True
+    assert there.summary(await there.get("docs"))["served"] is False
 
 
 @pytest.mark.parametrize(("credential", "says"), [
