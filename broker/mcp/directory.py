@@ -209,9 +209,9 @@ class McpServerDirectory:
             for found, record in records.items():
                 self._apply(found, record)
             return
-        record = await self._store.get(name)
+        found_now = await self._store.get(name)
         self._generation += 1
-        self._apply(name, record)
+        self._apply(name, found_now)
 
     async def sync_forever(self, interval_s: float) -> None:
         """Re-read every server every ``interval_s``: a bound on staleness should a control
