@@ -22,22 +22,19 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
 
 from testkit.brokers import BrokerProcess, generate_signing_key, launch_broker
 from testkit.config import BrokerConfig
+from testkit.mcp_client import connect, text_of, tool_names
 from testkit.procs import REPO_ROOT, Process, free_port, local_url
 from testkit.redis_server import RedisServer
 
@@ -98,37 +95,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         yield Pair(brokers[0], brokers[1], rig, tmp)
 
 
-@asynccontextmanager
-async def connect(url: str) -> AsyncIterator[Client]:
-    """The real SDK client with the caller's broker credential (sessions: the handshake era)."""
-    sent = {"Authorization": f"Bearer {CALLER_CREDENTIAL}"}
-    async with create_mcp_http_client(headers=sent) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode="legacy",
-                          cache=None) as client:
-            yield client
-
-
-async def tool_names(client: Client) -> list[str]:
-    """Every page of the list (the rig pages by five; the virtual server server by server)."""
-    names: list[str] = []
-    cursor: str | None = None
-    for _ in range(40):
-        page = await client.list_tools(cursor=cursor)
-        names += [t.name for t in page.tools]
-        cursor = page.next_cursor
-        if cursor is None:
-            return names
-    raise AssertionError("the list never ended")
-
-
-def text_of(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    assert isinstance(content[0], TextContent)
-    return content[0].text
-
-
 async def seen_by_the_server(url: str) -> dict[str, str]:
-    async with connect(url) as client:
+    async with connect(url, CALLER_CREDENTIAL) as client:
         seen: dict[str, str] = json.loads(text_of(await client.call_tool("seen_headers", {})))
     return seen
 
@@ -216,7 +184,7 @@ async def test_registered_on_one_broker_called_through_the_other_rotated_and_rem
         await within(served_on_b, "the registration served by broker B")
         seen = await seen_by_the_server(f"{pair.b.url}/mcp/tools")
         assert CALLER_CREDENTIAL not in json.dumps(seen)  # the broker's credential, not hers
-        async with connect(f"{pair.b.url}/mcp") as virtual:
+        async with connect(f"{pair.b.url}/mcp", CALLER_CREDENTIAL) as virtual:
             names = await tool_names(virtual)
             assert "tools__add" in names and "configured__add" in names
             assert text_of(await virtual.call_tool("tools__add", {"a": 2, "b": 3})) == "5"
@@ -256,7 +224,7 @@ async def test_registered_on_one_broker_called_through_the_other_rotated_and_rem
         old = await http.post(f"{pair.b.url}/mcp/tools", headers=live, json=tools_call(4))
         assert reason(old) == "MCP_SERVER_NOT_FOUND"
         assert await refusal_of(f"{pair.b.url}/mcp/tools") == "MCP_SERVER_NOT_FOUND"
-        async with connect(f"{pair.b.url}/mcp") as virtual:
+        async with connect(f"{pair.b.url}/mcp", CALLER_CREDENTIAL) as virtual:
             names = await tool_names(virtual)
         assert "configured__add" in names and not [n for n in names if n.startswith("tools__")]
         gone = await http.get(f"{pair.b.url}/admin/mcp-servers/tools", headers=admin_b)
