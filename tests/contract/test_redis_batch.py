@@ -1,6 +1,7 @@
-"""``BatchingRedis``: scripts called together share one pipeline, and each caller still gets
-its own reply or error, exactly as if it had called alone (a real Redis server); on a cluster
-(``BatchingRedisCluster``) the pipelines of different nodes run at the same time."""
+"""``BatchingRedis``: scripts called together share one round trip, and each caller still gets
+its own reply or error, exactly as if it had called alone (a real Redis server), through a
+restart and a timeout too; on a cluster (``BatchingRedisCluster``) the pipelines of different
+nodes run at the same time."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from testkit.redis_process import stop_redis_server
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 PICKY = (
-    "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. ARGV[1]) end return ARGV[1]"
+    "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. ARGV[1]) end "
+    "return ARGV[1]"
 )
 
 
