@@ -141,7 +141,8 @@ class _WireBatcher(_Batcher):
         command = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
             call.packed = pack(self._encoder, command)
-        except RedisError as exc:  # an argument Redis cannot take: this caller's error alone
+        except Exception as exc:  # an argument Redis cannot take (DataError, a lone surrogate
+            # UnicodeEncodeError): this caller's error alone, as when it called alone
             call.future.set_exception(exc)
             return False
         return True

@@ -46,10 +46,15 @@ SCRIPTS = (
 KINDS = ("int", "float", "nil", "false", "true", "status", "error", "error_reply", "nested",
          "raise", "echo")  # fmt: skip
 
-# What a caller may pass: what Redis takes, and what redis-py refuses (bool, None).
+# What a caller may pass: what Redis takes, and what redis-py refuses (bool, None, text that
+# UTF-8 cannot encode).
 arguments = st.one_of(
     st.sampled_from(KINDS),
     st.text(max_size=12),
+    # around the surrogates, which UTF-8 cannot encode
+    st.text(
+        st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010, exclude_categories=()), max_size=3
+    ),
     st.binary(max_size=12),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False),
@@ -107,7 +112,7 @@ async def _compare(redis_url: str, plan: list[tuple[bool, list[Any]]]) -> None:
                             keys=[f"{run}:reference:{key}" for key in keys], args=args
                         )
                     )
-                except redis.RedisError as exc:
+                except (redis.RedisError, UnicodeError) as exc:
                     expected.append(exc)
             assert [outcome(r) for r in got] == [outcome(r) for r in expected], batch
     finally:
