@@ -120,6 +120,11 @@ def _numeric_host(host: str) -> tuple[IPAddress | None, bool]:
         return None, True
 
 
+def is_numeric_host(host: str) -> bool:
+    """Whether ``host`` is an IP address (in any spelling libc reads as one), not a name."""
+    return _numeric_host(host)[0] is not None
+
+
 def _denied(message: str, detail: str | None = None) -> EgressDeniedError:
     return EgressDeniedError(f"Egress refused: {message}", detail=detail)
 

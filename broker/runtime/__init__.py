@@ -36,7 +36,7 @@ from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.observability.metrics import register_scrape_gauge, scrape_gauges
 from broker.observability.tracing import traced
 from broker.observability.tracing_setup import start_tracing
-from broker.outbound.client import AiohttpTransport
+from broker.outbound.http11 import Http11Transport
 from broker.outbound.egress import PushUrlEgress
 from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
@@ -65,7 +65,7 @@ class BrokerRuntime:
     backend: StoreBackend
     stores: Stores
     keys: BrokerKeys
-    upstream: AiohttpTransport
+    upstream: Http11Transport
     directory: AgentDirectory
     authenticate: Authenticate
     policy: PolicyRuntime
@@ -121,7 +121,7 @@ class BrokerRuntime:
         late_writes = LateWrites((StoreUnavailableError,), tasks=tasks)
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
-        upstream = AiohttpTransport(settings.egress, settings.limits, settings.registry)
+        upstream = Http11Transport(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
@@ -291,7 +291,7 @@ def _approval_desk(
     settings: Settings,
     stores: Stores,
     audit: AuditRecorder,
-    upstream: AiohttpTransport,
+    upstream: Http11Transport,
     tasks: BackgroundTasks,
 ) -> ApprovalDesk:
     webhook = ApprovalWebhook.from_settings(
