@@ -27,6 +27,13 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
+        # As lax as aiohttp's client parser (outside its dev mode), so an answer aiohttp read
+        # is read here too: bare LF line ends, odd header bytes, spaces after a chunk size.
+        self._parser.set_dangerous_leniencies(
+            lenient_headers=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
         self._loop = asyncio.get_running_loop()
         self.closed = False
         self.idle_since = 0.0
@@ -41,7 +48,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self.complete = False
-        self.answered = False  # any byte of an answer arrived
         self._until_close = False
         self._keep_alive = False
         self._error: BaseException | None = None
@@ -101,12 +107,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(MalformedResponseError("the upstream switched protocols"))
-            self.close()
+            self._switched()
         except httptools.HttpParserError as exc:
             self._fail(MalformedResponseError(f"unparsable answer: {exc}"))
             self.close()
@@ -126,7 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:  # informational (100, 103): the real answer follows
+        if 100 <= status < 200 and status != 101:  # informational: the real answer follows
             self._raw = []
             return
         self.status = status
@@ -165,10 +169,21 @@ class UpstreamConnection(asyncio.Protocol):
             self.complete = True
             self._keep_alive = False
             self._wake()
-        elif self.answered:
-            self._fail(MalformedResponseError("the answer ended before it was complete"))
-        else:
+        elif self.status:
+            self._fail(MalformedResponseError("the answer ended before its body was complete"))
+        else:  # before the end of the headers, as aiohttp's ServerDisconnectedError
             self._fail(UpstreamClosedError(exc))
+
+    def _switched(self) -> None:
+        """101 Switching Protocols: an answer without a body (as aiohttp reads it) on a
+        connection that no longer speaks HTTP."""
+        if self.status == 101:
+            self.complete = True
+            self._keep_alive = False
+            self._wake()
+        else:
+            self._fail(MalformedResponseError("the upstream switched protocols"))
+        self.close()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None and not self.complete:

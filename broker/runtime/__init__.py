@@ -36,8 +36,8 @@ from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.observability.metrics import register_scrape_gauge, scrape_gauges
 from broker.observability.tracing import traced
 from broker.observability.tracing_setup import start_tracing
-from broker.outbound.http11 import Http11Transport
 from broker.outbound.egress import PushUrlEgress
+from broker.outbound.http11 import Http11Transport
 from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.mcp import McpGateway, McpParts

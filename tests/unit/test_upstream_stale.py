@@ -16,25 +16,29 @@ from stale_proxy import StaleProxy
 
 from broker.errors import UpstreamUnreachableError
 from broker.outbound.client import AiohttpTransport
+from broker.outbound.http11 import Http11Transport
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 
 
 @dataclass
 class Rig:
     proxy: StaleProxy
-    client: AiohttpTransport
+    client: AiohttpTransport | Http11Transport
     seen: list[str] = field(default_factory=list)  # requests that reached the upstream
 
     async def post(self, body: bytes, *, retry_stale: bool) -> bytes:
-        response = await self.client.request(
-            "POST", f"{self.proxy.url}/rpc", body=body, retry_stale=retry_stale
-        )
-        async with response:
-            return await self.client.read_body(response)
+        response = await self.client.send(
+            "POST", f"{self.proxy.url}/rpc", headers={}, body=body, stream=False,
+            reads_only=retry_stale,
+        )  # fmt: skip
+        try:
+            return await response.read(1024)
+        finally:
+            response.close()
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@pytest.fixture(params=[AiohttpTransport, Http11Transport], ids=["aiohttp", "http11"])
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     seen: list[str] = []
 
     async def rpc(request: web.Request) -> web.Response:
@@ -54,9 +58,7 @@ async def rig() -> AsyncIterator[Rig]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     proxy = StaleProxy(port)
     await proxy.start()
-    client = AiohttpTransport(
-        EgressSettings(allow_loopback=True), LimitSettings(), RegistrySettings()
-    )
+    client = request.param(EgressSettings(allow_loopback=True), LimitSettings(), RegistrySettings())
     try:
         yield Rig(proxy, client, seen)
     finally:
