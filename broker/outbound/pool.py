@@ -57,9 +57,10 @@ class Connector:
                 await loop.sock_connect(sock, info[4])
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 tls = self._tls if scheme == "https" else None
-                _, conn = await loop.create_connection(
+                transport, conn = await loop.create_connection(
                     UpstreamConnection, sock=sock, ssl=tls, server_hostname=host if tls else None
                 )
+                conn.connection_made(transport)  # uvloop may call it only on its next turn
             except OSError as exc:
                 sock.close()
                 failure = failure or exc
