@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from broker.errors import BrokerError, EgressDeniedError
 from broker.outbound.client import AiohttpTransport
@@ -256,3 +264,82 @@ async def test_the_resolver_refuses_when_every_address_is_refused(
             "GET", "http://agent.test/", headers={}, body=None, stream=False
         )
     assert _CONNECTS[start:] == []
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, signed by itself."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture
+async def tls_player(tmp_path: Path) -> AsyncIterator[tuple[Player, Path]]:
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    played = Player()
+    server = await asyncio.start_server(played.serve, "127.0.0.1", 0, ssl=context)
+    played.port = server.sockets[0].getsockname()[1]
+    yield played, cert_file
+    server.close()
+
+
+async def test_an_untrusted_certificate_is_refused_like_aiohttp_does(
+    tls_player: tuple[Player, Path], clients: Callable[..., Client]
+) -> None:
+    player, _ = tls_player
+    url = f"https://127.0.0.1:{player.port}/rpc"
+    for kind in (AiohttpTransport, Http11Transport):
+        player.answers = [ANSWERS["content-length"]]
+        assert await _outcome(clients(kind), url, stream=False) == (
+            "error", "UPSTREAM_UNREACHABLE"
+        )  # fmt: skip
+    assert player.requests == []
+
+
+async def test_https_to_a_trusted_upstream(
+    tls_player: tuple[Player, Path],
+    clients: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    player, cert_file = tls_player
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # the default context's trust store
+    player.close_after = False
+    player.answers = [ANSWERS["content-length"], ANSWERS["chunked"]]
+    client = clients(Http11Transport)
+    url = f"https://127.0.0.1:{player.port}/rpc"
+    assert await _outcome(client, url, stream=False) == (
+        200, {"content-type": "application/json"}, b'{"ok":true}'
+    )  # fmt: skip
+    assert (await _outcome(client, url, stream=True))[2] == b'{"ok":true}'
+    assert player.connections == 1
+    assert player.requests[0].startswith(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:")
