@@ -109,6 +109,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.complete:  # bytes nobody asked for: this connection is not used again
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -126,6 +129,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._ended(exc)
 
     # --- httptools callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer behind the first: never read as the next one
+            self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))

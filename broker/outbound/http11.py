@@ -223,12 +223,11 @@ class _Http11Response:
             while chunk := await conn.next_chunk():
                 body += chunk
                 if len(body) > max_bytes:
-                    self.close()
                     raise UpstreamResponseTooLargeError()
         except CLIENT_ERRORS as exc:
-            self.close()
             raise transport_error(exc) from None
-        self.close()
+        finally:
+            self.close()
         return bytes(body)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -247,9 +246,9 @@ class _Http11Response:
                     break
                 yield chunk
         except CLIENT_ERRORS as exc:
-            self.close()
             raise transport_error(exc, streaming=self._idle_s is not None) from None
-        self.close()
+        finally:
+            self.close()  # also when the reader stops early: the rest is never read
 
     def close(self) -> None:
         """Back to the pool if the whole answer was read (and kept alive), else closed."""
@@ -260,4 +259,11 @@ class _Http11Response:
             self._conn = None
             if not conn.complete:
                 conn.close()
+            self._pool.release(self._key, conn)
+
+    def __del__(self) -> None:
+        # A response dropped unclosed would hold its pool slot for good (aiohttp's releases too).
+        if (conn := self._conn) is not None:
+            self._conn = None
+            conn.close()  # not back to the pool: no loop may be running by now
             self._pool.release(self._key, conn)

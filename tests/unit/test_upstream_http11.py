@@ -232,6 +232,19 @@ async def test_an_answer_left_unread_closes_its_connection(
     assert player.connections == 2  # the rest of the big body never reads as the next answer
 
 
+async def test_an_answer_nobody_asked_for_is_never_read_as_the_next_one(
+    player: Player, clients: Callable[..., Client]
+) -> None:
+    player.close_after = False
+    smuggled = _JSON + b"Content-Length: 9\r\n\r\n\"forged\"!"
+    player.answers = [ANSWERS["content-length"] + smuggled, ANSWERS["chunked"]]
+    client = clients(Http11Transport)
+    assert (await _outcome(client, player.url(), stream=False))[2] == b'{"ok":true}'
+    await asyncio.sleep(0.05)  # had the extra answer arrived apart, it is now
+    assert (await _outcome(client, player.url(), stream=False))[2] == b'{"ok":true}'
+    assert player.connections == 2
+
+
 def _fake_getaddrinfo(*addresses: str) -> Callable[..., Awaitable[list[Any]]]:
     async def getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
