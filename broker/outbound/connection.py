@@ -132,7 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:  # a second answer behind the first: never read as the next one
-            self.close()
+            raise MalformedResponseError("an answer nobody asked for")  # ends feed_data
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw.append((name, value))
