@@ -9,9 +9,11 @@ Three checks, each closing a gap the one before leaves open:
 3. ``EgressPolicy.guarded_socket`` is the connector's socket factory: it sees the exact address
    handed to connect() for every new connection, whatever path produced it, before a packet leaves.
 
-The transport that applies them is ``broker.outbound.client``; a refusal raised inside aiohttp's
-connect path travels as ``EgressRefusedOSError`` and becomes the EgressDeniedError again in the
-one error table, ``broker.outbound.errors.transport_error``.
+The transports apply them: ``broker.outbound.http11`` (its ``pool.Connector`` resolves and
+filters itself, then connects through the guard) and ``broker.outbound.client`` (aiohttp, with
+``EgressResolver`` and the guard as its socket factory). A refusal raised inside a connect path
+travels as ``EgressRefusedOSError`` and becomes the EgressDeniedError again in the one error
+table, ``broker.outbound.errors.transport_error``.
 """
 
 from __future__ import annotations
