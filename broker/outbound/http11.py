@@ -152,7 +152,7 @@ class Http11Transport:
         if (target := self._targets.get(url)) is not None:
             return target
         parsed = self.egress.check_url(url)
-        host = parsed.host or ""
+        host = parsed.raw_host or ""  # IDNA-encoded, as aiohttp resolves and connects
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         path = parsed.raw_path_qs or "/"
         line = f" {path} HTTP/1.1\r\nHost: {parsed.host_port_subcomponent}\r\n".encode()

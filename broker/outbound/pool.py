@@ -3,8 +3,9 @@
 ``ConnectionPool`` bounds the connections in use (``[limits] upstream_pool_size``, like
 aiohttp's connector limit: idle keep-alive connections do not count) and keeps idle ones per
 (scheme, host, port). ``Connector`` opens one: the host's addresses (a name is resolved and every
-refused address dropped, as ``EgressResolver`` does for aiohttp), each through
-``EgressPolicy.guarded_socket`` before connect(), then TLS for https.
+refused address dropped, as ``EgressResolver`` does for aiohttp), each socket made by
+``EgressPolicy.guarded_socket`` before connect() (happy eyeballs between them, as aiohttp), then
+TLS for https.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohappyeyeballs
+
 from broker.outbound.connection import UpstreamConnection
 from broker.outbound.egress import EgressPolicy, EgressRefusedOSError
 from broker.outbound.errors import ConnectTimeoutError, PoolTimeoutError
@@ -24,6 +27,7 @@ PoolKey = tuple[str, str, int]  # scheme, host, port
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 _KEEPALIVE_S = 15.0  # aiohttp's keepalive_timeout: an idle connection older than this is dropped
 _DNS_TTL_S = 10.0  # as the aiohttp connector's: a changed record is picked up soon
+_HAPPY_EYEBALLS_DELAY_S = 0.25  # aiohttp's: the next address is tried 250 ms into a connect
 
 
 def tls_context() -> ssl.SSLContext:
@@ -45,31 +49,23 @@ class Connector:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         infos = _literal_info(host, port) if literal else await self._resolve(host, port)
-        failure: OSError | None = None
-        for info in infos:
-            try:
-                sock = self._policy.guarded_socket(info)  # raises before any packet leaves
-            except EgressRefusedOSError as exc:
-                failure = failure or exc
-                continue
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, info[4])
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                tls = self._tls if scheme == "https" else None
-                transport, conn = await loop.create_connection(
-                    UpstreamConnection, sock=sock, ssl=tls, server_hostname=host if tls else None
-                )
-                conn.connection_made(transport)  # uvloop may call it only on its next turn
-            except OSError as exc:
-                sock.close()
-                failure = failure or exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return conn
-        raise failure or OSError(f"no address for {host}")
+        # Happy eyeballs over the allowed addresses, as aiohttp connects: every socket comes from
+        # the guard, which refuses (EgressRefusedOSError) before any packet leaves.
+        sock = await aiohappyeyeballs.start_connection(
+            infos, happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY_S, interleave=None,
+            socket_factory=self._policy.guarded_socket,
+        )  # fmt: skip
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self._tls if scheme == "https" else None
+            transport, conn = await loop.create_connection(
+                UpstreamConnection, sock=sock, ssl=tls, server_hostname=host if tls else None
+            )
+        except BaseException:
+            sock.close()
+            raise
+        conn.connection_made(transport)  # uvloop may call it only on its next turn
+        return conn
 
     async def _resolve(self, host: str, port: int) -> list[AddrInfo]:
         loop = asyncio.get_running_loop()

@@ -28,7 +28,10 @@ from cryptography.x509.oid import NameOID
 
 from broker.errors import BrokerError, EgressDeniedError
 from broker.outbound.client import AiohttpTransport
+from broker.outbound.egress import EgressPolicy, EgressRefusedOSError
+from broker.outbound.errors import transport_error
 from broker.outbound.http11 import Http11Transport
+from broker.outbound.pool import Connector, tls_context
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 
 Client = AiohttpTransport | Http11Transport
@@ -356,3 +359,14 @@ async def test_https_to_a_trusted_upstream(
     assert (await _outcome(client, url, stream=True))[2] == b'{"ok":true}'
     assert player.connections == 1
     assert player.requests[0].startswith(b"POST /rpc HTTP/1.1\r\nHost: 127.0.0.1:")
+
+
+async def test_the_socket_guard_catches_what_skips_the_url_check(player: Player) -> None:
+    # Straight to the connector, around the URL check: the guard still sees the address.
+    connector = Connector(EgressPolicy(EgressSettings(allow_loopback=False)), tls_context())
+    start = len(_CONNECTS)
+    with pytest.raises(EgressRefusedOSError) as refused:
+        await connector.open(("http", "127.0.0.1", player.port), literal=True)
+    assert isinstance(transport_error(refused.value), EgressDeniedError)
+    assert _CONNECTS[start:] == []
+    assert player.connections == 0
