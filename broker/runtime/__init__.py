@@ -348,7 +348,7 @@ def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> 
 
 
 async def _open_mcp_servers(
-    settings: Settings, keys: BrokerKeys, stores: Stores, upstream: AiohttpTransport,
+    settings: Settings, keys: BrokerKeys, stores: Stores, upstream: Http11Transport,
     *, controls: Controls, tasks: BackgroundTasks,
 ) -> McpServerDirectory:
     """The MCP servers: those of ``[mcp.servers]``, checked now (a bad one stops the start),
