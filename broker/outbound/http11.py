@@ -122,9 +122,10 @@ class Http11Transport:
         async def open_() -> UpstreamConnection:
             return await self._connector.open(key, target.literal)
 
+        fresh = False
         while True:
             connect_s = min(self._limits.upstream_connect_timeout_s, deadline - loop.time())
-            conn, _ = await self._pool.acquire(key, open_, connect_s)
+            conn = await self._pool.acquire(key, open_, connect_s, fresh=fresh)
             timer = loop.call_at(deadline, conn.expire)
             try:
                 conn.start(request)
@@ -134,7 +135,9 @@ class Http11Transport:
                 self._pool.release(key, conn)
                 if not retry:
                     raise
-                retry = False  # closed before any answer: a read may go once more
+                # Closed before any answer: a read goes once more, on a new connection (the
+                # other idle ones are likely as stale: an upstream that restarted closed all).
+                retry, fresh = False, True
                 continue
             except BaseException:
                 timer.cancel()

@@ -108,19 +108,25 @@ class ConnectionPool:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def acquire(
-        self, key: PoolKey, open_: Callable[[], Awaitable[UpstreamConnection]], timeout_s: float
-    ) -> tuple[UpstreamConnection, bool]:
-        """A connection to ``key`` and whether it was pooled. PoolTimeoutError if no slot
-        frees up, ConnectTimeoutError if opening takes longer, within ``timeout_s`` in all."""
+        self,
+        key: PoolKey,
+        open_: Callable[[], Awaitable[UpstreamConnection]],
+        timeout_s: float,
+        *,
+        fresh: bool = False,
+    ) -> UpstreamConnection:
+        """A connection to ``key``: an idle one unless ``fresh``, else a new one from ``open_``.
+        PoolTimeoutError if no slot frees up, ConnectTimeoutError if opening takes longer,
+        within ``timeout_s`` in all."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         await self._slot(deadline)
         try:
-            if (conn := self._pooled(key, loop.time())) is not None:
-                return conn, True
+            if not fresh and (conn := self._pooled(key, loop.time())) is not None:
+                return conn
             try:
                 async with asyncio.timeout_at(deadline):
-                    return await open_(), False
+                    return await open_()
             except TimeoutError:
                 raise ConnectTimeoutError("connect timeout") from None
         except BaseException:

@@ -7,6 +7,7 @@ broker's pool).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -89,3 +90,18 @@ async def test_a_card_fetch_on_a_stale_pooled_connection_is_sent_again(rig: Rig)
     rig.proxy.arm()
     assert await rig.client.fetch_card(f"{rig.proxy.url}/card") == b'{"name": "x"}'
     assert rig.proxy.dropped == 1 and rig.seen == ["card", "card"]
+
+
+async def test_a_read_is_sent_again_on_a_new_connection(rig: Rig) -> None:
+    # Two pooled connections, both closed by the upstream: the second attempt must not take
+    # the other stale one (decision 0071; aiohttp's own retry may, so it meets the same close).
+    if isinstance(rig.client, AiohttpTransport):
+        pytest.skip("aiohttp retries on any pooled connection")
+    await asyncio.gather(
+        rig.post(b"GetTask 1", retry_stale=True), rig.post(b"GetTask 2", retry_stale=True)
+    )
+    assert rig.proxy.connections == 2
+    rig.proxy.arm(2)
+    assert await rig.post(b"GetTask 3", retry_stale=True) == b'{"ok": true}'
+    assert rig.proxy.dropped == 1
+    assert rig.seen[-1] == "GetTask 3"
