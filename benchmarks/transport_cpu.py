@@ -6,7 +6,7 @@ Starts ``benchmarks.upstream`` (its own process, so its CPU is not counted), the
 this process on uvloop, R rounds of N unary JSON-RPC ``SendMessage`` at concurrency 1, 16 and 64
 through ``AiohttpTransport`` and ``Http11Transport`` in turn (``send`` + ``read`` + ``close``, as
 the forward stage does), and prints this process's CPU µs per request (``time.process_time``)
-for each, with the best and the median of the rounds. Other processes on a shared machine
+for each, with the best and the median of the rounds, and the median wall time of a request. Other processes on a shared machine
 inflate wall time, hardly this figure (decision 0071).
 """
 
@@ -35,24 +35,35 @@ HEADERS = {"content-type": "application/json", "a2a-version": "1.0",
 KINDS = {"aiohttp": AiohttpTransport, "http11": Http11Transport}
 
 
-async def _round(client: AiohttpTransport | Http11Transport, url: str, n: int, c: int) -> float:
+async def _round(
+    client: AiohttpTransport | Http11Transport, url: str, n: int, c: int
+) -> tuple[float, float]:
+    """CPU µs per request and the median wall time of one request, in ms."""
+    walls: list[float] = []
+
     async def worker(count: int) -> None:
         for _ in range(count):
+            sent = time.perf_counter()
             response = await client.send("POST", url, headers=HEADERS, body=BODY, stream=False)
             try:
                 await response.read(1 << 20)
             finally:
                 response.close()
+            walls.append(time.perf_counter() - sent)
 
     started = time.process_time()
     await asyncio.gather(*(worker(n // c) for _ in range(c)))
-    return (time.process_time() - started) / (n // c * c) * 1e6
+    cpu = (time.process_time() - started) / (n // c * c) * 1e6
+    return cpu, statistics.median(walls) * 1e3
 
 
-async def _measure(url: str, number: int, rounds: int) -> dict[tuple[str, int], list[float]]:
+Results = dict[tuple[str, int], list[tuple[float, float]]]
+
+
+async def _measure(url: str, number: int, rounds: int) -> Results:
     limits, settings = LimitSettings(), (EgressSettings(allow_loopback=True), RegistrySettings())
     clients = {name: kind(settings[0], limits, settings[1]) for name, kind in KINDS.items()}
-    results: dict[tuple[str, int], list[float]] = {}
+    results: Results = {}
     try:
         for client in clients.values():  # warm up: pools filled, code paths hot
             await _round(client, url, 2000, 64)
@@ -89,10 +100,13 @@ def main() -> None:
     finally:
         upstream.terminate()
         upstream.wait()
-    print("transport  c   CPU us/req: best  median  rounds")
+    print("transport  c   CPU us/req: best  median  rounds     p50 ms: median")
     for (name, c), values in results.items():
-        rounds = " ".join(f"{v:.0f}" for v in values)
-        print(f"{name:8} {c:3}   {min(values):9.0f} {statistics.median(values):7.0f}  {rounds}")
+        cpu = [v[0] for v in values]
+        rounds = " ".join(f"{v:.0f}" for v in cpu)
+        p50 = statistics.median(v[1] for v in values)
+        best, median = min(cpu), statistics.median(cpu)
+        print(f"{name:8} {c:3}   {best:9.0f} {median:7.0f}  {rounds:20} {p50:.3f}")
 
 
 if __name__ == "__main__":
