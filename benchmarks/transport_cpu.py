@@ -6,8 +6,8 @@ Starts ``benchmarks.upstream`` (its own process, so its CPU is not counted), the
 this process on uvloop, R rounds of N unary JSON-RPC ``SendMessage`` at concurrency 1, 16 and 64
 through ``AiohttpTransport`` and ``Http11Transport`` in turn (``send`` + ``read`` + ``close``, as
 the forward stage does), and prints this process's CPU µs per request (``time.process_time``)
-for each, with the best and the median of the rounds, and the median wall time of a request. Other processes on a shared machine
-inflate wall time, hardly this figure (decision 0071).
+for each, with the best and the median of the rounds, and the median wall time of a request.
+Other processes on a shared machine inflate wall time, hardly the CPU figure (decision 0071).
 """
 
 from __future__ import annotations
