@@ -73,6 +73,11 @@ class GroupCommitter:
             self._task = self._tasks.spawn(self._run(), "audit-commit")
         await future
 
+    @property
+    def waiting(self) -> bool:
+        """Are appends queued for the next batch?"""
+        return bool(self._pending)
+
     async def close(self) -> None:
         """Write what is queued, then stop the writer."""
         self._closed = True
