@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from broker.audit.commit import GroupCommitter
-from broker.audit.log import AuditLog, AuditLogError, done_future
+from broker.audit.log import AuditLog, AuditLogError, done_future, failed_future
 from broker.audit.records import (
     EMPTY_HEAD,
     REPLICA_PATTERN,
@@ -212,6 +212,15 @@ class FileAuditLog(AuditLog):
         if not records:
             return
         await self._writer(_one_replica(records)).committer.append(records, durable=False)
+
+    def append_written_nowait(self, records: list[AuditRecord]) -> asyncio.Future[None]:
+        if not records:
+            return done_future()
+        try:
+            writer = self._writer(_one_replica(records))
+        except AuditLogError as exc:
+            return failed_future(exc)
+        return writer.committer.append_nowait(records, durable=False)
 
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
