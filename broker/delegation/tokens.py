@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Annotated, TypeVar
 
@@ -35,6 +34,7 @@ from broker.delegation.errors import (
     DelegationTokenNotYoursError,
 )
 from broker.identity.keys import BROKER_ALG, BrokerKeys
+from broker.ids import new_id
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
@@ -195,11 +195,11 @@ class TokenMinter:
             sub=chain[0],
             act=Actor(caller, None if parent is None else parent.act),
             chain=chain,
-            tree=uuid.uuid4().hex if parent is None else parent.tree,
+            tree=new_id() if parent is None else parent.tree,
             parent=None if parent is None else parent.jti,
             depth=len(chain),
             scope=_scope_text(scope),
-            jti=uuid.uuid4().hex,
+            jti=new_id(),
             iat=int(now),
             exp=limits[0],
             dl=limits[1],
