@@ -39,8 +39,9 @@ class McpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     # How long a session the broker issued stays usable, and a list cursor.
     session_ttl_s: _Positive = 24 * 3600.0
     cursor_ttl_s: _Positive = 3600.0
-    # The environment variable holding the secret that seals session ids and cursors: the
-    # same on every replica. Empty: derived from the broker's signing key.
+    # The environment variable holding the secret that seals session ids, cursors and the
+    # credentials of MCP servers registered at run time: the same on every replica. Empty:
+    # derived from the broker's signing key.
     seal_key_env: str = ""
     # Largest single event (or JSON answer) relayed from an MCP server.
     max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024

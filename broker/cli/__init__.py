@@ -24,8 +24,9 @@ from broker.settings import ADMIN_TOKEN_ENV, CONFIG_ENV, Settings, SettingsError
 DEFAULT_URL = "http://127.0.0.1:8080"
 DESCRIPTION = (
     "a2a-broker: the control layer between AI agents. Run the broker (serve), check its "
-    "configuration (config-check), administer a running broker (agents, trees, budgets, policy), "
-    "read its audit log (audit), or try it with three demo agents (demo, demo-ask)."
+    "configuration (config-check), administer a running broker (agents, mcp-servers, trees, "
+    "budgets, policy), read its audit log (audit), or try it with three demo agents (demo, "
+    "demo-ask)."
 )
 EPILOG = (
     f"The admin commands find the broker at $A2A_BROKER_URL (default {DEFAULT_URL}) with the "
@@ -79,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from broker.cli.approvals import add_approvals_parser  # noqa: PLC0415
     from broker.cli.audit import add_audit_parser  # noqa: PLC0415
+    from broker.cli.mcp_servers import add_mcp_servers_parser  # noqa: PLC0415
     from broker.cli.policy import add_policy_file_commands  # noqa: PLC0415
 
     add_agents_parser(sub, DEFAULT_URL)
+    add_mcp_servers_parser(sub, DEFAULT_URL)
     add_trees_parser(sub, DEFAULT_URL)
     add_budgets_parser(sub, DEFAULT_URL)
     add_kill_parser(sub, DEFAULT_URL)

@@ -13,17 +13,18 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from broker.budgets.model import Limit
-from broker.config_errors import explain_validation
 from broker.errors import (
     AdminDisabledError,
     AdminUnauthenticatedError,
     BrokerError,
     InvalidAdminRequestError,
-    JSONTooDeepError,
 )
+from broker.http.admin_body import MAX_ADMIN_JSON_DEPTH as MAX_ADMIN_JSON_DEPTH  # noqa: PLC0414
+from broker.http.admin_body import decode_body as _decode
+from broker.http.admin_body import json_reply as _json
+from broker.http.admin_mcp import MCP_SERVER_HANDLERS
 from broker.http.state import AnyRequest, runtime_of
 from broker.policy.rules import PolicyError
-from broker.protocols.jsonlimits import json_depth_exceeds
 from broker.settings import BudgetLimitSettings, Settings
 from broker.stages.authenticate import bearer_token
 from broker.stores.budget_limits import check_override
@@ -51,30 +52,6 @@ class _BudgetLimitsBody(msgspec.Struct, forbid_unknown_fields=True):
     # Same fields and checks as a [budgets] entry: unknown metric/window or a bad limit is a 400
     # whose message names the field (e.g. `$.limits[0].window`).
     limits: tuple[BudgetLimitSettings, ...]
-
-
-# No admin body (an agent card included) needs deeper JSON; deeper would exhaust the decoder.
-MAX_ADMIN_JSON_DEPTH = 64
-
-
-def _decode(body: bytes, kind: type[_B]) -> _B:
-    if json_depth_exceeds(body, MAX_ADMIN_JSON_DEPTH):
-        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)})
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        # Valid JSON with a wrong value: name the field, and the valid choices for a choice.
-        _, problem = explain_validation(exc, msgspec.json.decode(body), kind)
-        raise InvalidAdminRequestError(f"Invalid request body: {problem}") from None
-    except msgspec.DecodeError as exc:
-        # msgspec's message says where the JSON breaks: safe to show.
-        raise InvalidAdminRequestError(f"Invalid request body: {exc}") from None
-    except RecursionError:  # unreachable past the depth check; never a 500 all the same
-        raise JSONTooDeepError(metadata={"maxDepth": str(MAX_ADMIN_JSON_DEPTH)}) from None
-
-
-def _json(payload: object, status: int = 200) -> Response[bytes]:
-    return Response(_encoder.encode(payload), status_code=status, media_type="application/json")
 
 
 async def _audit(request: AnyRequest, kind: str, action: str, agent: str) -> None:
@@ -331,5 +308,6 @@ admin_router = Router(
         show_budgets,
         set_budget,
         unset_budget,
+        *MCP_SERVER_HANDLERS,
     ],
 )

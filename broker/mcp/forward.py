@@ -269,7 +269,7 @@ class ForwardMcp:
         negotiated = str(result["result"].get("protocolVersion", ""))
         headers = {}
         if session_id:
-            upstreams = {server.name: UpstreamSession(session_id, negotiated)}
+            upstreams = {server.name: UpstreamSession(session_id, negotiated, server.epoch)}
             headers[SESSION_HEADER] = self._upstream.parts.sessions.issue(
                 ctx.caller or "", server.name, upstreams)
         return Reply(200, encode(result), headers=headers)

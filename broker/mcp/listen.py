@@ -61,6 +61,7 @@ class ReadMcpListen:
         ctx.server = self._registry.get(ctx.server_name)
         ctx.sessions = self._seal.open_from(ctx.caller, ctx.server.name,
                                             ctx.headers.get(SESSION_HEADER), required=True)
+        self._registry.check_sessions(ctx.sessions)
         if session := ctx.sessions.get(ctx.server.name):
             check_session_version(session, ctx.headers.get(PROTOCOL_VERSION_HEADER))
             ctx.version = session.protocol_version

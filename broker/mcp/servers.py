@@ -11,9 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from broker.errors import BrokerError
-from broker.mcp.errors import McpServerExistsError, McpServerInvalidError, McpServerNotFoundError
+from broker.mcp.errors import (
+    McpServerExistsError,
+    McpServerInvalidError,
+    McpServerNotFoundError,
+    McpSessionNotFoundError,
+)
 from broker.mcp.reading import (
     METHOD_HEADER,
     NAME_HEADER,
@@ -46,6 +52,11 @@ class McpServer:
     aggregate: bool = True
     timeout_s: float = 120.0
     idle_timeout_s: float = 60.0
+    # "config": declared in [mcp.servers]; "api": registered at run time (broker.mcp.directory).
+    source: Literal["config", "api"] = "config"
+    # Changes with a run-time server's URL or credential; a session sealed under another
+    # epoch no longer opens (decision 0070). Configured servers change only with a restart.
+    epoch: str = ""
 
 
 def server_from_settings(
@@ -60,13 +71,19 @@ def server_from_settings(
             f"MCP server '{name}': its credential is empty"
             + (f" (${cred.env} is not set)." if cred.env else "."),
             metadata={"server": name})
-    auth: dict[str, str] = {}
-    if cred.kind == "bearer":
-        auth["authorization"] = f"Bearer {secret}"
-    elif cred.kind == "header":
-        auth[cred.header.lower()] = secret or ""
+    auth = auth_headers(cred.kind, cred.header, secret or "")
     return McpServer(name, settings.url, settings.description, auth, settings.aggregate,
                      settings.timeout_s, settings.idle_timeout_s)
+
+
+def auth_headers(kind: str, header: str, secret: str) -> dict[str, str]:
+    """The headers that present the broker's credential: ``Authorization: Bearer <secret>``
+    ("bearer"), ``<header>: <secret>`` ("header"), nothing ("none")."""
+    if kind == "bearer":
+        return {"authorization": f"Bearer {secret}"}
+    if kind == "header":
+        return {header.lower(): secret}
+    return {}
 
 
 def check_name(name: str) -> None:
@@ -100,11 +117,30 @@ class McpServerRegistry:
         if self._servers.pop(name, None) is None:
             raise McpServerNotFoundError(metadata={"server": name[:64]})
 
+    def discard(self, name: str) -> None:
+        """Forget ``name`` if it is registered (a run-time server removed elsewhere)."""
+        self._servers.pop(name, None)
+
+    def find(self, name: str) -> McpServer | None:
+        return self._servers.get(name)
+
     def get(self, name: str) -> McpServer:
         try:
             return self._servers[name]
         except KeyError:
             raise McpServerNotFoundError(metadata={"server": name[:64]}) from None
+
+    def check_sessions(self, sessions: Mapping[str, UpstreamSession]) -> None:
+        """Raise ``McpSessionNotFoundError`` if a server of the session changed its URL or
+        credential since the session opened: nothing opened with the old ones is used again,
+        and MCP clients start a new session on that error. A server removed since is left to
+        the call that names it (``McpServerNotFoundError``)."""
+        for name, session in sessions.items():
+            server = self._servers.get(name)
+            if server is not None and server.epoch != session.epoch:
+                raise McpSessionNotFoundError(
+                    "The MCP server's address or credential changed since this session opened;"
+                    " start a new session with 'initialize'.", metadata={"server": name})
 
     def all(self) -> list[McpServer]:
         return sorted(self._servers.values(), key=lambda s: s.name)

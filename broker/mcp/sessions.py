@@ -43,9 +43,10 @@ _SESSION = b"mcp-session"
 _CURSOR = b"mcp-cursor"
 
 
-def derive_seal_key(secret: bytes) -> bytes:
-    """A 256-bit sealing key derived from a broker secret (every replica derives the same)."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"a2a-broker mcp seal v1")
+def derive_seal_key(secret: bytes, info: bytes = b"a2a-broker mcp seal v1") -> bytes:
+    """A 256-bit key derived from a broker secret (every replica derives the same); ``info``
+    keeps the keys of different purposes apart."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
     return hkdf.derive(secret)
 
 
@@ -118,6 +119,8 @@ class UpstreamSession:
 
     session_id: str
     protocol_version: str
+    # The server's epoch when the session opened (run-time servers; decision 0070).
+    epoch: str = ""
 
 
 def check_session_version(session: UpstreamSession, sent: str | None) -> None:
@@ -130,7 +133,8 @@ def check_session_version(session: UpstreamSession, sent: str | None) -> None:
 
 
 class _SessionPayload(msgspec.Struct, array_like=True):
-    upstreams: dict[str, tuple[str, str]]
+    # name -> [session id, protocol version, epoch]; no epoch (configured servers): two.
+    upstreams: dict[str, list[str]]
 
 
 class SessionSeal:
@@ -141,7 +145,8 @@ class SessionSeal:
         self._ttl_s = ttl_s
 
     def issue(self, caller: str, target: str, upstreams: Mapping[str, UpstreamSession]) -> str:
-        payload = _SessionPayload({k: (v.session_id, v.protocol_version)
+        payload = _SessionPayload({k: [v.session_id, v.protocol_version, v.epoch][:3 if v.epoch
+                                                                                  else 2]
                                    for k, v in upstreams.items()})
         return self._sealer.seal(_SESSION, (caller, target), msgspec.json.encode(payload))
 
@@ -164,7 +169,7 @@ class SessionSeal:
         if raw is None:
             raise McpSessionNotFoundError()
         payload = msgspec.json.decode(raw, type=_SessionPayload)
-        return {k: UpstreamSession(*v) for k, v in payload.upstreams.items()}
+        return {k: UpstreamSession(*v[:3]) for k, v in payload.upstreams.items() if len(v) >= 2}
 
 
 # --- cursors -----------------------------------------------------------------------------------

@@ -193,10 +193,12 @@ class ResolveMcpServer:
 
 class McpSession:
     """Open the sealed ``Mcp-Session-Id`` (decision 0047): only the caller it was issued to,
-    for the server it was issued for; a request in it keeps the version it negotiated."""
+    for the server it was issued for, while that server keeps the URL and credential it had
+    (decision 0070); a request in it keeps the version it negotiated."""
 
-    def __init__(self, seal: SessionSeal) -> None:
+    def __init__(self, seal: SessionSeal, registry: McpServerRegistry) -> None:
         self._seal = seal
+        self._registry = registry
 
     async def __call__(self, ctx: McpContext, call_next: McpCallNext) -> Outcome:
         assert ctx.caller is not None and ctx.message is not None  # noqa: S101
@@ -210,6 +212,7 @@ class McpSession:
         elif token:
             assert ctx.server is not None  # noqa: S101 - resolved earlier
             ctx.sessions = self._seal.open(ctx.caller, ctx.server.name, token)
+        self._registry.check_sessions(ctx.sessions)
         if ctx.server is not None and (session := ctx.sessions.get(ctx.server.name)):
             if not ctx.virtual:
                 check_session_version(session, ctx.headers.get(PROTOCOL_VERSION_HEADER))

@@ -67,7 +67,9 @@ class VirtualServer:
     async def _open(
         self, ctx: McpContext, name: str
     ) -> tuple[str, dict[str, Any] | None, UpstreamSession | None]:
-        server = self._registry.get(name)
+        server = self._registry.find(name)
+        if server is None:  # removed since this request's server list was read
+            return name, None, None
         token, _ = self._upstream.parts.mint.mint(ctx, name)
         try:
             answer = await self._upstream.post(ctx, server, ctx.body, version=ctx.version,
@@ -78,12 +80,14 @@ class VirtualServer:
             log.warning("MCP server %s left out of a virtual session: %s", name, err.reason)
             return name, None, None
         version = str(result.get("protocolVersion", ""))
-        return name, result, UpstreamSession(session_id, version)
+        return name, result, UpstreamSession(session_id, version, server.epoch)
 
     async def _to_every_server(self, ctx: McpContext) -> Outcome:
         """A notification (or a client's answer) goes to every server of the session."""
         for name, session in ctx.sessions.items():
-            server = self._registry.get(name)
+            server = self._registry.find(name)
+            if server is None:
+                continue  # removed since the session opened
             token, _ = self._upstream.parts.mint.mint(ctx, name)
             try:
                 answer = await self._upstream.post(ctx, server, ctx.body,

@@ -27,7 +27,7 @@ from broker.mcp.datacontrols import McpDataView
 from broker.mcp.forward import ForwardMcp, McpForwardParts, McpUpstream
 from broker.mcp.listen import ForwardMcpListen, McpListenPolicy, ReadMcpListen
 from broker.mcp.reading import SESSION_HEADER
-from broker.mcp.servers import McpServerRegistry, upstream_headers
+from broker.mcp.servers import McpServer, McpServerRegistry, upstream_headers
 from broker.mcp.sessions import CursorSeal, Sealer, SessionSeal, UpstreamSession
 from broker.mcp.stages import (
     McpGuards,
@@ -119,7 +119,7 @@ def mcp_stages(parts: McpParts) -> list[McpStage]:
         ResolveMcpServer(parts.registry),
         # The sealed session opens only for its caller and server, before the delegation
         # token is verified (no crypto for a stolen session id beyond one AES-GCM open).
-        McpSession(sessions),
+        McpSession(sessions, parts.registry),
         # The chain comes only from a token the broker minted for this caller: a tool call
         # made while working on an A2A task is judged with that task's chain and tree.
         DelegationContext(parts.verifier, stores.revocations),
@@ -212,16 +212,16 @@ class McpGateway:
             reply = refusal(ctx, err)
             await self._parts.audit.record(mcp_fields(ctx, phase="refused", status=reply.status))
             return reply
-        registered = {s.name for s in self._parts.registry.all()}
         for name, session in upstreams.items():
-            if session.session_id and name in registered:
-                await self._end_upstream(name, session)
+            server = self._parts.registry.find(name)
+            # Not a server removed or changed since: its side ended with its old URL.
+            if session.session_id and server is not None and server.epoch == session.epoch:
+                await self._end_upstream(server, session)
         await self._parts.audit.event("mcp.session", ctx.caller, action="end",
                                       target=ctx.target, request_id=ctx.request_id)
         return Reply(204, b"")
 
-    async def _end_upstream(self, name: str, session: UpstreamSession) -> None:
-        server = self._parts.registry.get(name)
+    async def _end_upstream(self, server: McpServer, session: UpstreamSession) -> None:
         headers = upstream_headers(server, (), protocol_version=session.protocol_version,
                                    session=session)
         try:

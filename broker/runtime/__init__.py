@@ -31,6 +31,8 @@ from broker.identity.cards import BrokerCardRewriter, CardVerifier, card_key_ids
 from broker.identity.directory import AgentDirectory, DeclarativeCardError
 from broker.identity.keys import BrokerKeys
 from broker.late_writes import LateWrites
+from broker.mcp.directory import McpServerDirectory
+from broker.mcp.held_credentials import HeldCredentials
 from broker.mcp.servers import registry_from_settings
 from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.observability.metrics import register_scrape_gauge, scrape_gauges
@@ -57,6 +59,8 @@ from broker.stores.factory import open_backend
 from broker.types import AgentRecord, CallNext
 
 log = logging.getLogger("a2a_broker")
+# Every replica re-reads the run-time MCP servers this often, should a control message be lost.
+MCP_RESYNC_S = 5.0
 
 
 @dataclass(slots=True)
@@ -76,6 +80,7 @@ class BrokerRuntime:
     budget_scopes: ConfiguredScopes
     llm: LlmGateway
     mcp: McpGateway
+    mcp_servers: McpServerDirectory  # MCP servers: the configured and the run-time ones
     expiry: asyncio.Task[None]
     late_writes: LateWrites  # store writes that follow an answer, retried until they land
     mediate: CallNext
@@ -125,6 +130,9 @@ class BrokerRuntime:
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
+        )
+        mcp_servers = await _open_mcp_servers(
+            settings, keys, stores, upstream, controls=controls, tasks=tasks
         )
         policy = await PolicyRuntime.start(settings, audit, tasks)
         opened.push_async_callback(policy.stop)
@@ -185,14 +193,13 @@ class BrokerRuntime:
                 budget_scopes=budget_scopes,
                 kill=controls.kill,
                 transport=upstream,
-                registry=registry_from_settings(
-                    settings.mcp, os.environ, upstream.egress.check_url
-                ),
+                registry=mcp_servers.registry,
                 sealer=mcp_sealer(settings, keys, os.environ),
                 tasks=tasks,
                 approvals=approvals,
                 datacontrols=datacontrols,
             )),
+            mcp_servers=mcp_servers,
             expiry=tasks.spawn(_expire_reservations(stores, settings), "budget-expiry"),
             late_writes=late_writes,
             mediate=_unset,
@@ -327,12 +334,41 @@ async def _unset(_: Any) -> Any:
     raise RuntimeError("the pipeline is not built yet")
 
 
-def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> Sealer:
-    """The key that seals MCP session ids and cursors: from ``[mcp] seal_key_env``, else
-    derived from the signing key (the same on every replica that shares the key file)."""
+def mcp_seal_secret(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> bytes:
+    """What MCP session ids, cursors and held credentials are sealed under: ``[mcp]
+    seal_key_env``, else the signing key (the same on every replica that shares the key file)."""
     name = settings.mcp.seal_key_env
     secret = env.get(name, "").encode() if name else b""
-    return Sealer([derive_seal_key(secret or bmac_key(keys))])
+    return secret or bmac_key(keys)
+
+
+def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> Sealer:
+    """The key that seals MCP session ids and cursors (``mcp_seal_secret``)."""
+    return Sealer([derive_seal_key(mcp_seal_secret(settings, keys, env))])
+
+
+async def _open_mcp_servers(
+    settings: Settings, keys: BrokerKeys, stores: Stores, upstream: AiohttpTransport,
+    *, controls: Controls, tasks: BackgroundTasks,
+) -> McpServerDirectory:
+    """The MCP servers: those of ``[mcp.servers]``, checked now (a bad one stops the start),
+    and those registered at run time, read from the store and kept current on every replica."""
+    registry = registry_from_settings(settings.mcp, os.environ, upstream.egress.check_url)
+    directory = McpServerDirectory(
+        registry, stores.mcp_servers, upstream.egress,
+        HeldCredentials(mcp_seal_secret(settings, keys, os.environ)),
+        configured=settings.mcp.servers,
+        environ=os.environ,
+        notify=lambda name: controls.publish_change("mcp", name),
+    )
+    controls.mcp_changed = directory.sync
+    try:
+        await directory.sync()
+    except StoreUnavailableError as err:  # fail closed per request, not at start-up
+        log.warning("run-time MCP servers not read at start: %s", err.reason)
+    if settings.store.backend == "redis":
+        tasks.spawn(directory.sync_forever(MCP_RESYNC_S), "mcp-servers-resync")
+    return directory
 
 
 def _a2a_parts(

@@ -5,16 +5,19 @@
 - ``{"kind": "agent", "name": N}``: agent N was written (suspended, resumed, updated, deleted):
   every replica drops N from its read cache, so its next request reads the store;
 - ``{"kind": "credentials"}``: a credential was rotated or revoked: drop every cached lookup;
-- ``{"kind": "kill"}``: the global kill switch was engaged or lifted: re-read its state.
+- ``{"kind": "kill"}``: the global kill switch was engaged or lifted: re-read its state;
+- ``{"kind": "mcp", "name": N}``: the run-time MCP server N was registered, changed or removed:
+  every replica re-reads it from the store into its table (``broker.mcp.directory``).
 
-A replica whose subscription was down forgets its whole cache and re-reads the kill switch once
-the subscription is back (it may have missed messages). With the memory store there is one
-process and nothing to tell: the writer's own effects are already in place.
+A replica whose subscription was down forgets its whole cache, re-reads the kill switch and every
+run-time MCP server once the subscription is back (it may have missed messages). With the memory
+store there is one process and nothing to tell: the writer's own effects are already in place.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +36,7 @@ CONTROL_CHANNEL = "control"  # under [store] key_prefix
 
 
 class ControlMessage(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal["agent", "credentials", "kill"]
+    kind: Literal["agent", "credentials", "kill", "mcp"]
     name: str = ""
 
 
@@ -50,6 +53,8 @@ class Controls:
     kill: GlobalKillSwitch
     channel: ReplicaChannel | None
     redis: RedisClient | None
+    # Re-reads one run-time MCP server ("": all of them) from the store (set by the runtime).
+    mcp_changed: Callable[[str], Awaitable[None]] | None = None
 
     @classmethod
     async def start(
@@ -80,7 +85,7 @@ class Controls:
         if self.redis is not None:
             await self.redis.aclose()
 
-    async def publish_change(self, kind: Literal["agent", "credentials"], name: str) -> None:
+    async def publish_change(self, kind: Literal["agent", "credentials", "mcp"], name: str) -> None:
         await self._publish(ControlMessage(kind=kind, name=name))
 
     async def publish_kill(self) -> None:
@@ -100,6 +105,8 @@ class Controls:
             return
         if message.kind == "kill":
             await self.kill.refresh()
+        elif message.kind == "mcp":
+            await self._mcp_changed(message.name)
         elif message.kind == "agent" and isinstance(self.stores.registry, CachedAgentRegistry):
             self.stores.registry.forget(message.name)
         elif isinstance(self.stores.credentials, CachedCredentialStore):
@@ -112,6 +119,11 @@ class Controls:
         if isinstance(self.stores.credentials, CachedCredentialStore):
             self.stores.credentials.forget()
         await self.kill.refresh()
+        await self._mcp_changed("")
+
+    async def _mcp_changed(self, name: str) -> None:
+        if self.mcp_changed is not None:
+            await self.mcp_changed(name)
 
 
 async def _no_publish() -> None:

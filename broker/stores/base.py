@@ -17,6 +17,7 @@ from broker.stores.approvals_base import ApprovalStore
 from broker.stores.budget_base import BudgetLedger, RateLimiter
 from broker.stores.budget_limits import BudgetLimitStore
 from broker.stores.kill_switch import KillSwitchStore
+from broker.stores.mcp_servers import McpServerStore
 from broker.stores.traffic_base import RecentTraffic
 from broker.types import AgentRecord as AgentRecord  # noqa: PLC0414 - re-exported
 from broker.types import AgentStatus as AgentStatus  # noqa: PLC0414 - re-exported
@@ -243,6 +244,7 @@ class Stores(msgspec.Struct, frozen=True, kw_only=True):
     budget_limits: BudgetLimitStore
     kill_switch: KillSwitchStore
     approvals: ApprovalStore
+    mcp_servers: McpServerStore  # MCP servers registered at run time
 
 
 class StoreBackend(abc.ABC):

@@ -27,6 +27,7 @@ from broker.stores.base import (
 )
 from broker.stores.budget_limits import MemoryBudgetLimitStore
 from broker.stores.kill_switch import MemoryKillSwitchStore
+from broker.stores.mcp_servers import MemoryMcpServerStore
 from broker.stores.memory_alerts import MemoryAlertState
 from broker.stores.memory_approvals import MemoryApprovalStore
 from broker.stores.memory_budget import MemoryBudgetLedger, MemoryRateLimiter
@@ -219,6 +220,7 @@ class MemoryBackend(StoreBackend):
             budget_limits=MemoryBudgetLimitStore(),
             approvals=MemoryApprovalStore(),
             kill_switch=MemoryKillSwitchStore(),
+            mcp_servers=MemoryMcpServerStore(),
         )
         self._alerts = MemoryAlertState()
         self._traffic = MemoryRecentTraffic()

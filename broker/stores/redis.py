@@ -15,6 +15,7 @@ Keys touched by one script share a hash tag, so the scripts also run on Redis Cl
 - ``<prefix>:{budget}:…`` and ``<prefix>:rl:{…}``: budgets and rate limits, laid out in
   ``redis_budget``
 - ``<prefix>:killswitch``: the global kill switch's state, see ``kill_switch``
+- ``<prefix>:{mcp}:servers``: MCP servers registered at run time, see ``mcp_servers``
 
 Every Redis failure surfaces as ``StoreUnavailableError``, translated in
 ``redis_client.unavailable_on_error``; the pool settings live there too.
@@ -40,6 +41,7 @@ from broker.stores.base import (
     TaskRouteStore,
 )
 from broker.stores.kill_switch import RedisKillSwitchStore
+from broker.stores.mcp_servers import RedisMcpServerStore
 from broker.stores.redis_alerts import RedisAlertState
 from broker.stores.redis_approvals import RedisApprovalStore
 from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster
@@ -235,6 +237,7 @@ class RedisBackend(StoreBackend):
             budget_limits=RedisBudgetLimitStore(self._client, prefix),
             approvals=RedisApprovalStore(self._client, prefix),
             kill_switch=RedisKillSwitchStore(self._client, prefix),
+            mcp_servers=RedisMcpServerStore(self._client, prefix),
         )
         self._alerts = RedisAlertState(self._client, prefix)
         self._traffic = RedisRecentTraffic(self._client, prefix)

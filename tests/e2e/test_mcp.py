@@ -20,8 +20,8 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,11 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
 
 from testkit.brokers import start_broker
 from testkit.config import budget
+from testkit.mcp_client import connect, first_mcp_error, text_of, tool_names
 from testkit.procs import Process, free_port
 
 from .conftest import (
@@ -124,38 +121,6 @@ def mcp_broker(upstreams: dict[str, Upstream], logs: Path) -> Iterator[McpBroker
         broker = stack.enter_context(start_broker(config, log_dir=home, env=env))
         credentials = register_all(broker, _cards_to_register(upstreams))
         yield McpBroker(broker.url, home / "var" / "audit", upstreams["echo"].url, credentials)
-
-
-@asynccontextmanager
-async def connect(
-    url: str, token: str, headers: dict[str, str] | None = None, mode: str = "legacy",
-    message_handler: Any = None,
-) -> AsyncIterator[Client]:
-    """A real SDK client with a broker credential: over the handshake era (``initialize`` and
-    sessions) by default, ``mode="auto"`` for what the SDK does by default (2026-07-28)."""
-    sent = {"Authorization": f"Bearer {token}", **(headers or {})}
-    async with create_mcp_http_client(headers=sent) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=mode,
-                          cache=None, message_handler=message_handler) as client:
-            yield client
-
-
-async def tool_names(client: Client) -> list[str]:
-    names: list[str] = []
-    cursor: str | None = None
-    for _ in range(20):
-        page = await client.list_tools(cursor=cursor)
-        names += [t.name for t in page.tools]
-        cursor = page.next_cursor
-        if cursor is None:
-            return names
-    raise AssertionError("the list never ended")
-
-
-def text_of(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    assert isinstance(content[0], TextContent)
-    return content[0].text
 
 
 def reason(error: MCPError) -> str:
@@ -324,17 +289,8 @@ async def test_a_server_that_answers_garbage_gets_an_error(mcp_broker: McpBroker
     with pytest.raises(BaseExceptionGroup) as failed:  # the SDK raises from its task group
         async with connect(mcp_broker.mcp("junk"), mcp_broker.credentials["alice"]):
             pass
-    garbage = _first_mcp_error(failed.value)
+    garbage = first_mcp_error(failed.value)
     assert (garbage.code, reason(garbage)) == (-32112, "MCP_SERVER_BAD_RESPONSE")
-
-
-def _first_mcp_error(group: BaseExceptionGroup[BaseException]) -> MCPError:
-    for error in group.exceptions:
-        if isinstance(error, MCPError):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            return _first_mcp_error(error)
-    raise AssertionError(f"no MCPError in {group!r}")
 
 
 # --- the virtual server, budgets, audit --------------------------------------------------------

@@ -1,9 +1,11 @@
 """A real MCP server for the tests, built with the official ``mcp`` SDK, run as its own process.
 
-    python tests/mcp_rig/rig_server.py --port P --name alpha --token T [--json] [--garbage]
+    python tests/mcp_rig/rig_server.py --port P --name alpha --token T [--token T2] [--json]
+                                       [--garbage]
 
 Streamable HTTP at ``/mcp``; ``GET /healthz`` answers 200 when it is up. Every MCP request must
-carry ``Authorization: Bearer T`` (the credential the broker holds for this server), else 401.
+carry ``Authorization: Bearer T`` (the credential the broker holds for this server; one of them
+when ``--token`` is repeated, as while a credential is rotated), else 401.
 Tools: ``add``, ``create_issue``, ``delete_repo`` (for policy to deny), ``whoami`` (the server's
 name), ``seen_headers`` (the identity headers this request arrived with), ``count_slowly``
 (reports progress, one step every 0.3 s, then answers), ``announce`` (sends
@@ -118,13 +120,13 @@ class RequireToken:
     """401 unless the broker's credential for this server is presented; remembers the identity
     headers of the last request (the ``seen_headers`` tool reports them)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+    def __init__(self, app: ASGIApp, tokens: list[str]) -> None:
+        self.app, self.expected = app, {f"Bearer {token}".encode() for token in tokens}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/mcp"):
             headers = dict(scope["headers"])
-            if headers.get(b"authorization") != self.expected:
+            if headers.get(b"authorization") not in self.expected:
                 await PlainTextResponse("unauthorized", 401)(scope, receive, send)
                 return
             SEEN.clear()
@@ -156,7 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", default="alpha")
-    parser.add_argument("--token", default="")
+    parser.add_argument("--token", action="append", default=[],
+                        help="a credential the broker may present (repeat to accept several)")
     parser.add_argument("--json", action="store_true", help="answer JSON, not SSE")
     parser.add_argument("--garbage", action="store_true")
     args = parser.parse_args()
@@ -170,7 +173,7 @@ def main() -> None:
 
         inner = Starlette(routes=[Route("/healthz", healthz), Mount("/", mcp_app)],
                           lifespan=mcp_app.router.lifespan_context)
-        app = RequireToken(inner, args.token)
+        app = RequireToken(inner, args.token or [""])
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

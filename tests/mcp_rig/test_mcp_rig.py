@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
+
+from testkit.mcp_client import connect, first_mcp_error, text_of, tool_names
 
 from .conftest import RunningPassthrough
 
@@ -22,57 +18,20 @@ pytestmark = pytest.mark.e2e
 ALICE = "tok-alice"
 
 
-@asynccontextmanager
-async def connect(url: str, token: str = ALICE, mode: str = "legacy") -> AsyncIterator[Client]:
-    """A real SDK client with the caller's broker credential; by default over the handshake
-    era (``initialize`` and sessions), ``mode="auto"`` for what the SDK does by default."""
-    async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http:
-        transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode=mode, cache=None) as client:
-            yield client
-
-
-async def all_tool_names(client: Client) -> list[str]:
-    names: list[str] = []
-    cursor: str | None = None
-    for _ in range(20):
-        page = await client.list_tools(cursor=cursor)
-        names += [t.name for t in page.tools]
-        cursor = page.next_cursor
-        if cursor is None:
-            return names
-    raise AssertionError("the list never ended")
-
-
-def first_mcp_error(group: BaseExceptionGroup[BaseException]) -> MCPError:
-    for error in group.exceptions:
-        if isinstance(error, MCPError):
-            return error
-        if isinstance(error, BaseExceptionGroup):
-            return first_mcp_error(error)
-    raise AssertionError(f"no MCPError in {group!r}")
-
-
-def text_of(result: object) -> str:
-    content = result.content  # type: ignore[attr-defined]
-    assert isinstance(content[0], TextContent)
-    return content[0].text
-
-
 async def test_lists_hold_only_what_the_caller_may_use(passthrough: RunningPassthrough) -> None:
-    async with connect(f"{passthrough.url}/alpha") as alice:
-        names = await all_tool_names(alice)
+    async with connect(f"{passthrough.url}/alpha", ALICE) as alice:
+        names = await tool_names(alice)
     assert "add" in names and "filler_11" in names and "create_issue" in names
     assert "delete_repo" not in names
     assert len(names) == len(set(names)) == 19  # 20 tools, one hidden, over four pages
     async with connect(f"{passthrough.url}/alpha", "tok-bob") as bob:
-        assert "create_issue" not in await all_tool_names(bob)
+        assert "create_issue" not in await tool_names(bob)
 
 
 async def test_an_allowed_call_goes_through_and_a_denied_one_is_refused(
     passthrough: RunningPassthrough,
 ) -> None:
-    async with connect(f"{passthrough.url}/alpha") as alice:
+    async with connect(f"{passthrough.url}/alpha", ALICE) as alice:
         assert text_of(await alice.call_tool("add", {"a": 2, "b": 3})) == "5"
         with pytest.raises(MCPError) as denied:
             await alice.call_tool("delete_repo", {"repo": "prod"})
@@ -88,7 +47,7 @@ async def test_json_answers_are_relayed_too(passthrough: RunningPassthrough) -> 
 async def test_the_server_gets_the_brokers_credential_never_the_callers(
     passthrough: RunningPassthrough,
 ) -> None:
-    async with connect(f"{passthrough.url}/alpha") as alice:
+    async with connect(f"{passthrough.url}/alpha", ALICE) as alice:
         seen = json.loads(text_of(await alice.call_tool("seen_headers", {})))
     assert seen["authorization"] == "Bearer ALPHA_TOKEN"
     assert seen["a2a-delegation"] == "hop-token-for-alpha"
@@ -101,7 +60,7 @@ async def test_progress_is_relayed_as_it_happens(passthrough: RunningPassthrough
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         arrived.append((time.monotonic(), progress))
 
-    async with connect(f"{passthrough.url}/alpha") as alice:
+    async with connect(f"{passthrough.url}/alpha", ALICE) as alice:
         result = await alice.call_tool("count_slowly", {"steps": 5},
                                        progress_callback=on_progress)
         done = time.monotonic()
@@ -113,7 +72,7 @@ async def test_progress_is_relayed_as_it_happens(passthrough: RunningPassthrough
 
 
 async def test_a_server_that_hangs_gets_a_timeout_error(passthrough: RunningPassthrough) -> None:
-    async with connect(f"{passthrough.url}/alpha") as alice:
+    async with connect(f"{passthrough.url}/alpha", ALICE) as alice:
         with pytest.raises(MCPError) as timed_out:
             await alice.call_tool("hang", {})
         assert timed_out.value.data[0]["reason"] == "MCP_SERVER_TIMEOUT"
@@ -122,7 +81,7 @@ async def test_a_server_that_hangs_gets_a_timeout_error(passthrough: RunningPass
 
 async def test_a_server_that_answers_garbage_gets_an_error(passthrough: RunningPassthrough) -> None:
     with pytest.raises(BaseExceptionGroup) as failed:  # the SDK raises from its task group
-        async with connect(f"{passthrough.url}/junk"):
+        async with connect(f"{passthrough.url}/junk", ALICE):
             pass
     garbage = first_mcp_error(failed.value)
     assert garbage.code == -32112
@@ -232,11 +191,11 @@ async def test_an_ambiguous_message_is_refused_before_it_reaches_the_server(
 async def test_the_virtual_server_offers_every_server_under_one_url(
     passthrough: RunningPassthrough,
 ) -> None:
-    async with connect(passthrough.url) as alice:
+    async with connect(passthrough.url, ALICE) as alice:
         assert alice.server_info is not None and "a2a-broker" in alice.server_info.name
         assert alice.instructions is not None and "alpha: the alpha test server" in (
             alice.instructions)
-        names = await all_tool_names(alice)
+        names = await tool_names(alice)
         assert {"alpha__whoami", "beta__whoami", "beta__filler_11"} <= set(names)
         assert not [n for n in names if n.endswith("delete_repo") or n.startswith("junk")]
         assert text_of(await alice.call_tool("beta__whoami", {})) == "beta"
@@ -253,7 +212,7 @@ async def test_policy_on_the_virtual_server_is_per_underlying_server(
     passthrough: RunningPassthrough,
 ) -> None:
     async with connect(passthrough.url, "tok-bob") as bob:
-        names = set(await all_tool_names(bob))
+        names = set(await tool_names(bob))
         assert "beta__create_issue" in names and "alpha__create_issue" not in names
         with pytest.raises(MCPError):
             await bob.call_tool("alpha__create_issue", {"title": "t"})
@@ -265,9 +224,9 @@ async def test_policy_on_the_virtual_server_is_per_underlying_server(
 
 
 async def test_clients_of_2026_go_through_one_server(passthrough: RunningPassthrough) -> None:
-    async with connect(f"{passthrough.url}/alpha", mode="auto") as alice:
+    async with connect(f"{passthrough.url}/alpha", ALICE, mode="auto") as alice:
         assert alice.protocol_version == "2026-07-28"
-        names = await all_tool_names(alice)
+        names = await tool_names(alice)
         assert "delete_repo" not in names and "add" in names
         assert text_of(await alice.call_tool("add", {"a": 20, "b": 22})) == "42"
         with pytest.raises(MCPError) as denied:
@@ -278,7 +237,7 @@ async def test_clients_of_2026_go_through_one_server(passthrough: RunningPassthr
 async def test_clients_of_2026_reach_the_virtual_server(passthrough: RunningPassthrough) -> None:
     """The virtual server opens sessions only: an ``auto`` client's ``server/discover`` probe is
     answered METHOD_NOT_FOUND and it falls back to ``initialize``."""
-    async with connect(passthrough.url, mode="auto") as alice:
+    async with connect(passthrough.url, ALICE, mode="auto") as alice:
         assert alice.protocol_version == "2025-11-25"
         assert text_of(await alice.call_tool("beta__add", {"a": 1, "b": 2})) == "3"
 
@@ -302,12 +261,12 @@ async def test_a_2026_call_on_the_virtual_server_names_the_servers_own_tool(
 async def test_prompts_and_resources_through_one_server_and_the_virtual_one(
     passthrough: RunningPassthrough,
 ) -> None:
-    async with connect(f"{passthrough.url}/beta") as alice:
+    async with connect(f"{passthrough.url}/beta", ALICE) as alice:
         prompt = await alice.get_prompt("greet", {"who": "Ada"})
         assert "Ada" in prompt.messages[0].content.text  # type: ignore[union-attr]
         read = await alice.read_resource("note://hello")
         assert read.contents[0].text == "hello from beta"  # type: ignore[union-attr]
-    async with connect(passthrough.url) as alice:
+    async with connect(passthrough.url, ALICE) as alice:
         prompts = (await alice.list_prompts()).prompts
         assert "alpha__greet" in {p.name for p in prompts}
         first = await alice.list_resources()  # one server's page per page

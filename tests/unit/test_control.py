@@ -1,6 +1,6 @@
 """Two replicas on one Redis: a write through one reaches the other's read cache, and the global
-kill switch moves on both, over the control channel (real Redis in each topology: standalone,
-cluster, Sentinel; two ``Controls`` in-process)."""
+kill switch and the run-time MCP servers move on both, over the control channel (real Redis in
+each topology: standalone, cluster, Sentinel; two ``Controls`` in-process)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ import pytest
 from redis.asyncio import Redis
 
 from broker.errors import KillSwitchEngagedError
+from broker.mcp.directory import McpServerDirectory, McpServerRegistration
+from broker.mcp.held_credentials import HeldCredentials
+from broker.mcp.servers import McpServerRegistry
+from broker.outbound.egress import EgressPolicy
 from broker.runtime.control import Controls
-from broker.settings import Settings, StoreSettings
+from broker.settings import EgressSettings, Settings, StoreSettings
+from broker.settings_mcp import McpCredential
 from broker.stores.base import AgentRecord, StoreBackend
 from broker.stores.factory import open_backend
 from broker.stores.replica_channel import ReplicaChannel
@@ -120,3 +125,36 @@ async def test_a_channel_whose_redis_is_down_at_start_subscribes_once_it_is_up(
     finally:
         await channel.stop()
         await client.aclose()
+
+
+def mcp_directory(controls: Controls) -> McpServerDirectory:
+    """A run-time MCP server directory wired to ``controls`` as the runtime wires it."""
+    egress = EgressPolicy(EgressSettings(allow_loopback=True))
+    directory = McpServerDirectory(
+        McpServerRegistry(egress.check_url), controls.stores.mcp_servers, egress,
+        HeldCredentials(b"one seal secret on every replica"), configured={}, environ={},
+        notify=lambda name: controls.publish_change("mcp", name))
+    controls.mcp_changed = directory.sync
+    return directory
+
+
+async def test_an_mcp_server_registered_changed_and_removed_on_one_replica_moves_on_the_other(
+    replicas: list[Controls],
+) -> None:
+    here, there = (mcp_directory(c) for c in replicas)
+
+    def auth_there() -> dict[str, str] | None:
+        server = there.registry.find("docs")
+        return None if server is None else dict(server.auth_headers)
+
+    async def there_holds(expected: dict[str, str] | None) -> bool:
+        return auth_there() == expected
+
+    await here.register(McpServerRegistration(
+        name="docs", url="http://127.0.0.1:9/mcp",
+        credential=McpCredential(kind="bearer", value="first")))
+    await eventually(lambda: there_holds({"authorization": "Bearer first"}))
+    await here.rotate("docs", McpCredential(kind="header", header="X-Key", value="second"))
+    await eventually(lambda: there_holds({"x-key": "second"}))
+    await here.remove("docs")
+    await eventually(lambda: there_holds(None))

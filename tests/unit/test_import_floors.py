@@ -46,7 +46,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     3: (
         "broker.outbound", "broker.delegation", "broker.identity", "broker.policy",
         "broker.budgets", "broker.audit", "broker.containment", "broker.datacontrols",
-        "broker.approvals", "broker.alerts",
+        "broker.approvals", "broker.alerts", "broker.mcp.directory",
     ),
     4: (
         "broker.stages", "broker.containment.stages", "broker.llm.stages", "broker.llm.audit",

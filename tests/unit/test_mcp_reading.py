@@ -164,8 +164,11 @@ def test_sse_frames_keep_multi_line_payloads_readable() -> None:
 
 # The MCP pipeline's call context and stages (placed on their floors by test_import_floors);
 # every other module of the package is the protocol layer, which reads and writes MCP only.
+# The MCP modules that plug the protocol layer into the broker (its stages, and the run-time
+# server directory over the stores and the egress rules): they may import the broker's parts.
 MCP_STAGE_MODULES = {
     "context", "stages", "audit", "forward", "virtual", "approvals", "datacontrols", "listen",
+    "directory",
 }
 
 
