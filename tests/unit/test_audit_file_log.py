@@ -274,3 +274,11 @@ async def test_redis_refuses_when_the_aof_fsync_cannot_be_confirmed(
     with pytest.raises(AuditLogError):
         await log.append([AuditChain("r1", KEYS).seal({"kind": "request"})])
     await log.close()
+
+
+async def test_the_fsync_thread_ends_when_the_log_closes(tmp_path: Path) -> None:
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(20)))
+    await log.close()
+    assert not [t for t in threading.enumerate() if t.name == "audit-fsync"]
