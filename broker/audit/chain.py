@@ -140,10 +140,9 @@ class AuditChain:
     def _seal(self, fields: Mapping[str, Any]) -> AuditRecord:
         # Timestamps never run backwards within a chain, so merged reading stays ordered.
         ts_us = max(int(fields.get("ts_us", 0)) or self._clock_us(), self._last_ts_us)
-        unhashed = build_record({
-            **fields, "seq": self._head.seq + 1, "prev": self._head.hash,
-            "replica": self.replica, "ts_us": ts_us,
-        })
+        unhashed = build_record(
+            fields, seq=self._head.seq + 1, prev=self._head.hash, replica=self.replica, ts_us=ts_us
+        )
         record = with_hash(unhashed)
         self._head = ChainHead(record.seq, record.hash)
         self._last_ts_us = ts_us

@@ -167,8 +167,8 @@ class AuditRecorder:
         fields = self._with_policy_version(fields)
         if "_body" not in fields:
             return fields
-        kept = {k: v for k, v in fields.items() if k != "_body"}
-        body = fields["_body"]
+        kept = dict(fields)
+        body = kept.pop("_body")
         parties = {kept.get("caller", ""), kept.get("target", "")}
         if body and self.payload_agents & parties:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
