@@ -305,10 +305,11 @@ def _client_choice(results: dict[str, Any]) -> list[str]:
     ]
     wins = all(b1["rps"] > b2["rps"] for _, b1, b2 in pairs)
     verdict = (
-        "aiohttp is faster at every concurrency, so the broker's upstream client "
-        "(`broker/outbound/client.py`, aiohttp with a pooled `TCPConnector`) stands as chosen."
+        "aiohttp is faster at every concurrency, so httpx stays off the hot path; the broker's "
+        "upstream client is leaner still (`broker/outbound/http11.py`, a pooled HTTP/1.1 client "
+        "on httptools, decision 0071), with aiohttp kept for card fetches."
         if wins
-        else "aiohttp is not faster at every concurrency here: revisit the upstream client."
+        else "aiohttp is not faster than httpx at every concurrency here: revisit the clients."
     )
     runs = {p.get("origin") for _, b1, b2 in pairs for p in (b1, b2)}
     if len(runs) > 1:

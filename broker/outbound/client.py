@@ -1,4 +1,7 @@
-"""The broker's ``Transport``: one pooled aiohttp client, on top of the egress rules.
+"""A ``Transport`` on one pooled aiohttp client, on top of the egress rules.
+
+The broker's transport is ``broker.outbound.http11.Http11Transport``; it keeps this one for
+agent-card fetches, HEAD and CONNECT (decision 0071), and the tests run both side by side.
 
 aiohttp and OS errors become broker errors through ``broker.outbound.errors``, the one table.
 """

@@ -9,9 +9,11 @@ Three checks, each closing a gap the one before leaves open:
 3. ``EgressPolicy.guarded_socket`` is the connector's socket factory: it sees the exact address
    handed to connect() for every new connection, whatever path produced it, before a packet leaves.
 
-The transport that applies them is ``broker.outbound.client``; a refusal raised inside aiohttp's
-connect path travels as ``EgressRefusedOSError`` and becomes the EgressDeniedError again in the
-one error table, ``broker.outbound.errors.transport_error``.
+The transports apply them: ``broker.outbound.http11`` (its ``pool.Connector`` resolves and
+filters itself, then connects through the guard) and ``broker.outbound.client`` (aiohttp, with
+``EgressResolver`` and the guard as its socket factory). A refusal raised inside a connect path
+travels as ``EgressRefusedOSError`` and becomes the EgressDeniedError again in the one error
+table, ``broker.outbound.errors.transport_error``.
 """
 
 from __future__ import annotations
@@ -118,6 +120,11 @@ def _numeric_host(host: str) -> tuple[IPAddress | None, bool]:
         return ipaddress.IPv4Address(socket.inet_aton(bare)), False
     except OSError:
         return None, True
+
+
+def is_numeric_host(host: str) -> bool:
+    """Whether ``host`` is an IP address (in any spelling libc reads as one), not a name."""
+    return _numeric_host(host)[0] is not None
 
 
 def _denied(message: str, detail: str | None = None) -> EgressDeniedError:

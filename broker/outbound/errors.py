@@ -1,10 +1,11 @@
 """The one table that turns transport failures into broker errors.
 
-Every outbound failure passes here once: ``transport_error`` reads what aiohttp or the OS
-raised as one of the broker's upstream errors (the original text goes to ``detail``, log
-only); the callers that speak of something other than an agent then re-name those errors in
-their own terms, from the tables below: an LLM provider's (``provider_error``) and a card
-fetch's (``card_fetch_error``). Nothing else in the broker inspects an aiohttp exception.
+Every outbound failure passes here once: ``transport_error`` reads what aiohttp, the OS or
+the lean client (its exceptions below) raised as one of the broker's upstream errors (the
+original text goes to ``detail``, log only); the callers that speak of something other than
+an agent then re-name those errors in their own terms, from the tables below: an LLM
+provider's (``provider_error``) and a card fetch's (``card_fetch_error``). Nothing else in
+the broker inspects an aiohttp exception.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from broker.errors import (
     StreamIdleTimeoutError,
     UpstreamBadResponseError,
     UpstreamConnectTimeoutError,
+    UpstreamPoolExhaustedError,
     UpstreamResponseTooLargeError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -25,8 +27,30 @@ from broker.errors import (
 from broker.llm.errors import LlmProviderError, LlmProviderTimeoutError
 from broker.outbound.egress import EgressRefusedOSError
 
-# What aiohttp, the OS or asyncio raise while talking to an upstream.
-CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+class UpstreamClosedError(ConnectionError):
+    """The upstream closed or reset the connection before any byte of an answer (the lean
+    client's ServerDisconnectedError): the request may or may not have reached it."""
+
+    def __init__(self, cause: BaseException | None = None) -> None:
+        super().__init__(f"the upstream closed the connection ({cause or 'end of stream'})")
+
+
+class MalformedResponseError(ValueError):
+    """The lean client read an answer that is not HTTP/1.1, or that ended before its end."""
+
+
+class ConnectTimeoutError(TimeoutError):
+    """The lean client could not open a connection within upstream_connect_timeout_s."""
+
+
+class PoolTimeoutError(ConnectTimeoutError):
+    """Every pooled connection stayed in use for upstream_connect_timeout_s."""
+
+
+# What aiohttp, the lean client (``broker.outbound.http11``), the OS or asyncio raise while
+# talking to an upstream.
+CLIENT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, MalformedResponseError)
 
 
 def transport_error(exc: BaseException, *, streaming: bool = False) -> BrokerError:
@@ -38,7 +62,9 @@ def transport_error(exc: BaseException, *, streaming: bool = False) -> BrokerErr
     cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(cause, EgressRefusedOSError):
         return cause.refusal
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, PoolTimeoutError):
+        return UpstreamPoolExhaustedError(detail=detail)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | ConnectTimeoutError):
         return UpstreamConnectTimeoutError(detail=detail)
     if isinstance(exc, TimeoutError):
         return (
@@ -46,7 +72,9 @@ def transport_error(exc: BaseException, *, streaming: bool = False) -> BrokerErr
             if streaming
             else UpstreamTimeoutError(detail=detail)
         )
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+    if isinstance(
+        exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError | MalformedResponseError
+    ):
         return UpstreamBadResponseError(detail=detail)
     return UpstreamUnreachableError(detail=detail)
 

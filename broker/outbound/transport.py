@@ -1,10 +1,11 @@
 """The one interface every outbound call of the broker goes through.
 
 Agents (mediated calls and the broker's own CancelTask), LLM providers and agent-card fetches
-all use a ``Transport``. The broker's is ``AiohttpTransport`` (``broker.outbound.client``): the
-egress rules (``broker.outbound.egress``) apply to every URL and every connected address, and
-its failures are broker errors (``broker.outbound.errors``, the one table). Tests use
-``FakeTransport`` (``broker.outbound.fake``).
+all use a ``Transport``. The broker's is ``Http11Transport`` (``broker.outbound.http11``; card
+fetches go through its ``AiohttpTransport``, ``broker.outbound.client``): the egress rules
+(``broker.outbound.egress``) apply to every URL and every connected address, and its failures
+are broker errors (``broker.outbound.errors``, the one table). Tests use ``FakeTransport``
+(``broker.outbound.fake``).
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from broker.mcp.sessions import Sealer, derive_seal_key
 from broker.observability.metrics import register_scrape_gauge, scrape_gauges
 from broker.observability.tracing import traced
 from broker.observability.tracing_setup import start_tracing
-from broker.outbound.client import AiohttpTransport
 from broker.outbound.egress import PushUrlEgress
+from broker.outbound.http11 import Http11Transport
 from broker.pipeline.a2a import A2aParts, a2a_stages, resume_stages
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.pipeline.mcp import McpGateway, McpParts
@@ -69,7 +69,7 @@ class BrokerRuntime:
     backend: StoreBackend
     stores: Stores
     keys: BrokerKeys
-    upstream: AiohttpTransport
+    upstream: Http11Transport
     directory: AgentDirectory
     authenticate: Authenticate
     policy: PolicyRuntime
@@ -126,7 +126,7 @@ class BrokerRuntime:
         late_writes = LateWrites((StoreUnavailableError,), tasks=tasks)
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
-        upstream = AiohttpTransport(settings.egress, settings.limits, settings.registry)
+        upstream = Http11Transport(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
             settings, stores, keys, CardVerifier.from_settings(settings), upstream.fetch_card
@@ -298,7 +298,7 @@ def _approval_desk(
     settings: Settings,
     stores: Stores,
     audit: AuditRecorder,
-    upstream: AiohttpTransport,
+    upstream: Http11Transport,
     tasks: BackgroundTasks,
 ) -> ApprovalDesk:
     webhook = ApprovalWebhook.from_settings(
@@ -348,7 +348,7 @@ def mcp_sealer(settings: Settings, keys: BrokerKeys, env: Mapping[str, str]) -> 
 
 
 async def _open_mcp_servers(
-    settings: Settings, keys: BrokerKeys, stores: Stores, upstream: AiohttpTransport,
+    settings: Settings, keys: BrokerKeys, stores: Stores, upstream: Http11Transport,
     *, controls: Controls, tasks: BackgroundTasks,
 ) -> McpServerDirectory:
     """The MCP servers: those of ``[mcp.servers]``, checked now (a bad one stops the start),

@@ -47,7 +47,7 @@ BINDINGS = ("JSONRPC", "HTTP+JSON")
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 UPSTREAM_TIMEOUT_S = 1.0
-# Also bounds how long a stream waits for the upstream's response headers (broker.outbound.client).
+# Also bounds how long a stream waits for the upstream's response headers (broker.outbound.http11).
 SSE_IDLE_TIMEOUT_S = 2.0
 HTTP_TIMEOUT_S = 5.0
 # The credential the broker holds for the echo agent ([upstream_credentials.echo]).

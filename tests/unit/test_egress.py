@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import socket
 import sys
 import time
@@ -39,6 +40,8 @@ from broker.outbound.egress import (
     check_push_url,
 )
 from broker.outbound.errors import transport_error
+from broker.outbound.http11 import Http11Transport
+from broker.outbound.transport import Transport, TransportResponse
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 from testkit.procs import free_port
 
@@ -167,9 +170,11 @@ async def silent_port() -> AsyncIterator[int]:
     server.close()
 
 
-@pytest.fixture
-async def make_client() -> AsyncIterator[Callable[..., AiohttpTransport]]:
-    clients: list[AiohttpTransport] = []
+@pytest.fixture(params=[AiohttpTransport, Http11Transport], ids=["aiohttp", "http11"])
+async def make_client(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Client]]:
+    """Every transport-level test runs against both of the broker's transports."""
+    kind: type[Client] = request.param
+    clients: list[Client] = []
 
     def make(
         *,
@@ -177,9 +182,9 @@ async def make_client() -> AsyncIterator[Callable[..., AiohttpTransport]]:
         private: bool = False,
         limits: LimitSettings | None = None,
         registry: RegistrySettings | None = None,
-    ) -> AiohttpTransport:
+    ) -> Client:
         egress = EgressSettings(allow_loopback=loopback, allow_private=private)
-        client = AiohttpTransport(egress, limits or LimitSettings(), registry or RegistrySettings())
+        client = kind(egress, limits or LimitSettings(), registry or RegistrySettings())
         clients.append(client)
         return client
 
@@ -188,18 +193,38 @@ async def make_client() -> AsyncIterator[Callable[..., AiohttpTransport]]:
         await client.close()
 
 
+Client = AiohttpTransport | Http11Transport
+
+
+async def send(
+    client: Transport, method: str, url: str, *, body: bytes | None = None, stream: bool = False
+) -> TransportResponse:
+    return await client.send(method, url, headers={}, body=body, stream=stream)
+
+
+@contextlib.asynccontextmanager
+async def answer(
+    client: Transport, method: str, url: str, *, stream: bool = False
+) -> AsyncIterator[TransportResponse]:
+    response = await send(client, method, url, stream=stream)
+    try:
+        yield response
+    finally:
+        response.close()
+
+
 # --- where the broker may connect ----------------------------------------------------------------
 
 
 async def test_loopback_is_refused_unless_allowed(make_client, upstream, connects) -> None:
     with pytest.raises(EgressDeniedError, match="loopback"):
-        await make_client(loopback=False).request("GET", upstream.url())
+        await send(make_client(loopback=False), "GET", upstream.url())
     assert connects.addresses == []
     assert upstream.hits == []
 
-    async with await make_client(loopback=True).request("GET", upstream.url()) as response:
+    async with answer(make_client(loopback=True), "GET", upstream.url()) as response:
         assert response.status == 200
-        assert await response.read() == b"ok"
+        assert await response.read(1024) == b"ok"
 
 
 @pytest.mark.parametrize(
@@ -230,7 +255,7 @@ async def test_loopback_is_refused_unless_allowed(make_client, upstream, connect
 async def test_refused_before_any_connect(make_client, upstream, connects, url, kind) -> None:
     client = make_client(loopback=True, private=False)
     with pytest.raises(EgressDeniedError, match=kind) as refused:
-        await client.request("GET", url.format(port=upstream.port))
+        await send(client, "GET", url.format(port=upstream.port))
     assert "169.254" not in refused.value.message  # says which class, never the address
     assert connects.addresses == []
 
@@ -253,7 +278,7 @@ async def test_a_name_resolving_to_loopback_is_refused_by_the_resolver(
     make_client, upstream, connects
 ) -> None:
     with pytest.raises(EgressDeniedError, match="loopback"):
-        await make_client(loopback=False).request("GET", f"http://localhost:{upstream.port}/")
+        await send(make_client(loopback=False), "GET", f"http://localhost:{upstream.port}/")
     assert connects.addresses == []
 
 
@@ -322,7 +347,7 @@ async def test_push_url_is_refused_when_its_name_resolves_to_a_refused_address()
 
 async def test_redirects_are_returned_not_followed(make_client, upstream) -> None:
     client = make_client()
-    async with await client.request("GET", upstream.url("/redirect")) as response:
+    async with answer(client, "GET", upstream.url("/redirect")) as response:
         assert response.status == 302
     with pytest.raises(AgentCardFetchError, match="does not follow redirects"):
         await client.fetch_card(upstream.url("/redirect"))
@@ -354,14 +379,14 @@ async def test_fetch_card_keeps_egress_refusals(make_client, upstream) -> None:
 async def test_response_body_is_capped(make_client, upstream) -> None:
     client = make_client(limits=LimitSettings(max_response_bytes=1024))
     for path in ("/big", "/big-chunked"):
-        async with await client.request("GET", upstream.url(path)) as response:
+        async with answer(client, "GET", upstream.url(path)) as response:
             with pytest.raises(UpstreamResponseTooLargeError):
-                await client.read_body(response)
+                await response.read(1024)
 
 
 async def test_connection_refused_is_unreachable(make_client) -> None:
     with pytest.raises(UpstreamUnreachableError) as failure:
-        await make_client().request("GET", f"http://127.0.0.1:{free_port()}/")
+        await send(make_client(), "GET", f"http://127.0.0.1:{free_port()}/")
     assert "refused" not in failure.value.message.lower()  # the OS text stays in detail
     assert failure.value.detail
 
@@ -370,7 +395,7 @@ async def test_silent_upstream_times_out_within_the_total(make_client, silent_po
     client = make_client(limits=LimitSettings(upstream_timeout_s=0.3))
     started = time.monotonic()
     with pytest.raises(UpstreamTimeoutError):
-        await client.request("POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
+        await send(client, "POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
     assert time.monotonic() - started < 2.0
 
 
@@ -382,7 +407,7 @@ async def test_connect_timeout_is_its_own_error(make_client) -> None:
         first.connect(listener.getsockname())
         client = make_client(limits=LimitSettings(upstream_connect_timeout_s=0.3))
         with pytest.raises(UpstreamConnectTimeoutError):
-            await client.request("GET", f"http://127.0.0.1:{listener.getsockname()[1]}/")
+            await send(client, "GET", f"http://127.0.0.1:{listener.getsockname()[1]}/")
 
 
 async def test_a_full_connection_pool_is_its_own_error(make_client, upstream, silent_port) -> None:
@@ -390,12 +415,12 @@ async def test_a_full_connection_pool_is_its_own_error(make_client, upstream, si
     agent could not be reached (a chain of depth d holds d connections of one broker)."""
     client = make_client(limits=LimitSettings(upstream_pool_size=1, upstream_connect_timeout_s=0.3))
     holder = asyncio.create_task(
-        client.request("POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
+        send(client, "POST", f"http://127.0.0.1:{silent_port}/", body=b"{}")
     )
     await asyncio.sleep(0.1)  # the only connection is now held by a request that never ends
     try:
         with pytest.raises(UpstreamPoolExhaustedError):
-            await client.request("GET", upstream.url("/"))
+            await send(client, "GET", upstream.url("/"))
     finally:
         holder.cancel()
         with contextlib.suppress(BaseException):
@@ -405,9 +430,9 @@ async def test_a_full_connection_pool_is_its_own_error(make_client, upstream, si
 async def test_idle_stream_ends_with_stream_idle_timeout(make_client, upstream) -> None:
     client = make_client(limits=LimitSettings(sse_idle_timeout_s=0.3))
     chunks: list[bytes] = []
-    async with await client.request("GET", upstream.url("/stream"), stream=True) as response:
+    async with answer(client, "GET", upstream.url("/stream"), stream=True) as response:
         with pytest.raises(StreamIdleTimeoutError):
-            async for chunk in client.iter_chunks(response):
+            async for chunk in response.chunks():
                 chunks.append(chunk)
     assert b"".join(chunks) == b"data: 1\n\n"
 
@@ -415,11 +440,11 @@ async def test_idle_stream_ends_with_stream_idle_timeout(make_client, upstream) 
 async def test_no_cookies_no_proxy_no_decoding(make_client, upstream, monkeypatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # must be ignored
     client = make_client()
-    async with await client.request("GET", upstream.url("/cookie")) as response:
-        await client.read_body(response)
-    async with await client.request("GET", upstream.url("/headers")) as response:
-        sent = await response.json()
-    async with await client.request("GET", upstream.url("/gzip")) as response:
-        assert await client.read_body(response) == GZIPPED
+    async with answer(client, "GET", upstream.url("/cookie")) as response:
+        await response.read(1024)
+    async with answer(client, "GET", upstream.url("/headers")) as response:
+        sent = json.loads(await response.read(64 * 1024))
+    async with answer(client, "GET", upstream.url("/gzip")) as response:
+        assert await response.read(1024) == GZIPPED
     assert "Cookie" not in sent
     assert not {"Accept-Encoding", "User-Agent"} & set(sent)

@@ -22,7 +22,7 @@ from broker.errors import StoreUnavailableError
 from broker.http.llm import llm_route_handlers
 from broker.identity.credentials import credential_digest
 from broker.identity.keys import BrokerKeys
-from broker.outbound.client import AiohttpTransport
+from broker.outbound.http11 import Http11Transport
 from broker.pipeline.llm import LlmGateway, LlmParts
 from broker.policy.engine import PolicyEngine
 from broker.policy.runtime import DEFAULT_MODEL
@@ -102,7 +102,7 @@ async def _world(
     ledger: BudgetLedger | None = None,
     policy: bool = False,
     containment: ContainmentSettings | None = None,
-) -> tuple[World, AiohttpTransport]:
+) -> tuple[World, Http11Transport]:
     fake = FakeLlm()
     url = await fake.start()
     provider = LlmProvider(
@@ -127,7 +127,7 @@ async def _world(
         engine.swap(engine.load_text(POLICY, "policy.csv"))
     limits = Limits()
     limits_settings = LimitSettings(upstream_timeout_s=1.0, sse_idle_timeout_s=1.0)
-    client = AiohttpTransport(
+    client = Http11Transport(
         EgressSettings(allow_loopback=True), limits_settings, RegistrySettings()
     )
     ledger = ledger or MemoryBudgetLedger()

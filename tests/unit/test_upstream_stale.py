@@ -7,6 +7,7 @@ broker's pool).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,25 +17,29 @@ from stale_proxy import StaleProxy
 
 from broker.errors import UpstreamUnreachableError
 from broker.outbound.client import AiohttpTransport
+from broker.outbound.http11 import Http11Transport
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
 
 
 @dataclass
 class Rig:
     proxy: StaleProxy
-    client: AiohttpTransport
+    client: AiohttpTransport | Http11Transport
     seen: list[str] = field(default_factory=list)  # requests that reached the upstream
 
     async def post(self, body: bytes, *, retry_stale: bool) -> bytes:
-        response = await self.client.request(
-            "POST", f"{self.proxy.url}/rpc", body=body, retry_stale=retry_stale
-        )
-        async with response:
-            return await self.client.read_body(response)
+        response = await self.client.send(
+            "POST", f"{self.proxy.url}/rpc", headers={}, body=body, stream=False,
+            reads_only=retry_stale,
+        )  # fmt: skip
+        try:
+            return await response.read(1024)
+        finally:
+            response.close()
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@pytest.fixture(params=[AiohttpTransport, Http11Transport], ids=["aiohttp", "http11"])
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     seen: list[str] = []
 
     async def rpc(request: web.Request) -> web.Response:
@@ -54,9 +59,7 @@ async def rig() -> AsyncIterator[Rig]:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     proxy = StaleProxy(port)
     await proxy.start()
-    client = AiohttpTransport(
-        EgressSettings(allow_loopback=True), LimitSettings(), RegistrySettings()
-    )
+    client = request.param(EgressSettings(allow_loopback=True), LimitSettings(), RegistrySettings())
     try:
         yield Rig(proxy, client, seen)
     finally:
@@ -87,3 +90,18 @@ async def test_a_card_fetch_on_a_stale_pooled_connection_is_sent_again(rig: Rig)
     rig.proxy.arm()
     assert await rig.client.fetch_card(f"{rig.proxy.url}/card") == b'{"name": "x"}'
     assert rig.proxy.dropped == 1 and rig.seen == ["card", "card"]
+
+
+async def test_a_read_is_sent_again_on_a_new_connection(rig: Rig) -> None:
+    # Two pooled connections, both closed by the upstream: the second attempt must not take
+    # the other stale one (decision 0071; aiohttp's own retry may, so it meets the same close).
+    if isinstance(rig.client, AiohttpTransport):
+        pytest.skip("aiohttp retries on any pooled connection")
+    await asyncio.gather(
+        rig.post(b"GetTask 1", retry_stale=True), rig.post(b"GetTask 2", retry_stale=True)
+    )
+    assert rig.proxy.connections == 2
+    rig.proxy.arm(2)
+    assert await rig.post(b"GetTask 3", retry_stale=True) == b'{"ok": true}'
+    assert rig.proxy.dropped == 1
+    assert rig.seen[-1] == "GetTask 3"
