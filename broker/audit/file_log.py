@@ -3,10 +3,10 @@
 Layout: ``<directory>/audit-<replica>.jsonl``; each line is a record's canonical JSON. A batch is
 written with one ``write`` and made durable with one ``fdatasync``: in the file's own thread,
 so the event loop keeps serving and appends arriving meanwhile form the next batch; or, for a
-small batch while no other append is queued and fsyncs take under ``INLINE_FSYNC_S``, on the
-event loop itself: when one request waits alone the thread hop costs more CPU than the fsync,
-and there is nothing to batch. A failed write or fsync is rolled back by truncating the file
-to its previous length.
+small batch while batches are small on average, no other append is queued and fsyncs take
+under ``INLINE_FSYNC_S``, on the event loop itself: when one request waits alone the thread
+hop costs more CPU than the fsync, and there is nothing to batch. A failed write or fsync is
+rolled back by truncating the file to its previous length.
 
 Durability: a record is on disk when ``append`` returns, unless the disk or its controller lies
 about flushing. With ``staged=True`` (``[audit] durable_before = "reply"``) ``append_staged``
@@ -49,12 +49,14 @@ _TAIL_BLOCK = 64 * 1024
 # was written if no other append asks for one first.
 LAZY_SYNC_S = 0.05
 _READ_BATCH = 4096
-# A batch this small is fsynced on the event loop (no thread hop) while the disk is this fast
-# (a moving average of fsync wall times): at low concurrency nothing waits behind it (a batch of
-# several requests goes to the thread, so that the loop keeps serving and the next batch grows).
+# A batch this small is fsynced on the event loop (no thread hop) while batches are this small
+# on average and the disk is this fast (moving averages): at low concurrency nothing waits
+# behind it (batches of several requests go to the thread, so that the loop keeps serving and
+# the next batch grows).
 INLINE_FSYNC_RECORDS = 2
+INLINE_FSYNC_AVERAGE = 3.0
 INLINE_FSYNC_S = 0.001
-_FSYNC_EWMA_WEIGHT = 0.125
+_EWMA_WEIGHT = 0.125
 
 
 def audit_file(directory: Path, replica: str) -> Path:
@@ -81,6 +83,7 @@ class _ReplicaFile:
         self._syncer: asyncio.Task[None] | None = None
         self._closing = False
         self._fsync_s = 0.0  # moving average of fsync wall times
+        self._batch = 1.0  # moving average of records per fsynced batch
         self._fsync_thread = _FsyncThread(self.fd, self._took)
 
     def sync_soon(self) -> asyncio.Future[None]:
@@ -152,9 +155,13 @@ class _ReplicaFile:
             audit_synced()
 
     async def _alone(self, records: list[AuditRecord]) -> bool:
-        """Is this small batch alone, so that the fsync may run on the loop? Other requests
-        that are ready to run get one turn first: if they append meanwhile, it is not."""
-        if len(records) > INLINE_FSYNC_RECORDS or self._fsync_s >= INLINE_FSYNC_S:
+        """Is this small batch alone, so that the fsync may run on the loop? Not while batches
+        are larger on average (requests are in flight that would append during the fsync);
+        and other requests that are ready to run get one turn first: if they append
+        meanwhile, it is not."""
+        small = len(records) <= INLINE_FSYNC_RECORDS
+        self._batch += (len(records) - self._batch) * _EWMA_WEIGHT
+        if not small or self._batch >= INLINE_FSYNC_AVERAGE or self._fsync_s >= INLINE_FSYNC_S:
             return False
         await asyncio.sleep(0)
         return not self.committer.waiting
@@ -167,7 +174,7 @@ class _ReplicaFile:
             self._took(time.perf_counter() - started)
 
     def _took(self, elapsed: float) -> None:
-        self._fsync_s += (elapsed - self._fsync_s) * _FSYNC_EWMA_WEIGHT
+        self._fsync_s += (elapsed - self._fsync_s) * _EWMA_WEIGHT
 
     async def _load_head(self) -> ChainHead:
         return await asyncio.to_thread(_read_head, self.path) or EMPTY_HEAD
