@@ -1,11 +1,13 @@
 """CPU time per request of the whole A2A pipeline, in process: what the stages themselves cost.
 
-    .venv/bin/python -m benchmarks.pipeline_cpu [--number N] [--rounds R]
+    .venv/bin/python -m benchmarks.pipeline_cpu [--number N] [--rounds R] [--concurrency C]
+        [--audit-dir DIR]
 
 Builds the A2A chain of ``broker.pipeline.a2a.a2a_stages`` as the runtime does, on the memory
-store with auditing off and policy ``allow_all``, in front of the fake transport answering
-every ``SendMessage`` with a new completed task (so each request records a task route), and
-sends it R rounds of N JSON-RPC ``SendMessage`` after a warm-up. Prints the CPU µs per request
+store with auditing off (``--audit-dir``: to a fsynced file log there) and policy ``allow_all``,
+in front of the fake transport answering every ``SendMessage`` with a new completed task (so
+each request records a task route), and sends it R rounds of N JSON-RPC ``SendMessage`` (C at a
+time) after a warm-up. Prints the CPU µs per request
 (``time.process_time``) of each round and the best. No HTTP, no sockets: other processes on a
 shared machine do not inflate it, unlike wrk's figures, so it shows a change to the stages
 that costs a few percent (decision 0028).
@@ -22,7 +24,9 @@ import uuid
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from broker.audit.file_log import FileAuditLog
 from broker.audit.recorder import AuditRecorder
+from broker.audit.trail import AuditTrail
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch
 from broker.delegation.tokens import TokenMinter, TokenVerifier
@@ -76,7 +80,7 @@ async def _allowed(_: str) -> None:
     return None
 
 
-async def _pipeline() -> A2aParts:
+async def _pipeline(audit_dir: str | None = None) -> A2aParts:
     settings = Settings(server=ServerSettings(public_url="http://broker.test"))
     keys = BrokerKeys(Ed25519PrivateKey.generate())
     stores = MemoryBackend().stores()
@@ -85,10 +89,13 @@ async def _pipeline() -> A2aParts:
         await stores.registry.put(record)
     await stores.credentials.replace("caller", credential_digest(CREDENTIAL))
     pages = PageTokens(keys)
+    trail = None
+    if audit_dir is not None:
+        trail = await AuditTrail.open(FileAuditLog(audit_dir), "pipeline-cpu", keys)
     return A2aParts(
         settings=settings,
         stores=stores,
-        audit=AuditRecorder(None),
+        audit=AuditRecorder(trail),
         authenticate=Authenticate(stores.credentials, stores.registry),
         policy=None,
         minter=TokenMinter(keys, settings.public_url, 60),
@@ -106,9 +113,12 @@ async def _pipeline() -> A2aParts:
     )
 
 
-async def measure(number: int, rounds: int) -> list[float]:
+async def measure(
+    number: int, rounds: int, concurrency: int = 1, audit_dir: str | None = None
+) -> list[float]:
     """CPU µs per request of each round."""
-    call = fold(a2a_stages(await _pipeline()))
+    parts = await _pipeline(audit_dir)
+    call = fold(a2a_stages(parts))
 
     async def body() -> bytes:
         return BODY
@@ -119,15 +129,22 @@ async def measure(number: int, rounds: int) -> list[float]:
         if outcome.status != 200 or b'"result"' not in getattr(outcome, "body", b""):
             raise SystemExit(f"the pipeline refused: {getattr(outcome, 'body', b'')[:300]!r}")
 
-    for _ in range(300):
-        await one()
+    async def many(count: int) -> None:
+        for _ in range(count):
+            await one()
+
+    async def round_of(count: int) -> None:
+        share = count // concurrency
+        await asyncio.gather(*(many(share) for _ in range(concurrency)))
+
+    await round_of(300)
     per_round = []
     for _ in range(rounds):
         gc.collect()
         started = time.process_time()
-        for _ in range(number):
-            await one()
+        await round_of(number)
         per_round.append((time.process_time() - started) / number * 1e6)
+    await parts.audit.close()
     return per_round
 
 
@@ -135,8 +152,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=2000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds (the best is reported)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    parser.add_argument(
+        "--audit-dir", help="audit to a file log (fsync on) in this directory; default: off"
+    )
     args = parser.parse_args()
-    rounds = asyncio.run(measure(args.number, args.rounds))
+    rounds = asyncio.run(measure(args.number, args.rounds, args.concurrency, args.audit_dir))
     print("CPU µs per request, each round:", " ".join(f"{r:.0f}" for r in rounds))
     print(f"best: {min(rounds):.0f} µs per request")
 

@@ -9,7 +9,6 @@ written once over ``CallContext``.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import msgspec
 
 from broker.errors import BrokerError
+from broker.ids import new_id
 
 if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
     from broker.datacontrols.redact import Placeholders
@@ -50,7 +50,7 @@ class CallContext:
 
     headers: Mapping[str, str]  # inbound headers, lower-case names
     read_body: Callable[[], Awaitable[bytes]]
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     # Learnt by the shared stages: who calls (authenticate), the verified token it presented
     # (None: it originates work) and the chain of callers including itself, origin first

@@ -110,12 +110,14 @@ class AuditChain:
         self._unsigned += 1
         return record
 
-    def checkpoint_due(self) -> bool:
-        """True when records were sealed since the last checkpoint and N or T has been reached."""
-        if not self._unsigned:
+    def checkpoint_due(self, sealing: int = 0) -> bool:
+        """True when records were sealed since the last checkpoint and N or T has been reached
+        (counting ``sealing`` records more)."""
+        unsigned = self._unsigned + sealing
+        if not unsigned:
             return False
         elapsed = self._monotonic() - self._last_checkpoint_at
-        return self._unsigned >= self._every or elapsed >= self._interval_s
+        return unsigned >= self._every or elapsed >= self._interval_s
 
     def checkpoint(self) -> AuditRecord:
         """Seal a signed checkpoint covering the current head (even if none is due)."""
@@ -138,10 +140,9 @@ class AuditChain:
     def _seal(self, fields: Mapping[str, Any]) -> AuditRecord:
         # Timestamps never run backwards within a chain, so merged reading stays ordered.
         ts_us = max(int(fields.get("ts_us", 0)) or self._clock_us(), self._last_ts_us)
-        unhashed = build_record({
-            **fields, "seq": self._head.seq + 1, "prev": self._head.hash,
-            "replica": self.replica, "ts_us": ts_us,
-        })
+        unhashed = build_record(
+            fields, seq=self._head.seq + 1, prev=self._head.hash, replica=self.replica, ts_us=ts_us
+        )
         record = with_hash(unhashed)
         self._head = ChainHead(record.seq, record.hash)
         self._last_ts_us = ts_us

@@ -64,14 +64,28 @@ class GroupCommitter:
         the module's docstring). Raises ``AuditLogError``."""
         if self._closed:
             raise AuditLogError("the audit log is closed")
-        if not records:
-            return
+        if records:
+            await self.append_nowait(records, durable=durable)
+
+    def append_nowait(
+        self, records: list[AuditRecord], *, durable: bool = True
+    ) -> asyncio.Future[None]:
+        """Queue ``records`` (not empty); the future says what ``append`` would have (done
+        with ``AuditLogError`` if the committer is closed)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            _fail(future, AuditLogError("the audit log is closed"))
+            return future
         self._pending.append((records, future, durable))
         self._wake.set()
         if self._task is None:
             self._task = self._tasks.spawn(self._run(), "audit-commit")
-        await future
+        return future
+
+    @property
+    def waiting(self) -> bool:
+        """Are appends queued for the next batch?"""
+        return bool(self._pending)
 
     async def close(self) -> None:
         """Write what is queued, then stop the writer."""

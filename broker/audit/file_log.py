@@ -1,9 +1,12 @@
 """``FileAuditLog``: one append-only JSON-lines file per replica, fsynced before acknowledging.
 
 Layout: ``<directory>/audit-<replica>.jsonl``; each line is a record's canonical JSON. A batch is
-written with one ``write`` and made durable with one ``fdatasync`` (in a worker thread, so the
-event loop keeps serving; appends arriving meanwhile form the next batch). A failed write or
-fsync is rolled back by truncating the file to its previous length.
+written with one ``write`` and made durable with one ``fdatasync``: in the file's own thread,
+so the event loop keeps serving and appends arriving meanwhile form the next batch; or, for a
+small batch while batches are small on average, no other append is queued and fsyncs take
+under ``INLINE_FSYNC_S``, on the event loop itself: when one request waits alone the thread
+hop costs more CPU than the fsync, and there is nothing to batch. A failed write or fsync is
+rolled back by truncating the file to its previous length.
 
 Durability: a record is on disk when ``append`` returns, unless the disk or its controller lies
 about flushing. With ``staged=True`` (``[audit] durable_before = "reply"``) ``append_staged``
@@ -22,11 +25,14 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from broker.audit.commit import GroupCommitter
-from broker.audit.log import AuditLog, AuditLogError, done_future
+from broker.audit.log import AuditLog, AuditLogError, done_future, failed_future
 from broker.audit.records import (
     EMPTY_HEAD,
     REPLICA_PATTERN,
@@ -43,6 +49,14 @@ _TAIL_BLOCK = 64 * 1024
 # was written if no other append asks for one first.
 LAZY_SYNC_S = 0.05
 _READ_BATCH = 4096
+# A batch this small is fsynced on the event loop (no thread hop) while batches are this small
+# on average and the disk is this fast (moving averages): at low concurrency nothing waits
+# behind it (batches of several requests go to the thread, so that the loop keeps serving and
+# the next batch grows).
+INLINE_FSYNC_RECORDS = 2
+INLINE_FSYNC_AVERAGE = 3.0
+INLINE_FSYNC_S = 0.001
+_EWMA_WEIGHT = 0.125
 
 
 def audit_file(directory: Path, replica: str) -> Path:
@@ -68,6 +82,9 @@ class _ReplicaFile:
         self._sync_wake = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
         self._closing = False
+        self._fsync_s = 0.0  # moving average of fsync wall times
+        self._batch = 1.0  # moving average of records per fsynced batch
+        self._fsync_thread = _FsyncThread(self.fd, self._took)
 
     def sync_soon(self) -> asyncio.Future[None]:
         """A future done once every record written so far is on disk (AuditLogError if not)."""
@@ -91,7 +108,7 @@ class _ReplicaFile:
                     return
                 continue
             try:
-                await asyncio.to_thread(os.fdatasync, self.fd)
+                await self._fsync_thread.fdatasync()
                 audit_synced()
             except OSError as exc:
                 failure = AuditLogError(f"audit fsync failed: {exc}")
@@ -128,11 +145,36 @@ class _ReplicaFile:
         offset = _write_all(self.fd, data)
         if self._fsync:
             try:
-                await asyncio.to_thread(os.fdatasync, self.fd)
+                if await self._alone(records):
+                    self._timed_fdatasync()
+                else:
+                    await self._fsync_thread.fdatasync()
             except OSError:
                 _roll_back(self.fd, offset)
                 raise
             audit_synced()
+
+    async def _alone(self, records: list[AuditRecord]) -> bool:
+        """Is this small batch alone, so that the fsync may run on the loop? Not while batches
+        are larger on average (requests are in flight that would append during the fsync);
+        and other requests that are ready to run get one turn first: if they append
+        meanwhile, it is not."""
+        small = len(records) <= INLINE_FSYNC_RECORDS
+        self._batch += (len(records) - self._batch) * _EWMA_WEIGHT
+        if not small or self._batch >= INLINE_FSYNC_AVERAGE or self._fsync_s >= INLINE_FSYNC_S:
+            return False
+        await asyncio.sleep(0)
+        return not self.committer.waiting
+
+    def _timed_fdatasync(self) -> None:
+        started = time.perf_counter()
+        try:
+            os.fdatasync(self.fd)
+        finally:
+            self._took(time.perf_counter() - started)
+
+    def _took(self, elapsed: float) -> None:
+        self._fsync_s += (elapsed - self._fsync_s) * _EWMA_WEIGHT
 
     async def _load_head(self) -> ChainHead:
         return await asyncio.to_thread(_read_head, self.path) or EMPTY_HEAD
@@ -148,7 +190,61 @@ class _ReplicaFile:
         self._sync_wake.set()
         if self._syncer is not None:
             await self._syncer
+        self._fsync_thread.stop()
         os.close(self.fd)
+
+
+class _FsyncThread:
+    """One thread, started at the first request, that fdatasyncs ``fd`` for the event loop.
+
+    Cheaper than ``asyncio.to_thread`` per fsync (no executor work item, no chain of futures,
+    no context copy): about 29 instead of 52 µs of CPU a round trip. ``took`` hears each
+    fsync's wall time, on the loop."""
+
+    def __init__(self, fd: int, took: Callable[[float], None]) -> None:
+        self._fd = fd
+        self._took = took
+        self._requests: queue.SimpleQueue[asyncio.Future[None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def fdatasync(self) -> asyncio.Future[None]:
+        """A future done once ``fdatasync`` returned (with its ``OSError`` if it failed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="audit-fsync", daemon=True)
+            self._thread.start()
+        self._requests.put(future)
+        return future
+
+    def stop(self) -> None:
+        """End the thread once the fsyncs asked for are done."""
+        if self._thread is not None:
+            self._requests.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (future := self._requests.get()) is not None:
+            started = time.perf_counter()
+            failure: OSError | None = None
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                failure = exc
+            elapsed = time.perf_counter() - started
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                future.get_loop().call_soon_threadsafe(self._settle, future, elapsed, failure)
+
+    def _settle(
+        self, future: asyncio.Future[None], elapsed: float, failure: OSError | None
+    ) -> None:
+        self._took(elapsed)
+        if future.done():
+            return
+        if failure is None:
+            future.set_result(None)
+        else:
+            future.set_exception(failure)
 
 
 class FileAuditLog(AuditLog):
@@ -182,6 +278,15 @@ class FileAuditLog(AuditLog):
         if not records:
             return
         await self._writer(_one_replica(records)).committer.append(records, durable=False)
+
+    def append_written_nowait(self, records: list[AuditRecord]) -> asyncio.Future[None]:
+        if not records:
+            return done_future()
+        try:
+            writer = self._writer(_one_replica(records))
+        except AuditLogError as exc:
+            return failed_future(exc)
+        return writer.committer.append_nowait(records, durable=False)
 
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:

@@ -48,6 +48,12 @@ class AuditLog(abc.ABC):
         ``append``."""
         await self.append(records)
 
+    def append_written_nowait(self, records: list[AuditRecord]) -> asyncio.Future[None]:
+        """``append_written`` without waiting: the future completes (or fails with
+        ``AuditLogError``) when it would have returned. Appends are ordered by this call, as
+        by ``append``. By default a task runs ``append_written``."""
+        return asyncio.ensure_future(self.append_written(records))
+
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         """Store ``records`` at least as far as surviving this process; the awaitable returned
         completes (or raises ``AuditLogError``) once they are durable. Here: both at once."""
@@ -118,4 +124,11 @@ def done_future() -> asyncio.Future[None]:
     """A future that is already complete."""
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_result(None)
+    return future
+
+
+def failed_future(exc: BaseException) -> asyncio.Future[None]:
+    """A future that has already failed with ``exc``."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(exc)
     return future

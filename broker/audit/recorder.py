@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from broker.audit.file_log import FileAuditLog
@@ -67,7 +68,7 @@ class AuditRecorder:
         # stage decided anything (the runtime sets it once the policy is loaded).
         self.policy_version: Callable[[], str] = lambda: ""
         self._tasks = tasks if tasks is not None else BackgroundTasks()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Future[None]] = set()
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
             self._checkpoints = self._tasks.spawn(trail.run_checkpoints(), "audit-ckpt")
@@ -113,16 +114,42 @@ class AuditRecorder:
             raise AuditUnavailableError(detail=str(exc)) from None
 
     def record_soon(self, fields: Mapping[str, Any]) -> None:
-        """Append without waiting (for outcomes); a failure is logged, never raised."""
+        """Append without waiting (for outcomes); a failure is logged, never raised.
+
+        Sealed and queued at once, with no task of its own (one per request was a measurable
+        share of its CPU); only a trail that must first re-read its stored head takes a task."""
         if self.trail is None:
             return
-        try:
-            task = self._tasks.spawn(self._record_logged(fields), "audit-record")
-        except RuntimeError:  # the broker's tasks are closed: it is shutting down
-            log.error("audit record lost (shutting down): %s", dict(fields).get("request_id", ""))  # noqa: TRY400
+        if self._tasks.closed:  # the broker is shutting down
+            log.error("audit record lost (shutting down): %s", dict(fields).get("request_id", ""))
             return
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        fields = self._with_payload(fields)
+        try:
+            written = self.trail.record_written_nowait(fields)
+        except AuditRecordError as exc:
+            log.error("audit record lost (%s): %s", exc, fields.get("request_id", ""))  # noqa: TRY400
+            return
+        if written is None:
+            task = self._tasks.spawn(self._record_logged(fields), "audit-record")
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return
+        self._pending.add(written)
+        written.add_done_callback(partial(self._written, time.perf_counter(), fields))
+
+    def _written(
+        self, started: float, fields: Mapping[str, Any], written: asyncio.Future[None]
+    ) -> None:
+        self._pending.discard(written)
+        if written.cancelled():
+            return
+        exc = written.exception()
+        if exc is None:
+            audit_written(time.perf_counter() - started)
+            return
+        audit_written(0.0, failed=True)
+        lost = AuditUnavailableError(detail=str(exc)) if isinstance(exc, AuditLogError) else exc
+        log.error("audit record lost (%s): %s", lost, fields.get("request_id", ""))
 
     async def event(self, kind: str, actor: str, **detail: str | int | bool) -> None:
         """An operator or system event (registry change, kill switch, policy reload/error)."""
@@ -140,8 +167,8 @@ class AuditRecorder:
         fields = self._with_policy_version(fields)
         if "_body" not in fields:
             return fields
-        kept = {k: v for k, v in fields.items() if k != "_body"}
-        body = fields["_body"]
+        kept = dict(fields)
+        body = kept.pop("_body")
         parties = {kept.get("caller", ""), kept.get("target", "")}
         if body and self.payload_agents & parties:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}

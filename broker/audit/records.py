@@ -101,14 +101,15 @@ _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
 
-def build_record(fields: Mapping[str, Any]) -> AuditRecord:
-    """Validate ``fields`` (with ``RECORD_DEFAULTS`` filled in) into an unhashed record.
+def build_record(fields: Mapping[str, Any], **members: Any) -> AuditRecord:
+    """Validate ``fields`` and then ``members`` (which win; ``RECORD_DEFAULTS`` fill in the
+    rest) into an unhashed record.
 
     Raises ``AuditRecordError`` naming the first bad member (a float, a missing ``seq``/``ts_us``/
     ``replica``/``kind``, an unknown member, a ``detail`` key that is not ``[a-z][a-z0-9_.]*``).
     """
     try:
-        return msgspec.convert({**RECORD_DEFAULTS, **fields}, AuditRecord)
+        return msgspec.convert({**RECORD_DEFAULTS, **fields, **members}, AuditRecord)
     except msgspec.ValidationError as exc:
         raise AuditRecordError(str(exc)) from exc
 

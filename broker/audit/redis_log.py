@@ -19,12 +19,19 @@ retention is the operator's decision (export, then delete old entries with XTRIM
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from broker.audit.commit import GroupCommitter
-from broker.audit.log import AuditChainGapError, AuditLog, AuditLogError
+from broker.audit.log import (
+    AuditChainGapError,
+    AuditLog,
+    AuditLogError,
+    done_future,
+    failed_future,
+)
 from broker.audit.records import EMPTY_HEAD, REPLICA_PATTERN, AuditRecord, ChainHead, encode_record
 from broker.background import BackgroundTasks
 from broker.settings import StoreSettings
@@ -68,15 +75,26 @@ class RedisAuditLog(AuditLog):
         return f"{self._prefix}:audit:{replica}"
 
     async def append(self, records: list[AuditRecord]) -> None:
+        if records:
+            await self._committer_of(records).append(records)
+
+    def append_written_nowait(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
-            return
+            return done_future()
+        try:
+            committer = self._committer_of(records)
+        except AuditLogError as exc:
+            return failed_future(exc)
+        return committer.append_nowait(records)
+
+    def _committer_of(self, records: list[AuditRecord]) -> GroupCommitter:
         replica = records[0].replica
         if any(record.replica != replica for record in records):
             raise AuditLogError("one append holds records of one replica")
         committer = self._committers.get(replica)
         if committer is None:
             committer = self._committers[replica] = self._committer(replica)
-        await committer.append(records)
+        return committer
 
     def _committer(self, replica: str) -> GroupCommitter:
         key = self.stream_key(replica)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from broker.audit.chain import AuditChain
@@ -79,6 +80,22 @@ class AuditTrail:
             self._failed(epoch)
             raise
         return records[0]
+
+    def record_written_nowait(self, fields: Mapping[str, Any]) -> asyncio.Future[None] | None:
+        """``record_written`` without a task of its own: seal now, and return a future that
+        completes (or fails with ``AuditLogError``) when it would have returned. None, with
+        nothing sealed, when the stored head must be re-read first or a checkpoint is due with
+        this record (appended durably): await ``record_written`` then.
+        Raises ``AuditRecordError`` if ``fields`` are invalid."""
+        if self._stale or self.chain.checkpoint_due(sealing=1):
+            return None
+        written = self.log.append_written_nowait([self.chain.seal(fields)])
+        written.add_done_callback(partial(self._written_done, self._epoch))
+        return written
+
+    def _written_done(self, epoch: int, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            self._failed(epoch)
 
     async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Like ``record``, but return once the log has the record as far as surviving this

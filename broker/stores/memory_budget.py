@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +24,7 @@ from broker.budgets.model import (
     window_end,
 )
 from broker.budgets.model import window_start as start_of
+from broker.ids import new_id
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,
     MICROS,
@@ -99,7 +99,7 @@ class MemoryBudgetLedger(BudgetLedger):
             counter = self._counters.setdefault(hold.counter, _Counter())
             counter.reserved[hold.metric] += hold.amount
             _keep_until(counter, hold.counter, expires_at)
-        reservation = Reservation(uuid.uuid4().hex, tuple(scopes), amounts, expires_at)
+        reservation = Reservation(new_id(), tuple(scopes), amounts, expires_at)
         self._held[reservation.id] = (holds, expires_at)
         heapq.heappush(self._expiries, (expires_at, reservation.id))
         return reservation

@@ -8,11 +8,11 @@ revocations on the wall clock, since their deadlines are Unix times.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from broker.ids import new_id
 from broker.stores.base import (
     ChildSlot,
     DelegationCounters,
@@ -114,7 +114,7 @@ class MemoryDelegationCounters(DelegationCounters):
         limit = _limit_reached(seen, max_concurrent, max_total, max_tree)
         if limit is not None:
             return Refusal(limit=limit)
-        slot = ChildSlot(id=uuid.uuid4().hex, parent=parent, tree=tree)
+        slot = ChildSlot(id=new_id(), parent=parent, tree=tree)
         counts.slots[slot.id] = now + slot_ttl_s
         counts.total += 1
         self._parents.put((tree, parent), counts, now + ttl_s)

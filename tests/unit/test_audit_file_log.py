@@ -127,6 +127,37 @@ async def test_an_outcome_alone_is_synced_within_the_lazy_delay_and_at_close(
     assert len(calls) == 2
 
 
+async def test_a_lone_record_is_fsynced_on_the_loop_unless_the_disk_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request waiting alone skips the thread hop; a slow disk never stalls the loop."""
+    threads: list[str] = []
+    slow = threading.Event()
+    real = os.fdatasync
+
+    def disk(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        if slow.is_set():
+            threading.Event().wait(0.02)
+        real(fd)
+
+    monkeypatch.setattr(file_log.os, "fdatasync", disk)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    loop_thread = threading.current_thread().name
+    await trail.record({"kind": "request"})
+    assert threads == [loop_thread]
+    slow.set()
+    for _ in range(3):
+        await trail.record({"kind": "request"})
+    assert threads[-1] != loop_thread  # 20 ms fsyncs: off the loop again
+    await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(20)))
+    await log.close()
+    assert all(name != loop_thread for name in threads[4:])
+    report = verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True)
+    assert report.ok and report.last_seq == 24
+
+
 async def test_a_failed_write_refuses_the_record_and_the_chain_continues_after_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,3 +274,11 @@ async def test_redis_refuses_when_the_aof_fsync_cannot_be_confirmed(
     with pytest.raises(AuditLogError):
         await log.append([AuditChain("r1", KEYS).seal({"kind": "request"})])
     await log.close()
+
+
+async def test_the_fsync_thread_ends_when_the_log_closes(tmp_path: Path) -> None:
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await asyncio.gather(*(trail.record({"kind": "request"}) for _ in range(20)))
+    await log.close()
+    assert not [t for t in threading.enumerate() if t.name == "audit-fsync"]

@@ -15,6 +15,7 @@ from broker.audit import file_log
 from broker.audit.file_log import FileAuditLog
 from broker.audit.recorder import AuditRecorder
 from broker.audit.trail import AuditTrail
+from broker.audit.verify import verify_chain
 from broker.errors import AuditUnavailableError
 from broker.identity.keys import BrokerKeys
 from broker.protocols.a2a.operations import SEND_MESSAGE
@@ -87,3 +88,54 @@ async def test_an_answer_whose_decision_cannot_be_made_durable_is_withheld(
     assert ctx.audited  # its outcome record (the refusal) is on its way, not the boundary's
     monkeypatch.undo()
     await recorder.close()
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 2, 3, 1000])
+async def test_outcomes_queued_without_waiting_keep_the_chain_whole_across_checkpoints(
+    tmp_path: Path, checkpoint_every: int
+) -> None:
+    """Decisions awaited and outcomes not, interleaved as requests do, with checkpoints falling
+    on either: every record is stored once, in seal order, and the chain verifies."""
+    trail = await AuditTrail.open(FileAuditLog(tmp_path), "r1", KEYS, checkpoint_every)
+    recorder = AuditRecorder(trail)
+
+    async def request(n: int) -> None:
+        await recorder.record({"kind": "request", "request_id": f"q{n}"})
+        recorder.record_soon({"kind": "request", "request_id": f"q{n}", "status": 200})
+
+    for n in range(10):
+        await request(n)
+    await asyncio.gather(*(request(n) for n in range(10, 30)))
+    await recorder.close()
+    report = verify_chain(
+        (tmp_path / "audit-r1.jsonl").read_bytes().splitlines(keepends=True),
+        {KEYS.kid: KEYS.private_key.public_key()},
+        newline_terminated=True,
+    )
+    assert report.ok, report.message
+    lines = (tmp_path / "audit-r1.jsonl").read_bytes().splitlines()
+    assert sum(b'"kind":"request"' in line for line in lines) == 60
+
+
+async def test_an_outcome_that_cannot_be_written_is_logged_as_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail = await AuditTrail.open(FileAuditLog(tmp_path), "r1", KEYS)
+    recorder = AuditRecorder(trail)
+    await recorder.record({"kind": "request", "request_id": "q0"})
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(file_log.os, "write", disk_full)
+    recorder.record_soon({"kind": "request", "request_id": "q1"})
+    for _ in range(100):
+        if "audit record lost" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "audit record lost" in caplog.text and "q1" in caplog.text
+    monkeypatch.undo()
+    await recorder.record({"kind": "request", "request_id": "q2"})  # the chain goes on
+    await recorder.close()
+    lines = (tmp_path / "audit-r1.jsonl").read_bytes().splitlines()
+    assert [b'"q0"' in lines[0], b'"q2"' in lines[1]] == [True, True]

@@ -34,7 +34,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "broker.settings_containment", "broker.config_errors", "broker.pipeline.stage",
         "broker.identity.keys", "broker.budgets.model", "broker.late_writes",
         "broker.identity.names", "broker.identity.credentials", "broker.background",
-        "broker.delegation.errors", "broker.llm.errors",
+        "broker.delegation.errors", "broker.llm.errors", "broker.ids",
         "broker.mcp.errors", "broker.settings_mcp", "broker.settings_datacontrols",
         "broker.settings_observability", "broker.settings_approvals",
         # The metrics hooks every floor calls (they import only prometheus-client), and the

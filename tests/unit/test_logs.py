@@ -6,7 +6,9 @@ import json
 import logging
 import re
 
-from broker.observability.logs import JsonLineFormatter, log_fields
+import pytest
+
+from broker.observability.logs import JsonLineFormatter, configure_logging, log_fields
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -62,3 +64,27 @@ def test_log_fields_writes_one_structured_record() -> None:
     (record,) = records
     formatted = json.loads(JsonLineFormatter().format(record))
     assert formatted["event"] == "llm_call" and "message" not in formatted
+
+
+def test_configured_lines_keep_their_shape_without_caller_thread_or_process(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``configure_logging`` stops gathering what no line shows; the lines are unchanged."""
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile"):
+        monkeypatch.setattr(logging, flag, getattr(logging, flag))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    configure_logging("info")
+    logger = logging.getLogger("a2a_broker.test")
+    log_fields(logger, {"event": "mediated", "caller": "planner", "status": 200})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("it failed")
+    structured, failure = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert ISO_MS.match(structured.pop("ts")) and ISO_MS.match(failure.pop("ts"))
+    assert structured == {"level": "info", "logger": "a2a_broker.test", "event": "mediated",
+                          "caller": "planner", "status": 200}
+    assert failure.pop("exception").endswith("ValueError: boom")
+    assert failure == {"level": "error", "logger": "a2a_broker.test", "message": "it failed"}

@@ -1,0 +1,28 @@
+"""``new_id`` has exactly the form of ``uuid.uuid4().hex``."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from broker.ids import new_id
+
+
+def test_new_ids_are_version_4_uuids_in_hex() -> None:
+    ids = [new_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        assert re.fullmatch(r"[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}", text)
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == text
+
+
+def test_every_random_bit_varies() -> None:
+    seen_set = 0
+    seen_clear = (1 << 128) - 1
+    for _ in range(2000):
+        value = int(new_id(), 16)
+        seen_set |= value
+        seen_clear &= value
+    varying = seen_set & ~seen_clear
+    assert bin(varying).count("1") == 122  # 128 bits less version (4) and variant (2)
