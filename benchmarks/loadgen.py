@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -109,6 +110,11 @@ class StreamProbeResult:
     stream_p50_ms: float
 
 
+# An SSE event ends at a blank line, in any of the three line endings the format allows
+# (the broker frames its events with CRLF, the benchmark's upstream with LF).
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
 async def _one_stream(
     session: object, url: str, body: bytes, headers: Mapping[str, str]
 ) -> tuple[float, float, int]:
@@ -123,7 +129,7 @@ async def _one_stream(
             raise RuntimeError(f"{url} answered {resp.status}: {(await resp.read())[:300]!r}")
         async for chunk in resp.content.iter_any():
             buf += chunk
-            if not first and b"\n\n" in buf:
+            if not first and _EVENT_END.search(buf):
                 first = time.perf_counter()
     end = time.perf_counter()
     return first - start, end - start, buf.count(b"data:")

@@ -491,16 +491,18 @@ def _gap(results: dict[str, Any]) -> list[str]:
         text += f" The profile of (e) splits its own time as {top}."
     text += (
         " Next, by size: (1) the pipeline's own Python, which no store or audit setting removes "
-        "(d-off against b1); the edge is already raw ASGI and the stages are bound without a "
-        "frame each (decision 0064), so what is left is per-request work: the hop token's "
-        "Ed25519 signature (`TokenMinter._seal`, the largest broker frame of the profile), the "
-        "log line, a task per outcome record and per Redis batch, and uvloop's own socket work "
-        "(`Runner.run` in the profile: the kernel and the loop, about a fifth of the samples); "
-        "(2) the Redis client: redis-py's machinery, not Redis, is most of the Redis cost even "
-        "with batched scripts (decision 0010), so a leaner RESP client for the few hot scripts; "
-        "(3) at c=1 the fsync of each decision record (d-audit, one per request since outcomes "
-        "ride on the next fsync), which `[audit] durable_before = \"reply\"` hides behind agents "
-        "that take longer than an fsync, not behind this benchmark's 0.1 ms agent."
+        "(d-off against b1); the edge is raw ASGI, the stages are bound without a frame each "
+        "(decision 0064), the upstream client is a lean HTTP/1.1 client (decision 0071), ids, "
+        "log lines and outcome records are cheaper (decision 0073), so what is left is "
+        "per-request work: the hop token's Ed25519 signature (`TokenMinter._seal`, about 33 µs "
+        "of a mint, the largest broker frame; agents verify it, so it stays), building and "
+        "encoding the two audit records, parsing, and the HTTP server's own response path "
+        "(`RequestResponseCycle.send`) with uvloop's socket work (`Runner.run`: the kernel and "
+        "the loop); (2) the audit file's fsync, on one thread per audit file (or on the loop "
+        "for a lone small batch, decision 0073): its frame in the profile is mostly the "
+        "kernel's fdatasync; (3) Redis: the hot scripts go out packed on kept connections "
+        "(decision 0072), so redis-py is now a sliver of the profile and what remains is the "
+        "scripts' round trips at low concurrency, where nothing batches."
     )
     return [text]
 
