@@ -12,10 +12,9 @@ import contextlib
 import gzip
 import json
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -43,29 +42,10 @@ from broker.outbound.errors import transport_error
 from broker.outbound.http11 import Http11Transport
 from broker.outbound.transport import Transport, TransportResponse
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from testkit.connects import ConnectLog
 from testkit.procs import free_port
 
-# --- every connect() in the process, recorded ----------------------------------------------------
-
-_CONNECTS: list[Any] = []
-
-
-def _record_connect(event: str, args: tuple[Any, ...]) -> None:
-    if event == "socket.connect":
-        _CONNECTS.append(args[1])
-
-
-sys.addaudithook(_record_connect)  # hooks cannot be removed; this one only appends to a list
-
-
-@dataclass
-class ConnectLog:
-    start: int = field(default_factory=lambda: len(_CONNECTS))
-
-    @property
-    def addresses(self) -> list[Any]:
-        return _CONNECTS[self.start :]
-
+# --- every connect() in the process, recorded (testkit.connects) ---------------------------------
 
 @pytest.fixture(autouse=True)
 def connects() -> Iterator[ConnectLog]:

@@ -14,7 +14,6 @@ import datetime
 import ipaddress
 import socket
 import ssl
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +32,10 @@ from broker.outbound.errors import transport_error
 from broker.outbound.http11 import Http11Transport
 from broker.outbound.pool import Connector, tls_context
 from broker.settings import EgressSettings, LimitSettings, RegistrySettings
+from testkit.connects import ConnectLog
 
 Client = AiohttpTransport | Http11Transport
 Outcome = tuple[int, dict[str, str], bytes] | tuple[str, str]
-
-_CONNECTS: list[Any] = []
-
-
-def _record_connect(event: str, args: tuple[Any, ...]) -> None:
-    if event == "socket.connect":
-        _CONNECTS.append(args[1])
-
-
-sys.addaudithook(_record_connect)  # hooks cannot be removed; this one only appends to a list
-
 
 @dataclass
 class Player:
@@ -262,11 +251,11 @@ async def test_the_resolver_drops_refused_addresses_and_keeps_the_rest(
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(loop, "getaddrinfo", _fake_getaddrinfo("169.254.169.254", "127.0.0.1"))
     player.answers = [ANSWERS["content-length"]]
-    start = len(_CONNECTS)
+    connects = ConnectLog()
     url = f"http://agent.test:{player.port}/"
     outcome = await _outcome(clients(Http11Transport), url, stream=False)
     assert outcome[0] == 200
-    assert _CONNECTS[start:] == [("127.0.0.1", player.port)]
+    assert connects.addresses == [("127.0.0.1", player.port)]
 
 
 async def test_the_resolver_refuses_when_every_address_is_refused(
@@ -274,12 +263,12 @@ async def test_the_resolver_refuses_when_every_address_is_refused(
 ) -> None:
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(loop, "getaddrinfo", _fake_getaddrinfo("169.254.169.254"))
-    start = len(_CONNECTS)
+    connects = ConnectLog()
     with pytest.raises(EgressDeniedError, match="cloud metadata"):
         await clients(Http11Transport).send(
             "GET", "http://agent.test/", headers={}, body=None, stream=False
         )
-    assert _CONNECTS[start:] == []
+    assert connects.addresses == []
 
 
 # --- TLS ---------------------------------------------------------------------------------------
@@ -364,9 +353,9 @@ async def test_https_to_a_trusted_upstream(
 async def test_the_socket_guard_catches_what_skips_the_url_check(player: Player) -> None:
     # Straight to the connector, around the URL check: the guard still sees the address.
     connector = Connector(EgressPolicy(EgressSettings(allow_loopback=False)), tls_context())
-    start = len(_CONNECTS)
+    connects = ConnectLog()
     with pytest.raises(EgressRefusedOSError) as refused:
         await connector.open(("http", "127.0.0.1", player.port), literal=True)
     assert isinstance(transport_error(refused.value), EgressDeniedError)
-    assert _CONNECTS[start:] == []
+    assert connects.addresses == []
     assert player.connections == 0
