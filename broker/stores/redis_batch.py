@@ -162,10 +162,7 @@ class _WireBatcher(_Batcher):
             finally:
                 await self._lender.give_back(connection)
         except BaseException as exc:  # every caller learns what happened
-            for call in calls:
-                _fail(call.future, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all(calls, exc)
             return
         loaded = dict(zip(loads, replies, strict=False))
         replies = replies[len(loads) :]
@@ -209,10 +206,7 @@ class _PipelineBatcher(_Batcher):
                 else:
                     replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
-            for call in calls:
-                _fail(call.future, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all(calls, exc)
             return
         if waits:
             acks, replies = replies[len(calls) :], replies[: len(calls)]
@@ -254,9 +248,7 @@ class _PipelineBatcher(_Batcher):
         try:
             await self._client.script_load(call.script.script)
         except BaseException as exc:
-            _fail(call.future, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all([call], exc)
             return
         await self._run_together([call])
 
@@ -264,9 +256,7 @@ class _PipelineBatcher(_Batcher):
         try:
             reply = await call.script.call_now(call.keys, call.args)
         except BaseException as exc:  # the caller learns what happened
-            _fail(call.future, exc)
-            if not isinstance(exc, Exception):
-                raise
+            _fail_all([call], exc)
             return
         if not call.future.done():
             call.future.set_result(reply)
@@ -323,6 +313,14 @@ def _load_failure(load_reply: Any, reply: Exception) -> Exception:
     if isinstance(reply, NoScriptError) and isinstance(load_reply, Exception):
         return load_reply
     return reply
+
+
+def _fail_all(calls: Iterable[_Call], exc: BaseException) -> None:
+    """Every caller learns what happened; a cancellation (or an exit) then goes on up."""
+    for call in calls:
+        _fail(call.future, exc)
+    if not isinstance(exc, Exception):
+        raise exc
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
