@@ -16,7 +16,6 @@ from typing import Final
 _KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _SET: Final = (0x4000 << 64) | (0x8000 << 48)
 _BATCH: Final = 64
-_MASK: Final = (1 << 128) - 1
 
 _ready: list[str] = []  # ids made from random bytes read, not handed out yet
 
@@ -31,8 +30,11 @@ def new_id() -> str:
 
 
 def _refill() -> None:
-    raw = int.from_bytes(os.urandom(16 * _BATCH), "big")
-    _ready.extend(f"{(raw >> (128 * i)) & _MASK & _KEEP | _SET:032x}" for i in range(_BATCH))
+    raw = os.urandom(16 * _BATCH)
+    _ready.extend(
+        f"{int.from_bytes(raw[at : at + 16], 'big') & _KEEP | _SET:032x}"
+        for at in range(0, len(raw), 16)
+    )
 
 
 os.register_at_fork(after_in_child=_ready.clear)  # never the same ids in two processes
