@@ -2,9 +2,12 @@
 
 Counted in the store (one atomic script on Redis), so the limits hold across every replica and
 are never passed under concurrency. Only sends create children; reads of existing tasks do not.
-An in-flight child is released when its answer (or stream) ends; a release the store fails is
-retried in the background until it lands (``LateWrites``), and a broker that dies mid-request
-leaks its slot only until the slot expires.
+An in-flight child is released once the agent's answer is read (a stream: when it ends), or
+when the call is refused further in; a release the store fails is retried in the background
+until it lands (``LateWrites``), and a broker that dies mid-request leaks its slot only until
+the slot expires. A presented token's revocation check, left here by the delegation stage, is
+made in the slot's own script; where the pipeline lets it, the slot is taken while the stages
+up to the budget run, so the reserve shares its round trip (decision 0075).
 """
 
 from __future__ import annotations
