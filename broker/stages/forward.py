@@ -73,6 +73,8 @@ class Forward:
         if isinstance(answer, StreamReply):
             return answer
         resp, body = answer
+        if ctx.on_answer is not None:
+            ctx.on_answer()
         body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
         return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
 
