@@ -66,13 +66,8 @@ class AuditForward(Generic[C]):
     def __init__(self, recorder: AuditRecorder, audit: AuditFormat[C] | None = None) -> None:
         self._recorder = recorder
         self._format: AuditFormat[Any] = audit if audit is not None else A2aAudit()
-        # ``[audit] backend = "off"``: the plain recorder drops every record, so none is built
-        # (a decision and an outcome record, with the body's digest, per call).
-        self._off = type(recorder) is AuditRecorder and recorder.trail is None
 
     async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
-        if self._off:
-            return await _unrecorded(ctx, call_next)
         fields = await self._format.decision(ctx)
         if self._format.staged(ctx):  # with [audit] durable_before = "reply": on disk meanwhile
             synced = await self._recorder.record_staged(fields)
@@ -100,15 +95,3 @@ class AuditForward(Generic[C]):
 
         events = digested_stream(outcome.events, record_outcome)
         return StreamReply(events, outcome.status, outcome.headers)
-
-
-async def _unrecorded(ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
-    """The call with auditing off: marked as audited as ``AuditForward`` marks it, so the error
-    boundary treats a refusal from further in the same way (it records nothing either)."""
-    try:
-        outcome = await call_next(ctx)
-    except BrokerError as err:
-        ctx.error, ctx.audited = err, True
-        raise
-    ctx.audited = True
-    return outcome
