@@ -124,10 +124,10 @@ async def test_an_outcome_that_cannot_be_written_is_logged_as_lost(
     recorder = AuditRecorder(trail)
     await recorder.record({"kind": "request", "request_id": "q0"})
 
-    def disk_full(fd: int, data: bytes) -> int:
+    def disk_full(fd: int, data: bytes, offset: int) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(file_log.os, "write", disk_full)
+    monkeypatch.setattr(file_log.os, "pwrite", disk_full)  # records are written in place
     recorder.record_soon({"kind": "request", "request_id": "q1"})
     for _ in range(100):
         if "audit record lost" in caplog.text:
