@@ -58,6 +58,15 @@ class CallContext:
     caller: str | None = None
     parent: DelegationClaims | None = None
     chain: tuple[str, ...] = ()
+    # The presented token is not yet checked for revocation: the guards check it in their fan-out
+    # slot's round trip (``broker.stages.delegation``), before anything can leave.
+    revocation_unchecked: bool = False
+    # Checks still under way (the guards' fan-out slot, taken while later stages run): raises
+    # their refusal; awaited before anything leaves (the budget stage).
+    pending_checks: Callable[[], Awaitable[None]] | None = None
+    # Told when the agent's unary answer is in, before it is inspected (the task route's claim):
+    # the guards release their fan-out slot then, in the claim's round trip.
+    on_answer: Callable[[], None] | None = None
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
     # The approve rule (or threshold) that holds this call for a human ("": none), set by the

@@ -39,16 +39,22 @@ def llm_fields(
         "cost_micro": usage.cost_micro,
         "request_digest": digest(body),
         "response_digest": answer,
-        "detail": {
-            "phase": phase,
-            "binding": "openai",
-            **({"policy_version": ctx.policy_version} if ctx.policy_version else {}),
-            **({"trace_id": ctx.trace_id} if ctx.trace_id else {}),
-            **(error_detail(err) if err else {}),
-            **(data_detail(ctx) if ctx.data_found or ctx.data_tags else {}),
-        },
+        "detail": _detail(ctx, phase),
         "_body": body,  # kept redacted for agents in [audit] payload_agents, else dropped
     }
+
+
+def _detail(ctx: LlmContext, phase: str) -> dict[str, Any]:
+    detail: dict[str, Any] = {"phase": phase, "binding": "openai"}
+    if ctx.policy_version:
+        detail["policy_version"] = ctx.policy_version
+    if ctx.trace_id:
+        detail["trace_id"] = ctx.trace_id
+    if ctx.error is not None:
+        detail.update(error_detail(ctx.error))
+    if ctx.data_found or ctx.data_tags:
+        detail.update(data_detail(ctx))
+    return detail
 
 
 class LlmAudit:

@@ -38,6 +38,8 @@ class ForwardToProvider:
         self._client = client
         self._limits = limits
         self._bytes_per_token = llm.bytes_per_token
+        # The headers every call to a provider sends, by (stream, the provider's key).
+        self._fixed: dict[tuple[bool, str], dict[str, str]] = {}
 
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
         assert ctx.request and ctx.route and ctx.worst_case  # noqa: S101 - earlier stages
@@ -66,10 +68,15 @@ class ForwardToProvider:
 
     def _headers(self, ctx: LlmContext) -> dict[str, str]:
         assert ctx.request and ctx.route  # noqa: S101
-        accept = "text/event-stream" if ctx.request.stream else "application/json"
-        headers = {"Content-Type": "application/json", "Accept": accept}
-        if ctx.route.provider.key:
-            headers["Authorization"] = f"Bearer {ctx.route.provider.key}"
+        stream, key = ctx.request.stream, ctx.route.provider.key
+        fixed = self._fixed.get((stream, key))
+        if fixed is None:  # a few per provider: built once
+            fixed = {"Content-Type": "application/json"}
+            fixed["Accept"] = "text/event-stream" if stream else "application/json"
+            if key:
+                fixed["Authorization"] = f"Bearer {key}"
+            self._fixed[(stream, key)] = fixed
+        headers = fixed.copy()
         headers.update(tracing.outbound(ctx))  # the provider's work joins the caller's trace
         return headers
 

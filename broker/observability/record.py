@@ -65,6 +65,8 @@ _added: dict[tuple[str, ...], Any] = {}
 _streams: dict[tuple[str, ...], Any] = {}
 _policy: dict[tuple[str, ...], Any] = {}
 _guards: dict[tuple[str, ...], Any] = {}
+_llm_tokens: dict[tuple[str, ...], Any] = {}
+_llm_cost: dict[tuple[str, ...], Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,11 +278,11 @@ def observe_llm_usage(model: str, usage: Usage) -> None:
     if not metrics.recording:
         return
     if usage.tokens_in:
-        metrics.llm_tokens.labels(model, "in").inc(usage.tokens_in)
+        tally.add(_child(metrics.llm_tokens, _llm_tokens, (model, "in")), usage.tokens_in)
     if usage.tokens_out:
-        metrics.llm_tokens.labels(model, "out").inc(usage.tokens_out)
+        tally.add(_child(metrics.llm_tokens, _llm_tokens, (model, "out")), usage.tokens_out)
     if usage.cost_micro:
-        metrics.llm_cost.labels(model).inc(usage.cost_micro)
+        tally.add(_child(metrics.llm_cost, _llm_cost, (model,)), usage.cost_micro)
 
 
 _detections: dict[tuple[str, ...], Any] = {}

@@ -71,6 +71,10 @@ class A2aParts:
     approvals: A2aApprovals | None = None  # None: no approve rule can hold a call
 
 
+def _sends(ctx: MediationContext) -> bool:
+    return ctx.operation is not None and ctx.operation.sends_message
+
+
 def a2a_stages(parts: A2aParts) -> list[Stage]:
     """The order of mediation, and why each stage stands where it does."""
     settings, stores = parts.settings, parts.stores
@@ -96,7 +100,9 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
         ReadParams(settings.limits),
         # The chain comes only from a token the broker minted for this caller, so the policy
         # below judges what really happened, not what a body or header claims.
-        DelegationContext(parts.verifier, stores.revocations),
+        # A send's revocation check rides in the guards' round trip (decision 0075): nothing
+        # in between touches a store or lets anything leave.
+        DelegationContext(parts.verifier, stores.revocations, defer=_sends),
         # Policy before any counter or budget moves, so a denied hop costs nothing.
         ChainPolicy(parts.policy, settings.delegation),
         # A failing agent's open circuit, or its full bulkhead, refuses at once: after policy
@@ -110,6 +116,12 @@ def a2a_stages(parts: A2aParts) -> list[Stage]:
             settings.limits,
             parts.late_writes,
             parts.tasks,
+            revocations=stores.revocations,
+            # The stages up to the budget run while the slot is taken, so its reserve shares
+            # the round trip (decision 0075): only where those stages can only refuse, check
+            # ownership and mint, so a hop the slot refuses is recorded as before; not where a
+            # person may be asked (approvals) or the data controls scan (and redact) the body.
+            ahead=parts.approvals is None and data is None,
         ),
         # Ownership of task-scoped calls and push URL egress checks, before anything leaves.
         TaskScope(stores.task_routes, parts.push_url_allowed, parts.pages),

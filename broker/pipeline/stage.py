@@ -20,16 +20,25 @@ the reason for its place, in each pipeline's order (``broker.pipeline.a2a``, ``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
+from typing import Any, Generic, Protocol, TypeVar
 
 from broker.background import BackgroundTasks
 from broker.late_writes import finish_quietly, finish_soon
 from broker.types import Outcome, StreamReply
 
 Ctx = TypeVar("Ctx")
+_T = TypeVar("_T")
 CallNextOf = Callable[[Ctx], Awaitable[Outcome]]
 StageOf = Callable[[Ctx, Callable[[Ctx], Awaitable[Outcome]]], Awaitable[Outcome]]
 Finish = Callable[[], Awaitable[None]]
@@ -76,6 +85,38 @@ class _Bound(Generic[Ctx]):
 
     def __call__(self, ctx: Ctx) -> Awaitable[Outcome]:
         return self._stage(ctx, self._call_next)
+
+
+def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
+    """Run ``coro`` up to its first suspension now, and on as what it waits for completes: a
+    task started eagerly (``asyncio.eager_task_factory`` on Python 3.12). A store call made so
+    is queued in the running turn, ahead of what the caller queues next, so the two share a
+    round trip and the caller finds its result ready, not a loop turn later (decision 0075).
+    Its outcome is the returned future's; keep it and await it (or its failure goes unseen).
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[_T] = loop.create_future()
+
+    def step() -> None:
+        try:
+            waited = coro.send(None)
+        except StopIteration as done:
+            outcome.set_result(done.value)
+        except asyncio.CancelledError:
+            outcome.cancel()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the future carries it, as a task would
+            outcome.set_exception(exc)
+        else:
+            if waited is None:  # a bare yield (sleep(0)): on at the next turn
+                loop.call_soon(step)
+            else:  # an asyncio future, as a task waits for one
+                waited._asyncio_future_blocking = False
+                waited.add_done_callback(lambda _: step())
+
+    step()
+    return outcome
 
 
 class Held(Protocol):

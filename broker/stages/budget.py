@@ -97,6 +97,10 @@ class HopBudget:
         try:
             # A rate limit refuses first, as when the checks ran one after the other.
             _check_rates(rates, await _ended(rates))
+            # Checks that shared this round trip (the guards' fan-out slot) must have passed
+            # before anything leaves; their refusal comes first (the guards see to that).
+            if ctx.pending_checks is not None:
+                await ctx.pending_checks()
         except BaseException:
             if isinstance(held, Reservation):  # the hop is refused: the reserve gives back
                 await finish_quietly(self._ledger.release(held), "budget release", log, self._tasks)

@@ -72,6 +72,8 @@ class Forward:
             raise UpstreamTimeoutError(
                 "The delegation's deadline passed before the agent answered."
             ) from None
+        if ctx.on_answer is not None:
+            ctx.on_answer()
         body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
         return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
 

@@ -34,6 +34,8 @@ class TaskScope:
         for task_id in reading.named_tasks:
             await self._check_owner(ctx.target.name, task_id, ctx.caller)
         if reading.push_url:
+            if ctx.pending_checks is not None:  # a hop the guards refuse resolves no URL
+                await ctx.pending_checks()
             await self._check_push_url(reading.push_url)
         if ctx.operation is LIST_TASKS and reading.page_token:
             self._agent_page(ctx, reading.page_token)

@@ -26,6 +26,7 @@ from broker.types import AgentStatus as AgentStatus  # noqa: PLC0414 - re-export
 # parent ever had, or all hops in the task tree.
 DelegationLimit = Literal["concurrent", "total", "tree"]
 RevocationStatus = Literal["ok", "token_revoked", "tree_killed"]
+Revoked = Literal["token_revoked", "tree_killed"]
 
 
 class TaskRoute(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +155,38 @@ class DelegationCounters(abc.ABC):
         parent's and the tree's counters are forgotten ``ttl_s`` after the last acquire in them.
         Raises ValueError if a limit is negative or not ``0 < slot_ttl_s <= ttl_s``.
         """
+
+    async def acquire_unrevoked(
+        self,
+        revocations: Revocations,
+        parent: str,
+        tree: str,
+        *,
+        max_concurrent: int,
+        max_total: int,
+        max_tree: int,
+        slot_ttl_s: int,
+        ttl_s: int,
+    ) -> ChildSlot | Refusal | Revoked:
+        """``acquire_child`` for ``parent``, the jti of a token presented but not yet checked
+        against ``revocations``: "tree_killed" or "token_revoked" (as ``Revocations.check``
+        names them; nothing changes) if the check refuses, else what ``acquire_child`` returns.
+
+        The check comes first, so a revoked token never counts. Here the two steps run one
+        after the other; a backend that can do both in one round trip does.
+        """
+        status = await revocations.check(parent, tree)
+        if status != "ok":
+            return status
+        return await self.acquire_child(
+            parent,
+            tree,
+            max_concurrent=max_concurrent,
+            max_total=max_total,
+            max_tree=max_tree,
+            slot_ttl_s=slot_ttl_s,
+            ttl_s=ttl_s,
+        )
 
     @abc.abstractmethod
     async def release_child(self, slot: ChildSlot) -> bool:

@@ -31,12 +31,20 @@ from broker.stores.base import (
     Refusal,
     Revocations,
     RevocationStatus,
+    Revoked,
     TaskTreeIndex,
     check_acquire_arguments,
 )
-from broker.stores.redis_client import RedisClient, lua_source, unavailable_on_error
+from broker.stores.redis_client import (
+    RedisClient,
+    is_cluster,
+    lua_source,
+    unavailable_on_error,
+)
 
 _ACQUIRE_LUA = lua_source("delegation_acquire.lua")
+# The revocation check in front of the acquire: one script, for a single server (see the file).
+_ACQUIRE_UNREVOKED_LUA = lua_source("delegation_unrevoked.lua") + _ACQUIRE_LUA
 _RELEASE_LUA = lua_source("delegation_release.lua")
 _USAGE_LUA = lua_source("delegation_usage.lua")
 _REVOCATION_EXTEND_LUA = lua_source("revocation_extend.lua")
@@ -49,6 +57,7 @@ _REFUSALS: dict[bytes, DelegationLimit] = {
     b"total": "total",
     b"tree": "tree",
 }
+_REVOKED: dict[bytes, Revoked] = {b"tree_killed": "tree_killed", b"token_revoked": "token_revoked"}
 _TASK_ENCODER = msgspec.json.Encoder()
 _TASK_DECODER = msgspec.json.Decoder(tuple[str, str])
 
@@ -68,9 +77,13 @@ class RedisDelegationCounters(DelegationCounters):
 
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self._acquire = client.register_script(_ACQUIRE_LUA)
+        self._acquire_unrevoked = client.register_script(_ACQUIRE_UNREVOKED_LUA)
         self._release = client.register_script(_RELEASE_LUA)
         self._usage = client.register_script(_USAGE_LUA)
         self._prefix = prefix
+        # A cluster keeps a script's keys in one slot; the token's revoked marker is not in its
+        # tree's, so there the check and the acquire stay two steps.
+        self._one_server = not is_cluster(client)
 
     @unavailable_on_error
     async def acquire_child(
@@ -91,6 +104,41 @@ class RedisDelegationCounters(DelegationCounters):
             keys=self._keys(parent, tree), args=[*limits, slot.id, slot_ttl_s, ttl_s]
         )
         return slot if refused is None else Refusal(limit=_REFUSALS[refused])
+
+    async def acquire_unrevoked(
+        self,
+        revocations: Revocations,
+        parent: str,
+        tree: str,
+        *,
+        max_concurrent: int,
+        max_total: int,
+        max_tree: int,
+        slot_ttl_s: int,
+        ttl_s: int,
+    ) -> ChildSlot | Refusal | Revoked:
+        limits = {"max_concurrent": max_concurrent, "max_total": max_total, "max_tree": max_tree}
+        if not (self._one_server and isinstance(revocations, RedisRevocations)
+                and revocations.prefix == self._prefix):  # fmt: skip
+            return await super().acquire_unrevoked(
+                revocations, parent, tree, **limits, slot_ttl_s=slot_ttl_s, ttl_s=ttl_s
+            )
+        return await self._acquire_checked(
+            revocations, parent, tree, [*limits.values(), slot_ttl_s, ttl_s]
+        )
+
+    @unavailable_on_error
+    async def _acquire_checked(
+        self, revocations: RedisRevocations, parent: str, tree: str, limits: list[int]
+    ) -> ChildSlot | Refusal | Revoked:
+        check_acquire_arguments(*limits)
+        slot = ChildSlot(id=uuid.uuid4().hex, parent=parent, tree=tree)
+        keys = [*self._keys(parent, tree), *revocations.keys(parent, tree)]
+        refused = await self._acquire_unrevoked(keys=keys, args=[*limits[:3], slot.id, *limits[3:]])
+        if refused is None:
+            return slot
+        revoked = _REVOKED.get(refused)
+        return revoked if revoked is not None else Refusal(limit=_REFUSALS[refused])
 
     @unavailable_on_error
     async def release_child(self, slot: ChildSlot) -> bool:
@@ -147,6 +195,14 @@ class RedisRevocations(Revocations):
         if tree_killed:
             return "tree_killed"
         return "token_revoked" if token_revoked else "ok"
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def keys(self, jti: str, tree: str) -> tuple[str, str]:
+        """The tree's killed marker and the token's revoked marker."""
+        return self._tree_key(tree), self._token_key(jti)
 
     def _token_key(self, jti: str) -> str:
         return f"{self._prefix}:revoked:{jti}"

@@ -258,6 +258,42 @@ async def test_check_reports_a_killed_tree_before_a_revoked_token(stores: Stores
     assert await revocations.check("jti-1", "t2") == "token_revoked"
 
 
+async def acquire_unrevoked(
+    stores: Stores, parent: str = "p1", tree: str = "t1", **limits: int
+) -> ChildSlot | Refusal | str:
+    bounds = {"max_concurrent": 0, "max_total": 0, "max_tree": 0, **limits}
+    return await stores.delegation_counters.acquire_unrevoked(
+        stores.revocations, parent, tree, **bounds, slot_ttl_s=LONG_S, ttl_s=LONG_S
+    )
+
+
+async def test_acquire_unrevoked_takes_a_slot_as_acquire_does(stores: Stores) -> None:
+    slot = await acquire_unrevoked(stores, max_total=1)
+    assert isinstance(slot, ChildSlot) and (slot.parent, slot.tree) == ("p1", "t1")
+    assert await acquire_unrevoked(stores, max_total=1) == Refusal(limit="total")
+    assert await stores.delegation_counters.release_child(slot) is True
+    assert await stores.delegation_counters.usage("p1", "t1") == DelegationUsage(0, 1, 1)
+
+
+async def test_acquire_unrevoked_counts_nothing_for_a_revoked_token(stores: Stores) -> None:
+    until = time.time() + LONG_S
+    await stores.revocations.revoke_token("p1", until)
+    assert await acquire_unrevoked(stores, "p1", "t1") == "token_revoked"
+    assert await stores.delegation_counters.usage("p1", "t1") == DelegationUsage(0, 0, 0)
+    taken(await acquire_unrevoked(stores, "p2", "t1"))  # another token of the tree
+    await stores.revocations.kill_tree("t1", until)
+    # A killed tree is named first, and refuses every token of it; a limit comes after both.
+    assert await acquire_unrevoked(stores, "p1", "t1", max_tree=1) == "tree_killed"
+    assert await acquire_unrevoked(stores, "p2", "t1") == "tree_killed"
+    assert await stores.delegation_counters.usage("p2", "t1") == DelegationUsage(1, 1, 1)
+    assert await acquire_unrevoked(stores, "p1", "t2") == "token_revoked"
+
+
+async def test_acquire_unrevoked_refuses_unusable_arguments(stores: Stores) -> None:
+    with pytest.raises(ValueError):
+        await acquire_unrevoked(stores, max_total=-1)
+
+
 # --- TaskTreeIndex -------------------------------------------------------------------------------
 
 

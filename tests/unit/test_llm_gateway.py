@@ -177,6 +177,24 @@ async def test_chat_completion_reaches_the_provider_with_the_broker_key(world: W
     assert world.fake.recorded[0].body["messages"] == _messages()
 
 
+async def test_every_call_passes_on_its_own_trace_with_the_broker_key(world: World) -> None:
+    """The provider headers are built once per provider and kind; what a call adds (its
+    trace) never stays behind for the next."""
+    client = world.client("alice")
+    for _ in range(2):
+        await client.chat.completions.create(model="fake-small", messages=_messages())
+    stream = await client.chat.completions.create(
+        model="fake-small", messages=_messages(), stream=True
+    )
+    async for _chunk in stream:
+        pass
+    recorded = world.fake.recorded
+    assert [r.authorization for r in recorded] == ["Bearer provider-secret"] * 3
+    traces = [r.traceparent for r in recorded]
+    assert all(t and t.startswith("00-") for t in traces)
+    assert len({t.split("-")[1] for t in traces if t}) == 3  # three calls, three traces
+
+
 async def test_stream_is_relayed_without_the_usage_chunk_nobody_asked_for(world: World) -> None:
     stream = await world.client("alice").chat.completions.create(
         model="fake-small", messages=_messages(), stream=True

@@ -6,6 +6,8 @@ import json
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.errors import JSONParseError, JSONTooDeepError, all_error_types
 from broker.llm import errors as llm_errors
@@ -71,6 +73,28 @@ def test_cost_is_micro_units_rounded_up() -> None:
     assert ROUTE is not None
     assert ROUTE.cost_micro(1000, 100) == 3500
     assert ROUTE.cost_micro(1, 0) == 3  # 2.5 rounds up
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    price_in=st.sampled_from([0.0, 0.15, 0.6, 2.5, 3.0, 10.0, 0.1 + 0.2]),
+    price_out=st.sampled_from([0.0, 0.6, 1.2, 10.0, 15.0, 0.7]),
+    tokens_in=st.integers(0, 10**7),
+    tokens_out=st.integers(0, 10**6),
+)
+def test_cost_is_the_formula_whatever_is_remembered(
+    price_in: float, price_out: float, tokens_in: int, tokens_out: int
+) -> None:
+    """The remembered cost (and a free model's shortcut) is the sum rounded up, every time."""
+    provider = LlmProvider(base_url="http://p/v1", models=("m",), price_in_per_mtok=price_in,
+                           price_out_per_mtok=price_out)  # fmt: skip
+    route = ModelCatalog(LlmSettings(providers={"p": provider})).route("m")
+    assert route is not None
+    exact = tokens_in * price_in
+    exact += tokens_out * price_out
+    expected = int(-(-round(exact, 6) // 1))
+    assert route.cost_micro(tokens_in, tokens_out) == expected
+    assert route.cost_micro(tokens_in, tokens_out) == expected  # remembered
 
 
 def test_usage_reported_or_counted() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from broker.settings_llm import LlmProvider, LlmSettings
@@ -20,10 +22,19 @@ class ModelRoute(msgspec.Struct, frozen=True):
 
     def cost_micro(self, tokens_in: int, tokens_out: int) -> int:
         """Micro-units for this many tokens, rounded up (never under-charged)."""
-        exact = tokens_in * self.provider.price_in_per_mtok
-        exact += tokens_out * self.provider.price_out_per_mtok
-        # round() first so that binary float noise (2500.0000000003) does not add a unit.
-        return int(-(-round(exact, 6) // 1))
+        price_in, price_out = self.provider.price_in_per_mtok, self.provider.price_out_per_mtok
+        if not price_in and not price_out:
+            return 0  # a free model (what the sum below gives, without its float rounding)
+        return _cost_micro(price_in, price_out, tokens_in, tokens_out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cost_micro(price_in: float, price_out: float, tokens_in: int, tokens_out: int) -> int:
+    """``ModelRoute.cost_micro``, remembered: a call's reserve and its usage come in few
+    shapes, and ``round(x, 6)`` formats the float in decimal (about a microsecond)."""
+    exact = tokens_in * price_in + tokens_out * price_out
+    # round() first so that binary float noise (2500.0000000003) does not add a unit.
+    return int(-(-round(exact, 6) // 1))
 
 
 class ModelCatalog:

@@ -1,0 +1,171 @@
+"""CPU and Redis round trips per request of a hop that presents a delegation token, in process.
+
+    .venv/bin/python -m benchmarks.hop_cpu [--number N] [--rounds R] [--concurrency C]
+
+The whole A2A pipeline (``broker.pipeline.a2a.a2a_stages``, as ``benchmarks.pipeline_cpu``
+builds it) on the redis store over a private redis-server, policy ``allow_all``, auditing off,
+the caller metered by a calls budget as in scenario (e), in front of the fake transport
+answering every ``SendMessage`` with a new completed task. Two kinds of hop, R rounds of N each
+(C at a time) after a warm-up: ``origin`` (no token: the first hop of a chain) and ``token``
+(the caller presents a token the broker minted for it, a fresh one per request, as a further hop
+of a chain does). Prints, per kind, the best round's CPU µs per request (``time.process_time``:
+the broker's side, Redis's own CPU not counted), Redis socket reads (round trips) and scripts
+(``EVALSHA``) per request. No HTTP: other processes on a shared machine move it far less than
+wrk's figures. Measure another commit's broker by putting its ``broker/`` first on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+
+import redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from benchmarks.pipeline_cpu import BODY, CREDENTIAL, HEADERS, _allowed, _card, _completed_task
+from benchmarks.pipeline_cpu import _nothing as nothing
+from broker.audit.recorder import AuditRecorder
+from broker.budgets.scopes import ConfiguredScopes
+from broker.containment.global_kill import GlobalKillSwitch
+from broker.delegation.tokens import TokenMinter, TokenVerifier, hop_scope
+from broker.identity.cards import BrokerCardRewriter
+from broker.identity.credentials import credential_digest
+from broker.identity.keys import BrokerKeys
+from broker.late_writes import LateWrites
+from broker.outbound.fake import FakeTransport
+from broker.pipeline.a2a import A2aParts, a2a_stages
+from broker.pipeline.stage import fold
+from broker.policy.roles import AgentRoles
+from broker.protocols.a2a.task_pages import PageTokens
+from broker.settings import (
+    BudgetLimitSettings,
+    BudgetSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
+from broker.stages.authenticate import Authenticate
+from broker.stages.responses import ResponseInspector
+from broker.stores.cache import with_read_cache
+from broker.stores.redis import RedisBackend
+from broker.types import AgentRecord, MediationContext
+from testkit.procs import free_port
+from testkit.redis_process import start_redis_server, stop_redis_server
+
+AGENT_URL = "http://127.0.0.1:9/rpc"
+CALLS = BudgetSettings(
+    agents={"caller": (BudgetLimitSettings(metric="calls", window="lifetime", limit=10**12),)}
+)
+
+
+async def _parts(url: str, prefix: str) -> tuple[A2aParts, TokenMinter]:
+    settings = Settings(server=ServerSettings(public_url="http://broker.test"), budgets=CALLS)
+    keys = BrokerKeys(Ed25519PrivateKey.generate())
+    # The registry and credential reads cached, as the runtime does (broker.runtime.control).
+    backend = RedisBackend(StoreSettings(backend="redis", redis_url=url, key_prefix=prefix))
+    stores = with_read_cache(backend.stores(), settings.store.read_cache_ttl_s)
+    for name in ("caller", "target"):
+        record = AgentRecord(name=name, card_json=_card(name), jsonrpc_url=AGENT_URL)
+        await stores.registry.put(record)
+    await stores.credentials.replace("caller", credential_digest(CREDENTIAL))
+    pages = PageTokens(keys)
+    minter = TokenMinter(keys, settings.public_url, 3600)
+    parts = A2aParts(
+        settings=settings,
+        stores=stores,
+        audit=AuditRecorder(None),
+        authenticate=Authenticate(stores.credentials, stores.registry),
+        policy=None,
+        minter=minter,
+        verifier=TokenVerifier(keys, settings.public_url),
+        roles=AgentRoles(None),
+        budget_scopes=ConfiguredScopes(settings.budgets, stores.budget_limits),
+        late_writes=LateWrites(()),
+        kill=GlobalKillSwitch(stores.kill_switch, nothing),
+        transport=FakeTransport(_completed_task),
+        inspector=ResponseInspector(
+            stores.task_routes, 60, BrokerCardRewriter(settings.public_url, keys), pages
+        ),
+        pages=pages,
+        push_url_allowed=_allowed,
+    )
+    return parts, minter
+
+
+def _redis_counts(client: redis.Redis) -> tuple[int, int]:
+    reads = int(client.info("stats")["total_reads_processed"])
+    scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    return reads, int(scripts)
+
+
+async def measure(
+    url: str, kind: str, number: int, rounds: int, concurrency: int, *, prefix: str = "hop-cpu"
+) -> tuple[float, float, float]:
+    """(best CPU µs per request, Redis reads and scripts per request in that round)."""
+    parts, minter = await _parts(url, prefix)
+    call = fold(a2a_stages(parts))
+    probe = redis.Redis.from_url(url)
+
+    async def body() -> bytes:
+        return BODY
+
+    def headers_for() -> dict[str, str]:
+        if kind == "origin":
+            return HEADERS
+        token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
+        return {**HEADERS, "a2a-delegation": token}
+
+    async def many(prepared: list[dict[str, str]]) -> None:
+        for headers in prepared:
+            ctx = MediationContext("jsonrpc", "target", "POST", headers=headers, read_body=body)
+            outcome = await call(ctx)
+            if outcome.status != 200 or b'"result"' not in getattr(outcome, "body", b""):
+                raise SystemExit(f"refused: {getattr(outcome, 'body', b'')[:300]!r}")
+
+    async def round_of(count: int) -> None:
+        share = count // concurrency
+        batches = [[headers_for() for _ in range(share)] for _ in range(concurrency)]
+        await asyncio.gather(*(many(b) for b in batches))
+
+    await round_of(200)
+    best: tuple[float, float, float] | None = None
+    for _ in range(rounds):
+        gc.collect()
+        await asyncio.sleep(0.05)  # the last round's settles land
+        before = _redis_counts(probe)
+        started = time.process_time()
+        await round_of(number)
+        cpu = (time.process_time() - started) / number * 1e6
+        after = _redis_counts(probe)
+        point = (cpu, (after[0] - before[0] - 2) / number, (after[1] - before[1]) / number)
+        best = point if best is None or cpu < best[0] else best
+    probe.close()
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--number", type=int, default=1000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (the best is reported)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight")
+    parser.add_argument("--kinds", default="origin,token", help="origin, token or both")
+    args = parser.parse_args()
+    port = free_port()
+    server = start_redis_server(port)
+    try:
+        for kind in args.kinds.split(","):
+            url = f"redis://127.0.0.1:{port}/0"
+            cpu, reads, scripts = asyncio.run(
+                measure(url, kind, args.number, args.rounds, args.concurrency)
+            )
+            print(f"{kind:6} c={args.concurrency:<3} {cpu:6.0f} µs CPU/req  {reads:5.2f} Redis "
+                  f"reads/req  {scripts:5.2f} scripts/req", flush=True)  # fmt: skip
+    finally:
+        stop_redis_server(server)
+
+
+if __name__ == "__main__":
+    main()
