@@ -8,15 +8,15 @@ under ``INLINE_FSYNC_S``, on the event loop itself: when one request waits alone
 hop costs more CPU than the fsync, and there is nothing to batch. A failed write or fsync is
 rolled back by truncating the file to its previous length.
 
-Zero-filled space: with fsync on, the file runs ahead of its records by ``ZERO_CHUNK`` bytes of
-zeros, written and made durable before records are written over them, so that a record's
-``fdatasync`` has no file size or extent to journal (about half the CPU and wall time of an
-append's on ext4; decision 0074). The records end at the first NUL byte: readers stop there,
-and closing the log cuts the zeros off. A fill (``ZERO_CHUNK`` more zeros) is written only once
-the previous one is covered by a completed fsync, so that after a crash the records made
-durable reach into the last ``RECOVERY_SPAN`` bytes: readers look for the first NUL there only,
-and a writer reopening the file cuts it there (a crash can leave pages of records that were
-never fsynced, and so never acknowledged, after zeros: they go with it).
+Zero-filled space: with fsync on (and ``zeros``, the default), the file runs ahead of its
+records by ``ZERO_CHUNK`` bytes of zeros, written and made durable before records are written
+over them, so that a record's ``fdatasync`` has no file size or extent to journal (about half
+the CPU and wall time of an append's on ext4; decision 0074). The records end at the first NUL
+byte: readers stop there, and closing the log cuts the zeros off. A fill (``ZERO_CHUNK`` more
+zeros) is written only once the previous one is covered by a completed fsync, so that after a
+crash the records made durable reach into the last ``RECOVERY_SPAN`` bytes: readers look for the
+first NUL there only, and a writer reopening the file cuts it there (a crash can leave pages of
+records that were never fsynced, and so never acknowledged, after zeros: they go with it).
 
 Durability: a record is on disk when ``append`` returns, unless the disk or its controller lies
 about flushing. With ``staged=True`` (``[audit] durable_before = "reply"``) ``append_staged``
@@ -84,11 +84,14 @@ class _ReplicaFile:
     """An open, locked file of one replica, with its group committer (and, when records are
     staged, its background syncer)."""
 
-    def __init__(self, path: Path, fsync: bool, staged: bool, tasks: BackgroundTasks) -> None:
+    def __init__(
+        self, path: Path, fsync: bool, staged: bool, zeros: bool, tasks: BackgroundTasks
+    ) -> None:
         self.path = path
         self._fsync = fsync
+        self._zeros = fsync and zeros  # zeros ahead of the records: only an fsync gains by them
         self._tasks = tasks
-        self.fd = _open_locked(path, ZERO_CHUNK if fsync else 0)
+        self.fd = _open_locked(path, ZERO_CHUNK if self._zeros else 0)
         # Records end at ``_end``; zeros follow up to ``_size``. A fill is "covered" once an
         # fsync that started after it was written has returned (``_fills`` counts the fills and
         # a failed write, ``_covered`` what the last fsync to return covered).
@@ -212,14 +215,14 @@ class _ReplicaFile:
         view = memoryview(data)
         try:
             while True:
-                room = self._size - self._end if self._fsync else len(view)
+                room = self._size - self._end if self._zeros else len(view)
                 piece = view[:room]
                 if piece:
                     _pwrite_all(self.fd, piece, self._end)
                     self._end += len(piece)
                     self._size = max(self._size, self._end)
                     view = view[len(piece) :]
-                if self._fsync and self._size - self._end < ZERO_CHUNK // 2:
+                if self._zeros and self._size - self._end < ZERO_CHUNK // 2:
                     await self._fill(must=bool(view))
                 if not view:
                     return offset
@@ -328,6 +331,8 @@ class FileAuditLog(AuditLog):
 
     ``fsync=False`` skips the fsync (tests, benchmarks): records then survive a process crash
     but not a machine crash. ``staged=True`` lets ``append_staged`` return before the fsync.
+    ``zeros=False`` appends to the file instead of writing over zeros kept ahead (a file that
+    other tools follow as it grows, at the cost of an append's fsync; decision 0074).
     ``tasks``: where the writers run (the runtime's; by default its own).
     """
 
@@ -337,12 +342,14 @@ class FileAuditLog(AuditLog):
         *,
         fsync: bool = True,
         staged: bool = False,
+        zeros: bool = True,
         tasks: BackgroundTasks | None = None,
     ) -> None:
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self.directory = Path(directory)
         self._fsync = fsync
         self._staged = staged
+        self._zeros = zeros
         self._files: dict[str, _ReplicaFile] = {}
 
     async def append(self, records: list[AuditRecord]) -> None:
@@ -379,7 +386,7 @@ class FileAuditLog(AuditLog):
         if writer is None:
             path = audit_file(self.directory, replica)
             try:
-                writer = _ReplicaFile(path, self._fsync, self._staged, self._tasks)
+                writer = _ReplicaFile(path, self._fsync, self._staged, self._zeros, self._tasks)
             except OSError as exc:
                 raise AuditLogError(f"cannot open audit file {path}: {exc}") from exc
             self._files[replica] = writer

@@ -62,6 +62,29 @@ async def test_a_file_of_an_unsynced_log_has_no_zeros(tmp_path: Path) -> None:
     await log.close()
 
 
+async def test_zero_ahead_off_appends_so_a_follower_sees_each_record_as_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[audit] zero_ahead = false``: fsynced, but the file is records only and grows with them
+    (what a log shipper following the file needs); a file a zeros-writing broker left behind
+    (its zero tail after a crash) is still cut on reopening."""
+    chunk = small_chunks(monkeypatch)
+    path = tmp_path / "audit-r1.jsonl"
+    zeros_log = FileAuditLog(tmp_path)
+    first = await (await AuditTrail.open(zeros_log, "r1", KEYS, 1000)).record({"kind": "request"})
+    assert len(path.read_bytes()) > len(encode_record(first)) + chunk // 2
+    os.close(zeros_log._files["r1"].fd)  # a crash: nothing cuts the zeros
+    zeros_log._files.clear()
+    log = FileAuditLog(tmp_path, zeros=False)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    sealed = [first]
+    for n in range(3):
+        sealed.append(await trail.record({"kind": "request", "detail": {"n": n}}))
+        assert path.read_bytes() == b"".join(encode_record(r) + b"\n" for r in sealed)
+    await log.close()
+    assert verify_chain(file_lines(path), PUBLIC, newline_terminated=True).last_seq == 4
+
+
 async def crashed_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bytes) -> Path:
     """Three durable records, then what a machine crash can leave of records never fsynced:
     ``torn`` (part of the next one), zeros, a page of later records, zeros."""
