@@ -285,6 +285,11 @@ class AuditSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     # fsynced while the agent works; the caller gets no answer until it is on disk.
     # docs/decisions/0009-audit-durable-before-reply.md says what each costs and risks.
     durable_before: Literal["forward", "reply"] = "forward"
+    # file backend with fsync: keep 1 MiB of durable zeros after the last record and write each
+    # record over them (its fdatasync then journals no new size: about half the cost on ext4).
+    # A live file then ends with zeros, so a tool that follows it as it grows (tail -f, a log
+    # shipper) sees nothing new: set false to append instead (decision 0074).
+    zero_ahead: bool = True
     # Also keep a redacted copy of request bodies of calls from or to these agents (default:
     # digests only). See broker/audit/redact.py for what is redacted.
     payload_agents: tuple[str, ...] = ()

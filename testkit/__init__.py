@@ -7,6 +7,7 @@
 * ``testkit.brokers``: a broker process from a ``BrokerConfig`` (admin token, URL, registration).
 * ``testkit.redis_process``: private redis-servers, Redis Clusters and Sentinel sets (the tests'
   Redis fixtures are built on it); ``testkit.redis_server``: one server, persistent if asked.
+* ``testkit.audit_files``: the records of an audit file, up to the zeros a live one keeps.
 
 Nothing here is shipped with the broker (decision 0034).
 """

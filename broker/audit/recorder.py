@@ -297,6 +297,7 @@ async def open_recorder(
             settings.path(audit.dir),
             fsync=audit.fsync,
             staged=audit.durable_before == "reply",
+            zeros=audit.zero_ahead,
             tasks=tasks,
         )
     # Stable across restarts (broker.audit.replica_id), so a restarted broker continues its chain.

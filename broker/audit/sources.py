@@ -46,10 +46,18 @@ def open_log(source: str, prefix: str = "a2ab") -> AuditLog:
 
 
 def file_lines(path: Path) -> Iterator[bytes]:
-    """The lines of an audit file with their newlines (a torn last line has none)."""
+    """The lines of an audit file with their newlines (a torn last line has none). They end
+    at the first NUL byte: a live file, or one a crash left, has zeros after its records
+    (``broker.audit.file_log.ZERO_CHUNK``)."""
     try:
         with path.open("rb") as file:
-            yield from file
+            for line in file:
+                zero = line.find(b"\0")
+                if zero >= 0:
+                    if zero:
+                        yield line[:zero]
+                    return
+                yield line
     except OSError as exc:
         raise AuditSourceError(f"cannot read {path}: {exc.strerror}") from exc
 

@@ -26,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.errors import PolicyDeniedError
+from testkit.audit_files import audit_text
 from testkit.config import budget
 from testkit.procs import free_port
 
@@ -286,7 +287,7 @@ def _delivered() -> set[str]:
 def _audit_alerts(folder: Path) -> dict[str, dict[str, Any]]:
     found = {}
     for path in folder.rglob("audit-*.jsonl"):
-        for line in path.read_text().splitlines():
+        for line in audit_text(path).splitlines():
             record = json.loads(line)
             if record.get("kind") == "alert":
                 found[record["detail"]["alert.id"]] = record

@@ -40,6 +40,7 @@ from broker.errors import (
     ApprovalPendingError,
     ApproverNotAllowedError,
 )
+from testkit.audit_files import audit_text
 from testkit.brokers import BrokerProcess, launch_broker
 from testkit.config import BrokerConfig, credential_sha256
 from testkit.procs import Service, closed_url, free_port, launch_service, start_services
@@ -178,7 +179,7 @@ def audited(rig: Rig, approval: str) -> list[dict[str, Any]]:
     """Every audit record of either broker that names ``approval``."""
     found = []
     for path in sorted(rig.folder.rglob("audit-*.jsonl")):
-        for line in path.read_text().splitlines():
+        for line in audit_text(path).splitlines():
             if approval in line:
                 found.append(json.loads(line))
     return found

@@ -28,6 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from broker.errors import ApprovalPendingError
+from testkit.audit_files import audit_text
 from testkit.brokers import BrokerProcess, launch_broker
 from testkit.config import BrokerConfig, credential_sha256
 from testkit.procs import Service, closed_url, free_port, launch_service, start_services
@@ -148,7 +149,7 @@ async def task_state(client: Any, task_id: str, until: int, within_s: float = 15
 def audited(rig: Rig, approval: str) -> list[dict[str, Any]]:
     found = []
     for path in sorted(rig.folder.rglob("audit-*.jsonl")):
-        found += [json.loads(line) for line in path.read_text().splitlines() if approval in line]
+        found += [json.loads(line) for line in audit_text(path).splitlines() if approval in line]
     return found
 
 

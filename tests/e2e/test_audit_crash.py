@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.audit_files import audit_text
 from testkit.brokers import generate_signing_key, start_broker
 from testkit.config import BrokerConfig
 from testkit.procs import REPO_ROOT, Process, closed_url, free_port
@@ -84,7 +85,7 @@ def test_sigkill_under_load_loses_no_acknowledged_decision(
     records = [
         json.loads(line)
         for path in folder.glob("audit-*.jsonl")
-        for line in path.read_text().splitlines()
+        for line in audit_text(path).splitlines()
         if line.strip()
     ]
     forwarded = {r["request_id"] for r in records if r["detail"].get("phase") == "forward"}

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.audit_files import audit_text
 from testkit.brokers import BrokerProcess, start_broker
 from testkit.procs import free_port
 
@@ -59,7 +60,7 @@ def _access_lines(broker: BrokerProcess) -> list[dict[str, object]]:
 def _phases(broker: BrokerProcess) -> dict[str, collections.Counter[str]]:
     phases: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for path in (broker.config.parent / "var" / "audit").glob("audit-*.jsonl"):
-        for line in path.read_text().splitlines():
+        for line in audit_text(path).splitlines():
             record = json.loads(line)
             if record["request_id"]:
                 phases[record["request_id"]][record["detail"]["phase"]] += 1

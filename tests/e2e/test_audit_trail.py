@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from testkit.audit_files import audit_text
 from testkit.procs import REPO_ROOT
 
 from .conftest import Broker, Caller
@@ -28,7 +29,7 @@ def _records(broker: Broker) -> list[dict[str, Any]]:
     return [
         json.loads(line)
         for path in sorted(folder.glob("audit-*.jsonl"))
-        for line in path.read_text().splitlines()
+        for line in audit_text(path).splitlines()
     ]
 
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from testkit.audit_files import audit_text
 from testkit.brokers import launch_broker
 from testkit.config import BrokerConfig, budget
 from testkit.procs import REPO_ROOT, all_stopped, closed_url, free_port
@@ -189,7 +190,7 @@ async def _budget_audit(home: Path) -> list[tuple[str, str]]:
         records = [
             json.loads(line)
             for path in (home / "var" / "audit").glob("audit-*.jsonl")
-            for line in path.read_text().splitlines()
+            for line in audit_text(path).splitlines()
             if line.strip()
         ]
         found = [

@@ -32,6 +32,7 @@ import pytest
 import redis
 from aiohttp import web
 
+from testkit.audit_files import audit_text
 from testkit.brokers import generate_signing_key, launch_broker
 from testkit.config import BrokerConfig, budget
 from testkit.procs import all_stopped, closed_url, free_port, local_url
@@ -140,7 +141,7 @@ class Rig:
         """What the brokers' audit logs say about the 503s they answered since ``wall_s``."""
         found = []
         for path in sorted(self.audit_dir.glob("audit*/*.jsonl")):
-            for line in path.read_text(errors="replace").splitlines():
+            for line in audit_text(path, errors="replace").splitlines():
                 with contextlib.suppress(ValueError):
                     record = json.loads(line)
                     if record.get("status") == 503 and record["ts_us"] / 1e6 > wall_s:

@@ -26,6 +26,7 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from broker.errors import DataBlockedError
+from testkit.audit_files import audit_text
 from testkit.brokers import start_broker
 from testkit.canaries import Canaries
 from testkit.config import credential_sha256
@@ -123,7 +124,7 @@ async def _provider_saw(broker: DataBroker, marker: str) -> list[str]:
 def _audit_records(broker: DataBroker) -> list[dict[str, Any]]:
     records = []
     for path in sorted((broker.home / "var" / "audit").rglob("*.jsonl")):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records += [json.loads(line) for line in audit_text(path).splitlines() if line.strip()]
     return records
 
 
@@ -329,6 +330,6 @@ def _mesh_audit(mesh: Mesh) -> list[dict[str, Any]]:
     records = []
     for path in sorted(mesh.logs.rglob("*.jsonl")):
         if "audit" in str(path):
-            lines = path.read_text().splitlines()
+            lines = audit_text(path).splitlines()
             records += [json.loads(line) for line in lines if line.startswith("{")]
     return records

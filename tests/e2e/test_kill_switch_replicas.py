@@ -24,6 +24,7 @@ import pytest
 
 from broker.errors import AgentSuspendedError, KillSwitchEngagedError
 from broker.settings import ADMIN_TOKEN_ENV
+from testkit.audit_files import audit_text
 from testkit.procs import REPO_ROOT
 
 from .mesh import Mesh, new_marker, originate, plan, start_mesh
@@ -127,7 +128,7 @@ async def test_the_global_kill_switch_stops_every_hop_on_every_replica_until_lif
 def audit_records(mesh: Mesh) -> list[dict[str, Any]]:
     folder = mesh.logs / "var" / "audit"
     return [json.loads(line) for path in sorted(folder.glob("audit-*.jsonl"))
-            for line in path.read_text().splitlines()]  # fmt: skip
+            for line in audit_text(path).splitlines()]  # fmt: skip
 
 
 async def test_every_request_record_names_the_policy_version_that_decided_it(

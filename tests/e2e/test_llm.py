@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from testkit.audit_files import audit_text
 from testkit.brokers import start_broker
 from testkit.config import BrokerConfig, budget
 from testkit.procs import REPO_ROOT, free_port, start_services
@@ -145,7 +146,7 @@ def _audit_records(broker: LlmBroker, **match: str) -> list[dict[str, object]]:
     records = [
         json.loads(line)
         for path in broker.audit_dir.glob("audit-*.jsonl")
-        for line in path.read_text().splitlines()
+        for line in audit_text(path).splitlines()
         if line.strip()
     ]
     return [r for r in records if all(r.get(k) == v for k, v in match.items())]

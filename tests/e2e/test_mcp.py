@@ -31,6 +31,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from testkit.audit_files import audit_text
 from testkit.brokers import start_broker
 from testkit.config import budget
 from testkit.mcp_client import connect, first_mcp_error, text_of, tool_names
@@ -129,7 +130,7 @@ def reason(error: MCPError) -> str:
 
 def audit_records(broker: McpBroker, **match: object) -> list[dict[str, Any]]:
     records = [json.loads(line) for path in sorted(broker.audit_dir.glob("audit-*.jsonl"))
-               for line in path.read_text().splitlines() if line.strip()]
+               for line in audit_text(path).splitlines() if line.strip()]
     return [r for r in records if all(r.get(k) == v for k, v in match.items())]
 
 

@@ -32,6 +32,7 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from testkit.audit_files import audit_text as records_text
 from testkit.brokers import BrokerProcess, generate_signing_key, launch_broker
 from testkit.config import BrokerConfig
 from testkit.mcp_client import connect, text_of, tool_names
@@ -59,10 +60,11 @@ class Pair:
     def audit(self, which: int) -> list[dict[str, Any]]:
         folder = self.logs / f"audit{which}"
         return [json.loads(line) for path in sorted(folder.glob("audit-*.jsonl"))
-                for line in path.read_text().splitlines() if line.strip()]
+                for line in records_text(path).splitlines() if line.strip()]
 
     def audit_text(self) -> str:
-        return "".join(path.read_text() for path in sorted(self.logs.glob("audit*/audit-*.jsonl")))
+        paths = sorted(self.logs.glob("audit*/audit-*.jsonl"))
+        return "".join(records_text(path) for path in paths)
 
 
 @pytest.fixture(scope="module")

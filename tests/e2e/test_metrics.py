@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.observability.tally import FLUSH_S
+from testkit.audit_files import audit_text
 from testkit.brokers import generate_signing_key, start_broker
 from testkit.config import BrokerConfig, budget, credential_sha256
 from testkit.procs import free_port
@@ -208,7 +209,7 @@ async def test_llm_tokens_and_cost_by_model(llm_broker: LlmBroker) -> None:  # n
     charged = {
         int(record["cost_micro"])
         for path in llm_broker.audit_dir.glob("audit-*.jsonl")
-        for line in path.read_text().splitlines()
+        for line in audit_text(path).splitlines()
         if '"phase":"outcome"' in line and '"llm:chat"' in line
         and (record := json.loads(line))["tokens_out"] == COMPLETION_TOKENS
     }  # fmt: skip

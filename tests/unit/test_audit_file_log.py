@@ -17,6 +17,7 @@ from broker.audit.file_log import FileAuditLog
 from broker.audit.log import AuditLogError
 from broker.audit.records import encode_record
 from broker.audit.redis_log import RedisAuditLog
+from broker.audit.sources import file_lines
 from broker.audit.trail import AuditTrail
 from broker.audit.verify import verify_chain
 from broker.identity.keys import BrokerKeys
@@ -27,7 +28,8 @@ PUBLIC = {KEYS.kid: KEYS.private_key.public_key()}
 
 
 def lines_of(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
+    """The record lines of an audit file, open or closed (up to the zeros after them)."""
+    return list(file_lines(path))
 
 
 async def write(directory: Path, count: int) -> Path:

@@ -11,6 +11,7 @@ from broker.audit.redact import REDACTED, redacted_payload
 from broker.audit.trail import AuditTrail
 from broker.identity.keys import BrokerKeys
 from broker.settings import Settings
+from testkit.audit_files import audit_text
 
 BODY = json.dumps(
     {
@@ -47,7 +48,7 @@ async def test_only_chosen_agents_get_payloads(tmp_path: Path) -> None:
         )
     await recorder.close()
     records = [
-        json.loads(line) for line in (tmp_path / "audit-unit.jsonl").read_text().splitlines()
+        json.loads(line) for line in audit_text(tmp_path / "audit-unit.jsonl").splitlines()
     ]
     by_caller = {r["caller"]: r for r in records if r["kind"] == "request"}
     assert "payload" in by_caller["planner"]["detail"]

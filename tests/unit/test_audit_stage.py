@@ -21,6 +21,7 @@ from broker.identity.keys import BrokerKeys
 from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.stages.audit import AuditForward
 from broker.types import MediationContext, Outcome, Reply
+from testkit.audit_files import audit_bytes
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
 
@@ -56,7 +57,7 @@ async def test_the_agent_works_while_the_decision_is_fsynced_and_the_answer_wait
 
     async def agent(ctx: MediationContext) -> Outcome:
         # The decision is in the file (it survives a broker crash) before the request leaves.
-        assert b'"phase":"forward"' in (tmp_path / "audit-r1.jsonl").read_bytes()
+        assert b'"phase":"forward"' in audit_bytes(tmp_path / "audit-r1.jsonl")
         forwarded.set()
         return Reply(200, b"{}")
 
@@ -108,12 +109,12 @@ async def test_outcomes_queued_without_waiting_keep_the_chain_whole_across_check
     await asyncio.gather(*(request(n) for n in range(10, 30)))
     await recorder.close()
     report = verify_chain(
-        (tmp_path / "audit-r1.jsonl").read_bytes().splitlines(keepends=True),
+        audit_bytes(tmp_path / "audit-r1.jsonl").splitlines(keepends=True),
         {KEYS.kid: KEYS.private_key.public_key()},
         newline_terminated=True,
     )
     assert report.ok, report.message
-    lines = (tmp_path / "audit-r1.jsonl").read_bytes().splitlines()
+    lines = audit_bytes(tmp_path / "audit-r1.jsonl").splitlines()
     assert sum(b'"kind":"request"' in line for line in lines) == 60
 
 
@@ -124,10 +125,10 @@ async def test_an_outcome_that_cannot_be_written_is_logged_as_lost(
     recorder = AuditRecorder(trail)
     await recorder.record({"kind": "request", "request_id": "q0"})
 
-    def disk_full(fd: int, data: bytes) -> int:
+    def disk_full(fd: int, data: bytes, offset: int) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(file_log.os, "write", disk_full)
+    monkeypatch.setattr(file_log.os, "pwrite", disk_full)  # records are written in place
     recorder.record_soon({"kind": "request", "request_id": "q1"})
     for _ in range(100):
         if "audit record lost" in caplog.text:
@@ -137,5 +138,5 @@ async def test_an_outcome_that_cannot_be_written_is_logged_as_lost(
     monkeypatch.undo()
     await recorder.record({"kind": "request", "request_id": "q2"})  # the chain goes on
     await recorder.close()
-    lines = (tmp_path / "audit-r1.jsonl").read_bytes().splitlines()
+    lines = audit_bytes(tmp_path / "audit-r1.jsonl").splitlines()
     assert [b'"q0"' in lines[0], b'"q2"' in lines[1]] == [True, True]

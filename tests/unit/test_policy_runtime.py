@@ -12,6 +12,7 @@ from broker.identity.keys import BrokerKeys
 from broker.policy.rules import PolicyError
 from broker.policy.runtime import PolicyRuntime
 from broker.settings import SettingsError, load_settings
+from testkit.audit_files import audit_text
 
 GOOD = "g, alice, role:user\np, role:user, *, originate, allow\n"
 
@@ -37,7 +38,7 @@ async def test_loads_reloads_and_refusals_are_audited(tmp_path: Path) -> None:
     finally:
         await runtime.stop()
         await audit.close()
-    lines = (tmp_path / "var" / "audit" / "audit-unit.jsonl").read_text().splitlines()
+    lines = audit_text(tmp_path / "var" / "audit" / "audit-unit.jsonl").splitlines()
     records = [json.loads(line) for line in lines]
     kinds = [r["kind"] for r in records if r["kind"] != "checkpoint"]
     assert kinds == ["policy.reload", "policy.reload", "policy.error"]
