@@ -45,6 +45,7 @@ from broker.errors import (
     RequestBodyTimeoutError,
     RequestHeaderTimeoutError,
 )
+from broker.http.one_write import HeadWithBody
 from broker.protocols.a2a.wire import error_headers, rest_error_body
 from broker.settings import ServerSettings
 
@@ -258,6 +259,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._table.busy(self)
         self._arm(self._bounds.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # this request's cycle
+            # Its head waits for its body: a unary answer is one write (broker.http.one_write).
+            cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._phase = "busy"

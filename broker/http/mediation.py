@@ -22,7 +22,14 @@ from litestar import Response, post, route
 from litestar.exceptions import ClientException
 from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 
 from broker.errors import (
     BodyTooLargeError,
@@ -218,22 +225,29 @@ async def _answer(
     exception handlers would (``on_error``: the surface's error shape)."""
     started = False
 
-    async def tracked(message: Any) -> None:
+    async def tracked(message: Any) -> None:  # a stream's sends: has its answer started?
         nonlocal started
         started = True
         await send(message)
 
     try:
-        await send_outcome(await outcome, scope, receive, tracked)
+        result = await outcome
+        if isinstance(result, Reply):
+            start, body = reply_messages(result)  # a unary answer: nothing is sent before
+        else:
+            await send_outcome(result, scope, receive, tracked)
+            return
     except BrokerError as err:
         if started:
             raise
-        await send_outcome(on_error(err), scope, receive, send)
+        start, body = reply_messages(on_error(err))
     except Exception:
         if started:
             raise
         log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-        await send_outcome(on_error(BrokerInternalError()), scope, receive, send)
+        start, body = reply_messages(on_error(BrokerInternalError()))
+    await send(start)
+    await send(body)
 
 
 def asgi_body_reader(
@@ -294,17 +308,26 @@ async def send_outcome(outcome: Outcome, scope: Scope, receive: Receive, send: S
         )
         await streaming(scope, receive, send)
         return
-    media_type = outcome.media_type
+    start, body = reply_messages(outcome)
+    await send(start)
+    await send(body)
+
+
+def reply_messages(reply: Reply) -> tuple[HTTPResponseStartEvent, HTTPResponseBodyEvent]:
+    """The two ASGI messages of a unary answer."""
+    media_type = reply.media_type
     if media_type.startswith("text/") and "charset" not in media_type:
         media_type += "; charset=utf-8"
     headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
-        for name, value in outcome.headers.items()
+        for name, value in reply.headers.items()
     ]
     headers.append((b"content-type", media_type.encode("latin-1")))
-    headers.append((b"content-length", str(len(outcome.body)).encode("latin-1")))
-    await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
-    await send({"type": "http.response.body", "body": outcome.body, "more_body": False})
+    headers.append((b"content-length", str(len(reply.body)).encode("latin-1")))
+    return (
+        {"type": "http.response.start", "status": reply.status, "headers": headers},
+        {"type": "http.response.body", "body": reply.body, "more_body": False},
+    )
 
 
 def _mcp_server(path: str) -> str | None:

@@ -221,17 +221,19 @@ class _Http11Response:
         if length.isdigit() and int(length) > max_bytes:
             self.close()
             raise UpstreamResponseTooLargeError()
-        body = bytearray()
+        chunks: list[bytes] = []  # mostly one: the body is then relayed as it was read
+        size = 0
         try:
             while chunk := await conn.next_chunk():
-                body += chunk
-                if len(body) > max_bytes:
+                size += len(chunk)
+                if size > max_bytes:
                     raise UpstreamResponseTooLargeError()
+                chunks.append(chunk)
         except CLIENT_ERRORS as exc:
             raise transport_error(exc) from None
         finally:
             self.close()
-        return bytes(body)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn

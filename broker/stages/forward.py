@@ -55,27 +55,44 @@ class Forward:
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.target is not None and ctx.operation is not None  # noqa: S101 - earlier stages
-        # The hop's deadline (it only shrinks along a chain) bounds the whole exchange.
+        # The hop's deadline (it only shrinks along a chain) bounds the whole exchange. The
+        # transport bounds it too, by ``upstream_timeout_s`` (a stream's wait for its headers
+        # by at most that): a deadline further away than that could never fire first, so it
+        # costs no timer of its own.
         remaining = ctx.hop.dl - time.time() if ctx.hop is not None else None
         try:
-            async with asyncio.timeout(remaining):
-                sent = time.perf_counter()
-                resp = await self._send(ctx)
-                if ctx.operation.streaming and resp.is_event_stream:
-                    return self._stream(ctx, resp, remaining)
-                try:
-                    body = await resp.read(self._limits.max_response_bytes)
-                finally:
-                    resp.close()
-                    ctx.upstream_s = time.perf_counter() - sent
+            if remaining is not None and remaining <= self._limits.upstream_timeout_s:
+                async with asyncio.timeout(remaining):
+                    answer = await self._exchange(ctx, remaining)
+            else:
+                answer = await self._exchange(ctx, remaining)
         except TimeoutError:
             raise UpstreamTimeoutError(
                 "The delegation's deadline passed before the agent answered."
             ) from None
+        if isinstance(answer, StreamReply):
+            return answer
+        resp, body = answer
         if ctx.on_answer is not None:
             ctx.on_answer()
         body = await self._inspect.unary(ctx, resp.status, resp.content_type, body)
         return Reply(resp.status, body, resp.content_type, _relayed(resp.headers))
+
+    async def _exchange(
+        self, ctx: MediationContext, remaining: float | None
+    ) -> StreamReply | tuple[TransportResponse, bytes]:
+        """The agent's stream, or its unary answer read whole."""
+        assert ctx.operation is not None  # noqa: S101
+        sent = time.perf_counter()
+        resp = await self._send(ctx)
+        if ctx.operation.streaming and resp.is_event_stream:
+            return self._stream(ctx, resp, remaining)
+        try:
+            body = await resp.read(self._limits.max_response_bytes)
+        finally:
+            resp.close()
+            ctx.upstream_s = time.perf_counter() - sent
+        return resp, body
 
     async def _send(self, ctx: MediationContext) -> TransportResponse:
         assert ctx.operation is not None  # noqa: S101

@@ -129,6 +129,8 @@ def check_json_body(content_type: str, body: bytes) -> None:
         charset = _charset(params)
         if media.strip().lower() not in JSON_MEDIA_TYPES or charset not in ("", "utf-8", "utf8"):
             raise UnsupportedMediaTypeError(metadata={"contentType": content_type[:100]})
+    if body.isascii():  # ASCII is UTF-8: checked in place, no decoded copy
+        return
     try:
         body.decode("utf-8")  # strings the broker skips are not checked by its decoder
     except UnicodeDecodeError:

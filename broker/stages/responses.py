@@ -18,6 +18,7 @@ import msgspec
 from broker.errors import StoreUnavailableError, UpstreamBadResponseError
 from broker.protocols.a2a.answers import (
     FINISHED_STATES,
+    SentTask,
     check_jsonrpc,
     check_media_type,
     check_rest,
@@ -43,11 +44,6 @@ class _TaskRef(msgspec.Struct):
         return self.status is not None and self.status.state in FINISHED_STATES
 
 
-class _SendResult(msgspec.Struct):
-    task: _TaskRef | None = None
-
-
-_send_decoder = msgspec.json.Decoder(_SendResult)
 _task_decoder = msgspec.json.Decoder(_TaskRef)
 log = logging.getLogger("a2a_broker.routes")
 _any_decoder = msgspec.json.Decoder()
@@ -85,15 +81,16 @@ class ResponseInspector:
             answer = check_jsonrpc(op, status, body)
             if answer.result is None:
                 return body  # an upstream error passes through unchanged
-            changed = await self._apply(ctx, answer.result)
+            changed = await self._apply(ctx, answer.result, answer.task)
             if changed is None:
                 return body
             rpc_id = answer.id if len(answer.id) else msgspec.Raw(b"null")
             return _encoder.encode({"jsonrpc": "2.0", "id": rpc_id, "result": changed})
-        payload = check_rest(op, status, body)
-        if payload is None:
+        checked = check_rest(op, status, body)
+        if checked is None:
             return body
-        changed = await self._apply(ctx, payload)
+        payload, sent = checked
+        changed = await self._apply(ctx, payload, sent)
         return body if changed is None else _encoder.encode(changed)
 
     async def claim_task(
@@ -135,17 +132,16 @@ class ResponseInspector:
             log.debug("finished task %s at %s kept as running: %s", task_id, route.agent,
                       err.detail)  # fmt: skip
 
-    async def _apply(self, ctx: MediationContext, payload: msgspec.Raw) -> Any:
-        """The changed payload, or None if it is relayed unchanged."""
+    async def _apply(
+        self, ctx: MediationContext, payload: msgspec.Raw, sent: SentTask | None
+    ) -> Any:
+        """The changed payload, or None if it is relayed unchanged. ``sent``: the task a
+        send's result names, as its check read it."""
         op = ctx.operation
         assert op is not None and ctx.target is not None  # noqa: S101
         if op.sends_message:
-            try:
-                task = _send_decoder.decode(payload).task
-            except msgspec.DecodeError:
-                raise _bad(200, "SendMessage result is not a task or message") from None
-            if task is not None and task.id:
-                await self.claim_task(ctx, task.id, finished=task.finished)
+            if sent is not None and sent.id:
+                await self.claim_task(ctx, sent.id, finished=sent.finished)
             return None
         if op.name in ("GetTask", "CancelTask"):
             # A task the caller polls (after a non-blocking send) or cancels: once it shows a

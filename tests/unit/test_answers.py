@@ -9,7 +9,13 @@ import msgspec
 import pytest
 
 from broker.errors import UpstreamBadResponseError
-from broker.protocols.a2a.answers import check_jsonrpc, check_media_type, check_rest, reframe
+from broker.protocols.a2a.answers import (
+    SentTask,
+    check_jsonrpc,
+    check_media_type,
+    check_rest,
+    reframe,
+)
 from broker.protocols.a2a.operations import OPERATIONS
 
 SEND = OPERATIONS["SendMessage"]
@@ -54,6 +60,17 @@ def test_json_answers_pass(content_type: str) -> None:
 def test_jsonrpc_answers_out_of_spec_are_bad(status: int, body: bytes) -> None:
     with pytest.raises(UpstreamBadResponseError):
         check_jsonrpc(SEND, status, body)
+
+
+def test_a_send_s_answer_is_read_once_for_its_shape_and_the_task_it_names() -> None:
+    done = {**TASK, "status": {"state": "TASK_STATE_COMPLETED"}}
+    assert check_jsonrpc(SEND, 200, rpc(result={"task": TASK})).task == SentTask("t1", False)
+    assert check_jsonrpc(SEND, 200, rpc(result={"task": done})).task == SentTask("t1", True)
+    assert check_jsonrpc(SEND, 200, rpc(result={"message": {"messageId": "m"}})).task is None
+    spaced = b'{"jsonrpc": "2.0", "id": 1, "result":  \n {"task": {"id": "t2"}}}'
+    assert check_jsonrpc(SEND, 200, spaced).task == SentTask("t2", False)
+    checked = check_rest(SEND, 200, json.dumps({"task": done}).encode())
+    assert checked is not None and checked[1] == SentTask("t1", True)
 
 
 def test_a_jsonrpc_task_and_an_agent_error_pass() -> None:

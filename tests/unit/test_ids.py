@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
@@ -26,3 +27,20 @@ def test_every_random_bit_varies() -> None:
         seen_clear &= value
     varying = seen_set & ~seen_clear
     assert bin(varying).count("1") == 122  # 128 bits less version (4) and variant (2)
+
+
+def test_a_forked_child_makes_none_of_its_parent_s_ids() -> None:
+    new_id()  # the parent now holds ids not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, to the parent
+        os.close(read)
+        os.write(write, "".join(new_id() for _ in range(64)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(pid, 0)
+    child = {text[i : i + 32] for i in range(0, len(text), 32)}
+    parent = {new_id() for _ in range(64)}
+    assert len(child) == 64 and not child & parent

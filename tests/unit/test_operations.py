@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from broker.errors import InvalidUtf8Error
 from broker.protocols.a2a.operations import match_rest
+from broker.stages.parse import check_json_body
 
 
 @pytest.mark.parametrize(
@@ -72,3 +74,20 @@ async def test_percent_encoded_colon_maps_like_the_plain_path() -> None:
     assert seen[0].operation is not None
     assert seen[0].operation.name == "SendStreamingMessage"
     assert seen[0].rest_tail == "/message%3Astream"  # forwarded as the caller sent it
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        (b'{"text": "plain ASCII"}', True),
+        ('{"text": "gr\u00fc\u00dfe \u2603"}'.encode(), True),
+        (b'{"text": "\xff"}', False),  # a byte no UTF-8 text has, in a string the broker skips
+        (b'{"text": "\xc3"}', False),  # a cut sequence
+    ],
+)
+def test_a_json_body_is_utf_8_whatever_the_broker_reads_of_it(body: bytes, valid: bool) -> None:
+    if valid:
+        check_json_body("application/json", body)
+    else:
+        with pytest.raises(InvalidUtf8Error):
+            check_json_body("application/json", body)

@@ -3,11 +3,18 @@ how its answers and failures come back."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import msgspec
 import pytest
-from stage_kit import KEYS, Next, ctx
+from stage_kit import KEYS, MINTER, Next, ctx
 
-from broker.errors import UpstreamBadResponseError, UpstreamUnreachableError
+from broker.errors import (
+    UpstreamBadResponseError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
 from broker.outbound.fake import FakeRequest, FakeResponse, FakeTransport, answering
 from broker.pipeline.stage import fold
 from broker.protocols.a2a.task_pages import PageTokens
@@ -22,11 +29,13 @@ ANSWER = b'{"jsonrpc": "2.0", "id": 1, "result": {"message": {"role": "agent"}}}
 
 
 def _forward(
-    transport: FakeTransport, creds: dict[str, UpstreamCredential] | None = None
+    transport: FakeTransport,
+    creds: dict[str, UpstreamCredential] | None = None,
+    limits: LimitSettings | None = None,
 ) -> Forward:
     stores = MemoryBackend().stores()
     inspector = ResponseInspector(stores.task_routes, 60, lambda card, _: card, PageTokens(KEYS))
-    return Forward(transport, LimitSettings(), creds or {}, inspector)
+    return Forward(transport, limits or LimitSettings(), creds or {}, inspector)
 
 
 def _sending() -> MediationContext:
@@ -74,3 +83,32 @@ async def test_forward_never_calls_the_rest_of_the_chain() -> None:
     transport = FakeTransport(answering(FakeResponse(200, ANSWER)))
     outcome = await fold([_forward(transport)])(_sending())
     assert not isinstance(outcome, StreamReply) and outcome.status == 200
+
+
+async def _hanging(_: FakeRequest) -> FakeResponse:
+    await asyncio.sleep(30)
+    raise AssertionError("the hop's deadline should have ended the exchange")
+
+
+@pytest.mark.parametrize("upstream_timeout_s", [120.0, 0.2])
+async def test_a_hop_deadline_nearer_than_the_upstream_timeout_ends_the_exchange(
+    upstream_timeout_s: float,
+) -> None:
+    """The hop's deadline bounds the exchange whenever it is the nearer bound; a deadline
+    beyond ``upstream_timeout_s`` is left to the transport's own timer (no second one)."""
+    sending = _sending()
+    sending.hop_token, sending.hop = MINTER.mint_origin("a", "b", "SendMessage", 0.05)
+    limits = LimitSettings(upstream_timeout_s=upstream_timeout_s)
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeoutError):
+        await _forward(FakeTransport(_hanging), limits=limits)(sending, Next())
+    assert time.monotonic() - started < 5
+
+
+async def test_a_hop_deadline_beyond_the_upstream_timeout_leaves_the_answer_alone() -> None:
+    sending = _sending()
+    sending.hop_token, sending.hop = MINTER.mint_origin("a", "b", "SendMessage", 300)
+    transport = FakeTransport(answering(FakeResponse(200, ANSWER)))
+    limits = LimitSettings(upstream_timeout_s=10)
+    outcome = await _forward(transport, limits=limits)(sending, Next())
+    assert isinstance(outcome, Reply) and (outcome.status, outcome.body) == (200, ANSWER)

@@ -13,6 +13,7 @@ from the broker (decision 0017).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,11 +120,22 @@ def check_media_type(status: int, content_type: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class SentTask:
+    """The task a send's result names, as the check read it: the caller's answer is decoded
+    once for its shape and for this."""
+
+    id: str
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RpcAnswer:
-    """A checked JSON-RPC answer: its result (``None`` if it is an error)."""
+    """A checked JSON-RPC answer: its result (``None`` if it is an error), and the task it
+    names if it answers a send."""
 
     id: msgspec.Raw
     result: msgspec.Raw | None
+    task: SentTask | None = None
 
 
 def check_jsonrpc(op: Operation, status: int, body: bytes) -> RpcAnswer:
@@ -142,8 +154,7 @@ def check_jsonrpc(op: Operation, status: int, body: bytes) -> RpcAnswer:
         raise bad(status, "a JSON-RPC result with an HTTP error status")
     if op.streaming:
         raise bad(status, "a streaming method answered a result without a stream")
-    check_result(op, status, env.result)
-    return RpcAnswer(env.id, env.result)
+    return RpcAnswer(env.id, env.result, check_result(op, status, env.result))
 
 
 def check_rpc_error(status: int, error: msgspec.Raw) -> None:
@@ -154,8 +165,11 @@ def check_rpc_error(status: int, error: msgspec.Raw) -> None:
     _not_the_brokers(status, found.data)
 
 
-def check_rest(op: Operation, status: int, body: bytes) -> msgspec.Raw | None:
-    """The REST answer to ``op``, checked: its payload if it succeeded, None for an error."""
+def check_rest(
+    op: Operation, status: int, body: bytes
+) -> tuple[msgspec.Raw, SentTask | None] | None:
+    """The REST answer to ``op``, checked: its payload if it succeeded (and the task it names
+    if it answers a send), None for an error."""
     if not 200 <= status < 300 and not 400 <= status < 600:
         raise bad(status, "neither a success nor an error status")
     if status >= 400:
@@ -173,25 +187,41 @@ def check_rest(op: Operation, status: int, body: bytes) -> msgspec.Raw | None:
         payload = _raw.decode(body)
     except msgspec.DecodeError:
         raise bad(status, "not JSON") from None
-    check_result(op, status, payload)
-    return payload
+    return payload, check_result(op, status, payload)
 
 
-def check_result(op: Operation, status: int, result: msgspec.Raw) -> None:
-    """The result of a successful unary call has its operation's shape."""
+# What bytes.lstrip() skips; the first byte after it must open an object.
+_LEADING_SPACE = re.compile(rb"[ \t\n\r\x0b\x0c]*")
+_OPEN_BRACE = ord("{")
+
+
+def check_result(op: Operation, status: int, result: msgspec.Raw) -> SentTask | None:
+    """The result of a successful unary call has its operation's shape; a send's result may
+    name the task it started (returned)."""
     if op is DELETE_PUSH_CONFIG:
-        return  # JSON-RPC null, REST {}
-    if bytes(result).lstrip()[:1] != b"{":
+        return None  # JSON-RPC null, REST {}
+    view = memoryview(result)  # the result is read in place, never copied
+    at = _LEADING_SPACE.match(view).end()  # type: ignore[union-attr]  # "*" always matches
+    if at >= len(view) or view[at] != _OPEN_BRACE:
         raise bad(status, f"the {op.name} result is not an object")
     try:
         if op.sends_message:
-            _one_member(_payload.decode(result), ("task", "message"), status)
-        elif op in (GET_TASK, CANCEL_TASK):
+            payload = _payload.decode(result)
+            _one_member(payload, ("task", "message"), status)
+            return _sent_task(payload.task)
+        if op in (GET_TASK, CANCEL_TASK):
             _task.decode(result)
         elif op is LIST_TASKS:
             _list.decode(result)
     except msgspec.DecodeError:
         raise bad(status, f"the {op.name} result does not have its shape") from None
+    return None
+
+
+def _sent_task(task: _TaskRef | UnsetType) -> SentTask | None:
+    if isinstance(task, UnsetType):
+        return None
+    return SentTask(task.id, task.status is not None and task.status.state in FINISHED_STATES)
 
 
 def _one_member(payload: _Payload, allowed: tuple[str, ...], status: int) -> str | None:
