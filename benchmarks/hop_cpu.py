@@ -24,21 +24,11 @@ import time
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from benchmarks.pipeline_cpu import BODY, CREDENTIAL, HEADERS, _allowed, _card, _completed_task
-from benchmarks.pipeline_cpu import _nothing as nothing
-from broker.audit.recorder import AuditRecorder
-from broker.budgets.scopes import ConfiguredScopes
-from broker.containment.global_kill import GlobalKillSwitch
-from broker.delegation.tokens import TokenMinter, TokenVerifier, hop_scope
-from broker.identity.cards import BrokerCardRewriter
-from broker.identity.credentials import credential_digest
+from benchmarks.pipeline_cpu import BODY, HEADERS, bench_parts
+from broker.delegation.tokens import TokenMinter, hop_scope
 from broker.identity.keys import BrokerKeys
-from broker.late_writes import LateWrites
-from broker.outbound.fake import FakeTransport
 from broker.pipeline.a2a import A2aParts, a2a_stages
 from broker.pipeline.stage import fold
-from broker.policy.roles import AgentRoles
-from broker.protocols.a2a.task_pages import PageTokens
 from broker.settings import (
     BudgetLimitSettings,
     BudgetSettings,
@@ -46,15 +36,12 @@ from broker.settings import (
     Settings,
     StoreSettings,
 )
-from broker.stages.authenticate import Authenticate
-from broker.stages.responses import ResponseInspector
 from broker.stores.cache import with_read_cache
 from broker.stores.redis import RedisBackend
-from broker.types import AgentRecord, MediationContext
+from broker.types import MediationContext
 from testkit.procs import free_port
 from testkit.redis_process import start_redis_server, stop_redis_server
 
-AGENT_URL = "http://127.0.0.1:9/rpc"
 CALLS = BudgetSettings(
     agents={"caller": (BudgetLimitSettings(metric="calls", window="lifetime", limit=10**12),)}
 )
@@ -62,36 +49,11 @@ CALLS = BudgetSettings(
 
 async def _parts(url: str, prefix: str) -> tuple[A2aParts, TokenMinter]:
     settings = Settings(server=ServerSettings(public_url="http://broker.test"), budgets=CALLS)
-    keys = BrokerKeys(Ed25519PrivateKey.generate())
     # The registry and credential reads cached, as the runtime does (broker.runtime.control).
     backend = RedisBackend(StoreSettings(backend="redis", redis_url=url, key_prefix=prefix))
     stores = with_read_cache(backend.stores(), settings.store.read_cache_ttl_s)
-    for name in ("caller", "target"):
-        record = AgentRecord(name=name, card_json=_card(name), jsonrpc_url=AGENT_URL)
-        await stores.registry.put(record)
-    await stores.credentials.replace("caller", credential_digest(CREDENTIAL))
-    pages = PageTokens(keys)
-    minter = TokenMinter(keys, settings.public_url, 3600)
-    parts = A2aParts(
-        settings=settings,
-        stores=stores,
-        audit=AuditRecorder(None),
-        authenticate=Authenticate(stores.credentials, stores.registry),
-        policy=None,
-        minter=minter,
-        verifier=TokenVerifier(keys, settings.public_url),
-        roles=AgentRoles(None),
-        budget_scopes=ConfiguredScopes(settings.budgets, stores.budget_limits),
-        late_writes=LateWrites(()),
-        kill=GlobalKillSwitch(stores.kill_switch, nothing),
-        transport=FakeTransport(_completed_task),
-        inspector=ResponseInspector(
-            stores.task_routes, 60, BrokerCardRewriter(settings.public_url, keys), pages
-        ),
-        pages=pages,
-        push_url_allowed=_allowed,
-    )
-    return parts, minter
+    keys = BrokerKeys(Ed25519PrivateKey.generate())
+    return await bench_parts(settings, stores, keys, token_ttl_s=3600)
 
 
 def _redis_counts(client: redis.Redis) -> tuple[int, int]:

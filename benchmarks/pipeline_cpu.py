@@ -42,6 +42,7 @@ from broker.protocols.a2a.task_pages import PageTokens
 from broker.settings import ServerSettings, Settings
 from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
+from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
 from broker.types import AgentRecord, MediationContext
 
@@ -80,25 +81,29 @@ async def _allowed(_: str) -> None:
     return None
 
 
-async def _pipeline(audit_dir: str | None = None) -> A2aParts:
-    settings = Settings(server=ServerSettings(public_url="http://broker.test"))
-    keys = BrokerKeys(Ed25519PrivateKey.generate())
-    stores = MemoryBackend().stores()
+async def bench_parts(
+    settings: Settings,
+    stores: Stores,
+    keys: BrokerKeys,
+    *,
+    trail: AuditTrail | None = None,
+    token_ttl_s: int = 60,
+) -> tuple[A2aParts, TokenMinter]:
+    """The A2A pipeline's parts on ``stores`` (the two agents and the caller's credential put
+    there) against the canned upstream, with the minter its hop tokens come from."""
     for name in ("caller", "target"):
         record = AgentRecord(name=name, card_json=_card(name), jsonrpc_url=AGENT_URL)
         await stores.registry.put(record)
     await stores.credentials.replace("caller", credential_digest(CREDENTIAL))
     pages = PageTokens(keys)
-    trail = None
-    if audit_dir is not None:
-        trail = await AuditTrail.open(FileAuditLog(audit_dir), "pipeline-cpu", keys)
-    return A2aParts(
+    minter = TokenMinter(keys, settings.public_url, token_ttl_s)
+    parts = A2aParts(
         settings=settings,
         stores=stores,
         audit=AuditRecorder(trail),
         authenticate=Authenticate(stores.credentials, stores.registry),
         policy=None,
-        minter=TokenMinter(keys, settings.public_url, 60),
+        minter=minter,
         verifier=TokenVerifier(keys, settings.public_url),
         roles=AgentRoles(None),
         budget_scopes=ConfiguredScopes(settings.budgets, stores.budget_limits),
@@ -111,6 +116,17 @@ async def _pipeline(audit_dir: str | None = None) -> A2aParts:
         pages=pages,
         push_url_allowed=_allowed,
     )
+    return parts, minter
+
+
+async def _pipeline(audit_dir: str | None = None) -> A2aParts:
+    settings = Settings(server=ServerSettings(public_url="http://broker.test"))
+    keys = BrokerKeys(Ed25519PrivateKey.generate())
+    trail = None
+    if audit_dir is not None:
+        trail = await AuditTrail.open(FileAuditLog(audit_dir), "pipeline-cpu", keys)
+    parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys, trail=trail)
+    return parts
 
 
 async def measure(
