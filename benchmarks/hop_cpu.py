@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import time
+from typing import Any
 
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,6 +39,7 @@ from broker.settings import (
 )
 from broker.stores.cache import with_read_cache
 from broker.stores.redis import RedisBackend
+from broker.stores.redis_batch import _WireBatcher
 from broker.types import MediationContext
 from testkit.procs import free_port
 from testkit.redis_process import start_redis_server, stop_redis_server
@@ -106,6 +108,51 @@ async def measure(
     probe.close()
     assert best is not None
     return best
+
+
+async def batch_sizes(
+    url: str, kind: str, number: int, *, prefix: str = "hop-cpu"
+) -> list[list[int]]:
+    """The store's script batches (round trips) of each of ``number`` requests made one after
+    the other after a warm-up: per request, how many scripts each batch it sent held. Counted
+    at the batcher, so it depends on how calls are queued, not on timing."""
+    parts, minter = await _parts(url, prefix)
+    call = fold(a2a_stages(parts))
+    sent: list[int] = []
+    original = _WireBatcher._send
+
+    async def counted(self: _WireBatcher, calls: list[Any], loads: Any = ()) -> None:
+        sent.append(len(calls))
+        await original(self, calls, loads)
+
+    async def one() -> None:
+        headers = HEADERS
+        if kind == "token":
+            token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
+            headers = {**HEADERS, "a2a-delegation": token}
+        ctx = MediationContext("jsonrpc", "target", "POST", headers=headers, read_body=_body)
+        outcome = await call(ctx)
+        if outcome.status != 200:
+            raise AssertionError(f"refused: {getattr(outcome, 'body', b'')[:300]!r}")
+
+    for _ in range(5):  # warm-up: scripts loaded, reads cached
+        await one()
+    await asyncio.sleep(0.05)
+    shapes = []
+    _WireBatcher._send = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(number):
+            sent.clear()
+            await one()
+            await asyncio.sleep(0.01)  # anything sent after the answer is counted with it
+            shapes.append(list(sent))
+    finally:
+        _WireBatcher._send = original  # type: ignore[method-assign]
+    return shapes
+
+
+async def _body() -> bytes:
+    return BODY
 
 
 def main() -> None:

@@ -67,6 +67,10 @@ class CallContext:
     # Told when the agent's unary answer is in, before it is inspected (the task route's claim):
     # the guards release their fan-out slot then, in the claim's round trip.
     on_answer: Callable[[], None] | None = None
+    # Told once a send's unary answer has passed its check, just before its task route (if it
+    # names a task) is claimed: the budget stage starts its settle then, so the settle goes out
+    # in the claim's round trip (decision 0078).
+    on_answer_checked: Callable[[], None] | None = None
     policy_rule: str = ""
     policy_version: str = ""  # the policy that decided this call (audit: detail.policy_version)
     # The approve rule (or threshold) that holds this call for a human ("": none), set by the

@@ -12,22 +12,24 @@ Round trips (decision 0065): the rate checks and the reserve are started in the 
 turn, so the Redis store sends their scripts as one pipeline: one round trip on the request's
 way in however many of them apply. A unary answer's settle is queued and sent after the answer
 (``SettleQueue``): the settles of the answers of one turn share one pipeline, and none of them
-delays its answer.
+delays its answer. A unary answer that passed its check is settled at once instead, its script
+queued in the same turn as the task route's claim, so both go out in one round trip (decision
+0078): the call counts as spent from then on, also if the claim is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from broker.background import BackgroundTasks
 from broker.budgets.model import Usage
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.late_writes import finish_quietly, finish_soon
-from broker.pipeline.stage import holding
+from broker.pipeline.stage import holding, started
 from broker.policy.roles import AgentRoles
 from broker.settings import BudgetSettings, RateSettings
 from broker.stores.base import Stores
@@ -112,9 +114,9 @@ class HopBudget:
                 f"The {held.metric} budget of {held.scope} for this {held.window} is used up.",
                 metadata={"scope": held.scope, "metric": held.metric, "window": held.window},
             )
-        return await holding(
-            ctx, call_next, _OneCall(self._ledger, held, self.settles), "budget", tasks=self._tasks
-        )
+        one = _OneCall(self._ledger, held, self.settles)
+        ctx.on_answer_checked = one.answered  # a unary answer's settle goes with its claim
+        return await holding(ctx, call_next, one, "budget", tasks=self._tasks)
 
     async def _acquire(self, key: str, rate: RateSettings) -> float:
         return await self._limiter.acquire(key, rate_per_s=rate.rate_per_s, burst=rate.burst)
@@ -171,6 +173,21 @@ class SettleQueue:
         self._unfinished += 1
         self._idle.clear()
 
+    def now(self, settle: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``settle`` at once, up to its store call: queued in the running turn, so it
+        goes out in the round trip of what the caller queues next in it (the task route's
+        claim). Its end is awaited by ``drained``; a failure other than the store's is logged."""
+        self._unfinished += 1
+        self._idle.clear()
+        started(settle()).add_done_callback(self._ended)
+
+    def _ended(self, settling: asyncio.Future[None]) -> None:
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._idle.set()
+        if not settling.cancelled() and (exc := settling.exception()) is not None:
+            log.error("budget settle failed", exc_info=exc)
+
     async def drained(self) -> None:
         """Return once every settle queued so far has ended (tests; an orderly stop)."""
         await self._idle.wait()
@@ -198,12 +215,25 @@ class _OneCall:
         self._ledger = ledger
         self._held = held
         self._settles = settles
+        self._ended = False  # settled or given back: exactly one of them, once
+
+    def answered(self) -> None:
+        """The agent's unary answer passed its check: the call is spent, settle it now (its
+        script queued ahead of the task route's claim, in its round trip, decision 0078). The
+        call stays settled whatever comes after (a claim refused, a caller that hangs up)."""
+        if not self._ended:
+            self._ended = True
+            self._settles.now(self._settle)
 
     async def give_back(self) -> None:
-        await self._ledger.release(self._held)
+        if not self._ended:
+            self._ended = True
+            await self._ledger.release(self._held)
 
     async def settle(self) -> None:
-        self._settles.add(self._settle)
+        if not self._ended:
+            self._ended = True
+            self._settles.add(self._settle)
 
     async def _settle(self) -> None:
         try:

@@ -140,6 +140,8 @@ class ResponseInspector:
         op = ctx.operation
         assert op is not None and ctx.target is not None  # noqa: S101
         if op.sends_message:
+            if ctx.on_answer_checked is not None:  # the settle, queued ahead of the claim
+                ctx.on_answer_checked()
             if sent is not None and sent.id:
                 await self.claim_task(ctx, sent.id, finished=sent.finished)
             return None
