@@ -129,6 +129,38 @@ async def test_an_outcome_alone_is_synced_within_the_lazy_delay_and_at_close(
     assert len(calls) == 2
 
 
+async def test_outcomes_between_decisions_cost_no_fsync_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request after another (c=1): each outcome rides on the next decision's fsync, even
+    across several lazy delays; the last one, with no decision after it, within the delay."""
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(file_log, "LAZY_SYNC_S", 0.05)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    requests = 0
+    while loop.time() - started < 0.2 or requests < 20:  # at least four lazy delays
+        await trail.record({"kind": "request"})  # a decision: durable before it goes on
+        await trail.record_written({"kind": "request"})  # its outcome: written
+        requests += 1
+        await asyncio.sleep(0.002)
+    # A machine stalled for over a lazy delay between two requests may add one sync; a sync
+    # per lazy delay would add at least four.
+    assert requests <= len(calls) <= requests + 1
+    before = len(calls)
+    for _ in range(200):  # the last outcome, alone (unless a stall's sync covered it already)
+        if len(calls) > before:
+            break
+        await asyncio.sleep(0.01)
+    assert requests + 1 <= len(calls) <= requests + 2
+    await log.close()
+    assert verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True).ok
+
+
 async def test_a_lone_record_is_fsynced_on_the_loop_unless_the_disk_is_slow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
