@@ -104,7 +104,9 @@ class _ReplicaFile:
         self._covered = 0
         # Staged: the committer only writes, and the syncer alone fsyncs.
         flush = self._write if staged else self._flush
-        self.committer = GroupCommitter(flush, self._load_head, tasks, write=self._write_lazily)
+        self.committer = GroupCommitter(
+            flush, self._load_head, tasks, write=self._write_lazily, lone=None if staged else self
+        )
         self._lazy_sync: asyncio.TimerHandle | None = None
         # ``time.monotonic`` of the latest write of records nobody waits on, and when the
         # latest fsync that succeeded began (everything written before then is durable).
@@ -209,6 +211,39 @@ class _ReplicaFile:
             return False
         await asyncio.sleep(0)
         return not self.committer.waiting
+
+    def lone_ready(self, count: int) -> bool:
+        """Would ``_flush`` write a lone batch of ``count`` records and sync it on the loop,
+        with no fill to add? (``GroupCommitter``'s caller then writes it itself.)"""
+        if self._zeros and self._size - self._end < ZERO_CHUNK // 2 + 64 * 1024:
+            return False  # a fill may fall due: the usual way, which writes it off the loop
+        if not self._fsync:
+            return True
+        batch = self._batch + (count - self._batch) * _EWMA_WEIGHT
+        small = count <= INLINE_FSYNC_RECORDS
+        return small and batch < INLINE_FSYNC_AVERAGE and self._fsync_s < INLINE_FSYNC_S
+
+    def flush_lone(self, records: list[AuditRecord]) -> bool:
+        """``_flush`` of a lone batch that ``lone_ready`` let through, at once: written and
+        synced on the loop (no thread hop), or False with nothing done if it needs a fill."""
+        data = b"".join(encode_record(record) + b"\n" for record in records)
+        if self._zeros and self._size - self._end - len(data) < ZERO_CHUNK // 2:
+            return False
+        if self._fsync:
+            self._batch += (len(records) - self._batch) * _EWMA_WEIGHT
+        offset = self._end
+        try:
+            _pwrite_all(self.fd, memoryview(data), offset)
+            self._end += len(data)
+            self._size = max(self._size, self._end)
+            if self._fsync:
+                self._timed_fdatasync()
+        except OSError:
+            self._roll_back(offset)
+            raise
+        if self._fsync:
+            audit_synced()
+        return True
 
     def _timed_fdatasync(self) -> None:
         fills = self._fills
