@@ -116,9 +116,12 @@ class GroupCommitter:
     async def close(self) -> None:
         """Write what is queued, then stop the writer."""
         self._closed = True
+        if self._alone:
+            await asyncio.sleep(0)  # a caller writing alone is done within the turn it is in
+        if self._task is None and not self._pending:
+            return  # every append was written by its caller: no writer was ever needed
         self._kick()  # the writer waits for a caller writing alone, which wakes it when done
-        if self._task is not None:
-            await self._task
+        await self._task  # type: ignore[misc]  # _kick started it
 
     def _idle(self) -> bool:
         busy = self._pending or self._alone or self._writing or self._closed
@@ -137,7 +140,7 @@ class GroupCommitter:
             written = not self._pending and self._flush_alone(records, lone)
         finally:
             self._alone = False
-            if self._pending or self._closed:
+            if self._pending or (self._closed and self._task is not None):
                 self._kick()
         if not written:
             await self._queue_first(records)

@@ -250,6 +250,21 @@ async def test_a_lone_caller_cancelled_in_its_turn_still_leaves_its_record_in_or
     assert len(sizes) >= 2
 
 
+async def test_closing_while_a_lone_caller_is_in_its_turn_keeps_its_record(
+    tmp_path: Path,
+) -> None:
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request", "detail": {"n": 0}})
+    last = asyncio.create_task(trail.record({"kind": "request", "detail": {"n": 1}}))
+    await asyncio.sleep(0)  # sealed, and in its turn for others
+    await log.close()
+    await last  # durable, not refused
+    lines = lines_of(tmp_path / "audit-r1.jsonl")
+    assert [decode_n(line) for line in lines] == [0, 1]
+    assert verify_chain(lines, PUBLIC, newline_terminated=True).last_seq == 2
+
+
 async def test_a_lone_record_that_cannot_be_synced_is_refused_and_the_chain_continues(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
