@@ -29,6 +29,8 @@ from broker.audit.records import AuditRecord, ChainHead
 from broker.background import BackgroundTasks
 
 FlushFn = Callable[[list[AuditRecord]], Awaitable[None]]
+LoadHeadFn = Callable[[], Awaitable[ChainHead]]
+_Entry = tuple[list[AuditRecord], "asyncio.Future[None]", bool]
 
 
 class LoneFlush(Protocol):
@@ -40,8 +42,6 @@ class LoneFlush(Protocol):
     def flush_lone(self, records: list[AuditRecord]) -> bool:
         """Flush ``records`` at once: True once done; False, having done nothing, when it
         cannot (they then go the usual way). Raises as a flush does."""
-LoadHeadFn = Callable[[], Awaitable[ChainHead]]
-_Entry = tuple[list[AuditRecord], "asyncio.Future[None]", bool]
 
 
 def follows(head: ChainHead, records: list[AuditRecord]) -> bool:
