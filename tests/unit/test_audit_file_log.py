@@ -144,20 +144,20 @@ async def test_outcomes_between_decisions_cost_no_fsync_of_their_own(
     loop = asyncio.get_running_loop()
     started = loop.time()
     requests = 0
-    while loop.time() - started < 0.2 or requests < 20:  # at least four lazy delays
+    while loop.time() - started < 0.4 or requests < 20:  # at least eight lazy delays
         await trail.record({"kind": "request"})  # a decision: durable before it goes on
         await trail.record_written({"kind": "request"})  # its outcome: written
         requests += 1
         await asyncio.sleep(0.002)
-    # A machine stalled for over a lazy delay between two requests may add one sync; a sync
-    # per lazy delay would add at least four.
-    assert requests <= len(calls) <= requests + 1
+    # Each stall of the machine over a lazy delay between two requests may add one sync (two
+    # allowed, for a loaded CI machine); a sync per lazy delay would add at least eight.
+    assert requests <= len(calls) <= requests + 2
     before = len(calls)
     for _ in range(200):  # the last outcome, alone (unless a stall's sync covered it already)
         if len(calls) > before:
             break
         await asyncio.sleep(0.01)
-    assert requests + 1 <= len(calls) <= requests + 2
+    assert requests + 1 <= len(calls) <= before + 1
     await log.close()
     assert verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True).ok
 
