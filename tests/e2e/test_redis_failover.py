@@ -34,6 +34,7 @@ import httpx
 import openai
 import pytest
 import redis
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from testkit.brokers import BrokerProcess, generate_signing_key, launch_broker
@@ -49,7 +50,16 @@ PROVIDER_KEY = f"sk-failover-{secrets.token_hex(8)}"
 PROVIDER_KEY_ENV = "E2E_FAILOVER_PROVIDER_KEY"
 PREFIX, AGENT, MODEL = "failover", "survivor", "fake-small"
 BROKERS, WORKERS, PAUSE_S = 2, 4, 0.05  # bounded load: at most ~80 calls/s in all
-BEFORE_S, AFTER_RECOVERY_S, MAX_OUTAGE_S = 1.5, 1.5, 20.0
+BEFORE_S, AFTER_RECOVERY_S = 1.5, 1.5
+# How long Redis itself may take to promote a replica. Normally 1-3 s, but Sentinel's own
+# failover can take tens of seconds on a loaded machine (a split leader vote is retried after
+# twice failover-timeout; a sentinel whose timer stalled 2 s sits in TILT mode for 30 s): that
+# is Redis's time, not the broker's, and the test waits for it rather than blaming the broker.
+MAX_PROMOTION_S = 75.0
+MAX_TILT_S = 40.0  # a sentinel leaves TILT mode 30 s after its timer stalled
+# How long the brokers may take to serve again once the topology names the new primary: this
+# is the broker's own recovery (its pools find the promoted node; nothing restarts).
+MAX_OUTAGE_AFTER_PROMOTION_S = 10.0
 RECOVERED_AFTER = 10  # consecutive successes that count as served again
 
 
@@ -99,6 +109,49 @@ class Rig:
                 if start <= slot <= end:
                     return int(master[1])
         raise AssertionError("no master holds the budget slot")
+
+    def _seeds(self) -> list[int]:
+        return [int(part.rsplit(":", 1)[1]) for part in self.topology.url.split(",")]
+
+    async def out_of_tilt(self) -> None:
+        """Wait (bounded) until no sentinel is in TILT mode: one whose timer stalled over 2 s
+        (a loaded machine, a clock step) acts on nothing for 30 s, and a kill then would time
+        Sentinel's pause, not the broker's recovery. Nothing to wait for on a cluster."""
+        if self.mode != "sentinel":
+            return
+        deadline = time.monotonic() + MAX_TILT_S
+        for port in self._seeds():
+            client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+            try:
+                while (await client.info("sentinel")).get("sentinel_tilt") != 0:
+                    assert time.monotonic() < deadline, f"sentinel on {port} stays in TILT mode"
+                    await asyncio.sleep(0.2)
+            finally:
+                await client.aclose()
+
+    async def promoted(self, victim: int) -> bool:
+        """Whether the topology now names another node than ``victim`` where the budgets
+        live: the sentinels' primary, or the master of the budgets' slot in the cluster."""
+        for port in (p for p in self._seeds() if p != victim):
+            client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                                    socket_connect_timeout=1)  # fmt: skip
+            try:
+                if self.mode == "sentinel":
+                    name = self.topology.service or "mymaster"
+                    address = await client.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name
+                    )
+                    return bool(address) and int(address[1]) != victim
+                slot = key_slot(f"{PREFIX}:{{budget}}:rsv".encode())
+                for start, end, master, *_ in await client.execute_command("CLUSTER", "SLOTS"):
+                    if start <= slot <= end:
+                        return int(master[1]) != victim
+                return False
+            except (redis.RedisError, OSError):
+                continue  # ask the next one
+            finally:
+                await client.aclose()
+        return False
 
 
 def _start_topology(mode: str, workdir: Path) -> RedisTopology:
@@ -153,9 +206,17 @@ class Call:
     outcome: str
 
 
-async def _load_through_a_failover(rig: Rig) -> tuple[list[Call], float]:
+@dataclass
+class Failover:
+    calls: list[Call]
+    killed: float
+    promoted: float | None  # when the topology named the new node (None: it never did)
+
+
+async def _load_through_a_failover(rig: Rig) -> Failover:
     """WORKERS loops over both brokers; the victim is SIGKILLed BEFORE_S in; the loops run
-    until RECOVERED_AFTER calls in a row succeeded (at most MAX_OUTAGE_S), then a little more."""
+    until RECOVERED_AFTER calls in a row succeeded, at most MAX_OUTAGE_AFTER_PROMOTION_S after
+    the topology named the new node (itself within MAX_PROMOTION_S), then a little more."""
     calls: list[Call] = []
     seq = itertools.count()
     stop = asyncio.Event()
@@ -172,18 +233,26 @@ async def _load_through_a_failover(rig: Rig) -> tuple[list[Call], float]:
     tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
     try:
         await asyncio.sleep(BEFORE_S)
-        await asyncio.to_thread(rig.topology.kill, rig.victim())
+        victim = rig.victim()
+        await rig.out_of_tilt()
+        await asyncio.to_thread(rig.topology.kill, victim)
         killed = time.monotonic()
-        deadline = killed + MAX_OUTAGE_S
-        while time.monotonic() < deadline and not _recovered(calls, killed):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)  # polls what the workers recorded
+        promoted: float | None = None
+        deadline = killed + MAX_PROMOTION_S
+        while time.monotonic() < deadline and not _recovered(calls, killed):
+            if promoted is None and await rig.promoted(victim):
+                promoted = time.monotonic()
+                deadline = min(deadline, promoted + MAX_OUTAGE_AFTER_PROMOTION_S)
+            await asyncio.sleep(0.1)  # polls the topology and what the workers recorded
+        if promoted is None and await rig.promoted(victim):  # served before a poll saw it
+            promoted = time.monotonic()
         await asyncio.sleep(AFTER_RECOVERY_S)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
         for client in clients:
             await client.close()
-    return calls, killed
+    return Failover(calls, killed, promoted)
 
 
 def _recovered(calls: list[Call], killed: float) -> bool:
@@ -192,6 +261,36 @@ def _recovered(calls: list[Call], killed: float) -> bool:
     return any(c.outcome != "ok" for c in after) and len(tail) == RECOVERED_AFTER and all(
         c.outcome == "ok" for c in tail
     )
+
+
+def _why_not_recovered(rig: Rig, run: Failover) -> str:
+    """What a failed recovery looked like: the calls after the kill (when, how), what the
+    sentinels or cluster nodes logged about the failover, and the end of each broker's log."""
+    killed = run.killed
+    after = sorted((c for c in run.calls if c.started > killed), key=lambda c: c.started)
+    timeline = [f"+{c.started - killed:.2f}s..+{c.ended - killed:.2f}s {c.outcome}" for c in after]
+    if len(timeline) > 40:
+        timeline = [*timeline[:10], f"... {len(timeline) - 30} more ...", *timeline[-20:]]
+    marks = ("sdown", "odown", "failover", "switch-master", "elected", "promoted", "slave",
+             "replica", "vote", "abort", "MASTER", "Cluster state", "tilt", "leader")  # fmt: skip
+    workdir = rig.topology.workdir
+    redis_lines = [
+        f"{log.name}: {line}"
+        for log in (sorted(workdir.glob("redis-*.log")) if workdir else [])
+        for line in log.read_text(errors="replace").splitlines()
+        if any(mark in line for mark in marks)
+    ]
+    return "\n".join([
+        f"not serving {MAX_OUTAGE_AFTER_PROMOTION_S}s after the promotion "
+        f"({_since(run.promoted, killed)} after the kill); outcomes after the kill: "
+        f"{dict(Counter(c.outcome for c in after))}", *timeline,
+        "-- failover as the Redis processes logged it --", *redis_lines[-80:],
+        *(f"-- {p.name} --\n{p.read_text(errors='replace')[-3000:]}" for p in rig.logs),
+    ])  # fmt: skip
+
+
+def _since(moment: float | None, start: float) -> str:
+    return "never" if moment is None else f"{moment - start:.2f}s"
 
 
 async def _budget_used(rig: Rig, within_s: float = 15.0) -> dict[str, Any]:
@@ -210,7 +309,8 @@ async def _budget_used(rig: Rig, within_s: float = 15.0) -> dict[str, Any]:
             await asyncio.sleep(0.2)
 
 
-def _report(rig: Rig, calls: list[Call], killed: float, budget: dict[str, Any]) -> dict[str, Any]:
+def _report(rig: Rig, run: Failover, budget: dict[str, Any]) -> dict[str, Any]:
+    calls, killed = run.calls, run.killed
     ordered = sorted(calls, key=lambda c: c.started)
     failed = [c for c in ordered if c.outcome != "ok"]
     last_failure = max(c.started for c in failed)
@@ -221,6 +321,7 @@ def _report(rig: Rig, calls: list[Call], killed: float, budget: dict[str, Any]) 
         "refused": len(failed),
         "outcomes": dict(Counter(c.outcome for c in calls)),
         "recovery_s": round(first_back - killed, 2),
+        "promoted_after_kill_s": None if run.promoted is None else round(run.promoted - killed, 2),
         "first_refusal_after_kill_s": round(min(c.ended for c in failed) - killed, 2),
         "provider_calls": len(rig.provider.recorded),
         "budget_used": budget["used"],
@@ -229,12 +330,14 @@ def _report(rig: Rig, calls: list[Call], killed: float, budget: dict[str, Any]) 
 
 
 async def test_a_failover_under_load_fails_closed_then_serves_again(rig: Rig) -> None:
-    calls, killed = await _load_through_a_failover(rig)
-    assert _recovered(calls, killed), f"not serving {MAX_OUTAGE_S}s after the kill:\n" + "\n".join(
-        p.read_text(errors="replace")[-2000:] for p in rig.logs
+    run = await _load_through_a_failover(rig)
+    assert run.promoted is not None, (
+        f"Redis itself named no new node within {MAX_PROMOTION_S}s of the kill (not the "
+        f"broker's doing):\n{_why_not_recovered(rig, run)}"
     )
+    assert _recovered(run.calls, run.killed), _why_not_recovered(rig, run)
     budget = await _budget_used(rig)
-    report = _report(rig, calls, killed, budget)
+    report = _report(rig, run, budget)
     print("FAILOVER", json.dumps(report))
     # Every refusal is the retryable 503 (Retry-After, x-should-retry checked by _call).
     assert set(report["outcomes"]) <= {"ok", "503:service_unavailable"}, report
@@ -252,4 +355,4 @@ async def test_a_failover_under_load_fails_closed_then_serves_again(rig: Rig) ->
 def _bounded() -> Iterator[None]:
     started = time.monotonic()
     yield
-    assert time.monotonic() - started < 120, "the failover test must stay within CI's time"
+    assert time.monotonic() - started < 180, "the failover test must stay within CI's time"
