@@ -82,17 +82,23 @@ def _entry(base: str, depth: int) -> str:
 
 
 @contextlib.contextmanager
-def broker_chain(env: Env) -> Iterator[tuple[Callable[[int], Target], int]]:
-    """The broker (redis store) with hop1..hop5 and ``loadgen`` registered, and the agents."""
+def broker_chain(
+    env: Env, *, idle_timeout_s: float | None = None, slow_s: float = 0.0
+) -> Iterator[tuple[Callable[[int], Target], int]]:
+    """The broker (redis store) with hop1..hop5 and ``loadgen`` registered, and the agents;
+    ``idle_timeout_s``: the broker's keep-alive timeout, if not the default; ``slow_s``: how
+    long a broker under a profiler may take to start and answer the first chain."""
     port, agents_port = free_port(), free_port()
     redis = redis_url(env)
     callers = [CALLER, *(hop_name(k) for k in range(1, HOPS))]
     config = _metered_chain(broker_config(port, "redis", redis, 1, "none"), callers)
+    if idle_timeout_s is not None:
+        config.set("server", idle_timeout_s=idle_timeout_s)
     started = env.broker(config, "broker-chain", env.placement.sut)
     broker = started.process
     agents: Process | None = None
     try:
-        started.wait_ready()
+        started.wait_ready(**({"timeout": slow_s} if slow_s else {}))
         url = started.url
         credentials = _register(started, local_url(agents_port))
         caller = credentials.pop(CALLER)
@@ -100,7 +106,7 @@ def broker_chain(env: Env) -> Iterator[tuple[Callable[[int], Target], int]]:
                          "chain-broker-agents")  # fmt: skip
         headers = {**_JSON_HEADERS, "Authorization": f"Bearer {caller}"}
         private = redis if env.redis_note.startswith("a private") else ""
-        check_linked(f"{url}/agents", headers, broker)
+        check_linked(f"{url}/agents", headers, broker, max(slow_s, 10.0))
         yield (lambda d: Target(_entry(f"{url}/agents", d), headers, broker, private)), agents_port
     finally:
         if agents is not None:
@@ -118,14 +124,16 @@ def _register(broker: BrokerProcess, agents_url: str) -> dict[str, str]:
     return credentials
 
 
-def check_linked(base: str, headers: dict[str, str], broker: Process) -> None:
+def check_linked(
+    base: str, headers: dict[str, str], broker: Process, timeout_s: float = 10.0
+) -> None:
     """One chain of full depth by hand; the broker's log must show every hop in one task tree,
     each with the chain so far (so the agents passed the token on and nothing originated anew).
     """
     request = urllib.request.Request(  # noqa: S310 - loopback only
         _entry(base, HOPS), UNARY_BODY, headers, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310 - loopback
         resp.read()
     lines = [ln[ln.index("{") :] for ln in broker.log_tail(200_000).splitlines()
              if '"event":"mediated"' in ln]  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.upstream import JSONRPC_PATH, card
-from testkit.brokers import BrokerProcess, launch_broker
+from testkit.brokers import BrokerProcess, broker_argv, launch_broker
 from testkit.config import BrokerConfig, budget
 from testkit.procs import REPO_ROOT, Process, closed_url, free_port, local_url
 from testkit.redis_server import RedisServer, find_redis_server
@@ -58,6 +58,8 @@ class Env:
     redis_note: str = ""
     broker_src: Path = REPO_ROOT  # where ``python -m broker`` runs from (a snapshot, or the tree)
     children: list[Process | RedisServer] = field(default_factory=list)
+    # A command every broker runs under (``valgrind --tool=callgrind``, say); none by default.
+    broker_prefix: tuple[str, ...] = ()
 
     def launch(self, name: str, argv: list[str], cores: str | None, **kw: Any) -> Process:
         child = Process.launch(argv, name=name, log_dir=self.log_dir, cores=cores, **kw)
@@ -78,6 +80,9 @@ class Env:
         """A broker of ``broker_src`` on ``config`` (its CPU counts as the run's own); ``path``:
         more ``PYTHONPATH`` folders; ``env_extra``: more environment (secrets it names)."""
         pythonpath = os.pathsep.join([str(self.broker_src), *(path or [])])
+        if self.broker_prefix:
+            toml = Path(log_dir or self.log_dir) / f"{name}.toml"  # where launch_broker writes it
+            kw["argv"] = [*self.broker_prefix, *broker_argv(toml)]
         started = launch_broker(
             config,
             log_dir=log_dir or self.log_dir,

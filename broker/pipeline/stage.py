@@ -94,12 +94,27 @@ def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
     round trip and the caller finds its result ready, not a loop turn later (decision 0075).
     Its outcome is the returned future's; keep it and await it (or its failure goes unseen).
     """
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[_T] = loop.create_future()
+    outcome: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+    _Eager(coro, outcome).step()
+    return outcome
 
-    def step() -> None:
+
+class _Eager(Generic[_T]):
+    """The driver of one ``started`` coroutine. An object, not a closure that names itself: a
+    function whose cell holds it is a reference cycle, which would leave the coroutine and its
+    future (and what they hold) to the cyclic GC on every call instead of freeing them at once.
+    """
+
+    __slots__ = ("_coro", "_outcome")
+
+    def __init__(self, coro: Coroutine[Any, Any, _T], outcome: asyncio.Future[_T]) -> None:
+        self._coro = coro
+        self._outcome = outcome
+
+    def step(self, _: object = None) -> None:
+        outcome = self._outcome
         try:
-            waited = coro.send(None)
+            waited = self._coro.send(None)
         except StopIteration as done:
             outcome.set_result(done.value)
         except asyncio.CancelledError:
@@ -110,13 +125,10 @@ def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
             outcome.set_exception(exc)
         else:
             if waited is None:  # a bare yield (sleep(0)): on at the next turn
-                loop.call_soon(step)
+                outcome.get_loop().call_soon(self.step)
             else:  # an asyncio future, as a task waits for one
                 waited._asyncio_future_blocking = False
-                waited.add_done_callback(lambda _: step())
-
-    step()
-    return outcome
+                waited.add_done_callback(self.step)
 
 
 class Held(Protocol):

@@ -74,21 +74,27 @@ class CascadeGuards:
         if ctx.parent is None:
             return await call_next(ctx)  # a new tree: nothing to count against yet
         taking = self._take(ctx, limits)
-        if not self._ahead:
-            slot = _Slot(self, ctx, _done(_refused(ctx, await taking)))
-            ctx.on_answer = slot.answered
-            return await holding(ctx, call_next, slot, "fan-out slot", tasks=self._tasks)
-        # The stages after this one run while the slot is being taken, so the budget's reserve
-        # shares its round trip; they hear its refusal first (decision 0075).
-        pending = _Slot(self, ctx, started(taking))
-        ctx.pending_checks, ctx.on_answer = pending.confirm, pending.answered
         try:
-            outcome = await holding(ctx, call_next, pending, "fan-out slot", tasks=self._tasks)
-        except BrokerError:
-            await pending.confirm()  # the slot's refusal, if there is one, comes first
-            raise
-        await pending.confirm()  # answered without forwarding: still, a refusal comes first
-        return outcome
+            if not self._ahead:
+                slot = _Slot(self, ctx, _done(_refused(ctx, await taking)))
+                ctx.on_answer = slot.answered
+                return await holding(ctx, call_next, slot, "fan-out slot", tasks=self._tasks)
+            # The stages after this one run while the slot is being taken, so the budget's
+            # reserve shares its round trip; they hear its refusal first (decision 0075).
+            pending = _Slot(self, ctx, started(taking))
+            ctx.pending_checks, ctx.on_answer = pending.confirm, pending.answered
+            try:
+                outcome = await holding(ctx, call_next, pending, "fan-out slot", tasks=self._tasks)
+            except BrokerError:
+                await pending.confirm()  # the slot's refusal, if there is one, comes first
+                raise
+            await pending.confirm()  # answered without forwarding: still, a refusal comes first
+            return outcome
+        finally:
+            # The slot and the context hold each other (its hooks on the context, the context
+            # in it): unhooked once the stages after this one are done with them, the call's
+            # state is freed as soon as it ends instead of being left to the cyclic GC.
+            ctx.pending_checks = ctx.on_answer = None
 
     async def _take(self, ctx: MediationContext, limits: GuardLimits) -> Taken:
         """Take the slot (the token's revocation check in the same round trip if it is due)."""
