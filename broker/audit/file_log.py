@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 import queue
 import threading
@@ -61,7 +62,9 @@ _TAIL_BLOCK = 64 * 1024
 ZERO_CHUNK = 1 << 20
 RECOVERY_SPAN = 3 * ZERO_CHUNK
 # A record appended with ``append_written`` is on disk at the next fsync, or this long after it
-# was written if no other append asks for one first.
+# was written if no other append asks for one first. The timer that sees to it syncs only if no
+# fsync has begun since the oldest such record could be this old: while decisions are fsynced
+# (every request at c=1), outcomes never need a sync of their own.
 LAZY_SYNC_S = 0.05
 _READ_BATCH = 4096
 # A batch this small is fsynced on the event loop (no thread hop) while batches are this small
@@ -101,8 +104,14 @@ class _ReplicaFile:
         self._covered = 0
         # Staged: the committer only writes, and the syncer alone fsyncs.
         flush = self._write if staged else self._flush
-        self.committer = GroupCommitter(flush, self._load_head, tasks, write=self._write_lazily)
+        self.committer = GroupCommitter(
+            flush, self._load_head, tasks, write=self._write_lazily, lone=None if staged else self
+        )
         self._lazy_sync: asyncio.TimerHandle | None = None
+        # ``time.monotonic`` of the latest write of records nobody waits on, and when the
+        # latest fsync that succeeded began (everything written before then is durable).
+        self._lazy_written = -math.inf
+        self._synced_from = -math.inf
         self._sync_waiters: list[asyncio.Future[None]] = []
         self._sync_wake = asyncio.Event()
         self._syncer: asyncio.Task[None] | None = None
@@ -154,13 +163,23 @@ class _ReplicaFile:
     async def _write_lazily(self, records: list[AuditRecord]) -> None:
         """Written now; durable at the next fsync, which one asks for in ``LAZY_SYNC_S``."""
         await self._place(b"".join(encode_record(record) + b"\n" for record in records))
+        self._lazy_written = time.monotonic()
         if self._fsync and self._lazy_sync is None:
             loop = asyncio.get_running_loop()
             self._lazy_sync = loop.call_later(LAZY_SYNC_S, self._sync_lazy_writes)
 
     def _sync_lazy_writes(self) -> None:
         self._lazy_sync = None
-        if not self._closing:
+        if self._closing or self._lazy_written < self._synced_from:
+            return  # nothing written since the latest fsync began; the next write asks again
+        # What an fsync that began at ``_synced_from`` missed was written after it: sync once
+        # the oldest of it could be LAZY_SYNC_S old, unless another fsync comes first (at c=1
+        # every request's decision does, so outcomes cost no thread hop and no fsync of their
+        # own).
+        due = self._synced_from + LAZY_SYNC_S - time.monotonic()
+        if due > 0:
+            self._lazy_sync = asyncio.get_running_loop().call_later(due, self._sync_lazy_writes)
+        else:
             self.sync_soon()  # a failure is its own waiter's; nobody waits on this one
 
     async def _flush(self, records: list[AuditRecord]) -> None:
@@ -193,20 +212,57 @@ class _ReplicaFile:
         await asyncio.sleep(0)
         return not self.committer.waiting
 
+    def lone_ready(self, count: int) -> bool:
+        """Would ``_flush`` write a lone batch of ``count`` records and sync it on the loop,
+        with no fill to add? (``GroupCommitter``'s caller then writes it itself.)"""
+        if self._zeros and self._size - self._end < ZERO_CHUNK // 2 + 64 * 1024:
+            return False  # a fill may fall due: the usual way, which writes it off the loop
+        if not self._fsync:
+            return True
+        batch = self._batch + (count - self._batch) * _EWMA_WEIGHT
+        small = count <= INLINE_FSYNC_RECORDS
+        return small and batch < INLINE_FSYNC_AVERAGE and self._fsync_s < INLINE_FSYNC_S
+
+    def flush_lone(self, records: list[AuditRecord]) -> bool:
+        """``_flush`` of a lone batch that ``lone_ready`` let through, at once: written and
+        synced on the loop (no thread hop), or False with nothing done if it needs a fill."""
+        data = b"".join(encode_record(record) + b"\n" for record in records)
+        if self._zeros and self._size - self._end - len(data) < ZERO_CHUNK // 2:
+            return False
+        if self._fsync:
+            self._batch += (len(records) - self._batch) * _EWMA_WEIGHT
+        offset = self._end
+        try:
+            _pwrite_all(self.fd, memoryview(data), offset)
+            self._end += len(data)
+            self._size = max(self._size, self._end)
+            if self._fsync:
+                self._timed_fdatasync()
+        except OSError:
+            self._roll_back(offset)
+            raise
+        if self._fsync:
+            audit_synced()
+        return True
+
     def _timed_fdatasync(self) -> None:
         fills = self._fills
+        began = time.monotonic()
         started = time.perf_counter()
         try:
             os.fdatasync(self.fd)
         finally:
             self._took(time.perf_counter() - started)
         self._covered = max(self._covered, fills)
+        self._synced_from = max(self._synced_from, began)
 
     async def _datasync(self) -> None:
         """``fdatasync`` on the file's thread."""
         fills = self._fills
+        began = time.monotonic()
         await self._fsync_thread.fdatasync()
         self._covered = max(self._covered, fills)
+        self._synced_from = max(self._synced_from, began)
 
     async def _place(self, data: bytes) -> int:
         """Write ``data`` after the records (over zeros when there are some); return where it

@@ -88,7 +88,12 @@ class _Batcher:
         if not self._prepare(call):
             return call.future  # failed already: nothing to send
         if not self._queued:
-            loop.call_soon(self._flush)  # after what this turn of the loop still has to run
+            # A task's first step runs after what this turn of the loop still has to run, and
+            # takes the queue then: the turn's calls go together, written in that next turn
+            # (a callback that only started the task would cost one more turn per round trip).
+            task = loop.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
         self._queued.append(call)
         return call.future
 
@@ -96,11 +101,9 @@ class _Batcher:
         """Ready ``call`` to be sent; False if it failed (its future then holds the error)."""
         return True
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         calls, self._queued = self._queued, []
-        task = asyncio.get_running_loop().create_task(self._send(calls))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+        await self._send(calls)
 
     async def _send(self, calls: list[_Call]) -> None:
         raise NotImplementedError

@@ -30,7 +30,6 @@ import asyncio
 import math
 import random
 import time
-import uuid
 import zlib
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from broker.budgets.model import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
+from broker.ids import new_id
 from broker.late_writes import LateWrites
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,
@@ -147,7 +147,7 @@ class RedisBudgetLedger(BudgetLedger):
     async def _reserve_once(
         self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
     ) -> Reservation | BudgetRefusal:
-        reservation_id = uuid.uuid4().hex
+        reservation_id = new_id()
         shards = self._shards_of(scopes)
         # (scope, limit) pairs in contract order, each with the shard that holds it.
         limits: dict[int, list[Any]] = {shard: [] for shard in shards}

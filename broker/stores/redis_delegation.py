@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 
 import msgspec
 
+from broker.ids import new_id
 from broker.stores.base import (
     ChildSlot,
     DelegationCounters,
@@ -98,7 +98,7 @@ class RedisDelegationCounters(DelegationCounters):
         ttl_s: int,
     ) -> ChildSlot | Refusal:
         check_acquire_arguments(max_concurrent, max_total, max_tree, slot_ttl_s, ttl_s)
-        slot = ChildSlot(id=uuid.uuid4().hex, parent=parent, tree=tree)
+        slot = ChildSlot(id=new_id(), parent=parent, tree=tree)
         limits = [max_concurrent, max_total, max_tree]
         refused = await self._acquire(
             keys=self._keys(parent, tree), args=[*limits, slot.id, slot_ttl_s, ttl_s]
@@ -132,7 +132,7 @@ class RedisDelegationCounters(DelegationCounters):
         self, revocations: RedisRevocations, parent: str, tree: str, limits: list[int]
     ) -> ChildSlot | Refusal | Revoked:
         check_acquire_arguments(*limits)
-        slot = ChildSlot(id=uuid.uuid4().hex, parent=parent, tree=tree)
+        slot = ChildSlot(id=new_id(), parent=parent, tree=tree)
         keys = [*self._keys(parent, tree), *revocations.keys(parent, tree)]
         refused = await self._acquire_unrevoked(keys=keys, args=[*limits[:3], slot.id, *limits[3:]])
         if refused is None:

@@ -4,6 +4,7 @@ the trail failing closed when the file or Redis cannot be written."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from pathlib import Path
@@ -127,6 +128,167 @@ async def test_an_outcome_alone_is_synced_within_the_lazy_delay_and_at_close(
     await trail.record_written({"kind": "request"})
     await log.close()  # no timer left behind: closing syncs what was only written
     assert len(calls) == 2
+
+
+async def test_outcomes_between_decisions_cost_no_fsync_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request after another (c=1): each outcome rides on the next decision's fsync, even
+    across several lazy delays; the last one, with no decision after it, within the delay."""
+    calls: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(file_log.os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    monkeypatch.setattr(file_log, "LAZY_SYNC_S", 0.05)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    requests = 0
+    while loop.time() - started < 0.4 or requests < 20:  # at least eight lazy delays
+        await trail.record({"kind": "request"})  # a decision: durable before it goes on
+        await trail.record_written({"kind": "request"})  # its outcome: written
+        requests += 1
+        await asyncio.sleep(0.002)
+    # Each stall of the machine over a lazy delay between two requests may add one sync (two
+    # allowed, for a loaded CI machine); a sync per lazy delay would add at least eight.
+    assert requests <= len(calls) <= requests + 2
+    before = len(calls)
+    for _ in range(200):  # the last outcome, alone (unless a stall's sync covered it already)
+        if len(calls) > before:
+            break
+        await asyncio.sleep(0.01)
+    assert requests + 1 <= len(calls) <= before + 1
+    await log.close()
+    assert verify_chain(lines_of(tmp_path / "audit-r1.jsonl"), PUBLIC, newline_terminated=True).ok
+
+
+def synced_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The file's record bytes at each ``fdatasync`` (what that fsync made durable)."""
+    sizes: list[int] = []
+    real = os.fdatasync
+
+    def counted(fd: int) -> None:
+        real(fd)
+        sizes.append(len(os.pread(fd, os.fstat(fd).st_size, 0).split(b"\0", 1)[0]))
+
+    monkeypatch.setattr(file_log.os, "fdatasync", counted)
+    return sizes
+
+
+def records_size(path: Path, count: int | None = None) -> int:
+    """The bytes of the first ``count`` records of an audit file (all by default)."""
+    return sum(len(line) for line in lines_of(path)[:count])
+
+
+async def test_a_lone_record_is_durable_when_its_caller_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its caller writes and syncs it (no writer task in between), before it returns."""
+    sizes = synced_sizes(monkeypatch)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    path = tmp_path / "audit-r1.jsonl"
+    for n in range(5):
+        await trail.record({"kind": "request", "detail": {"n": n}})
+        assert len(sizes) == n + 1  # one fsync each, done before record() returned
+        assert sizes[-1] == records_size(path)
+    await log.close()
+    assert verify_chain(lines_of(path), PUBLIC, newline_terminated=True).last_seq == 5
+
+
+async def test_records_appended_during_a_lone_callers_turn_follow_it_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that found the log idle lets ready requests run first; what they append goes
+    after its record, in one batch with it, each durable before its caller goes on."""
+    sizes = synced_sizes(monkeypatch)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request"})  # the stored head is known from here on
+    path = tmp_path / "audit-r1.jsonl"
+    done: list[int] = []
+
+    async def request(n: int) -> None:
+        record = await trail.record({"kind": "request", "detail": {"n": n}})
+        durable = sizes[-1] if sizes else 0
+        assert records_size(path, record.seq) <= durable
+        done.append(n)
+
+    first = asyncio.create_task(request(0))
+    await asyncio.sleep(0)  # it is in its turn for others now
+    await asyncio.gather(first, *(request(n) for n in range(1, 6)))
+    await log.close()
+    assert sorted(done) == list(range(6))
+    assert len(sizes) <= 3  # the first record's, and the batch (or two) of the rest
+    lines = lines_of(path)
+    assert [decode_n(line) for line in lines[1:]] == list(range(6))
+    assert verify_chain(lines, PUBLIC, newline_terminated=True).ok
+
+
+def decode_n(line: bytes) -> int:
+    return int(json.loads(line)["detail"]["n"])
+
+
+async def test_a_lone_caller_cancelled_in_its_turn_still_leaves_its_record_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a queued record is written even if its caller goes away, so is a lone one."""
+    sizes = synced_sizes(monkeypatch)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request", "detail": {"n": 0}})
+    gone = asyncio.create_task(trail.record({"kind": "request", "detail": {"n": 1}}))
+    await asyncio.sleep(0)  # sealed, and in its turn for others
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await trail.record({"kind": "request", "detail": {"n": 2}})
+    await log.close()
+    lines = lines_of(tmp_path / "audit-r1.jsonl")
+    assert [decode_n(line) for line in lines] == [0, 1, 2]
+    assert verify_chain(lines, PUBLIC, newline_terminated=True).last_seq == 3
+    assert len(sizes) >= 2
+
+
+async def test_closing_while_a_lone_caller_is_in_its_turn_keeps_its_record(
+    tmp_path: Path,
+) -> None:
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request", "detail": {"n": 0}})
+    last = asyncio.create_task(trail.record({"kind": "request", "detail": {"n": 1}}))
+    await asyncio.sleep(0)  # sealed, and in its turn for others
+    await log.close()
+    await last  # durable, not refused
+    lines = lines_of(tmp_path / "audit-r1.jsonl")
+    assert [decode_n(line) for line in lines] == [0, 1]
+    assert verify_chain(lines, PUBLIC, newline_terminated=True).last_seq == 2
+
+
+async def test_a_lone_record_that_cannot_be_synced_is_refused_and_the_chain_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.fdatasync
+    failing = threading.Event()
+
+    def disk(fd: int) -> None:
+        if failing.is_set():
+            raise OSError(5, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(file_log.os, "fdatasync", disk)
+    log = FileAuditLog(tmp_path)
+    trail = await AuditTrail.open(log, "r1", KEYS, checkpoint_every=1000)
+    await trail.record({"kind": "request", "detail": {"n": 0}})
+    failing.set()
+    with pytest.raises(AuditLogError):
+        await trail.record({"kind": "request", "detail": {"n": 1}})
+    failing.clear()
+    await trail.record({"kind": "request", "detail": {"n": 2}})
+    await log.close()
+    lines = lines_of(tmp_path / "audit-r1.jsonl")
+    assert [decode_n(line) for line in lines] == [0, 2]  # the refused one was rolled back
+    assert verify_chain(lines, PUBLIC, newline_terminated=True).ok
 
 
 async def test_a_lone_record_is_fsynced_on_the_loop_unless_the_disk_is_slow(
