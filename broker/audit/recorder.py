@@ -259,7 +259,7 @@ def request_fields(
         detail.update(error_detail(err))
     if ctx.data_found or ctx.data_tags:
         detail.update(data_detail(ctx))
-    return {
+    fields: dict[str, Any] = {
         "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
         "request_id": ctx.request_id,
         "caller": ctx.caller or "",
@@ -276,9 +276,12 @@ def request_fields(
         "request_digest": _body_digest(ctx),
         "response_digest": response_digest,
         "detail": detail,
-        # Not a record field: the recorder keeps a redacted copy for chosen agents, then drops it.
-        "_body": ctx.body if phase != "outcome" else None,
     }
+    if phase != "outcome" and ctx.body:
+        # Not a record field: the recorder keeps a redacted copy for chosen agents, then drops
+        # it (a copy of the fields, made only when there is a body to keep or drop).
+        fields["_body"] = ctx.body
+    return fields
 
 
 async def open_recorder(

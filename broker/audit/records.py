@@ -24,7 +24,7 @@ _MAX_SAFE_INT: Final = 2**53 - 1
 
 SafeInt = Annotated[int, msgspec.Meta(ge=-_MAX_SAFE_INT, le=_MAX_SAFE_INT)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=_MAX_SAFE_INT)]
-DetailKey = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+DETAIL_KEY_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 DetailValue = str | SafeInt | bool | list[str]
 ReplicaId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 REPLICA_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -53,11 +53,15 @@ EMPTY_HEAD: Final = ChainHead(0, "")
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
-                  omit_defaults=True):
+                  omit_defaults=True, dict=True):
     """One audited event. Every member is always written except ``hash`` while it is empty.
 
     Build records with ``AuditChain.seal`` (which fills ``seq``, ``prev`` and ``hash``) or, for
     tests and tools, ``build_record``; construct directly only from already validated values.
+    ``detail`` keys match ``DETAIL_KEY_PATTERN``: ``build_record`` and ``decode_record`` check
+    them (a known key costs a set lookup, where a pattern in the type cost a regex search per
+    key and record). The instance ``__dict__`` holds no member: only the stored line that
+    ``with_hash`` made while hashing, so that ``encode_record`` need not encode it again.
     """
 
     v: SafeInt
@@ -82,7 +86,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     cost_micro: SafeInt
     request_digest: str
     response_digest: str
-    detail: dict[DetailKey, DetailValue]
+    detail: dict[str, DetailValue]
     prev: str
     # Only this member has a default, so omit_defaults drops exactly it while it is "": that
     # encoding is the "record with hash omitted" that the hash covers.
@@ -98,6 +102,9 @@ RECORD_DEFAULTS: Final[Mapping[str, Any]] = {
 }
 
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
+_HASH_MEMBER: Final = b',"hash":"'
+_KIND_MEMBER: Final = b',"kind":'
+_LINE: Final = "stored_line"
 _DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
 
@@ -109,9 +116,31 @@ def build_record(fields: Mapping[str, Any], **members: Any) -> AuditRecord:
     ``replica``/``kind``, an unknown member, a ``detail`` key that is not ``[a-z][a-z0-9_.]*``).
     """
     try:
-        return msgspec.convert({**RECORD_DEFAULTS, **fields, **members}, AuditRecord)
+        record = msgspec.convert({**RECORD_DEFAULTS, **fields, **members}, AuditRecord)
+        _check_detail_keys(record.detail)
     except msgspec.ValidationError as exc:
         raise AuditRecordError(str(exc)) from exc
+    return record
+
+
+# Detail keys seen to match DETAIL_KEY_PATTERN: the broker writes a few dozen names, over and
+# over. Bounded, since a key can carry a name the broker was given (``error.<metadata key>``).
+_GOOD_KEYS: Final[set[str]] = set()
+_GOOD_KEYS_MAX: Final = 4096
+
+
+def _check_detail_keys(detail: dict[str, Any]) -> None:
+    """Raise ``msgspec.ValidationError`` for a key that does not match ``DETAIL_KEY_PATTERN``
+    (searched as msgspec searches a ``pattern`` constraint)."""
+    for key in detail:
+        if key in _GOOD_KEYS:
+            continue
+        if DETAIL_KEY_PATTERN.search(key) is None:
+            raise msgspec.ValidationError(
+                f"Expected `str` matching regex {DETAIL_KEY_PATTERN.pattern!r} - at `$.detail`"
+            )
+        if len(_GOOD_KEYS) < _GOOD_KEYS_MAX:
+            _GOOD_KEYS.add(key)
 
 
 def unhashed_json(record: AuditRecord) -> bytes:
@@ -134,17 +163,32 @@ def with_hash(record: AuditRecord) -> AuditRecord:
     except UnicodeEncodeError:
         record = _scrub(record)
         body = unhashed_json(record)
-    return msgspec.structs.replace(record, hash=HASH_PREFIX + hashlib.sha256(body).hexdigest())
+    hashed = HASH_PREFIX + hashlib.sha256(body).hexdigest()
+    sealed = msgspec.structs.replace(record, hash=hashed)
+    sealed.__dict__[_LINE] = _with_hash_member(body, hashed)
+    return sealed
+
+
+def _with_hash_member(body: bytes, hashed: str) -> bytes:
+    """The stored line: ``body`` (the unhashed canonical JSON) with ``"hash"`` put in its sorted
+    place, just before ``"kind"``. The last ``,"kind":`` is the record's own: the members after
+    it are strings and integers (whose quotes are escaped); a ``detail`` key "kind" comes before.
+    """
+    at = body.rfind(_KIND_MEMBER)
+    return b"".join((body[:at], _HASH_MEMBER, hashed.encode("ascii"), b'"', body[at:]))
 
 
 def encode_record(record: AuditRecord) -> bytes:
     """The record's canonical JSON (RFC 8785), as stored: one line, no trailing newline."""
-    return _ENCODER.encode(record)
+    line: bytes | None = record.__dict__.get(_LINE)
+    return line if line is not None else _ENCODER.encode(record)
 
 
 def decode_record(line: bytes | str) -> AuditRecord:
     """Parse one stored line. Raises ``msgspec.DecodeError`` (a ``ValueError``) if it is not one."""
-    return _DECODER.decode(line)
+    record = _DECODER.decode(line)
+    _check_detail_keys(record.detail)
+    return record
 
 
 def _fix_text(text: str) -> str:
@@ -167,7 +211,6 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
-_HASH_MEMBER: Final = b',"hash":"'
 
 
 class StoredLinks(msgspec.Struct, frozen=True):

@@ -66,3 +66,11 @@ def test_stored_json_round_trips_and_hash_holds(record: AuditRecord) -> None:
     assert decoded == record
     assert record_hash(decoded) == record.hash
     assert stored_hash(line) == record.hash
+
+
+@settings(max_examples=150, deadline=None)
+@given(records())
+def test_the_line_kept_from_hashing_is_the_fresh_encoding(record: AuditRecord) -> None:
+    fresh = decode_record(encode_record(record))  # decoded: nothing kept, encoded afresh
+    assert encode_record(fresh) == encode_record(record)
+    assert fresh == record

@@ -54,3 +54,50 @@ def test_any_change_changes_the_hash() -> None:
     record = with_hash(build_record({**BASE, "detail": {"n": 1}}))
     changed = msgspec.structs.replace(record, detail={"n": 2})
     assert record_hash(changed) != record.hash
+
+
+# The stored form is fixed: a reader (verify, export, another broker) depends on these bytes.
+PINNED_FIELDS = {
+    "kind": "request", "request_id": "r-1", "caller": "alice", "chain": ["alice", "bob"],
+    "tree": "t1", "target": "bob", "operation": "SendMessage", "decision": "allow",
+    "status": 200, "latency_us": 1234, "request_digest": "sha256:" + "ab" * 32,
+    "detail": {"phase": "outcome", "token.exp": 1796543631, "kind": "x", "hash": "y",
+               "flag": True, "tags": ["pii", "\u00e9\"\\"]},
+}  # fmt: skip
+PINNED_LINE = (
+    b'{"caller":"alice","chain":["alice","bob"],"cost_micro":0,"decision":"allow","detail":'
+    b'{"flag":true,"hash":"y","kind":"x","phase":"outcome","tags":["pii","\xc3\xa9\\"\\\\"],'
+    b'"token.exp":1796543631},'
+    b'"hash":"sha256:fde35f30242733a81c6c907be83b585e1123241c4be858ae1676570e39004680",'
+    b'"kind":"request","latency_us":1234,"operation":"SendMessage",'
+    b'"prev":"sha256:cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",'
+    b'"reason":"","replica":"r1",'
+    b'"request_digest":"sha256:abababababababababababababababababababababababababababababababab",'
+    b'"request_id":"r-1","response_digest":"","rule":"","seq":7,"skill":"","status":200,'
+    b'"target":"bob","tokens_in":0,"tokens_out":0,"tree":"t1","ts_us":1796543571434563,"v":1}'
+)
+
+
+def test_a_sealed_record_is_stored_as_exactly_these_bytes() -> None:
+    unhashed = build_record(
+        PINNED_FIELDS, seq=7, prev="sha256:" + "cd" * 32, replica="r1", ts_us=1796543571434563
+    )
+    record = with_hash(unhashed)
+    assert encode_record(record) == PINNED_LINE
+    # The line kept from hashing is the one a fresh encoding gives, and decodes to the record.
+    assert encode_record(decode_record(PINNED_LINE)) == PINNED_LINE
+    assert decode_record(PINNED_LINE) == record
+    assert record_hash(record) == record.hash
+
+
+def test_a_stored_line_with_a_bad_detail_key_is_not_a_record() -> None:
+    bad = PINNED_LINE.replace(b'"flag":true', b'"Flag":true')
+    with pytest.raises(msgspec.ValidationError):
+        decode_record(bad)
+
+
+def test_a_changed_copy_is_encoded_afresh() -> None:
+    record = with_hash(build_record(BASE))
+    changed = msgspec.structs.replace(record, caller="mallory")
+    assert b'"caller":"mallory"' in encode_record(changed)
+    assert encode_record(changed) != encode_record(record)
