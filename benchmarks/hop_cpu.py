@@ -60,6 +60,15 @@ async def _parts(url: str, prefix: str) -> tuple[A2aParts, TokenMinter]:
     return await bench_parts(settings, stores, keys, token_ttl_s=3600)
 
 
+def hop_headers(minter: TokenMinter, kind: str) -> dict[str, str]:
+    """A request's headers for a hop of ``kind``: ``origin`` starts a tree; ``token`` is a
+    further hop of a chain, presenting the token minted for it."""
+    if kind == "origin":
+        return HEADERS
+    token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
+    return {**HEADERS, "a2a-delegation": token}
+
+
 def _redis_counts(client: redis.Redis) -> tuple[int, int]:
     reads = int(client.info("stats")["total_reads_processed"])
     scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
@@ -77,12 +86,6 @@ async def measure(
     async def body() -> bytes:
         return BODY
 
-    def headers_for() -> dict[str, str]:
-        if kind == "origin":
-            return HEADERS
-        token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
-        return {**HEADERS, "a2a-delegation": token}
-
     async def many(prepared: list[dict[str, str]]) -> None:
         for headers in prepared:
             ctx = MediationContext("jsonrpc", "target", "POST", headers=headers, read_body=body)
@@ -92,7 +95,7 @@ async def measure(
 
     async def round_of(count: int) -> None:
         share = count // concurrency
-        batches = [[headers_for() for _ in range(share)] for _ in range(concurrency)]
+        batches = [[hop_headers(minter, kind) for _ in range(share)] for _ in range(concurrency)]
         await asyncio.gather(*(many(b) for b in batches))
 
     await round_of(200)
@@ -137,10 +140,7 @@ async def batch_sizes(
         await original(self, calls, loads)
 
     async def one() -> None:
-        headers = HEADERS
-        if kind == "token":
-            token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
-            headers = {**HEADERS, "a2a-delegation": token}
+        headers = hop_headers(minter, kind)
         ctx = MediationContext("jsonrpc", "target", "POST", headers=headers, read_body=_body)
         outcome = await call(ctx)
         if outcome.status != 200:

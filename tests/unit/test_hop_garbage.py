@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from benchmarks.pipeline_cpu import BODY, HEADERS, bench_parts
-from broker.delegation.tokens import TokenMinter, hop_scope
+from benchmarks.hop_cpu import hop_headers
+from benchmarks.pipeline_cpu import BODY, bench_parts
+from broker.delegation.tokens import TokenMinter
 from broker.identity.keys import BrokerKeys
 from broker.pipeline.a2a import a2a_stages
 from broker.pipeline.stage import fold, started
@@ -78,10 +79,7 @@ async def _run(
     number: int,
 ) -> None:
     for _ in range(number):
-        headers = HEADERS
-        if kind == "token":  # a further hop of a chain: it presents the token minted for it
-            token, _ = minter.mint_origin("origin", "caller", hop_scope("SendMessage"))
-            headers = {**HEADERS, "a2a-delegation": token}
+        headers = hop_headers(minter, kind)
         ctx = MediationContext("jsonrpc", "target", "POST", headers=headers, read_body=_body)
         outcome = await call(ctx)
         assert outcome.status == 200
