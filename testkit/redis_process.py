@@ -182,6 +182,25 @@ def start_node(
     return process
 
 
+def _start_cluster_node(
+    workdir: Path, taken: set[int], attempts: int = 3
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A cluster node on a free port. A port found free can be taken before the node binds it
+    (an outgoing connection's ephemeral port, on a busy machine): then another port is tried."""
+    for attempt in range(attempts):
+        port = free_cluster_port(taken)
+        try:
+            return port, start_node(port, workdir, [
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
+            ])  # fmt: skip
+        except RuntimeError:
+            log = (workdir / f"redis-{port}.log").read_text(errors="replace")
+            if "Address already in use" not in log or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> RedisTopology:
     """A Redis Cluster of ``masters`` primaries (and ``replicas`` replicas per primary) on free
     ports, joined by ``redis-cli --cluster create``; returns once every node says cluster_state ok.
@@ -189,14 +208,13 @@ def start_redis_cluster(workdir: Path, masters: int = 3, replicas: int = 0) -> R
     workdir.mkdir(parents=True, exist_ok=True)
     count = masters * (1 + replicas)
     taken: set[int] = set()
-    ports = [free_cluster_port(taken) for _ in range(count)]
-    topology = RedisTopology(url=f"redis://127.0.0.1:{ports[0]}", workdir=workdir)
+    topology = RedisTopology(url="", workdir=workdir)
     try:
-        for port in ports:
-            topology.processes[port] = start_node(port, workdir, [
-                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
-            ])  # fmt: skip
+        for _ in range(count):
+            port, process = _start_cluster_node(workdir, taken)
+            topology.processes[port] = process
+        ports = list(topology.processes)
+        topology.url = f"redis://127.0.0.1:{ports[0]}"
         create = [redis_cli_binary(), "--cluster", "create",
                   *(f"127.0.0.1:{port}" for port in ports),
                   "--cluster-replicas", str(replicas), "--cluster-yes"]  # fmt: skip
