@@ -43,8 +43,9 @@ WARM_UP = 208
 NUMBERS = (160, 640)
 
 
-async def run(number: int, concurrency: int) -> None:
-    """``WARM_UP`` requests, then ``number``, ``concurrency`` at a time."""
+async def run(number: int, concurrency: int) -> int:
+    """``WARM_UP`` requests, then ``number``, ``concurrency`` at a time; how many budget
+    reservations the caller's calls made (each request one, all settled)."""
     settings = Settings(server=ServerSettings(public_url="http://broker.test"), budgets=CALLS)
     keys = BrokerKeys(Ed25519PrivateKey.generate())
     parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys)
@@ -66,6 +67,9 @@ async def run(number: int, concurrency: int) -> None:
     await round_of(WARM_UP)
     gc.collect()
     await round_of(number)
+    await asyncio.sleep(0)  # a settle queued behind the last answer lands
+    (status,) = await parts.stores.budgets.status(parts.budget_scopes.for_status("caller", (), ""))
+    return status.used
 
 
 def _counted(number: int, concurrency: int, home: Path, out: Path) -> subprocess.Popen[bytes]:
