@@ -266,9 +266,12 @@ class LinkedServer:
             self._opening = None
             if connection is not None:
                 self._chore(self._give_back(connection))
+            failure = exc
+            if self._closed and isinstance(exc, asyncio.CancelledError):  # by ``aclose``
+                failure = RedisConnectionError("Connection closed by the client")
             waiting, self._waiting = self._waiting, []
             for batch in waiting:
-                batch.done(exc)
+                batch.done(failure)
             if not isinstance(exc, Exception):
                 raise
             return
