@@ -14,10 +14,15 @@ had called alone:
 - nothing is atomic across the calls of one batch, and nothing needs to be: each script is
   atomic by itself, as before.
 
-On one server (standalone, or the primary that Sentinel names) a batch skips redis-py's
-``Pipeline``: it is packed once and written on a redis-py connection the batcher keeps, and its
-replies are read with that connection's parser (``redis_wire``, decision 0072), since redis-py's
-machinery per command cost more client CPU than Redis spends running the scripts.
+On one server a batch skips redis-py's ``Pipeline`` (decision 0072), since redis-py's machinery
+per command cost more client CPU than Redis spends running the scripts; each call is packed once,
+when it is queued. On a standalone server (``_LinkBatcher``, decision 0083) the callback that
+ends the turn writes the batch on the batcher's link (``redis_link``: a redis-py connection
+whose transport it took over after the handshake), and the replies are parsed as they come in,
+each caller's future resolved there: no task and no timeout scope per round trip, and the caller
+runs in the next turn. Behind Sentinel (``_WireBatcher``) a task writes the batch on a redis-py
+connection and reads its replies with that connection's ``read_response`` (``redis_wire``), and
+gives the connection back to the pool each time, so that the pool moves it to a new primary.
 
 With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
 round trip, and no caller learns its script's reply until that many replicas hold the writes. On
@@ -131,9 +136,9 @@ class _Batcher:
 
 
 class _WireBatcher(_Batcher):
-    """One server (standalone, or the primary Sentinel names): each batch is packed once and
-    written on a kept redis-py connection, its replies read with that connection's parser
-    (``redis_wire``): the same round trips as a pipeline, a fraction of the client CPU."""
+    """One server (Sentinel's primary; a standalone one takes ``_LinkBatcher``): each batch is
+    packed once and written on a redis-py connection, its replies read with that connection's
+    parser (``redis_wire``): the same round trips as a pipeline, a fraction of the client CPU."""
 
     def __init__(self, client: Redis) -> None:
         super().__init__(client)

@@ -24,7 +24,7 @@ from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.stores.redis_batch import BatchingRedis, _LinkBatcher
+from broker.stores.redis_batch import BatchingRedis, NotReplicatedError, _LinkBatcher
 from broker.stores.redis_client import connection_pool
 
 ECHO = "return ARGV[1]"
@@ -268,3 +268,16 @@ async def test_an_error_reply_fails_as_it_fails_through_redis_py(
             await client.aclose()
         results.append((type(raised.value), str(raised.value), server.connections))
     assert results[0] == results[1]
+
+
+async def test_with_replica_acks_the_wait_ends_each_batch_and_its_reply_is_no_calls(
+    client: BatchingRedis,
+) -> None:
+    echo = client.register_script(ECHO)
+    assert await echo(args=["warm"]) == b"warm"
+    client.batcher.require_replicas(1, 20)  # the session's server has no replica
+    replies = await asyncio.gather(*(echo(args=[n]) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(r, NotReplicatedError) for r in replies), replies
+    assert "0 of 1 replicas confirmed within 20 ms" in str(replies[0])
+    client.batcher.require_replicas(0, 0)
+    assert await asyncio.gather(echo(args=["a"]), echo(args=["b"])) == [b"a", b"b"]
