@@ -152,7 +152,7 @@ class RedisLink(asyncio.Protocol):
         reader.feed(data)
         pending = self.pending
         progress = False
-        while pending:
+        while True:
             try:
                 reply = reader.gets()
             except Exception as exc:  # noqa: BLE001  # bytes redis-py's parser cannot read
@@ -163,6 +163,9 @@ class RedisLink(asyncio.Protocol):
                 break
             if type(reply) is _PUSH:  # RESP3 out-of-band data (nothing here subscribes): no
                 continue  # command's reply, as redis-py's parser sets it aside
+            if not pending:  # a reply no command asked for: the connection is out of step
+                self.fail(RedisConnectionError("Protocol error: a reply no command asked for"))
+                return
             lost = _connection_error(reply)
             if lost is not None:
                 self.fail(lost)
@@ -180,8 +183,6 @@ class RedisLink(asyncio.Protocol):
             self._deadline = now + (self._timeout or 0)  # the next reply's clock starts now
             if self._interval:
                 self._next_check = now + self._interval
-        if not pending and reader.has_data():  # a reply nothing asked for: out of step
-            self.fail(RedisConnectionError("Protocol error: a reply no command asked for"))
 
     def eof_received(self) -> bool:
         self.fail(RedisConnectionError("Connection closed by server."))

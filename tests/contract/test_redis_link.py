@@ -281,3 +281,22 @@ async def test_with_replica_acks_the_wait_ends_each_batch_and_its_reply_is_no_ca
     assert "0 of 1 replicas confirmed within 20 ms" in str(replies[0])
     client.batcher.require_replicas(0, 0)
     assert await asyncio.gather(echo(args=["a"]), echo(args=["b"])) == [b"a", b"b"]
+
+
+async def test_a_reply_no_command_asked_for_is_never_read_as_the_next_calls(
+    fake: Callable[[Answer], Any],
+) -> None:
+    def answer(connection: int, command: list[bytes]) -> bytes:
+        mine = _bulk(b"%d:%s" % (connection, command[3]))
+        return mine + _bulk(b"stray") if command[3] == b"first" else mine
+
+    server, url = await fake(answer)
+    client = BatchingRedis.from_pool(connection_pool(url))
+    echo = client.register_script(ECHO)
+    try:
+        assert await echo(args=["first"]) == b"0:first"
+        await asyncio.sleep(0.05)  # the stray reply comes in: that connection is out of step
+        assert await echo(args=["second"]) == b"1:second"  # a fresh connection, its own reply
+    finally:
+        await client.aclose()
+    assert server.connections == 2
