@@ -155,7 +155,7 @@ class RedisLink(asyncio.Protocol):
         while True:
             try:
                 reply = reader.gets()
-            except Exception as exc:  # noqa: BLE001  # bytes redis-py's parser cannot read
+            except Exception as exc:  # bytes redis-py's parser cannot read
                 # either (InvalidResponse, or an error text its class refuses): it raises too
                 self.fail(exc)
                 return
@@ -193,7 +193,7 @@ class RedisLink(asyncio.Protocol):
             where = self.connection._host_error()
             reason = exc.args if exc is not None else "connection closed"
             self.fail(RedisConnectionError(f"Error while reading from {where} : {reason}"))
-        self._stream_protocol.connection_lost(exc)  # type: ignore[attr-defined]
+        self._stream_protocol.connection_lost(exc)
 
     def _expire(self) -> None:
         self._timer = None
@@ -255,18 +255,10 @@ class LinkedServer:
             self._opening = asyncio.get_running_loop().create_task(self._open())
 
     async def _open(self) -> None:
-        connection: AbstractConnection | None = None
         try:
-            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            if not connection.is_connected:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            if self._closed:
-                raise RedisConnectionError("Connection closed by the client")
-            link = RedisLink(connection, self._on_lost)
+            link = await self._connect()
         except BaseException as exc:  # every waiting batch learns what happened
             self._opening = None
-            if connection is not None:
-                self._chore(self._give_back(connection))
             failure = exc
             if self._closed and isinstance(exc, asyncio.CancelledError):  # by ``aclose``
                 failure = RedisConnectionError("Connection closed by the client")
@@ -281,6 +273,22 @@ class LinkedServer:
         waiting, self._waiting = self._waiting, []
         for batch in waiting:
             link.send(batch)
+
+    async def _connect(self) -> RedisLink:
+        """A connection of the pool, connected (its handshake done), taken over by a link."""
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            if not connection.is_connected:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            self._refuse_if_closed()
+            return RedisLink(connection, self._on_lost)
+        except BaseException:
+            self._chore(self._give_back(connection))
+            raise
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RedisConnectionError("Connection closed by the client")
 
     def _on_lost(self, link: RedisLink, exc: BaseException) -> None:
         if self._link is link:
