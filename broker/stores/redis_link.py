@@ -228,11 +228,6 @@ class LinkedServer:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        retry = pool.connection_kwargs.get("retry")
-        self._retries: int = retry._retries if retry is not None else 0
-        self._retry_on: tuple[type[BaseException], ...] = (
-            tuple(retry._supported_errors) if retry is not None else ()
-        )
         self._link: RedisLink | None = None
         self._waiting: list[_Batch] = []
         self._opening: asyncio.Task[None] | None = None
@@ -295,9 +290,12 @@ class LinkedServer:
             self._link = None
             self._chore(self._give_back(link.connection))
         pending, link.pending = link.pending, deque()
-        again = isinstance(exc, self._retry_on) and not self._closed
+        # The connection's own policy, as redis-py applies it (its backoff aside: the broker's
+        # policy has none): the broker's retries a connection error once, never a timeout.
+        retry: Any = link.connection.retry
+        again = isinstance(exc, tuple(retry._supported_errors)) and not self._closed
         for batch in pending:
-            if again and batch.tries < self._retries:
+            if again and batch.tries < retry._retries:
                 batch.tries += 1
                 batch.replies = []
                 self._send(batch)  # on the next link (a fresh connection)
