@@ -295,6 +295,8 @@ class LinkedServer:
         retry: Any = link.connection.retry
         again = isinstance(exc, tuple(retry._supported_errors)) and not self._closed
         for batch in pending:
+            if batch.done is _ignore:
+                continue  # a health check's PING: the next link is a fresh connection
             if again and batch.tries < retry._retries:
                 batch.tries += 1
                 batch.replies = []
