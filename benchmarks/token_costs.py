@@ -17,10 +17,16 @@ import timeit
 from collections.abc import Callable
 
 import msgspec
+import nacl.bindings
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.delegation.agent import verify_broker_token
-from broker.delegation.tokens import TokenMinter, TokenVerifier, header_segment
+from broker.delegation.tokens import (
+    TokenMinter,
+    TokenVerifier,
+    header_segment,
+    sodium_secret_key,
+)
 from broker.identity.keys import BrokerKeys
 
 ISSUER = "https://broker.example"
@@ -49,6 +55,7 @@ def main() -> None:
     signing_input = header_segment(keys.kid) + b"." + _b64(unmaced).encode()
     no_bmac = f"{signing_input.decode()}.{_b64(keys.private_key.sign(signing_input))}"
     jwks = keys.jwks()
+    secret_key = sodium_secret_key(keys)
 
     async def agent_verify() -> None:
         for _ in range(number):
@@ -72,8 +79,12 @@ def main() -> None:
             * 1e6,
         ),
         (
-            "reference: Ed25519 sign",
+            "reference: Ed25519 sign, cryptography",
             per_op_us(lambda: keys.private_key.sign(signing_input), number),
+        ),
+        (
+            "reference: Ed25519 sign, libsodium (mint)",
+            per_op_us(lambda: nacl.bindings.crypto_sign(signing_input, secret_key)[:64], number),
         ),
         (
             "reference: HMAC-SHA256 of the payload",

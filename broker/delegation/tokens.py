@@ -9,6 +9,10 @@ that input is recovered byte for byte. A claim cannot cover the signature over i
 path checks the signature segment's form only (canonical base64url of exactly 64 bytes, the
 length of every Ed25519 signature), not its bits: harmless, since the broker never relays a
 presented token (it mints a new one) and the header and claims it acts on are authenticated.
+
+The minter signs with libsodium (PyNaCl) rather than OpenSSL (cryptography): Ed25519 signatures
+are deterministic (RFC 8032), so the bytes are the same, and libsodium makes them in about two
+thirds of the time (decision 0082). Verification, the JWKS and everything else use cryptography.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, TypeVar
 
 import msgspec
+import nacl.bindings
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -118,13 +123,15 @@ class TokenMinter:
     def __init__(
         self, keys: BrokerKeys, issuer: str, default_ttl_s: float, clock: Clock = time.time
     ) -> None:
-        self._keys = keys
         self._issuer = issuer
         self._default_ttl_s = _duration(default_ttl_s, 1.0, "a token lifetime")
         self._clock = clock
         self._header = header_segment(keys.kid)
         self._signed_prefix = self._header + b"."
         self._mac = _mac_of_header(bmac_key(keys), self._header)
+        # libsodium's form of the same key (seed then public key), made once per minter: the
+        # runtime builds one minter per BrokerKeys, so a new signing key gets a new one.
+        self._secret_key = sodium_secret_key(keys)
 
     def mint_origin(
         self,
@@ -211,7 +218,8 @@ class TokenMinter:
         mac = _b64(_mac(self._mac, payload))
         payload = payload[:-1] + _BMAC_PREFIX + mac + b'"}'
         signing_input = self._signed_prefix + _b64(payload)
-        signature = self._keys.private_key.sign(signing_input)
+        # crypto_sign returns the signature followed by the message (PyNaCl binds no detached form).
+        signature = nacl.bindings.crypto_sign(signing_input, self._secret_key)[:_SIGNATURE_BYTES]
         token = (signing_input + b"." + _b64(signature)).decode("ascii")
         return token, msgspec.structs.replace(claims, bmac=mac.decode("ascii"))
 
@@ -302,12 +310,27 @@ def header_segment(kid: str) -> bytes:
 
 def bmac_key(keys: BrokerKeys) -> bytes:
     """The MAC key: HKDF-SHA256 of the current signing key's raw bytes, with a fixed label."""
-    raw = keys.private_key.private_bytes(
+    raw = _raw_private_key(keys)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_LABEL).derive(raw)
+
+
+def sodium_secret_key(keys: BrokerKeys) -> bytes:
+    """The current signing key as libsodium's 64-byte secret key (seed, then public key).
+
+    ``nacl.bindings.crypto_sign`` under it makes exactly the signature that
+    ``keys.private_key.sign`` makes: Ed25519 is deterministic.
+    """
+    _public, secret = nacl.bindings.crypto_sign_seed_keypair(_raw_private_key(keys))
+    return secret
+
+
+def _raw_private_key(keys: BrokerKeys) -> bytes:
+    """The current signing key's 32 raw bytes (the RFC 8032 seed)."""
+    return keys.private_key.private_bytes(
         serialization.Encoding.Raw,
         serialization.PrivateFormat.Raw,
         serialization.NoEncryption(),
     )
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_LABEL).derive(raw)
 
 
 def _mac_of_header(key: bytes, header: bytes) -> hmac.HMAC:
