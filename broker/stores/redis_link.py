@@ -222,7 +222,7 @@ class LinkedServer:
 
     ``send`` never waits: on an open link the batch is written at once; otherwise it waits for
     the link being opened. A batch fails with the link's error (a timeout, a closed client), or
-    is written again on the next link when the connection was lost and the pool's retry policy
+    is written again on the next link when the connection was lost and its retry policy
     allows another try.
     """
 
