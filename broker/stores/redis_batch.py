@@ -16,13 +16,13 @@ had called alone:
 
 On one server a batch skips redis-py's ``Pipeline`` (decision 0072), since redis-py's machinery
 per command cost more client CPU than Redis spends running the scripts; each call is packed once,
-when it is queued. On a standalone server (``_LinkBatcher``, decision 0083) the callback that
-ends the turn writes the batch on the batcher's link (``redis_link``: a redis-py connection
-whose transport it took over after the handshake), and the replies are parsed as they come in,
-each caller's future resolved there: no task and no timeout scope per round trip, and the caller
-runs in the next turn. Behind Sentinel (``_WireBatcher``) a task writes the batch on a redis-py
-connection and reads its replies with that connection's ``read_response`` (``redis_wire``), and
-gives the connection back to the pool each time, so that the pool moves it to a new primary.
+when it is queued. The callback that ends the turn writes the batch on the batcher's link
+(``_LinkBatcher``, ``redis_link``, decision 0083: a redis-py connection whose transport it took
+over after the handshake), and the replies are parsed as they come in, each caller's future
+resolved there: no task and no timeout scope per round trip, and the caller runs in the next
+turn. Behind Sentinel a lost link (a failover, ``READONLY`` from a demoted primary) is replaced
+by a connection to the primary Sentinel names then. (``_WireBatcher``, decision 0072's task that
+reads with redis-py's parser, stays as the reference ``benchmarks.redis_batch_costs`` measures.)
 
 With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
 round trip, and no caller learns its script's reply until that many replicas hold the writes. On
@@ -136,9 +136,10 @@ class _Batcher:
 
 
 class _WireBatcher(_Batcher):
-    """One server (Sentinel's primary; a standalone one takes ``_LinkBatcher``): each batch is
-    packed once and written on a redis-py connection, its replies read with that connection's
-    parser (``redis_wire``): the same round trips as a pipeline, a fraction of the client CPU."""
+    """One server, decision 0072's way (the broker's clients take ``_LinkBatcher``): each batch
+    is packed once and written on a redis-py connection, its replies read with that
+    connection's parser (``redis_wire``): the same round trips as a pipeline, a fraction of the
+    client CPU."""
 
     def __init__(self, client: Redis) -> None:
         super().__init__(client)
@@ -209,9 +210,10 @@ class _WireBatcher(_Batcher):
 
 
 class _LinkBatcher(_WireBatcher):
-    """A standalone server: each batch is written from the callback that ends its turn, on the
-    batcher's ``RedisLink``, and its callers get their replies in the turn the bytes come in
-    (``redis_link``): no task, no timeout scope, no extra turn per round trip."""
+    """One server (standalone, or Sentinel's primary): each batch is written from the callback
+    that ends its turn, on the batcher's ``RedisLink``, and its callers get their replies in the
+    turn the bytes come in (``redis_link``): no task, no timeout scope, no extra turn per round
+    trip."""
 
     def __init__(self, client: Redis) -> None:
         super().__init__(client)

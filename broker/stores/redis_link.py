@@ -1,5 +1,5 @@
-"""The script batcher's reply path to one standalone Redis server, without a task per round
-trip (decision 0083).
+"""The script batcher's reply path to one Redis server (standalone, or the primary Sentinel
+names), without a task per round trip (decision 0083).
 
 redis-py connects and does the handshake (AUTH, SELECT, HELLO, client name, TLS); then a
 ``RedisLink`` takes over that connection's transport (``transport.set_protocol``) and parses
@@ -25,8 +25,11 @@ Kept from redis-py, by using its objects or its rules:
   its next batch (in the same write).
 
 A connection lost (reset, closed by the server, timed out) is disconnected and given back to
-the pool; the next batch opens a new link. Sentinel's primary stays on ``redis_wire`` (its pool
-moves connections to a new primary only as they come back to it).
+the pool; the next batch opens a new link, on a connection the pool connects anew. Behind
+Sentinel that connection asks Sentinel for the primary, so after a failover the next batch goes
+to the new one; and, as ``SentinelManagedConnection`` reads it, ``READONLY`` from the primary
+means it was demoted: the link is lost, and its batches go again (the retry policy) to the
+primary Sentinel names now.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from redis._parsers.base import BaseParser
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # What a batch's callback gets: its replies in order (an error reply in its place, as an
@@ -55,10 +58,17 @@ _PUSH = hiredis.PushNotification
 
 
 def linkable(pool: ConnectionPool) -> bool:
-    """Whether a batcher on ``pool`` takes the link: one standalone server (not Sentinel's,
-    whose pool must see connections come back). RESP2 or RESP3 (redis-py's default): the
-    reader reads either."""
-    return not isinstance(pool, SentinelConnectionPool)
+    """Whether a batcher on ``pool`` takes the link: one server, standalone or the primary
+    Sentinel names (not a replica pool). RESP2 or RESP3 (redis-py's default): the reader reads
+    either."""
+    return getattr(pool, "is_master", True) is True
+
+
+def _demoted(connection: AbstractConnection) -> bool:
+    """Whether ``READONLY`` on this connection means its primary was demoted (a connection to
+    Sentinel's primary, as ``SentinelManagedConnection.read_response`` reads it)."""
+    pool = getattr(connection, "connection_pool", None)
+    return isinstance(pool, SentinelConnectionPool) and pool.is_master
 
 
 def reader_for(connection: AbstractConnection) -> hiredis.Reader:
@@ -115,6 +125,7 @@ class RedisLink(asyncio.Protocol):
         self._lost = lost
         self._loop = asyncio.get_running_loop()
         self._reader = reader_for(connection)
+        self._demoted = _demoted(connection)
         self._timeout = connection.socket_timeout
         self._interval = connection.health_check_interval
         self._next_check = connection.next_health_check
@@ -167,6 +178,9 @@ class RedisLink(asyncio.Protocol):
                 self.fail(RedisConnectionError("Protocol error: a reply no command asked for"))
                 return
             lost = _connection_error(reply)
+            if self._demoted and isinstance(reply, ReadOnlyError):
+                # Sentinel moved the primary: the next link asks Sentinel where it is now
+                lost = RedisConnectionError("The previous master is now a slave")
             if lost is not None:
                 self.fail(lost)
                 return

@@ -20,6 +20,9 @@ import pytest
 import redis
 import uvloop
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -297,6 +300,41 @@ async def test_a_reply_no_command_asked_for_is_never_read_as_the_next_calls(
         assert await echo(args=["first"]) == b"0:first"
         await asyncio.sleep(0.05)  # the stray reply comes in: that connection is out of step
         assert await echo(args=["second"]) == b"1:second"  # a fresh connection, its own reply
+    finally:
+        await client.aclose()
+    assert server.connections == 2
+
+
+class _OneSentinel:
+    """Names the fake server as Sentinel's primary (what ``SentinelConnectionPool`` asks)."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("redis://").removesuffix("/0").split(":")
+        self.address = (host, int(port))
+
+    async def discover_master(self, _service: str) -> tuple[str, int]:
+        return self.address
+
+
+async def test_behind_sentinel_readonly_from_a_demoted_primary_moves_the_batch_on(
+    fake: Callable[[Answer], Any],
+) -> None:
+    """As ``SentinelManagedConnection`` reads it: ``READONLY`` from the primary means it was
+    demoted; the batch goes again on a fresh connection, which asks Sentinel where to go."""
+
+    def answer(connection: int, command: list[bytes]) -> bytes:
+        if connection == 0:
+            return b"-READONLY You can't write against a read only replica.\r\n"
+        return _bulk(b"%d:%s" % (connection, command[3]))
+
+    server, url = await fake(answer)
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    pool = SentinelConnectionPool("mymaster", _OneSentinel(url), is_master=True, retry=retry)
+    client = BatchingRedis(connection_pool=pool)
+    assert isinstance(client.batcher, _LinkBatcher)
+    echo = client.register_script(ECHO)
+    try:
+        assert await asyncio.gather(echo(args=["a"]), echo(args=["b"])) == [b"1:a", b"1:b"]
     finally:
         await client.aclose()
     assert server.connections == 2
