@@ -41,7 +41,7 @@ from broker.settings import (
 )
 from broker.stores.cache import with_read_cache
 from broker.stores.redis import RedisBackend
-from broker.stores.redis_batch import _WireBatcher
+from broker.stores.redis_batch import _LinkBatcher
 from broker.types import MediationContext
 from testkit.procs import free_port
 from testkit.redis_process import start_redis_server, stop_redis_server
@@ -133,11 +133,11 @@ async def batch_sizes(
     )  # fmt: skip
     call = fold(a2a_stages(parts))
     sent: list[int] = []
-    original = _WireBatcher._send
+    original = _LinkBatcher._write
 
-    async def counted(self: _WireBatcher, calls: list[Any], loads: Any = ()) -> None:
+    def counted(self: _LinkBatcher, calls: list[Any], loads: Any) -> None:
         sent.append(len(calls))
-        await original(self, calls, loads)
+        original(self, calls, loads)
 
     async def one() -> None:
         headers = hop_headers(minter, kind)
@@ -150,7 +150,7 @@ async def batch_sizes(
         await one()
     await asyncio.sleep(0.05)
     shapes = []
-    _WireBatcher._send = counted  # type: ignore[method-assign]
+    _LinkBatcher._write = counted  # type: ignore[method-assign]
     try:
         for _ in range(number):
             sent.clear()
@@ -158,7 +158,7 @@ async def batch_sizes(
             await asyncio.sleep(0.01)  # anything sent after the answer is counted with it
             shapes.append(list(sent))
     finally:
-        _WireBatcher._send = original  # type: ignore[method-assign]
+        _LinkBatcher._write = original  # type: ignore[method-assign]
     return shapes
 
 

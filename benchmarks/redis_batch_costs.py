@@ -9,7 +9,9 @@ same event-loop turn (``asyncio.gather``), as the broker's requests make them. T
 * ``pipeline``: redis-py's ``Pipeline`` for a batch, its plain ``EVALSHA`` for a lone call (the
   batcher before decision 0072, still the one on Redis Cluster);
 * ``wire``: packed once, written on a kept redis-py connection, read with its parser
-  (``broker/stores/redis_wire.py``, decision 0072).
+  (``broker/stores/redis_wire.py``, decision 0072; still the one behind Sentinel);
+* ``link``: packed once, written from the callback that ends the turn, replies parsed in the
+  connection's protocol (``broker/stores/redis_link.py``, decision 0083).
 
 Prints the client CPU (this process's user + system time) per call and the wall time per
 batch, alternating the two R times and giving the range: the server's own CPU is not counted.
@@ -26,7 +28,13 @@ from collections.abc import Callable
 
 import uvloop
 
-from broker.stores.redis_batch import BatchingRedis, _Batcher, _PipelineBatcher, _WireBatcher
+from broker.stores.redis_batch import (
+    BatchingRedis,
+    _Batcher,
+    _LinkBatcher,
+    _PipelineBatcher,
+    _WireBatcher,
+)
 from broker.stores.redis_client import connection_pool, lua_source
 from testkit.procs import free_port
 from testkit.redis_process import start_redis_server, stop_redis_server
@@ -35,6 +43,7 @@ BATCHES = (1, 4, 16)
 WAYS: dict[str, Callable[[BatchingRedis], _Batcher]] = {
     "pipeline": _PipelineBatcher,
     "wire": _WireBatcher,
+    "link": _LinkBatcher,
 }
 
 

@@ -14,10 +14,15 @@ had called alone:
 - nothing is atomic across the calls of one batch, and nothing needs to be: each script is
   atomic by itself, as before.
 
-On one server (standalone, or the primary that Sentinel names) a batch skips redis-py's
-``Pipeline``: it is packed once and written on a redis-py connection the batcher keeps, and its
-replies are read with that connection's parser (``redis_wire``, decision 0072), since redis-py's
-machinery per command cost more client CPU than Redis spends running the scripts.
+On one server a batch skips redis-py's ``Pipeline`` (decision 0072), since redis-py's machinery
+per command cost more client CPU than Redis spends running the scripts; each call is packed once,
+when it is queued. The callback that ends the turn writes the batch on the batcher's link
+(``_LinkBatcher``, ``redis_link``, decision 0083: a redis-py connection whose transport it took
+over after the handshake), and the replies are parsed as they come in, each caller's future
+resolved there: no task and no timeout scope per round trip, and the caller runs in the next
+turn. Behind Sentinel a lost link (a failover, ``READONLY`` from a demoted primary) is replaced
+by a connection to the primary Sentinel names then. (``_WireBatcher``, decision 0072's task that
+reads with redis-py's parser, stays as the reference ``benchmarks.redis_batch_costs`` measures.)
 
 With ``require_replicas`` (``[store] replica_acks``) every batch ends with ``WAIT`` in the same
 round trip, and no caller learns its script's reply until that many replicas hold the writes. On
@@ -43,6 +48,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
+from broker.stores.redis_link import LinkedServer, linkable
 from broker.stores.redis_wire import ConnectionLender, exchange, pack
 
 
@@ -88,14 +94,18 @@ class _Batcher:
         if not self._prepare(call):
             return call.future  # failed already: nothing to send
         if not self._queued:
-            # A task's first step runs after what this turn of the loop still has to run, and
-            # takes the queue then: the turn's calls go together, written in that next turn
-            # (a callback that only started the task would cost one more turn per round trip).
-            task = loop.create_task(self._flush())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self._schedule(loop)
         self._queued.append(call)
         return call.future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have the queue sent once the running turn of the loop is over."""
+        # A task's first step runs after what this turn of the loop still has to run, and
+        # takes the queue then: the turn's calls go together, written in that next turn
+        # (a callback that only started the task would cost one more turn per round trip).
+        task = loop.create_task(self._flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
 
     def _prepare(self, call: _Call) -> bool:
         """Ready ``call`` to be sent; False if it failed (its future then holds the error)."""
@@ -126,9 +136,10 @@ class _Batcher:
 
 
 class _WireBatcher(_Batcher):
-    """One server (standalone, or the primary Sentinel names): each batch is packed once and
-    written on a kept redis-py connection, its replies read with that connection's parser
-    (``redis_wire``): the same round trips as a pipeline, a fraction of the client CPU."""
+    """One server, decision 0072's way (the broker's clients take ``_LinkBatcher``): each batch
+    is packed once and written on a redis-py connection, its replies read with that
+    connection's parser (``redis_wire``): the same round trips as a pipeline, a fraction of the
+    client CPU."""
 
     def __init__(self, client: Redis) -> None:
         super().__init__(client)
@@ -153,10 +164,7 @@ class _WireBatcher(_Batcher):
     async def _send(self, calls: list[_Call], loads: Sequence[BatchedScript] = ()) -> None:
         """Send ``calls`` (after ``SCRIPT LOAD`` of ``loads``, and before the batch's ``WAIT``),
         hand each caller its reply; calls whose script Redis lacks go again, loading it."""
-        data = b"".join(
-            [*(pack(self._encoder, ("SCRIPT", "LOAD", s.script)) for s in loads),
-             *(call.packed for call in calls), self._wait]
-        )  # fmt: skip
+        data = self._pack_batch(calls, loads)
         count = len(loads) + len(calls) + (1 if self._replicas else 0)
         try:
             connection = await self._lender.take()
@@ -167,10 +175,26 @@ class _WireBatcher(_Batcher):
         except BaseException as exc:  # every caller learns what happened
             _fail_all(calls, exc)
             return
+        missing = self._hand_out(calls, loads, replies)
+        if missing:  # Redis lost its scripts (a restart, a failover): load them, run again
+            await self._send(missing, loads=_scripts_of(missing))
+
+    def _pack_batch(self, calls: list[_Call], loads: Sequence[BatchedScript]) -> bytes:
+        """``SCRIPT LOAD`` of ``loads``, the calls, the batch's ``WAIT``: one write."""
+        return b"".join(
+            [*(pack(self._encoder, ("SCRIPT", "LOAD", s.script)) for s in loads),
+             *(call.packed for call in calls), self._wait]
+        )  # fmt: skip
+
+    def _hand_out(
+        self, calls: list[_Call], loads: Sequence[BatchedScript], replies: list[Any]
+    ) -> list[_Call]:
+        """Each caller its reply or error; the calls whose script Redis lacks (NOSCRIPT, when
+        the batch did not load it), to be sent again."""
         loaded = dict(zip(loads, replies, strict=False))
         replies = replies[len(loads) :]
         if self._replicas and not self._replicated(calls, replies[len(calls) :]):
-            return
+            return []
         missing = []
         for call, reply in zip(calls, replies, strict=False):
             if isinstance(reply, NoScriptError) and not loads:
@@ -179,11 +203,46 @@ class _WireBatcher(_Batcher):
                 _fail(call.future, _load_failure(loaded.get(call.script), reply))
             elif not call.future.done():
                 call.future.set_result(reply)
-        if missing:  # Redis lost its scripts (a restart, a failover): load them, run again
-            await self._send(missing, loads=list(dict.fromkeys(c.script for c in missing)))
+        return missing
 
     async def aclose(self) -> None:
         await self._lender.aclose()
+
+
+class _LinkBatcher(_WireBatcher):
+    """One server (standalone, or Sentinel's primary): each batch is written from the callback
+    that ends its turn, on the batcher's ``RedisLink``, and its callers get their replies in the
+    turn the bytes come in (``redis_link``): no task, no timeout scope, no extra turn per round
+    trip."""
+
+    def __init__(self, client: Redis) -> None:
+        super().__init__(client)
+        self._server = LinkedServer(client.connection_pool)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        calls, self._queued = self._queued, []
+        self._write(calls, ())
+
+    def _write(self, calls: list[_Call], loads: Sequence[BatchedScript]) -> None:
+        count = len(loads) + len(calls) + (1 if self._replicas else 0)
+
+        def done(outcome: list[Any] | BaseException) -> None:
+            if isinstance(outcome, BaseException):
+                for call in calls:  # every caller learns what happened
+                    _fail(call.future, outcome)
+                return
+            missing = self._hand_out(calls, loads, outcome)
+            if missing:  # Redis lost its scripts (a restart, a failover): load them, run again
+                self._write(missing, _scripts_of(missing))
+
+        self._server.send(self._pack_batch(calls, loads), count, done)
+
+    async def aclose(self) -> None:
+        await self._server.aclose()
+        await super().aclose()
 
 
 class _PipelineBatcher(_Batcher):
@@ -270,7 +329,8 @@ class BatchingRedis(Redis):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.batcher: _Batcher = _WireBatcher(self)
+        linked = linkable(self.connection_pool)
+        self.batcher: _Batcher = _LinkBatcher(self) if linked else _WireBatcher(self)
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await self.batcher.aclose()
@@ -309,6 +369,10 @@ class BatchedScript(AsyncScript):
     async def call_now(self, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
         """Run alone, at once (redis-py's own call: loads the script if Redis lacks it)."""
         return await super().__call__(keys=keys, args=args)
+
+
+def _scripts_of(calls: Iterable[_Call]) -> list[BatchedScript]:
+    return list(dict.fromkeys(call.script for call in calls))
 
 
 def _load_failure(load_reply: Any, reply: Exception) -> Exception:

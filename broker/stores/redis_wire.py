@@ -1,6 +1,11 @@
 """The script batcher's lean way to one Redis server: commands packed once, written on one of
 redis-py's own connections, their replies read with that connection's parser (decision 0072).
 
+``pack`` serves every one-server batcher. The broker's clients send their batches on
+``redis_link`` (decision 0083), whose protocol parses the replies as they come in, with no task
+reading them; ``exchange`` and ``ConnectionLender`` serve ``_WireBatcher``, kept as the
+reference ``benchmarks.redis_batch_costs`` measures against.
+
 redis-py's ``Pipeline.execute`` and ``execute_command`` spend more client CPU than Redis spends
 running the scripts: a pool checkout under a condition and a lock, an encoder and a packer per
 command, a retry wrapper and a timeout scope per reply, observability hooks per call. The batcher

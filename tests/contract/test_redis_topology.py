@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -41,6 +42,7 @@ from broker.settings import (
 from broker.stores.base import AgentRecord, TaskRoute
 from broker.stores.budget_base import Reservation
 from broker.stores.factory import open_backend
+from broker.stores.redis_batch import BatchingRedis, BatchingRedisCluster, _LinkBatcher
 from broker.stores.redis_client import REDIS_FAILURES, open_redis
 from broker.stores.replica_channel import ReplicaChannel
 from testkit.config import BrokerConfig
@@ -290,6 +292,39 @@ async def test_rediss_with_a_ca_and_a_client_certificate(
     finally:
         await backend.close()
     assert redis.__version__  # the client library in use speaks TLS itself (no stunnel)
+
+
+async def test_over_rediss_script_batches_take_over_the_tls_connection(
+    private_server: Callable[..., int], tmp_path: Path
+) -> None:
+    """The batcher's link (``redis_link``) takes over redis-py's TLS transport after the
+    handshake, on asyncio's loop and on uvloop's (production's)."""
+    ca = _key_and_cert("test-ca", None, ca=True)
+    _, ca_file = _write_pem(tmp_path, "ca", *ca)
+    server_key, server_cert = _write_pem(tmp_path, "server", *_key_and_cert("redis", ca, ca=False))
+    port = free_port()
+    private_server(
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", server_cert,
+        "--tls-key-file", server_key, "--tls-ca-cert-file", ca_file, "--tls-auth-clients", "no",
+        ping_port=port, ssl=True, ssl_ca_certs=ca_file,
+    )  # fmt: skip
+    settings = StoreSettings(
+        backend="redis", redis_url=f"rediss://127.0.0.1:{port}/0", tls_ca_file=ca_file
+    )
+
+    async def scenario() -> list[Any]:
+        client = open_redis(settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster)
+        assert isinstance(client, BatchingRedis) and isinstance(client.batcher, _LinkBatcher)
+        echo = client.register_script("return ARGV[1]")
+        try:
+            together = await asyncio.gather(*(echo(args=[n]) for n in range(3)))
+            return [*together, await echo(args=["alone"])]
+        finally:
+            await client.aclose()
+
+    expected = [b"0", b"1", b"2", b"alone"]
+    assert await scenario() == expected
+    assert await asyncio.to_thread(uvloop.run, scenario()) == expected
 
 
 # --- replica_acks: WAIT on the writes the broker acts on ------------------------------------
