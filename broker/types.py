@@ -125,14 +125,17 @@ class MediationContext(CallContext):
     approval_task: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A complete answer: status, headers, body bytes."""
+class Reply(msgspec.Struct, frozen=True):
+    """A complete answer: status, headers, body bytes.
+
+    A Struct, not a frozen dataclass: two are made per unary request (the agent's answer, then
+    the boundary's with the request id), and a frozen dataclass sets each field through
+    ``object.__setattr__``."""
 
     status: int
     body: bytes
     media_type: str = "application/json"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,10 @@ class Usage(msgspec.Struct, frozen=True):
         value: int = getattr(self, metric)
         return value
 
+    def amounts(self) -> tuple[int, int, int, int]:
+        """Every amount, in the order of ``METRICS`` (one attribute read each, not ``of``)."""
+        return self.calls, self.tokens_in, self.tokens_out, self.cost_micro
+
 
 def window_start(window: Window, now: float) -> int:
     """Epoch seconds at which the ``window`` holding ``now`` began (UTC); 0 for "lifetime"."""
@@ -109,8 +113,22 @@ def check_scopes(scopes: Sequence[Scope]) -> None:
 
 def check_usage(usage: Usage) -> None:
     """Raise ValueError unless every amount of ``usage`` is an int in ``0..MAX_AMOUNT``."""
-    for metric in METRICS:
-        _check_amount(usage.of(metric), metric)
+    calls, tokens_in, tokens_out, cost = amounts = usage.amounts()
+    # Twice per metered call (reserve, settle): the usual answer in one expression, no call
+    # per metric; anything else goes the long way, which names the first amount at fault.
+    if (
+        isinstance(calls, int)
+        and isinstance(tokens_in, int)
+        and isinstance(tokens_out, int)
+        and isinstance(cost, int)
+        and 0 <= calls <= MAX_AMOUNT
+        and 0 <= tokens_in <= MAX_AMOUNT
+        and 0 <= tokens_out <= MAX_AMOUNT
+        and 0 <= cost <= MAX_AMOUNT
+    ):
+        return
+    for metric, value in zip(METRICS, amounts, strict=True):
+        _check_amount(value, metric)
 
 
 def _check_amount(value: int, name: str) -> None:

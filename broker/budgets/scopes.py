@@ -31,6 +31,7 @@ DEFAULT_AGENT = "*"
 EVERY_TREE = "tree:*"
 # How old the live overrides may be when a call is charged (seconds).
 REFRESH_S: Final = 1.0
+_FIXED_MAX: Final = 4096  # (agent, teams, target) triples whose scopes are kept
 
 Source = Literal["config", "live"]
 _Limits = tuple[Limit, ...]
@@ -76,6 +77,10 @@ class ConfiguredScopes:
         self._fresh_until = float("-inf")
         self._started = self._applied = 0  # reloads started / the newest one applied
         self._inflight: asyncio.Future[None] | None = None
+        # ``for_call``'s agent, team and edge scopes by (agent, teams, target), for the reload
+        # they were resolved after (``_applied``): the same few callers and targets every call.
+        self._fixed: dict[tuple[str, tuple[str, ...], str], tuple[Scope, ...]] = {}
+        self._fixed_for = self._applied
         if live is not None:
             self.use_live(live)
 
@@ -153,12 +158,29 @@ class ConfiguredScopes:
     ) -> tuple[Scope, ...]:
         """The scopes one call is charged to, with the limits known now (no store read).
         ``tool``: an MCP tool call's ``server.tool``, charged to that tool's own budget too."""
-        found = [self._agent(agent), *(self._team(t) for t in teams), self._edge(agent, target)]
-        if tree:
-            found.append(self._tree_of(tree))
-        if tool:
-            found.append(self._tool(tool))
-        return tuple(s.scope for s in found if s is not None)
+        found = self._fixed_scopes(agent, tuple(teams), target)
+        if tree and (tree_scope := self._tree_of(tree)) is not None:
+            found += (tree_scope.scope,)
+        if tool and (tool_scope := self._tool(tool)) is not None:
+            found += (tool_scope.scope,)
+        return found
+
+    def _fixed_scopes(self, agent: str, teams: tuple[str, ...], target: str) -> tuple[Scope, ...]:
+        """The agent's, its teams' and the edge's scopes (in that order), resolved once per
+        reload of the live overrides."""
+        if self._fixed_for != self._applied:
+            self._fixed.clear()
+            self._fixed_for = self._applied
+        key = (agent, teams, target)
+        found = self._fixed.get(key)
+        if found is None:
+            sources = [self._agent(agent), *(self._team(t) for t in teams),
+                       self._edge(agent, target)]  # fmt: skip
+            found = tuple(s.scope for s in sources if s is not None)
+            if len(self._fixed) >= _FIXED_MAX:  # callers and targets come from outside
+                self._fixed.clear()
+            self._fixed[key] = found
+        return found
 
     async def for_llm_call(
         self, agent: str, teams: tuple[str, ...], tree: str | None, target: str

@@ -26,7 +26,8 @@ _scheduled = False
 def add(child: Any, amount: float = 1.0) -> None:
     """``child.inc(amount)``, batched."""
     _counts[child] = _counts.get(child, 0.0) + amount
-    _schedule()
+    if not _scheduled:  # checked here: a call per add and observe costs more than its work
+        _schedule()
 
 
 def observe(child: Any, value: float) -> None:
@@ -37,7 +38,8 @@ def observe(child: Any, value: float) -> None:
         pending = _observed[child] = [0.0] * (len(bounds) + 1)
     pending[0] += value
     pending[1 + bisect_left(_bounds[child], value)] += 1
-    _schedule()
+    if not _scheduled:
+        _schedule()
 
 
 def flush() -> None:
@@ -58,8 +60,6 @@ def flush() -> None:
 
 def _schedule() -> None:
     global _scheduled  # noqa: PLW0603
-    if _scheduled:
-        return
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # not on an event loop (a tool, a test): no batching

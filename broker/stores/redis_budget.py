@@ -155,7 +155,7 @@ class RedisBudgetLedger(BudgetLedger):
             key = scope.key()
             for limit in scope.limits:
                 limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
-        shared: list[Any] = [reservation_id, ttl_ms, *_amounts(amounts)]
+        shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
         replies = await _together(
             _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
             for shard in shards
@@ -226,7 +226,7 @@ class RedisBudgetLedger(BudgetLedger):
         # The call was answered: its spend must land, or an outage would let it go unpaid once
         # the reservation expires. Settling is idempotent, so a shard that does not answer is
         # retried until Redis answers (while the reservation lives).
-        await self._finish(self._settle, reservation, [reservation.id, *_amounts(actual)], "settle")
+        await self._finish(self._settle, reservation, [reservation.id, *actual.amounts()], "settle")
 
     @unavailable_on_error
     async def release(self, reservation: Reservation) -> None:
@@ -332,10 +332,6 @@ class RedisRateLimiter(RateLimiter):
         redis_key = f"{self._prefix}:rl:{{{len(key)}:{key}}}"
         wait_us = await self._acquire(keys=[redis_key], args=[interval_us, tolerance_us])
         return int(wait_us) / MICROS
-
-
-def _amounts(usage: Usage) -> list[int]:
-    return [usage.of(metric) for metric in METRICS]
 
 
 def _text(part: bytes | str | int) -> str:

@@ -169,3 +169,18 @@ async def test_sessions_end_at_logout_and_after_their_lifetime() -> None:
     assert await sessions.get(first.session_id) is None
     await asyncio.sleep(1.1)
     assert await sessions.get(second.session_id) is None
+
+
+def test_a_request_seen_is_stored_as_the_same_json_object() -> None:
+    # The shared traffic store's rows: what older workers wrote must still decode, and the
+    # other way round.
+    seen = record.RequestSeen("r1", "a", "b", "SendMessage", "jsonrpc", "ok", "", 200, 0.25,
+                              "t1", 1, 1700000000.5)  # fmt: skip
+    row = (
+        b'{"request_id":"r1","caller":"a","target":"b","operation":"SendMessage",'
+        b'"binding":"jsonrpc","outcome":"ok","reason":"","status":200,"latency_s":0.25,'
+        b'"tree":"t1","depth":1,"at":1700000000.5}'
+    )
+    assert msgspec.json.encode(seen) == row
+    assert msgspec.json.decode(row, type=record.RequestSeen) == seen
+    assert record.RequestSeen("r2", "a", "b", "op", "rest", "ok", "", 200, 0.1, "").at > 0

@@ -119,8 +119,8 @@ def check_media_type(status: int, content_type: str) -> None:
         raise bad(status, f"content type {content_type[:60]!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class SentTask:
+# Frozen Structs, made per answer (a frozen dataclass sets each field through object.__setattr__).
+class SentTask(msgspec.Struct, frozen=True):
     """The task a send's result names, as the check read it: the caller's answer is decoded
     once for its shape and for this."""
 
@@ -128,8 +128,7 @@ class SentTask:
     finished: bool
 
 
-@dataclass(frozen=True, slots=True)
-class RpcAnswer:
+class RpcAnswer(msgspec.Struct, frozen=True):
     """A checked JSON-RPC answer: its result (``None`` if it is an error), and the task it
     names if it answers a send."""
 

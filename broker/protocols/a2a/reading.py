@@ -52,8 +52,9 @@ _ID_START = frozenset(bytes([b]) for b in b'"-0123456789n')
 _SKILL = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,128}")
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+# The per-request values below are frozen Structs, not frozen dataclasses, which set each field
+# through ``object.__setattr__`` (several times the cost of making them).
+class Reading(msgspec.Struct, frozen=True):
     """What the broker judged in one request's parameters.
 
     ``task_id``: the task the operation acts on (task-scoped operations) or continues (a send
@@ -90,8 +91,7 @@ class _AnyEnvelope(msgspec.Struct):
     id: msgspec.Raw = _NULL
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(msgspec.Struct, frozen=True):
     method: str
     id: msgspec.Raw
     params: msgspec.Raw  # always a JSON object's bytes

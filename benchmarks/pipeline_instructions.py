@@ -1,0 +1,120 @@
+"""Instructions per request of the metered A2A pipeline in process, counted by callgrind. The
+machine's load and the timing of the run do not move this count.
+
+    .venv/bin/python -m benchmarks.pipeline_instructions [--concurrency 16] [--broker-ref main]
+
+The pipeline is the A2A chain of ``benchmarks.pipeline_cpu`` on the memory store, with the
+caller metered by a calls budget as in scenario (e), in front of the fake transport. There are
+no sockets. Under callgrind, ``benchmarks.hop_cpu``'s count on Redis varies by ±10% from run
+to run, because how calls fall into round trips depends on timing; nothing here does. The
+script runs twice under ``valgrind --tool=callgrind``: 160 and 640 requests, each after the
+same warm-up. The difference of the two totals, divided by 480, is what one request costs;
+start-up and warm-up cancel out. ``--broker-ref``: count the ``broker/`` of that commit
+(``git archive``) instead of the worktree's. A change worth 1% of the count shows (decision
+0085).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from benchmarks.hop_cpu import CALLS
+from benchmarks.pipeline_cpu import BODY, HEADERS, bench_parts
+from benchmarks.targets import snapshot_broker
+from broker.identity.keys import BrokerKeys
+from broker.pipeline.a2a import a2a_stages
+from broker.pipeline.stage import fold
+from broker.settings import ServerSettings, Settings
+from broker.stores.memory import MemoryBackend
+from broker.types import MediationContext, Reply
+from testkit.procs import REPO_ROOT
+
+WARM_UP = 208
+NUMBERS = (160, 640)
+
+
+async def run(number: int, concurrency: int) -> int:
+    """``WARM_UP`` requests, then ``number``, ``concurrency`` at a time; how many budget
+    reservations the caller's calls made (each request one, all settled)."""
+    settings = Settings(server=ServerSettings(public_url="http://broker.test"), budgets=CALLS)
+    keys = BrokerKeys(Ed25519PrivateKey.generate())
+    parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys)
+    call = fold(a2a_stages(parts))
+
+    async def body() -> bytes:
+        return BODY
+
+    async def many(count: int) -> None:
+        for _ in range(count):
+            ctx = MediationContext("jsonrpc", "target", "POST", headers=HEADERS, read_body=body)
+            outcome = await call(ctx)
+            if not isinstance(outcome, Reply) or b'"result"' not in outcome.body:
+                raise SystemExit(f"refused: {getattr(outcome, 'body', b'')[:300]!r}")
+
+    async def round_of(count: int) -> None:
+        await asyncio.gather(*(many(count // concurrency) for _ in range(concurrency)))
+
+    await round_of(WARM_UP)
+    gc.collect()
+    await round_of(number)
+    await asyncio.sleep(0)  # a settle queued behind the last answer lands
+    (status,) = await parts.stores.budgets.status(parts.budget_scopes.for_status("caller", (), ""))
+    return status.used
+
+
+def _counted(number: int, concurrency: int, home: Path, out: Path) -> subprocess.Popen[bytes]:
+    """This script's ``--run`` under callgrind, importing ``broker`` from ``home``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "0"}
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+        "-m", "benchmarks.pipeline_instructions", "--run", str(number),
+        "--concurrency", str(concurrency),
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=home, env=env, stderr=subprocess.DEVNULL)
+
+
+def _totals(out: Path) -> int:
+    found = re.search(r"^totals:\s+(\d+)", out.read_text(errors="replace"), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no totals in {out}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--broker-ref", default="worktree", help="a git ref, or worktree")
+    parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the counted process
+    args = parser.parse_args()
+    if args.run is not None:
+        asyncio.run(run(args.run, args.concurrency))
+        return
+    with tempfile.TemporaryDirectory(prefix="a2a-pipeline-instr-") as scratch:
+        home = REPO_ROOT
+        if args.broker_ref != "worktree":
+            home = snapshot_broker(args.broker_ref, Path(scratch) / "tree")
+        outs = [Path(scratch) / f"callgrind.{number}" for number in NUMBERS]
+        runs = [
+            _counted(number, args.concurrency, home, out)
+            for number, out in zip(NUMBERS, outs, strict=True)
+        ]
+        if any(process.wait() != 0 for process in runs):
+            raise SystemExit("a counted run failed")
+        low, high = (_totals(out) for out in outs)
+    per_request = (high - low) / (NUMBERS[1] - NUMBERS[0])
+    print(f"broker {args.broker_ref} c={args.concurrency}: {per_request / 1e6:.3f} M "
+          f"instructions per request ({low} and {high} in all)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
