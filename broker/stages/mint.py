@@ -25,13 +25,15 @@ class MintHopToken:
         deadline = default if asked is None else min(asked, default)
         # The data controls' tags (none when they are off): the parent's, and this hop's.
         tags = ctx.data_tags
+        # The claims now; the signature when it costs no wait: the budget below makes it while
+        # its reserve is out (decision 0088), else the forward does (``hop_signed``).
         if ctx.parent is None:
-            token, claims = self._minter.mint_origin(
+            unsigned, claims = self._minter.mint_origin_unsigned(
                 ctx.caller, ctx.target.name, scope, deadline, tags=tags
             )
         else:
-            token, claims = self._minter.mint_next(
+            unsigned, claims = self._minter.mint_next_unsigned(
                 ctx.parent, ctx.caller, ctx.target.name, scope, deadline, tags=tags
             )
-        ctx.hop_token, ctx.hop = token, claims
+        ctx.hop_token, ctx.hop, ctx.hop_unsigned = "", claims, unsigned
         return await call_next(ctx)
