@@ -93,13 +93,14 @@ class HopBudget:
         ]
         try:
             reserving = started(self._reserve(caller, target, tree, tool))
-            if not reserving.done() and isinstance(ctx, MediationContext) and ctx.hop_unsigned:
-                # The reserve's round trip is the request's wait: sign the hop's token in it
-                # (decision 0088). A callback queued after the link's write (scheduled when
-                # the reserve was queued, so it runs first, with every script of this pass),
-                # so Redis works while the signature is made; no extra loop pass. A refused
-                # hop's token is never sent, as before.
-                asyncio.get_running_loop().call_soon(ctx.hop_signed)
+            unsigned = ctx.hop_unsigned if isinstance(ctx, MediationContext) else None
+            if unsigned is not None and not reserving.done():
+                # The reserve's round trip is the request's wait: let its batch go out (at
+                # the end of this loop pass, with whatever else the pass queues), then sign
+                # the hop's token while Redis answers (decision 0088). A refused hop's token
+                # is never sent, as before.
+                await asyncio.sleep(0)
+                ctx.hop_signed()  # type: ignore[attr-defined]  # a MediationContext (above)
             held = await reserving
         except BaseException:
             await _ended(rates)
