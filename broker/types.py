@@ -20,7 +20,7 @@ from broker.ids import new_id
 
 if TYPE_CHECKING:  # annotations only: the types every stage shares import no broker layer
     from broker.datacontrols.redact import Placeholders
-    from broker.delegation.tokens import DelegationClaims, UnsignedToken
+    from broker.delegation.tokens import DelegationClaims
     from broker.protocols.a2a.operations import Operation
     from broker.protocols.a2a.reading import Reading
 
@@ -119,20 +119,10 @@ class MediationContext(CallContext):
     # The token minted for the target, and its claims.
     hop_token: str = ""
     hop: DelegationClaims | None = None
-    # The token's signature, still to be made (``hop_signed``): the budget makes it while its
-    # reserve is out (decision 0088); nothing reads ``hop_token`` before ``hop_signed``.
-    hop_unsigned: UnsignedToken | None = None
     body_digest: str = ""  # computed once, for the audit's decision and outcome records
     # The broker's approval task this request named, when it was pointed at the agent's task
     # (``task_id``) that the approved call started (broker.approvals.continued).
     approval_task: str = ""
-
-    def hop_signed(self) -> str:
-        """The hop's token, signed now if its signature is still to be made."""
-        unsigned = self.hop_unsigned
-        if unsigned is not None:
-            self.hop_token, self.hop_unsigned = unsigned.sign(), None
-        return self.hop_token
 
 
 class Reply(msgspec.Struct, frozen=True):

@@ -149,10 +149,10 @@ class TokenMinter:
         now (default: its expiry); it carries ``tags`` (data-control type names). Raises
         ``ValueError`` for a non-positive duration, a bad scope entry or a bad tag.
         """
-        unsigned, claims = self.mint_origin_unsigned(
-            caller, target, scope, deadline_s, ttl_s=ttl_s, tags=tags
-        )
-        return unsigned.sign(), claims
+        now = self._clock()
+        limits = _limits(now, self._ttl(ttl_s), deadline_s)
+        claims = self._claims(None, caller, target, scope, now=now, limits=limits)
+        return self._seal(_with_tags(claims, (), tags))
 
     def mint_next(
         self,
@@ -173,10 +173,15 @@ class TokenMinter:
         ``DelegationTokenNotYoursError`` if ``caller`` is not the parent's audience and
         ``DelegationTokenExpiredError`` if the parent's time has run out.
         """
-        unsigned, claims = self.mint_next_unsigned(
-            parent, caller, target, scope, deadline_s, ttl_s=ttl_s, tags=tags
-        )
-        return unsigned.sign(), claims
+        if caller != parent.aud:
+            detail = f"{caller!r} extends a token minted for {parent.aud!r}"
+            raise DelegationTokenNotYoursError(detail=detail)
+        now = self._clock()
+        limits = _limits(now, self._ttl(ttl_s), deadline_s, parent.exp, parent.dl)
+        if limits[1] <= now:
+            raise DelegationTokenExpiredError(detail=f"parent token {parent.jti} has run out")
+        claims = self._claims(parent, caller, target, scope, now=now, limits=limits)
+        return self._seal(_with_tags(claims, parent.tags, tags))
 
     def _ttl(self, ttl_s: float | None) -> float:
         return self._default_ttl_s if ttl_s is None else _duration(ttl_s, 1.0, "a token lifetime")
@@ -208,67 +213,15 @@ class TokenMinter:
             dl=limits[1],
         )
 
-    def _unsigned(self, claims: DelegationClaims) -> tuple[UnsignedToken, DelegationClaims]:
+    def _seal(self, claims: DelegationClaims) -> tuple[str, DelegationClaims]:
         payload = _ENCODER.encode(claims)  # bmac is None, so omitted
         mac = _b64(_mac(self._mac, payload))
         payload = payload[:-1] + _BMAC_PREFIX + mac + b'"}'
-        unsigned = UnsignedToken(self._signed_prefix + _b64(payload), self._secret_key)
-        return unsigned, msgspec.structs.replace(claims, bmac=mac.decode("ascii"))
-
-    def mint_origin_unsigned(
-        self,
-        caller: str,
-        target: str,
-        scope: str | Iterable[str],
-        deadline_s: float | None = None,
-        *,
-        ttl_s: float | None = None,
-        tags: Iterable[str] = (),
-    ) -> tuple[UnsignedToken, DelegationClaims]:
-        """``mint_origin``'s claims, final, with the signature still to be made (``sign``): the
-        caller can sign while it waits for something else (decision 0088)."""
-        now = self._clock()
-        limits = _limits(now, self._ttl(ttl_s), deadline_s)
-        claims = self._claims(None, caller, target, scope, now=now, limits=limits)
-        return self._unsigned(_with_tags(claims, (), tags))
-
-    def mint_next_unsigned(
-        self,
-        parent: DelegationClaims,
-        caller: str,
-        target: str,
-        scope: str | Iterable[str],
-        deadline_s: float | None = None,
-        *,
-        ttl_s: float | None = None,
-        tags: Iterable[str] = (),
-    ) -> tuple[UnsignedToken, DelegationClaims]:
-        """``mint_next``'s claims (and its refusals), with the signature still to be made."""
-        if caller != parent.aud:
-            detail = f"{caller!r} extends a token minted for {parent.aud!r}"
-            raise DelegationTokenNotYoursError(detail=detail)
-        now = self._clock()
-        limits = _limits(now, self._ttl(ttl_s), deadline_s, parent.exp, parent.dl)
-        if limits[1] <= now:
-            raise DelegationTokenExpiredError(detail=f"parent token {parent.jti} has run out")
-        claims = self._claims(parent, caller, target, scope, now=now, limits=limits)
-        return self._unsigned(_with_tags(claims, parent.tags, tags))
-
-
-class UnsignedToken:
-    """A minted token but for its Ed25519 signature, the costly part (decision 0084)."""
-
-    __slots__ = ("_key", "_signing_input")
-
-    def __init__(self, signing_input: bytes, secret_key: bytes) -> None:
-        self._signing_input = signing_input
-        self._key = secret_key
-
-    def sign(self) -> str:
-        signing_input = self._signing_input
+        signing_input = self._signed_prefix + _b64(payload)
         # crypto_sign returns the signature followed by the message (PyNaCl binds no detached form).
-        signature = nacl.bindings.crypto_sign(signing_input, self._key)[:_SIGNATURE_BYTES]
-        return (signing_input + b"." + _b64(signature)).decode("ascii")
+        signature = nacl.bindings.crypto_sign(signing_input, self._secret_key)[:_SIGNATURE_BYTES]
+        token = (signing_input + b"." + _b64(signature)).decode("ascii")
+        return token, msgspec.structs.replace(claims, bmac=mac.decode("ascii"))
 
 
 class TokenVerifier:

@@ -92,16 +92,7 @@ class HopBudget:
             if rate is not None
         ]
         try:
-            reserving = started(self._reserve(caller, target, tree, tool))
-            unsigned = ctx.hop_unsigned if isinstance(ctx, MediationContext) else None
-            if unsigned is not None and not reserving.done():
-                # The reserve's round trip is the request's wait: let its batch go out (at
-                # the end of this loop pass, with whatever else the pass queues), then sign
-                # the hop's token while Redis answers (decision 0088). A refused hop's token
-                # is never sent, as before.
-                await asyncio.sleep(0)
-                ctx.hop_signed()  # type: ignore[attr-defined]  # a MediationContext (above)
-            held = await reserving
+            held = await self._reserve(caller, target, tree, tool)
         except BaseException:
             await _ended(rates)
             raise

@@ -119,7 +119,7 @@ class Forward:
         headers = {k: v for k in _FORWARDED_HEADERS if (v := ctx.headers.get(k))}
         if ctx.body and "content-type" not in headers:
             headers["content-type"] = "application/json"
-        headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_signed()))
+        headers.update(upstream_auth(self._creds.get(ctx.target.name), ctx.hop_token))
         headers.update(tracing.outbound(ctx))  # the agent's work joins the caller's trace
         return headers
 

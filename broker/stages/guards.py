@@ -149,7 +149,7 @@ def _refused(ctx: MediationContext, taken: Taken) -> ChildSlot:
     its record and log line are those of a refusal by the guards before the token was minted.
     """
     if not isinstance(taken, ChildSlot):
-        ctx.hop, ctx.hop_token, ctx.hop_unsigned = None, "", None
+        ctx.hop, ctx.hop_token = None, ""
     if isinstance(taken, str):
         raise_revoked(ctx, taken)
     ctx.revocation_unchecked = False

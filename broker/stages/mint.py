@@ -25,15 +25,13 @@ class MintHopToken:
         deadline = default if asked is None else min(asked, default)
         # The data controls' tags (none when they are off): the parent's, and this hop's.
         tags = ctx.data_tags
-        # The claims now; the signature when it costs no wait: the budget below makes it while
-        # its reserve is out (decision 0088), else the forward does (``hop_signed``).
         if ctx.parent is None:
-            unsigned, claims = self._minter.mint_origin_unsigned(
+            token, claims = self._minter.mint_origin(
                 ctx.caller, ctx.target.name, scope, deadline, tags=tags
             )
         else:
-            unsigned, claims = self._minter.mint_next_unsigned(
+            token, claims = self._minter.mint_next(
                 ctx.parent, ctx.caller, ctx.target.name, scope, deadline, tags=tags
             )
-        ctx.hop_token, ctx.hop, ctx.hop_unsigned = "", claims, unsigned
+        ctx.hop_token, ctx.hop = token, claims
         return await call_next(ctx)
