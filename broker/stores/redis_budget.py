@@ -64,6 +64,8 @@ def budget_script(name: str) -> str:
 _RATE_LIMIT_LUA = lua_source("rate_limit_acquire.lua")
 # Before the one retry of a multi-shard reserve refused only by holds: up to this long a wait.
 _RETRY_JITTER_S = 0.002
+# At most this many tuples of scopes keep their shards and script arguments (decision 0086).
+_PLANS_MAX = 4096
 
 
 def budget_base_key(prefix: str) -> str:
@@ -117,6 +119,10 @@ class RedisBudgetLedger(BudgetLedger):
         self._shards = shards
         self._bases = [budget_shard_base_key(prefix, shard, shards) for shard in range(shards)]
         self._keys = [[f"{base}:rsv", f"{base}:rsv:exp"] for base in self._bases]
+        # id of a tuple of scopes -> (that tuple, its shards, each shard's limit arguments):
+        # a call's scopes are the same tuple per caller until a reload of the limits
+        # (``ConfiguredScopes``), so a reserve and its settle do not work them out again.
+        self._plans: dict[int, tuple[tuple[Scope, ...], list[int], dict[int, list[Any]]]] = {}
 
     def _shard(self, scope_key: str) -> int:
         return budget_shard_of(scope_key, self._shards)
@@ -124,7 +130,27 @@ class RedisBudgetLedger(BudgetLedger):
     def _shards_of(self, scopes: Sequence[Scope]) -> list[int]:
         """The shards ``scopes`` touch, in order of first use; shard 0 for no scope (the
         reservation's record lives somewhere, as with one shard)."""
-        return list(dict.fromkeys(self._shard(scope.key()) for scope in scopes)) or [0]
+        return self._plan(scopes)[0]
+
+    def _plan(self, scopes: Sequence[Scope]) -> tuple[list[int], dict[int, list[Any]]]:
+        """The shards ``scopes`` touch and, for each, the ``[scope key, metric, window, limit]``
+        arguments of its limits in contract order. Callers do not change what is returned."""
+        if isinstance(scopes, tuple):
+            known = self._plans.get(id(scopes))
+            if known is not None and known[0] is scopes:
+                return known[1], known[2]
+        keys = [scope.key() for scope in scopes]
+        shards = list(dict.fromkeys(self._shard(key) for key in keys)) or [0]
+        limits: dict[int, list[Any]] = {shard: [] for shard in shards}
+        for scope, key in zip(scopes, keys, strict=True):
+            for limit in scope.limits:
+                limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        if isinstance(scopes, tuple) and all(type(scope.limits) is tuple for scope in scopes):
+            if len(self._plans) >= _PLANS_MAX:  # callers and targets come from outside
+                self._plans.clear()
+            # The tuple is held beside its id, so the id is not reused while the entry lives.
+            self._plans[id(scopes)] = (scopes, shards, limits)
+        return shards, limits
 
     @unavailable_on_error
     async def reserve(
@@ -148,13 +174,8 @@ class RedisBudgetLedger(BudgetLedger):
         self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
     ) -> Reservation | BudgetRefusal:
         reservation_id = new_id()
-        shards = self._shards_of(scopes)
-        # (scope, limit) pairs in contract order, each with the shard that holds it.
-        limits: dict[int, list[Any]] = {shard: [] for shard in shards}
-        for scope in scopes:
-            key = scope.key()
-            for limit in scope.limits:
-                limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        # (scope, limit) pairs in contract order, by the shard that holds them.
+        shards, limits = self._plan(scopes)
         shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
         replies = await _together(
             _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
