@@ -215,6 +215,14 @@ class RedisBudgetLedger(BudgetLedger):
         answer gets it retried in the background (it is idempotent) for ``ttl_ms``, and the
         first failure is raised once every shard was tried."""
         outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
+
+    def _retry_failed(
+        self, script: AsyncScript, shards: list[int], args: list[Any], outcomes: list[Any],
+        *, what: str, ttl_ms: int,
+    ) -> None:  # fmt: skip
+        """``_on_shards`` once the shards answered: the failed ones retried, the first failure
+        raised."""
         failure: BaseException | None = None
         until = time.time() + ttl_ms / 1000
         for shard, outcome in zip(shards, outcomes, strict=True):
@@ -257,9 +265,15 @@ class RedisBudgetLedger(BudgetLedger):
         self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str
     ) -> None:
         shards = self._shards_of(reservation.scopes)
-        ttl_ms = max(1, math.ceil((reservation.expires_at - time.time()) * 1000))
-        await self._on_shards(script, shards, args, f"{what} of reservation {reservation.id}",
-                              ttl_ms)  # fmt: skip
+        now = time.time()
+        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                # Named and timed for its retries only now: once per metered call, the usual
+                # answer needs neither (decision 0086).
+                ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
+                what = f"{what} of reservation {reservation.id}"
+                self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
 
     @unavailable_on_error
     async def expire(self) -> int:

@@ -4,12 +4,16 @@ shards and script arguments. Neither may let through what the full check refuses
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+import redis
 
 from broker.budgets import model
-from broker.budgets.model import Limit, Scope, check_scopes
+from broker.budgets.model import Limit, Scope, Usage, check_scopes
+from broker.errors import StoreUnavailableError
+from broker.stores.budget_base import Reservation
 from broker.stores.redis_budget import RedisBudgetLedger
 
 
@@ -98,3 +102,29 @@ def test_the_ledger_keeps_a_bounded_number_of_tuples(monkeypatch: pytest.MonkeyP
     for _ in range(5):
         ledger._plan(_scopes())
     assert len(ledger._plans) <= 2
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_a_settle_a_shard_fails_is_named_and_timed_for_its_retries(
+    monkeypatch: pytest.MonkeyPatch, shards: int
+) -> None:
+    """The name and deadline of a failed settle's retries, worked out only when one fails."""
+    ledger = RedisBudgetLedger(_Client(), "p", shards=shards)  # type: ignore[arg-type]
+    added: list[tuple[str, float]] = []
+    monkeypatch.setattr(
+        ledger._late, "add", lambda attempt, *, until, what: added.append((what, until))
+    )
+
+    async def refused() -> Any:
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr("broker.stores.redis_budget._send", lambda *_: refused())
+    scopes = _scopes()
+    expires_at = time.time() + 30
+    held = Reservation("r1", scopes, Usage(calls=1), expires_at)
+    with pytest.raises(StoreUnavailableError):
+        await ledger.settle(held, Usage(calls=1))
+    assert [what for what, _ in added] == [
+        f"settle of reservation r1 on budget shard {shard}" for shard in ledger._shards_of(scopes)
+    ]
+    assert all(expires_at - 1 < until < expires_at + 1 for _, until in added)
