@@ -218,9 +218,10 @@ class GroupCommitter:
             self._durable = head
             return
         head = ChainHead(seq, prev)
-        flush = self._flush if any(durable for *_, durable in accepted) else self._write
+        # (Indexing, not ``*_`` unpacking: that builds a list per entry.)
+        flush = self._flush if any(entry[2] for entry in accepted) else self._write
         try:
-            await flush([record for records, *_ in accepted for record in records])
+            await flush([record for entry in accepted for record in entry[0]])
         except Exception as exc:
             self._durable = None  # what reached storage is unknown: read it back next time
             _fail_all(accepted, _as_log_error(exc))

@@ -430,10 +430,7 @@ class FileAuditLog(AuditLog):
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
             return done_future()
-        replica = records[0].replica
-        if any(record.replica != replica for record in records):
-            raise AuditLogError("one append holds records of one replica")
-        writer = self._writer(replica)
+        writer = self._writer(_one_replica(records))
         await writer.committer.append(records)
         return writer.sync_soon() if self._staged else done_future()
 
@@ -491,7 +488,7 @@ def _lines(records: list[AuditRecord]) -> bytes:
 
 def _one_replica(records: list[AuditRecord]) -> str:
     replica = records[0].replica
-    if any(record.replica != replica for record in records):
+    if len(records) > 1 and any(record.replica != replica for record in records):
         raise AuditLogError("one append holds records of one replica")
     return replica
 

@@ -173,8 +173,8 @@ class AuditRecorder:
             return fields
         kept = dict(fields)
         body = kept.pop("_body")
-        parties = {kept.get("caller", ""), kept.get("target", "")}
-        if body and self.payload_agents & parties:
+        agents = self.payload_agents
+        if body and agents and agents & {kept.get("caller", ""), kept.get("target", "")}:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
         return kept
 
