@@ -127,6 +127,11 @@ class CostOverThreshold:
     def __init__(self, over_usd: float) -> None:
         self._over_micro = round(over_usd * 1_000_000)
 
+    @property
+    def passes_through(self) -> bool:
+        """0 (never) checks nothing: ``fold`` leaves the stage out."""
+        return not self._over_micro
+
     async def __call__(self, ctx: LlmContext, call_next: Callable[[LlmContext],
                                                                   Awaitable[Outcome]]) -> Outcome:
         worst = ctx.worst_case
@@ -157,6 +162,11 @@ class TreeBudgetThreshold(Generic[C]):
         self._percent = percent
         self._amount = amount
         self._scopes_of = scopes_of  # the call's scopes (with their limits) in a tree
+
+    @property
+    def passes_through(self) -> bool:
+        """0 (never) checks nothing: ``fold`` leaves the stage out."""
+        return not self._percent
 
     async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
         if self._percent and not ctx.approval_rule and ctx.parent is not None:

@@ -93,12 +93,19 @@ def window_end(window: Window, start: int) -> int | None:
     return start + _FIXED_SECONDS[window]
 
 
+# Tuples of scopes that passed ``check_scopes``, by id (decision 0086).
+_CHECKED: dict[int, tuple[Scope, ...]] = {}
+_CHECKED_MAX = 4096
+
+
 def check_scopes(scopes: Sequence[Scope]) -> None:
     """Raise ValueError unless every scope is distinct and its limits are usable.
 
     A scope may appear once per call, and each (metric, window) once per scope: a counter
     checked twice in one reservation could let it through twice.
     """
+    if isinstance(scopes, tuple) and _CHECKED.get(id(scopes)) is scopes:
+        return  # this very tuple passed before: immutable, so it passes again
     if len({scope.key() for scope in scopes}) != len(scopes):
         raise ValueError("each budget scope may appear once")
     for scope in scopes:
@@ -109,6 +116,13 @@ def check_scopes(scopes: Sequence[Scope]) -> None:
             if limit.metric not in METRICS or limit.window not in WINDOWS:
                 raise ValueError(f"scope {scope.key()} has an unknown metric or window")
             _check_amount(limit.limit, "limit")
+    if isinstance(scopes, tuple) and all(type(scope.limits) is tuple for scope in scopes):
+        # The scopes of a call come from ``ConfiguredScopes``' cache, the same tuple per caller
+        # until a reload: checked once per tuple, not per reserve. The tuple is held beside
+        # its id, so the id is not reused while the entry lives.
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[id(scopes)] = scopes
 
 
 def check_usage(usage: Usage) -> None:

@@ -136,6 +136,11 @@ class ProviderBreaker:
         self.breakers = Breakers(settings.breaker, clock)
         self._enabled = settings.breaker.enabled
 
+    @property
+    def passes_through(self) -> bool:
+        """A disabled breaker checks and records nothing: ``fold`` leaves the stage out."""
+        return not self._enabled
+
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
         if not self._enabled:
             return await call_next(ctx)

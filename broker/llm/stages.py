@@ -109,6 +109,11 @@ class AgentRateLimit:
         self._rate = llm.rate_per_s
         self._burst = llm.burst
 
+    @property
+    def passes_through(self) -> bool:
+        """No rate (0) checks nothing: ``fold`` leaves the stage out."""
+        return self._rate <= 0
+
     async def __call__(self, ctx: LlmContext, call_next: LlmCallNext) -> Outcome:
         if self._rate > 0:
             key = f"llm:agent:{ctx.caller}"

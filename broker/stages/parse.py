@@ -139,6 +139,8 @@ def check_json_body(content_type: str, body: bytes) -> None:
 
 
 def _charset(params: str) -> str:
+    if not params:  # "application/json" as most clients send it
+        return ""
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset":

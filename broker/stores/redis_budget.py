@@ -64,6 +64,8 @@ def budget_script(name: str) -> str:
 _RATE_LIMIT_LUA = lua_source("rate_limit_acquire.lua")
 # Before the one retry of a multi-shard reserve refused only by holds: up to this long a wait.
 _RETRY_JITTER_S = 0.002
+# At most this many tuples of scopes keep their shards and script arguments (decision 0086).
+_PLANS_MAX = 4096
 
 
 def budget_base_key(prefix: str) -> str:
@@ -117,6 +119,10 @@ class RedisBudgetLedger(BudgetLedger):
         self._shards = shards
         self._bases = [budget_shard_base_key(prefix, shard, shards) for shard in range(shards)]
         self._keys = [[f"{base}:rsv", f"{base}:rsv:exp"] for base in self._bases]
+        # id of a tuple of scopes -> (that tuple, its shards, each shard's limit arguments):
+        # a call's scopes are the same tuple per caller until a reload of the limits
+        # (``ConfiguredScopes``), so a reserve and its settle do not work them out again.
+        self._plans: dict[int, tuple[tuple[Scope, ...], list[int], dict[int, list[Any]]]] = {}
 
     def _shard(self, scope_key: str) -> int:
         return budget_shard_of(scope_key, self._shards)
@@ -124,7 +130,27 @@ class RedisBudgetLedger(BudgetLedger):
     def _shards_of(self, scopes: Sequence[Scope]) -> list[int]:
         """The shards ``scopes`` touch, in order of first use; shard 0 for no scope (the
         reservation's record lives somewhere, as with one shard)."""
-        return list(dict.fromkeys(self._shard(scope.key()) for scope in scopes)) or [0]
+        return self._plan(scopes)[0]
+
+    def _plan(self, scopes: Sequence[Scope]) -> tuple[list[int], dict[int, list[Any]]]:
+        """The shards ``scopes`` touch and, for each, the ``[scope key, metric, window, limit]``
+        arguments of its limits in contract order. Callers do not change what is returned."""
+        if isinstance(scopes, tuple):
+            known = self._plans.get(id(scopes))
+            if known is not None and known[0] is scopes:
+                return known[1], known[2]
+        keys = [scope.key() for scope in scopes]
+        shards = list(dict.fromkeys(self._shard(key) for key in keys)) or [0]
+        limits: dict[int, list[Any]] = {shard: [] for shard in shards}
+        for scope, key in zip(scopes, keys, strict=True):
+            for limit in scope.limits:
+                limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        if isinstance(scopes, tuple) and all(type(scope.limits) is tuple for scope in scopes):
+            if len(self._plans) >= _PLANS_MAX:  # callers and targets come from outside
+                self._plans.clear()
+            # The tuple is held beside its id, so the id is not reused while the entry lives.
+            self._plans[id(scopes)] = (scopes, shards, limits)
+        return shards, limits
 
     @unavailable_on_error
     async def reserve(
@@ -148,13 +174,8 @@ class RedisBudgetLedger(BudgetLedger):
         self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
     ) -> Reservation | BudgetRefusal:
         reservation_id = new_id()
-        shards = self._shards_of(scopes)
-        # (scope, limit) pairs in contract order, each with the shard that holds it.
-        limits: dict[int, list[Any]] = {shard: [] for shard in shards}
-        for scope in scopes:
-            key = scope.key()
-            for limit in scope.limits:
-                limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        # (scope, limit) pairs in contract order, by the shard that holds them.
+        shards, limits = self._plan(scopes)
         shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
         replies = await _together(
             _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
@@ -194,6 +215,14 @@ class RedisBudgetLedger(BudgetLedger):
         answer gets it retried in the background (it is idempotent) for ``ttl_ms``, and the
         first failure is raised once every shard was tried."""
         outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
+
+    def _retry_failed(
+        self, script: AsyncScript, shards: list[int], args: list[Any], outcomes: list[Any],
+        *, what: str, ttl_ms: int,
+    ) -> None:  # fmt: skip
+        """``_on_shards`` once the shards answered: the failed ones retried, the first failure
+        raised."""
         failure: BaseException | None = None
         until = time.time() + ttl_ms / 1000
         for shard, outcome in zip(shards, outcomes, strict=True):
@@ -236,9 +265,15 @@ class RedisBudgetLedger(BudgetLedger):
         self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str
     ) -> None:
         shards = self._shards_of(reservation.scopes)
-        ttl_ms = max(1, math.ceil((reservation.expires_at - time.time()) * 1000))
-        await self._on_shards(script, shards, args, f"{what} of reservation {reservation.id}",
-                              ttl_ms)  # fmt: skip
+        now = time.time()
+        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                # Named and timed for its retries only now: once per metered call, the usual
+                # answer needs neither (decision 0086).
+                ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
+                what = f"{what} of reservation {reservation.id}"
+                self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
 
     @unavailable_on_error
     async def expire(self) -> int:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import InvalidUtf8Error
+from broker.errors import InvalidUtf8Error, UnsupportedMediaTypeError
 from broker.protocols.a2a.operations import match_rest
 from broker.stages.parse import check_json_body
 
@@ -91,3 +91,23 @@ def test_a_json_body_is_utf_8_whatever_the_broker_reads_of_it(body: bytes, valid
     else:
         with pytest.raises(InvalidUtf8Error):
             check_json_body("application/json", body)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accepted"),
+    [
+        ("application/json", True),  # no parameters: the usual case, no charset scan
+        ("application/json;", True),
+        ('Application/JSON ; Charset="UTF-8"', True),
+        ("application/json; charset=utf8; q=1", True),
+        ("application/json; charset=latin-1", False),
+        ("application/json;charset=utf-16", False),
+        ("text/plain", False),
+    ],
+)
+def test_a_declared_media_type_must_be_json_in_utf_8(content_type: str, accepted: bool) -> None:
+    if accepted:
+        check_json_body(content_type, b"{}")
+    else:
+        with pytest.raises(UnsupportedMediaTypeError):
+            check_json_body(content_type, b"{}")

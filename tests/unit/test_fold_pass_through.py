@@ -1,0 +1,63 @@
+"""``fold`` leaves out a stage that passes through under its settings; the answer is the same."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from broker.approvals.stages import CostOverThreshold, TreeBudgetThreshold
+from broker.containment.stages import ProviderBreaker
+from broker.llm.stages import AgentRateLimit
+from broker.pipeline.stage import fold
+from broker.settings_containment import BreakerSettings, ContainmentSettings
+from broker.settings_llm import LlmSettings
+from broker.types import Outcome, Reply
+
+Next = Callable[[list[str]], Awaitable[Outcome]]
+
+
+class _Step:
+    def __init__(self, name: str, *, passes_through: bool | None = None) -> None:
+        self.name = name
+        if passes_through is not None:
+            self.passes_through = passes_through
+
+    async def __call__(self, seen: list[str], call_next: Next) -> Outcome:
+        seen.append(self.name)
+        return await call_next(seen)
+
+
+async def _answer(seen: list[str], call_next: Next) -> Outcome:
+    seen.append("answer")
+    return Reply(200, b"ok")
+
+
+def test_a_stage_that_passes_through_is_not_entered_and_the_answer_is_the_same() -> None:
+    chain = fold([_Step("a"), _Step("skip", passes_through=True), _Step("b"), _answer])
+    seen: list[str] = []
+    reply = asyncio.run(chain(seen))  # type: ignore[arg-type]
+    assert isinstance(reply, Reply) and reply.status == 200 and reply.body == b"ok"
+    assert seen == ["a", "b", "answer"]
+
+
+def test_only_a_true_passes_through_leaves_a_stage_out() -> None:
+    chain = fold([_Step("kept", passes_through=False), _Step("plain"), _answer])
+    seen: list[str] = []
+    asyncio.run(chain(seen))  # type: ignore[arg-type]
+    assert seen == ["kept", "plain", "answer"]
+
+
+def test_the_stages_pass_through_exactly_when_their_settings_turn_them_off() -> None:
+    async def no_scopes(ctx: object, tree: str) -> tuple[()]:
+        return ()
+
+    assert AgentRateLimit(None, LlmSettings()).passes_through  # type: ignore[arg-type]
+    assert not AgentRateLimit(None, LlmSettings(rate_per_s=5)).passes_through  # type: ignore[arg-type]
+    assert CostOverThreshold(0).passes_through
+    assert not CostOverThreshold(0.5).passes_through
+    off = TreeBudgetThreshold[object](None, 0, lambda _: None, no_scopes)  # type: ignore[arg-type]
+    on = TreeBudgetThreshold[object](None, 80, lambda _: None, no_scopes)  # type: ignore[arg-type]
+    assert off.passes_through and not on.passes_through
+    assert not ProviderBreaker(ContainmentSettings()).passes_through
+    off_settings = ContainmentSettings(breaker=BreakerSettings(enabled=False))
+    assert ProviderBreaker(off_settings).passes_through
