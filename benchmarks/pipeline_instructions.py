@@ -2,6 +2,7 @@
 machine's load and the timing of the run do not move this count.
 
     .venv/bin/python -m benchmarks.pipeline_instructions [--concurrency 16] [--broker-ref main]
+        [--audit off|written|fsync]
 
 The pipeline is the A2A chain of ``benchmarks.pipeline_cpu`` on the memory store, with the
 caller metered by a calls budget as in scenario (e), in front of the fake transport. There are
@@ -11,7 +12,11 @@ script runs twice under ``valgrind --tool=callgrind``: 160 and 640 requests, eac
 same warm-up. The difference of the two totals, divided by 480, is what one request costs;
 start-up and warm-up cancel out. ``--broker-ref``: count the ``broker/`` of that commit
 (``git archive``) instead of the worktree's. A change worth 1% of the count shows (decision
-0085).
+0085). ``--audit``: record each request to a file audit log in a scratch directory, as
+``benchmarks.pipeline_cpu --audit-dir`` does: ``written`` with the fsync off (the count then
+depends on nothing timed: what sealing, encoding and writing the records cost), ``fsync`` with
+it on (how many fsyncs run on the loop or the file's thread then depends on the disk's timing;
+decision 0091).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks.hop_cpu import CALLS
 from benchmarks.pipeline_cpu import BODY, HEADERS, bench_parts
 from benchmarks.targets import snapshot_broker
+from broker.audit.file_log import FileAuditLog
+from broker.audit.trail import AuditTrail
 from broker.identity.keys import BrokerKeys
 from broker.pipeline.a2a import a2a_stages
 from broker.pipeline.stage import fold
@@ -41,14 +49,21 @@ from testkit.procs import REPO_ROOT
 
 WARM_UP = 208
 NUMBERS = (160, 640)
+AUDITS = ("off", "written", "fsync")
+Audit = Literal["off", "written", "fsync"]
 
 
-async def run(number: int, concurrency: int) -> int:
+async def run(number: int, concurrency: int, audit: Audit = "off", audit_dir: str = "") -> int:
     """``WARM_UP`` requests, then ``number``, ``concurrency`` at a time; how many budget
-    reservations the caller's calls made (each request one, all settled)."""
+    reservations the caller's calls made (each request one, all settled). ``audit`` other than
+    "off": each request's records go to a file log in ``audit_dir`` (fsynced with "fsync")."""
     settings = Settings(server=ServerSettings(public_url="http://broker.test"), budgets=CALLS)
     keys = BrokerKeys(Ed25519PrivateKey.generate())
-    parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys)
+    trail = None
+    if audit != "off":
+        log = FileAuditLog(audit_dir, fsync=audit == "fsync")
+        trail = await AuditTrail.open(log, "pipeline-instr", keys)
+    parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys, trail=trail)
     call = fold(a2a_stages(parts))
 
     async def body() -> bytes:
@@ -69,16 +84,20 @@ async def run(number: int, concurrency: int) -> int:
     await round_of(number)
     await asyncio.sleep(0)  # a settle queued behind the last answer lands
     (status,) = await parts.stores.budgets.status(parts.budget_scopes.for_status("caller", (), ""))
+    await parts.audit.close()
     return status.used
 
 
-def _counted(number: int, concurrency: int, home: Path, out: Path) -> subprocess.Popen[bytes]:
+def _counted(
+    number: int, concurrency: int, audit: str, home: Path, out: Path
+) -> subprocess.Popen[bytes]:
     """This script's ``--run`` under callgrind, importing ``broker`` from ``home``."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "0"}
+    audit_dir = out.parent / f"{out.name}.audit"
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
         "-m", "benchmarks.pipeline_instructions", "--run", str(number),
-        "--concurrency", str(concurrency),
+        "--concurrency", str(concurrency), "--audit", audit, "--audit-dir", str(audit_dir),
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=home, env=env, stderr=subprocess.DEVNULL)
 
@@ -94,10 +113,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--broker-ref", default="worktree", help="a git ref, or worktree")
+    parser.add_argument(
+        "--audit", choices=AUDITS, default="off", help="record to a file log (fsync off or on)"
+    )
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)  # the counted process
+    parser.add_argument("--audit-dir", help=argparse.SUPPRESS)  # the counted process's log
     args = parser.parse_args()
     if args.run is not None:
-        asyncio.run(run(args.run, args.concurrency))
+        asyncio.run(run(args.run, args.concurrency, args.audit, args.audit_dir))
         return
     with tempfile.TemporaryDirectory(prefix="a2a-pipeline-instr-") as scratch:
         home = REPO_ROOT
@@ -105,14 +128,15 @@ def main() -> None:
             home = snapshot_broker(args.broker_ref, Path(scratch) / "tree")
         outs = [Path(scratch) / f"callgrind.{number}" for number in NUMBERS]
         runs = [
-            _counted(number, args.concurrency, home, out)
+            _counted(number, args.concurrency, args.audit, home, out)
             for number, out in zip(NUMBERS, outs, strict=True)
         ]
         if any(process.wait() != 0 for process in runs):
             raise SystemExit("a counted run failed")
         low, high = (_totals(out) for out in outs)
     per_request = (high - low) / (NUMBERS[1] - NUMBERS[0])
-    print(f"broker {args.broker_ref} c={args.concurrency}: {per_request / 1e6:.3f} M "
+    print(f"broker {args.broker_ref} c={args.concurrency} audit {args.audit}: "
+          f"{per_request / 1e6:.3f} M "
           f"instructions per request ({low} and {high} in all)")  # fmt: skip
 
 

@@ -24,8 +24,7 @@ from broker.audit.records import (
     REPLICA_PATTERN,
     AuditRecord,
     ChainHead,
-    build_record,
-    with_hash,
+    sealed_record,
 )
 from broker.identity.keys import BrokerKeys
 
@@ -87,7 +86,7 @@ class AuditChain:
     @property
     def head(self) -> ChainHead:
         """The last sealed record (which may not be durable yet)."""
-        return self._head
+        return ChainHead(self._seq, self._hash)
 
     @property
     def unsigned(self) -> int:
@@ -100,7 +99,8 @@ class AuditChain:
         A stored head counts as unsigned (whether a checkpoint covers it is not known here), so
         the next due checkpoint covers it.
         """
-        self._head = head
+        # Kept as two members: sealing reads them, and a ChainHead per record cost a call.
+        self._seq, self._hash = head
         self._unsigned = 1 if head.seq else 0
 
     def seal(self, fields: Mapping[str, Any]) -> AuditRecord:
@@ -121,9 +121,9 @@ class AuditChain:
 
     def checkpoint(self) -> AuditRecord:
         """Seal a signed checkpoint covering the current head (even if none is due)."""
-        head = self._head
-        sig = self._keys.private_key.sign(checkpoint_message(self.replica, head.seq, head.hash))
-        detail = {"head_seq": head.seq, "head_hash": head.hash, "kid": self._keys.kid,
+        seq, head_hash = self._seq, self._hash
+        sig = self._keys.private_key.sign(checkpoint_message(self.replica, seq, head_hash))
+        detail = {"head_seq": seq, "head_hash": head_hash, "kid": self._keys.kid,
                   "sig": b64url(sig)}
         record = self._seal({"kind": CHECKPOINT_KIND, "detail": detail})
         self._unsigned = 0
@@ -140,10 +140,9 @@ class AuditChain:
     def _seal(self, fields: Mapping[str, Any]) -> AuditRecord:
         # Timestamps never run backwards within a chain, so merged reading stays ordered.
         ts_us = max(int(fields.get("ts_us", 0)) or self._clock_us(), self._last_ts_us)
-        unhashed = build_record(
-            fields, seq=self._head.seq + 1, prev=self._head.hash, replica=self.replica, ts_us=ts_us
+        record = sealed_record(
+            fields, seq=self._seq + 1, prev=self._hash, replica=self.replica, ts_us=ts_us
         )
-        record = with_hash(unhashed)
-        self._head = ChainHead(record.seq, record.hash)
+        self._seq, self._hash = record.seq, record.hash
         self._last_ts_us = ts_us
         return record

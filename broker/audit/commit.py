@@ -44,12 +44,13 @@ class LoneFlush(Protocol):
         cannot (they then go the usual way). Raises as a flush does."""
 
 
-def follows(head: ChainHead, records: list[AuditRecord]) -> bool:
+def follows(head: tuple[int, str], records: list[AuditRecord]) -> bool:
     """True if ``records`` continue ``head`` and each other (seq + 1, prev = previous hash)."""
+    seq, prev = head
     for record in records:
-        if record.seq != head.seq + 1 or record.prev != head.hash:
+        if record.seq != seq + 1 or record.prev != prev:
             return False
-        head = ChainHead(record.seq, record.hash)
+        seq, prev = record.seq, record.hash
     return True
 
 
@@ -200,23 +201,27 @@ class GroupCommitter:
             _fail_all(batch, _as_log_error(exc))
             return
         accepted: list[_Entry] = []
-        for records, future, durable in batch:
-            if follows(head, records):
-                accepted.append((records, future, durable))
-                head = ChainHead(records[-1].seq, records[-1].hash)
+        seq, prev = head  # a ChainHead is made once per batch, not per record
+        for entry in batch:
+            records = entry[0]
+            if follows((seq, prev), records):
+                accepted.append(entry)
+                seq, prev = records[-1].seq, records[-1].hash
             else:
                 _fail(
-                    future,
+                    entry[1],
                     AuditChainGapError(
-                        f"seq {records[0].seq} does not continue the stored chain at seq {head.seq}"
+                        f"seq {records[0].seq} does not continue the stored chain at seq {seq}"
                     ),
                 )
         if not accepted:
             self._durable = head
             return
-        flush = self._flush if any(durable for *_, durable in accepted) else self._write
+        head = ChainHead(seq, prev)
+        # (Indexing, not ``*_`` unpacking: that builds a list per entry.)
+        flush = self._flush if any(entry[2] for entry in accepted) else self._write
         try:
-            await flush([record for records, *_ in accepted for record in records])
+            await flush([record for entry in accepted for record in entry[0]])
         except Exception as exc:
             self._durable = None  # what reached storage is unknown: read it back next time
             _fail_all(accepted, _as_log_error(exc))

@@ -158,11 +158,11 @@ class _ReplicaFile:
 
     async def _write(self, records: list[AuditRecord]) -> None:
         """Staged: into the file (the page cache) now; the syncer makes them durable."""
-        await self._place(b"".join(encode_record(record) + b"\n" for record in records))
+        await self._place(_lines(records))
 
     async def _write_lazily(self, records: list[AuditRecord]) -> None:
         """Written now; durable at the next fsync, which one asks for in ``LAZY_SYNC_S``."""
-        await self._place(b"".join(encode_record(record) + b"\n" for record in records))
+        await self._place(_lines(records))
         self._lazy_written = time.monotonic()
         if self._fsync and self._lazy_sync is None:
             loop = asyncio.get_running_loop()
@@ -183,7 +183,7 @@ class _ReplicaFile:
             self.sync_soon()  # a failure is its own waiter's; nobody waits on this one
 
     async def _flush(self, records: list[AuditRecord]) -> None:
-        data = b"".join(encode_record(record) + b"\n" for record in records)
+        data = _lines(records)
         # Writing to the page cache takes microseconds: do it here. A thread hop costs far more,
         # so only the fsync, which waits for the disk, runs in one.
         filled = self._fills
@@ -226,7 +226,7 @@ class _ReplicaFile:
     def flush_lone(self, records: list[AuditRecord]) -> bool:
         """``_flush`` of a lone batch that ``lone_ready`` let through, at once: written and
         synced on the loop (no thread hop), or False with nothing done if it needs a fill."""
-        data = b"".join(encode_record(record) + b"\n" for record in records)
+        data = _lines(records)
         if self._zeros and self._size - self._end - len(data) < ZERO_CHUNK // 2:
             return False
         if self._fsync:
@@ -430,10 +430,7 @@ class FileAuditLog(AuditLog):
     async def append_staged(self, records: list[AuditRecord]) -> asyncio.Future[None]:
         if not records:
             return done_future()
-        replica = records[0].replica
-        if any(record.replica != replica for record in records):
-            raise AuditLogError("one append holds records of one replica")
-        writer = self._writer(replica)
+        writer = self._writer(_one_replica(records))
         await writer.committer.append(records)
         return writer.sync_soon() if self._staged else done_future()
 
@@ -484,9 +481,14 @@ class FileAuditLog(AuditLog):
             await writer.close()
 
 
+def _lines(records: list[AuditRecord]) -> bytes:
+    """The stored lines of ``records``, each ended by a newline (``records`` not empty)."""
+    return b"\n".join(map(encode_record, records)) + b"\n"
+
+
 def _one_replica(records: list[AuditRecord]) -> str:
     replica = records[0].replica
-    if any(record.replica != replica for record in records):
+    if len(records) > 1 and any(record.replica != replica for record in records):
         raise AuditLogError("one append holds records of one replica")
     return replica
 

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from broker.audit.file_log import FileAuditLog
-from broker.audit.log import AuditLog, AuditLogError, done_future
+from broker.audit.log import AuditLog, AuditLogError
 from broker.audit.records import AuditRecordError
 from broker.audit.redact import redacted_payload
 from broker.audit.redis_log import RedisAuditLog
@@ -90,11 +90,12 @@ class AuditRecorder:
             raise AuditUnavailableError(detail=str(exc)) from None
         audit_written(time.perf_counter() - started)
 
-    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None] | None:
         """Append as far as surviving this process (AuditUnavailableError if that fails); pass
-        the future returned to ``durable`` to wait until the record is durable."""
+        the future returned to ``durable`` to wait until the record is durable. None when it
+        is durable already (a log that does not stage; auditing off)."""
         if self.trail is None:
-            return done_future()
+            return None
         fields = self._with_payload(fields)
         started = time.perf_counter()
         try:
@@ -103,6 +104,8 @@ class AuditRecorder:
             audit_written(0.0, failed=True)
             raise AuditUnavailableError(detail=str(exc)) from None
         audit_written(time.perf_counter() - started)
+        if staged.done() and not staged.cancelled() and staged.exception() is None:
+            return None
         return staged
 
     @staticmethod
@@ -125,7 +128,9 @@ class AuditRecorder:
             return
         fields = self._with_payload(fields)
         try:
-            written = self.trail.record_written_nowait(fields)
+            written = self.trail.record_written_nowait(
+                fields, partial(self._written, time.perf_counter(), fields)
+            )
         except AuditRecordError as exc:
             log.error("audit record lost (%s): %s", exc, fields.get("request_id", ""))  # noqa: TRY400
             return
@@ -135,7 +140,6 @@ class AuditRecorder:
             task.add_done_callback(self._pending.discard)
             return
         self._pending.add(written)
-        written.add_done_callback(partial(self._written, time.perf_counter(), fields))
 
     def _written(
         self, started: float, fields: Mapping[str, Any], written: asyncio.Future[None]
@@ -169,8 +173,8 @@ class AuditRecorder:
             return fields
         kept = dict(fields)
         body = kept.pop("_body")
-        parties = {kept.get("caller", ""), kept.get("target", "")}
-        if body and self.payload_agents & parties:
+        agents = self.payload_agents
+        if body and agents and agents & {kept.get("caller", ""), kept.get("target", "")}:
             kept["detail"] = {**kept.get("detail", {}), "payload": redacted_payload(body)}
         return kept
 

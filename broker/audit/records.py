@@ -160,15 +160,30 @@ def record_hash(record: AuditRecord) -> str:
 
 def with_hash(record: AuditRecord) -> AuditRecord:
     """``record`` with ``hash`` set. Lone surrogates (no UTF-8 form) are first made U+FFFD."""
+    record, body, hashed = _hashed(record)
+    sealed = msgspec.structs.replace(record, hash=hashed)
+    sealed.__dict__[_LINE] = _with_hash_member(body, hashed)
+    return sealed
+
+
+def sealed_record(fields: Mapping[str, Any], **members: Any) -> AuditRecord:
+    """``with_hash(build_record(fields, **members))``, without the copy that sets the hash:
+    the record just built is nobody else's yet, so its hash is set in place."""
+    record, body, hashed = _hashed(build_record(fields, **members))
+    msgspec.structs.force_setattr(record, "hash", hashed)
+    record.__dict__[_LINE] = _with_hash_member(body, hashed)
+    return record
+
+
+def _hashed(record: AuditRecord) -> tuple[AuditRecord, bytes, str]:
+    """``record`` (scrubbed of lone surrogates if it held any), the canonical JSON its hash
+    covers, and that hash."""
     try:
         body = unhashed_json(record)
     except UnicodeEncodeError:
         record = _scrub(record)
         body = unhashed_json(record)
-    hashed = HASH_PREFIX + hashlib.sha256(body).hexdigest()
-    sealed = msgspec.structs.replace(record, hash=hashed)
-    sealed.__dict__[_LINE] = _with_hash_member(body, hashed)
-    return sealed
+    return record, body, HASH_PREFIX + hashlib.sha256(body).hexdigest()
 
 
 def _with_hash_member(body: bytes, hashed: str) -> bytes:

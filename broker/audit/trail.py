@@ -9,7 +9,7 @@ chain stays contiguous: records that were refused are simply not in it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -81,21 +81,33 @@ class AuditTrail:
             raise
         return records[0]
 
-    def record_written_nowait(self, fields: Mapping[str, Any]) -> asyncio.Future[None] | None:
+    def record_written_nowait(
+        self,
+        fields: Mapping[str, Any],
+        then: Callable[[asyncio.Future[None]], None] | None = None,
+    ) -> asyncio.Future[None] | None:
         """``record_written`` without a task of its own: seal now, and return a future that
-        completes (or fails with ``AuditLogError``) when it would have returned. None, with
-        nothing sealed, when the stored head must be re-read first or a checkpoint is due with
-        this record (appended durably): await ``record_written`` then.
-        Raises ``AuditRecordError`` if ``fields`` are invalid."""
+        completes (or fails with ``AuditLogError``) when it would have returned; ``then`` is
+        called with it once done, after the trail has noted a failure (one callback where two
+        cost two loop callbacks per record). None, with nothing sealed, when the stored head
+        must be re-read first or a checkpoint is due with this record (appended durably): await
+        ``record_written`` then. Raises ``AuditRecordError`` if ``fields`` are invalid."""
         if self._stale or self.chain.checkpoint_due(sealing=1):
             return None
         written = self.log.append_written_nowait([self.chain.seal(fields)])
-        written.add_done_callback(partial(self._written_done, self._epoch))
+        written.add_done_callback(partial(self._written_done, self._epoch, then))
         return written
 
-    def _written_done(self, epoch: int, done: asyncio.Future[None]) -> None:
+    def _written_done(
+        self,
+        epoch: int,
+        then: Callable[[asyncio.Future[None]], None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
         if not done.cancelled() and done.exception() is not None:
             self._failed(epoch)
+        if then is not None:
+            then(done)
 
     async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
         """Like ``record``, but return once the log has the record as far as surviving this
@@ -110,7 +122,10 @@ class AuditTrail:
         except AuditLogError:
             self._failed(epoch)
             raise
-        synced.add_done_callback(lambda done: self._sync_done(done, epoch, records))
+        if synced.done():  # durable already (not staged): no callback to schedule
+            self._sync_done(synced, epoch, records)
+        else:
+            synced.add_done_callback(lambda done: self._sync_done(done, epoch, records))
         return synced
 
     def _sync_done(
