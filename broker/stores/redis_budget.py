@@ -267,13 +267,12 @@ class RedisBudgetLedger(BudgetLedger):
         shards = self._shards_of(reservation.scopes)
         now = time.time()
         outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                # Named and timed for its retries only now: once per metered call, the usual
-                # answer needs neither (decision 0086).
-                ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
-                what = f"{what} of reservation {reservation.id}"
-                self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
+        if any(isinstance(outcome, BaseException) for outcome in outcomes):
+            # Named and timed for its retries only now: once per metered call, the usual
+            # answer needs neither (decision 0086). Raises the first failure.
+            ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
+            what = f"{what} of reservation {reservation.id}"
+            self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
 
     @unavailable_on_error
     async def expire(self) -> int:
