@@ -67,6 +67,12 @@ class AuditForward(Generic[C]):
         self._recorder = recorder
         self._format: AuditFormat[Any] = audit if audit is not None else A2aAudit()
 
+    @property
+    def passes_through(self) -> bool:
+        """With auditing off (``[audit] backend = "off"``: no trail) the records would be
+        built only to be dropped: ``fold`` leaves the stage out (decision 0093)."""
+        return self._recorder.drops_records
+
     async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
         fields = await self._format.decision(ctx)
         if self._format.staged(ctx):  # with [audit] durable_before = "reply": on disk meanwhile

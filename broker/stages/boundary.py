@@ -80,6 +80,8 @@ class ErrorBoundary(Generic[C]):
     async def _audit_refusal(self, ctx: C, status: int) -> None:
         if isinstance(ctx.error, AuditUnavailableError):
             return  # the log is what failed; the log line still says so
+        if self._recorder.drops_records:
+            return  # auditing is off: a record built now would only be dropped
         try:
             await self._recorder.record(self._audit.refusal(ctx, status))
         except BrokerError as err:
