@@ -7,11 +7,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from broker.approvals.stages import CostOverThreshold, TreeBudgetThreshold
 from broker.audit.file_log import FileAuditLog
 from broker.audit.recorder import AuditRecorder
 from broker.audit.trail import AuditTrail
-from broker.containment.stages import ProviderBreaker
+from broker.containment.stages import AgentContainment, ProviderBreaker
 from broker.identity.keys import BrokerKeys
 from broker.llm.stages import AgentRateLimit
 from broker.pipeline.stage import fold
@@ -69,6 +71,17 @@ def test_the_stages_pass_through_exactly_when_their_settings_turn_them_off() -> 
     assert not ProviderBreaker(ContainmentSettings()).passes_through
     off_settings = ContainmentSettings(breaker=BreakerSettings(enabled=False))
     assert ProviderBreaker(off_settings).passes_through
+    # The A2A containment: only with the breaker off and no agent capped.
+    assert not AgentContainment(ContainmentSettings()).passes_through
+    assert not AgentContainment(off_settings).passes_through  # the default cap: 128
+    uncapped = msgspec.structs.replace(off_settings, max_concurrent_per_agent=0)
+    assert AgentContainment(uncapped).passes_through
+    one_capped = msgspec.structs.replace(uncapped, agent_max_concurrent={"a": 2})
+    assert not AgentContainment(one_capped).passes_through
+    none_capped = msgspec.structs.replace(uncapped, agent_max_concurrent={"a": 0})
+    assert AgentContainment(none_capped).passes_through
+    breaking = msgspec.structs.replace(ContainmentSettings(), max_concurrent_per_agent=0)
+    assert not AgentContainment(breaking).passes_through
 
 
 class _Kept(AuditRecorder):
