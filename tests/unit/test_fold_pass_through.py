@@ -15,6 +15,7 @@ from broker.audit.recorder import AuditRecorder
 from broker.audit.trail import AuditTrail
 from broker.containment.stages import AgentContainment, ProviderBreaker
 from broker.identity.keys import BrokerKeys
+from broker.llm.audit import LlmAudit
 from broker.llm.stages import AgentRateLimit
 from broker.pipeline.stage import fold
 from broker.settings import Settings
@@ -101,6 +102,8 @@ async def test_the_audit_stage_passes_through_only_when_its_records_would_be_dro
     assert AuditRecorder(None).drops_records
     assert AuditForward[Any](AuditRecorder(None)).passes_through  # [audit] backend = "off"
     assert not AuditForward[Any](_Kept()).passes_through
+    # An LLM call's outcome record also counts its tokens: built even with auditing off.
+    assert not AuditForward[Any](AuditRecorder(None), LlmAudit()).passes_through
     trail = await AuditTrail.open(
         FileAuditLog(tmp_path, fsync=False), "unit", BrokerKeys.from_settings(Settings())
     )
