@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from benchmarks.measure import NOISY_CORES
+from benchmarks.repeat import per_round, spread
 
 # The targets, one worker at c=16 (CPU, throughput) and c=1 (added p50); each has a stretch.
 CPU_BUDGET_US = 400.0
@@ -80,6 +81,30 @@ def _disturbed(*points: dict[str, Any] | None) -> str:
     return " ?" if noisy else ""
 
 
+def _signed_percent(value: float) -> str:
+    return f"{value * 100:+.0f}"
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f}"
+
+
+def _cpu_spread(point: dict[str, Any]) -> str:
+    return spread(per_round([point], lambda p: p["cpu_us_per_req"]), "{:,.0f}".format, " µs")
+
+
+def _share_spread(point: dict[str, Any], base: dict[str, Any]) -> str:
+    """Throughput over the baseline's, round by round (--repeat)."""
+    shares = per_round([point, base], lambda p, b: p["rps"] / b["rps"])
+    return spread(shares, _percent, "%")
+
+
+def _added_spread(point: dict[str, Any], base: dict[str, Any]) -> str:
+    """Added p50 over the baseline's, round by round (--repeat)."""
+    added = per_round([point, base], lambda p, b: p["p50_ms"] - b["p50_ms"])
+    return spread(added, "{:+.2f}".format, " ms")
+
+
 def _row(name: str, value: str, ok: bool | None, want: str, gap: str = "") -> str:
     mark = "n/a" if ok is None else ("met" if ok else "**not met**")
     return f"| {name} | {want} | {value} | {mark} | {gap if ok is False else ''} |"
@@ -117,7 +142,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         a1, b16_same = _base(results, "a", p1), _base(results, "b1", p16)
         cpu = p16["cpu_us_per_req"]
         lines.append(_row(f"broker CPU per request at c=16, {label}",
-                          f"{cpu:,.0f} µs{_disturbed(p16)}",
+                          f"{cpu:,.0f} µs{_cpu_spread(p16)}{_disturbed(p16)}",
                           cpu <= CPU_BUDGET_US,
                           f"≤ {CPU_BUDGET_US:.0f} µs (stretch {CPU_STRETCH_US:.0f})",
                           _over(cpu, CPU_BUDGET_US, " µs")))  # fmt: skip
@@ -129,7 +154,8 @@ def targets(results: dict[str, Any]) -> list[str]:
                               _over(cpu, scaled, " µs")))  # fmt: skip
             share = p16["rps"] / b16_same["rps"]
             lines.append(_row(f"throughput vs (b1) at c=16, {label}",
-                              f"{share:.0%}{_disturbed(p16, b16_same)}",
+                              f"{share:.0%}{_share_spread(p16, b16_same)}"
+                              f"{_disturbed(p16, b16_same)}",
                               share >= THROUGHPUT_SHARE,
                               f"≥ {THROUGHPUT_SHARE:.0%} (stretch {THROUGHPUT_STRETCH:.0%})",
                               f"{THROUGHPUT_SHARE / share:.1f}x the throughput needed "
@@ -138,7 +164,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         if p1 and a1:
             added = p1["p50_ms"] - a1["p50_ms"]
             lines.append(_row(f"added p50 vs (a) at c=1, {label}",
-                              f"{added:+.2f} ms{_disturbed(p1, a1)}",
+                              f"{added:+.2f} ms{_added_spread(p1, a1)}{_disturbed(p1, a1)}",
                               added <= ADDED_P50_MS,
                               f"≤ +{ADDED_P50_MS} ms (stretch +{ADDED_P50_STRETCH_MS})",
                               _over(added, ADDED_P50_MS, " ms")))  # fmt: skip
@@ -215,15 +241,30 @@ def _llm_rows(results: dict[str, Any]) -> list[str]:
     if not pairs:
         return [_row("LLM endpoint vs LiteLLM's proxy", "not measured in this run", None, want)]
     lowest = min(pairs, key=lambda cmp: cmp["ratio"])
-    ratios = ", ".join(f"{cmp['ratio']:.1f}x" for cmp in pairs)
+    ratios = ", ".join(f"{cmp['ratio']:.1f}x{_llm_spread(cmp)}" for cmp in pairs)
+    rounds = max((len(cmp["broker"].get("rounds", [])) for cmp in pairs), default=0)
     p99_ok = all(cmp["p99_met"] for cmp in pairs)
     ok = all(cmp["throughput_met"] for cmp in pairs) and p99_ok
-    value = f"{ratios} (c={', '.join(str(cmp['c']) for cmp in pairs)}); p99 " + (
+    of = f"; in brackets the lowest-highest of {rounds} rounds" if rounds > 1 else ""
+    value = f"{ratios} (c={', '.join(str(cmp['c']) for cmp in pairs)}{of}); p99 " + (
         "lower at every c" if p99_ok else "not lower at every c"
     )
     gap = (f"{THROUGHPUT_TARGET / lowest['ratio']:.1f}x short at c={lowest['c']}"
            if lowest["ratio"] < THROUGHPUT_TARGET else "p99")  # fmt: skip
     return [_row("LLM endpoint throughput vs LiteLLM's proxy", value, ok, want, gap)]
+
+
+def _llm_spread(cmp: dict[str, Any]) -> str:
+    """The broker's throughput over LiteLLM's at one c, round by round (--repeat)."""
+    ratios = per_round([cmp["broker"], cmp["litellm"]], lambda b, lite: b["rps"] / lite["rps"])
+    return spread(ratios, "{:.1f}".format, "x", label="")
+
+
+def _hop_growth(first: Any, second: Any, before_last: Any, deepest: Any) -> float:
+    """How much more the last hop of a chain adds than the 2nd, from CPU per request."""
+    hop2 = second["cpu_us_per_req"] - first["cpu_us_per_req"]
+    hop_last = deepest["cpu_us_per_req"] - before_last["cpu_us_per_req"]
+    return float(hop_last / hop2 - 1) if hop2 > 0 else float("inf")
 
 
 def _chain_rows(results: dict[str, Any]) -> list[str]:
@@ -238,8 +279,10 @@ def _chain_rows(results: dict[str, Any]) -> list[str]:
         first, second, before_last, deepest = (p["cpu_us_per_req"] for p in got if p)
         hop2, hop_last = second - first, deepest - before_last
         growth = hop_last / hop2 - 1 if hop2 > 0 else float("inf")
+        growths = [g for g in per_round([p for p in got if p], _hop_growth) if g != float("inf")]
         rows.append(_row(f"per-hop cost constant with depth (CPU the {HOPS}th hop adds vs the "
-                         f"2nd), c={c}", f"{hop_last:,.0f} vs {hop2:,.0f} µs ({growth:+.0%})",
+                         f"2nd), c={c}", f"{hop_last:,.0f} vs {hop2:,.0f} µs ({growth:+.0%})"
+                         + spread(growths, _signed_percent, "%", " each round alone, {n} rounds"),
                          abs(growth) <= TARGET_SPREAD, f"within ±{TARGET_SPREAD:.0%}",
                          f"{abs(growth):.0%} apart"))  # fmt: skip
     if not rows:
