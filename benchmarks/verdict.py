@@ -593,8 +593,11 @@ def findings(results: dict[str, Any]) -> list[str]:
         *_workers(results),
         *_floor(results),
     ]
+    rounds = (results.get("repeat") or {}).get("rounds", 1)
+    each = (f"the median of {rounds} alternated rounds of a few seconds each" if rounds > 1
+            else "one run of a few seconds")  # fmt: skip
     lines += [
-        "* **Reading these numbers**: each figure is one run of a few seconds on a shared "
+        f"* **Reading these numbers**: each figure is {each} on a shared "
         "2-vCPU VM: differences under ~10% are noise; rows marked `?` or with foreign CPU above "
         f"{NOISY_CORES} cores were disturbed by other work.",
     ]
