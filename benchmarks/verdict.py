@@ -81,10 +81,6 @@ def _disturbed(*points: dict[str, Any] | None) -> str:
     return " ?" if noisy else ""
 
 
-def _signed_percent(value: float) -> str:
-    return f"{value * 100:+.0f}"
-
-
 def _percent(value: float) -> str:
     return f"{value * 100:.0f}"
 
@@ -234,14 +230,14 @@ def _open_loop_rows(results: dict[str, Any]) -> list[str]:
 
 
 def _llm_rows(results: dict[str, Any]) -> list[str]:
-    from benchmarks.report_llm import THROUGHPUT_TARGET, comparisons, is_llm
+    from benchmarks.report_llm import THROUGHPUT_TARGET, comparisons, is_llm, ratio_spread
 
     pairs = comparisons([p for p in results["points"] if is_llm(p)])
     want = f"≥ {THROUGHPUT_TARGET:g}x and lower p99, every c"
     if not pairs:
         return [_row("LLM endpoint vs LiteLLM's proxy", "not measured in this run", None, want)]
     lowest = min(pairs, key=lambda cmp: cmp["ratio"])
-    ratios = ", ".join(f"{cmp['ratio']:.1f}x{_llm_spread(cmp)}" for cmp in pairs)
+    ratios = ", ".join(f"{cmp['ratio']:.1f}x{ratio_spread(cmp)}" for cmp in pairs)
     rounds = max((len(cmp["broker"].get("rounds", [])) for cmp in pairs), default=0)
     p99_ok = all(cmp["p99_met"] for cmp in pairs)
     ok = all(cmp["throughput_met"] for cmp in pairs) and p99_ok
@@ -254,21 +250,8 @@ def _llm_rows(results: dict[str, Any]) -> list[str]:
     return [_row("LLM endpoint throughput vs LiteLLM's proxy", value, ok, want, gap)]
 
 
-def _llm_spread(cmp: dict[str, Any]) -> str:
-    """The broker's throughput over LiteLLM's at one c, round by round (--repeat)."""
-    ratios = per_round([cmp["broker"], cmp["litellm"]], lambda b, lite: b["rps"] / lite["rps"])
-    return spread(ratios, "{:.1f}".format, "x", label="")
-
-
-def _hop_growth(first: Any, second: Any, before_last: Any, deepest: Any) -> float:
-    """How much more the last hop of a chain adds than the 2nd, from CPU per request."""
-    hop2 = second["cpu_us_per_req"] - first["cpu_us_per_req"]
-    hop_last = deepest["cpu_us_per_req"] - before_last["cpu_us_per_req"]
-    return float(hop_last / hop2 - 1) if hop2 > 0 else float("inf")
-
-
 def _chain_rows(results: dict[str, Any]) -> list[str]:
-    from benchmarks.report_chain import HOPS, TARGET_SPREAD
+    from benchmarks.report_chain import HOPS, TARGET_SPREAD, growth_spread
 
     idx = {(p["mode"], p["depth"], p["concurrency"]): p for p in results.get("chain_points", [])}
     rows = []
@@ -279,10 +262,9 @@ def _chain_rows(results: dict[str, Any]) -> list[str]:
         first, second, before_last, deepest = (p["cpu_us_per_req"] for p in got if p)
         hop2, hop_last = second - first, deepest - before_last
         growth = hop_last / hop2 - 1 if hop2 > 0 else float("inf")
-        growths = [g for g in per_round([p for p in got if p], _hop_growth) if g != float("inf")]
         rows.append(_row(f"per-hop cost constant with depth (CPU the {HOPS}th hop adds vs the "
                          f"2nd), c={c}", f"{hop_last:,.0f} vs {hop2:,.0f} µs ({growth:+.0%})"
-                         + spread(growths, _signed_percent, "%", " each round alone, {n} rounds"),
+                         + growth_spread([p for p in got if p]),
                          abs(growth) <= TARGET_SPREAD, f"within ±{TARGET_SPREAD:.0%}",
                          f"{abs(growth):.0%} apart"))  # fmt: skip
     if not rows:

@@ -18,6 +18,7 @@ from benchmarks.repeat import (
     schedule,
     spread,
 )
+from benchmarks.report_chain import _index, verdict_lines
 from benchmarks.run import RECORDS, Run, _parse_args
 
 
@@ -209,6 +210,21 @@ def test_the_per_hop_target_shows_each_rounds_own_growth() -> None:
         rounds = [{"round": 1, "rps": 100, "cpu_us_per_req": r1},
                   {"round": 2, "rps": 90, "cpu_us_per_req": r2}]  # fmt: skip
         points.append({"scenario": f"g-broker-d{depth}", "mode": "broker", "depth": depth,
-                       "concurrency": 16, **rounds[1], "rounds": rounds})  # fmt: skip
+                       "concurrency": 16, "requests": 1_000, "foreign_cores": 0.0,
+                       **rounds[1], "rounds": rounds})  # fmt: skip
     rows = "\n".join(verdict._chain_rows({"chain_points": points}))
     assert "(+25%) (+0 to +25% each round alone, 2 rounds)" in rows
+    section = "\n".join(verdict_lines(_index(points), points))
+    assert "+25% (+0 to +25% each round alone, 2 rounds) (target within ±15%)" in section
+
+
+def test_the_llm_ratio_shows_its_spread_round_by_round() -> None:
+    def llm(scenario: str, rps: list[float]) -> dict[str, Any]:
+        return {**_full(scenario, 1, rps, [1.0] * len(rps)), "p99_ms": 1.0 if "broker" in
+                scenario else 9.0}  # fmt: skip
+
+    points = [llm("i-broker", [2_000, 2_000, 2_000]), llm("i-litellm", [85, 153, 100])]
+    (row,) = verdict._llm_rows({"points": points})
+    # LiteLLM's median round (100 req/s) decides; each round's own ratio is in brackets.
+    assert "20.0x (13.1-23.5x) (c=1; in brackets the lowest-highest of 3 rounds)" in row
+    assert "| met |" in row
