@@ -60,8 +60,9 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tests and tools, ``build_record``; construct directly only from already validated values.
     ``detail`` keys match ``DETAIL_KEY_PATTERN`` and ``replica`` matches ``REPLICA_PATTERN``:
     ``build_record`` and ``decode_record`` check them (a known name costs a set lookup, where a
-    pattern in the type cost a regex search per key and record). The instance ``__dict__`` holds no member: only the stored line that
-    ``with_hash`` made while hashing, so that ``encode_record`` need not encode it again.
+    pattern in the type cost a regex search per key and record). The instance ``__dict__``
+    holds no member: only the stored line that ``with_hash`` made while hashing, so that
+    ``encode_record`` need not encode it again.
     """
 
     v: SafeInt

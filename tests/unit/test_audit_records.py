@@ -11,6 +11,7 @@ from broker.audit.records import (
     decode_record,
     encode_record,
     record_hash,
+    sealed_record,
     with_hash,
 )
 
@@ -88,6 +89,41 @@ def test_a_sealed_record_is_stored_as_exactly_these_bytes() -> None:
     assert encode_record(decode_record(PINNED_LINE)) == PINNED_LINE
     assert decode_record(PINNED_LINE) == record
     assert record_hash(record) == record.hash
+
+
+def test_the_chain_s_sealing_stores_exactly_these_bytes() -> None:
+    record = sealed_record(
+        PINNED_FIELDS, seq=7, prev="sha256:" + "cd" * 32, replica="r1", ts_us=1796543571434563
+    )
+    assert encode_record(record) == PINNED_LINE
+    assert decode_record(PINNED_LINE) == record
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        BASE,
+        {**BASE, "hash": "sha256:" + "00" * 32},  # a caller's own hash is not what is covered
+        {**BASE, "caller": "agent\ud800", "chain": ["\udfff"], "detail": {"k": "\ud800"}},
+    ],
+)
+def test_sealing_gives_what_hashing_a_built_record_gives(fields: dict[str, object]) -> None:
+    sealed = sealed_record(fields)
+    expected = with_hash(build_record(fields))
+    assert sealed == expected
+    # The kept line is the one a fresh encoding of a copy (which keeps no line) gives.
+    assert encode_record(sealed) == encode_record(msgspec.structs.replace(sealed))
+    assert record_hash(sealed) == sealed.hash
+
+
+@pytest.mark.parametrize("replica", ["a/b", "", "-r1", "r" * 65, "r1 "])
+def test_a_replica_id_is_checked_for_every_record(replica: str) -> None:
+    build_record(BASE)  # "r1" is known now: a known id is a set lookup, others are searched
+    with pytest.raises(AuditRecordError, match="replica"):
+        build_record({**BASE, "replica": replica})
+    line = PINNED_LINE.replace(b'"replica":"r1"', b'"replica":' + msgspec.json.encode(replica))
+    with pytest.raises(msgspec.ValidationError, match="replica"):
+        decode_record(line)
 
 
 def test_a_stored_line_with_a_bad_detail_key_is_not_a_record() -> None:
