@@ -65,33 +65,36 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``encode_record`` need not encode it again.
     """
 
-    v: SafeInt
-    seq: Seq
-    ts_us: SafeInt
-    replica: str  # REPLICA_PATTERN, checked by code as ``detail`` keys are
-    kind: str
-    request_id: str
+    # Declared in sorted order: the encoder then writes members as declared (it sorts only
+    # dict keys, ``order="deterministic"``), which is the canonical sorted order without a sort
+    # per record. A member added out of order would change the bytes: a test keeps this sorted.
     caller: str
     chain: tuple[str, ...]
-    tree: str
-    target: str
-    operation: str
-    skill: str
-    decision: str
-    reason: str
-    rule: str
-    status: SafeInt
-    latency_us: SafeInt
-    tokens_in: SafeInt
-    tokens_out: SafeInt
     cost_micro: SafeInt
-    request_digest: str
-    response_digest: str
+    decision: str
     detail: dict[str, DetailValue]
-    prev: str
     # Only this member has a default, so omit_defaults drops exactly it while it is "": that
     # encoding is the "record with hash omitted" that the hash covers.
     hash: str = ""
+    kind: str
+    latency_us: SafeInt
+    operation: str
+    prev: str
+    reason: str
+    replica: str  # REPLICA_PATTERN, checked by code as ``detail`` keys are
+    request_digest: str
+    request_id: str
+    response_digest: str
+    rule: str
+    seq: Seq
+    skill: str
+    status: SafeInt
+    target: str
+    tokens_in: SafeInt
+    tokens_out: SafeInt
+    tree: str
+    ts_us: SafeInt
+    v: SafeInt
 
 
 # Defaults for every member a caller may leave out when describing an event.
@@ -102,7 +105,8 @@ RECORD_DEFAULTS: Final[Mapping[str, Any]] = {
     "response_digest": "", "detail": {}, "prev": "",
 }
 
-_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+# Members come out in declaration order (sorted, see AuditRecord), ``detail`` keys sorted.
+_ENCODER: Final = msgspec.json.Encoder(order="deterministic")
 _HASH_MEMBER: Final = b',"hash":"'
 _KIND_MEMBER: Final = b',"kind":'
 _HASH_PREFIX_MEMBER: Final = _HASH_MEMBER + HASH_PREFIX.encode("ascii")

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from broker.audit.records import (
+    AuditRecord,
     AuditRecordError,
     build_record,
     decode_record,
@@ -25,6 +26,14 @@ def test_every_member_is_written_and_hash_covers_all_but_itself() -> None:
     assert record.hash == record_hash(record)
     assert record.hash.startswith("sha256:") and len(record.hash) == 7 + 64
     assert decode_record(encode_record(record)) == record
+
+
+def test_members_are_declared_in_the_order_they_are_stored() -> None:
+    # The encoder writes members as declared and sorts only ``detail`` keys: a member declared
+    # out of order would change every stored line and hash.
+    names = list(AuditRecord.__struct_fields__)
+    assert names == sorted(names)
+    assert list(msgspec.json.decode(encode_record(with_hash(build_record(BASE))))) == names
 
 
 @pytest.mark.parametrize(
