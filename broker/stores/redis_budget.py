@@ -187,9 +187,9 @@ class RedisBudgetLedger(BudgetLedger):
         shards, limits = self._plan(scopes)
         shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
         replies = await _together(
-            _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
-            for shard in shards
-        )
+            [_send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
+             for shard in shards]
+        )  # fmt: skip
         failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
         if failed is not None:
             # A reserve may still run (a stalled Redis runs it when it resumes) and would hold
@@ -367,7 +367,7 @@ def _send(script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[An
 async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
     """Each call's reply or exception; several wait together (sent in one batch: one round trip
     per node), a lone one is awaited as it is."""
-    pending = list(calls)
+    pending = calls if type(calls) is list else list(calls)
     if len(pending) == 1:
         try:
             return [await pending[0]]
