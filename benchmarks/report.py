@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import verdict
+from benchmarks.repeat import spread
 from benchmarks.report_chain import chain_section
 from benchmarks.report_llm import llm_section, without_llm
 from benchmarks.report_openloop import openloop_section
@@ -93,6 +94,12 @@ def _ratio(value: float, base: dict[str, Any] | None, key: str) -> str:
     return f"{value / base[key]:.2f}" if base and base[key] else "-"
 
 
+def _spread(p: dict[str, Any], key: str, number: str) -> str:
+    """The point's spread over its rounds (--repeat), e.g. " (23,100-24,900)"."""
+    values = [float(r[key]) for r in p.get("rounds", []) if r.get(key) is not None]
+    return spread(values, number.format, label="")
+
+
 def unary_table(results: dict[str, Any]) -> list[str]:
     points = results["points"]
     rows = [
@@ -105,10 +112,11 @@ def unary_table(results: dict[str, Any]) -> list[str]:
         a, b1 = base(results, "a", p), base(results, "b1", p)
         added = f"{p['p50_ms'] - a['p50_ms']:+.2f}" if a else "-"
         rows.append(
-            f"| {title(p)} | {c} | {p['rps']:,.0f} "
+            f"| {title(p)} | {c} | {p['rps']:,.0f}{_spread(p, 'rps', '{:,.0f}')} "
             f"| {_ratio(p['rps'], b1, 'rps')} | {p['p50_ms']:.2f} "
             f"| {_ratio(p['p50_ms'], a, 'p50_ms')} | {p['p99_ms']:.2f} "
-            f"| {_ratio(p['p99_ms'], a, 'p99_ms')} | {added} | {p['cpu_us_per_req']:,.0f} "
+            f"| {_ratio(p['p99_ms'], a, 'p99_ms')} | {added} | {p['cpu_us_per_req']:,.0f}"
+            f"{_spread(p, 'cpu_us_per_req', '{:,.0f}')} "
             f"| {p['sys_share']:.0%} | {p['cpu_util']:.0%} | {p['rss_mb']:.0f} | {p['errors']} "
             f"| {p.get('foreign_cores', 0):.2f} |"
         )
@@ -280,6 +288,30 @@ def _load_line(results: dict[str, Any]) -> list[str]:
     return [line]
 
 
+def repeat_line(results: dict[str, Any]) -> list[str]:
+    """How a run with --repeat chose its points; nothing for a run of one round."""
+    rep = results.get("repeat")
+    if not rep:
+        return []
+    n = rep["rounds"]
+    once = rep.get("once") or []
+    line = (
+        f"* **Rounds**: {n} (`--repeat {n}`); every point is the **median of {n} alternated "
+        "rounds**: the chosen scenarios were measured in order, then again, "
+        f"{n} times, so each baseline's points and the broker's were taken close together in "
+        "time in every round, and each row is the round whose req/s is the median of the "
+        f"{n} (a measured point: all its columns come from that one measurement"
+        + ("; with an even count, the lower of the two middle rounds" if n % 2 == 0 else "")
+        + "). In brackets: the lowest and highest over the rounds; in the targets table, "
+        "ratios and differences paired round by round. Every round's figures are in "
+        "`benchmarks/results/latest.json` (`rounds`)."
+    )
+    if once:
+        line += (f" Measured once even so: {', '.join(once)} (each reports an aggregate of "
+                 "its own).")  # fmt: skip
+    return [line]
+
+
 def kept_section(results: dict[str, Any]) -> list[str]:
     origins = list(dict.fromkeys(
         p["origin"] for p in results["points"] + results["stream_points"] if p.get("origin")
@@ -363,6 +395,7 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         "",
         f"* **Date**: {results['started']} (UTC), {results['elapsed_s']} s in all, "
         f"{results['seconds_per_point']:g} s per point after a 1 s warm-up per target.",
+        *repeat_line(results),
         f"* **Machine**: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, "
         f"Python {m['python']}, {m['wrk']}.",
         *_load_line(results),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.repeat import per_round, spread
+
 THROUGHPUT_TARGET = 20.0  # the broker's req/s over LiteLLM's, at every c, in the same run
 TITLES = {
     "i-direct": "(i) direct to the fake provider",
@@ -102,6 +104,13 @@ def comparisons(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def ratio_spread(cmp: dict[str, Any]) -> str:
+    """The broker's throughput over LiteLLM's at one c, round by round (--repeat), e.g.
+    " (17.8-20.3)"."""
+    ratios = per_round([cmp["broker"], cmp["litellm"]], lambda b, lite: b["rps"] / lite["rps"])
+    return spread(ratios, "{:.1f}".format, "x", label="")
+
+
 def verdict(points: list[dict[str, Any]]) -> list[str]:
     """The target, stated met or not met, with the ratios behind it."""
     want = (
@@ -141,7 +150,8 @@ def _pair_row(cmp: dict[str, Any]) -> str:
     p99 = f"{lite['p99_ms'] / b['p99_ms']:.1f}x" if b["p99_ms"] else "-"
     ok = cmp["throughput_met"] and cmp["p99_met"]
     return (
-        f"| {cmp['c']} | {b['rps']:,.0f} | {lite['rps']:,.0f} | {cmp['ratio']:.1f}x "
+        f"| {cmp['c']} | {b['rps']:,.0f} | {lite['rps']:,.0f} | {cmp['ratio']:.1f}x"
+        f"{ratio_spread(cmp)} "
         f"| {b['p99_ms']:.2f} | {lite['p99_ms']:.2f} | {p99} | {'met' if ok else '**not met**'} |"
     )
 

@@ -1,7 +1,7 @@
 """Run the benchmark suite and rewrite docs/benchmarks.md (and docs/benchmarks.png).
 
     .venv/bin/python -m benchmarks.run [--quick] [--scenarios a,b1,b2,c,e,f,j,r] [--merge]
-                                       [--profile]
+                                       [--profile] [--repeat N]
 
 Everything binds 127.0.0.1 on free ports and is stopped in ``finally``. Scenarios:
 
@@ -29,6 +29,9 @@ counters (commands, EVALSHA scripts, socket reads, CPU per request), and after t
 a MONITOR probe sorts the commands into those sent by the broker and those run by scripts.
 
 ``--profile`` also samples the broker (redis store) with py-spy for 10 s at c=16.
+``--repeat N`` measures the chosen scenarios in N alternated rounds (every one in order, then
+again) and reports each point as the round whose throughput is the median, with the spread
+over the rounds (benchmarks/repeat.py, decision 0095); h, p and k are measured once.
 ``--merge`` keeps, from the previous benchmarks/results/latest.json, the scenarios this run
 did not measure; the report labels them with their own date and commit.
 """
@@ -36,17 +39,18 @@ did not measure; the report labels them with their own date and commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import repeat, report
 from benchmarks.loadgen import require_wrk
 from benchmarks.measure import (
     STREAM,
@@ -81,6 +85,9 @@ CONCURRENCIES = (1, 16, 64)
 ALL = ("a", "b1", "b2", "c", "e", "f", "j", "r", "d", "h", "i", "g", "p", "s", "k")
 METERINGS = ("none", "budget", "rate")
 STREAM_EVENTS = 10
+# What a scenario appends to, and so what --repeat reduces to one record per point.
+RECORDS = ("points", "stream_points", "probes", "redis_probes", "launches", "chain_points",
+           "openloop")  # fmt: skip
 RAW_RESULTS = REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
 
@@ -105,6 +112,19 @@ class Run:
         self.launches: list[dict[str, Any]] = []  # how (d) and (h) brokers started
         self.chain_points: list[dict[str, Any]] = []  # (g), with depth and mode
         self.openloop: list[dict[str, Any]] = []  # (p), one record per store
+        self.rounds: dict[str, list[int]] = {name: [] for name in RECORDS}  # of each record
+
+    def _records(self, name: str) -> list[Any]:
+        records: list[Any] = getattr(self, name)
+        return records
+
+    @contextlib.contextmanager
+    def round(self, number: int) -> Iterator[None]:
+        """Note ``number`` as the round of every record appended meanwhile (--repeat)."""
+        before = {name: len(self._records(name)) for name in RECORDS}
+        yield
+        for name in RECORDS:
+            self.rounds[name] += [number] * (len(self._records(name)) - before[name])
 
     def _measure(self, scenario: str, target: Target, workload: Workload) -> list[Point]:
         return measure(
@@ -273,6 +293,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep the scenarios of benchmarks/results/latest.json that this run does not "
         "measure (labelled with their own date and commit) instead of dropping them",
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure the chosen scenarios in this many alternated rounds and report each "
+        "point as the round with the median throughput, with the spread (h, p, k: once)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
@@ -281,6 +308,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(ALL)}")
     args.chosen = [s for s in ALL if s in chosen]
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
     return args
 
 
@@ -322,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         stages = _stage_modules(broker_src)
         with environment(work_dir, placement, STREAM_EVENTS, broker_src) as env:
             run = Run(env, seconds, work_dir, args)
-            for name in args.chosen:
-                print(f"scenario {name}", flush=True)
-                SCENARIOS[name](run)
+            for number, name in repeat.schedule(args.chosen, args.repeat):
+                of = f" (round {number} of {args.repeat})" if args.repeat > 1 else ""
+                print(f"scenario {name}{of}", flush=True)
+                with run.round(number):
+                    SCENARIOS[name](run)
             if args.profile:
                 print("profile: py-spy on the broker (redis store), c=16", flush=True)
                 profile_broker(run)
@@ -350,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         "chain_points": run.chain_points,
         "openloop": run.openloop,
     }
+    if args.repeat > 1:
+        results = repeat.combine(results, run.rounds, args.repeat, args.chosen)
     if args.merge and RAW_RESULTS.exists():
         results = merge(results, json.loads(RAW_RESULTS.read_text()))
     RAW_RESULTS.parent.mkdir(exist_ok=True)

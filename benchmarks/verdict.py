@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from benchmarks.measure import NOISY_CORES
+from benchmarks.repeat import per_round, spread
 
 # The targets, one worker at c=16 (CPU, throughput) and c=1 (added p50); each has a stretch.
 CPU_BUDGET_US = 400.0
@@ -80,6 +81,26 @@ def _disturbed(*points: dict[str, Any] | None) -> str:
     return " ?" if noisy else ""
 
 
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f}"
+
+
+def _cpu_spread(point: dict[str, Any]) -> str:
+    return spread(per_round([point], lambda p: p["cpu_us_per_req"]), "{:,.0f}".format, " µs")
+
+
+def _share_spread(point: dict[str, Any], base: dict[str, Any]) -> str:
+    """Throughput over the baseline's, round by round (--repeat)."""
+    shares = per_round([point, base], lambda p, b: p["rps"] / b["rps"])
+    return spread(shares, _percent, "%")
+
+
+def _added_spread(point: dict[str, Any], base: dict[str, Any]) -> str:
+    """Added p50 over the baseline's, round by round (--repeat)."""
+    added = per_round([point, base], lambda p, b: p["p50_ms"] - b["p50_ms"])
+    return spread(added, "{:+.2f}".format, " ms")
+
+
 def _row(name: str, value: str, ok: bool | None, want: str, gap: str = "") -> str:
     mark = "n/a" if ok is None else ("met" if ok else "**not met**")
     return f"| {name} | {want} | {value} | {mark} | {gap if ok is False else ''} |"
@@ -117,7 +138,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         a1, b16_same = _base(results, "a", p1), _base(results, "b1", p16)
         cpu = p16["cpu_us_per_req"]
         lines.append(_row(f"broker CPU per request at c=16, {label}",
-                          f"{cpu:,.0f} µs{_disturbed(p16)}",
+                          f"{cpu:,.0f} µs{_cpu_spread(p16)}{_disturbed(p16)}",
                           cpu <= CPU_BUDGET_US,
                           f"≤ {CPU_BUDGET_US:.0f} µs (stretch {CPU_STRETCH_US:.0f})",
                           _over(cpu, CPU_BUDGET_US, " µs")))  # fmt: skip
@@ -129,7 +150,8 @@ def targets(results: dict[str, Any]) -> list[str]:
                               _over(cpu, scaled, " µs")))  # fmt: skip
             share = p16["rps"] / b16_same["rps"]
             lines.append(_row(f"throughput vs (b1) at c=16, {label}",
-                              f"{share:.0%}{_disturbed(p16, b16_same)}",
+                              f"{share:.0%}{_share_spread(p16, b16_same)}"
+                              f"{_disturbed(p16, b16_same)}",
                               share >= THROUGHPUT_SHARE,
                               f"≥ {THROUGHPUT_SHARE:.0%} (stretch {THROUGHPUT_STRETCH:.0%})",
                               f"{THROUGHPUT_SHARE / share:.1f}x the throughput needed "
@@ -138,7 +160,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         if p1 and a1:
             added = p1["p50_ms"] - a1["p50_ms"]
             lines.append(_row(f"added p50 vs (a) at c=1, {label}",
-                              f"{added:+.2f} ms{_disturbed(p1, a1)}",
+                              f"{added:+.2f} ms{_added_spread(p1, a1)}{_disturbed(p1, a1)}",
                               added <= ADDED_P50_MS,
                               f"≤ +{ADDED_P50_MS} ms (stretch +{ADDED_P50_STRETCH_MS})",
                               _over(added, ADDED_P50_MS, " ms")))  # fmt: skip
@@ -208,17 +230,19 @@ def _open_loop_rows(results: dict[str, Any]) -> list[str]:
 
 
 def _llm_rows(results: dict[str, Any]) -> list[str]:
-    from benchmarks.report_llm import THROUGHPUT_TARGET, comparisons, is_llm
+    from benchmarks.report_llm import THROUGHPUT_TARGET, comparisons, is_llm, ratio_spread
 
     pairs = comparisons([p for p in results["points"] if is_llm(p)])
     want = f"≥ {THROUGHPUT_TARGET:g}x and lower p99, every c"
     if not pairs:
         return [_row("LLM endpoint vs LiteLLM's proxy", "not measured in this run", None, want)]
     lowest = min(pairs, key=lambda cmp: cmp["ratio"])
-    ratios = ", ".join(f"{cmp['ratio']:.1f}x" for cmp in pairs)
+    ratios = ", ".join(f"{cmp['ratio']:.1f}x{ratio_spread(cmp)}" for cmp in pairs)
+    rounds = max((len(cmp["broker"].get("rounds", [])) for cmp in pairs), default=0)
     p99_ok = all(cmp["p99_met"] for cmp in pairs)
     ok = all(cmp["throughput_met"] for cmp in pairs) and p99_ok
-    value = f"{ratios} (c={', '.join(str(cmp['c']) for cmp in pairs)}); p99 " + (
+    of = f"; in brackets the lowest-highest of {rounds} rounds" if rounds > 1 else ""
+    value = f"{ratios} (c={', '.join(str(cmp['c']) for cmp in pairs)}{of}); p99 " + (
         "lower at every c" if p99_ok else "not lower at every c"
     )
     gap = (f"{THROUGHPUT_TARGET / lowest['ratio']:.1f}x short at c={lowest['c']}"
@@ -227,7 +251,7 @@ def _llm_rows(results: dict[str, Any]) -> list[str]:
 
 
 def _chain_rows(results: dict[str, Any]) -> list[str]:
-    from benchmarks.report_chain import HOPS, TARGET_SPREAD
+    from benchmarks.report_chain import HOPS, TARGET_SPREAD, growth_spread
 
     idx = {(p["mode"], p["depth"], p["concurrency"]): p for p in results.get("chain_points", [])}
     rows = []
@@ -239,7 +263,8 @@ def _chain_rows(results: dict[str, Any]) -> list[str]:
         hop2, hop_last = second - first, deepest - before_last
         growth = hop_last / hop2 - 1 if hop2 > 0 else float("inf")
         rows.append(_row(f"per-hop cost constant with depth (CPU the {HOPS}th hop adds vs the "
-                         f"2nd), c={c}", f"{hop_last:,.0f} vs {hop2:,.0f} µs ({growth:+.0%})",
+                         f"2nd), c={c}", f"{hop_last:,.0f} vs {hop2:,.0f} µs ({growth:+.0%})"
+                         + growth_spread([p for p in got if p]),
                          abs(growth) <= TARGET_SPREAD, f"within ±{TARGET_SPREAD:.0%}",
                          f"{abs(growth):.0%} apart"))  # fmt: skip
     if not rows:
@@ -550,8 +575,11 @@ def findings(results: dict[str, Any]) -> list[str]:
         *_workers(results),
         *_floor(results),
     ]
+    rounds = (results.get("repeat") or {}).get("rounds", 1)
+    each = (f"the median of {rounds} alternated rounds of a few seconds each" if rounds > 1
+            else "one run of a few seconds")  # fmt: skip
     lines += [
-        "* **Reading these numbers**: each figure is one run of a few seconds on a shared "
+        f"* **Reading these numbers**: each figure is {each} on a shared "
         "2-vCPU VM: differences under ~10% are noise; rows marked `?` or with foreign CPU above "
         f"{NOISY_CORES} cores were disturbed by other work.",
     ]

@@ -164,6 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
                 workers=settings.server.workers,
                 loop="uvloop",
                 http=protocol_factory(bounds),  # type: ignore[arg-type]
+                # the bounded protocol times idle connections itself; this is uvicorn's own
                 timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
                 access_log=False,
                 log_config=None,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import resource
 import weakref
 from collections.abc import Callable
@@ -219,9 +220,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._bounds = bounds
         self._table = _table(self.server_state, bounds.max_connections)
-        self.timeout_keep_alive = bounds.idle_timeout_s  # type: ignore[assignment]
         self._phase: Phase = "headers"
+        # One timer per connection, re-armed lazily (see ``_arm``): the current phase's deadline
+        # (loop time; inf when none) and what to do when it passes.
+        self._deadline = math.inf
+        self._expired: Callable[[], None] = _nothing
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._refused = False
 
     # -- life cycle --------------------------------------------------------------------------
@@ -234,7 +239,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._await_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._stop_timer()
         if self._refused:
             self._table.lingering -= 1
             return
@@ -266,20 +271,29 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._phase = "busy"
-        self._cancel_timer()
+        self._deadline = math.inf
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms uvicorn's keep-alive timer (idle_timeout_s)
-        if not self.transport.is_closing() and not self.pipeline and self._phase == "busy":
+        # uvicorn's own, except that the idle timeout is this connection's timer, not a
+        # keep-alive timer of uvicorn's armed and cancelled once a request.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._phase == "busy":
             self._phase = "idle"
             self._table.waiting(self)
+            self._arm(self._bounds.idle_timeout_s, self._idle_timed_out)
 
     # -- bounds ------------------------------------------------------------------------------
 
     def shed(self) -> None:
         """Closed to make room for a new connection (it was waiting, so nothing is lost)."""
-        self._cancel_timer()
+        self._stop_timer()
         if self._phase == "headers" and not self.transport.is_closing():
             self.transport.write(_CONNECTION_LIMIT)
         self.transport.close()
@@ -289,15 +303,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._table.waiting(self)
         self._arm(self._bounds.header_timeout_s, self._headers_timed_out)
 
+    def _idle_timed_out(self) -> None:
+        if self._phase == "idle" and not self.transport.is_closing():
+            self.transport.close()
+
     def _headers_timed_out(self) -> None:
-        self._timer = None
         if self._phase == "headers" and not self.transport.is_closing():
             self._table.tally.count("header_timeouts")
             self.transport.write(_HEADER_TIMEOUT)
             self.transport.close()
 
     def _body_timed_out(self) -> None:
-        self._timer = None
         if self._phase != "body" or self.transport.is_closing():
             return
         self._table.tally.count("body_timeouts")
@@ -322,11 +338,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         transport.write_eof()
         self._timer = self.loop.call_later(LINGER_S, transport.close)
 
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, callback)
+    def _arm(self, delay: float, expired: Callable[[], None]) -> None:
+        """Call ``expired`` ``delay`` seconds from now unless the phase changes first.
 
-    def _cancel_timer(self) -> None:
+        A request passes through three deadlines (headers, body, idle); arming and cancelling a
+        loop timer for each cost about 1.2 µs apiece (uvloop). Instead the connection keeps one
+        timer and moves only its deadline: a timer due at or before the new deadline is kept
+        (when it fires early it re-arms for the deadline then in force), and only one due later
+        than the new deadline is replaced. Under steady keep-alive traffic that is one timer
+        firing per ``idle_timeout_s`` per connection instead of six timer calls a request.
+        """
+        deadline = self.loop.time() + delay
+        self._deadline = deadline
+        self._expired = expired
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._fire)
+            self._timer_at = deadline
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        deadline = self._deadline
+        if deadline == math.inf:
+            return  # no deadline in this phase: the next one arms again
+        if self.loop.time() < deadline:
+            self._timer = self.loop.call_at(deadline, self._fire)
+            self._timer_at = deadline
+            return
+        self._deadline = math.inf
+        self._expired()
+
+    def _stop_timer(self) -> None:
+        self._deadline = math.inf
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = math.inf
+
+
+def _nothing() -> None:
+    pass

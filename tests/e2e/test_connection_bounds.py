@@ -18,6 +18,7 @@ import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -184,3 +185,75 @@ async def test_over_the_cap_a_new_connection_is_refused_at_once_and_the_log_says
     await asyncio.sleep(1.5)
     refusals = re.findall(r"in the last second (\d+) refused", bounded.process.log.read_text())
     assert sum(int(n) for n in refusals) >= 6, refusals
+
+
+def _raw_send_message(broker: BoundedBroker, text: str) -> bytes:
+    """A whole kept-alive HTTP/1.1 SendMessage request, as a client writes it."""
+    body = json.dumps(jsonrpc_request("SendMessage", {"message": user_message(text)})).encode()
+    head = (
+        f"POST /agents/echo/jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"A2A-Version: 1.0\r\nAuthorization: {broker.caller_headers['Authorization']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, Any]]:
+    """One HTTP/1.1 answer with a Content-Length: its status line and its JSON body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    length = int(re.search(rb"(?i)\r\ncontent-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
+    return head.split(b"\r\n", 1)[0], json.loads(body)
+
+
+async def test_a_kept_alive_connection_in_use_stays_open_and_closes_when_idle(
+    bounded: BoundedBroker,
+) -> None:
+    """Requests on one connection, spaced under the idle timeout, for longer than the header,
+    body and idle timeouts together: every one is answered on that connection. Then, idle, it
+    is closed after the idle timeout (not much sooner, not much later)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", bounded.port)
+    try:
+        started = time.monotonic()
+        answered = 0
+        while time.monotonic() - started < HEADER_S + BODY_S + IDLE_S + 0.5:
+            writer.write(_raw_send_message(bounded, f"still here {answered}?"))
+            status, answer = await _read_answer(reader)
+            assert status == b"HTTP/1.1 200 OK" and "result" in answer, (status, answer)
+            answered += 1
+            await asyncio.sleep(0.6 * IDLE_S)
+        idle_from = time.monotonic() - 0.6 * IDLE_S  # when the last answer came back
+        assert await asyncio.wait_for(reader.read(), timeout=IDLE_S + SLACK_S + 5) == b""
+        idle = time.monotonic() - idle_from
+        assert answered >= 8
+        assert 0.8 * IDLE_S <= idle < IDLE_S + SLACK_S, idle
+    finally:
+        writer.close()
+
+
+async def test_the_next_request_on_a_kept_alive_connection_has_a_header_deadline(
+    bounded: BoundedBroker,
+) -> None:
+    """After one answered request, the next request's headers dripped a byte at a time are cut
+    off with 408 REQUEST_HEADER_TIMEOUT, the header timeout after its first byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", bounded.port)
+    try:
+        writer.write(_raw_send_message(bounded, "first"))
+        status, _ = await _read_answer(reader)
+        assert status == b"HTTP/1.1 200 OK"
+        await asyncio.sleep(0.5 * IDLE_S)
+        slow = _raw_send_message(bounded, "second")
+        first_byte = time.monotonic()
+        reading = asyncio.create_task(reader.read())
+        for byte in slow[: int(HEADER_S + SLACK_S + 3)]:
+            writer.write(bytes([byte]))
+            done, _ = await asyncio.wait([reading], timeout=1.0)
+            if done:
+                break
+        answer = await asyncio.wait_for(reading, timeout=HEADER_S + SLACK_S)
+        held = time.monotonic() - first_byte
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert error_reason(answer) == RequestHeaderTimeoutError.reason
+        assert 0.9 * HEADER_S <= held < HEADER_S + SLACK_S, held
+    finally:
+        writer.close()
