@@ -58,39 +58,43 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     Build records with ``AuditChain.seal`` (which fills ``seq``, ``prev`` and ``hash``) or, for
     tests and tools, ``build_record``; construct directly only from already validated values.
-    ``detail`` keys match ``DETAIL_KEY_PATTERN``: ``build_record`` and ``decode_record`` check
-    them (a known key costs a set lookup, where a pattern in the type cost a regex search per
-    key and record). The instance ``__dict__`` holds no member: only the stored line that
-    ``with_hash`` made while hashing, so that ``encode_record`` need not encode it again.
+    ``detail`` keys match ``DETAIL_KEY_PATTERN`` and ``replica`` matches ``REPLICA_PATTERN``:
+    ``build_record`` and ``decode_record`` check them (a known name costs a set lookup, where a
+    pattern in the type cost a regex search per key and record). The instance ``__dict__``
+    holds no member: only the stored line that ``with_hash`` made while hashing, so that
+    ``encode_record`` need not encode it again.
     """
 
-    v: SafeInt
-    seq: Seq
-    ts_us: SafeInt
-    replica: ReplicaId
-    kind: str
-    request_id: str
+    # Declared in sorted order: the encoder then writes members as declared (it sorts only
+    # dict keys, ``order="deterministic"``), which is the canonical sorted order without a sort
+    # per record. A member added out of order would change the bytes: a test keeps this sorted.
     caller: str
     chain: tuple[str, ...]
-    tree: str
-    target: str
-    operation: str
-    skill: str
-    decision: str
-    reason: str
-    rule: str
-    status: SafeInt
-    latency_us: SafeInt
-    tokens_in: SafeInt
-    tokens_out: SafeInt
     cost_micro: SafeInt
-    request_digest: str
-    response_digest: str
+    decision: str
     detail: dict[str, DetailValue]
-    prev: str
     # Only this member has a default, so omit_defaults drops exactly it while it is "": that
     # encoding is the "record with hash omitted" that the hash covers.
     hash: str = ""
+    kind: str
+    latency_us: SafeInt
+    operation: str
+    prev: str
+    reason: str
+    replica: str  # REPLICA_PATTERN, checked by code as ``detail`` keys are
+    request_digest: str
+    request_id: str
+    response_digest: str
+    rule: str
+    seq: Seq
+    skill: str
+    status: SafeInt
+    target: str
+    tokens_in: SafeInt
+    tokens_out: SafeInt
+    tree: str
+    ts_us: SafeInt
+    v: SafeInt
 
 
 # Defaults for every member a caller may leave out when describing an event.
@@ -101,9 +105,11 @@ RECORD_DEFAULTS: Final[Mapping[str, Any]] = {
     "response_digest": "", "detail": {}, "prev": "",
 }
 
-_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+# Members come out in declaration order (sorted, see AuditRecord), ``detail`` keys sorted.
+_ENCODER: Final = msgspec.json.Encoder(order="deterministic")
 _HASH_MEMBER: Final = b',"hash":"'
 _KIND_MEMBER: Final = b',"kind":'
+_HASH_PREFIX_MEMBER: Final = _HASH_MEMBER + HASH_PREFIX.encode("ascii")
 _LINE: Final = "stored_line"
 _DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
@@ -113,20 +119,42 @@ def build_record(fields: Mapping[str, Any], **members: Any) -> AuditRecord:
     rest) into an unhashed record.
 
     Raises ``AuditRecordError`` naming the first bad member (a float, a missing ``seq``/``ts_us``/
-    ``replica``/``kind``, an unknown member, a ``detail`` key that is not ``[a-z][a-z0-9_.]*``).
+    ``replica``/``kind``, an unknown member, a ``detail`` key that is not ``[a-z][a-z0-9_.]*``,
+    a ``replica`` that does not match ``REPLICA_PATTERN``).
     """
+    return _built({**RECORD_DEFAULTS, **fields, **members})
+
+
+def _built(members: dict[str, Any]) -> AuditRecord:
     try:
-        record = msgspec.convert({**RECORD_DEFAULTS, **fields, **members}, AuditRecord)
-        _check_detail_keys(record.detail)
+        record = msgspec.convert(members, AuditRecord)
+        _check_names(record)
     except msgspec.ValidationError as exc:
         raise AuditRecordError(str(exc)) from exc
     return record
 
 
-# Detail keys seen to match DETAIL_KEY_PATTERN: the broker writes a few dozen names, over and
-# over. Bounded, since a key can carry a name the broker was given (``error.<metadata key>``).
+# Detail keys and replica ids seen to match their patterns: the broker writes a few dozen
+# names, over and over. Bounded, since a key can carry a name the broker was given
+# (``error.<metadata key>``).
 _GOOD_KEYS: Final[set[str]] = set()
 _GOOD_KEYS_MAX: Final = 4096
+_GOOD_REPLICAS: Final[set[str]] = set()
+
+
+def _check_names(record: AuditRecord) -> None:
+    """Raise ``msgspec.ValidationError`` for a ``replica`` that does not match
+    ``REPLICA_PATTERN`` or a ``detail`` key that does not match ``DETAIL_KEY_PATTERN``
+    (each searched as msgspec searches a ``pattern`` constraint)."""
+    replica = record.replica
+    if replica not in _GOOD_REPLICAS:
+        if REPLICA_PATTERN.search(replica) is None:
+            raise msgspec.ValidationError(
+                f"Expected `str` matching regex {REPLICA_PATTERN.pattern!r} - at `$.replica`"
+            )
+        if len(_GOOD_REPLICAS) < _GOOD_KEYS_MAX:
+            _GOOD_REPLICAS.add(replica)
+    _check_detail_keys(record.detail)
 
 
 def _check_detail_keys(detail: dict[str, Any]) -> None:
@@ -168,10 +196,25 @@ def with_hash(record: AuditRecord) -> AuditRecord:
 
 def sealed_record(fields: Mapping[str, Any], **members: Any) -> AuditRecord:
     """``with_hash(build_record(fields, **members))``, without the copy that sets the hash:
-    the record just built is nobody else's yet, so its hash is set in place."""
-    record, body, hashed = _hashed(build_record(fields, **members))
-    msgspec.structs.force_setattr(record, "hash", hashed)
-    record.__dict__[_LINE] = _with_hash_member(body, hashed)
+    the record just built is nobody else's yet, so its hash is set in place.
+
+    Every record the broker writes is sealed here, two per forwarded request, so the steps of
+    ``_hashed`` and ``_with_hash_member`` are written out in one function (each call cost about
+    as much as the step it wraps)."""
+    record = _built({**RECORD_DEFAULTS, **fields, **members})
+    if record.hash:  # a caller's own "hash" member is not what the hash covers
+        record = msgspec.structs.replace(record, hash="")
+    try:
+        body = _ENCODER.encode(record)
+    except UnicodeEncodeError:
+        record = _scrub(record)
+        body = _ENCODER.encode(record)
+    hexed = hashlib.sha256(body).hexdigest()
+    msgspec.structs.force_setattr(record, "hash", HASH_PREFIX + hexed)
+    at = body.rfind(_KIND_MEMBER)  # as in ``_with_hash_member``
+    record.__dict__[_LINE] = b"".join(
+        (body[:at], _HASH_PREFIX_MEMBER, hexed.encode("ascii"), b'"', body[at:])
+    )
     return record
 
 
@@ -204,7 +247,7 @@ def encode_record(record: AuditRecord) -> bytes:
 def decode_record(line: bytes | str) -> AuditRecord:
     """Parse one stored line. Raises ``msgspec.DecodeError`` (a ``ValueError``) if it is not one."""
     record = _DECODER.decode(line)
-    _check_detail_keys(record.detail)
+    _check_names(record)
     return record
 
 
@@ -215,7 +258,7 @@ def _fix_text(text: str) -> str:
 def _scrub(record: AuditRecord) -> AuditRecord:
     """A copy of ``record`` in which every lone surrogate is replaced by U+FFFD."""
     data = msgspec.to_builtins(record)
-    return msgspec.convert(_scrub_value(data), AuditRecord)
+    return _built(_scrub_value(data))
 
 
 def _scrub_value(value: Any) -> Any:

@@ -6,11 +6,13 @@ import msgspec
 import pytest
 
 from broker.audit.records import (
+    AuditRecord,
     AuditRecordError,
     build_record,
     decode_record,
     encode_record,
     record_hash,
+    sealed_record,
     with_hash,
 )
 
@@ -24,6 +26,14 @@ def test_every_member_is_written_and_hash_covers_all_but_itself() -> None:
     assert record.hash == record_hash(record)
     assert record.hash.startswith("sha256:") and len(record.hash) == 7 + 64
     assert decode_record(encode_record(record)) == record
+
+
+def test_members_are_declared_in_the_order_they_are_stored() -> None:
+    # The encoder writes members as declared and sorts only ``detail`` keys: a member declared
+    # out of order would change every stored line and hash.
+    names = list(AuditRecord.__struct_fields__)
+    assert names == sorted(names)
+    assert list(msgspec.json.decode(encode_record(with_hash(build_record(BASE))))) == names
 
 
 @pytest.mark.parametrize(
@@ -88,6 +98,41 @@ def test_a_sealed_record_is_stored_as_exactly_these_bytes() -> None:
     assert encode_record(decode_record(PINNED_LINE)) == PINNED_LINE
     assert decode_record(PINNED_LINE) == record
     assert record_hash(record) == record.hash
+
+
+def test_the_chain_s_sealing_stores_exactly_these_bytes() -> None:
+    record = sealed_record(
+        PINNED_FIELDS, seq=7, prev="sha256:" + "cd" * 32, replica="r1", ts_us=1796543571434563
+    )
+    assert encode_record(record) == PINNED_LINE
+    assert decode_record(PINNED_LINE) == record
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        BASE,
+        {**BASE, "hash": "sha256:" + "00" * 32},  # a caller's own hash is not what is covered
+        {**BASE, "caller": "agent\ud800", "chain": ["\udfff"], "detail": {"k": "\ud800"}},
+    ],
+)
+def test_sealing_gives_what_hashing_a_built_record_gives(fields: dict[str, object]) -> None:
+    sealed = sealed_record(fields)
+    expected = with_hash(build_record(fields))
+    assert sealed == expected
+    # The kept line is the one a fresh encoding of a copy (which keeps no line) gives.
+    assert encode_record(sealed) == encode_record(msgspec.structs.replace(sealed))
+    assert record_hash(sealed) == sealed.hash
+
+
+@pytest.mark.parametrize("replica", ["a/b", "", "-r1", "r" * 65, "r1 "])
+def test_a_replica_id_is_checked_for_every_record(replica: str) -> None:
+    build_record(BASE)  # "r1" is known now: a known id is a set lookup, others are searched
+    with pytest.raises(AuditRecordError, match="replica"):
+        build_record({**BASE, "replica": replica})
+    line = PINNED_LINE.replace(b'"replica":"r1"', b'"replica":' + msgspec.json.encode(replica))
+    with pytest.raises(msgspec.ValidationError, match="replica"):
+        decode_record(line)
 
 
 def test_a_stored_line_with_a_bad_detail_key_is_not_a_record() -> None:
