@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from broker.background import BackgroundTasks
 from broker.budgets.model import Usage
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.late_writes import finish_quietly, finish_soon
-from broker.pipeline.stage import holding, started
+from broker.pipeline.stage import holding
 from broker.policy.roles import AgentRoles
 from broker.settings import BudgetSettings, RateSettings
 from broker.stores.base import Stores
@@ -180,20 +180,23 @@ class SettleQueue:
         self._unfinished += 1
         self._idle.clear()
 
-    def now(self, settle: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Start ``settle`` at once, up to its store call: queued in the running turn, so it
-        goes out in the round trip of what the caller queues next in it (the task route's
-        claim). Its end is awaited by ``drained``; a failure other than the store's is logged."""
+    def now(self, ledger: BudgetLedger, held: Reservation, actual: Usage) -> None:
+        """Settle ``held`` at once (``settle_soon``): its script is queued in the running turn,
+        so it goes out in the round trip of what the caller queues next in it (the task route's
+        claim). Its end is awaited by ``drained``; a failure is logged (a store's is retried by
+        the ledger until it lands)."""
         self._unfinished += 1
         self._idle.clear()
-        started(settle()).add_done_callback(self._ended)
+        ledger.settle_soon(held, actual, self._ended)
 
-    def _ended(self, settling: asyncio.Future[None]) -> None:
+    def _ended(self, failure: BaseException | None) -> None:
         self._unfinished -= 1
         if self._unfinished == 0:
             self._idle.set()
-        if not settling.cancelled() and (exc := settling.exception()) is not None:
-            log.error("budget settle failed", exc_info=exc)
+        if isinstance(failure, BrokerError):
+            log.warning("budget settle failed for now (retried until it lands): %s", failure.reason)
+        elif failure is not None and not isinstance(failure, asyncio.CancelledError):
+            log.error("budget settle failed", exc_info=failure)
 
     async def drained(self) -> None:
         """Return once every settle queued so far has ended (tests; an orderly stop)."""
@@ -230,7 +233,7 @@ class _OneCall:
         call stays settled whatever comes after (a claim refused, a caller that hangs up)."""
         if not self._ended:
             self._ended = True
-            self._settles.now(self._settle)
+            self._settles.now(self._ledger, self._held, ONE_CALL)
 
     async def give_back(self) -> None:
         if not self._ended:

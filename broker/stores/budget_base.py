@@ -8,13 +8,15 @@ its storage raises ``StoreUnavailableError`` and never answers from a guess (fai
 from __future__ import annotations
 
 import abc
+import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
 
 from broker.budgets.model import Limit, Metric, Scope, Usage, Window, check_scopes, check_usage
+from broker.pipeline.stage import started
 
 # The budget types travel with the ledger's interface; callers may import them from here.
 __all__ = [
@@ -119,6 +121,18 @@ class BudgetLedger(abc.ABC):
         Raises ValueError if an amount of ``actual`` is negative or above 2**53-1.
         """
 
+    def settle_soon(
+        self, reservation: Reservation, actual: Usage, done: Callable[[BaseException | None], None]
+    ) -> None:
+        """``settle``, started now for no one to await: its store call is queued in the running
+        turn (so it shares the round trip of what the caller queues next in it), and ``done`` is
+        told how it ended: None once it landed, or what ``settle`` would have raised (a store
+        failure is retried by the ledger until it lands, as ``settle`` retries it). ``done``
+        may be called before this returns; it must not raise."""
+        started(self.settle(reservation, actual)).add_done_callback(
+            lambda settling: done(_failure_of(settling))
+        )
+
     @abc.abstractmethod
     async def release(self, reservation: Reservation) -> None:
         """End ``reservation`` spending nothing, atomically; nothing happens if it ended before."""
@@ -171,3 +185,7 @@ def gcra_parameters(rate_per_s: float, burst: int) -> tuple[int, int]:
         raise ValueError("burst must be at least 1")
     interval_us = max(1, round(MICROS / rate_per_s))
     return interval_us, interval_us * burst
+
+
+def _failure_of(future: asyncio.Future[None]) -> BaseException | None:
+    return asyncio.CancelledError() if future.cancelled() else future.exception()

@@ -39,7 +39,7 @@ key layouts' hash tags see to that).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -56,6 +56,45 @@ class NotReplicatedError(RedisError):
     """WAIT: fewer replicas than required confirmed a batch's writes in time."""
 
 
+class _Notify:
+    """Where a call no one awaits gets its reply: a callback, told once, in the turn the reply
+    came in (``_Batcher.notify``). Answers to what the batchers ask of a caller's future."""
+
+    __slots__ = ("_callback", "_told")
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+        self._told = False
+
+    def done(self) -> bool:
+        return self._told
+
+    def set_result(self, reply: Any) -> None:
+        self._tell(reply)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._tell(exc)
+
+    def cancel(self) -> bool:
+        self._tell(asyncio.CancelledError())
+        return True
+
+    def _tell(self, outcome: Any) -> None:
+        if self._told:
+            return
+        self._told = True
+        try:
+            self._callback(outcome)
+        except Exception as exc:  # never into the link's reply parsing: the loop reports it
+            asyncio.get_running_loop().call_exception_handler(
+                {"message": "a script reply's callback failed", "exception": exc}
+            )
+
+
+# Where a queued call's caller learns its reply: a future it awaits, or a callback (``_Notify``).
+_Waiter = asyncio.Future[Any] | _Notify
+
+
 class _Call:
     """One queued script call: what to send, and where its caller waits for the reply."""
 
@@ -63,7 +102,7 @@ class _Call:
 
     def __init__(
         self, script: BatchedScript, keys: Sequence[KeyT], args: tuple[EncodableT, ...],
-        future: asyncio.Future[Any], packed: bytes = b"",
+        future: _Waiter, packed: bytes = b"",
     ) -> None:  # fmt: skip
         self.script, self.keys, self.args, self.future = script, keys, args, future
         self.packed = packed  # its EVALSHA as RESP bytes, for the wire batcher
@@ -90,13 +129,27 @@ class _Batcher:
         self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        call = _Call(script, keys, tuple(args), loop.create_future())
+        future = loop.create_future()
+        self._enqueue(loop, _Call(script, keys, tuple(args), future))
+        return future
+
+    def notify(
+        self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT],
+        callback: Callable[[Any], None],
+    ) -> None:  # fmt: skip
+        """Queue a call as ``queue`` does, for no one to await: ``callback`` gets its reply, or
+        the exception its caller would have seen, once, in the turn the reply comes in (no
+        future, and no loop turn to wake a waiter). It may be called before this returns (an
+        argument Redis cannot take); an exception it raises goes to the loop's handler."""
+        self._enqueue(asyncio.get_running_loop(),
+                      _Call(script, keys, tuple(args), _Notify(callback)))  # fmt: skip
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         if not self._prepare(call):
-            return call.future  # failed already: nothing to send
+            return  # failed already: nothing to send
         if not self._queued:
             self._schedule(loop)
         self._queued.append(call)
-        return call.future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """Have the queue sent once the running turn of the loop is over."""
@@ -390,7 +443,7 @@ def _fail_all(calls: Iterable[_Call], exc: BaseException) -> None:
         raise exc
 
 
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+def _fail(future: _Waiter, exc: BaseException) -> None:
     if future.done():
         return
     if isinstance(exc, asyncio.CancelledError):

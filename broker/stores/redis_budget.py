@@ -31,15 +31,16 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.budgets.model import METRICS, WINDOWS, Limit, Metric, Scope, Usage, Window, check_usage
 from broker.ids import new_id
 from broker.late_writes import LateWrites
+from broker.observability.probes import store_call
 from broker.stores.budget_base import (
     COUNTER_GRACE_S,
     MICROS,
@@ -52,7 +53,13 @@ from broker.stores.budget_base import (
     gcra_parameters,
 )
 from broker.stores.redis_batch import BatchedScript
-from broker.stores.redis_client import REDIS_FAILURES, RedisClient, lua_source, unavailable_on_error
+from broker.stores.redis_client import (
+    REDIS_FAILURES,
+    RedisClient,
+    lua_source,
+    store_error,
+    unavailable_on_error,
+)
 
 
 def budget_script(name: str) -> str:
@@ -66,6 +73,8 @@ _RATE_LIMIT_LUA = lua_source("rate_limit_acquire.lua")
 _RETRY_JITTER_S = 0.002
 # At most this many tuples of scopes keep their shards and script arguments (decision 0086).
 _PLANS_MAX = 4096
+# ``settle`` 's metrics (``unavailable_on_error`` 's), for a settle no one awaits.
+_settle_took, _settle_failed = store_call("RedisBudgetLedger.settle")
 
 
 def budget_base_key(prefix: str) -> str:
@@ -178,9 +187,9 @@ class RedisBudgetLedger(BudgetLedger):
         shards, limits = self._plan(scopes)
         shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
         replies = await _together(
-            _send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
-            for shard in shards
-        )
+            [_send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
+             for shard in shards]
+        )  # fmt: skip
         failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
         if failed is not None:
             # A reserve may still run (a stalled Redis runs it when it resumes) and would hold
@@ -257,6 +266,47 @@ class RedisBudgetLedger(BudgetLedger):
         # retried until Redis answers (while the reservation lives).
         await self._finish(self._settle, reservation, [reservation.id, *actual.amounts()], "settle")
 
+    def settle_soon(
+        self, reservation: Reservation, actual: Usage, done: Callable[[BaseException | None], None]
+    ) -> None:
+        """``settle`` for no one to await (the usual settle of a metered call, decision 0094):
+        on one shard of the batching client, its script is queued with a callback, so no task,
+        coroutine or future is made for it and no loop turn is spent waking one. The same
+        script, arguments, retry of a failure (named and timed as ``settle`` names it) and
+        metrics; ``done`` gets what ``settle`` would have raised."""
+        script = self._settle
+        shards = self._shards_of(reservation.scopes)
+        if len(shards) > 1 or not isinstance(script, BatchedScript):
+            super().settle_soon(reservation, actual, done)
+            return
+        try:
+            check_usage(actual)
+        except ValueError as exc:
+            done(exc)
+            return
+        (shard,) = shards
+        args: list[Any] = [reservation.id, *actual.amounts()]
+        started, now = time.perf_counter(), time.time()
+
+        def landed(reply: Any) -> None:
+            _settle_took(time.perf_counter() - started)
+            if not isinstance(reply, BaseException):
+                done(None)
+                return
+            try:
+                ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
+                what = f"settle of reservation {reservation.id}"
+                self._retry_failed(script, [shard], args, [reply], what=what, ttl_ms=ttl_ms)
+            except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
+                _settle_failed()
+                error = store_error(exc)
+                error.__cause__ = exc  # ``raise ... from exc``, as the awaited settle raises it
+                done(error)
+            except BaseException as exc:
+                done(exc)
+
+        script.registered_client.batcher.notify(script, self._keys[shard], args, landed)
+
     @unavailable_on_error
     async def release(self, reservation: Reservation) -> None:
         await self._finish(self._release, reservation, [reservation.id], "release")
@@ -317,7 +367,7 @@ def _send(script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[An
 async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
     """Each call's reply or exception; several wait together (sent in one batch: one round trip
     per node), a lone one is awaited as it is."""
-    pending = list(calls)
+    pending = calls if type(calls) is list else list(calls)
     if len(pending) == 1:
         try:
             return [await pending[0]]

@@ -56,7 +56,7 @@ def pack(encoder: Any, args: Sequence[EncodableT]) -> bytes:
     """
     if (
         encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
-        and all(type(arg) in _NATIVE for arg in args)
+        and all(map(_NATIVE.__contains__, map(type, args)))  # no Python frame per argument
     ):  # fmt: skip
         try:
             native: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]

@@ -59,6 +59,20 @@ SHARDED: dict[str, RedisMode] = {
 }
 
 
+# A test that reads a minute/hour/day/month window's counts after changing them would read a
+# fresh window if the clock crossed a boundary in between (a new minute starts every 60 s;
+# every other window starts with one): such tests start at least this far from the next one.
+WINDOW_MARGIN_S = 10.0
+
+
+@pytest.fixture
+async def clear_of_a_window_boundary() -> None:
+    """Wait, if need be, until the next minute starts (at most WINDOW_MARGIN_S)."""
+    left = 60.0 - time.time() % 60.0
+    if left < WINDOW_MARGIN_S:
+        await asyncio.sleep(left + 0.05)
+
+
 @pytest.fixture(params=["memory", *REDIS_MODES, *SHARDED])
 def store_settings(request: pytest.FixtureRequest) -> StoreSettings:
     """conftest's backends, and the sharded ones."""
@@ -120,6 +134,7 @@ async def test_a_limit_of_zero_allows_nothing_but_zero(stores: Stores) -> None:
     held(await reserve(stores.budgets, [budget], Usage(tokens_in=5)))
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_multi_scope_refusal_names_the_first_limit_hit_and_changes_nothing(
     stores: Stores,
 ) -> None:
@@ -152,6 +167,7 @@ async def test_scopes_with_look_alike_names_are_kept_apart(stores: Stores) -> No
 # --- settle, release, idempotency ----------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_settle_moves_reserved_to_used_and_frees_the_rest(stores: Stores) -> None:
     ledger = stores.budgets
     budget = scope("a", Limit("tokens_out", "hour", 100), Limit("calls", "day", 5))
@@ -172,6 +188,7 @@ async def test_spend_beyond_the_reservation_is_overage_never_used(stores: Stores
     assert (status.used, status.reserved, status.remaining, status.overage) == (60, 40, 0, 15)
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_release_frees_everything(stores: Stores) -> None:
     ledger = stores.budgets
     scopes = [scope("a", Limit("calls", "minute", 1)), scope("t1", Limit("calls", "day", 1))]
@@ -182,6 +199,7 @@ async def test_release_frees_everything(stores: Stores) -> None:
     held(await reserve(ledger, scopes, Usage(calls=1)))
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_limits_a_call_does_not_touch_end_cleanly(stores: Stores) -> None:
     ledger = stores.budgets
     budget = scope("a", Limit("calls", "day", 1), Limit("tokens_out", "day", 1))
@@ -214,6 +232,7 @@ async def test_ending_a_reservation_twice_changes_nothing(stores: Stores) -> Non
 # --- expiry --------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_expire_reclaims_only_dead_reservations(stores: Stores) -> None:
     ledger = stores.budgets
     budget = scope("a", Limit("calls", "day", 10))
@@ -321,6 +340,7 @@ async def test_redis_scripts_compute_the_same_windows(redis_url: str) -> None:
 # --- status, validation --------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_status_reports_every_limit_in_order(stores: Stores) -> None:
     ledger = stores.budgets
     agent = scope("a", Limit("calls", "day", 3), Limit("cost_micro", "month", 900))
@@ -396,6 +416,7 @@ async def test_rate_limiter_refuses_unusable_arguments(
 # --- concurrency ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("clear_of_a_window_boundary")
 async def test_concurrent_reserves_admit_exactly_what_fits(stores: Stores) -> None:
     ledger = stores.budgets
     scopes = [
