@@ -51,6 +51,9 @@ def digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest() if body else ""
 
 
+_RECORD_METHODS = ("record", "record_staged", "record_soon")
+
+
 class AuditRecorder:
     """Writes the broker's records. ``trail`` None means auditing is off. Requests from or to
     ``payload_agents`` also keep a redacted copy of their body (at their forward/refusal).
@@ -72,6 +75,16 @@ class AuditRecorder:
         self._checkpoints: asyncio.Task[None] | None = None
         if trail is not None:
             self._checkpoints = self._tasks.spawn(trail.run_checkpoints(), "audit-ckpt")
+
+    @property
+    def drops_records(self) -> bool:
+        """Every record handed to this recorder is dropped unread: auditing is off (no trail)
+        and its record methods are these (a recorder that keeps records another way overrides
+        them). Stages then need not build the records at all (decision 0093)."""
+        cls = type(self)
+        return self.trail is None and all(
+            getattr(cls, name) is getattr(AuditRecorder, name) for name in _RECORD_METHODS
+        )
 
     async def record(self, fields: Mapping[str, Any], *, durable: bool = True) -> None:
         """Append durably; raises AuditUnavailableError if the log cannot be written.

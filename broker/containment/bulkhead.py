@@ -23,6 +23,14 @@ class Bulkhead:
         self._settings = settings
         self._in_flight: dict[str, int] = {}
 
+    @property
+    def caps_any(self) -> bool:
+        """Some agent has a cap (the settings are fixed): else ``enter`` never counts."""
+        settings = self._settings
+        return bool(settings.max_concurrent_per_agent) or any(
+            settings.agent_max_concurrent.values()
+        )
+
     def enter(self, agent: str) -> bool:
         """Count one more call to ``agent``; False if it is not capped (nothing to leave).
         Raises AtCapacityError if its cap is reached."""

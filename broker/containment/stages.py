@@ -61,6 +61,12 @@ class AgentContainment:
         self.bulkhead = Bulkhead(settings)
         self._breaking = settings.breaker.enabled
 
+    @property
+    def passes_through(self) -> bool:
+        """No breaker and no agent capped: nothing is refused, counted or recorded, so
+        ``fold`` leaves the stage out (decisions 0087, 0093)."""
+        return not self._breaking and not self.bulkhead.caps_any
+
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.target is not None  # noqa: S101 - resolved earlier
         agent = ctx.target.name

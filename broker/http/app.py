@@ -199,11 +199,17 @@ def _audit_connections(audit: AuditRecorder) -> Callable[[dict[str, int]], None]
     return record
 
 
-def app_from_environment() -> QuietStartupFailure:
-    """Factory for ``uvicorn --factory``: settings from $A2A_BROKER_CONFIG (each worker)."""
+def app_from_environment() -> MediationEdges:
+    """Factory for ``uvicorn --factory``: settings from $A2A_BROKER_CONFIG (each worker).
+
+    The raw edge is outermost, so a mediated request enters no wrapper it does not need; what
+    it passes on (the lifespan, every other route) goes through ``QuietStartupFailure``."""
     settings = load_settings()
     configure_logging(settings.server.log_level)
-    return QuietStartupFailure(MediationEdges(create_app(settings), settings.limits.max_body_bytes))
+    app = create_app(settings)
+    edges = MediationEdges(app, settings.limits.max_body_bytes)
+    edges.app = QuietStartupFailure(app)  # type: ignore[assignment]  # plain ASGI aliases
+    return edges
 
 
 class QuietStartupFailure:

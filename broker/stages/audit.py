@@ -47,6 +47,10 @@ class AuditFormat(Protocol[C_contra]):
 class A2aAudit:
     """An A2A request's records (``broker.audit.recorder.request_fields``)."""
 
+    # Building a record has no effect but the record (an LLM call's outcome also counts its
+    # tokens): with auditing off, none need be built (``AuditForward.passes_through``).
+    records_only = True
+
     async def decision(self, ctx: MediationContext) -> dict[str, Any]:
         return request_fields(ctx, phase="forward", status=0)
 
@@ -62,10 +66,22 @@ class A2aAudit:
         return request_fields(ctx, phase="refused", status=status)
 
 
+def records_only(audit: object) -> bool:
+    """Does building ``audit``'s records have no effect besides the records themselves?"""
+    return getattr(audit, "records_only", False) is True
+
+
 class AuditForward(Generic[C]):
     def __init__(self, recorder: AuditRecorder, audit: AuditFormat[C] | None = None) -> None:
         self._recorder = recorder
         self._format: AuditFormat[Any] = audit if audit is not None else A2aAudit()
+
+    @property
+    def passes_through(self) -> bool:
+        """With auditing off (``[audit] backend = "off"``: no trail) the records would be
+        built only to be dropped: ``fold`` leaves the stage out (decision 0093), where
+        building them does nothing else (the format's ``records_only``)."""
+        return self._recorder.drops_records and records_only(self._format)
 
     async def __call__(self, ctx: C, call_next: Callable[[C], Awaitable[Outcome]]) -> Outcome:
         fields = await self._format.decision(ctx)

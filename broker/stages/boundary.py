@@ -21,7 +21,7 @@ from broker.observability import tracing
 from broker.observability.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
 from broker.protocols.a2a.wire import error_reply, sse_error_event
-from broker.stages.audit import A2aAudit, AuditFormat
+from broker.stages.audit import A2aAudit, AuditFormat, records_only
 from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
 
 log = logging.getLogger("a2a_broker.access")
@@ -80,6 +80,8 @@ class ErrorBoundary(Generic[C]):
     async def _audit_refusal(self, ctx: C, status: int) -> None:
         if isinstance(ctx.error, AuditUnavailableError):
             return  # the log is what failed; the log line still says so
+        if self._recorder.drops_records and records_only(self._audit):
+            return  # auditing is off: a record built now would only be dropped
         try:
             await self._recorder.record(self._audit.refusal(ctx, status))
         except BrokerError as err:

@@ -57,6 +57,8 @@ class HopBudget:
         self._scopes = scopes
         self._roles = roles
         self.settles = SettleQueue(tasks)
+        # No rate is configured (the settings are fixed): no rate check to start per call.
+        self._rated = bool(budgets.agent_rates or budgets.edge_rates)
 
     async def __call__(self, ctx: MediationContext, call_next: CallNext) -> Outcome:
         assert ctx.operation is not None and ctx.target is not None  # noqa: S101
@@ -81,24 +83,16 @@ class HopBudget:
         an MCP tool call): the caller's and the caller→target edge's rates, then one atomic
         reserve in every budget the call counts in (``tool``: an MCP tool's own budget too),
         settled when the answer ends, given back if the call is refused further in."""
-        # The rate checks start first, as tasks: their scripts are then queued in the same
-        # event-loop turn as the reserve's, and go to Redis in its round trip.
-        rates = [
-            (key, asyncio.ensure_future(self._acquire(key, rate)))
-            for key, rate in (
-                (f"agent:{caller}", self._budgets.agent_rates.get(caller)),
-                (f"edge:{caller}>{target}", self._budgets.edge_rates.get(f"{caller}>{target}")),
-            )
-            if rate is not None
-        ]
+        rates = self._start_rates(caller, target) if self._rated else ()
         try:
             held = await self._reserve(caller, target, tree, tool)
         except BaseException:
-            await _ended(rates)
+            if rates:
+                await _ended(rates)
             raise
         try:
-            # A rate limit refuses first, as when the checks ran one after the other.
-            _check_rates(rates, await _ended(rates))
+            if rates:  # a rate limit refuses first, as when the checks ran one after the other
+                _check_rates(rates, await _ended(rates))
             # Checks that shared this round trip (the guards' fan-out slot) must have passed
             # before anything leaves; their refusal comes first (the guards see to that).
             if ctx.pending_checks is not None:
@@ -117,6 +111,19 @@ class HopBudget:
         one = _OneCall(self._ledger, held, self.settles)
         ctx.on_answer_checked = one.answered  # a unary answer's settle goes with its claim
         return await holding(ctx, call_next, one, "budget", tasks=self._tasks)
+
+    def _start_rates(self, caller: str, target: str) -> list[tuple[str, asyncio.Future[float]]]:
+        """The caller's and the edge's rate checks, started as tasks: their scripts are then
+        queued in the same event-loop turn as the reserve's, and go to Redis in its round
+        trip."""
+        return [
+            (key, asyncio.ensure_future(self._acquire(key, rate)))
+            for key, rate in (
+                (f"agent:{caller}", self._budgets.agent_rates.get(caller)),
+                (f"edge:{caller}>{target}", self._budgets.edge_rates.get(f"{caller}>{target}")),
+            )
+            if rate is not None
+        ]
 
     async def _acquire(self, key: str, rate: RateSettings) -> float:
         return await self._limiter.acquire(key, rate_per_s=rate.rate_per_s, burst=rate.burst)

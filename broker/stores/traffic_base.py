@@ -29,9 +29,9 @@ class MemoryRecentTraffic(RecentTraffic):
         self._rows: deque[bytes] = deque()
 
     async def add(self, rows: Sequence[bytes], keep: int, ttl_s: int) -> None:
+        if self._rows.maxlen != keep:  # the newest ``keep`` stay: the oldest drop off in C
+            self._rows = deque(self._rows, maxlen=keep)
         self._rows.extend(rows)
-        while len(self._rows) > keep:
-            self._rows.popleft()
 
     async def latest(self, limit: int) -> list[bytes]:
         return list(reversed(self._rows))[:limit]

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from broker.approvals.stages import CostOverThreshold, TreeBudgetThreshold
-from broker.containment.stages import ProviderBreaker
+from broker.audit.file_log import FileAuditLog
+from broker.audit.recorder import AuditRecorder
+from broker.audit.trail import AuditTrail
+from broker.containment.stages import AgentContainment, ProviderBreaker
+from broker.identity.keys import BrokerKeys
+from broker.llm.audit import LlmAudit
 from broker.llm.stages import AgentRateLimit
 from broker.pipeline.stage import fold
+from broker.settings import Settings
 from broker.settings_containment import BreakerSettings, ContainmentSettings
 from broker.settings_llm import LlmSettings
+from broker.stages.audit import AuditForward
 from broker.types import Outcome, Reply
 
 Next = Callable[[list[str]], Awaitable[Outcome]]
@@ -61,3 +72,44 @@ def test_the_stages_pass_through_exactly_when_their_settings_turn_them_off() -> 
     assert not ProviderBreaker(ContainmentSettings()).passes_through
     off_settings = ContainmentSettings(breaker=BreakerSettings(enabled=False))
     assert ProviderBreaker(off_settings).passes_through
+    # The A2A containment: only with the breaker off and no agent capped.
+    assert not AgentContainment(ContainmentSettings()).passes_through
+    assert not AgentContainment(off_settings).passes_through  # the default cap: 128
+    uncapped = msgspec.structs.replace(off_settings, max_concurrent_per_agent=0)
+    assert AgentContainment(uncapped).passes_through
+    one_capped = msgspec.structs.replace(uncapped, agent_max_concurrent={"a": 2})
+    assert not AgentContainment(one_capped).passes_through
+    none_capped = msgspec.structs.replace(uncapped, agent_max_concurrent={"a": 0})
+    assert AgentContainment(none_capped).passes_through
+    breaking = msgspec.structs.replace(ContainmentSettings(), max_concurrent_per_agent=0)
+    assert not AgentContainment(breaking).passes_through
+
+
+class _Kept(AuditRecorder):
+    """No trail, but keeps what it is given (as the tests' recorders do)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.kept: list[Mapping[str, Any]] = []
+
+    def record_soon(self, fields: Mapping[str, Any]) -> None:
+        self.kept.append(fields)
+
+
+async def test_the_audit_stage_passes_through_only_when_its_records_would_be_dropped(
+    tmp_path: Path,
+) -> None:
+    assert AuditRecorder(None).drops_records
+    assert AuditForward[Any](AuditRecorder(None)).passes_through  # [audit] backend = "off"
+    assert not AuditForward[Any](_Kept()).passes_through
+    # An LLM call's outcome record also counts its tokens: built even with auditing off.
+    assert not AuditForward[Any](AuditRecorder(None), LlmAudit()).passes_through
+    trail = await AuditTrail.open(
+        FileAuditLog(tmp_path, fsync=False), "unit", BrokerKeys.from_settings(Settings())
+    )
+    recorder = AuditRecorder(trail)
+    try:
+        assert not recorder.drops_records
+        assert not AuditForward[Any](recorder).passes_through
+    finally:
+        await recorder.close()
