@@ -140,14 +140,21 @@ def _counting(handle: Any, sent: list[logging.LogRecord]) -> Any:
     return counted
 
 
-def test_a_line_goes_through_logging_when_anything_else_could_see_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _unconfigured_root(monkeypatch: pytest.MonkeyPatch, stderr: Any) -> logging.Logger:
+    """The root logger as before ``configure_logging`` (restored after the test), with
+    ``stderr`` as the stream the configured handler will write to."""
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", list(root.handlers))
     monkeypatch.setattr(root, "level", root.level)
     monkeypatch.setattr(logs, "_configured", None)
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", stderr)
+    return root
+
+
+def test_a_line_goes_through_logging_when_anything_else_could_see_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = _unconfigured_root(monkeypatch, io.StringIO())
     logger = logging.getLogger("a2a_broker.access")
     assert logs._direct_route(logger) is None  # not configured: a tool, a test
     configure_logging("info")
@@ -170,11 +177,7 @@ def test_a_line_goes_through_logging_when_anything_else_could_see_it(
 def test_a_failed_direct_write_is_reported_as_logging_reports_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", list(root.handlers))
-    monkeypatch.setattr(root, "level", root.level)
-    monkeypatch.setattr(logs, "_configured", None)
-    monkeypatch.setattr(sys, "stderr", _Broken())
+    root = _unconfigured_root(monkeypatch, _Broken())
     configure_logging("info")
     handler = root.handlers[0]
     reported: list[logging.LogRecord] = []
