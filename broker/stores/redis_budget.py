@@ -290,13 +290,10 @@ class RedisBudgetLedger(BudgetLedger):
 
         def landed(reply: Any) -> None:
             _settle_took(time.perf_counter() - started)
-            if not isinstance(reply, BaseException):
-                done(None)
-                return
             try:
-                ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
-                what = f"settle of reservation {reservation.id}"
-                self._retry_failed(script, [shard], args, [reply], what=what, ttl_ms=ttl_ms)
+                self._retry_any_failed(
+                    script, reservation, [shard], args, [reply], what="settle", now=now
+                )
             except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
                 _settle_failed()
                 error = store_error(exc)
@@ -304,6 +301,8 @@ class RedisBudgetLedger(BudgetLedger):
                 done(error)
             except BaseException as exc:
                 done(exc)
+            else:
+                done(None)
 
         script.registered_client.batcher.notify(script, self._keys[shard], args, landed)
 
@@ -317,9 +316,17 @@ class RedisBudgetLedger(BudgetLedger):
         shards = self._shards_of(reservation.scopes)
         now = time.time()
         outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        self._retry_any_failed(script, reservation, shards, args, outcomes, what=what, now=now)
+
+    def _retry_any_failed(
+        self, script: AsyncScript, reservation: Reservation, shards: list[int], args: list[Any],
+        outcomes: list[Any], *, what: str, now: float,
+    ) -> None:  # fmt: skip
+        """A settle's or release's ``outcomes`` (sent at ``now``): the failed shards retried
+        while the reservation lives, the first failure raised; nothing when all landed."""
         if any(isinstance(outcome, BaseException) for outcome in outcomes):
             # Named and timed for its retries only now: once per metered call, the usual
-            # answer needs neither (decision 0086). Raises the first failure.
+            # answer needs neither (decision 0086).
             ttl_ms = max(1, math.ceil((reservation.expires_at - now) * 1000))
             what = f"{what} of reservation {reservation.id}"
             self._retry_failed(script, shards, args, outcomes, what=what, ttl_ms=ttl_ms)
