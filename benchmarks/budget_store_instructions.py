@@ -11,7 +11,8 @@ the task route's claim, as a unary A2A send does. C calls at a time. The script 
 the two totals, divided by 480, is what one metered call costs the store path (client side:
 packing, writing, parsing, settling; Redis's own CPU is another process). How calls fall into
 round trips at c=16 depends on timing, so that count moves by a few per cent from run to run;
-at c=1 it does not. ``--broker-ref``: count the ``broker/`` of that commit (``git archive``).
+at c=1 it does not (the live limits' clock is held, so no reload falls in the count).
+``--broker-ref``: count the ``broker/`` of that commit (``git archive``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ async def run(url: str, number: int, concurrency: int) -> int:
     caller's budget has counted once every settle landed."""
     backend = RedisBackend(StoreSettings(backend="redis", redis_url=url, key_prefix="budget-instr"))
     stores = backend.stores()
-    scopes = ConfiguredScopes(CALLS, stores.budget_limits)
+    # The live limits are read once, their clock held: a reload is a round trip once a second
+    # of wall time, and a slower (loaded) run under callgrind would count more of them.
+    scopes = ConfiguredScopes(CALLS, stores.budget_limits, clock=lambda: 0.0)
     stage = HopBudget(stores, CALLS, scopes, AgentRoles(None))
     answered = Reply(200, b"{}")
     route = TaskRoute(agent="target", task_id="task", owner="caller")
