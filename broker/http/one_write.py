@@ -6,11 +6,25 @@ and two TCP segments for every unary answer, with the peer woken for each. ``Hea
 the transport as one cycle sees it: the cycle's first write is held until its next one, or
 until the end of the loop turn at the latest (a stream's headers, a ``100 Continue``, go out as
 soon as before, only after the callbacks already ready to run). Decision 0077.
+
+A unary answer the mediation edge builds itself need not go through ``send`` at all:
+``UnaryCycle.send_whole`` writes what the two messages would have written, byte for byte, with
+the cycle's state left as they leave it, without the two message dicts, a regular-expression
+search per header name and value, and the end-of-turn flush (decision 0098).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
 
 # A body up to this size is copied behind the head (cheaper than a vectored write); a larger
 # one is handed to the transport beside it, uncopied.
@@ -53,9 +67,93 @@ class HeadWithBody:
             if not self._transport.is_closing():
                 self._transport.write(held)
 
+    def write_whole(self, data: bytes) -> None:
+        """The cycle's whole answer, head and body: written now, behind anything held."""
+        self._hold = False
+        held = self._held
+        if held is not None:
+            self._held = None
+            data = held + data
+        self._transport.write(data)
+
     def is_closing(self) -> bool:
         return self._transport.is_closing()
 
     def close(self) -> None:
         self.flush()
         self._transport.close()
+
+
+# Names whose value changes how uvicorn frames or ends an answer: an answer carrying one takes
+# ``send`` (its content-length is the one ``send_whole`` adds).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+Headers = list[tuple[bytes, bytes]]
+
+
+class UnaryCycle(RequestResponseCycle):
+    """uvicorn's response cycle (``BoundedHttpToolsProtocol`` makes every cycle one) that can
+    also send a whole unary answer at once; its transport is a ``HeadWithBody``."""
+
+    transport: HeadWithBody  # type: ignore[assignment]
+
+    def send_whole(self, status: int, headers: Headers, body: bytes) -> bool:
+        """Send ``status``, ``headers`` (lower-case names) and then ``content-length`` and
+        ``body``, as ``send`` sends ``http.response.start`` and one ``http.response.body`` with
+        them: the same bytes (in one write), the same state after, the same close. False, and
+        nothing done, when the answer is one ``send`` must handle (nothing sent: take it there):
+        a response already started, a client gone or a transport paused, the access log on,
+        ``HEAD``, a status uvicorn has no line for, a framing header, a name or value ``send``
+        would refuse, a body large enough to be written uncopied beside its head."""
+        line = STATUS_LINE.get(status)
+        if (
+            line is None
+            or self.response_started
+            or self.disconnected
+            or self.flow.write_paused
+            or self.access_log
+            or self.scope["method"] == "HEAD"
+            or len(body) >= _JOIN_BELOW
+        ):
+            return False
+        head = _head(self.default_headers, headers)
+        if head is None:
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = False
+        self.response_complete = True
+        close = b"" if self.keep_alive else b"connection: close\r\n"
+        self.transport.write_whole(
+            b"%s%scontent-length: %d\r\n%s\r\n%s" % (line, head, len(body), close, body)
+        )
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+        return True
+
+
+def _head(defaults: Headers, headers: Headers) -> bytes | None:
+    """The header lines of ``defaults`` and ``headers``; None if ``send`` would refuse a name or
+    value, lower-case a name, or frame the answer by one of them."""
+    names = [name for name, _ in defaults]
+    names += [name for name, _ in headers]
+    joined = b"".join(names)
+    if (
+        HEADER_RE.search(joined)  # a character class: one search finds what one a name finds
+        or joined.lower() != joined
+        or not _FRAMING.isdisjoint(names)
+        or HEADER_VALUE_RE.search(b"".join([value for _, value in defaults]))
+        or HEADER_VALUE_RE.search(b"".join([value for _, value in headers]))
+    ):
+        return None
+    return b"".join(
+        [b"%s: %s\r\n" % pair for pair in defaults] + [b"%s: %s\r\n" % pair for pair in headers]
+    )
+
+
+def sent_whole(send: Callable[[Any], Any], status: int, headers: Headers, body: bytes) -> bool:
+    """Whether a unary answer went out through ``UnaryCycle.send_whole`` (``send`` is a
+    ``UnaryCycle``'s own); False: nothing was sent, send it as two messages."""
+    cycle = getattr(send, "__self__", None)
+    return type(cycle) is UnaryCycle and cycle.send_whole(status, headers, body)

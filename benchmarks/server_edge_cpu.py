@@ -1,0 +1,126 @@
+"""What the HTTP/1.1 server edge costs a mediated request, in process, over loopback.
+
+    .venv/bin/python -m benchmarks.server_edge_cpu [--requests N] [--rounds R] [--concurrency C]
+
+The broker's own server side of a request: ``BoundedHttpToolsProtocol`` (uvicorn's httptools
+protocol with the connection bounds) parsing the request and writing the answer, and the raw
+mediation edge (``MediationEdges``) in front of a runtime that reads the body and answers a
+fixed unary reply at once (``benchmarks.edge_costs``'s). C kept-alive clients on the same
+uvloop send ``POST /agents/bench/jsonrpc`` one after another; the figure is the loop thread's
+CPU µs per request (``time.thread_time``), clients included (they cost the same whatever the
+server does), each round's and the median of R rounds. No network leaves the process.
+
+Under callgrind, two runs of different ``--requests`` (one round each) give the instructions of
+one request as the difference of their totals over the difference of their lengths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from email.utils import formatdate
+from typing import Any
+
+import uvloop
+from litestar import Litestar
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from benchmarks.edge_costs import BODY, HEADERS, _Runtime
+from benchmarks.http1 import ResponseParser
+from broker.http import mediation
+from broker.http.connections import ConnectionBounds, protocol_factory
+
+REQUEST = b"".join(
+    [b"POST /agents/bench/jsonrpc HTTP/1.1\r\n",
+     *(name + b": " + value + b"\r\n" for name, value in HEADERS), b"\r\n", BODY]
+)  # fmt: skip
+BOUNDS = ConnectionBounds(
+    header_timeout_s=10.0, body_timeout_s=30.0, idle_timeout_s=5.0, max_connections=1024
+)
+
+
+def _server_state(config: Config) -> ServerState:
+    """What ``uvicorn.Server`` keeps for its connections, with the headers it adds each second."""
+    state = ServerState()
+    state.default_headers = [
+        (b"date", formatdate(time.time(), usegmt=True).encode()),
+        *config.encoded_headers,
+    ]
+    return state
+
+
+class _Client(asyncio.Protocol):
+    """One kept-alive connection: sends the next request when the previous answer is whole."""
+
+    def __init__(self, left: int, done: asyncio.Future[None]) -> None:
+        self._left = left
+        self._done = done
+        self._parser = ResponseParser()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        transport.write(REQUEST)
+
+    def data_received(self, data: bytes) -> None:
+        for response in self._parser.feed(data):
+            if response.status != 200:
+                self._done.set_exception(RuntimeError(f"status {response.status}"))
+                return
+            self._left -= 1
+            if self._left == 0:
+                self._done.set_result(None)
+                return
+            assert self._transport is not None
+            self._transport.write(REQUEST)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc or ConnectionError("closed"))
+
+
+async def _round(port: int, requests: int, concurrency: int) -> float:
+    """CPU µs per request of ``requests`` spread over ``concurrency`` new connections."""
+    loop = asyncio.get_running_loop()
+    each = requests // concurrency
+    done = [loop.create_future() for _ in range(concurrency)]
+    started = time.thread_time()
+    transports = [
+        (await loop.create_connection(lambda d=d: _Client(each, d), "127.0.0.1", port))[0]
+        for d in done
+    ]
+    await asyncio.gather(*done)
+    took = time.thread_time() - started
+    for transport in transports:
+        transport.close()
+    return took / (each * concurrency) * 1e6
+
+
+async def main(requests: int, rounds: int, concurrency: int) -> None:
+    app = Litestar(openapi_config=None, logging_config=None)
+    app.state.runtime = _Runtime()
+    config = Config(mediation.MediationEdges(app, 1 << 20), access_log=False, log_config=None)
+    config.load()
+    state = _server_state(config)
+    factory = protocol_factory(BOUNDS)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: factory(config=config, server_state=state, app_state={}), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    await _round(port, 20 * concurrency, concurrency)  # warm-up, the same for any length
+    took = [await _round(port, requests, concurrency) for _ in range(rounds)]
+    server.close()
+    spread = ", ".join(f"{value:.1f}" for value in took)
+    print(f"server edge, c={concurrency}: {statistics.median(took):.1f} µs/request ({spread})")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=6400)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    uvloop.run(main(args.requests, args.rounds, args.concurrency))
