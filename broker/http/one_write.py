@@ -136,20 +136,19 @@ class UnaryCycle(RequestResponseCycle):
 def _head(defaults: Headers, headers: Headers) -> bytes | None:
     """The header lines of ``defaults`` and ``headers``; None if ``send`` would refuse a name or
     value, lower-case a name, or frame the answer by one of them."""
-    names = [name for name, _ in defaults]
-    names += [name for name, _ in headers]
+    pairs = defaults + headers
+    if not pairs:
+        return b""
+    names, values = zip(*pairs, strict=True)
     joined = b"".join(names)
     if (
         HEADER_RE.search(joined)  # a character class: one search finds what one a name finds
         or joined.lower() != joined
+        or HEADER_VALUE_RE.search(b"".join(values))
         or not _FRAMING.isdisjoint(names)
-        or HEADER_VALUE_RE.search(b"".join([value for _, value in defaults]))
-        or HEADER_VALUE_RE.search(b"".join([value for _, value in headers]))
     ):
         return None
-    return b"".join(
-        [b"%s: %s\r\n" % pair for pair in defaults] + [b"%s: %s\r\n" % pair for pair in headers]
-    )
+    return b"\r\n".join(map(b": ".join, pairs)) + b"\r\n"
 
 
 def sent_whole(send: Callable[[Any], Any], status: int, headers: Headers, body: bytes) -> bool:
