@@ -1,6 +1,7 @@
 """What the HTTP/1.1 server edge costs a mediated request, in process, over loopback.
 
     .venv/bin/python -m benchmarks.server_edge_cpu [--requests N] [--rounds R] [--concurrency C]
+    .venv/bin/python -m benchmarks.server_edge_cpu --sends [--requests N] [--rounds R]
 
 The broker's own server side of a request: ``BoundedHttpToolsProtocol`` (uvicorn's httptools
 protocol with the connection bounds) parsing the request and writing the answer, and the raw
@@ -10,6 +11,11 @@ uvloop send ``POST /agents/bench/jsonrpc`` one after another; the figure is the 
 CPU µs per request (``time.thread_time``), clients included (they cost the same whatever the
 server does), each round's and the median of R rounds. No network leaves the process.
 
+``--sends`` times only the answer's way out, in alternated rounds: a new response cycle (as the
+protocol makes one a request) over a transport that drops what it is given, then the mediation
+edge's reply sent as uvicorn's two ASGI messages (``send`` twice), or whole
+(``UnaryCycle.send_whole``, decision 0098), or not at all (the cycle alone).
+
 Under callgrind, two runs of different ``--requests`` (one round each) give the instructions of
 one request as the difference of their totals over the difference of their lengths.
 """
@@ -18,20 +24,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import time
 from email.utils import formatdate
 from typing import Any
 
+import msgspec
 import uvloop
 from litestar import Litestar
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
-from benchmarks.edge_costs import BODY, HEADERS, _Runtime
+from benchmarks.edge_costs import ANSWER, BODY, HEADERS, _Runtime
 from benchmarks.http1 import ResponseParser
 from broker.http import mediation
 from broker.http.connections import ConnectionBounds, protocol_factory
+from broker.http.one_write import HeadWithBody, UnaryCycle, sent_whole
 
 REQUEST = b"".join(
     [b"POST /agents/bench/jsonrpc HTTP/1.1\r\n",
@@ -117,10 +128,77 @@ async def main(requests: int, rounds: int, concurrency: int) -> None:
     print(f"server edge, c={concurrency}: {statistics.median(took):.1f} µs/request ({spread})")
 
 
+class _Drop:
+    """A transport that takes every write and drops it."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def sends(number: int, rounds: int) -> None:
+    loop = asyncio.get_running_loop()
+    drop = _Drop()
+    flow = FlowControl(drop)  # type: ignore[arg-type]
+    logger = logging.getLogger("uvicorn.error")
+    state = _server_state(Config(lambda: None))
+    reply = msgspec.structs.replace(ANSWER, headers={**ANSWER.headers, "x-request-id": "r" * 32})
+
+    def cycle() -> UnaryCycle:
+        made = RequestResponseCycle(
+            scope={"method": "POST"},  # type: ignore[typeddict-item]
+            transport=HeadWithBody(drop, loop),  # type: ignore[arg-type]
+            flow=flow, logger=logger, access_logger=logger, access_log=False,
+            default_headers=state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=True, on_response=lambda: None,
+        )  # fmt: skip
+        made.__class__ = UnaryCycle  # as BoundedHttpToolsProtocol makes it
+        return made  # type: ignore[return-value]
+
+    async def messages() -> None:
+        start, body = mediation.reply_messages(reply)
+        made = cycle()
+        await made.send(start)
+        await made.send(body)
+
+    async def whole() -> None:
+        status, headers = mediation.reply_head(reply)
+        if not sent_whole(cycle().send, status, headers, reply.body):
+            raise AssertionError("not sent whole")
+
+    async def alone() -> None:
+        cycle()
+
+    runs = {"the cycle alone": alone, "two messages (send twice)": messages, "whole": whole}
+    took: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.thread_time()
+            for _ in range(number):
+                await run()
+            await asyncio.sleep(0)  # held heads' end-of-turn flushes run in the round
+            took[name].append((time.thread_time() - started) / number * 1e6)
+    for name, values in took.items():
+        spread = ", ".join(f"{v:.1f}" for v in values)
+        print(f"  {name:<28} {statistics.median(values):5.1f} µs  ({spread})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=6400)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sends", action="store_true", help="time only the answer's way out")
     args = parser.parse_args()
-    uvloop.run(main(args.requests, args.rounds, args.concurrency))
+    if args.sends:
+        uvloop.run(sends(args.requests, args.rounds))
+    else:
+        uvloop.run(main(args.requests, args.rounds, args.concurrency))
