@@ -14,7 +14,7 @@ server does), each round's and the median of R rounds. No network leaves the pro
 ``--sends`` times only the answer's way out, in alternated rounds: a new response cycle (as the
 protocol makes one a request) over a transport that drops what it is given, then the mediation
 edge's reply sent as uvicorn's two ASGI messages (``send`` twice), or whole
-(``UnaryCycle.send_whole``, decision 0098), or not at all (the cycle alone).
+(``broker.http.one_write.send_whole``, decision 0098), or not at all (the cycle alone).
 
 Under callgrind, two runs of different ``--requests`` (one round each) give the instructions of
 one request as the difference of their totals over the difference of their lengths.
@@ -42,7 +42,7 @@ from benchmarks.edge_costs import ANSWER, BODY, HEADERS, _Runtime
 from benchmarks.http1 import ResponseParser
 from broker.http import mediation
 from broker.http.connections import ConnectionBounds, protocol_factory
-from broker.http.one_write import HeadWithBody, UnaryCycle, sent_whole
+from broker.http.one_write import HeadWithBody, sent_whole
 
 REQUEST = b"".join(
     [b"POST /agents/bench/jsonrpc HTTP/1.1\r\n",
@@ -152,16 +152,14 @@ async def sends(number: int, rounds: int) -> None:
     state = _server_state(Config(lambda: None))
     reply = msgspec.structs.replace(ANSWER, headers={**ANSWER.headers, "x-request-id": "r" * 32})
 
-    def cycle() -> UnaryCycle:
-        made = RequestResponseCycle(
+    def cycle() -> RequestResponseCycle:
+        return RequestResponseCycle(
             scope={"method": "POST"},  # type: ignore[typeddict-item]
             transport=HeadWithBody(drop, loop),  # type: ignore[arg-type]
             flow=flow, logger=logger, access_logger=logger, access_log=False,
             default_headers=state.default_headers, message_event=asyncio.Event(),
             expect_100_continue=False, keep_alive=True, on_response=lambda: None,
         )  # fmt: skip
-        made.__class__ = UnaryCycle  # as BoundedHttpToolsProtocol makes it
-        return made  # type: ignore[return-value]
 
     async def messages() -> None:
         start, body = mediation.reply_messages(reply)

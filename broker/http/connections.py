@@ -46,7 +46,7 @@ from broker.errors import (
     RequestBodyTimeoutError,
     RequestHeaderTimeoutError,
 )
-from broker.http.one_write import HeadWithBody, UnaryCycle
+from broker.http.one_write import HeadWithBody
 from broker.protocols.a2a.wire import error_headers, rest_error_body
 from broker.settings import ServerSettings
 
@@ -266,11 +266,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # this request's cycle
-            # Its head waits for its body: a unary answer is one write (broker.http.one_write),
-            # and one the mediation edge built can skip the ASGI messages (UnaryCycle adds only
-            # that method, so the cycle uvicorn made is one).
+            # Its head waits for its body: a unary answer is one write (broker.http.one_write).
             cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
-            cycle.__class__ = UnaryCycle
 
     def on_message_complete(self) -> None:
         self._phase = "busy"

@@ -8,7 +8,7 @@ until the end of the loop turn at the latest (a stream's headers, a ``100 Contin
 soon as before, only after the callbacks already ready to run). Decision 0077.
 
 A unary answer the mediation edge builds itself need not go through ``send`` at all:
-``UnaryCycle.send_whole`` writes what the two messages would have written, byte for byte, with
+``send_whole`` writes what the two messages would have written, byte for byte, with
 the cycle's state left as they leave it, without the two message dicts, a regular-expression
 search per header name and value, and the end-of-turn flush (decision 0098).
 """
@@ -90,47 +90,42 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 Headers = list[tuple[bytes, bytes]]
 
 
-class UnaryCycle(RequestResponseCycle):
-    """uvicorn's response cycle (``BoundedHttpToolsProtocol`` makes every cycle one) that can
-    also send a whole unary answer at once; its transport is a ``HeadWithBody``."""
-
-    transport: HeadWithBody  # type: ignore[assignment]
-
-    def send_whole(self, status: int, headers: Headers, body: bytes) -> bool:
-        """Send ``status``, ``headers`` (lower-case names) and then ``content-length`` and
-        ``body``, as ``send`` sends ``http.response.start`` and one ``http.response.body`` with
-        them: the same bytes (in one write), the same state after, the same close. False, and
-        nothing done, when the answer is one ``send`` must handle (nothing sent: take it there):
-        a response already started, a client gone or a transport paused, the access log on,
-        ``HEAD``, a status uvicorn has no line for, a framing header, a name or value ``send``
-        would refuse, a body large enough to be written uncopied beside its head."""
-        line = STATUS_LINE.get(status)
-        if (
-            line is None
-            or self.response_started
-            or self.disconnected
-            or self.flow.write_paused
-            or self.access_log
-            or self.scope["method"] == "HEAD"
-            or len(body) >= _JOIN_BELOW
-        ):
-            return False
-        head = _head(self.default_headers, headers)
-        if head is None:
-            return False
-        self.response_started = True
-        self.waiting_for_100_continue = False
-        self.chunked_encoding = False
-        self.response_complete = True
-        close = b"" if self.keep_alive else b"connection: close\r\n"
-        self.transport.write_whole(
-            b"%s%scontent-length: %d\r\n%s\r\n%s" % (line, head, len(body), close, body)
-        )
-        self.message_event.set()
-        if not self.keep_alive:
-            self.transport.close()
-        self.on_response()
-        return True
+def send_whole(cycle: RequestResponseCycle, status: int, headers: Headers, body: bytes) -> bool:
+    """Send ``status``, ``headers`` (lower-case names), a ``content-length`` and ``body`` on
+    ``cycle`` as its ``send`` sends ``http.response.start`` and one ``http.response.body`` with
+    them: the same bytes (in one write), the same state after, the same close. False, and
+    nothing done, when the answer is one ``send`` must handle: a response already started, a
+    client gone or a transport paused, the access log on, ``HEAD``, a status uvicorn has no line
+    for, a framing header, a name or value ``send`` would refuse or change, or a body large
+    enough to be written uncopied beside its head. ``cycle.transport`` is a ``HeadWithBody``."""
+    line = STATUS_LINE.get(status)
+    if (
+        line is None
+        or cycle.response_started
+        or cycle.disconnected
+        or cycle.flow.write_paused
+        or cycle.access_log
+        or cycle.scope["method"] == "HEAD"
+        or len(body) >= _JOIN_BELOW
+    ):
+        return False
+    head = _head(cycle.default_headers, headers)
+    if head is None:
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    cycle.chunked_encoding = False
+    cycle.response_complete = True
+    close = b"" if cycle.keep_alive else b"connection: close\r\n"
+    transport: HeadWithBody = cycle.transport  # type: ignore[assignment]
+    transport.write_whole(
+        b"%s%scontent-length: %d\r\n%s\r\n%s" % (line, head, len(body), close, body)
+    )
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        transport.close()
+    cycle.on_response()
+    return True
 
 
 def _head(defaults: Headers, headers: Headers) -> bytes | None:
@@ -152,7 +147,12 @@ def _head(defaults: Headers, headers: Headers) -> bytes | None:
 
 
 def sent_whole(send: Callable[[Any], Any], status: int, headers: Headers, body: bytes) -> bool:
-    """Whether a unary answer went out through ``UnaryCycle.send_whole`` (``send`` is a
-    ``UnaryCycle``'s own); False: nothing was sent, send it as two messages."""
-    cycle = getattr(send, "__self__", None)
-    return type(cycle) is UnaryCycle and cycle.send_whole(status, headers, body)
+    """Whether a unary answer went out whole (``send_whole``): ``send`` is the own ``send`` of a
+    uvicorn cycle whose transport is a ``HeadWithBody`` (``BoundedHttpToolsProtocol``'s), and
+    the answer needs nothing of ``send``. False: nothing was sent, send it as two messages."""
+    cycle: Any = getattr(send, "__self__", None)
+    return (
+        type(cycle) is RequestResponseCycle
+        and isinstance(cycle.transport, HeadWithBody)
+        and send_whole(cycle, status, headers, body)
+    )

@@ -1,7 +1,7 @@
-"""A unary answer sent whole (``UnaryCycle.send_whole``) puts on the wire exactly what uvicorn's
-``send`` puts there for the same answer as two ASGI messages: the status line, the headers, the
-body, ``connection: close`` and the close itself, the next kept-alive or pipelined request's
-answer, and what an answer ``send`` refuses leaves behind (decision 0098).
+"""A unary answer sent whole (``broker.http.one_write.send_whole``) puts on the wire exactly
+what uvicorn's ``send`` puts there for the same answer as two ASGI messages: the status line,
+the headers, the body, ``connection: close`` and the close itself, the next kept-alive or
+pipelined request's answer, and what an answer ``send`` refuses leaves behind (decision 0098).
 
 Both run through the broker's own protocol (``BoundedHttpToolsProtocol``) over a transport that
 keeps what is written, so everything a client could see is compared.
