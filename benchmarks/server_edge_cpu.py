@@ -113,7 +113,9 @@ async def _round(port: int, requests: int, concurrency: int) -> float:
 async def main(requests: int, rounds: int, concurrency: int) -> None:
     app = Litestar(openapi_config=None, logging_config=None)
     app.state.runtime = _Runtime()
-    config = Config(mediation.MediationEdges(app, 1 << 20), access_log=False, log_config=None)
+    edges = mediation.MediationEdges(app, 1 << 20)
+    # as ``a2a-broker serve`` configures uvicorn (decision 0100: no X-Forwarded-* rewrite)
+    config = Config(edges, access_log=False, log_config=None, proxy_headers=False)
     config.load()
     state = _server_state(config)
     factory = protocol_factory(BOUNDS)
