@@ -251,7 +251,7 @@ async def _answer(
         reply = on_error(BrokerInternalError())
         status, headers = reply_head(reply)
     if not sent_whole(send, status, headers, reply.body):
-        start, body = reply_messages(reply)
+        start, body = unary_messages(status, headers, reply.body)
         await send(start)
         await send(body)
 
@@ -322,10 +322,17 @@ async def send_outcome(outcome: Outcome, scope: Scope, receive: Receive, send: S
 def reply_messages(reply: Reply) -> tuple[HTTPResponseStartEvent, HTTPResponseBodyEvent]:
     """The two ASGI messages of a unary answer."""
     status, headers = reply_head(reply)
-    headers.append((b"content-length", str(len(reply.body)).encode("latin-1")))
+    return unary_messages(status, headers, reply.body)
+
+
+def unary_messages(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[HTTPResponseStartEvent, HTTPResponseBodyEvent]:
+    """The two ASGI messages of ``reply_head``'s status and headers and ``body``."""
+    headers.append((b"content-length", str(len(body)).encode("latin-1")))
     return (
         {"type": "http.response.start", "status": status, "headers": headers},
-        {"type": "http.response.body", "body": reply.body, "more_body": False},
+        {"type": "http.response.body", "body": body, "more_body": False},
     )
 
 
