@@ -13,8 +13,9 @@ server does), each round's and the median of R rounds. No network leaves the pro
 
 ``--sends`` times only the answer's way out, in alternated rounds: a new response cycle (as the
 protocol makes one a request) over a transport that drops what it is given, then the mediation
-edge's reply sent as uvicorn's two ASGI messages (``send`` twice), or whole
-(``broker.http.one_write.send_whole``, decision 0098), or not at all (the cycle alone).
+edge's reply sent as uvicorn's two ASGI messages (``messages``: ``send`` twice), or ``whole``
+(``broker.http.one_write.send_whole``, decision 0098), or not at all (the cycle ``alone``);
+``--only`` runs one of them (for callgrind).
 
 Under callgrind, two runs of different ``--requests`` (one round each) give the instructions of
 one request as the difference of their totals over the difference of their lengths.
@@ -146,7 +147,7 @@ class _Drop:
         pass
 
 
-async def sends(number: int, rounds: int) -> None:
+async def sends(number: int, rounds: int, only: str | None) -> None:
     loop = asyncio.get_running_loop()
     drop = _Drop()
     flow = FlowControl(drop)  # type: ignore[arg-type]
@@ -177,7 +178,8 @@ async def sends(number: int, rounds: int) -> None:
     async def alone() -> None:
         cycle()
 
-    runs = {"the cycle alone": alone, "two messages (send twice)": messages, "whole": whole}
+    runs = {"alone": alone, "messages": messages, "whole": whole}
+    runs = {name: run for name, run in runs.items() if only in (None, name)}
     took: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
@@ -188,7 +190,7 @@ async def sends(number: int, rounds: int) -> None:
             took[name].append((time.thread_time() - started) / number * 1e6)
     for name, values in took.items():
         spread = ", ".join(f"{v:.1f}" for v in values)
-        print(f"  {name:<28} {statistics.median(values):5.1f} µs  ({spread})")
+        print(f"  {name:<8} {statistics.median(values):5.1f} µs  ({spread})")
 
 
 if __name__ == "__main__":
@@ -197,8 +199,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sends", action="store_true", help="time only the answer's way out")
+    parser.add_argument("--only", choices=["alone", "messages", "whole"], help="with --sends")
     args = parser.parse_args()
     if args.sends:
-        uvloop.run(sends(args.requests, args.rounds))
+        uvloop.run(sends(args.requests, args.rounds, args.only))
     else:
         uvloop.run(main(args.requests, args.rounds, args.concurrency))
