@@ -136,8 +136,10 @@ def _head(defaults: Headers, headers: Headers) -> bytes | None:
         return b""
     names, values = zip(*pairs, strict=True)
     joined = b"".join(names)
+    # uvicorn's two expressions are character classes: one search over the names (the values)
+    # joined finds what a search of each name (each value) finds.
     if (
-        HEADER_RE.search(joined)  # a character class: one search finds what one a name finds
+        HEADER_RE.search(joined)
         or joined.lower() != joined
         or HEADER_VALUE_RE.search(b"".join(values))
         or not _FRAMING.isdisjoint(names)
