@@ -281,7 +281,8 @@ class RedisBudgetLedger(BudgetLedger):
         # The call was answered: its spend must land, or an outage would let it go unpaid once
         # the reservation expires. Settling is idempotent, so a shard that does not answer is
         # retried until Redis answers (while the reservation lives).
-        await self._finish(self._settle, reservation, [reservation.id, *actual.amounts()], "settle")
+        amounts = actual.amounts()
+        await self._finish(self._settle, reservation, [reservation.id, *amounts], "settle", amounts)
 
     def settle_soon(
         self, reservation: Reservation, actual: Usage, done: Callable[[BaseException | None], None]
@@ -336,11 +337,18 @@ class RedisBudgetLedger(BudgetLedger):
         await self._finish(self._release, reservation, [reservation.id], "release")
 
     async def _finish(
-        self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str
-    ) -> None:
+        self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str,
+        settled: tuple[int, ...] | None = None,
+    ) -> None:  # fmt: skip
+        """Settle or release ``reservation`` on its shards; ``settled``: a settle's amounts,
+        its command then packed from the parts packed once (``_settle_packed``)."""
         shards = self._shards_of(reservation.scopes)
         now = time.time()
-        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        outcomes = await _together(
+            _send(script, self._keys[shard], args,
+                  b"" if settled is None else self._settle_packed(shard, reservation.id, settled))
+            for shard in shards
+        )  # fmt: skip
         self._retry_any_failed(script, reservation, shards, args, outcomes, what=what, now=now)
 
     def _retry_any_failed(

@@ -7,8 +7,10 @@ arguments on a real server while the limits are overridden."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +92,7 @@ def test_what_the_fast_way_cannot_pack_exactly_is_left_to_the_batcher(
     assert settled in (b"", _batcher_packs(ledger, ledger._settle, 0, [rid, *numbers[1:]]))
 
 
-def test_the_runs_of_numbers_kept_are_bounded(monkeypatch: Any) -> None:
+def test_the_runs_of_numbers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("broker.stores.redis_budget_wire._NUMBERS_MAX", 3)
     commands = RedisBudgetLedger(CLIENT, "p:x")._commands
     assert commands is not None
@@ -99,7 +101,9 @@ def test_the_runs_of_numbers_kept_are_bounded(monkeypatch: Any) -> None:
     assert len(commands._numbers) <= 3
 
 
-async def test_a_change_of_limits_is_sent_as_changed(redis_url: str, redis_key_prefix: str) -> None:
+async def test_a_change_of_limits_is_sent_as_changed(
+    redis_url: str, redis_key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     budgets = BudgetSettings(
         agents={"a": (BudgetLimitSettings(metric="calls", window="day", limit=2),)}
     )
@@ -110,15 +114,16 @@ async def test_a_change_of_limits_is_sent_as_changed(redis_url: str, redis_key_p
     now = [0.0]
     scopes = ConfiguredScopes(budgets, stores.budget_limits, clock=lambda: now[0])
     ledger = stores.budgets
-    written: list[tuple[bytes, bytes]] = []
-    original = _LinkBatcher._write
+    written: list[tuple[bytes, bytes]] = []  # (packed by the ledger, pack of the whole call)
+    original = _LinkBatcher._prepare
 
-    def checked(self: _LinkBatcher, calls: list[_Call], loads: Any) -> None:
-        for call in calls:
-            if call.packed:  # each call packed in parts is the whole command's bytes
-                whole = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-                written.append((call.packed, pack(CLIENT.get_encoder(), whole)))
-        original(self, calls, loads)
+    def checked(self: _LinkBatcher, call: _Call) -> bool:
+        if call.packed:  # queued packed: by the ledger, from its parts packed once
+            whole = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+            written.append((call.packed, pack(CLIENT.get_encoder(), whole)))
+        return original(self, call)
+
+    awaited = itertools.cycle([False, True])
 
     async def reserve_and_settle() -> bool:
         await scopes.refresh()
@@ -126,12 +131,15 @@ async def test_a_change_of_limits_is_sent_as_changed(redis_url: str, redis_key_p
         if isinstance(held, BudgetRefusal):
             return False
         assert isinstance(held, Reservation)
+        if next(awaited):  # the awaited settle (a streamed answer's), or the unary answer's
+            await ledger.settle(held, Usage(calls=1))
+            return True
         landed = asyncio.get_running_loop().create_future()
         ledger.settle_soon(held, Usage(calls=1), landed.set_result)
         assert await landed is None
         return True
 
-    _LinkBatcher._write = checked  # type: ignore[method-assign]
+    monkeypatch.setattr(_LinkBatcher, "_prepare", checked)
     try:
         assert [await reserve_and_settle() for _ in range(3)] == [True, True, False]
         await stores.budget_limits.put("agent:a", (Limit("calls", "day", 4),))
@@ -141,10 +149,9 @@ async def test_a_change_of_limits_is_sent_as_changed(redis_url: str, redis_key_p
         now[0] += 60
         assert await reserve_and_settle() is False  # 4 used, the new limit 3
     finally:
-        _LinkBatcher._write = original  # type: ignore[method-assign]
         await backend.close()
-    assert written and all(packed == whole for packed, whole in written)
-    # Each reserve's limit (a call sent again, its script loaded, has the same bytes).
-    reserves = dict.fromkeys(packed for packed, _ in written if b"day" in packed)
-    limits_sent = [packed.rsplit(b"\r\n", 2)[1] for packed in reserves]
+    assert all(packed == whole for packed, whole in written)
+    settles = [packed for packed, _ in written if packed.startswith(b"*10\r\n")]
+    assert len(settles) == 4  # every settle packed by the ledger, awaited or not
+    limits_sent = [packed.rsplit(b"\r\n", 2)[1] for packed, _ in written if b"day" in packed]
     assert limits_sent == [b"2"] * 3 + [b"4"] * 3 + [b"3"]
