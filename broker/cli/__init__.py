@@ -167,6 +167,10 @@ def _serve(args: argparse.Namespace) -> int:
                 # the bounded protocol times idle connections itself; this is uvicorn's own
                 timeout_keep_alive=settings.server.idle_timeout_s,  # type: ignore[arg-type]
                 access_log=False,
+                # The broker reads neither the client's address nor the scheme of a request
+                # (links and cookies come from settings), so uvicorn's X-Forwarded-* rewrite
+                # would only cost a middleware call per request (decision 0100).
+                proxy_headers=False,
                 log_config=None,
                 timeout_graceful_shutdown=5,
             )

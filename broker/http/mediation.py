@@ -37,6 +37,7 @@ from broker.errors import (
     BrokerInternalError,
     InvalidRequestError,
 )
+from broker.http.one_write import sent_whole
 from broker.http.state import AnyRequest, runtime_of
 from broker.llm.context import CallKind, LlmContext
 from broker.mcp.context import VIRTUAL, McpContext
@@ -233,21 +234,26 @@ async def _answer(
     try:
         result = await outcome
         if isinstance(result, Reply):
-            start, body = reply_messages(result)  # a unary answer: nothing is sent before
+            reply = result  # a unary answer: nothing is sent before
+            status, headers = reply_head(reply)
         else:
             await send_outcome(result, scope, receive, tracked)
             return
     except BrokerError as err:
         if started:
             raise
-        start, body = reply_messages(on_error(err))
+        reply = on_error(err)
+        status, headers = reply_head(reply)
     except Exception:
         if started:
             raise
         log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-        start, body = reply_messages(on_error(BrokerInternalError()))
-    await send(start)
-    await send(body)
+        reply = on_error(BrokerInternalError())
+        status, headers = reply_head(reply)
+    if not sent_whole(send, status, headers, reply.body):
+        start, body = unary_messages(status, headers, reply.body)
+        await send(start)
+        await send(body)
 
 
 def asgi_body_reader(
@@ -315,6 +321,23 @@ async def send_outcome(outcome: Outcome, scope: Scope, receive: Receive, send: S
 
 def reply_messages(reply: Reply) -> tuple[HTTPResponseStartEvent, HTTPResponseBodyEvent]:
     """The two ASGI messages of a unary answer."""
+    status, headers = reply_head(reply)
+    return unary_messages(status, headers, reply.body)
+
+
+def unary_messages(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[HTTPResponseStartEvent, HTTPResponseBodyEvent]:
+    """The two ASGI messages of ``reply_head``'s status and headers and ``body``."""
+    headers.append((b"content-length", str(len(body)).encode("latin-1")))
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
+
+
+def reply_head(reply: Reply) -> tuple[int, list[tuple[bytes, bytes]]]:
+    """A unary answer's status and headers, all but its content-length."""
     media_type = reply.media_type
     if media_type.startswith("text/") and "charset" not in media_type:
         media_type += "; charset=utf-8"
@@ -323,11 +346,7 @@ def reply_messages(reply: Reply) -> tuple[HTTPResponseStartEvent, HTTPResponseBo
         for name, value in reply.headers.items()
     ]
     headers.append((b"content-type", media_type.encode("latin-1")))
-    headers.append((b"content-length", str(len(reply.body)).encode("latin-1")))
-    return (
-        {"type": "http.response.start", "status": reply.status, "headers": headers},
-        {"type": "http.response.body", "body": reply.body, "more_body": False},
-    )
+    return reply.status, headers
 
 
 def _mcp_server(path: str) -> str | None:

@@ -112,6 +112,9 @@ class _Batcher:
     """The queue of one client's script calls, flushed once per event-loop turn; how a batch
     goes out is the subclass's (``_send``)."""
 
+    # Whether a batch goes out as the calls' RESP bytes, so a call may come packed (``queue``).
+    writes_packed = False
+
     def __init__(self, client: Redis | RedisCluster) -> None:
         self._client = client
         self._queued: list[_Call] = []
@@ -126,23 +129,28 @@ class _Batcher:
         self._replicas, self._replica_timeout_ms = replicas, timeout_ms
 
     def queue(
-        self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT]
-    ) -> asyncio.Future[Any]:
+        self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT],
+        packed: bytes = b"",
+    ) -> asyncio.Future[Any]:  # fmt: skip
+        """Queue a call of ``script``; the future gets its reply or error. ``packed``: the
+        call's ``EVALSHA`` already in RESP bytes, exactly what ``redis_wire.pack`` makes of it
+        (only for a batcher that ``writes_packed``; a caller that packed it in parts, once per
+        constant part, decision 0097); ``keys`` and ``args`` are what it sends."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._enqueue(loop, _Call(script, keys, tuple(args), future))
+        self._enqueue(loop, _Call(script, keys, tuple(args), future, packed))
         return future
 
     def notify(
         self, script: BatchedScript, keys: Sequence[KeyT], args: Iterable[EncodableT],
-        callback: Callable[[Any], None],
+        callback: Callable[[Any], None], packed: bytes = b"",
     ) -> None:  # fmt: skip
         """Queue a call as ``queue`` does, for no one to await: ``callback`` gets its reply, or
         the exception its caller would have seen, once, in the turn the reply comes in (no
         future, and no loop turn to wake a waiter). It may be called before this returns (an
         argument Redis cannot take); an exception it raises goes to the loop's handler."""
         self._enqueue(asyncio.get_running_loop(),
-                      _Call(script, keys, tuple(args), _Notify(callback)))  # fmt: skip
+                      _Call(script, keys, tuple(args), _Notify(callback), packed))  # fmt: skip
 
     def _enqueue(self, loop: asyncio.AbstractEventLoop, call: _Call) -> None:
         if not self._prepare(call):
@@ -194,6 +202,8 @@ class _WireBatcher(_Batcher):
     connection's parser (``redis_wire``): the same round trips as a pipeline, a fraction of the
     client CPU."""
 
+    writes_packed = True
+
     def __init__(self, client: Redis) -> None:
         super().__init__(client)
         self._encoder = client.get_encoder()  # type: ignore[no-untyped-call]
@@ -205,6 +215,8 @@ class _WireBatcher(_Batcher):
         self._wait = pack(self._encoder, ("WAIT", replicas, timeout_ms)) if replicas else b""
 
     def _prepare(self, call: _Call) -> bool:
+        if call.packed:  # by its caller, from parts packed once
+            return True
         command = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         try:
             call.packed = pack(self._encoder, command)

@@ -53,6 +53,7 @@ from broker.stores.budget_base import (
     gcra_parameters,
 )
 from broker.stores.redis_batch import BatchedScript
+from broker.stores.redis_budget_wire import BudgetCommands, Template
 from broker.stores.redis_client import (
     REDIS_FAILURES,
     RedisClient,
@@ -128,10 +129,11 @@ class RedisBudgetLedger(BudgetLedger):
         self._shards = shards
         self._bases = [budget_shard_base_key(prefix, shard, shards) for shard in range(shards)]
         self._keys = [[f"{base}:rsv", f"{base}:rsv:exp"] for base in self._bases]
-        # id of a tuple of scopes -> (that tuple, its shards, each shard's limit arguments):
-        # a call's scopes are the same tuple per caller until a reload of the limits
-        # (``ConfiguredScopes``), so a reserve and its settle do not work them out again.
-        self._plans: dict[int, tuple[tuple[Scope, ...], list[int], dict[int, list[Any]]]] = {}
+        # id of a tuple of scopes -> its plan: a call's scopes are the same tuple per caller
+        # until a reload of the limits (``ConfiguredScopes``), so a reserve and its settle do
+        # not work them out again.
+        self._plans: dict[int, _Plan] = {}
+        self._commands = _commands_for(self._reserve, self._settle, self._keys, self._bases)
 
     def _shard(self, scope_key: str) -> int:
         return budget_shard_of(scope_key, self._shards)
@@ -139,27 +141,32 @@ class RedisBudgetLedger(BudgetLedger):
     def _shards_of(self, scopes: Sequence[Scope]) -> list[int]:
         """The shards ``scopes`` touch, in order of first use; shard 0 for no scope (the
         reservation's record lives somewhere, as with one shard)."""
-        return self._plan(scopes)[0]
+        return self._plan(scopes).shards
 
-    def _plan(self, scopes: Sequence[Scope]) -> tuple[list[int], dict[int, list[Any]]]:
-        """The shards ``scopes`` touch and, for each, the ``[scope key, metric, window, limit]``
-        arguments of its limits in contract order. Callers do not change what is returned."""
+    def _plan(self, scopes: Sequence[Scope]) -> _Plan:
+        """How a reserve of ``scopes`` goes out (``_Plan``). Callers do not change it."""
         if isinstance(scopes, tuple):
             known = self._plans.get(id(scopes))
-            if known is not None and known[0] is scopes:
-                return known[1], known[2]
+            if known is not None and known.scopes is scopes:
+                return known
         keys = [scope.key() for scope in scopes]
         shards = list(dict.fromkeys(self._shard(key) for key in keys)) or [0]
         limits: dict[int, list[Any]] = {shard: [] for shard in shards}
         for scope, key in zip(scopes, keys, strict=True):
             for limit in scope.limits:
                 limits[self._shard(key)] += [key, limit.metric, limit.window, limit.limit]
+        commands = self._commands
+        templates = (
+            {} if commands is None
+            else {shard: commands.reserve_template(shard, limits[shard]) for shard in shards}
+        )  # fmt: skip
+        plan = _Plan(scopes, shards, limits, templates)
         if isinstance(scopes, tuple) and all(type(scope.limits) is tuple for scope in scopes):
             if len(self._plans) >= _PLANS_MAX:  # callers and targets come from outside
                 self._plans.clear()
-            # The tuple is held beside its id, so the id is not reused while the entry lives.
-            self._plans[id(scopes)] = (scopes, shards, limits)
-        return shards, limits
+            # The tuple is held in the plan, so its id is not reused while the entry lives.
+            self._plans[id(scopes)] = plan
+        return plan
 
     @unavailable_on_error
     async def reserve(
@@ -183,13 +190,11 @@ class RedisBudgetLedger(BudgetLedger):
         self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
     ) -> Reservation | BudgetRefusal:
         reservation_id = new_id()
-        # (scope, limit) pairs in contract order, by the shard that holds them.
-        shards, limits = self._plan(scopes)
-        shared: list[Any] = [reservation_id, ttl_ms, *amounts.amounts()]
+        plan = self._plan(scopes)
+        shards, numbers = plan.shards, (ttl_ms, *amounts.amounts())
         replies = await _together(
-            [_send(self._reserve, self._keys[shard], [self._bases[shard], *shared, *limits[shard]])
-             for shard in shards]
-        )  # fmt: skip
+            [self._reserve_on(plan, shard, reservation_id, numbers) for shard in shards]
+        )
         failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
         if failed is not None:
             # A reserve may still run (a stalled Redis runs it when it resumes) and would hold
@@ -216,6 +221,18 @@ class RedisBudgetLedger(BudgetLedger):
             )
         }
         return min(refusals, key=lambda r: order.get((r.scope, r.metric, r.window), 0))
+
+    def _reserve_on(
+        self, plan: _Plan, shard: int, reservation_id: str, numbers: tuple[int, ...]
+    ) -> Awaitable[Any]:
+        """The reserve's script call on ``shard``; ``numbers``: its TTL (ms), then its amounts.
+        Packed here, from the plan's parts packed once, when the batcher writes packed calls."""
+        args = [self._bases[shard], reservation_id, *numbers, *plan.limits[shard]]
+        commands = self._commands
+        if commands is None:
+            return _send(self._reserve, self._keys[shard], args)
+        packed = commands.reserve(plan.templates[shard], reservation_id, numbers)
+        return _send(self._reserve, self._keys[shard], args, packed)
 
     async def _on_shards(
         self, script: AsyncScript, shards: list[int], args: list[Any], what: str, ttl_ms: int
@@ -264,7 +281,8 @@ class RedisBudgetLedger(BudgetLedger):
         # The call was answered: its spend must land, or an outage would let it go unpaid once
         # the reservation expires. Settling is idempotent, so a shard that does not answer is
         # retried until Redis answers (while the reservation lives).
-        await self._finish(self._settle, reservation, [reservation.id, *actual.amounts()], "settle")
+        amounts = actual.amounts()
+        await self._finish(self._settle, reservation, [reservation.id, *amounts], "settle", amounts)
 
     def settle_soon(
         self, reservation: Reservation, actual: Usage, done: Callable[[BaseException | None], None]
@@ -285,7 +303,9 @@ class RedisBudgetLedger(BudgetLedger):
             done(exc)
             return
         (shard,) = shards
-        args: list[Any] = [reservation.id, *actual.amounts()]
+        amounts = actual.amounts()
+        args: list[Any] = [reservation.id, *amounts]
+        packed = self._settle_packed(shard, reservation.id, amounts)
         started, now = time.perf_counter(), time.time()
 
         def landed(reply: Any) -> None:
@@ -304,18 +324,31 @@ class RedisBudgetLedger(BudgetLedger):
             else:
                 done(None)
 
-        script.registered_client.batcher.notify(script, self._keys[shard], args, landed)
+        script.registered_client.batcher.notify(script, self._keys[shard], args, landed, packed)
+
+    def _settle_packed(self, shard: int, reservation_id: str, amounts: tuple[int, ...]) -> bytes:
+        """The settle's command on ``shard`` from its parts packed once; b"" if the batcher
+        packs it (it does not write packed calls, or this call is not for the fast way)."""
+        commands = self._commands
+        return b"" if commands is None else commands.settle(shard, reservation_id, amounts)
 
     @unavailable_on_error
     async def release(self, reservation: Reservation) -> None:
         await self._finish(self._release, reservation, [reservation.id], "release")
 
     async def _finish(
-        self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str
-    ) -> None:
+        self, script: AsyncScript, reservation: Reservation, args: list[Any], what: str,
+        settled: tuple[int, ...] | None = None,
+    ) -> None:  # fmt: skip
+        """Settle or release ``reservation`` on its shards; ``settled``: a settle's amounts,
+        its command then packed from the parts packed once (``_settle_packed``)."""
         shards = self._shards_of(reservation.scopes)
         now = time.time()
-        outcomes = await _together(_send(script, self._keys[shard], args) for shard in shards)
+        outcomes = await _together(
+            _send(script, self._keys[shard], args,
+                  b"" if settled is None else self._settle_packed(shard, reservation.id, settled))
+            for shard in shards
+        )  # fmt: skip
         self._retry_any_failed(script, reservation, shards, args, outcomes, what=what, now=now)
 
     def _retry_any_failed(
@@ -363,12 +396,44 @@ class RedisBudgetLedger(BudgetLedger):
         ]
 
 
-def _send(script: AsyncScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+def _send(
+    script: AsyncScript, keys: list[str], args: list[Any], packed: bytes = b""
+) -> Awaitable[Any]:
     """The script's call: on the batching client, straight into this turn's batch as a future
-    (so the calls of several shards share one batch, and no task is made for each)."""
+    (so the calls of several shards share one batch, and no task is made for each).
+    ``packed``: the call already packed (``BudgetCommands``), or b"" for the batcher to pack."""
     if isinstance(script, BatchedScript):
-        return script.registered_client.batcher.queue(script, keys, args)
+        return script.registered_client.batcher.queue(script, keys, args, packed)
     return script(keys=keys, args=args)
+
+
+class _Plan:
+    """How a reserve of one tuple of scopes goes out: the shards it touches (in order of first
+    use), each shard's ``[scope key, metric, window, limit]`` arguments in contract order and,
+    for a batcher that writes packed calls, each shard's command packed but for the id, TTL
+    and amounts (``BudgetCommands.reserve_template``; none without ``BudgetCommands``)."""
+
+    __slots__ = ("limits", "scopes", "shards", "templates")
+
+    def __init__(
+        self, scopes: Sequence[Scope], shards: list[int], limits: dict[int, list[Any]],
+        templates: dict[int, Template | None],
+    ) -> None:  # fmt: skip
+        self.scopes, self.shards, self.limits, self.templates = scopes, shards, limits, templates
+
+
+def _commands_for(
+    reserve: AsyncScript, settle: AsyncScript, keys: list[list[str]], bases: list[str]
+) -> BudgetCommands | None:
+    """The reserve and settle packed in parts once (decision 0097), when the client's batcher
+    writes packed calls and its encoder packs text as hiredis does (UTF-8, strict)."""
+    if not (isinstance(reserve, BatchedScript) and isinstance(settle, BatchedScript)):
+        return None
+    encoder = reserve.registered_client.get_encoder()
+    native = encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
+    if not (native and reserve.registered_client.batcher.writes_packed):
+        return None
+    return BudgetCommands(encoder, reserve.sha, settle.sha, keys, bases)
 
 
 async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:

@@ -74,6 +74,22 @@ def pack(encoder: Any, args: Sequence[EncodableT]) -> bytes:
     return packed
 
 
+def pack_arguments(encoder: Any, args: Sequence[EncodableT]) -> bytes:
+    """``args`` as ``pack`` packs them into a command, without the command's first line (its
+    count of arguments): a run of arguments to splice into a command packed in parts, whose
+    bytes are ``array_header(total count)`` and then each run's, in order (decision 0097).
+
+    Raises ``DataError`` as ``pack`` does.
+    """
+    packed = pack(encoder, args)
+    return packed[packed.index(b"\n") + 1 :]
+
+
+def array_header(count: int) -> bytes:
+    """The first line of a command of ``count`` arguments, as ``pack`` writes it."""
+    return b"*%d\r\n" % count
+
+
 class ConnectionLender:
     """Connections of ``pool`` for the batcher's exchanges, kept between batches."""
 

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from google.protobuf.json_format import MessageToDict
 
 import broker
 from broker.cli import build_parser, main
 from broker.cli.output import Output, Table, iso_time, with_iso_times
+from broker.settings import CONFIG_ENV
 from testkit.config import BrokerConfig
 from testkit.procs import free_port
 
@@ -368,3 +370,21 @@ def test_a_demo_child_that_fails_is_reported_in_one_line(tmp_path: Path) -> None
     assert str(raised.value) == (
         f"broker exited with status 3: cannot start: Redis audit read failed (log: {log})"
     )
+
+
+def test_serve_runs_uvicorn_without_its_forwarded_header_rewrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing in the broker reads a request's client address or scheme (links come from
+    ``[server] public_url``, the cookie's Secure flag from ``[console] secure_cookie``), so
+    uvicorn's X-Forwarded-* middleware is left out (decision 0100)."""
+    ran: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw, app=app))
+    BrokerConfig(port=free_port()).set("audit", dir="a").write(tmp_path / "broker.toml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(CONFIG_ENV, raising=False)  # serve sets it for its workers
+
+    assert main(["serve", "--config", "broker.toml"]) == 0
+
+    assert ran["app"] == "broker.http.app:app_from_environment"
+    assert ran["proxy_headers"] is False

@@ -82,9 +82,10 @@ def test_the_ledger_packs_a_tuple_once_and_as_before(shards: int) -> None:
     ledger = RedisBudgetLedger(_Client(), "p", shards=shards)  # type: ignore[arg-type]
     scopes = _scopes()
     first = ledger._plan(scopes)
-    assert ledger._plan(scopes) is not None and ledger._plan(scopes)[1] is first[1]
+    assert ledger._plan(scopes) is first
     # The same as working it out from a list (never kept), which is how it was done per call.
-    assert ledger._plan(list(scopes)) == first
+    listed = ledger._plan(list(scopes))
+    assert listed is not first and (listed.shards, listed.limits) == (first.shards, first.limits)
     expected: dict[int, list[Any]] = {}
     for scope in scopes:
         shard = ledger._shard(scope.key())
@@ -92,7 +93,7 @@ def test_the_ledger_packs_a_tuple_once_and_as_before(shards: int) -> None:
             expected.setdefault(shard, []).extend(
                 [scope.key(), limit.metric, limit.window, limit.limit]
             )
-    assert first == (list(expected), expected)
+    assert (first.shards, first.limits) == (list(expected), expected)
     assert ledger._shards_of(()) == [0]
 
 
