@@ -88,16 +88,35 @@ async def run(number: int, concurrency: int, audit: Audit = "off", audit_dir: st
     return status.used
 
 
-def _counted(
-    number: int, concurrency: int, audit: str, home: Path, out: Path
-) -> subprocess.Popen[bytes]:
-    """This script's ``--run`` under callgrind, importing ``broker`` from ``home``."""
+def counted_totals(
+    module: str,
+    numbers: tuple[int, int],
+    concurrency: int,
+    home: Path,
+    scratch: Path,
+    *options: str,
+) -> tuple[int, int]:
+    """Callgrind's totals of ``module``'s ``--run`` with each of ``numbers`` requests (run side
+    by side, ``broker`` imported from ``home``, each with its own ``--audit-dir`` in
+    ``scratch``)."""
+    outs = [scratch / f"callgrind.{number}" for number in numbers]
+    runs = []
+    for number, out in zip(numbers, outs, strict=True):
+        arguments = ["--run", str(number), "--concurrency", str(concurrency)]
+        arguments += ["--audit-dir", str(out.parent / f"{out.name}.audit"), *options]
+        runs.append(_counted(module, arguments, home, out))
+    if any(process.wait() != 0 for process in runs):
+        raise SystemExit("a counted run failed")
+    low, high = (_totals(out) for out in outs)
+    return low, high
+
+
+def _counted(module: str, arguments: list[str], home: Path, out: Path) -> subprocess.Popen[bytes]:
+    """``python -m module arguments`` under callgrind, importing ``broker`` from ``home``."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": "0"}
-    audit_dir = out.parent / f"{out.name}.audit"
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-        "-m", "benchmarks.pipeline_instructions", "--run", str(number),
-        "--concurrency", str(concurrency), "--audit", audit, "--audit-dir", str(audit_dir),
+        "-m", module, *arguments,
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=home, env=env, stderr=subprocess.DEVNULL)
 
@@ -126,14 +145,9 @@ def main() -> None:
         home = REPO_ROOT
         if args.broker_ref != "worktree":
             home = snapshot_broker(args.broker_ref, Path(scratch) / "tree")
-        outs = [Path(scratch) / f"callgrind.{number}" for number in NUMBERS]
-        runs = [
-            _counted(number, args.concurrency, args.audit, home, out)
-            for number, out in zip(NUMBERS, outs, strict=True)
-        ]
-        if any(process.wait() != 0 for process in runs):
-            raise SystemExit("a counted run failed")
-        low, high = (_totals(out) for out in outs)
+        module = "benchmarks.pipeline_instructions"
+        options = ("--audit", args.audit)
+        low, high = counted_totals(module, NUMBERS, args.concurrency, home, Path(scratch), *options)
     per_request = (high - low) / (NUMBERS[1] - NUMBERS[0])
     print(f"broker {args.broker_ref} c={args.concurrency} audit {args.audit}: "
           f"{per_request / 1e6:.3f} M "

@@ -404,12 +404,17 @@ class FileAuditLog(AuditLog):
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self.directory = Path(directory)
         self._fsync = fsync
-        self._staged = staged
+        self._staged = self.stages = staged
         self._zeros = zeros
         self._files: dict[str, _ReplicaFile] = {}
 
     async def append(self, records: list[AuditRecord]) -> None:
-        await (await self.append_staged(records))
+        if not records:
+            return
+        writer = self._writer(_one_replica(records))
+        await writer.committer.append(records)
+        if self._staged:
+            await writer.sync_soon()
 
     async def append_written(self, records: list[AuditRecord]) -> None:
         """Append, durable at the next fsync (within ``LAZY_SYNC_S``): for records nobody waits

@@ -38,6 +38,10 @@ class AuditChainGapError(AuditLogError):
 class AuditLog(abc.ABC):
     """Durable, append-only storage of per-replica audit chains."""
 
+    # Does ``append_staged`` return before the records are durable? When it does not, a caller
+    # may ``append`` instead and skip the future it would hand back, already complete.
+    stages: bool = False
+
     @abc.abstractmethod
     async def append(self, records: list[AuditRecord]) -> None:
         """Store ``records`` (one replica, contiguous); durable when this returns."""

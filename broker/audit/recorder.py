@@ -117,6 +117,8 @@ class AuditRecorder:
             audit_written(0.0, failed=True)
             raise AuditUnavailableError(detail=str(exc)) from None
         audit_written(time.perf_counter() - started)
+        if staged is None:  # a log that does not stage: durable already
+            return None
         if staged.done() and not staged.cancelled() and staged.exception() is None:
             return None
         return staged
@@ -181,10 +183,14 @@ class AuditRecorder:
             await self.trail.close()
 
     def _with_payload(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``fields`` as recorded: naming a policy version, and without ``_body``, which is kept
+        redacted for ``payload_agents``. A dict holding ``_body`` is one ``request_fields`` or
+        ``llm_fields`` made for this record and handed over: the body leaves it in place (a copy
+        of its members per decision cost more than the rest of this method)."""
         fields = self._with_policy_version(fields)
         if "_body" not in fields:
             return fields
-        kept = dict(fields)
+        kept = fields if isinstance(fields, dict) else dict(fields)
         body = kept.pop("_body")
         agents = self.payload_agents
         if body and agents and agents & {kept.get("caller", ""), kept.get("target", "")}:
@@ -280,7 +286,7 @@ def request_fields(
         "kind": "auth.failure" if isinstance(err, _AUTH_REFUSALS) else "request",
         "request_id": ctx.request_id,
         "caller": ctx.caller or "",
-        "chain": list(ctx.chain),
+        "chain": ctx.chain,  # a tuple, as the record holds it: no list to convert
         "tree": tree,
         "target": ctx.target_name,
         "operation": ctx.operation.name if ctx.operation else "",
@@ -295,8 +301,8 @@ def request_fields(
         "detail": detail,
     }
     if phase != "outcome" and ctx.body:
-        # Not a record field: the recorder keeps a redacted copy for chosen agents, then drops
-        # it (a copy of the fields, made only when there is a body to keep or drop).
+        # Not a record field: the recorder keeps a redacted copy for chosen agents, and takes
+        # it out of these fields (``AuditRecorder._with_payload``).
         fields["_body"] = ctx.body
     return fields
 

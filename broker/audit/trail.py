@@ -109,20 +109,25 @@ class AuditTrail:
         if then is not None:
             then(done)
 
-    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None]:
+    async def record_staged(self, fields: Mapping[str, Any]) -> asyncio.Future[None] | None:
         """Like ``record``, but return once the log has the record as far as surviving this
         process; the future returned completes once it is durable (with ``AuditLogError`` if it
-        cannot be made so; dropping the future unawaited is fine)."""
+        cannot be made so; dropping the future unawaited is fine). None when the log does not
+        stage: the record is durable already."""
         if self._stale:
             await self._resync()
         records = self.chain.seal_with_checkpoint(fields)
         epoch = self._epoch
         try:
+            if not self.log.stages:  # durable once appended: no future to make and inspect
+                await self.log.append(records)
+                self._witness(records)
+                return None
             synced = await self.log.append_staged(records)
         except AuditLogError:
             self._failed(epoch)
             raise
-        if synced.done():  # durable already (not staged): no callback to schedule
+        if synced.done():
             self._sync_done(synced, epoch, records)
         else:
             synced.add_done_callback(lambda done: self._sync_done(done, epoch, records))
