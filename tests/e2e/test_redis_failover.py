@@ -26,7 +26,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ MAX_TILT_S = 40.0  # a sentinel leaves TILT mode 30 s after its timer stalled
 # is the broker's own recovery (its pools find the promoted node; nothing restarts).
 MAX_OUTAGE_AFTER_PROMOTION_S = 10.0
 RECOVERED_AFTER = 10  # consecutive successes that count as served again
+MAX_PROMOTIONS = 3  # Redis's own failovers after a kill the test waits out, the first included
 
 
 def _config(
@@ -132,7 +133,14 @@ class Rig:
     async def promoted(self, victim: int) -> bool:
         """Whether the topology now names another node than ``victim`` where the budgets
         live: the sentinels' primary, or the master of the budgets' slot in the cluster."""
-        for port in (p for p in self._seeds() if p != victim):
+        primary = await self.primary(ask_not=victim)
+        return primary is not None and primary != victim
+
+    async def primary(self, ask_not: int | None = None) -> int | None:
+        """The port of the node the topology names where the budgets live (the sentinels'
+        primary, or the master of the budgets' slot), as the first seed other than ``ask_not``
+        that answers says; None if none answers or it names none."""
+        for port in (p for p in self._seeds() if p != ask_not):
             client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
                                     socket_connect_timeout=1)  # fmt: skip
             try:
@@ -141,17 +149,17 @@ class Rig:
                     address = await client.execute_command(
                         "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name
                     )
-                    return bool(address) and int(address[1]) != victim
+                    return int(address[1]) if address else None
                 slot = key_slot(f"{PREFIX}:{{budget}}:rsv".encode())
                 for start, end, master, *_ in await client.execute_command("CLUSTER", "SLOTS"):
                     if start <= slot <= end:
-                        return int(master[1]) != victim
-                return False
+                        return int(master[1])
+                return None
             except (redis.RedisError, OSError):
                 continue  # ask the next one
             finally:
                 await client.aclose()
-        return False
+        return None
 
 
 def _start_topology(mode: str, workdir: Path) -> RedisTopology:
@@ -211,12 +219,17 @@ class Failover:
     calls: list[Call]
     killed: float
     promoted: float | None  # when the topology named the new node (None: it never did)
+    # Nodes Redis promoted after the first, on its own (a loaded machine: sentinels that
+    # elected two leaders in turn), each followed by its own outage.
+    promoted_again: list[int] = field(default_factory=list)
 
 
 async def _load_through_a_failover(rig: Rig) -> Failover:
     """WORKERS loops over both brokers; the victim is SIGKILLed BEFORE_S in; the loops run
     until RECOVERED_AFTER calls in a row succeeded, at most MAX_OUTAGE_AFTER_PROMOTION_S after
-    the topology named the new node (itself within MAX_PROMOTION_S), then a little more."""
+    the topology named the new node (itself within MAX_PROMOTION_S), then a little more. If
+    meanwhile Redis promoted yet another node on its own, the brokers are given the same time
+    to serve again after that promotion (at most MAX_PROMOTIONS in all)."""
     calls: list[Call] = []
     seq = itertools.count()
     stop = asyncio.Event()
@@ -237,22 +250,36 @@ async def _load_through_a_failover(rig: Rig) -> Failover:
         await rig.out_of_tilt()
         await asyncio.to_thread(rig.topology.kill, victim)
         killed = time.monotonic()
-        promoted: float | None = None
+        run = Failover(calls, killed, None)
+        serving: int | None = None  # the node the topology named when the promotion was seen
         deadline = killed + MAX_PROMOTION_S
         while time.monotonic() < deadline and not _recovered(calls, killed):
-            if promoted is None and await rig.promoted(victim):
-                promoted = time.monotonic()
-                deadline = min(deadline, promoted + MAX_OUTAGE_AFTER_PROMOTION_S)
+            if run.promoted is None and await rig.promoted(victim):
+                run.promoted = time.monotonic()
+                serving = await rig.primary(ask_not=victim)
+                deadline = min(deadline, run.promoted + MAX_OUTAGE_AFTER_PROMOTION_S)
             await asyncio.sleep(0.1)  # polls the topology and what the workers recorded
-        if promoted is None and await rig.promoted(victim):  # served before a poll saw it
-            promoted = time.monotonic()
+        if run.promoted is None and await rig.promoted(victim):  # served before a poll saw it
+            run.promoted = time.monotonic()
+            serving = await rig.primary(ask_not=victim)
         await asyncio.sleep(AFTER_RECOVERY_S)
+        while run.promoted is not None and len(run.promoted_again) < MAX_PROMOTIONS - 1:
+            now = await rig.primary(ask_not=victim)
+            if _recovered(calls, killed) or now is None or now == serving:
+                break  # served throughout, or an outage on the same node: the broker's
+            run.promoted_again.append(now)
+            serving, deadline = now, time.monotonic() + MAX_OUTAGE_AFTER_PROMOTION_S
+            while time.monotonic() < deadline:
+                if _recovered(calls, killed):
+                    break
+                await asyncio.sleep(0.1)  # polls what the workers recorded
+            await asyncio.sleep(AFTER_RECOVERY_S)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
         for client in clients:
             await client.close()
-    return Failover(calls, killed, promoted)
+    return run
 
 
 def _recovered(calls: list[Call], killed: float) -> bool:
@@ -322,6 +349,7 @@ def _report(rig: Rig, run: Failover, budget: dict[str, Any]) -> dict[str, Any]:
         "outcomes": dict(Counter(c.outcome for c in calls)),
         "recovery_s": round(first_back - killed, 2),
         "promoted_after_kill_s": None if run.promoted is None else round(run.promoted - killed, 2),
+        "promoted_again": run.promoted_again,
         "first_refusal_after_kill_s": round(min(c.ended for c in failed) - killed, 2),
         "provider_calls": len(rig.provider.recorded),
         "budget_used": budget["used"],
