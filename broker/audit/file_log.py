@@ -404,7 +404,7 @@ class FileAuditLog(AuditLog):
         self._tasks = tasks if tasks is not None else BackgroundTasks()
         self.directory = Path(directory)
         self._fsync = fsync
-        self._staged = self.stages = staged
+        self.stages = staged  # AuditLog.stages
         self._zeros = zeros
         self._files: dict[str, _ReplicaFile] = {}
 
@@ -413,7 +413,7 @@ class FileAuditLog(AuditLog):
             return
         writer = self._writer(_one_replica(records))
         await writer.committer.append(records)
-        if self._staged:
+        if self.stages:
             await writer.sync_soon()
 
     async def append_written(self, records: list[AuditRecord]) -> None:
@@ -437,14 +437,14 @@ class FileAuditLog(AuditLog):
             return done_future()
         writer = self._writer(_one_replica(records))
         await writer.committer.append(records)
-        return writer.sync_soon() if self._staged else done_future()
+        return writer.sync_soon() if self.stages else done_future()
 
     def _writer(self, replica: str) -> _ReplicaFile:
         writer = self._files.get(replica)
         if writer is None:
             path = audit_file(self.directory, replica)
             try:
-                writer = _ReplicaFile(path, self._fsync, self._staged, self._zeros, self._tasks)
+                writer = _ReplicaFile(path, self._fsync, self.stages, self._zeros, self._tasks)
             except OSError as exc:
                 raise AuditLogError(f"cannot open audit file {path}: {exc}") from exc
             self._files[replica] = writer

@@ -235,7 +235,6 @@ async def _answer(
         result = await outcome
         if isinstance(result, Reply):
             reply = result  # a unary answer: nothing is sent before
-            status, headers = reply_head(reply)
         else:
             await send_outcome(result, scope, receive, tracked)
             return
@@ -243,13 +242,12 @@ async def _answer(
         if started:
             raise
         reply = on_error(err)
-        status, headers = reply_head(reply)
     except Exception:
         if started:
             raise
         log.exception("unhandled error on %s %s", scope["method"], scope["path"])
         reply = on_error(BrokerInternalError())
-        status, headers = reply_head(reply)
+    status, headers = reply_head(reply)
     if not sent_whole(send, status, headers, reply.body):
         start, body = unary_messages(status, headers, reply.body)
         await send(start)
