@@ -9,10 +9,18 @@ rotation holds on every replica within a pub/sub round trip; ``ttl_s`` bounds th
 only when such a message is lost (a replica whose subscription was down forgets everything
 once it is back). A read that was under way while an entry was dropped is not cached, so it
 cannot put the old answer back. Open streams are rechecked about once a second regardless.
+
+Concurrent misses of one key share one read of the store (decision 0101): when an entry expires
+under load, every request in flight misses it at once, and each used to read the store on its
+own (at 16 requests in flight, 14 reads where one would do). A read joins only a read of its
+own generation, one started after the last drop, so nobody who starts after a write is handed
+an answer read before it. The shared read runs as its own task: a caller that is cancelled
+(its client went away) does not take the others' answer with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections.abc import Awaitable, Callable
@@ -36,12 +44,40 @@ class _TtlCache(Generic[_V]):
         self._entries: dict[str, tuple[float, _V]] = {}
         # Bumped by every drop: a read started before a drop must not be cached after it.
         self.generation = 0
+        # The store reads under way, by key: the generation each started in, and its task.
+        self._reads: dict[str, tuple[int, asyncio.Task[_V]]] = {}
 
     def get(self, key: str) -> tuple[bool, _V | None]:
         entry = self._entries.get(key)
         if entry is None or entry[0] < self._clock():
             return False, None
         return True, entry[1]
+
+    async def read_through(self, key: str, read: Callable[[str], Awaitable[_V]]) -> _V:
+        """``read(key)``'s answer, cached (a miss's path: ``get`` said no). A read of ``key``
+        that started in this generation and is still under way is joined, not repeated; its
+        failure is every joiner's."""
+        generation = self.generation
+        under_way = self._reads.get(key)
+        if under_way is None or under_way[0] != generation:
+            task = asyncio.ensure_future(self._read(key, read, generation))
+            under_way = (generation, task)
+            self._reads[key] = under_way
+            task.add_done_callback(lambda done: self._read_done(key, done))
+        # Shielded: a joiner that is cancelled leaves the read to the others (and the cache).
+        return await asyncio.shield(under_way[1])
+
+    async def _read(self, key: str, read: Callable[[str], Awaitable[_V]], generation: int) -> _V:
+        value = await read(key)
+        self.put(key, value, generation)
+        return value
+
+    def _read_done(self, key: str, done: asyncio.Task[_V]) -> None:
+        under_way = self._reads.get(key)
+        if under_way is not None and under_way[1] is done:
+            del self._reads[key]  # a later generation's read of the key stays
+        if not done.cancelled():
+            done.exception()  # every joiner may have gone: the failure is not left unread
 
     def put(self, key: str, value: _V, generation: int) -> None:
         if generation != self.generation:
@@ -82,10 +118,7 @@ class CachedAgentRegistry(AgentRegistry):
         hit, record = self._cache.get(name)
         if hit:
             return record
-        generation = self._cache.generation
-        record = await self._inner.get(name)
-        self._cache.put(name, record, generation)
-        return record
+        return await self._cache.read_through(name, self._inner.get)
 
     async def create(self, record: AgentRecord) -> bool:
         self._cache.drop(record.name)
@@ -138,10 +171,7 @@ class CachedCredentialStore(CredentialStore):
         hit, agent = self._cache.get(digest)
         if hit:
             return agent
-        generation = self._cache.generation
-        agent = await self._inner.lookup(digest)
-        self._cache.put(digest, agent, generation)
-        return agent
+        return await self._cache.read_through(digest, self._inner.lookup)
 
     async def replace(self, agent: str, digest: str) -> None:
         self._cache.drop()  # the old digest of this agent is not known here: forget them all

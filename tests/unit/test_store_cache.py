@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from broker.errors import StoreUnavailableError
 from broker.stores.base import AgentRecord
-from broker.stores.cache import CachedAgentRegistry, with_read_cache
-from broker.stores.memory import MemoryAgentRegistry, MemoryBackend
+from broker.stores.cache import CachedAgentRegistry, CachedCredentialStore, with_read_cache
+from broker.stores.memory import MemoryAgentRegistry, MemoryBackend, MemoryCredentialStore
 
 
 class Clock:
@@ -93,9 +96,13 @@ class SlowRegistry(MemoryAgentRegistry):
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        self.reading = asyncio.Event()  # set once a read has what it will answer
+        self.reads = 0
 
     async def get(self, name: str) -> AgentRecord | None:
+        self.reads += 1
         found = await super().get(name)
+        self.reading.set()
         await self.gate.wait()
         return found
 
@@ -105,9 +112,104 @@ async def test_a_read_under_way_when_an_entry_is_dropped_is_not_cached() -> None
     await inner.put(record("a"))
     cached = CachedAgentRegistry(inner, 60, Clock())
     reading = asyncio.create_task(cached.get("a"))  # reads "active" and waits
-    await asyncio.sleep(0)
+    await inner.reading.wait()
     await inner.set_status("a", "suspended", 1.0)  # another replica suspends it ...
     cached.forget("a")  # ... and says so while the read is still under way
     inner.gate.set()
     assert (await reading).status == "active"  # type: ignore[union-attr]
     assert (await cached.get("a")).status == "suspended"  # type: ignore[union-attr]
+
+
+async def test_concurrent_misses_of_one_key_share_one_read() -> None:
+    inner = SlowRegistry()
+    await inner.put(record("a"))
+    cached = CachedAgentRegistry(inner, 60, Clock())
+    readers = [asyncio.create_task(cached.get("a")) for _ in range(16)]
+    await inner.reading.wait()
+    inner.gate.set()
+    answers = await asyncio.gather(*readers)
+    assert inner.reads == 1
+    assert all(answer is answers[0] and answer.status == "active" for answer in answers)  # type: ignore[union-attr]
+    assert (await cached.get("a")) is answers[0]  # and it is cached
+    assert inner.reads == 1
+
+
+async def test_a_read_that_starts_after_a_drop_does_not_join_one_from_before_it() -> None:
+    inner = SlowRegistry()
+    await inner.put(record("a"))
+    cached = CachedAgentRegistry(inner, 60, Clock())
+    before = asyncio.create_task(cached.get("a"))
+    await inner.reading.wait()  # it has read "active"
+    await inner.set_status("a", "suspended", 1.0)  # another replica suspends it ...
+    cached.forget("a")  # ... and says so
+    after = asyncio.create_task(cached.get("a"))
+    await asyncio.sleep(0)
+    inner.gate.set()
+    assert (await before).status == "active"  # type: ignore[union-attr]
+    assert (await after).status == "suspended"  # type: ignore[union-attr]
+    assert inner.reads == 2
+    assert (await cached.get("a")).status == "suspended"  # type: ignore[union-attr]
+    assert inner.reads == 2
+
+
+class FailingRegistry(SlowRegistry):
+    async def get(self, name: str) -> AgentRecord | None:
+        await super().get(name)
+        raise StoreUnavailableError("the store is down")
+
+
+async def test_a_shared_read_that_fails_fails_every_reader_and_is_not_cached() -> None:
+    inner = FailingRegistry()
+    await inner.put(record("a"))
+    cached = CachedAgentRegistry(inner, 60, Clock())
+    readers = [asyncio.create_task(cached.get("a")) for _ in range(5)]
+    await inner.reading.wait()
+    inner.gate.set()
+    outcomes = await asyncio.gather(*readers, return_exceptions=True)
+    assert all(isinstance(outcome, StoreUnavailableError) for outcome in outcomes)
+    assert inner.reads == 1
+    with pytest.raises(StoreUnavailableError):
+        await cached.get("a")  # the next miss reads again
+    assert inner.reads == 2
+
+
+async def test_a_reader_that_is_cancelled_leaves_the_others_their_answer() -> None:
+    inner = SlowRegistry()
+    await inner.put(record("a"))
+    cached = CachedAgentRegistry(inner, 60, Clock())
+    first = asyncio.create_task(cached.get("a"))  # the one whose read the others join
+    await inner.reading.wait()
+    second = asyncio.create_task(cached.get("a"))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    inner.gate.set()
+    assert (await second).status == "active"  # type: ignore[union-attr]
+    assert first.cancelled()
+    assert (await cached.get("a")).status == "active"  # type: ignore[union-attr]
+    assert inner.reads == 1
+
+
+class SlowCredentials(MemoryCredentialStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.lookups = 0
+
+    async def lookup(self, digest: str) -> str | None:
+        self.lookups += 1
+        await self.gate.wait()
+        return await super().lookup(digest)
+
+
+async def test_concurrent_misses_of_one_credential_share_one_lookup() -> None:
+    inner = SlowCredentials()
+    await inner.replace("a", "d1")
+    cached = CachedCredentialStore(inner, 60, Clock())
+    readers = [asyncio.create_task(cached.lookup("d1")) for _ in range(8)]
+    others = [asyncio.create_task(cached.lookup("d2")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    inner.gate.set()
+    assert await asyncio.gather(*readers) == ["a"] * 8
+    assert await asyncio.gather(*others) == [None] * 3
+    assert inner.lookups == 2  # one per digest
