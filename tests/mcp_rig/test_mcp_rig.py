@@ -167,7 +167,11 @@ async def test_cursors_cannot_be_made_up(passthrough: RunningPassthrough) -> Non
                                 headers=headers)
         cursor = sse_messages(first)[-1]["result"]["nextCursor"]  # type: ignore[index]
         assert cursor != "5"  # the server's own cursor never reaches the caller
-        for forged in ("5", "10", cursor[:-2] + "AA"):
+        # One character of the broker's cursor changed (in the middle, where every bit is data:
+        # a changed tail, such as "AA", is no change at all when the cursor already ends so).
+        middle = len(cursor) // 2
+        tampered = cursor[:middle] + ("B" if cursor[middle] != "B" else "C") + cursor[middle + 1:]
+        for forged in ("5", "10", tampered):
             refused = await http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list",
                                                  "params": {"cursor": forged}}, headers=headers)
             assert refused.json()["error"]["data"][0]["reason"] == "MCP_CURSOR_INVALID"

@@ -107,10 +107,15 @@ class SlowRegistry(MemoryAgentRegistry):
         return found
 
 
+async def cached_a(inner: SlowRegistry) -> CachedAgentRegistry:
+    """A cache in front of ``inner``, which holds the agent "a" (active)."""
+    await inner.put(record("a"))
+    return CachedAgentRegistry(inner, 60, Clock())
+
+
 async def test_a_read_under_way_when_an_entry_is_dropped_is_not_cached() -> None:
     inner = SlowRegistry()
-    await inner.put(record("a"))
-    cached = CachedAgentRegistry(inner, 60, Clock())
+    cached = await cached_a(inner)
     reading = asyncio.create_task(cached.get("a"))  # reads "active" and waits
     await inner.reading.wait()
     await inner.set_status("a", "suspended", 1.0)  # another replica suspends it ...
@@ -122,8 +127,7 @@ async def test_a_read_under_way_when_an_entry_is_dropped_is_not_cached() -> None
 
 async def test_concurrent_misses_of_one_key_share_one_read() -> None:
     inner = SlowRegistry()
-    await inner.put(record("a"))
-    cached = CachedAgentRegistry(inner, 60, Clock())
+    cached = await cached_a(inner)
     readers = [asyncio.create_task(cached.get("a")) for _ in range(16)]
     await inner.reading.wait()
     inner.gate.set()
@@ -136,8 +140,7 @@ async def test_concurrent_misses_of_one_key_share_one_read() -> None:
 
 async def test_a_read_that_starts_after_a_drop_does_not_join_one_from_before_it() -> None:
     inner = SlowRegistry()
-    await inner.put(record("a"))
-    cached = CachedAgentRegistry(inner, 60, Clock())
+    cached = await cached_a(inner)
     before = asyncio.create_task(cached.get("a"))
     await inner.reading.wait()  # it has read "active"
     await inner.set_status("a", "suspended", 1.0)  # another replica suspends it ...
@@ -160,8 +163,7 @@ class FailingRegistry(SlowRegistry):
 
 async def test_a_shared_read_that_fails_fails_every_reader_and_is_not_cached() -> None:
     inner = FailingRegistry()
-    await inner.put(record("a"))
-    cached = CachedAgentRegistry(inner, 60, Clock())
+    cached = await cached_a(inner)
     readers = [asyncio.create_task(cached.get("a")) for _ in range(5)]
     await inner.reading.wait()
     inner.gate.set()
@@ -175,8 +177,7 @@ async def test_a_shared_read_that_fails_fails_every_reader_and_is_not_cached() -
 
 async def test_a_reader_that_is_cancelled_leaves_the_others_their_answer() -> None:
     inner = SlowRegistry()
-    await inner.put(record("a"))
-    cached = CachedAgentRegistry(inner, 60, Clock())
+    cached = await cached_a(inner)
     first = asyncio.create_task(cached.get("a"))  # the one whose read the others join
     await inner.reading.wait()
     second = asyncio.create_task(cached.get("a"))
