@@ -6,11 +6,15 @@ from the environment, as a CI with servers of its own would give them): ``redis_
 node of an existing cluster) and ``redis_sentinel`` (a primary, a replica and a sentinel;
 ``$REDIS_SENTINEL_URL`` and ``$REDIS_SENTINEL_SERVICE``). ``redis_store_settings`` gives
 ``[store]`` settings for any of them under a key prefix of the test's own.
+
+No test asks a DNS server anything: ``_no_outside_names`` answers every name but the loopback
+ones as unknown, at once (the outside world's DNS is faked, as its LLM providers are).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +24,7 @@ import redis
 
 from broker.settings import StoreSettings
 from broker.stores.redis_client import seed_nodes
+from testkit.dns import local_only_getaddrinfo
 from testkit.procs import free_port
 from testkit.redis_process import (
     RedisMode,
@@ -33,6 +38,22 @@ REDIS_URL_ENV = "REDIS_URL"
 REDIS_CLUSTER_URL_ENV = "REDIS_CLUSTER_URL"
 REDIS_SENTINEL_URL_ENV = "REDIS_SENTINEL_URL"
 REDIS_SENTINEL_SERVICE_ENV = "REDIS_SENTINEL_SERVICE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_outside_names() -> Iterator[None]:
+    """Every test: a name outside this machine does not resolve, and no DNS query leaves it.
+
+    The broker resolves the hosts of cards registered with names (the egress check at
+    registration, ``check_registered_url``); the card fixtures name example.org hosts. Asking
+    the machine's DNS server for them talked to the network and, when it answered late, cost a
+    test 2 s of lookup and 3 s of teardown waiting for the lookup's thread. asyncio's and
+    aiohttp's threaded resolvers call ``socket.getaddrinfo``; a test that needs a name to
+    resolve fakes the loop's ``getaddrinfo`` itself (tests/unit/test_upstream_http11.py).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", local_only_getaddrinfo(socket.getaddrinfo))
+        yield
 
 
 @pytest.fixture
