@@ -184,7 +184,10 @@ def targets(results: dict[str, Any]) -> list[str]:
                   f"{REFERENCE_PROXY_US:.0f} µs per request (measured on this kind of machine "
                   "when the budget was set); in this run (b1) "
                   f"costs {b16['cpu_us_per_req']:,.0f} µs, {scale:.2f}x that, so the scaled row "
-                  "is the fairer reading of the CPU target on this machine."]  # fmt: skip
+                  + ("is the fairer reading of the CPU target on this slower machine."
+                     if scale > 1 else
+                     "holds the broker to a tighter budget than the target's own on this "
+                     "faster machine.")]  # fmt: skip
     return lines
 
 

@@ -191,6 +191,20 @@ def test_one_round_reads_as_before() -> None:
     assert report.repeat_line(_results(None)) == []
 
 
+@pytest.mark.parametrize(
+    ("b1_rps", "reading"),
+    [
+        (7_000, "tighter budget than the target's own on this faster machine"),  # 143 µs
+        (3_000, "fairer reading of the CPU target on this slower machine"),  # 333 µs
+    ],
+)
+def test_the_scaled_cpu_row_says_which_way_it_moves_the_budget(b1_rps: int, reading: str) -> None:
+    results = _results(3)
+    (b16,) = [p for p in results["points"] if p["scenario"] == "b1"]
+    b16["cpu_us_per_req"] = 1e6 / b1_rps  # against the 224 µs the budget was set at
+    assert reading in "\n".join(verdict.targets(results))
+
+
 def test_the_header_states_the_rounds_and_the_rule() -> None:
     (line,) = report.repeat_line({"repeat": {"rounds": 3, "once": ["h", "p"]}})
     assert "`--repeat 3`" in line
