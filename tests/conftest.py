@@ -42,7 +42,8 @@ REDIS_SENTINEL_SERVICE_ENV = "REDIS_SENTINEL_SERVICE"
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_outside_names() -> Iterator[None]:
-    """Every test: a name outside this machine does not resolve, and no DNS query leaves it.
+    """Every test: in this process a name outside the machine does not resolve, and no DNS
+    query leaves it (processes the tests start are given numeric loopback URLs only).
 
     The broker resolves the hosts of cards registered with names (the egress check at
     registration, ``check_registered_url``); the card fixtures name example.org hosts. Asking
