@@ -137,19 +137,16 @@ class Rig:
         return primary is not None and primary != victim
 
     async def primary(self, ask_not: int | None = None) -> int | None:
-        """The port of the node the topology names where the budgets live (the sentinels'
-        primary, or the master of the budgets' slot), as the first seed other than ``ask_not``
-        that answers says; None if none answers or it names none."""
+        """The port of the node the topology names where the budgets live: the sentinels'
+        newest primary (``_sentinels_primary``), or the master of the budgets' slot as the
+        first seed other than ``ask_not`` that answers says; None if none answers or it names
+        none."""
+        if self.mode == "sentinel":
+            return await self._sentinels_primary()
         for port in (p for p in self._seeds() if p != ask_not):
             client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
                                     socket_connect_timeout=1)  # fmt: skip
             try:
-                if self.mode == "sentinel":
-                    name = self.topology.service or "mymaster"
-                    address = await client.execute_command(
-                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", name
-                    )
-                    return int(address[1]) if address else None
                 slot = key_slot(f"{PREFIX}:{{budget}}:rsv".encode())
                 for start, end, master, *_ in await client.execute_command("CLUSTER", "SLOTS"):
                     if start <= slot <= end:
@@ -160,6 +157,34 @@ class Rig:
             finally:
                 await client.aclose()
         return None
+
+    async def _sentinels_primary(self) -> int | None:
+        """The primary in the newest settled view of the sentinels that answer: the highest
+        config epoch among views that are not in a failover and do not see their primary down
+        (else the highest epoch of any). A sentinel learns of a failover from the leader's
+        hello messages, and the leader names the old primary until its failover ends, so for a
+        moment some name the node before. Sentinel may also fail over twice in a row (the
+        promoted node itself marked down). Asking only the first sentinel mistook such a second
+        failover for a broker that stopped serving on the same node."""
+        name = self.topology.service or "mymaster"
+        views: list[tuple[bool, int, int]] = []  # (settled, config epoch, port)
+        for port in self._seeds():
+            client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                                    socket_connect_timeout=1, decode_responses=True)  # fmt: skip
+            try:
+                reply = await client.execute_command("SENTINEL", "MASTER", name)
+            except (redis.RedisError, OSError):
+                continue  # ask the next one
+            finally:
+                await client.aclose()
+            pairs = reply.items() if isinstance(reply, dict) else zip(
+                reply[::2], reply[1::2], strict=True
+            )
+            info = dict(pairs)
+            flags = set(str(info["flags"]).split(","))
+            settled = not flags & {"failover_in_progress", "s_down", "o_down"}
+            views.append((settled, int(info["config-epoch"]), int(info["port"])))
+        return max(views)[2] if views else None
 
 
 def _start_topology(mode: str, workdir: Path) -> RedisTopology:
