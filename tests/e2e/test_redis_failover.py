@@ -172,15 +172,11 @@ class Rig:
             client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
                                     socket_connect_timeout=1, decode_responses=True)  # fmt: skip
             try:
-                reply = await client.execute_command("SENTINEL", "MASTER", name)
+                info = await client.execute_command("SENTINEL", "MASTER", name)  # a dict
             except (redis.RedisError, OSError):
                 continue  # ask the next one
             finally:
                 await client.aclose()
-            pairs = reply.items() if isinstance(reply, dict) else zip(
-                reply[::2], reply[1::2], strict=True
-            )
-            info = dict(pairs)
             flags = set(str(info["flags"]).split(","))
             settled = not flags & {"failover_in_progress", "s_down", "o_down"}
             views.append((settled, int(info["config-epoch"]), int(info["port"])))
