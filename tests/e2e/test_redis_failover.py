@@ -61,6 +61,9 @@ MAX_TILT_S = 40.0  # a sentinel leaves TILT mode 30 s after its timer stalled
 # is the broker's own recovery (its pools find the promoted node; nothing restarts).
 MAX_OUTAGE_AFTER_PROMOTION_S = 10.0
 RECOVERED_AFTER = 10  # consecutive successes that count as served again
+# How long the sentinels may take to agree on one primary after a failover (each tells the
+# others its view every 2 s), before the test judges whether the broker serves on it.
+MAX_SETTLE_S = 15.0
 MAX_PROMOTIONS = 3  # Redis's own failovers after a kill the test waits out, the first included
 
 
@@ -158,6 +161,26 @@ class Rig:
                 await client.aclose()
         return None
 
+    async def settled_primary(self, ask_not: int | None = None) -> int | None:
+        """``primary`` once the topology has settled, waiting at most MAX_SETTLE_S: every
+        sentinel that answers names the same primary in the same config epoch, and none is in
+        a failover or sees that primary down. Sentinel may be failing over a second time when
+        asked (the node it promoted, marked down in turn), while the sentinels that are not
+        leading it still name the node before; read then, Redis's second failover looked like
+        a broker that stopped serving on the same node (a CI failure). Past the wait, the
+        newest view as ``primary`` reads it. A cluster is read as ``primary`` reads it."""
+        if self.mode != "sentinel":
+            return await self.primary(ask_not=ask_not)
+        deadline = time.monotonic() + MAX_SETTLE_S
+        while True:
+            views = await self._sentinel_views()
+            agreed = {(epoch, port) for _, epoch, port in views}
+            if views and all(settled for settled, _, _ in views) and len(agreed) == 1:
+                return views[0][2]
+            if time.monotonic() > deadline:
+                return max(views)[2] if views else None
+            await asyncio.sleep(0.2)
+
     async def _sentinels_primary(self) -> int | None:
         """The primary in the newest settled view of the sentinels that answer: the highest
         config epoch among views that are not in a failover and do not see their primary down
@@ -166,8 +189,14 @@ class Rig:
         moment some name the node before. Sentinel may also fail over twice in a row (the
         promoted node itself marked down). Asking only the first sentinel mistook such a second
         failover for a broker that stopped serving on the same node."""
+        views = await self._sentinel_views()
+        return max(views)[2] if views else None
+
+    async def _sentinel_views(self) -> list[tuple[bool, int, int]]:
+        """(settled, config epoch, primary's port) of each sentinel that answers; settled: not
+        in a failover, and not seeing its primary down."""
         name = self.topology.service or "mymaster"
-        views: list[tuple[bool, int, int]] = []  # (settled, config epoch, port)
+        views: list[tuple[bool, int, int]] = []
         for port in self._seeds():
             client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
                                     socket_connect_timeout=1, decode_responses=True)  # fmt: skip
@@ -180,7 +209,7 @@ class Rig:
             flags = set(str(info["flags"]).split(","))
             settled = not flags & {"failover_in_progress", "s_down", "o_down"}
             views.append((settled, int(info["config-epoch"]), int(info["port"])))
-        return max(views)[2] if views else None
+        return views
 
 
 def _start_topology(mode: str, workdir: Path) -> RedisTopology:
@@ -285,7 +314,7 @@ async def _load_through_a_failover(rig: Rig) -> Failover:
             serving = await rig.primary(ask_not=victim)
         await asyncio.sleep(AFTER_RECOVERY_S)
         while run.promoted is not None and len(run.promoted_again) < MAX_PROMOTIONS - 1:
-            now = await rig.primary(ask_not=victim)
+            now = await rig.settled_primary(ask_not=victim)
             if _recovered(calls, killed) or now is None or now == serving:
                 break  # served throughout, or an outage on the same node: the broker's
             run.promoted_again.append(now)
