@@ -141,11 +141,11 @@ class Rig:
 
     async def primary(self, ask_not: int | None = None) -> int | None:
         """The port of the node the topology names where the budgets live: the sentinels'
-        newest primary (``_sentinels_primary``), or the master of the budgets' slot as the
+        newest primary (``_newest``), or the master of the budgets' slot as the
         first seed other than ``ask_not`` that answers says; None if none answers or it names
         none."""
         if self.mode == "sentinel":
-            return await self._sentinels_primary()
+            return _newest(await self._sentinel_views())
         for port in (p for p in self._seeds() if p != ask_not):
             client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
                                     socket_connect_timeout=1)  # fmt: skip
@@ -178,19 +178,8 @@ class Rig:
             if views and all(settled for settled, _, _ in views) and len(agreed) == 1:
                 return views[0][2]
             if time.monotonic() > deadline:
-                return max(views)[2] if views else None
+                return _newest(views)
             await asyncio.sleep(0.2)
-
-    async def _sentinels_primary(self) -> int | None:
-        """The primary in the newest settled view of the sentinels that answer: the highest
-        config epoch among views that are not in a failover and do not see their primary down
-        (else the highest epoch of any). A sentinel learns of a failover from the leader's
-        hello messages, and the leader names the old primary until its failover ends, so for a
-        moment some name the node before. Sentinel may also fail over twice in a row (the
-        promoted node itself marked down). Asking only the first sentinel mistook such a second
-        failover for a broker that stopped serving on the same node."""
-        views = await self._sentinel_views()
-        return max(views)[2] if views else None
 
     async def _sentinel_views(self) -> list[tuple[bool, int, int]]:
         """(settled, config epoch, primary's port) of each sentinel that answers; settled: not
@@ -210,6 +199,17 @@ class Rig:
             settled = not flags & {"failover_in_progress", "s_down", "o_down"}
             views.append((settled, int(info["config-epoch"]), int(info["port"])))
         return views
+
+
+def _newest(views: list[tuple[bool, int, int]]) -> int | None:
+    """The primary in the newest settled view of the sentinels that answer: the highest
+    config epoch among views that are not in a failover and do not see their primary down
+    (else the highest epoch of any). A sentinel learns of a failover from the leader's hello
+    messages, and the leader names the old primary until its failover ends, so for a moment
+    some name the node before. Sentinel may also fail over twice in a row (the promoted node
+    itself marked down). Asking only the first sentinel mistook such a second failover for a
+    broker that stopped serving on the same node."""
+    return max(views)[2] if views else None
 
 
 def _start_topology(mode: str, workdir: Path) -> RedisTopology:
