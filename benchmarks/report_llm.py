@@ -127,7 +127,37 @@ def verdict(points: list[dict[str, Any]]) -> list[str]:
         "| p99 ratio (LiteLLM / broker) | met |",
         "|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    return [_summary(pairs, want), "", *rows, *map(_pair_row, pairs), "", _cpu_note(pairs)]
+    waits = _wait_note(pairs)
+    return [
+        _summary(pairs, want), "", *rows, *map(_pair_row, pairs), "", _cpu_note(pairs),
+        *(["", waits] if waits else []),
+    ]  # fmt: skip
+
+
+# Below this share of its core the broker was not saturated at that c: waits set its pace.
+WAITING_BELOW = 0.9
+
+
+def _wait_note(pairs: list[dict[str, Any]]) -> str | None:
+    """Where the throughput half misses while the broker's core had time to spare: say that
+    its calls were bound by waits, and which wait is the largest (decision 0105)."""
+    idle = [
+        cmp for cmp in pairs
+        if not cmp["throughput_met"] and 0 < cmp["broker"]["cpu_util"] < WAITING_BELOW
+    ]  # fmt: skip
+    if not idle:
+        return None
+    shares = "; ".join(
+        f"at c={cmp['c']} it used {cmp['broker']['cpu_util']:.0%} of its core, so "
+        f"{1 - cmp['broker']['cpu_util']:.0%} of the time a call took was spent waiting"
+        for cmp in idle
+    )
+    return (
+        f"Where the ratio falls short, the broker was not saturated: {shares}. The largest "
+        "wait in a call is the decision record's fsync, which the audit finishes before the "
+        "provider is called. Decision 0105 measures it, and the same endpoint with `[audit] "
+        "fsync = false`."
+    )
 
 
 def _cpu_note(pairs: list[dict[str, Any]]) -> str:

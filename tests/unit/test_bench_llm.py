@@ -102,6 +102,27 @@ def test_target_not_met_below_20x_or_with_a_higher_p99() -> None:
     assert "not lower at c=1, 16, 64" in slow
 
 
+def test_a_short_ratio_while_the_broker_had_time_to_spare_is_put_down_to_waits() -> None:
+    points = _run(broker_rps=1_500, litellm_p99=50.0)
+    for p in points:
+        if p["scenario"] == "i-broker":
+            p["cpu_util"] = 0.67 if p["concurrency"] == 1 else 0.99
+    note = verdict(points)[-1]
+    assert "at c=1 it used 67% of its core, so 33% of the time a call took" in note
+    assert "c=16" not in note and "c=64" not in note  # saturated there: no wait to blame
+    assert "Decision 0105" in note
+
+
+def test_no_wait_note_where_the_ratio_is_met_or_the_broker_was_saturated() -> None:
+    met = _run(broker_rps=2_500, litellm_p99=50.0)
+    saturated = _run(broker_rps=1_500, litellm_p99=50.0)
+    for points, use in ((met, 0.67), (saturated, 0.95)):
+        for p in points:
+            if p["scenario"] == "i-broker":
+                p["cpu_util"] = use
+        assert not any("not saturated" in line for line in verdict(points))
+
+
 def test_unavailable_litellm_is_not_met_and_says_why() -> None:
     points = [p for p in _run(2_500, 50.0) if p["scenario"] != "i-litellm"]
     points.append(asdict(unavailable("i-litellm", "litellm", "no matching distribution")))
