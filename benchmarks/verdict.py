@@ -365,8 +365,33 @@ def _broker_cost(results: dict[str, Any]) -> list[str]:
             f"{p1['p50_ms'] - a1['p50_ms']:+.2f} ms p50 over direct (the bare proxy adds "
             f"{b1['p50_ms'] - a1['p50_ms']:+.2f} ms). "
             + _budget_left(left, missing_stages(results))
+            + _c1_waits(results, scen, p1)
         )
     return out
+
+
+# At c=1, what two steps a request waits on add to the p50, each read from a pair of
+# configurations of the same run: (label, with it, without it, the stores it applies to).
+_C1_WAITS = (
+    ("the audit file (its records, and their fsync)", "d-audit", "d-off", ("c", "e")),
+    ("a calls budget (its reserve: a round trip to Redis)", "r-budget", "r-none", ("e",)),
+)
+
+
+def _c1_waits(results: dict[str, Any], scenario: str, p1: dict[str, Any]) -> str:
+    """What the audit's fsync and (on Redis) the budget's reserve add to the c=1 p50, where
+    this run measured both configurations of each pair beside ``p1``."""
+    parts = []
+    for label, with_it, without, stores in _C1_WAITS:
+        on, off = _at(results, with_it, 1), _at(results, without, 1)
+        same_run = on.get("origin") == off.get("origin") == p1.get("origin")
+        if scenario in stores and on and off and same_run:
+            parts.append(
+                f"{label} {on['p50_ms'] - off['p50_ms']:+.2f} ms (({with_it}) over ({without}))"
+            )
+    if not parts:
+        return ""
+    return f" At c=1, steps each request waits on before it is forwarded add: {'; '.join(parts)}."
 
 
 def _budget_left(left: float, missing: str) -> str:
