@@ -147,6 +147,12 @@ async def _run(args: argparse.Namespace, provider_port: int, work: Path) -> None
         async def worker(k: int) -> None:
             for _ in range(k):
                 await one()
+                # A served broker reads a client's next call from its socket, by which time the
+                # loop has run what the last call left ready: the audit's writer task writes
+                # the outcome record. Called back to back, the next decision record would find
+                # that record still queued and be fsynced by the writer task, not by its caller
+                # as a lone batch (GroupCommitter.append), a path the served broker rarely takes.
+                await asyncio.sleep(0)
 
         share, extra = divmod(n, args.concurrency)
         await asyncio.gather(*(worker(share + (i < extra)) for i in range(args.concurrency)))
