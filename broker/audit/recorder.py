@@ -175,6 +175,9 @@ class AuditRecorder:
         await self.record({"kind": kind, "caller": actor, "detail": dict(detail)})
 
     async def close(self) -> None:
+        # Outcomes handed to ``after_reply`` by calls already answered run in the next loop
+        # pass (decision 0106): let them be recorded before the trail closes.
+        await asyncio.sleep(0)
         if self._checkpoints is not None:
             self._checkpoints.cancel()
         if self._pending:

@@ -6,11 +6,13 @@ The order they run in is written in ``broker.pipeline.llm``.
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from broker.errors import BrokerError
 from broker.llm.context import LlmCallNext, LlmContext
 from broker.llm.errors import LlmModelNotAllowedError, LlmModelNotFoundError, LlmRateLimitedError
 from broker.observability.record import observe_llm_call
+from broker.pipeline.stage import after_reply
 from broker.policy.decision import NO_POLICY_VERSION
 from broker.policy.engine import PolicyEngine
 from broker.protocols.llm.catalog import ModelCatalog
@@ -42,9 +44,18 @@ class LlmWire:
 
 
 def log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
+    """The call's metrics now; its log line, for a unary answer, once the answer is on its way
+    (decision 0106)."""
     observe_llm_call(ctx, status)  # the call's metrics
     if not log.isEnabledFor(logging.INFO):
         return
+    if stream:
+        _log_call(ctx, status, stream=True)
+    else:
+        after_reply(partial(_log_call, ctx, status, stream=False))
+
+
+def _log_call(ctx: LlmContext, status: int, *, stream: bool) -> None:
     own: dict[str, object] = {
         "kind": ctx.kind,
         "model": ctx.request.model if ctx.request else None,

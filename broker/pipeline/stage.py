@@ -94,6 +94,15 @@ class _Bound(Generic[Ctx]):
         return self._stage(ctx, self._call_next)
 
 
+def after_reply(callback: Callable[..., object], *args: object) -> None:
+    """Run ``callback(*args)`` in the loop pass after the request's task yields, which for a
+    unary answer is once the edge has written it (decision 0106). For work the answer does not
+    wait for (the outcome record, the access log line): at c=1 it then runs while the answer
+    travels to the caller instead of before. ``callback`` must not raise (an exception goes to
+    the loop's exception handler)."""
+    asyncio.get_running_loop().call_soon(callback, *args)
+
+
 def started(coro: Coroutine[Any, Any, _T]) -> asyncio.Future[_T]:
     """Run ``coro`` up to its first suspension now, and on as what it waits for completes: a
     task started eagerly (``asyncio.eager_task_factory`` on Python 3.12). A store call made so

@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from broker.audit.recorder import AuditRecorder, digest, digested_stream, request_fields
 from broker.errors import BrokerError
+from broker.pipeline.stage import after_reply
 from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
 
 C = TypeVar("C", bound=CallContext)
@@ -96,13 +97,11 @@ class AuditForward(Generic[C]):
                 await self._recorder.durable(synced)  # no answer before its decision is durable
         except BrokerError as err:
             ctx.error, ctx.audited = err, True
-            self._recorder.record_soon(self._format.outcome(ctx, err.http_status, ""))
+            after_reply(self._record_outcome, ctx, err.http_status, b"")
             raise
         ctx.audited = True
         if isinstance(outcome, Reply):
-            self._recorder.record_soon(
-                self._format.outcome(ctx, outcome.status, digest(outcome.body))
-            )
+            after_reply(self._record_outcome, ctx, outcome.status, outcome.body)
             return outcome
         status = outcome.status
 
@@ -111,3 +110,8 @@ class AuditForward(Generic[C]):
 
         events = digested_stream(outcome.events, record_outcome)
         return StreamReply(events, outcome.status, outcome.headers)
+
+    def _record_outcome(self, ctx: C, status: int, body: bytes) -> None:
+        """A unary call's outcome record (an empty ``body``: no digest), built and queued once
+        the answer is on its way: nobody waits on it (decision 0106)."""
+        self._recorder.record_soon(self._format.outcome(ctx, status, digest(body)))

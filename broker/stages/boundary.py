@@ -20,6 +20,7 @@ from broker.errors import AuditUnavailableError, BrokerError, BrokerInternalErro
 from broker.observability import tracing
 from broker.observability.logs import log_fields
 from broker.observability.record import observe_mediated, stream_opened
+from broker.pipeline.stage import after_reply
 from broker.protocols.a2a.wire import error_reply, sse_error_event
 from broker.stages.audit import A2aAudit, AuditFormat, records_only
 from broker.types import CallContext, MediationContext, Outcome, Reply, StreamReply
@@ -135,10 +136,18 @@ def _stream_failure(ctx: MediationContext, exc: Exception) -> BrokerError:
 
 
 def log_request(ctx: MediationContext, status: int, stream_end: str | None = None) -> None:
-    """One structured line: caller, target, operation, status, latency (and the refusal)."""
+    """One structured line: caller, target, operation, status, latency (and the refusal).
+    The metrics now; a unary answer's line once the answer is on its way (decision 0106)."""
     observe_mediated(ctx, status, stream_end)  # the request's metrics
     if not log.isEnabledFor(logging.INFO):
         return
+    if stream_end is None:
+        after_reply(_log_request, ctx, status, None)
+    else:
+        _log_request(ctx, status, stream_end)
+
+
+def _log_request(ctx: MediationContext, status: int, stream_end: str | None) -> None:
     own: dict[str, object] = {
         "target": ctx.target_name,
         "binding": ctx.binding,
