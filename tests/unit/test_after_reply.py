@@ -17,23 +17,13 @@ from broker.audit.trail import AuditTrail
 from broker.errors import UpstreamTimeoutError
 from broker.identity.keys import BrokerKeys
 from broker.pipeline.stage import after_reply
-from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.stages.audit import AuditForward
 from broker.stages.boundary import A2aWire, ErrorBoundary
 from broker.types import MediationContext, Outcome, Reply
 from testkit.audit_files import audit_bytes
+from testkit.contexts import send_message_context
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
-
-
-async def _body() -> bytes:
-    return b"{}"
-
-
-def _ctx() -> MediationContext:
-    ctx = MediationContext("jsonrpc", "b", "POST", headers={}, read_body=_body, caller="a")
-    ctx.operation = SEND_MESSAGE
-    return ctx
 
 
 async def _recorder(directory: Path) -> AuditRecorder:
@@ -63,7 +53,7 @@ async def test_the_outcome_record_is_sealed_after_the_answer_is_returned(tmp_pat
     async def agent(ctx: MediationContext) -> Outcome:
         return Reply(200, b'{"result":{}}')
 
-    reply = await AuditForward(recorder)(_ctx(), agent)
+    reply = await AuditForward(recorder)(send_message_context(), agent)
     assert isinstance(reply, Reply) and reply.status == 200
     sealed = recorder.trail.chain.head.seq  # the decision (and any checkpoint) only
     await asyncio.sleep(0)
@@ -78,7 +68,7 @@ async def test_a_failed_calls_outcome_is_recorded_after_the_refusal_too(tmp_path
     async def agent(ctx: MediationContext) -> Outcome:
         raise UpstreamTimeoutError
 
-    ctx = _ctx()
+    ctx = send_message_context()
     with pytest.raises(UpstreamTimeoutError):
         await AuditForward(recorder)(ctx, agent)
     assert ctx.audited  # the boundary will not write a refusal record of its own
@@ -99,7 +89,7 @@ async def test_the_access_log_line_follows_the_answer(
 
     boundary = ErrorBoundary[MediationContext](recorder, wire=A2aWire())
     with caplog.at_level(logging.INFO, logger="a2a_broker.access"):
-        reply = await boundary(_ctx(), agent)
+        reply = await boundary(send_message_context(), agent)
         assert isinstance(reply, Reply) and reply.status == 200
         assert not [r for r in caplog.records if r.name == "a2a_broker.access"]
         await asyncio.sleep(0)
@@ -114,7 +104,7 @@ async def test_closing_the_recorder_records_the_outcomes_of_answered_calls(tmp_p
     async def agent(ctx: MediationContext) -> Outcome:
         return Reply(200, b'{"result":{}}')
 
-    await AuditForward(recorder)(_ctx(), agent)
+    await AuditForward(recorder)(send_message_context(), agent)
     await recorder.close()  # at once, as a shutdown right after the last answer would
     records = [json.loads(line) for line in audit_bytes(tmp_path / "audit-r1.jsonl").splitlines()]
     outcome, closing = records[-2:]

@@ -18,22 +18,12 @@ from broker.audit.trail import AuditTrail
 from broker.audit.verify import verify_chain
 from broker.errors import AuditUnavailableError
 from broker.identity.keys import BrokerKeys
-from broker.protocols.a2a.operations import SEND_MESSAGE
 from broker.stages.audit import AuditForward
 from broker.types import MediationContext, Outcome, Reply
 from testkit.audit_files import audit_bytes
+from testkit.contexts import send_message_context
 
 KEYS = BrokerKeys(Ed25519PrivateKey.generate())
-
-
-async def _body() -> bytes:
-    return b"{}"
-
-
-def _ctx() -> MediationContext:
-    ctx = MediationContext("jsonrpc", "b", "POST", headers={}, read_body=_body, caller="a")
-    ctx.operation = SEND_MESSAGE
-    return ctx
 
 
 async def _recorder(directory: Path) -> AuditRecorder:
@@ -61,7 +51,7 @@ async def test_the_agent_works_while_the_decision_is_fsynced_and_the_answer_wait
         forwarded.set()
         return Reply(200, b"{}")
 
-    answer = asyncio.create_task(AuditForward(recorder)(_ctx(), agent))
+    answer = asyncio.create_task(AuditForward(recorder)(send_message_context(), agent))
     await asyncio.wait_for(forwarded.wait(), 5)  # forwarded although the fsync has not returned
     await asyncio.sleep(0.05)
     assert not answer.done()  # the answer waits for the record to be durable
@@ -83,7 +73,7 @@ async def test_an_answer_whose_decision_cannot_be_made_durable_is_withheld(
     async def agent(ctx: MediationContext) -> Outcome:
         return Reply(200, b"{}")
 
-    ctx = _ctx()
+    ctx = send_message_context()
     with pytest.raises(AuditUnavailableError):
         await AuditForward(recorder)(ctx, agent)
     assert ctx.audited  # its outcome record (the refusal) is on its way, not the boundary's
