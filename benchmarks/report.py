@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from benchmarks import verdict
+from benchmarks import idle, verdict
 from benchmarks.repeat import spread
 from benchmarks.report_chain import chain_section
 from benchmarks.report_llm import llm_section, without_llm
@@ -65,6 +65,7 @@ def machine() -> dict[str, Any]:
         "cpu": model,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "idle": idle.idle_policy(),
         "wrk": _run(["wrk", "-v"]).splitlines()[0] if _run(["wrk", "-v"]) else "",
         "libs": versions,
         "commit": _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]),
@@ -396,8 +397,8 @@ def render(results: dict[str, Any], png: str | None) -> list[str]:
         f"* **Date**: {results['started']} (UTC), {results['elapsed_s']} s in all, "
         f"{results['seconds_per_point']:g} s per point after a 1 s warm-up per target.",
         *repeat_line(results),
-        f"* **Machine**: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, "
-        f"Python {m['python']}, {m['wrk']}.",
+        f"* **Machine**: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}"
+        f"{idle.describe(m)}, Python {m['python']}, {m['wrk']}.",
         *_load_line(results),
         f"* **Libraries**: {libs}.",
         f"* **Broker code**: {results['broker_code']}; when the run ended HEAD was "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.idle import HALT_NOTE, halts_at_once
 from benchmarks.repeat import per_round, spread
 
 THROUGHPUT_TARGET = 20.0  # the broker's req/s over LiteLLM's, at every c, in the same run
@@ -111,8 +112,9 @@ def ratio_spread(cmp: dict[str, Any]) -> str:
     return spread(ratios, "{:.1f}".format, "x", label="")
 
 
-def verdict(points: list[dict[str, Any]]) -> list[str]:
-    """The target, stated met or not met, with the ratios behind it."""
+def verdict(points: list[dict[str, Any]], machine: dict[str, Any] | None = None) -> list[str]:
+    """The target, stated met or not met, with the ratios behind it; ``machine`` is the run's
+    (its idle policy is named where waits set the pace)."""
     want = (
         f"the broker's LLM endpoint has at least {THROUGHPUT_TARGET:g}x LiteLLM proxy's "
         "throughput and a lower p99, at every c, side by side in the same run"
@@ -127,7 +129,7 @@ def verdict(points: list[dict[str, Any]]) -> list[str]:
         "| p99 ratio (LiteLLM / broker) | met |",
         "|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
-    waits = _wait_note(pairs)
+    waits = _wait_note(pairs, machine or {})
     return [
         _summary(pairs, want), "", *rows, *map(_pair_row, pairs), "", _cpu_note(pairs),
         *(["", waits] if waits else []),
@@ -138,9 +140,10 @@ def verdict(points: list[dict[str, Any]]) -> list[str]:
 WAITING_BELOW = 0.9
 
 
-def _wait_note(pairs: list[dict[str, Any]]) -> str | None:
+def _wait_note(pairs: list[dict[str, Any]], machine: dict[str, Any]) -> str | None:
     """Where the throughput half misses while the broker's core had time to spare: say that
-    its calls were bound by waits, and which wait is the largest (decision 0105)."""
+    its calls were bound by waits, which wait is the largest (decision 0105), and, on a
+    machine whose idle vCPUs halt at once, what each wait costs there (decision 0107)."""
     idle = [
         cmp for cmp in pairs
         if not cmp["throughput_met"] and 0 < cmp["broker"]["cpu_util"] < WAITING_BELOW
@@ -156,8 +159,9 @@ def _wait_note(pairs: list[dict[str, Any]]) -> str | None:
         f"Where the ratio falls short, the broker was not saturated: {shares}. The largest "
         "wait in a call is the decision record's fsync, which the audit finishes before the "
         "provider is called. Decision 0105 measures it, and the same endpoint with `[audit] "
-        "fsync = false`."
+        "fsync = false`." + (f" {HALT_NOTE}" if halts_at_once(machine) else "")
     )
+
 
 
 def _cpu_note(pairs: list[dict[str, Any]]) -> str:
@@ -204,4 +208,5 @@ def llm_section(results: dict[str, Any]) -> list[str]:
     header = ["## LLM endpoint beside LiteLLM's proxy (scenario i)", ""]
     if not points:
         return [*header, "(scenario i not measured in this run: add `--scenarios i`)", ""]
-    return [*header, _method(points), "", *_rows(points), "", *verdict(points), ""]
+    verdict_lines = verdict(points, results.get("machine"))
+    return [*header, _method(points), "", *_rows(points), "", *verdict_lines, ""]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from benchmarks.idle import HALT_NOTE, halts_at_once
 from benchmarks.measure import NOISY_CORES
 from benchmarks.repeat import per_round, spread
 
@@ -380,7 +381,8 @@ _C1_WAITS = (
 
 def _c1_waits(results: dict[str, Any], scenario: str, p1: dict[str, Any]) -> str:
     """What the audit's fsync and (on Redis) the budget's reserve add to the c=1 p50, where
-    this run measured both configurations of each pair beside ``p1``."""
+    this run measured both configurations of each pair beside ``p1``; and, on a machine whose
+    idle vCPUs halt at once, that every such wait ends in a wake-up (decision 0107)."""
     parts = []
     for label, with_it, without, stores in _C1_WAITS:
         on, off = _at(results, with_it, 1), _at(results, without, 1)
@@ -389,9 +391,13 @@ def _c1_waits(results: dict[str, Any], scenario: str, p1: dict[str, Any]) -> str
             parts.append(
                 f"{label} {on['p50_ms'] - off['p50_ms']:+.2f} ms (({with_it}) over ({without}))"
             )
+    halts = f" {HALT_NOTE}" if halts_at_once(results.get("machine") or {}) else ""
     if not parts:
-        return ""
-    return f" At c=1, steps each request waits on before it is forwarded add: {'; '.join(parts)}."
+        return halts
+    return (
+        f" At c=1, steps each request waits on before it is forwarded add: {'; '.join(parts)}."
+        + halts
+    )
 
 
 def _budget_left(left: float, missing: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 # benchmarks/ is not part of the installed package: import it from the checkout
 from benchmarks.fake_llm import ANSWER_TEXT, CHAT_PATH, MODELS_PATH, make_app
+from benchmarks.idle import HALT_NOTE
 from benchmarks.litellm_venv import config_yaml, litellm_command
 from benchmarks.report_llm import comparisons, llm_section, verdict, without_llm
 from benchmarks.scenario_llm import CHAT, CHAT_BODY, LlmPoint, unavailable
@@ -151,3 +152,15 @@ def test_an_llm_point_serialises_with_what_answered_it() -> None:
     point = LlmPoint(**{**asdict(unavailable("i-broker", "", "")), "software": "a2a-broker"})
     assert point.as_dict()["software"] == "a2a-broker"
     assert point.as_dict()["unavailable"] == ""
+
+
+def test_the_wait_note_names_a_machine_whose_idle_vcpus_halt_at_once() -> None:
+    points = _run(broker_rps=1_500, litellm_p99=50.0)
+    for p in points:
+        if p["scenario"] == "i-broker":
+            p["cpu_util"] = 0.67
+    halting = {"idle": {"driver": "haltpoll", "halt_poll_ns": 0}}
+    assert verdict(points, halting)[-1].endswith(HALT_NOTE)
+    polling = {"idle": {"driver": "haltpoll", "halt_poll_ns": 200_000}}
+    assert HALT_NOTE not in verdict(points, polling)[-1]
+    assert HALT_NOTE not in verdict(points)[-1]  # a run that did not record its machine's

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 # benchmarks/ is not part of the installed package: import it from the checkout
+from benchmarks.idle import HALT_NOTE
 from benchmarks.verdict import _broker_cost
 
 
@@ -41,3 +42,10 @@ def test_no_split_from_configurations_this_run_did_not_measure() -> None:
     kept = [{**p, "origin": "an earlier run"} for p in (*_STAGES, *_METERING)]
     for row in _broker_cost(_results(*kept)):
         assert "At c=1, steps" not in row  # another run's pair is not this run's split
+
+
+def test_the_c1_rows_name_the_halting_only_on_a_machine_that_halts_at_once() -> None:
+    halting = {**_results(), "machine": {"idle": {"driver": "haltpoll", "halt_poll_ns": 0}}}
+    assert all(row.endswith(HALT_NOTE) for row in _broker_cost(halting))
+    polling = {**_results(), "machine": {"idle": {"driver": "haltpoll", "halt_poll_ns": 10}}}
+    assert not any(HALT_NOTE in row for row in _broker_cost(polling))

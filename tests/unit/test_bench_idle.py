@@ -1,0 +1,90 @@
+"""The run records how the machine's CPUs idle, and the report names it where it sets the c=1
+figures (decision 0107); benchmarks.halt_polling's reading of its rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is not part of the installed package: import it from the checkout
+from benchmarks.halt_polling import report, restored, usable
+from benchmarks.idle import describe, halts_at_once, idle_policy
+from benchmarks.measure import Point
+
+
+def _sys(root: Path, driver: str | None, poll_ns: str | None) -> Path:
+    cpuidle = root / "devices/system/cpu/cpuidle"
+    cpuidle.mkdir(parents=True)
+    if driver is not None:
+        (cpuidle / "current_driver").write_text(driver + "\n")
+        (cpuidle / "current_governor").write_text(driver + "\n")
+    if poll_ns is not None:
+        parameters = root / "module/haltpoll/parameters"
+        parameters.mkdir(parents=True)
+        (parameters / "guest_halt_poll_ns").write_text(poll_ns + "\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("driver", "poll_ns", "at_once"),
+    [
+        ("haltpoll", "0", True),  # the guest's polling switched off: halts at once
+        ("haltpoll", "200000", False),
+        ("none", None, True),  # no cpuidle driver: the kernel's plain HLT
+        ("intel_idle", None, False),
+        (None, None, False),  # nothing known: nothing claimed
+    ],
+)
+def test_the_idle_policy_is_read_from_sysfs(
+    tmp_path: Path, driver: str | None, poll_ns: str | None, at_once: bool
+) -> None:
+    idle = idle_policy(_sys(tmp_path, driver, poll_ns))
+    assert idle["driver"] == (driver or "")
+    assert idle["halt_poll_ns"] == (int(poll_ns) if poll_ns else None)
+    assert halts_at_once({"idle": idle}) is at_once
+
+
+def test_the_machine_line_names_the_policy_and_an_older_run_says_nothing(tmp_path: Path) -> None:
+    machine = {"idle": idle_policy(_sys(tmp_path, "haltpoll", "0"))}
+    assert describe(machine) == (
+        ", cpuidle driver haltpoll, guest halt polling 0 ns (an idle vCPU halts at once)"
+    )
+    polling = {"idle": {"driver": "haltpoll", "halt_poll_ns": 200_000}}
+    assert describe(polling) == ", cpuidle driver haltpoll, guest halt polling 200,000 ns"
+    assert describe({}) == ""  # a run from before the policy was recorded
+    assert not halts_at_once({})
+
+
+def test_the_tool_refuses_where_the_parameter_is_missing_and_restores_it(tmp_path: Path) -> None:
+    assert "does not exist" in usable(tmp_path / "guest_halt_poll_ns")
+    parameter = _sys(tmp_path, "haltpoll", "0") / "module/haltpoll/parameters/guest_halt_poll_ns"
+    assert usable(parameter) == ""
+    with pytest.raises(RuntimeError), restored(parameter):
+        parameter.write_text("200000")
+        raise RuntimeError  # a run that fails half-way
+    assert parameter.read_text() == "0"
+
+
+def _p(name: str, rps: float, p50_ms: float) -> Point:
+    return Point(name, 1, rps, p50_ms, p50_ms * 2, 0, int(rps * 3), 400.0, 0.6, 0.2, 100.0, 0, 0)
+
+
+def test_the_tool_reports_medians_of_paired_rounds() -> None:
+    points = {
+        "a poll=0": [_p("a", 16_000, 0.06)] * 3,
+        "e poll=0": [_p("e", 800, 1.15), _p("e", 820, 1.10), _p("e", 780, 1.20)],
+        "i poll=0": [_p("i", 1_500, 0.64)] * 3,
+        "a poll=5": [_p("a", 16_000, 0.06)] * 3,
+        "e poll=5": [_p("e", 1_100, 0.85), _p("e", 1_066, 0.85), _p("e", 1_092, 0.85)],
+        "i poll=5": [_p("i", 2_000, 0.47)] * 3,
+    }
+    lines = report(points, 5)
+    assert "| (e) | 5 ns | 1,092 | 0.85 | 400 |" in lines
+    assert lines[-2] == (
+        "* (e): with polling on, added p50 over (a) -0.30 ms and req/s +38% "
+        "(medians of 3 paired rounds)."
+    )
+    assert lines[-1] == (
+        "* (i): with polling on, p50 -0.17 ms and req/s +33% (medians of 3 paired rounds)."
+    )
