@@ -163,7 +163,6 @@ def _wait_note(pairs: list[dict[str, Any]], machine: dict[str, Any]) -> str | No
     )
 
 
-
 def _cpu_note(pairs: list[dict[str, Any]]) -> str:
     """CPU per request side by side: steadier than throughput when the machine is shared (a
     process that needs more CPU per request loses more of its throughput to contention)."""
