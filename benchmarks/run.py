@@ -31,7 +31,8 @@ a MONITOR probe sorts the commands into those sent by the broker and those run b
 ``--profile`` also samples the broker (redis store) with py-spy for 10 s at c=16.
 ``--repeat N`` measures the chosen scenarios in N alternated rounds (every one in order, then
 again) and reports each point as the round whose throughput is the median, with the spread
-over the rounds (benchmarks/repeat.py, decision 0095); h, p and k are measured once.
+over the rounds (benchmarks/repeat.py, decision 0095); h and k are measured once, and p keeps
+the round with the median p99 (decision 0108).
 ``--merge`` keeps, from the previous benchmarks/results/latest.json, the scenarios this run
 did not measure; the report labels them with their own date and commit.
 """
@@ -298,7 +299,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="measure the chosen scenarios in this many alternated rounds and report each "
-        "point as the round with the median throughput, with the spread (h, p, k: once)",
+        "point as the round with the median throughput, with the spread (h, k: once; p: the "
+        "round with the median p99)",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
