@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from benchmarks import report, verdict
-from benchmarks.report_openloop import _verdict
 from benchmarks.repeat import (
     ONCE,
     combine,
@@ -20,6 +19,7 @@ from benchmarks.repeat import (
     spread,
 )
 from benchmarks.report_chain import _index, verdict_lines
+from benchmarks.report_openloop import _verdict
 from benchmarks.run import RECORDS, Run, _parse_args
 
 
