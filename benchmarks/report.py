@@ -283,9 +283,9 @@ def _load_line(results: dict[str, Any]) -> list[str]:
             f"when it ended, on {results['machine']['nproc']} CPUs (other work shares the "
             "machine: see the foreign column).")  # fmt: skip
     if "--scenarios" in results.get("command", "") and "--merge" in results.get("command", ""):
-        line += (" On a machine this busy a full run is long and mostly noise, so this run "
-                 "measured only the scenarios the performance targets need (the command above); "
-                 "the other rows are kept from earlier runs (†, below).")  # fmt: skip
+        line += (" A run of every scenario is long on a shared machine, so this run measured "
+                 "the scenarios it names (the command above); the other rows are kept from "
+                 "earlier runs (†, below).")  # fmt: skip
     return [line]
 
 

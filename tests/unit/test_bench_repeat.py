@@ -270,3 +270,14 @@ def test_the_llm_ratio_shows_its_spread_round_by_round() -> None:
     # LiteLLM's median round (100 req/s) decides; each round's own ratio is in brackets.
     assert "20.0x (13.1-23.5x) (c=1; in brackets the lowest-highest of 3 rounds)" in row
     assert "| met |" in row
+
+
+def test_the_load_line_states_the_load_and_why_rows_were_kept_without_judging_it() -> None:
+    results = {"loadavg": [0.15, 1.44], "machine": {"nproc": 2},
+               "command": "python -m benchmarks.run --scenarios a,e --merge"}  # fmt: skip
+    (line,) = report._load_line(results)
+    assert "load average 0.15 when the run started, 1.44 when it ended, on 2 CPUs" in line
+    assert "this run measured the scenarios it names" in line
+    assert "busy" not in line  # a quiet run is not called busy
+    (whole,) = report._load_line({**results, "command": "python -m benchmarks.run"})
+    assert "kept from earlier runs" not in whole
