@@ -19,24 +19,31 @@ HALT_NOTE = (
 )
 
 
-def idle_policy(sys_root: Path = Path("/sys")) -> dict[str, Any]:
-    """The cpuidle driver and governor ("" where the kernel has none), and the guest halt
-    polling window in ns (None where the haltpoll module is not loaded)."""
+def idle_policy(
+    sys_root: Path = Path("/sys"), cpuinfo: Path = Path("/proc/cpuinfo")
+) -> dict[str, Any]:
+    """The cpuidle driver and governor ("" where the kernel has none), the guest halt polling
+    window in ns (None where the haltpoll module is not loaded), and whether the CPUs are
+    virtual (the ``hypervisor`` flag)."""
     cpuidle = sys_root / "devices/system/cpu/cpuidle"
     poll = _read(sys_root / "module/haltpoll/parameters/guest_halt_poll_ns")
+    flags = next((line for line in _read(cpuinfo).splitlines() if line.startswith("flags")), "")
     return {
         "driver": _read(cpuidle / "current_driver"),
         "governor": _read(cpuidle / "current_governor") or _read(cpuidle / "current_governor_ro"),
         "halt_poll_ns": int(poll) if poll.isdigit() else None,
+        "guest": "hypervisor" in flags.split(),
     }
 
 
 def halts_at_once(machine: dict[str, Any]) -> bool:
-    """An idle vCPU of this run's machine halts without polling first: the haltpoll driver
-    with a window of 0 ns, or no cpuidle driver at all (the kernel's plain HLT)."""
+    """An idle vCPU of this run's machine halts without polling first, so the hypervisor must
+    wake it: the haltpoll driver with a window of 0 ns, or a guest with no cpuidle driver at all
+    (the kernel's plain HLT; on bare metal that is no VM exit, and nothing is claimed)."""
     idle = machine.get("idle") or {}
     driver = idle.get("driver")
-    return driver == "none" or (driver == "haltpoll" and idle.get("halt_poll_ns") == 0)
+    plain_hlt = driver == "none" and idle.get("guest") is True
+    return plain_hlt or (driver == "haltpoll" and idle.get("halt_poll_ns") == 0)
 
 
 def describe(machine: dict[str, Any]) -> str:

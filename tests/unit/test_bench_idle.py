@@ -13,6 +13,12 @@ from benchmarks.idle import describe, halts_at_once, idle_policy
 from benchmarks.measure import Point
 
 
+def _cpuinfo(root: Path, guest: bool) -> Path:
+    path = root / "cpuinfo"
+    path.write_text("flags\t\t: fpu sse2" + (" hypervisor" if guest else "") + " lm\n")
+    return path
+
+
 def _sys(root: Path, driver: str | None, poll_ns: str | None) -> Path:
     cpuidle = root / "devices/system/cpu/cpuidle"
     cpuidle.mkdir(parents=True)
@@ -27,26 +33,28 @@ def _sys(root: Path, driver: str | None, poll_ns: str | None) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("driver", "poll_ns", "at_once"),
+    ("driver", "poll_ns", "guest", "at_once"),
     [
-        ("haltpoll", "0", True),  # the guest's polling switched off: halts at once
-        ("haltpoll", "200000", False),
-        ("none", None, True),  # no cpuidle driver: the kernel's plain HLT
-        ("intel_idle", None, False),
-        (None, None, False),  # nothing known: nothing claimed
+        ("haltpoll", "0", True, True),  # the guest's polling switched off: halts at once
+        ("haltpoll", "200000", True, False),
+        ("none", None, True, True),  # a guest with no cpuidle driver: the kernel's plain HLT
+        ("none", None, False, False),  # the same on bare metal: no hypervisor to wake it
+        ("intel_idle", None, False, False),
+        (None, None, True, False),  # nothing known: nothing claimed
     ],
 )
 def test_the_idle_policy_is_read_from_sysfs(
-    tmp_path: Path, driver: str | None, poll_ns: str | None, at_once: bool
+    tmp_path: Path, driver: str | None, poll_ns: str | None, guest: bool, at_once: bool
 ) -> None:
-    idle = idle_policy(_sys(tmp_path, driver, poll_ns))
+    idle = idle_policy(_sys(tmp_path, driver, poll_ns), _cpuinfo(tmp_path, guest))
+    assert idle["guest"] is guest
     assert idle["driver"] == (driver or "")
     assert idle["halt_poll_ns"] == (int(poll_ns) if poll_ns else None)
     assert halts_at_once({"idle": idle}) is at_once
 
 
 def test_the_machine_line_names_the_policy_and_an_older_run_says_nothing(tmp_path: Path) -> None:
-    machine = {"idle": idle_policy(_sys(tmp_path, "haltpoll", "0"))}
+    machine = {"idle": idle_policy(_sys(tmp_path, "haltpoll", "0"), _cpuinfo(tmp_path, True))}
     assert describe(machine) == (
         ", cpuidle driver haltpoll, guest halt polling 0 ns (an idle vCPU halts at once)"
     )
