@@ -15,10 +15,14 @@ def _label(record: dict[str, Any]) -> str:
     )
 
 
+def p99_spread(record: dict[str, Any]) -> str:
+    """With --repeat: every round's p99, ``record`` being the round with the median (0108)."""
+    return spread([r["p99_ms"] for r in record.get("rounds", [])], "{:.1f}".format, " ms")
+
+
 def _verdict(record: dict[str, Any]) -> str:
     p99, limit = record["broker"]["p99_ms"], record["p99_target_ms"]
-    # With --repeat: every round's p99, this row being the round with the median (0108).
-    rounds = spread([r["p99_ms"] for r in record.get("rounds", [])], "{:.1f}".format, " ms")
+    rounds = p99_spread(record)
     if p99 <= limit:
         return f"met ({limit - p99:.1f} ms to spare){rounds}"
     return f"**not met** (+{p99 - limit:.1f} ms, {p99 / limit:.1f}x the limit){rounds}"

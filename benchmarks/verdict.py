@@ -11,6 +11,7 @@ from typing import Any
 from benchmarks.idle import HALT_NOTE, halts_at_once
 from benchmarks.measure import NOISY_CORES
 from benchmarks.repeat import per_round, spread
+from benchmarks.report_openloop import p99_spread
 
 # The targets, one worker at c=16 (CPU, throughput) and c=1 (added p50); each has a stretch.
 CPU_BUDGET_US = 400.0
@@ -227,7 +228,7 @@ def _open_loop_rows(results: dict[str, Any]) -> list[str]:
     rows = []
     for r in records:
         p99, limit = r["broker"]["p99_ms"], r["p99_target_ms"]
-        rounds = spread([x["p99_ms"] for x in r.get("rounds", [])], "{:.1f}".format, " ms")
+        rounds = p99_spread(r)
         rows.append(_row(f"p99 at 60% of saturation ({r['rate']:,.0f} req/s, open loop), "
                          f"{r['store']} store", f"{p99:.1f} ms{rounds}", p99 <= limit,
                          f"≤ {limit:g} ms", _over(p99, limit, " ms")))  # fmt: skip
