@@ -318,6 +318,12 @@ class BudgetSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
 
     reservation_ttl_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     expire_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Redis store: calls each replica keeps reserved ahead for one set of budgets, so that a
+    # call waits for no reserve round trip before it is forwarded (0: every call reserves its
+    # own). Only while at least `reserve_ahead_headroom` calls would be left in each calls limit
+    # of the set; nearer a limit, every call reserves its own. See docs/budgets.md.
+    reserve_ahead: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 32
+    reserve_ahead_headroom: Annotated[int, msgspec.Meta(ge=0)] = 1000
     # Limits for every agent that has no entry of its own in `agents` ("*" = that default).
     agents: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)
     teams: dict[str, tuple[BudgetLimitSettings, ...]] = msgspec.field(default_factory=dict)

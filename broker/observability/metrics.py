@@ -95,6 +95,14 @@ data_detections = Counter(
     ("direction", "type", "action"),
     namespace=NAMESPACE,
 )
+budget_calls_reserved = Counter(
+    "budget_calls_reserved",
+    "One-call reserves of the sets of budgets whose calls are reserved ahead ([budgets] "
+    "reserve_ahead): ahead (the call found its reserve made, no round trip) or own (none was "
+    "ready: it made its own).",
+    ("how",),
+    namespace=NAMESPACE,
+)
 store_round_trips = Histogram(
     "store_round_trip_seconds",
     "Redis round trips (one per store call: a script or a pipeline is one), by store call.",

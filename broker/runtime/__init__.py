@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from broker.alerts.service import Alerts, open_alerts
 from broker.approvals.a2a import A2aApprovals
 from broker.approvals.desk import ApprovalDesk
@@ -22,6 +24,7 @@ from broker.audit.export import Exporter
 from broker.audit.export.runtime import start_exporters
 from broker.audit.recorder import AuditRecorder, open_recorder
 from broker.background import BackgroundTasks
+from broker.budgets.ahead import ReservingAhead
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.tree_kill import TreeKiller
 from broker.datacontrols import DataControls, open_controls
@@ -126,6 +129,7 @@ class BrokerRuntime:
         late_writes = LateWrites((StoreUnavailableError,), tasks=tasks)
         opened.push_async_callback(late_writes.close)
         stores = with_late_routes(stores, late_writes, audit)
+        stores = _reserving_ahead(stores, settings, opened)
         upstream = Http11Transport(settings.egress, settings.limits, settings.registry)
         opened.push_async_callback(upstream.close)
         directory = AgentDirectory(
@@ -242,6 +246,8 @@ class BrokerRuntime:
         await self.policy.stop()
         await self.audit.close()
         await self.upstream.close()
+        if isinstance(self.stores.budgets, ReservingAhead):
+            await self.stores.budgets.close()  # what it reserved ahead, given back
         await self.late_writes.close()
         await self.controls.stop()
         await self.tasks.close()
@@ -257,6 +263,24 @@ class BrokerRuntime:
         scrape_gauges.pop("approvals_pending", None)  # it reads this runtime's store
         for exporter in self.exporters:
             await exporter.stop()
+
+
+def _reserving_ahead(
+    stores: Stores, settings: Settings, opened: contextlib.AsyncExitStack
+) -> Stores:
+    """``stores`` whose budget ledger serves one-call reserves ahead (``broker.budgets.ahead``),
+    where a reserve is a round trip (the redis store) and ``[budgets] reserve_ahead`` allows."""
+    budgets = settings.budgets
+    if settings.store.backend != "redis" or budgets.reserve_ahead == 0:
+        return stores
+    ledger = ReservingAhead(
+        stores.budgets,
+        most=budgets.reserve_ahead,
+        headroom=budgets.reserve_ahead_headroom,
+        ttl_s=budgets.reservation_ttl_s,
+    )
+    opened.push_async_callback(ledger.close)  # released if the start fails further on
+    return msgspec.structs.replace(stores, budgets=ledger)
 
 
 def _watch_requests(runtime: BrokerRuntime, opened: contextlib.AsyncExitStack) -> None:
