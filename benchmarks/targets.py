@@ -199,8 +199,10 @@ def broker(
     metering: str = "budget",
     server: str = "serve",
     store_settings: dict[str, Any] | None = None,
+    budget_settings: dict[str, Any] | None = None,
 ) -> Iterator[Target]:
-    """``store_settings``: more ``[store]`` settings (the soak's retention, for one)."""
+    """``store_settings``: more ``[store]`` settings (the soak's retention, for one);
+    ``budget_settings``: more ``[budgets]`` settings (``benchmarks.reserve_ahead``)."""
     port = free_port()
     redis = redis_url(env) if store == "redis" else "redis://127.0.0.1:6379/0"
     name = f"broker-{store}-w{workers}-{metering}" + ("" if server == "serve" else f"-{server}")
@@ -208,6 +210,8 @@ def broker(
     config = broker_config(port, store, redis, workers, metering)
     if store_settings:
         config.set("store", **store_settings)
+    if budget_settings:
+        config.set("budgets", **budget_settings)
     started = env.broker(config, name, cores or env.placement.sut, argv=argv, path=path)
     try:
         started.wait_ready()

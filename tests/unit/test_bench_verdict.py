@@ -29,10 +29,16 @@ _METERING = (_point("r-none", 1, 1.2), _point("r-budget", 1, 1.65))
 
 def test_the_c1_p50_is_split_into_the_audit_and_the_budget_each_store_has() -> None:
     memory, redis = _broker_cost(_results(*_STAGES, *_METERING))
-    audit = "the audit file (its records, and their fsync) +0.40 ms ((d-audit) over (d-off))"
+    audit = (
+        "the audit file (its records, and their fsync, waited on before forwarding) +0.40 ms "
+        "((d-audit) over (d-off))"
+    )
     assert audit in memory
     assert "a calls budget" not in memory  # the memory store's row makes no Redis round trip
-    budget = "a calls budget (its reserve: a round trip to Redis) +0.45 ms ((r-budget) over"
+    budget = (
+        "a calls budget (reserved ahead, decision 0109: its scripts ride in the claim's round "
+        "trip) +0.45 ms ((r-budget) over"
+    )
     assert f"{audit}; {budget} (r-none))." in redis
 
 
@@ -49,3 +55,15 @@ def test_the_c1_rows_name_the_halting_only_on_a_machine_that_halts_at_once() -> 
     assert all(row.endswith(HALT_NOTE) for row in _broker_cost(halting))
     polling = {**_results(), "machine": {"idle": {"driver": "haltpoll", "halt_poll_ns": 10}}}
     assert not any(HALT_NOTE in row for row in _broker_cost(polling))
+
+
+def test_a_budgeted_hop_is_held_to_one_round_trip_at_c1() -> None:
+    from benchmarks.verdict import _round_trip_rows
+
+    one = _point("r-budget", 1, 1.0, redis_reads_per_req=1.03)
+    [row] = _round_trip_rows(_results(one))
+    assert row.startswith("| Redis round trips per request, calls budget (r-budget), c=1 |")
+    assert "| 1.03 | met |" in row
+    two = _point("r-budget", 1, 1.0, redis_reads_per_req=2.02)
+    [row] = _round_trip_rows(_results(two))
+    assert "| 2.02 | **not met** | +1.02 round trips |" in row
