@@ -44,9 +44,15 @@ def restored(parameter: Path) -> Iterator[None]:
 
 
 def usable(parameter: Path) -> str:
-    """Why the tool cannot run here ("" if it can)."""
+    """Why the tool cannot run here ("" if it can). ``parameter`` is under a sysfs root
+    (``<root>/module/haltpoll/parameters/``), whose cpuidle driver must be haltpoll: under
+    another driver the module may be loaded, but its window is not used."""
     if not parameter.exists():
         return f"{parameter} does not exist: not a guest with the haltpoll cpuidle driver"
+    driver = parameter.parents[3] / "devices/system/cpu/cpuidle/current_driver"
+    name = driver.read_text().strip() if driver.exists() else ""
+    if name != "haltpoll":
+        return f"the cpuidle driver is {name or 'unknown'}, not haltpoll: {parameter} has no effect"
     try:
         parameter.write_text(parameter.read_text().strip())
     except OSError as exc:

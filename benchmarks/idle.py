@@ -52,7 +52,9 @@ def describe(machine: dict[str, Any]) -> str:
     if not idle or not idle.get("driver"):
         return ""
     poll = idle.get("halt_poll_ns")
-    polling = f", guest halt polling {poll:,} ns" if poll is not None else ""
+    # The window is the haltpoll driver's: under another driver it is not used.
+    used = poll is not None and idle["driver"] == "haltpoll"
+    polling = f", guest halt polling {poll:,} ns" if used else ""
     at_once = " (an idle vCPU halts at once)" if halts_at_once(machine) else ""
     return f", cpuidle driver {idle['driver']}{polling}{at_once}"
 

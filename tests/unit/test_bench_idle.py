@@ -61,11 +61,16 @@ def test_the_machine_line_names_the_policy_and_an_older_run_says_nothing(tmp_pat
     polling = {"idle": {"driver": "haltpoll", "halt_poll_ns": 200_000}}
     assert describe(polling) == ", cpuidle driver haltpoll, guest halt polling 200,000 ns"
     assert describe({}) == ""  # a run from before the policy was recorded
+    # The module loaded under another driver: its window is not used, so not named.
+    plain = {"idle": {"driver": "none", "halt_poll_ns": 200_000, "guest": True}}
+    assert describe(plain) == ", cpuidle driver none (an idle vCPU halts at once)"
     assert not halts_at_once({})
 
 
 def test_the_tool_refuses_where_the_parameter_is_missing_and_restores_it(tmp_path: Path) -> None:
     assert "does not exist" in usable(tmp_path / "guest_halt_poll_ns")
+    other = _sys(tmp_path / "other", "none", "200000")
+    assert "not haltpoll" in usable(other / "module/haltpoll/parameters/guest_halt_poll_ns")
     parameter = _sys(tmp_path, "haltpoll", "0") / "module/haltpoll/parameters/guest_halt_poll_ns"
     assert usable(parameter) == ""
     with pytest.raises(RuntimeError), restored(parameter):
