@@ -16,6 +16,7 @@ it (``taskset``) and ``open_files`` limits its open files, as ``ulimit -n`` woul
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -300,3 +301,18 @@ def start_services(services: list[Service]) -> Iterator[list[Service]]:
     finally:
         for service in reversed(services):
             service.stop()
+
+
+async def everyone(processes: list[asyncio.subprocess.Process], say: bytes | None) -> list[bytes]:
+    """Tell every process ``say`` on its stdin (if any), then read one line from each stdout:
+    the lock-step of tests that race several processes."""
+    for process in processes:
+        if say is not None:
+            assert process.stdin is not None  # started with stdin=PIPE
+            process.stdin.write(say)
+            await process.stdin.drain()
+    lines = []
+    for process in processes:
+        assert process.stdout is not None  # started with stdout=PIPE
+        lines.append((await process.stdout.readline()).strip())
+    return lines

@@ -34,6 +34,7 @@ from broker.stores.budget_base import (
     Reservation,
 )
 from broker.stores.factory import open_backend
+from testkit.procs import everyone
 
 TTL_S = 600.0
 ONE = Usage(calls=1)
@@ -342,14 +343,14 @@ async def test_processes_reserving_ahead_never_overspend_and_end_exact(
     scopes = calls("shared", limit)
     try:
         async with asyncio.timeout(90):
-            assert await _everyone(processes, None) == [b"ready"] * processes_n
-            admitted = sum(int(line) for line in await _everyone(processes, b"go\n"))
+            assert await everyone(processes, None) == [b"ready"] * processes_n
+            admitted = sum(int(line) for line in await everyone(processes, b"go\n"))
             # 450 asked of 300: never more than fit; refused early by at most what the other
             # processes (and this one's own reserves on their way) held ahead.
             assert limit - processes_n * most <= admitted <= limit
             used, reserved = await used_reserved(ledger, scopes)
             assert used == admitted and used + reserved <= limit
-            assert await _everyone(processes, b"close\n") == [b"closed"] * processes_n
+            assert await everyone(processes, b"close\n") == [b"closed"] * processes_n
             for process in processes:
                 await process.wait()
         assert await used_reserved(ledger, scopes) == (admitted, 0)  # everything given back
@@ -367,16 +368,3 @@ async def test_processes_reserving_ahead_never_overspend_and_end_exact(
         await backend.close()
     assert [process.returncode for process in processes] == [0] * processes_n
 
-
-async def _everyone(processes: list[asyncio.subprocess.Process], say: bytes | None) -> list[bytes]:
-    """Tell every process ``say`` (if any), then read one line from each."""
-    for process in processes:
-        if say is not None:
-            assert process.stdin is not None
-            process.stdin.write(say)
-            await process.stdin.drain()
-    lines = []
-    for process in processes:
-        assert process.stdout is not None
-        lines.append((await process.stdout.readline()).strip())
-    return lines

@@ -48,6 +48,7 @@ from broker.stores.budget_base import BudgetLedger, BudgetRefusal, BudgetStatus,
 from broker.stores.factory import open_backend
 from broker.stores.memory_budget import MemoryBudgetLedger
 from broker.stores.redis_budget import budget_script, budget_shard_of
+from testkit.procs import everyone
 from testkit.redis_process import REDIS_MODES, RedisMode
 
 LONG_S = 600
@@ -509,20 +510,6 @@ SHARED = [
     scope("a", Limit("cost_micro", "day", 5000)),
     scope("t1", Limit("calls", "lifetime", 10**6), kind="tree"),
 ]
-
-
-async def everyone(processes: list[asyncio.subprocess.Process], say: bytes | None) -> list[bytes]:
-    """Tell every process ``say`` (if any), then read one line from each."""
-    for process in processes:
-        if say is not None:
-            assert process.stdin is not None
-            process.stdin.write(say)
-            await process.stdin.drain()
-    lines = []
-    for process in processes:
-        assert process.stdout is not None
-        lines.append((await process.stdout.readline()).strip())
-    return lines
 
 
 async def shared_status(url: str, prefix: str) -> list[tuple[int, int]]:
