@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from broker.budgets.model import Limit, Scope, Usage, window_end, window_start
+from broker.budgets.model import ONE_CALL, Limit, Scope, Usage, window_end, window_start
 from broker.observability import tally
 from broker.observability.metrics import budget_calls_reserved
 from broker.pipeline.stage import started
@@ -47,7 +47,6 @@ from broker.stores.budget_base import BudgetLedger, BudgetRefusal, BudgetStatus,
 
 log = logging.getLogger("a2a_broker.budget")
 
-ONE_CALL: Final = Usage(calls=1)
 # How long after its reserve a call reserved ahead may be handed out (seconds).
 MAX_AGE_S: Final = 1.0
 # Sets of budgets with calls reserved ahead, at most (callers and targets come from outside).

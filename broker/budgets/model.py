@@ -71,6 +71,10 @@ class Usage(msgspec.Struct, frozen=True):
         return self.calls, self.tokens_in, self.tokens_out, self.cost_micro
 
 
+
+# What an agent-to-agent send or an MCP tool call is charged: one call, nothing else.
+ONE_CALL = Usage(calls=1)
+
 def window_start(window: Window, now: float) -> int:
     """Epoch seconds at which the ``window`` holding ``now`` began (UTC); 0 for "lifetime"."""
     if window == "lifetime":

@@ -14,7 +14,7 @@ from broker.approvals.a2a import A2aApprovals, ApprovalTasks
 from broker.approvals.stages import RequireApproval, TreeBudgetThreshold
 from broker.audit.recorder import AuditRecorder
 from broker.background import BackgroundTasks
-from broker.budgets.model import Scope, Usage
+from broker.budgets.model import ONE_CALL, Scope, Usage
 from broker.budgets.scopes import ConfiguredScopes
 from broker.containment.global_kill import GlobalKillSwitch, RefuseWhileKilled
 from broker.containment.stages import AgentContainment
@@ -30,7 +30,7 @@ from broker.settings import Settings
 from broker.stages.audit import A2aAudit, AuditForward
 from broker.stages.authenticate import Authenticate
 from broker.stages.boundary import A2aWire, ErrorBoundary
-from broker.stages.budget import ONE_CALL, HopBudget
+from broker.stages.budget import HopBudget
 from broker.stages.datacontrols import ScanAnswer, ScanRequest
 from broker.stages.datacontrols_a2a import A2aDataView
 from broker.stages.delegation import DelegationContext

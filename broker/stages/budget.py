@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from broker.background import BackgroundTasks
-from broker.budgets.model import Usage
+from broker.budgets.model import ONE_CALL, Usage
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import BrokerError, BudgetExhaustedError, RateLimitedError
 from broker.late_writes import finish_quietly, finish_soon
@@ -36,7 +36,6 @@ from broker.stores.base import Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.types import CallContext, CallNext, MediationContext, Outcome
 
-ONE_CALL = Usage(calls=1)
 C = TypeVar("C", bound=CallContext)
 log = logging.getLogger("a2a_broker.budget")
 

@@ -22,6 +22,7 @@ from broker.approvals.desk import ApprovalDesk
 from broker.approvals.stages import APPROVAL_HEADER, RequireApproval, TreeBudgetThreshold
 from broker.approvals.webhook import EVENT_HEADER, ApprovalWebhook
 from broker.audit.recorder import AuditRecorder
+from broker.budgets.model import ONE_CALL
 from broker.budgets.scopes import ConfiguredScopes
 from broker.errors import (
     ApprovalDeniedError,
@@ -42,7 +43,6 @@ from broker.settings_approvals import (
     ApprovalWebhookSettings,
     ApproverSettings,
 )
-from broker.stages.budget import ONE_CALL
 from broker.stores.approvals_base import ApprovalRecord
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
