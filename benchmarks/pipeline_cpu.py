@@ -21,6 +21,7 @@ import gc
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -44,7 +45,7 @@ from broker.stages.authenticate import Authenticate
 from broker.stages.responses import ResponseInspector
 from broker.stores.base import Stores
 from broker.stores.memory import MemoryBackend
-from broker.types import AgentRecord, MediationContext
+from broker.types import AgentRecord, MediationContext, Outcome
 
 CREDENTIAL = "a2ab_pipeline-cpu"
 AGENT_URL = "http://127.0.0.1:9/rpc"
@@ -129,36 +130,37 @@ async def _pipeline(audit_dir: str | None = None) -> A2aParts:
     return parts
 
 
+async def sends(
+    call: Callable[[MediationContext], Awaitable[Outcome]], count: int, concurrency: int
+) -> None:
+    """``count`` of the canned ``SendMessage`` through ``call`` (a folded pipeline),
+    ``concurrency`` at a time; SystemExit if one is not answered with a result."""
+
+    async def body() -> bytes:
+        return BODY
+
+    async def many(share: int) -> None:
+        for _ in range(share):
+            ctx = MediationContext("jsonrpc", "target", "POST", headers=HEADERS, read_body=body)
+            outcome = await call(ctx)
+            if outcome.status != 200 or b'"result"' not in getattr(outcome, "body", b""):
+                raise SystemExit(f"the pipeline refused: {getattr(outcome, 'body', b'')[:300]!r}")
+
+    await asyncio.gather(*(many(count // concurrency) for _ in range(concurrency)))
+
+
 async def measure(
     number: int, rounds: int, concurrency: int = 1, audit_dir: str | None = None
 ) -> list[float]:
     """CPU µs per request of each round."""
     parts = await _pipeline(audit_dir)
     call = fold(a2a_stages(parts))
-
-    async def body() -> bytes:
-        return BODY
-
-    async def one() -> None:
-        ctx = MediationContext("jsonrpc", "target", "POST", headers=HEADERS, read_body=body)
-        outcome = await call(ctx)
-        if outcome.status != 200 or b'"result"' not in getattr(outcome, "body", b""):
-            raise SystemExit(f"the pipeline refused: {getattr(outcome, 'body', b'')[:300]!r}")
-
-    async def many(count: int) -> None:
-        for _ in range(count):
-            await one()
-
-    async def round_of(count: int) -> None:
-        share = count // concurrency
-        await asyncio.gather(*(many(share) for _ in range(concurrency)))
-
-    await round_of(300)
+    await sends(call, 300, concurrency)
     per_round = []
     for _ in range(rounds):
         gc.collect()
         started = time.process_time()
-        await round_of(number)
+        await sends(call, number, concurrency)
         per_round.append((time.process_time() - started) / number * 1e6)
     await parts.audit.close()
     return per_round

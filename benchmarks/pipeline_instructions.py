@@ -35,7 +35,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from benchmarks.hop_cpu import CALLS
-from benchmarks.pipeline_cpu import BODY, HEADERS, bench_parts
+from benchmarks.pipeline_cpu import bench_parts, sends
 from benchmarks.targets import snapshot_broker
 from broker.audit.file_log import FileAuditLog
 from broker.audit.trail import AuditTrail
@@ -44,7 +44,6 @@ from broker.pipeline.a2a import a2a_stages
 from broker.pipeline.stage import fold
 from broker.settings import ServerSettings, Settings
 from broker.stores.memory import MemoryBackend
-from broker.types import MediationContext, Reply
 from testkit.procs import REPO_ROOT
 
 WARM_UP = 208
@@ -65,23 +64,9 @@ async def run(number: int, concurrency: int, audit: Audit = "off", audit_dir: st
         trail = await AuditTrail.open(log, "pipeline-instr", keys)
     parts, _ = await bench_parts(settings, MemoryBackend().stores(), keys, trail=trail)
     call = fold(a2a_stages(parts))
-
-    async def body() -> bytes:
-        return BODY
-
-    async def many(count: int) -> None:
-        for _ in range(count):
-            ctx = MediationContext("jsonrpc", "target", "POST", headers=HEADERS, read_body=body)
-            outcome = await call(ctx)
-            if not isinstance(outcome, Reply) or b'"result"' not in outcome.body:
-                raise SystemExit(f"refused: {getattr(outcome, 'body', b'')[:300]!r}")
-
-    async def round_of(count: int) -> None:
-        await asyncio.gather(*(many(count // concurrency) for _ in range(concurrency)))
-
-    await round_of(WARM_UP)
+    await sends(call, WARM_UP, concurrency)
     gc.collect()
-    await round_of(number)
+    await sends(call, number, concurrency)
     await asyncio.sleep(0)  # a settle queued behind the last answer lands
     (status,) = await parts.stores.budgets.status(parts.budget_scopes.for_status("caller", (), ""))
     await parts.audit.close()

@@ -24,9 +24,10 @@ from benchmarks.targets import Env, Placement, Target, broker, direct, environme
 DEFAULT_AHEAD = 32  # broker.settings.BudgetSettings.reserve_ahead
 
 
-def _points(
+def measured(
     name: str, target: Target, cs: tuple[int, ...], seconds: float, env: Env
 ) -> list[Point]:
+    """``target``'s points at ``cs``, named ``name``, with the harness's conditions."""
     conditions = Conditions(env.placement.rest, lambda: list(env.children), 5.0, retries=0)
     with tempfile.TemporaryDirectory() as work:
         return measure(name, target=target, workload=UNARY, concurrencies=cs, seconds=seconds,
@@ -36,27 +37,45 @@ def _points(
 def run(rounds: int, seconds: float, cs: tuple[int, ...], log_dir: Path) -> dict[str, list[Point]]:
     """Every round: (a), then the broker without and with calls reserved ahead, the two in an
     order that alternates; the points by "<name> c=<c>"."""
-    points: dict[str, list[Point]] = {}
     with environment(log_dir, Placement(), 0) as env:
         off_settings = {"reserve_ahead": 0}
         with broker(env, store="redis", metering="budget", budget_settings=off_settings) as off, \
                 broker(env, store="redis", metering="budget") as on:  # fmt: skip
-            for n in range(rounds):
-                pair = [("off", off), ("on", on)]
-                for name, target in [("a", direct(env)), *(pair if n % 2 == 0 else pair[::-1])]:
-                    for point in _points(name, target, cs, seconds, env):
-                        points.setdefault(f"{name} c={point.concurrency}", []).append(point)
+            return alternated(env, (("off", off), ("on", on)), rounds, cs, seconds)
+
+
+def alternated(
+    env: Env, pair: tuple[tuple[str, Target], tuple[str, Target]], rounds: int,
+    cs: tuple[int, ...], seconds: float,
+) -> dict[str, list[Point]]:  # fmt: skip
+    """Every round: (a), then the two named targets of ``pair``, in an order that alternates;
+    the points by "<name> c=<c>"."""
+    points: dict[str, list[Point]] = {}
+    for n in range(rounds):
+        both = list(pair) if n % 2 == 0 else list(pair[::-1])
+        for name, target in [("a", direct(env)), *both]:
+            for point in measured(name, target, cs, seconds, env):
+                points.setdefault(f"{name} c={point.concurrency}", []).append(point)
     return points
 
 
-def report(points: dict[str, list[Point]], cs: tuple[int, ...]) -> list[str]:
-    """Medians over the rounds, and the medians of the paired differences (with over without)."""
+LABELS = (("off", "reserve_ahead = 0"), ("on", f"reserve_ahead = {DEFAULT_AHEAD}"))
+
+
+def report(
+    points: dict[str, list[Point]],
+    cs: tuple[int, ...],
+    labels: tuple[tuple[str, str], tuple[str, str]] = LABELS,
+    versus: str = "reserved ahead against not",
+) -> list[str]:
+    """Medians over the rounds, and the medians of the paired differences (the second of
+    ``labels``, by its key in ``points``, over the first; ``versus`` says so)."""
     lines = [
         "| (e) | c | req/s | p50 ms | added p50 ms over (a) | broker CPU µs/req "
         "| Redis round trips/req |",
         "|---|--:|--:|--:|--:|--:|--:|",
     ]
-    labels = (("off", "reserve_ahead = 0"), ("on", f"reserve_ahead = {DEFAULT_AHEAD}"))
+    (first, _), (second, _) = labels
     for c in cs:
         a = points[f"a c={c}"]
         for name, label in labels:
@@ -71,12 +90,12 @@ def report(points: dict[str, list[Point]], cs: tuple[int, ...]) -> list[str]:
             )
     lines.append("")
     for c in cs:
-        off, on = points[f"off c={c}"], points[f"on c={c}"]
+        off, on = points[f"{first} c={c}"], points[f"{second} c={c}"]
         p50 = [b.p50_ms - a.p50_ms for b, a in zip(on, off, strict=True)]
         rps = [b.rps / a.rps - 1 for b, a in zip(on, off, strict=True)]
         cpu = [b.cpu_us_per_req - a.cpu_us_per_req for b, a in zip(on, off, strict=True)]
         lines.append(
-            f"* c={c}, reserved ahead against not: p50 {statistics.median(p50):+.3f} ms, req/s "
+            f"* c={c}, {versus}: p50 {statistics.median(p50):+.3f} ms, req/s "
             f"{statistics.median(rps):+.1%}, broker CPU {statistics.median(cpu):+,.0f} µs/req "
             f"(medians of {len(p50)} paired rounds; p50 differences "
             f"{', '.join(f'{x:+.3f}' for x in p50)})."
