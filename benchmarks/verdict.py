@@ -25,7 +25,7 @@ ADDED_P50_STRETCH_MS = 0.6
 # task route's claim once the answer names the task, and the settle after the answer.
 ROUND_TRIPS_C1 = 3.0
 # The same with a calls budget and no rate limit: the claim's round trip alone, which carries
-# the settle and the next call's reserve made ahead (decision 0109).
+# the settle and the next call's reserve made ahead (decision 0109), one script (decision 0110).
 ROUND_TRIPS_BUDGET_C1 = 1.0
 # When the CPU budget was set, the bare Litestar + aiohttp proxy cost 224 µs/req at c=16;
 # scaling by this run's (b1) carries the budget over to a slower or faster machine.
@@ -200,7 +200,8 @@ def targets(results: dict[str, Any]) -> list[str]:
 # what the limit is made of).
 _ROUND_TRIP_LIMITS = (
     ("r-budget", "calls budget", ROUND_TRIPS_BUDGET_C1,
-     "the task's claim, with the settle and the next call's reserve made ahead (decision 0109)"),
+     "the task's claim, with the settle and the next call's reserve made ahead (decision 0109), "
+     "one script (decision 0110)"),
     ("r-rate", "budget and rate limit", ROUND_TRIPS_C1,
      "one before forwarding (rate, and a reserve not made ahead), the task's claim, the settle "
      "after the answer"),
@@ -394,8 +395,8 @@ def _broker_cost(results: dict[str, Any]) -> list[str]:
 _C1_WAITS = (
     ("the audit file (its records, and their fsync, waited on before forwarding)",
      "d-audit", "d-off", ("c", "e")),
-    ("a calls budget (reserved ahead, decision 0109: its scripts ride in the claim's round "
-     "trip)", "r-budget", "r-none", ("e",)),
+    ("a calls budget (reserved ahead, decision 0109: its script rides in the claim's round "
+     "trip, decision 0110)", "r-budget", "r-none", ("e",)),
 )  # fmt: skip
 
 
@@ -583,10 +584,10 @@ def _gap(results: dict[str, Any]) -> list[str]:
         "written over zeros kept ahead so it journals no new size (decision 0074): its frame in "
         "the profile is mostly the kernel's fdatasync; (3) Redis: the hot scripts go out packed "
         "on kept connections (decision 0072), a token hop's checks ride in the first hop's "
-        "round trips (decision 0075), the settle and the next call's reserve in the claim's "
-        "(decisions 0078, 0109), so what remains with a budget is one round trip per request "
-        "at low concurrency, where nothing batches (two with a rate limit), each a send to "
-        "Redis and a wake-up of the loop."
+        "round trips (decision 0075), the settle and the next call's reserve in the claim's, "
+        "one script (decisions 0078, 0109, 0110), so what remains with a budget is one round "
+        "trip per request at low concurrency, where nothing batches (two with a rate limit), "
+        "each a send to Redis and a wake-up of the loop."
     )
     return [text]
 

@@ -10,8 +10,9 @@ Anything else goes straight to the ledger.
 How a set of budgets gets its calls ahead: when a call charged to it ends (settled or released),
 one more call is reserved for the next one, in the same event-loop turn, so on Redis the reserve
 shares the round trip of the ended call's settle and the task's route claim (decision 0078).
-A set holds at most ``most`` calls (taken or on their way); a call that finds none reserves its
-own, as without this wrapper.
+An unawaited settle of one call (a unary answer's) and that reserve are one store call where the
+ledger has one (``roll_soon``: one script on Redis, decision 0110). A set holds at most ``most``
+calls (taken or on their way); a call that finds none reserves its own, as without this wrapper.
 
 Why no limit is passed, and when a call can be refused early:
 
@@ -137,8 +138,12 @@ class ReservingAhead(BudgetLedger):
     def settle_soon(
         self, reservation: Reservation, actual: Usage, done: Callable[[BaseException | None], None]
     ) -> None:
+        ahead = self._wants_more(reservation)
+        if ahead is not None and actual == ONE_CALL and self._roll(reservation, ahead, done):
+            return
         self._inner.settle_soon(reservation, actual, done)
-        self._ended(reservation)
+        if ahead is not None:
+            self._ask(ahead)
 
     async def release(self, reservation: Reservation) -> None:
         self._ended(reservation)
@@ -204,32 +209,64 @@ class ReservingAhead(BudgetLedger):
 
     def _ended(self, reservation: Reservation) -> None:
         """A call ended: one more reserved ahead for its set, queued in the running turn."""
+        ahead = self._wants_more(reservation)
+        if ahead is not None:
+            self._ask(ahead)
+
+    def _wants_more(self, reservation: Reservation) -> _Ahead | None:
+        """The set to reserve one more call ahead for, now that ``reservation``'s call ended;
+        None if none (the call was not one of a set's, the set is full or quiet)."""
         ahead = self._out.pop(reservation.id, None)
         if ahead is None:
-            return
+            return None
         ahead.out -= 1
         if self._closed or self._sets.get(id(ahead.scopes)) is not ahead:
-            return
+            return None
+        if len(ahead.units) + ahead.asking >= self._most or self._clock() < ahead.quiet_until:
+            return None
+        return ahead
+
+    def _ask(self, ahead: _Ahead) -> None:
+        """Reserve one more call ahead for ``ahead``, queued in the running turn."""
         now = self._clock()
-        if len(ahead.units) + ahead.asking >= self._most or now < ahead.quiet_until:
-            return
         ahead.asking += 1
         asking = started(self._inner.reserve(ahead.lowered, ONE_CALL, ttl_s=self._ttl_s))
         if asking.done():  # a ledger that answers at once (memory): no turn spent on it
-            self._answered(ahead, asking, now)
+            self._answered(ahead, _outcome(asking), now)
             return
-        asking.add_done_callback(lambda done: self._answered(ahead, done, now))
+        asking.add_done_callback(lambda done: self._answered(ahead, _outcome(done), now))
         self._keep(asking)
 
+    def _roll(
+        self, ended: Reservation, ahead: _Ahead, done: Callable[[BaseException | None], None]
+    ) -> bool:
+        """Settle ``ended`` (one call) and reserve one more call ahead for ``ahead`` in one
+        store call, where the inner ledger has one (``roll_soon``, decision 0110)."""
+        now = self._clock()
+        landed = asyncio.get_running_loop().create_future()  # for ``close`` to wait on
+
+        def reserved(outcome: Reservation | BudgetRefusal | BaseException) -> None:
+            if not landed.done():
+                landed.set_result(None)
+            self._answered(ahead, outcome, now)
+
+        ahead.asking += 1
+        if not self._inner.roll_soon(
+            ended, ahead.lowered, ONE_CALL, ttl_s=self._ttl_s, settled=done, reserved=reserved
+        ):
+            ahead.asking -= 1
+            return False
+        self._keep(landed)
+        return True
+
     def _answered(
-        self, ahead: _Ahead, done: asyncio.Future[Reservation | BudgetRefusal], asked: float
+        self, ahead: _Ahead, held: Reservation | BudgetRefusal | BaseException, asked: float
     ) -> None:
         ahead.asking -= 1
-        if done.cancelled() or done.exception() is not None:
+        if isinstance(held, BaseException):
             # The store failed (it voids what it may have held): calls reserve their own.
             ahead.quiet_until = self._clock() + MAX_AGE_S
             return
-        held = done.result()
         if isinstance(held, BudgetRefusal):
             # Fewer than ``headroom`` calls left: calls reserve their own for a while.
             ahead.quiet_until = self._clock() + MAX_AGE_S
@@ -302,6 +339,15 @@ def _lowered(scopes: tuple[Scope, ...], headroom: int) -> tuple[Scope, ...]:
         )
         for scope in scopes
     )
+
+
+def _outcome(
+    done: asyncio.Future[Reservation | BudgetRefusal],
+) -> Reservation | BudgetRefusal | BaseException:
+    """A reserve's result, or what it raised (a cancelled one: ``CancelledError``)."""
+    if done.cancelled():
+        return asyncio.CancelledError()
+    return done.exception() or done.result()
 
 
 def _logged(done: asyncio.Future[None]) -> None:

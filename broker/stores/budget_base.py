@@ -133,6 +133,18 @@ class BudgetLedger(abc.ABC):
             lambda settling: done(_failure_of(settling))
         )
 
+    def roll_soon(
+        self, ended: Reservation, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float,
+        settled: Callable[[BaseException | None], None],
+        reserved: Callable[[Reservation | BudgetRefusal | BaseException], None],
+    ) -> bool:  # fmt: skip
+        """``settle_soon(ended, amounts, settled)`` and a ``reserve(scopes, amounts, ttl_s=...)``
+        for the next call, in one store call (decision 0110): ``reserved`` gets what the reserve
+        returns, or what it would have raised. Both are queued in the running turn and told once
+        each, settled first. False, with nothing done, where this ledger has no such call (or
+        not for these scopes): the caller then settles and reserves apart."""
+        return False
+
     @abc.abstractmethod
     async def release(self, reservation: Reservation) -> None:
         """End ``reservation`` spending nothing, atomically; nothing happens if it ended before."""

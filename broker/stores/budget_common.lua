@@ -119,3 +119,40 @@ local function reclaim(now)
   end
   return ids
 end
+
+-- Hold `amounts` (numbers, and their texts, by metric) as reservation `id` for `ttl` ms from
+-- `now` against every limit in ARGV[first..] ((scope key, metric, window, limit) each, scopes in
+-- order, limits in order), or refuse naming the first limit hit. Returns {1, expires_ms}; or
+-- {0, scope, metric, window, limit, used, reserved}: nothing changed.
+local function hold(base, id, ttl, amounts, amount_texts, first, now)
+  local expires = now + ttl
+  local holds = {}
+  local keep = {}
+  for i = first, #ARGV, 4 do
+    local scope, metric, window, limit = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+    local start, stop = window_bounds(window, math.floor(now / 1000))
+    local key = counter_key(base, window, start, scope)
+    local counts = redis.call('HMGET', key, 'used:' .. metric, 'rsv:' .. metric)
+    local used, reserved = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
+    if used + reserved + amounts[metric] > limit then
+      return {0, scope, metric, window, ARGV[i + 3], int(used), int(reserved)}
+    end
+    holds[#holds + 1] = {key, metric, amount_texts[metric]}
+    -- A window's counters outlive its end and every reservation held in it, plus a grace period.
+    if stop then
+      keep[key] = math.max(keep[key] or 0, math.max(stop * 1000, expires) + COUNTER_GRACE_MS - now)
+    end
+  end
+  -- Every limit has room: hold the amounts in all of them.
+  for _, one in ipairs(holds) do
+    redis.call('HINCRBY', one[1], 'rsv:' .. one[2], one[3])
+  end
+  for key, ttl_ms in pairs(keep) do
+    if redis.call('PTTL', key) < ttl_ms then
+      redis.call('PEXPIRE', key, int(ttl_ms))
+    end
+  end
+  redis.call('HSET', KEYS[1], id, cjson.encode(holds))
+  redis.call('ZADD', KEYS[2], int(expires), id)
+  return {1, int(expires)}
+end

@@ -11,33 +11,4 @@ end
 -- Dead brokers' reservations must never keep a limit blocked.
 reclaim(now)
 local amounts, amount_texts = read_amounts(4)
-local expires = now + tonumber(ARGV[3])
-local holds = {}
-local keep = {}
-for i = 8, #ARGV, 4 do
-  local scope, metric, window, limit = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  local start, stop = window_bounds(window, math.floor(now / 1000))
-  local key = counter_key(ARGV[1], window, start, scope)
-  local counts = redis.call('HMGET', key, 'used:' .. metric, 'rsv:' .. metric)
-  local used, reserved = tonumber(counts[1] or '0'), tonumber(counts[2] or '0')
-  if used + reserved + amounts[metric] > limit then
-    return {0, scope, metric, window, ARGV[i + 3], int(used), int(reserved)}
-  end
-  holds[#holds + 1] = {key, metric, amount_texts[metric]}
-  -- A window's counters outlive its end and every reservation held in it, plus a grace period.
-  if stop then
-    keep[key] = math.max(keep[key] or 0, math.max(stop * 1000, expires) + COUNTER_GRACE_MS - now)
-  end
-end
--- Every limit has room: hold the amounts in all of them.
-for _, hold in ipairs(holds) do
-  redis.call('HINCRBY', hold[1], 'rsv:' .. hold[2], hold[3])
-end
-for key, ttl in pairs(keep) do
-  if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, int(ttl))
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(holds))
-redis.call('ZADD', KEYS[2], int(expires), ARGV[2])
-return {1, int(expires)}
+return hold(ARGV[1], ARGV[2], tonumber(ARGV[3]), amounts, amount_texts, 8, now)

@@ -84,7 +84,27 @@ class MemoryBudgetLedger(BudgetLedger):
     async def reserve(
         self, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float
     ) -> Reservation | BudgetRefusal:
-        ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)
+        return self._reserve(scopes, amounts, check_reserve_arguments(scopes, amounts, ttl_s))
+
+    def roll_soon(
+        self, ended: Reservation, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float,
+        settled: Callable[[BaseException | None], None],
+        reserved: Callable[[Reservation | BudgetRefusal | BaseException], None],
+    ) -> bool:  # fmt: skip
+        """Both at once: nothing here waits."""
+        try:
+            check_usage(amounts)
+            ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)
+        except ValueError:
+            return False
+        self._finish(ended.id, amounts, self._clock())
+        settled(None)
+        reserved(self._reserve(scopes, amounts, ttl_ms))
+        return True
+
+    def _reserve(
+        self, scopes: Sequence[Scope], amounts: Usage, ttl_ms: int
+    ) -> Reservation | BudgetRefusal:
         now = self._clock()
         self._reclaim(now)
         planned = list(_plan(scopes, now))

@@ -120,6 +120,7 @@ class RedisBudgetLedger(BudgetLedger):
             raise ValueError("budget shards must be at least 1")
         self._reserve = client.register_script(budget_script("reserve"))
         self._settle = client.register_script(budget_script("settle"))
+        self._roll = client.register_script(budget_script("roll"))
         self._release = client.register_script(budget_script("release"))
         self._void = client.register_script(budget_script("void"))
         # Settles, releases and voids lost to an outage, retried until Redis answers.
@@ -133,7 +134,9 @@ class RedisBudgetLedger(BudgetLedger):
         # until a reload of the limits (``ConfiguredScopes``), so a reserve and its settle do
         # not work them out again.
         self._plans: dict[int, _Plan] = {}
-        self._commands = _commands_for(self._reserve, self._settle, self._keys, self._bases)
+        self._commands = _commands_for(
+            self._reserve, self._settle, self._roll, self._keys, self._bases
+        )
 
     def _shard(self, scope_key: str) -> int:
         return budget_shard_of(scope_key, self._shards)
@@ -160,7 +163,11 @@ class RedisBudgetLedger(BudgetLedger):
             {} if commands is None
             else {shard: commands.reserve_template(shard, limits[shard]) for shard in shards}
         )  # fmt: skip
-        plan = _Plan(scopes, shards, limits, templates)
+        rolls = (
+            {} if commands is None or len(shards) > 1
+            else {shards[0]: commands.roll_template(shards[0], limits[shards[0]])}
+        )  # fmt: skip
+        plan = _Plan(scopes, shards, limits, templates, rolls)
         if isinstance(scopes, tuple) and all(type(scope.limits) is tuple for scope in scopes):
             if len(self._plans) >= _PLANS_MAX:  # callers and targets come from outside
                 self._plans.clear()
@@ -326,6 +333,61 @@ class RedisBudgetLedger(BudgetLedger):
 
         script.registered_client.batcher.notify(script, self._keys[shard], args, landed, packed)
 
+    def roll_soon(
+        self, ended: Reservation, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float,
+        settled: Callable[[BaseException | None], None],
+        reserved: Callable[[Reservation | BudgetRefusal | BaseException], None],
+    ) -> bool:  # fmt: skip
+        """One script for both, on one shard of the batching client (budget_roll.lua, decision
+        0110). Should its reply be lost, the settle is retried alone (it is idempotent: a roll
+        that did run ended the reservation, and the retry then changes nothing) and the new id
+        is voided, as a reserve's is; ``settled`` and ``reserved`` get the failure."""
+        script = self._roll
+        if not isinstance(script, BatchedScript):
+            return False
+        try:
+            ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)
+        except ValueError:
+            return False
+        plan = self._plan(scopes)
+        if len(plan.shards) > 1 or self._shards_of(ended.scopes) != plan.shards:
+            return False
+        (shard,) = plan.shards
+        reservation_id = new_id()
+        numbers = (ttl_ms, *amounts.amounts())
+        args: list[Any] = [self._bases[shard], reservation_id, *numbers, ended.id,
+                           *plan.limits[shard]]  # fmt: skip
+        commands = self._commands
+        packed = (
+            b"" if commands is None
+            else commands.roll(plan.rolls.get(shard), reservation_id, numbers, ended.id)
+        )  # fmt: skip
+        started, now = time.perf_counter(), time.time()
+
+        def landed(reply: Any) -> None:
+            _settle_took(time.perf_counter() - started)
+            if not isinstance(reply, BaseException):
+                settled(None)
+                reserved(_reserved(scopes, amounts, reservation_id, reply[1]))
+                return
+            failure: BaseException = reply
+            try:  # the settle alone, retried until it lands
+                self._retry_any_failed(self._settle, ended, [shard], [ended.id, *numbers[1:]],
+                                       [reply], what="settle", now=now)  # fmt: skip
+            except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
+                _settle_failed()
+                failure = store_error(exc)
+                failure.__cause__ = exc
+            except BaseException as exc:
+                failure = exc
+            if isinstance(reply, REDIS_FAILURES):
+                self._void_later(shard, reservation_id, ttl_ms)
+            settled(failure)
+            reserved(failure)
+
+        script.registered_client.batcher.notify(script, self._keys[shard], args, landed, packed)
+        return True
+
     def _settle_packed(self, shard: int, reservation_id: str, amounts: tuple[int, ...]) -> bytes:
         """The settle's command on ``shard`` from its parts packed once; b"" if the batcher
         packs it (it does not write packed calls, or this call is not for the fast way)."""
@@ -413,27 +475,35 @@ class _Plan:
     for a batcher that writes packed calls, each shard's command packed but for the id, TTL
     and amounts (``BudgetCommands.reserve_template``; none without ``BudgetCommands``)."""
 
-    __slots__ = ("limits", "scopes", "shards", "templates")
+    __slots__ = ("limits", "rolls", "scopes", "shards", "templates")
 
     def __init__(
         self, scopes: Sequence[Scope], shards: list[int], limits: dict[int, list[Any]],
-        templates: dict[int, Template | None],
+        templates: dict[int, Template | None], rolls: dict[int, Template | None],
     ) -> None:  # fmt: skip
         self.scopes, self.shards, self.limits, self.templates = scopes, shards, limits, templates
+        self.rolls = rolls  # a one-shard plan's roll (``BudgetCommands.roll_template``)
 
 
 def _commands_for(
-    reserve: AsyncScript, settle: AsyncScript, keys: list[list[str]], bases: list[str]
-) -> BudgetCommands | None:
-    """The reserve and settle packed in parts once (decision 0097), when the client's batcher
-    writes packed calls and its encoder packs text as hiredis does (UTF-8, strict)."""
-    if not (isinstance(reserve, BatchedScript) and isinstance(settle, BatchedScript)):
+    reserve: AsyncScript, settle: AsyncScript, roll: AsyncScript, keys: list[list[str]],
+    bases: list[str],
+) -> BudgetCommands | None:  # fmt: skip
+    """The reserve, settle and roll packed in parts once (decision 0097), when the client's
+    batcher writes packed calls and its encoder packs text as hiredis does (UTF-8, strict)."""
+    if not (
+        isinstance(reserve, BatchedScript)
+        and isinstance(settle, BatchedScript)
+        and isinstance(roll, BatchedScript)
+    ):
         return None
     encoder = reserve.registered_client.get_encoder()
     native = encoder.encoding == "utf-8" and encoder.encoding_errors == "strict"
     if not (native and reserve.registered_client.batcher.writes_packed):
         return None
-    return BudgetCommands(encoder, reserve.sha, settle.sha, keys, bases)
+    return BudgetCommands(
+        encoder, keys, bases, reserve_sha=reserve.sha, settle_sha=settle.sha, roll_sha=roll.sha
+    )
 
 
 async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
@@ -446,6 +516,18 @@ async def _together(calls: Iterable[Awaitable[Any]]) -> list[Any]:
         except Exception as exc:
             return [exc]
     return await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _reserved(
+    scopes: Sequence[Scope], amounts: Usage, reservation_id: str, reply: list[Any]
+) -> Reservation | BudgetRefusal | BaseException:
+    """What a one-shard reserve's ``reply`` (budget_reserve.lua's) says."""
+    status = int(reply[0])
+    if status == 1:
+        return Reservation(reservation_id, tuple(scopes), amounts, int(reply[1]) / 1000)
+    if status == 0:
+        return _refusal(reply)
+    return store_error(RedisError("reservation voided before it ran"))
 
 
 def _refusal(reply: list[Any]) -> BudgetRefusal:

@@ -1,5 +1,5 @@
-"""The budget ledger's reserve and settle commands in RESP bytes, packed once but for the
-reservation id (decision 0097).
+"""The budget ledger's reserve, settle and roll commands in RESP bytes, packed once but for the
+reservation ids (decision 0097; the roll, decision 0110).
 
 Every call of one caller to one target reserves with the same script, keys and limits (one
 tuple of scopes until the limits are reloaded, decision 0086) and settles with the same script
@@ -39,16 +39,22 @@ _INT = frozenset({int})
 
 
 class BudgetCommands:
-    """The reserve's and settle's commands for a ledger's shards (``keys`` and ``bases`` by
-    shard), for a batcher that writes packed calls with ``encoder`` (UTF-8, strict)."""
+    """The reserve's, settle's and roll's commands for a ledger's shards (``keys`` and ``bases``
+    by shard), for a batcher that writes packed calls with ``encoder`` (UTF-8, strict)."""
 
     def __init__(
-        self, encoder: Any, reserve_sha: str, settle_sha: str,
-        keys: Sequence[Sequence[str]], bases: Sequence[str],
+        self, encoder: Any, keys: Sequence[Sequence[str]], bases: Sequence[str], *,
+        reserve_sha: str, settle_sha: str, roll_sha: str,
     ) -> None:  # fmt: skip
         self._encoder = encoder
         self._reserve_heads = [
             pack_arguments(encoder, ("EVALSHA", reserve_sha, len(two), *two, base))
+            for two, base in zip(keys, bases, strict=True)
+        ]
+        # The roll's command is the reserve's with another script and the ended id before the
+        # limits (budget_roll.lua).
+        self._roll_heads = [
+            pack_arguments(encoder, ("EVALSHA", roll_sha, len(two), *two, base))
             for two, base in zip(keys, bases, strict=True)
         ]
         # EVALSHA, sha, key count, keys, id, amounts.
@@ -70,6 +76,31 @@ class BudgetCommands:
             return None
         header = array_header(self._reserve_fixed[shard] + len(limits))
         return header + self._reserve_heads[shard], tail
+
+    def roll_template(self, shard: int, limits: Sequence[Any]) -> Template | None:
+        """``reserve_template`` for a roll on ``shard`` (``roll``)."""
+        try:
+            tail = pack_arguments(self._encoder, limits)
+        except (DataError, UnicodeError):
+            return None
+        header = array_header(self._reserve_fixed[shard] + 1 + len(limits))
+        return header + self._roll_heads[shard], tail
+
+    def roll(
+        self, template: Template | None, reservation_id: Any, numbers: tuple[Any, ...],
+        ended_id: Any,
+    ) -> bytes:  # fmt: skip
+        """The roll of ``template`` (``roll_template``): the new reservation's id, its TTL (ms)
+        and amounts in ``numbers``, then the ended reservation's id."""
+        if template is None or type(ended_id) is not str:
+            return b""
+        try:
+            ended = ended_id.encode()
+        except UnicodeError:
+            return b""
+        head, tail = template
+        ended_arg = b"$%d\r\n%b\r\n" % (len(ended), ended)
+        return self._splice(head, reservation_id, numbers, ended_arg + tail)
 
     def reserve(
         self, template: Template | None, reservation_id: Any, numbers: tuple[Any, ...]

@@ -10,8 +10,9 @@ What must hold (docs/budgets.md, "Calls reserved ahead"; decision 0109):
   call reserves its own, as without the wrapper;
 * a call reserved ahead is handed out for at most ``MAX_AGE_S``, never in a later window, and is
   then given back; an idle set is forgotten; ``close`` gives back everything;
-* several processes racing never overspend, are refused early by at most what the others hold
-  ahead, and once that is given back the last calls fit exactly.
+* several processes racing (half their calls ending with an unawaited settle, which rolls into
+  the next call's reserve, decision 0110) never overspend, are refused early by at most what the
+  others hold ahead, and once that is given back the last calls fit exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 
@@ -30,40 +31,14 @@ from broker.stores.base import Stores
 from broker.stores.budget_base import (
     BudgetLedger,
     BudgetRefusal,
-    BudgetStatus,
     Reservation,
 )
 from broker.stores.factory import open_backend
+from testkit.ledgers import CountingLedger
 from testkit.procs import everyone
 
 TTL_S = 600.0
 ONE = Usage(calls=1)
-
-
-class Counting(BudgetLedger):
-    """A real ledger, with its reserves counted (what reached the store)."""
-
-    def __init__(self, inner: BudgetLedger) -> None:
-        self.inner = inner
-        self.reserves = 0
-
-    async def reserve(
-        self, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float
-    ) -> Reservation | BudgetRefusal:
-        self.reserves += 1
-        return await self.inner.reserve(scopes, amounts, ttl_s=ttl_s)
-
-    async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        await self.inner.settle(reservation, actual)
-
-    async def release(self, reservation: Reservation) -> None:
-        await self.inner.release(reservation)
-
-    async def expire(self) -> int:
-        return await self.inner.expire()
-
-    async def status(self, scopes: Sequence[Scope]) -> list[BudgetStatus]:
-        return await self.inner.status(scopes)
 
 
 class Clock:
@@ -82,8 +57,8 @@ def calls(
 
 def ahead(
     stores: Stores, most: int = 4, headroom: int = 10, clock: Callable[[], float] | None = None
-) -> tuple[ReservingAhead, Counting]:
-    counting = Counting(stores.budgets)
+) -> tuple[ReservingAhead, CountingLedger]:
+    counting = CountingLedger(stores.budgets)
     extra = {} if clock is None else {"clock": clock}
     return ReservingAhead(counting, most=most, headroom=headroom, ttl_s=TTL_S, **extra), counting
 
@@ -302,22 +277,37 @@ async def main(url, prefix):
     ledger = ReservingAhead(backend.stores().budgets, most=8, headroom=20, ttl_s=600.0)
     gate = asyncio.Semaphore(10)
     wait = lambda: asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    admitted = 0
+    admitted = unlanded = 0
+    landed = asyncio.Event()
+
+    def ended(failure):
+        nonlocal unlanded
+        assert failure is None, failure
+        unlanded -= 1
+        if unlanded == 0:
+            landed.set()
 
     async def call():
-        nonlocal admitted
+        nonlocal admitted, unlanded
         async with gate:
             held = await ledger.reserve(SCOPES, ONE, ttl_s=600.0)
             if isinstance(held, Reservation):
                 admitted += 1
                 await asyncio.sleep(random.uniform(0, 0.002))
-                await ledger.settle(held, ONE)
+                if random.random() < 0.5:  # a unary answer's: rolled into the next reserve
+                    unlanded += 1
+                    landed.clear()
+                    ledger.settle_soon(held, ONE, ended)
+                else:
+                    await ledger.settle(held, ONE)
 
     try:
         await backend.ping()
         print("ready", flush=True)
         await wait()
         await asyncio.gather(*(call() for _ in range(150)))
+        if unlanded:
+            await landed.wait()
         print(admitted, flush=True)
         await wait()
         await ledger.close()

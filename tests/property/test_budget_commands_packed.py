@@ -1,8 +1,8 @@
-"""The budget reserve and settle packed in parts once (decision 0097) send, byte for byte, what
-the batcher would have packed from the whole command, for any scopes, limits, shards, ids, TTLs
-and amounts; what the fast way cannot pack exactly is left to the batcher. A change of limits
-is never sent from a stale part: every metered call's packed bytes are checked against its
-arguments on a real server while the limits are overridden."""
+"""The budget reserve, settle and roll (decision 0110) packed in parts once (decision 0097)
+send, byte for byte, what the batcher would have packed from the whole command, for any scopes,
+limits, shards, ids, TTLs and amounts; what the fast way cannot pack exactly is left to the
+batcher. A change of limits is never sent from a stale part: every metered call's packed bytes
+are checked against its arguments on a real server while the limits are overridden."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def _batcher_packs(ledger: RedisBudgetLedger, script: Any, shard: int, args: lis
 
 
 @settings(max_examples=300, deadline=None)
-@given(scopes=scope_tuples, shards=st.integers(1, 4), rid=ids, numbers=numbers)
-def test_a_reserve_and_a_settle_packed_in_parts_are_the_batchers_bytes(
-    scopes: tuple[Scope, ...], shards: int, rid: str, numbers: tuple[int, ...]
+@given(scopes=scope_tuples, shards=st.integers(1, 4), rid=ids, ended=ids, numbers=numbers)
+def test_a_reserve_a_settle_and_a_roll_packed_in_parts_are_the_batchers_bytes(
+    scopes: tuple[Scope, ...], shards: int, rid: str, ended: str, numbers: tuple[int, ...]
 ) -> None:
     ledger = RedisBudgetLedger(CLIENT, "p:x", shards=shards)
     commands = ledger._commands
@@ -64,6 +64,11 @@ def test_a_reserve_and_a_settle_packed_in_parts_are_the_batchers_bytes(
         assert packed == _batcher_packs(ledger, ledger._reserve, shard, args)
         settled = commands.settle(shard, rid, numbers[1:])
         assert settled == _batcher_packs(ledger, ledger._settle, shard, [rid, *numbers[1:]])
+    if len(plan.shards) == 1:  # a roll goes out only for one shard
+        (shard,) = plan.shards
+        args = [ledger._bases[shard], rid, *numbers, ended, *plan.limits[shard]]
+        rolled = commands.roll(plan.rolls[shard], rid, numbers, ended)
+        assert rolled == _batcher_packs(ledger, ledger._roll, shard, args)
 
 
 odd = st.one_of(st.booleans(), st.binary(max_size=4), st.just(1.5), amount)
@@ -75,10 +80,11 @@ odd_text = st.one_of(st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0
     name=odd_text,
     limit=odd,
     rid=st.one_of(odd_text, st.binary(max_size=4), st.integers()),
+    ended=st.one_of(odd_text, st.binary(max_size=4), st.integers()),
     numbers=st.tuples(odd, odd, odd, odd, odd),
 )
 def test_what_the_fast_way_cannot_pack_exactly_is_left_to_the_batcher(
-    name: str, limit: Any, rid: Any, numbers: tuple[Any, ...]
+    name: str, limit: Any, rid: Any, ended: Any, numbers: tuple[Any, ...]
 ) -> None:
     # Lone surrogates, bools, bytes and floats: the batcher packs (or refuses) these itself.
     ledger = RedisBudgetLedger(CLIENT, "p:x")
@@ -90,6 +96,9 @@ def test_what_the_fast_way_cannot_pack_exactly_is_left_to_the_batcher(
     assert packed in (b"", _batcher_packs(ledger, ledger._reserve, 0, args))
     settled = commands.settle(0, rid, numbers[1:])
     assert settled in (b"", _batcher_packs(ledger, ledger._settle, 0, [rid, *numbers[1:]]))
+    rolled = commands.roll(plan.rolls[0], rid, numbers, ended)
+    roll_args = [ledger._bases[0], rid, *numbers, ended, *plan.limits[0]]
+    assert rolled in (b"", _batcher_packs(ledger, ledger._roll, 0, roll_args))
 
 
 def test_the_runs_of_numbers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,8 +36,8 @@ def test_the_c1_p50_is_split_into_the_audit_and_the_budget_each_store_has() -> N
     assert audit in memory
     assert "a calls budget" not in memory  # the memory store's row makes no Redis round trip
     budget = (
-        "a calls budget (reserved ahead, decision 0109: its scripts ride in the claim's round "
-        "trip) +0.45 ms ((r-budget) over"
+        "a calls budget (reserved ahead, decision 0109: its script rides in the claim's round "
+        "trip, decision 0110) +0.45 ms ((r-budget) over"
     )
     assert f"{audit}; {budget} (r-none))." in redis
 
