@@ -10,8 +10,8 @@ Anything else goes straight to the ledger.
 How a set of budgets gets its calls ahead: when a call charged to it ends (settled or released),
 one more call is reserved for the next one, in the same event-loop turn, so on Redis the reserve
 shares the round trip of the ended call's settle and the task's route claim (decision 0078).
-An unawaited settle of one call (a unary answer's) and that reserve are one store call where the
-ledger has one (``roll_soon``: one script on Redis, decision 0110). A set holds at most ``most``
+The settle of one call and that reserve are one store call where the ledger has one
+(``roll_soon``: one script on Redis, decision 0110). A set holds at most ``most``
 calls (taken or on their way); a call that finds none reserves its own, as without this wrapper.
 
 Why no limit is passed, and when a call can be refused early:
@@ -132,7 +132,22 @@ class ReservingAhead(BudgetLedger):
         return held_or_refused
 
     async def settle(self, reservation: Reservation, actual: Usage) -> None:
-        self._ended(reservation)  # first, so its reserve is queued in this turn with the settle
+        ahead = self._wants_more(reservation)
+        if ahead is not None and actual == ONE_CALL:
+            landed: asyncio.Future[BaseException | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+
+            def settled(failure: BaseException | None) -> None:
+                if not landed.done():  # not when this settle was cancelled meanwhile
+                    landed.set_result(failure)
+
+            if self._roll(reservation, ahead, settled):
+                if (failure := await landed) is not None:
+                    raise failure  # what the settle would have raised (it is retried)
+                return
+        if ahead is not None:
+            self._ask(ahead)  # first, so its reserve is queued in this turn with the settle
         await self._inner.settle(reservation, actual)
 
     def settle_soon(

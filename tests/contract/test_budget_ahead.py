@@ -10,9 +10,10 @@ What must hold (docs/budgets.md, "Calls reserved ahead"; decision 0109):
   call reserves its own, as without the wrapper;
 * a call reserved ahead is handed out for at most ``MAX_AGE_S``, never in a later window, and is
   then given back; an idle set is forgotten; ``close`` gives back everything;
-* several processes racing (half their calls ending with an unawaited settle, which rolls into
-  the next call's reserve, decision 0110) never overspend, are refused early by at most what the
-  others hold ahead, and once that is given back the last calls fit exactly.
+* several processes racing (half their calls ending with an unawaited settle, half with an
+  awaited one; both roll into the next call's reserve, decision 0110) never overspend, are
+  refused early by at most what the others hold ahead, and once that is given back the last
+  calls fit exactly.
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ async def test_a_call_after_the_first_finds_its_reserve_made(stores: Stores) -> 
     try:
         first = await one_call(ledger, scopes)
         assert isinstance(first, Reservation) and store.reserves == 1
-        await ledger.settle(first, ONE)  # its end reserves one more, ahead
+        await ledger.settle(first, ONE)  # its end reserves one more, ahead (one roll, 0110)
         await turns()
         assert ledger.held_ahead() == 1
         assert await used_reserved(ledger, scopes) == (1, 1)  # the one ahead shows as reserved
         second = await one_call(ledger, scopes)
         assert isinstance(second, Reservation)
-        assert store.reserves == 2  # the one ahead: the second call asked the store nothing
+        # the one ahead came with the first call's settle: the second call asked the store nothing
+        assert (store.reserves, store.rolls) == (1, 1)
         assert ledger.held_ahead() == 0
         ledger.settle_soon(second, ONE, lambda failure: None)
         await turns()
@@ -240,7 +242,7 @@ async def test_a_refusal_ahead_quiets_the_set(stores: Stores) -> None:
         for _ in range(4):
             await ledger.settle(held_(await one_call(ledger, scopes)), ONE)
             await turns()
-        assert store.reserves == 4 + 1  # four calls of their own, one refused ahead
+        assert (store.reserves, store.rolls) == (4, 1)  # four of their own, one refused ahead
         assert ledger.held_ahead() == 0
         assert await used_reserved(stores.budgets, scopes) == (4, 0)
     finally:
@@ -294,7 +296,7 @@ async def main(url, prefix):
             if isinstance(held, Reservation):
                 admitted += 1
                 await asyncio.sleep(random.uniform(0, 0.002))
-                if random.random() < 0.5:  # a unary answer's: rolled into the next reserve
+                if random.random() < 0.5:  # a unary answer's settle; else a stream's, awaited
                     unlanded += 1
                     landed.clear()
                     ledger.settle_soon(held, ONE, ended)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 import pytest
@@ -26,6 +26,7 @@ from broker.settings import StoreSettings
 from broker.stores.base import Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.stores.factory import open_backend
+from broker.stores.memory import MemoryBackend
 from broker.stores.redis_budget import RedisBudgetLedger
 from testkit.ledgers import CountingLedger
 from testkit.redis_process import REDIS_MODES, RedisMode
@@ -232,3 +233,81 @@ async def test_after_a_lost_roll_reply_the_retries_leave_one_charge_either_way(
                                                 *limits])  # fmt: skip
     assert [int(reply[0]), [int(part) for part in reply[1]]] == [0, [2]]  # it changes nothing
     assert await used_reserved(ledger, scopes) == {(2, 0)}
+
+
+async def test_an_awaited_settle_rolls_too(stores: Stores) -> None:
+    """A stream's settle is awaited: it rolls into the next call's reserve as well."""
+    counting = CountingLedger(stores.budgets)
+    ledger = ReservingAhead(counting, most=2, headroom=5, ttl_s=TTL_S)
+    scopes = calls("awaited", 1_000)
+    try:
+        first = await ledger.reserve(scopes, ONE, ttl_s=TTL_S)
+        assert isinstance(first, Reservation)
+        await ledger.settle(first, ONE)
+        await asyncio.sleep(0.01)
+        assert (counting.reserves, counting.rolls, ledger.held_ahead()) == (1, 1, 1)
+        assert await used_reserved(stores.budgets, scopes) == {(1, 1)}
+    finally:
+        await ledger.close()
+    assert await used_reserved(stores.budgets, scopes) == {(1, 0)}
+
+
+class _RollsFail(CountingLedger):
+    """A real ledger whose rolls fail as a store that does not answer fails them."""
+
+    def roll_soon(
+        self, ended: Reservation, scopes: Sequence[Scope], amounts: Usage, *, ttl_s: float,
+        settled: Callable[[BaseException | None], None], reserved: Callable[[Outcome], None],
+    ) -> bool:  # fmt: skip
+        self.rolls += 1
+        failure = StoreUnavailableError(detail="ConnectionError: down")
+        settled(failure)
+        reserved(failure)
+        return True
+
+
+async def test_an_awaited_settle_raises_what_its_roll_failed_with() -> None:
+    counting = _RollsFail(MemoryBackend().stores().budgets)
+    ledger = ReservingAhead(counting, most=2, headroom=5, ttl_s=TTL_S)
+    scopes = calls("failing", 1_000)
+    try:
+        first = await ledger.reserve(scopes, ONE, ttl_s=TTL_S)
+        assert isinstance(first, Reservation)
+        with pytest.raises(StoreUnavailableError):
+            await ledger.settle(first, ONE)
+        assert ledger.held_ahead() == 0  # the set is quiet a while: calls reserve their own
+        second = await ledger.reserve(scopes, ONE, ttl_s=TTL_S)
+        assert isinstance(second, Reservation) and counting.reserves == 2
+    finally:
+        await ledger.close()
+
+
+async def test_a_settle_cancelled_while_its_roll_is_out_disturbs_nothing(
+    redis_settings: StoreSettings,
+) -> None:
+    """The caller of an awaited settle goes away (cancelled) before Redis answers: the roll
+    still lands, and its late report reaches no cancelled future."""
+    ledger = ReservingAhead(_redis(redis_settings, 1), most=2, headroom=5, ttl_s=TTL_S)
+    scopes = calls("cancelled", 1_000)
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        first = await ledger.reserve(scopes, ONE, ttl_s=TTL_S)
+        assert isinstance(first, Reservation)
+        settling = asyncio.ensure_future(ledger.settle(first, ONE))
+        await asyncio.sleep(0)  # the roll is queued, the settle waits for its reply
+        settling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await settling
+        for _ in range(50):
+            if ledger.held_ahead() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert ledger.held_ahead() == 1
+        assert await used_reserved(ledger, scopes) == {(1, 1)}
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
+        async with asyncio.timeout(5):  # a roll never reported would keep close waiting
+            await ledger.close()

@@ -1,7 +1,7 @@
 """Calls reserved ahead never overspend, and in one process refuse early by at most what they
 hold (``broker.budgets.ahead``, decision 0109).
 
-Random histories of one-call reserves, their settles (awaited, or not: those roll the ended
+Random histories of one-call reserves, their settles (awaited or not; either rolls the ended
 call's settle and the next reserve into one ledger call, decision 0110) and releases, the
 passing of time (past ``MAX_AGE_S``), sweeps and event-loop turns, over a memory ledger (so the
 clock can be driven), for random limits, headrooms and sizes. After every step: no limit has
