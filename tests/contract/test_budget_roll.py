@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 import pytest
@@ -23,7 +23,7 @@ from broker.budgets.ahead import ReservingAhead
 from broker.budgets.model import Limit, Scope, Usage
 from broker.errors import StoreUnavailableError
 from broker.settings import StoreSettings
-from broker.stores.base import Stores
+from broker.stores.base import StoreBackend, Stores
 from broker.stores.budget_base import BudgetLedger, BudgetRefusal, Reservation
 from broker.stores.factory import open_backend
 from broker.stores.memory import MemoryBackend
@@ -163,14 +163,30 @@ def redis_settings(request: pytest.FixtureRequest) -> StoreSettings:
     return make(REDIS_MODES[request.param])
 
 
-def _redis(settings: StoreSettings, shards: int) -> RedisBudgetLedger:
-    ledger = open_backend(msgspec.structs.replace(settings, budget_shards=shards)).stores().budgets
-    assert isinstance(ledger, RedisBudgetLedger)
-    return ledger
+OpenLedger = Callable[[StoreSettings, int], RedisBudgetLedger]
 
 
-async def test_budgets_over_several_shards_do_not_roll(redis_settings: StoreSettings) -> None:
-    ledger = _redis(redis_settings, 16)
+@pytest.fixture
+async def redis_ledger() -> AsyncIterator[OpenLedger]:
+    """Opens the Redis ledger of some settings with ``budget_shards`` set; closed after."""
+    opened: list[StoreBackend] = []
+
+    def open_one(settings: StoreSettings, shards: int) -> RedisBudgetLedger:
+        backend = open_backend(msgspec.structs.replace(settings, budget_shards=shards))
+        opened.append(backend)
+        ledger = backend.stores().budgets
+        assert isinstance(ledger, RedisBudgetLedger)
+        return ledger
+
+    yield open_one
+    for backend in opened:
+        await backend.close()
+
+
+async def test_budgets_over_several_shards_do_not_roll(
+    redis_settings: StoreSettings, redis_ledger: OpenLedger
+) -> None:
+    ledger = redis_ledger(redis_settings, 16)
     scopes = tuple(Scope("agent", f"a{n}", (Limit("calls", "day", 9),)) for n in range(6))
     first = await held(ledger, scopes)
     told: list[object] = []
@@ -191,11 +207,12 @@ class _Late:
 
 
 async def test_a_roll_redis_does_not_answer_settles_alone_and_voids_the_new_id(
-    unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+    unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch, redis_ledger: OpenLedger
 ) -> None:
-    ledger = _redis(StoreSettings(backend="redis",
-                                  redis_url=f"redis://127.0.0.1:{unused_tcp_port}/0",
-                                  key_prefix="p"), 1)  # fmt: skip
+    down = StoreSettings(
+        backend="redis", redis_url=f"redis://127.0.0.1:{unused_tcp_port}/0", key_prefix="p"
+    )
+    ledger = redis_ledger(down, 1)
     late = _Late()
     monkeypatch.setattr(ledger, "_late", late)
     scopes = calls("down", 10)
@@ -208,11 +225,11 @@ async def test_a_roll_redis_does_not_answer_settles_alone_and_voids_the_new_id(
 
 
 async def test_after_a_lost_roll_reply_the_retries_leave_one_charge_either_way(
-    redis_settings: StoreSettings,
+    redis_settings: StoreSettings, redis_ledger: OpenLedger
 ) -> None:
     """What the broker does when a roll's reply is lost (settle the ended id, void the new
     one), after a roll that ran, and before one that a stalled Redis runs only later."""
-    ledger, scopes = _redis(redis_settings, 1), calls("lost", 100)
+    ledger, scopes = redis_ledger(redis_settings, 1), calls("lost", 100)
     keys, base = ledger._keys[0], ledger._bases[0]
 
     async def void(reservation_id: str) -> None:
@@ -283,11 +300,11 @@ async def test_an_awaited_settle_raises_what_its_roll_failed_with() -> None:
 
 
 async def test_a_settle_cancelled_while_its_roll_is_out_disturbs_nothing(
-    redis_settings: StoreSettings,
+    redis_settings: StoreSettings, redis_ledger: OpenLedger
 ) -> None:
     """The caller of an awaited settle goes away (cancelled) before Redis answers: the roll
     still lands, and its late report reaches no cancelled future."""
-    ledger = ReservingAhead(_redis(redis_settings, 1), most=2, headroom=5, ttl_s=TTL_S)
+    ledger = ReservingAhead(redis_ledger(redis_settings, 1), most=2, headroom=5, ttl_s=TTL_S)
     scopes = calls("cancelled", 1_000)
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
