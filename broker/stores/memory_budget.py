@@ -93,8 +93,7 @@ class MemoryBudgetLedger(BudgetLedger):
     ) -> bool:  # fmt: skip
         """Both at once: nothing here waits."""
         try:
-            check_usage(amounts)
-            ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)
+            ttl_ms = check_reserve_arguments(scopes, amounts, ttl_s)  # the amounts too
         except ValueError:
             return False
         self._finish(ended.id, amounts, self._clock())

@@ -317,19 +317,7 @@ class RedisBudgetLedger(BudgetLedger):
 
         def landed(reply: Any) -> None:
             _settle_took(time.perf_counter() - started)
-            try:
-                self._retry_any_failed(
-                    script, reservation, [shard], args, [reply], what="settle", now=now
-                )
-            except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
-                _settle_failed()
-                error = store_error(exc)
-                error.__cause__ = exc  # ``raise ... from exc``, as the awaited settle raises it
-                done(error)
-            except BaseException as exc:
-                done(exc)
-            else:
-                done(None)
+            done(self._settle_failure(reservation, shard, args, reply, now))
 
         script.registered_client.batcher.notify(script, self._keys[shard], args, landed, packed)
 
@@ -370,16 +358,9 @@ class RedisBudgetLedger(BudgetLedger):
                 settled(None)
                 reserved(_reserved(scopes, amounts, reservation_id, reply[1]))
                 return
-            failure: BaseException = reply
-            try:  # the settle alone, retried until it lands
-                self._retry_any_failed(self._settle, ended, [shard], [ended.id, *numbers[1:]],
-                                       [reply], what="settle", now=now)  # fmt: skip
-            except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
-                _settle_failed()
-                failure = store_error(exc)
-                failure.__cause__ = exc
-            except BaseException as exc:
-                failure = exc
+            # The settle alone, retried until it lands.
+            settle_args = [ended.id, *numbers[1:]]
+            failure = self._settle_failure(ended, shard, settle_args, reply, now) or reply
             if isinstance(reply, REDIS_FAILURES):
                 self._void_later(shard, reservation_id, ttl_ms)
             settled(failure)
@@ -387,6 +368,24 @@ class RedisBudgetLedger(BudgetLedger):
 
         script.registered_client.batcher.notify(script, self._keys[shard], args, landed, packed)
         return True
+
+    def _settle_failure(
+        self, reservation: Reservation, shard: int, args: list[Any], reply: Any, now: float
+    ) -> BaseException | None:
+        """What an awaited settle of ``reservation`` on ``shard`` (``args``, sent at ``now``)
+        would have raised given ``reply`` (None: it landed); a failed one is retried."""
+        try:
+            self._retry_any_failed(
+                self._settle, reservation, [shard], args, [reply], what="settle", now=now
+            )
+        except (RedisError, RedisClusterException) as exc:  # as ``unavailable_on_error``
+            _settle_failed()
+            error = store_error(exc)
+            error.__cause__ = exc  # ``raise ... from exc``, as the awaited settle raises it
+            return error
+        except BaseException as exc:
+            return exc
+        return None
 
     def _settle_packed(self, shard: int, reservation_id: str, amounts: tuple[int, ...]) -> bytes:
         """The settle's command on ``shard`` from its parts packed once; b"" if the batcher
