@@ -131,7 +131,17 @@ def connection_pool(target: str | StoreSettings) -> BlockingConnectionPool:
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """The primary's connections, found through the sentinels, waiting for a free one as the
-    standalone pool does (a plain sentinel pool refuses at once when all are in use)."""
+    standalone pool does (a plain sentinel pool refuses at once when all are in use).
+
+    The pool is the only user of the ``Sentinel`` that ``_open_sentinel`` made for it, so
+    closing the pool (what the client's ``aclose`` does) closes the sentinels' connections
+    too; redis-py leaves those to whoever made the ``Sentinel``."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
 
 
 def seed_nodes(url: str) -> list[tuple[str, int]]:

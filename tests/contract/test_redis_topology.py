@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+import redis.asyncio
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -135,6 +136,41 @@ async def test_an_unknown_sentinel_service_refuses_start(
             await backend.start_checks()
     finally:
         await backend.close()
+
+
+async def test_closing_a_sentinel_store_closes_its_connections_to_the_sentinels(
+    redis_store_settings: MakeSettings,
+) -> None:
+    """The client asks the sentinels where the primary is; closing the store hangs up on them
+    as well as on the primary (redis-py closes only the primary's pool by itself)."""
+    settings = redis_store_settings("sentinel")
+    host, port = settings.redis_url.split(",")[0].removeprefix("redis://").split(":")
+    sentinel = redis.asyncio.Redis(host=host, port=int(port))
+
+    async def client_ids() -> set[str]:
+        listed = (await sentinel.execute_command("CLIENT", "LIST")).decode()
+        return {part[3:] for part in listed.split() if part.startswith("id=")}
+
+    try:
+        before = await client_ids()
+        backend = open_backend(settings)
+        closed = False
+        try:
+            await backend.ping()  # finds the primary through the sentinel
+            ours = await client_ids() - before
+            assert ours, "the store asked the sentinel nothing"
+            await backend.close()
+            closed = True
+
+            async def hung_up() -> bool:
+                return not ours & await client_ids()
+
+            await _eventually_async(hung_up, within_s=5.0)
+        finally:
+            if not closed:
+                await backend.close()
+    finally:
+        await sentinel.aclose()
 
 
 async def test_an_unreachable_store_starts_and_refuses_requests(unused_tcp_port: int) -> None:
