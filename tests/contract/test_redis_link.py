@@ -176,6 +176,14 @@ class FakeRedis:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         number, self.connections = self.connections, self.connections + 1
+        try:
+            await self._serve(number, reader, writer)
+        finally:
+            writer.close()  # the client hung up (or was reset): this side's socket too
+
+    async def _serve(
+        self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         parser = hiredis.Reader()
         while data := await reader.read(65536):
             parser.feed(data)
