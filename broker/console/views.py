@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import msgspec
 from litestar import Response, Router, get, post
+from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
@@ -207,21 +208,21 @@ async def agents(request: AnyRequest) -> Template:
 
 
 @post("/agents/{name:str}/suspend", status_code=303)
-async def suspend(request: AnyRequest, name: str) -> Redirect:
+async def suspend(request: AnyRequest, name: FromPath[str]) -> Redirect:
     await _checked(request)
     await _admin_json(admin.suspend_agent, request, name)
     return Redirect(f"{PREFIX}/agents", status_code=303)
 
 
 @post("/agents/{name:str}/resume", status_code=303)
-async def resume(request: AnyRequest, name: str) -> Redirect:
+async def resume(request: AnyRequest, name: FromPath[str]) -> Redirect:
     await _checked(request)
     await _admin_json(admin.resume_agent, request, name)
     return Redirect(f"{PREFIX}/agents", status_code=303)
 
 
 @post("/agents/{name:str}/credential", status_code=200)
-async def rotate(request: AnyRequest, name: str) -> Template:
+async def rotate(request: AnyRequest, name: FromPath[str]) -> Template:
     """The new credential is shown on this answer only (never stored for a later page)."""
     session, _ = await _checked(request)
     rotated = await _admin_json(admin.rotate_credential, request, name)
@@ -239,7 +240,7 @@ async def trees(request: AnyRequest) -> Template | Redirect:
 
 
 @get("/trees/{tree:str}")
-async def tree(request: AnyRequest, tree: str) -> Template:
+async def tree(request: AnyRequest, tree: FromPath[str]) -> Template:
     session = await _session(request)
     shown = await _admin_json(admin.show_tree, request, tree)
     log = _audit_log(request)
@@ -253,7 +254,7 @@ async def tree(request: AnyRequest, tree: str) -> Template:
 
 
 @post("/trees/{tree:str}/kill", status_code=200)
-async def kill(request: AnyRequest, tree: str) -> Template:
+async def kill(request: AnyRequest, tree: FromPath[str]) -> Template:
     session, _ = await _checked(request)
     killed = await _admin_json(admin.kill_tree, request, tree)
     return _page("killed.html", request, session, tree=tree, killed=killed)
@@ -327,7 +328,7 @@ async def approvals(request: AnyRequest) -> Template:
 
 
 @post("/approvals/{approval_id:str}", status_code=303)
-async def decide_approval(request: AnyRequest, approval_id: str) -> Redirect:
+async def decide_approval(request: AnyRequest, approval_id: FromPath[str]) -> Redirect:
     """Approve or deny with the approver's own token (typed into the form, never kept)."""
     _, form = await _checked(request)
     desk = runtime_of(request).approvals
@@ -354,7 +355,7 @@ async def alerts(request: AnyRequest) -> Template:
 
 
 @post("/alerts/{alert_id:str}/ack", status_code=303)
-async def acknowledge(request: AnyRequest, alert_id: str) -> Redirect:
+async def acknowledge(request: AnyRequest, alert_id: FromPath[str]) -> Redirect:
     await _checked(request)
     await _admin_json(admin_alerts.acknowledge_alert, request, alert_id)
     return Redirect(f"{PREFIX}/alerts", status_code=303)

@@ -11,6 +11,7 @@ import msgspec
 from litestar import Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 
 from broker.budgets.model import Limit
 from broker.errors import (
@@ -117,7 +118,7 @@ async def register_agent(request: AnyRequest) -> Response[bytes]:
 
 
 @get("/agents/{name:str}")
-async def show_agent(request: AnyRequest, name: str) -> Response[bytes]:
+async def show_agent(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).directory
     record = await directory.get(name)
     card = msgspec.json.decode(record.card_json)
@@ -125,7 +126,7 @@ async def show_agent(request: AnyRequest, name: str) -> Response[bytes]:
 
 
 @put("/agents/{name:str}")
-async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
+async def update_agent(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     try:
         body = _decode(await request.body(), _CardBody)
         directory = runtime_of(request).directory
@@ -139,7 +140,7 @@ async def update_agent(request: AnyRequest, name: str) -> Response[bytes]:
 
 
 @post("/agents/{name:str}/suspend")
-async def suspend_agent(request: AnyRequest, name: str) -> Response[bytes]:
+async def suspend_agent(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).directory
     record = await directory.suspend(name)
     await _audit(request, "killswitch", "agent.suspend", name)
@@ -147,7 +148,7 @@ async def suspend_agent(request: AnyRequest, name: str) -> Response[bytes]:
 
 
 @post("/agents/{name:str}/resume")
-async def resume_agent(request: AnyRequest, name: str) -> Response[bytes]:
+async def resume_agent(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).directory
     record = await directory.resume(name)
     await _audit(request, "killswitch", "agent.resume", name)
@@ -155,25 +156,25 @@ async def resume_agent(request: AnyRequest, name: str) -> Response[bytes]:
 
 
 @post("/agents/{name:str}/credential")
-async def rotate_credential(request: AnyRequest, name: str) -> Response[bytes]:
+async def rotate_credential(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     credential = await runtime_of(request).directory.rotate_credential(name)
     await _audit(request, "registry.change", "credential.rotate", name)
     return _json({"agent": name, "credential": credential})
 
 
 @delete("/agents/{name:str}", status_code=204)
-async def delete_agent(request: AnyRequest, name: str) -> None:
+async def delete_agent(request: AnyRequest, name: FromPath[str]) -> None:
     await runtime_of(request).directory.delete(name)
     await _audit(request, "registry.change", "delete", name)
 
 
 @get("/trees/{tree:str}")
-async def show_tree(request: AnyRequest, tree: str) -> Response[bytes]:
+async def show_tree(request: AnyRequest, tree: FromPath[str]) -> Response[bytes]:
     return _json(await runtime_of(request).trees.show(tree))
 
 
 @post("/trees/{tree:str}/kill")
-async def kill_tree(request: AnyRequest, tree: str) -> Response[bytes]:
+async def kill_tree(request: AnyRequest, tree: FromPath[str]) -> Response[bytes]:
     """Refuse any further delegation in the tree (every replica) and cancel its running tasks."""
     return _json(await runtime_of(request).trees.kill(tree))
 
@@ -253,7 +254,7 @@ async def show_budgets(request: AnyRequest) -> Response[bytes]:
 
 
 @put("/budgets/{scope_key:str}")
-async def set_budget(request: AnyRequest, scope_key: str) -> Response[bytes]:
+async def set_budget(request: AnyRequest, scope_key: FromPath[str]) -> Response[bytes]:
     """Replace the limits of one scope (the path holds its URL-encoded key) on every replica: at
     once on this one, within about a second on the others. ``{"limits": []}`` unmeters it."""
     body = _decode(await request.body(), _BudgetLimitsBody)
@@ -269,7 +270,7 @@ async def set_budget(request: AnyRequest, scope_key: str) -> Response[bytes]:
 
 
 @delete("/budgets/{scope_key:str}", status_code=204)
-async def unset_budget(request: AnyRequest, scope_key: str) -> None:
+async def unset_budget(request: AnyRequest, scope_key: FromPath[str]) -> None:
     """Drop the live limits of one scope: its configured limits (if any) apply again.
 
     400 INVALID_ADMIN_REQUEST if the scope key is malformed or has no live limits.

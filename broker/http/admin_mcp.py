@@ -12,6 +12,7 @@ import logging
 
 import msgspec
 from litestar import Response, delete, get, post, put
+from litestar.params import FromPath
 
 from broker.errors import BrokerError
 from broker.http.admin_body import decode_body, json_reply
@@ -69,13 +70,13 @@ async def register_mcp_server(request: AnyRequest) -> Response[bytes]:
 
 
 @get("/mcp-servers/{name:str}")
-async def show_mcp_server(request: AnyRequest, name: str) -> Response[bytes]:
+async def show_mcp_server(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).mcp_servers
     return json_reply({"server": directory.summary(await directory.get(name))})
 
 
 @put("/mcp-servers/{name:str}")
-async def update_mcp_server(request: AnyRequest, name: str) -> Response[bytes]:
+async def update_mcp_server(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).mcp_servers
     try:
         changes = decode_body(await request.body(), McpServerChanges, McpServerInvalidError)
@@ -88,7 +89,7 @@ async def update_mcp_server(request: AnyRequest, name: str) -> Response[bytes]:
 
 
 @post("/mcp-servers/{name:str}/credential")
-async def rotate_mcp_credential(request: AnyRequest, name: str) -> Response[bytes]:
+async def rotate_mcp_credential(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     directory = runtime_of(request).mcp_servers
     try:
         body = decode_body(await request.body(), _RotateBody, McpServerInvalidError)
@@ -101,7 +102,7 @@ async def rotate_mcp_credential(request: AnyRequest, name: str) -> Response[byte
 
 
 @delete("/mcp-servers/{name:str}", status_code=204)
-async def remove_mcp_server(request: AnyRequest, name: str) -> None:
+async def remove_mcp_server(request: AnyRequest, name: FromPath[str]) -> None:
     try:
         await runtime_of(request).mcp_servers.remove(name)
     except BrokerError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Response, Router, get, post
+from litestar.params import FromPath
 
 from broker.errors import AlertNotFoundError, InvalidAdminRequestError
 from broker.http.admin import admin_guard
@@ -38,7 +39,7 @@ async def list_alerts(request: AnyRequest) -> Response[bytes]:
 
 
 @post("/{alert_id:str}/ack", status_code=200)
-async def acknowledge_alert(request: AnyRequest, alert_id: str) -> Response[bytes]:
+async def acknowledge_alert(request: AnyRequest, alert_id: FromPath[str]) -> Response[bytes]:
     alerts = runtime_of(request).alerts
     if alerts is None or not await alerts.acknowledge(alert_id[:64], "admin"):
         raise AlertNotFoundError()

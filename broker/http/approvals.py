@@ -15,6 +15,7 @@ import msgspec
 from litestar import Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import FromPath
 
 from broker.approvals.desk import ApprovalDesk
 from broker.errors import (
@@ -70,7 +71,7 @@ async def list_approvals(request: AnyRequest) -> Response[bytes]:
 
 
 @get("/{approval_id:str}")
-async def show_approval(request: AnyRequest, approval_id: str) -> Response[bytes]:
+async def show_approval(request: AnyRequest, approval_id: FromPath[str]) -> Response[bytes]:
     record = await runtime_of(request).approvals.current(approval_id)
     if record is None:
         raise ApprovalNotFoundError
@@ -78,7 +79,7 @@ async def show_approval(request: AnyRequest, approval_id: str) -> Response[bytes
 
 
 @post("/{approval_id:str}", status_code=200)
-async def decide_approval(request: AnyRequest, approval_id: str) -> Response[bytes]:
+async def decide_approval(request: AnyRequest, approval_id: FromPath[str]) -> Response[bytes]:
     desk = runtime_of(request).approvals
     approver = desk.approver(bearer_token(request.headers.get("authorization")))
     if approver is None:

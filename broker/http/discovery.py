@@ -7,6 +7,7 @@ from email.utils import formatdate
 
 import msgspec
 from litestar import Response, get
+from litestar.params import FromPath
 
 from broker.http.state import AnyRequest, runtime_of
 
@@ -34,7 +35,7 @@ async def jwks(request: AnyRequest) -> Response[bytes]:
 
 
 @get("/agents/{name:str}/.well-known/agent-card.json", status_code=200)
-async def agent_card(request: AnyRequest, name: str) -> Response[bytes]:
+async def agent_card(request: AnyRequest, name: FromPath[str]) -> Response[bytes]:
     """The card as the broker serves it, with ETag / Last-Modified so clients can cache it."""
     directory = runtime_of(request).directory
     record = await directory.get(name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import cast
 
 from litestar import Response, delete, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from broker.http.mediation import body_reader, inbound_headers, to_response
@@ -43,7 +44,7 @@ async def mcp_virtual(request: AnyRequest) -> Response[bytes] | Stream:
 
 
 @post(["/mcp/{server:str}"], status_code=200)
-async def mcp_server(request: AnyRequest, server: str) -> Response[bytes] | Stream:
+async def mcp_server(request: AnyRequest, server: FromPath[str]) -> Response[bytes] | Stream:
     return to_response(await gateway_of(request).call(_context(request, server)))
 
 
@@ -53,7 +54,7 @@ async def mcp_virtual_end(request: AnyRequest) -> Response[bytes] | Stream:
 
 
 @delete(["/mcp/{server:str}"], status_code=200)
-async def mcp_server_end(request: AnyRequest, server: str) -> Response[bytes] | Stream:
+async def mcp_server_end(request: AnyRequest, server: FromPath[str]) -> Response[bytes] | Stream:
     return to_response(await gateway_of(request).end_session(_context(request, server)))
 
 
@@ -63,7 +64,7 @@ async def mcp_virtual_listen(request: AnyRequest) -> Response[bytes] | Stream:
 
 
 @get(["/mcp/{server:str}"], status_code=200)
-async def mcp_server_listen(request: AnyRequest, server: str) -> Response[bytes] | Stream:
+async def mcp_server_listen(request: AnyRequest, server: FromPath[str]) -> Response[bytes] | Stream:
     return to_response(await gateway_of(request).listen(_context(request, server)))
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from litestar import Response, post, route
 from litestar.exceptions import ClientException
+from litestar.params import FromPath
 from litestar.response import Stream
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import (
@@ -109,7 +110,7 @@ def to_response(outcome: Outcome) -> Response[bytes] | Stream:
 
 
 @post(["/agents/{name:str}/jsonrpc", "/agents/{name:str}/jsonrpc/"], status_code=200)
-async def jsonrpc_edge(request: AnyRequest, name: str) -> Response[bytes] | Stream:
+async def jsonrpc_edge(request: AnyRequest, name: FromPath[str]) -> Response[bytes] | Stream:
     ctx = _context(request, name, "jsonrpc")
     return to_response(await runtime_of(request).mediate(ctx))
 
@@ -119,7 +120,9 @@ async def jsonrpc_edge(request: AnyRequest, name: str) -> Response[bytes] | Stre
     http_method=["GET", "POST", "DELETE"],
     status_code=200,
 )
-async def rest_edge(request: AnyRequest, name: str, tail: str) -> Response[bytes] | Stream:
+async def rest_edge(
+    request: AnyRequest, name: FromPath[str], tail: FromPath[str]
+) -> Response[bytes] | Stream:
     ctx = _context(request, name, "rest", _raw_tail(request, name, tail))
     return to_response(await runtime_of(request).mediate(ctx))
 
