@@ -17,7 +17,9 @@ with these bounds added (decision 0024 says why uvicorn and not Granian):
   when every open connection has a request in flight, the new one is refused at once with
   ``503 CONNECTION_LIMIT`` and ``Retry-After``, written before its request is read, after which
   the broker stops sending and drains what the client sends for a moment, so the client reads
-  the refusal instead of a reset.
+  the refusal instead of a reset. A connection closed at once (a refusal while too many
+  linger, a shed or timed-out one) first discards what it received and did not read, for the
+  same reason (``close_drained``).
 
 Nothing is silent: every second in which a connection was refused, shed or timed out gives one
 warning line on the ``a2a_broker.connections`` logger with the counts, and is handed to the
@@ -31,6 +33,7 @@ import asyncio
 import functools
 import logging
 import math
+import os
 import resource
 import weakref
 from collections.abc import Callable
@@ -57,6 +60,9 @@ REPORT_PERIOD_S = 1.0
 # client reads the 503 rather than a reset; at most MAX_LINGERING at a time, others close at once.
 LINGER_S = 1.0
 MAX_LINGERING = 32
+# What a connection closed at once (a refusal that cannot linger, a shed or timed-out one) may
+# still read of the client's unread bytes, so that the close is a FIN rather than a reset.
+DRAIN_BYTES = 256 * 1024
 # File descriptors kept free for everything but client connections: Redis, audit files, the
 # listening socket, logs, and refused connections while they linger.
 FD_RESERVE = 64 + MAX_LINGERING
@@ -107,6 +113,28 @@ def observe(observer: Observer) -> Callable[[], None]:
     ``header_timeouts``, ``body_timeouts``) when any is non-zero; returns the undo."""
     _observers.append(observer)
     return lambda: _observers.remove(observer) if observer in _observers else None
+
+
+def close_drained(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` after discarding what the client sent that nobody read (up to
+    ``DRAIN_BYTES``, without waiting for more).
+
+    Closing a socket with unread bytes makes the kernel send a reset instead of a FIN, and a
+    client that gets the reset may lose the answer just written (a refusal's 503, a timeout's
+    408): its read fails instead. The transport offers no read of its own, so the bytes are
+    read from its descriptor; the loop is not reading it meanwhile (this runs on the loop)."""
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    left = DRAIN_BYTES
+    while fd >= 0 and left > 0:
+        try:
+            chunk = os.read(fd, left)
+        except OSError:  # nothing more yet (BlockingIOError), or the client is gone already
+            break
+        if not chunk:
+            break
+        left -= len(chunk)
+    transport.close()
 
 
 def _refusal(err: BrokerError) -> bytes:
@@ -296,7 +324,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._stop_timer()
         if self._phase == "headers" and not self.transport.is_closing():
             self.transport.write(_CONNECTION_LIMIT)
-        self.transport.close()
+        close_drained(self.transport)
 
     def _await_headers(self) -> None:
         self._phase = "headers"
@@ -311,7 +339,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._phase == "headers" and not self.transport.is_closing():
             self._table.tally.count("header_timeouts")
             self.transport.write(_HEADER_TIMEOUT)
-            self.transport.close()
+            close_drained(self.transport)
 
     def _body_timed_out(self) -> None:
         if self._phase != "body" or self.transport.is_closing():
@@ -323,7 +351,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None:  # the application's receive() now says the client went away
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.close()
+        close_drained(self.transport)
 
     def _refuse(self, transport: asyncio.Transport) -> None:
         """Answer 503 before reading anything, stop writing, drain briefly, then close."""
@@ -332,7 +360,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         transport.write(_CONNECTION_LIMIT)
         if self._table.lingering >= MAX_LINGERING or not transport.can_write_eof():
             self._table.lingering += 1  # connection_lost takes it off again
-            transport.close()
+            close_drained(transport)
             return
         self._table.lingering += 1
         transport.write_eof()
