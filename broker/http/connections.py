@@ -122,7 +122,14 @@ def close_drained(transport: asyncio.BaseTransport) -> None:
     Closing a socket with unread bytes makes the kernel send a reset instead of a FIN, and a
     client that gets the reset may lose the answer just written (a refusal's 503, a timeout's
     408): its read fails instead. The transport offers no read of its own, so the bytes are
-    read from its descriptor; the loop is not reading it meanwhile (this runs on the loop)."""
+    read from its descriptor; the loop is not reading it meanwhile (this runs on the loop).
+    A transport already closing is left alone: its descriptor may be closed, and its number
+    another connection's. Under TLS the bytes below are the TLS layer's, so it only closes."""
+    if transport.is_closing():
+        return
+    if transport.get_extra_info("sslcontext") is not None:
+        transport.close()
+        return
     sock = transport.get_extra_info("socket")
     fd = sock.fileno() if sock is not None else -1
     left = DRAIN_BYTES
