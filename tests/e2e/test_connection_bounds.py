@@ -28,6 +28,7 @@ from broker.http.connections import FD_RESERVE
 from testkit.brokers import start_broker
 from testkit.config import BrokerConfig
 from testkit.procs import Process, free_port, local_url
+from testkit.raw_http import error_reason
 
 from .conftest import Upstream, _static_card
 from .wire import A2A_V1, jsonrpc_request, user_message
@@ -120,12 +121,6 @@ async def keep_asking(broker: BoundedBroker, until: asyncio.Event) -> list[int]:
         # got only 5-9 of them in, every one a 200.
         await asyncio.sleep(0.03)
     return statuses
-
-
-def error_reason(answer: bytes) -> str:
-    """The reason in an HTTP error answer read off a raw socket."""
-    body = answer.split(b"\r\n\r\n", 1)[1]
-    return str(json.loads(body)["error"]["details"][0]["reason"])
 
 
 async def test_silent_and_slow_loris_floods_are_reaped_while_normal_requests_succeed(

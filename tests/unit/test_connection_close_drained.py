@@ -10,9 +10,7 @@ the broker serves; the client's bytes are in the kernel before the broker accept
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from uvicorn.server import ServerState
 from broker.errors import ConnectionLimitError
 from broker.http import connections
 from broker.http.connections import BoundedHttpToolsProtocol, ConnectionBounds
+from testkit.raw_http import error_reason
 
 # One connection at a time: a second is refused while the first is busy.
 BOUNDS = ConnectionBounds(
@@ -39,18 +38,19 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
         pass
 
 
-def _serve(loop: asyncio.AbstractEventLoop, bounds: ConnectionBounds) -> Callable[[], Any]:
+async def _start() -> tuple[asyncio.Server, int]:
+    """A server of the broker's connection protocol, held to ``BOUNDS``; its port."""
+    loop = asyncio.get_running_loop()
     state = ServerState()
     config = Config(_app, log_config=None, access_log=False)
     config.load()
-    return lambda: BoundedHttpToolsProtocol(
-        config=config, server_state=state, app_state={}, _loop=loop, bounds=bounds
+    server = await loop.create_server(
+        lambda: BoundedHttpToolsProtocol(
+            config=config, server_state=state, app_state={}, _loop=loop, bounds=BOUNDS
+        ),
+        "127.0.0.1",
+        0,
     )
-
-
-async def _start(bounds: ConnectionBounds) -> tuple[asyncio.Server, int]:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_serve(loop, bounds), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -73,18 +73,13 @@ async def _answer(client: socket.socket, within_s: float = 5.0) -> bytes:
     return received
 
 
-def _reason(answer: bytes) -> str:
-    body = answer.split(b"\r\n\r\n", 1)[1]
-    return str(json.loads(body)["error"]["details"][0]["reason"])
-
-
 def test_a_refusal_that_cannot_linger_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every open connection is busy and no refusal may linger: the new one is closed at once,
     after the 503, and the client reads the 503, not a reset."""
     monkeypatch.setattr(connections, "MAX_LINGERING", 0)
 
     async def scenario() -> bytes:
-        server, port = await _start(BOUNDS)
+        server, port = await _start()
         busy = _sent(port, HEAD + b"{")  # headers whole, body withheld: busy, not waiting
         await asyncio.sleep(0.2)
         refused = _sent(port, HEAD + b"x" * 4000)
@@ -97,4 +92,4 @@ def test_a_refusal_that_cannot_linger_is_read_whole(monkeypatch: pytest.MonkeyPa
 
     answer = uvloop.run(scenario())
     assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
-    assert _reason(answer) == ConnectionLimitError.reason
+    assert error_reason(answer) == ConnectionLimitError.reason
