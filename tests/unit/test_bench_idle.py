@@ -3,12 +3,22 @@ figures (decision 0107); benchmarks.halt_polling's reading of its rounds."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 # benchmarks/ is not part of the installed package: import it from the checkout
-from benchmarks.halt_polling import report, restored, usable
+from benchmarks.halt_polling import (
+    SPIN_LABELS,
+    poll_labels,
+    report,
+    restored,
+    spin_cores,
+    spinning,
+    usable,
+)
 from benchmarks.idle import describe, halts_at_once, idle_policy
 from benchmarks.measure import Point
 
@@ -92,7 +102,7 @@ def test_the_tool_reports_medians_of_paired_rounds() -> None:
         "e poll=5": [_p("e", 1_100, 0.85), _p("e", 1_066, 0.85), _p("e", 1_092, 0.85)],
         "i poll=5": [_p("i", 2_000, 0.47)] * 3,
     }
-    lines = report(points, 5)
+    lines = report(points, poll_labels(5))
     assert "| (e) | 5 ns | 1,092 | 0.85 | 400 |" in lines
     assert lines[-2] == (
         "* (e): with polling on, added p50 over (a) -0.30 ms and req/s +38% "
@@ -101,3 +111,41 @@ def test_the_tool_reports_medians_of_paired_rounds() -> None:
     assert lines[-1] == (
         "* (i): with polling on, p50 -0.17 ms and req/s +33% (medians of 3 paired rounds)."
     )
+
+
+def test_the_spin_report_names_its_setting() -> None:
+    points = {
+        "a spin=on": [_p("a", 16_000, 0.05)] * 2,
+        "e spin=on": [_p("e", 1_000, 1.00)] * 2,
+        "i spin=on": [_p("i", 2_000, 0.50)] * 2,
+        "a spin=off": [_p("a", 16_000, 0.06)] * 2,
+        "e spin=off": [_p("e", 800, 1.21)] * 2,
+        "i spin=off": [_p("i", 1_600, 0.60)] * 2,
+    }
+    lines = report(points, SPIN_LABELS, "spinners", "with the spinners on")
+    assert lines[0].startswith("| c=1 | spinners |")
+    assert "| (e) | on | 1,000 | 1.00 | 400 |" in lines
+    assert "| (e) | off | 800 | 1.21 | 400 |" in lines
+    assert lines[-2] == (
+        "* (e): with the spinners on, added p50 over (a) -0.20 ms and req/s +25% "
+        "(medians of 2 paired rounds)."
+    )
+
+
+def _scheduling(pid: int) -> tuple[int, set[int]]:
+    return os.sched_getscheduler(pid), os.sched_getaffinity(pid)
+
+
+def test_spinners_idle_class_on_their_cpu_and_gone_however_the_block_ends() -> None:
+    core = min(os.sched_getaffinity(0))
+    assert spin_cores(f"{core}") == [core]
+    assert spin_cores("all") == sorted(os.sched_getaffinity(0))
+    with pytest.raises(RuntimeError), spinning([core]) as spinners:
+        (spinner,) = spinners
+        deadline = time.monotonic() + 10  # the child sets its own class and CPU as it starts
+        while _scheduling(spinner.pid) != (os.SCHED_IDLE, {core}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _scheduling(spinner.pid) == (os.SCHED_IDLE, {core})
+        assert spinner.poll() is None
+        raise RuntimeError  # a run that fails half-way
+    assert spinner.returncode is not None  # killed and reaped
