@@ -6,7 +6,10 @@ and, once the running turn of the event loop is over, sends every queued call in
 ``EVALSHA`` s, without a transaction. Each caller gets its own reply or error, exactly as if it
 had called alone:
 
-- a script Redis does not know (``NOSCRIPT``, after a restart) is loaded and run again;
+- a script Redis does not know (``NOSCRIPT``, after a restart) is loaded and run again; on one
+  server, a batch with a script not known to be loaded loads it first, with every other it has
+  loaded, so the calls of a batch run in the order they were queued (a call that met NOSCRIPT
+  would run after the calls behind it);
 - a connection error or timeout fails every call of that batch (each caller sees a store
   failure, as it would have alone); the retry policy is the pool's (see ``redis_client``): one
   retry of the batch on a connection error, none on a timeout;
@@ -209,6 +212,9 @@ class _WireBatcher(_Batcher):
         self._encoder = client.get_encoder()  # type: ignore[no-untyped-call]
         self._lender = ConnectionLender(client.connection_pool)
         self._wait = b""
+        # Scripts Redis is known to hold: loaded by this batcher, with no NOSCRIPT or failed
+        # round trip (a restart, a failover) since. See ``_loads_for``.
+        self._loaded: set[BatchedScript] = set()
 
     def require_replicas(self, replicas: int, timeout_ms: int) -> None:
         super().require_replicas(replicas, timeout_ms)
@@ -226,9 +232,29 @@ class _WireBatcher(_Batcher):
             return False
         return True
 
-    async def _send(self, calls: list[_Call], loads: Sequence[BatchedScript] = ()) -> None:
-        """Send ``calls`` (after ``SCRIPT LOAD`` of ``loads``, and before the batch's ``WAIT``),
-        hand each caller its reply; calls whose script Redis lacks go again, loading it."""
+    def _loads_for(self, calls: list[_Call]) -> Sequence[BatchedScript]:
+        """The scripts to load ahead of ``calls``: none while Redis is known to hold every one
+        of them; else theirs and every other this batcher has loaded (a few dozen at most).
+
+        Why so many: a call whose script Redis lacks fails with NOSCRIPT and runs again after
+        the batch, behind the calls queued after it, which then ran first. Loading only the
+        unknown scripts would leave the known ones as they were; if Redis lost those meanwhile
+        (``SCRIPT FLUSH`` under a live connection), a later batch could run out of order. So
+        whatever is loaded is loaded together, and after a loss Redis lacks all of them or none
+        (unless another client loads some in between: then, as before, a call Redis lacked the
+        script of runs after the calls queued behind it in its batch)."""
+        loaded = self._loaded
+        for call in calls:
+            if call.script not in loaded:
+                return list(dict.fromkeys([*(call.script for call in calls), *loaded]))
+        return ()
+
+    async def _send(self, calls: list[_Call], loads: Sequence[BatchedScript] | None = None) -> None:
+        """Send ``calls`` (after ``SCRIPT LOAD`` of ``loads``, by default ``_loads_for``, and
+        before the batch's ``WAIT``), hand each caller its reply; calls whose script Redis lacks
+        go again, loading it."""
+        if loads is None:
+            loads = self._loads_for(calls)
         data = self._pack_batch(calls, loads)
         count = len(loads) + len(calls) + (1 if self._replicas else 0)
         try:
@@ -238,6 +264,7 @@ class _WireBatcher(_Batcher):
             finally:
                 await self._lender.give_back(connection)
         except BaseException as exc:  # every caller learns what happened
+            self._loaded.clear()  # Redis may have restarted: load before the next calls
             _fail_all(calls, exc)
             return
         missing = self._hand_out(calls, loads, replies)
@@ -257,6 +284,7 @@ class _WireBatcher(_Batcher):
         """Each caller its reply or error; the calls whose script Redis lacks (NOSCRIPT, when
         the batch did not load it), to be sent again."""
         loaded = dict(zip(loads, replies, strict=False))
+        self._loaded.update(s for s, reply in loaded.items() if not isinstance(reply, Exception))
         replies = replies[len(loads) :]
         if self._replicas and not self._replicated(calls, replies[len(calls) :]):
             return []
@@ -268,6 +296,8 @@ class _WireBatcher(_Batcher):
                 _fail(call.future, _load_failure(loaded.get(call.script), reply))
             elif not call.future.done():
                 call.future.set_result(reply)
+        if missing:  # Redis lost scripts under a live connection (SCRIPT FLUSH): trust none
+            self._loaded.clear()
         return missing
 
     async def aclose(self) -> None:
@@ -289,13 +319,14 @@ class _LinkBatcher(_WireBatcher):
 
     def _flush_now(self) -> None:
         calls, self._queued = self._queued, []
-        self._write(calls, ())
+        self._write(calls, self._loads_for(calls))
 
     def _write(self, calls: list[_Call], loads: Sequence[BatchedScript]) -> None:
         count = len(loads) + len(calls) + (1 if self._replicas else 0)
 
         def done(outcome: list[Any] | BaseException) -> None:
             if isinstance(outcome, BaseException):
+                self._loaded.clear()  # Redis may have restarted: load before the next calls
                 for call in calls:  # every caller learns what happened
                     _fail(call.future, outcome)
                 return
