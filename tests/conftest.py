@@ -13,6 +13,7 @@ ones as unknown, at once (the outside world's DNS is faked, as its LLM providers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -75,10 +76,26 @@ def redis_server_factory() -> Iterator[Callable[[int], subprocess.Popen[bytes]]]
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """$REDIS_URL if set; otherwise a redis-server started for this test session."""
+    """$REDIS_URL if set; otherwise a redis-server started for this test session (each xdist
+    worker is a session of its own, so each starts its own)."""
     if url := os.environ.get(REDIS_URL_ENV):
         yield url
         return
+    with _private_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def private_redis_url() -> Iterator[str]:
+    """A redis-server of this test module's own, even when $REDIS_URL is set: for tests that
+    read or change what is server-wide (INFO counters, SCRIPT FLUSH), which a test running at
+    the same time on a shared server would disturb, or be disturbed by."""
+    with _private_redis() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _private_redis() -> Iterator[str]:
     port = free_port()
     process = start_redis_server(port)
     try:

@@ -372,13 +372,14 @@ async def test_redis_keys_carry_the_prefix_and_script_keys_share_a_slot(
 
 
 async def test_a_claim_with_a_tree_works_after_redis_lost_its_scripts(
-    redis_url: str, redis_key_prefix: str
+    private_redis_url: str, redis_key_prefix: str
 ) -> None:
     """The claim and the tree entry go out as one pipeline of EVALSHAs; after a Redis restart
-    (scripts gone) it falls back to loading them, and still records both."""
-    backend = redis_backend(redis_url, redis_key_prefix)
+    (scripts gone) it falls back to loading them, and still records both. (SCRIPT FLUSH is
+    server-wide: on a server of this module's own.)"""
+    backend = redis_backend(private_redis_url, redis_key_prefix)
     stores = backend.stores()
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(private_redis_url)
     try:
         first = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
         assert await stores.task_routes.claim(first, ttl_s=60, tree="tree-1") is True

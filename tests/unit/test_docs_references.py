@@ -37,3 +37,12 @@ def test_no_page_speaks_of_issue_numbers(page: Path) -> None:
     found = [f"{n}: {line.strip()}" for n, line in enumerate(lines, 1) if ISSUE_NUMBER.search(line)]
 
     assert found == []
+
+
+def test_ci_runs_the_readme_s_test_command() -> None:
+    """CI calls the test command the README gives a fresh machine, word for word."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```\n(.*?)\n```", readme, re.DOTALL)
+    (command,) = [block for block in blocks if "requirements/test.lock" in block]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert command in ci
