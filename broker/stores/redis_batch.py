@@ -9,7 +9,8 @@ had called alone:
 - a script Redis does not know (``NOSCRIPT``, after a restart) is loaded and run again; on one
   server, a batch with a script not known to be loaded loads it first, with every other it has
   loaded, so the calls of a batch run in the order they were queued (a call that met NOSCRIPT
-  would run after the calls behind it);
+  would run after the calls behind it; on a cluster, where redis-py's pipeline carries the
+  batch, it still does);
 - a connection error or timeout fails every call of that batch (each caller sees a store
   failure, as it would have alone); the retry policy is the pool's (see ``redis_client``): one
   retry of the batch on a connection error, none on a timeout;
