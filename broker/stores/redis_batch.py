@@ -8,9 +8,9 @@ had called alone:
 
 - a script Redis does not know (``NOSCRIPT``, after a restart) is loaded and run again; on one
   server, a batch with a script not known to be loaded loads it first, with every other it has
-  loaded, so the calls of a batch run in the order they were queued (a call that met NOSCRIPT
-  would run after the calls behind it; on a cluster, where redis-py's pipeline carries the
-  batch, it still does);
+  loaded (on a cluster, on every primary, in a round trip of its own), so the calls of a batch
+  run in the order they were queued (a call that met NOSCRIPT would run after the calls behind
+  it);
 - a connection error or timeout fails every call of that batch (each caller sees a store
   failure, as it would have alone); the retry policy is the pool's (see ``redis_client``): one
   retry of the batch on a connection error, none on a timeout;
@@ -346,14 +346,36 @@ class _PipelineBatcher(_Batcher):
     """Redis Cluster (or any redis-py client): each batch is redis-py's pipeline, which the
     cluster client splits by node and sends to the nodes at once."""
 
+    def __init__(self, client: Redis | RedisCluster) -> None:
+        super().__init__(client)
+        # Scripts every primary is known to hold, as ``_WireBatcher._loaded``.
+        self._loaded: set[BatchedScript] = set()
+
     async def _send(self, calls: list[_Call]) -> None:
         if len(calls) == 1 and not self._replicas:
-            await self._run_alone(calls[0])
+            await self._run_alone(calls[0])  # redis-py's own call loads a script Redis lacks
         else:
             await self._run_together(calls)
 
+    async def _load(self, calls: list[_Call]) -> None:
+        """Before a batch with a script not known to be loaded: load it, and every other this
+        batcher has loaded, on every primary (``_WireBatcher._loads_for`` says why all). One
+        more round trip, for such a batch only."""
+        loaded = self._loaded
+        if all(call.script in loaded for call in calls):
+            return
+        scripts = list(dict.fromkeys([*(call.script for call in calls), *loaded]))
+        outcomes = await asyncio.gather(
+            *(self._client.script_load(s.script) for s in scripts), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the batch fails, as it would had the pipeline's write failed
+        loaded.update(scripts)
+
     async def _run_together(self, calls: list[_Call]) -> None:
         try:
+            await self._load(calls)
             async with self._client.pipeline(transaction=False) as pipe:
                 for call in calls:
                     pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
@@ -365,6 +387,7 @@ class _PipelineBatcher(_Batcher):
                 else:
                     replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # every caller learns what happened
+            self._loaded.clear()  # a node may have restarted or failed over: load again
             _fail_all(calls, exc)
             return
         if waits:
@@ -372,7 +395,8 @@ class _PipelineBatcher(_Batcher):
             if not self._replicated(calls, acks):
                 return
         for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, NoScriptError):
+            if isinstance(reply, NoScriptError):  # a node lost its scripts: trust none
+                self._loaded.clear()
                 await self._load_and_run(call)
             elif isinstance(reply, Exception):
                 _fail(call.future, reply)

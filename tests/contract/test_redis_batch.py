@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
@@ -24,6 +25,7 @@ from testkit.procs import free_port
 from testkit.redis_process import stop_redis_server
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+APPEND = "return redis.call('APPEND', KEYS[1], ARGV[1])"
 PICKY = (
     "if ARGV[1] == 'bad' then return redis.error_reply('refused ' .. ARGV[1]) end "
     "return ARGV[1]"
@@ -128,6 +130,26 @@ async def test_scripts_redis_lost_are_loaded_again(
     assert sorted(replies) == list(range(2, 12))
 
 
+async def _in_queue_order(client: BatchingRedis | BatchingRedisCluster, prefix: str) -> None:
+    """An INCRBY whose script Redis has never seen, queued before an APPEND on the same key
+    whose script it holds: in queue order, INCRBY makes the key "0" and APPEND "0int". (A call
+    that met NOSCRIPT used to run again after the batch, so the APPEND ran first.)"""
+    incr = client.register_script(f"-- {uuid.uuid4().hex}\n{INCR}")  # never loaded anywhere
+    append = client.register_script(APPEND)
+    await append(keys=[f"{prefix}:{{o}}:warm"], args=["x"])  # Redis holds APPEND's script
+    key = f"{prefix}:{{o}}"
+    replies = await asyncio.gather(
+        incr(keys=[key], args=[0]), append(keys=[key], args=["int"]), return_exceptions=True
+    )
+    assert replies == [0, 4]
+
+
+async def test_calls_of_a_batch_run_in_queue_order_when_a_script_is_new(
+    client: BatchingRedis, redis_key_prefix: str
+) -> None:
+    await _in_queue_order(client, redis_key_prefix)
+
+
 async def test_when_redis_is_unreachable_every_call_fails(unused_tcp_port: int) -> None:
     client = BatchingRedis.from_pool(connection_pool(f"redis://127.0.0.1:{unused_tcp_port}/0"))
     incr = client.register_script(INCR)
@@ -204,3 +226,15 @@ async def test_on_a_cluster_calls_on_different_nodes_run_at_once(
     assert [reply.decode() for reply in replies] == list(by_node)  # each its own reply
     # One after another would take 3 x 300 ms; at once, one node's time plus scheduling.
     assert elapsed_ms < 2.5 * BUSY_MS, elapsed_ms
+
+
+async def test_on_a_cluster_calls_of_a_batch_run_in_queue_order_when_a_script_is_new(
+    redis_cluster_url: str, redis_key_prefix: str
+) -> None:
+    settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=redis_cluster_url)
+    client = open_redis(settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster)
+    assert isinstance(client, BatchingRedisCluster)
+    try:
+        await _in_queue_order(client, redis_key_prefix)
+    finally:
+        await client.aclose()
