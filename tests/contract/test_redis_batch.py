@@ -200,41 +200,39 @@ async def test_a_reply_that_came_too_late_is_never_read_as_the_next_calls(
 # --- on Redis Cluster: one pipeline per node, the nodes at once --------------------------------
 
 
-async def test_on_a_cluster_calls_on_different_nodes_run_at_once(
-    redis_cluster_url: str, redis_key_prefix: str
-) -> None:
+@pytest.fixture
+async def cluster_client(redis_cluster_url: str) -> AsyncIterator[BatchingRedisCluster]:
     settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=redis_cluster_url)
     client = open_redis(settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster)
     assert isinstance(client, BatchingRedisCluster)
-    try:
-        busy = client.register_script(BUSY)
-        await client.initialize()
-        # One key per master: keys whose slots the three masters own.
-        by_node: dict[str, str] = {}
-        for n in range(200):
-            key = f"{redis_key_prefix}:{{k{n}}}"
-            by_node.setdefault(client.get_node_from_key(key).name, key)
-        assert len(by_node) == 3
-        await asyncio.gather(*(busy(keys=[k], args=[1, n]) for n, k in by_node.items()))  # load
-        started = time.monotonic()
-        replies = await asyncio.gather(
-            *(busy(keys=[key], args=[BUSY_MS, node]) for node, key in by_node.items())
-        )
-        elapsed_ms = (time.monotonic() - started) * 1000
-    finally:
-        await client.aclose()
+    yield client
+    await client.aclose()
+
+
+async def test_on_a_cluster_calls_on_different_nodes_run_at_once(
+    cluster_client: BatchingRedisCluster, redis_key_prefix: str
+) -> None:
+    client = cluster_client
+    busy = client.register_script(BUSY)
+    await client.initialize()
+    # One key per master: keys whose slots the three masters own.
+    by_node: dict[str, str] = {}
+    for n in range(200):
+        key = f"{redis_key_prefix}:{{k{n}}}"
+        by_node.setdefault(client.get_node_from_key(key).name, key)
+    assert len(by_node) == 3
+    await asyncio.gather(*(busy(keys=[k], args=[1, n]) for n, k in by_node.items()))  # load
+    started = time.monotonic()
+    replies = await asyncio.gather(
+        *(busy(keys=[key], args=[BUSY_MS, node]) for node, key in by_node.items())
+    )
+    elapsed_ms = (time.monotonic() - started) * 1000
     assert [reply.decode() for reply in replies] == list(by_node)  # each its own reply
     # One after another would take 3 x 300 ms; at once, one node's time plus scheduling.
     assert elapsed_ms < 2.5 * BUSY_MS, elapsed_ms
 
 
 async def test_on_a_cluster_calls_of_a_batch_run_in_queue_order_when_a_script_is_new(
-    redis_cluster_url: str, redis_key_prefix: str
+    cluster_client: BatchingRedisCluster, redis_key_prefix: str
 ) -> None:
-    settings = StoreSettings(backend="redis", redis_mode="cluster", redis_url=redis_cluster_url)
-    client = open_redis(settings, redis_class=BatchingRedis, cluster_class=BatchingRedisCluster)
-    assert isinstance(client, BatchingRedisCluster)
-    try:
-        await _in_queue_order(client, redis_key_prefix)
-    finally:
-        await client.aclose()
+    await _in_queue_order(cluster_client, redis_key_prefix)
