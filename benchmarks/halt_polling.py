@@ -105,11 +105,6 @@ def spinning(cores: list[int]) -> Iterator[list[subprocess.Popen[bytes]]]:
             spinner.wait()
 
 
-@contextlib.contextmanager
-def nothing() -> Iterator[list[subprocess.Popen[bytes]]]:
-    yield []
-
-
 def _one(
     name: str,
     target: Target,
@@ -214,7 +209,7 @@ def main() -> None:
     if args.spin is not None:
         cores = spin_cores(args.spin)
         settings: tuple[Setting, Setting] = (
-            (SPIN_LABELS[0][0], nothing),
+            (SPIN_LABELS[0][0], lambda: contextlib.nullcontext([])),
             (SPIN_LABELS[1][0], lambda: spinning(cores)),
         )
         with tempfile.TemporaryDirectory() as logs:

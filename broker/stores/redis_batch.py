@@ -125,6 +125,9 @@ class _Batcher:
         self._flushing: set[asyncio.Task[None]] = set()
         self._replicas = 0
         self._replica_timeout_ms = 0
+        # Scripts Redis (on a cluster, every primary) is known to hold: loaded by this batcher,
+        # with no NOSCRIPT or failed round trip (a restart, a failover) since.
+        self._loaded: set[BatchedScript] = set()
 
     def require_replicas(self, replicas: int, timeout_ms: int) -> None:
         """End every batch with ``WAIT replicas timeout_ms`` in the same round trip; a batch
@@ -172,6 +175,23 @@ class _Batcher:
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
 
+    def _loads_for(self, calls: list[_Call]) -> Sequence[BatchedScript]:
+        """The scripts to load ahead of ``calls``: none while Redis is known to hold every one
+        of them; else theirs and every other this batcher has loaded (a few dozen at most).
+
+        Why so many: a call whose script Redis lacks fails with NOSCRIPT and runs again after
+        the batch, behind the calls queued after it, which then ran first. Loading only the
+        unknown scripts would leave the known ones as they were; if Redis lost those meanwhile
+        (``SCRIPT FLUSH`` under a live connection), a later batch could run out of order. So
+        whatever is loaded is loaded together, and after a loss Redis lacks all of them or none
+        (unless another client loads some in between: then, as before, a call Redis lacked the
+        script of runs after the calls queued behind it in its batch)."""
+        loaded = self._loaded
+        for call in calls:
+            if call.script not in loaded:
+                return list(dict.fromkeys([*(call.script for call in calls), *loaded]))
+        return ()
+
     def _prepare(self, call: _Call) -> bool:
         """Ready ``call`` to be sent; False if it failed (its future then holds the error)."""
         return True
@@ -213,9 +233,6 @@ class _WireBatcher(_Batcher):
         self._encoder = client.get_encoder()  # type: ignore[no-untyped-call]
         self._lender = ConnectionLender(client.connection_pool)
         self._wait = b""
-        # Scripts Redis is known to hold: loaded by this batcher, with no NOSCRIPT or failed
-        # round trip (a restart, a failover) since. See ``_loads_for``.
-        self._loaded: set[BatchedScript] = set()
 
     def require_replicas(self, replicas: int, timeout_ms: int) -> None:
         super().require_replicas(replicas, timeout_ms)
@@ -232,23 +249,6 @@ class _WireBatcher(_Batcher):
             call.future.set_exception(exc)
             return False
         return True
-
-    def _loads_for(self, calls: list[_Call]) -> Sequence[BatchedScript]:
-        """The scripts to load ahead of ``calls``: none while Redis is known to hold every one
-        of them; else theirs and every other this batcher has loaded (a few dozen at most).
-
-        Why so many: a call whose script Redis lacks fails with NOSCRIPT and runs again after
-        the batch, behind the calls queued after it, which then ran first. Loading only the
-        unknown scripts would leave the known ones as they were; if Redis lost those meanwhile
-        (``SCRIPT FLUSH`` under a live connection), a later batch could run out of order. So
-        whatever is loaded is loaded together, and after a loss Redis lacks all of them or none
-        (unless another client loads some in between: then, as before, a call Redis lacked the
-        script of runs after the calls queued behind it in its batch)."""
-        loaded = self._loaded
-        for call in calls:
-            if call.script not in loaded:
-                return list(dict.fromkeys([*(call.script for call in calls), *loaded]))
-        return ()
 
     async def _send(self, calls: list[_Call], loads: Sequence[BatchedScript] | None = None) -> None:
         """Send ``calls`` (after ``SCRIPT LOAD`` of ``loads``, by default ``_loads_for``, and
@@ -346,11 +346,6 @@ class _PipelineBatcher(_Batcher):
     """Redis Cluster (or any redis-py client): each batch is redis-py's pipeline, which the
     cluster client splits by node and sends to the nodes at once."""
 
-    def __init__(self, client: Redis | RedisCluster) -> None:
-        super().__init__(client)
-        # Scripts every primary is known to hold, as ``_WireBatcher._loaded``.
-        self._loaded: set[BatchedScript] = set()
-
     async def _send(self, calls: list[_Call]) -> None:
         if len(calls) == 1 and not self._replicas:
             await self._run_alone(calls[0])  # redis-py's own call loads a script Redis lacks
@@ -358,20 +353,18 @@ class _PipelineBatcher(_Batcher):
             await self._run_together(calls)
 
     async def _load(self, calls: list[_Call]) -> None:
-        """Before a batch with a script not known to be loaded: load it, and every other this
-        batcher has loaded, on every primary (``_WireBatcher._loads_for`` says why all). One
-        more round trip, for such a batch only."""
-        loaded = self._loaded
-        if all(call.script in loaded for call in calls):
+        """Load ``_loads_for(calls)`` on every primary before the batch: one more round trip,
+        for such a batch only."""
+        scripts = self._loads_for(calls)
+        if not scripts:
             return
-        scripts = list(dict.fromkeys([*(call.script for call in calls), *loaded]))
         outcomes = await asyncio.gather(
             *(self._client.script_load(s.script) for s in scripts), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome  # the batch fails, as it would had the pipeline's write failed
-        loaded.update(scripts)
+        self._loaded.update(scripts)
 
     async def _run_together(self, calls: list[_Call]) -> None:
         try:
