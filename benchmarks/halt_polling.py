@@ -1,6 +1,6 @@
-"""What this machine's idle policy costs a lone request: the c=1 points of scenario (e) and of
-the LLM endpoint (scenario (i)) with the guest's halt polling off and on, alternated (decision
-0107).
+"""What this machine's idle policy costs a lone request: the c=1 points of scenarios (c) and
+(e) and of the LLM endpoint (scenario (i)) with the guest's halt polling off and on, alternated
+(decision 0107).
 
     .venv/bin/python -m benchmarks.halt_polling [--rounds R] [--seconds S] [--poll-ns N]
     .venv/bin/python -m benchmarks.halt_polling --spin [CORES] [--rounds R] [--seconds S]
@@ -8,8 +8,9 @@ the LLM endpoint (scenario (i)) with the guest's halt polling off and on, altern
 On a virtual machine with the ``haltpoll`` cpuidle driver, ``guest_halt_poll_ns`` is how long an
 idle vCPU polls for work before it halts (a halted vCPU is woken by the hypervisor). The tool
 sets it to 0 and to ``--poll-ns`` in turn, round by round, and measures with the harness's own
-parts and placement: direct to the agent (a), the broker on Redis with a calls budget (e), the
-broker's LLM endpoint against the fake provider (i), each at c=1 for ``--seconds``. It restores
+parts and placement: direct to the agent (a), the broker with a calls budget on the memory
+store (c) and on Redis (e), the broker's LLM endpoint against the fake provider (i), each at c=1
+for ``--seconds``. It restores
 the parameter's value when it ends, however it ends. It needs the parameter to exist and to be
 writable (root on a guest with the haltpoll driver); otherwise it says why and exits 2. It is
 not part of ``benchmarks.run``: it changes a kernel setting of the machine it runs on.
@@ -131,8 +132,12 @@ def run(
     points: dict[str, list[Point]] = {}
     with environment(log_dir, Placement(), 0) as env, fake_provider(env) as provider:
         api_base = provider.url.removesuffix(CHAT_PATH) + "/v1"
-        with broker(env, store="redis", metering="budget") as e, broker_llm(env, api_base) as i:
-            targets = (("a", direct(env), UNARY), ("e", e, UNARY), ("i", i, CHAT))
+        with (
+            broker(env, store="memory", metering="budget") as c,
+            broker(env, store="redis", metering="budget") as e,
+            broker_llm(env, api_base) as i,
+        ):
+            targets = (("a", direct(env), UNARY), ("c", c, UNARY), ("e", e, UNARY), ("i", i, CHAT))
             for n in range(rounds):
                 for label, held in settings if n % 2 == 0 else settings[::-1]:
                     with held() as ours:
@@ -173,7 +178,9 @@ def report(
     lines.append("")
     (off_label, _), (on_label, _) = labels
     off_a, on_a = points[f"a {off_label}"], points[f"a {on_label}"]
-    for name, over_a in (("e", True), ("i", False)):  # (i)'s own direct is not (a)
+    for name, over_a in (("c", True), ("e", True), ("i", False)):  # (i)'s own direct is not (a)
+        if f"{name} {off_label}" not in points:  # a run without it
+            continue
         off, on = points[f"{name} {off_label}"], points[f"{name} {on_label}"]
         p50 = [
             (p_on.p50_ms - (a_on.p50_ms if over_a else 0))

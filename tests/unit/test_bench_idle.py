@@ -96,14 +96,20 @@ def _p(name: str, rps: float, p50_ms: float) -> Point:
 def test_the_tool_reports_medians_of_paired_rounds() -> None:
     points = {
         "a poll=0": [_p("a", 16_000, 0.06)] * 3,
+        "c poll=0": [_p("c", 1_000, 0.90)] * 3,
         "e poll=0": [_p("e", 800, 1.15), _p("e", 820, 1.10), _p("e", 780, 1.20)],
         "i poll=0": [_p("i", 1_500, 0.64)] * 3,
         "a poll=5": [_p("a", 16_000, 0.06)] * 3,
+        "c poll=5": [_p("c", 1_250, 0.70)] * 3,
         "e poll=5": [_p("e", 1_100, 0.85), _p("e", 1_066, 0.85), _p("e", 1_092, 0.85)],
         "i poll=5": [_p("i", 2_000, 0.47)] * 3,
     }
     lines = report(points, poll_labels(5))
     assert "| (e) | 5 ns | 1,092 | 0.85 | 400 |" in lines
+    assert lines[-3] == (
+        "* (c): with polling on, added p50 over (a) -0.20 ms and req/s +25% "
+        "(medians of 3 paired rounds)."
+    )
     assert lines[-2] == (
         "* (e): with polling on, added p50 over (a) -0.30 ms and req/s +38% "
         "(medians of 3 paired rounds)."
