@@ -10,10 +10,10 @@ idle vCPU polls for work before it halts (a halted vCPU is woken by the hypervis
 sets it to 0 and to ``--poll-ns`` in turn, round by round, and measures with the harness's own
 parts and placement: direct to the agent (a), the broker with a calls budget on the memory
 store (c) and on Redis (e), the broker's LLM endpoint against the fake provider (i), each at c=1
-for ``--seconds``. It restores
-the parameter's value when it ends, however it ends. It needs the parameter to exist and to be
-writable (root on a guest with the haltpoll driver); otherwise it says why and exits 2. It is
-not part of ``benchmarks.run``: it changes a kernel setting of the machine it runs on.
+for ``--seconds``. It restores the parameter's value when it ends, however it ends. It needs the
+parameter to exist and to be writable (root on a guest with the haltpoll driver); otherwise it
+says why and exits 2. It is not part of ``benchmarks.run``: it changes a kernel setting of the
+machine it runs on.
 
 ``--spin`` needs neither the driver nor root: in turn with no spinner, it runs one busy loop at
 ``SCHED_IDLE`` pinned to each of ``CORES`` (default: every CPU the tool may use). A
