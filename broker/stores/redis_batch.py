@@ -285,7 +285,8 @@ class _WireBatcher(_Batcher):
         """Each caller its reply or error; the calls whose script Redis lacks (NOSCRIPT, when
         the batch did not load it), to be sent again."""
         loaded = dict(zip(loads, replies, strict=False))
-        self._loaded.update(s for s, reply in loaded.items() if not isinstance(reply, Exception))
+        if loaded:  # most batches load nothing: no generator for them
+            self._loaded.update(s for s, r in loaded.items() if not isinstance(r, Exception))
         replies = replies[len(loads) :]
         if self._replicas and not self._replicated(calls, replies[len(calls) :]):
             return []
