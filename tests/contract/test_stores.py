@@ -235,13 +235,15 @@ async def test_claim_needs_a_positive_ttl(stores: Stores) -> None:
 
 
 async def test_route_expires_after_its_ttl_and_a_refresh_extends_it(stores: Stores) -> None:
+    # Delays on a busy machine only push each step later, so the waits keep their margin on
+    # the side a delay eats: the read within the refreshed TTL is 0.7 s before it ends.
     route = TaskRoute(agent="alpha", task_id="t1", owner="caller-1")
-    assert await stores.task_routes.claim(route, ttl_s=1) is True
-    await asyncio.sleep(0.5)
-    assert await stores.task_routes.claim(route, ttl_s=1) is True
-    await asyncio.sleep(0.7)  # past the first claim's TTL, within the refreshed one
+    assert await stores.task_routes.claim(route, ttl_s=2) is True
+    await asyncio.sleep(1.0)
+    assert await stores.task_routes.claim(route, ttl_s=2) is True
+    await asyncio.sleep(1.3)  # past the first claim's TTL, within the refreshed one
     assert await stores.task_routes.get("alpha", "t1") == route
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.0)
     assert await stores.task_routes.get("alpha", "t1") is None
     newcomer = TaskRoute(agent="alpha", task_id="t1", owner="caller-2")
     assert await stores.task_routes.claim(newcomer, ttl_s=1) is True
